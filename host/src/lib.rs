@@ -1,0 +1,1 @@
+//! Sandgraph host: runs tools and agent steps as sandboxed WebAssembly components.

@@ -1,0 +1,3 @@
+fn main() {
+    println!("sandgraph {}", env!("CARGO_PKG_VERSION"));
+}

@@ -1,0 +1,3 @@
+fn main() {
+    println!("sandgraph-infer {}", env!("CARGO_PKG_VERSION"));
+}
