@@ -1,0 +1,298 @@
+//! The WGSL kernels: assembling each shader from `shaders/*.wgsl` (a dequant snippet per weight
+//! type plus the kernel body, specialised by text constants), compiling the pipelines once per
+//! session, and the workgroup counts each dispatch needs.
+
+use std::collections::HashMap;
+
+use super::WgpuError;
+use super::device::{GpuContext, KernelVariant};
+use crate::gguf::GgmlType;
+
+const MATMUL_COMMON: &str = include_str!("shaders/matmul_common.wgsl");
+const MATMUL_ROWS: &str = include_str!("shaders/matmul_rows.wgsl");
+const MATMUL_TILED: &str = include_str!("shaders/matmul_tiled.wgsl");
+const REDUCE_SHARED: &str = include_str!("shaders/reduce_shared.wgsl");
+const REDUCE_SUBGROUP: &str = include_str!("shaders/reduce_subgroup.wgsl");
+const EMBED: &str = include_str!("shaders/embed.wgsl");
+const RMSNORM: &str = include_str!("shaders/rmsnorm.wgsl");
+const ROPE_KV: &str = include_str!("shaders/rope_kv.wgsl");
+const ATTENTION: &str = include_str!("shaders/attention.wgsl");
+const SWIGLU: &str = include_str!("shaders/swiglu.wgsl");
+const SELECT: &str = include_str!("shaders/select.wgsl");
+
+/// Tokens per matmul invocation for batches of more than one row (1 for single rows).
+pub const BATCH_TB: u32 = 8;
+/// The largest k that `top_k` computes on the device; larger k fall back to the host.
+pub const TOPK_MAX: usize = 64;
+/// Logit segments scanned in parallel by argmax and by top-k (stage 1).
+pub const ARGMAX_SEGMENTS: u32 = 256;
+pub const TOPK_SEGMENTS: u32 = 64;
+/// Workgroup size of every one-dimensional barrier-free kernel.
+pub const WG1: u32 = 64;
+/// Rows per workgroup and lanes per row of the shared-memory tiled matmul.
+const SHARED_ROWS: u32 = 8;
+const SHARED_LANES: u32 = 32;
+
+/// The block dequantizer for a weight type, or None when the GPU kernels do not read it.
+fn dequant_source(ty: GgmlType) -> Option<&'static str> {
+    Some(match ty {
+        GgmlType::Q4_1 => include_str!("shaders/dequant_q4_1.wgsl"),
+        GgmlType::Q4_0 => include_str!("shaders/dequant_q4_0.wgsl"),
+        GgmlType::Q8_0 => include_str!("shaders/dequant_q8_0.wgsl"),
+        GgmlType::F16 => include_str!("shaders/dequant_f16.wgsl"),
+        GgmlType::F32 => include_str!("shaders/dequant_f32.wgsl"),
+        #[allow(unreachable_patterns)]
+        _ => return None,
+    })
+}
+
+/// Whether the wgpu kernels can read weights of this type.
+pub fn supports(ty: GgmlType) -> bool {
+    dequant_source(ty).is_some()
+}
+
+fn lanes_rows(v: KernelVariant) -> (u32, u32) {
+    match v {
+        KernelVariant::Rows => (1, 1),
+        KernelVariant::TiledShared => (SHARED_LANES, SHARED_ROWS),
+        KernelVariant::TiledSubgroup { lanes } => (lanes, 1),
+    }
+}
+
+/// The full WGSL text of a matmul kernel for one weight type, batch width and variant.
+pub fn matmul_source(ty: GgmlType, tb: u32, v: KernelVariant) -> Result<String, WgpuError> {
+    let dq = dequant_source(ty).ok_or(WgpuError::UnsupportedType(ty))?;
+    let (lanes, rows) = lanes_rows(v);
+    let body = match v {
+        KernelVariant::Rows => MATMUL_ROWS.to_string(),
+        KernelVariant::TiledShared => format!("{MATMUL_TILED}\n{REDUCE_SHARED}"),
+        KernelVariant::TiledSubgroup { .. } => format!("{MATMUL_TILED}\n{REDUCE_SUBGROUP}"),
+    };
+    Ok(format!(
+        "const TB: u32 = {tb}u;\nconst LANES: u32 = {lanes}u;\nconst ROWS: u32 = {rows}u;\n{dq}\n{MATMUL_COMMON}\n{body}"
+    ))
+}
+
+/// What a binding slot holds.
+#[derive(Clone, Copy)]
+enum Slot {
+    Read,
+    ReadWrite,
+    Uniform,
+}
+
+fn layout(dev: &wgpu::Device, name: &str, slots: &[Slot]) -> wgpu::BindGroupLayout {
+    let entries: Vec<_> = slots
+        .iter()
+        .enumerate()
+        .map(|(i, s)| wgpu::BindGroupLayoutEntry {
+            binding: i as u32,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: match s {
+                Slot::Read => wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage { read_only: true },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                Slot::ReadWrite => wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage { read_only: false },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                Slot::Uniform => wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Uniform,
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+            },
+            count: None,
+        })
+        .collect();
+    dev.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(name),
+        entries: &entries,
+    })
+}
+
+/// Every pipeline a session uses, with the bind group layouts they share.
+pub struct Kernels {
+    pub variant: KernelVariant,
+    pub matmul_layout: wgpu::BindGroupLayout,
+    pub embed_layout: wgpu::BindGroupLayout,
+    pub norm_layout: wgpu::BindGroupLayout,
+    pub rope_layout: wgpu::BindGroupLayout,
+    pub attention_layout: wgpu::BindGroupLayout,
+    pub swiglu_layout: wgpu::BindGroupLayout,
+    pub select_layout: wgpu::BindGroupLayout,
+    matmul: HashMap<(GgmlType, u32), wgpu::ComputePipeline>,
+    embed: HashMap<GgmlType, wgpu::ComputePipeline>,
+    pub rmsnorm: wgpu::ComputePipeline,
+    pub rope_kv: wgpu::ComputePipeline,
+    pub attention: wgpu::ComputePipeline,
+    pub swiglu: wgpu::ComputePipeline,
+    pub argmax_segments: wgpu::ComputePipeline,
+    pub argmax_merge: wgpu::ComputePipeline,
+    pub topk_segments: wgpu::ComputePipeline,
+    pub topk_merge: wgpu::ComputePipeline,
+}
+
+fn pipeline(
+    ctx: &GpuContext,
+    name: &str,
+    src: &str,
+    entry: &str,
+    bgl: &wgpu::BindGroupLayout,
+) -> Result<wgpu::ComputePipeline, WgpuError> {
+    let dev = &ctx.device;
+    let scope = dev.push_error_scope(wgpu::ErrorFilter::Validation);
+    let module = dev.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(name),
+        source: wgpu::ShaderSource::Wgsl(src.into()),
+    });
+    let pl = dev.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(name),
+        bind_group_layouts: &[Some(bgl)],
+        immediate_size: 0,
+    });
+    let p = dev.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(name),
+        layout: Some(&pl),
+        module: &module,
+        entry_point: Some(entry),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    if let Some(e) = pollster::block_on(scope.pop()) {
+        return Err(WgpuError::Shader {
+            kernel: name.to_string(),
+            message: e.to_string(),
+        });
+    }
+    Ok(p)
+}
+
+impl Kernels {
+    /// Compiles the kernels for the given weight types (matmul and embedding) and head size.
+    pub fn new(
+        ctx: &GpuContext,
+        types: &[GgmlType],
+        head_dim: usize,
+    ) -> Result<Kernels, WgpuError> {
+        use Slot::*;
+        let dev = &ctx.device;
+        let v = ctx.variant;
+        let matmul_layout = layout(dev, "matmul", &[Read, Read, ReadWrite, Uniform, Uniform]);
+        let embed_layout = layout(dev, "embed", &[Read, Read, ReadWrite, Uniform, Uniform]);
+        let norm_layout = layout(dev, "rmsnorm", &[Read, Read, ReadWrite, Uniform, Uniform]);
+        let rope_layout = layout(
+            dev,
+            "rope_kv",
+            &[
+                ReadWrite, Read, Read, Read, ReadWrite, ReadWrite, Read, Uniform, Uniform,
+            ],
+        );
+        let attention_layout = layout(
+            dev,
+            "attention",
+            &[Read, Read, Read, Read, ReadWrite, Uniform, Uniform],
+        );
+        let swiglu_layout = layout(dev, "swiglu", &[ReadWrite, Read, Uniform, Uniform]);
+        let select_layout = layout(dev, "select", &[Read, ReadWrite, ReadWrite, Uniform]);
+        let mut matmul = HashMap::new();
+        let mut embed = HashMap::new();
+        for &ty in types {
+            if embed.contains_key(&ty) {
+                continue;
+            }
+            for tb in [1, BATCH_TB] {
+                let src = matmul_source(ty, tb, v)?;
+                let name = format!("matmul_{}_tb{tb}", ty.name());
+                matmul.insert(
+                    (ty, tb),
+                    pipeline(ctx, &name, &src, "main", &matmul_layout)?,
+                );
+            }
+            let dq = dequant_source(ty).ok_or(WgpuError::UnsupportedType(ty))?;
+            let src = format!("{dq}\n{EMBED}");
+            let name = format!("embed_{}", ty.name());
+            embed.insert(ty, pipeline(ctx, &name, &src, "main", &embed_layout)?);
+        }
+        if !head_dim.is_multiple_of(4) {
+            return Err(WgpuError::UnsupportedShape(format!(
+                "head size {head_dim} is not a multiple of 4"
+            )));
+        }
+        let att_src = format!("const HD: u32 = {head_dim}u;\n{ATTENTION}");
+        let sel_src = format!("const KMAX: u32 = {TOPK_MAX}u;\n{SELECT}");
+        Ok(Kernels {
+            variant: v,
+            rmsnorm: pipeline(ctx, "rmsnorm", RMSNORM, "main", &norm_layout)?,
+            rope_kv: pipeline(ctx, "rope_kv", ROPE_KV, "main", &rope_layout)?,
+            attention: pipeline(ctx, "attention", &att_src, "main", &attention_layout)?,
+            swiglu: pipeline(ctx, "swiglu", SWIGLU, "main", &swiglu_layout)?,
+            argmax_segments: pipeline(
+                ctx,
+                "argmax_segments",
+                &sel_src,
+                "argmax_segments",
+                &select_layout,
+            )?,
+            argmax_merge: pipeline(
+                ctx,
+                "argmax_merge",
+                &sel_src,
+                "argmax_merge",
+                &select_layout,
+            )?,
+            topk_segments: pipeline(
+                ctx,
+                "topk_segments",
+                &sel_src,
+                "topk_segments",
+                &select_layout,
+            )?,
+            topk_merge: pipeline(ctx, "topk_merge", &sel_src, "topk_merge", &select_layout)?,
+            matmul_layout,
+            embed_layout,
+            norm_layout,
+            rope_layout,
+            attention_layout,
+            swiglu_layout,
+            select_layout,
+            matmul,
+            embed,
+        })
+    }
+
+    /// The matmul pipeline for a weight type and a pass of `n` activation rows, with its
+    /// tokens-per-invocation.
+    pub fn matmul_for(&self, ty: GgmlType, n: u32) -> (&wgpu::ComputePipeline, u32) {
+        let tb = if n <= 1 { 1 } else { BATCH_TB };
+        (&self.matmul[&(ty, tb)], tb)
+    }
+
+    pub fn embed_for(&self, ty: GgmlType) -> &wgpu::ComputePipeline {
+        &self.embed[&ty]
+    }
+
+    /// Workgroup counts for a matmul over `rows` weight rows and `n` activation rows.
+    pub fn matmul_groups(&self, rows: u32, n: u32, tb: u32, max_dim: u32) -> [u32; 3] {
+        let per_group = match self.variant {
+            KernelVariant::Rows => WG1,
+            v => lanes_rows(v).1,
+        };
+        let (x, y) = split_groups(rows.div_ceil(per_group), max_dim);
+        [x, y, n.div_ceil(tb)]
+    }
+}
+
+/// Spreads `groups` workgroups over x and y so neither exceeds the per-dimension limit; the
+/// shaders recompute the linear index as x + y * num_workgroups.x (and skip the overshoot).
+pub fn split_groups(groups: u32, max_dim: u32) -> (u32, u32) {
+    if groups <= max_dim {
+        (groups.max(1), 1)
+    } else {
+        let y = groups.div_ceil(max_dim);
+        (groups.div_ceil(y), y)
+    }
+}

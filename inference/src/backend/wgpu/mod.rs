@@ -1,0 +1,538 @@
+//! The wgpu backend: the Llama forward pass as WGSL compute kernels, so one code path runs on
+//! any Vulkan/Metal/DX12 GPU and, through Mesa's lavapipe, on CPUs in CI. Weights stay quantized
+//! on the device; every buffer is allocated when the session opens; a forward is one command
+//! encoder per pass of up to `MAX_ROWS` tokens, and only the chosen token ids (or logits when
+//! asked) come back to the host.
+
+mod device;
+pub mod kernels;
+mod ops;
+pub mod probe;
+pub mod weights;
+
+pub use device::{
+    AdapterPolicy, GpuContext, KernelVariant, WgpuOptions, describe_adapters,
+    hardware_adapter_available,
+};
+
+use super::{Backend, BackendError, SeqChunk, validate_batch};
+use crate::gguf::GgmlType;
+use crate::model::{LlamaConfig, LlamaModel};
+use kernels::{ARGMAX_SEGMENTS, Kernels, TOPK_MAX, TOPK_SEGMENTS};
+use ops::{EmbedOp, MatOp, bind, fwd_words, record_1d, record_2d, rope_table};
+use weights::{GpuMatrix, f32_buffer, scratch, staging, uniform};
+
+/// Tokens per device pass; longer batches run as several passes (each one submit).
+pub const MAX_ROWS: usize = 256;
+
+/// Why the wgpu backend could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum WgpuError {
+    #[error(
+        "no {} wgpu adapter found (adapters seen: {}); install a GPU driver or Mesa's software Vulkan (Debian: mesa-vulkan-drivers), or use --backend cpu",
+        if *policy == AdapterPolicy::HardwareOnly { "hardware GPU" } else { "compute-capable" },
+        if seen.is_empty() { "none".to_string() } else { seen.join(", ") }
+    )]
+    NoAdapter {
+        policy: AdapterPolicy,
+        seen: Vec<String>,
+    },
+    #[error("adapter '{adapter}' refused a device: {reason}")]
+    RequestDevice { adapter: String, reason: String },
+    #[error(
+        "adapter '{adapter}' has no usable subgroups (feature missing or subgroup size not fixed); use the tiled or rows kernels"
+    )]
+    NoSubgroups { adapter: String },
+    #[error("kernel '{kernel}' failed to compile: {message}")]
+    Shader { kernel: String, message: String },
+    #[error("weight type {} is not supported by the wgpu kernels; use F32, F16, Q8_0, Q4_0 or Q4_1, or --backend cpu", .0.name())]
+    UnsupportedType(GgmlType),
+    #[error("unsupported shape: {0}")]
+    UnsupportedShape(String),
+    #[error("too large for this adapter: {0}")]
+    TooLarge(String),
+    #[error("device error: {0}")]
+    Device(String),
+}
+
+impl From<WgpuError> for BackendError {
+    fn from(e: WgpuError) -> BackendError {
+        match e {
+            WgpuError::Device(m) => BackendError::Device(m),
+            other => BackendError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+struct Layer {
+    norm_attn: wgpu::BindGroup,
+    q: MatOp,
+    k: MatOp,
+    v: MatOp,
+    rope: wgpu::BindGroup,
+    attention: wgpu::BindGroup,
+    o: MatOp,
+    norm_ffn: wgpu::BindGroup,
+    gate: MatOp,
+    up: MatOp,
+    down: MatOp,
+    // Keep the per-layer buffers alive with their bind groups.
+    _buffers: Vec<wgpu::Buffer>,
+}
+
+/// A model session on a wgpu device: weights, KV caches and activations live on the device.
+pub struct WgpuBackend {
+    ctx: GpuContext,
+    k: Kernels,
+    cfg: LlamaConfig,
+    max_slots: usize,
+    max_context: usize,
+    filled: Vec<usize>,
+    /// Chunks of the last successful forward (rows of `logits`); 0 before the first.
+    n_out: usize,
+    embed: EmbedOp,
+    layers: Vec<Layer>,
+    swiglu: wgpu::BindGroup,
+    norm_out: wgpu::BindGroup,
+    logits_op: MatOp,
+    select: wgpu::BindGroup,
+    meta: wgpu::Buffer,
+    fwd: wgpu::Buffer,
+    fwd_out: wgpu::Buffer,
+    sel_u: wgpu::Buffer,
+    x: wgpu::Buffer,
+    xg: wgpu::Buffer,
+    logits: wgpu::Buffer,
+    sel_out: wgpu::Buffer,
+    staging: wgpu::Buffer,
+    _keep: Vec<wgpu::Buffer>,
+    _matrices: Vec<GpuMatrix>,
+}
+
+impl WgpuBackend {
+    /// Opens a device per `opts` and uploads the model for `max_slots` sequences of up to
+    /// `max_context` tokens.
+    pub fn new(
+        model: &LlamaModel,
+        max_slots: usize,
+        max_context: usize,
+        opts: &WgpuOptions,
+    ) -> Result<WgpuBackend, WgpuError> {
+        let ctx = GpuContext::new(opts)?;
+        Self::with_context(ctx, model, max_slots, max_context)
+    }
+
+    /// The adapter and kernel choice, for logs and `bench`.
+    pub fn describe(&self) -> String {
+        self.ctx.describe()
+    }
+
+    pub fn with_context(
+        ctx: GpuContext,
+        model: &LlamaModel,
+        max_slots: usize,
+        max_context: usize,
+    ) -> Result<WgpuBackend, WgpuError> {
+        let c = model.config.clone();
+        let w = &model.weights;
+        if max_slots == 0 || max_context == 0 {
+            return Err(WgpuError::UnsupportedShape(format!(
+                "a session needs at least one slot and one position (got {max_slots} slots, context {max_context})"
+            )));
+        }
+        let mut types = vec![w.token_embd.ty, w.output.ty];
+        for l in &w.layers {
+            types.extend([
+                l.wq.ty,
+                l.wk.ty,
+                l.wv.ty,
+                l.wo.ty,
+                l.w_gate.ty,
+                l.w_up.ty,
+                l.w_down.ty,
+            ]);
+        }
+        types.sort_by_key(|t| t.id());
+        types.dedup();
+        let k = Kernels::new(&ctx, &types, c.head_dim)?;
+        let upload = |t: &crate::model::TensorRef| {
+            GpuMatrix::upload(&ctx, &t.name, t.ty, t.rows, t.cols, model.bytes(t))
+        };
+        let f32s =
+            |t: &crate::model::TensorRef| f32_buffer(&ctx, &t.name, &model.dequantize(t), false);
+        let rows = MAX_ROWS as u64;
+        let (dim, qd, kvd, ffn, vocab) = (
+            c.dim as u64,
+            c.q_dim() as u64,
+            c.kv_dim() as u64,
+            c.ffn_dim as u64,
+            c.vocab_size as u64,
+        );
+        let x = scratch(&ctx, "x", rows * dim * 4)?;
+        let xn = scratch(&ctx, "xn", rows * dim * 4)?;
+        let q = scratch(&ctx, "q", rows * qd * 4)?;
+        let kb = scratch(&ctx, "k", rows * kvd * 4)?;
+        let vb = scratch(&ctx, "v", rows * kvd * 4)?;
+        let ao = scratch(&ctx, "attn_out", rows * qd * 4)?;
+        let g = scratch(&ctx, "gate", rows * ffn * 4)?;
+        let u = scratch(&ctx, "up", rows * ffn * 4)?;
+        let meta = scratch(&ctx, "meta", rows * 16)?;
+        let slots = max_slots as u64;
+        let xg = scratch(&ctx, "x_last", slots * dim * 4)?;
+        let xgn = scratch(&ctx, "x_last_norm", slots * dim * 4)?;
+        let logits = scratch(&ctx, "logits", slots * vocab * 4)?;
+        let partial_entries = (ARGMAX_SEGMENTS as u64).max(TOPK_SEGMENTS as u64 * TOPK_MAX as u64);
+        let partials = scratch(&ctx, "select_partials", slots * partial_entries * 8)?;
+        let sel_out = scratch(&ctx, "select_out", slots * TOPK_MAX as u64 * 8)?;
+        let staging = staging(&ctx, slots * vocab * 4);
+        let fwd = uniform(&ctx, "fwd", &fwd_words(0));
+        let fwd_out = uniform(&ctx, "fwd_out", &fwd_words(0));
+        let sel_u = uniform(&ctx, "select", &[0; 4]);
+        let table = f32_buffer(
+            &ctx,
+            "rope_table",
+            &rope_table(max_context, c.head_dim, c.rope_base),
+            false,
+        );
+        let norm_u = uniform(&ctx, "norm", &[c.dim as u32, c.norm_eps.to_bits()]);
+        let rope_u = uniform(
+            &ctx,
+            "rope",
+            &[
+                c.n_heads as u32,
+                c.n_kv_heads as u32,
+                c.head_dim as u32,
+                max_context as u32,
+            ],
+        );
+        let att_u = uniform(
+            &ctx,
+            "attention",
+            &[
+                c.n_heads as u32,
+                c.n_kv_heads as u32,
+                max_context as u32,
+                (1.0 / (c.head_dim as f32).sqrt()).to_bits(),
+            ],
+        );
+        let swi_u = uniform(&ctx, "swiglu", &[c.ffn_dim as u32]);
+        let cache_bytes = slots * max_context as u64 * kvd * 4;
+
+        let embd = upload(&w.token_embd)?;
+        let embed = EmbedOp::new(&ctx, &k, &embd, &meta, &x, &fwd);
+        let mut matrices = vec![];
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for (i, l) in w.layers.iter().enumerate() {
+            let an = f32s(&l.attn_norm);
+            let fnorm = f32s(&l.ffn_norm);
+            let kc = scratch(&ctx, &format!("k_cache.{i}"), cache_bytes)?;
+            let vc = scratch(&ctx, &format!("v_cache.{i}"), cache_bytes)?;
+            let (wq, wk, wv, wo) = (
+                upload(&l.wq)?,
+                upload(&l.wk)?,
+                upload(&l.wv)?,
+                upload(&l.wo)?,
+            );
+            let (wg, wu, wd) = (upload(&l.w_gate)?, upload(&l.w_up)?, upload(&l.w_down)?);
+            let mm = |name: &str,
+                      m: &GpuMatrix,
+                      xin: &wgpu::Buffer,
+                      y: &wgpu::Buffer,
+                      stride: u64,
+                      acc: bool| {
+                MatOp::new(&ctx, &k, name, m, xin, y, stride as usize, acc, &fwd)
+            };
+            layers.push(Layer {
+                norm_attn: bind(
+                    &ctx,
+                    "attn_norm",
+                    &k.norm_layout,
+                    &[&x, &an, &xn, &norm_u, &fwd],
+                ),
+                q: mm("q", &wq, &xn, &q, qd, false),
+                k: mm("k", &wk, &xn, &kb, kvd, false),
+                v: mm("v", &wv, &xn, &vb, kvd, false),
+                rope: bind(
+                    &ctx,
+                    "rope_kv",
+                    &k.rope_layout,
+                    &[&q, &kb, &vb, &meta, &kc, &vc, &table, &rope_u, &fwd],
+                ),
+                attention: bind(
+                    &ctx,
+                    "attention",
+                    &k.attention_layout,
+                    &[&q, &meta, &kc, &vc, &ao, &att_u, &fwd],
+                ),
+                o: mm("o", &wo, &ao, &x, dim, true),
+                norm_ffn: bind(
+                    &ctx,
+                    "ffn_norm",
+                    &k.norm_layout,
+                    &[&x, &fnorm, &xn, &norm_u, &fwd],
+                ),
+                gate: mm("gate", &wg, &xn, &g, ffn, false),
+                up: mm("up", &wu, &xn, &u, ffn, false),
+                down: mm("down", &wd, &g, &x, dim, true),
+                _buffers: vec![an, fnorm, kc, vc],
+            });
+            matrices.extend([wq, wk, wv, wo, wg, wu, wd]);
+        }
+        let swiglu = bind(&ctx, "swiglu", &k.swiglu_layout, &[&g, &u, &swi_u, &fwd]);
+        let onorm = f32s(&w.output_norm);
+        let norm_out = bind(
+            &ctx,
+            "output_norm",
+            &k.norm_layout,
+            &[&xg, &onorm, &xgn, &norm_u, &fwd_out],
+        );
+        let out = if w.tied_output {
+            None
+        } else {
+            Some(upload(&w.output)?)
+        };
+        let logits_op = MatOp::new(
+            &ctx,
+            &k,
+            "output",
+            out.as_ref().unwrap_or(&embd),
+            &xgn,
+            &logits,
+            c.vocab_size,
+            false,
+            &fwd_out,
+        );
+        let select = bind(
+            &ctx,
+            "select",
+            &k.select_layout,
+            &[&logits, &partials, &sel_out, &sel_u],
+        );
+        matrices.push(embd);
+        matrices.extend(out);
+        if let Some(e) = ctx.take_error() {
+            return Err(WgpuError::Device(e));
+        }
+        Ok(WgpuBackend {
+            k,
+            cfg: c,
+            max_slots,
+            max_context,
+            filled: vec![0; max_slots],
+            n_out: 0,
+            embed,
+            layers,
+            swiglu,
+            norm_out,
+            logits_op,
+            select,
+            meta,
+            fwd,
+            fwd_out,
+            sel_u,
+            x,
+            xg,
+            logits,
+            sel_out,
+            staging,
+            _keep: vec![
+                xn, q, kb, vb, ao, g, u, xgn, partials, table, norm_u, rope_u, att_u, swi_u, onorm,
+            ],
+            _matrices: matrices,
+            ctx,
+        })
+    }
+
+    fn max_dim(&self) -> u32 {
+        self.ctx.limits.max_compute_workgroups_per_dimension
+    }
+
+    /// Records every layer for a pass of `n` rows.
+    fn record_layers(&self, pass: &mut wgpu::ComputePass<'_>, n: u32) {
+        let c = &self.cfg;
+        let (k, md) = (&self.k, self.max_dim());
+        self.embed.record(pass, k, n);
+        for l in &self.layers {
+            record_1d(pass, &k.rmsnorm, &l.norm_attn, n, md);
+            l.q.record(pass, k, n, md);
+            l.k.record(pass, k, n, md);
+            l.v.record(pass, k, n, md);
+            let pairs = ((c.n_heads + c.n_kv_heads) * c.head_dim / 2) as u32;
+            record_2d(pass, &k.rope_kv, &l.rope, pairs, n);
+            record_1d(pass, &k.attention, &l.attention, n * c.n_heads as u32, md);
+            l.o.record(pass, k, n, md);
+            record_1d(pass, &k.rmsnorm, &l.norm_ffn, n, md);
+            l.gate.record(pass, k, n, md);
+            l.up.record(pass, k, n, md);
+            record_1d(pass, &k.swiglu, &self.swiglu, n * c.ffn_dim as u32, md);
+            l.down.record(pass, k, n, md);
+        }
+    }
+
+    fn check_device(&self) -> Result<(), BackendError> {
+        match self.ctx.take_error() {
+            Some(e) => Err(BackendError::Device(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs the select kernels (argmax when k == 0, else top-k) and reads `OUT`.
+    fn select(&mut self, k: usize) -> Result<Vec<[u32; 2]>, BackendError> {
+        if self.n_out == 0 {
+            return Err(BackendError::NoLogits);
+        }
+        let rows = self.n_out as u32;
+        let segs = if k == 0 {
+            ARGMAX_SEGMENTS
+        } else {
+            TOPK_SEGMENTS
+        };
+        let words = [self.cfg.vocab_size as u32, segs, k as u32, rows];
+        self.ctx
+            .queue
+            .write_buffer(&self.sel_u, 0, bytemuck::cast_slice(&words));
+        let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            let (s1, s2) = if k == 0 {
+                (&self.k.argmax_segments, &self.k.argmax_merge)
+            } else {
+                (&self.k.topk_segments, &self.k.topk_merge)
+            };
+            record_2d(&mut pass, s1, &self.select, segs, rows);
+            record_1d(&mut pass, s2, &self.select, rows, self.max_dim());
+        }
+        let entries = self.n_out * k.max(1);
+        let bytes =
+            self.ctx
+                .submit_and_read(enc, &self.sel_out, entries as u64 * 8, &self.staging)?;
+        Ok(bytemuck::cast_slice::<u8, u32>(&bytes)
+            .chunks_exact(2)
+            .map(|p| [p[0], p[1]])
+            .collect())
+    }
+}
+
+impl Backend for WgpuBackend {
+    fn name(&self) -> &'static str {
+        "wgpu"
+    }
+
+    fn max_slots(&self) -> usize {
+        self.max_slots
+    }
+
+    fn max_context(&self) -> usize {
+        self.max_context
+    }
+
+    fn forward(&mut self, batch: &[SeqChunk<'_>]) -> Result<(), BackendError> {
+        validate_batch(batch, &self.filled, self.max_context, self.cfg.vocab_size)?;
+        self.n_out = 0;
+        // One row per token: (token, slot, position); `last[c]` = row of chunk c's last token.
+        let mut rows: Vec<[u32; 4]> = Vec::new();
+        let mut last = Vec::with_capacity(batch.len());
+        for ch in batch {
+            for (i, &t) in ch.tokens.iter().enumerate() {
+                rows.push([t, ch.slot as u32, (ch.start_pos + i) as u32, 0]);
+            }
+            last.push(rows.len() - 1);
+        }
+        let q = &self.ctx.queue;
+        q.write_buffer(
+            &self.fwd_out,
+            0,
+            bytemuck::cast_slice(&fwd_words(batch.len() as u32)),
+        );
+        let dim_bytes = self.cfg.dim as u64 * 4;
+        let pieces = rows.len().div_ceil(MAX_ROWS);
+        for (pi, piece) in rows.chunks(MAX_ROWS).enumerate() {
+            let base = pi * MAX_ROWS;
+            let n = piece.len() as u32;
+            q.write_buffer(&self.meta, 0, bytemuck::cast_slice(piece));
+            q.write_buffer(&self.fwd, 0, bytemuck::cast_slice(&fwd_words(n)));
+            let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                self.record_layers(&mut pass, n);
+            }
+            for (c, &r) in last.iter().enumerate() {
+                if (base..base + piece.len()).contains(&r) {
+                    let src = (r - base) as u64 * dim_bytes;
+                    enc.copy_buffer_to_buffer(
+                        &self.x,
+                        src,
+                        &self.xg,
+                        c as u64 * dim_bytes,
+                        dim_bytes,
+                    );
+                }
+            }
+            if pi + 1 == pieces {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                let out = batch.len() as u32;
+                record_1d(
+                    &mut pass,
+                    &self.k.rmsnorm,
+                    &self.norm_out,
+                    out,
+                    self.max_dim(),
+                );
+                self.logits_op
+                    .record(&mut pass, &self.k, out, self.max_dim());
+            }
+            q.submit([enc.finish()]);
+        }
+        self.check_device()?;
+        for ch in batch {
+            self.filled[ch.slot] = ch.start_pos + ch.tokens.len();
+        }
+        self.n_out = batch.len();
+        Ok(())
+    }
+
+    fn logits(&mut self) -> Result<Vec<Vec<f32>>, BackendError> {
+        if self.n_out == 0 {
+            return Err(BackendError::NoLogits);
+        }
+        let v = self.cfg.vocab_size;
+        let enc = self.ctx.device.create_command_encoder(&Default::default());
+        let bytes = self.ctx.submit_and_read(
+            enc,
+            &self.logits,
+            (self.n_out * v * 4) as u64,
+            &self.staging,
+        )?;
+        Ok(bytemuck::cast_slice::<u8, f32>(&bytes)
+            .chunks_exact(v)
+            .map(|r| r.to_vec())
+            .collect())
+    }
+
+    fn argmax(&mut self) -> Result<Vec<u32>, BackendError> {
+        Ok(self.select(0)?.into_iter().map(|[id, _]| id).collect())
+    }
+
+    fn top_k(&mut self, k: usize) -> Result<Vec<Vec<(u32, f32)>>, BackendError> {
+        if self.n_out == 0 {
+            return Err(BackendError::NoLogits);
+        }
+        let k = k.min(self.cfg.vocab_size);
+        if k == 0 {
+            return Ok(vec![Vec::new(); self.n_out]);
+        }
+        if k > TOPK_MAX {
+            // Beyond the device kernel's private list size: select on the host instead.
+            return Ok(self
+                .logits()?
+                .iter()
+                .map(|l| super::top_k_of(l, k))
+                .collect());
+        }
+        let out = self.select(k)?;
+        Ok(out
+            .chunks_exact(k)
+            .map(|c| c.iter().map(|&[id, v]| (id, f32::from_bits(v))).collect())
+            .collect())
+    }
+}

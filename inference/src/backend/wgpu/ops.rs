@@ -1,0 +1,186 @@
+//! Recording one kernel dispatch: the bind groups each kernel takes, built once per session,
+//! and the helpers that put them into a compute pass. Shared by the backend and by `probe`.
+
+use super::device::GpuContext;
+use super::kernels::{Kernels, WG1, split_groups};
+use super::weights::{GpuMatrix, uniform};
+use crate::gguf::GgmlType;
+
+pub(crate) fn bind(
+    ctx: &GpuContext,
+    name: &str,
+    layout: &wgpu::BindGroupLayout,
+    buffers: &[&wgpu::Buffer],
+) -> wgpu::BindGroup {
+    let entries: Vec<_> = buffers
+        .iter()
+        .enumerate()
+        .map(|(i, b)| wgpu::BindGroupEntry {
+            binding: i as u32,
+            resource: b.as_entire_binding(),
+        })
+        .collect();
+    ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(name),
+        layout,
+        entries: &entries,
+    })
+}
+
+/// A matmul Y (=|+=) W X with its bind groups, one per split of W.
+pub(crate) struct MatOp {
+    ty: GgmlType,
+    splits: Vec<(u32, wgpu::BindGroup)>,
+}
+
+impl MatOp {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        ctx: &GpuContext,
+        k: &Kernels,
+        name: &str,
+        m: &GpuMatrix,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        out_stride: usize,
+        accumulate: bool,
+        fwd: &wgpu::Buffer,
+    ) -> MatOp {
+        let splits = m
+            .splits
+            .iter()
+            .map(|s| {
+                let u = uniform(
+                    ctx,
+                    name,
+                    &[
+                        s.rows as u32,
+                        m.cols as u32,
+                        s.row_start as u32,
+                        out_stride as u32,
+                        accumulate as u32,
+                    ],
+                );
+                (
+                    s.rows as u32,
+                    bind(ctx, name, &k.matmul_layout, &[&s.buffer, x, y, &u, fwd]),
+                )
+            })
+            .collect();
+        MatOp { ty: m.ty, splits }
+    }
+
+    /// Records the dispatches for `n` activation rows.
+    pub(crate) fn record(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        k: &Kernels,
+        n: u32,
+        max_dim: u32,
+    ) {
+        let (p, tb) = k.matmul_for(self.ty, n);
+        pass.set_pipeline(p);
+        for (rows, bg) in &self.splits {
+            let [x, y, z] = k.matmul_groups(*rows, n, tb, max_dim);
+            pass.set_bind_group(0, bg, &[]);
+            pass.dispatch_workgroups(x, y, z);
+        }
+    }
+}
+
+/// Embedding lookup from a (maybe split) token table into X.
+pub(crate) struct EmbedOp {
+    ty: GgmlType,
+    blocks: u32,
+    splits: Vec<wgpu::BindGroup>,
+}
+
+impl EmbedOp {
+    pub(crate) fn new(
+        ctx: &GpuContext,
+        k: &Kernels,
+        m: &GpuMatrix,
+        meta: &wgpu::Buffer,
+        x: &wgpu::Buffer,
+        fwd: &wgpu::Buffer,
+    ) -> EmbedOp {
+        let splits = m
+            .splits
+            .iter()
+            .map(|s| {
+                let u = uniform(
+                    ctx,
+                    "embed",
+                    &[s.rows as u32, m.cols as u32, s.row_start as u32],
+                );
+                bind(
+                    ctx,
+                    "embed",
+                    &k.embed_layout,
+                    &[&s.buffer, meta, x, &u, fwd],
+                )
+            })
+            .collect();
+        EmbedOp {
+            ty: m.ty,
+            blocks: (m.cols / 32) as u32,
+            splits,
+        }
+    }
+
+    pub(crate) fn record(&self, pass: &mut wgpu::ComputePass<'_>, k: &Kernels, n: u32) {
+        pass.set_pipeline(k.embed_for(self.ty));
+        for bg in &self.splits {
+            pass.set_bind_group(0, bg, &[]);
+            pass.dispatch_workgroups(self.blocks.div_ceil(WG1), n, 1);
+        }
+    }
+}
+
+/// Records a one-dimensional barrier-free kernel over `items` invocations (x, then y when the
+/// count exceeds the per-dimension limit).
+pub(crate) fn record_1d(
+    pass: &mut wgpu::ComputePass<'_>,
+    p: &wgpu::ComputePipeline,
+    bg: &wgpu::BindGroup,
+    items: u32,
+    max_dim: u32,
+) {
+    let (x, y) = split_groups(items.div_ceil(WG1), max_dim);
+    pass.set_pipeline(p);
+    pass.set_bind_group(0, bg, &[]);
+    pass.dispatch_workgroups(x, y, 1);
+}
+
+/// Records a kernel whose x covers `items` invocations and y covers `rows`.
+pub(crate) fn record_2d(
+    pass: &mut wgpu::ComputePass<'_>,
+    p: &wgpu::ComputePipeline,
+    bg: &wgpu::BindGroup,
+    items: u32,
+    rows: u32,
+) {
+    pass.set_pipeline(p);
+    pass.set_bind_group(0, bg, &[]);
+    pass.dispatch_workgroups(items.div_ceil(WG1), rows, 1);
+}
+
+/// The `Fwd` uniform: how many activation rows a pass holds.
+pub(crate) fn fwd_words(n: u32) -> [u32; 4] {
+    [n, 0, 0, 0]
+}
+
+/// cos/sin of pos * base^(-2i/head_dim) for every position and pair, computed in f64.
+pub(crate) fn rope_table(max_context: usize, head_dim: usize, base: f32) -> Vec<f32> {
+    let half = head_dim / 2;
+    let mut t = Vec::with_capacity(max_context * half * 2);
+    for pos in 0..max_context {
+        for i in 0..half {
+            let theta = (base as f64).powf(-2.0 * i as f64 / head_dim as f64);
+            let a = pos as f64 * theta;
+            t.push(a.cos() as f32);
+            t.push(a.sin() as f32);
+        }
+    }
+    t
+}

@@ -1,0 +1,183 @@
+//! Weight upload: GGUF blocks go to the device still quantized, once per session. Q4_1 (20-byte
+//! blocks), F16 and F32 rows are word aligned and uploaded byte for byte; Q4_0 (18 bytes) and
+//! Q8_0 (34 bytes) blocks are padded after their f16 scale to 20 and 36 bytes so every block
+//! starts on a u32 word (quants untouched). Matrices bigger than one storage binding are split
+//! by rows into several buffers.
+
+use wgpu::util::DeviceExt;
+
+use super::WgpuError;
+use super::device::GpuContext;
+use crate::gguf::GgmlType;
+
+/// Bytes one row of `cols` values occupies on the device.
+pub fn device_row_bytes(ty: GgmlType, cols: usize) -> usize {
+    let blocks = cols / 32;
+    match ty {
+        GgmlType::Q4_0 | GgmlType::Q4_1 => blocks * 20,
+        GgmlType::Q8_0 => blocks * 36,
+        GgmlType::F16 => cols * 2,
+        _ => cols * 4,
+    }
+}
+
+/// Converts GGUF rows of `ty` into the device layout described in the module docs.
+pub fn to_device_layout(ty: GgmlType, cols: usize, bytes: &[u8]) -> Result<Vec<u8>, WgpuError> {
+    if !super::kernels::supports(ty) {
+        return Err(WgpuError::UnsupportedType(ty));
+    }
+    if !cols.is_multiple_of(32) {
+        return Err(WgpuError::UnsupportedShape(format!(
+            "rows of {cols} values; the wgpu kernels need a multiple of 32"
+        )));
+    }
+    let row = ty.row_bytes(cols);
+    if row == 0 || !bytes.len().is_multiple_of(row) {
+        return Err(WgpuError::UnsupportedShape(format!(
+            "{} bytes are not whole rows of {row} bytes ({} x {cols})",
+            bytes.len(),
+            ty.name()
+        )));
+    }
+    let pad = |block: usize| -> Vec<u8> {
+        let mut out = Vec::with_capacity(bytes.len() / block * (block + 2));
+        for b in bytes.chunks_exact(block) {
+            out.extend_from_slice(&b[..2]);
+            out.extend_from_slice(&[0, 0]);
+            out.extend_from_slice(&b[2..]);
+        }
+        out
+    };
+    Ok(match ty {
+        GgmlType::Q4_0 => pad(18),
+        GgmlType::Q8_0 => pad(34),
+        _ => bytes.to_vec(),
+    })
+}
+
+/// Rows `row_start..row_start + rows` of a matrix in one buffer.
+pub struct Split {
+    pub row_start: usize,
+    pub rows: usize,
+    pub buffer: wgpu::Buffer,
+}
+
+/// A weight matrix on the device: `rows` x `cols` values of `ty`, in one or more splits.
+pub struct GpuMatrix {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    pub splits: Vec<Split>,
+}
+
+impl GpuMatrix {
+    /// Uploads a matrix given its GGUF bytes, splitting it to fit `ctx.max_binding`.
+    pub fn upload(
+        ctx: &GpuContext,
+        name: &str,
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        bytes: &[u8],
+    ) -> Result<GpuMatrix, WgpuError> {
+        if bytes.len() != rows * ty.row_bytes(cols) {
+            return Err(WgpuError::UnsupportedShape(format!(
+                "tensor '{name}': {} bytes for {rows} x {cols} {}",
+                bytes.len(),
+                ty.name()
+            )));
+        }
+        let data = to_device_layout(ty, cols, bytes)?;
+        let dev_row = device_row_bytes(ty, cols);
+        let per_split = (ctx.split_bytes as usize / dev_row).min(rows.max(1));
+        if per_split == 0 {
+            return Err(WgpuError::TooLarge(format!(
+                "one row of tensor '{name}' ({dev_row} bytes) exceeds the storage binding limit of {} bytes",
+                ctx.split_bytes
+            )));
+        }
+        let mut splits = Vec::new();
+        let mut start = 0;
+        while start < rows {
+            let n = per_split.min(rows - start);
+            let buffer = ctx
+                .device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some(name),
+                    contents: &data[start * dev_row..(start + n) * dev_row],
+                    usage: wgpu::BufferUsages::STORAGE,
+                });
+            splits.push(Split {
+                row_start: start,
+                rows: n,
+                buffer,
+            });
+            start += n;
+        }
+        Ok(GpuMatrix {
+            ty,
+            rows,
+            cols,
+            splits,
+        })
+    }
+}
+
+/// A storage buffer of f32 values (norm weights, test inputs).
+pub fn f32_buffer(ctx: &GpuContext, name: &str, values: &[f32], writable: bool) -> wgpu::Buffer {
+    let mut usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+    if writable {
+        usage |= wgpu::BufferUsages::COPY_DST;
+    }
+    let contents: &[u8] = if values.is_empty() {
+        &[0; 4]
+    } else {
+        bytemuck::cast_slice(values)
+    };
+    ctx.device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(name),
+            contents,
+            usage,
+        })
+}
+
+/// A uniform buffer holding `words` (u32 fields; f32 fields as their bits).
+pub fn uniform(ctx: &GpuContext, name: &str, words: &[u32]) -> wgpu::Buffer {
+    let mut w = words.to_vec();
+    w.resize(w.len().next_multiple_of(4).max(4), 0);
+    ctx.device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(name),
+            contents: bytemuck::cast_slice(&w),
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        })
+}
+
+/// A zeroed storage buffer of `bytes` bytes that kernels write and the host can read or fill.
+pub fn scratch(ctx: &GpuContext, name: &str, bytes: u64) -> Result<wgpu::Buffer, WgpuError> {
+    if bytes > ctx.max_binding {
+        return Err(WgpuError::TooLarge(format!(
+            "buffer '{name}' needs {bytes} bytes, over the adapter's storage binding limit of {} bytes; use fewer slots or a shorter context",
+            ctx.max_binding
+        )));
+    }
+    Ok(ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(name),
+        size: bytes.max(16).next_multiple_of(16),
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    }))
+}
+
+/// The host-visible buffer results are copied into for reading back.
+pub fn staging(ctx: &GpuContext, bytes: u64) -> wgpu::Buffer {
+    ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("staging"),
+        size: bytes.max(16).next_multiple_of(16),
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    })
+}
