@@ -1,0 +1,1 @@
+//! CPU backend: placeholder module replaced in the next step.

@@ -1,0 +1,227 @@
+//! The one interface every compute backend implements, so model code, generation and the CLI
+//! never know whether kernels run on the CPU or on a GPU through wgpu.
+//!
+//! Contract notes (agreed between the core and wgpu implementations; change only by agreement):
+//! - A backend is created from `&LlamaModel` plus `max_slots` and `max_context`; it owns one KV
+//!   cache per slot. `forward` appends tokens, it never rewinds: to reuse a slot for a new
+//!   sequence, start again at `start_pos = 0` (positions past the new ones are ignored).
+//! - A batch holds at most one chunk per slot; each chunk's `start_pos + tokens.len()` must be
+//!   `<= max_context` and `start_pos` must not be beyond what the slot already holds.
+//! - `logits`/`argmax`/`top_k` refer to the last successful `forward`, one entry per chunk, in
+//!   batch order. `validate_batch` is the shared check both backends run first.
+
+pub mod cpu;
+pub mod wgpu;
+
+/// A run of tokens for one sequence slot, starting at position `start_pos`.
+#[derive(Clone, Copy, Debug)]
+pub struct SeqChunk<'a> {
+    pub slot: usize,
+    pub start_pos: usize,
+    pub tokens: &'a [u32],
+}
+
+/// A compute backend holding a model's weights and per-slot KV caches.
+pub trait Backend: Send {
+    fn name(&self) -> &'static str;
+    /// Slots (sequences) and context length this session was created with.
+    fn max_slots(&self) -> usize;
+    fn max_context(&self) -> usize;
+    /// Appends each chunk's tokens to its slot's KV cache (positions start_pos..) and computes
+    /// the logits of the LAST token of each chunk, kept inside the backend.
+    fn forward(&mut self, batch: &[SeqChunk<'_>]) -> Result<(), BackendError>;
+    /// Copies the last forward's logits to the host: one Vec<f32> (len = vocab) per chunk.
+    fn logits(&mut self) -> Result<Vec<Vec<f32>>, BackendError>;
+    /// Greedy pick per chunk, computed inside the backend (on the device for wgpu).
+    fn argmax(&mut self) -> Result<Vec<u32>, BackendError>;
+    /// Top-k candidates (id, logit) per chunk, sorted descending, computed in the backend;
+    /// sampling with temperature/top-p happens on the host over these few candidates.
+    fn top_k(&mut self, k: usize) -> Result<Vec<Vec<(u32, f32)>>, BackendError>;
+}
+
+/// Why a backend call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("empty batch: forward needs at least one chunk")]
+    EmptyBatch,
+    #[error("chunk for slot {slot} has no tokens")]
+    EmptyChunk { slot: usize },
+    #[error("slot {slot} does not exist; this session has {max_slots} slots")]
+    SlotOutOfRange { slot: usize, max_slots: usize },
+    #[error("slot {slot} appears twice in one batch; send one chunk per slot")]
+    DuplicateSlot { slot: usize },
+    #[error(
+        "slot {slot}: positions up to {needed} exceed the session context of {max_context} tokens; create the backend with a larger context"
+    )]
+    ContextOverflow {
+        slot: usize,
+        needed: usize,
+        max_context: usize,
+    },
+    #[error(
+        "slot {slot}: chunk starts at position {start_pos} but the slot only holds {filled} tokens"
+    )]
+    PositionGap {
+        slot: usize,
+        start_pos: usize,
+        filled: usize,
+    },
+    #[error("token id {token} is outside the vocabulary of {vocab} tokens")]
+    TokenOutOfRange { token: u32, vocab: usize },
+    #[error("no logits yet: call forward first")]
+    NoLogits,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("device error: {0}")]
+    Device(String),
+}
+
+/// Checks a batch against the session limits and the slots' fill levels (shared by backends).
+pub fn validate_batch(
+    batch: &[SeqChunk<'_>],
+    filled: &[usize],
+    max_context: usize,
+    vocab: usize,
+) -> Result<(), BackendError> {
+    if batch.is_empty() {
+        return Err(BackendError::EmptyBatch);
+    }
+    let mut seen = vec![false; filled.len()];
+    for c in batch {
+        if c.slot >= filled.len() {
+            return Err(BackendError::SlotOutOfRange {
+                slot: c.slot,
+                max_slots: filled.len(),
+            });
+        }
+        if std::mem::replace(&mut seen[c.slot], true) {
+            return Err(BackendError::DuplicateSlot { slot: c.slot });
+        }
+        if c.tokens.is_empty() {
+            return Err(BackendError::EmptyChunk { slot: c.slot });
+        }
+        let end = c.start_pos.saturating_add(c.tokens.len());
+        if end > max_context {
+            return Err(BackendError::ContextOverflow {
+                slot: c.slot,
+                needed: end,
+                max_context,
+            });
+        }
+        if c.start_pos > filled[c.slot] {
+            return Err(BackendError::PositionGap {
+                slot: c.slot,
+                start_pos: c.start_pos,
+                filled: filled[c.slot],
+            });
+        }
+        if let Some(&t) = c.tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(BackendError::TokenOutOfRange { token: t, vocab });
+        }
+    }
+    Ok(())
+}
+
+/// Top-k over one logits row, sorted descending (ties: lower id first).
+pub fn top_k_of(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let k = k.min(logits.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+    for (i, &v) in logits.iter().enumerate() {
+        if best.len() == k && v.partial_cmp(&best[k - 1].1) != Some(std::cmp::Ordering::Greater) {
+            continue;
+        }
+        let at = best.partition_point(|&(_, b)| b >= v);
+        best.insert(at, (i as u32, v));
+        best.truncate(k);
+    }
+    best
+}
+
+/// Index of the largest logit (first one on ties; NaN never wins).
+pub fn argmax_of(logits: &[f32]) -> u32 {
+    let mut best = 0usize;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] || logits[best].is_nan() {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Which backend to run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    /// A hardware GPU through wgpu when one exists, else the CPU.
+    Auto,
+    Cpu,
+    Wgpu,
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(BackendKind::Auto),
+            "cpu" => Ok(BackendKind::Cpu),
+            "wgpu" => Ok(BackendKind::Wgpu),
+            _ => Err(format!("unknown backend '{s}'; use auto, cpu or wgpu")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_is_sorted_and_stable() {
+        let l = [0.5, 3.0, -1.0, 3.0, 2.0];
+        assert_eq!(top_k_of(&l, 3), vec![(1, 3.0), (3, 3.0), (4, 2.0)]);
+        assert_eq!(top_k_of(&l, 0), vec![]);
+        assert_eq!(top_k_of(&l, 10).len(), 5);
+        assert_eq!(argmax_of(&l), 1);
+    }
+
+    #[test]
+    fn validate_batch_names_each_problem() {
+        let t = [1u32, 2];
+        let ok = SeqChunk {
+            slot: 0,
+            start_pos: 0,
+            tokens: &t,
+        };
+        assert!(validate_batch(&[ok], &[0, 0], 8, 10).is_ok());
+        let e = validate_batch(&[], &[0], 8, 10).unwrap_err();
+        assert!(matches!(e, BackendError::EmptyBatch));
+        let e = validate_batch(&[SeqChunk { slot: 2, ..ok }], &[0, 0], 8, 10).unwrap_err();
+        assert!(matches!(
+            e,
+            BackendError::SlotOutOfRange {
+                slot: 2,
+                max_slots: 2
+            }
+        ));
+        let e = validate_batch(&[ok, ok], &[0, 0], 8, 10).unwrap_err();
+        assert!(matches!(e, BackendError::DuplicateSlot { slot: 0 }));
+        let e = validate_batch(&[SeqChunk { start_pos: 7, ..ok }], &[7, 0], 8, 10).unwrap_err();
+        assert!(matches!(e, BackendError::ContextOverflow { needed: 9, .. }));
+        let e = validate_batch(&[SeqChunk { start_pos: 3, ..ok }], &[1, 0], 8, 10).unwrap_err();
+        assert!(matches!(e, BackendError::PositionGap { filled: 1, .. }));
+        let e = validate_batch(
+            &[SeqChunk {
+                tokens: &[10],
+                ..ok
+            }],
+            &[0, 0],
+            8,
+            10,
+        )
+        .unwrap_err();
+        assert!(matches!(e, BackendError::TokenOutOfRange { token: 10, .. }));
+        let e = validate_batch(&[SeqChunk { tokens: &[], ..ok }], &[0, 0], 8, 10).unwrap_err();
+        assert!(matches!(e, BackendError::EmptyChunk { slot: 0 }));
+    }
+}
