@@ -1,1 +1,103 @@
 //! Guest SDK for Sandgraph tools.
+//!
+//! A tool author writes one plain Rust function over serde types and marks it with
+//! [`tool`]; this crate supplies everything between that function and the
+//! `sandgraph:tool` WIT world: JSON Schemas, input validation, error mapping, the
+//! component exports, and a small HTTP client over `wasi:http`.
+//!
+//! ```ignore
+//! use sandgraph_guest::{tool, ToolError, JsonSchema};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Deserialize, JsonSchema)]
+//! struct Input { expr: String }
+//! #[derive(Serialize, JsonSchema)]
+//! struct Output { value: f64 }
+//!
+//! #[tool(name = "calc", version = "0.1.0", description = "Evaluates arithmetic.")]
+//! fn invoke(input: Input) -> Result<Output, ToolError> {
+//!     Ok(Output { value: input.expr.len() as f64 })
+//! }
+//! ```
+
+extern crate self as sandgraph_guest;
+
+pub mod error;
+pub mod http;
+pub mod runtime;
+pub mod schema;
+
+pub use error::ToolError;
+pub use runtime::{Tool, ToolInfo};
+pub use sandgraph_guest_macros::tool;
+pub use schemars::JsonSchema;
+
+/// Bindings for the `sandgraph:tool` world, generated once here so tool authors never
+/// run wit-bindgen themselves. Tools reach them only through [`export_tool!`].
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "wit",
+        world: "tool",
+        pub_export_macro: true,
+        export_macro_name: "__export_tool_world",
+        default_bindings_module: "sandgraph_guest::bindings",
+        runtime_path: "sandgraph_guest::__private::wit_bindgen::rt",
+    });
+}
+
+/// Re-exports used by macro expansions in tool crates; not a stable API.
+#[doc(hidden)]
+pub mod __private {
+    pub use wit_bindgen;
+
+    use crate::bindings::sandgraph::tool::types as wit;
+
+    /// `info` export body: the tool's description converted to the WIT record.
+    pub fn wit_info<T: crate::Tool>() -> wit::ToolInfo {
+        let info = crate::runtime::info::<T>();
+        wit::ToolInfo {
+            name: info.name,
+            version: info.version,
+            description: info.description,
+            input_schema: info.input_schema,
+            output_schema: info.output_schema,
+        }
+    }
+
+    /// `invoke` export body: validate, run, serialize, and map errors to the WIT variant.
+    pub fn wit_invoke<T: crate::Tool>(input: &str) -> Result<String, wit::ToolError> {
+        crate::runtime::call::<T>(input).map_err(|e| match e {
+            crate::ToolError::InvalidInput(m) => wit::ToolError::InvalidInput(m),
+            crate::ToolError::Failed(m) => wit::ToolError::Failed(m),
+            crate::ToolError::Denied(m) => wit::ToolError::Denied(m),
+        })
+    }
+}
+
+/// Exports a type implementing [`Tool`] as this component's `sandgraph:tool/tool` world.
+/// Use it once per crate; the [`tool`] attribute calls it for you.
+#[macro_export]
+macro_rules! export_tool {
+    ($ty:ty) => {
+        const _: () = {
+            struct __SandgraphToolExport;
+            impl $crate::bindings::Guest for __SandgraphToolExport {
+                fn info() -> $crate::bindings::sandgraph::tool::types::ToolInfo {
+                    $crate::__private::wit_info::<$ty>()
+                }
+                fn invoke(
+                    input: ::std::string::String,
+                ) -> ::std::result::Result<
+                    ::std::string::String,
+                    $crate::bindings::sandgraph::tool::types::ToolError,
+                > {
+                    $crate::__private::wit_invoke::<$ty>(&input)
+                }
+            }
+            $crate::bindings::__export_tool_world!(
+                __SandgraphToolExport with_types_in $crate::bindings
+            );
+        };
+    };
+}

@@ -1,0 +1,168 @@
+//! The `#[tool]` attribute of `sandgraph-guest`.
+//!
+//! It turns a plain `fn(Input) -> Result<Output, ToolError>` into an implementation of
+//! `sandgraph_guest::Tool` and exports it as the component's `sandgraph:tool` world.
+
+use proc_macro::TokenStream;
+use proc_macro2::Span;
+use quote::quote;
+use syn::{
+    Expr, ExprLit, FnArg, GenericArgument, ItemFn, Lit, MetaNameValue, PathArguments, ReturnType,
+    Token, Type, parse::Parser, punctuated::Punctuated, spanned::Spanned,
+};
+
+/// Exports a function as a Sandgraph tool.
+///
+/// ```ignore
+/// #[sandgraph_guest::tool(name = "calc", version = "0.1.0", description = "Evaluates arithmetic.")]
+/// fn invoke(input: Input) -> Result<Output, ToolError> { ... }
+/// ```
+///
+/// `name` and `description` are required; `version` defaults to the crate's version.
+/// The attribute also defines `pub struct SandgraphTool`, which implements
+/// `sandgraph_guest::Tool`, so native tests can drive the full request path with
+/// `sandgraph_guest::runtime::call::<SandgraphTool>(json)`.
+#[proc_macro_attribute]
+pub fn tool(attr: TokenStream, item: TokenStream) -> TokenStream {
+    match expand(attr.into(), item.into()) {
+        Ok(tokens) => tokens.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+fn expand(
+    attr: proc_macro2::TokenStream,
+    item: proc_macro2::TokenStream,
+) -> syn::Result<proc_macro2::TokenStream> {
+    let args = Punctuated::<MetaNameValue, Token![,]>::parse_terminated.parse2(attr)?;
+    let mut name = None;
+    let mut version = None;
+    let mut description = None;
+    for arg in &args {
+        let key = arg
+            .path
+            .get_ident()
+            .map(|i| i.to_string())
+            .unwrap_or_default();
+        let value = match &arg.value {
+            Expr::Lit(ExprLit {
+                lit: Lit::Str(s), ..
+            }) => s.clone(),
+            other => {
+                return Err(syn::Error::new(
+                    other.span(),
+                    format!("`{key}` must be a string literal"),
+                ));
+            }
+        };
+        let slot = match key.as_str() {
+            "name" => &mut name,
+            "version" => &mut version,
+            "description" => &mut description,
+            _ => {
+                return Err(syn::Error::new(
+                    arg.path.span(),
+                    format!(
+                        "unknown tool attribute `{key}`; expected name, version or description"
+                    ),
+                ));
+            }
+        };
+        if slot.replace(value).is_some() {
+            return Err(syn::Error::new(
+                arg.path.span(),
+                format!("`{key}` given twice"),
+            ));
+        }
+    }
+    let name = name.ok_or_else(|| {
+        syn::Error::new(
+            Span::call_site(),
+            "missing `name = \"...\"` in #[tool(...)]",
+        )
+    })?;
+    let description = description.ok_or_else(|| {
+        syn::Error::new(
+            Span::call_site(),
+            "missing `description = \"...\"` in #[tool(...)]",
+        )
+    })?;
+    let version = match version {
+        Some(v) => quote!(#v),
+        None => quote!(::core::env!("CARGO_PKG_VERSION")),
+    };
+
+    let function: ItemFn = syn::parse2(item)?;
+    let sig = &function.sig;
+    if sig.inputs.len() != 1 {
+        return Err(syn::Error::new(
+            sig.inputs.span(),
+            "a tool function takes exactly one argument: its input type",
+        ));
+    }
+    let input_ty = match sig.inputs.first() {
+        Some(FnArg::Typed(pat)) => (*pat.ty).clone(),
+        Some(other) => {
+            return Err(syn::Error::new(
+                other.span(),
+                "a tool function cannot take `self`",
+            ));
+        }
+        None => unreachable_input(),
+    };
+    let output_ty = result_ok_type(&sig.output)?;
+    let fn_name = &sig.ident;
+
+    Ok(quote! {
+        #function
+
+        /// The tool defined by `#[sandgraph_guest::tool]` in this crate.
+        pub struct SandgraphTool;
+
+        impl ::sandgraph_guest::Tool for SandgraphTool {
+            const NAME: &'static str = #name;
+            const VERSION: &'static str = #version;
+            const DESCRIPTION: &'static str = #description;
+            type Input = #input_ty;
+            type Output = #output_ty;
+            fn invoke(
+                input: Self::Input,
+            ) -> ::core::result::Result<Self::Output, ::sandgraph_guest::ToolError> {
+                #fn_name(input)
+            }
+        }
+
+        ::sandgraph_guest::export_tool!(SandgraphTool);
+    })
+}
+
+/// `inputs.len() == 1` was checked, so `first()` is `Some`.
+fn unreachable_input() -> Type {
+    syn::parse_quote!(())
+}
+
+fn result_ok_type(output: &ReturnType) -> syn::Result<Type> {
+    let error = || {
+        syn::Error::new(
+            output.span(),
+            "a tool function returns `Result<Output, ToolError>`",
+        )
+    };
+    let ReturnType::Type(_, ty) = output else {
+        return Err(error());
+    };
+    let Type::Path(path) = &**ty else {
+        return Err(error());
+    };
+    let last = path.path.segments.last().ok_or_else(error)?;
+    if last.ident != "Result" {
+        return Err(error());
+    }
+    let PathArguments::AngleBracketed(args) = &last.arguments else {
+        return Err(error());
+    };
+    match args.args.first() {
+        Some(GenericArgument::Type(ok)) => Ok(ok.clone()),
+        _ => Err(error()),
+    }
+}

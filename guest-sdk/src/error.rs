@@ -1,0 +1,70 @@
+//! The error a tool returns, one variant per case of the WIT `tool-error`.
+//!
+//! Kept as a plain Rust enum (not the generated binding) so tool logic and its tests
+//! stay independent of wit-bindgen and run natively.
+
+use std::fmt;
+
+/// Why a tool call did not produce output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolError {
+    /// The input did not parse or did not satisfy the input schema.
+    InvalidInput(String),
+    /// The tool ran and failed (a bad expression, an upstream error, ...).
+    Failed(String),
+    /// The sandbox refused something the tool needed (egress, a file, ...).
+    Denied(String),
+}
+
+impl ToolError {
+    /// The caller's input was wrong; say which field and why.
+    pub fn invalid_input(message: impl Into<String>) -> Self {
+        Self::InvalidInput(message.into())
+    }
+
+    /// The tool could not do its job for a reason that is not the caller's input shape.
+    pub fn failed(message: impl Into<String>) -> Self {
+        Self::Failed(message.into())
+    }
+
+    /// The sandbox denied a capability the tool needed.
+    pub fn denied(message: impl Into<String>) -> Self {
+        Self::Denied(message.into())
+    }
+
+    /// The message without the kind.
+    pub fn message(&self) -> &str {
+        match self {
+            Self::InvalidInput(m) | Self::Failed(m) | Self::Denied(m) => m,
+        }
+    }
+}
+
+impl fmt::Display for ToolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidInput(m) => write!(f, "invalid input: {m}"),
+            Self::Failed(m) => write!(f, "tool failed: {m}"),
+            Self::Denied(m) => write!(f, "denied: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for ToolError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constructors_pick_the_variant_and_keep_the_message() {
+        assert_eq!(
+            ToolError::invalid_input("x"),
+            ToolError::InvalidInput("x".into())
+        );
+        assert_eq!(ToolError::failed("y"), ToolError::Failed("y".into()));
+        assert_eq!(ToolError::denied("z"), ToolError::Denied("z".into()));
+        assert_eq!(ToolError::denied("z").message(), "z");
+        assert_eq!(ToolError::failed("boom").to_string(), "tool failed: boom");
+    }
+}

@@ -1,0 +1,482 @@
+//! JSON Schemas for tool inputs/outputs, and validation of an input against its schema.
+//!
+//! serde alone ignores schema-level constraints (`#[schemars(range(...))]`, lengths,
+//! `deny_unknown_fields` is the exception), so inputs are checked against the generated
+//! schema first and then deserialized; both report the JSON path of the offending field.
+
+use schemars::{JsonSchema, generate::SchemaSettings};
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::ToolError;
+
+/// The draft 2020-12 root schema of `T`, as a JSON value.
+pub fn schema_for<T: JsonSchema + ?Sized>() -> Value {
+    SchemaSettings::draft2020_12()
+        .into_generator()
+        .into_root_schema_for::<T>()
+        .to_value()
+}
+
+/// The draft 2020-12 root schema of `T`, as compact JSON text.
+pub fn schema_json<T: JsonSchema + ?Sized>() -> String {
+    schema_for::<T>().to_string()
+}
+
+/// Parses `input` as JSON, checks it against `T`'s schema, and deserializes it.
+/// Every failure is [`ToolError::InvalidInput`] naming the field path.
+pub fn parse_input<T: DeserializeOwned + JsonSchema>(input: &str) -> Result<T, ToolError> {
+    let value: Value = serde_json::from_str(input)
+        .map_err(|e| ToolError::invalid_input(format!("input is not valid JSON: {e}")))?;
+    let schema = schema_for::<T>();
+    validate(&schema, &value)?;
+    serde_path_to_error::deserialize(&value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        at(&path, &inner.to_string())
+    })
+}
+
+/// Checks `value` against `schema` (a root schema whose `$ref`s point into `$defs`).
+pub fn validate(schema: &Value, value: &Value) -> Result<(), ToolError> {
+    let mut path = Vec::new();
+    Validator { root: schema }
+        .check(schema, value, &mut path, 0)
+        .map_err(|message| at(&render_path(&path), &message))
+}
+
+fn at(path: &str, message: &str) -> ToolError {
+    if path.is_empty() || path == "." {
+        ToolError::invalid_input(message.to_owned())
+    } else {
+        ToolError::invalid_input(format!("at `{path}`: {message}"))
+    }
+}
+
+enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+fn render_path(path: &[Segment]) -> String {
+    let mut out = String::new();
+    for segment in path {
+        match segment {
+            Segment::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Segment::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+/// Deepest `$ref` chain followed before giving up; generated schemas are never this deep
+/// and a cyclic hand-written one must not hang the tool.
+const MAX_DEPTH: usize = 64;
+
+struct Validator<'a> {
+    root: &'a Value,
+}
+
+impl<'a> Validator<'a> {
+    /// On failure `path` is left pointing at the offending value.
+    fn check(
+        &self,
+        schema: &'a Value,
+        value: &Value,
+        path: &mut Vec<Segment>,
+        depth: usize,
+    ) -> Result<(), String> {
+        if depth > MAX_DEPTH {
+            return Err("input schema nests too deeply to validate".into());
+        }
+        let schema = match schema {
+            Value::Bool(true) => return Ok(()),
+            Value::Bool(false) => return Err("no value is allowed here".into()),
+            Value::Object(map) => map,
+            _ => return Ok(()),
+        };
+        if let Some(Value::String(reference)) = schema.get("$ref") {
+            let target = self.resolve(reference)?;
+            self.check(target, value, path, depth + 1)?;
+        }
+        if let Some(ty) = schema.get("type") {
+            check_type(ty, value)?;
+        }
+        if let Some(Value::Array(options)) = schema.get("enum")
+            && !options.contains(value)
+        {
+            return Err(format!(
+                "{} is not one of {}",
+                brief(value),
+                Value::Array(options.clone())
+            ));
+        }
+        if let Some(expected) = schema.get("const")
+            && expected != value
+        {
+            return Err(format!("expected {expected}, got {}", brief(value)));
+        }
+        for key in ["anyOf", "oneOf"] {
+            if let Some(Value::Array(options)) = schema.get(key) {
+                let matched = options
+                    .iter()
+                    .filter(|option| {
+                        self.check(option, value, &mut Vec::new(), depth + 1)
+                            .is_ok()
+                    })
+                    .count();
+                let ok = if key == "anyOf" {
+                    matched > 0
+                } else {
+                    matched == 1
+                };
+                if !ok {
+                    return Err(format!("{} does not match any allowed shape", brief(value)));
+                }
+            }
+        }
+        if let Some(Value::Array(all)) = schema.get("allOf") {
+            for option in all {
+                self.check(option, value, path, depth + 1)?;
+            }
+        }
+        match value {
+            Value::Object(object) => self.check_object(schema, object, path, depth)?,
+            Value::Array(items) => self.check_array(schema, items, path, depth)?,
+            Value::String(s) => check_string(schema, s)?,
+            Value::Number(n) => check_number(schema, n.as_f64().unwrap_or(f64::NAN))?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn check_object(
+        &self,
+        schema: &'a Map<String, Value>,
+        object: &Map<String, Value>,
+        path: &mut Vec<Segment>,
+        depth: usize,
+    ) -> Result<(), String> {
+        if let Some(Value::Array(required)) = schema.get("required") {
+            for name in required.iter().filter_map(Value::as_str) {
+                if !object.contains_key(name) {
+                    return Err(format!("missing field `{name}`"));
+                }
+            }
+        }
+        let properties = schema.get("properties").and_then(Value::as_object);
+        for (key, item) in object {
+            let property = properties.and_then(|p| p.get(key));
+            let item_schema = match property {
+                Some(s) => s,
+                None => match schema.get("additionalProperties") {
+                    Some(Value::Bool(false)) => {
+                        let known: Vec<&str> = properties
+                            .map(|p| p.keys().map(String::as_str).collect())
+                            .unwrap_or_default();
+                        return Err(format!(
+                            "unknown field `{key}`, expected one of: {}",
+                            known.join(", ")
+                        ));
+                    }
+                    Some(s) => s,
+                    None => continue,
+                },
+            };
+            path.push(Segment::Key(key.clone()));
+            self.check(item_schema, item, path, depth + 1)?;
+            path.pop();
+        }
+        Ok(())
+    }
+
+    fn check_array(
+        &self,
+        schema: &'a Map<String, Value>,
+        items: &[Value],
+        path: &mut Vec<Segment>,
+        depth: usize,
+    ) -> Result<(), String> {
+        if let Some(min) = schema.get("minItems").and_then(Value::as_u64)
+            && (items.len() as u64) < min
+        {
+            return Err(format!(
+                "expected at least {min} items, got {}",
+                items.len()
+            ));
+        }
+        if let Some(max) = schema.get("maxItems").and_then(Value::as_u64)
+            && (items.len() as u64) > max
+        {
+            return Err(format!("expected at most {max} items, got {}", items.len()));
+        }
+        if let Some(item_schema) = schema.get("items") {
+            for (i, item) in items.iter().enumerate() {
+                path.push(Segment::Index(i));
+                self.check(item_schema, item, path, depth + 1)?;
+                path.pop();
+            }
+        }
+        Ok(())
+    }
+
+    fn resolve(&self, reference: &str) -> Result<&'a Value, String> {
+        let pointer = reference
+            .strip_prefix('#')
+            .ok_or_else(|| format!("input schema has a non-local $ref `{reference}`"))?;
+        self.root
+            .pointer(pointer)
+            .ok_or_else(|| format!("input schema has a dangling $ref `{reference}`"))
+    }
+}
+
+fn check_type(ty: &Value, value: &Value) -> Result<(), String> {
+    let allowed: Vec<&str> = match ty {
+        Value::String(s) => vec![s.as_str()],
+        Value::Array(list) => list.iter().filter_map(Value::as_str).collect(),
+        _ => return Ok(()),
+    };
+    if allowed.iter().any(|t| type_matches(t, value)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected {}, got {}",
+            allowed.join(" or "),
+            brief(value)
+        ))
+    }
+}
+
+fn type_matches(ty: &str, value: &Value) -> bool {
+    match ty {
+        "null" => value.is_null(),
+        "boolean" => value.is_boolean(),
+        "object" => value.is_object(),
+        "array" => value.is_array(),
+        "string" => value.is_string(),
+        "number" => value.is_number(),
+        "integer" => {
+            value.is_i64() || value.is_u64() || value.as_f64().is_some_and(|f| f.fract() == 0.0)
+        }
+        _ => true,
+    }
+}
+
+fn check_string(schema: &Map<String, Value>, s: &str) -> Result<(), String> {
+    let len = s.chars().count() as u64;
+    if let Some(min) = schema.get("minLength").and_then(Value::as_u64)
+        && len < min
+    {
+        return Err(format!("expected at least {min} characters, got {len}"));
+    }
+    if let Some(max) = schema.get("maxLength").and_then(Value::as_u64)
+        && len > max
+    {
+        return Err(format!("expected at most {max} characters, got {len}"));
+    }
+    Ok(())
+}
+
+fn check_number(schema: &Map<String, Value>, n: f64) -> Result<(), String> {
+    let bound = |key: &str| schema.get(key).and_then(Value::as_f64);
+    if let Some(min) = bound("minimum")
+        && n < min
+    {
+        return Err(format!("{n} is less than the minimum {min}"));
+    }
+    if let Some(max) = bound("maximum")
+        && n > max
+    {
+        return Err(format!("{n} is greater than the maximum {max}"));
+    }
+    if let Some(min) = bound("exclusiveMinimum")
+        && n <= min
+    {
+        return Err(format!("{n} must be greater than {min}"));
+    }
+    if let Some(max) = bound("exclusiveMaximum")
+        && n >= max
+    {
+        return Err(format!("{n} must be less than {max}"));
+    }
+    Ok(())
+}
+
+/// A short rendering of a value for error messages (long strings and containers elided).
+fn brief(value: &Value) -> String {
+    match value {
+        Value::Null => "null".into(),
+        Value::Bool(b) => format!("boolean {b}"),
+        Value::Number(n) => format!("number {n}"),
+        Value::String(s) if s.chars().count() > 40 => {
+            format!("string \"{}…\"", s.chars().take(40).collect::<String>())
+        }
+        Value::String(s) => format!("string {s:?}"),
+        Value::Array(a) => format!("an array of {} items", a.len()),
+        Value::Object(_) => "an object".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize, JsonSchema, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Input {
+        expr: String,
+        #[schemars(range(min = 1, max = 10))]
+        top: Option<u32>,
+        #[serde(default)]
+        tags: Vec<Tag>,
+    }
+
+    #[derive(Debug, Deserialize, JsonSchema, PartialEq)]
+    struct Tag {
+        #[schemars(length(min = 1, max = 5))]
+        name: String,
+        kind: Kind,
+    }
+
+    #[derive(Debug, Deserialize, JsonSchema, PartialEq)]
+    #[serde(rename_all = "snake_case")]
+    enum Kind {
+        Plain,
+        Bold,
+    }
+
+    fn err(input: &str) -> String {
+        match parse_input::<Input>(input) {
+            Err(ToolError::InvalidInput(m)) => m,
+            other => panic!("expected InvalidInput, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn schema_is_draft_2020_12_with_properties_and_constraints() {
+        let schema = schema_for::<Input>();
+        assert_eq!(
+            schema["$schema"],
+            "https://json-schema.org/draft/2020-12/schema"
+        );
+        assert_eq!(schema["type"], "object");
+        assert_eq!(schema["properties"]["expr"]["type"], "string");
+        assert_eq!(schema["properties"]["top"]["minimum"], 1);
+        assert_eq!(schema["properties"]["top"]["maximum"], 10);
+        assert_eq!(schema["required"], serde_json::json!(["expr"]));
+        assert_eq!(schema["additionalProperties"], false);
+        assert!(
+            schema["$defs"]["Tag"].is_object(),
+            "nested types go to $defs: {schema}"
+        );
+    }
+
+    #[test]
+    fn valid_input_parses() {
+        let got =
+            parse_input::<Input>(r#"{"expr":"1+1","top":3,"tags":[{"name":"a","kind":"bold"}]}"#)
+                .unwrap();
+        assert_eq!(got.expr, "1+1");
+        assert_eq!(got.top, Some(3));
+        assert_eq!(
+            got.tags,
+            vec![Tag {
+                name: "a".into(),
+                kind: Kind::Bold
+            }]
+        );
+    }
+
+    #[test]
+    fn malformed_json_says_where() {
+        let m = err(r#"{"expr": "#);
+        assert!(
+            m.starts_with("input is not valid JSON: EOF while parsing"),
+            "{m}"
+        );
+        assert!(m.contains("line 1 column 9"), "{m}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_field() {
+        assert_eq!(
+            err(r#"{"expr": 3}"#),
+            "at `expr`: expected string, got number 3"
+        );
+    }
+
+    #[test]
+    fn missing_required_field_is_named() {
+        assert_eq!(err(r#"{"top": 3}"#), "missing field `expr`");
+    }
+
+    #[test]
+    fn unknown_field_lists_the_known_ones() {
+        assert_eq!(
+            err(r#"{"expr":"x","exp":1}"#),
+            "unknown field `exp`, expected one of: expr, tags, top"
+        );
+    }
+
+    #[test]
+    fn range_violation_is_caught_before_serde() {
+        assert_eq!(
+            err(r#"{"expr":"x","top":11}"#),
+            "at `top`: 11 is greater than the maximum 10"
+        );
+        assert_eq!(
+            err(r#"{"expr":"x","top":0}"#),
+            "at `top`: 0 is less than the minimum 1"
+        );
+    }
+
+    #[test]
+    fn nested_errors_carry_the_full_path() {
+        assert_eq!(
+            err(
+                r#"{"expr":"x","tags":[{"name":"ok","kind":"plain"},{"name":"toolong","kind":"plain"}]}"#
+            ),
+            "at `tags[1].name`: expected at most 5 characters, got 7"
+        );
+        assert_eq!(
+            err(r#"{"expr":"x","tags":[{"name":"a","kind":"italic"}]}"#),
+            r#"at `tags[0].kind`: string "italic" is not one of ["plain","bold"]"#
+        );
+    }
+
+    #[test]
+    fn top_level_must_be_an_object() {
+        assert_eq!(err("[1,2]"), "expected object, got an array of 2 items");
+    }
+
+    #[test]
+    fn serde_errors_that_the_schema_does_not_cover_still_carry_the_path() {
+        // The deserializer, not only the schema, reports paths (here the schema's u8 bound hits first).
+        #[derive(Debug, Deserialize, JsonSchema)]
+        struct Wide {
+            #[allow(dead_code)]
+            n: u8,
+        }
+        match parse_input::<Wide>(r#"{"n": 300}"#) {
+            Err(ToolError::InvalidInput(m)) => assert!(m.starts_with("at `n`: "), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn cyclic_ref_does_not_hang() {
+        let schema =
+            serde_json::json!({"$ref": "#/$defs/A", "$defs": {"A": {"$ref": "#/$defs/A"}}});
+        let e = validate(&schema, &serde_json::json!(1)).unwrap_err();
+        assert_eq!(
+            e,
+            ToolError::invalid_input("input schema nests too deeply to validate")
+        );
+    }
+}
