@@ -153,7 +153,7 @@ fn matmul_splits_tensors_bigger_than_one_binding() {
 #[test]
 fn embedding_rows_match_dequantized_table_for_every_type() {
     let mut rng = TestRng::new(13);
-    for cap in [None, Some(1000)] {
+    for cap in [None, Some(2100)] {
         let p = Probe::new(ctx(None, cap), &TYPES, 64).unwrap();
         for ty in TYPES {
             let (w, deq) = matrix(&mut rng, ty, 50, 64);

@@ -19,6 +19,17 @@ pub enum KernelVariant {
     TiledSubgroup { lanes: u32 },
 }
 
+impl KernelVariant {
+    /// Rows stored word-interleaved per group in the device weight layout (1 = plain rows);
+    /// see shaders/layout.wgsl.
+    pub fn interleave(self) -> u32 {
+        match self {
+            KernelVariant::Rows => 8,
+            _ => 1,
+        }
+    }
+}
+
 impl std::fmt::Display for KernelVariant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

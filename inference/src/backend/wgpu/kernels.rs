@@ -13,6 +13,7 @@ const MATMUL_ROWS: &str = include_str!("shaders/matmul_rows.wgsl");
 const MATMUL_TILED: &str = include_str!("shaders/matmul_tiled.wgsl");
 const REDUCE_SHARED: &str = include_str!("shaders/reduce_shared.wgsl");
 const REDUCE_SUBGROUP: &str = include_str!("shaders/reduce_subgroup.wgsl");
+const LAYOUT: &str = include_str!("shaders/layout.wgsl");
 const EMBED: &str = include_str!("shaders/embed.wgsl");
 const RMSNORM: &str = include_str!("shaders/rmsnorm.wgsl");
 const ROPE_KV: &str = include_str!("shaders/rope_kv.wgsl");
@@ -68,9 +69,34 @@ pub fn matmul_source(ty: GgmlType, tb: u32, v: KernelVariant) -> Result<String, 
         KernelVariant::TiledShared => format!("{MATMUL_TILED}\n{REDUCE_SHARED}"),
         KernelVariant::TiledSubgroup { .. } => format!("{MATMUL_TILED}\n{REDUCE_SUBGROUP}"),
     };
+    let il = v.interleave();
+    let unrolled = token_unrolled(tb);
     Ok(format!(
-        "const TB: u32 = {tb}u;\nconst LANES: u32 = {lanes}u;\nconst ROWS: u32 = {rows}u;\n{dq}\n{MATMUL_COMMON}\n{body}"
+        "const TB: u32 = {tb}u;\nconst LANES: u32 = {lanes}u;\nconst ROWS: u32 = {rows}u;\nconst IL: u32 = {il}u;\n{LAYOUT}\n{dq}\n{MATMUL_COMMON}\n{unrolled}\n{body}"
     ))
+}
+
+/// `block_dot` and `acc_get` for `tb` tokens, written out token by token: one named private
+/// accumulator per token instead of an indexed array, which lavapipe would keep in memory.
+fn token_unrolled(tb: u32) -> String {
+    let mut s = String::new();
+    for t in 0..tb {
+        s += &format!("var<private> acc_{t}: f32 = 0.0;\n");
+    }
+    s += "fn block_dot(r: u32, b: u32, row_words: u32, t0: u32) {\n";
+    s += "    let v = load_block(block_base(r, b, row_words), IL);\n";
+    s += "    let k4 = M.k / 4u;\n    let xb = t0 * k4 + b * 8u;\n";
+    s += "    acc_0 += block_x(v, xb);\n";
+    for t in 1..tb {
+        s += &format!("    if (t0 + {t}u < F.n) {{ acc_{t} += block_x(v, xb + {t}u * k4); }}\n");
+    }
+    s += "}\nfn acc_get() -> array<f32, TB> {\n    return array<f32, TB>(";
+    s += &(0..tb)
+        .map(|t| format!("acc_{t}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    s += ");\n}\n";
+    s
 }
 
 /// What a binding slot holds.
@@ -213,7 +239,10 @@ impl Kernels {
                 );
             }
             let dq = dequant_source(ty).ok_or(WgpuError::UnsupportedType(ty))?;
-            let src = format!("{dq}\n{EMBED}");
+            let src = format!(
+                "const IL: u32 = {}u;\n{LAYOUT}\n{dq}\n{EMBED}",
+                v.interleave()
+            );
             let name = format!("embed_{}", ty.name());
             embed.insert(ty, pipeline(ctx, &name, &src, "main", &embed_layout)?);
         }

@@ -294,3 +294,37 @@ impl Probe {
             .collect())
     }
 }
+
+impl Probe {
+    /// Mean device time of one matmul dispatch over `reps` in one pass (after a warm-up),
+    /// on zero weights: for kernel benchmarks, not a test.
+    pub fn time_matmul(
+        &self,
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        n: usize,
+        reps: usize,
+    ) -> std::time::Duration {
+        let w = vec![0u8; rows * ty.row_bytes(cols)];
+        let m = GpuMatrix::upload(&self.ctx, "w", ty, rows, cols, &w).unwrap();
+        let xb = f32_buffer(&self.ctx, "x", &vec![0.5; n * cols], false);
+        let y = scratch(&self.ctx, "y", (n * rows * 4) as u64).unwrap();
+        let fwd = uniform(&self.ctx, "fwd", &fwd_words(n as u32));
+        let op = MatOp::new(&self.ctx, &self.k, "w", &m, &xb, &y, rows, false, &fwd);
+        self.run(|p| op.record(p, &self.k, n as u32, 65535), &y, 4)
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        self.run(
+            |p| {
+                for _ in 0..reps {
+                    op.record(p, &self.k, n as u32, 65535)
+                }
+            },
+            &y,
+            4,
+        )
+        .unwrap();
+        t0.elapsed() / reps as u32
+    }
+}

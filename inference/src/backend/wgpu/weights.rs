@@ -55,6 +55,23 @@ pub fn to_device_layout(ty: GgmlType, cols: usize, bytes: &[u8]) -> Result<Vec<u
     })
 }
 
+/// Stores each group of `il` rows word-interleaved (see shaders/layout.wgsl), padding the last
+/// group with zero rows.
+fn interleave(rows: &[u8], row_bytes: usize, il: usize) -> Vec<u8> {
+    let n = rows.len() / row_bytes;
+    let words = row_bytes / 4;
+    let groups = n.div_ceil(il);
+    let mut out = vec![0u8; groups * il * row_bytes];
+    for r in 0..n {
+        let (g, lane) = (r / il, r % il);
+        for j in 0..words {
+            let o = ((g * words + j) * il + lane) * 4;
+            out[o..o + 4].copy_from_slice(&rows[r * row_bytes + j * 4..][..4]);
+        }
+    }
+    out
+}
+
 /// Rows `row_start..row_start + rows` of a matrix in one buffer.
 pub struct Split {
     pub row_start: usize,
@@ -89,10 +106,13 @@ impl GpuMatrix {
         }
         let data = to_device_layout(ty, cols, bytes)?;
         let dev_row = device_row_bytes(ty, cols);
-        let per_split = (ctx.split_bytes as usize / dev_row).min(rows.max(1));
+        let il = ctx.variant.interleave() as usize;
+        let per_split =
+            (ctx.split_bytes as usize / dev_row / il * il).min(rows.next_multiple_of(il));
         if per_split == 0 {
             return Err(WgpuError::TooLarge(format!(
-                "one row of tensor '{name}' ({dev_row} bytes) exceeds the storage binding limit of {} bytes",
+                "{il} rows of tensor '{name}' ({} bytes) exceed the storage binding limit of {} bytes",
+                il * dev_row,
                 ctx.split_bytes
             )));
         }
@@ -100,11 +120,19 @@ impl GpuMatrix {
         let mut start = 0;
         while start < rows {
             let n = per_split.min(rows - start);
+            let rows_bytes = &data[start * dev_row..(start + n) * dev_row];
+            let interleaved;
+            let contents = if il > 1 {
+                interleaved = interleave(rows_bytes, dev_row, il);
+                &interleaved[..]
+            } else {
+                rows_bytes
+            };
             let buffer = ctx
                 .device
                 .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                     label: Some(name),
-                    contents: &data[start * dev_row..(start + n) * dev_row],
+                    contents,
                     usage: wgpu::BufferUsages::STORAGE,
                 });
             splits.push(Split {

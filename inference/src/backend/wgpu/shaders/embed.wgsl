@@ -1,5 +1,5 @@
 // Embedding lookup: Y[t, :] = dequantized row META[t].x of the token table. The Rust side
-// prepends one dequant_*.wgsl. One invocation per (32-value block, token); a split table
+// prepends `const IL`, layout.wgsl and one dequant_*.wgsl. One invocation per (32-value block, token); a split table
 // dispatches once per split and each split writes only the tokens it holds.
 struct Emb {
     rows: u32,
@@ -32,9 +32,14 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (token < E.row_start || token >= E.row_start + E.rows) {
         return;
     }
-    let wv = load_block(((token - E.row_start) * nb + b) * BLOCK_WORDS);
+    let wv = load_block(block_base(token - E.row_start, b, nb * BLOCK_WORDS), IL);
     let o = t * (E.k / 4u) + b * 8u;
-    for (var i = 0u; i < 8u; i++) {
-        Y[o + i] = wv[i];
-    }
+    Y[o] = wv.w0;
+    Y[o + 1u] = wv.w1;
+    Y[o + 2u] = wv.w2;
+    Y[o + 3u] = wv.w3;
+    Y[o + 4u] = wv.w4;
+    Y[o + 5u] = wv.w5;
+    Y[o + 6u] = wv.w6;
+    Y[o + 7u] = wv.w7;
 }

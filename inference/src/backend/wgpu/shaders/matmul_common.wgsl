@@ -1,6 +1,6 @@
 // Y[t, row_start + r] (=|+=) sum_k W[r, k] * X[t, k] for t < F.n, r < M.rows.
-// The Rust side prepends `const TB`, `const LANES`, `const ROWS` and one dequant_*.wgsl,
-// which provides BLOCK_WORDS and load_block(word offset) -> 32 weights as 8 vec4.
+// The Rust side prepends `const TB`, `const LANES`, `const ROWS`, `const IL`, layout.wgsl and
+// one dequant_*.wgsl, which provides BLOCK_WORDS and load_block(word, stride) -> Block.
 struct Mat {
     rows: u32,        // rows of W held by this binding (one split of a big tensor)
     k: u32,           // columns, a multiple of 32
@@ -33,19 +33,11 @@ fn store(t: u32, r: u32, v: f32) {
     }
 }
 
-// Adds the dot products of weight block b of the row at word `row_base` with the
-// activations of tokens t0..t0+TB into acc.
-fn block_dot(row_base: u32, b: u32, t0: u32, acc: ptr<function, array<f32, TB>>) {
-    let wv = load_block(row_base + b * BLOCK_WORDS);
-    let k4 = M.k / 4u;
-    for (var t = 0u; t < TB; t++) {
-        if (t0 + t < F.n) {
-            let xb = (t0 + t) * k4 + b * 8u;
-            var s = 0.0;
-            for (var i = 0u; i < 8u; i++) {
-                s += dot(wv[i], X[xb + i]);
-            }
-            (*acc)[t] += s;
-        }
-    }
+// Dot product of a block with the 32 activations starting at vec4 index xb.
+fn block_x(v: Block, xb: u32) -> f32 {
+    return dot(v.w0, X[xb]) + dot(v.w1, X[xb + 1u]) + dot(v.w2, X[xb + 2u]) + dot(v.w3, X[xb + 3u])
+         + dot(v.w4, X[xb + 4u]) + dot(v.w5, X[xb + 5u]) + dot(v.w6, X[xb + 6u]) + dot(v.w7, X[xb + 7u]);
 }
+
+// block_dot(r, b, row_words, t0) (adds block b of row r times tokens t0..t0 + TB into the
+// private accumulators acc_0..) and acc_get() are generated per TB by the Rust side, unrolled.

@@ -7,12 +7,12 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     if (r >= M.rows || t0 >= F.n) {
         return;
     }
-    var acc: array<f32, TB>;
     let nb = M.k / 32u;
-    let row_base = r * nb * BLOCK_WORDS;
+    let row_words = nb * BLOCK_WORDS;
     for (var b = 0u; b < nb; b++) {
-        block_dot(row_base, b, t0, &acc);
+        block_dot(r, b, row_words, t0);
     }
+    let acc = acc_get();
     for (var t = 0u; t < TB; t++) {
         if (t0 + t < F.n) {
             store(t0 + t, r, acc[t]);

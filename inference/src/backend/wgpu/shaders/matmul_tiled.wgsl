@@ -11,15 +11,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let r = (wid.x + wid.y * nwg.x) * ROWS + lid / LANES;
     let lane = lid % LANES;
     let t0 = wid.z * TB;
-    var acc: array<f32, TB>;
     let live = r < M.rows && t0 < F.n;
     if (live) {
         let nb = M.k / 32u;
-        let row_base = r * nb * BLOCK_WORDS;
+        let row_words = nb * BLOCK_WORDS;
         for (var b = lane; b < nb; b += LANES) {
-            block_dot(row_base, b, t0, &acc);
+            block_dot(r, b, row_words, t0);
         }
     }
+    var acc = acc_get();
     reduce_lanes(lid, lane, &acc);
     if (live && lane == 0u) {
         for (var t = 0u; t < TB; t++) {
