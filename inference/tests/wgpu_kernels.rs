@@ -35,7 +35,9 @@ fn variants() -> Vec<KernelVariant> {
     let c = ctx(None, None);
     let mut v = vec![KernelVariant::Rows, KernelVariant::TiledShared];
     if c.subgroups && c.info.subgroup_min_size == c.info.subgroup_max_size {
+        // `lanes` is filled in from the adapter when the context opens.
         v.push(KernelVariant::TiledSubgroup { lanes: 0 });
+        v.push(KernelVariant::RowsSubgroup { lanes: 0 });
     }
     v
 }

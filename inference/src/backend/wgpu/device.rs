@@ -12,6 +12,9 @@ pub enum KernelVariant {
     /// One invocation per weight row, no barriers: for CPU adapters (lavapipe), where
     /// workgroup barriers are emulated and slow.
     Rows,
+    /// One invocation per weight row, no barriers, and each subgroup of `lanes` shares the
+    /// activation loads through `subgroupBroadcast`: for CPU adapters with subgroups.
+    RowsSubgroup { lanes: u32 },
     /// 8 rows per workgroup, 32 lanes per row, lanes reduced through workgroup memory.
     TiledShared,
     /// One row per workgroup of exactly one subgroup of `lanes` invocations, reduced with
@@ -25,6 +28,7 @@ impl KernelVariant {
     pub fn interleave(self) -> u32 {
         match self {
             KernelVariant::Rows => 8,
+            KernelVariant::RowsSubgroup { lanes } => lanes,
             _ => 1,
         }
     }
@@ -34,6 +38,12 @@ impl std::fmt::Display for KernelVariant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             KernelVariant::Rows => write!(f, "rows (barrier-free)"),
+            KernelVariant::RowsSubgroup { lanes } => {
+                write!(
+                    f,
+                    "rows (barrier-free, activations shared by subgroups of {lanes})"
+                )
+            }
             KernelVariant::TiledShared => write!(f, "tiled (workgroup memory)"),
             KernelVariant::TiledSubgroup { lanes } => write!(f, "tiled (subgroups of {lanes})"),
         }
@@ -154,10 +164,16 @@ pub fn hardware_adapter_available() -> bool {
 
 /// The variant the adapter type suggests.
 fn default_variant(info: &wgpu::AdapterInfo, subgroups: bool) -> KernelVariant {
-    if info.device_type == wgpu::DeviceType::Cpu {
-        return KernelVariant::Rows;
-    }
     let fixed = info.subgroup_min_size == info.subgroup_max_size;
+    if info.device_type == wgpu::DeviceType::Cpu {
+        return if subgroups && fixed && (4..=64).contains(&info.subgroup_min_size) {
+            KernelVariant::RowsSubgroup {
+                lanes: info.subgroup_min_size,
+            }
+        } else {
+            KernelVariant::Rows
+        };
+    }
     if subgroups && fixed && (4..=128).contains(&info.subgroup_min_size) {
         KernelVariant::TiledSubgroup {
             lanes: info.subgroup_min_size,
@@ -215,12 +231,14 @@ impl GpuContext {
         let mut variant = opts
             .variant
             .unwrap_or_else(|| default_variant(&info, subgroups));
-        if matches!(variant, KernelVariant::TiledSubgroup { .. }) && !subgroups {
-            return Err(WgpuError::NoSubgroups {
-                adapter: info.name.clone(),
-            });
-        }
-        if let KernelVariant::TiledSubgroup { lanes } = &mut variant {
+        if let KernelVariant::TiledSubgroup { lanes } | KernelVariant::RowsSubgroup { lanes } =
+            &mut variant
+        {
+            if !subgroups {
+                return Err(WgpuError::NoSubgroups {
+                    adapter: info.name.clone(),
+                });
+            }
             // The workgroup must be exactly one subgroup.
             if info.subgroup_min_size != info.subgroup_max_size {
                 return Err(WgpuError::NoSubgroups {

@@ -10,6 +10,7 @@ use crate::gguf::GgmlType;
 
 const MATMUL_COMMON: &str = include_str!("shaders/matmul_common.wgsl");
 const MATMUL_ROWS: &str = include_str!("shaders/matmul_rows.wgsl");
+const MATMUL_ROWS_SG: &str = include_str!("shaders/matmul_rows_sg.wgsl");
 const MATMUL_TILED: &str = include_str!("shaders/matmul_tiled.wgsl");
 const REDUCE_SHARED: &str = include_str!("shaders/reduce_shared.wgsl");
 const REDUCE_SUBGROUP: &str = include_str!("shaders/reduce_subgroup.wgsl");
@@ -55,6 +56,7 @@ pub fn supports(ty: GgmlType) -> bool {
 fn lanes_rows(v: KernelVariant) -> (u32, u32) {
     match v {
         KernelVariant::Rows => (1, 1),
+        KernelVariant::RowsSubgroup { lanes } => (lanes, 1),
         KernelVariant::TiledShared => (SHARED_LANES, SHARED_ROWS),
         KernelVariant::TiledSubgroup { lanes } => (lanes, 1),
     }
@@ -66,14 +68,63 @@ pub fn matmul_source(ty: GgmlType, tb: u32, v: KernelVariant) -> Result<String, 
     let (lanes, rows) = lanes_rows(v);
     let body = match v {
         KernelVariant::Rows => MATMUL_ROWS.to_string(),
+        KernelVariant::RowsSubgroup { .. } => MATMUL_ROWS_SG.to_string(),
         KernelVariant::TiledShared => format!("{MATMUL_TILED}\n{REDUCE_SHARED}"),
         KernelVariant::TiledSubgroup { .. } => format!("{MATMUL_TILED}\n{REDUCE_SUBGROUP}"),
     };
     let il = v.interleave();
-    let unrolled = token_unrolled(tb);
+    let unrolled = match v {
+        KernelVariant::RowsSubgroup { lanes } => token_unrolled_shared_x(tb, lanes),
+        _ => token_unrolled(tb),
+    };
     Ok(format!(
         "const TB: u32 = {tb}u;\nconst LANES: u32 = {lanes}u;\nconst ROWS: u32 = {rows}u;\nconst IL: u32 = {il}u;\n{LAYOUT}\n{dq}\n{MATMUL_COMMON}\n{unrolled}\n{body}"
     ))
+}
+
+/// Like `token_unrolled`, but a subgroup of `lanes` loads each token's 32 activations once
+/// (spread over the lanes) and `subgroupBroadcast`s them.
+fn token_unrolled_shared_x(tb: u32, lanes: u32) -> String {
+    let per_lane = (8 / lanes).max(1);
+    let mut s = String::new();
+    for t in 0..tb {
+        s += &format!("var<private> acc_{t}: f32 = 0.0;\n");
+    }
+    s += "fn block_dot(r: u32, b: u32, row_words: u32, t0: u32, lane: u32) {\n";
+    s += "    let v = load_block(block_base(r, b, row_words), IL);\n";
+    s += "    let k4 = M.k / 4u;\n";
+    for t in 0..tb {
+        let guard = if t == 0 {
+            "if (true)".to_string()
+        } else {
+            format!("if (t0 + {t}u < F.n)")
+        };
+        s += &format!("    {guard} {{\n        let xb = (t0 + {t}u) * k4 + b * 8u;\n");
+        for j in 0..per_lane {
+            s += &format!(
+                "        let xs{j} = X[xb + (lane + {}u) % 8u];\n",
+                j * lanes
+            );
+        }
+        let terms: Vec<String> = (0..8)
+            .map(|i| {
+                let (src, from) = if lanes <= 8 {
+                    (i / lanes, i % lanes)
+                } else {
+                    (0, i)
+                };
+                format!("dot(v.w{i}, subgroupBroadcast(xs{src}, {from}u))")
+            })
+            .collect();
+        s += &format!("        acc_{t} += {};\n    }}\n", terms.join(" + "));
+    }
+    s += "}\nfn acc_get() -> array<f32, TB> {\n    return array<f32, TB>(";
+    s += &(0..tb)
+        .map(|t| format!("acc_{t}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    s += ");\n}\n";
+    s
 }
 
 /// `block_dot` and `acc_get` for `tb` tokens, written out token by token: one named private
@@ -307,7 +358,7 @@ impl Kernels {
     /// Workgroup counts for a matmul over `rows` weight rows and `n` activation rows.
     pub fn matmul_groups(&self, rows: u32, n: u32, tb: u32, max_dim: u32) -> [u32; 3] {
         let per_group = match self.variant {
-            KernelVariant::Rows => WG1,
+            KernelVariant::Rows | KernelVariant::RowsSubgroup { .. } => WG1,
             v => lanes_rows(v).1,
         };
         let (x, y) = split_groups(rows.div_ceil(per_group), max_dim);
