@@ -69,6 +69,7 @@ fn assert_close(got: &[f32], want: &[f64], scale: &[f64], what: &str) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn check_matmul(
     p: &Probe,
     rng: &mut TestRng,
