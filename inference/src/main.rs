@@ -1,3 +1,7 @@
-fn main() {
-    println!("sandgraph-infer {}", env!("CARGO_PKG_VERSION"));
+//! `sandgraph-infer`: run, inspect, benchmark and fetch GGUF models from the command line.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
 }

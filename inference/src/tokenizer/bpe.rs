@@ -46,6 +46,7 @@ impl Bpe {
         _types: &[i32],
         merges: &[&str],
         pre: &str,
+        unk: Option<u32>,
     ) -> Result<Bpe, TokenizerError> {
         let mut by_text: HashMap<&str, u32> = HashMap::with_capacity(texts.len());
         for (i, t) in texts.iter().enumerate() {
@@ -56,13 +57,21 @@ impl Bpe {
         for (b, c) in chars.iter().enumerate() {
             byte_token[b] = by_text.get(c.to_string().as_str()).copied();
         }
+        // Some vocabularies (SmolLM2's among them) lack a few bytes, mostly ones that never
+        // occur in UTF-8; those encode to the unknown token, the only lossy case.
         if let Some(b) = (0..256).find(|&b| byte_token[b].is_none()) {
-            return Err(TokenizerError::Metadata {
-                key: "tokenizer.ggml.tokens".into(),
-                problem: format!(
-                    "byte-level vocabulary has no token for byte {b:#04x}; every byte needs one"
-                ),
-            });
+            let Some(unk) = unk else {
+                return Err(TokenizerError::Metadata {
+                    key: "tokenizer.ggml.tokens".into(),
+                    problem: format!(
+                        "byte-level vocabulary has no token for byte {b:#04x} and no unknown_token_id to stand in"
+                    ),
+                });
+            };
+            byte_token
+                .iter_mut()
+                .filter(|t| t.is_none())
+                .for_each(|t| *t = Some(unk));
         }
         let mut table = HashMap::with_capacity(merges.len());
         for (rank, rule) in merges.iter().enumerate() {
@@ -147,7 +156,7 @@ impl Bpe {
 
     fn encode_word(&self, word: &[u8], out: &mut Vec<u32>) {
         let mut syms: Vec<u32> = Vec::with_capacity(word.len());
-        // Every byte has a token: `new` rejects vocabularies that lack one.
+        // Every byte has a token (or the unknown token): `new` guarantees it.
         syms.extend(word.iter().filter_map(|&b| self.byte_token[b as usize]));
         loop {
             let mut best: Option<(u32, usize, u32)> = None;

@@ -156,7 +156,8 @@ impl Tokenizer {
                     .get("tokenizer.ggml.pre")
                     .and_then(|v| v.as_str())
                     .unwrap_or("default");
-                let b = bpe::Bpe::new(&texts, &types, &merges, pre)?;
+                let unk = token_id("tokenizer.ggml.unknown_token_id")?;
+                let b = bpe::Bpe::new(&texts, &types, &merges, pre, unk)?;
                 let bytes = b.token_bytes(&texts, &types);
                 (Kind::Bpe(b), bytes)
             }

@@ -202,3 +202,30 @@ fn chatml_uses_the_templates_default_system_prompt() {
     let e = ChatTemplate::detect(Some("[INST] {{ message }} [/INST]")).unwrap_err();
     assert!(matches!(e, TokenizerError::UnsupportedChatTemplate));
 }
+
+#[test]
+fn bytes_missing_from_a_byte_level_vocabulary_use_the_unknown_token_or_fail() {
+    let build = |unk: Option<u32>| {
+        let mut w = GgufWriter::new();
+        tiny_tokenizer_metadata(&mut w, 0);
+        for (k, v) in &mut w.metadata {
+            if k == "tokenizer.ggml.tokens"
+                && let Value::Array(_, items) = v
+            {
+                // Byte 0x04's character (U+0104) is renamed away.
+                items[3 + 4] = Value::String("\u{0}missing".into());
+            }
+        }
+        if let Some(u) = unk {
+            w.meta("tokenizer.ggml.unknown_token_id", Value::U32(u));
+        }
+        Tokenizer::from_gguf(&GgufFile::from_bytes(w.to_bytes()).unwrap())
+    };
+    let e = build(None).unwrap_err();
+    assert!(e.to_string().contains("no token for byte 0x04"), "{e}");
+    let t = build(Some(0)).unwrap();
+    assert_eq!(
+        t.encode_bytes(b"a\x04b", false),
+        vec![3 + b'a' as u32, 0, 3 + b'b' as u32]
+    );
+}

@@ -1,1 +1,622 @@
-//! CPU backend: placeholder module replaced in the next step.
+//! The CPU backend: the reference implementation of the model and the fallback when no GPU
+//! exists. Weights stay quantized in the mapped file; each forward pass runs on a persistent
+//! thread pool, phase by phase, with every matmul sharing one pass over the weights for all
+//! rows of the batch.
+
+mod kernels;
+mod pool;
+
+pub use kernels::{Act, ActBlock, Isa, dot_quant_portable, dot_rows, quantize_act};
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::{Backend, BackendError, SeqChunk, argmax_of, top_k_of, validate_batch};
+use crate::gguf::{GgmlType, GgufFile, dequantize_row};
+use crate::model::{LlamaConfig, LlamaModel, LlamaWeights, TensorRef};
+use pool::{Pool, SpinBarrier};
+
+/// A raw view of a buffer that several threads write in disjoint parts between barriers.
+#[derive(Clone, Copy)]
+struct Buf<T> {
+    ptr: *mut T,
+    len: usize,
+}
+// SAFETY: access discipline (disjoint writes, reads only after a barrier) is kept by `forward`.
+unsafe impl<T: Send> Send for Buf<T> {}
+unsafe impl<T: Send> Sync for Buf<T> {}
+
+impl<T> Buf<T> {
+    fn of(v: &mut [T]) -> Self {
+        Buf {
+            ptr: v.as_mut_ptr(),
+            len: v.len(),
+        }
+    }
+    /// SAFETY: no other thread accesses `r` while the returned slice lives.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice_mut(&self, r: Range<usize>) -> &mut [T] {
+        assert!(r.start <= r.end && r.end <= self.len);
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(r.start), r.end - r.start) }
+    }
+    /// SAFETY: no thread writes `r` while the returned slice lives.
+    unsafe fn slice(&self, r: Range<usize>) -> &[T] {
+        assert!(r.start <= r.end && r.end <= self.len);
+        unsafe { std::slice::from_raw_parts(self.ptr.add(r.start), r.end - r.start) }
+    }
+}
+
+#[derive(Default)]
+struct Scratch {
+    x: Vec<f32>,
+    xn: Vec<f32>,
+    xq: Vec<ActBlock>,
+    qkv: Vec<f32>,
+    att: Vec<f32>,
+    attq: Vec<ActBlock>,
+    h: Vec<f32>,
+    hq: Vec<ActBlock>,
+    rope: Vec<(f32, f32)>,
+    scores: Vec<f32>,
+}
+
+#[derive(Clone, Copy)]
+struct RowInfo {
+    slot: usize,
+    pos: usize,
+}
+
+pub struct CpuBackend {
+    file: Arc<GgufFile>,
+    cfg: LlamaConfig,
+    w: LlamaWeights,
+    attn_norms: Vec<Vec<f32>>,
+    ffn_norms: Vec<Vec<f32>>,
+    out_norm: Vec<f32>,
+    inv_freq: Vec<f32>,
+    isa: Isa,
+    pool: Pool,
+    max_slots: usize,
+    max_context: usize,
+    /// Per slot: K then V caches, each [layer][pos][kv_dim], allocated on first use.
+    kv: Vec<(Vec<f32>, Vec<f32>)>,
+    filled: Vec<usize>,
+    scratch: Scratch,
+    logits: Vec<f32>,
+    n_logits: usize,
+}
+
+fn dequant_vec(file: &GgufFile, t: &TensorRef) -> Vec<f32> {
+    let mut out = vec![0.0; t.rows * t.cols];
+    dequantize_row(t.ty, file.tensor_data(&t.info), &mut out).expect("validated at load");
+    out
+}
+
+impl CpuBackend {
+    /// A CPU session with `max_slots` KV caches of `max_context` positions, on all cores.
+    pub fn new(
+        model: &LlamaModel,
+        max_slots: usize,
+        max_context: usize,
+    ) -> Result<Self, BackendError> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::with_threads(model, max_slots, max_context, threads)
+    }
+
+    pub fn with_threads(
+        model: &LlamaModel,
+        max_slots: usize,
+        max_context: usize,
+        threads: usize,
+    ) -> Result<Self, BackendError> {
+        if max_slots == 0 || max_context == 0 {
+            return Err(BackendError::Unavailable(
+                "CPU backend needs at least one slot and a context of at least one token".into(),
+            ));
+        }
+        let cfg = model.config.clone();
+        let file = model.file.clone();
+        let w = model.weights.clone();
+        let attn_norms = w
+            .layers
+            .iter()
+            .map(|l| dequant_vec(&file, &l.attn_norm))
+            .collect();
+        let ffn_norms = w
+            .layers
+            .iter()
+            .map(|l| dequant_vec(&file, &l.ffn_norm))
+            .collect();
+        let out_norm = dequant_vec(&file, &w.output_norm);
+        let hd = cfg.head_dim;
+        let inv_freq = (0..hd / 2)
+            .map(|i| (cfg.rope_base as f64).powf(-2.0 * i as f64 / hd as f64) as f32)
+            .collect();
+        Ok(CpuBackend {
+            file,
+            cfg,
+            w,
+            attn_norms,
+            ffn_norms,
+            out_norm,
+            inv_freq,
+            isa: Isa::detect(),
+            pool: Pool::new(threads),
+            max_slots,
+            max_context,
+            kv: (0..max_slots).map(|_| (Vec::new(), Vec::new())).collect(),
+            filled: vec![0; max_slots],
+            scratch: Scratch::default(),
+            logits: Vec::new(),
+            n_logits: 0,
+        })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.pool.n_threads()
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    fn logits_rows(&self) -> Result<impl Iterator<Item = &[f32]>, BackendError> {
+        if self.n_logits == 0 {
+            return Err(BackendError::NoLogits);
+        }
+        Ok(self.logits.chunks_exact(self.cfg.vocab_size))
+    }
+}
+
+/// Activation rows `idx` of buffers holding `width` values per row.
+/// SAFETY: the rows are not written while the returned slices live.
+unsafe fn acts<'x>(f: Buf<f32>, q: Buf<ActBlock>, width: usize, idx: Range<usize>) -> Vec<Act<'x>> {
+    idx.map(|b| unsafe {
+        Act {
+            f: std::slice::from_raw_parts(f.ptr.add(b * width), width),
+            q: std::slice::from_raw_parts(q.ptr.add(b * width / 32), width / 32),
+        }
+    })
+    .collect()
+}
+
+/// Grabs chunks of `0..total` from a shared counter until none are left.
+#[inline]
+fn for_chunks(counter: &AtomicUsize, total: usize, chunk: usize, mut f: impl FnMut(Range<usize>)) {
+    loop {
+        let start = counter.fetch_add(chunk, Ordering::Relaxed);
+        if start >= total {
+            return;
+        }
+        f(start..(start + chunk).min(total));
+    }
+}
+
+fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let scale = 1.0 / (ss + eps).sqrt();
+    for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
+        *o = v * scale * g;
+    }
+}
+
+/// Rotates adjacent pairs (2i, 2i+1) of each head ("normal" RoPE, as GGUF llama weights expect).
+fn rope(v: &mut [f32], head_dim: usize, cs: &[(f32, f32)]) {
+    for head in v.chunks_exact_mut(head_dim) {
+        for (pair, &(c, s)) in head.chunks_exact_mut(2).zip(cs) {
+            let (a, b) = (pair[0], pair[1]);
+            pair[0] = a * c - b * s;
+            pair[1] = a * s + b * c;
+        }
+    }
+}
+
+#[inline]
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// Weight rows of one matmul phase, possibly several tensors stacked (e.g. q, k, v).
+struct Stacked<'a> {
+    parts: Vec<(&'a [u8], GgmlType, usize)>,
+    cols: usize,
+}
+
+impl Stacked<'_> {
+    fn rows(&self) -> usize {
+        self.parts.iter().map(|p| p.2).sum()
+    }
+    /// Computes rows `r` for every activation, calling `sink(row, act_index, value)`.
+    #[inline]
+    fn run(
+        &self,
+        isa: Isa,
+        r: Range<usize>,
+        acts: &[Act<'_>],
+        mut sink: impl FnMut(usize, usize, f32),
+    ) {
+        for row in r {
+            let mut base = 0;
+            let mut found = None;
+            for &(bytes, ty, n) in &self.parts {
+                if row < base + n {
+                    found = Some((bytes, ty, row - base));
+                    break;
+                }
+                base += n;
+            }
+            let (bytes, ty, local) = found.expect("row within stacked rows");
+            let rb = ty.row_bytes(self.cols);
+            let wrow = &bytes[local * rb..(local + 1) * rb];
+            let mut g = 0;
+            while g < acts.len() {
+                let n = (acts.len() - g).min(4);
+                let mut out = [0.0f32; 4];
+                dot_rows(isa, ty, wrow, self.cols, &acts[g..g + n], &mut out);
+                for (j, &v) in out[..n].iter().enumerate() {
+                    sink(row, g + j, v);
+                }
+                g += n;
+            }
+        }
+    }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+    fn max_slots(&self) -> usize {
+        self.max_slots
+    }
+    fn max_context(&self) -> usize {
+        self.max_context
+    }
+
+    fn forward(&mut self, batch: &[SeqChunk<'_>]) -> Result<(), BackendError> {
+        validate_batch(batch, &self.filled, self.max_context, self.cfg.vocab_size)?;
+        self.n_logits = 0;
+        let c = &self.cfg;
+        let (dim, hd, qd, kvd, ffn, vocab) = (
+            c.dim,
+            c.head_dim,
+            c.q_dim(),
+            c.kv_dim(),
+            c.ffn_dim,
+            c.vocab_size,
+        );
+        let (n_layers, n_heads, group) = (c.n_layers, c.n_heads, c.n_heads / c.n_kv_heads);
+        let eps = c.norm_eps;
+        let qkv_w = qd + 2 * kvd;
+        let max_ctx = self.max_context;
+
+        // Rows of the batch, and the row whose logits each chunk wants.
+        let mut rows = Vec::new();
+        let mut tokens = Vec::new();
+        let mut out_rows = Vec::with_capacity(batch.len());
+        for ch in batch {
+            for (i, &t) in ch.tokens.iter().enumerate() {
+                rows.push(RowInfo {
+                    slot: ch.slot,
+                    pos: ch.start_pos + i,
+                });
+                tokens.push(t);
+            }
+            out_rows.push(rows.len() - 1);
+        }
+        let nb = rows.len();
+        let n_out = out_rows.len();
+        let threads = self.pool.n_threads();
+
+        for ch in batch {
+            let kv = &mut self.kv[ch.slot];
+            if kv.0.is_empty() {
+                kv.0 = vec![0.0; n_layers * max_ctx * kvd];
+                kv.1 = vec![0.0; n_layers * max_ctx * kvd];
+            }
+        }
+        let s = &mut self.scratch;
+        let fit = |v: &mut Vec<f32>, n: usize| {
+            if v.len() < n {
+                v.resize(n, 0.0)
+            }
+        };
+        let fitq = |v: &mut Vec<ActBlock>, n: usize| {
+            if v.len() < n {
+                v.resize(n, ActBlock::default())
+            }
+        };
+        fit(&mut s.x, nb * dim);
+        fit(&mut s.xn, nb * dim);
+        fitq(&mut s.xq, nb * dim / 32);
+        fit(&mut s.qkv, nb * qkv_w);
+        fit(&mut s.att, nb * qd);
+        fitq(&mut s.attq, nb * qd / 32);
+        fit(&mut s.h, nb * ffn);
+        fitq(&mut s.hq, nb * ffn / 32);
+        fit(&mut s.scores, threads * max_ctx);
+        s.rope.clear();
+        for r in &rows {
+            s.rope.extend(
+                self.inv_freq
+                    .iter()
+                    .map(|&f| (r.pos as f32 * f).sin_cos())
+                    .map(|(s, c)| (c, s)),
+            );
+        }
+        // Embeddings.
+        let emb = &self.w.token_embd;
+        let emb_bytes = self.file.tensor_data(&emb.info);
+        let erb = emb.row_bytes();
+        for (b, &t) in tokens.iter().enumerate() {
+            let t = t as usize;
+            dequantize_row(
+                emb.ty,
+                &emb_bytes[t * erb..(t + 1) * erb],
+                &mut s.x[b * dim..(b + 1) * dim],
+            )
+            .expect("validated");
+        }
+        if self.logits.len() < n_out * vocab {
+            self.logits.resize(n_out * vocab, 0.0);
+        }
+
+        let (x, xn, xq) = (Buf::of(&mut s.x), Buf::of(&mut s.xn), Buf::of(&mut s.xq));
+        let (qkv, att, attq) = (
+            Buf::of(&mut s.qkv),
+            Buf::of(&mut s.att),
+            Buf::of(&mut s.attq),
+        );
+        let (hb, hq, scores) = (
+            Buf::of(&mut s.h),
+            Buf::of(&mut s.hq),
+            Buf::of(&mut s.scores),
+        );
+        let logits = Buf::of(&mut self.logits);
+        let ropes = &s.rope;
+        let kv_bufs: Vec<(Buf<f32>, Buf<f32>)> = self
+            .kv
+            .iter_mut()
+            .map(|(k, v)| (Buf::of(k), Buf::of(v)))
+            .collect();
+        let file = &*self.file;
+        let isa = self.isa;
+        let layers: Vec<(Stacked, Stacked, Stacked, Stacked)> = self
+            .w
+            .layers
+            .iter()
+            .map(|l| {
+                let p = |t: &TensorRef| (file.tensor_data(&t.info), t.ty, t.rows);
+                (
+                    Stacked {
+                        parts: vec![p(&l.wq), p(&l.wk), p(&l.wv)],
+                        cols: dim,
+                    },
+                    Stacked {
+                        parts: vec![p(&l.wo)],
+                        cols: qd,
+                    },
+                    Stacked {
+                        parts: vec![p(&l.w_gate), p(&l.w_up)],
+                        cols: dim,
+                    },
+                    Stacked {
+                        parts: vec![p(&l.w_down)],
+                        cols: ffn,
+                    },
+                )
+            })
+            .collect();
+        let out_w = &self.w.output;
+        let output = Stacked {
+            parts: vec![(file.tensor_data(&out_w.info), out_w.ty, out_w.rows)],
+            cols: dim,
+        };
+        let (attn_norms, ffn_norms, out_norm) = (&self.attn_norms, &self.ffn_norms, &self.out_norm);
+        let n_phases = n_layers * 10 + 2;
+        let counters: Vec<AtomicUsize> = (0..n_phases).map(|_| AtomicUsize::new(0)).collect();
+        let barrier = SpinBarrier::new(threads);
+        let rows = &rows;
+        let out_rows = &out_rows;
+        let scale = 1.0 / (hd as f32).sqrt();
+
+        // SAFETY (all `unsafe` below): within a phase each thread writes only the rows or
+        // items it claimed from that phase's counter, and reads only data finished before the
+        // preceding barrier.
+        let job = |tid: usize| unsafe {
+            let mut ph = 0usize;
+            let mut next = || {
+                ph += 1;
+                &counters[ph - 1]
+            };
+            for (l, (wqkv, wo, wgu, wdown)) in layers.iter().enumerate() {
+                // Attention norm + activation quantization.
+                for_chunks(next(), nb, 1, |r| {
+                    for b in r {
+                        let xr = x.slice(b * dim..(b + 1) * dim);
+                        let o = xn.slice_mut(b * dim..(b + 1) * dim);
+                        rmsnorm(xr, &attn_norms[l], eps, o);
+                        quantize_act(o, xq.slice_mut(b * dim / 32..(b + 1) * dim / 32));
+                    }
+                });
+                barrier.wait();
+                // Q, K, V projections.
+                let a = acts(xn, xq, dim, 0..nb);
+                for_chunks(next(), wqkv.rows(), 16, |r| {
+                    wqkv.run(isa, r, &a, |row, b, v| {
+                        *qkv.slice_mut(b * qkv_w + row..b * qkv_w + row + 1)
+                            .as_mut_ptr() = v
+                    });
+                });
+                barrier.wait();
+                // RoPE, then K/V into the slot's cache.
+                for_chunks(next(), nb, 1, |r| {
+                    for b in r {
+                        let RowInfo { slot, pos } = rows[b];
+                        let cs = &ropes[b * hd / 2..(b + 1) * hd / 2];
+                        let row = qkv.slice_mut(b * qkv_w..(b + 1) * qkv_w);
+                        let (q, kv) = row.split_at_mut(qd);
+                        let (k, v) = kv.split_at_mut(kvd);
+                        rope(q, hd, cs);
+                        rope(k, hd, cs);
+                        let at = (l * max_ctx + pos) * kvd;
+                        kv_bufs[slot].0.slice_mut(at..at + kvd).copy_from_slice(k);
+                        kv_bufs[slot].1.slice_mut(at..at + kvd).copy_from_slice(v);
+                    }
+                });
+                barrier.wait();
+                // Attention per (row, head).
+                for_chunks(next(), nb * n_heads, 1, |r| {
+                    for item in r {
+                        let (b, h) = (item / n_heads, item % n_heads);
+                        let RowInfo { slot, pos } = rows[b];
+                        let g = h / group;
+                        let q = qkv.slice(b * qkv_w + h * hd..b * qkv_w + (h + 1) * hd);
+                        let kc = kv_bufs[slot]
+                            .0
+                            .slice(l * max_ctx * kvd..(l * max_ctx + pos + 1) * kvd);
+                        let vc = kv_bufs[slot]
+                            .1
+                            .slice(l * max_ctx * kvd..(l * max_ctx + pos + 1) * kvd);
+                        let sc = scores.slice_mut(tid * max_ctx..tid * max_ctx + pos + 1);
+                        let mut mx = f32::NEG_INFINITY;
+                        for (t, s) in sc.iter_mut().enumerate() {
+                            let k = &kc[t * kvd + g * hd..t * kvd + (g + 1) * hd];
+                            let mut acc = [0.0f32; 8];
+                            for (i, (a, b)) in q.iter().zip(k).enumerate() {
+                                acc[i % 8] += a * b;
+                            }
+                            *s = acc.iter().sum::<f32>() * scale;
+                            mx = mx.max(*s);
+                        }
+                        let mut sum = 0.0;
+                        for s in sc.iter_mut() {
+                            *s = (*s - mx).exp();
+                            sum += *s;
+                        }
+                        let o = att.slice_mut(b * qd + h * hd..b * qd + (h + 1) * hd);
+                        o.fill(0.0);
+                        let inv = 1.0 / sum;
+                        for (t, &p) in sc.iter().enumerate() {
+                            let v = &vc[t * kvd + g * hd..t * kvd + (g + 1) * hd];
+                            let p = p * inv;
+                            for (oo, &vv) in o.iter_mut().zip(v) {
+                                *oo += p * vv;
+                            }
+                        }
+                    }
+                });
+                barrier.wait();
+                for_chunks(next(), nb, 1, |r| {
+                    for b in r {
+                        quantize_act(
+                            att.slice(b * qd..(b + 1) * qd),
+                            attq.slice_mut(b * qd / 32..(b + 1) * qd / 32),
+                        );
+                    }
+                });
+                barrier.wait();
+                // Output projection + residual.
+                let a = acts(att, attq, qd, 0..nb);
+                for_chunks(next(), dim, 16, |r| {
+                    wo.run(isa, r, &a, |row, b, v| {
+                        x.slice_mut(b * dim + row..b * dim + row + 1)[0] += v
+                    });
+                });
+                barrier.wait();
+                // FFN norm.
+                for_chunks(next(), nb, 1, |r| {
+                    for b in r {
+                        let xr = x.slice(b * dim..(b + 1) * dim);
+                        let o = xn.slice_mut(b * dim..(b + 1) * dim);
+                        rmsnorm(xr, &ffn_norms[l], eps, o);
+                        quantize_act(o, xq.slice_mut(b * dim / 32..(b + 1) * dim / 32));
+                    }
+                });
+                barrier.wait();
+                // Gate and up, fused into SwiGLU: chunks of gate rows, with the matching up rows.
+                let a = acts(xn, xq, dim, 0..nb);
+                let gate = Stacked {
+                    parts: vec![wgu.parts[0]],
+                    cols: dim,
+                };
+                let up = Stacked {
+                    parts: vec![wgu.parts[1]],
+                    cols: dim,
+                };
+                for_chunks(next(), ffn, 16, |r| {
+                    gate.run(isa, r.clone(), &a, |row, b, v| {
+                        hb.slice_mut(b * ffn + row..b * ffn + row + 1)[0] = v
+                    });
+                    up.run(isa, r, &a, |row, b, v| {
+                        let hv = &mut hb.slice_mut(b * ffn + row..b * ffn + row + 1)[0];
+                        *hv = silu(*hv) * v;
+                    });
+                });
+                barrier.wait();
+                for_chunks(next(), nb, 1, |r| {
+                    for b in r {
+                        quantize_act(
+                            hb.slice(b * ffn..(b + 1) * ffn),
+                            hq.slice_mut(b * ffn / 32..(b + 1) * ffn / 32),
+                        );
+                    }
+                });
+                barrier.wait();
+                let a = acts(hb, hq, ffn, 0..nb);
+                for_chunks(next(), dim, 16, |r| {
+                    wdown.run(isa, r, &a, |row, b, v| {
+                        x.slice_mut(b * dim + row..b * dim + row + 1)[0] += v
+                    });
+                });
+                barrier.wait();
+            }
+            // Final norm of the rows that need logits (into rows 0..n_out of xn/xq).
+            for_chunks(next(), n_out, 1, |r| {
+                for o in r {
+                    let b = out_rows[o];
+                    let xr = x.slice(b * dim..(b + 1) * dim);
+                    let dst = xn.slice_mut(o * dim..(o + 1) * dim);
+                    rmsnorm(xr, out_norm, eps, dst);
+                    quantize_act(dst, xq.slice_mut(o * dim / 32..(o + 1) * dim / 32));
+                }
+            });
+            barrier.wait();
+            let a = acts(xn, xq, dim, 0..n_out);
+            for_chunks(next(), vocab, 64, |r| {
+                output.run(isa, r, &a, |row, o, v| {
+                    logits.slice_mut(o * vocab + row..o * vocab + row + 1)[0] = v
+                });
+            });
+        };
+        self.pool.run(&job);
+        for ch in batch {
+            self.filled[ch.slot] = ch.start_pos + ch.tokens.len();
+        }
+        self.n_logits = n_out;
+        Ok(())
+    }
+
+    fn logits(&mut self) -> Result<Vec<Vec<f32>>, BackendError> {
+        let n = self.n_logits;
+        Ok(self.logits_rows()?.take(n).map(<[f32]>::to_vec).collect())
+    }
+
+    fn argmax(&mut self) -> Result<Vec<u32>, BackendError> {
+        let n = self.n_logits;
+        Ok(self.logits_rows()?.take(n).map(argmax_of).collect())
+    }
+
+    fn top_k(&mut self, k: usize) -> Result<Vec<Vec<(u32, f32)>>, BackendError> {
+        let n = self.n_logits;
+        Ok(self
+            .logits_rows()?
+            .take(n)
+            .map(|l| top_k_of(l, k))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,566 @@
+//! Turning a backend's logits into text: prefill, batched decode of several sequences at once,
+//! sampling (temperature, top-k, top-p, seeded), stop sequences with streaming hold-back, token
+//! limits and cancellation. Backends only see batches of token chunks.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::backend::{Backend, BackendError, SeqChunk};
+use crate::tokenizer::Tokenizer;
+
+/// How the next token is chosen. `temperature <= 0` means greedy (argmax in the backend).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sampling {
+    pub temperature: f32,
+    /// Candidates considered (0 = the whole vocabulary).
+    pub top_k: usize,
+    /// Nucleus: the smallest candidate set whose probability reaches `top_p` (1 = off).
+    pub top_p: f32,
+    pub seed: u64,
+}
+
+impl Sampling {
+    pub fn greedy() -> Self {
+        Sampling {
+            temperature: 0.0,
+            top_k: 1,
+            top_p: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Sampling {
+            temperature: 0.7,
+            top_k: 40,
+            top_p: 0.95,
+            seed: 0,
+        }
+    }
+}
+
+/// One sequence to generate.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampling: Sampling,
+    /// Generation stops before any of these strings; they are not part of the output.
+    pub stop: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// The model produced its end-of-sequence (or another control) token.
+    EndOfSequence,
+    /// A stop sequence appeared in the text.
+    StopSequence,
+    /// `max_tokens` were generated.
+    MaxTokens,
+    /// The session's context is full.
+    ContextFull,
+    /// The cancel token was triggered.
+    Cancelled,
+}
+
+/// What one sequence produced.
+#[derive(Clone, Debug)]
+pub struct Generation {
+    /// Generated text (stop sequence excluded; invalid UTF-8 replaced).
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub finish: FinishReason,
+}
+
+/// Timing of a `generate` call, for benchmarks and logs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timings {
+    pub prompt_tokens: usize,
+    pub prefill: Duration,
+    pub generated_tokens: usize,
+    pub decode: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("{requests} sequences requested but the backend session has {slots} slots")]
+    TooManySequences { requests: usize, slots: usize },
+    #[error("sequence {index} has an empty prompt; a prompt needs at least one token")]
+    EmptyPrompt { index: usize },
+    #[error("sequence {index}: prompt of {len} tokens does not fit the context of {max_context}")]
+    PromptTooLong {
+        index: usize,
+        len: usize,
+        max_context: usize,
+    },
+}
+
+/// A flag that stops generation at the next token boundary.
+#[derive(Clone, Debug, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// xoshiro256** seeded through SplitMix64: small and reproducible across platforms.
+#[derive(Clone, Debug)]
+pub struct Rng([u64; 4]);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        let mut z = seed;
+        let mut next = || {
+            z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut x = z;
+            x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            x ^ (x >> 31)
+        };
+        Rng([next(), next(), next(), next()])
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        let s = &mut self.0;
+        let r = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+        let t = s[1] << 17;
+        s[2] ^= s[0];
+        s[3] ^= s[1];
+        s[1] ^= s[2];
+        s[0] ^= s[3];
+        s[2] ^= t;
+        s[3] = s[3].rotate_left(45);
+        r
+    }
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Samples from candidates sorted by descending logit, applying temperature and top-p.
+pub fn sample(cands: &[(u32, f32)], s: &Sampling, rng: &mut Rng) -> u32 {
+    if cands.is_empty() {
+        return 0;
+    }
+    if s.temperature <= 0.0 {
+        return cands[0].0;
+    }
+    let mx = cands[0].1;
+    let mut probs: Vec<f64> = cands
+        .iter()
+        .map(|&(_, l)| (((l - mx) / s.temperature) as f64).exp())
+        .collect();
+    let total: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= total);
+    let mut keep = probs.len();
+    if s.top_p < 1.0 {
+        let mut acc = 0.0;
+        for (i, p) in probs.iter().enumerate() {
+            acc += p;
+            if acc >= s.top_p as f64 {
+                keep = i + 1;
+                break;
+            }
+        }
+    }
+    let mass: f64 = probs[..keep].iter().sum();
+    let mut r = rng.next_f64() * mass;
+    for (i, p) in probs[..keep].iter().enumerate() {
+        if r < *p {
+            return cands[i].0;
+        }
+        r -= p;
+    }
+    cands[keep - 1].0
+}
+
+/// Incremental text of one sequence: holds back bytes that may start a stop sequence or an
+/// unfinished UTF-8 character, so streamed text never has to be retracted.
+#[derive(Debug, Default)]
+pub struct StopScanner {
+    bytes: Vec<u8>,
+    emitted: usize,
+    stops: Vec<Vec<u8>>,
+}
+
+impl StopScanner {
+    pub fn new(stops: &[String]) -> Self {
+        StopScanner {
+            bytes: Vec::new(),
+            emitted: 0,
+            stops: stops
+                .iter()
+                .filter(|s| !s.is_empty())
+                .map(|s| s.as_bytes().to_vec())
+                .collect(),
+        }
+    }
+
+    /// Adds bytes; returns (text safe to stream now, whether a stop sequence was hit).
+    pub fn push(&mut self, new: &[u8]) -> (String, bool) {
+        let search_from = self.emitted;
+        self.bytes.extend_from_slice(new);
+        let hit = self
+            .stops
+            .iter()
+            .filter_map(|s| find(&self.bytes[search_from..], s).map(|i| search_from + i))
+            .min();
+        if let Some(at) = hit {
+            self.bytes.truncate(at);
+            return (self.flush_to(at), true);
+        }
+        // Longest suffix that is a proper prefix of some stop sequence.
+        let mut hold = 0;
+        for s in &self.stops {
+            for k in (1..s.len()).rev() {
+                if k <= self.bytes.len() - self.emitted && self.bytes.ends_with(&s[..k]) {
+                    hold = hold.max(k);
+                    break;
+                }
+            }
+        }
+        let mut end = self.bytes.len() - hold;
+        end = utf8_safe_end(&self.bytes[..end], self.emitted);
+        (self.flush_to(end), false)
+    }
+
+    /// Emits everything still held back (at the end of generation).
+    pub fn finish(&mut self) -> String {
+        let end = self.bytes.len();
+        self.flush_to(end)
+    }
+
+    fn flush_to(&mut self, end: usize) -> String {
+        if end <= self.emitted {
+            return String::new();
+        }
+        let s = String::from_utf8_lossy(&self.bytes[self.emitted..end]).into_owned();
+        self.emitted = end;
+        s
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Backs `end` off an incomplete trailing UTF-8 sequence (never below `floor`).
+fn utf8_safe_end(b: &[u8], floor: usize) -> usize {
+    let end = b.len();
+    for back in 1..=3.min(end - floor) {
+        let c = b[end - back];
+        if c & 0xc0 == 0x80 {
+            continue; // continuation byte, look further back
+        }
+        let need = if c >= 0xf0 {
+            4
+        } else if c >= 0xe0 {
+            3
+        } else if c >= 0xc0 {
+            2
+        } else {
+            1
+        };
+        return if need > back { end - back } else { end };
+    }
+    end
+}
+
+/// Prompt tokens per sequence sent to the backend in one forward call.
+pub const PREFILL_CHUNK: usize = 256;
+
+/// Runs the requests as one batch (request i uses slot i), streaming text through
+/// `on_text(sequence, text)` as it becomes final.
+pub fn generate(
+    backend: &mut dyn Backend,
+    tok: &Tokenizer,
+    requests: &[Request],
+    cancel: &CancelToken,
+    on_text: &mut dyn FnMut(usize, &str),
+) -> Result<(Vec<Generation>, Timings), GenerateError> {
+    if requests.len() > backend.max_slots() {
+        return Err(GenerateError::TooManySequences {
+            requests: requests.len(),
+            slots: backend.max_slots(),
+        });
+    }
+    let max_ctx = backend.max_context();
+    for (index, r) in requests.iter().enumerate() {
+        if r.prompt.is_empty() {
+            return Err(GenerateError::EmptyPrompt { index });
+        }
+        if r.prompt.len() >= max_ctx {
+            return Err(GenerateError::PromptTooLong {
+                index,
+                len: r.prompt.len(),
+                max_context: max_ctx,
+            });
+        }
+    }
+    let mut timings = Timings {
+        prompt_tokens: requests.iter().map(|r| r.prompt.len()).sum(),
+        ..Default::default()
+    };
+    let t0 = Instant::now();
+    // Prefill all prompts together, PREFILL_CHUNK tokens per sequence per call.
+    let mut done = vec![0usize; requests.len()];
+    let mut last_pick: Vec<Option<u32>> = vec![None; requests.len()];
+    let mut rngs: Vec<Rng> = requests.iter().map(|r| Rng::new(r.sampling.seed)).collect();
+    let mut out: Vec<Generation> = requests
+        .iter()
+        .map(|_| Generation {
+            text: String::new(),
+            tokens: Vec::new(),
+            finish: FinishReason::MaxTokens,
+        })
+        .collect();
+    let mut active: Vec<bool> = requests.iter().map(|r| r.max_tokens > 0).collect();
+    while done.iter().zip(requests).any(|(d, r)| *d < r.prompt.len()) {
+        if cancel.is_cancelled() {
+            for (i, g) in out.iter_mut().enumerate() {
+                g.finish = FinishReason::Cancelled;
+                active[i] = false;
+            }
+            return Ok((out, timings));
+        }
+        let mut chunks = Vec::new();
+        let mut ids = Vec::new();
+        for (i, r) in requests.iter().enumerate() {
+            if done[i] < r.prompt.len() {
+                let end = (done[i] + PREFILL_CHUNK).min(r.prompt.len());
+                chunks.push(SeqChunk {
+                    slot: i,
+                    start_pos: done[i],
+                    tokens: &r.prompt[done[i]..end],
+                });
+                ids.push((i, end == r.prompt.len()));
+                done[i] = end;
+            }
+        }
+        backend.forward(&chunks)?;
+        let finished: Vec<usize> = ids
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, f))| *f)
+            .map(|(k, _)| k)
+            .collect();
+        if !finished.is_empty() {
+            let picks = pick(
+                backend,
+                &ids.iter()
+                    .map(|(i, _)| &requests[*i].sampling)
+                    .collect::<Vec<_>>(),
+                &mut rngs,
+                &ids.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            )?;
+            for k in finished {
+                last_pick[ids[k].0] = Some(picks[k]);
+            }
+        }
+    }
+    timings.prefill = t0.elapsed();
+    let t1 = Instant::now();
+    let mut scanners: Vec<StopScanner> =
+        requests.iter().map(|r| StopScanner::new(&r.stop)).collect();
+    let mut pos: Vec<usize> = requests.iter().map(|r| r.prompt.len()).collect();
+    let eos = tok.eos;
+    loop {
+        // Consume the pending pick of every active sequence.
+        for i in 0..requests.len() {
+            if !active[i] {
+                continue;
+            }
+            let t = last_pick[i]
+                .take()
+                .expect("active sequence has a pending token");
+            if Some(t) == eos || tok.is_control(t) {
+                out[i].finish = FinishReason::EndOfSequence;
+                active[i] = false;
+                continue;
+            }
+            out[i].tokens.push(t);
+            timings.generated_tokens += 1;
+            let (text, stopped) = scanners[i].push(tok.token_bytes(t));
+            if !text.is_empty() {
+                on_text(i, &text);
+            }
+            if stopped {
+                out[i].finish = FinishReason::StopSequence;
+                active[i] = false;
+            } else if out[i].tokens.len() >= requests[i].max_tokens {
+                out[i].finish = FinishReason::MaxTokens;
+                active[i] = false;
+            } else if pos[i] >= max_ctx {
+                out[i].finish = FinishReason::ContextFull;
+                active[i] = false;
+            } else {
+                last_pick[i] = Some(t);
+            }
+        }
+        if cancel.is_cancelled() {
+            for i in 0..requests.len() {
+                if active[i] {
+                    out[i].finish = FinishReason::Cancelled;
+                    active[i] = false;
+                }
+            }
+        }
+        let live: Vec<usize> = (0..requests.len()).filter(|&i| active[i]).collect();
+        if live.is_empty() {
+            break;
+        }
+        let toks: Vec<[u32; 1]> = live
+            .iter()
+            .map(|&i| [last_pick[i].expect("pending")])
+            .collect();
+        let chunks: Vec<SeqChunk> = live
+            .iter()
+            .zip(&toks)
+            .map(|(&i, t)| SeqChunk {
+                slot: i,
+                start_pos: pos[i],
+                tokens: t,
+            })
+            .collect();
+        backend.forward(&chunks)?;
+        for &i in &live {
+            pos[i] += 1;
+        }
+        let picks = pick(
+            backend,
+            &live
+                .iter()
+                .map(|&i| &requests[i].sampling)
+                .collect::<Vec<_>>(),
+            &mut rngs,
+            &live,
+        )?;
+        for (k, &i) in live.iter().enumerate() {
+            last_pick[i] = Some(picks[k]);
+        }
+    }
+    for (i, g) in out.iter_mut().enumerate() {
+        let rest = scanners[i].finish();
+        if !rest.is_empty() {
+            on_text(i, &rest);
+        }
+        g.text = scanners[i].text();
+    }
+    timings.decode = t1.elapsed();
+    Ok((out, timings))
+}
+
+/// Picks a token per chunk of the last forward; `seqs[k]` is the sequence of chunk k.
+fn pick(
+    backend: &mut dyn Backend,
+    samplings: &[&Sampling],
+    rngs: &mut [Rng],
+    seqs: &[usize],
+) -> Result<Vec<u32>, BackendError> {
+    if samplings.iter().all(|s| s.temperature <= 0.0) {
+        return backend.argmax();
+    }
+    let k = samplings
+        .iter()
+        .map(|s| if s.top_k == 0 { usize::MAX } else { s.top_k })
+        .max()
+        .unwrap_or(1);
+    let cands = if k == usize::MAX {
+        backend
+            .logits()?
+            .iter()
+            .map(|l| crate::backend::top_k_of(l, l.len()))
+            .collect()
+    } else {
+        backend.top_k(k)?
+    };
+    Ok(cands
+        .iter()
+        .enumerate()
+        .map(|(c, list)| {
+            let s = samplings[c];
+            let k = if s.top_k == 0 {
+                list.len()
+            } else {
+                s.top_k.min(list.len())
+            };
+            sample(&list[..k], s, &mut rngs[seqs[c]])
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_scanner_holds_back_partial_matches() {
+        let mut s = StopScanner::new(&["\nUser:".to_string()]);
+        assert_eq!(s.push(b"Hello"), ("Hello".into(), false));
+        assert_eq!(s.push(b" there\nUs"), (" there".into(), false));
+        // The held "\nUs" was not a stop after all.
+        assert_eq!(s.push(b"ually"), ("\nUsually".into(), false));
+        assert_eq!(s.push(b"\nUser: hi"), (String::new(), true));
+        assert_eq!(s.text(), "Hello there\nUsually");
+    }
+
+    #[test]
+    fn stop_scanner_never_splits_a_utf8_character() {
+        let mut s = StopScanner::new(&[]);
+        let e = "é".as_bytes();
+        assert_eq!(s.push(&e[..1]), (String::new(), false));
+        assert_eq!(s.push(&e[1..]), ("é".into(), false));
+        let crab = "🦀".as_bytes();
+        assert_eq!(s.push(&crab[..3]), (String::new(), false));
+        assert_eq!(s.push(&crab[3..]), ("🦀".into(), false));
+        // Invalid bytes are not held forever.
+        assert_eq!(s.push(&[0xff, b'a']), ("\u{fffd}a".into(), false));
+        assert_eq!(s.push(&[0xe2]), (String::new(), false));
+        assert_eq!(s.finish(), "\u{fffd}");
+    }
+
+    #[test]
+    fn sampling_is_reproducible_and_respects_top_p() {
+        let cands = [(7u32, 5.0f32), (3, 4.0), (9, 1.0), (1, 0.5)];
+        let s = Sampling {
+            temperature: 1.0,
+            top_k: 4,
+            top_p: 1.0,
+            seed: 3,
+        };
+        let draw = |seed| {
+            let mut r = Rng::new(seed);
+            (0..200)
+                .map(|_| sample(&cands, &s, &mut r))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(3), draw(3));
+        assert_ne!(draw(3), draw(4));
+        let all = draw(3);
+        assert!(all.contains(&7) && all.contains(&3));
+        // top_p 0.5: the first candidate alone has p ~0.71, so only it survives.
+        let s = Sampling { top_p: 0.5, ..s };
+        let mut r = Rng::new(1);
+        assert!((0..100).all(|_| sample(&cands, &s, &mut r) == 7));
+        // Temperature 0 is greedy.
+        let g = Sampling::greedy();
+        assert_eq!(sample(&cands, &g, &mut r), 7);
+    }
+}
