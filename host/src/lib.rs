@@ -1,1 +1,4 @@
 //! Sandgraph host: runs tools and agent steps as sandboxed WebAssembly components.
+
+pub mod cli;
+pub mod sandbox;

@@ -1,3 +1,34 @@
-fn main() {
-    println!("sandgraph {}", env!("CARGO_PKG_VERSION"));
+//! The `sandgraph` binary: parses the command line, runs it, prints results and typed errors.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use sandgraph::cli::{Cli, Command, tool};
+
+fn main() -> ExitCode {
+    // Logs (including the audit event) go to stderr only when RUST_LOG asks for them, so a
+    // failing call's stderr is exactly one JSON document.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Tool(cmd) => tool::run(cmd),
+    };
+    match result {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}", e.to_json());
+            ExitCode::from(match e {
+                tool::CliError::Call(_) => 1,
+                tool::CliError::Usage(_) => 2,
+            })
+        }
+    }
 }

@@ -1,0 +1,694 @@
+//! Outgoing HTTP for guests, through the `wasi:http` `send_request` hook: every request is matched
+//! against the effective egress rules, the host resolves the name itself and connects only to a
+//! vetted public address, injects operator secrets the guest never sees, caps the response, and
+//! audits each attempt. `wasi:sockets` is refused wholesale here too (`socket_check`).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderValue;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use wasmtime_wasi::sockets::SocketAddrUse;
+use wasmtime_wasi_http::io::TokioIo;
+use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
+
+use super::manifest::{EgressRule, UrlScheme, host_matches};
+use super::outcome::{Capability, EgressAttempt};
+
+/// Turns a host name into addresses. Pluggable so tests can map names to private addresses
+/// without any traffic.
+pub trait Resolver: Send + Sync + 'static {
+    fn resolve(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send>>;
+}
+
+/// The system resolver (`getaddrinfo` through tokio).
+pub struct SystemResolver;
+
+impl Resolver for SystemResolver {
+    fn resolve(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send>> {
+        let host = host.to_string();
+        Box::pin(async move {
+            Ok(tokio::net::lookup_host((host.as_str(), port))
+                .await?
+                .map(|a| a.ip())
+                .collect())
+        })
+    }
+}
+
+/// A fixed name → addresses table; unknown names fail to resolve.
+#[derive(Default, Clone)]
+pub struct StaticResolver {
+    pub names: HashMap<String, Vec<IpAddr>>,
+}
+
+impl Resolver for StaticResolver {
+    fn resolve(
+        &self,
+        host: &str,
+        _port: u16,
+    ) -> Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send>> {
+        let found = self.names.get(&host.to_ascii_lowercase()).cloned();
+        let host = host.to_string();
+        Box::pin(async move {
+            found.ok_or_else(|| {
+                io::Error::new(io::ErrorKind::NotFound, format!("{host}: no such name"))
+            })
+        })
+    }
+}
+
+/// Operator secrets, by name. `Debug` never prints values.
+#[derive(Default, Clone)]
+pub struct SecretStore {
+    values: HashMap<String, String>,
+}
+
+impl SecretStore {
+    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        self.values.insert(name.into(), value.into());
+    }
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.values.get(name).map(String::as_str)
+    }
+    pub fn values(&self) -> impl Iterator<Item = &str> {
+        self.values.values().map(String::as_str)
+    }
+}
+
+impl std::fmt::Debug for SecretStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<&String> = self.values.keys().collect();
+        names.sort();
+        f.debug_struct("SecretStore")
+            .field("names", &names)
+            .finish()
+    }
+}
+
+/// Why an address is not public, or `None` when it is.
+pub fn non_public_reason(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => v4_reason(v4),
+        IpAddr::V6(v6) => v6_reason(v6),
+    }
+}
+
+fn v4_reason(ip: Ipv4Addr) -> Option<&'static str> {
+    let o = ip.octets();
+    Some(match o {
+        [169, 254, 169, 254] => "cloud metadata",
+        [0, ..] => "unspecified / this-network",
+        [127, ..] => "loopback",
+        [10, ..] => "private",
+        [172, b, ..] if (16..32).contains(&b) => "private",
+        [192, 168, ..] => "private",
+        [169, 254, ..] => "link-local",
+        [100, b, ..] if (64..128).contains(&b) => "carrier-grade NAT",
+        [192, 0, 0, _] => "IETF protocol assignments",
+        [192, 0, 2, _] | [198, 51, 100, _] | [203, 0, 113, _] => "documentation",
+        [198, 18..=19, ..] => "benchmarking",
+        [a, ..] if (224..240).contains(&a) => "multicast",
+        [a, ..] if a >= 240 => "reserved / broadcast",
+        _ => return None,
+    })
+}
+
+fn v6_reason(ip: Ipv6Addr) -> Option<&'static str> {
+    let s = ip.segments();
+    if ip.is_unspecified() {
+        return Some("unspecified");
+    }
+    if ip.is_loopback() {
+        return Some("loopback");
+    }
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        // IPv4-mapped addresses are refused whatever they map to: a resolver handing
+        // them out is trying to slip a v4 target past v4 rules.
+        let _ = v4;
+        return Some("IPv4-mapped IPv6");
+    }
+    Some(match s[0] {
+        0 if s[1..6] == [0; 5] => "IPv4-compatible IPv6",
+        0x64 if s[1] == 0xff9b => "NAT64",
+        0x2002 => "6to4",
+        0x2001 if s[1] == 0x0db8 => "documentation",
+        0x2001 if s[1] == 0 => "Teredo",
+        x if x & 0xfe00 == 0xfc00 => "unique-local",
+        x if x & 0xffc0 == 0xfe80 => "link-local",
+        x if x & 0xffc0 == 0xfec0 => "site-local",
+        x if x & 0xff00 == 0xff00 => "multicast",
+        _ => return None,
+    })
+}
+
+/// Does a path glob match? `*` matches within one segment, `**` across segments.
+pub fn path_matches(glob: &str, path: &str) -> bool {
+    fn go(g: &[u8], p: &[u8]) -> bool {
+        match g {
+            [] => p.is_empty(),
+            [b'/', b'*', b'*'] => {
+                // `/x/**` matches `/x`, `/x/` and everything below.
+                p.is_empty() || p[0] == b'/'
+            }
+            [b'*', b'*', rest @ ..] => (0..=p.len()).any(|i| go(rest, &p[i..])),
+            [b'*', rest @ ..] => {
+                let seg = p.iter().position(|&c| c == b'/').unwrap_or(p.len());
+                (0..=seg).any(|i| go(rest, &p[i..]))
+            }
+            [c, rest @ ..] => p.first() == Some(c) && go(rest, &p[1..]),
+        }
+    }
+    go(glob.as_bytes(), path.as_bytes())
+}
+
+/// The rule that allows a request, or the reason none does (what rule is missing).
+pub fn match_rule(
+    rules: &[EgressRule],
+    scheme: UrlScheme,
+    host: &str,
+    port: u16,
+    path: &str,
+    method: &str,
+) -> Result<usize, String> {
+    let by_host: Vec<usize> = (0..rules.len())
+        .filter(|&i| host_matches(&rules[i].host, host))
+        .collect();
+    if by_host.is_empty() {
+        return Err(format!("no egress rule for host `{host}`"));
+    }
+    let by_origin: Vec<usize> = by_host
+        .into_iter()
+        .filter(|&i| {
+            let r = &rules[i];
+            r.scheme == scheme && r.port.unwrap_or(r.scheme.default_port()) == port
+        })
+        .collect();
+    if by_origin.is_empty() {
+        return Err(format!(
+            "no egress rule for {}://{host}:{port} (scheme and port must match a rule)",
+            scheme.as_str()
+        ));
+    }
+    let by_path: Vec<usize> = by_origin
+        .into_iter()
+        .filter(|&i| rules[i].paths.iter().any(|g| path_matches(g, path)))
+        .collect();
+    if by_path.is_empty() {
+        return Err(format!("no egress rule allows path `{path}` on `{host}`"));
+    }
+    by_path
+        .iter()
+        .copied()
+        .find(|&i| rules[i].methods.iter().any(|m| m == method))
+        .ok_or_else(|| format!("method {method} is not allowed for `{host}{path}`"))
+}
+
+/// The egress half of an effective grant, shared by every request of one call.
+pub struct EgressPolicy {
+    pub rules: Vec<EgressRule>,
+    pub allow_private: Vec<IpAddr>,
+    pub resolver: Arc<dyn Resolver>,
+    pub secrets: Arc<SecretStore>,
+    pub max_response: u64,
+    pub timeout: Duration,
+}
+
+/// The shared per-call list of attempts (egress and sockets).
+pub type AttemptLog = Arc<Mutex<Vec<EgressAttempt>>>;
+
+fn with_log<R>(log: &AttemptLog, f: impl FnOnce(&mut Vec<EgressAttempt>) -> R) -> R {
+    f(&mut log.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// The `WasiHttpHooks` of one call.
+pub struct EgressHooks {
+    policy: Arc<EgressPolicy>,
+    log: AttemptLog,
+}
+
+impl EgressHooks {
+    pub fn new(policy: Arc<EgressPolicy>, log: AttemptLog) -> Self {
+        EgressHooks { policy, log }
+    }
+}
+
+type IoFuture = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
+
+impl WasiHttpHooks for EgressHooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ) -> Box<dyn Future<Output = Result<(http::Response<WasiBody>, IoFuture), HttpError>> + Send>
+    {
+        drop(fut);
+        let policy = self.policy.clone();
+        let log = self.log.clone();
+        Box::new(send_vetted(policy, log, request, options))
+    }
+}
+
+fn attempt(capability: Capability, method: &str, target: &str) -> EgressAttempt {
+    EgressAttempt {
+        capability,
+        method: method.to_string(),
+        target: target.to_string(),
+        allowed: false,
+        reason: String::new(),
+        connected_to: None,
+        status: None,
+        bytes_out: 0,
+        bytes_in: 0,
+        injected: Vec::new(),
+    }
+}
+
+trait Stream: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static> Stream for T {}
+
+async fn send_vetted(
+    policy: Arc<EgressPolicy>,
+    log: AttemptLog,
+    mut request: http::Request<WasiBody>,
+    options: Option<RequestOptions>,
+) -> Result<(http::Response<WasiBody>, IoFuture), HttpError> {
+    let method = request.method().as_str().to_string();
+    let uri = request.uri().clone();
+    let scheme = match uri.scheme_str() {
+        Some("http") => UrlScheme::Http,
+        Some("https") => UrlScheme::Https,
+        _ => return Err(HttpError::HttpProtocolError),
+    };
+    let host = uri
+        .host()
+        .ok_or(HttpError::HttpRequestUriInvalid)?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    let port = uri.port_u16().unwrap_or(scheme.default_port());
+    let path = uri.path().to_string();
+    let path_and_query = uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_string();
+    let target = format!("{}://{host}:{port}{path_and_query}", scheme.as_str());
+
+    let mut record = attempt(Capability::Egress, &method, &target);
+    let deny = |mut record: EgressAttempt, capability: Capability, reason: String| {
+        record.capability = capability;
+        record.allowed = false;
+        record.reason = reason;
+        with_log(&log, |l| l.push(record));
+        Err(HttpError::HttpRequestDenied)
+    };
+
+    let rule = match match_rule(&policy.rules, scheme, &host, port, &path, &method) {
+        Ok(i) => &policy.rules[i],
+        Err(reason) => return deny(record, Capability::Egress, reason),
+    };
+
+    // Inject operator secrets, overwriting anything the guest set under the same name.
+    let mut secret_values = Vec::new();
+    for inj in &rule.inject {
+        let Some(secret) = policy.secrets.get(&inj.secret) else {
+            record.target = inj.secret.clone();
+            return deny(
+                record,
+                Capability::Secret,
+                format!(
+                    "operator secret store has no `{}` (needed for header {} to `{host}`)",
+                    inj.secret, inj.header
+                ),
+            );
+        };
+        let name = http::HeaderName::from_bytes(inj.header.as_bytes())
+            .map_err(|_| HttpError::HttpRequestDenied)?;
+        let value = inj.format.replace("{secret}", secret);
+        let mut value = HeaderValue::from_str(&value).map_err(|_| HttpError::HttpRequestDenied)?;
+        value.set_sensitive(true);
+        if request.headers_mut().remove(&name).is_some() {
+            record
+                .injected
+                .push(format!("{} (overwrote the guest's value)", inj.header));
+        } else {
+            record.injected.push(inj.header.clone());
+        }
+        request.headers_mut().insert(name, value);
+        secret_values.push(secret.to_string());
+    }
+
+    // Resolve ourselves and vet every address before any connection is made.
+    let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) => {
+            match tokio::time::timeout(policy.timeout, policy.resolver.resolve(&host, port)).await {
+                Ok(Ok(a)) if !a.is_empty() => a,
+                Ok(Ok(_)) | Ok(Err(_)) => {
+                    record.allowed = true;
+                    record.reason = format!("{host} did not resolve");
+                    with_log(&log, |l| l.push(record));
+                    return Err(HttpError::DnsError {
+                        rcode: Some("NXDOMAIN".into()),
+                        info_code: None,
+                    });
+                }
+                Err(_) => return Err(HttpError::DnsTimeout),
+            }
+        }
+    };
+    for ip in &addrs {
+        if let Some(why) = non_public_reason(*ip)
+            && !policy.allow_private.contains(ip)
+        {
+            return deny(
+                record,
+                Capability::Egress,
+                format!(
+                    "`{host}` resolves to {ip} ({why}); only an operator allow-list entry for exactly {ip} permits it"
+                ),
+            );
+        }
+    }
+    let ip = addrs[0];
+    record.allowed = true;
+    record.reason = format!("rule {}://{}", rule.scheme.as_str(), rule.host);
+    let index = with_log(&log, |l| {
+        l.push(record);
+        l.len() - 1
+    });
+    let update = {
+        let log = log.clone();
+        move |f: &dyn Fn(&mut EgressAttempt)| with_log(&log, |l| f(&mut l[index]))
+    };
+
+    let timeout = options
+        .and_then(|o| o.connect_timeout)
+        .map_or(policy.timeout, |t| t.min(policy.timeout));
+    let addr = SocketAddr::new(ip, port);
+    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(HttpError::Connect(e)),
+        Err(_) => return Err(HttpError::ConnectionTimeout),
+    };
+    update(&|a| a.connected_to = Some(addr.to_string()));
+    let stream: Box<dyn Stream> = match scheme {
+        UrlScheme::Http => Box::new(tcp),
+        UrlScheme::Https => {
+            let roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.into(),
+            };
+            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|_| HttpError::TlsProtocolError)?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|_| HttpError::TlsProtocolError)?;
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(name, tcp)
+                .await
+                .map_err(HttpError::Tls)?;
+            Box::new(tls)
+        }
+    };
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await?;
+    let conn = tokio::spawn(conn);
+
+    *request.uri_mut() = http::Uri::builder()
+        .path_and_query(path_and_query.as_str())
+        .build()
+        .map_err(|_| HttpError::HttpRequestUriInvalid)?;
+    let request = request.map(|body| Counted {
+        inner: body,
+        seen: 0,
+        limit: None,
+        on_frame: Box::new({
+            let log = log.clone();
+            move |n, _| with_log(&log, |l| l[index].bytes_out = n)
+        }),
+    });
+
+    let first_byte = options
+        .and_then(|o| o.first_byte_timeout)
+        .map_or(policy.timeout, |t| t.min(policy.timeout));
+    let response = match tokio::time::timeout(first_byte, sender.send_request(request)).await {
+        Ok(r) => r?,
+        Err(_) => return Err(HttpError::ConnectionReadTimeout),
+    };
+    let (mut parts, incoming) = response.into_parts();
+    update(&|a| a.status = Some(parts.status.as_u16()));
+    // Never hand the guest a header that carries an injected secret back.
+    let leaking: Vec<http::HeaderName> = parts
+        .headers
+        .iter()
+        .filter(|(_, v)| {
+            let v = String::from_utf8_lossy(v.as_bytes());
+            secret_values
+                .iter()
+                .any(|s| !s.is_empty() && v.contains(s.as_str()))
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in leaking {
+        parts.headers.remove(k);
+    }
+
+    let limit = policy.max_response;
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared
+        && len > limit
+    {
+        update(&|a| {
+            a.allowed = false;
+            a.reason =
+                format!("response of {len} bytes exceeds limits.max_response ({limit} bytes)");
+        });
+        conn.abort();
+        return Err(HttpError::HttpResponseBodySize(Some(len)));
+    }
+    let body = Counted {
+        inner: incoming.map_err(HttpError::from),
+        seen: 0,
+        limit: Some(limit),
+        on_frame: Box::new({
+            let log = log.clone();
+            move |n, over| {
+                with_log(&log, |l| {
+                    let a = &mut l[index];
+                    a.bytes_in = n;
+                    if over {
+                        a.allowed = false;
+                        a.reason = format!("response exceeds limits.max_response ({limit} bytes)");
+                    }
+                })
+            }
+        }),
+    };
+    let response = http::Response::from_parts(parts, body.boxed_unsync());
+    let io: IoFuture = Box::new(async move {
+        match conn.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(HttpError::from(e)),
+            Err(_) => Err(HttpError::ConnectionTerminated),
+        }
+    });
+    Ok((response, io))
+}
+
+/// A body that counts bytes as they pass and fails once past `limit`.
+struct Counted<B> {
+    inner: B,
+    seen: u64,
+    limit: Option<u64>,
+    on_frame: Box<dyn Fn(u64, bool) + Send>,
+}
+
+impl<B> Body for Counted<B>
+where
+    B: Body<Data = Bytes, Error = HttpError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    let over = this.limit.is_some_and(|l| this.seen > l);
+                    (this.on_frame)(this.seen, over);
+                    if over {
+                        return Poll::Ready(Some(Err(HttpError::HttpResponseBodySize(Some(
+                            this.seen,
+                        )))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The `wasi:sockets` address check of every call: records the attempt and refuses it.
+pub fn socket_check(
+    log: AttemptLog,
+) -> impl Fn(SocketAddr, SocketAddrUse) -> Pin<Box<dyn Future<Output = bool> + Send + Sync>>
++ Send
++ Sync
++ 'static {
+    move |addr, usage| {
+        let mut a = attempt(
+            Capability::Sockets,
+            &format!("{usage:?}"),
+            &addr.to_string(),
+        );
+        a.reason = "wasi:sockets is not granted to tools; use egress rules for HTTP".into();
+        with_log(&log, |l| l.push(a));
+        Box::pin(async { false })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(host: &str, port: Option<u16>, paths: &[&str], methods: &[&str]) -> EgressRule {
+        EgressRule {
+            scheme: UrlScheme::Http,
+            host: host.into(),
+            port,
+            paths: paths.iter().map(|s| s.to_string()).collect(),
+            methods: methods.iter().map(|s| s.to_string()).collect(),
+            inject: vec![],
+        }
+    }
+
+    #[test]
+    fn globs() {
+        assert!(path_matches("/**", "/"));
+        assert!(path_matches("/**", "/a/b"));
+        assert!(path_matches("/v1/**", "/v1"));
+        assert!(path_matches("/v1/**", "/v1/x/y"));
+        assert!(!path_matches("/v1/**", "/v10"));
+        assert!(!path_matches("/v1/**", "/v2/x"));
+        assert!(path_matches("/v1/*/items", "/v1/abc/items"));
+        assert!(!path_matches("/v1/*/items", "/v1/a/b/items"));
+        assert!(path_matches("/exact", "/exact"));
+        assert!(!path_matches("/exact", "/exact/more"));
+    }
+
+    #[test]
+    fn rule_matching_names_what_is_missing() {
+        let rules = vec![rule("api.test", Some(8080), &["/v1/**"], &["GET"])];
+        let m = |s, h, p, path, meth| match_rule(&rules, s, h, p, path, meth);
+        assert_eq!(m(UrlScheme::Http, "api.test", 8080, "/v1/x", "GET"), Ok(0));
+        assert_eq!(
+            m(UrlScheme::Http, "evil.test", 8080, "/v1/x", "GET"),
+            Err("no egress rule for host `evil.test`".into())
+        );
+        assert!(
+            m(UrlScheme::Https, "api.test", 8080, "/v1/x", "GET")
+                .unwrap_err()
+                .contains("scheme and port")
+        );
+        assert!(
+            m(UrlScheme::Http, "api.test", 80, "/v1/x", "GET")
+                .unwrap_err()
+                .contains("scheme and port")
+        );
+        assert_eq!(
+            m(UrlScheme::Http, "api.test", 8080, "/admin", "GET"),
+            Err("no egress rule allows path `/admin` on `api.test`".into())
+        );
+        assert_eq!(
+            m(UrlScheme::Http, "api.test", 8080, "/v1/x", "POST"),
+            Err("method POST is not allowed for `api.test/v1/x`".into())
+        );
+    }
+
+    #[test]
+    fn non_public_addresses() {
+        for (ip, why) in [
+            ("127.0.0.1", "loopback"),
+            ("10.0.0.1", "private"),
+            ("172.16.5.4", "private"),
+            ("192.168.1.1", "private"),
+            ("169.254.169.254", "cloud metadata"),
+            ("169.254.1.1", "link-local"),
+            ("100.64.0.1", "carrier-grade NAT"),
+            ("0.0.0.0", "unspecified / this-network"),
+            ("224.0.0.1", "multicast"),
+            ("255.255.255.255", "reserved / broadcast"),
+            ("::", "unspecified"),
+            ("::1", "loopback"),
+            ("fd00::1", "unique-local"),
+            ("fd00:ec2::254", "unique-local"),
+            ("fe80::1", "link-local"),
+            ("ff02::1", "multicast"),
+            ("::ffff:10.0.0.1", "IPv4-mapped IPv6"),
+            ("::ffff:8.8.8.8", "IPv4-mapped IPv6"),
+            ("64:ff9b::a00:1", "NAT64"),
+        ] {
+            assert_eq!(non_public_reason(ip.parse().unwrap()), Some(why), "{ip}");
+        }
+        for ip in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "172.32.0.1",
+            "100.128.0.1",
+        ] {
+            assert_eq!(non_public_reason(ip.parse().unwrap()), None, "{ip}");
+        }
+    }
+
+    #[test]
+    fn secret_store_debug_hides_values() {
+        let mut s = SecretStore::default();
+        s.insert("TOKEN", "hunter2");
+        let d = format!("{s:?}");
+        assert!(d.contains("TOKEN") && !d.contains("hunter2"), "{d}");
+    }
+}

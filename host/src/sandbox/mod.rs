@@ -1,0 +1,336 @@
+//! Runs one tool call in a fresh, deny-by-default WebAssembly sandbox. Each capability lives in
+//! its own module (egress, filesystem, limits) and is granted from the effective grant computed in
+//! `manifest`; `registry` compiles and caches components, `outcome` types what came out.
+
+pub mod egress;
+pub mod engine;
+pub mod filesystem;
+pub mod limits;
+pub mod manifest;
+pub mod outcome;
+pub mod registry;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::{Store, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use egress::{AttemptLog, EgressHooks, EgressPolicy, Resolver, SecretStore, SystemResolver};
+use engine::{Allocator, SandboxEngine};
+use limits::{CappedLog, LOG_CAP, MemoryLimiter};
+use manifest::EffectiveGrant;
+use outcome::{AuditRecord, CallError, CallReport, Capability};
+use registry::{LoadedTool, Registry};
+
+/// Host bindings for the `sandgraph:tool` world (guest-sdk/wit/tool.wit).
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../guest-sdk/wit",
+        world: "tool",
+        exports: { default: async },
+    });
+}
+
+pub use bindings::sandgraph::tool::types::{ToolError, ToolInfo};
+
+/// The store data of one call. Created fresh per call and dropped with it.
+pub struct CallState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    hooks: EgressHooks,
+    limiter: MemoryLimiter,
+}
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for CallState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// How to build a `Sandbox`.
+pub struct SandboxConfig {
+    pub allocator: Allocator,
+    /// Where compiled components are cached (`None`: compile in memory only).
+    pub cache_dir: Option<PathBuf>,
+    pub resolver: Arc<dyn Resolver>,
+    pub secrets: SecretStore,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            allocator: Allocator::Pooling,
+            cache_dir: None,
+            resolver: Arc::new(SystemResolver),
+            secrets: SecretStore::default(),
+        }
+    }
+}
+
+/// The engine, the component registry and the operator's secrets; share one per process.
+pub struct Sandbox {
+    engine: SandboxEngine,
+    registry: Registry,
+    resolver: Arc<dyn Resolver>,
+    secrets: Arc<SecretStore>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error(transparent)]
+    Engine(#[from] engine::EngineError),
+    #[error("cannot set up the host linker: {0}")]
+    Linker(String),
+}
+
+impl Sandbox {
+    pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
+        let engine = SandboxEngine::new(config.allocator)?;
+        let mut linker: Linker<CallState> = Linker::new(engine.engine());
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| SandboxError::Linker(format!("{e:#}")))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| SandboxError::Linker(format!("{e:#}")))?;
+        let registry = Registry::new(
+            engine.engine().clone(),
+            Arc::new(linker),
+            config.cache_dir,
+            engine.cache_key_prefix(),
+        );
+        Ok(Sandbox {
+            engine,
+            registry,
+            resolver: config.resolver,
+            secrets: Arc::new(config.secrets),
+        })
+    }
+
+    pub fn engine(&self) -> &wasmtime::Engine {
+        self.engine.engine()
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    fn new_store(
+        &self,
+        grant: &EffectiveGrant,
+        log: &AttemptLog,
+        stdout: &CappedLog,
+        stderr: &CappedLog,
+    ) -> Result<Store<CallState>, CallError> {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(stdout.clone()).stderr(stderr.clone());
+        wasi.envs(&grant.env);
+        // wasi:sockets: every address is refused (and audited); no name lookups.
+        wasi.allow_tcp(true)
+            .allow_udp(true)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(egress::socket_check(log.clone()));
+        if let Some((dir, mode)) = &grant.workspace {
+            filesystem::grant_workspace(&mut wasi, dir, *mode)?;
+        }
+        configure_clocks_and_random(&mut wasi);
+        let policy = Arc::new(EgressPolicy {
+            rules: grant.egress.clone(),
+            allow_private: grant.allow_private.clone(),
+            resolver: self.resolver.clone(),
+            secrets: self.secrets.clone(),
+            max_response: grant.limits.max_response,
+            timeout: grant.limits.timeout,
+        });
+        let state = CallState {
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            hooks: EgressHooks::new(policy, log.clone()),
+            limiter: MemoryLimiter::new(grant.limits.memory),
+        };
+        let mut store = Store::new(self.engine.engine(), state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(SandboxEngine::ticks_for(grant.limits.timeout));
+        store.epoch_deadline_trap();
+        Ok(store)
+    }
+
+    /// Calls `info()` in a fresh instance with no capabilities.
+    pub async fn info(&self, tool: &LoadedTool) -> Result<ToolInfo, CallError> {
+        let grant = EffectiveGrant {
+            tool: String::new(),
+            egress: vec![],
+            env: vec![],
+            workspace: None,
+            limits: manifest::Limits::default(),
+            allow_private: vec![],
+        };
+        let log: AttemptLog = Arc::default();
+        let (out, err) = (CappedLog::new(LOG_CAP), CappedLog::new(LOG_CAP));
+        let mut store = self.new_store(&grant, &log, &out, &err)?;
+        let run = async {
+            let instance = tool.pre.instantiate_async(&mut store).await?;
+            instance.call_info(&mut store).await
+        };
+        match tokio::time::timeout(grant.limits.timeout, run).await {
+            Err(_) => Err(CallError::Timeout {
+                limit_ms: grant.limits.timeout.as_millis() as u64,
+            }),
+            Ok(Ok(info)) => Ok(info),
+            Ok(Err(e)) => Err(classify_error(&e, &grant, store.data().limiter.exceeded())),
+        }
+    }
+
+    /// Runs `invoke(input)` once in a fresh store and instance under `grant`.
+    pub async fn call(&self, tool: &LoadedTool, grant: &EffectiveGrant, input: &str) -> CallReport {
+        let started = Instant::now();
+        let log: AttemptLog = Arc::new(Mutex::new(Vec::new()));
+        let (stdout, stderr) = (CappedLog::new(LOG_CAP), CappedLog::new(LOG_CAP));
+        let mut peak = 0;
+        let result = match serde_json::from_str::<serde_json::Value>(input) {
+            Err(e) => Err(CallError::InvalidInput {
+                message: format!("input is not a JSON document: {e}"),
+            }),
+            Ok(_) => match self.new_store(grant, &log, &stdout, &stderr) {
+                Err(e) => Err(e),
+                Ok(mut store) => {
+                    let run = async {
+                        let instance = tool.pre.instantiate_async(&mut store).await?;
+                        instance.call_invoke(&mut store, input).await
+                    };
+                    let raw = tokio::time::timeout(grant.limits.timeout, run).await;
+                    peak = store.data().limiter.peak();
+                    let exceeded = store.data().limiter.exceeded();
+                    let attempts = log.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    let host_denial =
+                        attempts
+                            .iter()
+                            .find(|a| !a.allowed)
+                            .map(|a| CallError::Denied {
+                                capability: a.capability,
+                                target: a.target.clone(),
+                                missing_rule: a.reason.clone(),
+                            });
+                    match raw {
+                        Err(_) => Err(CallError::Timeout {
+                            limit_ms: grant.limits.timeout.as_millis() as u64,
+                        }),
+                        Ok(Err(e)) => {
+                            let err = classify_error(&e, grant, exceeded);
+                            match (err, host_denial) {
+                                (
+                                    e @ (CallError::Timeout { .. }
+                                    | CallError::MemoryLimitExceeded { .. }),
+                                    _,
+                                ) => Err(e),
+                                (_, Some(d)) => Err(d),
+                                (e, None) => Err(e),
+                            }
+                        }
+                        Ok(Ok(Err(tool_error))) => Err(match (host_denial, exceeded) {
+                            (Some(d), _) => d,
+                            (None, true) => CallError::MemoryLimitExceeded {
+                                limit_bytes: grant.limits.memory,
+                            },
+                            (None, false) => from_tool_error(tool_error),
+                        }),
+                        Ok(Ok(Ok(output))) => check_output(output, grant.limits.max_output),
+                    }
+                }
+            },
+        };
+        let egress = log.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let audit = AuditRecord {
+            tool: grant.tool.clone(),
+            component_digest: tool.digest.clone(),
+            duration_us: started.elapsed().as_micros() as u64,
+            memory_peak_bytes: peak,
+            bytes_in: input.len() as u64 + egress.iter().map(|a| a.bytes_in).sum::<u64>(),
+            bytes_out: result.as_ref().map_or(0, |o| o.len() as u64)
+                + egress.iter().map(|a| a.bytes_out).sum::<u64>(),
+            egress,
+            outcome: match &result {
+                Ok(_) => "ok".into(),
+                Err(e) => e.kind().into(),
+            },
+        };
+        audit.emit();
+        CallReport {
+            result,
+            audit,
+            stdout: stdout.text(),
+            stderr: stderr.text(),
+        }
+    }
+}
+
+/// Clocks and randomness come from the WASI defaults for now. This is the one place the
+/// journal (a later issue) will route them through so replays see the same values.
+fn configure_clocks_and_random(_builder: &mut WasiCtxBuilder) {}
+
+fn check_output(output: String, limit: u64) -> Result<String, CallError> {
+    if output.len() as u64 > limit {
+        return Err(CallError::OutputTooLarge { limit_bytes: limit });
+    }
+    if let Err(e) = serde_json::from_str::<serde_json::Value>(&output) {
+        return Err(CallError::ToolFailed {
+            message: format!("tool output is not a JSON document: {e}"),
+        });
+    }
+    Ok(output)
+}
+
+fn from_tool_error(e: ToolError) -> CallError {
+    match e {
+        ToolError::InvalidInput(message) => CallError::InvalidInput { message },
+        ToolError::Failed(message) => CallError::ToolFailed { message },
+        ToolError::Denied(message) => CallError::from_guest_denial(&message),
+    }
+}
+
+fn classify_error(e: &wasmtime::Error, grant: &EffectiveGrant, memory_exceeded: bool) -> CallError {
+    if memory_exceeded {
+        return CallError::MemoryLimitExceeded {
+            limit_bytes: grant.limits.memory,
+        };
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => CallError::Timeout {
+            limit_ms: grant.limits.timeout.as_millis() as u64,
+        },
+        Some(trap) => CallError::Trap {
+            message: trap.to_string(),
+        },
+        None => CallError::Trap {
+            message: format!("{e:#}"),
+        },
+    }
+}
+
+/// Denials observed by the host, for callers that want them without the whole report.
+pub fn denials(report: &CallReport) -> Vec<(Capability, String)> {
+    report
+        .audit
+        .egress
+        .iter()
+        .filter(|a| !a.allowed)
+        .map(|a| (a.capability, a.target.clone()))
+        .collect()
+}

@@ -1,0 +1,249 @@
+//! Shared test plumbing: a sandbox with a shared compile cache, manifests from YAML snippets,
+//! guest lookup by name, and a loopback HTTP server that records what it was sent.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use sandgraph::sandbox::egress::{SecretStore, StaticResolver};
+use sandgraph::sandbox::engine::Allocator;
+use sandgraph::sandbox::manifest::{CallGrant, EffectiveGrant, Manifest, OperatorPolicy};
+use sandgraph::sandbox::outcome::CallReport;
+use sandgraph::sandbox::registry::LoadedTool;
+use sandgraph::sandbox::{Sandbox, SandboxConfig};
+
+/// Compiled components shared by every test process (entries are verified on load).
+pub fn cache_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sandgraph-component-cache")
+}
+
+pub fn hostile(name: &str) -> &'static str {
+    sandgraph_test_artifacts::HOSTILE_GUESTS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, p)| *p)
+        .unwrap_or_else(|| panic!("no hostile guest `{name}` in tests/guests/src/bin"))
+}
+
+pub struct Harness {
+    pub sandbox: Sandbox,
+    pub policy: OperatorPolicy,
+}
+
+impl Harness {
+    pub fn new() -> Self {
+        Self::with(StaticResolver::default(), SecretStore::default())
+    }
+
+    pub fn with(resolver: StaticResolver, secrets: SecretStore) -> Self {
+        let sandbox = Sandbox::new(SandboxConfig {
+            allocator: Allocator::Pooling,
+            cache_dir: Some(cache_dir()),
+            resolver: Arc::new(resolver),
+            secrets,
+        })
+        .expect("sandbox");
+        Harness {
+            sandbox,
+            policy: OperatorPolicy::default(),
+        }
+    }
+
+    pub fn load(&self, path: &str) -> Arc<LoadedTool> {
+        self.sandbox
+            .registry()
+            .load_file(path.as_ref())
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    pub async fn call(
+        &self,
+        guest: &str,
+        spec_yaml: &str,
+        grant: CallGrant,
+        input: &str,
+    ) -> CallReport {
+        let tool = self.load(hostile(guest));
+        let manifest = manifest(guest, spec_yaml);
+        let grant = EffectiveGrant::intersect(&self.policy, &manifest, &grant);
+        self.sandbox.call(&tool, &grant, input).await
+    }
+}
+
+/// A manifest whose `spec:` body is `spec_yaml` (indented YAML lines, or empty).
+pub fn manifest(name: &str, spec_yaml: &str) -> Manifest {
+    let mut text =
+        format!("apiVersion: sandgraph.dev/v1\nkind: ToolManifest\nmetadata: {{ name: {name} }}\n");
+    if !spec_yaml.trim().is_empty() {
+        text.push_str("spec:\n");
+        for line in spec_yaml.lines() {
+            text.push_str("  ");
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    Manifest::parse("test.yaml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+/// One request the server received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+}
+
+/// An HTTP/1.1 server on 127.0.0.1:0, one thread per connection.
+/// Routes: `/ok`, `/v1/*`, `/redirect?to=URL` (302), `/big` (2 MiB, Content-Length),
+/// `/big-chunked` (2 MiB, chunked), `/slow` (answers only when the server is dropped),
+/// `/echo-auth` (records headers, reflects Authorization in a response header).
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub accepted: Arc<AtomicUsize>,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl TestServer {
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        {
+            let (accepted, seen, stop) = (accepted.clone(), seen.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    let Ok(conn) = conn else { continue };
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    let (seen, stop) = (seen.clone(), stop.clone());
+                    std::thread::spawn(move || {
+                        let _ = serve(conn, &seen, &stop);
+                    });
+                }
+            });
+        }
+        TestServer {
+            addr,
+            accepted,
+            seen,
+            stop,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port())
+    }
+
+    pub fn connections(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let (lock, cv) = &*self.stop;
+        *lock.lock().unwrap() = true;
+        cv.notify_all();
+    }
+}
+
+fn serve(
+    conn: TcpStream,
+    seen: &Mutex<Vec<Seen>>,
+    stop: &(Mutex<bool>, Condvar),
+) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or_default().to_string();
+    let target = parts.next().unwrap_or_default().to_string();
+    let mut headers = Vec::new();
+    let mut content_length = 0usize;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h)? == 0 || h == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = h.trim_end().split_once(':') {
+            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_string());
+            if k == "content-length" {
+                content_length = v.parse().unwrap_or(0);
+            }
+            headers.push((k, v));
+        }
+    }
+    let mut body = vec![0; content_length.min(1 << 20)];
+    reader.read_exact(&mut body)?;
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    seen.lock().unwrap().push(Seen {
+        method: method.clone(),
+        path: path.to_string(),
+        headers: headers.clone(),
+    });
+    let mut out = conn;
+    let respond =
+        |out: &mut TcpStream, status: &str, extra: &str, body: &[u8]| -> std::io::Result<()> {
+            write!(
+                out,
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n",
+                body.len()
+            )?;
+            out.write_all(body)
+        };
+    match path {
+        "/ok" => respond(&mut out, "200 OK", "", b"hello"),
+        p if p.starts_with("/v1/") => respond(&mut out, "200 OK", "", b"v1"),
+        "/redirect" => {
+            let to = query.strip_prefix("to=").unwrap_or("/");
+            respond(&mut out, "302 Found", &format!("Location: {to}\r\n"), b"")
+        }
+        "/big" => respond(&mut out, "200 OK", "", &vec![b'x'; 2 << 20]),
+        "/big-chunked" => {
+            write!(
+                out,
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            )?;
+            let chunk = vec![b'y'; 32 * 1024];
+            for _ in 0..64 {
+                write!(out, "{:x}\r\n", chunk.len())?;
+                out.write_all(&chunk)?;
+                out.write_all(b"\r\n")?;
+            }
+            out.write_all(b"0\r\n\r\n")
+        }
+        "/slow" => {
+            let (lock, cv) = stop;
+            let guard = lock.lock().unwrap();
+            let _unused = cv
+                .wait_timeout_while(guard, Duration::from_secs(30), |stopped| !*stopped)
+                .unwrap();
+            respond(&mut out, "200 OK", "", b"late")
+        }
+        "/echo-auth" => {
+            let auth = headers
+                .iter()
+                .find(|(k, _)| k == "authorization")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            respond(
+                &mut out,
+                "200 OK",
+                &format!("X-Reflect: {auth}\r\n"),
+                b"seen",
+            )
+        }
+        _ => respond(&mut out, "404 Not Found", "", b"no such route"),
+    }
+}

@@ -1,0 +1,963 @@
+//! The hostile-guest suite: every program in `tests/guests/src/bin` attacks the sandbox and
+//! each case asserts the exact typed outcome. Negative cases are data (a manifest, an input and
+//! the expected error); `every_hostile_guest_has_a_case` fails when a guest has no case.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{Harness, TestServer, hostile};
+use sandgraph::sandbox::egress::{SecretStore, StaticResolver};
+use sandgraph::sandbox::manifest::{CallGrant, WorkspaceMode};
+use sandgraph::sandbox::outcome::{CallError, Capability};
+use sandgraph::sandbox::registry::{CacheStatus, Registry};
+
+/// What a case must produce.
+#[derive(Debug)]
+enum Expect {
+    Exact(CallError),
+    Denied {
+        capability: Capability,
+        target: String,
+        rule_contains: &'static str,
+    },
+    TrapContains(&'static str),
+}
+
+fn check(case: &str, got: &Result<String, CallError>, want: &Expect) {
+    match (want, got) {
+        (Expect::Exact(e), Err(g)) if e == g => {}
+        (
+            Expect::Denied {
+                capability,
+                target,
+                rule_contains,
+            },
+            Err(CallError::Denied {
+                capability: c,
+                target: t,
+                missing_rule,
+            }),
+        ) if c == capability && t == target && missing_rule.contains(rule_contains) => {}
+        (Expect::TrapContains(s), Err(CallError::Trap { message })) if message.contains(s) => {}
+        _ => panic!("case {case}: expected {want:?}, got {got:?}"),
+    }
+}
+
+fn denied(capability: Capability, target: &str, rule_contains: &'static str) -> Expect {
+    Expect::Denied {
+        capability,
+        target: target.to_string(),
+        rule_contains,
+    }
+}
+
+/// Every guest program some case below runs. Adding a guest without a case fails the build's tests.
+const COVERED: &[&str] = &[
+    "component_wrong_world",
+    "egress_fetch",
+    "egress_follow_redirect",
+    "env_read",
+    "fs_read",
+    "fs_write",
+    "limits_deep_recursion",
+    "limits_huge_output",
+    "limits_infinite_loop",
+    "limits_log_flood",
+    "limits_memory_bomb",
+    "limits_panic",
+    "limits_shadow_stack_overflow",
+    "sockets_tcp_connect",
+    "sockets_udp_send",
+];
+
+#[test]
+fn every_hostile_guest_has_a_case() {
+    let built: BTreeSet<&str> = sandgraph_test_artifacts::HOSTILE_GUESTS
+        .iter()
+        .map(|(n, _)| *n)
+        .collect();
+    let covered: BTreeSet<&str> = COVERED.iter().copied().collect();
+    let missing: Vec<_> = built.difference(&covered).collect();
+    assert!(
+        missing.is_empty(),
+        "hostile guests without a host test case: {missing:?}"
+    );
+    let stale: Vec<_> = covered.difference(&built).collect();
+    assert!(
+        stale.is_empty(),
+        "cases name guests that no longer exist: {stale:?}"
+    );
+}
+
+// ---------------------------------------------------------------- limits
+
+struct LimitCase {
+    name: &'static str,
+    guest: &'static str,
+    spec: &'static str,
+    expect: Expect,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_cases() {
+    let h = Harness::new();
+    let cases = [
+        LimitCase {
+            name: "infinite loop hits the CPU deadline",
+            guest: "limits_infinite_loop",
+            spec: "limits: { timeout: 300ms }",
+            expect: Expect::Exact(CallError::Timeout { limit_ms: 300 }),
+        },
+        LimitCase {
+            name: "deep recursion overflows the wasm stack",
+            guest: "limits_deep_recursion",
+            spec: "",
+            expect: Expect::TrapContains("call stack exhausted"),
+        },
+        LimitCase {
+            name: "shadow-stack overflow runs off linear memory",
+            guest: "limits_shadow_stack_overflow",
+            spec: "",
+            expect: Expect::TrapContains("out of bounds memory access"),
+        },
+        LimitCase {
+            name: "memory bomb stops at the memory limit",
+            guest: "limits_memory_bomb",
+            spec: "limits: { memory: 16MiB }",
+            expect: Expect::Exact(CallError::MemoryLimitExceeded {
+                limit_bytes: 16 << 20,
+            }),
+        },
+        LimitCase {
+            name: "huge output is refused",
+            guest: "limits_huge_output",
+            spec: "limits: { max_output: 1MiB }",
+            expect: Expect::Exact(CallError::OutputTooLarge {
+                limit_bytes: 1 << 20,
+            }),
+        },
+        LimitCase {
+            name: "a panic is a trap, not a host crash",
+            guest: "limits_panic",
+            spec: "",
+            expect: Expect::TrapContains("unreachable"),
+        },
+    ];
+    for c in &cases {
+        let r = h.call(c.guest, c.spec, CallGrant::default(), "{}").await;
+        check(c.name, &r.result, &c.expect);
+        assert_eq!(
+            r.audit.outcome,
+            r.result.as_ref().unwrap_err().kind(),
+            "{}",
+            c.name
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn log_flood_is_captured_with_a_cap() {
+    let h = Harness::new();
+    let r = h
+        .call("limits_log_flood", "", CallGrant::default(), "{}")
+        .await;
+    assert_eq!(r.result, Ok(r#"{"done":true}"#.to_string()));
+    let cap = sandgraph::sandbox::limits::LOG_CAP;
+    for log in [&r.stdout, &r.stderr] {
+        assert!(
+            log.starts_with("flood flood"),
+            "{}",
+            &log[..40.min(log.len())]
+        );
+        assert!(log.len() < cap + 100, "log not capped: {} bytes", log.len());
+        assert!(log.ends_with("more bytes dropped]"));
+    }
+}
+
+// ---------------------------------------------------------------- filesystem
+
+/// A workspace dir inside a scratch dir that also holds files the guest must not reach.
+struct Scratch {
+    _root: tempfile::TempDir,
+    workspace: PathBuf,
+    outside: PathBuf,
+}
+
+fn scratch() -> Scratch {
+    let root = tempfile::tempdir().unwrap();
+    let workspace = root.path().join("ws");
+    let outside = root.path().join("outside");
+    std::fs::create_dir_all(&workspace).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("secret.txt"), "outside secret").unwrap();
+    std::fs::write(root.path().join("sibling.txt"), "sibling secret").unwrap();
+    std::fs::write(workspace.join("inside.txt"), "inside").unwrap();
+    std::os::unix::fs::symlink(outside.join("secret.txt"), workspace.join("link")).unwrap();
+    std::os::unix::fs::symlink(&outside, workspace.join("linkdir")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", workspace.join("abs-link")).unwrap();
+    Scratch {
+        _root: root,
+        workspace,
+        outside,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn filesystem_cases() {
+    let h = Harness::new();
+    let s = scratch();
+    let rw = || CallGrant {
+        workspace: Some((s.workspace.clone(), WorkspaceMode::Rw)),
+        ..CallGrant::default()
+    };
+    let fs = Capability::Filesystem;
+    let cases: Vec<(&str, &str, &str, CallGrant, String, Expect)> = vec![
+        (
+            "/etc/passwd without a workspace",
+            "fs_read",
+            "",
+            CallGrant::default(),
+            "/etc/passwd".into(),
+            denied(fs, "/etc/passwd", ""),
+        ),
+        (
+            "/etc/passwd with a workspace",
+            "fs_read",
+            "workspace: rw",
+            rw(),
+            "/etc/passwd".into(),
+            denied(fs, "/etc/passwd", ""),
+        ),
+        (
+            "../ out of the workspace",
+            "fs_read",
+            "workspace: rw",
+            rw(),
+            "/workspace/../sibling.txt".into(),
+            denied(fs, "/workspace/../sibling.txt", ""),
+        ),
+        (
+            "deep ../ out of the workspace",
+            "fs_read",
+            "workspace: rw",
+            rw(),
+            "/workspace/../../../../etc/passwd".into(),
+            denied(fs, "/workspace/../../../../etc/passwd", ""),
+        ),
+        (
+            "symlink to a file outside",
+            "fs_read",
+            "workspace: rw",
+            rw(),
+            "/workspace/link".into(),
+            denied(fs, "/workspace/link", ""),
+        ),
+        (
+            "symlink to a directory outside",
+            "fs_read",
+            "workspace: rw",
+            rw(),
+            "/workspace/linkdir/secret.txt".into(),
+            denied(fs, "/workspace/linkdir/secret.txt", ""),
+        ),
+        (
+            "absolute symlink",
+            "fs_read",
+            "workspace: rw",
+            rw(),
+            "/workspace/abs-link".into(),
+            denied(fs, "/workspace/abs-link", ""),
+        ),
+        (
+            "write in a read-only workspace",
+            "fs_write",
+            "workspace: ro",
+            rw(),
+            "/workspace/new.txt".into(),
+            denied(fs, "/workspace/new.txt", ""),
+        ),
+        (
+            "write through ../",
+            "fs_write",
+            "workspace: rw",
+            rw(),
+            "/workspace/../planted.txt".into(),
+            denied(fs, "/workspace/../planted.txt", ""),
+        ),
+        (
+            "write through a symlinked dir",
+            "fs_write",
+            "workspace: rw",
+            rw(),
+            "/workspace/linkdir/planted.txt".into(),
+            denied(fs, "/workspace/linkdir/planted.txt", ""),
+        ),
+        (
+            "workspace: none ignores the call's directory",
+            "fs_read",
+            "",
+            rw(),
+            "/workspace/inside.txt".into(),
+            denied(fs, "/workspace/inside.txt", ""),
+        ),
+    ];
+    for (name, guest, spec, grant, path, expect) in cases {
+        let input = format!(r#"{{"path":"{path}"}}"#);
+        let r = h.call(guest, spec, grant, &input).await;
+        check(name, &r.result, &expect);
+    }
+    assert!(!s.workspace.join("new.txt").exists());
+    assert!(!s.workspace.parent().unwrap().join("planted.txt").exists());
+    assert!(!s.outside.join("planted.txt").exists());
+
+    // Controls: the same guests do work inside the workspace, so the denials above are real.
+    let r = h
+        .call(
+            "fs_read",
+            "workspace: ro",
+            rw(),
+            r#"{"path":"/workspace/inside.txt"}"#,
+        )
+        .await;
+    assert_eq!(r.result, Ok(r#"{"content":"inside"}"#.into()));
+    let r = h
+        .call(
+            "fs_write",
+            "workspace: rw",
+            rw(),
+            r#"{"path":"/workspace/new.txt"}"#,
+        )
+        .await;
+    assert_eq!(r.result, Ok(r#"{"written":true}"#.into()));
+    assert_eq!(
+        std::fs::read_to_string(s.workspace.join("new.txt")).unwrap(),
+        "pwned"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_workspace_directory_is_a_filesystem_denial() {
+    let h = Harness::new();
+    let grant = CallGrant {
+        workspace: Some((
+            PathBuf::from("/nonexistent/sandgraph-ws"),
+            WorkspaceMode::Rw,
+        )),
+        ..CallGrant::default()
+    };
+    let r = h
+        .call(
+            "fs_read",
+            "workspace: rw",
+            grant,
+            r#"{"path":"/workspace/x"}"#,
+        )
+        .await;
+    check(
+        "missing dir",
+        &r.result,
+        &denied(
+            Capability::Filesystem,
+            "/nonexistent/sandgraph-ws",
+            "cannot open the workspace directory",
+        ),
+    );
+}
+
+// ---------------------------------------------------------------- env
+
+#[tokio::test(flavor = "multi_thread")]
+async fn env_snooping_sees_only_granted_variables() {
+    let h = Harness::new();
+    assert!(std::env::var_os("PATH").is_some(), "the host has PATH");
+    let spec = "env: { LOG_LEVEL: info }";
+    let r = h
+        .call("env_read", spec, CallGrant::default(), r#"{"name":"PATH"}"#)
+        .await;
+    check(
+        "PATH",
+        &r.result,
+        &denied(Capability::Env, "PATH", "not granted"),
+    );
+    let r = h
+        .call("env_read", spec, CallGrant::default(), r#"{"name":"HOME"}"#)
+        .await;
+    check(
+        "HOME",
+        &r.result,
+        &denied(Capability::Env, "HOME", "not granted"),
+    );
+    let r = h
+        .call(
+            "env_read",
+            spec,
+            CallGrant::default(),
+            r#"{"name":"LOG_LEVEL"}"#,
+        )
+        .await;
+    assert_eq!(
+        r.result,
+        Ok(r#"{"value":"info","visible":["LOG_LEVEL"]}"#.into())
+    );
+}
+
+// ---------------------------------------------------------------- egress
+
+fn egress_fetch_input(url: &str, method: &str) -> String {
+    format!(r#"{{"url":"{url}","method":"{method}"}}"#)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn egress_cases() {
+    let server = TestServer::start();
+    let port = server.port();
+    let mut resolver = StaticResolver::default();
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    resolver
+        .names
+        .insert("internal.test".into(), vec![ip("10.0.0.1")]);
+    resolver
+        .names
+        .insert("metadata.test".into(), vec![ip("169.254.169.254")]);
+    resolver
+        .names
+        .insert("mapped.test".into(), vec![ip("::ffff:127.0.0.1")]);
+    resolver
+        .names
+        .insert("ula.test".into(), vec![ip("fd00::1")]);
+    resolver
+        .names
+        .insert("mixed.test".into(), vec![ip("127.0.0.1"), ip("10.0.0.1")]);
+    let mut h = Harness::with(resolver, SecretStore::default());
+    h.policy.allow_private = vec![ip("127.0.0.1")];
+
+    let local = format!(
+        "egress: [{{ scheme: http, host: 127.0.0.1, port: {port}, paths: ['/ok', '/v1/**', '/redirect', '/big', '/big-chunked', '/slow'] }}]"
+    );
+    let named = |host: &str| format!("egress: [{{ scheme: http, host: {host}, port: {port} }}]");
+    let eg = Capability::Egress;
+    let u = |p: &str| format!("http://127.0.0.1:{port}{p}");
+    let cases: Vec<(&str, &str, String, String, Expect)> = vec![
+        (
+            "non-granted host",
+            "egress_fetch",
+            local.clone(),
+            egress_fetch_input("http://evil.test/x", "GET"),
+            denied(
+                eg,
+                "http://evil.test:80/x",
+                "no egress rule for host `evil.test`",
+            ),
+        ),
+        (
+            "granted host, wrong method",
+            "egress_fetch",
+            local.clone(),
+            egress_fetch_input(&u("/ok"), "POST"),
+            denied(eg, &u("/ok"), "method POST is not allowed"),
+        ),
+        (
+            "granted host, wrong path",
+            "egress_fetch",
+            local.clone(),
+            egress_fetch_input(&u("/admin"), "GET"),
+            denied(eg, &u("/admin"), "no egress rule allows path `/admin`"),
+        ),
+        (
+            "granted host, wrong port",
+            "egress_fetch",
+            local.clone(),
+            egress_fetch_input(
+                &format!("http://127.0.0.1:{}/ok", port.wrapping_add(1)),
+                "GET",
+            ),
+            denied(
+                eg,
+                &format!("http://127.0.0.1:{}/ok", port.wrapping_add(1)),
+                "scheme and port must match",
+            ),
+        ),
+        (
+            "granted host, wrong scheme",
+            "egress_fetch",
+            local.clone(),
+            egress_fetch_input(&format!("https://127.0.0.1:{port}/ok"), "GET"),
+            denied(
+                eg,
+                &format!("https://127.0.0.1:{port}/ok"),
+                "scheme and port must match",
+            ),
+        ),
+        (
+            "allowed name resolving to a private address",
+            "egress_fetch",
+            named("internal.test"),
+            egress_fetch_input(&format!("http://internal.test:{port}/"), "GET"),
+            denied(
+                eg,
+                &format!("http://internal.test:{port}/"),
+                "resolves to 10.0.0.1 (private)",
+            ),
+        ),
+        (
+            "allowed name resolving to the metadata address",
+            "egress_fetch",
+            named("metadata.test"),
+            egress_fetch_input(
+                &format!("http://metadata.test:{port}/latest/meta-data"),
+                "GET",
+            ),
+            denied(
+                eg,
+                &format!("http://metadata.test:{port}/latest/meta-data"),
+                "169.254.169.254 (cloud metadata)",
+            ),
+        ),
+        (
+            "IPv4-mapped loopback is not the allowed 127.0.0.1",
+            "egress_fetch",
+            named("mapped.test"),
+            egress_fetch_input(&format!("http://mapped.test:{port}/ok"), "GET"),
+            denied(
+                eg,
+                &format!("http://mapped.test:{port}/ok"),
+                "IPv4-mapped IPv6",
+            ),
+        ),
+        (
+            "unique-local v6",
+            "egress_fetch",
+            named("ula.test"),
+            egress_fetch_input(&format!("http://ula.test:{port}/ok"), "GET"),
+            denied(
+                eg,
+                &format!("http://ula.test:{port}/ok"),
+                "fd00::1 (unique-local)",
+            ),
+        ),
+        (
+            "one private address among public ones",
+            "egress_fetch",
+            named("mixed.test"),
+            egress_fetch_input(&format!("http://mixed.test:{port}/ok"), "GET"),
+            denied(
+                eg,
+                &format!("http://mixed.test:{port}/ok"),
+                "10.0.0.1 (private)",
+            ),
+        ),
+        (
+            "redirect to a non-granted host, followed by the guest",
+            "egress_follow_redirect",
+            local.clone(),
+            format!(
+                r#"{{"url":"{}"}}"#,
+                u("/redirect?to=http://evil.test/stolen")
+            ),
+            denied(
+                eg,
+                "http://evil.test:80/stolen",
+                "no egress rule for host `evil.test`",
+            ),
+        ),
+        (
+            "redirect to a non-granted path on the same host",
+            "egress_follow_redirect",
+            local.clone(),
+            format!(
+                r#"{{"url":"{}"}}"#,
+                u(&format!("/redirect?to=http://127.0.0.1:{port}/admin"))
+            ),
+            denied(eg, &u("/admin"), "no egress rule allows path `/admin`"),
+        ),
+        (
+            "oversized response (Content-Length)",
+            "egress_fetch",
+            format!("{local}\nlimits: {{ max_response: 1MiB }}"),
+            egress_fetch_input(&u("/big"), "GET"),
+            denied(
+                eg,
+                &u("/big"),
+                "exceeds limits.max_response (1048576 bytes)",
+            ),
+        ),
+        (
+            "oversized response (chunked)",
+            "egress_fetch",
+            format!("{local}\nlimits: {{ max_response: 1MiB }}"),
+            egress_fetch_input(&u("/big-chunked"), "GET"),
+            denied(
+                eg,
+                &u("/big-chunked"),
+                "exceeds limits.max_response (1048576 bytes)",
+            ),
+        ),
+        (
+            "slow response",
+            "egress_fetch",
+            format!("{local}\nlimits: {{ timeout: 500ms }}"),
+            egress_fetch_input(&u("/slow"), "GET"),
+            Expect::Exact(CallError::Timeout { limit_ms: 500 }),
+        ),
+    ];
+    for (name, guest, spec, input, expect) in cases {
+        let r = h.call(guest, &spec, CallGrant::default(), &input).await;
+        check(name, &r.result, &expect);
+        if let Expect::Denied { target, .. } = &expect {
+            let attempt = r
+                .audit
+                .egress
+                .iter()
+                .find(|a| !a.allowed)
+                .unwrap_or_else(|| panic!("{name}: no denied attempt audited"));
+            assert_eq!(&attempt.target, target, "{name}");
+            if !name.starts_with("oversized") {
+                assert_eq!(
+                    attempt.connected_to, None,
+                    "{name}: connected before refusing"
+                );
+            }
+        }
+    }
+    // Only the redirect, oversized and slow cases reached the server: 2 redirects + 2 big + 1 slow.
+    let paths: Vec<String> = server
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.path.clone())
+        .collect();
+    assert!(
+        paths
+            .iter()
+            .all(|p| ["/redirect", "/big", "/big-chunked", "/slow"].contains(&p.as_str())),
+        "{paths:?}"
+    );
+    assert_eq!(server.connections(), 5, "{paths:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn loopback_is_refused_unless_the_operator_allows_that_address() {
+    let server = TestServer::start();
+    let spec = format!(
+        "egress: [{{ scheme: http, host: 127.0.0.1, port: {} }}]",
+        server.port()
+    );
+    let url = server.url("/ok");
+    let mut h = Harness::new();
+    let r = h
+        .call(
+            "egress_fetch",
+            &spec,
+            CallGrant::default(),
+            &egress_fetch_input(&url, "GET"),
+        )
+        .await;
+    check(
+        "loopback",
+        &r.result,
+        &denied(Capability::Egress, &url, "127.0.0.1 (loopback)"),
+    );
+    assert_eq!(server.connections(), 0);
+
+    h.policy.allow_private = vec!["127.0.0.1".parse().unwrap()];
+    let r = h
+        .call(
+            "egress_fetch",
+            &spec,
+            CallGrant::default(),
+            &egress_fetch_input(&url, "GET"),
+        )
+        .await;
+    assert_eq!(r.result, Ok(r#"{"status":200,"headers":[["content-length","5"],["connection","close"]],"body":"hello"}"#.into()));
+    let a = &r.audit.egress[0];
+    assert!(a.allowed);
+    assert_eq!(
+        a.connected_to.as_deref(),
+        Some(server.addr.to_string().as_str())
+    );
+    assert_eq!((a.status, a.bytes_in), (Some(200), 5));
+    assert_eq!(server.connections(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn injected_secret_reaches_the_server_but_never_the_guest() {
+    let server = TestServer::start();
+    let secret = "s3cr3t-token-value";
+    let mut secrets = SecretStore::default();
+    secrets.insert("EXAMPLE_TOKEN", secret);
+    let mut h = Harness::with(StaticResolver::default(), secrets);
+    h.policy.allow_private = vec!["127.0.0.1".parse().unwrap()];
+    let spec = format!(
+        "egress:\n  - scheme: http\n    host: 127.0.0.1\n    port: {}\n    inject:\n      - {{ header: Authorization, secret: EXAMPLE_TOKEN, format: \"Bearer {{secret}}\" }}",
+        server.port()
+    );
+    // The guest sets its own Authorization and reads the environment for the secret's name.
+    let input = format!(
+        r#"{{"url":"{}","method":"GET","authorization":"Bearer guess"}}"#,
+        server.url("/echo-auth")
+    );
+    let r = h
+        .call("egress_fetch", &spec, CallGrant::default(), &input)
+        .await;
+    let out = r.result.clone().expect("call succeeds");
+    assert!(
+        out.contains(r#""status":200"#) && out.contains(r#""body":"seen""#),
+        "{out}"
+    );
+    assert!(!out.contains(secret), "guest saw the secret: {out}");
+    assert!(
+        !out.to_ascii_lowercase().contains("x-reflect"),
+        "reflected secret header reached the guest: {out}"
+    );
+    let seen = server.seen.lock().unwrap().clone();
+    let auth: Vec<&str> = seen[0]
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "authorization")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(
+        auth,
+        vec![format!("Bearer {secret}").as_str()],
+        "server must see only the injected value"
+    );
+    let audit = serde_json::to_string(&r.audit).unwrap();
+    assert!(!audit.contains(secret), "audit leaks the secret");
+    assert_eq!(
+        r.audit.egress[0].injected,
+        vec!["Authorization (overwrote the guest's value)"]
+    );
+
+    let r = h
+        .call(
+            "env_read",
+            "",
+            CallGrant::default(),
+            r#"{"name":"EXAMPLE_TOKEN"}"#,
+        )
+        .await;
+    check(
+        "secret via env",
+        &r.result,
+        &denied(Capability::Env, "EXAMPLE_TOKEN", "not granted"),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secret_missing_from_the_store_is_a_secret_denial() {
+    let server = TestServer::start();
+    let mut h = Harness::new();
+    h.policy.allow_private = vec!["127.0.0.1".parse().unwrap()];
+    let spec = format!(
+        "egress: [{{ scheme: http, host: 127.0.0.1, port: {}, inject: [{{ header: X-Api-Key, secret: MISSING_KEY }}] }}]",
+        server.port()
+    );
+    let r = h
+        .call(
+            "egress_fetch",
+            &spec,
+            CallGrant::default(),
+            &egress_fetch_input(&server.url("/ok"), "GET"),
+        )
+        .await;
+    check(
+        "missing secret",
+        &r.result,
+        &denied(
+            Capability::Secret,
+            "MISSING_KEY",
+            "operator secret store has no `MISSING_KEY`",
+        ),
+    );
+    assert_eq!(server.connections(), 0);
+}
+
+// ---------------------------------------------------------------- sockets
+
+#[tokio::test(flavor = "multi_thread")]
+async fn raw_sockets_are_refused() {
+    let server = TestServer::start();
+    let h = Harness::new();
+    let addr = server.addr.to_string();
+    let r = h
+        .call(
+            "sockets_tcp_connect",
+            "",
+            CallGrant::default(),
+            &format!(r#"{{"addr":"{addr}"}}"#),
+        )
+        .await;
+    // wasmtime checks the implicit bind (0.0.0.0:0) before the connect; that first check is
+    // already refused, so the guest never gets as far as naming its target to the host.
+    check(
+        "tcp",
+        &r.result,
+        &denied(
+            Capability::Sockets,
+            "0.0.0.0:0",
+            "wasi:sockets is not granted",
+        ),
+    );
+    assert_eq!(r.audit.egress[0].method, "TcpBind");
+    assert_eq!(server.connections(), 0);
+    let r = h
+        .call("sockets_udp_send", "", CallGrant::default(), "{}")
+        .await;
+    check(
+        "udp",
+        &r.result,
+        &denied(
+            Capability::Sockets,
+            "0.0.0.0:0",
+            "wasi:sockets is not granted",
+        ),
+    );
+}
+
+// ---------------------------------------------------------------- components and cache
+
+#[test]
+fn bad_components_are_refused_with_the_reason() {
+    let h = Harness::new();
+    let real = std::fs::read(hostile("limits_panic")).unwrap();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "core module",
+            b"\0asm\x01\0\0\0".to_vec(),
+            "core WebAssembly module, not a component",
+        ),
+        (
+            "random bytes",
+            (0..4096u32)
+                .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+                .collect(),
+            "not a WebAssembly binary",
+        ),
+        ("empty file", vec![], "not a WebAssembly binary"),
+        (
+            "truncated component",
+            real[..real.len() / 2].to_vec(),
+            "cannot compile the component",
+        ),
+    ];
+    for (name, bytes, reason) in cases {
+        match h.sandbox.registry().load(&bytes) {
+            Err(CallError::BadComponent { reason: r }) => {
+                assert!(r.contains(reason), "{name}: {r}")
+            }
+            Err(other) => panic!("{name}: {other:?}"),
+            Ok(_) => panic!("{name}: loaded"),
+        }
+    }
+    match h
+        .sandbox
+        .registry()
+        .load_file(hostile("component_wrong_world").as_ref())
+    {
+        Err(CallError::BadComponent { reason }) => {
+            assert!(
+                reason.contains("does not export the sandgraph:tool world"),
+                "{reason}"
+            )
+        }
+        Err(other) => panic!("wrong world: {other:?}"),
+        Ok(_) => panic!("wrong world: loaded"),
+    }
+}
+
+fn fresh_sandbox(cache: &std::path::Path) -> sandgraph::sandbox::Sandbox {
+    sandgraph::sandbox::Sandbox::new(sandgraph::sandbox::SandboxConfig {
+        cache_dir: Some(cache.to_path_buf()),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_and_corrupt_cache_entries_are_recompiled_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(hostile("limits_panic")).unwrap();
+    let digest = Registry::digest(&bytes);
+
+    let sb = fresh_sandbox(dir.path());
+    assert_eq!(
+        sb.registry().load(&bytes).unwrap().cache,
+        CacheStatus::Compiled
+    );
+    assert_eq!(
+        sb.registry().load(&bytes).unwrap().cache,
+        CacheStatus::InMemory
+    );
+    let path = sb.registry().cache_path(&digest).unwrap();
+    drop(sb);
+    assert_eq!(
+        fresh_sandbox(dir.path())
+            .registry()
+            .load(&bytes)
+            .unwrap()
+            .cache,
+        CacheStatus::Hit
+    );
+
+    // Corrupt: flip one byte of the compiled code.
+    let mut entry = std::fs::read(&path).unwrap();
+    let mid = entry.len() - 100;
+    entry[mid] ^= 0xff;
+    std::fs::write(&path, &entry).unwrap();
+    let sb = fresh_sandbox(dir.path());
+    let tool = sb.registry().load(&bytes).unwrap();
+    assert_eq!(tool.cache, CacheStatus::RecompiledCorrupt);
+    let info = sb.info(&tool).await.unwrap();
+    assert_eq!(info.name, "limits_panic");
+    drop(sb);
+    assert_eq!(
+        fresh_sandbox(dir.path())
+            .registry()
+            .load(&bytes)
+            .unwrap()
+            .cache,
+        CacheStatus::Hit
+    );
+
+    // Stale: an entry whose key names another wasmtime version.
+    let entry = std::fs::read(&path).unwrap();
+    let text = String::from_utf8_lossy(&entry[..200]).into_owned();
+    let at = text.find("wasmtime-48.0.8").expect("key in header");
+    let mut stale = entry.clone();
+    stale[at + "wasmtime-".len()..at + "wasmtime-48".len()].copy_from_slice(b"47");
+    std::fs::write(&path, &stale).unwrap();
+    let sb = fresh_sandbox(dir.path());
+    assert_eq!(
+        sb.registry().load(&bytes).unwrap().cache,
+        CacheStatus::RecompiledStale
+    );
+
+    // Garbage in place of the entry.
+    std::fs::write(&path, b"not a cache entry").unwrap();
+    let sb = fresh_sandbox(dir.path());
+    assert_eq!(
+        sb.registry().load(&bytes).unwrap().cache,
+        CacheStatus::RecompiledCorrupt
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_json_input_is_refused_before_the_guest_runs() {
+    let h = Harness::new();
+    let r = h
+        .call("limits_panic", "", CallGrant::default(), "not json")
+        .await;
+    match r.result {
+        Err(CallError::InvalidInput { message }) => assert!(
+            message.contains("input is not a JSON document"),
+            "{message}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let _ = Duration::ZERO;
+}
