@@ -140,6 +140,13 @@ impl WgpuBackend {
                 "a session needs at least one slot and one position (got {max_slots} slots, context {max_context})"
             )));
         }
+        let cache_bytes = (max_slots * max_context * c.kv_dim() * 4) as u64;
+        if cache_bytes > ctx.max_binding {
+            return Err(WgpuError::TooLarge(format!(
+                "buffer 'k_cache.0' needs {cache_bytes} bytes ({max_slots} slots x {max_context} positions), over the adapter's storage binding limit of {} bytes; use fewer slots or a shorter context",
+                ctx.max_binding
+            )));
+        }
         let mut types = vec![w.token_embd.ty, w.output.ty];
         for l in &w.layers {
             types.extend([
@@ -216,7 +223,6 @@ impl WgpuBackend {
             ],
         );
         let swi_u = uniform(&ctx, "swiglu", &[c.ffn_dim as u32]);
-        let cache_bytes = slots * max_context as u64 * kvd * 4;
 
         let embd = upload(&w.token_embd)?;
         let embed = EmbedOp::new(&ctx, &k, &embd, &meta, &x, &fwd);

@@ -1,0 +1,340 @@
+//! The whole wgpu backend against the CPU backend on seeded tiny models (each weight type), plus
+//! its batching, multi-pass, slot-reuse and error behaviour. Needs a wgpu adapter (lavapipe on
+//! CI); finding none fails the tests.
+//!
+//! Tolerance against the CPU backend: max |wgpu - cpu| over a logits row <= 3% of that row's
+//! spread (max - min) on the CPU: the CPU multiplies with 8-bit-quantized activations, the wgpu
+//! kernels in f32 (the real-model test shows wgpu within 1e-3 of an f64 reference). Between two
+//! wgpu runs of the same tokens (different batching) the logits agree to 1e-4.
+
+use sandgraph_inference::backend::cpu::CpuBackend;
+use sandgraph_inference::backend::wgpu::{
+    AdapterPolicy, GpuContext, MAX_ROWS, WgpuBackend, WgpuError, WgpuOptions,
+};
+use sandgraph_inference::backend::{Backend, BackendError, SeqChunk, argmax_of, top_k_of};
+use sandgraph_inference::gguf::GgmlType;
+use sandgraph_inference::model::LlamaModel;
+use sandgraph_inference::testutil::{TestRng, TinySpec, tiny_model};
+
+const TYPES: [GgmlType; 5] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::Q8_0,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+];
+
+fn wgpu(model: &LlamaModel, slots: usize, ctx: usize) -> WgpuBackend {
+    WgpuBackend::new(model, slots, ctx, &WgpuOptions::default())
+        .unwrap_or_else(|e| panic!("wgpu tests need an adapter: {e}"))
+}
+
+fn tokens(rng: &mut TestRng, n: usize, vocab: usize) -> Vec<u32> {
+    (0..n).map(|_| rng.below(vocab) as u32).collect()
+}
+
+fn spread(a: &[f32]) -> f32 {
+    let (lo, hi) = a
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+    hi - lo
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Runs the same batch on both backends and checks logits, argmax and top-k.
+fn step(g: &mut WgpuBackend, c: &mut CpuBackend, batch: &[SeqChunk<'_>], what: &str) -> Vec<u32> {
+    g.forward(batch).unwrap();
+    c.forward(batch).unwrap();
+    let gl = g.logits().unwrap();
+    let cl = c.logits().unwrap();
+    assert_eq!(gl.len(), batch.len(), "{what}: one logits row per chunk");
+    for (i, (a, b)) in gl.iter().zip(&cl).enumerate() {
+        let (d, s) = (max_diff(a, b), spread(b));
+        assert!(d <= 0.03 * s, "{what}: chunk {i}: max diff {d}, spread {s}");
+    }
+    let am = g.argmax().unwrap();
+    let tk = g.top_k(5).unwrap();
+    for (i, l) in gl.iter().enumerate() {
+        assert_eq!(am[i], argmax_of(l), "{what}: device argmax of chunk {i}");
+        assert_eq!(tk[i], top_k_of(l, 5), "{what}: device top-5 of chunk {i}");
+    }
+    c.argmax().unwrap()
+}
+
+#[test]
+fn wgpu_matches_cpu_on_tiny_models_for_every_weight_type() {
+    for (n, ty) in TYPES.into_iter().enumerate() {
+        let mut spec = TinySpec::new(40 + n as u64, ty);
+        spec.tied = n % 2 == 0;
+        let model = tiny_model(&spec).unwrap();
+        let vocab = model.config.vocab_size;
+        let mut rng = TestRng::new(7);
+        let mut g = wgpu(&model, 3, 64);
+        let mut c = CpuBackend::new(&model, 3, 64).unwrap();
+        let what = format!("{ty:?} tied={}", spec.tied);
+        // Two prefills of different lengths in one batch.
+        let (p0, p1, p2) = (
+            tokens(&mut rng, 9, vocab),
+            tokens(&mut rng, 3, vocab),
+            tokens(&mut rng, 5, vocab),
+        );
+        let next = step(
+            &mut g,
+            &mut c,
+            &[
+                SeqChunk {
+                    slot: 0,
+                    start_pos: 0,
+                    tokens: &p0,
+                },
+                SeqChunk {
+                    slot: 1,
+                    start_pos: 0,
+                    tokens: &p1,
+                },
+            ],
+            &format!("{what} prefill"),
+        );
+        // Decodes of slots 0 and 1 batched with a prefill of slot 2, in a different order.
+        let mut last = step(
+            &mut g,
+            &mut c,
+            &[
+                SeqChunk {
+                    slot: 2,
+                    start_pos: 0,
+                    tokens: &p2,
+                },
+                SeqChunk {
+                    slot: 1,
+                    start_pos: 3,
+                    tokens: &next[1..2],
+                },
+                SeqChunk {
+                    slot: 0,
+                    start_pos: 9,
+                    tokens: &next[0..1],
+                },
+            ],
+            &format!("{what} mixed"),
+        );
+        // Batched single-token decodes.
+        let mut pos = [10, 4, 5];
+        for s in 0..4 {
+            let order = [2, 1, 0];
+            let toks: Vec<[u32; 1]> = (0..3).map(|i| [last[i]]).collect();
+            let batch: Vec<SeqChunk> = (0..3)
+                .map(|i| SeqChunk {
+                    slot: order[i],
+                    start_pos: pos[order[i]],
+                    tokens: &toks[i],
+                })
+                .collect();
+            let picked = step(&mut g, &mut c, &batch, &format!("{what} decode {s}"));
+            for i in 0..3 {
+                pos[order[i]] += 1;
+            }
+            // Keep each slot's picks attached to the same batch position next round.
+            last = picked;
+        }
+    }
+}
+
+#[test]
+fn a_prompt_longer_than_one_pass_matches_chunked_prefill() {
+    let model = tiny_model(&TinySpec::new(3, GgmlType::Q4_1)).unwrap();
+    let vocab = model.config.vocab_size;
+    let n = MAX_ROWS + 44;
+    let prompt = tokens(&mut TestRng::new(9), n, vocab);
+    let mut one = wgpu(&model, 2, n);
+    // Slot 1 gets a short chunk in the same batch so the long one spans two passes with it.
+    one.forward(&[
+        SeqChunk {
+            slot: 0,
+            start_pos: 0,
+            tokens: &prompt,
+        },
+        SeqChunk {
+            slot: 1,
+            start_pos: 0,
+            tokens: &prompt[..5],
+        },
+    ])
+    .unwrap();
+    let l_one = one.logits().unwrap();
+    let mut chunked = wgpu(&model, 2, n);
+    for (i, part) in prompt.chunks(100).enumerate() {
+        chunked
+            .forward(&[SeqChunk {
+                slot: 0,
+                start_pos: i * 100,
+                tokens: part,
+            }])
+            .unwrap();
+    }
+    let l_chunked = chunked.logits().unwrap();
+    assert!(max_diff(&l_one[0], &l_chunked[0]) <= 1e-4);
+    chunked
+        .forward(&[SeqChunk {
+            slot: 1,
+            start_pos: 0,
+            tokens: &prompt[..5],
+        }])
+        .unwrap();
+    assert!(max_diff(&l_one[1], &chunked.logits().unwrap()[0]) <= 1e-4);
+}
+
+#[test]
+fn restarting_a_slot_at_position_zero_forgets_the_old_sequence() {
+    let model = tiny_model(&TinySpec::new(5, GgmlType::Q8_0)).unwrap();
+    let vocab = model.config.vocab_size;
+    let mut rng = TestRng::new(10);
+    let (a, b) = (tokens(&mut rng, 12, vocab), tokens(&mut rng, 6, vocab));
+    let mut g = wgpu(&model, 1, 32);
+    g.forward(&[SeqChunk {
+        slot: 0,
+        start_pos: 0,
+        tokens: &a,
+    }])
+    .unwrap();
+    g.forward(&[SeqChunk {
+        slot: 0,
+        start_pos: 0,
+        tokens: &b,
+    }])
+    .unwrap();
+    let reused = g.logits().unwrap();
+    let mut fresh = wgpu(&model, 1, 32);
+    fresh
+        .forward(&[SeqChunk {
+            slot: 0,
+            start_pos: 0,
+            tokens: &b,
+        }])
+        .unwrap();
+    assert!(max_diff(&reused[0], &fresh.logits().unwrap()[0]) <= 1e-5);
+}
+
+#[test]
+fn bad_calls_get_specific_errors() {
+    let model = tiny_model(&TinySpec::new(6, GgmlType::F16)).unwrap();
+    let vocab = model.config.vocab_size;
+    let mut g = wgpu(&model, 2, 8);
+    assert!(matches!(g.logits(), Err(BackendError::NoLogits)));
+    assert!(matches!(g.argmax(), Err(BackendError::NoLogits)));
+    assert!(matches!(g.top_k(3), Err(BackendError::NoLogits)));
+    let bad = [vocab as u32];
+    let e = g
+        .forward(&[SeqChunk {
+            slot: 0,
+            start_pos: 0,
+            tokens: &bad,
+        }])
+        .unwrap_err();
+    assert!(matches!(e, BackendError::TokenOutOfRange { token, .. } if token == vocab as u32));
+    let e = g
+        .forward(&[SeqChunk {
+            slot: 0,
+            start_pos: 4,
+            tokens: &[1],
+        }])
+        .unwrap_err();
+    assert!(matches!(e, BackendError::PositionGap { filled: 0, .. }));
+    let e = g
+        .forward(&[SeqChunk {
+            slot: 1,
+            start_pos: 0,
+            tokens: &[1; 9],
+        }])
+        .unwrap_err();
+    assert!(matches!(
+        e,
+        BackendError::ContextOverflow {
+            needed: 9,
+            max_context: 8,
+            ..
+        }
+    ));
+    let e = g
+        .forward(&[SeqChunk {
+            slot: 2,
+            start_pos: 0,
+            tokens: &[1],
+        }])
+        .unwrap_err();
+    assert!(matches!(
+        e,
+        BackendError::SlotOutOfRange {
+            slot: 2,
+            max_slots: 2
+        }
+    ));
+    // Rejected batches did no work: still nothing to read, and a good batch works after.
+    assert!(matches!(g.argmax(), Err(BackendError::NoLogits)));
+    g.forward(&[SeqChunk {
+        slot: 0,
+        start_pos: 0,
+        tokens: &[1, 2],
+    }])
+    .unwrap();
+    assert_eq!(g.argmax().unwrap().len(), 1);
+    // k beyond the device list falls back to the host and still sorts the whole row.
+    let all = g.top_k(vocab + 10).unwrap();
+    assert_eq!(all[0].len(), vocab);
+    assert_eq!(all[0], top_k_of(&g.logits().unwrap()[0], vocab));
+    assert_eq!(g.top_k(0).unwrap(), vec![Vec::<(u32, f32)>::new()]);
+}
+
+#[test]
+fn kv_caches_beyond_the_binding_limit_are_refused_by_name() {
+    let model = tiny_model(&TinySpec::new(8, GgmlType::Q4_0)).unwrap();
+    let ctx = GpuContext::new(&WgpuOptions::default()).unwrap();
+    let per_pos = model.config.kv_dim() as u64 * 4;
+    let context = (ctx.max_binding / per_pos + 1) as usize;
+    let e = WgpuBackend::with_context(ctx, &model, 1, context)
+        .err()
+        .expect("must fail");
+    assert!(
+        matches!(&e, WgpuError::TooLarge(m) if m.contains("k_cache.0")),
+        "{e}"
+    );
+    let e = WgpuBackend::new(&model, 0, 8, &WgpuOptions::default())
+        .err()
+        .expect("must fail");
+    assert!(matches!(e, WgpuError::UnsupportedShape(_)), "{e}");
+}
+
+#[test]
+fn no_adapter_is_a_clear_error_and_not_hardware() {
+    // Only Metal allowed: a Linux/Windows machine then has no adapter at all.
+    // SAFETY: nextest runs every test in its own process, so no other thread reads the env.
+    unsafe { std::env::set_var("WGPU_BACKEND", "metal") };
+    if cfg!(target_os = "macos") {
+        return;
+    }
+    assert!(!sandgraph_inference::backend::wgpu::hardware_adapter_available());
+    let e = GpuContext::new(&WgpuOptions::default())
+        .err()
+        .expect("no adapter");
+    let msg = e.to_string();
+    assert!(
+        matches!(
+            e,
+            WgpuError::NoAdapter {
+                policy: AdapterPolicy::Any,
+                ..
+            }
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("mesa-vulkan-drivers") && msg.contains("--backend cpu"),
+        "{msg}"
+    );
+}
