@@ -673,7 +673,10 @@ async fn loopback_is_refused_unless_the_operator_allows_that_address() {
             &egress_fetch_input(&url, "GET"),
         )
         .await;
-    assert_eq!(r.result, Ok(r#"{"status":200,"headers":[["content-length","5"],["connection","close"]],"body":"hello"}"#.into()));
+    assert_eq!(
+        r.result,
+        Ok(r#"{"status":200,"headers":[["content-length","5"]],"body":"hello"}"#.into())
+    );
     let a = &r.audit.egress[0];
     assert!(a.allowed);
     assert_eq!(
@@ -885,13 +888,12 @@ async fn stale_and_corrupt_cache_entries_are_recompiled_not_trusted() {
     let digest = Registry::digest(&bytes);
 
     let sb = fresh_sandbox(dir.path());
-    assert_eq!(
-        sb.registry().load(&bytes).unwrap().cache,
-        CacheStatus::Compiled
-    );
-    assert_eq!(
-        sb.registry().load(&bytes).unwrap().cache,
-        CacheStatus::InMemory
+    let first = sb.registry().load(&bytes).unwrap();
+    assert_eq!(first.cache, CacheStatus::Compiled);
+    let again = sb.registry().load(&bytes).unwrap();
+    assert!(
+        std::sync::Arc::ptr_eq(&first, &again),
+        "loaded once per process"
     );
     let path = sb.registry().cache_path(&digest).unwrap();
     drop(sb);

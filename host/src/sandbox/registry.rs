@@ -20,8 +20,6 @@ const MAGIC: &[u8; 8] = b"SGCWASM1";
 /// What the disk cache did for one load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheStatus {
-    /// Already loaded in this process.
-    InMemory,
     /// Read from a verified disk entry.
     Hit,
     /// No entry; compiled and written.
