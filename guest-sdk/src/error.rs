@@ -27,7 +27,10 @@ impl ToolError {
         Self::Failed(message.into())
     }
 
-    /// The sandbox denied a capability the tool needed.
+    /// The sandbox denied a capability the tool needed. Write the message as
+    /// `<capability>: <target>: <reason>` (capability: egress, filesystem, env, secret or
+    /// sockets), e.g. `filesystem: /workspace/a.txt: the workspace is read-only`; the host
+    /// turns that shape into its typed `denied{capability, target, missing_rule}` outcome.
     pub fn denied(message: impl Into<String>) -> Self {
         Self::Denied(message.into())
     }

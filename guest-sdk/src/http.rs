@@ -66,12 +66,11 @@ impl fmt::Display for HttpError {
         match self {
             Self::InvalidUrl { url, reason } => write!(f, "invalid URL `{url}`: {reason}"),
             Self::InvalidHeader { name, reason } => write!(f, "invalid header `{name}`: {reason}"),
-            Self::Denied { url, detail } => {
-                write!(
-                    f,
-                    "the sandbox denied the request to {url} ({detail}); the tool's manifest or the operator policy does not grant it"
-                )
-            }
+            // `capability: target: reason`, the shape the host parses denials from.
+            Self::Denied { url, detail } => write!(
+                f,
+                "egress: {url}: {detail}; no egress rule of the tool's manifest and the operator policy grants it"
+            ),
             Self::BodyTooLarge { limit } => {
                 write!(f, "the response body is larger than the {limit}-byte limit")
             }
@@ -619,8 +618,11 @@ mod tests {
             url: "https://x/".into(),
             detail: "HTTP-request-denied".into(),
         };
-        assert!(
-            matches!(ToolError::from(denied), ToolError::Denied(m) if m.starts_with("the sandbox denied the request to https://x/"))
+        assert_eq!(
+            ToolError::from(denied),
+            ToolError::denied(
+                "egress: https://x/: HTTP-request-denied; no egress rule of the tool's manifest and the operator policy grants it"
+            )
         );
         assert!(matches!(
             ToolError::from(HttpError::BodyTooLarge { limit: 3 }),

@@ -42,7 +42,7 @@ pub fn validate(schema: &Value, value: &Value) -> Result<(), ToolError> {
     let mut path = Vec::new();
     Validator { root: schema }
         .check(schema, value, &mut path, 0)
-        .map_err(|message| at(&render_path(&path), &message))
+        .map_err(|failure| at(&render_path(&path), &failure.message))
 }
 
 fn at(path: &str, message: &str) -> ToolError {
@@ -50,6 +50,29 @@ fn at(path: &str, message: &str) -> ToolError {
         ToolError::invalid_input(message.to_owned())
     } else {
         ToolError::invalid_input(format!("at `{path}`: {message}"))
+    }
+}
+
+/// A validation failure. `discriminator` marks failures that only show the value was
+/// meant for a different alternative of an `anyOf`/`oneOf`.
+#[derive(Debug)]
+struct Failure {
+    message: String,
+    discriminator: bool,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure {
+            message,
+            discriminator: false,
+        }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Self {
+        message.to_owned().into()
     }
 }
 
@@ -90,7 +113,7 @@ impl<'a> Validator<'a> {
         value: &Value,
         path: &mut Vec<Segment>,
         depth: usize,
-    ) -> Result<(), String> {
+    ) -> Result<(), Failure> {
         if depth > MAX_DEPTH {
             return Err("input schema nests too deeply to validate".into());
         }
@@ -105,7 +128,10 @@ impl<'a> Validator<'a> {
             self.check(target, value, path, depth + 1)?;
         }
         if let Some(ty) = schema.get("type") {
-            check_type(ty, value)?;
+            check_type(ty, value).map_err(|f| Failure {
+                discriminator: path.is_empty(),
+                ..f
+            })?;
         }
         if let Some(Value::Array(options)) = schema.get("enum")
             && !options.contains(value)
@@ -114,30 +140,20 @@ impl<'a> Validator<'a> {
                 "{} is not one of {}",
                 brief(value),
                 Value::Array(options.clone())
-            ));
+            )
+            .into());
         }
         if let Some(expected) = schema.get("const")
             && expected != value
         {
-            return Err(format!("expected {expected}, got {}", brief(value)));
+            return Err(Failure {
+                message: format!("expected {expected}, got {}", brief(value)),
+                discriminator: true,
+            });
         }
         for key in ["anyOf", "oneOf"] {
             if let Some(Value::Array(options)) = schema.get(key) {
-                let matched = options
-                    .iter()
-                    .filter(|option| {
-                        self.check(option, value, &mut Vec::new(), depth + 1)
-                            .is_ok()
-                    })
-                    .count();
-                let ok = if key == "anyOf" {
-                    matched > 0
-                } else {
-                    matched == 1
-                };
-                if !ok {
-                    return Err(format!("{} does not match any allowed shape", brief(value)));
-                }
+                self.check_alternatives(key, options, value, path, depth)?;
             }
         }
         if let Some(Value::Array(all)) = schema.get("allOf") {
@@ -155,21 +171,70 @@ impl<'a> Validator<'a> {
         Ok(())
     }
 
+    /// `anyOf`/`oneOf`. When the value fails every option, the error worth reporting is
+    /// the one from the single option it was meant for: options rejected on their tag
+    /// (`const`) or on their root `type` do not count. No such option: leave the message
+    /// to the deserializer (e.g. serde's "unknown variant"); several: say so.
+    fn check_alternatives(
+        &self,
+        key: &str,
+        options: &'a [Value],
+        value: &Value,
+        path: &mut Vec<Segment>,
+        depth: usize,
+    ) -> Result<(), Failure> {
+        let mut matched = 0;
+        let mut relevant = Vec::new();
+        for option in options {
+            let mut sub = Vec::new();
+            match self.check(option, value, &mut sub, depth + 1) {
+                Ok(()) => matched += 1,
+                Err(f) if f.discriminator => {}
+                Err(f) => relevant.push((sub, f)),
+            }
+        }
+        if matched > 0 {
+            if key == "oneOf" && matched > 1 {
+                return Err(format!("{} matches more than one allowed shape", brief(value)).into());
+            }
+            return Ok(());
+        }
+        match (relevant.pop(), relevant.is_empty()) {
+            (None, _) => Ok(()),
+            (Some((sub, failure)), true) => {
+                path.extend(sub);
+                Err(failure)
+            }
+            (Some(_), false) => {
+                Err(format!("{} does not match any allowed shape", brief(value)).into())
+            }
+        }
+    }
+
     fn check_object(
         &self,
         schema: &'a Map<String, Value>,
         object: &Map<String, Value>,
         path: &mut Vec<Segment>,
         depth: usize,
-    ) -> Result<(), String> {
+    ) -> Result<(), Failure> {
+        let properties = schema.get("properties").and_then(Value::as_object);
+        // Tags first (`"op": {"const": "read"}`), so a value meant for another variant
+        // of a tagged enum is recognised as such before anything else is reported.
+        for (key, property) in properties.into_iter().flatten() {
+            if let (Some(item), Some(_)) = (object.get(key), property.get("const")) {
+                path.push(Segment::Key(key.clone()));
+                self.check(property, item, path, depth + 1)?;
+                path.pop();
+            }
+        }
         if let Some(Value::Array(required)) = schema.get("required") {
             for name in required.iter().filter_map(Value::as_str) {
                 if !object.contains_key(name) {
-                    return Err(format!("missing field `{name}`"));
+                    return Err(format!("missing field `{name}`").into());
                 }
             }
         }
-        let properties = schema.get("properties").and_then(Value::as_object);
         for (key, item) in object {
             let property = properties.and_then(|p| p.get(key));
             let item_schema = match property {
@@ -182,7 +247,8 @@ impl<'a> Validator<'a> {
                         return Err(format!(
                             "unknown field `{key}`, expected one of: {}",
                             known.join(", ")
-                        ));
+                        )
+                        .into());
                     }
                     Some(s) => s,
                     None => continue,
@@ -201,19 +267,16 @@ impl<'a> Validator<'a> {
         items: &[Value],
         path: &mut Vec<Segment>,
         depth: usize,
-    ) -> Result<(), String> {
+    ) -> Result<(), Failure> {
         if let Some(min) = schema.get("minItems").and_then(Value::as_u64)
             && (items.len() as u64) < min
         {
-            return Err(format!(
-                "expected at least {min} items, got {}",
-                items.len()
-            ));
+            return Err(format!("expected at least {min} items, got {}", items.len()).into());
         }
         if let Some(max) = schema.get("maxItems").and_then(Value::as_u64)
             && (items.len() as u64) > max
         {
-            return Err(format!("expected at most {max} items, got {}", items.len()));
+            return Err(format!("expected at most {max} items, got {}", items.len()).into());
         }
         if let Some(item_schema) = schema.get("items") {
             for (i, item) in items.iter().enumerate() {
@@ -235,7 +298,7 @@ impl<'a> Validator<'a> {
     }
 }
 
-fn check_type(ty: &Value, value: &Value) -> Result<(), String> {
+fn check_type(ty: &Value, value: &Value) -> Result<(), Failure> {
     let allowed: Vec<&str> = match ty {
         Value::String(s) => vec![s.as_str()],
         Value::Array(list) => list.iter().filter_map(Value::as_str).collect(),
@@ -244,11 +307,7 @@ fn check_type(ty: &Value, value: &Value) -> Result<(), String> {
     if allowed.iter().any(|t| type_matches(t, value)) {
         Ok(())
     } else {
-        Err(format!(
-            "expected {}, got {}",
-            allowed.join(" or "),
-            brief(value)
-        ))
+        Err(format!("expected {}, got {}", allowed.join(" or "), brief(value)).into())
     }
 }
 
@@ -267,42 +326,42 @@ fn type_matches(ty: &str, value: &Value) -> bool {
     }
 }
 
-fn check_string(schema: &Map<String, Value>, s: &str) -> Result<(), String> {
+fn check_string(schema: &Map<String, Value>, s: &str) -> Result<(), Failure> {
     let len = s.chars().count() as u64;
     if let Some(min) = schema.get("minLength").and_then(Value::as_u64)
         && len < min
     {
-        return Err(format!("expected at least {min} characters, got {len}"));
+        return Err(format!("expected at least {min} characters, got {len}").into());
     }
     if let Some(max) = schema.get("maxLength").and_then(Value::as_u64)
         && len > max
     {
-        return Err(format!("expected at most {max} characters, got {len}"));
+        return Err(format!("expected at most {max} characters, got {len}").into());
     }
     Ok(())
 }
 
-fn check_number(schema: &Map<String, Value>, n: f64) -> Result<(), String> {
+fn check_number(schema: &Map<String, Value>, n: f64) -> Result<(), Failure> {
     let bound = |key: &str| schema.get(key).and_then(Value::as_f64);
     if let Some(min) = bound("minimum")
         && n < min
     {
-        return Err(format!("{n} is less than the minimum {min}"));
+        return Err(format!("{n} is less than the minimum {min}").into());
     }
     if let Some(max) = bound("maximum")
         && n > max
     {
-        return Err(format!("{n} is greater than the maximum {max}"));
+        return Err(format!("{n} is greater than the maximum {max}").into());
     }
     if let Some(min) = bound("exclusiveMinimum")
         && n <= min
     {
-        return Err(format!("{n} must be greater than {min}"));
+        return Err(format!("{n} must be greater than {min}").into());
     }
     if let Some(max) = bound("exclusiveMaximum")
         && n >= max
     {
-        return Err(format!("{n} must be less than {max}"));
+        return Err(format!("{n} must be less than {max}").into());
     }
     Ok(())
 }
@@ -465,6 +524,63 @@ mod tests {
         }
         match parse_input::<Wide>(r#"{"n": 300}"#) {
             Err(ToolError::InvalidInput(m)) => assert!(m.starts_with("at `n`: "), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[derive(Debug, Deserialize, JsonSchema, PartialEq)]
+    #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+    enum Op {
+        Read {
+            path: String,
+        },
+        Write {
+            path: String,
+            #[schemars(length(max = 3))]
+            content: String,
+        },
+    }
+
+    #[derive(Debug, Deserialize, JsonSchema, PartialEq)]
+    struct Wrapper {
+        inner: Option<Tag>,
+    }
+
+    fn op_err(input: &str) -> String {
+        match parse_input::<Op>(input) {
+            Err(ToolError::InvalidInput(m)) => m,
+            other => panic!("expected InvalidInput, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn tagged_enums_report_the_error_of_the_variant_named_by_the_tag() {
+        assert_eq!(
+            parse_input::<Op>(r#"{"op":"read","path":"a"}"#).unwrap(),
+            Op::Read { path: "a".into() }
+        );
+        assert_eq!(op_err(r#"{"op":"read"}"#), "missing field `path`");
+        assert_eq!(
+            op_err(r#"{"op":"write","path":"a","content":"toolong"}"#),
+            "at `content`: expected at most 3 characters, got 7"
+        );
+        // No variant has this tag: serde's message lists the variants.
+        assert_eq!(
+            op_err(r#"{"op":"delete","path":"a"}"#),
+            "at `op`: unknown variant `delete`, expected `read` or `write`"
+        );
+    }
+
+    #[test]
+    fn optional_structs_are_still_checked_inside() {
+        assert_eq!(
+            parse_input::<Wrapper>(r#"{"inner":null}"#).unwrap(),
+            Wrapper { inner: None }
+        );
+        match parse_input::<Wrapper>(r#"{"inner":{"name":"abcdefg","kind":"plain"}}"#) {
+            Err(ToolError::InvalidInput(m)) => {
+                assert_eq!(m, "at `inner.name`: expected at most 5 characters, got 7")
+            }
             other => panic!("{other:?}"),
         }
     }
