@@ -176,6 +176,47 @@ mod tests {
         assert_eq!(t.kind(), "memory_limit_exceeded");
     }
 
+    #[derive(Clone, Default)]
+    struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn audit_record_is_one_structured_tracing_event() {
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(move || writer.clone())
+            .finish();
+        let record = AuditRecord {
+            tool: "calc".into(),
+            component_digest: "sha256:ab".into(),
+            duration_us: 12,
+            memory_peak_bytes: 65536,
+            bytes_in: 3,
+            bytes_out: 4,
+            egress: vec![],
+            outcome: "ok".into(),
+        };
+        tracing::subscriber::with_default(subscriber, || record.emit());
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(v["target"], "sandgraph::audit");
+        assert_eq!(v["fields"]["tool"], "calc");
+        assert_eq!(v["fields"]["component_digest"], "sha256:ab");
+        assert_eq!(v["fields"]["memory_peak_bytes"], 65536);
+        assert_eq!(v["fields"]["outcome"], "ok");
+        assert_eq!(v["fields"]["egress"], "[]");
+    }
+
     #[test]
     fn guest_denials_name_the_capability_when_they_can() {
         assert_eq!(
