@@ -101,3 +101,67 @@ macro_rules! export_tool {
         };
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bindings::sandgraph::tool::types as wit;
+
+    #[derive(serde::Deserialize, JsonSchema)]
+    struct Input {
+        n: i32,
+    }
+
+    #[derive(serde::Serialize, JsonSchema)]
+    struct Output {
+        double: i32,
+    }
+
+    struct Doubler;
+
+    impl Tool for Doubler {
+        const NAME: &'static str = "doubler";
+        const VERSION: &'static str = "1.2.3";
+        const DESCRIPTION: &'static str = "Doubles n.";
+        type Input = Input;
+        type Output = Output;
+        fn invoke(input: Input) -> Result<Output, ToolError> {
+            match input.n {
+                0 => Err(ToolError::failed("zero")),
+                -1 => Err(ToolError::denied("env: HOME: not granted")),
+                n => Ok(Output { double: n * 2 }),
+            }
+        }
+    }
+
+    #[test]
+    fn wit_glue_converts_info_output_and_each_error_kind() {
+        let info = __private::wit_info::<Doubler>();
+        assert_eq!(
+            (info.name.as_str(), info.version.as_str()),
+            ("doubler", "1.2.3")
+        );
+        assert_eq!(info.description, "Doubles n.");
+        let input: serde_json::Value = serde_json::from_str(&info.input_schema).unwrap();
+        assert_eq!(input["properties"]["n"]["type"], "integer");
+        let output: serde_json::Value = serde_json::from_str(&info.output_schema).unwrap();
+        assert_eq!(output["required"], serde_json::json!(["double"]));
+
+        assert_eq!(
+            __private::wit_invoke::<Doubler>(r#"{"n":4}"#).unwrap(),
+            r#"{"double":8}"#
+        );
+        assert!(matches!(
+            __private::wit_invoke::<Doubler>(r#"{"n":"4"}"#),
+            Err(wit::ToolError::InvalidInput(m)) if m == "at `n`: expected integer, got string \"4\""
+        ));
+        assert!(matches!(
+            __private::wit_invoke::<Doubler>(r#"{"n":0}"#),
+            Err(wit::ToolError::Failed(m)) if m == "zero"
+        ));
+        assert!(matches!(
+            __private::wit_invoke::<Doubler>(r#"{"n":-1}"#),
+            Err(wit::ToolError::Denied(m)) if m == "env: HOME: not granted"
+        ));
+    }
+}

@@ -271,12 +271,22 @@ impl<'a> Validator<'a> {
         if let Some(min) = schema.get("minItems").and_then(Value::as_u64)
             && (items.len() as u64) < min
         {
-            return Err(format!("expected at least {min} items, got {}", items.len()).into());
+            return Err(format!(
+                "expected at least {}, got {}",
+                count(min, "item"),
+                items.len()
+            )
+            .into());
         }
         if let Some(max) = schema.get("maxItems").and_then(Value::as_u64)
             && (items.len() as u64) > max
         {
-            return Err(format!("expected at most {max} items, got {}", items.len()).into());
+            return Err(format!(
+                "expected at most {}, got {}",
+                count(max, "item"),
+                items.len()
+            )
+            .into());
         }
         if let Some(item_schema) = schema.get("items") {
             for (i, item) in items.iter().enumerate() {
@@ -331,12 +341,12 @@ fn check_string(schema: &Map<String, Value>, s: &str) -> Result<(), Failure> {
     if let Some(min) = schema.get("minLength").and_then(Value::as_u64)
         && len < min
     {
-        return Err(format!("expected at least {min} characters, got {len}").into());
+        return Err(format!("expected at least {}, got {len}", count(min, "character")).into());
     }
     if let Some(max) = schema.get("maxLength").and_then(Value::as_u64)
         && len > max
     {
-        return Err(format!("expected at most {max} characters, got {len}").into());
+        return Err(format!("expected at most {}, got {len}", count(max, "character")).into());
     }
     Ok(())
 }
@@ -364,6 +374,15 @@ fn check_number(schema: &Map<String, Value>, n: f64) -> Result<(), Failure> {
         return Err(format!("{n} must be less than {max}").into());
     }
     Ok(())
+}
+
+/// `1 character`, `2 characters`.
+fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 /// A short rendering of a value for error messages (long strings and containers elided).
@@ -583,6 +602,29 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn item_counts_and_singular_units() {
+        let e = |schema: Value, value: Value| validate(&schema, &value).unwrap_err();
+        assert_eq!(
+            e(
+                serde_json::json!({"type": "array", "minItems": 2}),
+                serde_json::json!([1])
+            ),
+            ToolError::invalid_input("expected at least 2 items, got 1")
+        );
+        assert_eq!(
+            e(
+                serde_json::json!({"maxItems": 1}),
+                serde_json::json!([1, 2])
+            ),
+            ToolError::invalid_input("expected at most 1 item, got 2")
+        );
+        assert_eq!(
+            e(serde_json::json!({"minLength": 1}), serde_json::json!("")),
+            ToolError::invalid_input("expected at least 1 character, got 0")
+        );
     }
 
     #[test]

@@ -166,3 +166,110 @@ fn result_ok_type(output: &ReturnType) -> syn::Result<Type> {
         _ => Err(error()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(attr: proc_macro2::TokenStream, item: proc_macro2::TokenStream) -> String {
+        expand(attr, item).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn expands_to_a_tool_impl_and_the_export() {
+        let out = expand(
+            quote!(name = "calc", description = "d"),
+            quote!(
+                fn invoke(input: In) -> Result<Out, ToolError> {
+                    todo_()
+                }
+            ),
+        )
+        .unwrap()
+        .to_string();
+        assert!(
+            out.contains("impl :: sandgraph_guest :: Tool for SandgraphTool"),
+            "{out}"
+        );
+        assert!(out.contains("type Input = In"), "{out}");
+        assert!(out.contains("type Output = Out"), "{out}");
+        assert!(
+            out.contains(":: core :: env ! (\"CARGO_PKG_VERSION\")"),
+            "{out}"
+        );
+        assert!(
+            out.contains(":: sandgraph_guest :: export_tool ! (SandgraphTool)"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_attributes() {
+        let item = quote!(
+            fn invoke(i: In) -> Result<Out, ToolError> {
+                x()
+            }
+        );
+        assert_eq!(
+            error(quote!(description = "d"), item.clone()),
+            "missing `name = \"...\"` in #[tool(...)]"
+        );
+        assert_eq!(
+            error(quote!(name = "c"), item.clone()),
+            "missing `description = \"...\"` in #[tool(...)]"
+        );
+        assert_eq!(
+            error(
+                quote!(name = "c", description = "d", author = "me"),
+                item.clone()
+            ),
+            "unknown tool attribute `author`; expected name, version or description"
+        );
+        assert_eq!(
+            error(quote!(name = 3, description = "d"), item.clone()),
+            "`name` must be a string literal"
+        );
+        assert_eq!(
+            error(quote!(name = "a", name = "b", description = "d"), item),
+            "`name` given twice"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_signatures() {
+        let attr = quote!(name = "c", description = "d");
+        assert_eq!(
+            error(
+                attr.clone(),
+                quote!(
+                    fn invoke(a: A, b: B) -> Result<O, E> {
+                        x()
+                    }
+                )
+            ),
+            "a tool function takes exactly one argument: its input type"
+        );
+        assert_eq!(
+            error(
+                attr.clone(),
+                quote!(
+                    fn invoke(a: A) -> O {
+                        x()
+                    }
+                )
+            ),
+            "a tool function returns `Result<Output, ToolError>`"
+        );
+        assert_eq!(
+            error(
+                attr,
+                quote!(
+                    fn invoke(a: A) {
+                        x()
+                    }
+                )
+            ),
+            "a tool function returns `Result<Output, ToolError>`"
+        );
+    }
+}

@@ -63,7 +63,7 @@ mod tests {
         let err = runtime::call::<SandgraphTool>(r#"{"expr":""}"#).unwrap_err();
         assert_eq!(
             err,
-            ToolError::invalid_input("at `expr`: expected at least 1 characters, got 0")
+            ToolError::invalid_input("at `expr`: expected at least 1 character, got 0")
         );
     }
 
