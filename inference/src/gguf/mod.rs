@@ -241,3 +241,6 @@ pub enum GgufError {
     #[error("GGUF file has no tensor named '{0}'")]
     MissingTensor(String),
 }
+
+#[cfg(test)]
+mod tests;
