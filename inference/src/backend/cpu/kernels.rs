@@ -42,6 +42,8 @@ pub struct Act<'a> {
 pub enum Isa {
     Portable,
     Avx2,
+    /// AVX2 plus AVX-VNNI's 8-bit dot product instruction.
+    AvxVnni,
 }
 
 impl Isa {
@@ -53,6 +55,11 @@ impl Isa {
                 && is_x86_feature_detected!("fma")
                 && is_x86_feature_detected!("f16c")
             {
+                if is_x86_feature_detected!("avxvnni")
+                    && std::env::var_os("SANDGRAPH_CPU_NO_VNNI").is_none()
+                {
+                    return Isa::AvxVnni;
+                }
                 return Isa::Avx2;
             }
         }
@@ -81,18 +88,28 @@ pub fn dot_rows(
         }
         GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 => {
             #[cfg(target_arch = "x86_64")]
-            if isa == Isa::Avx2 {
-                // SAFETY: Isa::Avx2 is only produced after runtime detection of avx2/fma/f16c;
-                // block counts match the row and activation lengths (checked by callers).
-                unsafe {
+            // SAFETY: Isa::Avx2/AvxVnni are only produced after runtime detection of their
+            // features; block counts match the row and activation lengths (checked by callers).
+            match isa {
+                Isa::Avx2 => unsafe {
                     match acts.len() {
                         1 => avx2::dot_n::<1>(ty, row, acts, out),
                         2 => avx2::dot_n::<2>(ty, row, acts, out),
                         3 => avx2::dot_n::<3>(ty, row, acts, out),
                         _ => avx2::dot_n::<4>(ty, row, acts, out),
                     }
-                }
-                return;
+                    return;
+                },
+                Isa::AvxVnni => unsafe {
+                    match acts.len() {
+                        1 => avxvnni::dot_n::<1>(ty, row, acts, out),
+                        2 => avxvnni::dot_n::<2>(ty, row, acts, out),
+                        3 => avxvnni::dot_n::<3>(ty, row, acts, out),
+                        _ => avxvnni::dot_n::<4>(ty, row, acts, out),
+                    }
+                    return;
+                },
+                Isa::Portable => {}
             }
             let _ = isa;
             for (o, a) in out.iter_mut().zip(acts) {
@@ -158,127 +175,153 @@ pub fn dot_quant_portable(ty: GgmlType, row: &[u8], q: &[ActBlock]) -> f32 {
     sum
 }
 
+/// The x86 kernels, instantiated once per instruction-set level: only the u8 x i8 block
+/// product differs (AVX2's maddubs + madd pair, or one AVX-VNNI dpbusd).
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::{Act, ActBlock};
-    use crate::gguf::GgmlType;
-    use std::arch::x86_64::*;
+macro_rules! x86_kernels {
+    ($name:ident, $features:literal, $block:expr) => {
+        mod $name {
+            use super::{Act, ActBlock};
+            use crate::gguf::GgmlType;
+            use std::arch::x86_64::*;
 
-    /// Bytes ahead of the current block to prefetch: weight rows are streamed once per step,
-    /// and the hardware prefetcher stops at every 4 KiB page boundary. Prefetching past the
-    /// end of a row (into the next row or beyond the tensor) is harmless: prefetches never fault.
-    const PREFETCH: usize = 1024;
+            /// Bytes ahead of the current block to prefetch: weight rows are streamed once per step,
+            /// and the hardware prefetcher stops at every 4 KiB page boundary. Prefetching past the
+            /// end of a row (into the next row or beyond the tensor) is harmless: prefetches never fault.
+            const PREFETCH: usize = 1024;
 
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let lo = _mm256_castps256_ps128(v);
-        let hi = _mm256_extractf128_ps(v, 1);
-        let s = _mm_add_ps(lo, hi);
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s)
-    }
-
-    /// Two halves (d, m) of a block header as f32, via F16C.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn halves(p: *const u8) -> (f32, f32) {
-        unsafe {
-            let v = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const i32)));
-            (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_shuffle_ps(v, v, 1)))
-        }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn nibbles(p: *const u8) -> __m256i {
-        unsafe {
-            let q = _mm_loadu_si128(p as *const __m128i);
-            let m = _mm_set1_epi8(0x0f);
-            let lo = _mm_and_si128(q, m);
-            let hi = _mm_and_si128(_mm_srli_epi16(q, 4), m);
-            _mm256_set_m128i(hi, lo)
-        }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn block_i32(qw_u8: __m256i, qx: __m256i) -> __m256 {
-        let p16 = _mm256_maddubs_epi16(qw_u8, qx);
-        _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_n<const N: usize>(
-        ty: GgmlType,
-        row: &[u8],
-        acts: &[Act<'_>],
-        out: &mut [f32],
-    ) {
-        let mut acc = [_mm256_setzero_ps(); N];
-        let mut extra = [0.0f32; N];
-        let qs: [*const ActBlock; N] = std::array::from_fn(|j| acts[j].q.as_ptr());
-        let p = row.as_ptr();
-        unsafe {
-            match ty {
-                GgmlType::Q4_1 => {
-                    let nb = row.len() / 20;
-                    for i in 0..nb {
-                        let b = p.add(i * 20);
-                        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(PREFETCH) as *const i8);
-                        let (d, m) = halves(b);
-                        let qw = nibbles(b.add(4));
-                        for j in 0..N {
-                            let a = &*qs[j].add(i);
-                            let qx = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
-                            acc[j] =
-                                _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), block_i32(qw, qx), acc[j]);
-                            extra[j] += m * a.s;
-                        }
-                    }
-                }
-                GgmlType::Q4_0 => {
-                    let nb = row.len() / 18;
-                    for i in 0..nb {
-                        let b = p.add(i * 18);
-                        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(PREFETCH) as *const i8);
-                        let (d, _) = halves(b);
-                        let qw = nibbles(b.add(2));
-                        for j in 0..N {
-                            let a = &*qs[j].add(i);
-                            let qx = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
-                            acc[j] =
-                                _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), block_i32(qw, qx), acc[j]);
-                            extra[j] -= 8.0 * d * a.s;
-                        }
-                    }
-                }
-                GgmlType::Q8_0 => {
-                    let nb = row.len() / 34;
-                    for i in 0..nb {
-                        let b = p.add(i * 34);
-                        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(PREFETCH) as *const i8);
-                        let (d, _) = halves(b);
-                        let qw = _mm256_loadu_si256(b.add(2) as *const __m256i);
-                        let aw = _mm256_sign_epi8(qw, qw);
-                        for j in 0..N {
-                            let a = &*qs[j].add(i);
-                            let qx = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
-                            let sx = _mm256_sign_epi8(qx, qw);
-                            acc[j] =
-                                _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), block_i32(aw, sx), acc[j]);
-                        }
-                    }
-                }
-                GgmlType::F32 | GgmlType::F16 => unreachable!("float rows use dot_float"),
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn hsum(v: __m256) -> f32 {
+                let lo = _mm256_castps256_ps128(v);
+                let hi = _mm256_extractf128_ps(v, 1);
+                let s = _mm_add_ps(lo, hi);
+                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+                let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+                _mm_cvtss_f32(s)
             }
-            for j in 0..N {
-                out[j] = hsum(acc[j]) + extra[j];
+
+            /// Two halves (d, m) of a block header as f32, via F16C.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn halves(p: *const u8) -> (f32, f32) {
+                unsafe {
+                    let v =
+                        _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const i32)));
+                    (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_shuffle_ps(v, v, 1)))
+                }
+            }
+
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn nibbles(p: *const u8) -> __m256i {
+                unsafe {
+                    let q = _mm_loadu_si128(p as *const __m128i);
+                    let m = _mm_set1_epi8(0x0f);
+                    let lo = _mm_and_si128(q, m);
+                    let hi = _mm_and_si128(_mm_srli_epi16(q, 4), m);
+                    _mm256_set_m128i(hi, lo)
+                }
+            }
+
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn block_i32(qw_u8: __m256i, qx: __m256i) -> __m256 {
+                $block(qw_u8, qx)
+            }
+
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot_n<const N: usize>(
+                ty: GgmlType,
+                row: &[u8],
+                acts: &[Act<'_>],
+                out: &mut [f32],
+            ) {
+                let mut acc = [_mm256_setzero_ps(); N];
+                let mut extra = [0.0f32; N];
+                let qs: [*const ActBlock; N] = std::array::from_fn(|j| acts[j].q.as_ptr());
+                let p = row.as_ptr();
+                unsafe {
+                    match ty {
+                        GgmlType::Q4_1 => {
+                            let nb = row.len() / 20;
+                            for i in 0..nb {
+                                let b = p.add(i * 20);
+                                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(PREFETCH) as *const i8);
+                                let (d, m) = halves(b);
+                                let qw = nibbles(b.add(4));
+                                for j in 0..N {
+                                    let a = &*qs[j].add(i);
+                                    let qx = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
+                                    acc[j] = _mm256_fmadd_ps(
+                                        _mm256_set1_ps(d * a.d),
+                                        block_i32(qw, qx),
+                                        acc[j],
+                                    );
+                                    extra[j] += m * a.s;
+                                }
+                            }
+                        }
+                        GgmlType::Q4_0 => {
+                            let nb = row.len() / 18;
+                            for i in 0..nb {
+                                let b = p.add(i * 18);
+                                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(PREFETCH) as *const i8);
+                                let (d, _) = halves(b);
+                                let qw = nibbles(b.add(2));
+                                for j in 0..N {
+                                    let a = &*qs[j].add(i);
+                                    let qx = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
+                                    acc[j] = _mm256_fmadd_ps(
+                                        _mm256_set1_ps(d * a.d),
+                                        block_i32(qw, qx),
+                                        acc[j],
+                                    );
+                                    extra[j] -= 8.0 * d * a.s;
+                                }
+                            }
+                        }
+                        GgmlType::Q8_0 => {
+                            let nb = row.len() / 34;
+                            for i in 0..nb {
+                                let b = p.add(i * 34);
+                                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(PREFETCH) as *const i8);
+                                let (d, _) = halves(b);
+                                let qw = _mm256_loadu_si256(b.add(2) as *const __m256i);
+                                let aw = _mm256_sign_epi8(qw, qw);
+                                for j in 0..N {
+                                    let a = &*qs[j].add(i);
+                                    let qx = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
+                                    let sx = _mm256_sign_epi8(qx, qw);
+                                    acc[j] = _mm256_fmadd_ps(
+                                        _mm256_set1_ps(d * a.d),
+                                        block_i32(aw, sx),
+                                        acc[j],
+                                    );
+                                }
+                            }
+                        }
+                        GgmlType::F32 | GgmlType::F16 => unreachable!("float rows use dot_float"),
+                    }
+                    for j in 0..N {
+                        out[j] = hsum(acc[j]) + extra[j];
+                    }
+                }
             }
         }
-    }
+    };
 }
+
+#[cfg(target_arch = "x86_64")]
+x86_kernels!(avx2, "avx2,fma,f16c", |a, b| {
+    let p16 = _mm256_maddubs_epi16(a, b);
+    _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
+});
+
+#[cfg(target_arch = "x86_64")]
+x86_kernels!(avxvnni, "avx2,fma,f16c,avxvnni", |a, b| {
+    _mm256_cvtepi32_ps(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), a, b))
+});
 
 #[cfg(test)]
 mod tests {
@@ -307,7 +350,7 @@ mod tests {
                 })
                 .collect();
             let acts: Vec<Act> = xs.iter().zip(&qs).map(|(f, q)| Act { f, q }).collect();
-            for isa in [Isa::Portable, Isa::detect()] {
+            for isa in available_isas() {
                 for n in 1..=4 {
                     let mut out = [0.0f32; 4];
                     dot_rows(isa, ty, &row, cols, &acts[..n], &mut out);
@@ -331,26 +374,44 @@ mod tests {
         }
     }
 
+    fn available_isas() -> Vec<Isa> {
+        let mut v = vec![Isa::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+            {
+                v.push(Isa::Avx2);
+                if is_x86_feature_detected!("avxvnni") {
+                    v.push(Isa::AvxVnni);
+                }
+            }
+        }
+        v
+    }
+
     #[test]
     fn simd_and_portable_kernels_agree_closely() {
-        let isa = Isa::detect();
-        let mut rng = TestRng::new(9);
-        let cols = 576;
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
-            let w: Vec<f32> = (0..cols).map(|_| rng.next_f32()).collect();
-            let row = quantize_row(ty, &w).unwrap();
-            let x: Vec<f32> = (0..cols).map(|_| rng.next_f32()).collect();
-            let mut q = vec![ActBlock::default(); cols / 32];
-            quantize_act(&x, &mut q);
-            let a = [Act { f: &x, q: &q }];
-            let mut out = [0.0f32];
-            dot_rows(isa, ty, &row, cols, &a, &mut out);
-            let reference = dot_quant_portable(ty, &row, &q);
-            assert!(
-                (out[0] - reference).abs() <= 1e-4 * (1.0 + reference.abs()),
-                "{ty}: {} vs {reference}",
-                out[0]
-            );
+        for isa in available_isas() {
+            let mut rng = TestRng::new(9);
+            let cols = 576;
+            for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+                let w: Vec<f32> = (0..cols).map(|_| rng.next_f32()).collect();
+                let row = quantize_row(ty, &w).unwrap();
+                let x: Vec<f32> = (0..cols).map(|_| rng.next_f32()).collect();
+                let mut q = vec![ActBlock::default(); cols / 32];
+                quantize_act(&x, &mut q);
+                let a = [Act { f: &x, q: &q }];
+                let mut out = [0.0f32];
+                dot_rows(isa, ty, &row, cols, &a, &mut out);
+                let reference = dot_quant_portable(ty, &row, &q);
+                assert!(
+                    (out[0] - reference).abs() <= 1e-4 * (1.0 + reference.abs()),
+                    "{ty} {isa:?}: {} vs {reference}",
+                    out[0]
+                );
+            }
         }
     }
 }

@@ -37,12 +37,12 @@ impl<T> Buf<T> {
     }
     /// SAFETY: no other thread accesses `r` while the returned slice lives.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn slice_mut(&self, r: Range<usize>) -> &mut [T] {
+    unsafe fn slice_mut<'x>(self, r: Range<usize>) -> &'x mut [T] {
         assert!(r.start <= r.end && r.end <= self.len);
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(r.start), r.end - r.start) }
     }
     /// SAFETY: no thread writes `r` while the returned slice lives.
-    unsafe fn slice(&self, r: Range<usize>) -> &[T] {
+    unsafe fn slice<'x>(self, r: Range<usize>) -> &'x [T] {
         assert!(r.start <= r.end && r.end <= self.len);
         unsafe { std::slice::from_raw_parts(self.ptr.add(r.start), r.end - r.start) }
     }
@@ -50,14 +50,17 @@ impl<T> Buf<T> {
 
 #[derive(Default)]
 struct Scratch {
+    /// Residual stream, one row per batch token.
     x: Vec<f32>,
-    xn: Vec<f32>,
-    xq: Vec<ActBlock>,
-    qkv: Vec<f32>,
+    /// Per-thread normalised/quantized copies of a matmul's input rows.
+    local_f: Vec<f32>,
+    local_q: Vec<ActBlock>,
+    /// Queries after RoPE.
+    q: Vec<f32>,
+    /// Attention outputs.
     att: Vec<f32>,
-    attq: Vec<ActBlock>,
+    /// SwiGLU hidden activations.
     h: Vec<f32>,
-    hq: Vec<ActBlock>,
     rope: Vec<(f32, f32)>,
     scores: Vec<f32>,
 }
@@ -263,6 +266,46 @@ fn rope(v: &mut [f32], head_dim: usize, cs: &[(f32, f32)]) {
     }
 }
 
+/// One attention head for one query: softmax(q . K^T * scale) . V over the cached positions,
+/// reading the kv head at column `col` of rows `kvd` wide.
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    q: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    kvd: usize,
+    col: usize,
+    scale: f32,
+    sc: &mut [f32],
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    let mut mx = f32::NEG_INFINITY;
+    for (t, s) in sc.iter_mut().enumerate() {
+        let k = &kc[t * kvd + col..t * kvd + col + hd];
+        let mut acc = [0.0f32; 8];
+        for (i, (a, b)) in q.iter().zip(k).enumerate() {
+            acc[i % 8] += a * b;
+        }
+        *s = acc.iter().sum::<f32>() * scale;
+        mx = mx.max(*s);
+    }
+    let mut sum = 0.0;
+    for s in sc.iter_mut() {
+        *s = (*s - mx).exp();
+        sum += *s;
+    }
+    out.fill(0.0);
+    let inv = 1.0 / sum;
+    for (t, &p) in sc.iter().enumerate() {
+        let v = &vc[t * kvd + col..t * kvd + col + hd];
+        let p = p * inv;
+        for (o, &vv) in out.iter_mut().zip(v) {
+            *o += p * vv;
+        }
+    }
+}
+
 #[inline]
 fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
@@ -275,9 +318,6 @@ struct Stacked<'a> {
 }
 
 impl Stacked<'_> {
-    fn rows(&self) -> usize {
-        self.parts.iter().map(|p| p.2).sum()
-    }
     /// Computes rows `r` for every activation, calling `sink(row, act_index, value)`.
     #[inline]
     fn run(
@@ -339,7 +379,6 @@ impl Backend for CpuBackend {
         );
         let (n_layers, n_heads, group) = (c.n_layers, c.n_heads, c.n_heads / c.n_kv_heads);
         let eps = c.norm_eps;
-        let qkv_w = qd + 2 * kvd;
         let max_ctx = self.max_context;
 
         // Rows of the batch, and the row whose logits each chunk wants.
@@ -378,14 +417,15 @@ impl Backend for CpuBackend {
                 v.resize(n, ActBlock::default())
             }
         };
+        // Per-thread activations (normalised + quantized): every thread prepares the inputs
+        // of a matmul itself, which costs a few microseconds and saves a barrier per matmul.
+        let wmax = dim.max(qd).max(ffn);
         fit(&mut s.x, nb * dim);
-        fit(&mut s.xn, nb * dim);
-        fitq(&mut s.xq, nb * dim / 32);
-        fit(&mut s.qkv, nb * qkv_w);
+        fit(&mut s.local_f, threads * nb * wmax);
+        fitq(&mut s.local_q, threads * nb * wmax / 32);
+        fit(&mut s.q, nb * qd);
         fit(&mut s.att, nb * qd);
-        fitq(&mut s.attq, nb * qd / 32);
         fit(&mut s.h, nb * ffn);
-        fitq(&mut s.hq, nb * ffn / 32);
         fit(&mut s.scores, threads * max_ctx);
         s.rope.clear();
         for r in &rows {
@@ -413,15 +453,15 @@ impl Backend for CpuBackend {
             self.logits.resize(n_out * vocab, 0.0);
         }
 
-        let (x, xn, xq) = (Buf::of(&mut s.x), Buf::of(&mut s.xn), Buf::of(&mut s.xq));
-        let (qkv, att, attq) = (
-            Buf::of(&mut s.qkv),
+        let (x, qb, att, hb) = (
+            Buf::of(&mut s.x),
+            Buf::of(&mut s.q),
             Buf::of(&mut s.att),
-            Buf::of(&mut s.attq),
-        );
-        let (hb, hq, scores) = (
             Buf::of(&mut s.h),
-            Buf::of(&mut s.hq),
+        );
+        let (local_f, local_q, scores) = (
+            Buf::of(&mut s.local_f),
+            Buf::of(&mut s.local_q),
             Buf::of(&mut s.scores),
         );
         let logits = Buf::of(&mut self.logits);
@@ -433,97 +473,113 @@ impl Backend for CpuBackend {
             .collect();
         let store = &self.store;
         let isa = self.isa;
-        let layers: Vec<(Stacked, Stacked, Stacked, Stacked)> = self
+        let one = |t: &TensorRef| Stacked {
+            parts: vec![(store.bytes(t), t.ty, t.rows)],
+            cols: t.cols,
+        };
+        let layers: Vec<[Stacked; 7]> = self
             .w
             .layers
             .iter()
             .map(|l| {
-                let p = |t: &TensorRef| (store.bytes(t), t.ty, t.rows);
-                (
-                    Stacked {
-                        parts: vec![p(&l.wq), p(&l.wk), p(&l.wv)],
-                        cols: dim,
-                    },
-                    Stacked {
-                        parts: vec![p(&l.wo)],
-                        cols: qd,
-                    },
-                    Stacked {
-                        parts: vec![p(&l.w_gate), p(&l.w_up)],
-                        cols: dim,
-                    },
-                    Stacked {
-                        parts: vec![p(&l.w_down)],
-                        cols: ffn,
-                    },
-                )
+                [
+                    one(&l.wq),
+                    one(&l.wk),
+                    one(&l.wv),
+                    one(&l.wo),
+                    one(&l.w_gate),
+                    one(&l.w_up),
+                    one(&l.w_down),
+                ]
             })
             .collect();
-        let out_w = &self.w.output;
-        let output = Stacked {
-            parts: vec![(store.bytes(out_w), out_w.ty, out_w.rows)],
-            cols: dim,
-        };
+        let output = one(&self.w.output);
         let (attn_norms, ffn_norms, out_norm) = (&self.attn_norms, &self.ffn_norms, &self.out_norm);
-        let n_phases = n_layers * 10 + 2;
+        let n_phases = n_layers * 5 + 1;
         let counters: Vec<AtomicUsize> = (0..n_phases).map(|_| AtomicUsize::new(0)).collect();
         let barrier = SpinBarrier::new(threads);
         let rows = &rows;
         let out_rows = &out_rows;
         let scale = 1.0 / (hd as f32).sqrt();
+        let q_units = n_heads;
+        let kv_heads = c.n_kv_heads;
 
-        // SAFETY (all `unsafe` below): within a phase each thread writes only the rows or
-        // items it claimed from that phase's counter, and reads only data finished before the
-        // preceding barrier.
+        // SAFETY (all `unsafe` below): within a phase each thread writes only its own local
+        // buffers and the rows or items it claimed from that phase's counter, and reads shared
+        // data only after the barrier that ends the phase writing it.
         let job = |tid: usize| unsafe {
             let mut ph = 0usize;
             let mut next = || {
                 ph += 1;
                 &counters[ph - 1]
             };
-            for (l, (wqkv, wo, wgu, wdown)) in layers.iter().enumerate() {
-                // Attention norm + activation quantization.
-                for_chunks(next(), nb, 1, |r| {
-                    for b in r {
-                        let xr = x.slice(b * dim..(b + 1) * dim);
-                        let o = xn.slice_mut(b * dim..(b + 1) * dim);
-                        rmsnorm(xr, &attn_norms[l], eps, o);
-                        quantize_act(o, xq.slice_mut(b * dim / 32..(b + 1) * dim / 32));
+            let lf = local_f.slice_mut(tid * nb * wmax..(tid + 1) * nb * wmax);
+            let lq = local_q.slice_mut(tid * nb * wmax / 32..(tid + 1) * nb * wmax / 32);
+            let lf = Buf::of(lf);
+            let lq = Buf::of(lq);
+            // Normalises (when `norm` is given) and quantizes `n` rows of `src` into the
+            // thread's local activations, returning them.
+            let prepare = |src: Buf<f32>,
+                           width: usize,
+                           idx: &[usize],
+                           norm: Option<&[f32]>|
+             -> Vec<Act<'static>> {
+                for (k, &b) in idx.iter().enumerate() {
+                    let from = src.slice(b * width..(b + 1) * width);
+                    let dst = lf.slice_mut(k * width..(k + 1) * width);
+                    match norm {
+                        Some(w) => rmsnorm(from, w, eps, dst),
+                        None => dst.copy_from_slice(from),
+                    }
+                    quantize_act(dst, lq.slice_mut(k * width / 32..(k + 1) * width / 32));
+                }
+                acts(lf, lq, width, 0..idx.len())
+            };
+            let all: Vec<usize> = (0..nb).collect();
+            for (l, [wq, wk, wv, wo, wgate, wup, wdown]) in layers.iter().enumerate() {
+                // 1. Q, K, V per head; RoPE and the KV-cache store happen in the same pass.
+                let a = prepare(x, dim, &all, Some(&attn_norms[l]));
+                for_chunks(next(), q_units + 2 * kv_heads, 1, |r| {
+                    for u in r {
+                        let (w, head) = if u < q_units {
+                            (wq, u)
+                        } else if u < q_units + kv_heads {
+                            (wk, u - q_units)
+                        } else {
+                            (wv, u - q_units - kv_heads)
+                        };
+                        let base = head * hd;
+                        // Rows of this head for every activation.
+                        let out = |b: usize| -> &mut [f32] {
+                            if u < q_units {
+                                qb.slice_mut(b * qd + base..b * qd + base + hd)
+                            } else {
+                                let RowInfo { slot, pos } = rows[b];
+                                let at = (l * max_ctx + pos) * kvd + base;
+                                let cache = if u < q_units + kv_heads {
+                                    kv_bufs[slot].0
+                                } else {
+                                    kv_bufs[slot].1
+                                };
+                                cache.slice_mut(at..at + hd)
+                            }
+                        };
+                        w.run(isa, base..base + hd, &a, |row, b, v| out(b)[row - base] = v);
+                        if u < q_units + kv_heads {
+                            for b in 0..nb {
+                                rope(out(b), hd, &ropes[b * hd / 2..(b + 1) * hd / 2]);
+                            }
+                        }
                     }
                 });
                 barrier.wait();
-                // Q, K, V projections.
-                let a = acts(xn, xq, dim, 0..nb);
-                for_chunks(next(), wqkv.rows(), 16, |r| {
-                    wqkv.run(isa, r, &a, |row, b, v| {
-                        *qkv.slice_mut(b * qkv_w + row..b * qkv_w + row + 1)
-                            .as_mut_ptr() = v
-                    });
-                });
-                barrier.wait();
-                // RoPE, then K/V into the slot's cache.
-                for_chunks(next(), nb, 1, |r| {
-                    for b in r {
-                        let RowInfo { slot, pos } = rows[b];
-                        let cs = &ropes[b * hd / 2..(b + 1) * hd / 2];
-                        let row = qkv.slice_mut(b * qkv_w..(b + 1) * qkv_w);
-                        let (q, kv) = row.split_at_mut(qd);
-                        let (k, v) = kv.split_at_mut(kvd);
-                        rope(q, hd, cs);
-                        rope(k, hd, cs);
-                        let at = (l * max_ctx + pos) * kvd;
-                        kv_bufs[slot].0.slice_mut(at..at + kvd).copy_from_slice(k);
-                        kv_bufs[slot].1.slice_mut(at..at + kvd).copy_from_slice(v);
-                    }
-                });
-                barrier.wait();
-                // Attention per (row, head).
+                // 2. Attention per (row, head).
                 for_chunks(next(), nb * n_heads, 1, |r| {
                     for item in r {
                         let (b, h) = (item / n_heads, item % n_heads);
                         let RowInfo { slot, pos } = rows[b];
                         let g = h / group;
-                        let q = qkv.slice(b * qkv_w + h * hd..b * qkv_w + (h + 1) * hd);
+                        let q = qb.slice(b * qd + h * hd..b * qd + (h + 1) * hd);
                         let kc = kv_bufs[slot]
                             .0
                             .slice(l * max_ctx * kvd..(l * max_ctx + pos + 1) * kvd);
@@ -531,91 +587,41 @@ impl Backend for CpuBackend {
                             .1
                             .slice(l * max_ctx * kvd..(l * max_ctx + pos + 1) * kvd);
                         let sc = scores.slice_mut(tid * max_ctx..tid * max_ctx + pos + 1);
-                        let mut mx = f32::NEG_INFINITY;
-                        for (t, s) in sc.iter_mut().enumerate() {
-                            let k = &kc[t * kvd + g * hd..t * kvd + (g + 1) * hd];
-                            let mut acc = [0.0f32; 8];
-                            for (i, (a, b)) in q.iter().zip(k).enumerate() {
-                                acc[i % 8] += a * b;
-                            }
-                            *s = acc.iter().sum::<f32>() * scale;
-                            mx = mx.max(*s);
-                        }
-                        let mut sum = 0.0;
-                        for s in sc.iter_mut() {
-                            *s = (*s - mx).exp();
-                            sum += *s;
-                        }
-                        let o = att.slice_mut(b * qd + h * hd..b * qd + (h + 1) * hd);
-                        o.fill(0.0);
-                        let inv = 1.0 / sum;
-                        for (t, &p) in sc.iter().enumerate() {
-                            let v = &vc[t * kvd + g * hd..t * kvd + (g + 1) * hd];
-                            let p = p * inv;
-                            for (oo, &vv) in o.iter_mut().zip(v) {
-                                *oo += p * vv;
-                            }
-                        }
-                    }
-                });
-                barrier.wait();
-                for_chunks(next(), nb, 1, |r| {
-                    for b in r {
-                        quantize_act(
-                            att.slice(b * qd..(b + 1) * qd),
-                            attq.slice_mut(b * qd / 32..(b + 1) * qd / 32),
+                        attend(
+                            q,
+                            kc,
+                            vc,
+                            kvd,
+                            g * hd,
+                            scale,
+                            sc,
+                            att.slice_mut(b * qd + h * hd..b * qd + (h + 1) * hd),
                         );
                     }
                 });
                 barrier.wait();
-                // Output projection + residual.
-                let a = acts(att, attq, qd, 0..nb);
+                // 3. Output projection + residual.
+                let a = prepare(att, qd, &all, None);
                 for_chunks(next(), dim, 16, |r| {
                     wo.run(isa, r, &a, |row, b, v| {
                         x.slice_mut(b * dim + row..b * dim + row + 1)[0] += v
                     });
                 });
                 barrier.wait();
-                // FFN norm.
-                for_chunks(next(), nb, 1, |r| {
-                    for b in r {
-                        let xr = x.slice(b * dim..(b + 1) * dim);
-                        let o = xn.slice_mut(b * dim..(b + 1) * dim);
-                        rmsnorm(xr, &ffn_norms[l], eps, o);
-                        quantize_act(o, xq.slice_mut(b * dim / 32..(b + 1) * dim / 32));
-                    }
-                });
-                barrier.wait();
-                // Gate and up, fused into SwiGLU: chunks of gate rows, with the matching up rows.
-                let a = acts(xn, xq, dim, 0..nb);
-                let gate = Stacked {
-                    parts: vec![wgu.parts[0]],
-                    cols: dim,
-                };
-                let up = Stacked {
-                    parts: vec![wgu.parts[1]],
-                    cols: dim,
-                };
+                // 4. FFN norm, gate and up fused into SwiGLU.
+                let a = prepare(x, dim, &all, Some(&ffn_norms[l]));
                 for_chunks(next(), ffn, 16, |r| {
-                    gate.run(isa, r.clone(), &a, |row, b, v| {
+                    wgate.run(isa, r.clone(), &a, |row, b, v| {
                         hb.slice_mut(b * ffn + row..b * ffn + row + 1)[0] = v
                     });
-                    up.run(isa, r, &a, |row, b, v| {
+                    wup.run(isa, r, &a, |row, b, v| {
                         let hv = &mut hb.slice_mut(b * ffn + row..b * ffn + row + 1)[0];
                         *hv = silu(*hv) * v;
                     });
                 });
                 barrier.wait();
-                for_chunks(next(), nb, 1, |r| {
-                    for b in r {
-                        quantize_act(
-                            hb.slice(b * ffn..(b + 1) * ffn),
-                            hq.slice_mut(b * ffn / 32..(b + 1) * ffn / 32),
-                        );
-                    }
-                });
-                barrier.wait();
-                let a = acts(hb, hq, ffn, 0..nb);
+                // 5. Down projection + residual.
+                let a = prepare(hb, ffn, &all, None);
                 for_chunks(next(), dim, 16, |r| {
                     wdown.run(isa, r, &a, |row, b, v| {
                         x.slice_mut(b * dim + row..b * dim + row + 1)[0] += v
@@ -623,18 +629,8 @@ impl Backend for CpuBackend {
                 });
                 barrier.wait();
             }
-            // Final norm of the rows that need logits (into rows 0..n_out of xn/xq).
-            for_chunks(next(), n_out, 1, |r| {
-                for o in r {
-                    let b = out_rows[o];
-                    let xr = x.slice(b * dim..(b + 1) * dim);
-                    let dst = xn.slice_mut(o * dim..(o + 1) * dim);
-                    rmsnorm(xr, out_norm, eps, dst);
-                    quantize_act(dst, xq.slice_mut(o * dim / 32..(o + 1) * dim / 32));
-                }
-            });
-            barrier.wait();
-            let a = acts(xn, xq, dim, 0..n_out);
+            // Final norm of the rows that need logits, then the vocabulary projection.
+            let a = prepare(x, dim, out_rows, Some(out_norm));
             for_chunks(next(), vocab, 64, |r| {
                 output.run(isa, r, &a, |row, o, v| {
                     logits.slice_mut(o * vocab + row..o * vocab + row + 1)[0] = v
