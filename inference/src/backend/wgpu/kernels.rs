@@ -213,7 +213,8 @@ pub struct Kernels {
     pub topk_merge: wgpu::ComputePipeline,
 }
 
-fn pipeline(
+/// Compiles one kernel, turning WGSL or pipeline validation errors into `WgpuError::Shader`.
+pub(crate) fn compile(
     ctx: &GpuContext,
     name: &str,
     src: &str,
@@ -284,10 +285,7 @@ impl Kernels {
             for tb in [1, BATCH_TB] {
                 let src = matmul_source(ty, tb, v)?;
                 let name = format!("matmul_{}_tb{tb}", ty.name());
-                matmul.insert(
-                    (ty, tb),
-                    pipeline(ctx, &name, &src, "main", &matmul_layout)?,
-                );
+                matmul.insert((ty, tb), compile(ctx, &name, &src, "main", &matmul_layout)?);
             }
             let dq = dequant_source(ty).ok_or(WgpuError::UnsupportedType(ty))?;
             let src = format!(
@@ -295,7 +293,7 @@ impl Kernels {
                 v.interleave()
             );
             let name = format!("embed_{}", ty.name());
-            embed.insert(ty, pipeline(ctx, &name, &src, "main", &embed_layout)?);
+            embed.insert(ty, compile(ctx, &name, &src, "main", &embed_layout)?);
         }
         if !head_dim.is_multiple_of(4) {
             return Err(WgpuError::UnsupportedShape(format!(
@@ -306,32 +304,32 @@ impl Kernels {
         let sel_src = format!("const KMAX: u32 = {TOPK_MAX}u;\n{SELECT}");
         Ok(Kernels {
             variant: v,
-            rmsnorm: pipeline(ctx, "rmsnorm", RMSNORM, "main", &norm_layout)?,
-            rope_kv: pipeline(ctx, "rope_kv", ROPE_KV, "main", &rope_layout)?,
-            attention: pipeline(ctx, "attention", &att_src, "main", &attention_layout)?,
-            swiglu: pipeline(ctx, "swiglu", SWIGLU, "main", &swiglu_layout)?,
-            argmax_segments: pipeline(
+            rmsnorm: compile(ctx, "rmsnorm", RMSNORM, "main", &norm_layout)?,
+            rope_kv: compile(ctx, "rope_kv", ROPE_KV, "main", &rope_layout)?,
+            attention: compile(ctx, "attention", &att_src, "main", &attention_layout)?,
+            swiglu: compile(ctx, "swiglu", SWIGLU, "main", &swiglu_layout)?,
+            argmax_segments: compile(
                 ctx,
                 "argmax_segments",
                 &sel_src,
                 "argmax_segments",
                 &select_layout,
             )?,
-            argmax_merge: pipeline(
+            argmax_merge: compile(
                 ctx,
                 "argmax_merge",
                 &sel_src,
                 "argmax_merge",
                 &select_layout,
             )?,
-            topk_segments: pipeline(
+            topk_segments: compile(
                 ctx,
                 "topk_segments",
                 &sel_src,
                 "topk_segments",
                 &select_layout,
             )?,
-            topk_merge: pipeline(ctx, "topk_merge", &sel_src, "topk_merge", &select_layout)?,
+            topk_merge: compile(ctx, "topk_merge", &sel_src, "topk_merge", &select_layout)?,
             matmul_layout,
             embed_layout,
             norm_layout,

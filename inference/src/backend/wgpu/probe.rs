@@ -328,3 +328,61 @@ impl Probe {
         t0.elapsed() / reps as u32
     }
 }
+
+impl Probe {
+    /// Device read bandwidth in bytes/s: best of 5 passes of `reads` streaming reads of a
+    /// buffer of up to 256 MiB (capped by the binding limit).
+    pub fn device_read_bandwidth(&self) -> Result<f64, WgpuError> {
+        let c = &self.ctx;
+        let bytes = c.max_binding.min(256 << 20) / 16 * 16;
+        let src = c.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("bandwidth"),
+            size: bytes,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        let groups = 2048u32.min(c.limits.max_compute_workgroups_per_dimension);
+        let out = scratch(c, "bandwidth_out", groups as u64 * 256 * 4)?;
+        let layout = c
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some("bandwidth"),
+                entries: &[storage_entry(0, true), storage_entry(1, false)],
+            });
+        let p = super::kernels::compile(c, "bandwidth", BANDWIDTH, "main", &layout)?;
+        let bg = bind(c, "bandwidth", &layout, &[&src, &out]);
+        let reads = 4;
+        let mut best = 0.0f64;
+        for _ in 0..5 {
+            let t0 = std::time::Instant::now();
+            self.run(
+                |pass| {
+                    pass.set_pipeline(&p);
+                    pass.set_bind_group(0, &bg, &[]);
+                    for _ in 0..reads {
+                        pass.dispatch_workgroups(groups, 1, 1);
+                    }
+                },
+                &out,
+                4,
+            )?;
+            best = best.max((bytes * reads) as f64 / t0.elapsed().as_secs_f64());
+        }
+        Ok(best)
+    }
+}
+
+const BANDWIDTH: &str = include_str!("shaders/bandwidth.wgsl");
+
+fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Storage { read_only },
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    }
+}
