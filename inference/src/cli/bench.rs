@@ -163,7 +163,7 @@ pub fn memory_bandwidth(threads: usize) -> f64 {
 pub fn run(a: BenchArgs) -> Result<()> {
     let model = load_model(&a.model)?;
     let vocab = model.config.vocab_size;
-    let ctx = a.prompt_tokens + a.decode_tokens + 1;
+    let ctx = (a.prompt_tokens + a.decode_tokens).max(12) + 1;
     let threads = a
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
