@@ -266,7 +266,7 @@ impl Kernels {
             dev,
             "rope_kv",
             &[
-                ReadWrite, Read, Read, Read, ReadWrite, ReadWrite, Read, Uniform, Uniform,
+                ReadWrite, Read, ReadWrite, ReadWrite, Read, Uniform, Uniform,
             ],
         );
         let attention_layout = layout(
@@ -274,7 +274,7 @@ impl Kernels {
             "attention",
             &[Read, Read, Read, Read, ReadWrite, Uniform, Uniform],
         );
-        let swiglu_layout = layout(dev, "swiglu", &[ReadWrite, Read, Uniform, Uniform]);
+        let swiglu_layout = layout(dev, "swiglu", &[Read, ReadWrite, Uniform, Uniform]);
         let select_layout = layout(dev, "select", &[Read, ReadWrite, ReadWrite, Uniform]);
         let mut matmul = HashMap::new();
         let mut embed = HashMap::new();

@@ -66,15 +66,14 @@ impl From<WgpuError> for BackendError {
 
 struct Layer {
     norm_attn: wgpu::BindGroup,
-    q: MatOp,
-    k: MatOp,
-    v: MatOp,
+    /// Q, K and V into one [q | k | v] row per token: one op when the three share a type.
+    qkv: Vec<MatOp>,
     rope: wgpu::BindGroup,
     attention: wgpu::BindGroup,
     o: MatOp,
     norm_ffn: wgpu::BindGroup,
-    gate: MatOp,
-    up: MatOp,
+    /// Gate and up into one [gate | up] row per token, likewise.
+    gate_up: Vec<MatOp>,
     down: MatOp,
     // Keep the per-layer buffers alive with their bind groups.
     _buffers: Vec<wgpu::Buffer>,
@@ -177,12 +176,11 @@ impl WgpuBackend {
         );
         let x = scratch(&ctx, "x", rows * dim * 4)?;
         let xn = scratch(&ctx, "xn", rows * dim * 4)?;
-        let q = scratch(&ctx, "q", rows * qd * 4)?;
-        let kb = scratch(&ctx, "k", rows * kvd * 4)?;
-        let vb = scratch(&ctx, "v", rows * kvd * 4)?;
+        let qkv_stride = qd + 2 * kvd;
+        let qkv = scratch(&ctx, "qkv", rows * qkv_stride * 4)?;
         let ao = scratch(&ctx, "attn_out", rows * qd * 4)?;
-        let g = scratch(&ctx, "gate", rows * ffn * 4)?;
-        let u = scratch(&ctx, "up", rows * ffn * 4)?;
+        let gu = scratch(&ctx, "gate_up", rows * 2 * ffn * 4)?;
+        let h = scratch(&ctx, "ffn_hidden", rows * ffn * 4)?;
         let meta = scratch(&ctx, "meta", rows * 16)?;
         let slots = max_slots as u64;
         let xg = scratch(&ctx, "x_last", slots * dim * 4)?;
@@ -210,6 +208,7 @@ impl WgpuBackend {
                 c.n_kv_heads as u32,
                 c.head_dim as u32,
                 max_context as u32,
+                qkv_stride as u32,
             ],
         );
         let att_u = uniform(
@@ -220,6 +219,7 @@ impl WgpuBackend {
                 c.n_kv_heads as u32,
                 max_context as u32,
                 (1.0 / (c.head_dim as f32).sqrt()).to_bits(),
+                qkv_stride as u32,
             ],
         );
         let swi_u = uniform(&ctx, "swiglu", &[c.ffn_dim as u32]);
@@ -233,21 +233,24 @@ impl WgpuBackend {
             let fnorm = f32s(&l.ffn_norm);
             let kc = scratch(&ctx, &format!("k_cache.{i}"), cache_bytes)?;
             let vc = scratch(&ctx, &format!("v_cache.{i}"), cache_bytes)?;
-            let (wq, wk, wv, wo) = (
-                upload(&l.wq)?,
-                upload(&l.wk)?,
-                upload(&l.wv)?,
-                upload(&l.wo)?,
-            );
-            let (wg, wu, wd) = (upload(&l.w_gate)?, upload(&l.w_up)?, upload(&l.w_down)?);
-            let mm = |name: &str,
-                      m: &GpuMatrix,
-                      xin: &wgpu::Buffer,
-                      y: &wgpu::Buffer,
-                      stride: u64,
-                      acc: bool| {
-                MatOp::new(&ctx, &k, name, m, xin, y, stride as usize, acc, &fwd)
-            };
+            let wo = upload(&l.wo)?;
+            let wd = upload(&l.w_down)?;
+            let qkv_ops = stacked(
+                &ctx,
+                &k,
+                model,
+                &[&l.wq, &l.wk, &l.wv],
+                (&xn, &qkv, qkv_stride as usize, &fwd),
+                &mut matrices,
+            )?;
+            let gu_ops = stacked(
+                &ctx,
+                &k,
+                model,
+                &[&l.w_gate, &l.w_up],
+                (&xn, &gu, 2 * ffn as usize, &fwd),
+                &mut matrices,
+            )?;
             layers.push(Layer {
                 norm_attn: bind(
                     &ctx,
@@ -255,36 +258,33 @@ impl WgpuBackend {
                     &k.norm_layout,
                     &[&x, &an, &xn, &norm_u, &fwd],
                 ),
-                q: mm("q", &wq, &xn, &q, qd, false),
-                k: mm("k", &wk, &xn, &kb, kvd, false),
-                v: mm("v", &wv, &xn, &vb, kvd, false),
+                qkv: qkv_ops,
                 rope: bind(
                     &ctx,
                     "rope_kv",
                     &k.rope_layout,
-                    &[&q, &kb, &vb, &meta, &kc, &vc, &table, &rope_u, &fwd],
+                    &[&qkv, &meta, &kc, &vc, &table, &rope_u, &fwd],
                 ),
                 attention: bind(
                     &ctx,
                     "attention",
                     &k.attention_layout,
-                    &[&q, &meta, &kc, &vc, &ao, &att_u, &fwd],
+                    &[&qkv, &meta, &kc, &vc, &ao, &att_u, &fwd],
                 ),
-                o: mm("o", &wo, &ao, &x, dim, true),
+                o: MatOp::new(&ctx, &k, "o", &wo, &ao, &x, dim as usize, 0, true, &fwd),
                 norm_ffn: bind(
                     &ctx,
                     "ffn_norm",
                     &k.norm_layout,
                     &[&x, &fnorm, &xn, &norm_u, &fwd],
                 ),
-                gate: mm("gate", &wg, &xn, &g, ffn, false),
-                up: mm("up", &wu, &xn, &u, ffn, false),
-                down: mm("down", &wd, &g, &x, dim, true),
+                gate_up: gu_ops,
+                down: MatOp::new(&ctx, &k, "down", &wd, &h, &x, dim as usize, 0, true, &fwd),
                 _buffers: vec![an, fnorm, kc, vc],
             });
-            matrices.extend([wq, wk, wv, wo, wg, wu, wd]);
+            matrices.extend([wo, wd]);
         }
-        let swiglu = bind(&ctx, "swiglu", &k.swiglu_layout, &[&g, &u, &swi_u, &fwd]);
+        let swiglu = bind(&ctx, "swiglu", &k.swiglu_layout, &[&gu, &h, &swi_u, &fwd]);
         let onorm = f32s(&w.output_norm);
         let norm_out = bind(
             &ctx,
@@ -305,6 +305,7 @@ impl WgpuBackend {
             &xgn,
             &logits,
             c.vocab_size,
+            0,
             false,
             &fwd_out,
         );
@@ -342,7 +343,7 @@ impl WgpuBackend {
             sel_out,
             staging,
             _keep: vec![
-                xn, q, kb, vb, ao, g, u, xgn, partials, table, norm_u, rope_u, att_u, swi_u, onorm,
+                xn, qkv, ao, gu, h, xgn, partials, table, norm_u, rope_u, att_u, swi_u, onorm,
             ],
             _matrices: matrices,
             ctx,
@@ -360,16 +361,17 @@ impl WgpuBackend {
         self.embed.record(pass, k, n);
         for l in &self.layers {
             record_1d(pass, &k.rmsnorm, &l.norm_attn, n, md);
-            l.q.record(pass, k, n, md);
-            l.k.record(pass, k, n, md);
-            l.v.record(pass, k, n, md);
+            for op in &l.qkv {
+                op.record(pass, k, n, md);
+            }
             let pairs = ((c.n_heads + c.n_kv_heads) * c.head_dim / 2) as u32;
             record_2d(pass, &k.rope_kv, &l.rope, pairs, n);
             record_1d(pass, &k.attention, &l.attention, n * c.n_heads as u32, md);
             l.o.record(pass, k, n, md);
             record_1d(pass, &k.rmsnorm, &l.norm_ffn, n, md);
-            l.gate.record(pass, k, n, md);
-            l.up.record(pass, k, n, md);
+            for op in &l.gate_up {
+                op.record(pass, k, n, md);
+            }
             record_1d(pass, &k.swiglu, &self.swiglu, n * c.ffn_dim as u32, md);
             l.down.record(pass, k, n, md);
         }
@@ -541,4 +543,55 @@ impl Backend for WgpuBackend {
             .map(|c| c.iter().map(|&[id, v]| (id, f32::from_bits(v))).collect())
             .collect())
     }
+}
+
+/// Matmuls that read the same input and write side by side into one output row
+/// ([m0 | m1 | ...], `out.2` floats per row): uploaded as one matrix of stacked rows (one
+/// dispatch) when their types agree, else as one op per matrix at its column offset.
+fn stacked(
+    ctx: &GpuContext,
+    k: &Kernels,
+    model: &LlamaModel,
+    parts: &[&crate::model::TensorRef],
+    out: (&wgpu::Buffer, &wgpu::Buffer, usize, &wgpu::Buffer),
+    keep: &mut Vec<GpuMatrix>,
+) -> Result<Vec<MatOp>, WgpuError> {
+    let (x, y, stride, fwd) = out;
+    let first = parts[0];
+    let mut ops = Vec::new();
+    if parts
+        .iter()
+        .all(|t| t.ty == first.ty && t.cols == first.cols)
+    {
+        let rows: usize = parts.iter().map(|t| t.rows).sum();
+        let mut bytes = Vec::with_capacity(rows * first.row_bytes());
+        for t in parts {
+            bytes.extend_from_slice(model.bytes(t));
+        }
+        let m = GpuMatrix::upload(ctx, &first.name, first.ty, rows, first.cols, &bytes)?;
+        ops.push(MatOp::new(
+            ctx,
+            k,
+            &first.name,
+            &m,
+            x,
+            y,
+            stride,
+            0,
+            false,
+            fwd,
+        ));
+        keep.push(m);
+    } else {
+        let mut col = 0;
+        for t in parts {
+            let m = GpuMatrix::upload(ctx, &t.name, t.ty, t.rows, t.cols, model.bytes(t))?;
+            ops.push(MatOp::new(
+                ctx, k, &t.name, &m, x, y, stride, col, false, fwd,
+            ));
+            col += t.rows;
+            keep.push(m);
+        }
+    }
+    Ok(ops)
 }

@@ -27,7 +27,8 @@ pub(crate) fn bind(
     })
 }
 
-/// A matmul Y (=|+=) W X with its bind groups, one per split of W.
+/// A matmul Y (=|+=) W X with its bind groups, one per split of W; output row t gets W's
+/// results at columns col_offset.. of a row of out_stride floats.
 pub(crate) struct MatOp {
     ty: GgmlType,
     splits: Vec<(u32, wgpu::BindGroup)>,
@@ -43,6 +44,7 @@ impl MatOp {
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
         out_stride: usize,
+        col_offset: usize,
         accumulate: bool,
         fwd: &wgpu::Buffer,
     ) -> MatOp {
@@ -56,7 +58,7 @@ impl MatOp {
                     &[
                         s.rows as u32,
                         m.cols as u32,
-                        s.row_start as u32,
+                        (col_offset + s.row_start) as u32,
                         out_stride as u32,
                         accumulate as u32,
                     ],

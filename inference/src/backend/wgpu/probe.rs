@@ -72,6 +72,7 @@ impl Probe {
             &xb,
             &y,
             rows,
+            0,
             y_init.is_some(),
             &fwd,
         );
@@ -144,19 +145,25 @@ impl Probe {
     /// silu(g) * u element-wise, rows of `width`.
     pub fn swiglu(&self, g: &[f32], u: &[f32], width: usize) -> Result<Vec<f32>, WgpuError> {
         let n = g.len() / width;
-        let gb = f32_buffer(&self.ctx, "g", g, true);
-        let ub = f32_buffer(&self.ctx, "u", u, false);
+        // The kernel reads rows of [gate | up].
+        let gu: Vec<f32> = g
+            .chunks(width)
+            .zip(u.chunks(width))
+            .flat_map(|(a, b)| a.iter().chain(b).copied())
+            .collect();
+        let gub = f32_buffer(&self.ctx, "gate_up", &gu, false);
+        let hb = scratch(&self.ctx, "h", (g.len() * 4) as u64)?;
         let su = uniform(&self.ctx, "swiglu", &[width as u32]);
         let fwd = uniform(&self.ctx, "fwd", &fwd_words(n as u32));
         let bg = bind(
             &self.ctx,
             "swiglu",
             &self.k.swiglu_layout,
-            &[&gb, &ub, &su, &fwd],
+            &[&gub, &hb, &su, &fwd],
         );
         let b = self.run(
             |p| record_1d(p, &self.k.swiglu, &bg, g.len() as u32, self.max_dim()),
-            &gb,
+            &hb,
             (g.len() * 4) as u64,
         )?;
         Ok(floats(&b))
@@ -187,11 +194,19 @@ impl Probe {
         let mut vc = prior_v.to_vec();
         vc.resize(ctx_len * kvd, 0.0);
         let c = &self.ctx;
-        let (qb, kb, vb) = (
-            f32_buffer(c, "q", q, true),
-            f32_buffer(c, "k", k, false),
-            f32_buffer(c, "v", v, false),
-        );
+        // The kernels read rows of [q | k | v] per token.
+        let qd = n_head * head_dim;
+        let qkv: Vec<f32> = (0..n)
+            .flat_map(|t| {
+                q[t * qd..(t + 1) * qd]
+                    .iter()
+                    .chain(&k[t * kvd..(t + 1) * kvd])
+                    .chain(&v[t * kvd..(t + 1) * kvd])
+                    .copied()
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let qkvb = f32_buffer(c, "qkv", &qkv, true);
         let (kcb, vcb) = (
             f32_buffer(c, "kc", &kc, true),
             f32_buffer(c, "vc", &vc, true),
@@ -204,7 +219,13 @@ impl Probe {
         let ru = uniform(
             c,
             "rope",
-            &[n_head as u32, n_kv as u32, head_dim as u32, ctx_len as u32],
+            &[
+                n_head as u32,
+                n_kv as u32,
+                head_dim as u32,
+                ctx_len as u32,
+                (qd + 2 * kvd) as u32,
+            ],
         );
         let au = uniform(
             c,
@@ -214,19 +235,20 @@ impl Probe {
                 n_kv as u32,
                 ctx_len as u32,
                 (1.0 / (head_dim as f32).sqrt()).to_bits(),
+                (qd + 2 * kvd) as u32,
             ],
         );
         let rbg = bind(
             c,
             "rope",
             &self.k.rope_layout,
-            &[&qb, &kb, &vb, &mb, &kcb, &vcb, &table, &ru, &fwd],
+            &[&qkvb, &mb, &kcb, &vcb, &table, &ru, &fwd],
         );
         let abg = bind(
             c,
             "att",
             &self.k.attention_layout,
-            &[&qb, &mb, &kcb, &vcb, &ao, &au, &fwd],
+            &[&qkvb, &mb, &kcb, &vcb, &ao, &au, &fwd],
         );
         let pairs = ((n_head + n_kv) * head_dim / 2) as u32;
         let b = self.run(
@@ -311,7 +333,7 @@ impl Probe {
         let xb = f32_buffer(&self.ctx, "x", &vec![0.5; n * cols], false);
         let y = scratch(&self.ctx, "y", (n * rows * 4) as u64).unwrap();
         let fwd = uniform(&self.ctx, "fwd", &fwd_words(n as u32));
-        let op = MatOp::new(&self.ctx, &self.k, "w", &m, &xb, &y, rows, false, &fwd);
+        let op = MatOp::new(&self.ctx, &self.k, "w", &m, &xb, &y, rows, 0, false, &fwd);
         self.run(|p| op.record(p, &self.k, n as u32, 65535), &y, 4)
             .unwrap();
         let t0 = std::time::Instant::now();

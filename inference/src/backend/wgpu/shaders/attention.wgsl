@@ -7,6 +7,10 @@ struct Att {
     n_kv: u32,
     max_ctx: u32,
     scale: f32,
+    q_stride: u32,  // floats per QKV row (q of one token, then its k and v)
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
 }
 struct Fwd {
     n: u32,
@@ -39,10 +43,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let pos = row.z;
     var q: array<vec4<f32>, H4>;
     var acc: array<vec4<f32>, H4>;
-    let qb = (t * A.n_head + h) * H4;
+    let qb = (t * A.q_stride) / 4u + h * H4;
     for (var i = 0u; i < H4; i++) {
         q[i] = Q[qb + i] * A.scale;
     }
+    let ob = (t * A.n_head + h) * H4;
     var m = -3.0e38;
     var l = 0.0;
     let kv4 = A.n_kv * H4;
@@ -63,6 +68,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let inv = 1.0 / l;
     for (var i = 0u; i < H4; i++) {
-        O[qb + i] = acc[i] * inv;
+        O[ob + i] = acc[i] * inv;
     }
 }

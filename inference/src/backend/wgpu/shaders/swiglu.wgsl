@@ -1,4 +1,5 @@
-// SwiGLU gate: G = silu(G) * U element-wise over the first F.n rows of width S.width.
+// SwiGLU: H[t, i] = silu(gate) * up, where row t of GU holds [gate | up] (2 * S.width floats),
+// over the first F.n rows.
 struct Swi {
     width: u32,
     _p0: u32,
@@ -12,8 +13,8 @@ struct Fwd {
     _p2: u32,
 }
 
-@group(0) @binding(0) var<storage, read_write> G: array<f32>;
-@group(0) @binding(1) var<storage, read> U: array<f32>;
+@group(0) @binding(0) var<storage, read> GU: array<f32>;
+@group(0) @binding(1) var<storage, read_write> H: array<f32>;
 @group(0) @binding(2) var<uniform> S: Swi;
 @group(0) @binding(3) var<uniform> F: Fwd;
 
@@ -23,6 +24,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     if (i >= F.n * S.width) {
         return;
     }
-    let g = G[i];
-    G[i] = g / (1.0 + exp(-g)) * U[i];
+    let t = i / S.width;
+    let j = i % S.width;
+    let g = GU[t * 2u * S.width + j];
+    H[i] = g / (1.0 + exp(-g)) * GU[(t * 2u + 1u) * S.width + j];
 }
