@@ -338,3 +338,70 @@ fn no_adapter_is_a_clear_error_and_not_hardware() {
         "{msg}"
     );
 }
+
+/// A tiny Q4_1 model whose attn_v and ffn_up are re-encoded as Q8_0, as mixed-type GGUFs do.
+fn mixed_type_model() -> LlamaModel {
+    use sandgraph_inference::gguf::{
+        GgufFile, GgufWriter, WriterTensor, dequantize_row, quantize_row,
+    };
+    use sandgraph_inference::testutil::tiny_model_bytes;
+    let src = GgufFile::from_bytes(tiny_model_bytes(&TinySpec::new(21, GgmlType::Q4_1))).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in src.metadata() {
+        w.meta(k.clone(), v.clone());
+    }
+    for t in src.tensors() {
+        let data = src.tensor_data(t).to_vec();
+        if t.name.contains("attn_v") || t.name.contains("ffn_up") {
+            let mut vals = vec![0.0; t.n_elements() as usize];
+            dequantize_row(t.ty, &data, &mut vals).unwrap();
+            let q = quantize_row(GgmlType::Q8_0, &vals).unwrap();
+            w.tensor(WriterTensor::new(
+                t.name.clone(),
+                t.dims.clone(),
+                GgmlType::Q8_0,
+                q,
+            ));
+        } else {
+            w.tensor(WriterTensor::new(
+                t.name.clone(),
+                t.dims.clone(),
+                t.ty,
+                data,
+            ));
+        }
+    }
+    LlamaModel::from_gguf(GgufFile::from_bytes(w.to_bytes()).unwrap()).unwrap()
+}
+
+#[test]
+fn mixed_weight_types_in_one_layer_match_cpu() {
+    let model = mixed_type_model();
+    assert_eq!(model.weights.layers[0].wv.ty, GgmlType::Q8_0);
+    assert_eq!(model.weights.layers[0].wq.ty, GgmlType::Q4_1);
+    let vocab = model.config.vocab_size;
+    let mut rng = TestRng::new(22);
+    let mut g = wgpu(&model, 1, 32);
+    let mut c = CpuBackend::new(&model, 1, 32).unwrap();
+    let p = tokens(&mut rng, 7, vocab);
+    let next = step(
+        &mut g,
+        &mut c,
+        &[SeqChunk {
+            slot: 0,
+            start_pos: 0,
+            tokens: &p,
+        }],
+        "mixed prefill",
+    );
+    step(
+        &mut g,
+        &mut c,
+        &[SeqChunk {
+            slot: 0,
+            start_pos: 7,
+            tokens: &next,
+        }],
+        "mixed decode",
+    );
+}
