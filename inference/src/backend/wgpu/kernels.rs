@@ -106,17 +106,20 @@ fn token_unrolled_shared_x(tb: u32, lanes: u32) -> String {
                 j * lanes
             );
         }
-        let terms: Vec<String> = (0..8)
+        let xs: Vec<String> = (0..8)
             .map(|i| {
                 let (src, from) = if lanes <= 8 {
                     (i / lanes, i % lanes)
                 } else {
                     (0, i)
                 };
-                format!("dot(v.w{i}, subgroupBroadcast(xs{src}, {from}u))")
+                format!("subgroupBroadcast(xs{src}, {from}u)")
             })
             .collect();
-        s += &format!("        acc_{t} += {};\n    }}\n", terms.join(" + "));
+        s += &format!(
+            "        acc_{t} += block_dot8(v, {});\n    }}\n",
+            xs.join(", ")
+        );
     }
     s += "}\nfn acc_get() -> array<f32, TB> {\n    return array<f32, TB>(";
     s += &(0..tb)

@@ -2,6 +2,7 @@
 // word 0 = f16 scale d (low half, high half zero), words 1..4 = the 16 nibble bytes unchanged.
 // Element value = (nibble - 8) * d. Words of one block are `s` words apart (see layout.wgsl).
 const BLOCK_WORDS: u32 = 5u;
+const HAS_MIN: bool = false;
 
 fn nib_lo(q: u32) -> vec4<f32> {
     return vec4<f32>(f32(q & 15u), f32((q >> 8u) & 15u), f32((q >> 16u) & 15u), f32((q >> 24u) & 15u));
@@ -12,11 +13,10 @@ fn nib_hi(q: u32) -> vec4<f32> {
 
 fn load_block(base: u32, s: u32) -> Block {
     let d = unpack2x16float(W[base]).x;
-    let m = -8.0 * d;
     let q0 = W[base + s];
     let q1 = W[base + 2u * s];
     let q2 = W[base + 3u * s];
     let q3 = W[base + 4u * s];
-    return Block(nib_lo(q0) * d + m, nib_lo(q1) * d + m, nib_lo(q2) * d + m, nib_lo(q3) * d + m,
-                 nib_hi(q0) * d + m, nib_hi(q1) * d + m, nib_hi(q2) * d + m, nib_hi(q3) * d + m);
+    return Block(nib_lo(q0) - 8.0, nib_lo(q1) - 8.0, nib_lo(q2) - 8.0, nib_lo(q3) - 8.0,
+                 nib_hi(q0) - 8.0, nib_hi(q1) - 8.0, nib_hi(q2) - 8.0, nib_hi(q3) - 8.0, d, 0.0);
 }

@@ -3,6 +3,7 @@
 // Byte j holds element j in its low nibble and element j + 16 in its high nibble.
 // Words of one block are `s` words apart (see layout.wgsl).
 const BLOCK_WORDS: u32 = 5u;
+const HAS_MIN: bool = true;
 
 fn nib_lo(q: u32) -> vec4<f32> {
     return vec4<f32>(f32(q & 15u), f32((q >> 8u) & 15u), f32((q >> 16u) & 15u), f32((q >> 24u) & 15u));
@@ -19,6 +20,6 @@ fn load_block(base: u32, s: u32) -> Block {
     let q1 = W[base + 2u * s];
     let q2 = W[base + 3u * s];
     let q3 = W[base + 4u * s];
-    return Block(nib_lo(q0) * d + m, nib_lo(q1) * d + m, nib_lo(q2) * d + m, nib_lo(q3) * d + m,
-                 nib_hi(q0) * d + m, nib_hi(q1) * d + m, nib_hi(q2) * d + m, nib_hi(q3) * d + m);
+    return Block(nib_lo(q0), nib_lo(q1), nib_lo(q2), nib_lo(q3),
+                 nib_hi(q0), nib_hi(q1), nib_hi(q2), nib_hi(q3), d, m);
 }

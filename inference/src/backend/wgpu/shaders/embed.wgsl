@@ -34,12 +34,12 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let wv = load_block(block_base(token - E.row_start, b, nb * BLOCK_WORDS), IL);
     let o = t * (E.k / 4u) + b * 8u;
-    Y[o] = wv.w0;
-    Y[o + 1u] = wv.w1;
-    Y[o + 2u] = wv.w2;
-    Y[o + 3u] = wv.w3;
-    Y[o + 4u] = wv.w4;
-    Y[o + 5u] = wv.w5;
-    Y[o + 6u] = wv.w6;
-    Y[o + 7u] = wv.w7;
+    Y[o] = wv.w0 * wv.d + wv.m;
+    Y[o + 1u] = wv.w1 * wv.d + wv.m;
+    Y[o + 2u] = wv.w2 * wv.d + wv.m;
+    Y[o + 3u] = wv.w3 * wv.d + wv.m;
+    Y[o + 4u] = wv.w4 * wv.d + wv.m;
+    Y[o + 5u] = wv.w5 * wv.d + wv.m;
+    Y[o + 6u] = wv.w6 * wv.d + wv.m;
+    Y[o + 7u] = wv.w7 * wv.d + wv.m;
 }

@@ -35,8 +35,8 @@ fn store(t: u32, r: u32, v: f32) {
 
 // Dot product of a block with the 32 activations starting at vec4 index xb.
 fn block_x(v: Block, xb: u32) -> f32 {
-    return dot(v.w0, X[xb]) + dot(v.w1, X[xb + 1u]) + dot(v.w2, X[xb + 2u]) + dot(v.w3, X[xb + 3u])
-         + dot(v.w4, X[xb + 4u]) + dot(v.w5, X[xb + 5u]) + dot(v.w6, X[xb + 6u]) + dot(v.w7, X[xb + 7u]);
+    return block_dot8(v, X[xb], X[xb + 1u], X[xb + 2u], X[xb + 3u], X[xb + 4u], X[xb + 5u],
+                      X[xb + 6u], X[xb + 7u]);
 }
 
 // block_dot(r, b, row_words, t0) (adds block b of row r times tokens t0..t0 + TB into the
