@@ -405,3 +405,78 @@ fn mixed_weight_types_in_one_layer_match_cpu() {
         "mixed decode",
     );
 }
+
+/// Every kernel variant the adapter can run (the GPU ones included, here with lavapipe's
+/// subgroup size) gives the whole model the CPU's logits.
+#[test]
+fn every_kernel_variant_runs_the_whole_model_like_cpu() {
+    use sandgraph_inference::backend::wgpu::KernelVariant;
+    let probe = GpuContext::new(&WgpuOptions::default()).unwrap();
+    let mut variants = vec![KernelVariant::Rows, KernelVariant::TiledShared];
+    if probe.subgroups && probe.info.subgroup_min_size == probe.info.subgroup_max_size {
+        variants.push(KernelVariant::RowsSubgroup { lanes: 0 });
+        variants.push(KernelVariant::TiledSubgroup { lanes: 0 });
+    }
+    for ty in [GgmlType::Q4_1, GgmlType::Q8_0] {
+        let model = tiny_model(&TinySpec::new(30, ty)).unwrap();
+        let vocab = model.config.vocab_size;
+        for &v in &variants {
+            let opts = WgpuOptions {
+                variant: Some(v),
+                ..WgpuOptions::default()
+            };
+            let mut g = WgpuBackend::new(&model, 2, 32, &opts).unwrap();
+            let mut c = CpuBackend::new(&model, 2, 32).unwrap();
+            let mut rng = TestRng::new(31);
+            let (a, b) = (tokens(&mut rng, 6, vocab), tokens(&mut rng, 2, vocab));
+            let what = format!("{ty:?} {v}");
+            let next = step(
+                &mut g,
+                &mut c,
+                &[
+                    SeqChunk {
+                        slot: 0,
+                        start_pos: 0,
+                        tokens: &a,
+                    },
+                    SeqChunk {
+                        slot: 1,
+                        start_pos: 0,
+                        tokens: &b,
+                    },
+                ],
+                &what,
+            );
+            step(
+                &mut g,
+                &mut c,
+                &[
+                    SeqChunk {
+                        slot: 0,
+                        start_pos: 6,
+                        tokens: &next[..1],
+                    },
+                    SeqChunk {
+                        slot: 1,
+                        start_pos: 2,
+                        tokens: &next[1..],
+                    },
+                ],
+                &what,
+            );
+        }
+    }
+}
+
+#[test]
+fn an_unknown_kernel_variant_in_the_environment_is_refused() {
+    // SAFETY: nextest runs every test in its own process, so no other thread reads the env.
+    unsafe { std::env::set_var(sandgraph_inference::backend::wgpu::KERNELS_ENV, "fast") };
+    let e = GpuContext::new(&WgpuOptions::default())
+        .err()
+        .expect("must fail");
+    assert!(
+        matches!(&e, WgpuError::BadKernelChoice(m) if m.contains("'fast'")),
+        "{e}"
+    );
+}

@@ -32,10 +32,9 @@ fn load() -> (LlamaModel, Tokenizer) {
 
 const PROMPT: &str = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
 
-#[test]
-fn wgpu_greedy_answer_is_paris() {
+fn greedy_answer(opts: &WgpuOptions) -> String {
     let (model, tok) = load();
-    let mut be = WgpuBackend::new(&model, 1, 128, &WgpuOptions::default()).unwrap();
+    let mut be = WgpuBackend::new(&model, 1, 128, opts).unwrap();
     eprintln!("adapter: {}", be.describe());
     let prompt = tok.encode(PROMPT, true);
     let end = tok.token_id("<|im_end|>").expect("<|im_end|> in vocab");
@@ -57,8 +56,38 @@ fn wgpu_greedy_answer_is_paris() {
         out.push(next);
         chunk = vec![next];
     }
-    let text = tok.decode_lossy(&out);
-    assert_eq!(text, "The capital of France is Paris.");
+    tok.decode_lossy(&out)
+}
+
+#[test]
+fn wgpu_greedy_answer_is_paris() {
+    assert_eq!(
+        greedy_answer(&WgpuOptions::default()),
+        "The capital of France is Paris."
+    );
+}
+
+/// The kernels a hardware GPU gets (tiled; with subgroups where the adapter has them), run
+/// here on lavapipe so the rented-GPU check is not their first run on the real model.
+#[test]
+fn wgpu_greedy_answer_is_paris_with_the_gpu_kernels() {
+    use sandgraph_inference::backend::wgpu::{GpuContext, KernelVariant};
+    let c = GpuContext::new(&WgpuOptions::default()).unwrap();
+    let mut variants = vec![KernelVariant::TiledShared];
+    if c.subgroups && c.info.subgroup_min_size == c.info.subgroup_max_size {
+        variants.push(KernelVariant::TiledSubgroup { lanes: 0 });
+    }
+    for v in variants {
+        let opts = WgpuOptions {
+            variant: Some(v),
+            ..WgpuOptions::default()
+        };
+        assert_eq!(
+            greedy_answer(&opts),
+            "The capital of France is Paris.",
+            "{v}"
+        );
+    }
 }
 
 /// The 64-token sequence: the golden prompt followed by the reference answer and more chat,

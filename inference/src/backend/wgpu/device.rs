@@ -34,6 +34,31 @@ impl KernelVariant {
     }
 }
 
+/// Environment variable that forces a kernel variant (benchmarks, GPU checks):
+/// `rows`, `rows-subgroup`, `tiled` or `tiled-subgroup`.
+pub const KERNELS_ENV: &str = "SANDGRAPH_WGPU_KERNELS";
+
+impl KernelVariant {
+    /// The variant named by `SANDGRAPH_WGPU_KERNELS`, if set (subgroup sizes come from the
+    /// adapter).
+    pub fn from_env() -> Result<Option<KernelVariant>, WgpuError> {
+        let Ok(v) = std::env::var(KERNELS_ENV) else {
+            return Ok(None);
+        };
+        Ok(Some(match v.as_str() {
+            "rows" => KernelVariant::Rows,
+            "rows-subgroup" => KernelVariant::RowsSubgroup { lanes: 0 },
+            "tiled" => KernelVariant::TiledShared,
+            "tiled-subgroup" => KernelVariant::TiledSubgroup { lanes: 0 },
+            other => {
+                return Err(WgpuError::BadKernelChoice(format!(
+                    "{KERNELS_ENV}='{other}'; use rows, rows-subgroup, tiled or tiled-subgroup"
+                )));
+            }
+        }))
+    }
+}
+
 impl std::fmt::Display for KernelVariant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -228,9 +253,13 @@ impl GpuContext {
                 *slot = Some(e.to_string());
             }
         }));
-        let mut variant = opts
-            .variant
-            .unwrap_or_else(|| default_variant(&info, subgroups));
+        let mut variant = match opts.variant {
+            Some(v) => v,
+            None => match KernelVariant::from_env()? {
+                Some(v) => v,
+                None => default_variant(&info, subgroups),
+            },
+        };
         if let KernelVariant::TiledSubgroup { lanes } | KernelVariant::RowsSubgroup { lanes } =
             &mut variant
         {

@@ -11,7 +11,7 @@ pub mod probe;
 pub mod weights;
 
 pub use device::{
-    AdapterPolicy, GpuContext, KernelVariant, WgpuOptions, describe_adapters,
+    AdapterPolicy, GpuContext, KERNELS_ENV, KernelVariant, WgpuOptions, describe_adapters,
     hardware_adapter_available,
 };
 
@@ -43,6 +43,8 @@ pub enum WgpuError {
         "adapter '{adapter}' has no usable subgroups (feature missing or subgroup size not fixed); use the tiled or rows kernels"
     )]
     NoSubgroups { adapter: String },
+    #[error("unknown kernel variant: {0}")]
+    BadKernelChoice(String),
     #[error("kernel '{kernel}' failed to compile: {message}")]
     Shader { kernel: String, message: String },
     #[error("weight type {} is not supported by the wgpu kernels; use F32, F16, Q8_0, Q4_0 or Q4_1, or --backend cpu", .0.name())]
