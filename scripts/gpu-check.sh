@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-shot check of the wgpu backend on a real GPU machine (no Rust toolchain, no network):
-# prints the adapters, runs the golden prompt greedily on wgpu, then the wgpu kernel table and
-# the end-to-end benchmark at batch 1 and 8 (cpu alongside as the baseline of the same run).
+# prints the adapters, runs the golden prompt greedily on wgpu (default kernels, then the
+# workgroup-memory variant), then the wgpu kernel table with the device read bandwidth and the
+# end-to-end benchmark at batch 1 and 8 (cpu alongside as the baseline of the same run).
 # Everything is time-boxed so the whole script finishes in about 3 minutes.
 #
 # Usage: scripts/gpu-check.sh SANDGRAPH_INFER MODEL.gguf [WGPU_BENCH]
@@ -31,20 +32,25 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 command -v vulkaninfo >/dev/null && vulkaninfo --summary 2>/dev/null | grep -E 'deviceName|deviceType|driverName|apiVersion'
 ls /usr/share/vulkan/icd.d/ /etc/vulkan/icd.d/ 2>/dev/null
 
-section "golden prompt on wgpu (greedy)"
 want="The capital of France is Paris."
-out=$(timeout 60 "$BIN" generate --model "$MODEL" --backend wgpu --chat \
-    --system "You are a helpful assistant." --prompt "What is the capital of France?" \
-    --temperature 0 --max-tokens 24 --context 128 2>/tmp/gpu-check-generate.err)
-rc=$?
-cat /tmp/gpu-check-generate.err
-echo "output: $out"
-if [ $rc -eq 0 ] && [ "$(printf '%s' "$out" | head -c ${#want})" = "$want" ]; then
-    echo "GOLDEN: PASS"
-else
-    echo "GOLDEN: FAIL (exit $rc; want \"$want\")"
-    status=1
-fi
+golden() { # $1: label; kernel variant from SANDGRAPH_WGPU_KERNELS (empty: the adapter's default)
+    section "golden prompt on wgpu, $1 kernels (greedy)"
+    out=$(timeout 60 "$BIN" generate --model "$MODEL" --backend wgpu --chat \
+        --system "You are a helpful assistant." --prompt "What is the capital of France?" \
+        --temperature 0 --max-tokens 24 --context 128 2>/tmp/gpu-check-generate.err)
+    rc=$?
+    cat /tmp/gpu-check-generate.err
+    echo "output: $out"
+    if [ $rc -eq 0 ] && [ "$(printf '%s' "$out" | head -c ${#want})" = "$want" ]; then
+        echo "GOLDEN ($1): PASS"
+    else
+        echo "GOLDEN ($1): FAIL (exit $rc; want \"$want\")"
+        status=1
+    fi
+}
+golden default
+# The other GPU variant too: workgroup-memory reduction with barriers instead of subgroups.
+SANDGRAPH_WGPU_KERNELS=tiled golden tiled
 
 if [ -n "$KBENCH" ]; then
     section "wgpu kernels and device bandwidth"
