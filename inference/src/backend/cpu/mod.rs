@@ -11,12 +11,11 @@ pub use kernels::{Act, ActBlock, Isa, dot_quant_portable, dot_rows, quantize_act
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{Backend, BackendError, SeqChunk, argmax_of, top_k_of, validate_batch};
 use crate::gguf::{GgmlType, GgufFile, dequantize_row};
 use crate::model::{LlamaConfig, LlamaModel, LlamaWeights, TensorRef};
-use pool::{Pool, SpinBarrier};
+use pool::{Phase, Pool};
 
 /// A raw view of a buffer that several threads write in disjoint parts between barriers.
 #[derive(Clone, Copy)]
@@ -233,18 +232,6 @@ unsafe fn acts<'x>(f: Buf<f32>, q: Buf<ActBlock>, width: usize, idx: Range<usize
         }
     })
     .collect()
-}
-
-/// Grabs chunks of `0..total` from a shared counter until none are left.
-#[inline]
-fn for_chunks(counter: &AtomicUsize, total: usize, chunk: usize, mut f: impl FnMut(Range<usize>)) {
-    loop {
-        let start = counter.fetch_add(chunk, Ordering::Relaxed);
-        if start >= total {
-            return;
-        }
-        f(start..(start + chunk).min(total));
-    }
 }
 
 fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
@@ -495,23 +482,37 @@ impl Backend for CpuBackend {
             .collect();
         let output = one(&self.w.output);
         let (attn_norms, ffn_norms, out_norm) = (&self.attn_norms, &self.ffn_norms, &self.out_norm);
-        let n_phases = n_layers * 5 + 1;
-        let counters: Vec<AtomicUsize> = (0..n_phases).map(|_| AtomicUsize::new(0)).collect();
-        let barrier = SpinBarrier::new(threads);
         let rows = &rows;
         let out_rows = &out_rows;
         let scale = 1.0 / (hd as f32).sqrt();
         let q_units = n_heads;
         let kv_heads = c.n_kv_heads;
+        // About four chunks per thread per matmul: enough to rebalance when a thread is
+        // descheduled, few enough that the shared counter's cache line rarely moves.
+        let chunk = |rows: usize| (rows / (threads * 4)).max(16);
+        let mut phases = Vec::with_capacity(n_layers * 5 + 1);
+        for _ in 0..n_layers {
+            phases.push(Phase::new(q_units + 2 * kv_heads));
+            phases.push(Phase::new(nb * n_heads));
+            phases.push(Phase::new(dim));
+            phases.push(Phase::new(ffn));
+            phases.push(Phase::new(dim));
+        }
+        phases.push(Phase::new(vocab));
+        let phases = &phases;
 
         // SAFETY (all `unsafe` below): within a phase each thread writes only its own local
         // buffers and the rows or items it claimed from that phase's counter, and reads shared
         // data only after the barrier that ends the phase writing it.
         let job = |tid: usize| unsafe {
             let mut ph = 0usize;
+            // The next step, once the previous one is finished.
             let mut next = || {
+                if ph > 0 {
+                    phases[ph - 1].wait_complete();
+                }
                 ph += 1;
-                &counters[ph - 1]
+                &phases[ph - 1]
             };
             let lf = local_f.slice_mut(tid * nb * wmax..(tid + 1) * nb * wmax);
             let lq = local_q.slice_mut(tid * nb * wmax / 32..(tid + 1) * nb * wmax / 32);
@@ -538,104 +539,118 @@ impl Backend for CpuBackend {
             let all: Vec<usize> = (0..nb).collect();
             for (l, [wq, wk, wv, wo, wgate, wup, wdown]) in layers.iter().enumerate() {
                 // 1. Q, K, V per head; RoPE and the KV-cache store happen in the same pass.
-                let a = prepare(x, dim, &all, Some(&attn_norms[l]));
-                for_chunks(next(), q_units + 2 * kv_heads, 1, |r| {
-                    for u in r {
-                        let (w, head) = if u < q_units {
-                            (wq, u)
-                        } else if u < q_units + kv_heads {
-                            (wk, u - q_units)
-                        } else {
-                            (wv, u - q_units - kv_heads)
-                        };
-                        let base = head * hd;
-                        // Rows of this head for every activation.
-                        let out = |b: usize| -> &mut [f32] {
-                            if u < q_units {
-                                qb.slice_mut(b * qd + base..b * qd + base + hd)
+                next().run(
+                    1,
+                    || prepare(x, dim, &all, Some(&attn_norms[l])),
+                    |a, r| {
+                        for u in r {
+                            let (w, head) = if u < q_units {
+                                (wq, u)
+                            } else if u < q_units + kv_heads {
+                                (wk, u - q_units)
                             } else {
-                                let RowInfo { slot, pos } = rows[b];
-                                let at = (l * max_ctx + pos) * kvd + base;
-                                let cache = if u < q_units + kv_heads {
-                                    kv_bufs[slot].0
+                                (wv, u - q_units - kv_heads)
+                            };
+                            let base = head * hd;
+                            // Rows of this head for every activation.
+                            let out = |b: usize| -> &mut [f32] {
+                                if u < q_units {
+                                    qb.slice_mut(b * qd + base..b * qd + base + hd)
                                 } else {
-                                    kv_bufs[slot].1
-                                };
-                                cache.slice_mut(at..at + hd)
-                            }
-                        };
-                        w.run(isa, base..base + hd, &a, |row, b, v| out(b)[row - base] = v);
-                        if u < q_units + kv_heads {
-                            for b in 0..nb {
-                                rope(out(b), hd, &ropes[b * hd / 2..(b + 1) * hd / 2]);
+                                    let RowInfo { slot, pos } = rows[b];
+                                    let at = (l * max_ctx + pos) * kvd + base;
+                                    let cache = if u < q_units + kv_heads {
+                                        kv_bufs[slot].0
+                                    } else {
+                                        kv_bufs[slot].1
+                                    };
+                                    cache.slice_mut(at..at + hd)
+                                }
+                            };
+                            w.run(isa, base..base + hd, &a, |row, b, v| out(b)[row - base] = v);
+                            if u < q_units + kv_heads {
+                                for b in 0..nb {
+                                    rope(out(b), hd, &ropes[b * hd / 2..(b + 1) * hd / 2]);
+                                }
                             }
                         }
-                    }
-                });
-                barrier.wait();
+                    },
+                );
                 // 2. Attention per (row, head).
-                for_chunks(next(), nb * n_heads, 1, |r| {
-                    for item in r {
-                        let (b, h) = (item / n_heads, item % n_heads);
-                        let RowInfo { slot, pos } = rows[b];
-                        let g = h / group;
-                        let q = qb.slice(b * qd + h * hd..b * qd + (h + 1) * hd);
-                        let kc = kv_bufs[slot]
-                            .0
-                            .slice(l * max_ctx * kvd..(l * max_ctx + pos + 1) * kvd);
-                        let vc = kv_bufs[slot]
-                            .1
-                            .slice(l * max_ctx * kvd..(l * max_ctx + pos + 1) * kvd);
-                        let sc = scores.slice_mut(tid * max_ctx..tid * max_ctx + pos + 1);
-                        attend(
-                            q,
-                            kc,
-                            vc,
-                            kvd,
-                            g * hd,
-                            scale,
-                            sc,
-                            att.slice_mut(b * qd + h * hd..b * qd + (h + 1) * hd),
-                        );
-                    }
-                });
-                barrier.wait();
+                next().run(
+                    1,
+                    || (),
+                    |_, r| {
+                        for item in r {
+                            let (b, h) = (item / n_heads, item % n_heads);
+                            let RowInfo { slot, pos } = rows[b];
+                            let g = h / group;
+                            let q = qb.slice(b * qd + h * hd..b * qd + (h + 1) * hd);
+                            let kc = kv_bufs[slot]
+                                .0
+                                .slice(l * max_ctx * kvd..(l * max_ctx + pos + 1) * kvd);
+                            let vc = kv_bufs[slot]
+                                .1
+                                .slice(l * max_ctx * kvd..(l * max_ctx + pos + 1) * kvd);
+                            let sc = scores.slice_mut(tid * max_ctx..tid * max_ctx + pos + 1);
+                            attend(
+                                q,
+                                kc,
+                                vc,
+                                kvd,
+                                g * hd,
+                                scale,
+                                sc,
+                                att.slice_mut(b * qd + h * hd..b * qd + (h + 1) * hd),
+                            );
+                        }
+                    },
+                );
                 // 3. Output projection + residual.
-                let a = prepare(att, qd, &all, None);
-                for_chunks(next(), dim, 16, |r| {
-                    wo.run(isa, r, &a, |row, b, v| {
-                        x.slice_mut(b * dim + row..b * dim + row + 1)[0] += v
-                    });
-                });
-                barrier.wait();
+                next().run(
+                    chunk(dim),
+                    || prepare(att, qd, &all, None),
+                    |a, r| {
+                        wo.run(isa, r, &a, |row, b, v| {
+                            x.slice_mut(b * dim + row..b * dim + row + 1)[0] += v
+                        });
+                    },
+                );
                 // 4. FFN norm, gate and up fused into SwiGLU.
-                let a = prepare(x, dim, &all, Some(&ffn_norms[l]));
-                for_chunks(next(), ffn, 16, |r| {
-                    wgate.run(isa, r.clone(), &a, |row, b, v| {
-                        hb.slice_mut(b * ffn + row..b * ffn + row + 1)[0] = v
-                    });
-                    wup.run(isa, r, &a, |row, b, v| {
-                        let hv = &mut hb.slice_mut(b * ffn + row..b * ffn + row + 1)[0];
-                        *hv = silu(*hv) * v;
-                    });
-                });
-                barrier.wait();
+                next().run(
+                    chunk(ffn),
+                    || prepare(x, dim, &all, Some(&ffn_norms[l])),
+                    |a, r| {
+                        wgate.run(isa, r.clone(), &a, |row, b, v| {
+                            hb.slice_mut(b * ffn + row..b * ffn + row + 1)[0] = v
+                        });
+                        wup.run(isa, r, &a, |row, b, v| {
+                            let hv = &mut hb.slice_mut(b * ffn + row..b * ffn + row + 1)[0];
+                            *hv = silu(*hv) * v;
+                        });
+                    },
+                );
                 // 5. Down projection + residual.
-                let a = prepare(hb, ffn, &all, None);
-                for_chunks(next(), dim, 16, |r| {
-                    wdown.run(isa, r, &a, |row, b, v| {
-                        x.slice_mut(b * dim + row..b * dim + row + 1)[0] += v
-                    });
-                });
-                barrier.wait();
+                next().run(
+                    chunk(dim),
+                    || prepare(hb, ffn, &all, None),
+                    |a, r| {
+                        wdown.run(isa, r, &a, |row, b, v| {
+                            x.slice_mut(b * dim + row..b * dim + row + 1)[0] += v
+                        });
+                    },
+                );
             }
             // Final norm of the rows that need logits, then the vocabulary projection.
-            let a = prepare(x, dim, out_rows, Some(out_norm));
-            for_chunks(next(), vocab, 64, |r| {
-                output.run(isa, r, &a, |row, o, v| {
-                    logits.slice_mut(o * vocab + row..o * vocab + row + 1)[0] = v
-                });
-            });
+            next().run(
+                chunk(vocab),
+                || prepare(x, dim, out_rows, Some(out_norm)),
+                |a, r| {
+                    output.run(isa, r, &a, |row, o, v| {
+                        logits.slice_mut(o * vocab + row..o * vocab + row + 1)[0] = v
+                    });
+                },
+            );
         };
         self.pool.run(&job);
         for ch in batch {

@@ -162,35 +162,66 @@ fn worker(s: Arc<Shared>, tid: usize) {
     }
 }
 
-/// A reusable spinning barrier for the threads of one job.
-pub struct SpinBarrier {
-    n: usize,
-    count: AtomicUsize,
-    generation: AtomicUsize,
+/// One step of a forward pass whose work (`total` units) any thread may claim in chunks.
+///
+/// Threads never wait for each other to *arrive*, only for a step's work to be *finished*: a
+/// thread that the OS has descheduled just finds a later step already done and skips ahead,
+/// so an oversubscribed machine costs at most the chunk a sleeping thread holds, instead of a
+/// scheduler time slice at every barrier.
+pub struct Phase {
+    total: usize,
+    claimed: AtomicUsize,
+    done: AtomicUsize,
+    /// Threads reading this step's inputs; the step only counts as finished when none is,
+    /// so the next step cannot overwrite inputs a late thread is still reading.
+    preparing: AtomicUsize,
 }
 
-impl SpinBarrier {
-    pub fn new(n: usize) -> Self {
-        SpinBarrier {
-            n,
-            count: AtomicUsize::new(0),
-            generation: AtomicUsize::new(0),
+impl Phase {
+    pub fn new(total: usize) -> Phase {
+        Phase {
+            total,
+            claimed: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+            preparing: AtomicUsize::new(0),
         }
     }
 
-    pub fn wait(&self) {
-        if self.n == 1 {
+    /// Waits until every unit is done and no thread is still preparing inputs.
+    pub fn wait_complete(&self) {
+        let mut spins = 0u32;
+        while self.done.load(Ordering::SeqCst) < self.total
+            || self.preparing.load(Ordering::SeqCst) != 0
+        {
+            backoff(&mut spins);
+        }
+    }
+
+    /// Unless all work is already claimed: builds this thread's inputs with `prepare`, then
+    /// claims chunks of `chunk` units and runs `work` on each.
+    pub fn run<P>(
+        &self,
+        chunk: usize,
+        prepare: impl FnOnce() -> P,
+        mut work: impl FnMut(&P, std::ops::Range<usize>),
+    ) {
+        // Announce before checking (both SeqCst): a thread that completes the step either sees
+        // this announcement and waits for it, or claimed everything before the check below.
+        self.preparing.fetch_add(1, Ordering::SeqCst);
+        if self.claimed.load(Ordering::SeqCst) >= self.total {
+            self.preparing.fetch_sub(1, Ordering::SeqCst);
             return;
         }
-        let g = self.generation.load(Ordering::Acquire);
-        if self.count.fetch_add(1, Ordering::AcqRel) + 1 == self.n {
-            self.count.store(0, Ordering::Relaxed);
-            self.generation.fetch_add(1, Ordering::Release);
-        } else {
-            let mut spins = 0u32;
-            while self.generation.load(Ordering::Acquire) == g {
-                backoff(&mut spins);
+        let inputs = prepare();
+        self.preparing.fetch_sub(1, Ordering::SeqCst);
+        loop {
+            let start = self.claimed.fetch_add(chunk, Ordering::SeqCst);
+            if start >= self.total {
+                return;
             }
+            let end = (start + chunk).min(self.total);
+            work(&inputs, start..end);
+            self.done.fetch_add(end - start, Ordering::SeqCst);
         }
     }
 }
@@ -200,20 +231,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_thread_runs_each_job_and_barriers_order_phases() {
+    fn phases_run_every_unit_once_and_in_order() {
         let pool = Pool::new(3);
         for _ in 0..50 {
-            let hits = AtomicUsize::new(0);
-            let after = AtomicUsize::new(0);
-            let barrier = SpinBarrier::new(3);
+            let phases: Vec<Phase> = (0..20).map(|_| Phase::new(37)).collect();
+            let counts: Vec<AtomicUsize> = (0..20 * 37).map(|_| AtomicUsize::new(0)).collect();
             pool.run(&|_tid| {
-                hits.fetch_add(1, Ordering::SeqCst);
-                barrier.wait();
-                // Every thread sees all three arrivals once past the barrier.
-                assert_eq!(hits.load(Ordering::SeqCst), 3);
-                after.fetch_add(1, Ordering::SeqCst);
+                for (p, ph) in phases.iter().enumerate() {
+                    if p > 0 {
+                        phases[p - 1].wait_complete();
+                    }
+                    ph.run(
+                        5,
+                        || {
+                            // Inputs of step p are complete: every unit of p - 1 ran once.
+                            if p > 0 {
+                                for u in 0..37 {
+                                    assert_eq!(counts[(p - 1) * 37 + u].load(Ordering::SeqCst), 1);
+                                }
+                            }
+                        },
+                        |_, r| {
+                            for u in r {
+                                counts[p * 37 + u].fetch_add(1, Ordering::SeqCst);
+                            }
+                        },
+                    );
+                }
             });
-            assert_eq!(after.load(Ordering::SeqCst), 3);
+            assert!(counts.iter().all(|c| c.load(Ordering::SeqCst) == 1));
         }
     }
 
