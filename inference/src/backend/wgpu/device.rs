@@ -42,10 +42,16 @@ impl KernelVariant {
     /// The variant named by `SANDGRAPH_WGPU_KERNELS`, if set (subgroup sizes come from the
     /// adapter).
     pub fn from_env() -> Result<Option<KernelVariant>, WgpuError> {
-        let Ok(v) = std::env::var(KERNELS_ENV) else {
-            return Ok(None);
-        };
-        Ok(Some(match v.as_str() {
+        match std::env::var(KERNELS_ENV) {
+            Ok(v) => KernelVariant::parse(&v).map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Parses `rows`, `rows-subgroup`, `tiled` or `tiled-subgroup` (lanes are filled in from
+    /// the adapter when a context opens).
+    pub fn parse(s: &str) -> Result<KernelVariant, WgpuError> {
+        Ok(match s {
             "rows" => KernelVariant::Rows,
             "rows-subgroup" => KernelVariant::RowsSubgroup { lanes: 0 },
             "tiled" => KernelVariant::TiledShared,
@@ -55,7 +61,7 @@ impl KernelVariant {
                     "{KERNELS_ENV}='{other}'; use rows, rows-subgroup, tiled or tiled-subgroup"
                 )));
             }
-        }))
+        })
     }
 }
 
