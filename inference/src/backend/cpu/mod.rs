@@ -567,7 +567,7 @@ impl Backend for CpuBackend {
                                     cache.slice_mut(at..at + hd)
                                 }
                             };
-                            w.run(isa, base..base + hd, &a, |row, b, v| out(b)[row - base] = v);
+                            w.run(isa, base..base + hd, a, |row, b, v| out(b)[row - base] = v);
                             if u < q_units + kv_heads {
                                 for b in 0..nb {
                                     rope(out(b), hd, &ropes[b * hd / 2..(b + 1) * hd / 2]);
@@ -611,7 +611,7 @@ impl Backend for CpuBackend {
                     chunk(dim),
                     || prepare(att, qd, &all, None),
                     |a, r| {
-                        wo.run(isa, r, &a, |row, b, v| {
+                        wo.run(isa, r, a, |row, b, v| {
                             x.slice_mut(b * dim + row..b * dim + row + 1)[0] += v
                         });
                     },
@@ -621,10 +621,10 @@ impl Backend for CpuBackend {
                     chunk(ffn),
                     || prepare(x, dim, &all, Some(&ffn_norms[l])),
                     |a, r| {
-                        wgate.run(isa, r.clone(), &a, |row, b, v| {
+                        wgate.run(isa, r.clone(), a, |row, b, v| {
                             hb.slice_mut(b * ffn + row..b * ffn + row + 1)[0] = v
                         });
-                        wup.run(isa, r, &a, |row, b, v| {
+                        wup.run(isa, r, a, |row, b, v| {
                             let hv = &mut hb.slice_mut(b * ffn + row..b * ffn + row + 1)[0];
                             *hv = silu(*hv) * v;
                         });
@@ -635,7 +635,7 @@ impl Backend for CpuBackend {
                     chunk(dim),
                     || prepare(hb, ffn, &all, None),
                     |a, r| {
-                        wdown.run(isa, r, &a, |row, b, v| {
+                        wdown.run(isa, r, a, |row, b, v| {
                             x.slice_mut(b * dim + row..b * dim + row + 1)[0] += v
                         });
                     },
@@ -646,7 +646,7 @@ impl Backend for CpuBackend {
                 chunk(vocab),
                 || prepare(x, dim, out_rows, Some(out_norm)),
                 |a, r| {
-                    output.run(isa, r, &a, |row, o, v| {
+                    output.run(isa, r, a, |row, o, v| {
                         logits.slice_mut(o * vocab + row..o * vocab + row + 1)[0] = v
                     });
                 },
