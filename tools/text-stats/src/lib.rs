@@ -3,7 +3,7 @@
 //! A pure tool for summarising documents an agent has fetched; terms are lower-cased
 //! words, optionally without common English stop words.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use sandgraph_guest::{JsonSchema, ToolError, tool};
 use serde::{Deserialize, Serialize};
@@ -78,7 +78,9 @@ pub fn analyse(input: &Input) -> Output {
     } else {
         text.lines().count()
     };
-    let mut counts: HashMap<String, usize> = HashMap::new();
+    // BTreeMap rather than HashMap: no random seed needed, so the component imports no
+    // `wasi:random` at all.
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     let mut word_count = 0;
     for word in words(text) {
         word_count += 1;
