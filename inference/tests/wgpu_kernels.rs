@@ -225,15 +225,45 @@ fn rope(v: &mut [f64], pos: usize, base: f64) {
 fn rope_kv_store_and_gqa_attention_match_reference() {
     let mut rng = TestRng::new(15);
     let (nh, nkv, hd, base) = (6, 2, 16, 10000.0f32);
-    let p = Probe::new(ctx(None, None), &[GgmlType::F32], hd).unwrap();
-    let (start, n) = (5, 4);
+    // Barrier-free and tiled attention; 70 cached rows span more than one tiled workgroup.
+    for (v, start) in [
+        (KernelVariant::Rows, 5),
+        (KernelVariant::TiledShared, 5),
+        (KernelVariant::TiledShared, 70),
+    ] {
+        let p = Probe::new(ctx(Some(v), None), &[GgmlType::F32], hd).unwrap();
+        check_attention(
+            &p,
+            &mut rng,
+            nh,
+            nkv,
+            hd,
+            base,
+            start,
+            &format!("{v} start {start}"),
+        );
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_attention(
+    p: &Probe,
+    rng: &mut TestRng,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+    base: f32,
+    start: usize,
+    what: &str,
+) {
+    let n = 4;
     let kvd = nkv * hd;
     // The cache already holds `start` rotated keys and values.
-    let prior_k = randn(&mut rng, start * kvd);
-    let prior_v = randn(&mut rng, start * kvd);
-    let q = randn(&mut rng, n * nh * hd);
-    let k = randn(&mut rng, n * kvd);
-    let v = randn(&mut rng, n * kvd);
+    let prior_k = randn(rng, start * kvd);
+    let prior_v = randn(rng, start * kvd);
+    let q = randn(rng, n * nh * hd);
+    let k = randn(rng, n * kvd);
+    let v = randn(rng, n * kvd);
     let got = p
         .attention(nh, nkv, hd, base, start, &prior_k, &prior_v, &q, &k, &v)
         .unwrap();
@@ -279,7 +309,7 @@ fn rope_kv_store_and_gqa_attention_match_reference() {
         }
     }
     let scale = vec![1.0; want.len()];
-    assert_close(&got, &want, &scale, "attention");
+    assert_close(&got, &want, &scale, what);
 }
 
 #[test]

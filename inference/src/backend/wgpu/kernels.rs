@@ -19,6 +19,7 @@ const EMBED: &str = include_str!("shaders/embed.wgsl");
 const RMSNORM: &str = include_str!("shaders/rmsnorm.wgsl");
 const ROPE_KV: &str = include_str!("shaders/rope_kv.wgsl");
 const ATTENTION: &str = include_str!("shaders/attention.wgsl");
+const ATTENTION_TILED: &str = include_str!("shaders/attention_tiled.wgsl");
 const SWIGLU: &str = include_str!("shaders/swiglu.wgsl");
 const SELECT: &str = include_str!("shaders/select.wgsl");
 
@@ -209,6 +210,9 @@ pub struct Kernels {
     pub rmsnorm: wgpu::ComputePipeline,
     pub rope_kv: wgpu::ComputePipeline,
     pub attention: wgpu::ComputePipeline,
+    /// Invocations per (head, token) of the tiled attention; 0 = barrier-free kernel (one
+    /// invocation per head and token).
+    pub attention_wga: u32,
     pub swiglu: wgpu::ComputePipeline,
     pub argmax_segments: wgpu::ComputePipeline,
     pub argmax_merge: wgpu::ComputePipeline,
@@ -303,7 +307,26 @@ impl Kernels {
                 "head size {head_dim} is not a multiple of 4"
             )));
         }
-        let att_src = format!("const HD: u32 = {head_dim}u;\n{ATTENTION}");
+        let attention_wga = match v {
+            KernelVariant::TiledShared | KernelVariant::TiledSubgroup { .. } => {
+                // Partial softmax states of all invocations must fit in workgroup memory.
+                let per = (head_dim * 4 + 8) as u32;
+                let limit = ctx.limits.max_compute_workgroup_storage_size;
+                let mut w = 32u32.min(ctx.limits.max_compute_invocations_per_workgroup);
+                while w > 1 && w * per > limit {
+                    w /= 2;
+                }
+                w
+            }
+            _ => 0,
+        };
+        let att_src = if attention_wga > 0 {
+            format!(
+                "const HD: u32 = {head_dim}u;\nconst WGA: u32 = {attention_wga}u;\n{ATTENTION_TILED}"
+            )
+        } else {
+            format!("const HD: u32 = {head_dim}u;\n{ATTENTION}")
+        };
         let sel_src = format!("const KMAX: u32 = {TOPK_MAX}u;\n{SELECT}");
         Ok(Kernels {
             variant: v,
@@ -338,6 +361,7 @@ impl Kernels {
             norm_layout,
             rope_layout,
             attention_layout,
+            attention_wga,
             swiglu_layout,
             select_layout,
             matmul,

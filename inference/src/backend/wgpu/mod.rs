@@ -19,7 +19,7 @@ use super::{Backend, BackendError, SeqChunk, validate_batch};
 use crate::gguf::GgmlType;
 use crate::model::{LlamaConfig, LlamaModel};
 use kernels::{ARGMAX_SEGMENTS, Kernels, TOPK_MAX, TOPK_SEGMENTS};
-use ops::{EmbedOp, MatOp, bind, fwd_words, record_1d, record_2d, rope_table};
+use ops::{EmbedOp, MatOp, bind, fwd_words, record_1d, record_2d, record_attention, rope_table};
 use weights::{GpuMatrix, f32_buffer, scratch, staging, uniform};
 
 /// Tokens per device pass; longer batches run as several passes (each one submit).
@@ -368,7 +368,7 @@ impl WgpuBackend {
             }
             let pairs = ((c.n_heads + c.n_kv_heads) * c.head_dim / 2) as u32;
             record_2d(pass, &k.rope_kv, &l.rope, pairs, n);
-            record_1d(pass, &k.attention, &l.attention, n * c.n_heads as u32, md);
+            record_attention(pass, k, &l.attention, n * c.n_heads as u32, md);
             l.o.record(pass, k, n, md);
             record_1d(pass, &k.rmsnorm, &l.norm_ffn, n, md);
             for op in &l.gate_up {

@@ -186,3 +186,22 @@ pub(crate) fn rope_table(max_context: usize, head_dim: usize, base: f32) -> Vec<
     }
     t
 }
+
+/// Records the attention kernel over `items` (head, token) pairs: one invocation each for the
+/// barrier-free kernel, one workgroup each for the tiled one.
+pub(crate) fn record_attention(
+    pass: &mut wgpu::ComputePass<'_>,
+    k: &Kernels,
+    bg: &wgpu::BindGroup,
+    items: u32,
+    max_dim: u32,
+) {
+    if k.attention_wga == 0 {
+        record_1d(pass, &k.attention, bg, items, max_dim);
+    } else {
+        let (x, y) = split_groups(items, max_dim);
+        pass.set_pipeline(&k.attention);
+        pass.set_bind_group(0, bg, &[]);
+        pass.dispatch_workgroups(x, y, 1);
+    }
+}

@@ -4,7 +4,9 @@
 use super::WgpuError;
 use super::device::GpuContext;
 use super::kernels::{ARGMAX_SEGMENTS, Kernels, TOPK_MAX, TOPK_SEGMENTS};
-use super::ops::{EmbedOp, MatOp, bind, fwd_words, record_1d, record_2d, rope_table};
+use super::ops::{
+    EmbedOp, MatOp, bind, fwd_words, record_1d, record_2d, record_attention, rope_table,
+};
 use super::weights::{GpuMatrix, f32_buffer, scratch, staging, uniform};
 use crate::gguf::GgmlType;
 
@@ -254,13 +256,7 @@ impl Probe {
         let b = self.run(
             |p| {
                 record_2d(p, &self.k.rope_kv, &rbg, pairs, n as u32);
-                record_1d(
-                    p,
-                    &self.k.attention,
-                    &abg,
-                    (n * n_head) as u32,
-                    self.max_dim(),
-                );
+                record_attention(p, &self.k, &abg, (n * n_head) as u32, self.max_dim());
             },
             &ao,
             (q.len() * 4) as u64,
