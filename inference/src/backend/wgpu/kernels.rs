@@ -401,3 +401,31 @@ pub fn split_groups(groups: u32, max_dim: u32) -> (u32, u32) {
         (groups.div_ceil(y), y)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workgroup_counts_beyond_one_dimension_spill_into_y() {
+        assert_eq!(split_groups(0, 65535), (1, 1));
+        assert_eq!(split_groups(768, 65535), (768, 1));
+        let (x, y) = split_groups(200_000, 65535);
+        assert!(x <= 65535 && x * y >= 200_000 && y == 4, "{x} x {y}");
+    }
+
+    #[test]
+    fn shared_activation_code_broadcasts_each_vec4_from_the_lane_that_loaded_it() {
+        // 4 lanes: two vec4 per lane; element 5 comes from the second load of lane 1.
+        let src = token_unrolled_shared_x(1, 4);
+        assert!(src.contains("let xs1 = X[xb + (lane + 4u) % 8u];"), "{src}");
+        assert!(src.contains("subgroupBroadcast(xs1, 1u)"), "{src}");
+        // 32 lanes: lanes 0..7 hold one vec4 each.
+        let src = token_unrolled_shared_x(8, 32);
+        assert!(
+            src.contains("subgroupBroadcast(xs0, 7u)") && !src.contains("xs1"),
+            "{src}"
+        );
+        assert!(src.contains("if (t0 + 7u < F.n)"), "{src}");
+    }
+}

@@ -209,3 +209,53 @@ pub fn staging(ctx: &GpuContext, bytes: u64) -> wgpu::Buffer {
         mapped_at_creation: false,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q8_0_and_q4_0_blocks_are_padded_after_the_scale_and_q4_1_is_unchanged() {
+        let q8: Vec<u8> = (0..34).collect();
+        let out = to_device_layout(GgmlType::Q8_0, 32, &q8).unwrap();
+        assert_eq!(out.len(), 36);
+        assert_eq!(&out[..4], &[0, 1, 0, 0]);
+        assert_eq!(&out[4..], &q8[2..]);
+        let q4: Vec<u8> = (0..18).collect();
+        let out = to_device_layout(GgmlType::Q4_0, 32, &q4).unwrap();
+        assert_eq!(
+            (out.len(), &out[..4], &out[4..]),
+            (20, &[0u8, 1, 0, 0][..], &q4[2..])
+        );
+        let q41: Vec<u8> = (0..40).collect();
+        assert_eq!(to_device_layout(GgmlType::Q4_1, 32, &q41).unwrap(), q41);
+        assert_eq!(device_row_bytes(GgmlType::Q8_0, 64), 72);
+    }
+
+    #[test]
+    fn rows_that_are_not_whole_blocks_or_whole_rows_are_refused() {
+        let e = to_device_layout(GgmlType::F32, 48, &[0; 192]).unwrap_err();
+        assert!(
+            matches!(&e, WgpuError::UnsupportedShape(m) if m.contains("multiple of 32")),
+            "{e}"
+        );
+        let e = to_device_layout(GgmlType::Q8_0, 32, &[0; 35]).unwrap_err();
+        assert!(
+            matches!(&e, WgpuError::UnsupportedShape(m) if m.contains("not whole rows")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn interleaving_puts_word_j_of_row_r_at_group_offset() {
+        // 3 rows of 2 words, groups of 2: row 2 is alone in the second group with a zero row.
+        let rows: Vec<u8> = (0u32..6).flat_map(|w| w.to_le_bytes()).collect();
+        let out = interleave(&rows, 8, 2);
+        let words: Vec<u32> = out
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        // ((g * words + j) * il + lane): g0: r0w0 r1w0 r0w1 r1w1, g1: r2w0 0 r2w1 0.
+        assert_eq!(words, vec![0, 2, 1, 3, 4, 0, 5, 0]);
+    }
+}
