@@ -13,6 +13,18 @@ use std::{
 
 const TARGET: &str = "wasm32-wasip2";
 
+/// Size settings for the tool components: the same as the `guests` alias in
+/// `.cargo/config.toml`, so tests run the components `cargo guests` ships. The hostile
+/// guests keep their own package profile.
+const TOOL_PROFILE: [&str; 6] = [
+    "--config",
+    "profile.release.opt-level=\"s\"",
+    "--config",
+    "profile.release.debug=false",
+    "--config",
+    "profile.release.strip=true",
+];
+
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let root = manifest_dir
@@ -35,6 +47,7 @@ fn main() {
     let mut tool_list = Vec::new();
     if !tools.is_empty() {
         let mut args = vec!["build".to_owned()];
+        args.extend(TOOL_PROFILE.iter().map(|a| (*a).to_owned()));
         for (package, _) in &tools {
             args.push("-p".into());
             args.push(package.clone());
