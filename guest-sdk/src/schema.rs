@@ -97,8 +97,9 @@ fn render_path(path: &[Segment]) -> String {
     out
 }
 
-/// Deepest `$ref` chain followed before giving up; generated schemas are never this deep
-/// and a cyclic hand-written one must not hang the tool.
+/// Most schema indirections (`$ref`, `allOf`, `anyOf`, `oneOf`) followed at one value.
+/// Descending into a property or item starts again at zero: value nesting is already
+/// bounded by serde_json's recursion limit, and a self-referential `$ref` must not hang.
 const MAX_DEPTH: usize = 64;
 
 struct Validator<'a> {
@@ -115,7 +116,7 @@ impl<'a> Validator<'a> {
         depth: usize,
     ) -> Result<(), Failure> {
         if depth > MAX_DEPTH {
-            return Err("input schema nests too deeply to validate".into());
+            return Err("the input schema refers to itself without end; cannot validate".into());
         }
         let schema = match schema {
             Value::Bool(true) => return Ok(()),
@@ -224,7 +225,7 @@ impl<'a> Validator<'a> {
         for (key, property) in properties.into_iter().flatten() {
             if let (Some(item), Some(_)) = (object.get(key), property.get("const")) {
                 path.push(Segment::Key(key.clone()));
-                self.check(property, item, path, depth + 1)?;
+                self.check(property, item, path, 0)?;
                 path.pop();
             }
         }
@@ -255,7 +256,7 @@ impl<'a> Validator<'a> {
                 },
             };
             path.push(Segment::Key(key.clone()));
-            self.check(item_schema, item, path, depth + 1)?;
+            self.check(item_schema, item, path, 0)?;
             path.pop();
         }
         Ok(())
@@ -291,7 +292,7 @@ impl<'a> Validator<'a> {
         if let Some(item_schema) = schema.get("items") {
             for (i, item) in items.iter().enumerate() {
                 path.push(Segment::Index(i));
-                self.check(item_schema, item, path, depth + 1)?;
+                self.check(item_schema, item, path, 0)?;
                 path.pop();
             }
         }
@@ -627,6 +628,42 @@ mod tests {
         );
     }
 
+    #[derive(Debug, Deserialize, JsonSchema)]
+    struct Tree {
+        #[schemars(length(max = 3))]
+        name: String,
+        children: Vec<Tree>,
+    }
+
+    #[test]
+    fn recursive_types_validate_at_any_depth_serde_accepts() {
+        let mut doc = r#"{"name":"x","children":[]}"#.to_owned();
+        // 50 levels: 100 JSON nestings, within serde_json's limit of 128, and far more
+        // schema steps than MAX_DEPTH.
+        for _ in 0..50 {
+            doc = format!(r#"{{"name":"n","children":[{doc}]}}"#);
+        }
+        assert!(parse_input::<Tree>(&doc).is_ok());
+        let bad = doc.replacen(r#""name":"x""#, r#""name":"long""#, 1);
+        match parse_input::<Tree>(&bad) {
+            Err(ToolError::InvalidInput(m)) => {
+                assert!(m.starts_with("at `children[0].children[0]."), "{m}");
+                assert!(
+                    m.ends_with(".name`: expected at most 3 characters, got 4"),
+                    "{m}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn input_nested_past_serde_json_limit_is_invalid_json_not_a_crash() {
+        let deep = format!(r#"{{"expr":{}1{}}}"#, "[".repeat(10_000), "]".repeat(10_000));
+        let m = err(&deep);
+        assert!(m.starts_with("input is not valid JSON: recursion limit exceeded"), "{m}");
+    }
+
     #[test]
     fn cyclic_ref_does_not_hang() {
         let schema =
@@ -634,7 +671,9 @@ mod tests {
         let e = validate(&schema, &serde_json::json!(1)).unwrap_err();
         assert_eq!(
             e,
-            ToolError::invalid_input("input schema nests too deeply to validate")
+            ToolError::invalid_input(
+                "the input schema refers to itself without end; cannot validate"
+            )
         );
     }
 }
