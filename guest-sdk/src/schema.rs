@@ -163,8 +163,8 @@ impl<'a> Validator<'a> {
             }
         }
         match value {
-            Value::Object(object) => self.check_object(schema, object, path, depth)?,
-            Value::Array(items) => self.check_array(schema, items, path, depth)?,
+            Value::Object(object) => self.check_object(schema, object, path)?,
+            Value::Array(items) => self.check_array(schema, items, path)?,
             Value::String(s) => check_string(schema, s)?,
             Value::Number(n) => check_number(schema, n.as_f64().unwrap_or(f64::NAN))?,
             _ => {}
@@ -217,7 +217,6 @@ impl<'a> Validator<'a> {
         schema: &'a Map<String, Value>,
         object: &Map<String, Value>,
         path: &mut Vec<Segment>,
-        depth: usize,
     ) -> Result<(), Failure> {
         let properties = schema.get("properties").and_then(Value::as_object);
         // Tags first (`"op": {"const": "read"}`), so a value meant for another variant
@@ -267,7 +266,6 @@ impl<'a> Validator<'a> {
         schema: &'a Map<String, Value>,
         items: &[Value],
         path: &mut Vec<Segment>,
-        depth: usize,
     ) -> Result<(), Failure> {
         if let Some(min) = schema.get("minItems").and_then(Value::as_u64)
             && (items.len() as u64) < min
@@ -629,6 +627,7 @@ mod tests {
     }
 
     #[derive(Debug, Deserialize, JsonSchema)]
+    #[allow(dead_code)] // only the schema and deserialization matter here
     struct Tree {
         #[schemars(length(max = 3))]
         name: String,
@@ -659,9 +658,16 @@ mod tests {
 
     #[test]
     fn input_nested_past_serde_json_limit_is_invalid_json_not_a_crash() {
-        let deep = format!(r#"{{"expr":{}1{}}}"#, "[".repeat(10_000), "]".repeat(10_000));
+        let deep = format!(
+            r#"{{"expr":{}1{}}}"#,
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
         let m = err(&deep);
-        assert!(m.starts_with("input is not valid JSON: recursion limit exceeded"), "{m}");
+        assert!(
+            m.starts_with("input is not valid JSON: recursion limit exceeded"),
+            "{m}"
+        );
     }
 
     #[test]
