@@ -4,7 +4,8 @@
 # table reports per-round medians and their ratio. llama.cpp comes from llama-cpp-python in a
 # throwaway venv (benchmark-only; never a dependency of the project).
 #
-#   scripts/bench-inference.sh [rounds]      env: THREADS (2), BACKENDS (cpu; e.g. cpu,wgpu),
+#   scripts/bench-inference.sh [rounds]      env: THREADS (2), BACKENDS (cpu; e.g. cpu,wgpu), REPS (3),
+#                                                 PROMPT_TOKENS (128), DECODE_TOKENS (64),
 #                                                 LLAMA_VENV (/tmp/sandgraph-llama-venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,7 @@ venv=${LLAMA_VENV:-/tmp/sandgraph-llama-venv}
 model=${SANDGRAPH_MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
 prompt=${PROMPT_TOKENS:-128}
 decode=${DECODE_TOKENS:-64}
+reps=${REPS:-3}
 
 [ -f "$model" ] || bash scripts/setup.sh
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/inference}
@@ -34,10 +36,10 @@ out=$(mktemp)
 for r in $(seq "$rounds"); do
     echo "round $r/$rounds" >&2
     "$ours" bench --model "$model" --backend "$backends" --batch 1,8 --threads "$threads" \
-        --prompt-tokens "$prompt" --decode-tokens "$decode" --reps 3 --csv \
+        --prompt-tokens "$prompt" --decode-tokens "$decode" --reps "$reps" --csv \
         $([ "$r" = 1 ] || echo --no-bandwidth) 2>/dev/null | grep '^csv,' >>"$out"
     "$venv/bin/python" inference/bench/llama_cpp_bench.py --model "$model" --threads "$threads" \
-        --prompt-tokens "$prompt" --decode-tokens "$decode" --reps 3 | grep '^csv,' >>"$out"
+        --prompt-tokens "$prompt" --decode-tokens "$decode" --reps "$reps" 2>/dev/null | grep '^csv,' >>"$out"
 done
 
 python3 - "$out" "$threads" "$rounds" <<'PY'

@@ -33,6 +33,9 @@ def main() -> None:
     batches = [int(b) for b in args.batch.split(",")]
     max_b = max(batches)
 
+    # Silence llama.cpp's loader and graph logs; only the CSV lines matter here.
+    quiet = L.llama_log_callback(lambda level, text, data: None)
+    L.llama_log_set(quiet, ctypes.c_void_p())
     L.llama_backend_init()
     mp = L.llama_model_default_params()
     model = L.llama_model_load_from_file(args.model.encode(), mp)
