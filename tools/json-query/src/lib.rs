@@ -1,23 +1,22 @@
-//! `json-query`: selects values from a JSON document with a JSONPath subset.
+//! `json-query`: selects values from a JSON document with a JSONPath (RFC 9535).
 //!
 //! Agents get large JSON from APIs and need a few fields of it; this tool returns
 //! exactly those, with the normalized path of each match so results are traceable.
 
-mod path;
-
-use sandgraph_guest::{JsonSchema, ToolError, tool};
+use sandgraph_guest::{ToolError, tool};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-
-pub use path::{Path, PathError, Segment, Selector};
+use serde_json_path::{JsonPath, NormalizedPath, PathElement};
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Input {
     /// The JSON document to query (any JSON value).
     pub document: Value,
-    /// A JSONPath such as `$.items[*].name`, `$..id`, `$.a['b c'][0]`, `$.list[-1]`,
-    /// `$.list[1:3]`. Filters (`?()`) are not supported.
+    /// An RFC 9535 JSONPath such as `$.items[*].name`, `$..id`, `$.a['b c'][0]`,
+    /// `$.list[-1]`, `$.list[1:3]` or `$.items[?@.price < 10 && length(@.tags) > 0]`.
+    /// Functions: length, count, value (not the regex functions match/search).
     #[schemars(length(min = 1, max = 4096))]
     pub path: String,
     /// Fail when nothing matches instead of returning an empty list (default false).
@@ -39,22 +38,67 @@ pub struct Match {
     pub value: Value,
 }
 
+/// Why a path could not be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathError(pub String);
+
+impl std::fmt::Display for PathError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PathError {}
+
 /// Parses `path` and runs it on `document`.
 pub fn query(document: &Value, path: &str) -> Result<Vec<Match>, PathError> {
-    let path = Path::parse(path)?;
+    let path = JsonPath::parse(path).map_err(|e| {
+        PathError(format!(
+            "`{path}` is not a valid JSONPath: {e} (positions count from 0)"
+        ))
+    })?;
     Ok(path
-        .select(document)
+        .query_located(document)
         .into_iter()
-        .map(|(location, value)| Match {
-            path: location,
-            value: value.clone(),
+        .map(|node| Match {
+            path: normalized(node.location()),
+            value: node.node().clone(),
         })
         .collect())
 }
 
+/// RFC 9535 §2.7 normalized path text: `$['a'][0]`, with `'`, backslash and control
+/// characters escaped in names (the crate's own `Display` leaves them raw).
+pub fn normalized(path: &NormalizedPath<'_>) -> String {
+    let mut out = String::from("$");
+    for element in path.iter() {
+        match element {
+            PathElement::Index(i) => out.push_str(&format!("[{i}]")),
+            PathElement::Name(name) => {
+                out.push_str("['");
+                for c in name.chars() {
+                    match c {
+                        '\u{8}' => out.push_str("\\b"),
+                        '\u{c}' => out.push_str("\\f"),
+                        '\n' => out.push_str("\\n"),
+                        '\r' => out.push_str("\\r"),
+                        '\t' => out.push_str("\\t"),
+                        '\'' => out.push_str("\\'"),
+                        '\\' => out.push_str("\\\\"),
+                        c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+                        c => out.push(c),
+                    }
+                }
+                out.push_str("']");
+            }
+        }
+    }
+    out
+}
+
 #[tool(
     name = "json-query",
-    description = "Selects values from a JSON document with a JSONPath ($.a.b[0], [*], .., slices) and returns each match with its path."
+    description = "Selects values from a JSON document with an RFC 9535 JSONPath ($.a.b[0], [*], .., slices, [?filters]) and returns each match with its normalized path."
 )]
 fn invoke(input: Input) -> Result<Output, ToolError> {
     let matches = query(&input.document, &input.path)
@@ -75,6 +119,88 @@ fn invoke(input: Input) -> Result<Output, ToolError> {
 mod tests {
     use super::*;
     use sandgraph_guest::runtime;
+    use serde_json::json;
+
+    fn doc() -> Value {
+        json!({
+            "store": {
+                "book": [
+                    {"title": "A", "price": 8, "id": 1, "tags": ["x"]},
+                    {"title": "B", "price": 12, "id": 2, "tags": []},
+                    {"title": "C", "price": 9, "id": 3, "tags": ["y", "z"]}
+                ],
+                "bike": {"color": "red", "id": 4}
+            },
+            "odd key": {"it's": true}
+        })
+    }
+
+    fn values(path: &str) -> Vec<Value> {
+        query(&doc(), path)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.value)
+            .collect()
+    }
+
+    fn paths(path: &str) -> Vec<String> {
+        query(&doc(), path)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.path)
+            .collect()
+    }
+
+    #[test]
+    fn names_indices_wildcards_slices() {
+        assert_eq!(values("$.store.bike.color"), [json!("red")]);
+        assert_eq!(values("$['store']['book'][1].title"), [json!("B")]);
+        assert_eq!(values("$.store.book[-1].title"), [json!("C")]);
+        assert_eq!(values("$.store.book[7]"), Vec::<Value>::new());
+        assert_eq!(
+            values("$.store.book[*].price"),
+            [json!(8), json!(12), json!(9)]
+        );
+        assert_eq!(values("$.store.book[0, 2].title"), [json!("A"), json!("C")]);
+        assert_eq!(values("$.store.book[1:].id"), [json!(2), json!(3)]);
+        assert_eq!(
+            values("$.store.book[::-1].id"),
+            [json!(3), json!(2), json!(1)]
+        );
+        assert_eq!(values("$[\"odd key\"]['it\\'s']"), [json!(true)]);
+    }
+
+    #[test]
+    fn filters_and_functions() {
+        assert_eq!(
+            values("$.store.book[?@.price < 10].title"),
+            [json!("A"), json!("C")]
+        );
+        assert_eq!(
+            values("$.store.book[?length(@.tags) > 1].title"),
+            [json!("C")]
+        );
+        assert_eq!(
+            values("$.store.book[?@.price > 8 && @.id != 2].id"),
+            [json!(3)]
+        );
+    }
+
+    #[test]
+    fn descendants_and_normalized_paths() {
+        let mut ids = values("$..id");
+        ids.sort_by_key(|v| v.as_i64());
+        assert_eq!(ids, [json!(1), json!(2), json!(3), json!(4)]);
+        assert_eq!(paths("$..color"), ["$['store']['bike']['color']"]);
+        assert_eq!(paths("$['odd key'].*"), ["$['odd key']['it\\'s']"]);
+        let tricky = json!({"a\\b\n\u{1}": 1});
+        let got: Vec<String> = query(&tricky, "$.*")
+            .unwrap()
+            .into_iter()
+            .map(|m| m.path)
+            .collect();
+        assert_eq!(got, ["$['a\\\\b\\n\\u0001']"]);
+    }
 
     #[test]
     fn request_path_returns_matches_with_paths() {
@@ -89,13 +215,25 @@ mod tests {
     }
 
     #[test]
-    fn bad_path_is_invalid_input_with_position() {
-        assert_eq!(
-            runtime::call::<SandgraphTool>(r#"{"document":{},"path":"$.a[?(@.x)]"}"#).unwrap_err(),
-            ToolError::invalid_input(
-                "at `path`: filter expressions `?(...)` are not supported (column 5)"
-            )
+    fn bad_paths_are_invalid_input_with_position() {
+        let err = |path: &str| match runtime::call::<SandgraphTool>(
+            &json!({"document": {}, "path": path}).to_string(),
+        ) {
+            Err(ToolError::InvalidInput(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        let m = err("$.a[?(@.x]");
+        assert!(
+            m.starts_with("at `path`: `$.a[?(@.x]` is not a valid JSONPath: at position "),
+            "{m}"
         );
+        let m = err("store");
+        assert!(
+            m.starts_with("at `path`: `store` is not a valid JSONPath: at position 0"),
+            "{m}"
+        );
+        let m = err("$.a[?match(@.x, 'a.*')]");
+        assert!(m.contains("function name 'match' is not defined"), "{m}");
     }
 
     #[test]
