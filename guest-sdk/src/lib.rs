@@ -6,7 +6,10 @@
 //! component exports, and a small HTTP client over `wasi:http`.
 //!
 //! ```ignore
-//! use sandgraph_guest::{tool, ToolError, JsonSchema};
+//! // Cargo.toml: sandgraph-guest, serde (derive) and schemars (the derive macro needs
+//! // the `schemars` crate by name); crate-type = ["cdylib", "rlib"].
+//! use sandgraph_guest::{tool, ToolError};
+//! use schemars::JsonSchema;
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Deserialize, JsonSchema)]
