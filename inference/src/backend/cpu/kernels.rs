@@ -21,7 +21,8 @@ pub fn quantize_act(x: &[f32], out: &mut [ActBlock]) {
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         let mut sum = 0i32;
         for (q, &v) in o.qs.iter_mut().zip(blk) {
-            let r = (v * id).round() as i32;
+            // Ties to even, like ggml's SIMD quantizers; it also vectorises (roundps).
+            let r = (v * id).round_ties_even() as i32;
             *q = r as i8;
             sum += r;
         }
