@@ -15,12 +15,15 @@ use sandgraph::sandbox::manifest::{CallGrant, EffectiveGrant, Manifest, Operator
 use sandgraph::sandbox::registry::LoadedTool;
 use sandgraph::sandbox::{Sandbox, SandboxConfig};
 
-const INPUT: &str = r#"{"expr":"1+2*3"}"#;
+fn input() -> String {
+    std::env::var("SANDGRAPH_BENCH_INPUT").unwrap_or_else(|_| r#"{"expr":"1+2*3"}"#.into())
+}
 
 struct Subject {
     sandbox: Sandbox,
     tool: Arc<LoadedTool>,
     grant: EffectiveGrant,
+    input: String,
 }
 
 fn subject(allocator: Allocator) -> Arc<Subject> {
@@ -31,7 +34,11 @@ fn subject(allocator: Allocator) -> Arc<Subject> {
     .expect("sandbox");
     let tool = sandbox
         .registry()
-        .load_file(sandgraph_test_artifacts::TOOL_CALC.as_ref())
+        .load_file(
+            std::env::var("SANDGRAPH_BENCH_COMPONENT")
+                .unwrap_or_else(|_| sandgraph_test_artifacts::TOOL_CALC.into())
+                .as_ref(),
+        )
         .expect("calc component");
     let manifest = Manifest::parse(
         "bench.yaml",
@@ -44,6 +51,7 @@ fn subject(allocator: Allocator) -> Arc<Subject> {
         sandbox,
         tool,
         grant,
+        input: input(),
     })
 }
 
@@ -55,7 +63,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn call_once(s: &Subject, rt: &tokio::runtime::Runtime) {
-    let report = rt.block_on(s.sandbox.call(&s.tool, &s.grant, INPUT));
+    let report = rt.block_on(s.sandbox.call(&s.tool, &s.grant, &s.input));
     assert!(report.result.is_ok(), "{:?}", report.result);
 }
 
@@ -129,7 +137,11 @@ fn table(pooling: Arc<Subject>, on_demand: Arc<Subject>) {
         ("wasm, on-demand allocator", wasm(on_demand)),
         ("native process (`true`)", Arc::new(|| Box::new(spawn_true))),
     ];
+    let only = std::env::var("SANDGRAPH_BENCH_ONLY").unwrap_or_default();
     for (name, make) in variants {
+        if !name.contains(only.as_str()) {
+            continue;
+        }
         for threads in [1, 2] {
             let (p50, rate) = measure(threads, dur, make.clone());
             println!(
