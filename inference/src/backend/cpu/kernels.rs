@@ -120,6 +120,44 @@ pub fn dot_rows(
     }
 }
 
+/// Like [`dot_rows`] for two weight rows at once (`out0`/`out1`), sharing activation loads.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub fn dot_rows2(
+    isa: Isa,
+    ty: GgmlType,
+    rows: [&[u8]; 2],
+    cols: usize,
+    acts: &[Act<'_>],
+    out0: &mut [f32],
+    out1: &mut [f32],
+) {
+    debug_assert!(acts.len() <= 4);
+    #[cfg(target_arch = "x86_64")]
+    if matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0) {
+        // SAFETY: as in `dot_rows`; both rows have the same length.
+        macro_rules! go {
+            ($m:ident) => {
+                unsafe {
+                    match acts.len() {
+                        1 => $m::dot2_n::<1>(ty, rows, acts, [out0, out1]),
+                        2 => $m::dot2_n::<2>(ty, rows, acts, [out0, out1]),
+                        3 => $m::dot2_n::<3>(ty, rows, acts, [out0, out1]),
+                        _ => $m::dot2_n::<4>(ty, rows, acts, [out0, out1]),
+                    }
+                }
+            };
+        }
+        match isa {
+            Isa::Avx2 => return go!(avx2),
+            Isa::AvxVnni => return go!(avxvnni),
+            Isa::Portable => {}
+        }
+    }
+    dot_rows(isa, ty, rows[0], cols, acts, out0);
+    dot_rows(isa, ty, rows[1], cols, acts, out1);
+}
+
 fn dot_float(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     match ty {
@@ -229,6 +267,105 @@ macro_rules! x86_kernels {
             #[target_feature(enable = $features)]
             unsafe fn block_i32(qw_u8: __m256i, qx: __m256i) -> __m256 {
                 $block(qw_u8, qx)
+            }
+
+            /// Two consecutive weight rows against the same activations: each activation
+            /// block is loaded once for both rows (what makes batched matmuls cheaper).
+            #[target_feature(enable = $features)]
+            pub unsafe fn dot2_n<const N: usize>(
+                ty: GgmlType,
+                rows: [&[u8]; 2],
+                acts: &[Act<'_>],
+                out: [&mut [f32]; 2],
+            ) {
+                let mut acc = [[_mm256_setzero_ps(); N]; 2];
+                let mut extra = [[0.0f32; N]; 2];
+                let qs: [*const ActBlock; N] = std::array::from_fn(|j| acts[j].q.as_ptr());
+                let p = [rows[0].as_ptr(), rows[1].as_ptr()];
+                unsafe {
+                    match ty {
+                        GgmlType::Q4_1 | GgmlType::Q4_0 => {
+                            let (bs, off) = if ty == GgmlType::Q4_1 {
+                                (20, 4)
+                            } else {
+                                (18, 2)
+                            };
+                            let nb = rows[0].len() / bs;
+                            for i in 0..nb {
+                                let b = [p[0].add(i * bs), p[1].add(i * bs)];
+                                _mm_prefetch::<_MM_HINT_T0>(
+                                    b[0].wrapping_add(PREFETCH) as *const i8
+                                );
+                                _mm_prefetch::<_MM_HINT_T0>(
+                                    b[1].wrapping_add(PREFETCH) as *const i8
+                                );
+                                let (d0, m0) = halves(b[0]);
+                                let (d1, m1) = halves(b[1]);
+                                let (m0, m1) = if ty == GgmlType::Q4_1 {
+                                    (m0, m1)
+                                } else {
+                                    (-8.0 * d0, -8.0 * d1)
+                                };
+                                let q0 = nibbles(b[0].add(off));
+                                let q1 = nibbles(b[1].add(off));
+                                for j in 0..N {
+                                    let a = &*qs[j].add(i);
+                                    let qx = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
+                                    acc[0][j] = _mm256_fmadd_ps(
+                                        _mm256_set1_ps(d0 * a.d),
+                                        block_i32(q0, qx),
+                                        acc[0][j],
+                                    );
+                                    acc[1][j] = _mm256_fmadd_ps(
+                                        _mm256_set1_ps(d1 * a.d),
+                                        block_i32(q1, qx),
+                                        acc[1][j],
+                                    );
+                                    extra[0][j] += m0 * a.s;
+                                    extra[1][j] += m1 * a.s;
+                                }
+                            }
+                        }
+                        GgmlType::Q8_0 => {
+                            let nb = rows[0].len() / 34;
+                            for i in 0..nb {
+                                let b = [p[0].add(i * 34), p[1].add(i * 34)];
+                                _mm_prefetch::<_MM_HINT_T0>(
+                                    b[0].wrapping_add(PREFETCH) as *const i8
+                                );
+                                _mm_prefetch::<_MM_HINT_T0>(
+                                    b[1].wrapping_add(PREFETCH) as *const i8
+                                );
+                                let (d0, _) = halves(b[0]);
+                                let (d1, _) = halves(b[1]);
+                                let w0 = _mm256_loadu_si256(b[0].add(2) as *const __m256i);
+                                let w1 = _mm256_loadu_si256(b[1].add(2) as *const __m256i);
+                                let a0 = _mm256_sign_epi8(w0, w0);
+                                let a1 = _mm256_sign_epi8(w1, w1);
+                                for j in 0..N {
+                                    let a = &*qs[j].add(i);
+                                    let qx = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
+                                    acc[0][j] = _mm256_fmadd_ps(
+                                        _mm256_set1_ps(d0 * a.d),
+                                        block_i32(a0, _mm256_sign_epi8(qx, w0)),
+                                        acc[0][j],
+                                    );
+                                    acc[1][j] = _mm256_fmadd_ps(
+                                        _mm256_set1_ps(d1 * a.d),
+                                        block_i32(a1, _mm256_sign_epi8(qx, w1)),
+                                        acc[1][j],
+                                    );
+                                }
+                            }
+                        }
+                        GgmlType::F32 | GgmlType::F16 => unreachable!("float rows use dot_float"),
+                    }
+                    let [o0, o1] = out;
+                    for j in 0..N {
+                        o0[j] = hsum(acc[0][j]) + extra[0][j];
+                        o1[j] = hsum(acc[1][j]) + extra[1][j];
+                    }
+                }
             }
 
             #[target_feature(enable = $features)]
@@ -390,6 +527,48 @@ mod tests {
             }
         }
         v
+    }
+
+    #[test]
+    fn two_row_kernels_equal_one_row_kernels() {
+        let mut rng = TestRng::new(17);
+        let cols = 192;
+        for ty in GgmlType::ALL {
+            let w: Vec<f32> = (0..2 * cols).map(|_| rng.next_f32()).collect();
+            let r0 = quantize_row(ty, &w[..cols]).unwrap();
+            let r1 = quantize_row(ty, &w[cols..]).unwrap();
+            let xs: Vec<Vec<f32>> = (0..4)
+                .map(|_| (0..cols).map(|_| rng.next_f32()).collect())
+                .collect();
+            let qs: Vec<Vec<ActBlock>> = xs
+                .iter()
+                .map(|x| {
+                    let mut q = vec![ActBlock::default(); cols / 32];
+                    quantize_act(x, &mut q);
+                    q
+                })
+                .collect();
+            let acts: Vec<Act> = xs.iter().zip(&qs).map(|(f, q)| Act { f, q }).collect();
+            for isa in available_isas() {
+                for n in 1..=4 {
+                    let (mut a0, mut a1, mut b0, mut b1) =
+                        ([0.0f32; 4], [0.0f32; 4], [0.0f32; 4], [0.0f32; 4]);
+                    dot_rows2(isa, ty, [&r0, &r1], cols, &acts[..n], &mut a0, &mut a1);
+                    dot_rows(isa, ty, &r0, cols, &acts[..n], &mut b0);
+                    dot_rows(isa, ty, &r1, cols, &acts[..n], &mut b1);
+                    for j in 0..n {
+                        assert!(
+                            (a0[j] - b0[j]).abs() <= 1e-5 * (1.0 + b0[j].abs()),
+                            "{ty} {isa:?} row 0"
+                        );
+                        assert!(
+                            (a1[j] - b1[j]).abs() <= 1e-5 * (1.0 + b1[j].abs()),
+                            "{ty} {isa:?} row 1"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

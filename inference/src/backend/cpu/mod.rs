@@ -6,7 +6,7 @@
 mod kernels;
 mod pool;
 
-pub use kernels::{Act, ActBlock, Isa, dot_quant_portable, dot_rows, quantize_act};
+pub use kernels::{Act, ActBlock, Isa, dot_quant_portable, dot_rows, dot_rows2, quantize_act};
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -298,14 +298,17 @@ fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
-/// Weight rows of one matmul phase, possibly several tensors stacked (e.g. q, k, v).
-struct Stacked<'a> {
-    parts: Vec<(&'a [u8], GgmlType, usize)>,
+/// One weight matrix as the kernels see it.
+struct Matrix<'a> {
+    bytes: &'a [u8],
+    ty: GgmlType,
     cols: usize,
 }
 
-impl Stacked<'_> {
-    /// Computes rows `r` for every activation, calling `sink(row, act_index, value)`.
+impl Matrix<'_> {
+    /// Computes rows `r` for every activation, calling `sink(row, act_index, value)`; rows go
+    /// in pairs and activations in groups of up to four, so each weight block and each
+    /// activation block loaded is used several times.
     #[inline]
     fn run(
         &self,
@@ -314,29 +317,44 @@ impl Stacked<'_> {
         acts: &[Act<'_>],
         mut sink: impl FnMut(usize, usize, f32),
     ) {
-        for row in r {
-            let mut base = 0;
-            let mut found = None;
-            for &(bytes, ty, n) in &self.parts {
-                if row < base + n {
-                    found = Some((bytes, ty, row - base));
-                    break;
-                }
-                base += n;
-            }
-            let (bytes, ty, local) = found.expect("row within stacked rows");
-            let rb = ty.row_bytes(self.cols);
-            let wrow = &bytes[local * rb..(local + 1) * rb];
+        let rb = self.ty.row_bytes(self.cols);
+        let row_bytes = |row: usize| &self.bytes[row * rb..(row + 1) * rb];
+        let mut row = r.start;
+        while row < r.end {
+            let pair = row + 1 < r.end;
             let mut g = 0;
             while g < acts.len() {
                 let n = (acts.len() - g).min(4);
-                let mut out = [0.0f32; 4];
-                dot_rows(isa, ty, wrow, self.cols, &acts[g..g + n], &mut out);
-                for (j, &v) in out[..n].iter().enumerate() {
-                    sink(row, g + j, v);
+                let (mut o0, mut o1) = ([0.0f32; 4], [0.0f32; 4]);
+                if pair {
+                    dot_rows2(
+                        isa,
+                        self.ty,
+                        [row_bytes(row), row_bytes(row + 1)],
+                        self.cols,
+                        &acts[g..g + n],
+                        &mut o0,
+                        &mut o1,
+                    );
+                } else {
+                    dot_rows(
+                        isa,
+                        self.ty,
+                        row_bytes(row),
+                        self.cols,
+                        &acts[g..g + n],
+                        &mut o0,
+                    );
+                }
+                for j in 0..n {
+                    sink(row, g + j, o0[j]);
+                    if pair {
+                        sink(row + 1, g + j, o1[j]);
+                    }
                 }
                 g += n;
             }
+            row += if pair { 2 } else { 1 };
         }
     }
 }
@@ -460,11 +478,12 @@ impl Backend for CpuBackend {
             .collect();
         let store = &self.store;
         let isa = self.isa;
-        let one = |t: &TensorRef| Stacked {
-            parts: vec![(store.bytes(t), t.ty, t.rows)],
+        let one = |t: &TensorRef| Matrix {
+            bytes: store.bytes(t),
+            ty: t.ty,
             cols: t.cols,
         };
-        let layers: Vec<[Stacked; 7]> = self
+        let layers: Vec<[Matrix; 7]> = self
             .w
             .layers
             .iter()
