@@ -3,6 +3,7 @@
 # prints the adapters, runs the golden prompt greedily on wgpu (default kernels, then the
 # workgroup-memory variant), then the wgpu kernel table with the device read bandwidth and the
 # end-to-end benchmark at batch 1 and 8 (cpu alongside as the baseline of the same run).
+# `wgpu_bench --profile` adds the decode step's host/wait split and GPU time per kernel kind.
 # Everything is time-boxed so the whole script finishes in about 3 minutes.
 #
 # Usage: scripts/gpu-check.sh SANDGRAPH_INFER MODEL.gguf [WGPU_BENCH]
@@ -13,7 +14,7 @@
 set -uo pipefail
 
 if [ $# -lt 2 ]; then
-    sed -n '2,12p' "$0"
+    sed -n '2,13p' "$0"
     exit 2
 fi
 BIN=$1
@@ -53,13 +54,23 @@ golden default
 SANDGRAPH_WGPU_KERNELS=tiled golden tiled
 
 if [ -n "$KBENCH" ]; then
-    section "wgpu kernels and device bandwidth"
-    timeout 45 "$KBENCH" "$MODEL" || { echo "wgpu_bench failed or timed out"; status=1; }
+    section "wgpu kernels, device bandwidth, decode step profile"
+    timeout 90 "$KBENCH" --profile "$MODEL" || { echo "wgpu_bench failed or timed out"; status=1; }
+    # The same decode profile with the one-invocation-per-row RMSNorm the GPU variants used
+    # before (SANDGRAPH_WGPU_NORM=invocation): the before/after of that change on one machine.
+    section "decode step profile, one-invocation RMSNorm (before)"
+    SANDGRAPH_WGPU_NORM=invocation timeout 90 "$KBENCH" --profile "$MODEL" | sed -n '/^decode/,$p' \
+        || { echo "wgpu_bench failed or timed out"; status=1; }
 fi
 
 section "bench: wgpu and cpu, batch 1 and 8"
 timeout 120 "$BIN" bench --model "$MODEL" --backend wgpu,cpu --batch 1,8 \
     --prompt-tokens 128 --decode-tokens 64 --reps 3 --csv \
+    || { echo "bench failed or timed out"; status=1; }
+
+section "bench: wgpu with the one-invocation RMSNorm (before), batch 1 and 8"
+SANDGRAPH_WGPU_NORM=invocation timeout 60 "$BIN" bench --model "$MODEL" --backend wgpu \
+    --batch 1,8 --prompt-tokens 128 --decode-tokens 64 --reps 3 --csv \
     || { echo "bench failed or timed out"; status=1; }
 
 section "done"

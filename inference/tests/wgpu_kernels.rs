@@ -184,19 +184,26 @@ fn embedding_rows_match_dequantized_table_for_every_type() {
 #[test]
 fn rmsnorm_and_swiglu_match_reference() {
     let mut rng = TestRng::new(14);
-    let p = Probe::new(ctx(None, None), &[GgmlType::F32], 64).unwrap();
-    let (dim, n, eps) = (96, 3, 1e-5f32);
-    let x = randn(&mut rng, n * dim);
-    let g = randn(&mut rng, dim);
-    let got = p.rmsnorm(&x, &g, dim, eps).unwrap();
-    let mut want = vec![];
-    for row in x.chunks(dim) {
-        let ms = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / dim as f64;
-        let s = 1.0 / (ms + eps as f64).sqrt();
-        want.extend(row.iter().zip(&g).map(|(&v, &w)| v as f64 * s * w as f64));
+    // Every variant: the GPU ones normalise a row per workgroup, the others per invocation.
+    // Widths below, at and above the 64-invocation workgroup, not multiples of it.
+    for v in variants() {
+        let p = Probe::new(ctx(Some(v), None), &[GgmlType::F32], 64).unwrap();
+        for (dim, n) in [(40, 1), (96, 3), (600, 2)] {
+            let eps = 1e-5f32;
+            let x = randn(&mut rng, n * dim);
+            let g = randn(&mut rng, dim);
+            let got = p.rmsnorm(&x, &g, dim, eps).unwrap();
+            let mut want = vec![];
+            for row in x.chunks(dim) {
+                let ms = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / dim as f64;
+                let s = 1.0 / (ms + eps as f64).sqrt();
+                want.extend(row.iter().zip(&g).map(|(&v, &w)| v as f64 * s * w as f64));
+            }
+            let scale: Vec<f64> = want.iter().map(|v| v.abs()).collect();
+            assert_close(&got, &want, &scale, &format!("rmsnorm {v:?} dim {dim}"));
+        }
     }
-    let scale: Vec<f64> = want.iter().map(|v| v.abs()).collect();
-    assert_close(&got, &want, &scale, "rmsnorm");
+    let p = Probe::new(ctx(None, None), &[GgmlType::F32], 64).unwrap();
 
     let gate: Vec<f32> = randn(&mut rng, 2 * 80).iter().map(|v| v * 8.0).collect();
     let up = randn(&mut rng, 2 * 80);

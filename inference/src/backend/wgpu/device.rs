@@ -119,6 +119,8 @@ pub struct GpuContext {
     pub limits: wgpu::Limits,
     /// Whether `Features::SUBGROUP` was granted on this device.
     pub subgroups: bool,
+    /// Whether `Features::TIMESTAMP_QUERY` was granted (GPU-side kernel timings for profiling).
+    pub timestamps: bool,
     pub variant: KernelVariant,
     /// Largest storage binding the adapter allows, in bytes.
     pub max_binding: u64,
@@ -234,11 +236,14 @@ impl GpuContext {
         let info = adapter.get_info();
         let limits = adapter.limits();
         let subgroups = adapter.features().contains(wgpu::Features::SUBGROUP);
-        let features = if subgroups {
-            wgpu::Features::SUBGROUP
-        } else {
-            wgpu::Features::empty()
-        };
+        let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
+        let mut features = wgpu::Features::empty();
+        if subgroups {
+            features |= wgpu::Features::SUBGROUP;
+        }
+        if timestamps {
+            features |= wgpu::Features::TIMESTAMP_QUERY;
+        }
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("sandgraph-inference"),
             required_features: features,
@@ -295,6 +300,7 @@ impl GpuContext {
             info,
             limits,
             subgroups,
+            timestamps,
             variant,
             max_binding,
             split_bytes,

@@ -17,12 +17,16 @@ const REDUCE_SUBGROUP: &str = include_str!("shaders/reduce_subgroup.wgsl");
 const LAYOUT: &str = include_str!("shaders/layout.wgsl");
 const EMBED: &str = include_str!("shaders/embed.wgsl");
 const RMSNORM: &str = include_str!("shaders/rmsnorm.wgsl");
+const RMSNORM_WG: &str = include_str!("shaders/rmsnorm_wg.wgsl");
 const ROPE_KV: &str = include_str!("shaders/rope_kv.wgsl");
 const ATTENTION: &str = include_str!("shaders/attention.wgsl");
 const ATTENTION_TILED: &str = include_str!("shaders/attention_tiled.wgsl");
 const SWIGLU: &str = include_str!("shaders/swiglu.wgsl");
 const SELECT: &str = include_str!("shaders/select.wgsl");
 
+/// Environment variable that, set to `invocation`, makes GPU variants use the
+/// one-invocation-per-row RMSNorm of the CPU-adapter variants (a measurement knob).
+pub const NORM_ENV: &str = "SANDGRAPH_WGPU_NORM";
 /// Tokens per matmul invocation for batches of more than one row (1 for single rows).
 pub const BATCH_TB: u32 = 8;
 /// The largest k that `top_k` computes on the device; larger k fall back to the host.
@@ -208,6 +212,9 @@ pub struct Kernels {
     matmul: HashMap<(GgmlType, u32), wgpu::ComputePipeline>,
     embed: HashMap<GgmlType, wgpu::ComputePipeline>,
     pub rmsnorm: wgpu::ComputePipeline,
+    /// RMSNorm runs one workgroup per row (GPU variants) instead of one invocation per row
+    /// (the barrier-free variants for CPU adapters).
+    pub norm_per_workgroup: bool,
     pub rope_kv: wgpu::ComputePipeline,
     pub attention: wgpu::ComputePipeline,
     /// Invocations per (head, token) of the tiled attention; 0 = barrier-free kernel (one
@@ -328,9 +335,19 @@ impl Kernels {
             format!("const HD: u32 = {head_dim}u;\n{ATTENTION}")
         };
         let sel_src = format!("const KMAX: u32 = {TOPK_MAX}u;\n{SELECT}");
+        // GPU variants normalise a row per workgroup; `SANDGRAPH_WGPU_NORM=invocation` forces
+        // the one-invocation-per-row kernel (for before/after measurements on a GPU).
+        let norm_per_workgroup =
+            attention_wga > 0 && std::env::var(NORM_ENV).as_deref() != Ok("invocation");
+        let norm_src = if norm_per_workgroup {
+            RMSNORM_WG
+        } else {
+            RMSNORM
+        };
         Ok(Kernels {
             variant: v,
-            rmsnorm: compile(ctx, "rmsnorm", RMSNORM, "main", &norm_layout)?,
+            rmsnorm: compile(ctx, "rmsnorm", norm_src, "main", &norm_layout)?,
+            norm_per_workgroup,
             rope_kv: compile(ctx, "rope_kv", ROPE_KV, "main", &rope_layout)?,
             attention: compile(ctx, "attention", &att_src, "main", &attention_layout)?,
             swiglu: compile(ctx, "swiglu", SWIGLU, "main", &swiglu_layout)?,

@@ -8,6 +8,7 @@ mod device;
 pub mod kernels;
 mod ops;
 pub mod probe;
+mod profile;
 pub mod weights;
 
 pub use device::{
@@ -19,7 +20,12 @@ use super::{Backend, BackendError, SeqChunk, validate_batch};
 use crate::gguf::GgmlType;
 use crate::model::{LlamaConfig, LlamaModel};
 use kernels::{ARGMAX_SEGMENTS, Kernels, TOPK_MAX, TOPK_SEGMENTS};
-use ops::{EmbedOp, MatOp, bind, fwd_words, record_1d, record_2d, record_attention, rope_table};
+use ops::{
+    EmbedOp, MatOp, bind, fwd_words, record_1d, record_2d, record_attention, record_norm,
+    rope_table,
+};
+pub use profile::{KernelTime, StepProfile};
+use profile::{Rec, Timestamps};
 use weights::{GpuMatrix, f32_buffer, scratch, staging, uniform};
 
 /// Tokens per device pass; longer batches run as several passes (each one submit).
@@ -108,6 +114,8 @@ pub struct WgpuBackend {
     staging: wgpu::Buffer,
     _keep: Vec<wgpu::Buffer>,
     _matrices: Vec<GpuMatrix>,
+    /// Set only inside `profile_step`: every dispatch then gets its own timed pass.
+    prof: Option<Timestamps>,
 }
 
 impl WgpuBackend {
@@ -348,6 +356,7 @@ impl WgpuBackend {
                 xn, qkv, ao, gu, h, xgn, partials, table, norm_u, rope_u, att_u, swi_u, onorm,
             ],
             _matrices: matrices,
+            prof: None,
             ctx,
         })
     }
@@ -357,26 +366,56 @@ impl WgpuBackend {
     }
 
     /// Records every layer for a pass of `n` rows.
-    fn record_layers(&self, pass: &mut wgpu::ComputePass<'_>, n: u32) {
+    fn record_layers(&self, rec: &mut Rec<'_>, n: u32) {
         let c = &self.cfg;
         let (k, md) = (&self.k, self.max_dim());
-        self.embed.record(pass, k, n);
+        self.embed.record(rec.pass("embed"), k, n);
         for l in &self.layers {
-            record_1d(pass, &k.rmsnorm, &l.norm_attn, n, md);
+            record_norm(rec.pass("rmsnorm"), k, &l.norm_attn, n, md);
             for op in &l.qkv {
-                op.record(pass, k, n, md);
+                op.record(rec.pass("matmul qkv"), k, n, md);
             }
             let pairs = ((c.n_heads + c.n_kv_heads) * c.head_dim / 2) as u32;
-            record_2d(pass, &k.rope_kv, &l.rope, pairs, n);
-            record_attention(pass, k, &l.attention, n * c.n_heads as u32, md);
-            l.o.record(pass, k, n, md);
-            record_1d(pass, &k.rmsnorm, &l.norm_ffn, n, md);
+            record_2d(rec.pass("rope_kv"), &k.rope_kv, &l.rope, pairs, n);
+            record_attention(
+                rec.pass("attention"),
+                k,
+                &l.attention,
+                n * c.n_heads as u32,
+                md,
+            );
+            l.o.record(rec.pass("matmul o (+=)"), k, n, md);
+            record_norm(rec.pass("rmsnorm"), k, &l.norm_ffn, n, md);
             for op in &l.gate_up {
-                op.record(pass, k, n, md);
+                op.record(rec.pass("matmul gate_up"), k, n, md);
             }
-            record_1d(pass, &k.swiglu, &self.swiglu, n * c.ffn_dim as u32, md);
-            l.down.record(pass, k, n, md);
+            record_1d(
+                rec.pass("swiglu"),
+                &k.swiglu,
+                &self.swiglu,
+                n * c.ffn_dim as u32,
+                md,
+            );
+            l.down.record(rec.pass("matmul down (+=)"), k, n, md);
         }
+    }
+
+    /// One forward of `batch` and one argmax, as `forward` + `argmax` do, but with each
+    /// dispatch in its own pass timed on the device: the GPU time per kernel kind. None when
+    /// the adapter has no timestamp queries. Only for measuring: the extra passes and
+    /// timestamps make the step itself slower.
+    pub fn profile_step(
+        &mut self,
+        batch: &[SeqChunk<'_>],
+    ) -> Result<Option<(Vec<u32>, StepProfile)>, BackendError> {
+        if !self.ctx.timestamps {
+            return Ok(None);
+        }
+        self.prof = Some(Timestamps::new(&self.ctx, 2048));
+        let ids = self.forward(batch).and_then(|()| self.argmax());
+        let prof = self.prof.take().expect("set above");
+        let ids = ids?;
+        Ok(Some((ids, prof.finish(&self.ctx)?)))
     }
 
     fn check_device(&self) -> Result<(), BackendError> {
@@ -402,16 +441,24 @@ impl WgpuBackend {
             .queue
             .write_buffer(&self.sel_u, 0, bytemuck::cast_slice(&words));
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+        let mut prof = self.prof.take();
         {
-            let mut pass = enc.begin_compute_pass(&Default::default());
+            let mut rec = Rec::new(&mut enc, prof.as_mut());
             let (s1, s2) = if k == 0 {
                 (&self.k.argmax_segments, &self.k.argmax_merge)
             } else {
                 (&self.k.topk_segments, &self.k.topk_merge)
             };
-            record_2d(&mut pass, s1, &self.select, segs, rows);
-            record_1d(&mut pass, s2, &self.select, rows, self.max_dim());
+            record_2d(rec.pass("select segments"), s1, &self.select, segs, rows);
+            record_1d(
+                rec.pass("select merge"),
+                s2,
+                &self.select,
+                rows,
+                self.max_dim(),
+            );
         }
+        self.prof = prof;
         let entries = self.n_out * k.max(1);
         let bytes =
             self.ctx
@@ -462,35 +509,31 @@ impl Backend for WgpuBackend {
             q.write_buffer(&self.meta, 0, bytemuck::cast_slice(piece));
             q.write_buffer(&self.fwd, 0, bytemuck::cast_slice(&fwd_words(n)));
             let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+            let mut prof = self.prof.take();
             {
-                let mut pass = enc.begin_compute_pass(&Default::default());
-                self.record_layers(&mut pass, n);
-            }
-            for (c, &r) in last.iter().enumerate() {
-                if (base..base + piece.len()).contains(&r) {
-                    let src = (r - base) as u64 * dim_bytes;
-                    enc.copy_buffer_to_buffer(
-                        &self.x,
-                        src,
-                        &self.xg,
-                        c as u64 * dim_bytes,
-                        dim_bytes,
-                    );
+                let mut rec = Rec::new(&mut enc, prof.as_mut());
+                self.record_layers(&mut rec, n);
+                for (c, &r) in last.iter().enumerate() {
+                    if (base..base + piece.len()).contains(&r) {
+                        let src = (r - base) as u64 * dim_bytes;
+                        rec.encoder().copy_buffer_to_buffer(
+                            &self.x,
+                            src,
+                            &self.xg,
+                            c as u64 * dim_bytes,
+                            dim_bytes,
+                        );
+                    }
+                }
+                if pi + 1 == pieces {
+                    let out = batch.len() as u32;
+                    let md = self.max_dim();
+                    record_norm(rec.pass("rmsnorm"), &self.k, &self.norm_out, out, md);
+                    self.logits_op
+                        .record(rec.pass("matmul output"), &self.k, out, md);
                 }
             }
-            if pi + 1 == pieces {
-                let mut pass = enc.begin_compute_pass(&Default::default());
-                let out = batch.len() as u32;
-                record_1d(
-                    &mut pass,
-                    &self.k.rmsnorm,
-                    &self.norm_out,
-                    out,
-                    self.max_dim(),
-                );
-                self.logits_op
-                    .record(&mut pass, &self.k, out, self.max_dim());
-            }
+            self.prof = prof;
             q.submit([enc.finish()]);
         }
         self.check_device()?;

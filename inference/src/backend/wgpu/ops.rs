@@ -154,6 +154,24 @@ pub(crate) fn record_1d(
     pass.dispatch_workgroups(x, y, 1);
 }
 
+/// Records RMSNorm over `rows` rows: one invocation or one workgroup per row, per the kernel.
+pub(crate) fn record_norm(
+    pass: &mut wgpu::ComputePass<'_>,
+    k: &Kernels,
+    bg: &wgpu::BindGroup,
+    rows: u32,
+    max_dim: u32,
+) {
+    if k.norm_per_workgroup {
+        let (x, y) = split_groups(rows, max_dim);
+        pass.set_pipeline(&k.rmsnorm);
+        pass.set_bind_group(0, bg, &[]);
+        pass.dispatch_workgroups(x, y, 1);
+    } else {
+        record_1d(pass, &k.rmsnorm, bg, rows, max_dim);
+    }
+}
+
 /// Records a kernel whose x covers `items` invocations and y covers `rows`.
 pub(crate) fn record_2d(
     pass: &mut wgpu::ComputePass<'_>,

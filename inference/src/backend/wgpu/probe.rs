@@ -5,7 +5,8 @@ use super::WgpuError;
 use super::device::GpuContext;
 use super::kernels::{ARGMAX_SEGMENTS, Kernels, TOPK_MAX, TOPK_SEGMENTS};
 use super::ops::{
-    EmbedOp, MatOp, bind, fwd_words, record_1d, record_2d, record_attention, rope_table,
+    EmbedOp, MatOp, bind, fwd_words, record_1d, record_2d, record_attention, record_norm,
+    rope_table,
 };
 use super::weights::{GpuMatrix, f32_buffer, scratch, staging, uniform};
 use crate::gguf::GgmlType;
@@ -137,7 +138,7 @@ impl Probe {
             &[&xb, &gb, &y, &u, &fwd],
         );
         let b = self.run(
-            |p| record_1d(p, &self.k.rmsnorm, &bg, n as u32, self.max_dim()),
+            |p| record_norm(p, &self.k, &bg, n as u32, self.max_dim()),
             &y,
             (x.len() * 4) as u64,
         )?;
