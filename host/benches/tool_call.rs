@@ -156,7 +156,11 @@ fn table(pooling: Arc<Subject>, on_demand: Arc<Subject>) {
 fn main() {
     let pooling = subject(Allocator::Pooling);
     let on_demand = subject(Allocator::OnDemand);
-    let mut c = Criterion::default().configure_from_args();
+    // Reports go to the workspace target dir, not `host/target` (benches run in `host/`).
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/criterion");
+    let mut c = Criterion::default()
+        .output_directory(&out)
+        .configure_from_args();
     {
         let mut g = c.benchmark_group("tool_call");
         let rt = runtime();
