@@ -204,7 +204,7 @@ impl Sandbox {
         let log: AttemptLog = Arc::new(Mutex::new(Vec::new()));
         let (stdout, stderr) = (CappedLog::new(LOG_CAP), CappedLog::new(LOG_CAP));
         let mut peak = 0;
-        let result = match serde_json::from_str::<serde_json::Value>(input) {
+        let result = match serde_json::from_str::<serde::de::IgnoredAny>(input) {
             Err(e) => Err(CallError::InvalidInput {
                 message: format!("input is not a JSON document: {e}"),
             }),
@@ -289,7 +289,7 @@ fn check_output(output: String, limit: u64) -> Result<String, CallError> {
     if output.len() as u64 > limit {
         return Err(CallError::OutputTooLarge { limit_bytes: limit });
     }
-    if let Err(e) = serde_json::from_str::<serde_json::Value>(&output) {
+    if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&output) {
         return Err(CallError::ToolFailed {
             message: format!("tool output is not a JSON document: {e}"),
         });

@@ -127,6 +127,9 @@ pub struct AuditRecord {
 impl AuditRecord {
     /// Emits the record as one structured `tracing` event (target `sandgraph::audit`).
     pub fn emit(&self) {
+        if !tracing::enabled!(target: "sandgraph::audit", tracing::Level::INFO) {
+            return;
+        }
         let egress = serde_json::to_string(&self.egress).unwrap_or_default();
         tracing::info!(
             target: "sandgraph::audit",
