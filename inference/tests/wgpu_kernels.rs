@@ -232,11 +232,13 @@ fn rope(v: &mut [f64], pos: usize, base: f64) {
 fn rope_kv_store_and_gqa_attention_match_reference() {
     let mut rng = TestRng::new(15);
     let (nh, nkv, hd, base) = (6, 2, 16, 10000.0f32);
-    // Barrier-free and tiled attention; 70 cached rows span more than one tiled workgroup.
+    // Barrier-free and GPU attention; 70 cached rows span more than one workgroup's width, 600
+    // more than two of the GPU kernel's 256-position tiles (merged with online softmax).
     for (v, start) in [
         (KernelVariant::Rows, 5),
         (KernelVariant::TiledShared, 5),
         (KernelVariant::TiledShared, 70),
+        (KernelVariant::TiledShared, 600),
     ] {
         let p = Probe::new(ctx(Some(v), None), &[GgmlType::F32], hd).unwrap();
         check_attention(

@@ -21,12 +21,19 @@ const RMSNORM_WG: &str = include_str!("shaders/rmsnorm_wg.wgsl");
 const ROPE_KV: &str = include_str!("shaders/rope_kv.wgsl");
 const ATTENTION: &str = include_str!("shaders/attention.wgsl");
 const ATTENTION_TILED: &str = include_str!("shaders/attention_tiled.wgsl");
+const ATTENTION_WG: &str = include_str!("shaders/attention_wg.wgsl");
 const SWIGLU: &str = include_str!("shaders/swiglu.wgsl");
 const SELECT: &str = include_str!("shaders/select.wgsl");
 
 /// Environment variable that, set to `invocation`, makes GPU variants use the
 /// one-invocation-per-row RMSNorm of the CPU-adapter variants (a measurement knob).
 pub const NORM_ENV: &str = "SANDGRAPH_WGPU_NORM";
+/// Environment variable that, set to `lanes`, makes GPU variants use the attention kernel that
+/// chains each invocation through its share of positions (attention_tiled.wgsl) instead of
+/// spreading each tile over the workgroup (attention_wg.wgsl): a measurement knob.
+pub const ATTENTION_ENV: &str = "SANDGRAPH_WGPU_ATTENTION";
+/// Cache positions per tile of the workgroup attention kernel.
+const ATTENTION_TILE: u32 = 256;
 /// Tokens per matmul invocation for batches of more than one row (1 for single rows).
 pub const BATCH_TB: u32 = 8;
 /// The largest k that `top_k` computes on the device; larger k fall back to the host.
@@ -314,7 +321,19 @@ impl Kernels {
                 "head size {head_dim} is not a multiple of 4"
             )));
         }
+        let gpu = matches!(
+            v,
+            KernelVariant::TiledShared | KernelVariant::TiledSubgroup { .. }
+        );
+        // The workgroup attention kernel: invocation d < HD owns output dimension d.
+        let wg_attention = (head_dim.max(64) as u32).next_power_of_two();
+        let use_wg_attention = gpu
+            && std::env::var(ATTENTION_ENV).as_deref() != Ok("lanes")
+            && wg_attention <= ctx.limits.max_compute_invocations_per_workgroup.min(256)
+            && (ATTENTION_TILE + wg_attention + 1) * 4
+                <= ctx.limits.max_compute_workgroup_storage_size;
         let attention_wga = match v {
+            _ if use_wg_attention => wg_attention,
             KernelVariant::TiledShared | KernelVariant::TiledSubgroup { .. } => {
                 // Partial softmax states of all invocations must fit in workgroup memory.
                 let per = (head_dim * 4 + 8) as u32;
@@ -327,7 +346,11 @@ impl Kernels {
             }
             _ => 0,
         };
-        let att_src = if attention_wga > 0 {
+        let att_src = if use_wg_attention {
+            format!(
+                "const HD: u32 = {head_dim}u;\nconst WG: u32 = {attention_wga}u;\nconst TILE: u32 = {ATTENTION_TILE}u;\n{ATTENTION_WG}"
+            )
+        } else if attention_wga > 0 {
             format!(
                 "const HD: u32 = {head_dim}u;\nconst WGA: u32 = {attention_wga}u;\n{ATTENTION_TILED}"
             )
@@ -337,8 +360,7 @@ impl Kernels {
         let sel_src = format!("const KMAX: u32 = {TOPK_MAX}u;\n{SELECT}");
         // GPU variants normalise a row per workgroup; `SANDGRAPH_WGPU_NORM=invocation` forces
         // the one-invocation-per-row kernel (for before/after measurements on a GPU).
-        let norm_per_workgroup =
-            attention_wga > 0 && std::env::var(NORM_ENV).as_deref() != Ok("invocation");
+        let norm_per_workgroup = gpu && std::env::var(NORM_ENV).as_deref() != Ok("invocation");
         let norm_src = if norm_per_workgroup {
             RMSNORM_WG
         } else {

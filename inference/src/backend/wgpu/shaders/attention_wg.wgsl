@@ -1,0 +1,129 @@
+// Causal GQA attention for GPUs, one workgroup of WG invocations per (query head, token), with
+// the work spread over the whole workgroup instead of chained through each invocation: per tile
+// of up to TILE cache positions, invocations score positions (one dot product each) into
+// workgroup memory, the workgroup reduces the tile's max and sum, and invocation d < HD then
+// accumulates output dimension d over the tile's positions (neighbouring invocations read
+// neighbouring floats of each V row). Tiles are merged with the online-softmax rescaling, so
+// any context length works. The Rust side prepends `const HD` (head dim, a multiple of 4, at
+// most WG), `const WG` (a power of two) and `const TILE`. Same bindings and results as
+// attention.wgsl.
+struct Att {
+    n_head: u32,
+    n_kv: u32,
+    max_ctx: u32,
+    scale: f32,
+    q_stride: u32,
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
+}
+struct Fwd {
+    n: u32,
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
+}
+
+@group(0) @binding(0) var<storage, read> Q: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> META: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> KC: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> VC: array<f32>;
+@group(0) @binding(4) var<storage, read_write> O: array<f32>;
+@group(0) @binding(5) var<uniform> A: Att;
+@group(0) @binding(6) var<uniform> F: Fwd;
+
+const H4: u32 = HD / 4u;
+var<workgroup> sc: array<f32, TILE>;
+var<workgroup> red: array<f32, WG>;
+var<workgroup> wpos: u32;
+
+fn reduce_max(lid: u32, v: f32) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s / 2u) {
+        if (lid < s) {
+            red[lid] = max(red[lid], red[lid + s]);
+        }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+
+fn reduce_sum(lid: u32, v: f32) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s / 2u) {
+        if (lid < s) {
+            red[lid] = red[lid] + red[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let idx = wid.x + wid.y * nwg.x;
+    // Uniform across the workgroup, so the barriers below are reached by all or none.
+    if (idx >= F.n * A.n_head) {
+        return;
+    }
+    let t = idx / A.n_head;
+    let h = idx % A.n_head;
+    let kh = h / (A.n_head / A.n_kv);
+    let row = META[t];
+    let slot = row.y;
+    if (lid == 0u) {
+        wpos = row.z;
+    }
+    // The position bounds the tile loop, whose body has barriers: load it as uniform.
+    let pos = workgroupUniformLoad(&wpos);
+    let qb = (t * A.q_stride) / 4u + h * H4;
+    let kv4 = A.n_kv * H4;
+    let kvd = A.n_kv * HD;
+    var m = -3.0e38;
+    var l = 0.0;
+    var acc = 0.0;
+    for (var t0 = 0u; t0 <= pos; t0 += TILE) {
+        let cnt = min(TILE, pos + 1u - t0);
+        var tmax = -3.0e38;
+        for (var j = lid; j < cnt; j += WG) {
+            let kb = (slot * A.max_ctx + t0 + j) * kv4 + kh * H4;
+            var s = 0.0;
+            for (var i = 0u; i < H4; i++) {
+                s += dot(Q[qb + i], KC[kb + i]);
+            }
+            s *= A.scale;
+            sc[j] = s;
+            tmax = max(tmax, s);
+        }
+        let m_new = max(m, reduce_max(lid, tmax));
+        var tsum = 0.0;
+        for (var j = lid; j < cnt; j += WG) {
+            let e = exp(sc[j] - m_new);
+            sc[j] = e;
+            tsum += e;
+        }
+        let c = exp(m - m_new);
+        l = l * c + reduce_sum(lid, tsum);
+        m = m_new;
+        if (lid < HD) {
+            var a = acc * c;
+            let vb = (slot * A.max_ctx + t0) * kvd + kh * HD + lid;
+            for (var j = 0u; j < cnt; j++) {
+                a += sc[j] * VC[vb + j * kvd];
+            }
+            acc = a;
+        }
+        // Everyone is done reading this tile's weights before the next tile overwrites them.
+        workgroupBarrier();
+    }
+    if (lid < HD) {
+        O[(t * A.n_head + h) * HD + lid] = acc / l;
+    }
+}
