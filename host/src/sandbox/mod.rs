@@ -23,7 +23,7 @@ use egress::{AttemptLog, EgressHooks, EgressPolicy, Resolver, SecretStore, Syste
 use engine::{Allocator, SandboxEngine};
 use limits::{CappedLog, LOG_CAP, MemoryLimiter};
 use manifest::EffectiveGrant;
-use outcome::{AuditRecord, CallError, CallReport, Capability};
+use outcome::{AuditRecord, CallError, CallReport};
 use registry::{LoadedTool, Registry};
 
 /// Host bindings for the `sandgraph:tool` world (guest-sdk/wit/tool.wit).
@@ -322,15 +322,4 @@ fn classify_error(e: &wasmtime::Error, grant: &EffectiveGrant, memory_exceeded: 
             message: format!("{e:#}"),
         },
     }
-}
-
-/// Denials observed by the host, for callers that want them without the whole report.
-pub fn denials(report: &CallReport) -> Vec<(Capability, String)> {
-    report
-        .audit
-        .egress
-        .iter()
-        .filter(|a| !a.allowed)
-        .map(|a| (a.capability, a.target.clone()))
-        .collect()
 }
