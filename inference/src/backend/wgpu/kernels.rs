@@ -32,6 +32,9 @@ pub const NORM_ENV: &str = "SANDGRAPH_WGPU_NORM";
 /// chains each invocation through its share of positions (attention_tiled.wgsl) instead of
 /// spreading each tile over the workgroup (attention_wg.wgsl): a measurement knob.
 pub const ATTENTION_ENV: &str = "SANDGRAPH_WGPU_ATTENTION";
+/// Environment variable that, set to `separate`, keeps SwiGLU as its own kernel on GPU
+/// variants instead of fusing it into the down matmul's input (a measurement knob).
+pub const SWIGLU_ENV: &str = "SANDGRAPH_WGPU_SWIGLU";
 /// Cache positions per tile of the workgroup attention kernel.
 const ATTENTION_TILE: u32 = 256;
 /// Tokens per matmul invocation for batches of more than one row (1 for single rows).
@@ -74,8 +77,15 @@ fn lanes_rows(v: KernelVariant) -> (u32, u32) {
     }
 }
 
-/// The full WGSL text of a matmul kernel for one weight type, batch width and variant.
-pub fn matmul_source(ty: GgmlType, tb: u32, v: KernelVariant) -> Result<String, WgpuError> {
+/// The full WGSL text of a matmul kernel for one weight type, batch width and variant;
+/// `swiglu_x`: the input rows are [gate | up] and the kernel reads silu(gate) * up (not for
+/// `RowsSubgroup`, whose activation loads are generated separately).
+pub fn matmul_source(
+    ty: GgmlType,
+    tb: u32,
+    v: KernelVariant,
+    swiglu_x: bool,
+) -> Result<String, WgpuError> {
     let dq = dequant_source(ty).ok_or(WgpuError::UnsupportedType(ty))?;
     let (lanes, rows) = lanes_rows(v);
     let body = match v {
@@ -89,8 +99,9 @@ pub fn matmul_source(ty: GgmlType, tb: u32, v: KernelVariant) -> Result<String, 
         KernelVariant::RowsSubgroup { lanes } => token_unrolled_shared_x(tb, lanes),
         _ => token_unrolled(tb),
     };
+    let xrow = if swiglu_x { 2 } else { 1 };
     Ok(format!(
-        "const TB: u32 = {tb}u;\nconst LANES: u32 = {lanes}u;\nconst ROWS: u32 = {rows}u;\nconst IL: u32 = {il}u;\n{LAYOUT}\n{dq}\n{MATMUL_COMMON}\n{unrolled}\n{body}"
+        "const TB: u32 = {tb}u;\nconst LANES: u32 = {lanes}u;\nconst ROWS: u32 = {rows}u;\nconst IL: u32 = {il}u;\nconst XROW: u32 = {xrow}u;\n{LAYOUT}\n{dq}\n{MATMUL_COMMON}\n{unrolled}\n{body}"
     ))
 }
 
@@ -151,7 +162,7 @@ fn token_unrolled(tb: u32) -> String {
     }
     s += "fn block_dot(r: u32, b: u32, row_words: u32, t0: u32) {\n";
     s += "    let v = load_block(block_base(r, b, row_words), IL);\n";
-    s += "    let k4 = M.k / 4u;\n    let xb = t0 * k4 + b * 8u;\n";
+    s += "    let k4 = XROW * M.k / 4u;\n    let xb = t0 * k4 + b * 8u;\n";
     s += "    acc_0 += block_x(v, xb);\n";
     for t in 1..tb {
         s += &format!("    if (t0 + {t}u < F.n) {{ acc_{t} += block_x(v, xb + {t}u * k4); }}\n");
@@ -216,7 +227,11 @@ pub struct Kernels {
     pub attention_layout: wgpu::BindGroupLayout,
     pub swiglu_layout: wgpu::BindGroupLayout,
     pub select_layout: wgpu::BindGroupLayout,
-    matmul: HashMap<(GgmlType, u32), wgpu::ComputePipeline>,
+    /// By (type, tokens per invocation, SwiGLU-fused input).
+    matmul: HashMap<(GgmlType, u32, bool), wgpu::ComputePipeline>,
+    /// The FFN down matmul reads [gate | up] and applies SwiGLU itself (GPU variants): one
+    /// dispatch per layer fewer.
+    pub fuse_swiglu: bool,
     embed: HashMap<GgmlType, wgpu::ComputePipeline>,
     pub rmsnorm: wgpu::ComputePipeline,
     /// RMSNorm runs one workgroup per row (GPU variants) instead of one invocation per row
@@ -299,14 +314,29 @@ impl Kernels {
         let select_layout = layout(dev, "select", &[Read, ReadWrite, ReadWrite, Uniform]);
         let mut matmul = HashMap::new();
         let mut embed = HashMap::new();
+        let gpu = matches!(
+            v,
+            KernelVariant::TiledShared | KernelVariant::TiledSubgroup { .. }
+        );
+        let fuse_swiglu = gpu && std::env::var(SWIGLU_ENV).as_deref() != Ok("separate");
         for &ty in types {
             if embed.contains_key(&ty) {
                 continue;
             }
             for tb in [1, BATCH_TB] {
-                let src = matmul_source(ty, tb, v)?;
-                let name = format!("matmul_{}_tb{tb}", ty.name());
-                matmul.insert((ty, tb), compile(ctx, &name, &src, "main", &matmul_layout)?);
+                for fused in [false, true] {
+                    if fused && !fuse_swiglu {
+                        continue;
+                    }
+                    let src = matmul_source(ty, tb, v, fused)?;
+                    let name = format!(
+                        "matmul_{}_tb{tb}{}",
+                        ty.name(),
+                        if fused { "_swiglu" } else { "" }
+                    );
+                    let p = compile(ctx, &name, &src, "main", &matmul_layout)?;
+                    matmul.insert((ty, tb, fused), p);
+                }
             }
             let dq = dequant_source(ty).ok_or(WgpuError::UnsupportedType(ty))?;
             let src = format!(
@@ -321,10 +351,6 @@ impl Kernels {
                 "head size {head_dim} is not a multiple of 4"
             )));
         }
-        let gpu = matches!(
-            v,
-            KernelVariant::TiledShared | KernelVariant::TiledSubgroup { .. }
-        );
         // The workgroup attention kernel: invocation d < HD owns output dimension d.
         let wg_attention = (head_dim.max(64) as u32).next_power_of_two();
         let use_wg_attention = gpu
@@ -404,15 +430,21 @@ impl Kernels {
             swiglu_layout,
             select_layout,
             matmul,
+            fuse_swiglu,
             embed,
         })
     }
 
     /// The matmul pipeline for a weight type and a pass of `n` activation rows, with its
     /// tokens-per-invocation.
-    pub fn matmul_for(&self, ty: GgmlType, n: u32) -> (&wgpu::ComputePipeline, u32) {
+    pub fn matmul_for(
+        &self,
+        ty: GgmlType,
+        n: u32,
+        swiglu_x: bool,
+    ) -> (&wgpu::ComputePipeline, u32) {
         let tb = if n <= 1 { 1 } else { BATCH_TB };
-        (&self.matmul[&(ty, tb)], tb)
+        (&self.matmul[&(ty, tb, swiglu_x)], tb)
     }
 
     pub fn embed_for(&self, ty: GgmlType) -> &wgpu::ComputePipeline {

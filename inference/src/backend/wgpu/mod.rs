@@ -293,7 +293,12 @@ impl WgpuBackend {
                     &[&x, &fnorm, &xn, &norm_u, &fwd],
                 ),
                 gate_up: gu_ops,
-                down: MatOp::new(&ctx, &k, "down", &wd, &h, &x, dim as usize, 0, true, &fwd),
+                down: if k.fuse_swiglu {
+                    MatOp::new(&ctx, &k, "down", &wd, &gu, &x, dim as usize, 0, true, &fwd)
+                        .with_swiglu_input()
+                } else {
+                    MatOp::new(&ctx, &k, "down", &wd, &h, &x, dim as usize, 0, true, &fwd)
+                },
                 _buffers: vec![an, fnorm, kc, vc],
             });
             matrices.extend([wo, wd]);
@@ -392,13 +397,15 @@ impl WgpuBackend {
             for op in &l.gate_up {
                 op.record(rec.pass("matmul gate_up"), k, n, md);
             }
-            record_1d(
-                rec.pass("swiglu"),
-                &k.swiglu,
-                &self.swiglu,
-                n * c.ffn_dim as u32,
-                md,
-            );
+            if !k.fuse_swiglu {
+                record_1d(
+                    rec.pass("swiglu"),
+                    &k.swiglu,
+                    &self.swiglu,
+                    n * c.ffn_dim as u32,
+                    md,
+                );
+            }
             l.down.record(rec.pass("matmul down (+=)"), k, n, md);
         }
     }

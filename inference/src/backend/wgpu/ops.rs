@@ -32,6 +32,8 @@ pub(crate) fn bind(
 pub(crate) struct MatOp {
     ty: GgmlType,
     splits: Vec<(u32, wgpu::BindGroup)>,
+    /// X rows are [gate | up] and the kernel reads silu(gate) * up.
+    swiglu_x: bool,
 }
 
 impl MatOp {
@@ -69,7 +71,17 @@ impl MatOp {
                 )
             })
             .collect();
-        MatOp { ty: m.ty, splits }
+        MatOp {
+            ty: m.ty,
+            splits,
+            swiglu_x: false,
+        }
+    }
+
+    /// Makes the op read its input as [gate | up] rows through SwiGLU (`Kernels::fuse_swiglu`).
+    pub(crate) fn with_swiglu_input(mut self) -> MatOp {
+        self.swiglu_x = true;
+        self
     }
 
     /// Records the dispatches for `n` activation rows.
@@ -80,7 +92,7 @@ impl MatOp {
         n: u32,
         max_dim: u32,
     ) {
-        let (p, tb) = k.matmul_for(self.ty, n);
+        let (p, tb) = k.matmul_for(self.ty, n, self.swiglu_x);
         pass.set_pipeline(p);
         for (rows, bg) in &self.splits {
             let [x, y, z] = k.matmul_groups(*rows, n, tb, max_dim);

@@ -1,6 +1,8 @@
 // Y[t, row_start + r] (=|+=) sum_k W[r, k] * X[t, k] for t < F.n, r < M.rows.
-// The Rust side prepends `const TB`, `const LANES`, `const ROWS`, `const IL`, layout.wgsl and
-// one dequant_*.wgsl, which provides BLOCK_WORDS and load_block(word, stride) -> Block.
+// The Rust side prepends `const TB`, `const LANES`, `const ROWS`, `const IL`, `const XROW`,
+// layout.wgsl and one dequant_*.wgsl, which provides BLOCK_WORDS and
+// load_block(word, stride) -> Block. XROW = 2 fuses SwiGLU into the input: rows of X then hold
+// [gate | up] (2k floats) and the kernel reads silu(gate) * up.
 struct Mat {
     rows: u32,        // rows of W held by this binding (one split of a big tensor)
     k: u32,           // columns, a multiple of 32
@@ -33,10 +35,19 @@ fn store(t: u32, r: u32, v: f32) {
     }
 }
 
+// Four activations at vec4 index i of a row (XROW = 2: silu(gate) * up, up k floats later).
+fn xv(i: u32) -> vec4<f32> {
+    if (XROW == 2u) {
+        let g = X[i];
+        return g / (1.0 + exp(-g)) * X[i + M.k / 4u];
+    }
+    return X[i];
+}
+
 // Dot product of a block with the 32 activations starting at vec4 index xb.
 fn block_x(v: Block, xb: u32) -> f32 {
-    return block_dot8(v, X[xb], X[xb + 1u], X[xb + 2u], X[xb + 3u], X[xb + 4u], X[xb + 5u],
-                      X[xb + 6u], X[xb + 7u]);
+    return block_dot8(v, xv(xb), xv(xb + 1u), xv(xb + 2u), xv(xb + 3u), xv(xb + 4u), xv(xb + 5u),
+                      xv(xb + 6u), xv(xb + 7u));
 }
 
 // block_dot(r, b, row_words, t0) (adds block b of row r times tokens t0..t0 + TB into the
