@@ -961,5 +961,67 @@ async fn invalid_json_input_is_refused_before_the_guest_runs() {
         ),
         other => panic!("{other:?}"),
     }
-    let _ = Duration::ZERO;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn operator_policy_and_call_grant_only_narrow_the_manifest() {
+    let server = TestServer::start();
+    let spec = format!(
+        "egress: [{{ scheme: http, host: 127.0.0.1, port: {} }}]\nlimits: {{ timeout: 5s }}",
+        server.port()
+    );
+    let url = server.url("/ok");
+    let mut h = Harness::new();
+    h.policy.allow_private = vec!["127.0.0.1".parse().unwrap()];
+
+    // The operator allows only *.example.com: the manifest's 127.0.0.1 rule is dropped.
+    h.policy.egress_hosts = Some(vec!["*.example.com".into()]);
+    let r = h
+        .call(
+            "egress_fetch",
+            &spec,
+            CallGrant::default(),
+            &egress_fetch_input(&url, "GET"),
+        )
+        .await;
+    check(
+        "operator narrows egress",
+        &r.result,
+        &denied(
+            Capability::Egress,
+            &url,
+            "no egress rule for host `127.0.0.1`",
+        ),
+    );
+
+    // The call grants a tighter timeout than the manifest's 5s.
+    h.policy.egress_hosts = None;
+    let grant = CallGrant {
+        limits: Some(sandgraph::sandbox::manifest::Limits {
+            timeout: Duration::from_millis(200),
+            ..Default::default()
+        }),
+        ..CallGrant::default()
+    };
+    let r = h.call("limits_infinite_loop", &spec, grant, "{}").await;
+    assert_eq!(r.result, Err(CallError::Timeout { limit_ms: 200 }));
+
+    // And a call grant asking for more than the manifest gets the manifest's value.
+    let grant = CallGrant {
+        limits: Some(sandgraph::sandbox::manifest::Limits {
+            timeout: Duration::from_secs(60),
+            ..Default::default()
+        }),
+        ..CallGrant::default()
+    };
+    let r = h
+        .call(
+            "limits_infinite_loop",
+            "limits: { timeout: 250ms }",
+            grant,
+            "{}",
+        )
+        .await;
+    assert_eq!(r.result, Err(CallError::Timeout { limit_ms: 250 }));
+    assert_eq!(server.connections(), 0);
 }

@@ -280,6 +280,7 @@ fn attempt(capability: Capability, method: &str, target: &str) -> EgressAttempt 
         bytes_out: 0,
         bytes_in: 0,
         injected: Vec::new(),
+        timed_out: false,
     }
 }
 
@@ -409,7 +410,10 @@ async fn send_vetted(
     let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(HttpError::Connect(e)),
-        Err(_) => return Err(HttpError::ConnectionTimeout),
+        Err(_) => {
+            update(&|a| a.timed_out = true);
+            return Err(HttpError::ConnectionTimeout);
+        }
     };
     update(&|a| a.connected_to = Some(addr.to_string()));
     let stream: Box<dyn Stream> = match scheme {
@@ -458,7 +462,10 @@ async fn send_vetted(
         .map_or(policy.timeout, |t| t.min(policy.timeout));
     let response = match tokio::time::timeout(first_byte, sender.send_request(request)).await {
         Ok(r) => r?,
-        Err(_) => return Err(HttpError::ConnectionReadTimeout),
+        Err(_) => {
+            update(&|a| a.timed_out = true);
+            return Err(HttpError::ConnectionReadTimeout);
+        }
     };
     let (mut parts, incoming) = response.into_parts();
     update(&|a| a.status = Some(parts.status.as_u16()));

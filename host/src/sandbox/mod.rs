@@ -228,10 +228,18 @@ impl Sandbox {
                                 target: a.target.clone(),
                                 missing_rule: a.reason.clone(),
                             });
+                    // A request the host stopped waiting for is the call's time limit at work,
+                    // whichever timer (the call's or the request's) happened to fire first.
+                    let egress_timed_out = attempts.iter().any(|a| a.timed_out);
                     match raw {
                         Err(_) => Err(CallError::Timeout {
                             limit_ms: grant.limits.timeout.as_millis() as u64,
                         }),
+                        Ok(Ok(Err(_)) | Err(_)) if egress_timed_out && host_denial.is_none() => {
+                            Err(CallError::Timeout {
+                                limit_ms: grant.limits.timeout.as_millis() as u64,
+                            })
+                        }
                         Ok(Err(e)) => {
                             let err = classify_error(&e, grant, exceeded);
                             match (err, host_denial) {

@@ -104,6 +104,9 @@ pub struct EgressAttempt {
     pub bytes_in: u64,
     /// Headers the host injected (names only) and guest-set headers it overwrote.
     pub injected: Vec<String>,
+    /// The host gave up waiting (connect or first byte) within the call's time limit.
+    #[serde(default)]
+    pub timed_out: bool,
 }
 
 /// What the host records about every call.
