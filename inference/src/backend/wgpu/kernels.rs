@@ -351,11 +351,13 @@ impl Kernels {
                 "head size {head_dim} is not a multiple of 4"
             )));
         }
-        // The workgroup attention kernel: invocation d < HD owns output dimension d.
-        let wg_attention = (head_dim.max(64) as u32).next_power_of_two();
+        // The workgroup attention kernel: groups of HDP invocations, invocation d < HD of each
+        // owning output dimension d, 256 invocations in all when the head fits.
+        let hdp = (head_dim as u32).next_power_of_two();
+        let wg_attention = hdp.max(256);
         let use_wg_attention = gpu
             && std::env::var(ATTENTION_ENV).as_deref() != Ok("lanes")
-            && wg_attention <= ctx.limits.max_compute_invocations_per_workgroup.min(256)
+            && wg_attention <= ctx.limits.max_compute_invocations_per_workgroup
             && (ATTENTION_TILE + wg_attention + 1) * 4
                 <= ctx.limits.max_compute_workgroup_storage_size;
         let attention_wga = match v {
@@ -374,7 +376,7 @@ impl Kernels {
         };
         let att_src = if use_wg_attention {
             format!(
-                "const HD: u32 = {head_dim}u;\nconst WG: u32 = {attention_wga}u;\nconst TILE: u32 = {ATTENTION_TILE}u;\n{ATTENTION_WG}"
+                "const HD: u32 = {head_dim}u;\nconst HDP: u32 = {hdp}u;\nconst WG: u32 = {attention_wga}u;\nconst TILE: u32 = {ATTENTION_TILE}u;\n{ATTENTION_WG}"
             )
         } else if attention_wga > 0 {
             format!(

@@ -1,11 +1,13 @@
 // Causal GQA attention for GPUs, one workgroup of WG invocations per (query head, token), with
 // the work spread over the whole workgroup instead of chained through each invocation: per tile
 // of up to TILE cache positions, invocations score positions (one dot product each) into
-// workgroup memory, the workgroup reduces the tile's max and sum, and invocation d < HD then
-// accumulates output dimension d over the tile's positions (neighbouring invocations read
-// neighbouring floats of each V row). Tiles are merged with the online-softmax rescaling, so
-// any context length works. The Rust side prepends `const HD` (head dim, a multiple of 4, at
-// most WG), `const WG` (a power of two) and `const TILE`. Same bindings and results as
+// workgroup memory, the workgroup reduces the tile's max and sum, and the WG invocations then
+// form SPLIT = WG / HDP groups of HDP (HD rounded up to a power of two): invocation d < HD of
+// group g accumulates output dimension d over the tile positions g, g + SPLIT, ...
+// (neighbouring invocations read neighbouring floats of each V row); the groups' partial sums
+// are added at the end. Tiles are merged with the online-softmax rescaling, so any context
+// length works. The Rust side prepends `const HD` (head dim, a multiple of 4), `const HDP`,
+// `const WG` (a power-of-two multiple of HDP) and `const TILE`. Same bindings and results as
 // attention.wgsl.
 struct Att {
     n_head: u32,
@@ -33,6 +35,7 @@ struct Fwd {
 @group(0) @binding(6) var<uniform> F: Fwd;
 
 const H4: u32 = HD / 4u;
+const SPLIT: u32 = WG / HDP;
 var<workgroup> sc: array<f32, TILE>;
 var<workgroup> red: array<f32, WG>;
 var<workgroup> wpos: u32;
@@ -112,10 +115,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         let c = exp(m - m_new);
         l = l * c + reduce_sum(lid, tsum);
         m = m_new;
-        if (lid < HD) {
+        let d = lid % HDP;
+        if (d < HD) {
             var a = acc * c;
-            let vb = (slot * A.max_ctx + t0) * kvd + kh * HD + lid;
-            for (var j = 0u; j < cnt; j++) {
+            let vb = (slot * A.max_ctx + t0) * kvd + kh * HD + d;
+            for (var j = lid / HDP; j < cnt; j += SPLIT) {
                 a += sc[j] * VC[vb + j * kvd];
             }
             acc = a;
@@ -123,7 +127,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         // Everyone is done reading this tile's weights before the next tile overwrites them.
         workgroupBarrier();
     }
+    // Add the groups' partial sums (m and l are the same in every invocation).
+    red[lid] = acc;
+    workgroupBarrier();
     if (lid < HD) {
-        O[(t * A.n_head + h) * HD + lid] = acc / l;
+        var o = 0.0;
+        for (var g = 0u; g < SPLIT; g++) {
+            o += red[g * HDP + lid];
+        }
+        O[(t * A.n_head + h) * HD + lid] = o / l;
     }
 }
