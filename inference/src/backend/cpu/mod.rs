@@ -10,7 +10,9 @@ pub use kernels::{Act, ActBlock, Isa, dot_quant_portable, dot_rows, dot_rows2, q
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{Backend, BackendError, SeqChunk, argmax_of, top_k_of, validate_batch};
 use crate::gguf::{GgmlType, GgufFile, dequantize_row};
@@ -523,12 +525,14 @@ impl Backend for CpuBackend {
         // SAFETY (all `unsafe` below): within a phase each thread writes only its own local
         // buffers and the rows or items it claimed from that phase's counter, and reads shared
         // data only after the barrier that ends the phase writing it.
-        let job = |tid: usize| unsafe {
+        let abort = AtomicBool::new(false);
+        let abort = &abort;
+        let body = |tid: usize| unsafe {
             let mut ph = 0usize;
             // The next step, once the previous one is finished.
             let mut next = || {
                 if ph > 0 {
-                    phases[ph - 1].wait_complete();
+                    phases[ph - 1].wait_complete(abort);
                 }
                 ph += 1;
                 &phases[ph - 1]
@@ -670,6 +674,13 @@ impl Backend for CpuBackend {
                     });
                 },
             );
+        };
+        // A panicking thread (a bug) must not leave the others waiting for its unfinished work.
+        let job = |tid: usize| {
+            if let Err(p) = catch_unwind(AssertUnwindSafe(|| body(tid))) {
+                abort.store(true, Ordering::SeqCst);
+                resume_unwind(p);
+            }
         };
         self.pool.run(&job);
         for ch in batch {

@@ -187,12 +187,16 @@ impl Phase {
         }
     }
 
-    /// Waits until every unit is done and no thread is still preparing inputs.
-    pub fn wait_complete(&self) {
+    /// Waits until every unit is done and no thread is still preparing inputs. Panics
+    /// (instead of waiting forever) once `abort` is set by a thread that panicked mid-step.
+    pub fn wait_complete(&self, abort: &AtomicBool) {
         let mut spins = 0u32;
         while self.done.load(Ordering::SeqCst) < self.total
             || self.preparing.load(Ordering::SeqCst) != 0
         {
+            if abort.load(Ordering::SeqCst) {
+                panic!("another CPU backend thread panicked during this forward pass");
+            }
             backoff(&mut spins);
         }
     }
@@ -239,7 +243,7 @@ mod tests {
             pool.run(&|_tid| {
                 for (p, ph) in phases.iter().enumerate() {
                     if p > 0 {
-                        phases[p - 1].wait_complete();
+                        phases[p - 1].wait_complete(&AtomicBool::new(false));
                     }
                     ph.run(
                         5,
@@ -261,6 +265,29 @@ mod tests {
             });
             assert!(counts.iter().all(|c| c.load(Ordering::SeqCst) == 1));
         }
+    }
+
+    #[test]
+    fn a_thread_panicking_mid_step_fails_the_job_instead_of_hanging_it() {
+        let pool = Pool::new(2);
+        let phase = Phase::new(4);
+        let abort = AtomicBool::new(false);
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            pool.run(&|tid| {
+                let body = || {
+                    // Only thread 1 works, and it fails on its first unit.
+                    if tid == 1 {
+                        phase.run(1, || (), |_, _| panic!("kernel bug"));
+                    }
+                    phase.wait_complete(&abort);
+                };
+                if let Err(p) = catch_unwind(AssertUnwindSafe(body)) {
+                    abort.store(true, Ordering::SeqCst);
+                    resume_unwind(p);
+                }
+            })
+        }));
+        assert!(r.is_err());
     }
 
     #[test]
