@@ -1,5 +1,6 @@
 //! The `sandgraph` binary: parses the command line, runs it, prints results and typed errors.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -20,8 +21,14 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(out) => {
-            println!("{out}");
-            ExitCode::SUCCESS
+            // A reader that closed early (`| head`) is not an error of the call.
+            match writeln!(std::io::stdout().lock(), "{out}") {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    eprintln!("writing the output: {e}");
+                    ExitCode::from(1)
+                }
+                _ => ExitCode::SUCCESS,
+            }
         }
         Err(e) => {
             eprintln!("{}", e.to_json());

@@ -159,6 +159,39 @@ async fn limits_cases() {
     }
 }
 
+/// A spinning guest yields to the executor at every epoch tick, so on a single-threaded
+/// runtime another call still runs to completion while the spinner waits for its deadline.
+#[tokio::test(flavor = "current_thread")]
+async fn a_spinning_guest_does_not_starve_other_calls_on_its_thread() {
+    let h = Harness::new();
+    let spinner = h.call(
+        "limits_infinite_loop",
+        "limits: { timeout: 2s }",
+        CallGrant::default(),
+        "{}",
+    );
+    // `limits_deep_recursion` told to stop at once returns immediately: a trivial call.
+    let quick = h.call(
+        "limits_deep_recursion",
+        "",
+        CallGrant::default(),
+        r#"{"stop":"1"}"#,
+    );
+    tokio::pin!(spinner, quick);
+    // Poll the spinner first: without yielding it would hold the only thread for 2 s and the
+    // quick call could not even start before the spinner's timeout.
+    let first = tokio::select! {
+        biased;
+        r = &mut spinner => ("spinner", r.result),
+        r = &mut quick => ("quick", r.result),
+    };
+    assert_eq!(first, ("quick", Ok("2".to_string())));
+    assert_eq!(
+        spinner.await.result,
+        Err(CallError::Timeout { limit_ms: 2000 })
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn log_flood_is_captured_with_a_cap() {
     let h = Harness::new();

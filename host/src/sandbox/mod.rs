@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{Store, Trap};
+use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
@@ -167,8 +167,19 @@ impl Sandbox {
         };
         let mut store = Store::new(self.engine.engine(), state);
         store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(SandboxEngine::ticks_for(grant.limits.timeout));
-        store.epoch_deadline_trap();
+        // CPU budget in epoch ticks. Each tick yields to the executor, so a guest spinning in a
+        // loop never holds a tokio worker for more than one tick and the call's wall-clock
+        // timeout can fire; when the budget is spent the guest traps with `Interrupt`.
+        let mut ticks_left = SandboxEngine::ticks_for(grant.limits.timeout);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            ticks_left = ticks_left.saturating_sub(1);
+            Ok(if ticks_left == 0 {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
+        });
         Ok(store)
     }
 
