@@ -418,7 +418,7 @@ fn every_kernel_variant_runs_the_whole_model_like_cpu() {
                 ],
                 &what,
             );
-            step(
+            let next = step(
                 &mut g,
                 &mut c,
                 &[
@@ -433,6 +433,17 @@ fn every_kernel_variant_runs_the_whole_model_like_cpu() {
                         tokens: &next[1..],
                     },
                 ],
+                &what,
+            );
+            // A single-row pass: the GPU variants' SwiGLU-fused down matmul runs only there.
+            step(
+                &mut g,
+                &mut c,
+                &[SeqChunk {
+                    slot: 0,
+                    start_pos: 7,
+                    tokens: &next[..1],
+                }],
                 &what,
             );
         }

@@ -229,8 +229,8 @@ pub struct Kernels {
     pub select_layout: wgpu::BindGroupLayout,
     /// By (type, tokens per invocation, SwiGLU-fused input).
     matmul: HashMap<(GgmlType, u32, bool), wgpu::ComputePipeline>,
-    /// The FFN down matmul reads [gate | up] and applies SwiGLU itself (GPU variants): one
-    /// dispatch per layer fewer.
+    /// GPU variants have a down matmul that reads [gate | up] and applies SwiGLU itself, for
+    /// single-row passes (decode at batch 1): one dispatch per layer fewer.
     pub fuse_swiglu: bool,
     embed: HashMap<GgmlType, wgpu::ComputePipeline>,
     pub rmsnorm: wgpu::ComputePipeline,
@@ -325,7 +325,7 @@ impl Kernels {
             }
             for tb in [1, BATCH_TB] {
                 for fused in [false, true] {
-                    if fused && !fuse_swiglu {
+                    if fused && !(fuse_swiglu && tb == 1) {
                         continue;
                     }
                     let src = matmul_source(ty, tb, v, fused)?;
