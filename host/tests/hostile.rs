@@ -7,6 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Harness, TestServer, hostile};
@@ -190,6 +191,54 @@ async fn a_spinning_guest_does_not_starve_other_calls_on_its_thread() {
         spinner.await.result,
         Err(CallError::Timeout { limit_ms: 2000 })
     );
+}
+
+/// More simultaneous calls than the pool has instance slots: the extra ones wait for a slot
+/// within their own time limit instead of failing as a trap of the instance allocator.
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_beyond_the_instance_pool_wait_for_a_slot() {
+    let h = Arc::new(Harness::new());
+    let n = sandgraph::sandbox::engine::MAX_CONCURRENT_CALLS + 8;
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let h = h.clone();
+        calls.spawn(async move {
+            h.call(
+                "limits_infinite_loop",
+                "limits: { timeout: 500ms }",
+                CallGrant::default(),
+                "{}",
+            )
+            .await
+            .result
+        });
+    }
+    let mut quick = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let h = h.clone();
+        quick.spawn(async move {
+            h.call(
+                "limits_deep_recursion",
+                "limits: { timeout: 20s }",
+                CallGrant::default(),
+                r#"{"stop":"1"}"#,
+            )
+            .await
+            .result
+        });
+    }
+    let mut timeouts = 0;
+    while let Some(r) = calls.join_next().await {
+        assert_eq!(
+            r.expect("call task"),
+            Err(CallError::Timeout { limit_ms: 500 })
+        );
+        timeouts += 1;
+    }
+    assert_eq!(timeouts, n);
+    while let Some(r) = quick.join_next().await {
+        assert_eq!(r.expect("call task"), Ok("2".to_string()));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -16,6 +16,10 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// Largest linear memory any guest may ever have, whatever operator policy says.
 pub const MAX_MEMORY_BYTES: usize = 4 << 30;
 
+/// Calls that may hold an instance at once. The pool reserves this many slots, and the
+/// sandbox queues calls beyond it instead of failing them.
+pub const MAX_CONCURRENT_CALLS: usize = 256;
+
 /// Bytes of each pooled memory and table that may be reset in place between calls.
 const KEEP_RESIDENT_BYTES: usize = 4 << 20;
 
@@ -48,11 +52,11 @@ impl SandboxEngine {
         config.async_stack_size(2 << 20);
         if allocator == Allocator::Pooling {
             let mut pool = PoolingAllocationConfig::new();
-            pool.total_component_instances(256)
+            pool.total_component_instances(MAX_CONCURRENT_CALLS as u32)
                 .total_core_instances(1024)
                 .total_memories(512)
                 .total_tables(1024)
-                .total_stacks(256)
+                .total_stacks(MAX_CONCURRENT_CALLS as u32)
                 .max_core_instances_per_component(32)
                 .max_memories_per_component(8)
                 .max_tables_per_component(32)

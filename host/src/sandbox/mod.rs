@@ -88,6 +88,9 @@ impl Default for SandboxConfig {
 /// The engine, the component registry and the operator's secrets; share one per process.
 pub struct Sandbox {
     engine: SandboxEngine,
+    /// One permit per instance slot: a call waits here (within its time limit) rather than
+    /// failing when every slot is busy.
+    slots: Arc<tokio::sync::Semaphore>,
     registry: Registry,
     resolver: Arc<dyn Resolver>,
     secrets: Arc<SecretStore>,
@@ -117,6 +120,7 @@ impl Sandbox {
         );
         Ok(Sandbox {
             engine,
+            slots: Arc::new(tokio::sync::Semaphore::new(engine::MAX_CONCURRENT_CALLS)),
             registry,
             resolver: config.resolver,
             secrets: Arc::new(config.secrets),
@@ -183,6 +187,20 @@ impl Sandbox {
         Ok(store)
     }
 
+    /// Waits for a free instance slot, at most `limit` (the call's own time limit).
+    async fn acquire_slot(
+        &self,
+        limit: std::time::Duration,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, CallError> {
+        match tokio::time::timeout(limit, self.slots.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            // The semaphore is never closed; treat it like waiting out the limit.
+            Ok(Err(_)) | Err(_) => Err(CallError::Timeout {
+                limit_ms: limit.as_millis() as u64,
+            }),
+        }
+    }
+
     /// Calls `info()` in a fresh instance with no capabilities.
     pub async fn info(&self, tool: &LoadedTool) -> Result<ToolInfo, CallError> {
         let grant = EffectiveGrant {
@@ -193,6 +211,7 @@ impl Sandbox {
             limits: manifest::Limits::default(),
             allow_private: vec![],
         };
+        let _slot = self.acquire_slot(grant.limits.timeout).await?;
         let log: AttemptLog = Arc::default();
         let (out, err) = (CappedLog::new(LOG_CAP), CappedLog::new(LOG_CAP));
         let mut store = self.new_store(&grant, &log, &out, &err)?;
@@ -215,11 +234,17 @@ impl Sandbox {
         let log: AttemptLog = Arc::new(Mutex::new(Vec::new()));
         let (stdout, stderr) = (CappedLog::new(LOG_CAP), CappedLog::new(LOG_CAP));
         let mut peak = 0;
-        let result = match serde_json::from_str::<serde::de::IgnoredAny>(input) {
-            Err(e) => Err(CallError::InvalidInput {
+        // Held until the call's store is gone, so the pool never has more stores than slots.
+        let slot = self.acquire_slot(grant.limits.timeout).await;
+        let result = match slot
+            .as_ref()
+            .map(|_| serde_json::from_str::<serde::de::IgnoredAny>(input))
+        {
+            Err(e) => Err(e.clone()),
+            Ok(Err(e)) => Err(CallError::InvalidInput {
                 message: format!("input is not a JSON document: {e}"),
             }),
-            Ok(_) => match self.new_store(grant, &log, &stdout, &stderr) {
+            Ok(Ok(_)) => match self.new_store(grant, &log, &stdout, &stderr) {
                 Err(e) => Err(e),
                 Ok(mut store) => {
                     let run = async {
