@@ -31,8 +31,8 @@ use weights::{GpuMatrix, f32_buffer, scratch, staging, uniform};
 /// Tokens per device pass; longer batches run as several passes.
 pub const MAX_ROWS: usize = 256;
 /// Layers per command buffer within a pass: the device starts on the first layers while the
-/// host still records the rest. Recording a whole decode step (~275 dispatches) took ~1 ms of
-/// host time on an H100 machine, during which the GPU sat idle when it was one submit.
+/// host still records the rest (recording a whole decode step is a large share of it on a fast
+/// GPU; see docs/PERFORMANCE.md, "Inference: wgpu").
 const LAYERS_PER_SUBMIT: usize = 4;
 
 /// Why the wgpu backend could not start or run.
@@ -90,7 +90,7 @@ struct Layer {
     /// The down matmul reading [gate | up] through SwiGLU, for single-row passes on GPU
     /// variants (`Kernels::fuse_swiglu`): one dispatch fewer per layer at decode. Wider passes
     /// keep the separate SwiGLU kernel: there every row's workgroup would recompute silu for
-    /// all tokens (on an H100 at 8 rows, 33 us fused vs 26 us separate per layer).
+    /// all tokens, which measured slower than the extra dispatch (docs/PERFORMANCE.md).
     down_swiglu: Option<MatOp>,
     // Keep the per-layer buffers alive with their bind groups.
     _buffers: Vec<wgpu::Buffer>,

@@ -1,8 +1,8 @@
 // RMSNorm for GPUs: one workgroup of 64 invocations per row. Each invocation sums the squares
 // of every 64th element, the workgroup reduces the partial sums in workgroup memory, then each
 // invocation scales its elements. The one-invocation-per-row kernel (rmsnorm.wgsl) leaves a
-// GPU running a single thread per row through ~1,700 dependent memory operations: measured on
-// an H100, that was most of a decode step. Same bindings and results as rmsnorm.wgsl.
+// GPU running a single thread per row through ~1,700 memory operations, which was most of a
+// decode step on a real GPU (docs/PERFORMANCE.md). Same bindings and results as rmsnorm.wgsl.
 struct Norm {
     dim: u32,
     eps: f32,
