@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::backend::{Backend, BackendError, SeqChunk};
+use crate::constrain::Constraint;
 use crate::tokenizer::Tokenizer;
 
 /// How the next token is chosen. `temperature <= 0` means greedy (argmax in the backend).
@@ -90,6 +91,10 @@ pub enum GenerateError {
     Backend(#[from] BackendError),
     #[error("{requests} sequences requested but the backend session has {slots} slots")]
     TooManySequences { requests: usize, slots: usize },
+    #[error(
+        "{constraints} constraints given for {requests} requests; pass one (or None) per request"
+    )]
+    ConstraintCount { constraints: usize, requests: usize },
     #[error("sequence {index} has an empty prompt; a prompt needs at least one token")]
     EmptyPrompt { index: usize },
     #[error("sequence {index}: prompt of {len} tokens does not fit the context of {max_context}")]
@@ -295,6 +300,28 @@ pub fn generate(
     cancel: &CancelToken,
     on_text: &mut dyn FnMut(usize, &str),
 ) -> Result<(Vec<Generation>, Timings), GenerateError> {
+    let mut none: Vec<Option<Constraint>> = vec![None; requests.len()];
+    generate_constrained(backend, tok, requests, &mut none, cancel, on_text)
+}
+
+/// Like [`generate`], with an optional constraint per request (`constraints[i]` for request
+/// i): a constrained sequence only ever emits tokens its constraint allows, and may only end
+/// (EOS) once the document is complete. If no token is allowed (a vocabulary that cannot
+/// spell some byte), the sequence ends with `FinishReason::MaxTokens`.
+pub fn generate_constrained(
+    backend: &mut dyn Backend,
+    tok: &Tokenizer,
+    requests: &[Request],
+    constraints: &mut [Option<Constraint>],
+    cancel: &CancelToken,
+    on_text: &mut dyn FnMut(usize, &str),
+) -> Result<(Vec<Generation>, Timings), GenerateError> {
+    if constraints.len() != requests.len() {
+        return Err(GenerateError::ConstraintCount {
+            constraints: constraints.len(),
+            requests: requests.len(),
+        });
+    }
     if requests.len() > backend.max_slots() {
         return Err(GenerateError::TooManySequences {
             requests: requests.len(),
@@ -369,6 +396,7 @@ pub fn generate(
                     .collect::<Vec<_>>(),
                 &mut rngs,
                 &ids.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+                constraints,
             )?;
             for k in finished {
                 last_pick[ids[k].0] = Some(picks[k]);
@@ -390,6 +418,16 @@ pub fn generate(
             let t = last_pick[i]
                 .take()
                 .expect("active sequence has a pending token");
+            if t == NO_TOKEN {
+                out[i].finish = FinishReason::MaxTokens;
+                active[i] = false;
+                continue;
+            }
+            if let Some(c) = constraints[i].as_mut() {
+                // `pick` only returns allowed tokens, so this always succeeds.
+                let ok = c.accept(t);
+                debug_assert!(ok, "constrained pick {t} was not allowed");
+            }
             if Some(t) == eos || tok.is_control(t) {
                 out[i].finish = FinishReason::EndOfSequence;
                 active[i] = false;
@@ -451,6 +489,7 @@ pub fn generate(
                 .collect::<Vec<_>>(),
             &mut rngs,
             &live,
+            constraints,
         )?;
         for (k, &i) in live.iter().enumerate() {
             last_pick[i] = Some(picks[k]);
@@ -467,13 +506,40 @@ pub fn generate(
     Ok((out, timings))
 }
 
+/// What `pick` returns for a constrained sequence whose constraint allows no token.
+const NO_TOKEN: u32 = u32::MAX;
+
 /// Picks a token per chunk of the last forward; `seqs[k]` is the sequence of chunk k.
 fn pick(
     backend: &mut dyn Backend,
     samplings: &[&Sampling],
     rngs: &mut [Rng],
     seqs: &[usize],
+    constraints: &[Option<Constraint>],
 ) -> Result<Vec<u32>, BackendError> {
+    if seqs.iter().any(|&i| constraints[i].is_some()) {
+        let rows = backend.logits()?;
+        return Ok(rows
+            .iter()
+            .enumerate()
+            .map(|(c, row)| {
+                let s = samplings[c];
+                match &constraints[seqs[c]] {
+                    Some(con) => pick_constrained(row, s, &mut rngs[seqs[c]], con),
+                    None => {
+                        let k = if s.temperature <= 0.0 {
+                            1
+                        } else if s.top_k == 0 {
+                            row.len()
+                        } else {
+                            s.top_k
+                        };
+                        sample(&crate::backend::top_k_of(row, k), s, &mut rngs[seqs[c]])
+                    }
+                }
+            })
+            .collect());
+    }
     if samplings.iter().all(|s| s.temperature <= 0.0) {
         return backend.argmax();
     }
@@ -504,6 +570,46 @@ fn pick(
             sample(&list[..k], s, &mut rngs[seqs[c]])
         })
         .collect())
+}
+
+/// Candidates tried one by one (cheap per-token checks) before building the full mask.
+const LAZY_CANDIDATES: usize = 64;
+
+/// Samples from one logits row restricted to the tokens `con` allows. Exact: the candidates
+/// are the best *allowed* tokens (top-k over the masked row), found first by checking the
+/// row's best tokens one at a time, and only when that is not enough through the full mask.
+pub fn pick_constrained(row: &[f32], s: &Sampling, rng: &mut Rng, con: &Constraint) -> u32 {
+    let want = if s.temperature <= 0.0 {
+        1
+    } else if s.top_k == 0 {
+        row.len()
+    } else {
+        s.top_k
+    };
+    if want <= LAZY_CANDIDATES / 2 {
+        let best = crate::backend::top_k_of(row, LAZY_CANDIDATES);
+        let allowed: Vec<(u32, f32)> = best
+            .iter()
+            .copied()
+            .filter(|&(t, _)| con.allows(t))
+            .take(want)
+            .collect();
+        if allowed.len() == want {
+            return sample(&allowed, s, rng);
+        }
+    }
+    let mask = con.mask();
+    let masked: Vec<f32> = row
+        .iter()
+        .zip(&mask)
+        .map(|(&l, &ok)| if ok { l } else { f32::NEG_INFINITY })
+        .collect();
+    let allowed = mask.iter().filter(|&&ok| ok).count();
+    if allowed == 0 {
+        return NO_TOKEN;
+    }
+    let cands = crate::backend::top_k_of(&masked, want.min(allowed));
+    sample(&cands, s, rng)
 }
 
 #[cfg(test)]

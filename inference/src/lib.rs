@@ -3,6 +3,7 @@
 //! `backend` runs it, and `generate` turns logits into text.
 
 pub mod backend;
+pub mod constrain;
 pub mod generate;
 pub mod gguf;
 pub mod model;

@@ -1,0 +1,613 @@
+//! The byte-level pushdown automaton over a compiled [`Grammar`]: it accepts a byte only if the
+//! text so far can still be completed into a valid document, so a decoder that only emits
+//! accepted bytes can never paint itself into a corner.
+//!
+//! A state is a small set of stacks (more than one only where `anyOf` alternatives or a
+//! number/enum that may end or go on leave the parse ambiguous).
+
+use std::sync::Arc;
+
+use super::schema::{ANY, Grammar, Node, NodeId};
+
+/// Generic words of the `Any` grammar.
+const WORDS: [&[u8]; 3] = [b"true", b"false", b"null"];
+/// Digit limits that keep numbers finite f64 and bounded in length.
+const MAX_INT_DIGITS: u8 = 15;
+const MAX_FRAC_DIGITS: u8 = 15;
+const MAX_EXP_DIGITS: u8 = 2;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ObjPhase {
+    /// After `{`.
+    Open,
+    /// Inside a key (a `Key` frame is above).
+    InKey,
+    /// Key `prop` read; expects `:`.
+    Colon(u16),
+    /// After a value: `,` or `}`.
+    AfterValue,
+    /// After `,`: a key.
+    AfterComma,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NumSt {
+    Start,
+    Minus,
+    Zero,
+    Int,
+    Dot,
+    Frac,
+    Exp,
+    ExpSign,
+    ExpDig,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Esc {
+    None,
+    Backslash,
+    /// Hex digits still expected after `\u`.
+    Hex(u8),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Frame {
+    /// A value of this node starts with the next byte.
+    Value(NodeId),
+    Obj {
+        node: NodeId,
+        /// First property that may still come.
+        next: u16,
+        phase: ObjPhase,
+    },
+    /// Matching a key of object `node`: the bytes so far equal `props[prop].key[..len]`.
+    Key {
+        node: NodeId,
+        prop: u16,
+        len: u16,
+    },
+    AnyObj {
+        phase: ObjPhase,
+    },
+    Arr {
+        items: NodeId,
+        min: u32,
+        max: u32,
+        count: u32,
+        /// `Open` after `[`, `AfterValue`, `AfterComma`.
+        phase: ObjPhase,
+    },
+    Str {
+        min: u32,
+        max: u32,
+        count: u32,
+        esc: Esc,
+        /// UTF-8 continuation bytes still expected and the range of the next one.
+        cont: u8,
+        lo: u8,
+        hi: u8,
+    },
+    Num {
+        integer: bool,
+        st: NumSt,
+        digits: u8,
+    },
+    /// The bytes so far equal `lits[idx][..len]` of a `Literals` node.
+    Lit {
+        node: NodeId,
+        idx: u16,
+        len: u16,
+    },
+    Word {
+        word: u8,
+        len: u8,
+    },
+}
+
+type Stack = Vec<Frame>;
+
+/// Where a document stands: every stack is a way the bytes so far parse.
+#[derive(Clone, Debug)]
+pub struct Matcher {
+    g: Arc<Grammar>,
+    stacks: Vec<Stack>,
+}
+
+impl Matcher {
+    pub fn new(g: Arc<Grammar>) -> Matcher {
+        let root = g.root;
+        Matcher {
+            g,
+            stacks: vec![vec![Frame::Value(root)]],
+        }
+    }
+
+    /// Consumes `b` if some parse accepts it; otherwise returns false and stays unchanged.
+    pub fn advance(&mut self, b: u8) -> bool {
+        let mut out: Vec<Stack> = Vec::new();
+        for s in &self.stacks {
+            self.step(s.clone(), b, &mut out);
+        }
+        if out.is_empty() {
+            return false;
+        }
+        self.stacks = out;
+        true
+    }
+
+    /// Consumes all of `bytes` or, if any is rejected, nothing.
+    pub fn advance_all(&mut self, bytes: &[u8]) -> bool {
+        let mut m = self.clone();
+        for &b in bytes {
+            if !m.advance(b) {
+                return false;
+            }
+        }
+        *self = m;
+        true
+    }
+
+    /// Whether `bytes` would be accepted (without consuming them).
+    pub fn accepts(&self, bytes: &[u8]) -> bool {
+        self.clone().advance_all(bytes)
+    }
+
+    /// The bytes so far form a complete document (end of sequence is allowed).
+    pub fn is_complete(&self) -> bool {
+        self.stacks.iter().any(|s| match s.as_slice() {
+            [] => true,
+            [top] => self.can_end(top),
+            _ => false,
+        })
+    }
+
+    /// Whether any further byte could be accepted.
+    pub fn can_continue(&self) -> bool {
+        (0..=255u8).any(|b| self.accepts(&[b]))
+    }
+
+    fn can_end(&self, f: &Frame) -> bool {
+        match *f {
+            Frame::Num { st, .. } => {
+                matches!(st, NumSt::Zero | NumSt::Int | NumSt::Frac | NumSt::ExpDig)
+            }
+            Frame::Lit { node, idx, len } => {
+                let lits = self.lits(node);
+                lits.iter()
+                    .any(|l| l.len() == len as usize && l[..] == lits[idx as usize][..len as usize])
+            }
+            _ => false,
+        }
+    }
+
+    fn lits(&self, node: NodeId) -> &[Vec<u8>] {
+        match self.g.node(node) {
+            Node::Literals(l) => l,
+            _ => &[],
+        }
+    }
+
+    fn props(&self, node: NodeId) -> &[super::schema::Prop] {
+        match self.g.node(node) {
+            Node::Object { props } => props,
+            _ => &[],
+        }
+    }
+
+    fn push_out(out: &mut Vec<Stack>, s: Stack) {
+        if !out.contains(&s) {
+            out.push(s);
+        }
+    }
+
+    /// All stacks that result from feeding `b` to stack `s`.
+    fn step(&self, mut s: Stack, b: u8, out: &mut Vec<Stack>) {
+        let Some(&top) = s.last() else {
+            return; // the document is complete: nothing more fits
+        };
+        if self.can_end(&top) {
+            // The number/literal may end here and `b` belong to the container.
+            let mut popped = s.clone();
+            popped.pop();
+            self.step(popped, b, out);
+        }
+        let last = s.len() - 1;
+        match top {
+            Frame::Value(n) => {
+                s.pop();
+                self.start(s, n, b, out);
+            }
+            Frame::Obj { node, next, phase } => {
+                let props = self.props(node);
+                let rest = &props[next as usize..];
+                let may_close = !rest.iter().any(|p| p.required);
+                match (phase, b) {
+                    (ObjPhase::Open | ObjPhase::AfterValue, b'}') if may_close => {
+                        s.pop();
+                        Self::push_out(out, s);
+                    }
+                    (ObjPhase::AfterValue, b',') if !rest.is_empty() => {
+                        s[last] = Frame::Obj {
+                            node,
+                            next,
+                            phase: ObjPhase::AfterComma,
+                        };
+                        Self::push_out(out, s);
+                    }
+                    (ObjPhase::Open | ObjPhase::AfterComma, b'"') if !rest.is_empty() => {
+                        s[last] = Frame::Obj {
+                            node,
+                            next,
+                            phase: ObjPhase::InKey,
+                        };
+                        s.push(Frame::Key {
+                            node,
+                            prop: next,
+                            len: 0,
+                        });
+                        Self::push_out(out, s);
+                    }
+                    (ObjPhase::Colon(p), b':') => {
+                        s[last] = Frame::Obj {
+                            node,
+                            next: p + 1,
+                            phase: ObjPhase::AfterValue,
+                        };
+                        s.push(Frame::Value(props[p as usize].node));
+                        Self::push_out(out, s);
+                    }
+                    _ => {}
+                }
+            }
+            Frame::Key { node, prop, len } => {
+                let props = self.props(node);
+                let Some(Frame::Obj { next, .. }) = s.get(last.wrapping_sub(1)).copied() else {
+                    return;
+                };
+                let typed = &props[prop as usize].key[..len as usize];
+                // Candidates: from `next` up to and including the first required property.
+                let mut found = None;
+                for (j, p) in props.iter().enumerate().skip(next as usize) {
+                    if p.key.len() > len as usize
+                        && &p.key[..len as usize] == typed
+                        && p.key[len as usize] == b
+                    {
+                        found = Some(j);
+                        break;
+                    }
+                    if p.required {
+                        break;
+                    }
+                }
+                let Some(j) = found else { return };
+                if props[j].key.len() == len as usize + 1 {
+                    s.pop();
+                    s[last - 1] = Frame::Obj {
+                        node,
+                        next,
+                        phase: ObjPhase::Colon(j as u16),
+                    };
+                } else {
+                    s[last] = Frame::Key {
+                        node,
+                        prop: j as u16,
+                        len: len + 1,
+                    };
+                }
+                Self::push_out(out, s);
+            }
+            Frame::AnyObj { phase } => match (phase, b) {
+                (ObjPhase::Open | ObjPhase::AfterValue, b'}') => {
+                    s.pop();
+                    Self::push_out(out, s);
+                }
+                (ObjPhase::AfterValue, b',') => {
+                    s[last] = Frame::AnyObj {
+                        phase: ObjPhase::AfterComma,
+                    };
+                    Self::push_out(out, s);
+                }
+                (ObjPhase::Open | ObjPhase::AfterComma, b'"') => {
+                    s[last] = Frame::AnyObj {
+                        phase: ObjPhase::Colon(0),
+                    };
+                    s.push(str_frame(0, u32::MAX));
+                    Self::push_out(out, s);
+                }
+                (ObjPhase::Colon(_), b':') => {
+                    s[last] = Frame::AnyObj {
+                        phase: ObjPhase::AfterValue,
+                    };
+                    s.push(Frame::Value(ANY));
+                    Self::push_out(out, s);
+                }
+                _ => {}
+            },
+            Frame::Arr {
+                items,
+                min,
+                max,
+                count,
+                phase,
+            } => {
+                let close = count >= min && b == b']';
+                match phase {
+                    ObjPhase::Open | ObjPhase::AfterValue if close => {
+                        s.pop();
+                        Self::push_out(out, s);
+                    }
+                    ObjPhase::AfterValue if b == b',' && count < max => {
+                        s[last] = Frame::Arr {
+                            items,
+                            min,
+                            max,
+                            count,
+                            phase: ObjPhase::AfterComma,
+                        };
+                        Self::push_out(out, s);
+                    }
+                    ObjPhase::Open | ObjPhase::AfterComma if count < max => {
+                        s[last] = Frame::Arr {
+                            items,
+                            min,
+                            max,
+                            count: count + 1,
+                            phase: ObjPhase::AfterValue,
+                        };
+                        self.start(s, items, b, out);
+                    }
+                    _ => {}
+                }
+            }
+            Frame::Str {
+                min,
+                max,
+                count,
+                esc,
+                cont,
+                lo,
+                hi,
+            } => {
+                let mut f = (min, max, count, esc, cont, lo, hi);
+                if cont > 0 {
+                    if !(lo..=hi).contains(&b) {
+                        return;
+                    }
+                    f.4 -= 1;
+                    f.5 = 0x80;
+                    f.6 = 0xbf;
+                } else {
+                    match esc {
+                        Esc::Backslash => match b {
+                            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {
+                                f.3 = Esc::None;
+                                f.2 += 1;
+                            }
+                            b'u' => f.3 = Esc::Hex(4),
+                            _ => return,
+                        },
+                        Esc::Hex(n) => {
+                            // No surrogate escapes (\uD800-\uDFFF): a lone one does not parse.
+                            let ok = b.is_ascii_hexdigit() && !(n == 4 && matches!(b, b'd' | b'D'));
+                            if !ok {
+                                return;
+                            }
+                            if n == 1 {
+                                f.3 = Esc::None;
+                                f.2 += 1;
+                            } else {
+                                f.3 = Esc::Hex(n - 1);
+                            }
+                        }
+                        Esc::None => {
+                            if b == b'"' {
+                                if count >= min {
+                                    s.pop();
+                                    Self::push_out(out, s);
+                                }
+                                return;
+                            }
+                            if count >= max {
+                                return;
+                            }
+                            let (n, l, h) = match b {
+                                b'\\' => {
+                                    f.3 = Esc::Backslash;
+                                    (0, 0x80, 0xbf)
+                                }
+                                0x20..=0x7f => {
+                                    f.2 += 1;
+                                    (0, 0x80, 0xbf)
+                                }
+                                0xc2..=0xdf => (1, 0x80, 0xbf),
+                                0xe0 => (2, 0xa0, 0xbf),
+                                0xed => (2, 0x80, 0x9f),
+                                0xe1..=0xef => (2, 0x80, 0xbf),
+                                0xf0 => (3, 0x90, 0xbf),
+                                0xf1..=0xf3 => (3, 0x80, 0xbf),
+                                0xf4 => (3, 0x80, 0x8f),
+                                _ => return,
+                            };
+                            if n > 0 {
+                                f.2 += 1;
+                            }
+                            f.4 = n;
+                            f.5 = l;
+                            f.6 = h;
+                        }
+                    }
+                }
+                s[last] = Frame::Str {
+                    min: f.0,
+                    max: f.1,
+                    count: f.2,
+                    esc: f.3,
+                    cont: f.4,
+                    lo: f.5,
+                    hi: f.6,
+                };
+                Self::push_out(out, s);
+            }
+            Frame::Num {
+                integer,
+                st,
+                digits,
+            } => {
+                let d = b.is_ascii_digit();
+                let (st, digits) = match (st, b) {
+                    (NumSt::Start, b'-') => (NumSt::Minus, 0),
+                    (NumSt::Start | NumSt::Minus, b'0') => (NumSt::Zero, 1),
+                    (NumSt::Start | NumSt::Minus, _) if d => (NumSt::Int, 1),
+                    (NumSt::Int, _) if d && digits < MAX_INT_DIGITS => (NumSt::Int, digits + 1),
+                    (NumSt::Zero | NumSt::Int, b'.') if !integer => (NumSt::Dot, 0),
+                    (NumSt::Dot, _) if d => (NumSt::Frac, 1),
+                    (NumSt::Frac, _) if d && digits < MAX_FRAC_DIGITS => (NumSt::Frac, digits + 1),
+                    (NumSt::Zero | NumSt::Int | NumSt::Frac, b'e' | b'E') if !integer => {
+                        (NumSt::Exp, 0)
+                    }
+                    (NumSt::Exp, b'+' | b'-') => (NumSt::ExpSign, 0),
+                    (NumSt::Exp | NumSt::ExpSign, _) if d => (NumSt::ExpDig, 1),
+                    (NumSt::ExpDig, _) if d && digits < MAX_EXP_DIGITS => {
+                        (NumSt::ExpDig, digits + 1)
+                    }
+                    _ => return,
+                };
+                s[last] = Frame::Num {
+                    integer,
+                    st,
+                    digits,
+                };
+                Self::push_out(out, s);
+            }
+            Frame::Lit { node, idx, len } => {
+                let lits = self.lits(node);
+                let prefix = &lits[idx as usize][..len as usize];
+                let Some(j) = lits.iter().position(|l| {
+                    l.len() > len as usize && &l[..len as usize] == prefix && l[len as usize] == b
+                }) else {
+                    return;
+                };
+                let len = len + 1;
+                let now = &lits[j][..len as usize];
+                let longer = lits
+                    .iter()
+                    .any(|l| l.len() > len as usize && &l[..len as usize] == now);
+                if longer {
+                    s[last] = Frame::Lit {
+                        node,
+                        idx: j as u16,
+                        len,
+                    };
+                } else {
+                    s.pop(); // exactly one literal, fully matched
+                }
+                Self::push_out(out, s);
+            }
+            Frame::Word { word, len } => {
+                let w = WORDS[word as usize];
+                if w[len as usize] != b {
+                    return;
+                }
+                if len as usize + 1 == w.len() {
+                    s.pop();
+                } else {
+                    s[last] = Frame::Word { word, len: len + 1 };
+                }
+                Self::push_out(out, s);
+            }
+        }
+    }
+
+    /// Starts a value of node `n` with byte `b` on top of `s`.
+    fn start(&self, mut s: Stack, n: NodeId, b: u8, out: &mut Vec<Stack>) {
+        let word = |w: u8| Frame::Word { word: w, len: 0 };
+        let first: Option<Frame> = match self.g.node(n) {
+            Node::AnyOf(alts) => {
+                for &a in alts {
+                    self.start(s.clone(), a, b, out);
+                }
+                return;
+            }
+            Node::Any => match b {
+                b'{' => Some(Frame::AnyObj {
+                    phase: ObjPhase::Open,
+                }),
+                b'[' => Some(Frame::Arr {
+                    items: ANY,
+                    min: 0,
+                    max: u32::MAX,
+                    count: 0,
+                    phase: ObjPhase::Open,
+                }),
+                b'"' => Some(str_frame(0, u32::MAX)),
+                b'-' | b'0'..=b'9' => Some(num_frame(false)),
+                b't' => Some(word(0)),
+                b'f' => Some(word(1)),
+                b'n' => Some(word(2)),
+                _ => None,
+            },
+            Node::AnyObject => (b == b'{').then_some(Frame::AnyObj {
+                phase: ObjPhase::Open,
+            }),
+            Node::Object { .. } => (b == b'{').then_some(Frame::Obj {
+                node: n,
+                next: 0,
+                phase: ObjPhase::Open,
+            }),
+            Node::Array { items, min, max } => (b == b'[').then_some(Frame::Arr {
+                items: *items,
+                min: *min,
+                max: *max,
+                count: 0,
+                phase: ObjPhase::Open,
+            }),
+            Node::String { min, max } => (b == b'"').then(|| str_frame(*min, *max)),
+            Node::Integer => Some(num_frame(true)),
+            Node::Number => Some(num_frame(false)),
+            Node::Boolean => match b {
+                b't' => Some(word(0)),
+                b'f' => Some(word(1)),
+                _ => None,
+            },
+            Node::Null => (b == b'n').then_some(word(2)),
+            Node::Literals(_) => Some(Frame::Lit {
+                node: n,
+                idx: 0,
+                len: 0,
+            }),
+        };
+        let Some(f) = first else { return };
+        match f {
+            // These consume `b` themselves.
+            Frame::Num { .. } | Frame::Lit { .. } | Frame::Word { .. } => {
+                s.push(f);
+                self.step(s, b, out);
+            }
+            _ => {
+                s.push(f);
+                Self::push_out(out, s);
+            }
+        }
+    }
+}
+
+fn str_frame(min: u32, max: u32) -> Frame {
+    Frame::Str {
+        min,
+        max,
+        count: 0,
+        esc: Esc::None,
+        cont: 0,
+        lo: 0x80,
+        hi: 0xbf,
+    }
+}
+
+fn num_frame(integer: bool) -> Frame {
+    Frame::Num {
+        integer,
+        st: NumSt::Start,
+        digits: 0,
+    }
+}
