@@ -7,5 +7,6 @@ pub mod constrain;
 pub mod generate;
 pub mod gguf;
 pub mod model;
+pub mod server;
 pub mod testutil;
 pub mod tokenizer;

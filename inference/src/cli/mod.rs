@@ -1,7 +1,8 @@
-//! Command-line front end of the inference crate: argument parsing and the four subcommands.
+//! Command-line front end of the inference crate: argument parsing and the subcommands.
 
 mod bench;
 mod pull;
+mod serve;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -48,6 +49,8 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Download a known model and verify its checksum.
     Pull(pull::PullArgs),
+    /// Serve the OpenAI-compatible HTTP API with continuous batching.
+    Serve(serve::ServeArgs),
 }
 
 #[derive(clap::Args)]
@@ -95,6 +98,7 @@ pub fn main() -> ExitCode {
         Cmd::Inspect { path, full } => inspect(&path, full),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Pull(a) => pull::run(a),
+        Cmd::Serve(a) => serve::run(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

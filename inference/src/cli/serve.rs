@@ -1,0 +1,100 @@
+//! `sandgraph-infer serve`: binds the listener first (so /health answers 503 while the model
+//! loads), then loads the model, opens the backend and hands both to the server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+use sandgraph_inference::backend::BackendKind;
+use sandgraph_inference::server::batcher::Batcher;
+use sandgraph_inference::server::{AppState, Ready, ServerConfig, serve};
+use sandgraph_inference::tokenizer::{ChatTemplate, Tokenizer};
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// GGUF model file.
+    #[arg(long, env = "SANDGRAPH_MODEL", default_value = super::DEFAULT_MODEL)]
+    model: PathBuf,
+    /// auto, cpu or wgpu.
+    #[arg(long, default_value = "auto")]
+    backend: BackendKind,
+    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    listen: SocketAddr,
+    /// Requests decoded together (KV-cache slots).
+    #[arg(long, default_value_t = 8)]
+    slots: usize,
+    /// Context length of each slot.
+    #[arg(long, default_value_t = 2048)]
+    context: usize,
+    /// Requests that may wait for a slot before new ones get 429.
+    #[arg(long, default_value_t = 64)]
+    max_waiting: usize,
+    /// Largest accepted request body in bytes.
+    #[arg(long, default_value_t = 4 << 20)]
+    max_body_bytes: usize,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Log prompts and generated text (off by default).
+    #[arg(long)]
+    log_prompts: bool,
+}
+
+pub fn run(a: ServeArgs) -> Result<()> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(a.listen)
+            .await
+            .with_context(|| format!("binding {}", a.listen))?;
+        let addr = listener.local_addr()?;
+        // Tests and scripts read this line to find the port.
+        println!("listening on http://{addr}");
+        tracing::info!(%addr, "listening; loading the model");
+        let state = AppState::new(ServerConfig {
+            max_body_bytes: a.max_body_bytes,
+            max_waiting: a.max_waiting,
+            log_prompts: a.log_prompts,
+        });
+        let server = tokio::spawn(serve(listener, state.clone()));
+        let st = state.clone();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let model = super::load_model(&a.model)?;
+            let tok = Tokenizer::from_gguf(&model.file)?;
+            let template = ChatTemplate::detect(tok.chat_template())?;
+            let backend = super::open_backend(a.backend, &model, a.slots, a.context, a.threads)?;
+            let model_name = a
+                .model
+                .file_stem()
+                .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
+            let tok = Arc::new(tok);
+            let batcher = Batcher::start(backend, tok.clone(), a.max_waiting, st.metrics.clone());
+            st.set_ready(Ready {
+                batcher,
+                tok,
+                template,
+                model_name,
+            });
+            tracing::info!("model loaded; serving");
+            Ok(())
+        })
+        .await
+        .context("model loading task")??;
+        server.await.context("server task")?;
+        Ok(())
+    })
+}

@@ -1,0 +1,470 @@
+//! Continuous batching: one engine thread owns the backend and runs every admitted request in
+//! one shared batch, so requests join (prefill chunks) and leave (finish, disconnect) at token
+//! boundaries while the others keep decoding; a bounded waiting queue gives back-pressure.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::backend::{Backend, SeqChunk, argmax_of, top_k_of};
+use crate::generate::{FinishReason, PREFILL_CHUNK, Rng, Sampling, StopScanner, sample};
+use crate::server::metrics::Metrics;
+use crate::tokenizer::Tokenizer;
+
+/// Per-sequence token mask used for structured output (`response_format`, `tools`).
+///
+/// Hook for the constrained-decoding module: the batcher calls `mask` on the full logits row
+/// before every pick of a constrained sequence (set disallowed tokens to `f32::NEG_INFINITY`),
+/// then `accept` with the token it chose. A sequence whose constraint reports `is_complete`
+/// finishes with `stop` right after that token.
+pub trait SequenceConstraint: Send {
+    fn mask(&mut self, logits: &mut [f32]);
+    fn accept(&mut self, token: u32);
+    fn is_complete(&self) -> bool;
+}
+
+/// One request for the engine.
+pub struct Job {
+    pub id: String,
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampling: Sampling,
+    pub stop: Vec<String>,
+    pub constraint: Option<Box<dyn SequenceConstraint>>,
+    /// Where the engine streams the output; dropping the receiver cancels the request.
+    pub events: UnboundedSender<Event>,
+}
+
+/// What the engine reports back for one job, in order: texts, then exactly one `Done`/`Failed`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// The request left the queue and got a slot (its prefill starts now).
+    Started,
+    Text(String),
+    Done {
+        finish: FinishReason,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+    },
+    Failed(String),
+}
+
+/// Why a job was not queued.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the waiting queue is full ({0} requests); retry later")]
+    QueueFull(usize),
+    #[error("the engine has stopped: {0}")]
+    EngineStopped(String),
+}
+
+struct Queue {
+    waiting: VecDeque<(Job, Instant)>,
+    stopped: Option<String>,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    max_waiting: usize,
+    running: AtomicUsize,
+    cancelled: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+/// Handle to the engine thread; dropping it lets the thread finish its work and exit.
+pub struct Batcher {
+    shared: Arc<Shared>,
+    slots: usize,
+    max_context: usize,
+}
+
+impl Batcher {
+    /// Starts the engine thread over `backend` (one KV slot per concurrent request).
+    pub fn start(
+        backend: Box<dyn Backend>,
+        tok: Arc<Tokenizer>,
+        max_waiting: usize,
+        metrics: Arc<Metrics>,
+    ) -> Batcher {
+        let slots = backend.max_slots();
+        let max_context = backend.max_context();
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                waiting: VecDeque::new(),
+                stopped: None,
+            }),
+            wake: Condvar::new(),
+            max_waiting,
+            running: AtomicUsize::new(0),
+            cancelled: AtomicU64::new(0),
+            metrics,
+        });
+        let s = shared.clone();
+        std::thread::Builder::new()
+            .name("sandgraph-engine".into())
+            .spawn(move || Engine::new(backend, tok, s).run())
+            .expect("spawning the engine thread");
+        Batcher {
+            shared,
+            slots,
+            max_context,
+        }
+    }
+
+    pub fn max_context(&self) -> usize {
+        self.max_context
+    }
+
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// Queues a job; fails at once when the queue is full or the engine has stopped.
+    pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
+        let mut q = self.shared.queue.lock().expect("queue lock");
+        if let Some(why) = &q.stopped {
+            return Err(SubmitError::EngineStopped(why.clone()));
+        }
+        if q.waiting.len() >= self.shared.max_waiting {
+            return Err(SubmitError::QueueFull(self.shared.max_waiting));
+        }
+        q.waiting.push_back((job, Instant::now()));
+        self.shared.metrics.set_waiting(q.waiting.len());
+        drop(q);
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    /// Requests holding a slot now.
+    pub fn running(&self) -> usize {
+        self.shared.running.load(Ordering::SeqCst)
+    }
+
+    /// Requests waiting for a slot now.
+    pub fn waiting(&self) -> usize {
+        self.shared.queue.lock().expect("queue lock").waiting.len()
+    }
+
+    /// Requests stopped because their client went away, since start.
+    pub fn cancelled(&self) -> u64 {
+        self.shared.cancelled.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Batcher {
+    fn drop(&mut self) {
+        let mut q = self.shared.queue.lock().expect("queue lock");
+        q.stopped
+            .get_or_insert_with(|| "the server is shutting down".into());
+        drop(q);
+        self.shared.wake.notify_all();
+    }
+}
+
+/// A request holding a slot.
+struct Seq {
+    job: Job,
+    slot: usize,
+    /// Prompt tokens already in the KV cache.
+    prefilled: usize,
+    /// Tokens in the KV cache.
+    pos: usize,
+    /// The token to feed next (picked, consumed, not yet in the cache).
+    pending: Option<u32>,
+    generated: usize,
+    scanner: StopScanner,
+    rng: Rng,
+    started: Instant,
+    last_token: Option<Instant>,
+}
+
+struct Engine {
+    backend: Box<dyn Backend>,
+    tok: Arc<Tokenizer>,
+    shared: Arc<Shared>,
+    seqs: Vec<Seq>,
+    free: Vec<usize>,
+}
+
+impl Engine {
+    fn new(backend: Box<dyn Backend>, tok: Arc<Tokenizer>, shared: Arc<Shared>) -> Engine {
+        let free = (0..backend.max_slots()).rev().collect();
+        Engine {
+            backend,
+            tok,
+            shared,
+            seqs: Vec::new(),
+            free,
+        }
+    }
+
+    fn run(mut self) {
+        loop {
+            if !self.admit() {
+                return;
+            }
+            self.drop_disconnected();
+            if self.seqs.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.step() {
+                let msg = format!("engine step failed: {e}");
+                tracing::error!(error = %msg, "engine step failed; failing the running requests");
+                for s in self.seqs.drain(..) {
+                    let _ = s.job.events.send(Event::Failed(msg.clone()));
+                    self.free.push(s.slot);
+                }
+                self.publish_running();
+            }
+        }
+    }
+
+    /// Moves waiting jobs into free slots; blocks while there is nothing to do.
+    /// Returns false when the engine should exit.
+    fn admit(&mut self) -> bool {
+        let mut q = self.shared.queue.lock().expect("queue lock");
+        loop {
+            while !self.free.is_empty() {
+                let Some((job, queued_at)) = q.waiting.pop_front() else {
+                    break;
+                };
+                if job.events.is_closed() {
+                    self.shared.cancelled.fetch_add(1, Ordering::SeqCst);
+                    continue;
+                }
+                let slot = self.free.pop().expect("checked non-empty");
+                let now = Instant::now();
+                self.shared
+                    .metrics
+                    .observe_queue_time(now.duration_since(queued_at));
+                let _ = job.events.send(Event::Started);
+                let scanner = StopScanner::new(&job.stop);
+                let rng = Rng::new(job.sampling.seed);
+                self.seqs.push(Seq {
+                    job,
+                    slot,
+                    prefilled: 0,
+                    pos: 0,
+                    pending: None,
+                    generated: 0,
+                    scanner,
+                    rng,
+                    started: now,
+                    last_token: None,
+                });
+            }
+            self.shared.metrics.set_waiting(q.waiting.len());
+            self.publish_running();
+            if !self.seqs.is_empty() {
+                return true;
+            }
+            if q.stopped.is_some() && q.waiting.is_empty() {
+                return false;
+            }
+            q = self.shared.wake.wait(q).expect("queue lock");
+        }
+    }
+
+    fn publish_running(&self) {
+        self.shared.running.store(self.seqs.len(), Ordering::SeqCst);
+        let used: usize = self.seqs.iter().map(|s| s.pos).sum();
+        let total = self.backend.max_slots() * self.backend.max_context();
+        self.shared
+            .metrics
+            .set_running(self.seqs.len(), used as f64 / total.max(1) as f64);
+    }
+
+    /// Frees the slots of requests whose client stopped listening.
+    fn drop_disconnected(&mut self) {
+        let before = self.seqs.len();
+        let mut i = 0;
+        while i < self.seqs.len() {
+            if self.seqs[i].job.events.is_closed() {
+                let s = self.seqs.swap_remove(i);
+                tracing::info!(request_id = %s.job.id, generated = s.generated, "client disconnected; request cancelled");
+                self.free.push(s.slot);
+                self.shared.cancelled.fetch_add(1, Ordering::SeqCst);
+            } else {
+                i += 1;
+            }
+        }
+        if self.seqs.len() != before {
+            self.publish_running();
+        }
+    }
+
+    /// One forward over every running sequence: a prompt chunk for those still prefilling,
+    /// one token for those decoding. Then picks and hands out the next tokens.
+    fn step(&mut self) -> Result<(), crate::backend::BackendError> {
+        // (sequence index, whether a token is picked after this chunk)
+        let mut plan: Vec<(usize, bool)> = Vec::with_capacity(self.seqs.len());
+        let mut chunks: Vec<SeqChunk<'_>> = Vec::with_capacity(self.seqs.len());
+        for (i, s) in self.seqs.iter().enumerate() {
+            if s.prefilled < s.job.prompt.len() {
+                let end = (s.prefilled + PREFILL_CHUNK).min(s.job.prompt.len());
+                chunks.push(SeqChunk {
+                    slot: s.slot,
+                    start_pos: s.prefilled,
+                    tokens: &s.job.prompt[s.prefilled..end],
+                });
+                plan.push((i, end == s.job.prompt.len()));
+            } else {
+                let t = s
+                    .pending
+                    .as_ref()
+                    .expect("a decoding sequence has a pending token");
+                chunks.push(SeqChunk {
+                    slot: s.slot,
+                    start_pos: s.pos,
+                    tokens: std::slice::from_ref(t),
+                });
+                plan.push((i, true));
+            }
+        }
+        let advanced: Vec<usize> = chunks.iter().map(|c| c.tokens.len()).collect();
+        self.backend.forward(&chunks)?;
+        drop(chunks);
+        for ((i, _), n) in plan.iter().zip(&advanced) {
+            let s = &mut self.seqs[*i];
+            s.pos += n;
+            if s.prefilled < s.job.prompt.len() {
+                s.prefilled += n;
+            }
+        }
+        let picks = self.pick(&plan)?;
+        let mut finished = Vec::new();
+        for ((i, picks_now), t) in plan.iter().zip(picks) {
+            if *picks_now && self.consume(*i, t) {
+                finished.push(*i);
+            }
+        }
+        finished.sort_unstable_by(|a, b| b.cmp(a));
+        for i in finished {
+            let s = self.seqs.swap_remove(i);
+            self.free.push(s.slot);
+        }
+        self.publish_running();
+        Ok(())
+    }
+
+    /// Picks a token for every chunk of the last forward (ignored where the prompt is not done).
+    fn pick(&mut self, plan: &[(usize, bool)]) -> Result<Vec<u32>, crate::backend::BackendError> {
+        let seqs = &self.seqs;
+        let constrained = plan
+            .iter()
+            .any(|(i, p)| *p && seqs[*i].job.constraint.is_some());
+        let all_greedy = plan
+            .iter()
+            .all(|(i, _)| seqs[*i].job.sampling.temperature <= 0.0);
+        if !constrained && all_greedy {
+            return self.backend.argmax();
+        }
+        if constrained {
+            let rows = self.backend.logits()?;
+            let mut out = Vec::with_capacity(plan.len());
+            for ((i, picks_now), mut row) in plan.iter().zip(rows) {
+                let s = &mut self.seqs[*i];
+                if !*picks_now {
+                    out.push(0);
+                    continue;
+                }
+                if let Some(c) = s.job.constraint.as_mut() {
+                    c.mask(&mut row);
+                }
+                let t = if s.job.sampling.temperature <= 0.0 {
+                    argmax_of(&row)
+                } else {
+                    let k = if s.job.sampling.top_k == 0 {
+                        row.len()
+                    } else {
+                        s.job.sampling.top_k
+                    };
+                    let cands: Vec<(u32, f32)> = top_k_of(&row, k)
+                        .into_iter()
+                        .filter(|(_, l)| l.is_finite())
+                        .collect();
+                    sample(&cands, &s.job.sampling, &mut s.rng)
+                };
+                out.push(t);
+            }
+            return Ok(out);
+        }
+        let k = plan
+            .iter()
+            .map(|(i, _)| match seqs[*i].job.sampling.top_k {
+                0 => self.tok.vocab_size(),
+                k => k,
+            })
+            .max()
+            .unwrap_or(1);
+        let cands = self.backend.top_k(k)?;
+        Ok(plan
+            .iter()
+            .zip(cands)
+            .map(|((i, _), list)| {
+                let s = &mut self.seqs[*i];
+                let k = match s.job.sampling.top_k {
+                    0 => list.len(),
+                    k => k.min(list.len()),
+                };
+                sample(&list[..k], &s.job.sampling, &mut s.rng)
+            })
+            .collect())
+    }
+
+    /// Hands token `t` to sequence `i`; returns true when the sequence is finished.
+    fn consume(&mut self, i: usize, t: u32) -> bool {
+        let max_ctx = self.backend.max_context();
+        let metrics = self.shared.metrics.clone();
+        let s = &mut self.seqs[i];
+        let now = Instant::now();
+        match s.last_token {
+            None => metrics.observe_ttft(now.duration_since(s.started)),
+            Some(prev) => metrics.observe_itl(now.duration_since(prev)),
+        }
+        s.last_token = Some(now);
+        let finish = if Some(t) == self.tok.eos || self.tok.is_control(t) {
+            Some(FinishReason::EndOfSequence)
+        } else {
+            s.generated += 1;
+            metrics.add_generation_tokens(1);
+            if let Some(c) = s.job.constraint.as_mut() {
+                c.accept(t);
+            }
+            let (text, stopped) = s.scanner.push(self.tok.token_bytes(t));
+            if !text.is_empty() {
+                let _ = s.job.events.send(Event::Text(text));
+            }
+            if stopped {
+                Some(FinishReason::StopSequence)
+            } else if s.job.constraint.as_ref().is_some_and(|c| c.is_complete()) {
+                Some(FinishReason::EndOfSequence)
+            } else if s.generated >= s.job.max_tokens {
+                Some(FinishReason::MaxTokens)
+            } else if s.pos >= max_ctx {
+                Some(FinishReason::ContextFull)
+            } else {
+                s.pending = Some(t);
+                None
+            }
+        };
+        let Some(finish) = finish else {
+            return false;
+        };
+        let rest = s.scanner.finish();
+        if !rest.is_empty() && finish != FinishReason::StopSequence {
+            let _ = s.job.events.send(Event::Text(rest));
+        }
+        metrics.observe_e2e(now.duration_since(s.started), s.job.prompt.len());
+        let _ = s.job.events.send(Event::Done {
+            finish,
+            prompt_tokens: s.job.prompt.len(),
+            completion_tokens: s.generated,
+        });
+        true
+    }
+}

@@ -1,0 +1,171 @@
+//! Prometheus metrics with vLLM's meanings under our `sandgraph_infer_` prefix, so dashboards
+//! built for vLLM (running/waiting requests, token counters, TTFT, inter-token, end-to-end and
+//! queue-time histograms, KV-cache usage) work against this server by swapping the prefix.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Latency buckets in seconds (1 ms .. ~65 s).
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    [
+        0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
+        7.5, 10.0, 20.0, 40.0, 80.0,
+    ]
+    .into_iter()
+}
+
+/// Every metric the server exports.
+pub struct Metrics {
+    registry: Registry,
+    running: Gauge,
+    waiting: Gauge,
+    kv_usage: Gauge<f64, AtomicU64>,
+    prompt_tokens: Counter,
+    generation_tokens: Counter,
+    ttft: Histogram,
+    itl: Histogram,
+    e2e: Histogram,
+    queue: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("sandgraph_infer");
+        let m = Metrics {
+            running: Gauge::default(),
+            waiting: Gauge::default(),
+            kv_usage: Gauge::default(),
+            prompt_tokens: Counter::default(),
+            generation_tokens: Counter::default(),
+            ttft: Histogram::new(latency_buckets()),
+            itl: Histogram::new(latency_buckets()),
+            e2e: Histogram::new(latency_buckets()),
+            queue: Histogram::new(latency_buckets()),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "num_requests_running",
+            "Requests holding a KV-cache slot (prefilling or decoding)",
+            m.running.clone(),
+        );
+        registry.register(
+            "num_requests_waiting",
+            "Requests queued for a slot",
+            m.waiting.clone(),
+        );
+        registry.register(
+            "kv_cache_usage_perc",
+            "Fraction of KV-cache positions in use (1 = full)",
+            m.kv_usage.clone(),
+        );
+        registry.register(
+            "prompt_tokens",
+            "Prompt tokens prefilled",
+            m.prompt_tokens.clone(),
+        );
+        registry.register(
+            "generation_tokens",
+            "Tokens generated",
+            m.generation_tokens.clone(),
+        );
+        registry.register(
+            "time_to_first_token_seconds",
+            "From slot admission to the first generated token",
+            m.ttft.clone(),
+        );
+        registry.register(
+            "inter_token_latency_seconds",
+            "Time between consecutive generated tokens of one request",
+            m.itl.clone(),
+        );
+        registry.register(
+            "e2e_request_latency_seconds",
+            "From slot admission to the request's last token",
+            m.e2e.clone(),
+        );
+        registry.register(
+            "request_queue_time_seconds",
+            "Time a request waited in the queue before getting a slot",
+            m.queue.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn set_running(&self, running: usize, kv_usage: f64) {
+        self.running.set(running as i64);
+        self.kv_usage.set(kv_usage);
+    }
+    pub fn set_waiting(&self, waiting: usize) {
+        self.waiting.set(waiting as i64);
+    }
+    pub fn add_generation_tokens(&self, n: u64) {
+        self.generation_tokens.inc_by(n);
+    }
+    pub fn observe_ttft(&self, d: Duration) {
+        self.ttft.observe(d.as_secs_f64());
+    }
+    pub fn observe_itl(&self, d: Duration) {
+        self.itl.observe(d.as_secs_f64());
+    }
+    pub fn observe_queue_time(&self, d: Duration) {
+        self.queue.observe(d.as_secs_f64());
+    }
+    /// A finished request: its latency and its prompt tokens.
+    pub fn observe_e2e(&self, d: Duration, prompt_tokens: usize) {
+        self.e2e.observe(d.as_secs_f64());
+        self.prompt_tokens.inc_by(prompt_tokens as u64);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_render_with_the_prefix_and_vllm_names() {
+        let m = Metrics::new();
+        m.set_running(2, 0.25);
+        m.add_generation_tokens(5);
+        m.observe_e2e(Duration::from_millis(30), 7);
+        let text = m.render();
+        assert!(
+            text.contains("sandgraph_infer_num_requests_running 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sandgraph_infer_generation_tokens_total 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sandgraph_infer_prompt_tokens_total 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sandgraph_infer_kv_cache_usage_perc 0.25"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sandgraph_infer_e2e_request_latency_seconds_count 1"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,434 @@
+//! The OpenAI request and response shapes for `/v1/completions` and `/v1/chat/completions`,
+//! and the checks that turn a request into engine parameters or a specific 400.
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::generate::{FinishReason, Sampling};
+use crate::server::errors::ApiError;
+
+/// A string or a list of strings (`stop`, `prompt`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Message content: a string or a list of `{type:"text", text}` parts.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Message {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<Content>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub tool_calls: Option<Value>,
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+}
+
+/// Fields shared by both endpoints. Unknown fields are rejected, as OpenAI does.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatRequest {
+    #[serde(default)]
+    pub model: Option<String>,
+    pub messages: Vec<Message>,
+    #[serde(default)]
+    pub max_tokens: Option<i64>,
+    #[serde(default)]
+    pub max_completion_tokens: Option<i64>,
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    #[serde(default)]
+    pub seed: Option<i64>,
+    #[serde(default)]
+    pub stop: Option<OneOrMany>,
+    #[serde(default)]
+    pub n: Option<i64>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    pub response_format: Option<Value>,
+    #[serde(default)]
+    pub tools: Option<Value>,
+    #[serde(default)]
+    pub tool_choice: Option<Value>,
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub frequency_penalty: Option<f32>,
+    #[serde(default)]
+    pub presence_penalty: Option<f32>,
+    #[serde(default)]
+    pub logprobs: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompletionRequest {
+    #[serde(default)]
+    pub model: Option<String>,
+    pub prompt: OneOrMany,
+    #[serde(default)]
+    pub max_tokens: Option<i64>,
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    #[serde(default)]
+    pub seed: Option<i64>,
+    #[serde(default)]
+    pub stop: Option<OneOrMany>,
+    #[serde(default)]
+    pub n: Option<i64>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub frequency_penalty: Option<f32>,
+    #[serde(default)]
+    pub presence_penalty: Option<f32>,
+}
+
+/// Parses a JSON body, mapping serde's failure to OpenAI's 400 (unknown field, wrong type, syntax).
+pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        let msg = e.to_string();
+        if let Some(rest) = msg.strip_prefix("unknown field `") {
+            let name = rest.split('`').next().unwrap_or("");
+            return ApiError::invalid(
+                format!("Unrecognized request argument supplied: {name}"),
+                Some(name),
+                "unknown_parameter",
+            );
+        }
+        match e.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                ApiError::invalid(
+                    format!("the request body is not valid JSON ({msg}); send a JSON object"),
+                    None,
+                    "invalid_json",
+                )
+            }
+            _ => ApiError::invalid(
+                format!("the request body does not match the expected shape: {msg}"),
+                None,
+                "invalid_request_body",
+            ),
+        }
+    })
+}
+
+/// Engine parameters common to both endpoints, after validation.
+#[derive(Clone, Debug)]
+pub struct Params {
+    pub max_tokens: Option<usize>,
+    pub sampling: Sampling,
+    pub stop: Vec<String>,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn check_params(
+    max_tokens: Option<i64>,
+    max_tokens_param: &str,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    seed: Option<i64>,
+    stop: Option<OneOrMany>,
+    n: Option<i64>,
+    stream: Option<bool>,
+    stream_options: Option<StreamOptions>,
+    penalties: [(Option<f32>, &str); 2],
+    max_context: usize,
+) -> Result<Params, ApiError> {
+    if let Some(n) = n
+        && n != 1
+    {
+        return Err(ApiError::invalid(
+            format!(
+                "n = {n} is not supported; this server generates one choice per request (n = 1)"
+            ),
+            Some("n"),
+            "unsupported_value",
+        ));
+    }
+    let max_tokens = match max_tokens {
+        None => None,
+        Some(m) if m < 1 => {
+            return Err(ApiError::invalid(
+                format!("{max_tokens_param} = {m}: it must be at least 1"),
+                Some(max_tokens_param),
+                "invalid_value",
+            ));
+        }
+        Some(m) if m as u64 > max_context as u64 => {
+            return Err(ApiError::invalid(
+                format!(
+                    "{max_tokens_param} = {m} exceeds this model's context of {max_context} tokens; ask for fewer"
+                ),
+                Some(max_tokens_param),
+                "invalid_value",
+            ));
+        }
+        Some(m) => Some(m as usize),
+    };
+    let temperature = temperature.unwrap_or(1.0);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(ApiError::invalid(
+            format!("temperature = {temperature}: it must be between 0 and 2"),
+            Some("temperature"),
+            "invalid_value",
+        ));
+    }
+    let top_p = top_p.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(ApiError::invalid(
+            format!("top_p = {top_p}: it must be in (0, 1]"),
+            Some("top_p"),
+            "invalid_value",
+        ));
+    }
+    for (v, name) in penalties {
+        if v.is_some_and(|v| v != 0.0) {
+            return Err(ApiError::invalid(
+                format!("{name} is not supported by this server; leave it out or set it to 0"),
+                Some(name),
+                "unsupported_parameter",
+            ));
+        }
+    }
+    let stop = match stop {
+        None => vec![],
+        Some(OneOrMany::One(s)) => vec![s],
+        Some(OneOrMany::Many(v)) if v.len() > 4 => {
+            return Err(ApiError::invalid(
+                format!("stop has {} sequences; at most 4 are allowed", v.len()),
+                Some("stop"),
+                "invalid_value",
+            ));
+        }
+        Some(OneOrMany::Many(v)) => v,
+    };
+    let seed = match seed {
+        Some(s) => s as u64,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+    };
+    Ok(Params {
+        max_tokens,
+        sampling: Sampling {
+            temperature,
+            top_k: 0,
+            top_p,
+            seed,
+        },
+        stop,
+        stream: stream.unwrap_or(false),
+        include_usage: stream_options.is_some_and(|o| o.include_usage),
+    })
+}
+
+impl ChatRequest {
+    pub fn params(&mut self, max_context: usize) -> Result<Params, ApiError> {
+        let (mt, name) = match (self.max_completion_tokens, self.max_tokens) {
+            (Some(m), _) => (Some(m), "max_completion_tokens"),
+            (None, m) => (m, "max_tokens"),
+        };
+        check_params(
+            mt,
+            name,
+            self.temperature,
+            self.top_p,
+            self.seed,
+            self.stop.take(),
+            self.n,
+            self.stream,
+            self.stream_options.take(),
+            [
+                (self.frequency_penalty, "frequency_penalty"),
+                (self.presence_penalty, "presence_penalty"),
+            ],
+            max_context,
+        )
+    }
+
+    /// The messages as (role, text) pairs, rejecting content this server cannot read.
+    pub fn chat_messages(&self) -> Result<Vec<crate::tokenizer::ChatMessage>, ApiError> {
+        if self.messages.is_empty() {
+            return Err(ApiError::invalid(
+                "messages is empty; send at least one message",
+                Some("messages"),
+                "invalid_value",
+            ));
+        }
+        let mut out = Vec::with_capacity(self.messages.len());
+        for (i, m) in self.messages.iter().enumerate() {
+            if !matches!(
+                m.role.as_str(),
+                "system" | "developer" | "user" | "assistant" | "tool"
+            ) {
+                return Err(ApiError::invalid(
+                    format!(
+                        "messages[{i}].role = '{}': use system, developer, user, assistant or tool",
+                        m.role
+                    ),
+                    Some(&format!("messages[{i}].role")),
+                    "invalid_value",
+                ));
+            }
+            let text = match &m.content {
+                None => String::new(),
+                Some(Content::Text(t)) => t.clone(),
+                Some(Content::Parts(parts)) => {
+                    let mut s = String::new();
+                    for p in parts {
+                        match (p.kind.as_str(), &p.text) {
+                            ("text", Some(t)) => s.push_str(t),
+                            (kind, _) => {
+                                return Err(ApiError::invalid(
+                                    format!(
+                                        "messages[{i}] has a '{kind}' content part; this model reads text parts only"
+                                    ),
+                                    Some(&format!("messages[{i}].content")),
+                                    "unsupported_content",
+                                ));
+                            }
+                        }
+                    }
+                    s
+                }
+            };
+            let role = if m.role == "developer" {
+                "system"
+            } else {
+                &m.role
+            };
+            out.push(crate::tokenizer::ChatMessage::new(role, &text));
+        }
+        Ok(out)
+    }
+}
+
+impl CompletionRequest {
+    pub fn params(&mut self, max_context: usize) -> Result<Params, ApiError> {
+        let mut p = check_params(
+            self.max_tokens,
+            "max_tokens",
+            self.temperature,
+            self.top_p,
+            self.seed,
+            self.stop.take(),
+            self.n,
+            self.stream,
+            self.stream_options.take(),
+            [
+                (self.frequency_penalty, "frequency_penalty"),
+                (self.presence_penalty, "presence_penalty"),
+            ],
+            max_context,
+        )?;
+        // OpenAI's legacy completions default to 16 tokens.
+        p.max_tokens.get_or_insert(16);
+        Ok(p)
+    }
+
+    pub fn prompt_text(&self) -> Result<String, ApiError> {
+        match &self.prompt {
+            OneOrMany::One(s) => Ok(s.clone()),
+            OneOrMany::Many(v) if v.len() == 1 => Ok(v[0].clone()),
+            OneOrMany::Many(v) => Err(ApiError::invalid(
+                format!(
+                    "prompt holds {} prompts; send one prompt per request",
+                    v.len()
+                ),
+                Some("prompt"),
+                "unsupported_value",
+            )),
+        }
+    }
+}
+
+pub fn finish_reason(f: FinishReason) -> &'static str {
+    match f {
+        FinishReason::EndOfSequence | FinishReason::StopSequence | FinishReason::Cancelled => {
+            "stop"
+        }
+        FinishReason::MaxTokens | FinishReason::ContextFull => "length",
+    }
+}
+
+pub fn usage(prompt: usize, completion: usize) -> Value {
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_field_names_the_field() {
+        let e = parse_body::<ChatRequest>(br#"{"messages":[],"frobnicate":1}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("frobnicate"));
+        assert_eq!(e.code, Some("unknown_parameter"));
+    }
+
+    #[test]
+    fn n_above_one_is_refused() {
+        let mut r: ChatRequest =
+            parse_body(br#"{"messages":[{"role":"user","content":"hi"}],"n":2}"#).unwrap();
+        let e = r.params(64).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("n"));
+    }
+
+    #[test]
+    fn content_parts_are_joined() {
+        let r: ChatRequest = parse_body(
+            br#"{"messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(r.chat_messages().unwrap()[0].content, "ab");
+    }
+}

@@ -1,0 +1,403 @@
+//! HTTP routing: maps each path to its handler, limits and reads bodies, and turns validated
+//! OpenAI requests into engine jobs whose events become JSON or SSE responses.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::server::batcher::{Event, Job, SubmitError};
+use crate::server::errors::ApiError;
+use crate::server::openai::{
+    ChatRequest, CompletionRequest, Params, finish_reason, parse_body, usage,
+};
+use crate::server::sse::SseBody;
+use crate::server::{AppState, Ready};
+
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(v.to_string())).boxed_unsync())
+        .expect("static headers are valid")
+}
+
+fn error_response(e: ApiError) -> Response<Body> {
+    e.into_response().map(|b| b.boxed_unsync())
+}
+
+/// The service function: never fails; every problem is an OpenAI error object.
+pub async fn handle(
+    req: Request<Incoming>,
+    state: Arc<AppState>,
+) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let r = match (req.method(), path.as_str()) {
+        (&Method::GET, "/health") => Ok(health(&state)),
+        (&Method::GET, "/metrics") => Ok(metrics(&state)),
+        (&Method::GET, "/v1/models") => models(&state),
+        (&Method::POST, "/v1/chat/completions") => chat(req, &state).await,
+        (&Method::POST, "/v1/completions") => completion(req, &state).await,
+        (_, "/health" | "/metrics" | "/v1/models" | "/v1/chat/completions" | "/v1/completions") => {
+            Err(ApiError::invalid(
+                format!("method {} is not allowed on {path}", req.method()),
+                None,
+                "method_not_allowed",
+            )
+            .with_status(StatusCode::METHOD_NOT_ALLOWED))
+        }
+        _ => Err(ApiError::not_found(&path)),
+    };
+    Ok(r.unwrap_or_else(error_response))
+}
+
+fn health(state: &AppState) -> Response<Body> {
+    match state.ready() {
+        Some(_) => json_response(StatusCode::OK, &json!({"status": "ok"})),
+        None => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "loading"}),
+        ),
+    }
+}
+
+fn metrics(state: &AppState) -> Response<Body> {
+    Response::builder()
+        .header(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
+        .body(Full::new(Bytes::from(state.metrics.render())).boxed_unsync())
+        .expect("static headers are valid")
+}
+
+fn ready(state: &AppState) -> Result<&Ready, ApiError> {
+    state.ready().ok_or_else(|| {
+        ApiError::overloaded(
+            "the model is still loading; retry when /health returns 200",
+            StatusCode::SERVICE_UNAVAILABLE,
+        )
+    })
+}
+
+fn models(state: &AppState) -> Result<Response<Body>, ApiError> {
+    let r = ready(state)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "object": "list",
+            "data": [{
+                "id": r.model_name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "sandgraph",
+                "max_model_len": r.batcher.max_context(),
+            }],
+        }),
+    ))
+}
+
+/// Reads the body, refusing it before reading further once it passes the size limit.
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::invalid(
+            format!("the request body is larger than {limit} bytes; send a smaller request"),
+            None,
+            "body_too_large",
+        )
+        .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+    };
+    if let Some(len) = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > limit as u64
+    {
+        return Err(too_large());
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(ApiError::invalid(
+            format!("reading the request body failed: {e}"),
+            None,
+            "body_read_failed",
+        )),
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Checks the prompt against the context and settles `max_tokens`.
+fn fit_context(prompt: &[u32], params: &Params, max_ctx: usize) -> Result<usize, ApiError> {
+    if prompt.is_empty() {
+        return Err(ApiError::invalid(
+            "the prompt is empty; send at least one token of text",
+            Some("prompt"),
+            "invalid_value",
+        ));
+    }
+    if prompt.len() >= max_ctx {
+        return Err(ApiError::invalid(
+            format!(
+                "this model's maximum context length is {max_ctx} tokens, but the prompt has {} tokens; shorten the prompt",
+                prompt.len()
+            ),
+            Some("messages"),
+            "context_length_exceeded",
+        ));
+    }
+    match params.max_tokens {
+        None => Ok(max_ctx - prompt.len()),
+        Some(m) if prompt.len() + m > max_ctx => Err(ApiError::invalid(
+            format!(
+                "this model's maximum context length is {max_ctx} tokens; the prompt has {} tokens and {m} more were requested; lower max_tokens or shorten the prompt",
+                prompt.len()
+            ),
+            Some("max_tokens"),
+            "context_length_exceeded",
+        )),
+        Some(m) => Ok(m),
+    }
+}
+
+struct Submitted {
+    id: String,
+    model: String,
+    events: mpsc::UnboundedReceiver<Event>,
+}
+
+fn submit(
+    state: &AppState,
+    r: &Ready,
+    prefix: &str,
+    prompt: Vec<u32>,
+    max_tokens: usize,
+    params: &Params,
+    prompt_text: &str,
+) -> Result<Submitted, ApiError> {
+    let id = format!("{prefix}-{}", state.next_request_id());
+    let (tx, rx) = mpsc::unbounded_channel();
+    if state.config.log_prompts {
+        tracing::info!(request_id = %id, prompt_tokens = prompt.len(), max_tokens, prompt = %prompt_text, "request queued");
+    } else {
+        tracing::info!(request_id = %id, prompt_tokens = prompt.len(), max_tokens, "request queued");
+    }
+    let job = Job {
+        id: id.clone(),
+        prompt,
+        max_tokens,
+        sampling: params.sampling.clone(),
+        stop: params.stop.clone(),
+        constraint: None,
+        events: tx,
+    };
+    r.batcher.submit(job).map_err(|e| match e {
+        SubmitError::QueueFull(_) => {
+            ApiError::overloaded(e.to_string(), StatusCode::TOO_MANY_REQUESTS)
+        }
+        SubmitError::EngineStopped(_) => {
+            ApiError::overloaded(e.to_string(), StatusCode::SERVICE_UNAVAILABLE)
+        }
+    })?;
+    Ok(Submitted {
+        id,
+        model: r.model_name.clone(),
+        events: rx,
+    })
+}
+
+/// Waits for a whole generation: (text, finish_reason, prompt tokens, completion tokens).
+async fn collect(
+    state: &AppState,
+    s: &mut Submitted,
+) -> Result<(String, &'static str, usize, usize), ApiError> {
+    let mut text = String::new();
+    while let Some(ev) = s.events.recv().await {
+        match ev {
+            Event::Started => {}
+            Event::Text(t) => text.push_str(&t),
+            Event::Done {
+                finish,
+                prompt_tokens,
+                completion_tokens,
+            } => {
+                if state.config.log_prompts {
+                    tracing::info!(request_id = %s.id, completion_tokens, finish = ?finish, output = %text, "request done");
+                } else {
+                    tracing::info!(request_id = %s.id, completion_tokens, finish = ?finish, "request done");
+                }
+                return Ok((
+                    text,
+                    finish_reason(finish),
+                    prompt_tokens,
+                    completion_tokens,
+                ));
+            }
+            Event::Failed(msg) => return Err(ApiError::internal(msg)),
+        }
+    }
+    Err(ApiError::internal(
+        "the engine stopped before the request finished",
+    ))
+}
+
+fn sse_response(body: SseBody) -> Response<Body> {
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(body.boxed_unsync())
+        .expect("static headers are valid")
+}
+
+async fn chat(req: Request<Incoming>, state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
+    let body = read_body(req, state.config.max_body_bytes).await?;
+    let mut cr: ChatRequest = parse_body(&body)?;
+    let r = ready(state)?;
+    let params = cr.params(r.batcher.max_context())?;
+    // Structured output hook: once the constrain module lands, `response_format` and `tools`
+    // become a `SequenceConstraint` on the job instead of this refusal.
+    if let Some(rf) = &cr.response_format
+        && rf.get("type").and_then(Value::as_str) != Some("text")
+    {
+        return Err(ApiError::invalid(
+            "response_format other than {\"type\":\"text\"} is not supported by this build yet",
+            Some("response_format"),
+            "unsupported_parameter",
+        ));
+    }
+    if cr
+        .tools
+        .as_ref()
+        .is_some_and(|t| t.as_array().is_none_or(|a| !a.is_empty()))
+    {
+        return Err(ApiError::invalid(
+            "tools are not supported by this build yet",
+            Some("tools"),
+            "unsupported_parameter",
+        ));
+    }
+    let msgs = cr.chat_messages()?;
+    let text = r.template.render(&msgs);
+    let prompt = r.tok.encode(&text, true);
+    let max_tokens = fit_context(&prompt, &params, r.batcher.max_context())?;
+    let mut s = submit(state, r, "chatcmpl", prompt, max_tokens, &params, &text)?;
+    let created = now_secs();
+    if params.stream {
+        let (id, model) = (s.id.clone(), s.model.clone());
+        let include_usage = params.include_usage;
+        let chunk = move |delta: Value, finish: Option<&str>| {
+            json!({
+                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+            })
+        };
+        let (id2, model2) = (s.id.clone(), s.model.clone());
+        let format = Box::new(move |ev: &Event| match ev {
+            Event::Started => vec![chunk(json!({"role": "assistant", "content": ""}), None)],
+            Event::Text(t) => vec![chunk(json!({"content": t}), None)],
+            Event::Done {
+                finish,
+                prompt_tokens,
+                completion_tokens,
+            } => {
+                let mut v = vec![chunk(json!({}), Some(finish_reason(*finish)))];
+                if include_usage {
+                    v.push(json!({
+                        "id": id2, "object": "chat.completion.chunk", "created": created,
+                        "model": model2, "choices": [],
+                        "usage": usage(*prompt_tokens, *completion_tokens),
+                    }));
+                }
+                v
+            }
+            Event::Failed(msg) => vec![ApiError::internal(msg.clone()).body_json()],
+        });
+        return Ok(sse_response(SseBody::new(s.events, format)));
+    }
+    let (text, finish, p, c) = collect(state, &mut s).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "id": s.id, "object": "chat.completion", "created": created, "model": s.model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": null,
+                "finish_reason": finish,
+            }],
+            "usage": usage(p, c),
+        }),
+    ))
+}
+
+async fn completion(
+    req: Request<Incoming>,
+    state: &Arc<AppState>,
+) -> Result<Response<Body>, ApiError> {
+    let body = read_body(req, state.config.max_body_bytes).await?;
+    let mut cr: CompletionRequest = parse_body(&body)?;
+    let r = ready(state)?;
+    let params = cr.params(r.batcher.max_context())?;
+    let text = cr.prompt_text()?;
+    let prompt = r.tok.encode(&text, false);
+    let max_tokens = fit_context(&prompt, &params, r.batcher.max_context())?;
+    let mut s = submit(state, r, "cmpl", prompt, max_tokens, &params, &text)?;
+    let created = now_secs();
+    if params.stream {
+        let (id, model) = (s.id.clone(), s.model.clone());
+        let include_usage = params.include_usage;
+        let format = Box::new(move |ev: &Event| {
+            let chunk = |text: &str, finish: Option<&str>| {
+                json!({
+                    "id": id, "object": "text_completion", "created": created, "model": model,
+                    "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": finish}],
+                })
+            };
+            match ev {
+                Event::Started => vec![],
+                Event::Text(t) => vec![chunk(t, None)],
+                Event::Done {
+                    finish,
+                    prompt_tokens,
+                    completion_tokens,
+                } => {
+                    let mut v = vec![chunk("", Some(finish_reason(*finish)))];
+                    if include_usage {
+                        v.push(json!({
+                            "id": id, "object": "text_completion", "created": created,
+                            "model": model, "choices": [],
+                            "usage": usage(*prompt_tokens, *completion_tokens),
+                        }));
+                    }
+                    v
+                }
+                Event::Failed(msg) => vec![ApiError::internal(msg.clone()).body_json()],
+            }
+        });
+        return Ok(sse_response(SseBody::new(s.events, format)));
+    }
+    let (text, finish, p, c) = collect(state, &mut s).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "id": s.id, "object": "text_completion", "created": created, "model": s.model,
+            "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": finish}],
+            "usage": usage(p, c),
+        }),
+    ))
+}

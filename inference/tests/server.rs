@@ -1,0 +1,684 @@
+//! The OpenAI-compatible server on tiny seeded models with the CPU backend: response shapes,
+//! streaming, every bad-input case as a specific 4xx, continuous batching equal to running each
+//! request alone, back-pressure (429), and cancellation when a streaming client disconnects.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+
+use sandgraph_inference::backend::cpu::CpuBackend;
+use sandgraph_inference::backend::{Backend, BackendError, SeqChunk};
+use sandgraph_inference::generate::{self, CancelToken, Sampling};
+use sandgraph_inference::gguf::{GgmlType, GgufFile};
+use sandgraph_inference::model::LlamaModel;
+use sandgraph_inference::server::batcher::Batcher;
+use sandgraph_inference::server::{AppState, Ready, ServerConfig, serve};
+use sandgraph_inference::testutil::{TinySpec, tiny_model_bytes};
+use sandgraph_inference::tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
+
+const CONTEXT: usize = 256;
+
+fn tiny() -> (LlamaModel, Tokenizer) {
+    let bytes = tiny_model_bytes(&TinySpec::new(21, GgmlType::Q8_0));
+    let tok = Tokenizer::from_gguf(&GgufFile::from_bytes(bytes.clone()).unwrap()).unwrap();
+    let model = LlamaModel::from_gguf(GgufFile::from_bytes(bytes).unwrap()).unwrap();
+    (model, tok)
+}
+
+/// Lets the test decide when the engine may run a forward: `None` = open, `Some(n)` = n more.
+#[derive(Default)]
+struct Gate {
+    permits: Mutex<Option<usize>>,
+    cv: Condvar,
+    forwards: Mutex<usize>,
+}
+
+impl Gate {
+    fn closed() -> Arc<Gate> {
+        Arc::new(Gate {
+            permits: Mutex::new(Some(0)),
+            ..Default::default()
+        })
+    }
+    fn open(&self) {
+        *self.permits.lock().unwrap() = None;
+        self.cv.notify_all();
+    }
+    fn allow(&self, n: usize) {
+        let mut p = self.permits.lock().unwrap();
+        if let Some(k) = p.as_mut() {
+            *k += n;
+        }
+        self.cv.notify_all();
+    }
+    fn forwards(&self) -> usize {
+        *self.forwards.lock().unwrap()
+    }
+}
+
+struct GatedBackend {
+    inner: CpuBackend,
+    gate: Arc<Gate>,
+}
+
+impl Backend for GatedBackend {
+    fn name(&self) -> &'static str {
+        "gated-cpu"
+    }
+    fn max_slots(&self) -> usize {
+        self.inner.max_slots()
+    }
+    fn max_context(&self) -> usize {
+        self.inner.max_context()
+    }
+    fn forward(&mut self, batch: &[SeqChunk<'_>]) -> Result<(), BackendError> {
+        let mut p = self.gate.permits.lock().unwrap();
+        while *p == Some(0) {
+            p = self.gate.cv.wait(p).unwrap();
+        }
+        if let Some(k) = p.as_mut() {
+            *k -= 1;
+        }
+        drop(p);
+        let r = self.inner.forward(batch);
+        *self.gate.forwards.lock().unwrap() += 1;
+        r
+    }
+    fn logits(&mut self) -> Result<Vec<Vec<f32>>, BackendError> {
+        self.inner.logits()
+    }
+    fn argmax(&mut self) -> Result<Vec<u32>, BackendError> {
+        self.inner.argmax()
+    }
+    fn top_k(&mut self, k: usize) -> Result<Vec<Vec<(u32, f32)>>, BackendError> {
+        self.inner.top_k(k)
+    }
+}
+
+struct Server {
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    gate: Arc<Gate>,
+}
+
+impl Server {
+    fn batcher(&self) -> &Batcher {
+        &self.state.ready().unwrap().batcher
+    }
+}
+
+async fn start(slots: usize, config: ServerConfig, gate: Arc<Gate>) -> Server {
+    let (model, tok) = tiny();
+    let inner = CpuBackend::with_threads(&model, slots, CONTEXT, 1).unwrap();
+    let backend = Box::new(GatedBackend {
+        inner,
+        gate: gate.clone(),
+    });
+    let state = AppState::new(config);
+    let tok = Arc::new(tok);
+    let batcher = Batcher::start(
+        backend,
+        tok.clone(),
+        state.config.max_waiting,
+        state.metrics.clone(),
+    );
+    state.set_ready(Ready {
+        batcher,
+        tok,
+        template: ChatTemplate::detect(None).unwrap(),
+        model_name: "tiny".into(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve(listener, state.clone()));
+    Server { addr, state, gate }
+}
+
+async fn open_server(slots: usize) -> Server {
+    let gate = Gate::closed();
+    gate.open();
+    start(slots, ServerConfig::default(), gate).await
+}
+
+/// Sends one request on a fresh connection; returns the response and the connection task.
+async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> (Response<Incoming>, tokio::task::JoinHandle<()>) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "127.0.0.1")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .unwrap();
+    (sender.send_request(req).await.unwrap(), task)
+}
+
+async fn call(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let (resp, _task) = send(addr, method, path, body.map(|b| b.to_string().into_bytes())).await;
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, v)
+}
+
+async fn call_raw(addr: SocketAddr, path: &str, body: Vec<u8>) -> (u16, Value) {
+    let (resp, _task) = send(addr, "POST", path, Some(body)).await;
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+/// The `data:` payloads of an SSE body.
+fn sse_payloads(text: &str) -> Vec<String> {
+    text.split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            e.strip_prefix("data: ")
+                .expect("every event is a data line")
+                .to_owned()
+        })
+        .collect()
+}
+
+/// Greedy text of one completion prompt run alone through `generate`.
+fn alone(prompt: &str, max_tokens: usize) -> (String, usize) {
+    let (model, tok) = tiny();
+    let mut cpu = CpuBackend::with_threads(&model, 1, CONTEXT, 1).unwrap();
+    let req = generate::Request {
+        prompt: tok.encode(prompt, false),
+        max_tokens,
+        sampling: Sampling::greedy(),
+        stop: vec![],
+    };
+    let (out, _) =
+        generate::generate(&mut cpu, &tok, &[req], &CancelToken::new(), &mut |_, _| {}).unwrap();
+    (out[0].text.clone(), out[0].tokens.len())
+}
+
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn assert_error(v: &Value, code: &str, param: Option<&str>) {
+    let e = &v["error"];
+    assert_eq!(e["code"], code, "{v}");
+    assert_eq!(e["type"], "invalid_request_error", "{v}");
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    match param {
+        Some(p) => assert_eq!(e["param"], p, "{v}"),
+        None => assert!(e["param"].is_null(), "{v}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_503_while_loading_and_200_when_ready() {
+    let state = AppState::new(ServerConfig::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve(listener, state.clone()));
+    assert_eq!(call(addr, "GET", "/health", None).await.0, 503);
+    let (status, v) = call(
+        addr,
+        "POST",
+        "/v1/completions",
+        Some(json!({"prompt": "hi", "max_tokens": 2})),
+    )
+    .await;
+    assert_eq!(status, 503);
+    assert_eq!(v["error"]["code"], "unavailable");
+    let (model, tok) = tiny();
+    let tok = Arc::new(tok);
+    let cpu = CpuBackend::with_threads(&model, 1, CONTEXT, 1).unwrap();
+    state.set_ready(Ready {
+        batcher: Batcher::start(Box::new(cpu), tok.clone(), 4, state.metrics.clone()),
+        tok,
+        template: ChatTemplate::detect(None).unwrap(),
+        model_name: "tiny".into(),
+    });
+    assert_eq!(call(addr, "GET", "/health", None).await.0, 200);
+    let (status, v) = call(addr, "GET", "/v1/models", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["object"], "list");
+    assert_eq!(v["data"][0]["id"], "tiny");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completion_matches_generate_and_reports_usage() {
+    let s = open_server(2).await;
+    let (status, v) = call(
+        s.addr,
+        "POST",
+        "/v1/completions",
+        Some(json!({"prompt": "the cat sat", "max_tokens": 12, "temperature": 0})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let (text, n) = alone("the cat sat", 12);
+    assert_eq!(v["object"], "text_completion");
+    assert_eq!(v["choices"][0]["text"], text.as_str());
+    assert_eq!(v["usage"]["completion_tokens"], n);
+    let (_, tok) = tiny();
+    let p = tok.encode("the cat sat", false).len();
+    assert_eq!(v["usage"]["prompt_tokens"], p);
+    assert_eq!(v["usage"]["total_tokens"], p + n);
+    let fr = if n == 12 { "length" } else { "stop" };
+    assert_eq!(v["choices"][0]["finish_reason"], fr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_completion_has_the_openai_shape_and_streams_the_same_text() {
+    let s = open_server(2).await;
+    let body = json!({
+        "model": "tiny",
+        "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello world"}],
+        "max_completion_tokens": 10,
+        "temperature": 0,
+    });
+    let (status, v) = call(s.addr, "POST", "/v1/chat/completions", Some(body.clone())).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["object"], "chat.completion");
+    assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    let full = v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Same prompt rendered and run alone.
+    let (model, tok) = tiny();
+    let text = ChatTemplate::detect(None).unwrap().render(&[
+        ChatMessage::new("system", "be brief"),
+        ChatMessage::new("user", "hello world"),
+    ]);
+    let mut cpu = CpuBackend::with_threads(&model, 1, CONTEXT, 1).unwrap();
+    let req = generate::Request {
+        prompt: tok.encode(&text, true),
+        max_tokens: 10,
+        sampling: Sampling::greedy(),
+        stop: vec![],
+    };
+    let (out, _) =
+        generate::generate(&mut cpu, &tok, &[req], &CancelToken::new(), &mut |_, _| {}).unwrap();
+    assert_eq!(full, out[0].text);
+
+    let mut stream_body = body;
+    stream_body["stream"] = json!(true);
+    stream_body["stream_options"] = json!({"include_usage": true});
+    let (resp, _t) = send(
+        s.addr,
+        "POST",
+        "/v1/chat/completions",
+        Some(stream_body.to_string().into_bytes()),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let raw = resp.into_body().collect().await.unwrap().to_bytes();
+    let payloads = sse_payloads(std::str::from_utf8(&raw).unwrap());
+    assert_eq!(payloads.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = payloads[..payloads.len() - 1]
+        .iter()
+        .map(|p| serde_json::from_str(p).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let streamed: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(streamed, full);
+    let fin = &chunks[chunks.len() - 2];
+    assert!(fin["choices"][0]["finish_reason"].is_string(), "{fin}");
+    let usage = &chunks[chunks.len() - 1];
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["completion_tokens"], out[0].tokens.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_sequences_and_completion_streaming() {
+    let s = open_server(1).await;
+    let (text, _) = alone("hello world! hello", 16);
+    // Stop on a piece of the greedy output: the result is the text before it.
+    let cut = text
+        .char_indices()
+        .nth(text.chars().count() / 2)
+        .map_or(0, |(i, _)| i);
+    let stop: String = text[cut..].chars().take(2).collect();
+    assert!(!stop.is_empty(), "tiny model produced no text: {text:?}");
+    let expect = &text[..text.find(&stop).unwrap()];
+    let (status, v) = call(
+        s.addr,
+        "POST",
+        "/v1/completions",
+        Some(json!({"prompt": "hello world! hello", "max_tokens": 16, "temperature": 0, "stop": [stop]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["choices"][0]["text"], expect);
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+
+    let (resp, _t) = send(
+        s.addr,
+        "POST",
+        "/v1/completions",
+        Some(
+            json!({"prompt": "hello world! hello", "max_tokens": 16, "temperature": 0, "stream": true})
+                .to_string()
+                .into_bytes(),
+        ),
+    )
+    .await;
+    let raw = resp.into_body().collect().await.unwrap().to_bytes();
+    let payloads = sse_payloads(std::str::from_utf8(&raw).unwrap());
+    assert_eq!(payloads.last().unwrap(), "[DONE]");
+    let streamed: String = payloads[..payloads.len() - 1]
+        .iter()
+        .map(|p| serde_json::from_str::<Value>(p).unwrap())
+        .map(|c| c["choices"][0]["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(streamed, text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_specific_openai_errors() {
+    let s = start(
+        1,
+        ServerConfig {
+            max_body_bytes: 2048,
+            ..Default::default()
+        },
+        {
+            let g = Gate::closed();
+            g.open();
+            g
+        },
+    )
+    .await;
+    let chat = "/v1/chat/completions";
+    let (st, v) = call_raw(s.addr, chat, b"{\"messages\": [".to_vec()).await;
+    assert_eq!(st, 400);
+    assert_error(&v, "invalid_json", None);
+    let (st, v) = call_raw(s.addr, chat, b"[1,2]".to_vec()).await;
+    assert_eq!(st, 400);
+    assert_error(&v, "invalid_request_body", None);
+    let msgs = json!([{"role": "user", "content": "hi"}]);
+    let cases = [
+        (
+            json!({"messages": msgs, "frobnicate": 1}),
+            "unknown_parameter",
+            Some("frobnicate"),
+        ),
+        (
+            json!({"messages": msgs, "max_tokens": -1}),
+            "invalid_value",
+            Some("max_tokens"),
+        ),
+        (
+            json!({"messages": msgs, "max_tokens": 0}),
+            "invalid_value",
+            Some("max_tokens"),
+        ),
+        (
+            json!({"messages": msgs, "max_completion_tokens": 1u64 << 40}),
+            "invalid_value",
+            Some("max_completion_tokens"),
+        ),
+        (
+            json!({"messages": msgs, "n": 2}),
+            "unsupported_value",
+            Some("n"),
+        ),
+        (
+            json!({"messages": msgs, "temperature": 3.5}),
+            "invalid_value",
+            Some("temperature"),
+        ),
+        (
+            json!({"messages": msgs, "top_p": 0}),
+            "invalid_value",
+            Some("top_p"),
+        ),
+        (
+            json!({"messages": msgs, "presence_penalty": 0.5}),
+            "unsupported_parameter",
+            Some("presence_penalty"),
+        ),
+        (
+            json!({"messages": msgs, "stop": ["a", "b", "c", "d", "e"]}),
+            "invalid_value",
+            Some("stop"),
+        ),
+        (json!({"messages": []}), "invalid_value", Some("messages")),
+        (
+            json!({"messages": [{"role": "wizard", "content": "x"}]}),
+            "invalid_value",
+            Some("messages[0].role"),
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
+            "unsupported_content",
+            Some("messages[0].content"),
+        ),
+        (
+            json!({"messages": msgs, "max_tokens": CONTEXT - 2}),
+            "context_length_exceeded",
+            Some("max_tokens"),
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": "word ".repeat(380)}]}),
+            "context_length_exceeded",
+            Some("messages"),
+        ),
+        (
+            json!({"messages": msgs, "response_format": {"type": "json_object"}}),
+            "unsupported_parameter",
+            Some("response_format"),
+        ),
+    ];
+    for (body, code, param) in cases {
+        let (st, v) = call(s.addr, "POST", chat, Some(body.clone())).await;
+        assert_eq!(st, 400, "{body} -> {v}");
+        assert_error(&v, code, param);
+    }
+    let (st, v) = call(
+        s.addr,
+        "POST",
+        "/v1/completions",
+        Some(json!({"prompt": ["a", "b"]})),
+    )
+    .await;
+    assert_eq!(st, 400);
+    assert_error(&v, "unsupported_value", Some("prompt"));
+    let (st, v) = call(
+        s.addr,
+        "POST",
+        "/v1/completions",
+        Some(json!({"prompt": ""})),
+    )
+    .await;
+    assert_eq!(st, 400);
+    assert_error(&v, "invalid_value", Some("prompt"));
+    // Oversized body: refused from its Content-Length, before reading it.
+    let big = json!({"messages": [{"role": "user", "content": "x".repeat(4096)}]});
+    let (st, v) = call(s.addr, "POST", chat, Some(big)).await;
+    assert_eq!(st, 413);
+    assert_error(&v, "body_too_large", None);
+    let (st, v) = call(s.addr, "GET", "/v1/nothing", None).await;
+    assert_eq!(st, 404);
+    assert_error(&v, "unknown_url", None);
+    let (st, v) = call(s.addr, "GET", chat, None).await;
+    assert_eq!(st, 405);
+    assert_error(&v, "method_not_allowed", None);
+    // And the server still serves.
+    let (st, _) = call(
+        s.addr,
+        "POST",
+        chat,
+        Some(json!({"messages": msgs, "max_tokens": 2})),
+    )
+    .await;
+    assert_eq!(st, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_each_equal_running_alone() {
+    // 5 requests on 3 slots: some wait, and newcomers prefill while others decode.
+    let s = open_server(3).await;
+    let prompts = [
+        "the cat sat",
+        "hello world! hello",
+        "what is the capital",
+        "once upon a time there was a",
+        "a",
+    ];
+    let mut tasks = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        let addr = s.addr;
+        let p = p.to_string();
+        let max = 8 + 3 * i;
+        tasks.push(tokio::spawn(async move {
+            let v = call(
+                addr,
+                "POST",
+                "/v1/completions",
+                Some(json!({"prompt": p, "max_tokens": max, "temperature": 0})),
+            )
+            .await;
+            (p, max, v)
+        }));
+    }
+    let mut nonempty = 0;
+    for t in tasks {
+        let (p, max, (status, v)) = t.await.unwrap();
+        nonempty += usize::from(
+            v["choices"][0]["text"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty()),
+        );
+        assert_eq!(status, 200, "{v}");
+        let (text, n) = alone(&p, max);
+        assert_eq!(v["choices"][0]["text"], text.as_str(), "prompt {p:?}");
+        assert_eq!(v["usage"]["completion_tokens"], n, "prompt {p:?}");
+    }
+    assert!(
+        nonempty >= 3,
+        "the tiny model should produce text for most prompts"
+    );
+    wait_until("all slots free", || s.batcher().running() == 0).await;
+    let (_, m) = call(s.addr, "GET", "/metrics", None).await;
+    let m = m.as_str().unwrap().to_owned();
+    assert!(m.contains("sandgraph_infer_num_requests_running 0"), "{m}");
+    assert!(
+        m.contains("sandgraph_infer_time_to_first_token_seconds_count 5"),
+        "{m}"
+    );
+    assert!(
+        m.contains("sandgraph_infer_e2e_request_latency_seconds_count 5"),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_429_and_the_queue_drains() {
+    let s = start(
+        1,
+        ServerConfig {
+            max_waiting: 1,
+            ..Default::default()
+        },
+        Gate::closed(),
+    )
+    .await;
+    let req = || Some(json!({"prompt": "the cat sat", "max_tokens": 4, "temperature": 0}));
+    let addr = s.addr;
+    let first = tokio::spawn(async move { call(addr, "POST", "/v1/completions", req()).await });
+    wait_until("the first request to hold the slot", || {
+        s.batcher().running() == 1
+    })
+    .await;
+    let second = tokio::spawn(async move { call(addr, "POST", "/v1/completions", req()).await });
+    wait_until("the second request to wait", || s.batcher().waiting() == 1).await;
+    let (st, v) = call(addr, "POST", "/v1/completions", req()).await;
+    assert_eq!(st, 429, "{v}");
+    assert_eq!(v["error"]["code"], "queue_full");
+    assert_eq!(v["error"]["type"], "server_error");
+    s.gate.open();
+    let (a, b) = (first.await.unwrap(), second.await.unwrap());
+    assert_eq!(a.0, 200);
+    assert_eq!(b.0, 200);
+    // The slot was reused: same prompt, same greedy output.
+    assert_eq!(a.1["choices"][0]["text"], b.1["choices"][0]["text"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnected_stream_frees_its_slot() {
+    let prompt = "once upon a time there was a";
+    let (_, n) = alone(prompt, 60);
+    assert!(
+        n >= 30,
+        "precondition: the tiny model keeps generating for this prompt ({n})"
+    );
+    let s = start(1, ServerConfig::default(), Gate::closed()).await;
+    let body = json!({"prompt": prompt, "max_tokens": 60, "temperature": 0, "stream": true});
+    let (resp, conn) = send(
+        s.addr,
+        "POST",
+        "/v1/completions",
+        Some(body.to_string().into_bytes()),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    s.gate.allow(2); // prefill and one decode step: the first text arrives
+    let first = body.frame().await.unwrap().unwrap();
+    assert!(first.data_ref().is_some_and(|d| d.starts_with(b"data: ")));
+    drop(body);
+    conn.abort();
+    // Step the engine one forward at a time until it notices; it must stop long before 60.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.batcher().cancelled() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the engine never noticed the disconnect"
+        );
+        let before = s.gate.forwards();
+        s.gate.allow(1);
+        wait_until("a forward or the cancellation", || {
+            s.gate.forwards() > before || s.batcher().cancelled() > 0
+        })
+        .await;
+    }
+    assert!(s.gate.forwards() < 30, "ran {} forwards", s.gate.forwards());
+    wait_until("the slot to be free", || s.batcher().running() == 0).await;
+    s.gate.open();
+    let (st, v) = call(
+        s.addr,
+        "POST",
+        "/v1/completions",
+        Some(json!({"prompt": prompt, "max_tokens": 5, "temperature": 0})),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["choices"][0]["text"], alone(prompt, 5).0.as_str());
+}
