@@ -1,4 +1,5 @@
 //! Sandgraph host: runs tools and agent steps as sandboxed WebAssembly components.
 
 pub mod cli;
+pub mod journal;
 pub mod sandbox;

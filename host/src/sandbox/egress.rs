@@ -24,6 +24,7 @@ use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpH
 
 use super::manifest::{EgressRule, UrlScheme, host_matches};
 use super::outcome::{Capability, EgressAttempt};
+use crate::journal::crossings::{HttpPlan, StepCrossings};
 
 /// Turns a host name into addresses. Pluggable so tests can map names to private addresses
 /// without any traffic.
@@ -243,11 +244,24 @@ fn with_log<R>(log: &AttemptLog, f: impl FnOnce(&mut Vec<EgressAttempt>) -> R) -
 pub struct EgressHooks {
     policy: Arc<EgressPolicy>,
     log: AttemptLog,
+    /// The step's recording seam when the call runs under the journal; `None` for `tool call`.
+    crossings: Option<StepCrossings>,
 }
 
 impl EgressHooks {
     pub fn new(policy: Arc<EgressPolicy>, log: AttemptLog) -> Self {
-        EgressHooks { policy, log }
+        EgressHooks {
+            policy,
+            log,
+            crossings: None,
+        }
+    }
+
+    /// Routes every allowed request through `crossings`: journaled live, or served from the
+    /// journal when it holds the result.
+    pub fn journaled(mut self, crossings: Option<StepCrossings>) -> Self {
+        self.crossings = crossings;
+        self
     }
 }
 
@@ -264,7 +278,13 @@ impl WasiHttpHooks for EgressHooks {
         drop(fut);
         let policy = self.policy.clone();
         let log = self.log.clone();
-        Box::new(send_vetted(policy, log, request, options))
+        Box::new(send_vetted(
+            policy,
+            log,
+            self.crossings.clone(),
+            request,
+            options,
+        ))
     }
 }
 
@@ -290,6 +310,7 @@ impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static> Stream for T {}
 async fn send_vetted(
     policy: Arc<EgressPolicy>,
     log: AttemptLog,
+    crossings: Option<StepCrossings>,
     mut request: http::Request<WasiBody>,
     options: Option<RequestOptions>,
 ) -> Result<(http::Response<WasiBody>, IoFuture), HttpError> {
@@ -359,6 +380,157 @@ async fn send_vetted(
         secret_values.push(secret.to_string());
     }
 
+    // Under the journal: serve a recorded result, or journal the intent (durably) and send the
+    // request with an idempotency key derived from run, step and position.
+    if let Some(c) = &crossings {
+        match c.http_request(&method, &target) {
+            Ok(HttpPlan::Send { idempotency_key }) => {
+                let value = HeaderValue::from_str(&idempotency_key)
+                    .map_err(|_| HttpError::HttpRequestDenied)?;
+                request.headers_mut().insert("idempotency-key", value);
+            }
+            Ok(HttpPlan::Replay {
+                status,
+                headers,
+                body,
+            }) => {
+                record.allowed = true;
+                record.reason = "replayed from the journal".into();
+                record.status = Some(status);
+                record.bytes_in = body.len() as u64;
+                with_log(&log, |l| l.push(record));
+                return replayed_response(status, headers, body);
+            }
+            Ok(HttpPlan::ReplayFailure { message }) => {
+                record.allowed = true;
+                record.reason = format!("failure replayed from the journal: {message}");
+                with_log(&log, |l| l.push(record));
+                return Err(HttpError::InternalError(Some(message)));
+            }
+            Err(e) => {
+                let message = e.to_string();
+                record.allowed = true;
+                record.reason = message.clone();
+                with_log(&log, |l| l.push(record));
+                c.note_problem(e);
+                return Err(HttpError::InternalError(Some(message)));
+            }
+        }
+    }
+    let live = send_live(
+        &policy,
+        &log,
+        request,
+        options,
+        record,
+        LiveTarget {
+            scheme,
+            host,
+            port,
+            path_and_query,
+            secret_values,
+            rule_reason: format!("rule {}://{}", rule.scheme.as_str(), rule.host),
+        },
+    );
+    let Some(c) = crossings else {
+        return live.await;
+    };
+    journal_result(&c, live.await).await
+}
+
+/// Where a vetted request goes, as worked out by `send_vetted`.
+struct LiveTarget {
+    scheme: UrlScheme,
+    host: String,
+    port: u16,
+    path_and_query: String,
+    secret_values: Vec<String>,
+    /// Which rule allowed it, for the audit record.
+    rule_reason: String,
+}
+
+/// A recorded response as the guest first saw it.
+fn replayed_response(
+    status: u16,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Vec<u8>,
+) -> Result<(http::Response<WasiBody>, IoFuture), HttpError> {
+    let mut builder = http::Response::builder().status(status);
+    for (name, value) in headers {
+        builder = builder.header(name, value);
+    }
+    let body = http_body_util::Full::new(Bytes::from(body))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let response = builder
+        .body(body)
+        .map_err(|e| HttpError::InternalError(Some(format!("journaled response: {e}"))))?;
+    let io: IoFuture = Box::new(async { Ok(()) });
+    Ok((response, io))
+}
+
+/// Journals what a live request produced. The body is read whole first, so the journal holds
+/// exactly the bytes the guest will see.
+async fn journal_result(
+    c: &StepCrossings,
+    result: Result<(http::Response<WasiBody>, IoFuture), HttpError>,
+) -> Result<(http::Response<WasiBody>, IoFuture), HttpError> {
+    let failed = |e: HttpError| {
+        if let Err(je) = c.http_failed(&e.to_string()) {
+            c.note_problem(je);
+        }
+        Err(e)
+    };
+    let (response, io) = match result {
+        Ok(r) => r,
+        Err(e) => return failed(e),
+    };
+    let (parts, body) = response.into_parts();
+    let bytes = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => return failed(e),
+    };
+    let headers = parts
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
+        .collect();
+    if let Err(e) = c.http_response(parts.status.as_u16(), headers, &bytes) {
+        let message = e.to_string();
+        c.note_problem(e);
+        return Err(HttpError::InternalError(Some(message)));
+    }
+    let body = http_body_util::Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    Ok((http::Response::from_parts(parts, body), io))
+}
+
+/// Resolves, vets the addresses, connects and sends a request the rules allowed.
+async fn send_live(
+    policy: &Arc<EgressPolicy>,
+    log: &AttemptLog,
+    mut request: http::Request<WasiBody>,
+    options: Option<RequestOptions>,
+    mut record: EgressAttempt,
+    target: LiveTarget,
+) -> Result<(http::Response<WasiBody>, IoFuture), HttpError> {
+    let LiveTarget {
+        scheme,
+        host,
+        port,
+        path_and_query,
+        secret_values,
+        rule_reason,
+    } = target;
+    let log = log.clone();
+    let deny = |mut record: EgressAttempt, capability: Capability, reason: String| {
+        record.capability = capability;
+        record.allowed = false;
+        record.reason = reason;
+        with_log(&log, |l| l.push(record));
+        Err(HttpError::HttpRequestDenied)
+    };
     // Resolve ourselves and vet every address before any connection is made.
     let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![ip],
@@ -393,7 +565,7 @@ async fn send_vetted(
     }
     let ip = addrs[0];
     record.allowed = true;
-    record.reason = format!("rule {}://{}", rule.scheme.as_str(), rule.host);
+    record.reason = rule_reason;
     let index = with_log(&log, |l| {
         l.push(record);
         l.len() - 1

@@ -2,6 +2,7 @@
 //! its own module (egress, filesystem, limits) and is granted from the effective grant computed in
 //! `manifest`; `registry` compiles and caches components, `outcome` types what came out.
 
+pub mod clocks;
 pub mod egress;
 pub mod engine;
 pub mod filesystem;
@@ -19,6 +20,7 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::journal::crossings::{CrossingError, StepCrossings};
 use egress::{AttemptLog, EgressHooks, EgressPolicy, Resolver, SecretStore, SystemResolver};
 use engine::{Allocator, SandboxEngine};
 use limits::{CappedLog, LOG_CAP, MemoryLimiter};
@@ -141,6 +143,7 @@ impl Sandbox {
         log: &AttemptLog,
         stdout: &CappedLog,
         stderr: &CappedLog,
+        crossings: Option<&StepCrossings>,
     ) -> Result<Store<CallState>, CallError> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(stdout.clone()).stderr(stderr.clone());
@@ -153,7 +156,7 @@ impl Sandbox {
         if let Some((dir, mode)) = &grant.workspace {
             filesystem::grant_workspace(&mut wasi, dir, *mode)?;
         }
-        configure_clocks_and_random(&mut wasi);
+        configure_clocks_and_random(&mut wasi, crossings);
         let policy = Arc::new(EgressPolicy {
             rules: grant.egress.clone(),
             allow_private: grant.allow_private.clone(),
@@ -166,7 +169,7 @@ impl Sandbox {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            hooks: EgressHooks::new(policy, log.clone()),
+            hooks: EgressHooks::new(policy, log.clone()).journaled(crossings.cloned()),
             limiter: MemoryLimiter::new(grant.limits.memory),
         };
         let mut store = Store::new(self.engine.engine(), state);
@@ -214,7 +217,7 @@ impl Sandbox {
         let _slot = self.acquire_slot(grant.limits.timeout).await?;
         let log: AttemptLog = Arc::default();
         let (out, err) = (CappedLog::new(LOG_CAP), CappedLog::new(LOG_CAP));
-        let mut store = self.new_store(&grant, &log, &out, &err)?;
+        let mut store = self.new_store(&grant, &log, &out, &err, None)?;
         let run = async {
             let instance = tool.pre.instantiate_async(&mut store).await?;
             instance.call_info(&mut store).await
@@ -230,6 +233,33 @@ impl Sandbox {
 
     /// Runs `invoke(input)` once in a fresh store and instance under `grant`.
     pub async fn call(&self, tool: &LoadedTool, grant: &EffectiveGrant, input: &str) -> CallReport {
+        self.call_with(tool, grant, input, None).await
+    }
+
+    /// Like `call`, with every clock read, random byte and outbound request of the guest going
+    /// through `crossings` (journaled live, or served from the journal). A crossing that could
+    /// not be served (outcome unknown, replay divergence, journal failure) fails the step.
+    pub async fn call_journaled(
+        &self,
+        tool: &LoadedTool,
+        grant: &EffectiveGrant,
+        input: &str,
+        crossings: &StepCrossings,
+    ) -> Result<CallReport, CrossingError> {
+        let report = self.call_with(tool, grant, input, Some(crossings)).await;
+        match crossings.take_problem() {
+            Some(problem) => Err(problem),
+            None => Ok(report),
+        }
+    }
+
+    async fn call_with(
+        &self,
+        tool: &LoadedTool,
+        grant: &EffectiveGrant,
+        input: &str,
+        crossings: Option<&StepCrossings>,
+    ) -> CallReport {
         let started = Instant::now();
         let log: AttemptLog = Arc::new(Mutex::new(Vec::new()));
         let (stdout, stderr) = (CappedLog::new(LOG_CAP), CappedLog::new(LOG_CAP));
@@ -244,7 +274,7 @@ impl Sandbox {
             Ok(Err(e)) => Err(CallError::InvalidInput {
                 message: format!("input is not a JSON document: {e}"),
             }),
-            Ok(Ok(_)) => match self.new_store(grant, &log, &stdout, &stderr) {
+            Ok(Ok(_)) => match self.new_store(grant, &log, &stdout, &stderr, crossings) {
                 Err(e) => Err(e),
                 Ok(mut store) => {
                     let run = async {
@@ -325,9 +355,11 @@ impl Sandbox {
     }
 }
 
-/// Clocks and randomness come from the WASI defaults for now. This is the one place the
-/// journal (a later issue) will route them through so replays see the same values.
-fn configure_clocks_and_random(_builder: &mut WasiCtxBuilder) {}
+/// Clocks and randomness: the WASI defaults, or served through the step's journal when the call
+/// runs under one, so resumes and replays see the same values.
+fn configure_clocks_and_random(builder: &mut WasiCtxBuilder, crossings: Option<&StepCrossings>) {
+    clocks::configure(builder, crossings);
+}
 
 fn check_output(output: String, limit: u64) -> Result<String, CallError> {
     if output.len() as u64 > limit {

@@ -1,0 +1,451 @@
+//! The recording seam of one step: the sandbox asks it for clock reads, random bytes and outbound
+//! HTTP. Recording, it serves live values and journals them; replaying, it serves the journaled
+//! values in order and goes live at the first crossing that has no recorded result.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::{Crossing, Durability, Event, Journal, JournalError, PayloadRef, RunId};
+
+/// Methods that may be sent again without changing the outcome.
+pub fn is_idempotent(method: &str) -> bool {
+    matches!(
+        method.to_ascii_uppercase().as_str(),
+        "GET" | "HEAD" | "PUT" | "DELETE"
+    )
+}
+
+/// What the egress hook does with an outbound request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpPlan {
+    /// Send it live with this `Idempotency-Key`, then call `http_result`.
+    Send { idempotency_key: String },
+    /// Serve this recorded response (status, headers, body) without touching the network.
+    Replay {
+        status: u16,
+        headers: Vec<(String, Vec<u8>)>,
+        body: Vec<u8>,
+    },
+    /// The recorded request failed without a response; fail it the same way.
+    ReplayFailure { message: String },
+}
+
+/// Why a crossing could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum CrossingError {
+    #[error(
+        "outcome unknown: run {run} step '{step}' sent {method} {uri} (Idempotency-Key {idempotency_key}) \
+         but the journal has no result, and the request is not idempotent, so it is not sent again; \
+         check the remote side and decide whether to retry the step"
+    )]
+    OutcomeUnknown {
+        run: RunId,
+        step: String,
+        method: String,
+        uri: String,
+        idempotency_key: String,
+    },
+    #[error(
+        "replay diverged: run {run} step '{step}' crossing {index} was recorded as {recorded}, but the guest now asks for {asked}"
+    )]
+    Divergence {
+        run: RunId,
+        step: String,
+        index: u64,
+        recorded: String,
+        asked: String,
+    },
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+struct Inner {
+    journal: Arc<Journal>,
+    run: RunId,
+    step: String,
+    attempt: u32,
+    /// Recorded crossings not yet served; empty once live.
+    recorded: VecDeque<Crossing>,
+    /// Crossings served so far (recorded or live); numbers idempotency keys.
+    index: u64,
+    /// Whether the remote honours `Idempotency-Key`, making a resend of any method safe.
+    key_honoured: bool,
+    /// The first journal failure or divergence seen where it cannot be returned to the guest
+    /// (a clock read) or must fail the whole step (outcome unknown inside the HTTP hook).
+    problem: Option<CrossingError>,
+    /// Last monotonic value served, so going live never moves the guest's clock backwards.
+    last_monotonic: u64,
+}
+
+/// The crossings of one step attempt. Cheap to clone; clones share state (the clocks, the RNG
+/// and the egress hook of one store all hold one).
+#[derive(Clone)]
+pub struct StepCrossings {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl StepCrossings {
+    /// Records a new step attempt from scratch.
+    pub fn record(journal: Arc<Journal>, run: RunId, step: &str, attempt: u32) -> StepCrossings {
+        StepCrossings::with_recorded(journal, run, step, attempt, VecDeque::new())
+    }
+
+    /// Re-executes an interrupted (or finished, for replay) step attempt: serves the crossings
+    /// the journal holds for it in order, then records live ones under the same attempt.
+    pub fn replay(
+        journal: Arc<Journal>,
+        run: RunId,
+        step: &str,
+        attempt: u32,
+    ) -> Result<StepCrossings, JournalError> {
+        let recorded = journal
+            .events(run)?
+            .into_iter()
+            .filter_map(|r| match r.event {
+                Event::Crossing {
+                    step: s,
+                    attempt: a,
+                    crossing,
+                } if s == step && a == attempt => Some(crossing),
+                _ => None,
+            })
+            .collect();
+        Ok(StepCrossings::with_recorded(
+            journal, run, step, attempt, recorded,
+        ))
+    }
+
+    fn with_recorded(
+        journal: Arc<Journal>,
+        run: RunId,
+        step: &str,
+        attempt: u32,
+        recorded: VecDeque<Crossing>,
+    ) -> StepCrossings {
+        StepCrossings {
+            inner: Arc::new(Mutex::new(Inner {
+                journal,
+                run,
+                step: step.to_owned(),
+                attempt,
+                recorded,
+                index: 0,
+                key_honoured: false,
+                problem: None,
+                last_monotonic: 0,
+            })),
+        }
+    }
+
+    /// Declares that the remote deduplicates on `Idempotency-Key`, so an interrupted request of
+    /// any method may be sent again.
+    pub fn set_idempotency_key_honoured(&self, honoured: bool) {
+        self.lock().key_honoured = honoured;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Recorded crossings not yet served (0 once the step has gone live).
+    pub fn pending_recorded(&self) -> usize {
+        self.lock().recorded.len()
+    }
+
+    /// The first journal failure, replay divergence or unknown outcome met where it could not be
+    /// returned directly; the step must be failed with it. Taken once.
+    pub fn take_problem(&self) -> Option<CrossingError> {
+        self.lock().problem.take()
+    }
+
+    /// Keeps `e` (if it is the first) for `take_problem`.
+    pub fn note_problem(&self, e: CrossingError) {
+        self.lock().problem.get_or_insert(e);
+    }
+
+    /// A wall-clock read: the recorded value, or `live()` journaled.
+    pub fn wall_clock(&self, live: impl FnOnce() -> Duration) -> Duration {
+        let mut g = self.lock();
+        match g.take_recorded("a wall-clock read", |c| match c {
+            Crossing::WallClock {
+                seconds,
+                nanoseconds,
+            } => Some(Duration::new(*seconds, *nanoseconds)),
+            _ => None,
+        }) {
+            Some(d) => d,
+            None => {
+                let d = live();
+                g.record_infallible(Crossing::WallClock {
+                    seconds: d.as_secs(),
+                    nanoseconds: d.subsec_nanos(),
+                });
+                d
+            }
+        }
+    }
+
+    /// A monotonic-clock read in nanoseconds.
+    pub fn monotonic_clock(&self, live: impl FnOnce() -> u64) -> u64 {
+        let mut g = self.lock();
+        match g.take_recorded("a monotonic-clock read", |c| match c {
+            Crossing::MonotonicClock { nanoseconds } => Some(*nanoseconds),
+            _ => None,
+        }) {
+            Some(n) => {
+                g.last_monotonic = g.last_monotonic.max(n);
+                n
+            }
+            None => {
+                let n = live().max(g.last_monotonic);
+                g.last_monotonic = n;
+                g.record_infallible(Crossing::MonotonicClock { nanoseconds: n });
+                n
+            }
+        }
+    }
+
+    /// Fills `buf` with random bytes: recorded ones of the same length, or `live` journaled.
+    pub fn random(&self, buf: &mut [u8], live: impl FnOnce(&mut [u8])) {
+        let mut g = self.lock();
+        let len = buf.len();
+        match g.take_recorded(&format!("{len} random bytes"), |c| match c {
+            Crossing::Random { bytes } if bytes.len() == len => Some(bytes.clone()),
+            _ => None,
+        }) {
+            Some(bytes) => buf.copy_from_slice(&bytes),
+            None => {
+                live(buf);
+                g.record_infallible(Crossing::Random {
+                    bytes: buf.to_vec(),
+                });
+            }
+        }
+    }
+
+    /// Journals a denial by the host (never replayed: the policy decides again).
+    pub fn denial(&self, capability: &str, target: &str) -> Result<(), CrossingError> {
+        let mut g = self.lock();
+        if g.recorded.is_empty() {
+            g.append(
+                Crossing::Denial {
+                    capability: capability.to_owned(),
+                    target: target.to_owned(),
+                },
+                Durability::Buffered,
+            )?;
+        } else if let Some(Crossing::Denial { .. }) = g.recorded.front() {
+            g.recorded.pop_front();
+            g.index += 1;
+        }
+        Ok(())
+    }
+
+    /// Called before an outbound request leaves the host.
+    pub fn http_request(&self, method: &str, uri: &str) -> Result<HttpPlan, CrossingError> {
+        let mut g = self.lock();
+        let key = g.idempotency_key();
+        if let Some(front) = g.recorded.pop_front() {
+            match front {
+                Crossing::HttpIntent {
+                    method: m, uri: u, ..
+                } if m == method && u == uri => {
+                    g.index += 1;
+                    match g.recorded.pop_front() {
+                        Some(Crossing::HttpResponse {
+                            status,
+                            headers,
+                            body,
+                        }) => {
+                            g.index += 1;
+                            let body = g.journal.payload(&body)?;
+                            return Ok(HttpPlan::Replay {
+                                status,
+                                headers,
+                                body,
+                            });
+                        }
+                        Some(Crossing::HttpFailed { message }) => {
+                            g.index += 1;
+                            return Ok(HttpPlan::ReplayFailure { message });
+                        }
+                        Some(other) => {
+                            return Err(g.divergence(
+                                describe(&other),
+                                format!("the result of {method} {uri}"),
+                            ));
+                        }
+                        None if is_idempotent(method) || g.key_honoured => {
+                            // Intent recorded, result lost: safe to send again with the same key.
+                            return Ok(HttpPlan::Send {
+                                idempotency_key: key,
+                            });
+                        }
+                        None => {
+                            return Err(CrossingError::OutcomeUnknown {
+                                run: g.run,
+                                step: g.step.clone(),
+                                method: method.to_owned(),
+                                uri: uri.to_owned(),
+                                idempotency_key: key,
+                            });
+                        }
+                    }
+                }
+                other => {
+                    return Err(g.divergence(describe(&other), format!("{method} {uri}")));
+                }
+            }
+        }
+        // Live: the intent is on disk before the request can reach the remote.
+        g.append(
+            Crossing::HttpIntent {
+                method: method.to_owned(),
+                uri: uri.to_owned(),
+                idempotency_key: key.clone(),
+            },
+            Durability::Durable,
+        )?;
+        Ok(HttpPlan::Send {
+            idempotency_key: key,
+        })
+    }
+
+    /// Journals the response of a request that `http_request` said to send.
+    pub fn http_response(
+        &self,
+        status: u16,
+        headers: Vec<(String, Vec<u8>)>,
+        body: &[u8],
+    ) -> Result<(), CrossingError> {
+        let mut g = self.lock();
+        let body = g.journal.put_payload(body)?;
+        g.append(
+            Crossing::HttpResponse {
+                status,
+                headers,
+                body,
+            },
+            Durability::Durable,
+        )?;
+        Ok(())
+    }
+
+    /// Journals that a request that `http_request` said to send got no response.
+    pub fn http_failed(&self, message: &str) -> Result<(), CrossingError> {
+        let mut g = self.lock();
+        g.append(
+            Crossing::HttpFailed {
+                message: message.to_owned(),
+            },
+            Durability::Durable,
+        )?;
+        Ok(())
+    }
+
+    /// Journals a tool invocation made from inside the step (agent steps calling tools).
+    pub fn tool_request(&self, tool: &str, input: &[u8]) -> Result<(), CrossingError> {
+        let mut g = self.lock();
+        let input: PayloadRef = g.journal.put_payload(input)?;
+        g.append(
+            Crossing::ToolRequest {
+                tool: tool.to_owned(),
+                input,
+            },
+            Durability::Buffered,
+        )?;
+        Ok(())
+    }
+
+    /// Journals the result of a tool invocation made from inside the step.
+    pub fn tool_result(&self, ok: bool, output: &[u8]) -> Result<(), CrossingError> {
+        let mut g = self.lock();
+        let output = g.journal.put_payload(output)?;
+        g.append(Crossing::ToolResult { ok, output }, Durability::Durable)?;
+        Ok(())
+    }
+}
+
+impl Inner {
+    /// Serves the next recorded crossing if `pick` accepts it. A mismatch is a divergence: it is
+    /// noted, the rest of the recording dropped, and the step continues live.
+    fn take_recorded<T>(
+        &mut self,
+        asked: &str,
+        pick: impl Fn(&Crossing) -> Option<T>,
+    ) -> Option<T> {
+        let front = self.recorded.front()?;
+        match pick(front) {
+            Some(v) => {
+                self.recorded.pop_front();
+                self.index += 1;
+                Some(v)
+            }
+            None => {
+                let recorded = describe(front);
+                let e = self.divergence(recorded, asked.to_owned());
+                self.problem.get_or_insert(e);
+                self.recorded.clear();
+                None
+            }
+        }
+    }
+
+    fn divergence(&self, recorded: String, asked: String) -> CrossingError {
+        CrossingError::Divergence {
+            run: self.run,
+            step: self.step.clone(),
+            index: self.index,
+            recorded,
+            asked,
+        }
+    }
+
+    fn append(&mut self, crossing: Crossing, durability: Durability) -> Result<(), JournalError> {
+        let event = Event::Crossing {
+            step: self.step.clone(),
+            attempt: self.attempt,
+            crossing,
+        };
+        self.journal.append(self.run, &event, durability)?;
+        self.index += 1;
+        Ok(())
+    }
+
+    fn record_infallible(&mut self, crossing: Crossing) {
+        if let Err(e) = self.append(crossing, Durability::Buffered) {
+            self.problem.get_or_insert(e.into());
+        }
+    }
+
+    /// Derived from run, step, attempt and the crossing's place, so a resend after a crash
+    /// carries the same key as the lost original.
+    fn idempotency_key(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(self.run.0);
+        h.update(self.step.as_bytes());
+        h.update([0]);
+        h.update(self.attempt.to_be_bytes());
+        h.update(self.index.to_be_bytes());
+        hex::encode(&h.finalize()[..16])
+    }
+}
+
+fn describe(c: &Crossing) -> String {
+    match c {
+        Crossing::ToolRequest { tool, .. } => format!("a call of tool '{tool}'"),
+        Crossing::ToolResult { .. } => "a tool result".into(),
+        Crossing::HttpIntent { method, uri, .. } => format!("{method} {uri}"),
+        Crossing::HttpResponse { status, .. } => format!("an HTTP response {status}"),
+        Crossing::HttpFailed { .. } => "a failed HTTP request".into(),
+        Crossing::WallClock { .. } => "a wall-clock read".into(),
+        Crossing::MonotonicClock { .. } => "a monotonic-clock read".into(),
+        Crossing::Random { bytes } => format!("{} random bytes", bytes.len()),
+        Crossing::Denial {
+            capability, target, ..
+        } => format!("a denial of {capability} {target}"),
+    }
+}

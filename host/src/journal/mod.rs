@@ -1,0 +1,418 @@
+//! The durable event log of graph runs: every run is an append-only sequence of events (run and
+//! step lifecycle, and every boundary crossing inside a step), so an interrupted run can be resumed
+//! and a finished one replayed offline. Stored in sled; large payloads once, by sha256.
+
+pub mod crossings;
+pub mod event;
+mod group_commit;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use event::{Crossing, Event, PayloadRef, RunStatus};
+use group_commit::GroupCommit;
+
+/// Identifies one run; keys of its events start with these 16 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RunId(pub [u8; 16]);
+
+impl RunId {
+    /// A fresh id from the clock, the process and a counter (unique within and across processes).
+    pub fn new() -> RunId {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let mut h = Sha256::new();
+        h.update(now_nanos().to_le_bytes());
+        h.update(std::process::id().to_le_bytes());
+        h.update(
+            COUNTER
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .to_le_bytes(),
+        );
+        let d = h.finalize();
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&d[..16]);
+        RunId(id)
+    }
+
+    pub fn parse(s: &str) -> Result<RunId, JournalError> {
+        let bad = || JournalError::BadRunId { text: s.to_owned() };
+        let bytes = hex::decode(s).map_err(|_| bad())?;
+        Ok(RunId(bytes.try_into().map_err(|_| bad())?))
+    }
+}
+
+impl Default for RunId {
+    fn default() -> Self {
+        RunId::new()
+    }
+}
+
+impl std::fmt::Display for RunId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+/// Whether an append must be on disk before it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Flushed (with group commit) before `append` returns: step completed, run finished.
+    Durable,
+    /// In the tree, flushed by the next durable append or sled's background flush.
+    Buffered,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("cannot open the journal at {path}: {source}")]
+    Open { path: String, source: sled::Error },
+    #[error("journal storage failed: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("journal flush failed, the append may not be durable: {0}")]
+    Flush(String),
+    #[error("run {run} event {seq} is corrupt: {reason}")]
+    Corrupt {
+        run: RunId,
+        seq: u64,
+        reason: String,
+    },
+    #[error("run {run} has a corrupt summary record: {reason}")]
+    CorruptRun { run: RunId, reason: String },
+    #[error("payload {digest} is missing from the journal's blob store")]
+    MissingBlob { digest: String },
+    #[error("payload {digest} does not match its sha256; the blob store is corrupt")]
+    CorruptBlob { digest: String },
+    #[error("run {run} is not in the journal")]
+    UnknownRun { run: RunId },
+    #[error("run {run} already exists in the journal")]
+    RunExists { run: RunId },
+    #[error("'{text}' is not a run id (expected 32 hex digits)")]
+    BadRunId { text: String },
+}
+
+/// One row of `runs()`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub run: RunId,
+    pub graph_name: String,
+    pub graph_digest: String,
+    pub status: RunStatus,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    pub events: u64,
+}
+
+/// A stored event with its place in the run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub seq: u64,
+    pub event: Event,
+}
+
+/// What `gc` removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GcReport {
+    pub runs: usize,
+    pub events: usize,
+    pub blobs: usize,
+}
+
+/// The journal; share one per process (it is `Sync`).
+pub struct Journal {
+    db: sled::Db,
+    events: sled::Tree,
+    runs: sled::Tree,
+    blobs: sled::Tree,
+    /// Next sequence number per run, loaded from the log on first use.
+    next_seq: Mutex<HashMap<RunId, u64>>,
+    commit: GroupCommit,
+}
+
+impl Journal {
+    pub fn open(path: &Path) -> Result<Journal, JournalError> {
+        let db = sled::Config::new()
+            .path(path)
+            .open()
+            .map_err(|source| JournalError::Open {
+                path: path.display().to_string(),
+                source,
+            })?;
+        Journal::from_db(db)
+    }
+
+    /// A journal that lives in memory only (tests, `tool call` replays).
+    pub fn temporary() -> Result<Journal, JournalError> {
+        Journal::from_db(sled::Config::new().temporary(true).open()?)
+    }
+
+    fn from_db(db: sled::Db) -> Result<Journal, JournalError> {
+        Ok(Journal {
+            events: db.open_tree("events")?,
+            runs: db.open_tree("runs")?,
+            blobs: db.open_tree("blobs")?,
+            db,
+            next_seq: Mutex::default(),
+            commit: GroupCommit::default(),
+        })
+    }
+
+    /// Stores a payload: inline when small, otherwise once in the blob tree under its sha256.
+    pub fn put_payload(&self, bytes: &[u8]) -> Result<PayloadRef, JournalError> {
+        if bytes.len() <= event::INLINE_LIMIT {
+            return Ok(PayloadRef::Inline(bytes.to_vec()));
+        }
+        let digest: [u8; 32] = Sha256::digest(bytes).into();
+        if !self.blobs.contains_key(digest)? {
+            let mut value = now_ms().to_be_bytes().to_vec();
+            value.extend_from_slice(bytes);
+            // Equal content under equal keys: a concurrent writer of the same blob is harmless.
+            self.blobs.insert(digest, value)?;
+        }
+        Ok(PayloadRef::Blob(digest))
+    }
+
+    pub fn payload(&self, r: &PayloadRef) -> Result<Vec<u8>, JournalError> {
+        match r {
+            PayloadRef::Inline(b) => Ok(b.clone()),
+            PayloadRef::Blob(d) => {
+                let digest = hex::encode(d);
+                let v = self
+                    .blobs
+                    .get(d)?
+                    .ok_or_else(|| JournalError::MissingBlob {
+                        digest: digest.clone(),
+                    })?;
+                let body = v.get(8..).ok_or(JournalError::CorruptBlob {
+                    digest: digest.clone(),
+                })?;
+                if <[u8; 32]>::from(Sha256::digest(body)) != *d {
+                    return Err(JournalError::CorruptBlob { digest });
+                }
+                Ok(body.to_vec())
+            }
+        }
+    }
+
+    /// Appends `event` to `run`'s log and returns its sequence number. `RunCreated` must be the
+    /// first event of a run; `RunFinished` marks it finished in `runs()`.
+    pub fn append(
+        &self,
+        run: RunId,
+        event: &Event,
+        durability: Durability,
+    ) -> Result<u64, JournalError> {
+        let seq = {
+            let mut next = self.next_seq.lock().unwrap_or_else(|p| p.into_inner());
+            let seq = match next.get(&run) {
+                Some(s) => *s,
+                None => self.last_seq(run)?.map_or(0, |s| s + 1),
+            };
+            if matches!(event, Event::RunCreated { .. }) && seq != 0 {
+                return Err(JournalError::RunExists { run });
+            }
+            if !matches!(event, Event::RunCreated { .. }) && seq == 0 {
+                return Err(JournalError::UnknownRun { run });
+            }
+            // Inserted under the lock so sequence order is append order.
+            self.events.insert(key(run, seq), event.encode())?;
+            next.insert(run, seq + 1);
+            seq
+        };
+        self.update_summary(run, seq, event)?;
+        if durability == Durability::Durable {
+            self.commit
+                .wait_durable(|| self.db.flush().map(|_| ()).map_err(|e| e.to_string()))
+                .map_err(JournalError::Flush)?;
+        }
+        Ok(seq)
+    }
+
+    fn update_summary(&self, run: RunId, seq: u64, event: &Event) -> Result<(), JournalError> {
+        let now = now_ms();
+        let summary = match event {
+            Event::RunCreated {
+                graph_name,
+                graph_digest,
+                ..
+            } => RunSummary {
+                run,
+                graph_name: graph_name.clone(),
+                graph_digest: graph_digest.clone(),
+                status: RunStatus::Running,
+                created_ms: now,
+                updated_ms: now,
+                events: 1,
+            },
+            _ => {
+                let mut s = self.summary(run)?;
+                s.updated_ms = now;
+                s.events = s.events.max(seq + 1);
+                if let Event::RunFinished { status, .. } = event {
+                    s.status = *status;
+                }
+                s
+            }
+        };
+        let bytes = postcard::to_stdvec(&summary).expect("postcard encodes run summaries");
+        self.runs.insert(run.0, bytes)?;
+        Ok(())
+    }
+
+    fn summary(&self, run: RunId) -> Result<RunSummary, JournalError> {
+        let v = self
+            .runs
+            .get(run.0)?
+            .ok_or(JournalError::UnknownRun { run })?;
+        decode_summary(run, &v)
+    }
+
+    fn last_seq(&self, run: RunId) -> Result<Option<u64>, JournalError> {
+        match self.events.scan_prefix(run.0).next_back() {
+            None => Ok(None),
+            Some(kv) => Ok(Some(seq_of(&kv?.0))),
+        }
+    }
+
+    /// Every event of `run`, in order.
+    pub fn events(&self, run: RunId) -> Result<Vec<Record>, JournalError> {
+        let mut out = Vec::new();
+        for kv in self.events.scan_prefix(run.0) {
+            let (k, v) = kv?;
+            let seq = seq_of(&k);
+            let event =
+                Event::decode(&v).map_err(|reason| JournalError::Corrupt { run, seq, reason })?;
+            out.push(Record { seq, event });
+        }
+        if out.is_empty() {
+            return Err(JournalError::UnknownRun { run });
+        }
+        Ok(out)
+    }
+
+    /// Every run with its status, oldest first.
+    pub fn runs(&self) -> Result<Vec<RunSummary>, JournalError> {
+        let mut out = Vec::new();
+        for kv in self.runs.iter() {
+            let (k, v) = kv?;
+            let mut id = [0u8; 16];
+            id.copy_from_slice(&k[..16.min(k.len())]);
+            out.push(decode_summary(RunId(id), &v)?);
+        }
+        out.sort_by_key(|s| (s.created_ms, s.run));
+        Ok(out)
+    }
+
+    /// Runs that have not finished: what the host resumes on start.
+    pub fn unfinished_runs(&self) -> Result<Vec<RunSummary>, JournalError> {
+        Ok(self
+            .runs()?
+            .into_iter()
+            .filter(|s| s.status == RunStatus::Running)
+            .collect())
+    }
+
+    /// Removes finished runs last touched at least `older_than` ago, then blobs no remaining event
+    /// refers to (blobs younger than `older_than` stay: their event may not be appended yet).
+    pub fn gc(&self, older_than: Duration) -> Result<GcReport, JournalError> {
+        let cutoff = now_ms().saturating_sub(older_than.as_millis() as u64);
+        let mut report = GcReport::default();
+        for s in self.runs()? {
+            if s.status != RunStatus::Running && s.updated_ms <= cutoff {
+                let keys: Vec<_> = self
+                    .events
+                    .scan_prefix(s.run.0)
+                    .keys()
+                    .collect::<Result<_, _>>()?;
+                for k in keys {
+                    self.events.remove(k)?;
+                    report.events += 1;
+                }
+                self.runs.remove(s.run.0)?;
+                self.next_seq
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&s.run);
+                report.runs += 1;
+            }
+        }
+        let mut live = HashSet::new();
+        for kv in self.events.iter() {
+            let (k, v) = kv?;
+            let (run, seq) = split_key(&k);
+            let event =
+                Event::decode(&v).map_err(|reason| JournalError::Corrupt { run, seq, reason })?;
+            live.extend(event.blobs());
+        }
+        for kv in self.blobs.iter() {
+            let (k, v) = kv?;
+            let created = v
+                .get(..8)
+                .map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])));
+            let digest: [u8; 32] = k.as_ref().try_into().unwrap_or([0; 32]);
+            if !live.contains(&digest) && created <= cutoff {
+                self.blobs.remove(k)?;
+                report.blobs += 1;
+            }
+        }
+        self.commit
+            .wait_durable(|| self.db.flush().map(|_| ()).map_err(|e| e.to_string()))
+            .map_err(JournalError::Flush)?;
+        Ok(report)
+    }
+
+    /// Flushes run so far by durable appends (group commit makes this far below their count).
+    pub fn flush_count(&self) -> u64 {
+        self.commit.flushes()
+    }
+
+    /// Overwrites the raw bytes of one stored event. Only for tests of corruption handling.
+    #[doc(hidden)]
+    pub fn overwrite_raw_for_test(
+        &self,
+        run: RunId,
+        seq: u64,
+        bytes: &[u8],
+    ) -> Result<(), JournalError> {
+        self.events.insert(key(run, seq), bytes)?;
+        Ok(())
+    }
+}
+
+fn decode_summary(run: RunId, bytes: &[u8]) -> Result<RunSummary, JournalError> {
+    postcard::from_bytes(bytes).map_err(|e| JournalError::CorruptRun {
+        run,
+        reason: e.to_string(),
+    })
+}
+
+fn key(run: RunId, seq: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..16].copy_from_slice(&run.0);
+    k[16..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn split_key(k: &[u8]) -> (RunId, u64) {
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&k[..16]);
+    (RunId(id), seq_of(k))
+}
+
+fn seq_of(k: &[u8]) -> u64 {
+    u64::from_be_bytes(k[16..24].try_into().unwrap_or([0; 8]))
+}
+
+fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+fn now_ms() -> u64 {
+    (now_nanos() / 1_000_000) as u64
+}

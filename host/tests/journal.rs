@@ -1,0 +1,466 @@
+//! The durable journal: every event type round-trips, payloads are stored once, durable appends
+//! survive reopening, corruption is a typed error naming run and sequence, group commit shares
+//! flushes, gc drops only finished old runs, and the recording seam replays crossings.
+
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use sandgraph::journal::crossings::{CrossingError, HttpPlan, StepCrossings};
+use sandgraph::journal::{
+    Crossing, Durability, Event, Journal, JournalError, PayloadRef, RunId, RunStatus,
+};
+
+fn created(journal: &Journal) -> Event {
+    Event::RunCreated {
+        graph_name: "demo".into(),
+        graph_digest: "sha256:aa".into(),
+        component_digests: vec![("fetch".into(), "sha256:bb".into())],
+        input: journal.put_payload(br#"{"q":1}"#).unwrap(),
+    }
+}
+
+fn every_event(journal: &Journal) -> Vec<Event> {
+    let big = journal.put_payload(&vec![7u8; 10_000]).unwrap();
+    let small = journal.put_payload(b"{}").unwrap();
+    let step = || "fetch".to_string();
+    let crossing = |c| Event::Crossing {
+        step: step(),
+        attempt: 1,
+        crossing: c,
+    };
+    vec![
+        created(journal),
+        Event::StepScheduled {
+            step: step(),
+            attempt: 1,
+        },
+        Event::StepStarted {
+            step: step(),
+            attempt: 1,
+        },
+        crossing(Crossing::ToolRequest {
+            tool: "http-get".into(),
+            input: small.clone(),
+        }),
+        crossing(Crossing::ToolResult {
+            ok: true,
+            output: big.clone(),
+        }),
+        crossing(Crossing::HttpIntent {
+            method: "POST".into(),
+            uri: "http://127.0.0.1:1/x".into(),
+            idempotency_key: "k".into(),
+        }),
+        crossing(Crossing::HttpResponse {
+            status: 201,
+            headers: vec![("content-type".into(), b"text/plain".to_vec())],
+            body: big.clone(),
+        }),
+        crossing(Crossing::HttpFailed {
+            message: "connection reset".into(),
+        }),
+        crossing(Crossing::WallClock {
+            seconds: 1_800_000_000,
+            nanoseconds: 5,
+        }),
+        crossing(Crossing::MonotonicClock { nanoseconds: 42 }),
+        crossing(Crossing::Random {
+            bytes: vec![1, 2, 3],
+        }),
+        crossing(Crossing::Denial {
+            capability: "http".into(),
+            target: "example.invalid".into(),
+        }),
+        Event::StepFailed {
+            step: step(),
+            attempt: 1,
+            reason: "boom".into(),
+        },
+        Event::StateDelta {
+            key: "fetch".into(),
+            value: small.clone(),
+        },
+        Event::StepCompleted {
+            step: step(),
+            attempt: 2,
+            output: big,
+        },
+        Event::RunFinished {
+            status: RunStatus::Succeeded,
+            output: Some(small),
+        },
+    ]
+}
+
+#[test]
+fn every_event_type_round_trips_in_order() {
+    let journal = Journal::temporary().unwrap();
+    let run = RunId::new();
+    let events = every_event(&journal);
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(
+            journal.append(run, e, Durability::Buffered).unwrap(),
+            i as u64
+        );
+    }
+    let read: Vec<Event> = journal
+        .events(run)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.event)
+        .collect();
+    assert_eq!(read, events);
+    let runs = journal.runs().unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].status, RunStatus::Succeeded);
+    assert_eq!(runs[0].events, events.len() as u64);
+    assert!(journal.unfinished_runs().unwrap().is_empty());
+}
+
+#[test]
+fn equal_payloads_are_stored_once_and_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let body = vec![9u8; 100_000];
+    let a = journal.put_payload(&body).unwrap();
+    let b = journal.put_payload(&body).unwrap();
+    assert_eq!(a, b);
+    assert!(matches!(a, PayloadRef::Blob(_)));
+    assert_eq!(journal.payload(&a).unwrap(), body);
+    let small = journal.put_payload(b"tiny").unwrap();
+    assert_eq!(small, PayloadRef::Inline(b"tiny".to_vec()));
+    let missing = PayloadRef::Blob([3; 32]);
+    match journal.payload(&missing) {
+        Err(JournalError::MissingBlob { digest }) => assert_eq!(digest, "03".repeat(32)),
+        other => panic!("expected MissingBlob, got {other:?}"),
+    }
+}
+
+#[test]
+fn durable_events_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunId::new();
+    {
+        let journal = Journal::open(dir.path()).unwrap();
+        journal
+            .append(run, &created(&journal), Durability::Durable)
+            .unwrap();
+        let out = journal.put_payload(&vec![1u8; 4096]).unwrap();
+        let done = Event::StepCompleted {
+            step: "a".into(),
+            attempt: 1,
+            output: out,
+        };
+        journal.append(run, &done, Durability::Durable).unwrap();
+    }
+    let journal = Journal::open(dir.path()).unwrap();
+    let events = journal.events(run).unwrap();
+    assert_eq!(events.len(), 2);
+    match &events[1].event {
+        Event::StepCompleted { output, .. } => {
+            assert_eq!(journal.payload(output).unwrap(), vec![1u8; 4096])
+        }
+        other => panic!("expected StepCompleted, got {other:?}"),
+    }
+    assert_eq!(journal.unfinished_runs().unwrap()[0].run, run);
+    // Sequence numbering continues after reopening.
+    let seq = journal
+        .append(
+            run,
+            &Event::StepStarted {
+                step: "b".into(),
+                attempt: 1,
+            },
+            Durability::Durable,
+        )
+        .unwrap();
+    assert_eq!(seq, 2);
+}
+
+#[test]
+fn corrupt_record_names_run_and_sequence() {
+    let journal = Journal::temporary().unwrap();
+    let run = RunId::new();
+    journal
+        .append(run, &created(&journal), Durability::Buffered)
+        .unwrap();
+    journal
+        .append(
+            run,
+            &Event::StepStarted {
+                step: "a".into(),
+                attempt: 1,
+            },
+            Durability::Buffered,
+        )
+        .unwrap();
+    journal
+        .overwrite_raw_for_test(run, 1, &[1, 0xff, 0xff])
+        .unwrap();
+    match journal.events(run) {
+        Err(JournalError::Corrupt {
+            run: r,
+            seq,
+            reason,
+        }) => {
+            assert_eq!((r, seq), (run, 1));
+            assert!(reason.contains("undecodable"), "{reason}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    journal.overwrite_raw_for_test(run, 1, &[99, 0]).unwrap();
+    let err = journal.events(run).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!("run {run} event 1 is corrupt: format version 99, this build reads version 1")
+    );
+}
+
+#[test]
+fn appends_to_unknown_or_recreated_runs_are_refused() {
+    let journal = Journal::temporary().unwrap();
+    let run = RunId::new();
+    let started = Event::StepStarted {
+        step: "a".into(),
+        attempt: 1,
+    };
+    assert!(matches!(
+        journal.append(run, &started, Durability::Buffered),
+        Err(JournalError::UnknownRun { run: r }) if r == run
+    ));
+    journal
+        .append(run, &created(&journal), Durability::Buffered)
+        .unwrap();
+    assert!(matches!(
+        journal.append(run, &created(&journal), Durability::Buffered),
+        Err(JournalError::RunExists { run: r }) if r == run
+    ));
+    assert!(matches!(
+        RunId::parse("xyz"),
+        Err(JournalError::BadRunId { text }) if text == "xyz"
+    ));
+    assert_eq!(RunId::parse(&run.to_string()).unwrap(), run);
+}
+
+#[test]
+fn concurrent_durable_appends_share_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Arc::new(Journal::open(dir.path()).unwrap());
+    const WRITERS: usize = 16;
+    const PER_WRITER: usize = 25;
+    let runs: Vec<RunId> = (0..WRITERS).map(|_| RunId::new()).collect();
+    for run in &runs {
+        journal
+            .append(*run, &created(&journal), Durability::Buffered)
+            .unwrap();
+    }
+    let before = journal.flush_count();
+    let barrier = Arc::new(Barrier::new(WRITERS));
+    let handles: Vec<_> = runs
+        .iter()
+        .map(|run| {
+            let (journal, barrier, run) = (journal.clone(), barrier.clone(), *run);
+            std::thread::spawn(move || {
+                barrier.wait();
+                for i in 0..PER_WRITER {
+                    let e = Event::StepCompleted {
+                        step: format!("s{i}"),
+                        attempt: 1,
+                        output: PayloadRef::Inline(vec![i as u8]),
+                    };
+                    journal.append(run, &e, Durability::Durable).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let flushes = journal.flush_count() - before;
+    let appends = (WRITERS * PER_WRITER) as u64;
+    assert!(flushes >= 1);
+    assert!(
+        flushes * 2 <= appends,
+        "{appends} durable appends took {flushes} flushes; group commit should share them"
+    );
+    drop(journal);
+    let journal = Journal::open(dir.path()).unwrap();
+    for run in &runs {
+        assert_eq!(journal.events(*run).unwrap().len(), PER_WRITER + 1);
+    }
+}
+
+#[test]
+fn gc_removes_only_finished_runs_and_their_blobs() {
+    let journal = Journal::temporary().unwrap();
+    let (done, running) = (RunId::new(), RunId::new());
+    for run in [done, running] {
+        journal
+            .append(run, &created(&journal), Durability::Buffered)
+            .unwrap();
+    }
+    let only_done = journal.put_payload(&vec![5u8; 1000]).unwrap();
+    let shared = journal.put_payload(&vec![6u8; 1000]).unwrap();
+    for (run, out) in [(done, &only_done), (done, &shared), (running, &shared)] {
+        let e = Event::StepCompleted {
+            step: "a".into(),
+            attempt: 1,
+            output: out.clone(),
+        };
+        journal.append(run, &e, Durability::Buffered).unwrap();
+    }
+    let fin = Event::RunFinished {
+        status: RunStatus::Failed,
+        output: None,
+    };
+    journal.append(done, &fin, Durability::Durable).unwrap();
+    // Too young: nothing goes.
+    let r = journal.gc(Duration::from_secs(3600)).unwrap();
+    assert_eq!((r.runs, r.events, r.blobs), (0, 0, 0));
+    let r = journal.gc(Duration::ZERO).unwrap();
+    assert_eq!((r.runs, r.events, r.blobs), (1, 4, 1));
+    assert!(matches!(
+        journal.events(done),
+        Err(JournalError::UnknownRun { .. })
+    ));
+    assert_eq!(journal.payload(&shared).unwrap(), vec![6u8; 1000]);
+    assert!(matches!(
+        journal.payload(&only_done),
+        Err(JournalError::MissingBlob { .. })
+    ));
+    assert_eq!(journal.runs().unwrap().len(), 1);
+}
+
+fn journal_with_run() -> (Arc<Journal>, RunId) {
+    let journal = Arc::new(Journal::temporary().unwrap());
+    let run = RunId::new();
+    journal
+        .append(run, &created(&journal), Durability::Buffered)
+        .unwrap();
+    (journal, run)
+}
+
+#[test]
+fn clock_and_random_replay_in_order_then_go_live() {
+    let (journal, run) = journal_with_run();
+    let rec = StepCrossings::record(journal.clone(), run, "s", 1);
+    let wall = rec.wall_clock(|| Duration::new(100, 7));
+    let mono = rec.monotonic_clock(|| 55);
+    let mut buf = [0u8; 4];
+    rec.random(&mut buf, |b| b.copy_from_slice(&[1, 2, 3, 4]));
+    assert_eq!((wall, mono, buf), (Duration::new(100, 7), 55, [1, 2, 3, 4]));
+
+    let rep = StepCrossings::replay(journal.clone(), run, "s", 1).unwrap();
+    assert_eq!(rep.pending_recorded(), 3);
+    assert_eq!(
+        rep.wall_clock(|| panic!("live clock read during replay")),
+        wall
+    );
+    assert_eq!(rep.monotonic_clock(|| panic!("live read")), 55);
+    let mut again = [0u8; 4];
+    rep.random(&mut again, |_| panic!("live random during replay"));
+    assert_eq!(again, buf);
+    // Past the recording: live and journaled.
+    assert_eq!(rep.monotonic_clock(|| 99), 99);
+    assert!(rep.take_problem().is_none());
+    let crossings = journal
+        .events(run)
+        .unwrap()
+        .into_iter()
+        .filter(|r| matches!(r.event, Event::Crossing { .. }))
+        .count();
+    assert_eq!(crossings, 4);
+}
+
+#[test]
+fn replay_that_asks_for_something_else_reports_divergence() {
+    let (journal, run) = journal_with_run();
+    let rec = StepCrossings::record(journal.clone(), run, "s", 1);
+    rec.monotonic_clock(|| 1);
+    let rep = StepCrossings::replay(journal, run, "s", 1).unwrap();
+    let mut buf = [0u8; 2];
+    rep.random(&mut buf, |b| b.fill(8));
+    assert_eq!(buf, [8, 8]);
+    let problem = rep.take_problem().unwrap().to_string();
+    assert!(
+        problem.contains(
+            "recorded as a monotonic-clock read, but the guest now asks for 2 random bytes"
+        ),
+        "{problem}"
+    );
+}
+
+#[test]
+fn http_is_replayed_and_interrupted_post_is_outcome_unknown() {
+    let (journal, run) = journal_with_run();
+    let rec = StepCrossings::record(journal.clone(), run, "s", 1);
+    let key_get = match rec.http_request("GET", "http://127.0.0.1:9/a").unwrap() {
+        HttpPlan::Send { idempotency_key } => idempotency_key,
+        other => panic!("expected Send, got {other:?}"),
+    };
+    rec.http_response(200, vec![("x".into(), b"y".to_vec())], &vec![4u8; 600])
+        .unwrap();
+    let key_post = match rec.http_request("POST", "http://127.0.0.1:9/b").unwrap() {
+        HttpPlan::Send { idempotency_key } => idempotency_key,
+        other => panic!("expected Send, got {other:?}"),
+    };
+    assert_ne!(key_get, key_post);
+    // Crash here: the POST's intent is durable, its result never arrived.
+
+    let rep = StepCrossings::replay(journal.clone(), run, "s", 1).unwrap();
+    assert_eq!(
+        rep.http_request("GET", "http://127.0.0.1:9/a").unwrap(),
+        HttpPlan::Replay {
+            status: 200,
+            headers: vec![("x".into(), b"y".to_vec())],
+            body: vec![4u8; 600],
+        }
+    );
+    match rep.http_request("POST", "http://127.0.0.1:9/b") {
+        Err(CrossingError::OutcomeUnknown {
+            method,
+            idempotency_key,
+            ..
+        }) => assert_eq!(
+            (method.as_str(), idempotency_key),
+            ("POST", key_post.clone())
+        ),
+        other => panic!("expected OutcomeUnknown, got {other:?}"),
+    }
+
+    // With a remote that honours the key, the same POST is re-sent with the same key.
+    let rep = StepCrossings::replay(journal.clone(), run, "s", 1).unwrap();
+    rep.set_idempotency_key_honoured(true);
+    rep.http_request("GET", "http://127.0.0.1:9/a").unwrap();
+    assert_eq!(
+        rep.http_request("POST", "http://127.0.0.1:9/b").unwrap(),
+        HttpPlan::Send {
+            idempotency_key: key_post
+        }
+    );
+
+    // A replay that asks for a different request diverges.
+    let rep = StepCrossings::replay(journal, run, "s", 1).unwrap();
+    match rep.http_request("GET", "http://127.0.0.1:9/other") {
+        Err(CrossingError::Divergence { recorded, .. }) => {
+            assert_eq!(recorded, "GET http://127.0.0.1:9/a")
+        }
+        other => panic!("expected Divergence, got {other:?}"),
+    }
+}
+
+#[test]
+fn interrupted_get_is_sent_again_with_the_same_key() {
+    let (journal, run) = journal_with_run();
+    let rec = StepCrossings::record(journal.clone(), run, "s", 1);
+    let HttpPlan::Send { idempotency_key } =
+        rec.http_request("GET", "http://127.0.0.1:9/a").unwrap()
+    else {
+        panic!("expected Send")
+    };
+    let rep = StepCrossings::replay(journal, run, "s", 1).unwrap();
+    assert_eq!(
+        rep.http_request("GET", "http://127.0.0.1:9/a").unwrap(),
+        HttpPlan::Send { idempotency_key }
+    );
+}
