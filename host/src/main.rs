@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use sandgraph::cli::{Cli, Command, tool};
+use sandgraph::cli::{Cli, Command, graph, tool};
 
 fn main() -> ExitCode {
     // Logs (including the audit event) go to stderr only when RUST_LOG asks for them, so a
@@ -18,6 +18,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Tool(cmd) => tool::run(cmd),
+        Command::Graph(cmd) => {
+            return match graph::run(cmd) {
+                Ok(out) => {
+                    println!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(diagnostics) => {
+                    eprintln!("{diagnostics}");
+                    ExitCode::from(1)
+                }
+            };
+        }
     };
     match result {
         Ok(out) => {

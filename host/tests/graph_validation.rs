@@ -1,0 +1,216 @@
+//! Graph YAML validation, Spin style: every invalid graph is a file under
+//! `fixtures/graphs/<case>.yaml` with `<case>.expected` beside it, one line per diagnostic
+//! (`line:col: text the message contains`), all reported at once and in source order.
+
+use std::path::{Path, PathBuf};
+
+use sandgraph::graph::{self, CompiledGraph, spec::Graph, validate, yaml};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn components() -> Vec<String> {
+    let names = graph::component_names(&root().join("tools")).expect("tools folder lists");
+    assert!(
+        names.contains(&"calc".to_string()),
+        "tool manifests found: {names:?}"
+    );
+    names
+}
+
+fn fixtures() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/graphs");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("fixtures folder")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_invalid_graph_reports_its_expected_messages_and_locations() {
+    let components = components();
+    let cases = fixtures();
+    assert!(cases.len() >= 20, "only {} invalid graphs", cases.len());
+    let mut failures = Vec::new();
+    for case in &cases {
+        let name = case.file_name().unwrap().to_string_lossy().to_string();
+        let source = std::fs::read_to_string(case).unwrap();
+        let expected_path = case.with_extension("expected");
+        let expected = std::fs::read_to_string(&expected_path)
+            .unwrap_or_else(|_| panic!("{} has no .expected file", name));
+        let expected: Vec<&str> = expected.lines().filter(|l| !l.trim().is_empty()).collect();
+        let got = match validate::validate(&name, &source, &components) {
+            Ok(_) => {
+                failures.push(format!(
+                    "{name}: accepted, expected {} errors",
+                    expected.len()
+                ));
+                continue;
+            }
+            Err(d) => d.0,
+        };
+        let rendered: Vec<String> = got.iter().map(|d| d.to_string()).collect();
+        if got.len() != expected.len() {
+            failures.push(format!(
+                "{name}: {} diagnostics, expected {}:\n  {}",
+                got.len(),
+                expected.len(),
+                rendered.join("\n  ")
+            ));
+            continue;
+        }
+        for (d, want) in got.iter().zip(&expected) {
+            let (loc, text) = want
+                .split_once(": ")
+                .expect("expected line is `line:col: text`");
+            if d.pos.to_string() != loc || !d.message.contains(text) || d.file != name {
+                failures.push(format!("{name}: got `{d}`, expected `{name}:{want}`"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[test]
+fn billion_laughs_is_refused_at_its_first_anchor() {
+    let source = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/graphs/billion_laughs.yaml"),
+    )
+    .unwrap();
+    let err = yaml::parse(&source).unwrap_err();
+    assert_eq!((err.pos.line, err.pos.col), (4, 12));
+    assert!(
+        err.message.contains("anchors are not allowed"),
+        "{}",
+        err.message
+    );
+}
+
+#[test]
+fn huge_document_is_refused_before_parsing() {
+    let mut source = String::from("apiVersion: sandgraph.dev/v1\nkind: Graph\n# ");
+    source.push_str(&"x".repeat(yaml::MAX_DOCUMENT_BYTES));
+    let err = validate::validate("big.yaml", &source, &components()).unwrap_err();
+    assert_eq!(err.0.len(), 1);
+    assert!(err.0[0].message.contains("byte limit"), "{}", err.0[0]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.yaml");
+    std::fs::write(&path, &source).unwrap();
+    let err = graph::load(&path, &components()).unwrap_err();
+    assert!(err.0[0].message.contains("byte limit"), "{}", err.0[0]);
+}
+
+#[test]
+fn nesting_far_past_the_limit_is_refused_without_recursion() {
+    let depth = 100_000;
+    let source = format!("a: {}{}", "[".repeat(depth), "]".repeat(depth));
+    let err = yaml::parse(&source).unwrap_err();
+    assert!(
+        err.message.contains("nesting deeper than 64"),
+        "{}",
+        err.message
+    );
+}
+
+fn example_paths() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root().join("graphs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn load_example(name: &str) -> CompiledGraph {
+    graph::load(&root().join("graphs").join(name), &components())
+        .unwrap_or_else(|d| panic!("{name} is invalid:\n{d}"))
+}
+
+#[test]
+fn every_example_graph_validates() {
+    let examples = example_paths();
+    assert!(examples.len() >= 3, "{examples:?}");
+    for path in examples {
+        graph::load(&path, &components()).unwrap_or_else(|d| panic!("{}:\n{d}", path.display()));
+    }
+}
+
+#[test]
+fn fan_out_fan_in_compiles_to_one_entry_and_one_join() {
+    let g = load_example("fan-out-fan-in.yaml");
+    let entry: Vec<&str> = g
+        .entries
+        .iter()
+        .map(|&i| g.graph[i].spec.id.as_str())
+        .collect();
+    assert_eq!(entry, ["fetch"]);
+    assert_eq!(g.joins.len(), 1);
+    let (join, waits) = g.joins.iter().next().unwrap();
+    assert_eq!(g.graph[*join].spec.id, "total");
+    assert_eq!(waits.len(), 2);
+    let fetch = &g.graph[g.by_id["fetch"]];
+    assert_eq!(fetch.retry.max_attempts, 3);
+    assert_eq!(fetch.retry.initial_backoff.as_millis(), 500);
+    assert_eq!(fetch.timeout.map(|t| t.as_secs()), Some(10));
+    assert_eq!(fetch.input.len(), 1);
+    assert_eq!(g.deadline.map(|d| d.as_secs()), Some(120));
+}
+
+#[test]
+fn conditional_loop_marks_its_back_edge_and_bound() {
+    let g = load_example("conditional-loop.yaml");
+    let double = g.by_id["double"];
+    assert_eq!(g.graph[double].max_iterations, Some(10));
+    let back: Vec<_> = g
+        .graph
+        .edge_indices()
+        .filter(|&e| g.graph[e].back_edge)
+        .collect();
+    assert_eq!(back.len(), 1);
+    assert_eq!(g.graph.edge_endpoints(back[0]), Some((double, double)));
+    assert!(g.graph[back[0]].when.is_some());
+    assert!(g.joins.is_empty(), "a loop's back edge is not waited for");
+}
+
+#[test]
+fn retry_defaults_apply_when_a_node_sets_none() {
+    let source = "apiVersion: sandgraph.dev/v1\nkind: Graph\nmetadata: { name: d }\nspec:\n  nodes:\n    - { id: a, kind: tool, component: calc }\n";
+    let g = CompiledGraph::compile(validate::validate("d.yaml", source, &components()).unwrap());
+    let r = g.graph[g.by_id["a"]].retry;
+    assert_eq!(
+        (r.max_attempts, r.initial_backoff.as_millis(), r.multiplier),
+        (3, 500, 2.0)
+    );
+}
+
+#[test]
+fn digest_ignores_formatting_but_not_content() {
+    let a = "apiVersion: sandgraph.dev/v1\nkind: Graph\nmetadata: { name: d }\nspec:\n  nodes:\n    - { id: a, kind: tool, component: calc, input: { expr: \"'1+1'\" } }\n";
+    let b = "# same graph, other layout\nkind: Graph\napiVersion: sandgraph.dev/v1\nmetadata:\n  name: d\nspec:\n  nodes:\n    - component: calc\n      input:\n        expr: \"'1+1'\"\n      kind: tool\n      id: a\n";
+    let c = a.replace("1+1", "1+2");
+    let digest = |s: &str| {
+        CompiledGraph::compile(validate::validate("x.yaml", s, &components()).unwrap()).digest
+    };
+    assert_eq!(digest(a), digest(b));
+    assert_ne!(digest(a), digest(&c));
+}
+
+#[test]
+fn committed_json_schema_matches_the_spec_types() {
+    let generated = serde_json::to_string_pretty(&schemars::schema_for!(Graph)).unwrap() + "\n";
+    let path = root().join("graphs/schema/graph-v1.schema.json");
+    if std::env::var_os("SANDGRAPH_BLESS").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "graphs/schema/graph-v1.schema.json is stale; regenerate with SANDGRAPH_BLESS=1 cargo nextest run -p sandgraph --test graph_validation"
+    );
+}
