@@ -8,6 +8,7 @@
 pub mod mask;
 pub mod matcher;
 pub mod schema;
+pub mod tools;
 
 use std::sync::Arc;
 

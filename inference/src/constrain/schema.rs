@@ -3,7 +3,8 @@
 //!
 //! Rules for constrained output (documented for API users):
 //! - Objects with `properties` emit only declared properties, in the order serde_json yields
-//!   them (alphabetical), optional ones may be skipped; `additionalProperties` may only be
+//!   them (alphabetical; declaration order if its `preserve_order` feature is on), optional
+//!   ones may be skipped; `additionalProperties` may only be
 //!   absent or `false`. `{"type": "object"}` without `properties` means any JSON object.
 //! - No whitespace between tokens: the output is compact JSON, so generation cannot loop on
 //!   spaces.
@@ -130,6 +131,43 @@ impl Grammar {
             nodes: c.nodes,
             root,
         })
+    }
+
+    /// A call of one of `tools` (name, parameters schema) as the JSON object
+    /// `{"name":<tool name>,"arguments":<its parameters>}`, name first so the model commits
+    /// to a tool before writing arguments.
+    pub fn tool_call(tools: &[(String, Value)]) -> Result<Grammar, SchemaError> {
+        if tools.is_empty() {
+            return Err(invalid("#", "no tools to call"));
+        }
+        let mut nodes = vec![Node::Any];
+        let mut alts = Vec::new();
+        for (name, params) in tools {
+            let mut c = Compiler {
+                nodes,
+                root: params,
+                refs: Vec::new(),
+            };
+            let args = c.node(params, &format!("tool '{name}' parameters"))?;
+            let lit = c.push(Node::Literals(vec![compact(&Value::String(name.clone()))]));
+            let prop = |n: &str, node| Prop {
+                name: n.into(),
+                key: format!("{n}\"").into_bytes(),
+                node,
+                required: true,
+            };
+            alts.push(c.push(Node::Object {
+                props: vec![prop("name", lit), prop("arguments", args)],
+            }));
+            nodes = c.nodes;
+        }
+        let root = if alts.len() == 1 {
+            alts[0]
+        } else {
+            nodes.push(Node::AnyOf(alts));
+            (nodes.len() - 1) as NodeId
+        };
+        Ok(Grammar { nodes, root })
     }
 
     pub fn node(&self, id: NodeId) -> &Node {
