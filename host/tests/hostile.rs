@@ -64,6 +64,8 @@ const COVERED: &[&str] = &[
     "env_read",
     "fs_read",
     "fs_write",
+    // Its case is in tests/journal.rs (record, then replay byte for byte).
+    "journal_clock_random",
     "limits_deep_recursion",
     "limits_huge_output",
     "limits_infinite_loop",

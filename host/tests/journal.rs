@@ -2,8 +2,14 @@
 //! survive reopening, corruption is a typed error naming run and sequence, group commit shares
 //! flushes, gc drops only finished old runs, and the recording seam replays crossings.
 
+mod common;
+
+use std::net::IpAddr;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
+
+use common::{Harness, TestServer, hostile, manifest};
+use sandgraph::sandbox::manifest::{CallGrant, EffectiveGrant};
 
 use sandgraph::journal::crossings::{CrossingError, HttpPlan, StepCrossings};
 use sandgraph::journal::{
@@ -463,4 +469,195 @@ fn interrupted_get_is_sent_again_with_the_same_key() {
         rep.http_request("GET", "http://127.0.0.1:9/a").unwrap(),
         HttpPlan::Send { idempotency_key }
     );
+}
+
+// ------------------------------------------------------------ real guests through the sandbox
+
+fn crossing_count(journal: &Journal, run: RunId) -> usize {
+    journal
+        .events(run)
+        .unwrap()
+        .iter()
+        .filter(|r| matches!(r.event, Event::Crossing { .. }))
+        .count()
+}
+
+fn local_harness() -> Harness {
+    let mut h = Harness::new();
+    h.policy.allow_private = vec!["127.0.0.1".parse::<IpAddr>().unwrap()];
+    h
+}
+
+fn grant_for(h: &Harness, guest: &str, spec_yaml: &str) -> EffectiveGrant {
+    EffectiveGrant::intersect(
+        &h.policy,
+        &manifest(guest, spec_yaml),
+        &CallGrant::default(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn guest_clock_and_random_replay_byte_for_byte() {
+    let h = Harness::new();
+    let tool = h.load(hostile("journal_clock_random"));
+    let grant = grant_for(&h, "journal_clock_random", "");
+    let (journal, run) = journal_with_run();
+
+    let rec = StepCrossings::record(journal.clone(), run, "clock", 1);
+    let recorded = h
+        .sandbox
+        .call_journaled(&tool, &grant, "{}", &rec)
+        .await
+        .unwrap();
+    let output = recorded.result.clone().unwrap();
+    let crossings = crossing_count(&journal, run);
+    assert!(crossings >= 7, "only {crossings} crossings journaled");
+
+    let rep = StepCrossings::replay(journal.clone(), run, "clock", 1).unwrap();
+    let replayed = h
+        .sandbox
+        .call_journaled(&tool, &grant, "{}", &rep)
+        .await
+        .unwrap();
+    assert_eq!(replayed.result.unwrap(), output);
+    assert_eq!(rep.pending_recorded(), 0);
+    assert_eq!(crossing_count(&journal, run), crossings, "replay went live");
+
+    // Without a journal the values are live: the random bytes differ.
+    let live = h.sandbox.call(&tool, &grant, "{}").await.result.unwrap();
+    assert_ne!(live, output);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_is_replayed_from_the_journal_without_the_network() {
+    let server = TestServer::start();
+    let h = local_harness();
+    let tool = h.load(hostile("egress_fetch"));
+    let spec = format!(
+        "egress: [{{ scheme: http, host: 127.0.0.1, port: {}, paths: ['/ok'] }}]",
+        server.port()
+    );
+    let grant = grant_for(&h, "egress_fetch", &spec);
+    let input = format!(r#"{{"url":"{}","method":"GET"}}"#, server.url("/ok"));
+    let (journal, run) = journal_with_run();
+
+    let rec = StepCrossings::record(journal.clone(), run, "fetch", 1);
+    let first = h
+        .sandbox
+        .call_journaled(&tool, &grant, &input, &rec)
+        .await
+        .unwrap();
+    let output = first.result.clone().unwrap();
+    let connections = server.connections();
+    assert_eq!(connections, 1);
+    let seen = server.seen.lock().unwrap().clone();
+    let key = seen[0]
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("idempotency-key"))
+        .map(|(_, v)| v.clone())
+        .expect("the request carries an Idempotency-Key");
+    let intent_key = journal
+        .events(run)
+        .unwrap()
+        .into_iter()
+        .find_map(|r| match r.event {
+            Event::Crossing {
+                crossing:
+                    Crossing::HttpIntent {
+                        idempotency_key, ..
+                    },
+                ..
+            } => Some(idempotency_key),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(key, intent_key);
+
+    let rep = StepCrossings::replay(journal.clone(), run, "fetch", 1).unwrap();
+    let again = h
+        .sandbox
+        .call_journaled(&tool, &grant, &input, &rep)
+        .await
+        .unwrap();
+    assert_eq!(again.result.unwrap(), output);
+    assert_eq!(
+        server.connections(),
+        connections,
+        "replay touched the network"
+    );
+    assert_eq!(again.audit.egress[0].reason, "replayed from the journal");
+}
+
+/// Waits (with a deadline) until the server has recorded `n` requests.
+fn wait_for_requests(server: &TestServer, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.seen.lock().unwrap().len() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server never saw {n} requests"
+        );
+        std::thread::yield_now();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn interrupted_post_is_outcome_unknown_and_not_sent_again() {
+    let server = TestServer::start();
+    let h = local_harness();
+    let tool = h.load(hostile("egress_fetch"));
+    let spec = format!(
+        "egress: [{{ scheme: http, host: 127.0.0.1, port: {}, paths: ['/slow'], methods: [POST] }}]\nlimits: {{ timeout: 500ms }}",
+        server.port()
+    );
+    let grant = grant_for(&h, "egress_fetch", &spec);
+    let url = server.url("/slow");
+    let input = format!(r#"{{"url":"{url}","method":"POST"}}"#);
+    let (journal, run) = journal_with_run();
+
+    // The first attempt is cut off while the POST is in flight (the server never answers in
+    // time): the intent is journaled, the result is not.
+    let first = StepCrossings::record(journal.clone(), run, "post", 1);
+    let report = h
+        .sandbox
+        .call_journaled(&tool, &grant, &input, &first)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            report.result,
+            Err(sandgraph::sandbox::outcome::CallError::Timeout { .. })
+        ),
+        "{:?}",
+        report.result
+    );
+    wait_for_requests(&server, 1);
+    let seen = server.seen.lock().unwrap().clone();
+    assert_eq!(seen[0].method, "POST");
+    let sent_key = seen[0]
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("idempotency-key"))
+        .map(|(_, v)| v.clone())
+        .expect("the POST carries an Idempotency-Key");
+
+    let resumed = StepCrossings::replay(journal.clone(), run, "post", 1).unwrap();
+    match h
+        .sandbox
+        .call_journaled(&tool, &grant, &input, &resumed)
+        .await
+    {
+        Err(CrossingError::OutcomeUnknown {
+            method,
+            uri,
+            idempotency_key,
+            ..
+        }) => {
+            assert_eq!((method.as_str(), uri.as_str()), ("POST", url.as_str()));
+            assert_eq!(idempotency_key, sent_key);
+        }
+        Err(other) => panic!("expected OutcomeUnknown, got {other}"),
+        Ok(report) => panic!("expected OutcomeUnknown, got {:?}", report.result),
+    }
+    assert_eq!(server.connections(), 1, "the POST was sent again");
 }
