@@ -5,18 +5,19 @@
 use std::path::{Path, PathBuf};
 
 use sandgraph::graph::{self, CompiledGraph, spec::Graph, validate, yaml};
+use sandgraph::sandbox::manifest::Manifest;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn components() -> Vec<String> {
-    let names = graph::component_names(&root().join("tools")).expect("tools folder lists");
+fn components() -> Vec<Manifest> {
+    let manifests = graph::components(&root().join("tools")).expect("tool manifests load");
     assert!(
-        names.contains(&"calc".to_string()),
-        "tool manifests found: {names:?}"
+        manifests.iter().any(|m| m.metadata.name == "calc"),
+        "{manifests:?}"
     );
-    names
+    manifests
 }
 
 fn fixtures() -> Vec<PathBuf> {
@@ -212,5 +213,51 @@ fn committed_json_schema_matches_the_spec_types() {
     assert!(
         committed == generated,
         "graphs/schema/graph-v1.schema.json is stale; regenerate with SANDGRAPH_BLESS=1 cargo nextest run -p sandgraph --test graph_validation"
+    );
+}
+
+#[test]
+fn cli_graph_validate_prints_every_error_and_fails_or_prints_the_digest() {
+    let bin = env!("CARGO_BIN_EXE_sandgraph");
+    let tools = root().join("tools");
+    let ok = std::process::Command::new(bin)
+        .args(["graph", "validate", "--tools"])
+        .arg(&tools)
+        .arg(root().join("graphs/fan-out-fan-in.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let stdout = String::from_utf8(ok.stdout).unwrap();
+    let digest = load_example("fan-out-fan-in.yaml").digest_hex();
+    assert!(
+        stdout.contains("graph 'fan-out-fan-in' is valid: 4 nodes, 4 edges"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&format!("sha256:{digest}")), "{stdout}");
+
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/graphs/many_errors_at_once.yaml");
+    let bad = std::process::Command::new(bin)
+        .args(["graph", "validate", "--tools"])
+        .arg(&tools)
+        .arg(&fixture)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    let stderr = String::from_utf8(bad.stderr).unwrap();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 5, "{stderr}");
+    let prefix = format!(
+        "{}:7:43: node 'fetch' uses unknown component",
+        fixture.display()
+    );
+    assert!(lines[0].starts_with(&prefix), "{stderr}");
+    assert!(
+        lines[4].contains(":12:26: edge 'parse -> store' points to unknown node 'store'"),
+        "{stderr}"
     );
 }

@@ -23,12 +23,8 @@ pub enum GraphCommand {
 pub fn run(cmd: GraphCommand) -> Result<String, String> {
     match cmd {
         GraphCommand::Validate { file, tools } => {
-            let components = graph::component_names(&tools).map_err(|e| {
-                format!(
-                    "{}: cannot list components: {e}; pass --tools <dir>",
-                    tools.display()
-                )
-            })?;
+            let components = graph::components(&tools)
+                .map_err(|e| format!("{e}; pass --tools <dir> naming the tools folder"))?;
             let compiled = graph::load(&file, &components).map_err(|d| d.to_string())?;
             Ok(format!(
                 "{}: graph '{}' is valid: {} nodes, {} edges, digest sha256:{}",

@@ -9,11 +9,13 @@ pub mod yaml;
 
 use std::path::Path;
 
+use crate::sandbox::manifest::Manifest;
+
 pub use compile::CompiledGraph;
 pub use validate::{Diagnostic, Diagnostics};
 
-/// Reads, validates and compiles a graph file; `components` are the known component names.
-pub fn load(path: &Path, components: &[String]) -> Result<CompiledGraph, Diagnostics> {
+/// Reads, validates and compiles a graph file; `components` are the known component manifests.
+pub fn load(path: &Path, components: &[Manifest]) -> Result<CompiledGraph, Diagnostics> {
     let file = path.display().to_string();
     let source = read_bounded(path).map_err(|message| {
         Diagnostics(vec![Diagnostic {
@@ -43,29 +45,23 @@ fn read_bounded(path: &Path) -> Result<String, String> {
     String::from_utf8(buf).map_err(|e| format!("graph file is not UTF-8: {e}"))
 }
 
-/// Names of the tool components under `dir` (each `*.sandgraph.yaml`'s `metadata.name`).
-pub fn component_names(dir: &Path) -> std::io::Result<Vec<String>> {
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let sub = entry?.path();
-        if !sub.is_dir() {
+/// The component manifests under `dir` (each `*/*.sandgraph.yaml`), sorted by name.
+pub fn components(dir: &Path) -> Result<Vec<Manifest>, String> {
+    let mut out = Vec::new();
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: cannot list components: {e}", dir.display()))?;
+    for entry in entries {
+        let sub = entry.map_err(|e| format!("{}: {e}", dir.display()))?.path();
+        let Ok(files) = std::fs::read_dir(&sub) else {
             continue;
-        }
-        for file in std::fs::read_dir(&sub)? {
-            let p = file?.path();
-            if p.to_string_lossy().ends_with(".sandgraph.yaml")
-                && let Ok(text) = std::fs::read_to_string(&p)
-                && let Ok(v) = serde_norway::from_str::<serde_norway::Value>(&text)
-                && let Some(name) = v
-                    .get("metadata")
-                    .and_then(|m| m.get("name"))
-                    .and_then(|n| n.as_str())
-            {
-                names.push(name.to_string());
+        };
+        for file in files {
+            let p = file.map_err(|e| format!("{}: {e}", sub.display()))?.path();
+            if p.to_string_lossy().ends_with(".sandgraph.yaml") {
+                out.push(Manifest::from_file(&p).map_err(|e| e.to_string())?);
             }
         }
     }
-    names.sort();
-    names.dedup();
-    Ok(names)
+    out.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    Ok(out)
 }

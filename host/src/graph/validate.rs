@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use super::spec::{self, Graph, Node};
 use super::yaml::{self, Located, Pos, Yaml};
+use crate::sandbox::manifest::{self, Manifest, WorkspaceMode, host_matches};
 
 /// One problem found in a graph file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,8 +37,8 @@ pub struct Diagnostics(pub Vec<Diagnostic>);
 /// Variables an expression may read.
 pub const STATE_ROOTS: [&str; 3] = ["input", "nodes", "state"];
 
-/// Parses and validates `source`; `components` are the names node `component`s may use.
-pub fn validate(file: &str, source: &str, components: &[String]) -> Result<Graph, Diagnostics> {
+/// Parses and validates `source`; `components` are the manifests node `component`s may name.
+pub fn validate(file: &str, source: &str, components: &[Manifest]) -> Result<Graph, Diagnostics> {
     let mut errs: Vec<Located> = Vec::new();
     let root = yaml::parse(source).map_err(|e| Diagnostics(vec![diag(file, e)]))?;
     let graph = structure(&root, &mut errs);
@@ -195,7 +196,7 @@ pub fn check_expression(src: &str) -> Result<cel::Program, String> {
     Ok(program)
 }
 
-fn semantics(g: &Graph, root: &Yaml, components: &[String], errs: &mut Vec<Located>) {
+fn semantics(g: &Graph, root: &Yaml, components: &[Manifest], errs: &mut Vec<Located>) {
     let mut push = |pos: Pos, message: String| errs.push(Located { pos, message });
     if g.api_version != spec::API_VERSION {
         push(
@@ -234,14 +235,19 @@ fn semantics(g: &Graph, root: &Yaml, components: &[String], errs: &mut Vec<Locat
         } else {
             ids.insert(&n.id, i);
         }
-        if !components.iter().any(|c| c == &n.component) {
+        let manifest = components.iter().find(|c| c.metadata.name == n.component);
+        if manifest.is_none() {
+            let names: Vec<&str> = components
+                .iter()
+                .map(|c| c.metadata.name.as_str())
+                .collect();
             push(
                 pos_of(y, &["component"]),
                 format!(
                     "node '{}' uses unknown component '{}'; known components: {}",
                     n.id,
                     n.component,
-                    components.join(", ")
+                    names.join(", ")
                 ),
             );
         }
@@ -294,25 +300,8 @@ fn semantics(g: &Graph, root: &Yaml, components: &[String], errs: &mut Vec<Locat
             }
         }
         if let Some(grant) = &n.grant {
-            if let Some(w) = &grant.workspace
-                && !matches!(w.as_str(), "none" | "ro" | "rw")
-            {
-                push(
-                    pos_of(y, &["grant", "workspace"]),
-                    format!(
-                        "node '{}' grant.workspace '{w}' is not none, ro or rw",
-                        n.id
-                    ),
-                );
-            }
-            if let Some(l) = &grant.limits
-                && let Some(t) = &l.timeout
-                && let Err(m) = parse_duration(t)
-            {
-                push(
-                    pos_of(y, &["grant", "limits", "timeout"]),
-                    format!("node '{}' grant.limits.timeout {m}", n.id),
-                );
+            for (pos, m) in check_grant(&n.id, grant, manifest) {
+                push(pos_of(y, &pos), m);
             }
         }
     }
@@ -468,6 +457,92 @@ fn semantics(g: &Graph, root: &Yaml, components: &[String], errs: &mut Vec<Locat
             }
         }
     }
+}
+
+/// A grant may only narrow its component's manifest: workspace mode, egress hosts, limits.
+/// Returns (path under the node, message) for each widening or bad value.
+fn check_grant(
+    id: &str,
+    grant: &spec::Grant,
+    manifest: Option<&Manifest>,
+) -> Vec<(Vec<&'static str>, String)> {
+    let mut out = Vec::new();
+    let allowed = manifest.map(|m| &m.spec);
+    if let Some(w) = &grant.workspace {
+        let mode = match w.as_str() {
+            "none" => Some(WorkspaceMode::None),
+            "ro" => Some(WorkspaceMode::Ro),
+            "rw" => Some(WorkspaceMode::Rw),
+            _ => None,
+        };
+        match (mode, allowed) {
+            (None, _) => out.push((
+                vec!["grant", "workspace"],
+                format!("node '{id}' grant.workspace '{w}' is not none, ro or rw"),
+            )),
+            (Some(mode), Some(spec)) if mode > spec.workspace => out.push((
+                vec!["grant", "workspace"],
+                format!(
+                    "node '{id}' grant.workspace '{w}' widens the manifest's workspace ({}); a grant can only narrow it",
+                    format!("{:?}", spec.workspace).to_lowercase()
+                ),
+            )),
+            _ => {}
+        }
+    }
+    if let (Some(hosts), Some(spec)) = (&grant.egress_hosts, allowed) {
+        for h in hosts {
+            let covered = spec.egress.iter().any(|r| {
+                r.host == "*"
+                    || r.host.eq_ignore_ascii_case(h)
+                    || host_matches(&r.host, h.strip_prefix("*.").unwrap_or(h))
+            });
+            if !covered {
+                let rules: Vec<&str> = spec.egress.iter().map(|r| r.host.as_str()).collect();
+                out.push((
+                    vec!["grant", "egressHosts"],
+                    format!(
+                        "node '{id}' grant.egressHosts '{h}' is not allowed by the manifest (egress hosts: [{}]); a grant can only narrow it",
+                        rules.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(l) = &grant.limits {
+        let pairs: [(&'static str, &Option<String>, bool); 4] = [
+            ("memory", &l.memory, false),
+            ("timeout", &l.timeout, true),
+            ("maxOutput", &l.max_output, false),
+            ("maxResponse", &l.max_response, false),
+        ];
+        for (field, value, is_duration) in pairs {
+            let Some(v) = value else { continue };
+            let parsed = if is_duration {
+                manifest::parse_duration(v).map(|d| d.as_millis() as u64)
+            } else {
+                manifest::parse_size(v)
+            };
+            let ceiling = allowed.map(|s| match field {
+                "memory" => s.limits.memory,
+                "timeout" => s.limits.timeout.as_millis() as u64,
+                "maxOutput" => s.limits.max_output,
+                _ => s.limits.max_response,
+            });
+            match (parsed, ceiling) {
+                (Err(m), _) => out.push((
+                    vec!["grant", "limits", field],
+                    format!("node '{id}' grant.limits.{field}: {m}"),
+                )),
+                (Ok(v2), Some(c)) if v2 > c => out.push((
+                    vec!["grant", "limits", field],
+                    format!("node '{id}' grant.limits.{field} '{v}' is above the manifest's limit; a grant can only narrow it"),
+                )),
+                _ => {}
+            }
+        }
+    }
+    out
 }
 
 /// Whether `a` and `b` are written as `c` and `!c` (or `!(c)`).
