@@ -23,7 +23,7 @@ use sandgraph_inference::server::{AppState, Ready, ServerConfig, serve};
 use sandgraph_inference::testutil::{TinySpec, tiny_model_bytes};
 use sandgraph_inference::tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
 
-const CONTEXT: usize = 256;
+const CONTEXT: usize = 512;
 
 fn tiny() -> (LlamaModel, Tokenizer) {
     let bytes = tiny_model_bytes(&TinySpec::new(21, GgmlType::Q8_0));
@@ -129,12 +129,12 @@ async fn start(slots: usize, config: ServerConfig, gate: Arc<Gate>) -> Server {
         state.config.max_waiting,
         state.metrics.clone(),
     );
-    state.set_ready(Ready {
+    state.set_ready(Ready::new(
         batcher,
         tok,
-        template: ChatTemplate::detect(None).unwrap(),
-        model_name: "tiny".into(),
-    });
+        ChatTemplate::detect(None).unwrap(),
+        "tiny".into(),
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(serve(listener, state.clone()));
@@ -252,12 +252,12 @@ async fn health_is_503_while_loading_and_200_when_ready() {
     let (model, tok) = tiny();
     let tok = Arc::new(tok);
     let cpu = CpuBackend::with_threads(&model, 1, CONTEXT, 1).unwrap();
-    state.set_ready(Ready {
-        batcher: Batcher::start(Box::new(cpu), tok.clone(), 4, state.metrics.clone()),
+    state.set_ready(Ready::new(
+        Batcher::start(Box::new(cpu), tok.clone(), 4, state.metrics.clone()),
         tok,
-        template: ChatTemplate::detect(None).unwrap(),
-        model_name: "tiny".into(),
-    });
+        ChatTemplate::detect(None).unwrap(),
+        "tiny".into(),
+    ));
     assert_eq!(call(addr, "GET", "/health", None).await.0, 200);
     let (status, v) = call(addr, "GET", "/v1/models", None).await;
     assert_eq!(status, 200);
@@ -405,7 +405,7 @@ async fn bad_requests_get_specific_openai_errors() {
     let s = start(
         1,
         ServerConfig {
-            max_body_bytes: 2048,
+            max_body_bytes: 16384,
             ..Default::default()
         },
         {
@@ -486,14 +486,39 @@ async fn bad_requests_get_specific_openai_errors() {
             Some("max_tokens"),
         ),
         (
-            json!({"messages": [{"role": "user", "content": "word ".repeat(380)}]}),
+            json!({"messages": [{"role": "user", "content": "word ".repeat(1200)}]}),
             "context_length_exceeded",
             Some("messages"),
         ),
         (
-            json!({"messages": msgs, "response_format": {"type": "json_object"}}),
-            "unsupported_parameter",
-            Some("response_format"),
+            json!({"messages": msgs, "response_format": {"type": "xml"}}),
+            "invalid_value",
+            Some("response_format.type"),
+        ),
+        (
+            json!({"messages": msgs, "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}),
+            "invalid_value",
+            Some("response_format.json_schema.schema"),
+        ),
+        (
+            json!({"messages": msgs, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "pattern": "a+"}}}}),
+            "invalid_schema",
+            Some("response_format.json_schema.schema"),
+        ),
+        (
+            json!({"messages": msgs, "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": {"type": "function", "function": {"name": "g"}}}),
+            "invalid_value",
+            Some("tool_choice"),
+        ),
+        (
+            json!({"messages": msgs, "tools": [{"type": "function"}], "tool_choice": "required"}),
+            "invalid_value",
+            Some("tools[0]"),
+        ),
+        (
+            json!({"messages": msgs, "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required", "stream": true}),
+            "unsupported_value",
+            Some("stream"),
         ),
     ];
     for (body, code, param) in cases {
@@ -520,7 +545,7 @@ async fn bad_requests_get_specific_openai_errors() {
     assert_eq!(st, 400);
     assert_error(&v, "invalid_value", Some("prompt"));
     // Oversized body: refused from its Content-Length, before reading it.
-    let big = json!({"messages": [{"role": "user", "content": "x".repeat(4096)}]});
+    let big = json!({"messages": [{"role": "user", "content": "x".repeat(40_000)}]});
     let (st, v) = call(s.addr, "POST", chat, Some(big)).await;
     assert_eq!(st, 413);
     assert_error(&v, "body_too_large", None);
@@ -681,4 +706,69 @@ async fn a_disconnected_stream_frees_its_slot() {
     .await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["choices"][0]["text"], alone(prompt, 5).0.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn structured_output_and_forced_tool_calls_parse_and_validate() {
+    let s = open_server(2).await;
+    let schema = json!({
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}, "color": {"enum": ["red", "green", "blue"]}},
+        "required": ["ok", "color"],
+        "additionalProperties": false,
+    });
+    for seed in 0..4 {
+        let (st, v) = call(
+            s.addr,
+            "POST",
+            "/v1/chat/completions",
+            Some(json!({
+                "messages": [{"role": "user", "content": "pick a color"}],
+                "response_format": {"type": "json_schema", "json_schema": {"name": "c", "schema": schema}},
+                "temperature": 1.0, "seed": seed, "max_tokens": 120,
+            })),
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
+        let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+        let doc: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        assert!(doc["ok"].is_boolean(), "{doc}");
+        assert!(
+            ["red", "green", "blue"].contains(&doc["color"].as_str().unwrap()),
+            "{doc}"
+        );
+        assert_eq!(doc.as_object().unwrap().len(), 2, "{doc}");
+    }
+    let tools = json!([
+        {"type": "function", "function": {"name": "get_weather", "parameters": {
+            "type": "object", "properties": {"unit": {"enum": ["c", "f"]}}, "required": ["unit"],
+            "additionalProperties": false}}},
+        {"type": "function", "function": {"name": "noop", "parameters": {
+            "type": "object", "properties": {}, "additionalProperties": false}}},
+    ]);
+    let (st, v) = call(
+        s.addr,
+        "POST",
+        "/v1/chat/completions",
+        Some(json!({
+            "messages": [{"role": "user", "content": "weather?"}],
+            "tools": tools,
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+            "temperature": 0, "max_tokens": 120,
+        })),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls", "{v}");
+    let call0 = &v["choices"][0]["message"]["tool_calls"][0];
+    assert!(v["choices"][0]["message"]["content"].is_null());
+    assert_eq!(call0["type"], "function");
+    assert_eq!(call0["function"]["name"], "get_weather");
+    let args: Value =
+        serde_json::from_str(call0["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert!(
+        ["c", "f"].contains(&args["unit"].as_str().unwrap()),
+        "{args}"
+    );
 }

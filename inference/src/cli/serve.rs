@@ -83,12 +83,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
                 .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
             let tok = Arc::new(tok);
             let batcher = Batcher::start(backend, tok.clone(), a.max_waiting, st.metrics.clone());
-            st.set_ready(Ready {
-                batcher,
-                tok,
-                template,
-                model_name,
-            });
+            st.set_ready(Ready::new(batcher, tok, template, model_name));
             tracing::info!("model loaded; serving");
             Ok(())
         })

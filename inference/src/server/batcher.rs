@@ -9,22 +9,13 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::backend::{Backend, SeqChunk, argmax_of, top_k_of};
-use crate::generate::{FinishReason, PREFILL_CHUNK, Rng, Sampling, StopScanner, sample};
+use crate::backend::{Backend, SeqChunk, top_k_of};
+use crate::constrain::Constraint;
+use crate::generate::{
+    FinishReason, PREFILL_CHUNK, Rng, Sampling, StopScanner, pick_constrained, sample,
+};
 use crate::server::metrics::Metrics;
 use crate::tokenizer::Tokenizer;
-
-/// Per-sequence token mask used for structured output (`response_format`, `tools`).
-///
-/// Hook for the constrained-decoding module: the batcher calls `mask` on the full logits row
-/// before every pick of a constrained sequence (set disallowed tokens to `f32::NEG_INFINITY`),
-/// then `accept` with the token it chose. A sequence whose constraint reports `is_complete`
-/// finishes with `stop` right after that token.
-pub trait SequenceConstraint: Send {
-    fn mask(&mut self, logits: &mut [f32]);
-    fn accept(&mut self, token: u32);
-    fn is_complete(&self) -> bool;
-}
 
 /// One request for the engine.
 pub struct Job {
@@ -33,7 +24,9 @@ pub struct Job {
     pub max_tokens: usize,
     pub sampling: Sampling,
     pub stop: Vec<String>,
-    pub constraint: Option<Box<dyn SequenceConstraint>>,
+    /// Structured output (`response_format`, forced tool calls): only tokens this allows are
+    /// picked, and the sequence may only end (EOS) once the document is complete.
+    pub constraint: Option<Constraint>,
     /// Where the engine streams the output; dropping the receiver cancels the request.
     pub events: UnboundedSender<Event>,
 }
@@ -60,6 +53,9 @@ pub enum SubmitError {
     #[error("the engine has stopped: {0}")]
     EngineStopped(String),
 }
+
+/// What `pick_constrained` returns when a constraint allows no token.
+const NO_TOKEN: u32 = u32::MAX;
 
 struct Queue {
     waiting: VecDeque<(Job, Instant)>,
@@ -366,28 +362,22 @@ impl Engine {
         if constrained {
             let rows = self.backend.logits()?;
             let mut out = Vec::with_capacity(plan.len());
-            for ((i, picks_now), mut row) in plan.iter().zip(rows) {
+            for ((i, picks_now), row) in plan.iter().zip(rows) {
                 let s = &mut self.seqs[*i];
                 if !*picks_now {
                     out.push(0);
                     continue;
                 }
-                if let Some(c) = s.job.constraint.as_mut() {
-                    c.mask(&mut row);
-                }
-                let t = if s.job.sampling.temperature <= 0.0 {
-                    argmax_of(&row)
-                } else {
-                    let k = if s.job.sampling.top_k == 0 {
-                        row.len()
-                    } else {
-                        s.job.sampling.top_k
-                    };
-                    let cands: Vec<(u32, f32)> = top_k_of(&row, k)
-                        .into_iter()
-                        .filter(|(_, l)| l.is_finite())
-                        .collect();
-                    sample(&cands, &s.job.sampling, &mut s.rng)
+                let t = match &s.job.constraint {
+                    Some(c) => pick_constrained(&row, &s.job.sampling, &mut s.rng, c),
+                    None => {
+                        let k = match (s.job.sampling.temperature <= 0.0, s.job.sampling.top_k) {
+                            (true, _) => 1,
+                            (false, 0) => row.len(),
+                            (false, k) => k,
+                        };
+                        sample(&top_k_of(&row, k), &s.job.sampling, &mut s.rng)
+                    }
                 };
                 out.push(t);
             }
@@ -427,22 +417,27 @@ impl Engine {
             Some(prev) => metrics.observe_itl(now.duration_since(prev)),
         }
         s.last_token = Some(now);
-        let finish = if Some(t) == self.tok.eos || self.tok.is_control(t) {
+        if let Some(c) = s.job.constraint.as_mut()
+            && t != NO_TOKEN
+        {
+            // `pick_constrained` only returns allowed tokens, so this always succeeds.
+            let ok = c.accept(t);
+            debug_assert!(ok, "constrained pick {t} was not allowed");
+        }
+        let finish = if t == NO_TOKEN {
+            // The constraint allows no token (a vocabulary that cannot spell some byte).
+            Some(FinishReason::MaxTokens)
+        } else if Some(t) == self.tok.eos || self.tok.is_control(t) {
             Some(FinishReason::EndOfSequence)
         } else {
             s.generated += 1;
             metrics.add_generation_tokens(1);
-            if let Some(c) = s.job.constraint.as_mut() {
-                c.accept(t);
-            }
             let (text, stopped) = s.scanner.push(self.tok.token_bytes(t));
             if !text.is_empty() {
                 let _ = s.job.events.send(Event::Text(text));
             }
             if stopped {
                 Some(FinishReason::StopSequence)
-            } else if s.job.constraint.as_ref().is_some_and(|c| c.is_complete()) {
-                Some(FinishReason::EndOfSequence)
             } else if s.generated >= s.job.max_tokens {
                 Some(FinishReason::MaxTokens)
             } else if s.pos >= max_ctx {

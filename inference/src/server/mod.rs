@@ -17,6 +17,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use crate::constrain::TokenTrie;
 use crate::tokenizer::{ChatTemplate, Tokenizer};
 use batcher::Batcher;
 use metrics::Metrics;
@@ -48,6 +49,32 @@ pub struct Ready {
     pub tok: Arc<Tokenizer>,
     pub template: ChatTemplate,
     pub model_name: String,
+    /// Vocabulary trie for constrained decoding, built on the first structured request.
+    trie: OnceLock<Arc<TokenTrie>>,
+}
+
+impl Ready {
+    pub fn new(
+        batcher: Batcher,
+        tok: Arc<Tokenizer>,
+        template: ChatTemplate,
+        model_name: String,
+    ) -> Ready {
+        Ready {
+            batcher,
+            tok,
+            template,
+            model_name,
+            trie: OnceLock::new(),
+        }
+    }
+
+    /// The shared token trie structured-output constraints use.
+    pub fn trie(&self) -> Arc<TokenTrie> {
+        self.trie
+            .get_or_init(|| Arc::new(TokenTrie::new(&self.tok)))
+            .clone()
+    }
 }
 
 /// State shared by every connection.

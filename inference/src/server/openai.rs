@@ -404,6 +404,151 @@ pub fn usage(prompt: usize, completion: usize) -> Value {
     })
 }
 
+/// What a chat request's `response_format`, `tools` and `tool_choice` ask the decoder for.
+pub enum Structured {
+    /// Free text.
+    Text,
+    /// A JSON document matching the grammar, returned as `message.content`.
+    Json(crate::constrain::Grammar),
+    /// A forced tool call `{"name": ..., "arguments": {...}}`, returned as `message.tool_calls`;
+    /// `note` tells the model which functions exist.
+    Tool {
+        grammar: crate::constrain::Grammar,
+        note: String,
+    },
+}
+
+fn schema_error(e: crate::constrain::SchemaError, param: &str) -> ApiError {
+    ApiError::invalid(format!("{param}: {e}"), Some(param), "invalid_schema")
+}
+
+impl ChatRequest {
+    /// Reads the structured-output fields. `tool_choice` `auto`/`none` (or absent) leave the
+    /// output free; `required` or a named function force a call through the grammar.
+    pub fn structured(&self) -> Result<Structured, ApiError> {
+        use crate::constrain::Grammar;
+        if let Some(rf) = &self.response_format {
+            match rf.get("type").and_then(Value::as_str) {
+                Some("text") => {}
+                Some("json_object") => return Ok(Structured::Json(Grammar::json_object())),
+                Some("json_schema") => {
+                    let Some(schema) = rf.get("json_schema").and_then(|j| j.get("schema")) else {
+                        return Err(ApiError::invalid(
+                            "response_format.json_schema.schema is missing; put the JSON Schema there",
+                            Some("response_format.json_schema.schema"),
+                            "invalid_value",
+                        ));
+                    };
+                    return Grammar::compile(schema)
+                        .map(Structured::Json)
+                        .map_err(|e| schema_error(e, "response_format.json_schema.schema"));
+                }
+                other => {
+                    return Err(ApiError::invalid(
+                        format!(
+                            "response_format.type = {}: use text, json_object or json_schema",
+                            other.map_or_else(|| "(missing)".to_owned(), |t| format!("'{t}'"))
+                        ),
+                        Some("response_format.type"),
+                        "invalid_value",
+                    ));
+                }
+            }
+        }
+        let tools: Vec<&Value> = match &self.tools {
+            None => return Ok(Structured::Text),
+            Some(Value::Array(a)) => a.iter().collect(),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "tools must be an array of {\"type\":\"function\",\"function\":{...}}",
+                    Some("tools"),
+                    "invalid_value",
+                ));
+            }
+        };
+        let mut funcs = Vec::new();
+        for (i, t) in tools.iter().enumerate() {
+            let f = t.get("function");
+            let name = f.and_then(|f| f.get("name")).and_then(Value::as_str);
+            match (t.get("type").and_then(Value::as_str), name) {
+                (Some("function"), Some(name)) if !name.is_empty() => {
+                    let params = f
+                        .and_then(|f| f.get("parameters"))
+                        .cloned()
+                        .unwrap_or_else(|| json!({"type": "object"}));
+                    funcs.push((name.to_owned(), params, f.cloned().unwrap_or(Value::Null)));
+                }
+                _ => {
+                    return Err(ApiError::invalid(
+                        format!(
+                            "tools[{i}] must be {{\"type\":\"function\",\"function\":{{\"name\":...}}}}"
+                        ),
+                        Some(&format!("tools[{i}]")),
+                        "invalid_value",
+                    ));
+                }
+            }
+        }
+        let forced: Vec<&(String, Value, Value)> = match &self.tool_choice {
+            None => return Ok(Structured::Text),
+            Some(Value::String(s)) if s == "auto" || s == "none" => return Ok(Structured::Text),
+            Some(Value::String(s)) if s == "required" => funcs.iter().collect(),
+            Some(v) => {
+                let name = v
+                    .get("function")
+                    .and_then(|f| f.get("name"))
+                    .and_then(Value::as_str);
+                let Some(name) = name else {
+                    return Err(ApiError::invalid(
+                        "tool_choice must be auto, none, required or {\"type\":\"function\",\"function\":{\"name\":...}}",
+                        Some("tool_choice"),
+                        "invalid_value",
+                    ));
+                };
+                let hit: Vec<_> = funcs.iter().filter(|f| f.0 == name).collect();
+                if hit.is_empty() {
+                    return Err(ApiError::invalid(
+                        format!("tool_choice names '{name}', which is not in tools"),
+                        Some("tool_choice"),
+                        "invalid_value",
+                    ));
+                }
+                hit
+            }
+        };
+        if forced.is_empty() {
+            return Err(ApiError::invalid(
+                "tool_choice is required but tools is empty",
+                Some("tools"),
+                "invalid_value",
+            ));
+        }
+        let variants: Vec<Value> = forced
+            .iter()
+            .map(|(name, params, _)| {
+                json!({
+                    "type": "object",
+                    "properties": {"name": {"const": name}, "arguments": params},
+                    "required": ["name", "arguments"],
+                    "additionalProperties": false,
+                })
+            })
+            .collect();
+        let schema = if variants.len() == 1 {
+            variants[0].clone()
+        } else {
+            json!({"anyOf": variants})
+        };
+        let grammar = Grammar::compile(&schema).map_err(|e| schema_error(e, "tools"))?;
+        let listed: Vec<&Value> = forced.iter().map(|f| &f.2).collect();
+        let note = format!(
+            "Call one of these functions by replying with JSON {{\"name\": ..., \"arguments\": {{...}}}}: {}",
+            Value::from(listed.into_iter().cloned().collect::<Vec<_>>())
+        );
+        Ok(Structured::Tool { grammar, note })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

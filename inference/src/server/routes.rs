@@ -13,13 +13,15 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use crate::constrain::Constraint;
 use crate::server::batcher::{Event, Job, SubmitError};
 use crate::server::errors::ApiError;
 use crate::server::openai::{
-    ChatRequest, CompletionRequest, Params, finish_reason, parse_body, usage,
+    ChatRequest, CompletionRequest, Params, Structured, finish_reason, parse_body, usage,
 };
 use crate::server::sse::SseBody;
 use crate::server::{AppState, Ready};
+use crate::tokenizer::ChatMessage;
 
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
@@ -183,13 +185,14 @@ struct Submitted {
 
 fn submit(
     state: &AppState,
-    r: &Ready,
     prefix: &str,
     prompt: Vec<u32>,
     max_tokens: usize,
     params: &Params,
     prompt_text: &str,
+    constraint: Option<Constraint>,
 ) -> Result<Submitted, ApiError> {
+    let r = ready(state)?;
     let id = format!("{prefix}-{}", state.next_request_id());
     let (tx, rx) = mpsc::unbounded_channel();
     if state.config.log_prompts {
@@ -203,7 +206,7 @@ fn submit(
         max_tokens,
         sampling: params.sampling.clone(),
         stop: params.stop.clone(),
-        constraint: None,
+        constraint,
         events: tx,
     };
     r.batcher.submit(job).map_err(|e| match e {
@@ -269,33 +272,36 @@ async fn chat(req: Request<Incoming>, state: &Arc<AppState>) -> Result<Response<
     let mut cr: ChatRequest = parse_body(&body)?;
     let r = ready(state)?;
     let params = cr.params(r.batcher.max_context())?;
-    // Structured output hook: once the constrain module lands, `response_format` and `tools`
-    // become a `SequenceConstraint` on the job instead of this refusal.
-    if let Some(rf) = &cr.response_format
-        && rf.get("type").and_then(Value::as_str) != Some("text")
-    {
+    let structured = cr.structured()?;
+    let tool_call = matches!(structured, Structured::Tool { .. });
+    if tool_call && params.stream {
         return Err(ApiError::invalid(
-            "response_format other than {\"type\":\"text\"} is not supported by this build yet",
-            Some("response_format"),
-            "unsupported_parameter",
+            "stream with a forced tool call (tool_choice required or named) is not supported yet; use stream: false",
+            Some("stream"),
+            "unsupported_value",
         ));
     }
-    if cr
-        .tools
-        .as_ref()
-        .is_some_and(|t| t.as_array().is_none_or(|a| !a.is_empty()))
-    {
-        return Err(ApiError::invalid(
-            "tools are not supported by this build yet",
-            Some("tools"),
-            "unsupported_parameter",
-        ));
-    }
-    let msgs = cr.chat_messages()?;
+    let mut msgs = cr.chat_messages()?;
+    let constraint = match structured {
+        Structured::Text => None,
+        Structured::Json(g) => Some(Constraint::new(Arc::new(g), r.trie())),
+        Structured::Tool { grammar, note } => {
+            match msgs.first_mut().filter(|m| m.role == "system") {
+                Some(sys) => {
+                    sys.content.push_str("\n\n");
+                    sys.content.push_str(&note);
+                }
+                None => msgs.insert(0, ChatMessage::new("system", &note)),
+            }
+            Some(Constraint::new(Arc::new(grammar), r.trie()))
+        }
+    };
     let text = r.template.render(&msgs);
     let prompt = r.tok.encode(&text, true);
     let max_tokens = fit_context(&prompt, &params, r.batcher.max_context())?;
-    let mut s = submit(state, r, "chatcmpl", prompt, max_tokens, &params, &text)?;
+    let mut s = submit(
+        state, "chatcmpl", prompt, max_tokens, &params, &text, constraint,
+    )?;
     let created = now_secs();
     if params.stream {
         let (id, model) = (s.id.clone(), s.model.clone());
@@ -330,13 +336,32 @@ async fn chat(req: Request<Incoming>, state: &Arc<AppState>) -> Result<Response<
         return Ok(sse_response(SseBody::new(s.events, format)));
     }
     let (text, finish, p, c) = collect(state, &mut s).await?;
+    let call = tool_call
+        .then(|| serde_json::from_str::<Value>(&text).ok())
+        .flatten()
+        .filter(|v| v["name"].is_string());
+    let (message, finish) = match call {
+        Some(v) => (
+            json!({
+                "role": "assistant",
+                "content": null,
+                "tool_calls": [{
+                    "id": format!("call_{}", s.id),
+                    "type": "function",
+                    "function": {"name": v["name"], "arguments": v["arguments"].to_string()},
+                }],
+            }),
+            "tool_calls",
+        ),
+        None => (json!({"role": "assistant", "content": text}), finish),
+    };
     Ok(json_response(
         StatusCode::OK,
         &json!({
             "id": s.id, "object": "chat.completion", "created": created, "model": s.model,
             "choices": [{
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
+                "message": message,
                 "logprobs": null,
                 "finish_reason": finish,
             }],
@@ -356,7 +381,7 @@ async fn completion(
     let text = cr.prompt_text()?;
     let prompt = r.tok.encode(&text, false);
     let max_tokens = fit_context(&prompt, &params, r.batcher.max_context())?;
-    let mut s = submit(state, r, "cmpl", prompt, max_tokens, &params, &text)?;
+    let mut s = submit(state, "cmpl", prompt, max_tokens, &params, &text, None)?;
     let created = now_secs();
     if params.stream {
         let (id, model) = (s.id.clone(), s.model.clone());
