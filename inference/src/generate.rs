@@ -507,7 +507,7 @@ pub fn generate_constrained(
 }
 
 /// What `pick` returns for a constrained sequence whose constraint allows no token.
-const NO_TOKEN: u32 = u32::MAX;
+pub const NO_TOKEN: u32 = u32::MAX;
 
 /// Picks a token per chunk of the last forward; `seqs[k]` is the sequence of chunk k.
 fn pick(
@@ -572,8 +572,9 @@ fn pick(
         .collect())
 }
 
-/// Candidates tried one by one (cheap per-token checks) before building the full mask.
-const LAZY_CANDIDATES: usize = 64;
+/// Windows of the row's best tokens checked one at a time (cheap per-token automaton walks)
+/// before falling back to the full-vocabulary mask (a trie walk).
+const LAZY_WINDOWS: [usize; 3] = [64, 512, 4096];
 
 /// Samples from one logits row restricted to the tokens `con` allows. Exact: the candidates
 /// are the best *allowed* tokens (top-k over the masked row), found first by checking the
@@ -586,30 +587,48 @@ pub fn pick_constrained(row: &[f32], s: &Sampling, rng: &mut Rng, con: &Constrai
     } else {
         s.top_k
     };
-    if want <= LAZY_CANDIDATES / 2 {
-        let best = crate::backend::top_k_of(row, LAZY_CANDIDATES);
-        let allowed: Vec<(u32, f32)> = best
-            .iter()
-            .copied()
-            .filter(|&(t, _)| con.allows(t))
-            .take(want)
-            .collect();
-        if allowed.len() == want {
+    let mut checked = 0;
+    let mut allowed: Vec<(u32, f32)> = Vec::new();
+    for w in LAZY_WINDOWS {
+        // Skip windows too small, and stop when the allowed share seen so far says this
+        // window will not hold `want` allowed tokens (few allowed: the full mask is cheap).
+        if want > w / 2 || w >= row.len() || (checked > 0 && allowed.len() * w < want * checked) {
+            break;
+        }
+        let best = best_n(row, (0..row.len() as u32).collect(), w);
+        allowed.extend(
+            best[checked..]
+                .iter()
+                .copied()
+                .filter(|&(t, _)| con.allows(t)),
+        );
+        checked = best.len();
+        if allowed.len() >= want {
+            allowed.truncate(want);
             return sample(&allowed, s, rng);
         }
     }
     let mask = con.mask();
-    let masked: Vec<f32> = row
-        .iter()
-        .zip(&mask)
-        .map(|(&l, &ok)| if ok { l } else { f32::NEG_INFINITY })
+    let ids: Vec<u32> = (0..row.len() as u32)
+        .filter(|&t| mask[t as usize])
         .collect();
-    let allowed = mask.iter().filter(|&&ok| ok).count();
-    if allowed == 0 {
+    if ids.is_empty() {
         return NO_TOKEN;
     }
-    let cands = crate::backend::top_k_of(&masked, want.min(allowed));
+    let cands = best_n(row, ids, want);
     sample(&cands, s, rng)
+}
+
+/// The `n` best of `ids` by logit, sorted descending (ties: lower id first), in O(len) plus
+/// a sort of the `n` kept (the insertion-based `top_k_of` is O(len * n)).
+fn best_n(row: &[f32], mut ids: Vec<u32>, n: usize) -> Vec<(u32, f32)> {
+    let order = |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
+    if n < ids.len() {
+        ids.select_nth_unstable_by(n, order);
+        ids.truncate(n);
+    }
+    ids.sort_unstable_by(order);
+    ids.into_iter().map(|t| (t, row[t as usize])).collect()
 }
 
 #[cfg(test)]
