@@ -350,3 +350,44 @@ fn a_mismatched_constraint_list_is_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn any_json_object_walks_never_dead_end() {
+    let (_, tok) = tiny();
+    let trie = Arc::new(TokenTrie::new(&tok));
+    let eos = tok.eos.unwrap();
+    let g = Arc::new(Grammar::json_object());
+    let mut finished = 0;
+    for seed in 0..60u64 {
+        let mut walk = Rng::new(seed);
+        let mut c = Constraint::new(g.clone(), trie.clone());
+        let mut out = Vec::new();
+        for _ in 0..300 {
+            let mask = c.mask();
+            let allowed: Vec<u32> = (0..mask.len() as u32)
+                .filter(|&t| mask[t as usize])
+                .collect();
+            assert!(
+                !allowed.is_empty(),
+                "dead end after {:?}",
+                String::from_utf8_lossy(&out)
+            );
+            let t = if mask[eos as usize] {
+                eos
+            } else {
+                allowed[(walk.next_u64() % allowed.len() as u64) as usize]
+            };
+            assert!(c.accept(t));
+            if t == eos {
+                let v: Value = serde_json::from_slice(&out).unwrap_or_else(|e| {
+                    panic!("{} does not parse: {e}", String::from_utf8_lossy(&out))
+                });
+                assert!(v.is_object(), "{v}");
+                finished += 1;
+                break;
+            }
+            out.extend_from_slice(tok.token_bytes(t));
+        }
+    }
+    assert!(finished > 0, "no walk closed its object within 300 tokens");
+}
