@@ -772,3 +772,59 @@ async fn structured_output_and_forced_tool_calls_parse_and_validate() {
         "{args}"
     );
 }
+
+/// A backend whose forward panics: the engine thread dies mid-request.
+struct PanickingBackend(CpuBackend);
+
+impl Backend for PanickingBackend {
+    fn name(&self) -> &'static str {
+        "panicking"
+    }
+    fn max_slots(&self) -> usize {
+        self.0.max_slots()
+    }
+    fn max_context(&self) -> usize {
+        self.0.max_context()
+    }
+    fn forward(&mut self, _: &[SeqChunk<'_>]) -> Result<(), BackendError> {
+        panic!("injected backend panic");
+    }
+    fn logits(&mut self) -> Result<Vec<Vec<f32>>, BackendError> {
+        self.0.logits()
+    }
+    fn argmax(&mut self) -> Result<Vec<u32>, BackendError> {
+        self.0.argmax()
+    }
+    fn top_k(&mut self, k: usize) -> Result<Vec<Vec<(u32, f32)>>, BackendError> {
+        self.0.top_k(k)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_engine_fails_requests_instead_of_hanging() {
+    let (model, tok) = tiny();
+    let state = AppState::new(ServerConfig::default());
+    let tok = Arc::new(tok);
+    let backend = PanickingBackend(CpuBackend::with_threads(&model, 1, CONTEXT, 1).unwrap());
+    state.set_ready(Ready::new(
+        Batcher::start(Box::new(backend), tok.clone(), 4, state.metrics.clone()),
+        tok,
+        ChatTemplate::detect(None).unwrap(),
+        "tiny".into(),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve(listener, state.clone()));
+    let body = || Some(json!({"prompt": "the cat sat", "max_tokens": 4}));
+    let (st, v) = call(addr, "POST", "/v1/completions", body()).await;
+    assert_eq!(st, 500, "{v}");
+    assert_eq!(v["error"]["code"], "engine_error");
+    let r = state.ready().unwrap();
+    wait_until("the engine to be marked stopped", || r.batcher.is_stopped()).await;
+    let (st, v) = call(addr, "POST", "/v1/completions", body()).await;
+    assert_eq!(st, 503, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("panicked"),
+        "{v}"
+    );
+}

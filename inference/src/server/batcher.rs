@@ -102,7 +102,18 @@ impl Batcher {
         let s = shared.clone();
         std::thread::Builder::new()
             .name("sandgraph-engine".into())
-            .spawn(move || Engine::new(backend, tok, s).run())
+            .spawn(move || {
+                let shared = s.clone();
+                let run = std::panic::AssertUnwindSafe(|| Engine::new(backend, tok, s).run());
+                if std::panic::catch_unwind(run).is_err() {
+                    // Running requests saw their channels close (a 500 each); refuse new ones
+                    // with a 503 instead of letting them wait forever.
+                    let mut q = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+                    q.stopped = Some("the engine thread panicked; restart the server".into());
+                    q.waiting.clear();
+                    tracing::error!("engine thread panicked; the server refuses new requests");
+                }
+            })
             .expect("spawning the engine thread");
         Batcher {
             shared,
@@ -121,7 +132,7 @@ impl Batcher {
 
     /// Queues a job; fails at once when the queue is full or the engine has stopped.
     pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
-        let mut q = self.shared.queue.lock().expect("queue lock");
+        let mut q = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(why) = &q.stopped {
             return Err(SubmitError::EngineStopped(why.clone()));
         }
@@ -143,6 +154,16 @@ impl Batcher {
     /// Requests waiting for a slot now.
     pub fn waiting(&self) -> usize {
         self.shared.queue.lock().expect("queue lock").waiting.len()
+    }
+
+    /// Whether the engine refuses new work (shut down or its thread panicked).
+    pub fn is_stopped(&self) -> bool {
+        self.shared
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stopped
+            .is_some()
     }
 
     /// Requests stopped because their client went away, since start.
