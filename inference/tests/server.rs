@@ -828,3 +828,39 @@ async fn a_dead_engine_fails_requests_instead_of_hanging() {
         "{v}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_body_past_the_limit_is_refused_while_reading() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = start(
+        1,
+        ServerConfig {
+            max_body_bytes: 1024,
+            ..Default::default()
+        },
+        {
+            let g = Gate::closed();
+            g.open();
+            g
+        },
+    )
+    .await;
+    let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    // No Content-Length: the limit must trip while the chunks stream in, and the server
+    // answers without waiting for a body end that never comes.
+    tcp.write_all(
+        b"POST /v1/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ntransfer-encoding: chunked\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let chunk = format!("800\r\n{}\r\n", "x".repeat(0x800));
+    tcp.write_all(chunk.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(30), tcp.read(&mut buf))
+        .await
+        .expect("the server answered before the body ended")
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(head.contains("body_too_large"), "{head}");
+}
