@@ -1,0 +1,171 @@
+//! What a durable step record costs: `Journal::append(.., Durable)` (sled, group commit) against
+//! the same records appended to SQLite (WAL, synchronous=FULL, one transaction per record), at 1
+//! and 8 concurrent writers, measured in the same run. Prints records/s, p50 and p99 per append,
+//! and how many flushes the journal needed.
+//!
+//! Run: `cargo bench -p sandgraph --bench journal` (`SANDGRAPH_BENCH_RECORDS` sets records per writer)
+
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use sandgraph::journal::{Durability, Event, Journal, PayloadRef, RunId};
+
+/// One step-completed record: a ~200-byte JSON output, as a trivial tool step produces.
+fn record(i: usize) -> Event {
+    Event::StepCompleted {
+        step: format!("step-{i}"),
+        attempt: 1,
+        output: PayloadRef::Inline(
+            format!("{{\"result\":{i},\"pad\":\"{}\"}}", "x".repeat(170)).into_bytes(),
+        ),
+    }
+}
+
+struct Outcome {
+    records: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+    flushes: Option<u64>,
+}
+
+fn run_writers(
+    writers: usize,
+    per_writer: usize,
+    append: Arc<dyn Fn(usize, usize) + Send + Sync>,
+) -> (Duration, Vec<Duration>) {
+    let barrier = Arc::new(Barrier::new(writers + 1));
+    let handles: Vec<_> = (0..writers)
+        .map(|w| {
+            let (barrier, append) = (barrier.clone(), append.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                let mut lat = Vec::with_capacity(per_writer);
+                for i in 0..per_writer {
+                    let t = Instant::now();
+                    append(w, i);
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    barrier.wait();
+    let start = Instant::now();
+    let mut latencies = Vec::new();
+    for h in handles {
+        latencies.extend(h.join().expect("writer thread"));
+    }
+    (start.elapsed(), latencies)
+}
+
+fn journal(writers: usize, per_writer: usize) -> Outcome {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = Arc::new(Journal::open(dir.path()).expect("open journal"));
+    let runs: Vec<RunId> = (0..writers).map(|_| RunId::new()).collect();
+    for run in &runs {
+        let created = Event::RunCreated {
+            graph_name: "bench".into(),
+            graph_digest: "sha256:00".into(),
+            component_digests: vec![],
+            input: PayloadRef::Inline(b"{}".to_vec()),
+        };
+        journal
+            .append(*run, &created, Durability::Durable)
+            .expect("append");
+    }
+    let before = journal.flush_count();
+    let j = journal.clone();
+    let (elapsed, latencies) = run_writers(
+        writers,
+        per_writer,
+        Arc::new(move |w, i| {
+            j.append(runs[w], &record(i), Durability::Durable)
+                .expect("durable append");
+        }),
+    );
+    Outcome {
+        records: writers * per_writer,
+        elapsed,
+        latencies,
+        flushes: Some(journal.flush_count() - before),
+    }
+}
+
+fn sqlite(writers: usize, per_writer: usize) -> Outcome {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("journal.sqlite");
+    let open = || {
+        let c = rusqlite::Connection::open(&path).expect("open sqlite");
+        c.pragma_update(None, "journal_mode", "WAL").expect("WAL");
+        c.pragma_update(None, "synchronous", "FULL")
+            .expect("synchronous");
+        c.busy_timeout(Duration::from_secs(60))
+            .expect("busy timeout");
+        c
+    };
+    open()
+        .execute_batch(
+            "CREATE TABLE events (run BLOB NOT NULL, seq INTEGER NOT NULL, body BLOB NOT NULL, PRIMARY KEY (run, seq))",
+        )
+        .expect("schema");
+    let conns: Vec<std::sync::Mutex<rusqlite::Connection>> = (0..writers)
+        .map(|_| std::sync::Mutex::new(open()))
+        .collect();
+    let conns = Arc::new(conns);
+    let runs: Arc<Vec<RunId>> = Arc::new((0..writers).map(|_| RunId::new()).collect());
+    let (elapsed, latencies) = run_writers(
+        writers,
+        per_writer,
+        Arc::new(move |w, i| {
+            let c = conns[w].lock().expect("connection");
+            c.execute(
+                "INSERT INTO events (run, seq, body) VALUES (?1, ?2, ?3)",
+                rusqlite::params![&runs[w].0[..], i as i64, record(i).encode()],
+            )
+            .expect("insert");
+        }),
+    );
+    Outcome {
+        records: writers * per_writer,
+        elapsed,
+        latencies,
+        flushes: None,
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else is understood.
+    let per_writer_total: usize = std::env::var("SANDGRAPH_BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    println!(
+        "{:<8} {:>7} {:>8} {:>11} {:>10} {:>10} {:>8} {:>10}",
+        "store", "writers", "records", "records/s", "p50 us", "p99 us", "flushes", "vs sqlite"
+    );
+    for writers in [1usize, 8] {
+        let per_writer = (per_writer_total / writers).max(1);
+        let base = sqlite(writers, per_writer);
+        let ours = journal(writers, per_writer);
+        let rate = |o: &Outcome| o.records as f64 / o.elapsed.as_secs_f64();
+        let base_rate = rate(&base);
+        for (name, mut o) in [("sqlite", base), ("journal", ours)] {
+            o.latencies.sort();
+            println!(
+                "{:<8} {:>7} {:>8} {:>11.0} {:>10.0} {:>10.0} {:>8} {:>9.2}x",
+                name,
+                writers,
+                o.records,
+                rate(&o),
+                percentile(&o.latencies, 0.5).as_secs_f64() * 1e6,
+                percentile(&o.latencies, 0.99).as_secs_f64() * 1e6,
+                o.flushes.map_or("-".to_string(), |f| f.to_string()),
+                rate(&o) / base_rate,
+            );
+        }
+    }
+}
