@@ -261,3 +261,38 @@ fn cli_graph_validate_prints_every_error_and_fails_or_prints_the_digest() {
         "{stderr}"
     );
 }
+
+fn schema_validator() -> jsonschema::Validator {
+    let text = std::fs::read_to_string(root().join("graphs/schema/graph-v1.schema.json")).unwrap();
+    jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).unwrap()
+}
+
+fn as_json(source: &str) -> serde_json::Value {
+    yaml::from_yaml(&yaml::parse(source).unwrap()).unwrap()
+}
+
+#[test]
+fn every_example_graph_matches_the_json_schema() {
+    let validator = schema_validator();
+    for path in example_paths() {
+        let doc = as_json(&std::fs::read_to_string(&path).unwrap());
+        let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{}: {errors:?}", path.display());
+    }
+}
+
+#[test]
+fn json_schema_rejects_what_the_spec_types_reject() {
+    let validator = schema_validator();
+    for case in [
+        "unknown_fields_everywhere.yaml",
+        "bad_node_kind.yaml",
+        "missing_component.yaml",
+    ] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/graphs")
+            .join(case);
+        let doc = as_json(&std::fs::read_to_string(&path).unwrap());
+        assert!(!validator.is_valid(&doc), "{case} passes the schema");
+    }
+}
