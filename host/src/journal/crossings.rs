@@ -146,6 +146,11 @@ impl StepCrossings {
         self.lock().key_honoured = honoured;
     }
 
+    /// Whether the remote deduplicates requests by their `Idempotency-Key`.
+    pub fn idempotency_key_honoured(&self) -> bool {
+        self.lock().key_honoured
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -435,7 +435,7 @@ async fn send_vetted(
     let Some(c) = crossings else {
         return live.await;
     };
-    journal_result(&c, live.await).await
+    journal_result(&c, &method, live.await).await
 }
 
 /// Where a vetted request goes, as worked out by `send_vetted`.
@@ -471,12 +471,21 @@ fn replayed_response(
 
 /// Journals what a live request produced. The body is read whole first, so the journal holds
 /// exactly the bytes the guest will see.
+///
+/// A failure after the request may have reached the server (no answer in time, connection cut)
+/// leaves the outcome unknown. For a request that is not safe to repeat, only its intent stays
+/// in the journal, so a resumed step reports `OutcomeUnknown` instead of replaying a failure
+/// the server may never have produced.
 async fn journal_result(
     c: &StepCrossings,
+    method: &str,
     result: Result<(http::Response<WasiBody>, IoFuture), HttpError>,
 ) -> Result<(http::Response<WasiBody>, IoFuture), HttpError> {
     let failed = |e: HttpError| {
-        if let Err(je) = c.http_failed(&e.to_string()) {
+        let outcome_unknown = !failed_before_sending(&e)
+            && !crate::journal::crossings::is_idempotent(method)
+            && !c.idempotency_key_honoured();
+        if !outcome_unknown && let Err(je) = c.http_failed(&e.to_string()) {
             c.note_problem(je);
         }
         Err(e)
@@ -504,6 +513,28 @@ async fn journal_result(
         .map_err(|never| match never {})
         .boxed_unsync();
     Ok((http::Response::from_parts(parts, body), io))
+}
+
+/// Errors that prove the request never reached the remote (refused, unresolvable, not
+/// connected, rejected by the host before sending).
+fn failed_before_sending(e: &HttpError) -> bool {
+    matches!(
+        e,
+        HttpError::DnsTimeout
+            | HttpError::DestinationNotFound
+            | HttpError::DestinationUnavailable
+            | HttpError::DestinationIpProhibited
+            | HttpError::DestinationIpUnroutable
+            | HttpError::ConnectionRefused
+            | HttpError::ConnectionTimeout
+            | HttpError::ConnectionLimitReached
+            | HttpError::TlsProtocolError
+            | HttpError::TlsCertificateError
+            | HttpError::HttpRequestDenied
+            | HttpError::HttpRequestMethodInvalid
+            | HttpError::HttpRequestUriInvalid
+            | HttpError::HttpRequestUriTooLong
+    )
 }
 
 /// Resolves, vets the addresses, connects and sends a request the rules allowed.
