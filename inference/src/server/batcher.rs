@@ -12,7 +12,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::backend::{Backend, SeqChunk, top_k_of};
 use crate::constrain::Constraint;
 use crate::generate::{
-    FinishReason, PREFILL_CHUNK, Rng, Sampling, StopScanner, pick_constrained, sample,
+    FinishReason, NO_TOKEN, PREFILL_CHUNK, Rng, Sampling, StopScanner, pick_constrained, sample,
 };
 use crate::server::metrics::Metrics;
 use crate::tokenizer::Tokenizer;
@@ -53,9 +53,6 @@ pub enum SubmitError {
     #[error("the engine has stopped: {0}")]
     EngineStopped(String),
 }
-
-/// What `pick_constrained` returns when a constraint allows no token.
-const NO_TOKEN: u32 = u32::MAX;
 
 struct Queue {
     waiting: VecDeque<(Job, Instant)>,
