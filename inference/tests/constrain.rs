@@ -16,7 +16,7 @@ use sandgraph_inference::tokenizer::Tokenizer;
 use serde_json::{Value, json};
 
 mod constrain_support;
-use constrain_support::{max_bytes, validates};
+use constrain_support::{generate_per_sampling, max_bytes, validates};
 
 fn matcher(schema: &Value) -> Matcher {
     Matcher::new(Arc::new(Grammar::compile(schema).unwrap()))
@@ -287,28 +287,15 @@ fn tiny_model_generation_under_random_schemas_parses_and_validates() {
                 seed: case + 200,
             },
         ];
-        let reqs: Vec<Request> = samplings
-            .iter()
-            .map(|s| Request {
-                prompt: tok.encode("the answer in json:", true),
-                max_tokens: max_bytes(&schema, &schema) + 1,
-                sampling: s.clone(),
-                stop: vec![],
-            })
-            .collect();
-        let mut cons: Vec<Option<Constraint>> = reqs
-            .iter()
-            .map(|_| Some(Constraint::new(g.clone(), trie.clone())))
-            .collect();
-        let (gens, _) = generate_constrained(
+        let gens = generate_per_sampling(
             &mut cpu,
             &tok,
-            &reqs,
-            &mut cons,
-            &CancelToken::new(),
-            &mut |_, _| {},
-        )
-        .unwrap();
+            &trie,
+            &g,
+            &tok.encode("the answer in json:", true),
+            &schema,
+            &samplings,
+        );
         for (k, gen_) in gens.iter().enumerate() {
             assert_eq!(
                 gen_.finish,

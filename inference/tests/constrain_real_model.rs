@@ -6,16 +6,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use sandgraph_inference::backend::cpu::CpuBackend;
-use sandgraph_inference::constrain::{Constraint, Grammar, TokenTrie};
-use sandgraph_inference::generate::{
-    CancelToken, FinishReason, Request, Sampling, generate_constrained,
-};
+use sandgraph_inference::constrain::{Grammar, TokenTrie};
+use sandgraph_inference::generate::{FinishReason, Sampling};
 use sandgraph_inference::model::LlamaModel;
 use sandgraph_inference::tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
 use serde_json::{Value, json};
 
 mod constrain_support;
-use constrain_support::{max_bytes, validates};
+use constrain_support::{generate_per_sampling, validates};
 
 fn model_path() -> PathBuf {
     let p = match std::env::var_os("SANDGRAPH_MODEL") {
@@ -138,28 +136,15 @@ fn twenty_schemas_times_three_samplings_give_valid_json_on_the_real_model() {
                 seed: 100 + i as u64,
             },
         ];
-        let reqs: Vec<Request> = samplings
-            .iter()
-            .map(|s| Request {
-                prompt: tok.encode(&prompt, true),
-                max_tokens: max_bytes(schema, schema) + 1,
-                sampling: s.clone(),
-                stop: vec![],
-            })
-            .collect();
-        let mut cons: Vec<Option<Constraint>> = reqs
-            .iter()
-            .map(|_| Some(Constraint::new(g.clone(), trie.clone())))
-            .collect();
-        let (gens, _) = generate_constrained(
+        let gens = generate_per_sampling(
             &mut cpu,
             &tok,
-            &reqs,
-            &mut cons,
-            &CancelToken::new(),
-            &mut |_, _| {},
-        )
-        .unwrap();
+            &trie,
+            &g,
+            &tok.encode(&prompt, true),
+            schema,
+            &samplings,
+        );
         for (k, out) in gens.iter().enumerate() {
             assert_eq!(
                 out.finish,

@@ -1,7 +1,51 @@
 //! Shared by the constrained-decoding tests: an independent validator for the schema subset
 //! (reads the schema text, not the compiled grammar) and a byte bound for bounded schemas.
 
+use std::sync::Arc;
+
+use sandgraph_inference::backend::Backend;
+use sandgraph_inference::constrain::{Constraint, Grammar, TokenTrie};
+use sandgraph_inference::generate::{
+    CancelToken, Generation, Request, Sampling, generate_constrained,
+};
+use sandgraph_inference::tokenizer::Tokenizer;
 use serde_json::{Value, json};
+
+/// Generates once per sampling under `grammar`, with a token budget above the longest document
+/// `schema` allows, so every run has to end by itself.
+pub fn generate_per_sampling(
+    backend: &mut dyn Backend,
+    tok: &Tokenizer,
+    trie: &Arc<TokenTrie>,
+    grammar: &Arc<Grammar>,
+    prompt: &[u32],
+    schema: &Value,
+    samplings: &[Sampling],
+) -> Vec<Generation> {
+    let reqs: Vec<Request> = samplings
+        .iter()
+        .map(|s| Request {
+            prompt: prompt.to_vec(),
+            max_tokens: max_bytes(schema, schema) + 1,
+            sampling: s.clone(),
+            stop: vec![],
+        })
+        .collect();
+    let mut cons: Vec<Option<Constraint>> = reqs
+        .iter()
+        .map(|_| Some(Constraint::new(grammar.clone(), trie.clone())))
+        .collect();
+    let (gens, _) = generate_constrained(
+        backend,
+        tok,
+        &reqs,
+        &mut cons,
+        &CancelToken::new(),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    gens
+}
 
 fn resolve<'a>(s: &'a Value, root: &'a Value) -> &'a Value {
     match s.get("$ref").and_then(Value::as_str) {
