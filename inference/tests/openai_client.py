@@ -1,7 +1,8 @@
 """Drives a running `sandgraph-infer serve` with the official OpenAI Python client.
 
 Usage: python3 openai_client.py BASE_URL   (started by inference/tests/openai_client.rs)
-Checks chat completion, streaming, response_format json_schema and a forced tool call.
+Checks chat completion, streaming, response_format json_schema, a forced tool call (whole and
+streamed) and tool_choice auto.
 """
 import json
 import sys
@@ -103,6 +104,47 @@ assert called.choices[0].finish_reason == "tool_calls", called
 assert msg.tool_calls and msg.tool_calls[0].function.name == "get_weather", msg
 args = json.loads(msg.tool_calls[0].function.arguments)
 assert isinstance(args["city"], str) and args["unit"] in ("celsius", "fahrenheit"), args
+
+# The same forced call streamed: OpenAI's delta.tool_calls (id, type and name first, then
+# argument fragments) reassemble into the call above.
+stream = client.chat.completions.create(
+    model=model,
+    messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+    tools=tools,
+    tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    max_tokens=80,
+    temperature=0,
+    stream=True,
+)
+call_id, name, fragments, finish = None, "", [], None
+for chunk in stream:
+    for c in chunk.choices:
+        for d in c.delta.tool_calls or []:
+            assert d.index == 0, d
+            if d.id:
+                call_id, name = d.id, d.function.name
+            if d.function and d.function.arguments:
+                fragments.append(d.function.arguments)
+        if c.finish_reason:
+            finish = c.finish_reason
+assert finish == "tool_calls" and call_id and name == "get_weather", (finish, call_id, name)
+assert "".join(fragments) == msg.tool_calls[0].function.arguments, (fragments, msg)
+
+# tool_choice auto: the model answers in text or calls the tool; either way the shape is valid.
+auto = client.chat.completions.create(
+    model=model,
+    messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+    tools=tools,
+    max_tokens=80,
+    temperature=0,
+)
+amsg = auto.choices[0].message
+if auto.choices[0].finish_reason == "tool_calls":
+    aargs = json.loads(amsg.tool_calls[0].function.arguments)
+    assert amsg.tool_calls[0].function.name == "get_weather" and aargs["unit"] in ("celsius", "fahrenheit"), amsg
+else:
+    assert amsg.tool_calls is None and isinstance(amsg.content, str), amsg
+    assert not amsg.content.startswith("{"), amsg
 
 try:
     client.chat.completions.create(model=model, messages=question, n=2)

@@ -38,6 +38,9 @@ struct Gate {
     permits: Mutex<Option<usize>>,
     cv: Condvar,
     forwards: Mutex<usize>,
+    /// Added to these tokens' logits in every full-logits row (the constrained pick reads
+    /// those), so a test can decide what the model "wants" to write.
+    bias: Mutex<Vec<(u32, f32)>>,
 }
 
 impl Gate {
@@ -92,7 +95,13 @@ impl Backend for GatedBackend {
         r
     }
     fn logits(&mut self) -> Result<Vec<Vec<f32>>, BackendError> {
-        self.inner.logits()
+        let mut rows = self.inner.logits()?;
+        for &(t, b) in self.gate.bias.lock().unwrap().iter() {
+            for r in &mut rows {
+                r[t as usize] += b;
+            }
+        }
+        Ok(rows)
     }
     fn argmax(&mut self) -> Result<Vec<u32>, BackendError> {
         self.inner.argmax()
@@ -516,9 +525,24 @@ async fn bad_requests_get_specific_openai_errors() {
             Some("tools[0]"),
         ),
         (
-            json!({"messages": msgs, "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required", "stream": true}),
-            "unsupported_value",
-            Some("stream"),
+            json!({"messages": msgs, "tools": [{"type": "function", "function": {"name": "f"}}, {"type": "function", "function": {"name": "f"}}]}),
+            "invalid_value",
+            Some("tools[1]"),
+        ),
+        (
+            json!({"messages": msgs, "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "always"}),
+            "invalid_value",
+            Some("tool_choice"),
+        ),
+        (
+            json!({"messages": msgs, "tool_choice": "required"}),
+            "invalid_value",
+            Some("tools"),
+        ),
+        (
+            json!({"messages": msgs, "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string", "format": "uri"}}}]}),
+            "invalid_schema",
+            Some("tools"),
         ),
     ];
     for (body, code, param) in cases {
@@ -863,4 +887,157 @@ async fn a_chunked_body_past_the_limit_is_refused_while_reading() {
     let head = String::from_utf8_lossy(&buf[..n]);
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
     assert!(head.contains("body_too_large"), "{head}");
+}
+
+/// The chunks of a streamed chat completion, parsed (the final `[DONE]` checked and dropped).
+async fn stream_chat(addr: SocketAddr, body: Value) -> Vec<Value> {
+    let (resp, _task) = send(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        Some(body.to_string().into_bytes()),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let mut payloads = sse_payloads(std::str::from_utf8(&bytes).unwrap());
+    assert_eq!(payloads.pop().as_deref(), Some("[DONE]"));
+    payloads
+        .iter()
+        .map(|p| serde_json::from_str(p).unwrap())
+        .collect()
+}
+
+/// Reassembles streamed tool-call deltas as a client does: (id, name, arguments).
+fn streamed_call(chunks: &[Value]) -> (String, String, String) {
+    let (mut id, mut name, mut args) = (String::new(), String::new(), String::new());
+    for c in chunks {
+        let Some(calls) = c["choices"][0]["delta"]["tool_calls"].as_array() else {
+            continue;
+        };
+        for d in calls {
+            assert_eq!(d["index"], 0, "{c}");
+            if let Some(i) = d["id"].as_str() {
+                assert!(id.is_empty(), "the id is sent once: {c}");
+                assert_eq!(d["type"], "function", "{c}");
+                id = i.to_owned();
+                name.push_str(d["function"]["name"].as_str().unwrap());
+            }
+            args.push_str(d["function"]["arguments"].as_str().unwrap_or(""));
+        }
+    }
+    (id, name, args)
+}
+
+fn weather_tools() -> Value {
+    json!([
+        {"type": "function", "function": {"name": "get_weather", "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 6}, "unit": {"enum": ["c", "f"]}},
+            "required": ["city", "unit"], "additionalProperties": false}}},
+        {"type": "function", "function": {"name": "noop", "parameters": {
+            "type": "object", "properties": {}, "additionalProperties": false}}},
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_forced_tool_call_has_openai_deltas_equal_to_the_whole_call() {
+    let s = open_server(2).await;
+    for choice in [
+        json!("required"),
+        json!({"type": "function", "function": {"name": "get_weather"}}),
+    ] {
+        let body = json!({
+            "messages": [{"role": "user", "content": "weather in Oslo?"}],
+            "tools": weather_tools(), "tool_choice": choice,
+            "temperature": 0, "max_tokens": 70,
+        });
+        let (st, whole) = call(s.addr, "POST", "/v1/chat/completions", Some(body.clone())).await;
+        assert_eq!(st, 200, "{whole}");
+        assert_eq!(
+            whole["choices"][0]["finish_reason"], "tool_calls",
+            "{whole}"
+        );
+        let want = &whole["choices"][0]["message"]["tool_calls"][0]["function"];
+        let mut streamed = body.clone();
+        streamed["stream"] = json!(true);
+        let chunks = stream_chat(s.addr, streamed).await;
+        let (id, name, args) = streamed_call(&chunks);
+        assert!(id.starts_with("call_"), "{chunks:?}");
+        assert_eq!(name, want["name"].as_str().unwrap());
+        assert_eq!(args, want["arguments"].as_str().unwrap());
+        let parsed: Value = serde_json::from_str(&args).unwrap();
+        assert!(parsed.is_object(), "{args}");
+        // The id/name delta comes before any argument text; no content is streamed.
+        let first_call = chunks
+            .iter()
+            .position(|c| c["choices"][0]["delta"]["tool_calls"].is_array())
+            .unwrap();
+        assert!(chunks[first_call]["choices"][0]["delta"]["tool_calls"][0]["id"].is_string());
+        assert!(chunks.iter().all(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .unwrap_or("")
+                .is_empty()
+        }));
+        let finishes: Vec<&Value> = chunks
+            .iter()
+            .map(|c| &c["choices"][0]["finish_reason"])
+            .filter(|f| !f.is_null())
+            .collect();
+        assert_eq!(finishes, [&json!("tool_calls")]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_choice_auto_lets_the_first_byte_choose_text_or_a_call() {
+    let s = open_server(1).await;
+    let tok = &s.state.ready().unwrap().tok;
+    let brace = tok.encode("{", false);
+    let letter = tok.encode("O", false);
+    assert_eq!((brace.len(), letter.len()), (1, 1), "single-byte tokens");
+    let body = json!({
+        "messages": [{"role": "user", "content": "weather in Oslo?"}],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {
+            "type": "object", "properties": {"u": {"enum": ["c", "f"]}}, "required": ["u"],
+            "additionalProperties": false}}}],
+        "temperature": 0, "max_tokens": 40,
+    });
+    // The model "wants" `{`: the output is a call, parsed into tool_calls.
+    *s.gate.bias.lock().unwrap() = vec![(brace[0], 1000.0)];
+    let (st, v) = call(s.addr, "POST", "/v1/chat/completions", Some(body.clone())).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls", "{v}");
+    let msg = &v["choices"][0]["message"];
+    assert!(msg["content"].is_null(), "{v}");
+    let f = &msg["tool_calls"][0]["function"];
+    assert_eq!(f["name"], "f", "{v}");
+    let args: Value = serde_json::from_str(f["arguments"].as_str().unwrap()).unwrap();
+    assert!(["c", "f"].contains(&args["u"].as_str().unwrap()), "{v}");
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let chunks = stream_chat(s.addr, streamed.clone()).await;
+    let (_, name, sargs) = streamed_call(&chunks);
+    assert_eq!(name, f["name"].as_str().unwrap());
+    assert_eq!(sargs, f["arguments"].as_str().unwrap());
+    // The model "wants" `O`: the output is free text, never a call.
+    *s.gate.bias.lock().unwrap() = vec![(letter[0], 1000.0)];
+    let (st, v) = call(s.addr, "POST", "/v1/chat/completions", Some(body)).await;
+    assert_eq!(st, 200, "{v}");
+    let msg = &v["choices"][0]["message"];
+    assert!(msg["tool_calls"].is_null(), "{v}");
+    let text = msg["content"].as_str().unwrap();
+    assert!(text.starts_with('O'), "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
+    let chunks = stream_chat(s.addr, streamed).await;
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, text);
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["choices"][0]["delta"]["tool_calls"].is_null())
+    );
 }

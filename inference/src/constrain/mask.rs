@@ -76,6 +76,11 @@ impl TokenTrie {
             .unwrap_or(&[])
     }
 
+    /// Control or empty tokens that are not enders: never text.
+    pub fn is_excluded(&self, id: u32) -> bool {
+        self.excluded.get(id as usize).copied().unwrap_or(true)
+    }
+
     pub fn is_ender(&self, id: u32) -> bool {
         self.enders.contains(&id)
     }

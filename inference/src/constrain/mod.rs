@@ -16,11 +16,24 @@ pub use mask::TokenTrie;
 pub use matcher::Matcher;
 pub use schema::{Grammar, SchemaError};
 
+/// How a constraint applies: always, or only once the output's first byte chose the document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Every byte follows the grammar.
+    Grammar,
+    /// `tool_choice: "auto"`: nothing generated yet. A first byte `{` starts the document
+    /// (mode becomes `Grammar`); any other first byte starts free text (mode becomes `Text`).
+    Undecided,
+    /// Free text: no constraint.
+    Text,
+}
+
 /// The constraint of one sequence: where its document stands plus the vocabulary trie.
 #[derive(Clone, Debug)]
 pub struct Constraint {
     matcher: Matcher,
     trie: Arc<TokenTrie>,
+    mode: Mode,
 }
 
 impl Constraint {
@@ -29,20 +42,68 @@ impl Constraint {
         Constraint {
             matcher: Matcher::new(grammar),
             trie,
+            mode: Mode::Grammar,
+        }
+    }
+
+    /// Either free text or a document of `grammar`, and the first byte decides: output whose
+    /// first byte is `{` must be a complete document of `grammar` (a JSON object grammar, such
+    /// as a tool call); output starting with any other byte is unconstrained text. This is how
+    /// `tool_choice: "auto"` lets the model choose between answering and calling a tool.
+    pub fn text_or(grammar: Arc<Grammar>, trie: Arc<TokenTrie>) -> Constraint {
+        Constraint {
+            mode: Mode::Undecided,
+            ..Constraint::new(grammar, trie)
         }
     }
 
     pub fn allows(&self, id: u32) -> bool {
-        self.trie.allows(&self.matcher, id)
+        match self.mode {
+            Mode::Grammar => self.trie.allows(&self.matcher, id),
+            Mode::Text => true,
+            Mode::Undecided => match self.trie.token_bytes(id).first() {
+                _ if self.trie.is_ender(id) => true,
+                Some(b'{') => self.trie.allows(&self.matcher, id),
+                Some(_) => !self.trie.is_excluded(id),
+                None => false,
+            },
+        }
     }
 
     /// `mask[id]`: whether token `id` may come next.
     pub fn mask(&self) -> Vec<bool> {
-        self.trie.mask(&self.matcher)
+        match self.mode {
+            Mode::Grammar => self.trie.mask(&self.matcher),
+            Mode::Text => vec![true; self.trie.vocab_size()],
+            Mode::Undecided => {
+                let mut m = self.trie.mask(&self.matcher);
+                for (id, allowed) in m.iter_mut().enumerate() {
+                    *allowed = *allowed || self.allows(id as u32);
+                }
+                m
+            }
+        }
     }
 
     /// Records that token `id` was emitted; false if the constraint did not allow it.
     pub fn accept(&mut self, id: u32) -> bool {
+        match self.mode {
+            Mode::Text => return true,
+            Mode::Undecided => {
+                if self.trie.is_ender(id) {
+                    return true;
+                }
+                match self.trie.token_bytes(id).first() {
+                    Some(b'{') => self.mode = Mode::Grammar,
+                    Some(_) if !self.trie.is_excluded(id) => {
+                        self.mode = Mode::Text;
+                        return true;
+                    }
+                    _ => return false,
+                }
+            }
+            Mode::Grammar => {}
+        }
         if self.trie.is_ender(id) {
             return self.matcher.is_complete();
         }
@@ -59,8 +120,17 @@ impl Constraint {
         Some(self.trie.token_bytes(id).to_vec())
     }
 
+    /// Whether the output may end here: the document is complete, or the output is free text.
     pub fn is_complete(&self) -> bool {
-        self.matcher.is_complete()
+        match self.mode {
+            Mode::Grammar => self.matcher.is_complete(),
+            Mode::Undecided | Mode::Text => true,
+        }
+    }
+
+    /// Whether the output is (becoming) a document of the grammar rather than free text.
+    pub fn is_document(&self) -> bool {
+        self.mode == Mode::Grammar
     }
 
     pub fn matcher(&self) -> &Matcher {

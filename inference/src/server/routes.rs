@@ -17,7 +17,8 @@ use crate::constrain::Constraint;
 use crate::server::batcher::{Event, Job, SubmitError};
 use crate::server::errors::ApiError;
 use crate::server::openai::{
-    ChatRequest, CompletionRequest, Params, Structured, finish_reason, parse_body, usage,
+    ChatRequest, CompletionRequest, Params, Structured, finish_reason, parse_body, tool_call_head,
+    tool_call_parts, usage,
 };
 use crate::server::sse::SseBody;
 use crate::server::{AppState, Ready};
@@ -273,19 +274,19 @@ async fn chat(req: Request<Incoming>, state: &Arc<AppState>) -> Result<Response<
     let r = ready(state)?;
     let params = cr.params(r.batcher.max_context())?;
     let structured = cr.structured()?;
-    let tool_call = matches!(structured, Structured::Tool { .. });
-    if tool_call && params.stream {
-        return Err(ApiError::invalid(
-            "stream with a forced tool call (tool_choice required or named) is not supported yet; use stream: false",
-            Some("stream"),
-            "unsupported_value",
-        ));
-    }
+    let tool_mode = match &structured {
+        Structured::Tool { auto, .. } => Some(*auto),
+        _ => None,
+    };
     let mut msgs = cr.chat_messages()?;
     let constraint = match structured {
         Structured::Text => None,
         Structured::Json(g) => Some(Constraint::new(Arc::new(g), r.trie())),
-        Structured::Tool { grammar, note } => {
+        Structured::Tool {
+            grammar,
+            note,
+            auto,
+        } => {
             match msgs.first_mut().filter(|m| m.role == "system") {
                 Some(sys) => {
                     sys.content.push_str("\n\n");
@@ -293,7 +294,11 @@ async fn chat(req: Request<Incoming>, state: &Arc<AppState>) -> Result<Response<
                 }
                 None => msgs.insert(0, ChatMessage::new("system", &note)),
             }
-            Some(Constraint::new(Arc::new(grammar), r.trie()))
+            Some(if auto {
+                Constraint::text_or(grammar, r.trie())
+            } else {
+                Constraint::new(grammar, r.trie())
+            })
         }
     };
     let text = r.template.render(&msgs);
@@ -313,15 +318,28 @@ async fn chat(req: Request<Incoming>, state: &Arc<AppState>) -> Result<Response<
             })
         };
         let (id2, model2) = (s.id.clone(), s.model.clone());
+        let mut calls = tool_mode.map(|auto| ToolStream::new(format!("call_{}", s.id), auto));
         let format = Box::new(move |ev: &Event| match ev {
             Event::Started => vec![chunk(json!({"role": "assistant", "content": ""}), None)],
-            Event::Text(t) => vec![chunk(json!({"content": t}), None)],
+            Event::Text(t) => match calls.as_mut() {
+                Some(c) => c.push(t).into_iter().map(|d| chunk(d, None)).collect(),
+                None => vec![chunk(json!({"content": t}), None)],
+            },
             Event::Done {
                 finish,
                 prompt_tokens,
                 completion_tokens,
             } => {
-                let mut v = vec![chunk(json!({}), Some(finish_reason(*finish)))];
+                let mut v = Vec::new();
+                let mut reason = finish_reason(*finish);
+                if let Some(c) = calls.as_mut() {
+                    let (deltas, is_call) = c.finish();
+                    v.extend(deltas.into_iter().map(|d| chunk(d, None)));
+                    if is_call {
+                        reason = "tool_calls";
+                    }
+                }
+                v.push(chunk(json!({}), Some(reason)));
                 if include_usage {
                     v.push(json!({
                         "id": id2, "object": "chat.completion.chunk", "created": created,
@@ -336,19 +354,16 @@ async fn chat(req: Request<Incoming>, state: &Arc<AppState>) -> Result<Response<
         return Ok(sse_response(SseBody::new(s.events, format)));
     }
     let (text, finish, p, c) = collect(state, &mut s).await?;
-    let call = tool_call
-        .then(|| serde_json::from_str::<Value>(&text).ok())
-        .flatten()
-        .filter(|v| v["name"].is_string());
+    let call = tool_mode.and_then(|_| tool_call_parts(&text));
     let (message, finish) = match call {
-        Some(v) => (
+        Some((name, arguments)) => (
             json!({
                 "role": "assistant",
                 "content": null,
                 "tool_calls": [{
                     "id": format!("call_{}", s.id),
                     "type": "function",
-                    "function": {"name": v["name"], "arguments": v["arguments"].to_string()},
+                    "function": {"name": name, "arguments": arguments},
                 }],
             }),
             "tool_calls",
@@ -368,6 +383,91 @@ async fn chat(req: Request<Incoming>, state: &Arc<AppState>) -> Result<Response<
             "usage": usage(p, c),
         }),
     ))
+}
+
+/// Turns the text of a generated tool call into OpenAI's streamed `delta.tool_calls`: one
+/// delta with the call's id, type and function name once the name is complete, then the
+/// arguments' text as it grows. The last byte seen is held back until the next text, because
+/// the final `}` closes the call object, not the arguments. With `auto`, output whose first
+/// byte is not `{` is plain `delta.content`.
+struct ToolStream {
+    id: String,
+    auto: bool,
+    text: String,
+    /// Whether the output is text rather than a call (decided by its first byte under `auto`).
+    plain: bool,
+    /// Byte offset of the arguments in `text`, once the name delta has been sent.
+    args_at: Option<usize>,
+    /// Bytes of the arguments already sent.
+    sent: usize,
+}
+
+impl ToolStream {
+    fn new(id: String, auto: bool) -> ToolStream {
+        ToolStream {
+            id,
+            auto,
+            text: String::new(),
+            plain: false,
+            args_at: None,
+            sent: 0,
+        }
+    }
+
+    fn push(&mut self, t: &str) -> Vec<Value> {
+        if self.text.is_empty() && self.auto && !t.starts_with('{') {
+            self.plain = true;
+        }
+        if self.plain {
+            return vec![json!({"content": t})];
+        }
+        self.text.push_str(t);
+        let mut out = Vec::new();
+        if self.args_at.is_none()
+            && let Some((name, at)) = tool_call_head(&self.text)
+        {
+            self.args_at = Some(at);
+            out.push(json!({"tool_calls": [{
+                "index": 0, "id": self.id, "type": "function",
+                "function": {"name": name, "arguments": ""},
+            }]}));
+        }
+        if let Some(at) = self.args_at {
+            // Everything but the last character (it may be the call object's closing brace).
+            let end = self.text.char_indices().last().map_or(0, |(i, _)| i);
+            out.extend(self.args_delta(at, end));
+        }
+        out
+    }
+
+    fn args_delta(&mut self, at: usize, end: usize) -> Option<Value> {
+        let from = at + self.sent;
+        (end > from).then(|| {
+            self.sent = end - at;
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": &self.text[from..end]}}]})
+        })
+    }
+
+    /// The deltas left at the end, and whether the output was a complete tool call.
+    fn finish(&mut self) -> (Vec<Value>, bool) {
+        if self.plain {
+            return (vec![], false);
+        }
+        let Some(at) = self.args_at else {
+            // Cut before the name was complete: nothing callable was produced.
+            return (vec![], false);
+        };
+        match tool_call_parts(&self.text) {
+            Some((_, args)) => {
+                let end = at + args.len();
+                (self.args_delta(at, end).into_iter().collect(), true)
+            }
+            None => {
+                let end = self.text.len();
+                (self.args_delta(at, end).into_iter().collect(), false)
+            }
+        }
+    }
 }
 
 async fn completion(
