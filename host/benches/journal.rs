@@ -66,7 +66,8 @@ fn journal(writers: usize, per_writer: usize) -> Outcome {
         let created = Event::RunCreated {
             graph_name: "bench".into(),
             graph_digest: "sha256:00".into(),
-            component_digests: vec![],
+            graph: PayloadRef::Inline(b"{}".to_vec()),
+            components: vec![],
             input: PayloadRef::Inline(b"{}".to_vec()),
         };
         journal
@@ -120,7 +121,7 @@ fn sqlite(writers: usize, per_writer: usize) -> Outcome {
             let c = conns[w].lock().expect("connection");
             c.execute(
                 "INSERT INTO events (run, seq, body) VALUES (?1, ?2, ?3)",
-                rusqlite::params![&runs[w].0[..], i as i64, record(i).encode()],
+                rusqlite::params![&runs[w].0[..], i as i64, record(i).encode(0)],
             )
             .expect("insert");
         }),

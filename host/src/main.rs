@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use sandgraph::cli::{Cli, Command, graph, tool};
+use sandgraph::cli::{Cli, Command, graph, run, runs, tool};
 
 fn main() -> ExitCode {
     // Logs (including the audit event) go to stderr only when RUST_LOG asks for them, so a
@@ -16,7 +16,32 @@ fn main() -> ExitCode {
             .init();
     }
     let cli = Cli::parse();
+    let printed = |r: Result<String, String>| match r {
+        Ok(out) => print_out(&out),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    };
+    let finished = |r: Result<run::Finished, String>| match r {
+        Ok(f) => {
+            let code = print_out(&f.stdout);
+            if code != ExitCode::SUCCESS {
+                return code;
+            }
+            ExitCode::from(f.code)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    };
     let result = match cli.command {
+        Command::Run(args) => return finished(run::run(args)),
+        Command::Resume(args) => return finished(run::resume(args)),
+        Command::Replay(args) => return finished(run::replay(args)),
+        Command::Runs(cmd) => return printed(runs::runs(cmd)),
+        Command::Journal(cmd) => return printed(runs::journal(cmd)),
         Command::Tool(cmd) => tool::run(cmd),
         Command::Graph(cmd) => {
             return match graph::run(cmd) {
@@ -32,16 +57,7 @@ fn main() -> ExitCode {
         }
     };
     match result {
-        Ok(out) => {
-            // A reader that closed early (`| head`) is not an error of the call.
-            match writeln!(std::io::stdout().lock(), "{out}") {
-                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-                    eprintln!("writing the output: {e}");
-                    ExitCode::from(1)
-                }
-                _ => ExitCode::SUCCESS,
-            }
-        }
+        Ok(out) => print_out(&out),
         Err(e) => {
             eprintln!("{}", e.to_json());
             ExitCode::from(match e {
@@ -49,5 +65,19 @@ fn main() -> ExitCode {
                 tool::CliError::Usage(_) => 2,
             })
         }
+    }
+}
+
+/// Prints `out` on stdout; a reader that closed early (`| head`) is not an error.
+fn print_out(out: &str) -> ExitCode {
+    if out.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    match writeln!(std::io::stdout().lock(), "{out}") {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("writing the output: {e}");
+            ExitCode::from(1)
+        }
+        _ => ExitCode::SUCCESS,
     }
 }

@@ -13,14 +13,21 @@ use sandgraph::sandbox::manifest::{CallGrant, EffectiveGrant};
 
 use sandgraph::journal::crossings::{CrossingError, HttpPlan, StepCrossings};
 use sandgraph::journal::{
-    Crossing, Durability, Event, Journal, JournalError, PayloadRef, RunId, RunStatus,
+    Crossing, Durability, Event, Journal, JournalError, PayloadRef, PinnedComponent, RunId,
+    RunStatus,
 };
 
 fn created(journal: &Journal) -> Event {
     Event::RunCreated {
         graph_name: "demo".into(),
         graph_digest: "sha256:aa".into(),
-        component_digests: vec![("fetch".into(), "sha256:bb".into())],
+        graph: journal.put_payload(br#"{"kind":"Graph"}"#).unwrap(),
+        components: vec![PinnedComponent {
+            name: "fetch".into(),
+            digest: "sha256:bb".into(),
+            wasm: journal.put_payload(&vec![9u8; 4096]).unwrap(),
+            manifest: journal.put_payload(b"kind: ToolManifest").unwrap(),
+        }],
         input: journal.put_payload(br#"{"q":1}"#).unwrap(),
     }
 }
@@ -38,7 +45,9 @@ fn every_event(journal: &Journal) -> Vec<Event> {
         created(journal),
         Event::StepScheduled {
             step: step(),
-            attempt: 1,
+            node: "fetch".into(),
+            iteration: 1,
+            input: small.clone(),
         },
         Event::StepStarted {
             step: step(),
@@ -80,11 +89,9 @@ fn every_event(journal: &Journal) -> Vec<Event> {
         Event::StepFailed {
             step: step(),
             attempt: 1,
-            reason: "boom".into(),
-        },
-        Event::StateDelta {
-            key: "fetch".into(),
-            value: small.clone(),
+            kind: "tool_failed".into(),
+            message: "boom".into(),
+            retry_in_ms: Some(500),
         },
         Event::StepCompleted {
             step: step(),
@@ -94,6 +101,7 @@ fn every_event(journal: &Journal) -> Vec<Event> {
         Event::RunFinished {
             status: RunStatus::Succeeded,
             output: Some(small),
+            error: None,
         },
     ]
 }
@@ -318,6 +326,7 @@ fn gc_removes_only_finished_runs_and_their_blobs() {
     let fin = Event::RunFinished {
         status: RunStatus::Failed,
         output: None,
+        error: Some("boom".into()),
     };
     journal.append(done, &fin, Durability::Durable).unwrap();
     // Too young: nothing goes.

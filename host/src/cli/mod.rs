@@ -2,6 +2,8 @@
 //! testable as a library; `main.rs` only wires it to the process (exit code, stdout, stderr).
 
 pub mod graph;
+pub mod run;
+pub mod runs;
 pub mod tool;
 
 use clap::{Parser, Subcommand};
@@ -25,4 +27,17 @@ pub enum Command {
     /// Validate graph files.
     #[command(subcommand)]
     Graph(graph::GraphCommand),
+    /// Run a graph locally with the embedded journal; prints progress on stderr and the output
+    /// JSON on stdout.
+    Run(run::RunArgs),
+    /// Resume every unfinished run in the journal (after a crash) and wait for them.
+    Resume(run::HostArgs),
+    /// List and inspect runs in the journal.
+    #[command(subcommand)]
+    Runs(runs::RunsCommand),
+    /// Re-execute a run's completed steps offline from its journal and report any divergence.
+    Replay(run::ReplayArgs),
+    /// Journal maintenance.
+    #[command(subcommand)]
+    Journal(runs::JournalCommand),
 }

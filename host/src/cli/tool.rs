@@ -26,7 +26,7 @@ pub enum ToolCommand {
     Call(CallArgs),
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct CacheArgs {
     /// Directory for compiled components (default: $XDG_CACHE_HOME/sandgraph or ~/.cache/sandgraph).
     #[arg(long, env = "SANDGRAPH_CACHE_DIR")]
@@ -37,7 +37,7 @@ pub struct CacheArgs {
 }
 
 impl CacheArgs {
-    fn dir(&self) -> Option<PathBuf> {
+    pub fn dir(&self) -> Option<PathBuf> {
         if self.no_cache {
             return None;
         }

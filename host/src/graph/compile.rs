@@ -151,9 +151,13 @@ fn default_backoff() -> Duration {
 /// sha256 over the canonical JSON form: fields in declaration order, maps sorted by key,
 /// so formatting, comments and key order in the YAML do not change the digest.
 pub fn digest_of(graph: &Graph) -> [u8; 32] {
+    Sha256::digest(canonical_json(graph)).into()
+}
+
+/// The graph as canonical JSON (maps sorted by key): what a run pins and the digest covers.
+pub fn canonical_json(graph: &Graph) -> Vec<u8> {
     let value = serde_json::to_value(graph).unwrap_or(serde_json::Value::Null);
-    let canonical = serde_json::to_vec(&sort(value)).unwrap_or_default();
-    Sha256::digest(&canonical).into()
+    serde_json::to_vec(&sort(value)).unwrap_or_default()
 }
 
 fn sort(v: serde_json::Value) -> serde_json::Value {

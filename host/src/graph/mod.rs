@@ -2,8 +2,13 @@
 //! and the compiled petgraph form that the scheduler runs and the journal pins by digest.
 //! Loading never trusts the document: size, nesting and aliases are bounded before parsing.
 
+pub mod catalog;
 pub mod compile;
+pub mod engine;
+pub mod replay;
+pub mod scheduler;
 pub mod spec;
+pub mod state;
 pub mod validate;
 pub mod yaml;
 

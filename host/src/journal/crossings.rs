@@ -78,6 +78,9 @@ struct Inner {
     problem: Option<CrossingError>,
     /// Last monotonic value served, so going live never moves the guest's clock backwards.
     last_monotonic: u64,
+    /// Offline replay: never write to the journal or the network; a crossing beyond the
+    /// recording is a divergence.
+    offline: bool,
 }
 
 /// The crossings of one step attempt. Cheap to clone; clones share state (the clocks, the RNG
@@ -118,6 +121,20 @@ impl StepCrossings {
         ))
     }
 
+    /// Re-executes a finished step attempt offline (`sandgraph replay`): only its journaled
+    /// crossings are served, nothing is appended, and a crossing the recording does not hold
+    /// (a request, a clock read, random bytes) is a divergence instead of going live.
+    pub fn replay_offline(
+        journal: Arc<Journal>,
+        run: RunId,
+        step: &str,
+        attempt: u32,
+    ) -> Result<StepCrossings, JournalError> {
+        let c = StepCrossings::replay(journal, run, step, attempt)?;
+        c.lock().offline = true;
+        Ok(c)
+    }
+
     fn with_recorded(
         journal: Arc<Journal>,
         run: RunId,
@@ -136,6 +153,7 @@ impl StepCrossings {
                 key_honoured: false,
                 problem: None,
                 last_monotonic: 0,
+                offline: false,
             })),
         }
     }
@@ -234,6 +252,13 @@ impl StepCrossings {
     /// Journals a denial by the host (never replayed: the policy decides again).
     pub fn denial(&self, capability: &str, target: &str) -> Result<(), CrossingError> {
         let mut g = self.lock();
+        if g.offline {
+            if let Some(Crossing::Denial { .. }) = g.recorded.front() {
+                g.recorded.pop_front();
+                g.index += 1;
+            }
+            return Ok(());
+        }
         if g.recorded.is_empty() {
             g.append(
                 Crossing::Denial {
@@ -283,6 +308,12 @@ impl StepCrossings {
                                 format!("the result of {method} {uri}"),
                             ));
                         }
+                        None if g.offline => {
+                            return Err(g.divergence(
+                                "no result".into(),
+                                format!("the result of {method} {uri}"),
+                            ));
+                        }
                         None if is_idempotent(method) || g.key_honoured => {
                             // Intent recorded, result lost: safe to send again with the same key.
                             return Ok(HttpPlan::Send {
@@ -304,6 +335,9 @@ impl StepCrossings {
                     return Err(g.divergence(describe(&other), format!("{method} {uri}")));
                 }
             }
+        }
+        if g.offline {
+            return Err(g.divergence("the end of the recording".into(), format!("{method} {uri}")));
         }
         // Live: the intent is on disk before the request can reach the remote.
         g.append(
@@ -409,7 +443,10 @@ impl Inner {
         }
     }
 
-    fn append(&mut self, crossing: Crossing, durability: Durability) -> Result<(), JournalError> {
+    fn append(&mut self, crossing: Crossing, durability: Durability) -> Result<(), CrossingError> {
+        if self.offline {
+            return Err(self.divergence("the end of the recording".into(), describe(&crossing)));
+        }
         let event = Event::Crossing {
             step: self.step.clone(),
             attempt: self.attempt,
@@ -422,7 +459,7 @@ impl Inner {
 
     fn record_infallible(&mut self, crossing: Crossing) {
         if let Err(e) = self.append(crossing, Durability::Buffered) {
-            self.problem.get_or_insert(e.into());
+            self.problem.get_or_insert(e);
         }
     }
 

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// First byte of every stored event; bump when `Event` changes incompatibly.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
 
 /// Payloads at most this long are stored inside the event; longer ones go to the blob tree once.
 pub const INLINE_LIMIT: usize = 256;
@@ -17,12 +17,44 @@ pub enum PayloadRef {
     Blob([u8; 32]),
 }
 
-/// How a finished run ended.
+/// How a run stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RunStatus {
     Running,
     Succeeded,
     Failed,
+    Cancelled,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A component as a run pinned it: the exact bytes and manifest it executes, so a redeploy of
+/// the tool never changes a run in flight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinnedComponent {
+    /// The component's name (what graph nodes reference).
+    pub name: String,
+    /// sha256 of the component bytes, hex.
+    pub digest: String,
+    /// The component bytes (a blob, stored once however many runs pin it).
+    pub wasm: PayloadRef,
+    /// The capability manifest's YAML text.
+    pub manifest: PayloadRef,
 }
 
 /// One entry of a run's append-only log.
@@ -31,33 +63,38 @@ pub enum Event {
     /// Pins what the run executes: a redeploy never changes a run in flight.
     RunCreated {
         graph_name: String,
+        /// sha256 of the graph's canonical JSON, hex.
         graph_digest: String,
-        /// (node or component name, sha256 of the component) pairs.
-        component_digests: Vec<(String, String)>,
+        /// The graph's canonical JSON.
+        graph: PayloadRef,
+        components: Vec<PinnedComponent>,
         input: PayloadRef,
     },
+    /// A node was activated: it will run as `step` (`<node>#<iteration>`) with `input`.
     StepScheduled {
         step: String,
-        attempt: u32,
+        node: String,
+        iteration: u32,
+        input: PayloadRef,
     },
     StepStarted {
         step: String,
         attempt: u32,
     },
+    /// Durable before any successor starts.
     StepCompleted {
         step: String,
         attempt: u32,
         output: PayloadRef,
     },
+    /// An attempt failed; `retry_in_ms` is set when another attempt follows after that delay.
     StepFailed {
         step: String,
         attempt: u32,
-        reason: String,
-    },
-    /// A change to the run state (a delta, never a snapshot): `key` now holds `value`.
-    StateDelta {
-        key: String,
-        value: PayloadRef,
+        /// The error's stable kind (`timeout`, `tool_failed`, `outcome_unknown`, ...).
+        kind: String,
+        message: String,
+        retry_in_ms: Option<u64>,
     },
     /// Something a step's guest saw cross the host boundary, in the order it crossed.
     Crossing {
@@ -68,6 +105,7 @@ pub enum Event {
     RunFinished {
         status: RunStatus,
         output: Option<PayloadRef>,
+        error: Option<String>,
     },
 }
 
@@ -118,22 +156,31 @@ pub enum Crossing {
 }
 
 impl Event {
-    pub fn encode(&self) -> Vec<u8> {
+    /// The stored form: format version, the append time (ms since the Unix epoch, big-endian),
+    /// then the postcard-encoded event.
+    pub fn encode(&self, at_ms: u64) -> Vec<u8> {
         let mut out = vec![FORMAT_VERSION];
+        out.extend_from_slice(&at_ms.to_be_bytes());
         // Serialising plain enums of strings, integers and byte vectors into a Vec cannot fail.
         out.extend(postcard::to_stdvec(self).expect("postcard encodes journal events"));
         out
     }
 
-    /// Decodes one stored record; the error says what was wrong, the caller adds where.
-    pub fn decode(bytes: &[u8]) -> Result<Event, String> {
+    /// Decodes one stored record into (append time, event); the error says what was wrong, the
+    /// caller adds where.
+    pub fn decode(bytes: &[u8]) -> Result<(u64, Event), String> {
         match bytes.split_first() {
             None => Err("empty record".into()),
-            Some((&FORMAT_VERSION, body)) => match postcard::take_from_bytes::<Event>(body) {
-                Ok((event, [])) => Ok(event),
-                Ok((_, rest)) => Err(format!("{} trailing bytes after the event", rest.len())),
-                Err(e) => Err(format!("undecodable event: {e}")),
-            },
+            Some((&FORMAT_VERSION, rest)) => {
+                let (at, body) = rest
+                    .split_first_chunk::<8>()
+                    .ok_or("record shorter than its header")?;
+                match postcard::take_from_bytes::<Event>(body) {
+                    Ok((event, [])) => Ok((u64::from_be_bytes(*at), event)),
+                    Ok((_, rest)) => Err(format!("{} trailing bytes after the event", rest.len())),
+                    Err(e) => Err(format!("undecodable event: {e}")),
+                }
+            }
             Some((v, _)) => Err(format!(
                 "format version {v}, this build reads version {FORMAT_VERSION}"
             )),
@@ -143,9 +190,21 @@ impl Event {
     /// The payloads this event refers to (for garbage collection).
     pub fn blobs(&self) -> Vec<[u8; 32]> {
         let refs: Vec<&PayloadRef> = match self {
-            Event::RunCreated { input, .. } => vec![input],
+            Event::RunCreated {
+                graph,
+                components,
+                input,
+                ..
+            } => {
+                let mut v = vec![graph, input];
+                for c in components {
+                    v.push(&c.wasm);
+                    v.push(&c.manifest);
+                }
+                v
+            }
+            Event::StepScheduled { input, .. } => vec![input],
             Event::StepCompleted { output, .. } => vec![output],
-            Event::StateDelta { value, .. } => vec![value],
             Event::RunFinished { output, .. } => output.iter().collect(),
             Event::Crossing { crossing, .. } => match crossing {
                 Crossing::ToolRequest { input, .. } => vec![input],

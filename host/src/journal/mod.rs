@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use event::{Crossing, Event, PayloadRef, RunStatus};
+pub use event::{Crossing, Event, PayloadRef, PinnedComponent, RunStatus};
 use group_commit::GroupCommit;
 
 /// Identifies one run; keys of its events start with these 16 bytes.
@@ -111,6 +111,8 @@ pub struct RunSummary {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     pub seq: u64,
+    /// When it was appended, ms since the Unix epoch.
+    pub at_ms: u64,
     pub event: Event,
 }
 
@@ -131,7 +133,12 @@ pub struct Journal {
     /// Next sequence number per run, loaded from the log on first use.
     next_seq: Mutex<HashMap<RunId, u64>>,
     commit: GroupCommit,
+    /// Called after every append has fully taken effect (crash-injection tests stop here).
+    after_append: std::sync::OnceLock<AppendHook>,
 }
+
+/// See [`Journal::set_after_append`].
+pub type AppendHook = Box<dyn Fn(RunId, u64, &Event) + Send + Sync>;
 
 impl Journal {
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
@@ -158,6 +165,7 @@ impl Journal {
             db,
             next_seq: Mutex::default(),
             commit: GroupCommit::default(),
+            after_append: std::sync::OnceLock::new(),
         })
     }
 
@@ -219,7 +227,7 @@ impl Journal {
                 return Err(JournalError::UnknownRun { run });
             }
             // Inserted under the lock so sequence order is append order.
-            self.events.insert(key(run, seq), event.encode())?;
+            self.events.insert(key(run, seq), event.encode(now_ms()))?;
             next.insert(run, seq + 1);
             seq
         };
@@ -229,7 +237,25 @@ impl Journal {
                 .wait_durable(|| self.db.flush().map(|_| ()).map_err(|e| e.to_string()))
                 .map_err(JournalError::Flush)?;
         }
+        if let Some(hook) = self.after_append.get() {
+            hook(run, seq, event);
+        }
         Ok(seq)
+    }
+
+    /// Makes every append so far durable (group commit: concurrent callers share one flush).
+    /// Blocking; call it from `spawn_blocking` in async code.
+    pub fn sync(&self) -> Result<(), JournalError> {
+        self.commit
+            .wait_durable(|| self.db.flush().map(|_| ()).map_err(|e| e.to_string()))
+            .map_err(JournalError::Flush)
+    }
+
+    /// Installs a hook called after each append returns its effect (the event is in the tree, and
+    /// on disk when durable). Set once; used by the crash-injection test to stop the host at every
+    /// journal event in turn.
+    pub fn set_after_append(&self, hook: AppendHook) {
+        let _ = self.after_append.set(hook);
     }
 
     fn update_summary(&self, run: RunId, seq: u64, event: &Event) -> Result<(), JournalError> {
@@ -284,9 +310,9 @@ impl Journal {
         for kv in self.events.scan_prefix(run.0) {
             let (k, v) = kv?;
             let seq = seq_of(&k);
-            let event =
+            let (at_ms, event) =
                 Event::decode(&v).map_err(|reason| JournalError::Corrupt { run, seq, reason })?;
-            out.push(Record { seq, event });
+            out.push(Record { seq, at_ms, event });
         }
         if out.is_empty() {
             return Err(JournalError::UnknownRun { run });
@@ -344,7 +370,7 @@ impl Journal {
         for kv in self.events.iter() {
             let (k, v) = kv?;
             let (run, seq) = split_key(&k);
-            let event =
+            let (_, event) =
                 Event::decode(&v).map_err(|reason| JournalError::Corrupt { run, seq, reason })?;
             live.extend(event.blobs());
         }

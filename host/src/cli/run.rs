@@ -1,0 +1,339 @@
+//! `sandgraph run`, `sandgraph resume` and `sandgraph replay`: execute graphs locally against the
+//! embedded journal, continue runs a crash interrupted, and re-execute finished runs offline.
+//! Progress goes to stderr one line per step event; the run's output JSON goes to stdout.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use clap::Args;
+
+use super::tool::CacheArgs;
+use crate::graph::catalog::Catalog;
+use crate::graph::engine::{Engine, EngineConfig, RunOutcome};
+use crate::graph::{self, CompiledGraph};
+use crate::journal::{Event, Journal, RunId, RunStatus};
+use crate::sandbox::egress::{SecretStore, StaticResolver};
+use crate::sandbox::manifest::OperatorPolicy;
+use crate::sandbox::{Sandbox, SandboxConfig};
+
+/// Where the journal lives.
+#[derive(Debug, Clone, Args)]
+pub struct JournalArgs {
+    /// The journal directory (default: $XDG_DATA_HOME/sandgraph/journal or
+    /// ~/.local/share/sandgraph/journal).
+    #[arg(long, env = "SANDGRAPH_JOURNAL")]
+    pub journal: Option<PathBuf>,
+}
+
+impl JournalArgs {
+    pub fn dir(&self) -> PathBuf {
+        self.journal.clone().unwrap_or_else(|| {
+            std::env::var_os("XDG_DATA_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+                .unwrap_or_else(|| PathBuf::from("."))
+                .join("sandgraph/journal")
+        })
+    }
+
+    pub fn open(&self) -> Result<Journal, String> {
+        let dir = self.dir();
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        }
+        Journal::open(&dir).map_err(|e| e.to_string())
+    }
+}
+
+/// What the host running steps is allowed and given.
+#[derive(Debug, Clone, Args)]
+pub struct HostArgs {
+    #[command(flatten)]
+    pub journal: JournalArgs,
+    /// Let egress reach this exact non-public address (repeatable), e.g. 127.0.0.1.
+    #[arg(long = "allow-private", value_name = "IP")]
+    pub allow_private: Vec<IpAddr>,
+    /// An operator secret for header injection, NAME=VALUE (repeatable).
+    #[arg(long = "secret", value_name = "NAME=VALUE")]
+    pub secrets: Vec<String>,
+    /// Host directory exposed as /workspace to tools whose manifest asks for one.
+    #[arg(long)]
+    pub workspace: Option<PathBuf>,
+    /// An egress host that deduplicates requests by Idempotency-Key (repeatable): an
+    /// interrupted request to it may be sent again whatever its method.
+    #[arg(long = "idempotent-host", value_name = "HOST")]
+    pub idempotent_hosts: Vec<String>,
+    /// Steps of one run executing at once.
+    #[arg(long, default_value_t = 16)]
+    pub max_parallel: usize,
+    /// Print only the output (no progress lines).
+    #[arg(long, short)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The graph YAML file.
+    pub graph: PathBuf,
+    /// The run input JSON document.
+    #[arg(long, default_value = "{}")]
+    pub input: String,
+    /// Folder whose `*/*.sandgraph.yaml` manifests name the components.
+    #[arg(long, default_value = "tools")]
+    pub tools: PathBuf,
+    /// Folder with the built components (`<name>.wasm` or `tool_<name>.wasm`).
+    #[arg(long, default_value = "target/wasm32-wasip2/release")]
+    pub components: PathBuf,
+    #[command(flatten)]
+    pub host: HostArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The run id (from `sandgraph runs list`).
+    pub run: String,
+    #[command(flatten)]
+    pub journal: JournalArgs,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+/// Exit status and what to print.
+pub struct Finished {
+    pub code: u8,
+    pub stdout: String,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+fn engine(host: &HostArgs, resolver: Option<StaticResolver>) -> Result<Engine, String> {
+    let mut secrets = SecretStore::default();
+    for s in &host.secrets {
+        let Some((name, value)) = s.split_once('=') else {
+            return Err(format!(
+                "--secret `{}`: write NAME=VALUE",
+                s.split('=').next().unwrap_or_default()
+            ));
+        };
+        secrets.insert(name, value);
+    }
+    let mut config = SandboxConfig {
+        cache_dir: host.cache.dir(),
+        secrets,
+        ..SandboxConfig::default()
+    };
+    if let Some(r) = resolver {
+        config.resolver = Arc::new(r);
+    }
+    let sandbox = Sandbox::new(config).map_err(|e| e.to_string())?;
+    let journal = host.journal.open()?;
+    install_fault_hook(&journal);
+    let engine = Engine::new(
+        Arc::new(sandbox),
+        Arc::new(journal),
+        EngineConfig {
+            policy: OperatorPolicy {
+                allow_private: host.allow_private.clone(),
+                ..OperatorPolicy::default()
+            },
+            max_parallel_steps: host.max_parallel,
+            workspace: host.workspace.clone(),
+            idempotency_key_hosts: host.idempotent_hosts.clone(),
+        },
+    );
+    Ok(if host.quiet {
+        engine
+    } else {
+        engine.with_progress(progress_printer())
+    })
+}
+
+/// Fault injection for the crash tests: with `SANDGRAPH_FAULT_KILL_AFTER_EVENT=N` the process
+/// SIGKILLs itself right after the N-th journal append of its life (counting from 1).
+fn install_fault_hook(journal: &Journal) {
+    let Some(n) = std::env::var("SANDGRAPH_FAULT_KILL_AFTER_EVENT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return;
+    };
+    let count = std::sync::atomic::AtomicU64::new(0);
+    journal.set_after_append(Box::new(move |_, _, _| {
+        if count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == n {
+            // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+        }
+    }));
+}
+
+/// One stderr line per step event, with the step's duration when it completes.
+fn progress_printer() -> graph::engine::Progress {
+    let started: Mutex<HashMap<(RunId, String), std::time::Instant>> = Mutex::default();
+    Arc::new(move |run, event| {
+        let short = &run.to_string()[..8];
+        let line = match event {
+            Event::RunCreated { graph_name, .. } => {
+                format!("run {run}: graph '{graph_name}' started")
+            }
+            Event::StepStarted { step, attempt } => {
+                started
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert((run, step.clone()), std::time::Instant::now());
+                format!("[{short}] {step} started (attempt {attempt})")
+            }
+            Event::StepCompleted { step, .. } => {
+                let took = started
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&(run, step.clone()))
+                    .map(|t| format!(" in {} ms", t.elapsed().as_millis()))
+                    .unwrap_or_default();
+                format!("[{short}] {step} completed{took}")
+            }
+            Event::StepFailed {
+                step,
+                attempt,
+                kind,
+                message,
+                retry_in_ms,
+            } => match retry_in_ms {
+                Some(ms) => format!(
+                    "[{short}] {step} attempt {attempt} failed ({kind}): {message}; retrying in {ms} ms"
+                ),
+                None => format!("[{short}] {step} attempt {attempt} failed ({kind}): {message}"),
+            },
+            Event::RunFinished { status, error, .. } => match error {
+                Some(e) => format!("run {run}: {status}: {e}"),
+                None => format!("run {run}: {status}"),
+            },
+            Event::StepScheduled { .. } | Event::Crossing { .. } => return,
+        };
+        eprintln!("{line}");
+    })
+}
+
+fn finished(outcome: &RunOutcome) -> u8 {
+    match outcome.status {
+        RunStatus::Succeeded => 0,
+        _ => 1,
+    }
+}
+
+/// `sandgraph run`.
+pub fn run(args: RunArgs) -> Result<Finished, String> {
+    let catalog = Catalog::from_dirs(&args.tools, &args.components).map_err(|e| e.to_string())?;
+    let compiled: CompiledGraph =
+        graph::load(&args.graph, &catalog.manifests()).map_err(|d| d.to_string())?;
+    let input: serde_json::Value = serde_json::from_str(&args.input)
+        .map_err(|e| format!("--input is not a JSON document: {e}"))?;
+    let engine = engine(&args.host, None)?;
+    let rt = runtime()?;
+    let outcome = rt
+        .block_on(engine.run(Arc::new(compiled), &catalog, input))
+        .map_err(|e| e.to_string())?;
+    Ok(Finished {
+        code: finished(&outcome),
+        stdout: outcome.output.clone().unwrap_or_default(),
+    })
+}
+
+/// `sandgraph resume`: every unfinished run, to its end. Prints `<run> <status> <output>` per run.
+pub fn resume(host: HostArgs) -> Result<Finished, String> {
+    let engine = engine(&host, None)?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let handles = engine
+            .resume_unfinished()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut code = 0;
+        let mut out = Vec::new();
+        for h in handles {
+            let o = h.wait().await;
+            code = code.max(finished(&o));
+            out.push(format!(
+                "{} {} {}",
+                o.run,
+                o.status,
+                o.output.as_deref().or(o.error.as_deref()).unwrap_or("")
+            ));
+        }
+        Ok(Finished {
+            code,
+            stdout: out.join("\n"),
+        })
+    })
+}
+
+/// `sandgraph replay <id>`: offline, with a resolver that knows no names.
+pub fn replay(args: ReplayArgs) -> Result<Finished, String> {
+    let run = RunId::parse(&args.run).map_err(|e| e.to_string())?;
+    let host = HostArgs {
+        journal: args.journal,
+        allow_private: vec![],
+        secrets: vec![],
+        workspace: None,
+        idempotent_hosts: vec![],
+        max_parallel: 1,
+        quiet: true,
+        cache: args.cache,
+    };
+    let engine = engine(&host, Some(StaticResolver::default()))?;
+    let report = runtime()?
+        .block_on(engine.replay(run))
+        .map_err(|e| e.to_string())?;
+    let code = if report.identical() { 0 } else { 1 };
+    let stdout = if args.json {
+        serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+    } else {
+        let mut lines = Vec::new();
+        for s in &report.steps {
+            lines.push(match s {
+                graph::replay::StepReplay::Identical { step, attempt } => {
+                    format!("{step} (attempt {attempt}): identical")
+                }
+                graph::replay::StepReplay::Diverged {
+                    step,
+                    attempt,
+                    recorded,
+                    replayed,
+                } => format!(
+                    "{step} (attempt {attempt}): DIVERGED\n  recorded: {recorded}\n  replayed: {replayed}"
+                ),
+                graph::replay::StepReplay::Failed {
+                    step,
+                    attempt,
+                    message,
+                } => format!("{step} (attempt {attempt}): FAILED: {message}"),
+            });
+        }
+        lines.push(format!(
+            "run {run}: {} of {} steps identical{}",
+            report.steps.iter().filter(|s| s.is_identical()).count(),
+            report.steps.len(),
+            if report.identical() {
+                ""
+            } else {
+                "; replay diverged"
+            }
+        ));
+        lines.join("\n")
+    };
+    Ok(Finished { code, stdout })
+}

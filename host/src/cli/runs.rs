@@ -1,0 +1,247 @@
+//! `sandgraph runs list|show|events` and `sandgraph journal gc`: read and tidy the journal from
+//! the command line. Reading never changes a run; `gc` only drops finished runs.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use clap::Subcommand;
+use serde_json::{Value, json};
+
+use super::run::JournalArgs;
+use crate::journal::{Event, Journal, PayloadRef, RunId, RunStatus};
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// One line per run: id, status, graph, created, events.
+    List {
+        #[command(flatten)]
+        journal: JournalArgs,
+    },
+    /// A run's steps with attempts, durations and outcomes.
+    Show {
+        run: String,
+        #[command(flatten)]
+        journal: JournalArgs,
+    },
+    /// Every journal event of a run as JSON lines.
+    Events {
+        run: String,
+        #[command(flatten)]
+        journal: JournalArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JournalCommand {
+    /// Remove finished runs last touched longer ago than --older-than, and unreferenced payloads.
+    Gc {
+        /// e.g. `30m`, `12h`, `7d`.
+        #[arg(long)]
+        older_than: String,
+        #[command(flatten)]
+        journal: JournalArgs,
+    },
+}
+
+pub fn runs(cmd: RunsCommand) -> Result<String, String> {
+    match cmd {
+        RunsCommand::List { journal } => list(&journal.open()?),
+        RunsCommand::Show { run, journal } => show(&journal.open()?, parse(&run)?),
+        RunsCommand::Events { run, journal } => events(&journal.open()?, parse(&run)?),
+    }
+}
+
+pub fn journal(cmd: JournalCommand) -> Result<String, String> {
+    match cmd {
+        JournalCommand::Gc {
+            older_than,
+            journal,
+        } => {
+            let age: Duration = humantime::parse_duration(&older_than).map_err(|e| {
+                format!("--older-than `{older_than}`: {e}; write e.g. 30m, 12h or 7d")
+            })?;
+            let r = journal.open()?.gc(age).map_err(|e| e.to_string())?;
+            Ok(format!(
+                "removed {} finished runs ({} events) and {} payloads",
+                r.runs, r.events, r.blobs
+            ))
+        }
+    }
+}
+
+fn parse(run: &str) -> Result<RunId, String> {
+    RunId::parse(run).map_err(|e| e.to_string())
+}
+
+fn time(ms: u64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+fn list(journal: &Journal) -> Result<String, String> {
+    let runs = journal.runs().map_err(|e| e.to_string())?;
+    let mut out = vec![format!(
+        "{:<32}  {:<9}  {:<24}  {:<24}  {:>6}",
+        "RUN", "STATUS", "GRAPH", "CREATED", "EVENTS"
+    )];
+    for r in runs {
+        out.push(format!(
+            "{:<32}  {:<9}  {:<24}  {:<24}  {:>6}",
+            r.run.to_string(),
+            r.status.as_str(),
+            r.graph_name,
+            time(r.created_ms),
+            r.events
+        ));
+    }
+    Ok(out.join("\n"))
+}
+
+#[derive(Default)]
+struct StepRow {
+    node: String,
+    first_start: Option<u64>,
+    end: Option<u64>,
+    attempts: u32,
+    outcome: String,
+}
+
+fn show(journal: &Journal, run: RunId) -> Result<String, String> {
+    let records = journal.events(run).map_err(|e| e.to_string())?;
+    let mut header = Vec::new();
+    let mut steps: BTreeMap<u64, String> = BTreeMap::new();
+    let mut rows: BTreeMap<String, StepRow> = BTreeMap::new();
+    let mut status = RunStatus::Running;
+    let mut created = 0;
+    let mut ended = None;
+    let mut error = None;
+    for r in &records {
+        match &r.event {
+            Event::RunCreated {
+                graph_name,
+                graph_digest,
+                components,
+                ..
+            } => {
+                created = r.at_ms;
+                header.push(format!("run       {run}"));
+                header.push(format!("graph     {graph_name} (sha256:{graph_digest})"));
+                for c in components {
+                    header.push(format!("component {} ({})", c.name, c.digest));
+                }
+            }
+            Event::StepScheduled { step, node, .. } => {
+                steps.insert(r.seq, step.clone());
+                rows.entry(step.clone()).or_default().node = node.clone();
+                rows.entry(step.clone()).or_default().outcome = "scheduled".into();
+            }
+            Event::StepStarted { step, attempt } => {
+                let row = rows.entry(step.clone()).or_default();
+                row.first_start.get_or_insert(r.at_ms);
+                row.attempts = row.attempts.max(*attempt);
+                row.outcome = "running".into();
+            }
+            Event::StepCompleted { step, attempt, .. } => {
+                let row = rows.entry(step.clone()).or_default();
+                row.end = Some(r.at_ms);
+                row.attempts = row.attempts.max(*attempt);
+                row.outcome = "completed".into();
+            }
+            Event::StepFailed {
+                step,
+                attempt,
+                kind,
+                message,
+                retry_in_ms,
+            } => {
+                let row = rows.entry(step.clone()).or_default();
+                row.attempts = row.attempts.max(*attempt);
+                if retry_in_ms.is_none() {
+                    row.end = Some(r.at_ms);
+                    row.outcome = format!("failed ({kind}): {message}");
+                } else {
+                    row.outcome = format!("retrying after ({kind}): {message}");
+                }
+            }
+            Event::RunFinished {
+                status: s,
+                error: e,
+                ..
+            } => {
+                status = *s;
+                ended = Some(r.at_ms);
+                error = e.clone();
+            }
+            Event::Crossing { .. } => {}
+        }
+    }
+    header.push(format!("status    {status}"));
+    header.push(format!("created   {}", time(created)));
+    if let Some(end) = ended {
+        header.push(format!("duration  {} ms", end.saturating_sub(created)));
+    }
+    if let Some(e) = error {
+        header.push(format!("error     {e}"));
+    }
+    header.push(String::new());
+    header.push(format!(
+        "{:<24}  {:<16}  {:>8}  {:>10}  OUTCOME",
+        "STEP", "NODE", "ATTEMPTS", "DURATION"
+    ));
+    for step in steps.values() {
+        let Some(row) = rows.get(step) else { continue };
+        let took = match (row.first_start, row.end) {
+            (Some(s), Some(e)) => format!("{} ms", e.saturating_sub(s)),
+            _ => "-".into(),
+        };
+        header.push(format!(
+            "{:<24}  {:<16}  {:>8}  {:>10}  {}",
+            step, row.node, row.attempts, took, row.outcome
+        ));
+    }
+    Ok(header.join("\n"))
+}
+
+fn events(journal: &Journal, run: RunId) -> Result<String, String> {
+    let records = journal.events(run).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for r in records {
+        let event = serde_json::to_value(&r.event).map_err(|e| e.to_string())?;
+        let line = json!({"seq": r.seq, "at": time(r.at_ms), "event": readable(journal, event)});
+        out.push(line.to_string());
+    }
+    Ok(out.join("\n"))
+}
+
+/// Payload references as text: small UTF-8 payloads inline, others as their digest and size.
+fn readable(journal: &Journal, v: Value) -> Value {
+    match v {
+        Value::Object(m)
+            if m.len() == 1 && (m.contains_key("Inline") || m.contains_key("Blob")) =>
+        {
+            let Ok(r) = serde_json::from_value::<PayloadRef>(Value::Object(m.clone())) else {
+                return Value::Object(m);
+            };
+            match (&r, journal.payload(&r)) {
+                (_, Ok(bytes)) if bytes.len() <= 4096 => match String::from_utf8(bytes) {
+                    Ok(s) => Value::String(s),
+                    Err(e) => json!({"bytes": e.into_bytes().len()}),
+                },
+                (PayloadRef::Inline(_), Ok(bytes)) => json!({"bytes": bytes.len()}),
+                (PayloadRef::Blob(d), Ok(bytes)) => {
+                    json!({"sha256": hex::encode(d), "bytes": bytes.len()})
+                }
+                (PayloadRef::Blob(d), Err(e)) => {
+                    json!({"sha256": hex::encode(d), "error": e.to_string()})
+                }
+                (PayloadRef::Inline(_), Err(e)) => json!({"error": e.to_string()}),
+            }
+        }
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .map(|(k, v)| (k, readable(journal, v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.into_iter().map(|v| readable(journal, v)).collect()),
+        other => other,
+    }
+}

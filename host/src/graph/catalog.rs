@@ -1,0 +1,145 @@
+//! The components a graph may name: each tool's capability manifest and component bytes, found
+//! on disk (a tools folder of manifests and a folder of built `.wasm` files) or added directly.
+//! A run pins the entries it uses into the journal, so the catalog may change under it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::sandbox::manifest::Manifest;
+use crate::sandbox::registry::Registry;
+
+/// One component: its manifest (parsed and as written) and its bytes.
+#[derive(Debug, Clone)]
+pub struct CatalogEntry {
+    pub manifest: Manifest,
+    pub manifest_text: String,
+    pub wasm: Vec<u8>,
+    /// `sha256:<hex>` of `wasm`.
+    pub digest: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("{path}: {reason}")]
+    Io { path: String, reason: String },
+    #[error("{0}")]
+    Manifest(String),
+    #[error(
+        "component '{name}': no {wanted} in {dir}; build the tools first (`cargo guests`) or pass --components <dir>"
+    )]
+    MissingWasm {
+        name: String,
+        wanted: String,
+        dir: String,
+    },
+    #[error("component '{name}' is declared twice ({first} and {second})")]
+    Duplicate {
+        name: String,
+        first: String,
+        second: String,
+    },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    entries: BTreeMap<String, CatalogEntry>,
+}
+
+impl Catalog {
+    /// Every `<tools>/*/*.sandgraph.yaml` manifest with its component from `wasm_dir`, named
+    /// `<name>.wasm` or, as cargo builds them, `tool_<name with _ for ->.wasm`.
+    pub fn from_dirs(tools: &Path, wasm_dir: &Path) -> Result<Catalog, CatalogError> {
+        let mut catalog = Catalog::default();
+        let mut seen: BTreeMap<String, PathBuf> = BTreeMap::new();
+        for manifest_path in manifest_files(tools)? {
+            let text = std::fs::read_to_string(&manifest_path).map_err(|e| CatalogError::Io {
+                path: manifest_path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            let manifest = Manifest::parse(&manifest_path.display().to_string(), &text)
+                .map_err(|e| CatalogError::Manifest(e.to_string()))?;
+            let name = manifest.metadata.name.clone();
+            if let Some(first) = seen.get(&name) {
+                return Err(CatalogError::Duplicate {
+                    name,
+                    first: first.display().to_string(),
+                    second: manifest_path.display().to_string(),
+                });
+            }
+            seen.insert(name.clone(), manifest_path.clone());
+            let candidates = [
+                wasm_dir.join(format!("{name}.wasm")),
+                wasm_dir.join(format!("tool_{}.wasm", name.replace('-', "_"))),
+            ];
+            let Some(path) = candidates.iter().find(|p| p.is_file()) else {
+                return Err(CatalogError::MissingWasm {
+                    wanted: format!(
+                        "{} or {}",
+                        file_name(&candidates[0]),
+                        file_name(&candidates[1])
+                    ),
+                    name,
+                    dir: wasm_dir.display().to_string(),
+                });
+            };
+            let wasm = std::fs::read(path).map_err(|e| CatalogError::Io {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            catalog.insert(manifest, text, wasm);
+        }
+        Ok(catalog)
+    }
+
+    /// Adds (or replaces) a component under its manifest's name.
+    pub fn insert(&mut self, manifest: Manifest, manifest_text: String, wasm: Vec<u8>) {
+        let digest = Registry::digest(&wasm);
+        self.entries.insert(
+            manifest.metadata.name.clone(),
+            CatalogEntry {
+                manifest,
+                manifest_text,
+                wasm,
+                digest,
+            },
+        );
+    }
+
+    pub fn get(&self, name: &str) -> Option<&CatalogEntry> {
+        self.entries.get(name)
+    }
+
+    /// The manifests, for graph validation.
+    pub fn manifests(&self) -> Vec<Manifest> {
+        self.entries.values().map(|e| e.manifest.clone()).collect()
+    }
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// `<dir>/*/*.sandgraph.yaml`, sorted.
+fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, CatalogError> {
+    let io = |p: &Path, e: std::io::Error| CatalogError::Io {
+        path: p.display().to_string(),
+        reason: format!("cannot list components: {e}"),
+    };
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
+        let sub = entry.map_err(|e| io(dir, e))?.path();
+        let Ok(files) = std::fs::read_dir(&sub) else {
+            continue;
+        };
+        for file in files {
+            let p = file.map_err(|e| io(&sub, e))?.path();
+            if p.to_string_lossy().ends_with(".sandgraph.yaml") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}

@@ -1,0 +1,946 @@
+//! Runs graphs: starts a run (pinning the graph and its components in the journal), drives its
+//! steps on tokio through the sandbox with retries, timeouts, a deadline and cancellation, and
+//! resumes unfinished runs from their journal after a crash without repeating completed steps.
+//!
+//! Durability: `StepCompleted` is on disk before any successor starts and before the step is
+//! reported. A resumed run re-derives its activations by feeding the journaled completions to the
+//! same [`Scheduler`]; an interrupted attempt re-executes with its journaled crossings served back.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::catalog::Catalog;
+use super::compile::{CompiledGraph, canonical_json};
+use super::scheduler::{Activation, ScheduleError, Scheduler};
+use super::spec::Graph;
+use crate::journal::crossings::{CrossingError, StepCrossings};
+use crate::journal::{
+    Durability, Event, Journal, JournalError, PinnedComponent, Record, RunId, RunStatus,
+};
+use crate::sandbox::Sandbox;
+use crate::sandbox::manifest::{
+    self, CallGrant, EffectiveGrant, Limits, Manifest, OperatorPolicy, WorkspaceMode,
+};
+use crate::sandbox::outcome::CallError;
+use crate::sandbox::registry::LoadedTool;
+
+/// Called with every event the engine journals for a run (progress output, metrics).
+pub type Progress = Arc<dyn Fn(RunId, &Event) + Send + Sync>;
+
+#[derive(Clone)]
+pub struct EngineConfig {
+    pub policy: OperatorPolicy,
+    /// Steps of one run executing at the same time (fan-out beyond this waits).
+    pub max_parallel_steps: usize,
+    /// Host directory given as `/workspace` to nodes whose manifest asks for one.
+    pub workspace: Option<PathBuf>,
+    /// Egress hosts that deduplicate requests by `Idempotency-Key`: an interrupted request to
+    /// them may be sent again whatever its method.
+    pub idempotency_key_hosts: Vec<String>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            policy: OperatorPolicy::default(),
+            max_parallel_steps: 16,
+            workspace: None,
+            idempotency_key_hosts: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("run input does not match the graph's input schema: {}", .0.join("; "))]
+    InvalidInput(Vec<String>),
+    #[error("the graph's input schema does not compile: {0}")]
+    BadInputSchema(String),
+    #[error("node '{node}' names component '{component}', which is not in the catalog")]
+    UnknownComponent { node: String, component: String },
+    #[error("component '{name}': {source}")]
+    Component { name: String, source: CallError },
+    #[error("run {run}: the journal's pinned {what} is unusable: {reason}")]
+    Pinned {
+        run: RunId,
+        what: String,
+        reason: String,
+    },
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunOutcome {
+    pub run: RunId,
+    pub status: RunStatus,
+    /// The output document exactly as journaled.
+    pub output: Option<String>,
+    pub error: Option<String>,
+}
+
+/// A run executing in the background.
+pub struct RunHandle {
+    pub run: RunId,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<RunOutcome>,
+}
+
+impl RunHandle {
+    /// Asks the run to stop: running steps are abandoned and the run ends `cancelled`.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    pub fn canceller(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    pub async fn wait(self) -> RunOutcome {
+        let run = self.run;
+        self.task.await.unwrap_or_else(|e| RunOutcome {
+            run,
+            status: RunStatus::Failed,
+            output: None,
+            error: Some(format!("the run's task ended abnormally: {e}")),
+        })
+    }
+}
+
+pub struct Engine {
+    sandbox: Arc<Sandbox>,
+    journal: Arc<Journal>,
+    config: Arc<EngineConfig>,
+    progress: Option<Progress>,
+}
+
+/// A run's pinned graph, components and input, and its journal.
+pub(crate) struct Pinned {
+    pub records: Vec<Record>,
+    pub graph: Arc<CompiledGraph>,
+    pub tools: HashMap<String, (Arc<LoadedTool>, Manifest)>,
+    pub input: Value,
+    pub created_ms: u64,
+}
+
+/// What one run needs while it executes.
+struct RunCtx {
+    run: RunId,
+    sandbox: Arc<Sandbox>,
+    journal: Arc<Journal>,
+    config: Arc<EngineConfig>,
+    progress: Option<Progress>,
+    graph: Arc<CompiledGraph>,
+    /// Component name -> loaded component and manifest.
+    tools: HashMap<String, (Arc<LoadedTool>, Manifest)>,
+    created_ms: u64,
+}
+
+impl Engine {
+    pub fn new(sandbox: Arc<Sandbox>, journal: Arc<Journal>, config: EngineConfig) -> Engine {
+        Engine {
+            sandbox,
+            journal,
+            config: Arc::new(config),
+            progress: None,
+        }
+    }
+
+    pub fn with_progress(mut self, progress: Progress) -> Engine {
+        self.progress = Some(progress);
+        self
+    }
+
+    pub fn journal(&self) -> &Arc<Journal> {
+        &self.journal
+    }
+
+    pub fn sandbox(&self) -> &Arc<Sandbox> {
+        &self.sandbox
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Re-executes every completed step of `run` offline and compares outputs.
+    pub async fn replay(&self, run: RunId) -> Result<super::replay::ReplayReport, EngineError> {
+        super::replay::replay(self, run).await
+    }
+
+    /// Starts a run of `graph` on `input`; the components come from `catalog` and are pinned.
+    pub async fn start(
+        &self,
+        graph: Arc<CompiledGraph>,
+        catalog: &Catalog,
+        input: Value,
+    ) -> Result<RunHandle, EngineError> {
+        check_input(&graph.spec, &input)?;
+        let mut tools = HashMap::new();
+        let mut pinned = Vec::new();
+        let mut names: Vec<(&str, &str)> = graph
+            .spec
+            .spec
+            .nodes
+            .iter()
+            .map(|n| (n.component.as_str(), n.id.as_str()))
+            .collect();
+        names.sort();
+        names.dedup_by(|a, b| a.0 == b.0);
+        for (name, node) in names {
+            let entry = catalog
+                .get(name)
+                .ok_or_else(|| EngineError::UnknownComponent {
+                    node: node.to_owned(),
+                    component: name.to_owned(),
+                })?;
+            let tool = self
+                .sandbox
+                .registry()
+                .load(&entry.wasm)
+                .map_err(|source| EngineError::Component {
+                    name: name.to_owned(),
+                    source,
+                })?;
+            pinned.push(PinnedComponent {
+                name: name.to_owned(),
+                digest: entry.digest.clone(),
+                wasm: self.journal.put_payload(&entry.wasm)?,
+                manifest: self.journal.put_payload(entry.manifest_text.as_bytes())?,
+            });
+            tools.insert(name.to_owned(), (tool, entry.manifest.clone()));
+        }
+        let run = RunId::new();
+        let event = Event::RunCreated {
+            graph_name: graph.spec.metadata.name.clone(),
+            graph_digest: graph.digest_hex(),
+            graph: self.journal.put_payload(&canonical_json(&graph.spec))?,
+            components: pinned,
+            input: self.journal.put_payload(input.to_string().as_bytes())?,
+        };
+        let ctx = self.ctx(run, graph, tools, now_ms());
+        ctx.append(event, Durability::Durable).await?;
+        Ok(self.spawn(ctx, input, None))
+    }
+
+    /// Starts `graph` and waits for it to end.
+    pub async fn run(
+        &self,
+        graph: Arc<CompiledGraph>,
+        catalog: &Catalog,
+        input: Value,
+    ) -> Result<RunOutcome, EngineError> {
+        Ok(self.start(graph, catalog, input).await?.wait().await)
+    }
+
+    /// Continues `run` from its journal: the pinned graph and components, completed steps
+    /// skipped, an interrupted attempt re-executed with its recorded crossings served back.
+    /// A finished run is not touched; its handle reports how it ended.
+    pub async fn resume(&self, run: RunId) -> Result<RunHandle, EngineError> {
+        let pinned = self.load_pinned(run).await?;
+        let ctx = self.ctx(run, pinned.graph, pinned.tools, pinned.created_ms);
+        Ok(self.spawn(ctx, pinned.input, Some(pinned.records)))
+    }
+
+    /// Everything a run pinned when it was created, plus its events.
+    pub(crate) async fn load_pinned(&self, run: RunId) -> Result<Pinned, EngineError> {
+        let journal = self.journal.clone();
+        let records = tokio::task::spawn_blocking(move || journal.events(run))
+            .await
+            .map_err(|e| JournalError::Flush(e.to_string()))??;
+        let Some(Record {
+            at_ms: created_ms,
+            event:
+                Event::RunCreated {
+                    graph_digest,
+                    graph,
+                    components,
+                    input,
+                    ..
+                },
+            ..
+        }) = records.first().cloned()
+        else {
+            return Err(EngineError::Pinned {
+                run,
+                what: "run header".into(),
+                reason: "the first event is not RunCreated".into(),
+            });
+        };
+        let pinned = |what: &str, reason: String| EngineError::Pinned {
+            run,
+            what: what.to_owned(),
+            reason,
+        };
+        let spec: Graph = serde_json::from_slice(&self.journal.payload(&graph)?)
+            .map_err(|e| pinned("graph", e.to_string()))?;
+        let compiled = Arc::new(CompiledGraph::compile(spec));
+        if compiled.digest_hex() != graph_digest {
+            return Err(pinned(
+                "graph",
+                format!(
+                    "its digest is {} but the run pinned {graph_digest}",
+                    compiled.digest_hex()
+                ),
+            ));
+        }
+        let mut tools = HashMap::new();
+        for c in components {
+            let wasm = self.journal.payload(&c.wasm)?;
+            let tool = self
+                .sandbox
+                .registry()
+                .load(&wasm)
+                .map_err(|e| pinned(&format!("component '{}'", c.name), e.to_string()))?;
+            if tool.digest != c.digest {
+                return Err(pinned(
+                    &format!("component '{}'", c.name),
+                    format!("bytes hash to {} but {} was pinned", tool.digest, c.digest),
+                ));
+            }
+            let text = String::from_utf8(self.journal.payload(&c.manifest)?)
+                .map_err(|e| pinned(&format!("manifest of '{}'", c.name), e.to_string()))?;
+            let manifest = Manifest::parse(&format!("{} (pinned)", c.name), &text)
+                .map_err(|e| pinned(&format!("manifest of '{}'", c.name), e.to_string()))?;
+            tools.insert(c.name.clone(), (tool, manifest));
+        }
+        let input: Value = serde_json::from_slice(&self.journal.payload(&input)?)
+            .map_err(|e| pinned("input", e.to_string()))?;
+        Ok(Pinned {
+            records,
+            graph: compiled,
+            tools,
+            input,
+            created_ms,
+        })
+    }
+
+    /// Resumes every run the journal holds as running (what a host does on start).
+    pub async fn resume_unfinished(&self) -> Result<Vec<RunHandle>, EngineError> {
+        let mut out = Vec::new();
+        for s in self.journal.unfinished_runs()? {
+            out.push(self.resume(s.run).await?);
+        }
+        Ok(out)
+    }
+
+    fn ctx(
+        &self,
+        run: RunId,
+        graph: Arc<CompiledGraph>,
+        tools: HashMap<String, (Arc<LoadedTool>, Manifest)>,
+        created_ms: u64,
+    ) -> Arc<RunCtx> {
+        Arc::new(RunCtx {
+            run,
+            sandbox: self.sandbox.clone(),
+            journal: self.journal.clone(),
+            config: self.config.clone(),
+            progress: self.progress.clone(),
+            graph,
+            tools,
+            created_ms,
+        })
+    }
+
+    fn spawn(&self, ctx: Arc<RunCtx>, input: Value, history: Option<Vec<Record>>) -> RunHandle {
+        let cancel = CancellationToken::new();
+        let run = ctx.run;
+        let token = cancel.clone();
+        let task = tokio::spawn(async move { drive(ctx, input, history, token).await });
+        RunHandle { run, cancel, task }
+    }
+}
+
+/// Checks `input` against the graph's input schema, listing every violation.
+fn check_input(graph: &Graph, input: &Value) -> Result<(), EngineError> {
+    let Some(schema) = &graph.spec.input else {
+        return Ok(());
+    };
+    let validator = jsonschema::validator_for(schema)
+        .map_err(|e| EngineError::BadInputSchema(e.to_string()))?;
+    let errors: Vec<String> = validator
+        .iter_errors(input)
+        .map(|e| {
+            let at = e.instance_path().to_string();
+            if at.is_empty() {
+                e.to_string()
+            } else {
+                format!("{at}: {e}")
+            }
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(EngineError::InvalidInput(errors))
+    }
+}
+
+impl RunCtx {
+    /// Appends an event (durable ones through group commit off the async workers) and reports
+    /// it to the progress hook.
+    async fn append(&self, event: Event, durability: Durability) -> Result<u64, JournalError> {
+        let journal = self.journal.clone();
+        let run = self.run;
+        let (seq, event) = match durability {
+            Durability::Buffered => (journal.append(run, &event, durability)?, event),
+            Durability::Durable => tokio::task::spawn_blocking(move || {
+                journal.append(run, &event, durability).map(|s| (s, event))
+            })
+            .await
+            .map_err(|e| JournalError::Flush(e.to_string()))??,
+        };
+        if let Some(p) = &self.progress {
+            p(run, &event);
+        }
+        Ok(seq)
+    }
+
+    async fn sync(&self) -> Result<(), JournalError> {
+        let journal = self.journal.clone();
+        tokio::task::spawn_blocking(move || journal.sync())
+            .await
+            .map_err(|e| JournalError::Flush(e.to_string()))?
+    }
+}
+
+/// Where a step's first attempt of this process starts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct StartAt {
+    attempt: u32,
+    /// Serve the attempt's journaled crossings first (it was interrupted).
+    replay: bool,
+    /// Wait this long first (the rest of a journaled retry backoff).
+    delay: Duration,
+}
+
+const FRESH: StartAt = StartAt {
+    attempt: 1,
+    replay: false,
+    delay: Duration::ZERO,
+};
+
+/// What the journal says about one step's attempts.
+#[derive(Debug, Default)]
+struct StepHistory {
+    input: Option<Vec<u8>>,
+    last_started: u32,
+    /// (attempt, retry delay in ms, when it failed)
+    last_failed: Option<(u32, Option<u64>, u64)>,
+}
+
+enum StepEnd {
+    Done {
+        attempt: u32,
+        output: String,
+    },
+    Failed {
+        attempts: u32,
+        message: String,
+    },
+    /// The journal failed under the step.
+    Journal(JournalError),
+}
+
+async fn drive(
+    ctx: Arc<RunCtx>,
+    input: Value,
+    history: Option<Vec<Record>>,
+    cancel: CancellationToken,
+) -> RunOutcome {
+    let mut sched = Scheduler::new(ctx.graph.clone(), input);
+    let result = execute(&ctx, &mut sched, history, &cancel).await;
+    let (status, output, error) = match result {
+        Ok(Finish::AlreadyFinished(outcome)) => return outcome,
+        Ok(Finish::Done) => (RunStatus::Succeeded, Some(sched.output().to_string()), None),
+        Ok(Finish::Cancelled) => (
+            RunStatus::Cancelled,
+            None,
+            Some("the run was cancelled".to_owned()),
+        ),
+        Err(message) => (RunStatus::Failed, None, Some(message)),
+    };
+    let payload = match &output {
+        Some(o) => match ctx.journal.put_payload(o.as_bytes()) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                return RunOutcome {
+                    run: ctx.run,
+                    status: RunStatus::Failed,
+                    output: None,
+                    error: Some(format!("cannot journal the run output: {e}")),
+                };
+            }
+        },
+        None => None,
+    };
+    let event = Event::RunFinished {
+        status,
+        output: payload,
+        error: error.clone(),
+    };
+    if let Err(e) = ctx.append(event, Durability::Durable).await {
+        return RunOutcome {
+            run: ctx.run,
+            status: RunStatus::Failed,
+            output: None,
+            error: Some(format!(
+                "the run ended {status} but that could not be journaled: {e}"
+            )),
+        };
+    }
+    RunOutcome {
+        run: ctx.run,
+        status,
+        output,
+        error,
+    }
+}
+
+enum Finish {
+    Done,
+    Cancelled,
+    AlreadyFinished(RunOutcome),
+}
+
+/// Folds the journal (when resuming), then runs steps until the graph is done.
+async fn execute(
+    ctx: &Arc<RunCtx>,
+    sched: &mut Scheduler,
+    history: Option<Vec<Record>>,
+    cancel: &CancellationToken,
+) -> Result<Finish, String> {
+    let err = |e: ScheduleError| e.to_string();
+    let jerr = |e: JournalError| format!("journal: {e}");
+    // Activations not yet launched, in activation order, with where each starts.
+    let mut ready: Vec<(Activation, StartAt)> = Vec::new();
+    // Steps whose StepScheduled is already in the journal (resume).
+    let mut journaled_steps: Vec<String> = Vec::new();
+    let mut activations: BTreeMap<String, Activation> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    for a in sched.start().map_err(err)? {
+        order.push(a.step.clone());
+        activations.insert(a.step.clone(), a);
+    }
+    match history {
+        None => {
+            for step in order.drain(..) {
+                let a = activations.remove(&step).expect("activation listed");
+                ready.push((a, FRESH));
+            }
+        }
+        Some(records) => {
+            let mut steps: HashMap<String, StepHistory> = HashMap::new();
+            for r in &records {
+                match &r.event {
+                    Event::StepScheduled { step, input, .. } => {
+                        steps.entry(step.clone()).or_default().input =
+                            Some(ctx.journal.payload(input).map_err(jerr)?);
+                    }
+                    Event::StepStarted { step, attempt } => {
+                        let h = steps.entry(step.clone()).or_default();
+                        h.last_started = h.last_started.max(*attempt);
+                    }
+                    Event::StepFailed {
+                        step,
+                        attempt,
+                        retry_in_ms,
+                        ..
+                    } => {
+                        steps.entry(step.clone()).or_default().last_failed =
+                            Some((*attempt, *retry_in_ms, r.at_ms));
+                    }
+                    Event::StepCompleted { step, output, .. } => {
+                        let bytes = ctx.journal.payload(output).map_err(jerr)?;
+                        let value: Value = serde_json::from_slice(&bytes)
+                            .map_err(|e| format!("journaled output of step '{step}': {e}"))?;
+                        for a in sched.complete(step, value).map_err(err)? {
+                            order.push(a.step.clone());
+                            activations.insert(a.step.clone(), a);
+                        }
+                        activations.remove(step);
+                        if activations.is_empty() {
+                            for a in sched.quiesce().map_err(err)? {
+                                order.push(a.step.clone());
+                                activations.insert(a.step.clone(), a);
+                            }
+                        }
+                    }
+                    Event::RunFinished {
+                        status,
+                        output,
+                        error,
+                    } => {
+                        let output = match output {
+                            Some(p) => Some(
+                                String::from_utf8_lossy(&ctx.journal.payload(p).map_err(jerr)?)
+                                    .into_owned(),
+                            ),
+                            None => None,
+                        };
+                        return Ok(Finish::AlreadyFinished(RunOutcome {
+                            run: ctx.run,
+                            status: *status,
+                            output,
+                            error: error.clone(),
+                        }));
+                    }
+                    Event::RunCreated { .. } | Event::Crossing { .. } => {}
+                }
+            }
+            for step in order {
+                let Some(a) = activations.remove(&step) else {
+                    continue;
+                };
+                let h = steps.remove(&step).unwrap_or_default();
+                if let Some(journaled) = &h.input {
+                    let derived = a.input.to_string();
+                    if journaled.as_slice() != derived.as_bytes() {
+                        return Err(format!(
+                            "resume diverged: step '{step}' was scheduled with input {} but the journal now derives {derived}",
+                            String::from_utf8_lossy(journaled)
+                        ));
+                    }
+                }
+                let start = match h.last_failed {
+                    Some((failed, Some(retry_ms), at_ms)) if failed >= h.last_started => StartAt {
+                        attempt: failed + 1,
+                        replay: false,
+                        delay: Duration::from_millis((at_ms + retry_ms).saturating_sub(now_ms())),
+                    },
+                    Some((failed, None, _)) if failed >= h.last_started => {
+                        return Err(format!(
+                            "step '{step}' had already failed for good before the restart"
+                        ));
+                    }
+                    _ if h.last_started > 0 => StartAt {
+                        attempt: h.last_started,
+                        replay: true,
+                        delay: Duration::ZERO,
+                    },
+                    _ => FRESH,
+                };
+                if h.input.is_some() {
+                    journaled_steps.push(a.step.clone());
+                }
+                ready.push((a, start));
+            }
+        }
+    }
+
+    let deadline = ctx.graph.deadline.map(|d| {
+        let end_ms = ctx.created_ms + d.as_millis() as u64;
+        (
+            d,
+            tokio::time::Instant::now() + Duration::from_millis(end_ms.saturating_sub(now_ms())),
+        )
+    });
+    let limit = Arc::new(tokio::sync::Semaphore::new(
+        ctx.config.max_parallel_steps.max(1),
+    ));
+    let mut running: JoinSet<(String, StepEnd)> = JoinSet::new();
+    let mut scheduled_already: std::collections::HashSet<String> =
+        journaled_steps.into_iter().collect();
+    loop {
+        for (a, start) in ready.drain(..) {
+            if !scheduled_already.contains(&a.step) {
+                let input = ctx
+                    .journal
+                    .put_payload(a.input.to_string().as_bytes())
+                    .map_err(jerr)?;
+                ctx.append(
+                    Event::StepScheduled {
+                        step: a.step.clone(),
+                        node: a.node_id.clone(),
+                        iteration: a.iteration,
+                        input,
+                    },
+                    Durability::Buffered,
+                )
+                .await
+                .map_err(jerr)?;
+                scheduled_already.insert(a.step.clone());
+            }
+            let ctx = ctx.clone();
+            let limit = limit.clone();
+            running.spawn(async move {
+                let _permit = limit.acquire_owned().await;
+                let step = a.step.clone();
+                let end = run_step(&ctx, &a, start).await;
+                (step, end)
+            });
+        }
+        if running.is_empty() {
+            let next = sched.quiesce().map_err(err)?;
+            if next.is_empty() {
+                return Ok(Finish::Done);
+            }
+            ready.extend(next.into_iter().map(|a| (a, FRESH)));
+            continue;
+        }
+        let first = tokio::select! {
+            r = running.join_next() => r,
+            _ = cancel.cancelled() => {
+                running.abort_all();
+                return Ok(Finish::Cancelled);
+            }
+            _ = sleep_until(deadline.map(|d| d.1)) => {
+                running.abort_all();
+                let d = deadline.map(|d| d.0).unwrap_or_default();
+                return Err(format!("the run passed its deadline of {}", fmt_duration(d)));
+            }
+        };
+        // Everything that finished meanwhile joins this batch: one flush covers them all.
+        let mut batch = vec![first];
+        while let Some(r) = running.try_join_next() {
+            batch.push(Some(r));
+        }
+        let mut done = Vec::new();
+        for r in batch.into_iter().flatten() {
+            let (step, end) = r.map_err(|e| format!("a step task ended abnormally: {e}"))?;
+            match end {
+                StepEnd::Done { attempt, output } => {
+                    let payload = ctx.journal.put_payload(output.as_bytes()).map_err(jerr)?;
+                    let event = Event::StepCompleted {
+                        step: step.clone(),
+                        attempt,
+                        output: payload,
+                    };
+                    ctx.journal
+                        .append(ctx.run, &event, Durability::Buffered)
+                        .map_err(jerr)?;
+                    done.push((step, output, event));
+                }
+                StepEnd::Failed { attempts, message } => {
+                    running.abort_all();
+                    return Err(format!(
+                        "step '{step}' failed after {attempts} attempt{}: {message}",
+                        if attempts == 1 { "" } else { "s" }
+                    ));
+                }
+                StepEnd::Journal(e) => {
+                    running.abort_all();
+                    return Err(jerr(e));
+                }
+            }
+        }
+        ctx.sync().await.map_err(jerr)?;
+        for (step, output, event) in done {
+            if let Some(p) = &ctx.progress {
+                p(ctx.run, &event);
+            }
+            let value: Value = serde_json::from_str(&output)
+                .map_err(|e| format!("step '{step}' output is not JSON: {e}"))?;
+            let next = sched.complete(&step, value).map_err(err)?;
+            ready.extend(next.into_iter().map(|a| (a, FRESH)));
+        }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Errors worth another attempt: the same input may well succeed next time.
+fn retryable(e: &CallError) -> bool {
+    matches!(
+        e,
+        CallError::Timeout { .. } | CallError::ToolFailed { .. } | CallError::Trap { .. }
+    )
+}
+
+/// Runs a step's attempts (with backoff between them) until one succeeds or none is left.
+async fn run_step(ctx: &Arc<RunCtx>, a: &Activation, start: StartAt) -> StepEnd {
+    let node = &ctx.graph.graph[a.node];
+    let Some((tool, manifest)) = ctx.tools.get(&node.spec.component) else {
+        return StepEnd::Failed {
+            attempts: 0,
+            message: format!(
+                "component '{}' was not pinned by this run",
+                node.spec.component
+            ),
+        };
+    };
+    let grant = match call_grant(node, &ctx.config) {
+        Ok(g) => EffectiveGrant::intersect(&ctx.config.policy, manifest, &g),
+        Err(message) => {
+            return StepEnd::Failed {
+                attempts: 0,
+                message,
+            };
+        }
+    };
+    let input = a.input.to_string();
+    let policy = node.retry;
+    let mut attempt = start.attempt;
+    let mut replay = start.replay;
+    if !start.delay.is_zero() {
+        tokio::time::sleep(start.delay).await;
+    }
+    loop {
+        let started = Event::StepStarted {
+            step: a.step.clone(),
+            attempt,
+        };
+        if let Err(e) = ctx.append(started, Durability::Buffered).await {
+            return StepEnd::Journal(e);
+        }
+        let crossings = if replay {
+            match StepCrossings::replay(ctx.journal.clone(), ctx.run, &a.step, attempt) {
+                Ok(c) => c,
+                Err(e) => return StepEnd::Journal(e),
+            }
+        } else {
+            StepCrossings::record(ctx.journal.clone(), ctx.run, &a.step, attempt)
+        };
+        crossings.set_idempotency_key_honoured(honours_keys(&grant, &ctx.config));
+        replay = false;
+        let (kind, message, can_retry) = match ctx
+            .sandbox
+            .call_journaled(tool, &grant, &input, &crossings)
+            .await
+        {
+            Ok(report) => match report.result {
+                Ok(output) => return StepEnd::Done { attempt, output },
+                Err(e) => (e.kind().to_owned(), e.to_string(), retryable(&e)),
+            },
+            Err(CrossingError::Journal(e)) => return StepEnd::Journal(e),
+            Err(e @ CrossingError::OutcomeUnknown { .. }) => {
+                ("outcome_unknown".to_owned(), e.to_string(), false)
+            }
+            Err(e @ CrossingError::Divergence { .. }) => {
+                ("replay_divergence".to_owned(), e.to_string(), false)
+            }
+        };
+        let retry_in =
+            (can_retry && attempt < policy.max_attempts).then(|| backoff(policy, attempt));
+        let failed = Event::StepFailed {
+            step: a.step.clone(),
+            attempt,
+            kind,
+            message: message.clone(),
+            retry_in_ms: retry_in.map(|d| d.as_millis() as u64),
+        };
+        if let Err(e) = ctx.append(failed, Durability::Durable).await {
+            return StepEnd::Journal(e);
+        }
+        match retry_in {
+            Some(d) => {
+                tokio::time::sleep(d).await;
+                attempt += 1;
+            }
+            None => {
+                return StepEnd::Failed {
+                    attempts: attempt,
+                    message,
+                };
+            }
+        }
+    }
+}
+
+/// `initial × multiplier^(attempt-1)`, with equal jitter: half fixed, half uniformly random,
+/// so retries of many runs failing together spread out.
+fn backoff(policy: super::compile::RetryPolicy, attempt: u32) -> Duration {
+    use rand::Rng;
+    let base = policy.initial_backoff.as_secs_f64()
+        * policy
+            .multiplier
+            .max(1.0)
+            .powi(attempt.saturating_sub(1) as i32);
+    let base = base.min(3600.0);
+    let jitter = f64::from(wasmtime_wasi::thread_rng().next_u32()) / f64::from(u32::MAX) * 0.5;
+    Duration::from_secs_f64(base * (0.5 + jitter))
+}
+
+/// Does every egress rule of this step go to a host that honours `Idempotency-Key`?
+fn honours_keys(grant: &EffectiveGrant, config: &EngineConfig) -> bool {
+    !grant.egress.is_empty()
+        && grant.egress.iter().all(|r| {
+            config
+                .idempotency_key_hosts
+                .iter()
+                .any(|h| manifest::host_matches(h, &r.host))
+        })
+}
+
+/// The per-call grant a node's steps run under in `engine`.
+pub(crate) fn call_grant_for(
+    node: &super::compile::CompiledNode,
+    engine: &Engine,
+) -> Result<CallGrant, String> {
+    call_grant(node, &engine.config)
+}
+
+/// The node's `grant` and `timeout` as a per-call grant (it can only narrow the manifest).
+fn call_grant(
+    node: &super::compile::CompiledNode,
+    config: &EngineConfig,
+) -> Result<CallGrant, String> {
+    let g = node.spec.grant.as_ref();
+    let mode = match g.and_then(|g| g.workspace.as_deref()) {
+        None | Some("rw") => WorkspaceMode::Rw,
+        Some("ro") => WorkspaceMode::Ro,
+        Some("none") => WorkspaceMode::None,
+        Some(other) => return Err(format!("grant.workspace '{other}' is not none, ro or rw")),
+    };
+    let mut limits = Limits {
+        memory: u64::MAX,
+        timeout: Duration::MAX,
+        max_output: u64::MAX,
+        max_response: u64::MAX,
+    };
+    if let Some(l) = g.and_then(|g| g.limits.as_ref()) {
+        let size = |s: &Option<String>, what: &str| -> Result<Option<u64>, String> {
+            s.as_deref()
+                .map(|v| manifest::parse_size(v).map_err(|e| format!("grant.limits.{what}: {e}")))
+                .transpose()
+        };
+        if let Some(m) = size(&l.memory, "memory")? {
+            limits.memory = m;
+        }
+        if let Some(m) = size(&l.max_output, "maxOutput")? {
+            limits.max_output = m;
+        }
+        if let Some(m) = size(&l.max_response, "maxResponse")? {
+            limits.max_response = m;
+        }
+        if let Some(t) = &l.timeout {
+            limits.timeout =
+                manifest::parse_duration(t).map_err(|e| format!("grant.limits.timeout: {e}"))?;
+        }
+    }
+    if let Some(t) = node.timeout {
+        limits.timeout = limits.timeout.min(t);
+    }
+    Ok(CallGrant {
+        workspace: config.workspace.clone().map(|d| (d, mode)),
+        limits: Some(limits),
+        egress_hosts: g.and_then(|g| g.egress_hosts.clone()),
+    })
+}
+
+fn fmt_duration(d: Duration) -> String {
+    if d.as_millis().is_multiple_of(1000) {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

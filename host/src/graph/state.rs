@@ -1,0 +1,158 @@
+//! The run state that conditions and input mappings read: the run input, the latest output of
+//! every node, and the reducer-merged `state`. It is a pure fold over step outputs in completion
+//! order, which is why the journal only keeps outputs (deltas) and never a snapshot of it.
+
+use serde_json::{Map, Value};
+
+use super::spec::Reducer;
+
+/// Why an expression could not be evaluated against the run state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expression `{source_text}` failed: {reason}")]
+pub struct EvalError {
+    pub source_text: String,
+    pub reason: String,
+}
+
+/// `input`, `nodes.<id>` and `state`, as expressions see them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunState {
+    pub input: Value,
+    /// The latest output of each node that has completed.
+    pub nodes: Map<String, Value>,
+    /// Fields merged from node outputs by the nodes' reducers.
+    pub state: Map<String, Value>,
+}
+
+impl RunState {
+    pub fn new(input: Value) -> RunState {
+        RunState {
+            input,
+            nodes: Map::new(),
+            state: Map::new(),
+        }
+    }
+
+    /// Records `node`'s output and merges the fields its reducers name into `state`.
+    pub fn merge(&mut self, node: &str, output: &Value, reducers: &[(String, Reducer)]) {
+        for (field, reducer) in reducers {
+            let Some(value) = output.get(field) else {
+                continue;
+            };
+            match reducer {
+                Reducer::Replace => {
+                    self.state.insert(field.clone(), value.clone());
+                }
+                Reducer::Append => {
+                    let slot = self
+                        .state
+                        .entry(field.clone())
+                        .or_insert_with(|| Value::Array(Vec::new()));
+                    if !slot.is_array() {
+                        *slot = Value::Array(vec![slot.take()]);
+                    }
+                    if let Value::Array(list) = slot {
+                        match value {
+                            Value::Array(items) => list.extend(items.iter().cloned()),
+                            one => list.push(one.clone()),
+                        }
+                    }
+                }
+            }
+        }
+        self.nodes.insert(node.to_owned(), output.clone());
+    }
+
+    /// Evaluates a compiled CEL program against this state.
+    pub fn eval(&self, program: &cel::Program, source: &str) -> Result<Value, EvalError> {
+        let err = |reason: String| EvalError {
+            source_text: source.to_owned(),
+            reason,
+        };
+        let mut ctx = cel::Context::default();
+        for (name, value) in [
+            ("input", &self.input),
+            ("nodes", &Value::Object(self.nodes.clone())),
+            ("state", &Value::Object(self.state.clone())),
+        ] {
+            ctx.add_variable(name, value)
+                .map_err(|e| err(format!("cannot bind `{name}`: {e}")))?;
+        }
+        let value = program.execute(&ctx).map_err(|e| err(e.to_string()))?;
+        value
+            .json()
+            .map_err(|e| err(format!("result is not JSON: {e:?}")))
+    }
+
+    /// Evaluates a condition; anything but a boolean is an error naming what it was.
+    pub fn condition(&self, program: &cel::Program, source: &str) -> Result<bool, EvalError> {
+        match self.eval(program, source)? {
+            Value::Bool(b) => Ok(b),
+            other => Err(EvalError {
+                source_text: source.to_owned(),
+                reason: format!("a condition must be true or false, got {other}"),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn program(src: &str) -> cel::Program {
+        cel::Program::compile(src).unwrap()
+    }
+
+    #[test]
+    fn expressions_read_input_nodes_and_state() {
+        let mut s = RunState::new(json!({"limit": 10, "name": "x"}));
+        s.merge(
+            "a",
+            &json!({"value": 4.0, "n": 1}),
+            &[("n".into(), Reducer::Replace)],
+        );
+        let v = s
+            .eval(
+                &program("nodes.a.value < input.limit && state.n == 1"),
+                "...",
+            )
+            .unwrap();
+        assert_eq!(v, json!(true));
+        assert_eq!(
+            s.eval(&program("input.name + '!'"), "").unwrap(),
+            json!("x!")
+        );
+    }
+
+    #[test]
+    fn append_concatenates_lists_and_collects_scalars() {
+        let mut s = RunState::new(json!({}));
+        let r = [("items".to_string(), Reducer::Append)];
+        s.merge("a", &json!({"items": [1, 2]}), &r);
+        s.merge("b", &json!({"items": 3}), &r);
+        s.merge("c", &json!({"other": 9}), &r);
+        assert_eq!(s.state["items"], json!([1, 2, 3]));
+        assert_eq!(s.nodes["c"], json!({"other": 9}));
+    }
+
+    #[test]
+    fn replace_keeps_the_newest_value() {
+        let mut s = RunState::new(json!({}));
+        let r = [("v".to_string(), Reducer::Replace)];
+        s.merge("a", &json!({"v": 1}), &r);
+        s.merge("a", &json!({"v": 2}), &r);
+        assert_eq!(s.state["v"], json!(2));
+    }
+
+    #[test]
+    fn missing_keys_and_non_boolean_conditions_are_named() {
+        let s = RunState::new(json!({}));
+        let e = s.eval(&program("nodes.seed.value"), "nodes.seed.value");
+        let e = e.unwrap_err();
+        assert!(e.reason.contains("seed"), "{e}");
+        let e = s.condition(&program("1 + 1"), "1 + 1").unwrap_err();
+        assert!(e.reason.contains("must be true or false, got 2"), "{e}");
+    }
+}
