@@ -41,6 +41,8 @@ struct Gate {
     /// Added to these tokens' logits in every full-logits row (the constrained pick reads
     /// those), so a test can decide what the model "wants" to write.
     bias: Mutex<Vec<(u32, f32)>>,
+    /// Every forward's chunks as (slot, start position, tokens).
+    batches: Mutex<Vec<Vec<(usize, usize, usize)>>>,
 }
 
 impl Gate {
@@ -91,6 +93,12 @@ impl Backend for GatedBackend {
         }
         drop(p);
         let r = self.inner.forward(batch);
+        self.gate.batches.lock().unwrap().push(
+            batch
+                .iter()
+                .map(|c| (c.slot, c.start_pos, c.tokens.len()))
+                .collect(),
+        );
         *self.gate.forwards.lock().unwrap() += 1;
         r
     }
@@ -124,6 +132,15 @@ impl Server {
 }
 
 async fn start(slots: usize, config: ServerConfig, gate: Arc<Gate>) -> Server {
+    start_with_budget(slots, config, gate, generate::PREFILL_CHUNK * 4).await
+}
+
+async fn start_with_budget(
+    slots: usize,
+    config: ServerConfig,
+    gate: Arc<Gate>,
+    step_tokens: usize,
+) -> Server {
     let (model, tok) = tiny();
     let inner = CpuBackend::with_threads(&model, slots, CONTEXT, 1).unwrap();
     let backend = Box::new(GatedBackend {
@@ -132,11 +149,12 @@ async fn start(slots: usize, config: ServerConfig, gate: Arc<Gate>) -> Server {
     });
     let state = AppState::new(config);
     let tok = Arc::new(tok);
-    let batcher = Batcher::start(
+    let batcher = Batcher::with_step_tokens(
         backend,
         tok.clone(),
         state.config.max_waiting,
         state.metrics.clone(),
+        step_tokens,
     );
     state.set_ready(Ready::new(
         batcher,
@@ -1040,4 +1058,264 @@ async fn tool_choice_auto_lets_the_first_byte_choose_text_or_a_call() {
             .iter()
             .all(|c| c["choices"][0]["delta"]["tool_calls"].is_null())
     );
+}
+
+/// The value of one unlabelled sample of the /metrics text.
+async fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let (st, v) = call(addr, "GET", "/metrics", None).await;
+    assert_eq!(st, 200);
+    let text = v.as_str().unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// Steps a gated engine one forward at a time until `done` holds (the engine noticed).
+async fn step_until(s: &Server, what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        let before = s.gate.forwards();
+        s.gate.allow(1);
+        wait_until("a forward or the condition", || {
+            s.gate.forwards() > before || done()
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latencies_count_from_arrival_and_cancelled_prompts_count() {
+    let prompt_a = "once upon a time there was a";
+    let prompt_b = "the cat sat";
+    let s = start(1, ServerConfig::default(), Gate::closed()).await;
+    let tok = s.state.ready().unwrap().tok.clone();
+    let body = json!({"prompt": prompt_a, "max_tokens": 60, "temperature": 0, "stream": true});
+    let (resp, conn) = send(
+        s.addr,
+        "POST",
+        "/v1/completions",
+        Some(body.to_string().into_bytes()),
+    )
+    .await;
+    let mut stream = resp.into_body();
+    s.gate.allow(2);
+    stream.frame().await.unwrap().unwrap();
+    // B queues behind A for several engine steps.
+    let addr = s.addr;
+    let b = tokio::spawn(async move {
+        call(
+            addr,
+            "POST",
+            "/v1/completions",
+            Some(json!({"prompt": prompt_b, "max_tokens": 3, "temperature": 0})),
+        )
+        .await
+    });
+    wait_until("B to wait", || s.batcher().waiting() == 1).await;
+    for _ in 0..5 {
+        let before = s.gate.forwards();
+        s.gate.allow(1);
+        wait_until("a forward", || s.gate.forwards() > before).await;
+    }
+    // A's client goes away: A is cancelled after its prompt was prefilled.
+    drop(stream);
+    conn.abort();
+    step_until(&s, "A's cancellation", || s.batcher().cancelled() == 1).await;
+    s.gate.open();
+    let (st, v) = b.await.unwrap();
+    assert_eq!(st, 200, "{v}");
+    let prompt_tokens = tok.encode(prompt_a, false).len() + tok.encode(prompt_b, false).len();
+    assert_eq!(
+        metric(s.addr, "sandgraph_infer_prompt_tokens_total").await,
+        prompt_tokens as f64
+    );
+    let queue = metric(s.addr, "sandgraph_infer_request_queue_time_seconds_sum").await;
+    let ttft = metric(s.addr, "sandgraph_infer_time_to_first_token_seconds_sum").await;
+    let e2e = metric(s.addr, "sandgraph_infer_e2e_request_latency_seconds_sum").await;
+    assert_eq!(
+        metric(s.addr, "sandgraph_infer_time_to_first_token_seconds_count").await,
+        2.0
+    );
+    // Each request's TTFT includes its queue time, so the sums keep that order too; B, the
+    // only finished request, waited through A's steps before its first token.
+    assert!(ttft >= queue, "ttft {ttft} < queue {queue}");
+    assert!(e2e >= queue, "e2e {e2e} < queue {queue}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_take_token_id_prompts_and_name_a_bad_id() {
+    let s = open_server(1).await;
+    let tok = s.state.ready().unwrap().tok.clone();
+    let ids = tok.encode("the cat sat", false);
+    let text = |v: &Value| v["choices"][0]["text"].as_str().unwrap().to_owned();
+    let (st, by_text) = call(
+        s.addr,
+        "POST",
+        "/v1/completions",
+        Some(json!({"prompt": "the cat sat", "max_tokens": 8, "temperature": 0})),
+    )
+    .await;
+    assert_eq!(st, 200, "{by_text}");
+    for prompt in [json!(ids), json!([ids])] {
+        let (st, v) = call(
+            s.addr,
+            "POST",
+            "/v1/completions",
+            Some(json!({"prompt": prompt, "max_tokens": 8, "temperature": 0})),
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(text(&v), text(&by_text));
+        assert_eq!(v["usage"]["prompt_tokens"], ids.len());
+    }
+    let vocab = tok.vocab_size();
+    for (prompt, code, needle) in [
+        (
+            json!([1, vocab]),
+            "invalid_token_id",
+            format!("prompt[1] = {vocab}"),
+        ),
+        (
+            json!([[5, -1]]),
+            "invalid_token_id",
+            "prompt[1] = -1".into(),
+        ),
+        (json!([[1], [2]]), "unsupported_value", "2 prompts".into()),
+        (json!([]), "invalid_value", "empty".into()),
+    ] {
+        let (st, v) = call(
+            s.addr,
+            "POST",
+            "/v1/completions",
+            Some(json!({"prompt": prompt, "max_tokens": 4})),
+        )
+        .await;
+        assert_eq!(st, 400, "{prompt} -> {v}");
+        assert_error(&v, code, Some("prompt"));
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(&needle), "{msg}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnected_non_streamed_request_frees_its_slot() {
+    let prompt = "once upon a time there was a";
+    let (_, n) = alone(prompt, 60);
+    assert!(
+        n >= 30,
+        "precondition: the tiny model keeps generating ({n})"
+    );
+    let s = start(1, ServerConfig::default(), Gate::closed()).await;
+    let stream = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let body = json!({"prompt": prompt, "max_tokens": 60, "temperature": 0});
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/completions")
+        .header("host", "127.0.0.1")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let waiter = tokio::spawn(async move { sender.send_request(req).await });
+    // Generation is under way: prefill and a few decode steps.
+    wait_until("the request to run", || s.batcher().running() == 1).await;
+    for _ in 0..3 {
+        let before = s.gate.forwards();
+        s.gate.allow(1);
+        wait_until("a forward", || s.gate.forwards() > before).await;
+    }
+    waiter.abort();
+    conn.abort();
+    step_until(&s, "the cancellation", || s.batcher().cancelled() == 1).await;
+    assert!(s.gate.forwards() < 30, "ran {} forwards", s.gate.forwards());
+    wait_until("the slot to be free", || s.batcher().running() == 0).await;
+    assert!(metric(s.addr, "sandgraph_infer_generation_tokens_total").await < 30.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_prompt_is_chunked_while_a_running_stream_gets_a_token_every_step() {
+    const BUDGET: usize = 48;
+    let s = start_with_budget(2, ServerConfig::default(), Gate::closed(), BUDGET).await;
+    let tok = s.state.ready().unwrap().tok.clone();
+    let prompt_a = "once upon a time there was a";
+    let (alone_a, n) = alone(prompt_a, 40);
+    assert!(
+        n >= 30,
+        "precondition: the tiny model keeps generating ({n})"
+    );
+    let body = json!({"prompt": prompt_a, "max_tokens": 40, "temperature": 0, "stream": true});
+    let (resp, _conn) = send(
+        s.addr,
+        "POST",
+        "/v1/completions",
+        Some(body.to_string().into_bytes()),
+    )
+    .await;
+    let mut stream = resp.into_body();
+    s.gate.allow(2); // A's prefill and first decode
+    stream.frame().await.unwrap().unwrap();
+    let long = "the quick brown fox jumps over the lazy dog and ".repeat(5);
+    let long_len = tok.encode(&long, false).len();
+    assert!(
+        long_len > 3 * BUDGET,
+        "the long prompt spans several steps ({long_len})"
+    );
+    let addr = s.addr;
+    let b = tokio::spawn(async move {
+        call(
+            addr,
+            "POST",
+            "/v1/completions",
+            Some(json!({"prompt": long, "max_tokens": 2, "temperature": 0})),
+        )
+        .await
+    });
+    wait_until("B to queue", || s.batcher().waiting() == 1).await;
+    let start = s.gate.forwards();
+    s.gate.open();
+    let rest = stream.collect().await.unwrap().to_bytes();
+    let (st, v) = b.await.unwrap();
+    assert_eq!(st, 200, "{v}");
+    let batches = s.gate.batches.lock().unwrap().clone();
+    let a_slot = batches[0][0].0;
+    let b_steps: Vec<&Vec<(usize, usize, usize)>> = batches[start..]
+        .iter()
+        .filter(|b| b.iter().any(|c| c.0 != a_slot && c.2 > 1))
+        .collect();
+    assert!(
+        b_steps.len() >= long_len / BUDGET,
+        "B's prompt was fed in {} steps",
+        b_steps.len()
+    );
+    let mut last_a = None;
+    for b in &b_steps {
+        assert!(b.iter().map(|c| c.2).sum::<usize>() <= BUDGET, "{b:?}");
+        // A decodes one token in every step that also feeds B's prompt.
+        let a = b
+            .iter()
+            .find(|c| c.0 == a_slot)
+            .unwrap_or_else(|| panic!("{b:?}"));
+        assert_eq!(a.2, 1, "{b:?}");
+        if let Some(prev) = last_a {
+            assert_eq!(a.1, prev + 1, "A advanced one position per step: {b:?}");
+        }
+        last_a = Some(a.1);
+    }
+    // A's output is unchanged by the interleaving.
+    let mut text = String::new();
+    for p in sse_payloads(std::str::from_utf8(&rest).unwrap()) {
+        if p != "[DONE]" {
+            let v: Value = serde_json::from_str(&p).unwrap();
+            text.push_str(v["choices"][0]["text"].as_str().unwrap_or(""));
+        }
+    }
+    assert!(alone_a.ends_with(&text), "{alone_a:?} vs {text:?}");
 }

@@ -35,6 +35,10 @@ pub struct ServeArgs {
     /// Largest accepted request body in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     max_body_bytes: usize,
+    /// Most tokens one engine step feeds (running decodes plus prompt chunks of newcomers);
+    /// long prompts are spread over several steps so running streams keep producing.
+    #[arg(long, default_value_t = sandgraph_inference::server::batcher::DEFAULT_STEP_TOKENS)]
+    step_tokens: usize,
     /// CPU threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -82,7 +86,13 @@ pub fn run(a: ServeArgs) -> Result<()> {
                 .file_stem()
                 .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
             let tok = Arc::new(tok);
-            let batcher = Batcher::start(backend, tok.clone(), a.max_waiting, st.metrics.clone());
+            let batcher = Batcher::with_step_tokens(
+                backend,
+                tok.clone(),
+                a.max_waiting,
+                st.metrics.clone(),
+                a.step_tokens,
+            );
             st.set_ready(Ready::new(batcher, tok, template, model_name));
             tracing::info!("model loaded; serving");
             Ok(())

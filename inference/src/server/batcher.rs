@@ -1,6 +1,11 @@
 //! Continuous batching: one engine thread owns the backend and runs every admitted request in
 //! one shared batch, so requests join (prefill chunks) and leave (finish, disconnect) at token
 //! boundaries while the others keep decoding; a bounded waiting queue gives back-pressure.
+//!
+//! Each engine step feeds at most `step_tokens` tokens: every decoding request's one token
+//! first, then prompt chunks of the requests still prefilling, oldest first, from what is
+//! left (at least [`MIN_PREFILL_TOKENS`], so newcomers always progress). A long prompt is
+//! therefore spread over several steps and running streams keep getting a token every step.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -20,6 +25,9 @@ use crate::tokenizer::Tokenizer;
 /// One request for the engine.
 pub struct Job {
     pub id: String,
+    /// When the request arrived at the server: TTFT and end-to-end latency count from here
+    /// (queue time included), as vLLM measures them.
+    pub arrived: Instant,
     pub prompt: Vec<u32>,
     pub max_tokens: usize,
     pub sampling: Sampling,
@@ -59,6 +67,11 @@ struct Queue {
     stopped: Option<String>,
 }
 
+/// Default token budget of one engine step (decodes plus prompt chunks).
+pub const DEFAULT_STEP_TOKENS: usize = 256;
+/// Prompt tokens a step feeds even when the decodes alone fill the budget.
+pub const MIN_PREFILL_TOKENS: usize = 16;
+
 struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
@@ -66,6 +79,7 @@ struct Shared {
     running: AtomicUsize,
     cancelled: AtomicU64,
     metrics: Arc<Metrics>,
+    step_tokens: usize,
 }
 
 /// Handle to the engine thread; dropping it lets the thread finish its work and exit.
@@ -76,12 +90,25 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the engine thread over `backend` (one KV slot per concurrent request).
+    /// Starts the engine thread over `backend` (one KV slot per concurrent request) with the
+    /// default step budget.
     pub fn start(
         backend: Box<dyn Backend>,
         tok: Arc<Tokenizer>,
         max_waiting: usize,
         metrics: Arc<Metrics>,
+    ) -> Batcher {
+        Self::with_step_tokens(backend, tok, max_waiting, metrics, DEFAULT_STEP_TOKENS)
+    }
+
+    /// Like [`Batcher::start`], feeding at most `step_tokens` tokens per engine step (raised
+    /// to `MIN_PREFILL_TOKENS` plus one token per slot if lower).
+    pub fn with_step_tokens(
+        backend: Box<dyn Backend>,
+        tok: Arc<Tokenizer>,
+        max_waiting: usize,
+        metrics: Arc<Metrics>,
+        step_tokens: usize,
     ) -> Batcher {
         let slots = backend.max_slots();
         let max_context = backend.max_context();
@@ -95,6 +122,7 @@ impl Batcher {
             running: AtomicUsize::new(0),
             cancelled: AtomicU64::new(0),
             metrics,
+            step_tokens: step_tokens.max(MIN_PREFILL_TOKENS + slots),
         });
         let s = shared.clone();
         std::thread::Builder::new()
@@ -192,7 +220,8 @@ struct Seq {
     generated: usize,
     scanner: StopScanner,
     rng: Rng,
-    started: Instant,
+    /// Admission order: prompt chunks go to the oldest prefilling requests first.
+    admitted: u64,
     last_token: Option<Instant>,
 }
 
@@ -202,6 +231,7 @@ struct Engine {
     shared: Arc<Shared>,
     seqs: Vec<Seq>,
     free: Vec<usize>,
+    admissions: u64,
 }
 
 impl Engine {
@@ -213,6 +243,7 @@ impl Engine {
             shared,
             seqs: Vec::new(),
             free,
+            admissions: 0,
         }
     }
 
@@ -258,6 +289,7 @@ impl Engine {
                 let _ = job.events.send(Event::Started);
                 let scanner = StopScanner::new(&job.stop);
                 let rng = Rng::new(job.sampling.seed);
+                self.admissions += 1;
                 self.seqs.push(Seq {
                     job,
                     slot,
@@ -267,7 +299,7 @@ impl Engine {
                     generated: 0,
                     scanner,
                     rng,
-                    started: now,
+                    admitted: self.admissions,
                     last_token: None,
                 });
             }
@@ -311,37 +343,74 @@ impl Engine {
         }
     }
 
-    /// One forward over every running sequence: a prompt chunk for those still prefilling,
-    /// one token for those decoding. Then picks and hands out the next tokens.
+    /// One forward within the step budget: one token for every decoding sequence, then prompt
+    /// chunks for those still prefilling, oldest first. Then picks and hands out next tokens.
     fn step(&mut self) -> Result<(), crate::backend::BackendError> {
+        let decoding = self
+            .seqs
+            .iter()
+            .filter(|s| s.prefilled >= s.job.prompt.len())
+            .count();
+        let mut budget = self
+            .shared
+            .step_tokens
+            .saturating_sub(decoding)
+            .max(MIN_PREFILL_TOKENS);
+        let mut prefilling: Vec<usize> = (0..self.seqs.len())
+            .filter(|&i| self.seqs[i].prefilled < self.seqs[i].job.prompt.len())
+            .collect();
+        prefilling.sort_unstable_by_key(|&i| self.seqs[i].admitted);
+        // (sequence index, chunk end in the prompt; None for a decode)
+        let mut feed: Vec<(usize, Option<usize>)> = (0..self.seqs.len())
+            .filter(|&i| self.seqs[i].prefilled >= self.seqs[i].job.prompt.len())
+            .map(|i| (i, None))
+            .collect();
+        for i in prefilling {
+            if budget == 0 {
+                break;
+            }
+            let s = &self.seqs[i];
+            let n = (s.job.prompt.len() - s.prefilled)
+                .min(PREFILL_CHUNK)
+                .min(budget);
+            budget -= n;
+            feed.push((i, Some(s.prefilled + n)));
+        }
         // (sequence index, whether a token is picked after this chunk)
-        let mut plan: Vec<(usize, bool)> = Vec::with_capacity(self.seqs.len());
-        let mut chunks: Vec<SeqChunk<'_>> = Vec::with_capacity(self.seqs.len());
-        for (i, s) in self.seqs.iter().enumerate() {
-            if s.prefilled < s.job.prompt.len() {
-                let end = (s.prefilled + PREFILL_CHUNK).min(s.job.prompt.len());
-                chunks.push(SeqChunk {
-                    slot: s.slot,
-                    start_pos: s.prefilled,
-                    tokens: &s.job.prompt[s.prefilled..end],
-                });
-                plan.push((i, end == s.job.prompt.len()));
-            } else {
-                let t = s
-                    .pending
-                    .as_ref()
-                    .expect("a decoding sequence has a pending token");
-                chunks.push(SeqChunk {
-                    slot: s.slot,
-                    start_pos: s.pos,
-                    tokens: std::slice::from_ref(t),
-                });
-                plan.push((i, true));
+        let mut plan: Vec<(usize, bool)> = Vec::with_capacity(feed.len());
+        let mut chunks: Vec<SeqChunk<'_>> = Vec::with_capacity(feed.len());
+        let mut prompt_fed = 0;
+        for &(i, end) in &feed {
+            let s = &self.seqs[i];
+            match end {
+                Some(end) => {
+                    chunks.push(SeqChunk {
+                        slot: s.slot,
+                        start_pos: s.prefilled,
+                        tokens: &s.job.prompt[s.prefilled..end],
+                    });
+                    prompt_fed += end - s.prefilled;
+                    plan.push((i, end == s.job.prompt.len()));
+                }
+                None => {
+                    let t = s
+                        .pending
+                        .as_ref()
+                        .expect("a decoding sequence has a pending token");
+                    chunks.push(SeqChunk {
+                        slot: s.slot,
+                        start_pos: s.pos,
+                        tokens: std::slice::from_ref(t),
+                    });
+                    plan.push((i, true));
+                }
             }
         }
         let advanced: Vec<usize> = chunks.iter().map(|c| c.tokens.len()).collect();
         self.backend.forward(&chunks)?;
         drop(chunks);
+        // Prompt tokens count once prefilled, so cancelled requests' prompts count too.
+        self.shared.metrics.add_prompt_tokens(prompt_fed as u64);
         for ((i, _), n) in plan.iter().zip(&advanced) {
             let s = &mut self.seqs[*i];
             s.pos += n;
@@ -431,7 +500,7 @@ impl Engine {
         let s = &mut self.seqs[i];
         let now = Instant::now();
         match s.last_token {
-            None => metrics.observe_ttft(now.duration_since(s.started)),
+            None => metrics.observe_ttft(now.duration_since(s.job.arrived)),
             Some(prev) => metrics.observe_itl(now.duration_since(prev)),
         }
         s.last_token = Some(now);
@@ -472,7 +541,7 @@ impl Engine {
         if !rest.is_empty() && finish != FinishReason::StopSequence {
             let _ = s.job.events.send(Event::Text(rest));
         }
-        metrics.observe_e2e(now.duration_since(s.started), s.job.prompt.len());
+        metrics.observe_e2e(now.duration_since(s.job.arrived));
         let _ = s.job.events.send(Event::Done {
             finish,
             prompt_tokens: s.job.prompt.len(),

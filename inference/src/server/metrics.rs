@@ -72,7 +72,7 @@ impl Metrics {
         );
         registry.register(
             "prompt_tokens",
-            "Prompt tokens prefilled",
+            "Prompt tokens prefilled (cancelled requests' prompts included)",
             m.prompt_tokens.clone(),
         );
         registry.register(
@@ -82,7 +82,7 @@ impl Metrics {
         );
         registry.register(
             "time_to_first_token_seconds",
-            "From slot admission to the first generated token",
+            "From request arrival (queue time included) to the first generated token",
             m.ttft.clone(),
         );
         registry.register(
@@ -92,7 +92,7 @@ impl Metrics {
         );
         registry.register(
             "e2e_request_latency_seconds",
-            "From slot admission to the request's last token",
+            "From request arrival (queue time included) to the request's last token",
             m.e2e.clone(),
         );
         registry.register(
@@ -122,10 +122,13 @@ impl Metrics {
     pub fn observe_queue_time(&self, d: Duration) {
         self.queue.observe(d.as_secs_f64());
     }
-    /// A finished request: its latency and its prompt tokens.
-    pub fn observe_e2e(&self, d: Duration, prompt_tokens: usize) {
+    /// A finished request's latency from arrival.
+    pub fn observe_e2e(&self, d: Duration) {
         self.e2e.observe(d.as_secs_f64());
-        self.prompt_tokens.inc_by(prompt_tokens as u64);
+    }
+    /// Prompt tokens fed to the model (counted as prefilled, whatever becomes of the request).
+    pub fn add_prompt_tokens(&self, n: u64) {
+        self.prompt_tokens.inc_by(n);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -145,7 +148,8 @@ mod tests {
         let m = Metrics::new();
         m.set_running(2, 0.25);
         m.add_generation_tokens(5);
-        m.observe_e2e(Duration::from_millis(30), 7);
+        m.observe_e2e(Duration::from_millis(30));
+        m.add_prompt_tokens(7);
         let text = m.render();
         assert!(
             text.contains("sandgraph_infer_num_requests_running 2"),

@@ -16,6 +16,25 @@ pub enum OneOrMany {
     Many(Vec<String>),
 }
 
+/// A completion prompt as OpenAI accepts it: text, a list of texts, token ids, or a list of
+/// token-id lists (one prompt per request here).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Prompt {
+    Text(String),
+    Texts(Vec<String>),
+    Tokens(Vec<i64>),
+    TokenLists(Vec<Vec<i64>>),
+}
+
+/// The one prompt of a completion request, as text or as token ids already checked against
+/// the vocabulary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PromptInput {
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
 /// Message content: a string or a list of `{type:"text", text}` parts.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(untagged)]
@@ -102,7 +121,7 @@ pub struct StreamOptions {
 pub struct CompletionRequest {
     #[serde(default)]
     pub model: Option<String>,
-    pub prompt: OneOrMany,
+    pub prompt: Prompt,
     #[serde(default)]
     pub max_tokens: Option<i64>,
     #[serde(default)]
@@ -372,19 +391,40 @@ impl CompletionRequest {
         Ok(p)
     }
 
-    pub fn prompt_text(&self) -> Result<String, ApiError> {
-        match &self.prompt {
-            OneOrMany::One(s) => Ok(s.clone()),
-            OneOrMany::Many(v) if v.len() == 1 => Ok(v[0].clone()),
-            OneOrMany::Many(v) => Err(ApiError::invalid(
-                format!(
-                    "prompt holds {} prompts; send one prompt per request",
-                    v.len()
-                ),
+    /// The prompt, refusing several prompts per request and token ids outside the vocabulary
+    /// (`vocab_size` tokens: ids 0..vocab_size-1).
+    pub fn prompt_input(&self, vocab_size: usize) -> Result<PromptInput, ApiError> {
+        let several = |n: usize| {
+            ApiError::invalid(
+                format!("prompt holds {n} prompts; send one prompt per request"),
                 Some("prompt"),
                 "unsupported_value",
-            )),
+            )
+        };
+        let ids = match &self.prompt {
+            Prompt::Text(s) => return Ok(PromptInput::Text(s.clone())),
+            Prompt::Texts(v) if v.len() == 1 => return Ok(PromptInput::Text(v[0].clone())),
+            Prompt::Texts(v) if v.is_empty() => return Ok(PromptInput::Text(String::new())),
+            Prompt::Texts(v) => return Err(several(v.len())),
+            Prompt::Tokens(ids) => ids,
+            Prompt::TokenLists(v) if v.len() == 1 => &v[0],
+            Prompt::TokenLists(v) => return Err(several(v.len())),
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for (i, &id) in ids.iter().enumerate() {
+            if id < 0 || id as u64 >= vocab_size as u64 {
+                return Err(ApiError::invalid(
+                    format!(
+                        "prompt[{i}] = {id} is not a token id of this model; its vocabulary has {vocab_size} tokens (ids 0 to {})",
+                        vocab_size.saturating_sub(1)
+                    ),
+                    Some("prompt"),
+                    "invalid_token_id",
+                ));
+            }
+            out.push(id as u32);
         }
+        Ok(PromptInput::Tokens(out))
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -17,8 +17,8 @@ use crate::constrain::Constraint;
 use crate::server::batcher::{Event, Job, SubmitError};
 use crate::server::errors::ApiError;
 use crate::server::openai::{
-    ChatRequest, CompletionRequest, Params, Structured, finish_reason, parse_body, tool_call_head,
-    tool_call_parts, usage,
+    ChatRequest, CompletionRequest, Params, PromptInput, Structured, finish_reason, parse_body,
+    tool_call_head, tool_call_parts, usage,
 };
 use crate::server::sse::SseBody;
 use crate::server::{AppState, Ready};
@@ -43,13 +43,14 @@ pub async fn handle(
     req: Request<Incoming>,
     state: Arc<AppState>,
 ) -> Result<Response<Body>, Infallible> {
+    let arrived = Instant::now();
     let path = req.uri().path().to_owned();
     let r = match (req.method(), path.as_str()) {
         (&Method::GET, "/health") => Ok(health(&state)),
         (&Method::GET, "/metrics") => Ok(metrics(&state)),
         (&Method::GET, "/v1/models") => models(&state),
-        (&Method::POST, "/v1/chat/completions") => chat(req, &state).await,
-        (&Method::POST, "/v1/completions") => completion(req, &state).await,
+        (&Method::POST, "/v1/chat/completions") => chat(req, &state, arrived).await,
+        (&Method::POST, "/v1/completions") => completion(req, &state, arrived).await,
         (_, "/health" | "/metrics" | "/v1/models" | "/v1/chat/completions" | "/v1/completions") => {
             Err(ApiError::invalid(
                 format!("method {} is not allowed on {path}", req.method()),
@@ -184,8 +185,10 @@ struct Submitted {
     events: mpsc::UnboundedReceiver<Event>,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn submit(
     state: &AppState,
+    arrived: Instant,
     prefix: &str,
     prompt: Vec<u32>,
     max_tokens: usize,
@@ -203,6 +206,7 @@ fn submit(
     }
     let job = Job {
         id: id.clone(),
+        arrived,
         prompt,
         max_tokens,
         sampling: params.sampling.clone(),
@@ -268,7 +272,11 @@ fn sse_response(body: SseBody) -> Response<Body> {
         .expect("static headers are valid")
 }
 
-async fn chat(req: Request<Incoming>, state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
+async fn chat(
+    req: Request<Incoming>,
+    state: &Arc<AppState>,
+    arrived: Instant,
+) -> Result<Response<Body>, ApiError> {
     let body = read_body(req, state.config.max_body_bytes).await?;
     let mut cr: ChatRequest = parse_body(&body)?;
     let r = ready(state)?;
@@ -305,7 +313,7 @@ async fn chat(req: Request<Incoming>, state: &Arc<AppState>) -> Result<Response<
     let prompt = r.tok.encode(&text, true);
     let max_tokens = fit_context(&prompt, &params, r.batcher.max_context())?;
     let mut s = submit(
-        state, "chatcmpl", prompt, max_tokens, &params, &text, constraint,
+        state, arrived, "chatcmpl", prompt, max_tokens, &params, &text, constraint,
     )?;
     let created = now_secs();
     if params.stream {
@@ -473,15 +481,23 @@ impl ToolStream {
 async fn completion(
     req: Request<Incoming>,
     state: &Arc<AppState>,
+    arrived: Instant,
 ) -> Result<Response<Body>, ApiError> {
     let body = read_body(req, state.config.max_body_bytes).await?;
     let mut cr: CompletionRequest = parse_body(&body)?;
     let r = ready(state)?;
     let params = cr.params(r.batcher.max_context())?;
-    let text = cr.prompt_text()?;
-    let prompt = r.tok.encode(&text, false);
+    let (prompt, text) = match cr.prompt_input(r.tok.vocab_size())? {
+        PromptInput::Text(text) => (r.tok.encode(&text, false), text),
+        PromptInput::Tokens(ids) => {
+            let text = format!("{ids:?}");
+            (ids, text)
+        }
+    };
     let max_tokens = fit_context(&prompt, &params, r.batcher.max_context())?;
-    let mut s = submit(state, "cmpl", prompt, max_tokens, &params, &text, None)?;
+    let mut s = submit(
+        state, arrived, "cmpl", prompt, max_tokens, &params, &text, None,
+    )?;
     let created = now_secs();
     if params.stream {
         let (id, model) = (s.id.clone(), s.model.clone());
