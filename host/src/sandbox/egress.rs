@@ -338,6 +338,12 @@ async fn send_vetted(
 
     let mut record = attempt(Capability::Egress, &method, &target);
     let deny = |mut record: EgressAttempt, capability: Capability, reason: String| {
+        // Under the journal the denial is a crossing too, so `runs events` shows it in order.
+        if let Some(c) = &crossings
+            && let Err(e) = c.denial(&format!("{capability:?}").to_ascii_lowercase(), &target)
+        {
+            c.note_problem(e);
+        }
         record.capability = capability;
         record.allowed = false;
         record.reason = reason;
