@@ -385,6 +385,23 @@ fn check_recovered(
             "{what}: the server saw key {k} that the journal does not hold"
         );
     }
+    // The recovered run replays offline byte for byte, and the replay sends nothing.
+    server.reset();
+    let run = Journal::open(journal).unwrap().runs().unwrap()[0].run.to_string();
+    let replay = Command::new(env!("CARGO_BIN_EXE_sandgraph"))
+        .args(["replay", &run, "--journal"])
+        .arg(journal)
+        .arg("--cache-dir")
+        .arg(common::cache_dir())
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&replay.stdout);
+    assert!(
+        replay.status.success() && report.contains("4 of 4 steps identical"),
+        "{what}: replay: {report}{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    assert!(server.snapshot().0.is_empty(), "{what}: replay reached the network");
 }
 
 /// An uninterrupted run: its output and its number of journal events.
