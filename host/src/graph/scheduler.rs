@@ -39,7 +39,7 @@ pub struct Activation {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ScheduleError {
     #[error(
-        "node '{node}' would run a {next}th time but its maxIterations is {max}; the loop did not exit, check the condition on its back edge"
+        "node '{node}' would run {next} times but its maxIterations is {max}; the loop did not exit, check the condition on its back edge"
     )]
     IterationLimit { node: String, max: u32, next: u32 },
     #[error("the run reached its maxSteps limit of {max} steps")]
