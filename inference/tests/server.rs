@@ -1319,3 +1319,44 @@ async fn a_long_prompt_is_chunked_while_a_running_stream_gets_a_token_every_step
     }
     assert!(alone_a.ends_with(&text), "{alone_a:?} vs {text:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_prompt_prefix_is_reused_from_the_slot_cache() {
+    let s = open_server(1).await;
+    let tok = s.state.ready().unwrap().tok.clone();
+    let first = "once upon a time there was a cat";
+    let second = "once upon a time there was a dog";
+    let common = tok
+        .encode(first, false)
+        .iter()
+        .zip(&tok.encode(second, false))
+        .take_while(|(a, b)| a == b)
+        .count();
+    assert!(
+        common >= 5,
+        "precondition: the prompts share a prefix ({common})"
+    );
+    for p in [first, second] {
+        let (st, v) = call(
+            s.addr,
+            "POST",
+            "/v1/completions",
+            Some(json!({"prompt": p, "max_tokens": 6, "temperature": 0})),
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+        // Reusing the cached prefix changes nothing in the output.
+        assert_eq!(v["choices"][0]["text"], alone(p, 6).0.as_str(), "{p}");
+    }
+    let batches = s.gate.batches.lock().unwrap().clone();
+    // The second request's first forward is the first that does not continue the previous one.
+    let second_start = 1 + batches
+        .windows(2)
+        .position(|w| w[1][0].1 != w[0][0].1 + w[0][0].2)
+        .expect("the second prompt's prefill");
+    assert_eq!(batches[second_start][0].1, common, "{batches:?}");
+    assert_eq!(
+        metric(s.addr, "sandgraph_infer_prefix_cache_hits_total").await,
+        common as f64
+    );
+}

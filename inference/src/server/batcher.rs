@@ -6,6 +6,10 @@
 //! first, then prompt chunks of the requests still prefilling, oldest first, from what is
 //! left (at least [`MIN_PREFILL_TOKENS`], so newcomers always progress). A long prompt is
 //! therefore spread over several steps and running streams keep getting a token every step.
+//!
+//! Prefix reuse: a slot's KV cache still holds the tokens of its last request. A newcomer gets
+//! the free slot whose tokens share the longest prefix with its prompt and is prefilled from
+//! there (chat requests share the system prompt and template), as llama.cpp's server does.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -222,6 +226,8 @@ struct Seq {
     rng: Rng,
     /// Admission order: prompt chunks go to the oldest prefilling requests first.
     admitted: u64,
+    /// The tokens in this slot's KV cache, in order (reused prefix, prompt, fed outputs).
+    cached: Vec<u32>,
     last_token: Option<Instant>,
 }
 
@@ -232,12 +238,15 @@ struct Engine {
     seqs: Vec<Seq>,
     free: Vec<usize>,
     admissions: u64,
+    /// Per slot, the tokens its KV cache holds from the request that last used it.
+    slot_cache: Vec<Vec<u32>>,
 }
 
 impl Engine {
     fn new(backend: Box<dyn Backend>, tok: Arc<Tokenizer>, shared: Arc<Shared>) -> Engine {
-        let free = (0..backend.max_slots()).rev().collect();
+        let free: Vec<usize> = (0..backend.max_slots()).rev().collect();
         Engine {
+            slot_cache: vec![Vec::new(); free.len()],
             backend,
             tok,
             shared,
@@ -281,7 +290,29 @@ impl Engine {
                     self.shared.cancelled.fetch_add(1, Ordering::SeqCst);
                     continue;
                 }
-                let slot = self.free.pop().expect("checked non-empty");
+                // The free slot sharing the longest prefix with this prompt (at least one
+                // prompt token is always fed, for the logits of the first pick).
+                let (k, reuse) = self
+                    .free
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &slot)| {
+                        let c = &self.slot_cache[slot];
+                        let n = c
+                            .iter()
+                            .zip(&job.prompt)
+                            .take_while(|(a, b)| a == b)
+                            .count();
+                        (k, n.min(job.prompt.len().saturating_sub(1)))
+                    })
+                    .max_by_key(|&(_, n)| n)
+                    .expect("checked non-empty");
+                let slot = self.free.swap_remove(k);
+                let mut cached = std::mem::take(&mut self.slot_cache[slot]);
+                cached.truncate(reuse);
+                self.shared
+                    .metrics
+                    .add_prompt_tokens(job.prompt.len() as u64, reuse as u64);
                 let now = Instant::now();
                 self.shared
                     .metrics
@@ -293,13 +324,14 @@ impl Engine {
                 self.seqs.push(Seq {
                     job,
                     slot,
-                    prefilled: 0,
-                    pos: 0,
+                    prefilled: reuse,
+                    pos: reuse,
                     pending: None,
                     generated: 0,
                     scanner,
                     rng,
                     admitted: self.admissions,
+                    cached,
                     last_token: None,
                 });
             }
@@ -333,6 +365,7 @@ impl Engine {
                 let s = self.seqs.swap_remove(i);
                 tracing::info!(request_id = %s.job.id, generated = s.generated, "client disconnected; request cancelled");
                 self.free.push(s.slot);
+                self.slot_cache[s.slot] = s.cached;
                 self.shared.cancelled.fetch_add(1, Ordering::SeqCst);
             } else {
                 i += 1;
@@ -379,7 +412,6 @@ impl Engine {
         // (sequence index, whether a token is picked after this chunk)
         let mut plan: Vec<(usize, bool)> = Vec::with_capacity(feed.len());
         let mut chunks: Vec<SeqChunk<'_>> = Vec::with_capacity(feed.len());
-        let mut prompt_fed = 0;
         for &(i, end) in &feed {
             let s = &self.seqs[i];
             match end {
@@ -389,7 +421,6 @@ impl Engine {
                         start_pos: s.prefilled,
                         tokens: &s.job.prompt[s.prefilled..end],
                     });
-                    prompt_fed += end - s.prefilled;
                     plan.push((i, end == s.job.prompt.len()));
                 }
                 None => {
@@ -406,13 +437,18 @@ impl Engine {
                 }
             }
         }
-        let advanced: Vec<usize> = chunks.iter().map(|c| c.tokens.len()).collect();
-        self.backend.forward(&chunks)?;
+        let fed: Vec<Vec<u32>> = chunks.iter().map(|c| c.tokens.to_vec()).collect();
+        let forward = self.backend.forward(&chunks);
         drop(chunks);
-        // Prompt tokens count once prefilled, so cancelled requests' prompts count too.
-        self.shared.metrics.add_prompt_tokens(prompt_fed as u64);
-        for ((i, _), n) in plan.iter().zip(&advanced) {
+        if let Err(e) = forward {
+            // What the failed forward left in the KV caches is unknown: reuse nothing.
+            self.slot_cache.iter_mut().for_each(Vec::clear);
+            return Err(e);
+        }
+        for ((i, _), toks) in plan.iter().zip(fed) {
             let s = &mut self.seqs[*i];
+            let n = toks.len();
+            s.cached.extend(toks);
             s.pos += n;
             if s.prefilled < s.job.prompt.len() {
                 s.prefilled += n;
@@ -429,6 +465,7 @@ impl Engine {
         for i in finished {
             let s = self.seqs.swap_remove(i);
             self.free.push(s.slot);
+            self.slot_cache[s.slot] = s.cached;
         }
         self.publish_running();
         Ok(())

@@ -27,6 +27,8 @@ pub struct Metrics {
     waiting: Gauge,
     kv_usage: Gauge<f64, AtomicU64>,
     prompt_tokens: Counter,
+    prefix_cache_queries: Counter,
+    prefix_cache_hits: Counter,
     generation_tokens: Counter,
     ttft: Histogram,
     itl: Histogram,
@@ -48,6 +50,8 @@ impl Metrics {
             waiting: Gauge::default(),
             kv_usage: Gauge::default(),
             prompt_tokens: Counter::default(),
+            prefix_cache_queries: Counter::default(),
+            prefix_cache_hits: Counter::default(),
             generation_tokens: Counter::default(),
             ttft: Histogram::new(latency_buckets()),
             itl: Histogram::new(latency_buckets()),
@@ -72,8 +76,18 @@ impl Metrics {
         );
         registry.register(
             "prompt_tokens",
-            "Prompt tokens prefilled (cancelled requests' prompts included)",
+            "Prompt tokens of requests admitted to a slot (cancelled ones and cached prefixes included)",
             m.prompt_tokens.clone(),
+        );
+        registry.register(
+            "prefix_cache_queries",
+            "Prompt tokens looked up in the slots' cached prefixes",
+            m.prefix_cache_queries.clone(),
+        );
+        registry.register(
+            "prefix_cache_hits",
+            "Prompt tokens found in a slot's cached prefix (not prefilled again)",
+            m.prefix_cache_hits.clone(),
         );
         registry.register(
             "generation_tokens",
@@ -126,9 +140,12 @@ impl Metrics {
     pub fn observe_e2e(&self, d: Duration) {
         self.e2e.observe(d.as_secs_f64());
     }
-    /// Prompt tokens fed to the model (counted as prefilled, whatever becomes of the request).
-    pub fn add_prompt_tokens(&self, n: u64) {
+    /// A request admitted to a slot: its prompt tokens, `cached` of them reused from the slot's
+    /// KV cache (counted whatever becomes of the request).
+    pub fn add_prompt_tokens(&self, n: u64, cached: u64) {
         self.prompt_tokens.inc_by(n);
+        self.prefix_cache_queries.inc_by(n);
+        self.prefix_cache_hits.inc_by(cached);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -149,7 +166,7 @@ mod tests {
         m.set_running(2, 0.25);
         m.add_generation_tokens(5);
         m.observe_e2e(Duration::from_millis(30));
-        m.add_prompt_tokens(7);
+        m.add_prompt_tokens(7, 3);
         let text = m.render();
         assert!(
             text.contains("sandgraph_infer_num_requests_running 2"),
@@ -161,6 +178,10 @@ mod tests {
         );
         assert!(
             text.contains("sandgraph_infer_prompt_tokens_total 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sandgraph_infer_prefix_cache_hits_total 3"),
             "{text}"
         );
         assert!(
