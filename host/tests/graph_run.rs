@@ -804,17 +804,13 @@ async fn input_violating_the_graph_schema_is_refused_naming_the_field() {
 
 // ----------------------------------------------------------------- conditions, reducers
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn false_condition_skips_its_target_and_the_join_fires_with_the_live_branch() {
-    let engine = engine();
-    let catalog = catalog(None);
-    let source = r#"
+const DEAD_PATH_GRAPH: &str = r#"
 apiVersion: sandgraph.dev/v1
 kind: Graph
 metadata: { name: dead-path }
 spec:
   nodes:
-    - { id: a, kind: tool, component: calc, input: { expr: "'2 + 2'" } }
+    - { id: a, kind: tool, component: calc, input: { expr: "string(input.n) + ' + 0'" } }
     - id: big
       kind: tool
       component: calc
@@ -830,12 +826,18 @@ spec:
         expr: "has(nodes.big) ? 'big' : string(nodes.small.value) + ' + 0'"
   edges:
     - { from: a, to: big, when: "nodes.a.value > 10" }
-    - { from: a, to: small, when: "nodes.a.value <= 10" }
+    - { from: a, to: small, when: "nodes.a.value >= 0 && nodes.a.value <= 10" }
     - { from: big, to: join }
     - { from: small, to: join }
 "#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn false_condition_skips_its_target_and_the_join_fires_with_the_live_branch() {
+    let engine = engine();
+    let catalog = catalog(None);
+    let graph = compile(DEAD_PATH_GRAPH, &catalog);
     let outcome = engine
-        .run(compile(source, &catalog), &catalog, json!({}))
+        .run(graph.clone(), &catalog, json!({"n": 4}))
         .await
         .unwrap();
     assert_succeeded(&outcome);
@@ -843,12 +845,19 @@ spec:
     assert_eq!(
         scheduled(&engine, &evs),
         [
-            ("a#1".to_string(), json!({"expr": "2 + 2"})),
+            ("a#1".to_string(), json!({"expr": "4 + 0"})),
             ("small#1".to_string(), json!({"expr": "4 / 2"})),
             ("join#1".to_string(), json!({"expr": "2 + 0"})),
         ]
     );
     assert_eq!(output(&outcome), json!({"join": {"value": 2.0}}));
+
+    // Both conditions false: the join is dead too, and the run's output is what did run.
+    let outcome = engine.run(graph, &catalog, json!({"n": -1})).await.unwrap();
+    assert_succeeded(&outcome);
+    let evs = events(&engine, outcome.run);
+    assert_eq!(step_names(&scheduled(&engine, &evs)), ["a#1"]);
+    assert_eq!(output(&outcome), json!({"a": {"value": -1.0}}));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -899,6 +908,120 @@ spec:
     assert_eq!(inputs[4], ("double#4".into(), json!({"expr": "24 * 2"})));
     let out = output(&outcome);
     assert_eq!(out["collect"]["count"], json!(5), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expressions_that_fail_at_run_time_fail_the_run_naming_edge_or_field() {
+    let engine = engine();
+    let catalog = catalog(None);
+    let graph = |when: &str, expr: &str| {
+        compile(
+            &format!(
+                r#"
+apiVersion: sandgraph.dev/v1
+kind: Graph
+metadata: {{ name: exprs }}
+spec:
+  nodes:
+    - {{ id: a, kind: tool, component: calc, input: {{ expr: "'1 + 1'" }} }}
+    - {{ id: b, kind: tool, component: calc, input: {{ expr: "{expr}" }} }}
+  edges:
+    - {{ from: a, to: b, when: "{when}" }}
+"#
+            ),
+            &catalog,
+        )
+    };
+    let outcome = engine
+        .run(graph("nodes.a.value", "'1'"), &catalog, json!({}))
+        .await
+        .unwrap();
+    assert_failed(
+        &outcome,
+        "edge 'a -> b': condition expression `nodes.a.value` failed: a condition must be true or false, got 2.0",
+    );
+    assert_finished_in_journal(&engine, &outcome);
+
+    let outcome = engine
+        .run(
+            graph("true", "string(nodes.a.missing)"),
+            &catalog,
+            json!({}),
+        )
+        .await
+        .unwrap();
+    let error = outcome.error.clone().unwrap_or_default();
+    assert!(
+        error.starts_with(
+            "node 'b' input field 'expr': expression `string(nodes.a.missing)` failed: "
+        ) && error.contains("missing"),
+        "{outcome:?}"
+    );
+    assert_eq!(outcome.status, RunStatus::Failed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_that_cannot_change_on_retry_fails_at_the_first_attempt() {
+    let engine = engine();
+    let catalog = catalog(None);
+    let source = r#"
+apiVersion: sandgraph.dev/v1
+kind: Graph
+metadata: { name: bad-path }
+spec:
+  nodes:
+    - id: q
+      kind: tool
+      component: json-query
+      retry: { maxAttempts: 3, initialBackoff: 10ms }
+      input: { document: "{'a': 1}", path: "'$.a['" }
+"#;
+    let outcome = engine
+        .run(compile(source, &catalog), &catalog, json!({}))
+        .await
+        .unwrap();
+    let evs = events(&engine, outcome.run);
+    let failed = failures(&evs, "q#1");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let (attempt, kind, message, retry_in_ms) = &failed[0];
+    assert_eq!(
+        (*attempt, kind.as_str(), *retry_in_ms),
+        (1, "invalid_input", None)
+    );
+    assert!(
+        message.starts_with("invalid input: at `path`: "),
+        "{message}"
+    );
+    assert_failed(
+        &outcome,
+        &format!("step 'q#1' failed after 1 attempt: {message}"),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_missing_from_the_catalog_is_refused_before_the_run_starts() {
+    let engine = engine();
+    let full = catalog(None);
+    let graph = example("conditional-loop.yaml", &full);
+    let mut partial = Catalog::default();
+    let calc = full.get("calc").unwrap();
+    partial.insert(
+        calc.manifest.clone(),
+        calc.manifest_text.clone(),
+        calc.wasm.clone(),
+    );
+    match engine
+        .start(graph, &partial, json!({"start": 3, "limit": 50}))
+        .await
+    {
+        Err(e @ EngineError::UnknownComponent { .. }) => assert_eq!(
+            e.to_string(),
+            "node 'report' names component 'text-stats', which is not in the catalog"
+        ),
+        Err(other) => panic!("expected UnknownComponent, got {other}"),
+        Ok(h) => panic!("run {} started", h.run),
+    }
+    assert!(engine.journal().runs().unwrap().is_empty());
 }
 
 // ------------------------------------------------------------------- replay and pinning
