@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -34,6 +34,10 @@ fn root() -> PathBuf {
 
 /// An engine on a temporary journal whose operator policy lets egress reach 127.0.0.1.
 fn engine() -> Engine {
+    engine_with(EngineConfig::default())
+}
+
+fn engine_with(mut config: EngineConfig) -> Engine {
     let sandbox = Sandbox::new(SandboxConfig {
         allocator: Allocator::Pooling,
         cache_dir: Some(common::cache_dir()),
@@ -41,7 +45,6 @@ fn engine() -> Engine {
         secrets: SecretStore::default(),
     })
     .expect("sandbox");
-    let mut config = EngineConfig::default();
     config.policy.allow_private = vec!["127.0.0.1".parse().unwrap()];
     Engine::new(
         Arc::new(sandbox),
@@ -240,9 +243,11 @@ fn assert_finished_in_journal(engine: &Engine, outcome: &RunOutcome) {
 
 // ------------------------------------------------------------------ loopback test server
 
-/// An HTTP/1.1 server on 127.0.0.1:0 that answers one request per connection, in order.
+/// An HTTP/1.1 server on 127.0.0.1:0, one request per connection, one thread per connection.
 /// Routes: `/page` (text, 4 words), `/flaky` (503 for the first `flaky_failures` requests,
-/// then JSON), `/down` (always 503), `/ok` ("hello"). `stop` closes the listening socket.
+/// then JSON), `/down` (always 503), `/ok` ("hello"), `/pair` (answers 200 once two `/pair`
+/// requests are in flight together, or 504 when the second does not come within
+/// [`PAIR_WAIT`]). `stop` closes the listening socket.
 struct Server {
     addr: SocketAddr,
     paths: Arc<Mutex<Vec<String>>>,
@@ -256,16 +261,24 @@ impl Server {
         let addr = listener.local_addr().unwrap();
         let paths = Arc::new(Mutex::new(Vec::new()));
         let stopped = Arc::new(AtomicBool::new(false));
-        let flaky_seen = Arc::new(AtomicUsize::new(0));
+        let routes = Arc::new(Routes {
+            paths: paths.clone(),
+            flaky_seen: AtomicUsize::new(0),
+            flaky_failures,
+            pair: (Mutex::new(0), Condvar::new()),
+        });
         let thread = {
-            let (paths, stopped) = (paths.clone(), stopped.clone());
+            let stopped = stopped.clone();
             std::thread::spawn(move || {
                 for conn in listener.incoming() {
                     if stopped.load(Ordering::SeqCst) {
                         break;
                     }
                     let Ok(conn) = conn else { continue };
-                    let _ = answer(conn, &paths, &flaky_seen, flaky_failures);
+                    let routes = routes.clone();
+                    std::thread::spawn(move || {
+                        let _ = answer(conn, &routes);
+                    });
                 }
             })
         };
@@ -313,12 +326,32 @@ impl Drop for Server {
     }
 }
 
-fn answer(
-    conn: TcpStream,
-    paths: &Mutex<Vec<String>>,
-    flaky_seen: &AtomicUsize,
+/// How long a `/pair` request waits for its partner.
+const PAIR_WAIT: Duration = Duration::from_secs(3);
+
+struct Routes {
+    paths: Arc<Mutex<Vec<String>>>,
+    flaky_seen: AtomicUsize,
     flaky_failures: usize,
-) -> std::io::Result<()> {
+    /// `/pair` requests that have arrived.
+    pair: (Mutex<usize>, Condvar),
+}
+
+impl Routes {
+    /// Waits until two `/pair` requests have arrived; false if the partner never came.
+    fn meet(&self) -> bool {
+        let (lock, cv) = &self.pair;
+        let mut arrived = lock.lock().unwrap();
+        *arrived += 1;
+        cv.notify_all();
+        let (arrived, _) = cv
+            .wait_timeout_while(arrived, PAIR_WAIT, |n| *n < 2)
+            .unwrap();
+        *arrived >= 2
+    }
+}
+
+fn answer(conn: TcpStream, routes: &Routes) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut line = String::new();
@@ -334,11 +367,11 @@ fn answer(
             break;
         }
     }
-    paths.lock().unwrap().push(target.clone());
+    routes.paths.lock().unwrap().push(target.clone());
     let (status, content_type, body): (&str, &str, &str) = match target.as_str() {
         "/page" => ("200 OK", "text/plain", "alpha beta gamma delta"),
         "/ok" => ("200 OK", "text/plain", "hello"),
-        "/flaky" if flaky_seen.fetch_add(1, Ordering::SeqCst) < flaky_failures => {
+        "/flaky" if routes.flaky_seen.fetch_add(1, Ordering::SeqCst) < routes.flaky_failures => {
             ("503 Service Unavailable", "text/plain", "try later")
         }
         "/flaky" => (
@@ -347,6 +380,8 @@ fn answer(
             r#"{"items":[{"name":"a"},{"name":"b"}]}"#,
         ),
         "/down" => ("503 Service Unavailable", "text/plain", "down"),
+        "/pair" if routes.meet() => ("200 OK", "text/plain", "together"),
+        "/pair" => ("504 Gateway Timeout", "text/plain", "alone"),
         _ => ("404 Not Found", "text/plain", "no such route"),
     };
     let mut out = conn;
@@ -580,6 +615,25 @@ async fn retry_example_backs_off_through_a_flaky_period_then_succeeds() {
         output(&outcome),
         json!({"pick": {"count": 1, "matches": [{"path": "$['status']", "value": 200}]}})
     );
+
+    // Offline replay re-executes the attempt that completed (the third), not a failed one.
+    let mut server = server;
+    server.stop();
+    let report = engine.replay(outcome.run).await.unwrap();
+    assert_eq!(
+        report.steps,
+        [
+            StepReplay::Identical {
+                step: "call#1".into(),
+                attempt: 3
+            },
+            StepReplay::Identical {
+                step: "pick#1".into(),
+                attempt: 1
+            },
+        ]
+    );
+    assert_eq!(server.requests().len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -623,6 +677,115 @@ async fn retry_example_gives_up_after_max_attempts_naming_step_and_attempts() {
         }
     }
     assert!(!evs.iter().any(|e| is_scheduled(e, "pick#1")));
+}
+
+/// Two entry nodes fetching `/pair`, joined by a third.
+const PAIR_GRAPH: &str = r#"
+apiVersion: sandgraph.dev/v1
+kind: Graph
+metadata: { name: pair }
+spec:
+  nodes:
+    - id: left
+      kind: tool
+      component: http-get
+      retry: { maxAttempts: 1 }
+      input: { url: input.url, fail_on_error_status: "true" }
+    - id: right
+      kind: tool
+      component: http-get
+      retry: { maxAttempts: 1 }
+      input: { url: input.url, fail_on_error_status: "true" }
+    - id: both
+      kind: tool
+      component: calc
+      input: { expr: "string(nodes.left.status) + ' + ' + string(nodes.right.status)" }
+  edges:
+    - { from: left, to: both }
+    - { from: right, to: both }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_branches_are_in_flight_together_up_to_the_bound() {
+    // The server answers `/pair` only while both branches' requests are open at once, so the
+    // run succeeds only if the engine really runs them concurrently.
+    let server = Server::start(0);
+    let tools = catalog(Some(server.port()));
+    let graph = compile(PAIR_GRAPH, &tools);
+    let url = server.url("/pair");
+    let engine = engine();
+    let outcome = engine
+        .run(graph.clone(), &tools, json!({ "url": url }))
+        .await
+        .unwrap();
+    assert_succeeded(&outcome);
+    assert_eq!(output(&outcome), json!({"both": {"value": 400.0}}));
+
+    // With one step at a time the first request waits alone and gets a 504.
+    let server = Server::start(0);
+    let tools = catalog(Some(server.port()));
+    let graph = compile(PAIR_GRAPH, &tools);
+    let url = server.url("/pair");
+    let engine = engine_with(EngineConfig {
+        max_parallel_steps: 1,
+        ..EngineConfig::default()
+    });
+    let outcome = engine
+        .run(graph, &tools, json!({ "url": url }))
+        .await
+        .unwrap();
+    assert_eq!(outcome.status, RunStatus::Failed, "{outcome:?}");
+    let error = outcome.error.clone().unwrap();
+    assert!(
+        error.ends_with(&format!(
+            "failed after 1 attempt: tool failed: {url} answered with HTTP status 504"
+        )),
+        "{error}"
+    );
+    assert_eq!(server.requests(), ["/pair"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_during_a_retry_backoff_ends_the_run_without_another_attempt() {
+    let server = Server::start(0);
+    let failed = Arc::new(tokio::sync::Notify::new());
+    let engine = {
+        let failed = failed.clone();
+        engine().with_progress(Arc::new(move |_, e: &Event| {
+            if matches!(e, Event::StepFailed { .. }) {
+                failed.notify_one();
+            }
+        }))
+    };
+    let catalog = catalog(Some(server.port()));
+    // The example with a backoff far longer than the test waits for.
+    let source = edit(
+        &example_source("retry-timeout.yaml"),
+        "initialBackoff: 250ms",
+        "initialBackoff: 10m",
+    );
+    let handle = engine
+        .start(
+            compile(&source, &catalog),
+            &catalog,
+            json!({"url": server.url("/down")}),
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), failed.notified())
+        .await
+        .expect("the first attempt failed");
+    handle.cancel();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), handle.wait())
+        .await
+        .expect("the cancelled run ends");
+    assert_eq!(outcome.status, RunStatus::Cancelled, "{outcome:?}");
+    assert_finished_in_journal(&engine, &outcome);
+    let evs = events(&engine, outcome.run);
+    assert_eq!(started_attempts(&evs, "call#1"), [1]);
+    let retry = failures(&evs, "call#1")[0].3.expect("a retry was planned");
+    assert!(retry >= 300_000, "backoff {retry} ms");
+    assert_eq!(server.requests(), ["/down"]);
 }
 
 /// A single node on the guest that spins forever, with `extra` node fields and graph `limits`.
