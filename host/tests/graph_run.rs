@@ -1,8 +1,8 @@
 //! The graph engine end to end: the example graphs run on real tool components (against a
-//! loopback server where they fetch), retries back off and give up, timeouts, step limits,
-//! deadlines and cancellation end runs with their specific message, conditions and reducers
-//! shape the run, replay reproduces every step offline and notices a tampered journal, and a run
-//! pins its graph and components.
+//! loopback server where they fetch), parallel branches are really in flight together, retries
+//! back off and give up, timeouts, step limits, deadlines and cancellation end runs with their
+//! specific message, conditions and reducers shape the run, replay reproduces every step offline
+//! and notices a tampered journal, and a run pins its graph and components.
 
 mod common;
 
@@ -554,7 +554,7 @@ fn assert_backoff(graph: &CompiledGraph, node: &str, attempt: u32, retry_in_ms: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_example_backs_off_through_a_flaky_period_then_succeeds() {
-    let server = Server::start(2);
+    let mut server = Server::start(2);
     let engine = engine();
     let catalog = catalog(Some(server.port()));
     let graph = example("retry-timeout.yaml", &catalog);
@@ -617,7 +617,6 @@ async fn retry_example_backs_off_through_a_flaky_period_then_succeeds() {
     );
 
     // Offline replay re-executes the attempt that completed (the third), not a failed one.
-    let mut server = server;
     server.stop();
     let report = engine.replay(outcome.run).await.unwrap();
     assert_eq!(
