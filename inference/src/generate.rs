@@ -389,6 +389,13 @@ pub fn generate_constrained(
             .map(|(k, _)| k)
             .collect();
         if !finished.is_empty() {
+            for &k in &finished {
+                let i = ids[k].0;
+                if let Some(c) = constraints[i].as_mut() {
+                    let r = &requests[i];
+                    c.set_budget(r.max_tokens.min(max_ctx - r.prompt.len()));
+                }
+            }
             let picks = pick(
                 backend,
                 &ids.iter()
@@ -423,10 +430,12 @@ pub fn generate_constrained(
                 active[i] = false;
                 continue;
             }
+            let mut closed = false;
             if let Some(c) = constraints[i].as_mut() {
                 // `pick` only returns allowed tokens, so this always succeeds.
                 let ok = c.accept(t);
                 debug_assert!(ok, "constrained pick {t} was not allowed");
+                closed = c.is_closed();
             }
             if Some(t) == eos || tok.is_control(t) {
                 out[i].finish = FinishReason::EndOfSequence;
@@ -441,6 +450,10 @@ pub fn generate_constrained(
             }
             if stopped {
                 out[i].finish = FinishReason::StopSequence;
+                active[i] = false;
+            } else if closed {
+                // The document is complete and nothing more fits: it ends here.
+                out[i].finish = FinishReason::EndOfSequence;
                 active[i] = false;
             } else if out[i].tokens.len() >= requests[i].max_tokens {
                 out[i].finish = FinishReason::MaxTokens;
@@ -480,6 +493,10 @@ pub fn generate_constrained(
         backend.forward(&chunks)?;
         for &i in &live {
             pos[i] += 1;
+            if let Some(c) = constraints[i].as_mut() {
+                let left = requests[i].max_tokens - out[i].tokens.len();
+                c.set_budget(left.min(max_ctx - pos[i]));
+            }
         }
         let picks = pick(
             backend,

@@ -378,3 +378,182 @@ fn any_json_object_walks_never_dead_end() {
     }
     assert!(finished > 0, "no walk closed its object within 300 tokens");
 }
+
+/// Follows, from `m`, bytes that each lower the closing cost by one; returns the bytes.
+fn shortest_close(m: &Matcher, what: &dyn Fn() -> String) -> Vec<u8> {
+    let mut m = m.clone();
+    let mut out = Vec::new();
+    while m.min_close_bytes() > 0 {
+        let cost = m.min_close_bytes();
+        let b = (0..=255u8)
+            .find(|&b| {
+                let mut n = m.clone();
+                n.advance(b) && n.min_close_bytes() == cost - 1
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}: no byte lowers the closing cost {cost} after closing with {:?}",
+                    what(),
+                    String::from_utf8_lossy(&out)
+                )
+            });
+        assert!(m.advance(b));
+        out.push(b);
+    }
+    out
+}
+
+#[test]
+fn the_closing_cost_is_a_real_shortest_path_from_every_state() {
+    let mut rng = Rng::new(2024);
+    for case in 0..150 {
+        let schema = random_schema(&mut rng, 3);
+        let start = matcher(&schema);
+        for seed in 0..4u64 {
+            let mut walk = Rng::new(case * 10 + seed);
+            let mut m = start.clone();
+            let mut text = Vec::new();
+            let steps = walk.next_u64() % 30;
+            for _ in 0..steps {
+                let ok: Vec<u8> = (0..=255u8).filter(|&b| m.accepts(&[b])).collect();
+                if ok.is_empty() {
+                    break;
+                }
+                let b = ok[(walk.next_u64() % ok.len() as u64) as usize];
+                assert!(m.advance(b));
+                text.push(b);
+            }
+            let cost = m.min_close_bytes();
+            assert_eq!(
+                cost == 0,
+                m.is_complete(),
+                "{schema} after {:?}",
+                String::from_utf8_lossy(&text)
+            );
+            let close = shortest_close(&m, &|| {
+                format!("{schema} after {:?}", String::from_utf8_lossy(&text))
+            });
+            assert_eq!(close.len(), cost);
+            text.extend_from_slice(&close);
+            let v: Value = serde_json::from_slice(&text)
+                .unwrap_or_else(|e| panic!("{schema}: {:?}: {e}", String::from_utf8_lossy(&text)));
+            assert!(validates(&v, &schema, &schema), "{schema}: {v}");
+        }
+    }
+}
+
+#[test]
+fn a_small_token_budget_still_closes_documents_with_long_strings() {
+    let (model, tok) = tiny();
+    let trie = Arc::new(TokenTrie::new(&tok));
+    let mut cpu = CpuBackend::with_threads(&model, 4, 512, 2).unwrap();
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "title": {"type": "string"},
+            "body": {"type": "string", "minLength": 3, "maxLength": 2000},
+            "tags": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+            "ok": {"type": "boolean"},
+        },
+        "required": ["title", "body", "tags", "ok"],
+        "additionalProperties": false,
+    });
+    let g = Arc::new(Grammar::compile(&schema).unwrap());
+    let shortest = Matcher::new(g.clone()).min_close_bytes();
+    // {"body":"...","ok":true,"tags":[""],"title":""}
+    assert_eq!(
+        shortest,
+        r#"{"body":"aaa","ok":true,"tags":[""],"title":""}"#.len()
+    );
+    let prompt = tok.encode("the answer in json:", true);
+    for max_tokens in [shortest, shortest + 1, shortest + 7, shortest + 30] {
+        let reqs: Vec<Request> = (0..4u64)
+            .map(|seed| Request {
+                prompt: prompt.clone(),
+                max_tokens,
+                sampling: Sampling {
+                    temperature: 1.0,
+                    top_k: 0,
+                    top_p: 1.0,
+                    seed,
+                },
+                stop: vec![],
+            })
+            .collect();
+        let mut cons: Vec<Option<Constraint>> = reqs
+            .iter()
+            .map(|_| Some(Constraint::new(g.clone(), trie.clone())))
+            .collect();
+        let (gens, _) = generate_constrained(
+            &mut cpu,
+            &tok,
+            &reqs,
+            &mut cons,
+            &CancelToken::new(),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        for g in &gens {
+            let v: Value = serde_json::from_str(&g.text)
+                .unwrap_or_else(|e| panic!("max_tokens {max_tokens}: {:?} was cut: {e}", g.text));
+            assert!(validates(&v, &schema, &schema), "{v}");
+            assert!(g.tokens.len() <= max_tokens);
+        }
+        // The budget matters: with room to spare the strings are not all empty.
+        if max_tokens == shortest + 30 {
+            assert!(gens.iter().any(|g| g.text.len() > shortest), "{gens:?}");
+        }
+    }
+}
+
+#[test]
+fn cached_masks_inside_long_strings_equal_fresh_trie_walks() {
+    let (_, tok) = tiny();
+    let trie = Arc::new(TokenTrie::new(&tok));
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "a": {"type": "string", "minLength": 2, "maxLength": 40},
+            "b": {"type": "string"},
+            "c": {"type": "array", "items": {"type": "string", "maxLength": 3}},
+        },
+        "required": ["a", "b", "c"],
+        "additionalProperties": false,
+    });
+    let g = Arc::new(Grammar::compile(&schema).unwrap());
+    let eos = tok.eos.unwrap();
+    for seed in 0..6u64 {
+        let mut walk = Rng::new(seed);
+        let mut c = Constraint::new(g.clone(), trie.clone());
+        let mut out = Vec::new();
+        for _ in 0..400 {
+            let mask = c.mask();
+            assert_eq!(
+                mask,
+                trie.mask(c.matcher()),
+                "after {:?}",
+                String::from_utf8_lossy(&out)
+            );
+            let allowed: Vec<u32> = (0..mask.len() as u32)
+                .filter(|&t| mask[t as usize] && t != eos)
+                .collect();
+            if allowed.is_empty() {
+                break;
+            }
+            // Mostly one-byte tokens, so the walk spends its time inside the strings.
+            let short: Vec<u32> = allowed
+                .iter()
+                .copied()
+                .filter(|&t| tok.token_bytes(t).len() == 1)
+                .collect();
+            let from = if short.is_empty() || walk.next_u64().is_multiple_of(8) {
+                &allowed
+            } else {
+                &short
+            };
+            let t = from[(walk.next_u64() % from.len() as u64) as usize];
+            assert!(c.accept(t));
+            out.extend_from_slice(tok.token_bytes(t));
+        }
+    }
+}

@@ -22,6 +22,8 @@ pub struct TokenTrie {
     enders: Vec<u32>,
     /// Tokens that are neither text nor enders (other control tokens, empty tokens).
     excluded: Vec<bool>,
+    /// The longest token's length in bytes.
+    max_len: usize,
 }
 
 impl TokenTrie {
@@ -32,6 +34,7 @@ impl TokenTrie {
             bytes: Vec::with_capacity(n),
             enders: Vec::new(),
             excluded: vec![false; n],
+            max_len: 0,
         };
         for id in 0..n as u32 {
             let b = tok.token_bytes(id).to_vec();
@@ -44,6 +47,7 @@ impl TokenTrie {
             } else {
                 t.insert(&b, id);
             }
+            t.max_len = t.max_len.max(b.len());
             t.bytes.push(b);
         }
         t
@@ -63,6 +67,11 @@ impl TokenTrie {
             };
         }
         self.nodes[at].tokens.push(id);
+    }
+
+    /// The longest token's length in bytes.
+    pub fn max_token_len(&self) -> usize {
+        self.max_len
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -109,13 +118,35 @@ impl TokenTrie {
     }
 
     fn walk(&self, node: usize, m: &Matcher, mask: &mut [bool]) {
+        self.walk_within(node, m, usize::MAX, mask);
+    }
+
+    /// Like [`TokenTrie::mask`], allowing only tokens after which the document can be closed
+    /// in fewer than `tokens_left` bytes (the tokens left after this one, one byte each).
+    pub fn mask_within(&self, m: &Matcher, tokens_left: usize) -> Vec<bool> {
+        let mut mask = vec![false; self.bytes.len()];
+        if m.is_complete() {
+            for &e in &self.enders {
+                mask[e as usize] = true;
+            }
+        }
+        self.walk_within(0, m, tokens_left, &mut mask);
+        mask
+    }
+
+    fn walk_within(&self, node: usize, m: &Matcher, tokens_left: usize, mask: &mut [bool]) {
         for &(b, child) in &self.nodes[node].children {
             let mut next = m.clone();
             if next.advance(b) {
-                for &t in &self.nodes[child as usize].tokens {
-                    mask[t as usize] = true;
+                let tokens = &self.nodes[child as usize].tokens;
+                if !tokens.is_empty()
+                    && (tokens_left == usize::MAX || next.min_close_bytes() < tokens_left)
+                {
+                    for &t in tokens {
+                        mask[t as usize] = true;
+                    }
                 }
-                self.walk(child as usize, &next, mask);
+                self.walk_within(child as usize, &next, tokens_left, mask);
             }
         }
     }

@@ -16,7 +16,7 @@ const MAX_INT_DIGITS: u8 = 15;
 const MAX_FRAC_DIGITS: u8 = 15;
 const MAX_EXP_DIGITS: u8 = 2;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum ObjPhase {
     /// After `{`.
     Open,
@@ -30,7 +30,7 @@ enum ObjPhase {
     AfterComma,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum NumSt {
     Start,
     Minus,
@@ -43,7 +43,7 @@ enum NumSt {
     ExpDig,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Esc {
     None,
     Backslash,
@@ -51,7 +51,7 @@ enum Esc {
     Hex(u8),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Frame {
     /// A value of this node starts with the next byte.
     Value(NodeId),
@@ -107,19 +107,259 @@ enum Frame {
 
 type Stack = Vec<Frame>;
 
+/// A matcher state with string lengths forgotten where they cannot matter (see
+/// [`Matcher::state_key`]): equal keys allow exactly the same next tokens.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct StateKey(Vec<Stack>);
+
 /// Where a document stands: every stack is a way the bytes so far parse.
 #[derive(Clone, Debug)]
 pub struct Matcher {
     g: Arc<Grammar>,
     stacks: Vec<Stack>,
+    /// Per grammar node, the length in bytes of its shortest document.
+    min_len: Arc<[u32]>,
+}
+
+/// "Cannot be completed" in shortest-length arithmetic (never reached by real documents).
+const FAR: u32 = u32::MAX / 4;
+
+/// The shortest compact document of every node, by fixpoint (recursive `$ref`s converge).
+fn node_min_lens(g: &Grammar) -> Vec<u32> {
+    let mut m = vec![FAR; g.nodes.len()];
+    let add = |a: u32, b: u32| a.saturating_add(b).min(FAR);
+    loop {
+        let mut changed = false;
+        for (i, n) in g.nodes.iter().enumerate() {
+            let v = match n {
+                Node::Any | Node::Integer | Node::Number => 1,
+                Node::AnyObject => 2,
+                Node::Object { props } => {
+                    let req: Vec<&super::schema::Prop> =
+                        props.iter().filter(|p| p.required).collect();
+                    let body = req.iter().fold(0u32, |acc, p| {
+                        add(acc, add(p.key.len() as u32 + 2, m[p.node as usize]))
+                    });
+                    add(add(2, body), req.len().saturating_sub(1) as u32)
+                }
+                Node::Array { items, min, .. } => add(
+                    add(2, m[*items as usize].saturating_mul(*min).min(FAR)),
+                    min.saturating_sub(1),
+                ),
+                Node::String { min, .. } => add(2, *min),
+                Node::Boolean | Node::Null => 4,
+                Node::Literals(l) => l.iter().map(|l| l.len() as u32).min().unwrap_or(FAR),
+                Node::AnyOf(a) => a.iter().map(|&a| m[a as usize]).min().unwrap_or(FAR),
+            };
+            if v < m[i] {
+                m[i] = v;
+                changed = true;
+            }
+        }
+        if !changed {
+            return m;
+        }
+    }
 }
 
 impl Matcher {
     pub fn new(g: Arc<Grammar>) -> Matcher {
         let root = g.root;
+        let min_len = node_min_lens(&g).into();
         Matcher {
             g,
             stacks: vec![vec![Frame::Value(root)]],
+            min_len,
+        }
+    }
+
+    /// A key equal for states that accept the same continuations of up to `horizon` bytes:
+    /// inside a string whose `minLength` is met and whose `maxLength` is more than `horizon`
+    /// characters away, the exact length so far cannot change what a token may hold, so it is
+    /// left out. Consecutive states inside a long string then share one key (and one mask).
+    pub fn state_key(&self, horizon: usize) -> StateKey {
+        let horizon = horizon.min(u32::MAX as usize) as u32;
+        StateKey(
+            self.stacks
+                .iter()
+                .map(|s| {
+                    s.iter()
+                        .map(|f| match *f {
+                            Frame::Str {
+                                min,
+                                max,
+                                count,
+                                esc,
+                                cont,
+                                lo,
+                                hi,
+                            } if count >= min && max - count > horizon => Frame::Str {
+                                min,
+                                max,
+                                count: u32::MAX,
+                                esc,
+                                cont,
+                                lo,
+                                hi,
+                            },
+                            f => f,
+                        })
+                        .collect()
+                })
+                .collect(),
+        )
+    }
+
+    /// The fewest bytes that complete the document from here (0 when it may end now). The
+    /// count follows a real path: some next byte always lowers it by exactly one, so a decoder
+    /// with that many single-byte tokens left can always close the document.
+    pub fn min_close_bytes(&self) -> usize {
+        self.stacks
+            .iter()
+            .map(|s| self.stack_close(s))
+            .min()
+            .unwrap_or(0) as usize
+    }
+
+    /// The largest finite shortest-document length of any node: how much one opened value
+    /// can add to the closing cost.
+    pub fn max_node_min_len(&self) -> usize {
+        self.min_len
+            .iter()
+            .copied()
+            .filter(|&v| v < FAR)
+            .max()
+            .unwrap_or(0) as usize
+    }
+
+    fn stack_close(&self, s: &Stack) -> u32 {
+        let mut total = 0u32;
+        for (i, f) in s.iter().enumerate() {
+            let above = s.get(i + 1);
+            total = total.saturating_add(self.frame_close(f, above)).min(FAR);
+        }
+        total
+    }
+
+    /// Bytes that finish frame `f` once the frame above it (if any) is finished.
+    fn frame_close(&self, f: &Frame, above: Option<&Frame>) -> u32 {
+        let m = |n: NodeId| self.min_len[n as usize];
+        // Required properties from `from` on, each `,"key":value` (no comma for the first
+        // when `first`), plus the closing brace.
+        let props_close = |node: NodeId, from: usize, first: bool| -> u32 {
+            let mut c = 1u32; // `}`
+            let mut first = first;
+            for p in self.props(node).iter().skip(from).filter(|p| p.required) {
+                let comma = if first { 0 } else { 1 };
+                first = false;
+                c = c
+                    .saturating_add(comma + p.key.len() as u32 + 2)
+                    .saturating_add(m(p.node))
+                    .min(FAR);
+            }
+            c
+        };
+        match *f {
+            Frame::Value(n) => m(n),
+            Frame::Obj { node, next, phase } => match phase {
+                ObjPhase::Open => props_close(node, next as usize, true),
+                ObjPhase::AfterValue => props_close(node, next as usize, false),
+                ObjPhase::AfterComma => {
+                    let rest = &self.props(node)[next as usize..];
+                    if rest.iter().any(|p| p.required) {
+                        props_close(node, next as usize, true)
+                    } else {
+                        // A key must follow the comma: the cheapest optional property.
+                        rest.iter()
+                            .map(|p| p.key.len() as u32 + 2 + m(p.node))
+                            .min()
+                            .map_or(FAR, |c| c.saturating_add(1).min(FAR))
+                    }
+                }
+                ObjPhase::InKey => match above {
+                    // The key being typed may still become any property it is a prefix of
+                    // (those the matcher would consider: up to the first required one).
+                    Some(&Frame::Key { prop, len, .. }) => {
+                        let props = self.props(node);
+                        let typed = &props[prop as usize].key[..len as usize];
+                        let mut best = FAR;
+                        for (j, p) in props.iter().enumerate().skip(next as usize) {
+                            if p.key.len() > len as usize && p.key.starts_with(typed) {
+                                let c = (p.key.len() as u32 - len as u32 + 1)
+                                    .saturating_add(m(p.node))
+                                    .saturating_add(props_close(node, j + 1, false));
+                                best = best.min(c);
+                            }
+                            if p.required {
+                                break;
+                            }
+                        }
+                        best.min(FAR)
+                    }
+                    _ => FAR,
+                },
+                ObjPhase::Colon(p) => {
+                    let v = m(self.props(node)[p as usize].node);
+                    (1 + v).saturating_add(props_close(node, p as usize + 1, false))
+                }
+            },
+            // Counted by the object below it (the key may still change property).
+            Frame::Key { .. } => 0,
+            Frame::AnyObj { phase } => match phase {
+                ObjPhase::Open | ObjPhase::AfterValue | ObjPhase::InKey => 1,
+                ObjPhase::AfterComma => 5, // "":0}
+                ObjPhase::Colon(_) => 3,   // :0}
+            },
+            Frame::Arr {
+                items,
+                min,
+                count,
+                phase,
+                ..
+            } => {
+                let item = m(items).saturating_add(1);
+                match phase {
+                    ObjPhase::AfterComma => {
+                        let need = min.saturating_sub(count + 1);
+                        m(items)
+                            .saturating_add(item.saturating_mul(need))
+                            .saturating_add(1)
+                    }
+                    ObjPhase::Open if min > 0 => item.saturating_mul(min),
+                    _ => item
+                        .saturating_mul(min.saturating_sub(count))
+                        .saturating_add(1),
+                }
+                .min(FAR)
+            }
+            Frame::Str {
+                min,
+                count,
+                esc,
+                cont,
+                ..
+            } => {
+                let (pending, counted) = match esc {
+                    Esc::None => (cont as u32, 0),
+                    Esc::Backslash => (1, 1),
+                    Esc::Hex(n) => (n as u32, 1),
+                };
+                pending + min.saturating_sub(count + counted) + 1
+            }
+            Frame::Num { st, .. } => match st {
+                NumSt::Zero | NumSt::Int | NumSt::Frac | NumSt::ExpDig => 0,
+                _ => 1,
+            },
+            Frame::Lit { node, idx, len } => {
+                let lits = self.lits(node);
+                let prefix = &lits[idx as usize][..len as usize];
+                lits.iter()
+                    .filter(|l| l.starts_with(prefix))
+                    .map(|l| (l.len() - len as usize) as u32)
+                    .min()
+                    .unwrap_or(FAR)
+            }
+            Frame::Word { word, len } => (WORDS[word as usize].len() - len as usize) as u32,
         }
     }
 

@@ -2,8 +2,12 @@
 //! and each step only tokens that keep the output completable are allowed, so structured
 //! output (`response_format`, tool calls) parses and validates by construction.
 //!
-//! Length: the mask does not steer towards closing as `max_tokens` nears; a document cut by
-//! the limit ends with `FinishReason::MaxTokens` ("length") and is not guaranteed complete.
+//! Length: the decoder tells the constraint how many tokens are left ([`Constraint::set_budget`]).
+//! Once that is within reach of the shortest way to close the document, only tokens after
+//! which the document can still be closed in the tokens left are allowed (counting one byte
+//! per token, which every byte-level vocabulary can spell), so when the budget is just enough
+//! the output follows the shortest closing path. A document is cut only when `max_tokens` is
+//! below its shortest complete form, or a vocabulary lacks single-byte tokens.
 
 pub mod mask;
 pub mod matcher;
@@ -13,7 +17,7 @@ pub mod tools;
 use std::sync::Arc;
 
 pub use mask::TokenTrie;
-pub use matcher::Matcher;
+pub use matcher::{Matcher, StateKey};
 pub use schema::{Grammar, SchemaError};
 
 /// How a constraint applies: always, or only once the output's first byte chose the document.
@@ -34,6 +38,11 @@ pub struct Constraint {
     matcher: Matcher,
     trie: Arc<TokenTrie>,
     mode: Mode,
+    /// Tokens left, including the next one, when closing is within reach (see `set_budget`).
+    tight: Option<usize>,
+    /// The last full mask and the state it was computed for: inside a long string the state
+    /// key stays the same from token to token, so the trie walk runs once per string.
+    mask_cache: std::cell::RefCell<Option<(StateKey, Vec<bool>)>>,
 }
 
 impl Constraint {
@@ -43,6 +52,8 @@ impl Constraint {
             matcher: Matcher::new(grammar),
             trie,
             mode: Mode::Grammar,
+            tight: None,
+            mask_cache: Default::default(),
         }
     }
 
@@ -57,9 +68,38 @@ impl Constraint {
         }
     }
 
+    /// Tells the constraint that `tokens_left` tokens (the next one included) may still be
+    /// generated. Far from the limit this costs one closing-length computation; within reach
+    /// of it, `allows`/`mask` also require that the document can still be closed in time.
+    pub fn set_budget(&mut self, tokens_left: usize) {
+        self.tight = None;
+        if self.mode != Mode::Grammar {
+            return;
+        }
+        // One token opens at most a few values; beyond this margin it cannot matter yet.
+        let margin = 64 + 2 * self.matcher.max_node_min_len();
+        let close = self.matcher.min_close_bytes();
+        if tokens_left <= close + margin {
+            // Too few tokens to close at all: still follow the shortest closing path.
+            self.tight = Some(tokens_left.max(close));
+        }
+    }
+
+    /// Whether the document can still be closed after token `id` within the budget.
+    fn in_budget(&self, id: u32) -> bool {
+        let Some(left) = self.tight else {
+            return true;
+        };
+        if self.trie.is_ender(id) {
+            return true;
+        }
+        let mut m = self.matcher.clone();
+        m.advance_all(self.trie.token_bytes(id)) && m.min_close_bytes() < left
+    }
+
     pub fn allows(&self, id: u32) -> bool {
         match self.mode {
-            Mode::Grammar => self.trie.allows(&self.matcher, id),
+            Mode::Grammar => self.trie.allows(&self.matcher, id) && self.in_budget(id),
             Mode::Text => true,
             Mode::Undecided => match self.trie.token_bytes(id).first() {
                 _ if self.trie.is_ender(id) => true,
@@ -73,7 +113,21 @@ impl Constraint {
     /// `mask[id]`: whether token `id` may come next.
     pub fn mask(&self) -> Vec<bool> {
         match self.mode {
-            Mode::Grammar => self.trie.mask(&self.matcher),
+            Mode::Grammar => match self.tight {
+                None => {
+                    let key = self.matcher.state_key(self.trie.max_token_len());
+                    let mut cache = self.mask_cache.borrow_mut();
+                    match cache.as_ref() {
+                        Some((k, m)) if *k == key => m.clone(),
+                        _ => {
+                            let m = self.trie.mask(&self.matcher);
+                            *cache = Some((key, m.clone()));
+                            m
+                        }
+                    }
+                }
+                Some(left) => self.trie.mask_within(&self.matcher, left),
+            },
             Mode::Text => vec![true; self.trie.vocab_size()],
             Mode::Undecided => {
                 let mut m = self.trie.mask(&self.matcher);
@@ -126,6 +180,11 @@ impl Constraint {
             Mode::Grammar => self.matcher.is_complete(),
             Mode::Undecided | Mode::Text => true,
         }
+    }
+
+    /// Whether the document is complete and no further byte fits (nothing left but to end).
+    pub fn is_closed(&self) -> bool {
+        self.mode == Mode::Grammar && self.matcher.is_complete() && !self.matcher.can_continue()
     }
 
     /// Whether the output is (becoming) a document of the grammar rather than free text.

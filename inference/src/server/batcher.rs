@@ -484,6 +484,14 @@ impl Engine {
             return self.backend.argmax();
         }
         if constrained {
+            let max_ctx = self.backend.max_context();
+            for (i, picks_now) in plan {
+                let s = &mut self.seqs[*i];
+                if let Some(c) = s.job.constraint.as_mut().filter(|_| *picks_now) {
+                    let left = s.job.max_tokens.saturating_sub(s.generated);
+                    c.set_budget(left.min(max_ctx.saturating_sub(s.pos)));
+                }
+            }
             let rows = self.backend.logits()?;
             let mut out = Vec::with_capacity(plan.len());
             for ((i, picks_now), row) in plan.iter().zip(rows) {
@@ -541,12 +549,14 @@ impl Engine {
             Some(prev) => metrics.observe_itl(now.duration_since(prev)),
         }
         s.last_token = Some(now);
+        let mut closed = false;
         if let Some(c) = s.job.constraint.as_mut()
             && t != NO_TOKEN
         {
             // `pick_constrained` only returns allowed tokens, so this always succeeds.
             let ok = c.accept(t);
             debug_assert!(ok, "constrained pick {t} was not allowed");
+            closed = c.is_closed();
         }
         let finish = if t == NO_TOKEN {
             // The constraint allows no token (a vocabulary that cannot spell some byte).
@@ -562,6 +572,9 @@ impl Engine {
             }
             if stopped {
                 Some(FinishReason::StopSequence)
+            } else if closed {
+                // The document is complete and nothing more fits: it ends here.
+                Some(FinishReason::EndOfSequence)
             } else if s.generated >= s.job.max_tokens {
                 Some(FinishReason::MaxTokens)
             } else if s.pos >= max_ctx {
