@@ -1,25 +1,58 @@
 #!/usr/bin/env bash
-# The main job, end to end on the embedded defaults. Until the graph engine lands this is
-# what a graph step does: tool calls through the sandbox and a model call on the embedded
-# inference engine. Installs what is missing first (scripts/setup.sh).
+# The main job, end to end on the embedded defaults: example graphs run by the host with every
+# step an isolated component and every step journaled (sled, in a throwaway folder), a finished
+# run inspected and replayed offline, and a model call on the embedded inference engine.
+# Installs what is missing first (scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo guests
-wasm=target/wasm32-wasip2/release
-call() { cargo run -q -p sandgraph -- tool call "$@"; }
+cargo build -q -p sandgraph
+sandgraph=target/debug/sandgraph
+work=$(mktemp -d)
+trap 'kill "${server:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
+export SANDGRAPH_JOURNAL="$work/journal"
 
-echo "== tool calc: 2 * (3 + 4) ^ 2"
-call "$wasm/tool_calc.wasm" --manifest tools/calc/calc.sandgraph.yaml \
-    --input '{"expr":"2 * (3 + 4) ^ 2"}'
+echo "== graph conditional-loop: seed, double until past the limit (a bounded loop), report"
+$sandgraph run graphs/conditional-loop.yaml --input '{"start": 3, "limit": 50}'
 
-echo "== tool text-stats"
-call "$wasm/tool_text_stats.wasm" --manifest tools/text-stats/text-stats.sandgraph.yaml \
-    --input '{"text":"Sandboxes keep tools honest. Every call is isolated."}'
+echo "== graph fan-out-fan-in: fetch a page from a local server, measure it two ways in parallel, join"
+mkdir -p "$work/site"
+printf '%s\n' "Sandboxes keep tools honest." "Every call is isolated and journaled." >"$work/site/index.txt"
+python3 -m http.server 8000 --bind 127.0.0.1 --directory "$work/site" >/dev/null 2>&1 &
+server=$!
+for _ in $(seq 50); do
+    python3 -c 'import socket; socket.create_connection(("127.0.0.1", 8000), 0.2)' 2>/dev/null && break
+    sleep 0.1
+done
+# The http-get manifest allows http://127.0.0.1:8000; the operator allows that one private IP.
+$sandgraph run graphs/fan-out-fan-in.yaml --allow-private 127.0.0.1 \
+    --input '{"url": "http://127.0.0.1:8000/index.txt"}'
+kill "$server"
 
-echo "== tool calc with a bad expression (typed error on stderr, non-zero exit)"
-if call "$wasm/tool_calc.wasm" --manifest tools/calc/calc.sandgraph.yaml --input '{"expr":"1 + * 2"}'; then
-    echo "expected a failure" >&2
+run=$($sandgraph runs list | awk 'NR > 1 && $3 == "fan-out-fan-in" { print $1 }' | tail -1)
+echo "== the journal: runs, and the steps of run $run"
+$sandgraph runs list
+$sandgraph runs show "$run"
+
+echo "== offline replay of $run (the server is gone; recorded responses are served back)"
+$sandgraph replay "$run"
+
+echo "== a step that fails for good: calc on a bad expression (invalid input is never retried), so the run fails"
+cat >"$work/bad.yaml" <<'YAML'
+apiVersion: sandgraph.dev/v1
+kind: Graph
+metadata: { name: bad-expression }
+spec:
+  nodes:
+    - id: calc
+      kind: tool
+      component: calc
+      input: { expr: "'1 + * 2'" }
+      retry: { maxAttempts: 2, initialBackoff: 100ms }
+YAML
+if $sandgraph run "$work/bad.yaml"; then
+    echo "expected the run to fail" >&2
     exit 1
 fi
 

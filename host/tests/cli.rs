@@ -78,7 +78,7 @@ fn a_failing_call_prints_the_typed_error_on_stderr_and_exits_1() {
     assert!(o.stdout.is_empty());
     assert_eq!(
         stderr_json(&o),
-        json!({"kind": "tool_failed", "message": "unexpected `*` at column 5; expected a number, `(`, `-` or a function"})
+        json!({"kind": "invalid_input", "message": "at `expr`: unexpected `*` at column 5; expected a number, `(`, `-` or a function"})
     );
 
     let o = sandgraph(&[

@@ -64,8 +64,10 @@ async fn calc() {
     .await;
     assert_eq!(
         r.result,
-        Err(CallError::ToolFailed {
-            message: "unexpected `*` at column 5; expected a number, `(`, `-` or a function".into()
+        Err(CallError::InvalidInput {
+            message:
+                "at `expr`: unexpected `*` at column 5; expected a number, `(`, `-` or a function"
+                    .into()
         })
     );
     let tool = h.load(artifacts::TOOL_CALC);

@@ -473,15 +473,38 @@ fn rule_host_within(rule_host: &str, allowed: &[String]) -> bool {
     })
 }
 
+/// Keeps each rule whose hosts all lie within `allowed`; a wider rule (`*`, `*.example.com`) is
+/// replaced by copies of itself for each allowed pattern it covers, so narrowing `https *` to
+/// `example.com` leaves `https example.com` with the rule's ports, paths, methods and secrets.
+fn narrow_rules(rules: Vec<EgressRule>, allowed: &[String]) -> Vec<EgressRule> {
+    let mut out = Vec::new();
+    for rule in rules {
+        if rule_host_within(&rule.host, allowed) {
+            out.push(rule);
+            continue;
+        }
+        for a in allowed {
+            if rule_host_within(a, std::slice::from_ref(&rule.host)) {
+                let mut narrowed = rule.clone();
+                narrowed.host = a.to_ascii_lowercase();
+                if !out.contains(&narrowed) {
+                    out.push(narrowed);
+                }
+            }
+        }
+    }
+    out
+}
+
 impl EffectiveGrant {
     /// operator ∩ manifest ∩ call; nothing here can widen what the manifest asks for.
     pub fn intersect(policy: &OperatorPolicy, manifest: &Manifest, call: &CallGrant) -> Self {
         let mut egress: Vec<EgressRule> = manifest.spec.egress.clone();
         if let Some(allowed) = &policy.egress_hosts {
-            egress.retain(|r| rule_host_within(&r.host, allowed));
+            egress = narrow_rules(egress, allowed);
         }
         if let Some(allowed) = &call.egress_hosts {
-            egress.retain(|r| rule_host_within(&r.host, allowed));
+            egress = narrow_rules(egress, allowed);
         }
         let env = manifest
             .spec
@@ -552,6 +575,49 @@ spec:
         assert_eq!(m.spec.workspace, WorkspaceMode::Ro);
         assert_eq!(m.spec.limits.memory, 64 << 20);
         assert_eq!(m.spec.limits.timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn narrowing_a_wildcard_rule_keeps_it_for_the_allowed_hosts_only() {
+        let m = Manifest::parse(
+            "m.yaml",
+            r#"
+apiVersion: sandgraph.dev/v1
+kind: ToolManifest
+metadata: { name: http-get }
+spec:
+  egress:
+    - { scheme: https, host: "*", methods: [GET] }
+    - { scheme: https, host: "*.example.org", methods: [GET] }
+    - { scheme: http, host: 127.0.0.1, port: 8000 }
+"#,
+        )
+        .unwrap();
+        let call = CallGrant {
+            egress_hosts: Some(vec![
+                "Example.com".into(),
+                "api.example.org".into(),
+                "*.example.net".into(),
+            ]),
+            ..CallGrant::default()
+        };
+        let g = EffectiveGrant::intersect(&OperatorPolicy::default(), &m, &call);
+        let hosts: Vec<(&str, UrlScheme)> = g
+            .egress
+            .iter()
+            .map(|r| (r.host.as_str(), r.scheme))
+            .collect();
+        // The `*.example.org` rule narrowed to api.example.org equals the `*` rule's copy: kept
+        // once. The http rule for 127.0.0.1 is outside every allowed host: gone.
+        assert_eq!(
+            hosts,
+            [
+                ("example.com", UrlScheme::Https),
+                ("api.example.org", UrlScheme::Https),
+                ("*.example.net", UrlScheme::Https),
+            ]
+        );
+        assert!(g.egress.iter().all(|r| r.methods == ["GET"]));
     }
 
     #[test]

@@ -33,7 +33,9 @@ pub struct Output {
 fn invoke(input: Input) -> Result<Output, ToolError> {
     evaluate(&input.expr)
         .map(|value| Output { value })
-        .map_err(|e| ToolError::failed(e.to_string()))
+        // A malformed or unevaluable expression is the caller's input at fault: retrying the
+        // same input can never succeed, so it is not a tool failure.
+        .map_err(|e| ToolError::invalid_input(format!("at `expr`: {e}")))
 }
 
 #[cfg(test)]
@@ -48,12 +50,12 @@ mod tests {
     }
 
     #[test]
-    fn bad_expression_is_a_tool_failure_with_position() {
+    fn bad_expression_is_invalid_input_with_position() {
         let err = runtime::call::<SandgraphTool>(r#"{"expr":"1 + * 2"}"#).unwrap_err();
         assert_eq!(
             err,
-            ToolError::failed(
-                "unexpected `*` at column 5; expected a number, `(`, `-` or a function"
+            ToolError::invalid_input(
+                "at `expr`: unexpected `*` at column 5; expected a number, `(`, `-` or a function"
             )
         );
     }
