@@ -452,7 +452,13 @@ impl Inner {
             attempt: self.attempt,
             crossing,
         };
-        self.journal.append(self.run, &event, durability)?;
+        match durability {
+            Durability::Buffered => self.journal.append(self.run, &event, durability)?,
+            // A durable append waits for a flush (fsync). Crossings are served from inside the
+            // guest's async call, so on a multi-threaded runtime the wait tells tokio to move
+            // other tasks off this worker first.
+            Durability::Durable => blocking(|| self.journal.append(self.run, &event, durability))?,
+        };
         self.index += 1;
         Ok(())
     }
@@ -473,6 +479,17 @@ impl Inner {
         h.update(self.attempt.to_be_bytes());
         h.update(self.index.to_be_bytes());
         hex::encode(&h.finalize()[..16])
+    }
+}
+
+/// Runs a blocking closure, letting a multi-threaded tokio runtime hand this worker's other
+/// tasks to another thread meanwhile; elsewhere (no runtime, current-thread) it just runs it.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 
