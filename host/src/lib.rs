@@ -1,5 +1,6 @@
 //! Sandgraph host: runs tools and agent steps as sandboxed WebAssembly components.
 
+pub mod api;
 pub mod cli;
 pub mod graph;
 pub mod journal;
