@@ -4,9 +4,31 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use sandgraph::cli::{Cli, Command, graph, run, runs, tool};
+use sandgraph::cli::{Cli, Command, graph, run, runs, serve, tool};
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Serve(args) = cli.command {
+        // The server logs JSON lines on stderr (level from RUST_LOG, default info).
+        tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+        return match serve::serve(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "serve failed");
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     // Logs (including the audit event) go to stderr only when RUST_LOG asks for them, so a
     // failing call's stderr is exactly one JSON document.
     if std::env::var_os("RUST_LOG").is_some() {
@@ -15,7 +37,6 @@ fn main() -> ExitCode {
             .with_writer(std::io::stderr)
             .init();
     }
-    let cli = Cli::parse();
     let printed = |r: Result<String, String>| match r {
         Ok(out) => print_out(&out),
         Err(e) => {
@@ -43,6 +64,7 @@ fn main() -> ExitCode {
         Command::Runs(cmd) => return printed(runs::runs(cmd)),
         Command::Journal(cmd) => return printed(runs::journal(cmd)),
         Command::Tool(cmd) => tool::run(cmd),
+        Command::Serve(_) => unreachable!("handled above"),
         Command::Graph(cmd) => {
             return match graph::run(cmd) {
                 Ok(out) => {

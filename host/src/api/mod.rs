@@ -1,2 +1,373 @@
+//! `sandgraph serve`: the HTTP API over hyper 1. Graph authors submit YAML and tools, start runs
+//! and stream their journal; operators get probes, metrics and a graceful SIGTERM. Requests go
+//! `api → graph → sandbox → journal`; this module never touches wasmtime itself.
+
 pub mod auth;
+pub mod config;
 pub mod limits;
+pub mod metrics;
+pub mod problem;
+mod routes;
+mod sse;
+pub mod store;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::graph::CompiledGraph;
+use crate::graph::catalog::Catalog;
+use crate::graph::engine::{Engine, EngineConfig, RunHandle, RunOutcome};
+use crate::journal::{Event, Journal, RunId};
+use crate::sandbox::manifest::OperatorPolicy;
+use crate::sandbox::{Sandbox, SandboxConfig};
+
+pub use config::Config;
+use metrics::{Metrics, RunLabels};
+use store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot open the journal at {path}: {reason}")]
+    Journal { path: String, reason: String },
+    #[error("cannot start the sandbox: {0}")]
+    Sandbox(String),
+    #[error("cannot load the preloaded tools: {0}")]
+    Tools(String),
+    #[error("cannot listen on {addr}: {reason}")]
+    Bind { addr: SocketAddr, reason: String },
+    #[error("cannot resume unfinished runs: {0}")]
+    Resume(String),
+    #[error("cannot open the graph and tool store: {0}")]
+    Store(String),
+    #[error("authentication: {0}")]
+    Auth(String),
+    #[error("limits: {0}")]
+    Limits(String),
+}
+
+/// Everything the routes share.
+pub(crate) struct State {
+    pub config: Config,
+    pub engine: Engine,
+    pub journal: Arc<Journal>,
+    pub store: Store,
+    pub catalog: RwLock<Arc<Catalog>>,
+    /// Compiled graphs by (name, version).
+    pub compiled: Mutex<HashMap<(String, String), Arc<CompiledGraph>>>,
+    /// Runs executing in this process, with their cancellation.
+    pub active: Mutex<HashMap<RunId, CancellationToken>>,
+    /// Changes whenever a run of this process ends (shutdown waits on it).
+    pub run_ended: tokio::sync::watch::Sender<usize>,
+    pub admission: limits::Admission,
+    pub auth: auth::Authenticator,
+    pub rate: limits::RateLimiter,
+    /// Held while an idempotent submission checks its key and starts its run.
+    pub idempotency: tokio::sync::Mutex<()>,
+    pub metrics: Arc<Metrics>,
+    pub ready: AtomicBool,
+    pub shutdown: CancellationToken,
+    pub next_request: AtomicU64,
+}
+
+/// A started server: its address and the way to stop it.
+pub struct Running {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, lets runs finish within the grace period, flushes the journal.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+
+    /// Resolves when the server has stopped (after a shutdown began).
+    pub async fn stopped(self) {
+        let _ = self.task.await;
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+/// Opens the journal, loads tools, resumes unfinished runs and starts serving on `config.listen`.
+pub async fn start(config: Config) -> Result<Running, ServeError> {
+    if let Some(parent) = config.journal.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    let journal_dir = config.journal.clone();
+    let journal = tokio::task::spawn_blocking(move || Journal::open(&journal_dir))
+        .await
+        .map_err(|e| ServeError::Journal {
+            path: config.journal.display().to_string(),
+            reason: e.to_string(),
+        })?
+        .map_err(|e| ServeError::Journal {
+            path: config.journal.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    let journal = Arc::new(journal);
+    let metrics = Arc::new(Metrics::new());
+    {
+        let m = metrics.clone();
+        journal.set_after_append(Box::new(move |run, _, event| m.on_append(run, event)));
+    }
+    let sandbox = Sandbox::new(SandboxConfig {
+        cache_dir: config.cache_dir.clone(),
+        ..SandboxConfig::default()
+    })
+    .map_err(|e| ServeError::Sandbox(e.to_string()))?;
+    let progress_metrics = metrics.clone();
+    let engine = Engine::new(
+        Arc::new(sandbox),
+        journal.clone(),
+        EngineConfig {
+            policy: OperatorPolicy {
+                allow_private: config.allow_private.clone(),
+                ..OperatorPolicy::default()
+            },
+            max_parallel_steps: config.max_parallel_steps.max(1),
+            ..EngineConfig::default()
+        },
+    )
+    .with_progress(Arc::new(move |run, event: &Event| {
+        progress_metrics.on_progress(run, event)
+    }));
+    let store = Store::open(&journal).map_err(|e| ServeError::Store(e.to_string()))?;
+    let mut catalog = match (&config.tools, &config.components) {
+        (Some(t), Some(c)) => {
+            Catalog::from_dirs(t, c).map_err(|e| ServeError::Tools(e.to_string()))?
+        }
+        _ => Catalog::default(),
+    };
+    for t in store
+        .tools()
+        .map_err(|e| ServeError::Store(e.to_string()))?
+    {
+        let wasm = store
+            .tool_wasm(&t.digest)
+            .map_err(|e| ServeError::Store(e.to_string()))?;
+        let manifest = crate::sandbox::manifest::Manifest::parse(&t.name, &t.manifest)
+            .map_err(|e| ServeError::Store(e.to_string()))?;
+        catalog.insert(manifest, t.manifest.clone(), wasm);
+    }
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| ServeError::Bind {
+            addr: config.listen,
+            reason: e.to_string(),
+        })?;
+    let addr = listener.local_addr().map_err(|e| ServeError::Bind {
+        addr: config.listen,
+        reason: e.to_string(),
+    })?;
+    let auth = auth::Authenticator::load(&auth::AuthConfig {
+        tokens_file: config.auth_tokens.clone(),
+        jwks_file: config.auth_jwks.clone(),
+        issuer: config.auth_issuer.clone(),
+        audience: config.auth_audience.clone(),
+        ..auth::AuthConfig::default()
+    })
+    .map_err(|e| ServeError::Auth(e.to_string()))?;
+    let rate = limits::RateLimiter::try_new(config.rate_limit, config.rate_burst)
+        .map_err(|e| ServeError::Limits(e.to_string()))?;
+    let admission = limits::Admission::try_new(config.max_concurrent_runs, config.run_queue)
+        .map_err(|e| ServeError::Limits(e.to_string()))?;
+    let shutdown = CancellationToken::new();
+    let state = Arc::new(State {
+        admission,
+        auth,
+        rate,
+        config,
+        engine,
+        journal,
+        store,
+        catalog: RwLock::new(Arc::new(catalog)),
+        compiled: Mutex::default(),
+        active: Mutex::default(),
+        run_ended: tokio::sync::watch::Sender::new(0),
+        idempotency: tokio::sync::Mutex::new(()),
+        metrics,
+        ready: AtomicBool::new(false),
+        shutdown: shutdown.clone(),
+        next_request: AtomicU64::new(1),
+    });
+    // Unfinished runs continue before new ones are accepted.
+    let resumed = state
+        .engine
+        .resume_unfinished()
+        .await
+        .map_err(|e| ServeError::Resume(e.to_string()))?;
+    for handle in resumed {
+        let labels = run_labels(&state.journal, handle.run);
+        tracing::info!(run_id = %handle.run, "resuming an unfinished run");
+        state.clone().supervise(handle, labels, None);
+    }
+    state.ready.store(true, Ordering::SeqCst);
+    tracing::info!(%addr, "listening");
+    let task = tokio::spawn(accept_loop(state, listener));
+    Ok(Running {
+        addr,
+        shutdown,
+        task,
+    })
+}
+
+/// The step labels of a run from its pinned graph (for runs this process did not start).
+fn run_labels(journal: &Journal, run: RunId) -> RunLabels {
+    let Ok(records) = journal.events_from(run, 0) else {
+        return RunLabels::default();
+    };
+    let Some(Event::RunCreated {
+        graph_name, graph, ..
+    }) = records.first().map(|r| &r.event)
+    else {
+        return RunLabels::default();
+    };
+    let components = journal
+        .payload(graph)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<crate::graph::spec::Graph>(&b).ok())
+        .map(|g| {
+            g.spec
+                .nodes
+                .into_iter()
+                .map(|n| (n.id, n.component))
+                .collect()
+        })
+        .unwrap_or_default();
+    RunLabels {
+        graph: graph_name.clone(),
+        components,
+    }
+}
+
+impl State {
+    /// Watches a started run: frees its slot and forgets it when it ends.
+    pub(crate) fn supervise(
+        self: Arc<Self>,
+        handle: RunHandle,
+        labels: RunLabels,
+        permit: Option<limits::AdmissionPermit>,
+    ) -> tokio::task::JoinHandle<RunOutcome> {
+        let run = handle.run;
+        self.metrics.track(run, labels);
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(run, handle.canceller());
+        self.metrics.runs_in_flight.inc();
+        tokio::spawn(async move {
+            let outcome = handle.wait().await;
+            drop(permit);
+            self.metrics.runs_in_flight.dec();
+            self.active
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&run);
+            self.run_ended.send_modify(|n| *n += 1);
+            tracing::info!(run_id = %run, status = %outcome.status, "run ended");
+            outcome
+        })
+    }
+
+    fn active_runs(&self) -> usize {
+        self.active.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+async fn accept_loop(state: Arc<State>, listener: TcpListener) {
+    let connections = tokio_util::sync::CancellationToken::new();
+    let open = Arc::new(AtomicUsize::new(0));
+    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = state.shutdown.cancelled() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let stop = connections.clone();
+        let closed = closed_tx.clone();
+        open.fetch_add(1, Ordering::SeqCst);
+        let open = open.clone();
+        tokio::spawn(async move {
+            let svc_state = state.clone();
+            let service = hyper::service::service_fn(move |req| {
+                let state = svc_state.clone();
+                async move { Ok::<_, std::convert::Infallible>(routes::handle(state, req, peer).await) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(state.config.header_timeout)
+                .max_buf_size(64 * 1024)
+                .serve_connection(TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(state.config.shutdown_grace, conn.as_mut()).await;
+                }
+            }
+            open.fetch_sub(1, Ordering::SeqCst);
+            let _ = closed.send(());
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: no longer accepting connections");
+    state.ready.store(false, Ordering::SeqCst);
+    // Runs get the grace period to finish; whatever is still running stays unfinished in the
+    // journal and resumes on the next start.
+    let grace = state.config.shutdown_grace;
+    let deadline = tokio::time::Instant::now() + grace;
+    let mut ended = state.run_ended.subscribe();
+    while state.active_runs() > 0 {
+        tokio::select! {
+            _ = ended.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    let left = state.active_runs();
+    if left > 0 {
+        tracing::warn!(
+            runs = left,
+            "grace period over; unfinished runs resume on the next start"
+        );
+    }
+    connections.cancel();
+    let conn_deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while open.load(Ordering::SeqCst) > 0 {
+        tokio::select! {
+            _ = closed_rx.recv() => {}
+            _ = tokio::time::sleep_until(conn_deadline) => break,
+        }
+    }
+    let journal = state.journal.clone();
+    match tokio::task::spawn_blocking(move || journal.sync()).await {
+        Ok(Ok(())) => tracing::info!("journal flushed; stopped"),
+        Ok(Err(e)) => tracing::error!(error = %e, "journal flush at shutdown failed"),
+        Err(e) => tracing::error!(error = %e, "journal flush at shutdown failed"),
+    }
+}

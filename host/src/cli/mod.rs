@@ -4,6 +4,7 @@
 pub mod graph;
 pub mod run;
 pub mod runs;
+pub mod serve;
 pub mod tool;
 
 use clap::{Parser, Subcommand};
@@ -40,4 +41,6 @@ pub enum Command {
     /// Journal maintenance.
     #[command(subcommand)]
     Journal(runs::JournalCommand),
+    /// Serve the HTTP API (settings from SANDGRAPH_* env vars and an optional config file).
+    Serve(serve::ServeArgs),
 }

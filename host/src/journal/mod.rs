@@ -135,6 +135,8 @@ pub struct Journal {
     commit: GroupCommit,
     /// Called after every append has fully taken effect (crash-injection tests stop here).
     after_append: std::sync::OnceLock<AppendHook>,
+    /// Count of appends so far; live readers (the API's event streams) wait on its changes.
+    appended: tokio::sync::watch::Sender<u64>,
 }
 
 /// See [`Journal::set_after_append`].
@@ -166,6 +168,7 @@ impl Journal {
             next_seq: Mutex::default(),
             commit: GroupCommit::default(),
             after_append: std::sync::OnceLock::new(),
+            appended: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -240,6 +243,7 @@ impl Journal {
         if let Some(hook) = self.after_append.get() {
             hook(run, seq, event);
         }
+        self.appended.send_modify(|n| *n += 1);
         Ok(seq)
     }
 
@@ -318,6 +322,40 @@ impl Journal {
             return Err(JournalError::UnknownRun { run });
         }
         Ok(out)
+    }
+
+    /// The events of `run` from sequence `from` on, in order (empty when there are none yet).
+    pub fn events_from(&self, run: RunId, from: u64) -> Result<Vec<Record>, JournalError> {
+        let mut out = Vec::new();
+        for kv in self.events.range(key(run, from)..=key(run, u64::MAX)) {
+            let (k, v) = kv?;
+            let seq = seq_of(&k);
+            let (at_ms, event) =
+                Event::decode(&v).map_err(|reason| JournalError::Corrupt { run, seq, reason })?;
+            out.push(Record { seq, at_ms, event });
+        }
+        Ok(out)
+    }
+
+    /// Wakes on every append to any run: a reader re-reads its run with `events_from` after
+    /// each change. Changes coalesce, so a slow reader never falls behind by more than a re-read.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.appended.subscribe()
+    }
+
+    /// One run's summary row.
+    pub fn run_summary(&self, run: RunId) -> Result<RunSummary, JournalError> {
+        self.summary(run)
+    }
+
+    /// A named sled tree in the journal's database, for stores that must live and be flushed
+    /// with the journal (the API's graphs and tools). Names must not be the journal's own.
+    pub fn tree(&self, name: &str) -> Result<sled::Tree, JournalError> {
+        assert!(
+            !matches!(name, "events" | "runs" | "blobs"),
+            "tree '{name}' belongs to the journal"
+        );
+        Ok(self.db.open_tree(name)?)
     }
 
     /// Every run with its status, oldest first.

@@ -1,0 +1,267 @@
+//! `sandgraph serve` settings: environment variables `SANDGRAPH_<NAME>` over an optional YAML
+//! config file of the same names in lower case (`SANDGRAPH_CONFIG` or `--config`), over defaults.
+//! Every value is checked at start, so a typo fails the start instead of a request.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::sandbox::manifest::{parse_duration, parse_size};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `listen`: address to bind (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// `journal`: the journal directory (also holds stored graphs and tools).
+    pub journal: PathBuf,
+    /// `tools` + `components`: preload every manifest under `tools` with its component.
+    pub tools: Option<PathBuf>,
+    pub components: Option<PathBuf>,
+    /// `cache_dir`: compiled components (none: compile in memory).
+    pub cache_dir: Option<PathBuf>,
+    /// `allow_private`: comma-separated non-public addresses egress may reach.
+    pub allow_private: Vec<IpAddr>,
+    /// `max_graph_bytes`, `max_tool_bytes`, `max_run_bytes`: request body caps per route.
+    pub max_graph_bytes: usize,
+    pub max_tool_bytes: usize,
+    pub max_run_bytes: usize,
+    /// `max_concurrent_runs`: runs executing at once; `run_queue`: submissions that may wait for
+    /// a slot (beyond that, 429).
+    pub max_concurrent_runs: usize,
+    pub run_queue: usize,
+    /// `rate_limit` (requests per second) and `rate_burst`: per-subject token bucket.
+    pub rate_limit: f64,
+    pub rate_burst: u32,
+    /// `max_parallel_steps`: steps of one run executing at once.
+    pub max_parallel_steps: usize,
+    /// `shutdown_grace`: how long running steps may finish after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// `header_timeout`: a client must send its request head within this (slow-loris bound).
+    pub header_timeout: Duration,
+    /// `body_timeout`: and its body within this.
+    pub body_timeout: Duration,
+    /// `sse_heartbeat`: comment line interval on idle event streams.
+    pub sse_heartbeat: Duration,
+    /// `auth_tokens`, `auth_jwks`, `auth_issuer`, `auth_audience`: authentication sources.
+    pub auth_tokens: Option<PathBuf>,
+    pub auth_jwks: Option<PathBuf>,
+    pub auth_issuer: Option<String>,
+    pub auth_audience: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("config `{key}` (env SANDGRAPH_{}): {reason}", key.to_uppercase())]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+/// Where values come from: the environment first, then the file.
+pub struct Source {
+    env: BTreeMap<String, String>,
+    file: BTreeMap<String, String>,
+}
+
+impl Source {
+    /// The process environment plus the file named by `file` or `SANDGRAPH_CONFIG`.
+    pub fn from_process(file: Option<&Path>) -> Result<Source, ConfigError> {
+        let env: BTreeMap<String, String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("SANDGRAPH_"))
+            .collect();
+        let file = file
+            .map(Path::to_path_buf)
+            .or_else(|| env.get("SANDGRAPH_CONFIG").map(PathBuf::from));
+        Source::new(env, file.as_deref())
+    }
+
+    pub fn new(env: BTreeMap<String, String>, file: Option<&Path>) -> Result<Source, ConfigError> {
+        let mut values = BTreeMap::new();
+        if let Some(path) = file {
+            let err = |reason: String| ConfigError {
+                key: "config".into(),
+                reason: format!("{}: {reason}", path.display()),
+            };
+            let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+            let doc: BTreeMap<String, serde_norway::Value> =
+                serde_norway::from_str(&text).map_err(|e| err(e.to_string()))?;
+            for (k, v) in doc {
+                let s = match v {
+                    serde_norway::Value::String(s) => s,
+                    serde_norway::Value::Number(n) => n.to_string(),
+                    serde_norway::Value::Bool(b) => b.to_string(),
+                    serde_norway::Value::Sequence(items) => items
+                        .iter()
+                        .map(|i| match i {
+                            serde_norway::Value::String(s) => s.clone(),
+                            other => serde_norway::to_string(other)
+                                .unwrap_or_default()
+                                .trim()
+                                .to_owned(),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    _ => return Err(err(format!("`{k}` must be a string, number or list"))),
+                };
+                values.insert(k, s);
+            }
+        }
+        Ok(Source { env, file: values })
+    }
+
+    fn get(&self, key: &str) -> Option<String> {
+        self.env
+            .get(&format!("SANDGRAPH_{}", key.to_uppercase()))
+            .or_else(|| self.file.get(key))
+            .cloned()
+            .filter(|v| !v.trim().is_empty())
+    }
+}
+
+fn parse<T>(
+    src: &Source,
+    key: &str,
+    default: T,
+    f: impl Fn(&str) -> Result<T, String>,
+) -> Result<T, ConfigError> {
+    match src.get(key) {
+        None => Ok(default),
+        Some(v) => f(v.trim()).map_err(|reason| ConfigError {
+            key: key.to_owned(),
+            reason,
+        }),
+    }
+}
+
+fn count(v: &str) -> Result<usize, String> {
+    v.parse::<usize>()
+        .map_err(|_| format!("`{v}` is not a whole number"))
+}
+
+fn size(v: &str) -> Result<usize, String> {
+    parse_size(v).map(|n| n as usize)
+}
+
+fn duration(v: &str) -> Result<Duration, String> {
+    parse_duration(v)
+}
+
+impl Config {
+    pub fn from_source(src: &Source) -> Result<Config, ConfigError> {
+        let path = |key: &str| src.get(key).map(PathBuf::from);
+        let config = Config {
+            listen: parse(src, "listen", "127.0.0.1:8080".parse().unwrap(), |v| {
+                v.parse()
+                    .map_err(|_| format!("`{v}` is not an address like 0.0.0.0:8080"))
+            })?,
+            journal: path("journal").unwrap_or_else(default_journal),
+            tools: path("tools"),
+            components: path("components"),
+            cache_dir: path("cache_dir"),
+            allow_private: parse(src, "allow_private", Vec::new(), |v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| {
+                        s.parse::<IpAddr>()
+                            .map_err(|_| format!("`{s}` is not an IP address"))
+                    })
+                    .collect()
+            })?,
+            max_graph_bytes: parse(src, "max_graph_bytes", 1 << 20, size)?,
+            max_tool_bytes: parse(src, "max_tool_bytes", 64 << 20, size)?,
+            max_run_bytes: parse(src, "max_run_bytes", 1 << 20, size)?,
+            max_concurrent_runs: parse(src, "max_concurrent_runs", 64, count)?,
+            run_queue: parse(src, "run_queue", 256, count)?,
+            max_parallel_steps: parse(src, "max_parallel_steps", 16, count)?,
+            rate_limit: parse(src, "rate_limit", 50.0, |v| {
+                v.parse::<f64>()
+                    .map_err(|_| format!("`{v}` is not a number of requests per second"))
+            })?,
+            rate_burst: parse(src, "rate_burst", 100, |v| {
+                v.parse::<u32>()
+                    .map_err(|_| format!("`{v}` is not a whole number"))
+            })?,
+            shutdown_grace: parse(src, "shutdown_grace", Duration::from_secs(30), duration)?,
+            header_timeout: parse(src, "header_timeout", Duration::from_secs(10), duration)?,
+            body_timeout: parse(src, "body_timeout", Duration::from_secs(30), duration)?,
+            sse_heartbeat: parse(src, "sse_heartbeat", Duration::from_secs(15), duration)?,
+            auth_tokens: path("auth_tokens"),
+            auth_jwks: path("auth_jwks"),
+            auth_issuer: src.get("auth_issuer"),
+            auth_audience: src.get("auth_audience"),
+        };
+        if config.max_concurrent_runs == 0 {
+            return Err(ConfigError {
+                key: "max_concurrent_runs".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        if config.tools.is_some() != config.components.is_some() {
+            return Err(ConfigError {
+                key: "tools".into(),
+                reason:
+                    "set both `tools` (manifests) and `components` (built .wasm files), or neither"
+                        .into(),
+            });
+        }
+        Ok(config)
+    }
+
+    /// Defaults with `journal`, as tests and embedders start from.
+    pub fn with_journal(journal: PathBuf) -> Config {
+        let mut c = Config::from_source(&Source {
+            env: BTreeMap::new(),
+            file: BTreeMap::new(),
+        })
+        .expect("the defaults are valid");
+        c.journal = journal;
+        c
+    }
+}
+
+fn default_journal() -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("sandgraph/journal")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn env_overrides_file_and_bad_values_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("serve.yaml");
+        std::fs::write(
+            &file,
+            "listen: 127.0.0.1:9000\nrun_queue: 3\nallow_private: [127.0.0.1]\n",
+        )
+        .unwrap();
+        let src = Source::new(env(&[("SANDGRAPH_RUN_QUEUE", "7")]), Some(&file)).unwrap();
+        let c = Config::from_source(&src).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.run_queue, 7);
+        assert_eq!(
+            c.allow_private,
+            vec!["127.0.0.1".parse::<IpAddr>().unwrap()]
+        );
+
+        let src = Source::new(env(&[("SANDGRAPH_SHUTDOWN_GRACE", "soon")]), None).unwrap();
+        let e = Config::from_source(&src).unwrap_err().to_string();
+        assert!(e.contains("SANDGRAPH_SHUTDOWN_GRACE"), "{e}");
+        let src = Source::new(env(&[("SANDGRAPH_LISTEN", "nowhere")]), None).unwrap();
+        let e = Config::from_source(&src).unwrap_err().to_string();
+        assert!(e.contains("not an address"), "{e}");
+    }
+}

@@ -1,0 +1,234 @@
+//! Prometheus metrics of the API: what users feel (run outcomes, queueing, step latency) and
+//! what operators alert on (tool failures, egress denials, journal flushes, open streams).
+//! Fed by the engine's progress hook and the journal's append hook, never by polling.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::journal::{Crossing, Event, RunId};
+
+type Labels = Vec<(String, String)>;
+
+fn latency() -> Histogram {
+    // 1 ms .. ~65 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+/// What the metrics need to know about a run to label its steps.
+#[derive(Debug, Clone, Default)]
+pub struct RunLabels {
+    pub graph: String,
+    /// node id -> component name
+    pub components: HashMap<String, String>,
+}
+
+/// A run's labels and when each of its steps' current attempt started.
+type LiveRun = (RunLabels, HashMap<String, Instant>);
+
+pub struct Metrics {
+    registry: Registry,
+    pub runs: Family<Labels, Counter>,
+    pub runs_in_flight: Gauge,
+    pub queue_depth: Gauge,
+    pub queue_wait: Histogram,
+    pub step_duration: Family<Labels, Histogram>,
+    pub tool_call_duration: Family<Labels, Histogram>,
+    pub tool_outcomes: Family<Labels, Counter>,
+    pub egress_denials: Family<Labels, Counter>,
+    pub journal_flushes: Counter,
+    pub sse_streams: Gauge,
+    pub requests: Family<Labels, Counter>,
+    /// Per active run: labels and when each step's attempt started.
+    live: Mutex<HashMap<RunId, LiveRun>>,
+    /// Journal flush count already reported.
+    flushes_seen: Mutex<u64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("sandgraph");
+        let m = Metrics {
+            runs: Family::default(),
+            runs_in_flight: Gauge::default(),
+            queue_depth: Gauge::default(),
+            queue_wait: latency(),
+            step_duration: Family::new_with_constructor(latency as fn() -> Histogram),
+            tool_call_duration: Family::new_with_constructor(latency as fn() -> Histogram),
+            tool_outcomes: Family::default(),
+            egress_denials: Family::default(),
+            journal_flushes: Counter::default(),
+            sse_streams: Gauge::default(),
+            requests: Family::default(),
+            live: Mutex::default(),
+            flushes_seen: Mutex::default(),
+            registry: Registry::default(),
+        };
+        registry.register("runs", "Runs finished, by status", m.runs.clone());
+        registry.register(
+            "runs_in_flight",
+            "Runs executing now",
+            m.runs_in_flight.clone(),
+        );
+        registry.register(
+            "run_queue_depth",
+            "Run submissions waiting for a free run slot",
+            m.queue_depth.clone(),
+        );
+        registry.register(
+            "run_queue_wait_seconds",
+            "Time a submission waited for a run slot",
+            m.queue_wait.clone(),
+        );
+        registry.register(
+            "step_duration_seconds",
+            "Step attempt duration, by graph and node",
+            m.step_duration.clone(),
+        );
+        registry.register(
+            "tool_call_duration_seconds",
+            "Tool call duration, by tool",
+            m.tool_call_duration.clone(),
+        );
+        registry.register(
+            "tool_outcomes",
+            "Tool call outcomes, by tool and outcome (ok or the error kind)",
+            m.tool_outcomes.clone(),
+        );
+        registry.register(
+            "egress_denials",
+            "Capabilities refused to a step, by tool and reason",
+            m.egress_denials.clone(),
+        );
+        registry.register(
+            "journal_flushes",
+            "Journal flushes to disk (group commit)",
+            m.journal_flushes.clone(),
+        );
+        registry.register(
+            "sse_streams_in_flight",
+            "Open run event streams",
+            m.sse_streams.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route and status",
+            m.requests.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Labels for the steps of `run` (call before the run's first step).
+    pub fn track(&self, run: RunId, labels: RunLabels) {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(run, (labels, HashMap::new()));
+    }
+
+    /// The engine's progress hook.
+    pub fn on_progress(&self, run: RunId, event: &Event) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        match event {
+            Event::StepStarted { step, .. } => {
+                if let Some((_, started)) = live.get_mut(&run) {
+                    started.insert(step.clone(), Instant::now());
+                }
+            }
+            Event::StepCompleted { step, .. } | Event::StepFailed { step, .. } => {
+                let Some((labels, started)) = live.get_mut(&run) else {
+                    return;
+                };
+                let node = step.split('#').next().unwrap_or(step).to_owned();
+                let tool = labels.components.get(&node).cloned().unwrap_or_default();
+                let outcome = match event {
+                    Event::StepFailed { kind, .. } => kind.clone(),
+                    _ => "ok".to_owned(),
+                };
+                if let Some(t) = started.remove(step) {
+                    let secs = t.elapsed().as_secs_f64();
+                    self.step_duration
+                        .get_or_create(&vec![
+                            ("graph".into(), labels.graph.clone()),
+                            ("node".into(), node),
+                        ])
+                        .observe(secs);
+                    self.tool_call_duration
+                        .get_or_create(&vec![("tool".into(), tool.clone())])
+                        .observe(secs);
+                }
+                self.tool_outcomes
+                    .get_or_create(&vec![("tool".into(), tool), ("outcome".into(), outcome)])
+                    .inc();
+            }
+            Event::RunFinished { status, .. } => {
+                live.remove(&run);
+                self.runs
+                    .get_or_create(&vec![("status".into(), status.as_str().to_owned())])
+                    .inc();
+            }
+            _ => {}
+        }
+    }
+
+    /// The journal's append hook: sees crossings, which do not pass the progress hook.
+    pub fn on_append(&self, run: RunId, event: &Event) {
+        if let Event::Crossing {
+            step,
+            crossing: Crossing::Denial { capability, .. },
+            ..
+        } = event
+        {
+            let node = step.split('#').next().unwrap_or(step);
+            let tool = self
+                .live
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&run)
+                .and_then(|(l, _)| l.components.get(node).cloned())
+                .unwrap_or_default();
+            self.egress_denials
+                .get_or_create(&vec![
+                    ("tool".into(), tool),
+                    ("reason".into(), capability.clone()),
+                ])
+                .inc();
+        }
+    }
+
+    pub fn request(&self, route: &str, status: u16) {
+        self.requests
+            .get_or_create(&vec![
+                ("route".into(), route.to_owned()),
+                ("status".into(), status.to_string()),
+            ])
+            .inc();
+    }
+
+    /// The Prometheus text exposition; `flushes` is the journal's flush count now.
+    pub fn render(&self, flushes: u64) -> String {
+        {
+            let mut seen = self.flushes_seen.lock().unwrap_or_else(|p| p.into_inner());
+            if flushes > *seen {
+                self.journal_flushes.inc_by(flushes - *seen);
+                *seen = flushes;
+            }
+        }
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,1058 @@
+//! The routes: parse and bound the request, call the graph layer or the journal, answer JSON or
+//! a problem. Each handler returns `Result<Response, Problem>`; `handle` turns problems into
+//! RFC 9457 responses and logs one line per request with its request id.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tracing::Instrument;
+
+use super::State;
+use super::auth::{AuthError, Scope};
+use super::metrics::RunLabels;
+use super::problem::{Located, Problem};
+use super::sse::{self, ApiBody};
+use super::store::{GraphVersion, ToolRecord};
+use crate::graph::CompiledGraph;
+use crate::graph::engine::{EngineError, now_ms};
+use crate::graph::validate;
+use crate::journal::{Event, JournalError, Record, RunId, RunStatus};
+use crate::sandbox::manifest::Manifest;
+
+type Reply = Result<Response<ApiBody>, Problem>;
+
+pub(super) async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<ApiBody> {
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 64 && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            format!(
+                "req-{:x}-{}",
+                now_ms(),
+                state.next_request.fetch_add(1, Ordering::Relaxed)
+            )
+        });
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        %method,
+        path = %path,
+        subject = tracing::field::Empty
+    );
+    let started = Instant::now();
+    let (route, result) = route(state.clone(), req).instrument(span.clone()).await;
+    let mut response = match result {
+        Ok(r) => r,
+        Err(p) => problem_response(&p),
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    let status = response.status().as_u16();
+    state.metrics.request(route, status);
+    span.in_scope(|| {
+        tracing::info!(
+            status,
+            route,
+            peer = %peer,
+            ms = started.elapsed().as_millis() as u64,
+            "answered"
+        )
+    });
+    response
+}
+
+pub(super) fn problem_response(p: &Problem) -> Response<ApiBody> {
+    let mut r = Response::builder()
+        .status(StatusCode::from_u16(p.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header(header::CONTENT_TYPE, "application/problem+json");
+    if let Some(s) = p.retry_after {
+        r = r.header(header::RETRY_AFTER, s.to_string());
+    }
+    for (k, v) in &p.headers {
+        r = r.header(k, v);
+    }
+    r.body(ApiBody::full(p.body()))
+        .expect("problem responses are well formed")
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response<ApiBody> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(ApiBody::full(v.to_string()))
+        .expect("JSON responses are well formed")
+}
+
+/// Dispatches on method and path; returns the route template for metrics.
+async fn route(state: Arc<State>, req: Request<Incoming>) -> (&'static str, Reply) {
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let method = req.method().clone();
+    let not_allowed = |allowed: &str| {
+        let mut p = Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            format!("{method} is not allowed on {path}; use {allowed}"),
+        );
+        p.headers.push((header::ALLOW, allowed.to_owned()));
+        Err(p)
+    };
+    if !matches!(segments.as_slice(), ["healthz" | "readyz" | "metrics"]) {
+        let scope = match (&method, segments.as_slice()) {
+            (&Method::POST, ["v1", "graphs"]) => Scope::GraphsWrite,
+            (&Method::POST, ["v1", "tools"]) => Scope::ToolsWrite,
+            (&Method::POST, ["v1", "runs", ..]) => Scope::RunsWrite,
+            _ => Scope::RunsRead,
+        };
+        if let Err(p) = authorize(&state, req.headers(), scope) {
+            return ("auth", Err(p));
+        }
+    }
+    match segments.as_slice() {
+        ["healthz"] => (
+            "/healthz",
+            match method {
+                Method::GET => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+                _ => not_allowed("GET"),
+            },
+        ),
+        ["readyz"] => (
+            "/readyz",
+            match method {
+                Method::GET => Ok(readyz(&state)),
+                _ => not_allowed("GET"),
+            },
+        ),
+        ["metrics"] => (
+            "/metrics",
+            match method {
+                Method::GET => Ok(metrics(&state)),
+                _ => not_allowed("GET"),
+            },
+        ),
+        ["v1", "graphs"] => (
+            "/v1/graphs",
+            match method {
+                Method::POST => post_graph(&state, req).await,
+                Method::GET => list_graphs(&state),
+                _ => not_allowed("GET, POST"),
+            },
+        ),
+        ["v1", "graphs", name] => (
+            "/v1/graphs/{name}",
+            match method {
+                Method::GET => get_graph(&state, name, req.uri().query()),
+                _ => not_allowed("GET"),
+            },
+        ),
+        ["v1", "tools"] => (
+            "/v1/tools",
+            match method {
+                Method::POST => post_tool(&state, req).await,
+                Method::GET => list_tools(&state),
+                _ => not_allowed("GET, POST"),
+            },
+        ),
+        ["v1", "tools", name] => (
+            "/v1/tools/{name}",
+            match method {
+                Method::GET => get_tool(&state, name).await,
+                _ => not_allowed("GET"),
+            },
+        ),
+        ["v1", "runs"] => (
+            "/v1/runs",
+            match method {
+                Method::POST => post_run(&state, req).await,
+                Method::GET => list_runs(&state, req.uri().query()),
+                _ => not_allowed("GET, POST"),
+            },
+        ),
+        ["v1", "runs", id] => (
+            "/v1/runs/{id}",
+            match method {
+                Method::GET => get_run(&state, id).await,
+                _ => not_allowed("GET"),
+            },
+        ),
+        ["v1", "runs", id, "cancel"] => (
+            "/v1/runs/{id}/cancel",
+            match method {
+                Method::POST => cancel_run(&state, id),
+                _ => not_allowed("POST"),
+            },
+        ),
+        ["v1", "runs", id, "events"] => (
+            "/v1/runs/{id}/events",
+            match method {
+                Method::GET => sse::events(&state, id, req.headers()).await,
+                _ => not_allowed("GET"),
+            },
+        ),
+        _ => (
+            "unknown",
+            Err(Problem::not_found(
+                "unknown-route",
+                format!("no route {path}; see docs/openapi.yaml for the routes"),
+            )),
+        ),
+    }
+}
+
+/// Authenticates the caller, checks the route's scope, then the caller's rate limit.
+fn authorize(state: &State, headers: &http::HeaderMap, scope: Scope) -> Result<(), Problem> {
+    let refused = |e: AuthError| {
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+        let mut p = Problem::new(status, e.problem_type(), e.detail());
+        p.headers
+            .push((header::WWW_AUTHENTICATE, e.www_authenticate()));
+        tracing::info!(
+            reason = e.problem_type(),
+            "request refused by authentication"
+        );
+        p
+    };
+    let principal = state.auth.authenticate(headers).map_err(refused)?;
+    principal.require(scope).map_err(refused)?;
+    state.rate.check(&principal.subject).map_err(|retry| {
+        Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate-limited",
+            format!(
+                "subject '{}' is over its request rate; retry in {} s",
+                principal.subject,
+                retry.seconds()
+            ),
+        )
+        .retry_after(retry.seconds())
+    })?;
+    tracing::Span::current().record("subject", principal.subject.as_str());
+    Ok(())
+}
+
+fn readyz(state: &State) -> Response<ApiBody> {
+    let ready = state.ready.load(Ordering::SeqCst) && !state.shutdown.is_cancelled();
+    let checks = json!({
+        "journal": "open",
+        "engine": if state.ready.load(Ordering::SeqCst) { "warm" } else { "starting" },
+        "accepting": !state.shutdown.is_cancelled(),
+    });
+    if ready {
+        json_response(
+            StatusCode::OK,
+            &json!({"status": "ready", "checks": checks}),
+        )
+    } else {
+        let mut p = Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not-ready",
+            "the host is starting or shutting down",
+        );
+        p.retry_after = Some(1);
+        problem_response(&p)
+    }
+}
+
+fn metrics(state: &State) -> Response<ApiBody> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
+        .body(ApiBody::full({
+            state
+                .metrics
+                .queue_depth
+                .set(state.admission.queued() as i64);
+            state.metrics.render(state.journal.flush_count())
+        }))
+        .expect("metrics responses are well formed")
+}
+
+/// The media type without parameters, lower-cased.
+fn media_type(req: &Request<Incoming>) -> Option<String> {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+}
+
+fn require_type(req: &Request<Incoming>, allowed: &[&str]) -> Result<(), Problem> {
+    match media_type(req) {
+        Some(t) if allowed.contains(&t.as_str()) => Ok(()),
+        got => Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            format!(
+                "Content-Type {} is not accepted here; send {}",
+                got.map_or("(none)".to_owned(), |t| format!("`{t}`")),
+                allowed.join(" or ")
+            ),
+        )),
+    }
+}
+
+/// Reads the body up to `limit` bytes within the body timeout.
+async fn read_body(state: &State, req: Request<Incoming>, limit: usize) -> Result<Bytes, Problem> {
+    let too_large = || {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            format!("the request body is over this route's {limit} byte limit"),
+        )
+    };
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > limit as u64
+    {
+        return Err(too_large());
+    }
+    let body = Limited::new(req.into_body(), limit);
+    match tokio::time::timeout(state.config.body_timeout, body.collect()).await {
+        Err(_) => Err(Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body-timeout",
+            format!(
+                "the request body did not arrive within {} ms",
+                state.config.body_timeout.as_millis()
+            ),
+        )),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(e)) => Err(Problem::bad_request(
+            "bad-body",
+            format!("reading the request body failed: {e}"),
+        )),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+    }
+}
+
+fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+fn store_err(e: impl std::fmt::Display) -> Problem {
+    Problem::internal(format!("the store failed: {e}"))
+}
+
+fn journal_err(e: JournalError) -> Problem {
+    match e {
+        JournalError::UnknownRun { run } => {
+            Problem::not_found("unknown-run", format!("run {run} is not in the journal"))
+        }
+        JournalError::BadRunId { text } => Problem::bad_request(
+            "invalid-run-id",
+            format!("'{text}' is not a run id (32 hex digits)"),
+        ),
+        other => Problem::internal(format!("the journal failed: {other}")),
+    }
+}
+
+pub(super) fn parse_run(id: &str) -> Result<RunId, Problem> {
+    RunId::parse(id).map_err(journal_err)
+}
+
+fn diagnostics_problem(d: &validate::Diagnostics) -> Problem {
+    let errors: Vec<Located> =
+        d.0.iter()
+            .map(|d| Located {
+                line: d.pos.line,
+                column: d.pos.col,
+                message: d.message.clone(),
+            })
+            .collect();
+    let first = errors
+        .first()
+        .map(|e| format!("{}:{}: {}", e.line, e.column, e.message))
+        .unwrap_or_default();
+    Problem::unprocessable(
+        "graph-invalid",
+        format!(
+            "the graph has {} problem{}; first at {first}",
+            errors.len(),
+            if errors.len() == 1 { "" } else { "s" }
+        ),
+    )
+    .with_errors(errors)
+}
+
+fn validate_source(state: &State, source: &str) -> Result<CompiledGraph, Problem> {
+    let manifests = state
+        .catalog
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .manifests();
+    let graph = validate::validate("graph.yaml", source, &manifests)
+        .map_err(|d| diagnostics_problem(&d))?;
+    Ok(CompiledGraph::compile(graph))
+}
+
+async fn post_graph(state: &Arc<State>, req: Request<Incoming>) -> Reply {
+    require_type(
+        &req,
+        &["application/yaml", "application/x-yaml", "text/yaml"],
+    )?;
+    let body = read_body(state, req, state.config.max_graph_bytes).await?;
+    let source = String::from_utf8(body.to_vec()).map_err(|e| {
+        Problem::bad_request("bad-encoding", format!("the graph is not UTF-8: {e}"))
+    })?;
+    let compiled = validate_source(state, &source)?;
+    let version = GraphVersion {
+        name: compiled.spec.metadata.name.clone(),
+        version: compiled.digest_hex(),
+        created_ms: now_ms(),
+        source,
+    };
+    let new = state.store.put_graph(&version).map_err(store_err)?;
+    let stored = state
+        .store
+        .graph(&version.name, Some(&version.version))
+        .map_err(store_err)?
+        .unwrap_or(version);
+    state
+        .compiled
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(
+            (stored.name.clone(), stored.version.clone()),
+            Arc::new(compiled),
+        );
+    tracing::info!(graph = %stored.name, version = %stored.version, new, "graph stored");
+    let mut r = json_response(
+        if new {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        &json!({"name": stored.name, "version": stored.version, "created_ms": stored.created_ms}),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "/v1/graphs/{}?version={}",
+        stored.name, stored.version
+    )) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(r)
+}
+
+fn list_graphs(state: &State) -> Reply {
+    let graphs: Vec<Value> = state
+        .store
+        .graphs()
+        .map_err(store_err)?
+        .into_iter()
+        .map(|(g, n)| {
+            json!({"name": g.name, "latest": g.version, "created_ms": g.created_ms, "versions": n})
+        })
+        .collect();
+    Ok(json_response(StatusCode::OK, &json!({ "graphs": graphs })))
+}
+
+fn get_graph(state: &State, name: &str, query: Option<&str>) -> Reply {
+    let version = query_param(query, "version");
+    let g = state
+        .store
+        .graph(name, version)
+        .map_err(store_err)?
+        .ok_or_else(|| match version {
+            Some(v) => Problem::not_found(
+                "unknown-graph-version",
+                format!("graph '{name}' has no version {v}; GET /v1/graphs/{name} lists them"),
+            ),
+            None => Problem::not_found(
+                "unknown-graph",
+                format!("no graph named '{name}'; POST its YAML to /v1/graphs first"),
+            ),
+        })?;
+    let versions: Vec<Value> = state
+        .store
+        .graph_versions(name)
+        .map_err(store_err)?
+        .into_iter()
+        .map(|v| json!({"version": v.version, "created_ms": v.created_ms}))
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "name": g.name, "version": g.version, "created_ms": g.created_ms,
+            "source": g.source, "versions": versions,
+        }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ToolUpload {
+    /// The capability manifest's YAML text.
+    manifest: String,
+    /// The component bytes, standard base64.
+    component: String,
+}
+
+async fn post_tool(state: &Arc<State>, req: Request<Incoming>) -> Reply {
+    require_type(&req, &["application/json"])?;
+    let body = read_body(state, req, state.config.max_tool_bytes).await?;
+    let upload: ToolUpload = serde_json::from_slice(&body).map_err(|e| {
+        Problem::bad_request(
+            "bad-json",
+            format!("the body is not {{\"manifest\": yaml text, \"component\": base64}}: {e}"),
+        )
+    })?;
+    let manifest = Manifest::parse("manifest", &upload.manifest)
+        .map_err(|e| Problem::unprocessable("manifest-invalid", e.to_string()))?;
+    let wasm = base64::engine::general_purpose::STANDARD
+        .decode(upload.component.trim())
+        .map_err(|e| {
+            Problem::bad_request("bad-encoding", format!("`component` is not base64: {e}"))
+        })?;
+    let sandbox = state.engine.sandbox().clone();
+    let bytes = wasm.clone();
+    let tool = tokio::task::spawn_blocking(move || sandbox.registry().load(&bytes))
+        .await
+        .map_err(|e| Problem::internal(format!("compiling the component failed: {e}")))?
+        .map_err(|e| Problem::unprocessable("not-a-tool-component", e.to_string()))?;
+    let info = state.engine.sandbox().info(&tool).await.map_err(|e| {
+        Problem::unprocessable(
+            "not-a-tool-component",
+            format!("the component's info() failed: {e}"),
+        )
+    })?;
+    if info.name != manifest.metadata.name {
+        return Err(Problem::unprocessable(
+            "tool-name-mismatch",
+            format!(
+                "the component calls itself '{}' but the manifest names '{}'; make them agree",
+                info.name, manifest.metadata.name
+            ),
+        ));
+    }
+    let record = ToolRecord {
+        name: manifest.metadata.name.clone(),
+        digest: tool.digest.clone(),
+        manifest: upload.manifest.clone(),
+        size: wasm.len() as u64,
+        created_ms: now_ms(),
+    };
+    state.store.put_tool(&record, &wasm).map_err(store_err)?;
+    {
+        let mut catalog = state.catalog.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = (**catalog).clone();
+        next.insert(manifest, upload.manifest, wasm);
+        *catalog = Arc::new(next);
+    }
+    tracing::info!(tool = %record.name, digest = %record.digest, "tool stored");
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({"name": record.name, "digest": record.digest, "version": info.version}),
+    ))
+}
+
+fn list_tools(state: &State) -> Reply {
+    let catalog = state
+        .catalog
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let tools: Vec<Value> = catalog
+        .manifests()
+        .iter()
+        .filter_map(|m| catalog.get(&m.metadata.name))
+        .map(|e| json!({"name": e.manifest.metadata.name, "digest": e.digest}))
+        .collect();
+    Ok(json_response(StatusCode::OK, &json!({ "tools": tools })))
+}
+
+async fn get_tool(state: &State, name: &str) -> Reply {
+    let entry = state
+        .catalog
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(name)
+        .cloned()
+        .ok_or_else(|| {
+            Problem::not_found(
+                "unknown-tool",
+                format!("no tool named '{name}'; POST it to /v1/tools first"),
+            )
+        })?;
+    let sandbox = state.engine.sandbox().clone();
+    let wasm = entry.wasm.clone();
+    let tool = tokio::task::spawn_blocking(move || sandbox.registry().load(&wasm))
+        .await
+        .map_err(|e| Problem::internal(e.to_string()))?
+        .map_err(|e| Problem::internal(format!("the stored component no longer loads: {e}")))?;
+    let info = state
+        .engine
+        .sandbox()
+        .info(&tool)
+        .await
+        .map_err(|e| Problem::internal(format!("the tool's info() failed: {e}")))?;
+    let schema = |s: &str| serde_json::from_str::<Value>(s).unwrap_or(Value::String(s.into()));
+    let spec = &entry.manifest.spec;
+    let egress: Vec<Value> = spec
+        .egress
+        .iter()
+        .map(|r| json!({"host": r.host, "port": r.port, "scheme": r.scheme.as_str(), "methods": r.methods}))
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "name": entry.manifest.metadata.name,
+            "digest": entry.digest,
+            "version": info.version,
+            "description": info.description,
+            "input_schema": schema(&info.input_schema),
+            "output_schema": schema(&info.output_schema),
+            "capabilities": {
+                "egress": egress,
+                "env": spec.env.keys().collect::<Vec<_>>(),
+                "workspace": format!("{:?}", spec.workspace).to_lowercase(),
+                "limits": {
+                    "memory": spec.limits.memory,
+                    "timeout_ms": spec.limits.timeout.as_millis() as u64,
+                    "max_output": spec.limits.max_output,
+                    "max_response": spec.limits.max_response,
+                },
+            },
+            "manifest": entry.manifest_text,
+        }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunRequest {
+    graph: String,
+    version: Option<String>,
+    #[serde(default)]
+    input: Value,
+}
+
+/// What an idempotency key remembers: the request's digest and the run it started.
+#[derive(serde::Serialize, Deserialize)]
+struct IdempotentRun {
+    request: String,
+    run: String,
+}
+
+async fn post_run(state: &Arc<State>, req: Request<Incoming>) -> Reply {
+    require_type(&req, &["application/json"])?;
+    let wait = matches!(query_param(req.uri().query(), "wait"), Some("true" | "1"));
+    let key = req
+        .headers()
+        .get("idempotency-key")
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 255)
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    Problem::bad_request(
+                        "invalid-idempotency-key",
+                        "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                    )
+                })
+        })
+        .transpose()?;
+    let body = read_body(state, req, state.config.max_run_bytes).await?;
+    let request: RunRequest = serde_json::from_slice(&body).map_err(|e| {
+        Problem::bad_request(
+            "bad-json",
+            format!(
+                "the body is not {{\"graph\": name, \"version\"?: digest, \"input\": JSON}}: {e}"
+            ),
+        )
+    })?;
+    let graph = compiled_graph(state, &request.graph, request.version.as_deref())?;
+    let _guard;
+    if let Some(key) = &key {
+        _guard = state.idempotency.lock().await;
+        let digest = hex::encode(Sha256::digest(&body));
+        let tree = state.journal.tree("api_idempotency").map_err(journal_err)?;
+        if let Some(prev) = tree.get(key.as_bytes()).map_err(store_err)? {
+            let prev: IdempotentRun = serde_json::from_slice(&prev).map_err(store_err)?;
+            if prev.request != digest {
+                return Err(Problem::unprocessable(
+                    "idempotency-key-reused",
+                    format!(
+                        "Idempotency-Key '{key}' was used for a different request (run {}); use a new key",
+                        prev.run
+                    ),
+                ));
+            }
+            let run = parse_run(&prev.run)?;
+            let mut r = run_accepted(run, StatusCode::OK);
+            r.headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            return Ok(r);
+        }
+        let (run, task) = start_run(state, graph, request.input).await?;
+        tree.insert(
+            key.as_bytes(),
+            serde_json::to_vec(&IdempotentRun {
+                request: digest,
+                run: run.to_string(),
+            })
+            .expect("serialises"),
+        )
+        .map_err(store_err)?;
+        drop(_guard);
+        return finish_submit(state, run, task, wait).await;
+    }
+    let (run, task) = start_run(state, graph, request.input).await?;
+    finish_submit(state, run, task, wait).await
+}
+
+fn compiled_graph(
+    state: &State,
+    name: &str,
+    version: Option<&str>,
+) -> Result<Arc<CompiledGraph>, Problem> {
+    let g = state
+        .store
+        .graph(name, version)
+        .map_err(store_err)?
+        .ok_or_else(|| match version {
+            Some(v) => Problem::not_found(
+                "unknown-graph-version",
+                format!("graph '{name}' has no version {v}"),
+            ),
+            None => Problem::not_found(
+                "unknown-graph",
+                format!("no graph named '{name}'; POST its YAML to /v1/graphs first"),
+            ),
+        })?;
+    let key = (g.name.clone(), g.version.clone());
+    let cached = state
+        .compiled
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&key)
+        .cloned();
+    if let Some(c) = cached {
+        return Ok(c);
+    }
+    let c = Arc::new(validate_source(state, &g.source)?);
+    state
+        .compiled
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key, c.clone());
+    Ok(c)
+}
+
+/// Waits for a run slot (or refuses when the queue is full), then starts the run.
+async fn start_run(
+    state: &Arc<State>,
+    graph: Arc<CompiledGraph>,
+    input: Value,
+) -> Result<
+    (
+        RunId,
+        tokio::task::JoinHandle<crate::graph::engine::RunOutcome>,
+    ),
+    Problem,
+> {
+    if state.shutdown.is_cancelled() {
+        return Err(shutting_down());
+    }
+    let permit = tokio::select! {
+        p = state.admission.admit() => p.map_err(|retry| {
+            Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "run-queue-full",
+                format!(
+                    "{} runs are executing and {} more are queued; retry later",
+                    state.config.max_concurrent_runs, state.config.run_queue
+                ),
+            )
+            .retry_after(retry.seconds())
+        })?,
+        _ = state.shutdown.cancelled() => return Err(shutting_down()),
+    };
+    state
+        .metrics
+        .queue_wait
+        .observe(permit.waited().as_secs_f64());
+    let labels = RunLabels {
+        graph: graph.spec.metadata.name.clone(),
+        components: graph
+            .spec
+            .spec
+            .nodes
+            .iter()
+            .map(|n| (n.id.clone(), n.component.clone()))
+            .collect(),
+    };
+    let catalog = state
+        .catalog
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let handle = state
+        .engine
+        .start(graph, &catalog, input)
+        .await
+        .map_err(engine_problem)?;
+    let run = handle.run;
+    tracing::info!(run_id = %run, graph = %labels.graph, "run started");
+    let task = state.clone().supervise(handle, labels, Some(permit));
+    Ok((run, task))
+}
+
+fn shutting_down() -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "shutting-down",
+        "the host is shutting down; retry against another instance or after it restarts",
+    )
+    .retry_after(1)
+}
+
+fn engine_problem(e: EngineError) -> Problem {
+    match e {
+        EngineError::InvalidInput(errors) => Problem::unprocessable(
+            "invalid-input",
+            format!(
+                "the input does not match the graph's input schema: {}",
+                errors.join("; ")
+            ),
+        ),
+        EngineError::UnknownComponent { node, component } => Problem::unprocessable(
+            "unknown-tool",
+            format!(
+                "node '{node}' names tool '{component}', which is not uploaded; POST it to /v1/tools"
+            ),
+        ),
+        other => Problem::internal(other.to_string()),
+    }
+}
+
+fn run_accepted(run: RunId, status: StatusCode) -> Response<ApiBody> {
+    let mut r = json_response(
+        status,
+        &json!({"run": run.to_string(), "status": "running", "events": format!("/v1/runs/{run}/events")}),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/runs/{run}")) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+async fn finish_submit(
+    state: &Arc<State>,
+    run: RunId,
+    task: tokio::task::JoinHandle<crate::graph::engine::RunOutcome>,
+    wait: bool,
+) -> Reply {
+    if !wait {
+        return Ok(run_accepted(run, StatusCode::ACCEPTED));
+    }
+    tokio::select! {
+        o = task => {
+            let o = o.map_err(|e| Problem::internal(format!("the run's task failed: {e}")))?;
+            Ok(json_response(StatusCode::OK, &json!({
+                "run": run.to_string(),
+                "status": o.status.as_str(),
+                "output": o.output.as_deref().map(output_json),
+                "error": o.error,
+            })))
+        }
+        _ = state.shutdown.cancelled() => Err(shutting_down()),
+    }
+}
+
+fn output_json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.to_owned()))
+}
+
+fn list_runs(state: &State, query: Option<&str>) -> Reply {
+    let graph = query_param(query, "graph");
+    let status = query_param(query, "status");
+    if let Some(s) = status
+        && !["running", "succeeded", "failed", "cancelled"].contains(&s)
+    {
+        return Err(Problem::bad_request(
+            "invalid-query",
+            format!("status '{s}' is not one of running, succeeded, failed, cancelled"),
+        ));
+    }
+    let runs: Vec<Value> = state
+        .journal
+        .runs()
+        .map_err(journal_err)?
+        .into_iter()
+        .filter(|r| graph.is_none_or(|g| r.graph_name == g))
+        .filter(|r| status.is_none_or(|s| r.status.as_str() == s))
+        .map(|r| {
+            json!({
+                "run": r.run.to_string(), "graph": r.graph_name, "graph_version": r.graph_digest,
+                "status": r.status.as_str(), "created_ms": r.created_ms, "updated_ms": r.updated_ms,
+                "events": r.events,
+            })
+        })
+        .collect();
+    Ok(json_response(StatusCode::OK, &json!({ "runs": runs })))
+}
+
+async fn get_run(state: &Arc<State>, id: &str) -> Reply {
+    let run = parse_run(id)?;
+    let journal = state.journal.clone();
+    let records: Vec<Record> = tokio::task::spawn_blocking(move || journal.events(run))
+        .await
+        .map_err(|e| Problem::internal(e.to_string()))?
+        .map_err(journal_err)?;
+    let summary = state.journal.run_summary(run).map_err(journal_err)?;
+    let mut steps: Vec<(String, serde_json::Map<String, Value>)> = Vec::new();
+    let mut output = Value::Null;
+    let mut error = Value::Null;
+    for r in &records {
+        let step_entry = |steps: &mut Vec<(String, serde_json::Map<String, Value>)>, step: &str| {
+            if let Some(i) = steps.iter().position(|(s, _)| s == step) {
+                i
+            } else {
+                steps.push((step.to_owned(), serde_json::Map::new()));
+                steps.len() - 1
+            }
+        };
+        match &r.event {
+            Event::StepScheduled {
+                step,
+                node,
+                iteration,
+                ..
+            } => {
+                let i = step_entry(&mut steps, step);
+                let m = &mut steps[i].1;
+                m.insert("node".into(), json!(node));
+                m.insert("iteration".into(), json!(iteration));
+                m.insert("status".into(), json!("scheduled"));
+            }
+            Event::StepStarted { step, attempt } => {
+                let i = step_entry(&mut steps, step);
+                steps[i].1.insert("status".into(), json!("running"));
+                steps[i].1.insert("attempts".into(), json!(attempt));
+            }
+            Event::StepCompleted { step, output, .. } => {
+                let i = step_entry(&mut steps, step);
+                steps[i].1.insert("status".into(), json!("completed"));
+                let bytes = state.journal.payload(output).map_err(journal_err)?;
+                steps[i].1.insert(
+                    "output".into(),
+                    output_json(&String::from_utf8_lossy(&bytes)),
+                );
+            }
+            Event::StepFailed {
+                step,
+                kind,
+                message,
+                retry_in_ms,
+                ..
+            } => {
+                let i = step_entry(&mut steps, step);
+                let m = &mut steps[i].1;
+                m.insert(
+                    "status".into(),
+                    json!(if retry_in_ms.is_some() {
+                        "retrying"
+                    } else {
+                        "failed"
+                    }),
+                );
+                m.insert("error".into(), json!({"kind": kind, "message": message}));
+            }
+            Event::RunFinished {
+                output: o,
+                error: e,
+                ..
+            } => {
+                if let Some(o) = o {
+                    let bytes = state.journal.payload(o).map_err(journal_err)?;
+                    output = output_json(&String::from_utf8_lossy(&bytes));
+                }
+                error = json!(e);
+            }
+            Event::RunCreated { .. } | Event::Crossing { .. } => {}
+        }
+    }
+    let steps: Vec<Value> = steps
+        .into_iter()
+        .map(|(s, mut m)| {
+            m.insert("step".into(), json!(s));
+            Value::Object(m)
+        })
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "run": run.to_string(), "graph": summary.graph_name, "graph_version": summary.graph_digest,
+            "status": summary.status.as_str(), "created_ms": summary.created_ms,
+            "updated_ms": summary.updated_ms, "events": summary.events,
+            "steps": steps, "output": output, "error": error,
+        }),
+    ))
+}
+
+fn cancel_run(state: &State, id: &str) -> Reply {
+    let run = parse_run(id)?;
+    let token = state
+        .active
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&run)
+        .cloned();
+    if let Some(t) = token {
+        t.cancel();
+        tracing::info!(run_id = %run, "run cancel requested");
+        return Ok(json_response(
+            StatusCode::ACCEPTED,
+            &json!({"run": run.to_string(), "status": "cancelling"}),
+        ));
+    }
+    let summary = state.journal.run_summary(run).map_err(journal_err)?;
+    if summary.status == RunStatus::Running {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "run-not-local",
+            format!("run {run} is running but not in this process; cancel it where it runs"),
+        ));
+    }
+    Err(Problem::new(
+        StatusCode::CONFLICT,
+        "run-finished",
+        format!("run {run} already ended {}", summary.status),
+    ))
+}

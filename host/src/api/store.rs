@@ -1,0 +1,162 @@
+//! Graph versions and uploaded tools, kept in sled trees of the journal's own database so they
+//! survive restarts and are flushed with it. Graph versions are named by the digest of their
+//! compiled form (the digest a run pins); tool bytes are stored once under their sha256.
+
+use serde::{Deserialize, Serialize};
+
+use crate::journal::{Journal, JournalError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("store storage failed: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("stored {what} is corrupt: {reason}")]
+    Corrupt { what: String, reason: String },
+}
+
+/// One stored version of a graph.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GraphVersion {
+    pub name: String,
+    /// sha256 (hex) of the graph's canonical JSON: the digest its runs pin.
+    pub version: String,
+    pub created_ms: u64,
+    /// The YAML exactly as submitted.
+    pub source: String,
+}
+
+/// One uploaded tool (the latest upload under its name).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ToolRecord {
+    pub name: String,
+    /// `sha256:<hex>` of the component bytes.
+    pub digest: String,
+    pub manifest: String,
+    pub size: u64,
+    pub created_ms: u64,
+}
+
+pub struct Store {
+    graphs: sled::Tree,
+    tools: sled::Tree,
+    wasm: sled::Tree,
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        what: what.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn graph_key(name: &str, version: &str) -> Vec<u8> {
+    let mut k = name.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(version.as_bytes());
+    k
+}
+
+impl Store {
+    pub fn open(journal: &Journal) -> Result<Store, StoreError> {
+        Ok(Store {
+            graphs: journal.tree("api_graphs")?,
+            tools: journal.tree("api_tools")?,
+            wasm: journal.tree("api_tool_wasm")?,
+        })
+    }
+
+    /// Stores `g` unless that exact version exists; returns whether it was new.
+    pub fn put_graph(&self, g: &GraphVersion) -> Result<bool, StoreError> {
+        let bytes = serde_json::to_vec(g).expect("graph versions serialise");
+        let prev = self.graphs.compare_and_swap(
+            graph_key(&g.name, &g.version),
+            None as Option<&[u8]>,
+            Some(bytes),
+        )?;
+        Ok(prev.is_ok())
+    }
+
+    /// Every version of `name`, oldest first.
+    pub fn graph_versions(&self, name: &str) -> Result<Vec<GraphVersion>, StoreError> {
+        let mut prefix = name.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for kv in self.graphs.scan_prefix(&prefix) {
+            let (_, v) = kv?;
+            out.push(decode::<GraphVersion>("graph version", &v)?);
+        }
+        out.sort_by(|a, b| (a.created_ms, &a.version).cmp(&(b.created_ms, &b.version)));
+        Ok(out)
+    }
+
+    /// One version of `name`, or its latest when `version` is `None`.
+    pub fn graph(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Option<GraphVersion>, StoreError> {
+        match version {
+            Some(v) => match self.graphs.get(graph_key(name, v))? {
+                Some(bytes) => Ok(Some(decode("graph version", &bytes)?)),
+                None => Ok(None),
+            },
+            None => Ok(self.graph_versions(name)?.pop()),
+        }
+    }
+
+    /// The latest version of every graph, by name.
+    pub fn graphs(&self) -> Result<Vec<(GraphVersion, usize)>, StoreError> {
+        let mut out: Vec<(GraphVersion, usize)> = Vec::new();
+        for kv in self.graphs.iter() {
+            let (_, v) = kv?;
+            let g: GraphVersion = decode("graph version", &v)?;
+            match out.last_mut() {
+                Some((last, n)) if last.name == g.name => {
+                    *n += 1;
+                    if (g.created_ms, &g.version) > (last.created_ms, &last.version) {
+                        *last = g;
+                    }
+                }
+                _ => out.push((g, 1)),
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn put_tool(&self, t: &ToolRecord, wasm: &[u8]) -> Result<(), StoreError> {
+        self.wasm.insert(t.digest.as_bytes(), wasm)?;
+        self.tools.insert(
+            t.name.as_bytes(),
+            serde_json::to_vec(t).expect("tool records serialise"),
+        )?;
+        Ok(())
+    }
+
+    pub fn tool(&self, name: &str) -> Result<Option<ToolRecord>, StoreError> {
+        match self.tools.get(name.as_bytes())? {
+            Some(v) => Ok(Some(decode("tool record", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn tools(&self) -> Result<Vec<ToolRecord>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.tools.iter() {
+            let (_, v) = kv?;
+            out.push(decode("tool record", &v)?);
+        }
+        Ok(out)
+    }
+
+    pub fn tool_wasm(&self, digest: &str) -> Result<Vec<u8>, StoreError> {
+        self.wasm
+            .get(digest.as_bytes())?
+            .map(|v| v.to_vec())
+            .ok_or_else(|| StoreError::Corrupt {
+                what: format!("component {digest}"),
+                reason: "its bytes are missing".into(),
+            })
+    }
+}

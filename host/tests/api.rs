@@ -1,0 +1,1206 @@
+//! The HTTP API end to end over real HTTP on 127.0.0.1: uploading tools and graphs, runs
+//! started, waited for, streamed (with `Last-Event-ID` resumption mid-run), cancelled,
+//! idempotent submissions, a server restarted mid-run finishing the run, and a table of bad
+//! requests each answered with its status and problem `type` while others keep being served.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use sandgraph::api::{self, Config};
+use serde_json::{Value, json};
+
+const ADMIN: &str = "test-only-admin-token-0001";
+const READER: &str = "test-only-reader-token-0002";
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn tokens_file() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/auth/test-only-tokens.yaml")
+}
+
+// ---------------------------------------------------------------------------------------------
+// A minimal blocking HTTP/1.1 client (one request per connection).
+
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: BTreeMap<String, String>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "status {} body is not JSON ({e}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// The problem `type` slug (after the last `/`).
+    fn problem(&self) -> String {
+        assert_eq!(
+            self.headers.get("content-type").map(String::as_str),
+            Some("application/problem+json"),
+            "not a problem response: {} {}",
+            self.status,
+            String::from_utf8_lossy(&self.body)
+        );
+        let v = self.json();
+        let t = v["type"].as_str().expect("problem has a type");
+        assert_eq!(v["status"], self.status);
+        t.rsplit('/').next().unwrap().to_owned()
+    }
+}
+
+fn read_head(r: &mut impl BufRead) -> (u16, BTreeMap<String, String>) {
+    let mut line = String::new();
+    r.read_line(&mut line).expect("status line");
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {line:?}"));
+    let mut headers = BTreeMap::new();
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).expect("header line");
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':').expect("header");
+        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+    }
+    (status, headers)
+}
+
+/// Reads one chunk of a chunked body; `None` at the last chunk.
+fn read_chunk(r: &mut impl BufRead) -> Option<Vec<u8>> {
+    let mut size = String::new();
+    if r.read_line(&mut size).ok()? == 0 {
+        return None;
+    }
+    let n = usize::from_str_radix(size.trim(), 16).ok()?;
+    if n == 0 {
+        return None;
+    }
+    let mut buf = vec![0; n + 2];
+    r.read_exact(&mut buf).ok()?;
+    buf.truncate(n);
+    Some(buf)
+}
+
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Resp {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    s.write_all(head.as_bytes()).unwrap();
+    // A server may answer (413) before reading a large body and close; that is fine.
+    let _ = s.write_all(body);
+    let mut r = BufReader::new(s);
+    let (status, headers) = read_head(&mut r);
+    let mut body = Vec::new();
+    if headers.get("transfer-encoding").map(String::as_str) == Some("chunked") {
+        while let Some(c) = read_chunk(&mut r) {
+            body.extend(c);
+        }
+    } else if let Some(n) = headers.get("content-length") {
+        body = vec![0; n.parse().unwrap()];
+        r.read_exact(&mut body).unwrap();
+    } else {
+        r.read_to_end(&mut body).unwrap();
+    }
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn get(addr: SocketAddr, path: &str) -> Resp {
+    request(addr, "GET", path, Some(ADMIN), &[], b"")
+}
+
+fn post_json(addr: SocketAddr, path: &str, body: &Value) -> Resp {
+    request(
+        addr,
+        "POST",
+        path,
+        Some(ADMIN),
+        &[("Content-Type", "application/json")],
+        body.to_string().as_bytes(),
+    )
+}
+
+fn post_yaml(addr: SocketAddr, yaml: &str) -> Resp {
+    request(
+        addr,
+        "POST",
+        "/v1/graphs",
+        Some(ADMIN),
+        &[("Content-Type", "application/yaml")],
+        yaml.as_bytes(),
+    )
+}
+
+/// One server-sent event.
+#[derive(Debug, Clone, PartialEq)]
+struct Sse {
+    id: u64,
+    event: String,
+    data: Value,
+}
+
+/// An open event stream.
+struct SseStream {
+    r: BufReader<TcpStream>,
+    buf: String,
+    pub heartbeats: usize,
+}
+
+impl SseStream {
+    fn open(addr: SocketAddr, run: &str, last_event_id: Option<u64>) -> SseStream {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut head = format!(
+            "GET /v1/runs/{run}/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN}\r\nAccept: text/event-stream\r\n"
+        );
+        if let Some(id) = last_event_id {
+            head.push_str(&format!("Last-Event-ID: {id}\r\n"));
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        let mut r = BufReader::new(s);
+        let (status, headers) = read_head(&mut r);
+        assert_eq!(status, 200);
+        assert_eq!(headers["content-type"], "text/event-stream");
+        SseStream {
+            r,
+            buf: String::new(),
+            heartbeats: 0,
+        }
+    }
+
+    /// The next event, or `None` when the stream ended.
+    fn next(&mut self) -> Option<Sse> {
+        loop {
+            while let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut id = None;
+                let mut event = String::new();
+                let mut data = String::new();
+                for line in block.lines() {
+                    if line.starts_with(':') {
+                        self.heartbeats += 1;
+                    } else if let Some(v) = line.strip_prefix("id: ") {
+                        id = Some(v.parse().unwrap());
+                    } else if let Some(v) = line.strip_prefix("event: ") {
+                        event = v.to_owned();
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data.push_str(v);
+                    }
+                }
+                if let Some(id) = id {
+                    return Some(Sse {
+                        id,
+                        event,
+                        data: serde_json::from_str(&data).unwrap(),
+                    });
+                }
+            }
+            let chunk = read_chunk(&mut self.r)?;
+            self.buf.push_str(&String::from_utf8(chunk).unwrap());
+        }
+    }
+
+    fn until(&mut self, pred: impl Fn(&Sse) -> bool) -> Vec<Sse> {
+        let mut out = Vec::new();
+        while let Some(e) = self.next() {
+            let stop = pred(&e);
+            out.push(e);
+            if stop {
+                return out;
+            }
+        }
+        panic!("stream ended before the expected event; got {out:#?}");
+    }
+
+    /// Reads while no event arrives until a heartbeat comment does; returns what was read.
+    fn idle_until_heartbeat(&mut self) -> String {
+        let mut read = std::mem::take(&mut self.buf);
+        while !read.contains(": heartbeat") {
+            let chunk = read_chunk(&mut self.r).expect("stream open");
+            read.push_str(&String::from_utf8(chunk).unwrap());
+        }
+        read
+    }
+
+    fn rest(&mut self) -> Vec<Sse> {
+        let mut out = Vec::new();
+        while let Some(e) = self.next() {
+            out.push(e);
+        }
+        out
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Servers.
+
+/// The API in this process on its own runtime (so the tests' blocking clients never block it).
+struct TestApi {
+    addr: SocketAddr,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn test_config(journal: PathBuf) -> Config {
+    let mut c = Config::with_journal(journal);
+    c.listen = "127.0.0.1:0".parse().unwrap();
+    c.cache_dir = Some(common::cache_dir());
+    c.allow_private = vec!["127.0.0.1".parse().unwrap()];
+    c.auth_tokens = Some(tokens_file());
+    c.header_timeout = Duration::from_millis(500);
+    c.body_timeout = Duration::from_millis(500);
+    c.sse_heartbeat = Duration::from_millis(100);
+    c.shutdown_grace = Duration::from_millis(500);
+    c.rate_limit = 10_000.0;
+    c.rate_burst = 10_000;
+    c
+}
+
+impl TestApi {
+    fn start() -> TestApi {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = TestApi::with(test_config(dir.path().join("journal")));
+        t._dir = Some(dir);
+        t
+    }
+
+    fn with(config: Config) -> TestApi {
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let running = api::start(config).await.expect("server starts");
+                addr_tx.send(running.addr).unwrap();
+                tokio::task::spawn_blocking(move || {
+                    let _ = stop_rx.recv();
+                })
+                .await
+                .unwrap();
+                running.shutdown().await;
+            });
+            rt.shutdown_timeout(Duration::from_secs(1));
+        });
+        let addr = addr_rx.recv_timeout(DEADLINE).expect("server address");
+        TestApi {
+            addr,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+            _dir: None,
+        }
+    }
+}
+
+impl Drop for TestApi {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A loopback HTTP server whose `/gate` answers only once opened; counts requests.
+struct Gate {
+    addr: SocketAddr,
+    open: Arc<(Mutex<bool>, Condvar)>,
+    hits: Arc<AtomicUsize>,
+}
+
+impl Gate {
+    fn start() -> Gate {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = Arc::new((Mutex::new(false), Condvar::new()));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (o, h) = (open.clone(), hits.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let (o, h) = (o.clone(), h.clone());
+                std::thread::spawn(move || {
+                    let mut r = BufReader::new(conn.try_clone().unwrap());
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                            break;
+                        }
+                    }
+                    h.fetch_add(1, Ordering::SeqCst);
+                    let (lock, cv) = &*o;
+                    let mut g = lock.lock().unwrap();
+                    while !*g {
+                        g = cv.wait(g).unwrap();
+                    }
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nopened",
+                    );
+                });
+            }
+        });
+        Gate { addr, open, hits }
+    }
+
+    fn open(&self) {
+        *self.open.0.lock().unwrap() = true;
+        self.open.1.notify_all();
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/gate", self.addr.port())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures.
+
+fn tool_wasm(name: &str) -> &'static str {
+    sandgraph_test_artifacts::TOOLS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, p)| *p)
+        .unwrap_or_else(|| panic!("no tool {name}"))
+}
+
+fn upload(addr: SocketAddr, manifest: &str, wasm_path: &str) -> Resp {
+    let wasm = std::fs::read(wasm_path).unwrap();
+    post_json(
+        addr,
+        "/v1/tools",
+        &json!({
+            "manifest": manifest,
+            "component": base64::engine::general_purpose::STANDARD.encode(wasm),
+        }),
+    )
+}
+
+fn upload_tool(addr: SocketAddr, name: &str) {
+    let manifest =
+        std::fs::read_to_string(repo().join(format!("tools/{name}/{name}.sandgraph.yaml")))
+            .unwrap();
+    let r = upload(addr, &manifest, tool_wasm(name));
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+}
+
+fn upload_gate_fetcher(addr: SocketAddr, gates: &[&Gate]) {
+    let rules: Vec<String> = gates
+        .iter()
+        .map(|g| {
+            format!(
+                "{{ scheme: http, host: 127.0.0.1, port: {}, methods: [GET] }}",
+                g.addr.port()
+            )
+        })
+        .collect();
+    let manifest = format!(
+        "apiVersion: sandgraph.dev/v1\nkind: ToolManifest\nmetadata: {{ name: egress_fetch }}\nspec:\n  egress: [{}]\n  limits: {{ timeout: 60s }}\n",
+        rules.join(", ")
+    );
+    let r = upload(addr, &manifest, common::hostile("egress_fetch"));
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+}
+
+/// calc, then a fetch that waits at the gate, then calc again.
+const GATED: &str = r#"
+apiVersion: sandgraph.dev/v1
+kind: Graph
+metadata: { name: gated }
+spec:
+  input:
+    type: object
+    required: [url]
+    properties: { url: { type: string } }
+  nodes:
+    - { id: before, kind: tool, component: calc, input: { expr: "'1 + 1'" } }
+    - id: wait
+      kind: tool
+      component: egress_fetch
+      input: { url: input.url, method: "'GET'" }
+    - { id: after, kind: tool, component: calc, input: { expr: "string(nodes.before.value) + ' * 10'" } }
+  edges:
+    - { from: before, to: wait }
+    - { from: wait, to: after }
+"#;
+
+fn start_gated(addr: SocketAddr, gate: &Gate) -> String {
+    let r = post_json(
+        addr,
+        "/v1/runs",
+        &json!({"graph": "gated", "input": {"url": gate.url()}}),
+    );
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["run"].as_str().unwrap().to_owned()
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn run_status(addr: SocketAddr, run: &str) -> Value {
+    let r = get(addr, &format!("/v1/runs/{run}"));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests.
+
+#[test]
+fn tools_graphs_and_a_waited_run_with_its_event_stream() {
+    let api = TestApi::start();
+    let addr = api.addr;
+    upload_tool(addr, "calc");
+    upload_tool(addr, "text-stats");
+
+    let tools = get(addr, "/v1/tools").json();
+    let names: Vec<&str> = tools["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["calc", "text-stats"]);
+    let calc = get(addr, "/v1/tools/calc").json();
+    assert_eq!(calc["input_schema"]["type"], "object", "{calc}");
+    assert_eq!(calc["capabilities"]["workspace"], "none");
+    assert!(calc["digest"].as_str().unwrap().starts_with("sha256:"));
+
+    let yaml = std::fs::read_to_string(repo().join("graphs/conditional-loop.yaml")).unwrap();
+    let r = post_yaml(addr, &yaml);
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let version = r.json()["version"].as_str().unwrap().to_owned();
+    // The same document again is the same version.
+    let again = post_yaml(addr, &yaml);
+    assert_eq!(again.status, 200);
+    assert_eq!(again.json()["version"], version.as_str());
+    let g = get(addr, "/v1/graphs/conditional-loop").json();
+    assert_eq!(g["version"], version.as_str());
+    assert_eq!(g["source"], yaml.as_str());
+    let listed = get(addr, "/v1/graphs").json();
+    assert_eq!(listed["graphs"][0]["name"], "conditional-loop");
+    let by_version = get(
+        addr,
+        &format!("/v1/graphs/conditional-loop?version={version}"),
+    );
+    assert_eq!(by_version.status, 200);
+
+    let r = post_json(
+        addr,
+        "/v1/runs?wait=true",
+        &json!({"graph": "conditional-loop", "version": version, "input": {"start": 3, "limit": 50}}),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let done = r.json();
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let run = done["run"].as_str().unwrap().to_owned();
+    assert!(done["output"]["report"].is_object(), "{done}");
+
+    let shown = run_status(addr, &run);
+    assert_eq!(shown["status"], "succeeded");
+    let steps: Vec<&str> = shown["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps[0], "seed#1");
+    assert!(steps.contains(&"report#1"), "{steps:?}");
+    let doubles: Vec<Value> = shown["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["node"] == "double")
+        .map(|s| s["output"]["value"].clone())
+        .collect();
+    assert_eq!(
+        doubles,
+        [
+            json!(6.0),
+            json!(12.0),
+            json!(24.0),
+            json!(48.0),
+            json!(96.0)
+        ]
+    );
+    assert!(
+        shown["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["status"] == "completed")
+    );
+
+    // A finished run streams every event, ids contiguous from 0, and ends after RunFinished.
+    let all = SseStream::open(addr, &run, None).rest();
+    assert_eq!(all.first().unwrap().event, "run_created");
+    assert_eq!(all.last().unwrap().event, "run_finished");
+    assert_eq!(all.last().unwrap().data["status"], "succeeded");
+    let ids: Vec<u64> = all.iter().map(|e| e.id).collect();
+    assert_eq!(ids, (0..all.len() as u64).collect::<Vec<_>>());
+    assert_eq!(shown["events"], all.len());
+    // Resuming after event k yields exactly the events after k.
+    let k = 5;
+    let tail = SseStream::open(addr, &run, Some(k)).rest();
+    assert_eq!(tail, all[k as usize + 1..].to_vec());
+
+    let runs = get(addr, "/v1/runs?graph=conditional-loop&status=succeeded").json();
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        get(addr, "/v1/runs?status=failed").json()["runs"],
+        json!([])
+    );
+
+    let metrics = String::from_utf8(get(addr, "/metrics").body).unwrap();
+    for needle in [
+        "sandgraph_runs_total{status=\"succeeded\"} 1",
+        "sandgraph_step_duration_seconds_count{graph=\"conditional-loop\",node=\"double\"} 5",
+        "sandgraph_tool_outcomes_total{tool=\"calc\",outcome=\"ok\"} 6",
+        "sandgraph_run_queue_depth 0",
+        "sandgraph_sse_streams_in_flight 0",
+        "sandgraph_journal_flushes_total",
+    ] {
+        assert!(metrics.contains(needle), "no `{needle}` in\n{metrics}");
+    }
+}
+
+#[test]
+fn reconnecting_mid_run_with_last_event_id_gets_exactly_the_missed_events_then_cancel() {
+    let api = TestApi::start();
+    let addr = api.addr;
+    let gate = Gate::start();
+    let closed = Gate::start();
+    upload_tool(addr, "calc");
+    upload_gate_fetcher(addr, &[&gate, &closed]);
+    assert_eq!(post_yaml(addr, GATED).status, 201);
+    let run = start_gated(addr, &gate);
+
+    // Read the first three events, then drop the connection.
+    let mut first = SseStream::open(addr, &run, None);
+    let head: Vec<Sse> = (0..3).map(|_| first.next().unwrap()).collect();
+    drop(first);
+    // More happens while disconnected: the run reaches the gate.
+    wait_for("the fetch to reach the gate", || {
+        gate.hits.load(Ordering::SeqCst) == 1
+    });
+    let mut resumed = SseStream::open(addr, &run, Some(head[2].id));
+    let middle =
+        resumed.until(|e| e.event == "crossing" && e.data["crossing"]["kind"] == "http_intent");
+    assert_eq!(middle[0].id, 3, "resumed right after the last event seen");
+    // Idle while the step waits: only heartbeats arrive.
+    let idle = resumed.idle_until_heartbeat();
+    assert!(
+        !idle.contains("id: "),
+        "no events while the step waits: {idle}"
+    );
+    gate.open();
+    let rest = resumed.rest();
+    assert_eq!(rest.last().unwrap().event, "run_finished");
+    assert_eq!(rest.last().unwrap().data["status"], "succeeded");
+    assert_eq!(rest.last().unwrap().data["output"]["after"]["value"], 20.0);
+    // Together they are exactly the run's journal, once each and in order.
+    let mut seen = head.clone();
+    seen.extend(middle);
+    seen.extend(rest);
+    let whole = SseStream::open(addr, &run, None).rest();
+    assert_eq!(seen, whole);
+
+    // Cancel: a second run parks at a gate that never opens and is cancelled there.
+    let run2 = start_gated(addr, &closed);
+    wait_for("the second run at its gate", || {
+        closed.hits.load(Ordering::SeqCst) == 1
+    });
+    let r = request(
+        addr,
+        "POST",
+        &format!("/v1/runs/{run2}/cancel"),
+        Some(ADMIN),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    wait_for("the run to end cancelled", || {
+        run_status(addr, &run2)["status"] == "cancelled"
+    });
+    let r = request(
+        addr,
+        "POST",
+        &format!("/v1/runs/{run2}/cancel"),
+        Some(ADMIN),
+        &[],
+        b"",
+    );
+    assert_eq!((r.status, r.problem().as_str()), (409, "run-finished"));
+    let events = SseStream::open(addr, &run2, None).rest();
+    assert_eq!(events.last().unwrap().data["status"], "cancelled");
+}
+
+#[test]
+fn an_idempotency_key_returns_the_same_run_and_refuses_a_different_body() {
+    let api = TestApi::start();
+    let addr = api.addr;
+    upload_tool(addr, "calc");
+    upload_tool(addr, "text-stats");
+    let yaml = std::fs::read_to_string(repo().join("graphs/conditional-loop.yaml")).unwrap();
+    assert_eq!(post_yaml(addr, &yaml).status, 201);
+    let body = json!({"graph": "conditional-loop", "input": {"start": 1, "limit": 4}}).to_string();
+    let submit = |key: &str, body: &str| {
+        request(
+            addr,
+            "POST",
+            "/v1/runs",
+            Some(ADMIN),
+            &[
+                ("Content-Type", "application/json"),
+                ("Idempotency-Key", key),
+            ],
+            body.as_bytes(),
+        )
+    };
+    let first = submit("order-42", &body);
+    assert_eq!(first.status, 202);
+    let second = submit("order-42", &body);
+    assert_eq!(second.status, 200);
+    assert_eq!(
+        second
+            .headers
+            .get("idempotent-replayed")
+            .map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(first.json()["run"], second.json()["run"]);
+    let other = json!({"graph": "conditional-loop", "input": {"start": 2, "limit": 4}}).to_string();
+    let r = submit("order-42", &other);
+    assert_eq!(
+        (r.status, r.problem().as_str()),
+        (422, "idempotency-key-reused")
+    );
+    let third = submit("order-43", &body);
+    assert_eq!(third.status, 202);
+    assert_ne!(third.json()["run"], first.json()["run"]);
+    let run = first.json()["run"].as_str().unwrap().to_owned();
+    wait_for("the run to finish", || {
+        run_status(addr, &run)["status"] == "succeeded"
+    });
+    assert_eq!(
+        get(addr, "/v1/runs").json()["runs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+/// One bad request and what it must get back.
+struct Case {
+    name: &'static str,
+    method: &'static str,
+    path: String,
+    token: Option<&'static str>,
+    headers: Vec<(&'static str, String)>,
+    body: Vec<u8>,
+    status: u16,
+    problem: &'static str,
+}
+
+fn case(
+    name: &'static str,
+    method: &'static str,
+    path: &str,
+    status: u16,
+    problem: &'static str,
+) -> Case {
+    Case {
+        name,
+        method,
+        path: path.to_owned(),
+        token: Some(ADMIN),
+        headers: Vec::new(),
+        body: Vec::new(),
+        status,
+        problem,
+    }
+}
+
+impl Case {
+    fn yaml(mut self, body: impl Into<Vec<u8>>) -> Case {
+        self.headers
+            .push(("Content-Type", "application/yaml".into()));
+        self.body = body.into();
+        self
+    }
+    fn json(mut self, body: impl Into<Vec<u8>>) -> Case {
+        self.headers
+            .push(("Content-Type", "application/json".into()));
+        self.body = body.into();
+        self
+    }
+    fn header(mut self, k: &'static str, v: &str) -> Case {
+        self.headers.push((k, v.to_owned()));
+        self
+    }
+    fn token(mut self, t: Option<&'static str>) -> Case {
+        self.token = t;
+        self
+    }
+}
+
+#[test]
+fn bad_requests_get_their_status_and_problem_type_while_others_are_served() {
+    let api = TestApi::start();
+    let addr = api.addr;
+    upload_tool(addr, "calc");
+    upload_tool(addr, "text-stats");
+    let yaml = std::fs::read_to_string(repo().join("graphs/conditional-loop.yaml")).unwrap();
+    assert_eq!(post_yaml(addr, &yaml).status, 201);
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let calc_manifest =
+        std::fs::read_to_string(repo().join("tools/calc/calc.sandgraph.yaml")).unwrap();
+    let tool_body = |manifest: &str, wasm: &[u8]| {
+        json!({"manifest": manifest, "component": b64(wasm)}).to_string()
+    };
+    let alias_bomb = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: [*b, *b, *b, *b, *b, *b, *b, *b, *b]\n";
+    let missing_component = yaml.replace("component: text-stats", "component: no-such-tool");
+    let run = |input: Value| json!({"graph": "conditional-loop", "input": input}).to_string();
+    let unknown_run = "0123456789abcdef0123456789abcdef";
+    let cases = vec![
+        case("malformed YAML", "POST", "/v1/graphs", 422, "graph-invalid")
+            .yaml("spec: [unclosed\n"),
+        case("alias bomb", "POST", "/v1/graphs", 422, "graph-invalid").yaml(alias_bomb),
+        case(
+            "graph naming a tool nobody uploaded",
+            "POST",
+            "/v1/graphs",
+            422,
+            "graph-invalid",
+        )
+        .yaml(missing_component),
+        case(
+            "graph over the body cap",
+            "POST",
+            "/v1/graphs",
+            413,
+            "body-too-large",
+        )
+        .yaml(vec![b'#'; (1 << 20) + 1]),
+        case(
+            "graph sent as JSON",
+            "POST",
+            "/v1/graphs",
+            415,
+            "unsupported-media-type",
+        )
+        .json(yaml.clone()),
+        case(
+            "graph with no content type",
+            "POST",
+            "/v1/graphs",
+            415,
+            "unsupported-media-type",
+        ),
+        case("graph not UTF-8", "POST", "/v1/graphs", 400, "bad-encoding")
+            .yaml(vec![0xff, 0xfe, b'a']),
+        case(
+            "unknown graph",
+            "GET",
+            "/v1/graphs/nope",
+            404,
+            "unknown-graph",
+        ),
+        case(
+            "unknown graph version",
+            "GET",
+            "/v1/graphs/conditional-loop?version=abc",
+            404,
+            "unknown-graph-version",
+        ),
+        case(
+            "tool upload as YAML",
+            "POST",
+            "/v1/tools",
+            415,
+            "unsupported-media-type",
+        )
+        .yaml(calc_manifest.clone()),
+        case("tool upload not JSON", "POST", "/v1/tools", 400, "bad-json").json("{"),
+        case(
+            "tool component not base64",
+            "POST",
+            "/v1/tools",
+            400,
+            "bad-encoding",
+        )
+        .json(json!({"manifest": calc_manifest, "component": "%%%"}).to_string()),
+        case(
+            "non-component upload",
+            "POST",
+            "/v1/tools",
+            422,
+            "not-a-tool-component",
+        )
+        .json(tool_body(&calc_manifest, b"definitely not wasm")),
+        case(
+            "core module upload",
+            "POST",
+            "/v1/tools",
+            422,
+            "not-a-tool-component",
+        )
+        .json(tool_body(&calc_manifest, b"\0asm\x01\0\0\0")),
+        case(
+            "component of the wrong world",
+            "POST",
+            "/v1/tools",
+            422,
+            "not-a-tool-component",
+        )
+        .json(tool_body(
+            &calc_manifest,
+            &std::fs::read(common::hostile("component_wrong_world")).unwrap(),
+        )),
+        case(
+            "invalid manifest",
+            "POST",
+            "/v1/tools",
+            422,
+            "manifest-invalid",
+        )
+        .json(tool_body("kind: Nope\n", b"\0asm")),
+        case(
+            "manifest name differs from the component",
+            "POST",
+            "/v1/tools",
+            422,
+            "tool-name-mismatch",
+        )
+        .json(tool_body(
+            &calc_manifest.replace("name: calc", "name: other"),
+            &std::fs::read(tool_wasm("calc")).unwrap(),
+        )),
+        case("unknown tool", "GET", "/v1/tools/nope", 404, "unknown-tool"),
+        case(
+            "run of an unknown graph",
+            "POST",
+            "/v1/runs",
+            404,
+            "unknown-graph",
+        )
+        .json(json!({"graph": "nope", "input": {}}).to_string()),
+        case(
+            "run of an unknown version",
+            "POST",
+            "/v1/runs",
+            404,
+            "unknown-graph-version",
+        )
+        .json(json!({"graph": "conditional-loop", "version": "abc", "input": {}}).to_string()),
+        case(
+            "run input against the schema",
+            "POST",
+            "/v1/runs",
+            422,
+            "invalid-input",
+        )
+        .json(run(json!({"start": "three"}))),
+        case("run body not JSON", "POST", "/v1/runs", 400, "bad-json").json("graph=x"),
+        case(
+            "run body with an unknown field",
+            "POST",
+            "/v1/runs",
+            400,
+            "bad-json",
+        )
+        .json(json!({"graph": "conditional-loop", "inputs": {}}).to_string()),
+        case(
+            "run as form data",
+            "POST",
+            "/v1/runs",
+            415,
+            "unsupported-media-type",
+        )
+        .header("Content-Type", "application/x-www-form-urlencoded"),
+        case(
+            "run body over the cap",
+            "POST",
+            "/v1/runs",
+            413,
+            "body-too-large",
+        )
+        .json(vec![b' '; (1 << 20) + 1]),
+        case(
+            "unknown run",
+            "GET",
+            &format!("/v1/runs/{unknown_run}"),
+            404,
+            "unknown-run",
+        ),
+        case("not a run id", "GET", "/v1/runs/xyz", 400, "invalid-run-id"),
+        case(
+            "events of an unknown run",
+            "GET",
+            &format!("/v1/runs/{unknown_run}/events"),
+            404,
+            "unknown-run",
+        ),
+        case(
+            "cancel of an unknown run",
+            "POST",
+            &format!("/v1/runs/{unknown_run}/cancel"),
+            404,
+            "unknown-run",
+        ),
+        case(
+            "unknown route",
+            "GET",
+            "/v2/everything",
+            404,
+            "unknown-route",
+        ),
+        case(
+            "wrong method",
+            "DELETE",
+            "/v1/graphs",
+            405,
+            "method-not-allowed",
+        ),
+        case(
+            "bad run status filter",
+            "GET",
+            "/v1/runs?status=done",
+            400,
+            "invalid-query",
+        ),
+        case(
+            "no credentials",
+            "GET",
+            "/v1/graphs",
+            401,
+            "missing-credentials",
+        )
+        .token(None),
+        case("unknown token", "GET", "/v1/graphs", 401, "unknown-token")
+            .token(Some("test-only-wrong")),
+        case(
+            "reader uploading a graph",
+            "POST",
+            "/v1/graphs",
+            403,
+            "insufficient-scope",
+        )
+        .token(Some(READER))
+        .yaml(yaml.clone()),
+        case(
+            "reader starting a run",
+            "POST",
+            "/v1/runs",
+            403,
+            "insufficient-scope",
+        )
+        .token(Some(READER))
+        .json(run(json!({"start": 1, "limit": 2}))),
+    ];
+    assert!(cases.len() >= 25);
+    let mut failures = Vec::new();
+    for c in &cases {
+        let headers: Vec<(&str, &str)> = c.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = request(addr, c.method, &c.path, c.token, &headers, &c.body);
+        let got = (
+            r.status,
+            if r.status >= 400 {
+                r.problem()
+            } else {
+                String::new()
+            },
+        );
+        if got != (c.status, c.problem.to_owned()) {
+            failures.push(format!(
+                "{}: expected {} {}, got {} {} {}",
+                c.name,
+                c.status,
+                c.problem,
+                got.0,
+                got.1,
+                String::from_utf8_lossy(&r.body)
+            ));
+        }
+        // The server keeps serving others.
+        assert_eq!(get(addr, "/v1/graphs").status, 200, "after {}", c.name);
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // Graph errors carry line and column.
+    let r = post_yaml(addr, &yaml.replace("to: report", "to: reprot"));
+    let p = r.json();
+    assert_eq!(r.status, 422);
+    let e = &p["errors"][0];
+    assert!(
+        e["line"].as_u64().unwrap() > 1 && e["column"].as_u64().unwrap() >= 1,
+        "{p}"
+    );
+    assert!(e["message"].as_str().unwrap().contains("reprot"), "{p}");
+    // 401 says how to authenticate.
+    let r = request(addr, "GET", "/v1/runs", None, &[], b"");
+    assert!(r.headers["www-authenticate"].starts_with("Bearer"));
+
+    // Slow-loris: a client that never finishes its head is cut off; others are served meanwhile.
+    let mut slow = TcpStream::connect(addr).unwrap();
+    slow.write_all(b"GET /v1/graphs HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(DEADLINE)).unwrap();
+    assert_eq!(get(addr, "/healthz").status, 200);
+    let mut buf = Vec::new();
+    let _ = slow.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    assert!(buf.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+    // A body that stalls gets 408 body-timeout.
+    let mut stall = TcpStream::connect(addr).unwrap();
+    stall.set_read_timeout(Some(DEADLINE)).unwrap();
+    stall
+        .write_all(
+            format!("POST /v1/graphs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN}\r\nContent-Type: application/yaml\r\nContent-Length: 100\r\n\r\nspec:").as_bytes(),
+        )
+        .unwrap();
+    let mut r = BufReader::new(stall);
+    let (status, _) = read_head(&mut r);
+    assert_eq!(status, 408);
+    assert_eq!(get(addr, "/healthz").status, 200);
+    assert_eq!(get(addr, "/readyz").status, 200);
+}
+
+/// The server as a child process, for SIGTERM and restart.
+struct Child {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+fn spawn_server(journal: &Path, grace: &str) -> Child {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sandgraph"))
+        .arg("serve")
+        .env("SANDGRAPH_LISTEN", "127.0.0.1:0")
+        .env("SANDGRAPH_JOURNAL", journal)
+        .env("SANDGRAPH_CACHE_DIR", common::cache_dir())
+        .env("SANDGRAPH_ALLOW_PRIVATE", "127.0.0.1")
+        .env("SANDGRAPH_AUTH_TOKENS", tokens_file())
+        .env("SANDGRAPH_SHUTDOWN_GRACE", grace)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start sandgraph serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .unwrap();
+    Child { child, addr }
+}
+
+impl Child {
+    fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let status = self.child.wait().unwrap();
+        let mut logs = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut logs)
+            .unwrap();
+        (status, logs)
+    }
+}
+
+#[test]
+fn sigterm_mid_run_exits_cleanly_and_the_restarted_server_finishes_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let gate = Gate::start();
+    let server = spawn_server(&journal, "200ms");
+    let addr = server.addr;
+    upload_tool(addr, "calc");
+    upload_gate_fetcher(addr, &[&gate]);
+    assert_eq!(post_yaml(addr, GATED).status, 201);
+    let run = start_gated(addr, &gate);
+    wait_for("the run at the gate", || {
+        gate.hits.load(Ordering::SeqCst) == 1
+    });
+    let (status, logs) = server.terminate();
+    assert!(status.success(), "exit {status:?}\n{logs}");
+    assert!(logs.contains("grace period over"), "{logs}");
+    // JSON log lines carry the request id; the admin token never appears.
+    assert!(logs.lines().any(|l| l.contains("\"request_id\"")), "{logs}");
+    assert!(!logs.contains(ADMIN));
+
+    // The restarted server resumes the run (tools and graphs were stored) and it finishes.
+    let server = spawn_server(&journal, "5s");
+    let addr = server.addr;
+    assert_eq!(get(addr, "/readyz").status, 200);
+    assert_eq!(get(addr, "/v1/tools/calc").status, 200);
+    gate.open();
+    wait_for("the resumed run to finish", || {
+        run_status(addr, &run)["status"] != "running"
+    });
+    let shown = run_status(addr, &run);
+    assert_eq!(shown["status"], "succeeded", "{shown}");
+    assert_eq!(shown["output"]["after"]["value"], 20.0);
+    let (status, logs) = server.terminate();
+    assert!(status.success(), "{logs}");
+}
