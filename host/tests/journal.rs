@@ -676,3 +676,89 @@ async fn interrupted_post_is_outcome_unknown_and_not_sent_again() {
     }
     assert_eq!(server.connections(), 1, "the POST was sent again");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_request_replays_with_the_same_error_code() {
+    // A port with nothing listening: the live request is refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let h = local_harness();
+    let tool = h.load(hostile("egress_fetch"));
+    let spec = format!("egress: [{{ scheme: http, host: 127.0.0.1, port: {port} }}]");
+    let grant = grant_for(&h, "egress_fetch", &spec);
+    let input = format!(r#"{{"url":"http://127.0.0.1:{port}/x","method":"GET"}}"#);
+    let (journal, run) = journal_with_run();
+
+    let rec = StepCrossings::record(journal.clone(), run, "fetch", 1);
+    let live = h
+        .sandbox
+        .call_journaled(&tool, &grant, &input, &rec)
+        .await
+        .unwrap()
+        .result;
+    let recorded = journal
+        .events(run)
+        .unwrap()
+        .into_iter()
+        .find_map(|r| match r.event {
+            Event::Crossing {
+                crossing: Crossing::HttpFailed { message },
+                ..
+            } => Some(message),
+            _ => None,
+        })
+        .expect("the failure is journaled");
+    assert_eq!(recorded, "ConnectionRefused");
+
+    let rep = StepCrossings::replay_offline(journal.clone(), run, "fetch", 1).unwrap();
+    let replayed = h
+        .sandbox
+        .call_journaled(&tool, &grant, &input, &rep)
+        .await
+        .unwrap()
+        .result;
+    assert_eq!(
+        replayed, live,
+        "the guest saw a different failure on replay"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_denied_request_is_journaled_as_a_denial() {
+    let h = local_harness();
+    let tool = h.load(hostile("egress_fetch"));
+    let grant = grant_for(
+        &h,
+        "egress_fetch",
+        "egress: [{ scheme: https, host: api.example.com }]",
+    );
+    let input = r#"{"url":"http://127.0.0.1:9/secret","method":"GET"}"#;
+    let (journal, run) = journal_with_run();
+    let rec = StepCrossings::record(journal.clone(), run, "fetch", 1);
+    let report = h
+        .sandbox
+        .call_journaled(&tool, &grant, input, &rec)
+        .await
+        .unwrap();
+    assert_eq!(report.result.unwrap_err().kind(), "denied");
+    let denials: Vec<(String, String)> = journal
+        .events(run)
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r.event {
+            Event::Crossing {
+                crossing: Crossing::Denial { capability, target },
+                ..
+            } => Some((capability, target)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        denials,
+        [(
+            "egress".to_string(),
+            "http://127.0.0.1:9/secret".to_string()
+        )]
+    );
+}

@@ -411,7 +411,7 @@ async fn send_vetted(
                 record.allowed = true;
                 record.reason = format!("failure replayed from the journal: {message}");
                 with_log(&log, |l| l.push(record));
-                return Err(HttpError::InternalError(Some(message)));
+                return Err(error_from_journal(&message));
             }
             Err(e) => {
                 let message = e.to_string();
@@ -442,6 +442,62 @@ async fn send_vetted(
         return live.await;
     };
     journal_result(&c, &method, live.await).await
+}
+
+/// The failure as journaled: the wasi-http error code's name (`ConnectionRefused`) where it has
+/// no payload, so replay hands the guest the same code; otherwise its message.
+fn error_for_journal(e: &HttpError) -> String {
+    // Connect and TLS I/O errors reach the guest as these codes (wasi-http's default hooks).
+    match e {
+        HttpError::Connect(io)
+            if io.kind() != std::io::ErrorKind::AddrNotAvailable
+                && !io
+                    .to_string()
+                    .starts_with("failed to lookup address information") =>
+        {
+            return "ConnectionRefused".into();
+        }
+        HttpError::Tls(_) => return "TlsProtocolError".into(),
+        _ => {}
+    }
+    let name = format!("{e:?}");
+    match error_from_journal(&name) {
+        HttpError::InternalError(Some(_)) => e.to_string(),
+        _ => name,
+    }
+}
+
+/// The error a journaled failure stands for (`error_for_journal` in reverse); any other text
+/// becomes an internal error carrying it.
+fn error_from_journal(text: &str) -> HttpError {
+    match text {
+        "DnsTimeout" => HttpError::DnsTimeout,
+        "DestinationNotFound" => HttpError::DestinationNotFound,
+        "DestinationUnavailable" => HttpError::DestinationUnavailable,
+        "DestinationIpProhibited" => HttpError::DestinationIpProhibited,
+        "DestinationIpUnroutable" => HttpError::DestinationIpUnroutable,
+        "ConnectionRefused" => HttpError::ConnectionRefused,
+        "ConnectionTerminated" => HttpError::ConnectionTerminated,
+        "ConnectionTimeout" => HttpError::ConnectionTimeout,
+        "ConnectionReadTimeout" => HttpError::ConnectionReadTimeout,
+        "ConnectionWriteTimeout" => HttpError::ConnectionWriteTimeout,
+        "ConnectionLimitReached" => HttpError::ConnectionLimitReached,
+        "TlsProtocolError" => HttpError::TlsProtocolError,
+        "TlsCertificateError" => HttpError::TlsCertificateError,
+        "HttpRequestDenied" => HttpError::HttpRequestDenied,
+        "HttpRequestLengthRequired" => HttpError::HttpRequestLengthRequired,
+        "HttpRequestMethodInvalid" => HttpError::HttpRequestMethodInvalid,
+        "HttpRequestUriInvalid" => HttpError::HttpRequestUriInvalid,
+        "HttpRequestUriTooLong" => HttpError::HttpRequestUriTooLong,
+        "HttpResponseIncomplete" => HttpError::HttpResponseIncomplete,
+        "HttpResponseTimeout" => HttpError::HttpResponseTimeout,
+        "HttpUpgradeFailed" => HttpError::HttpUpgradeFailed,
+        "HttpProtocolError" => HttpError::HttpProtocolError,
+        "LoopDetected" => HttpError::LoopDetected,
+        "ConfigurationError" => HttpError::ConfigurationError,
+        "InternalError(None)" | "" => HttpError::InternalError(None),
+        other => HttpError::InternalError(Some(other.to_owned())),
+    }
 }
 
 /// Where a vetted request goes, as worked out by `send_vetted`.
@@ -491,7 +547,7 @@ async fn journal_result(
         let outcome_unknown = !failed_before_sending(&e)
             && !crate::journal::crossings::is_idempotent(method)
             && !c.idempotency_key_honoured();
-        if !outcome_unknown && let Err(je) = c.http_failed(&e.to_string()) {
+        if !outcome_unknown && let Err(je) = c.http_failed(&error_for_journal(&e)) {
             c.note_problem(je);
         }
         Err(e)
