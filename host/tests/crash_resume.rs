@@ -387,7 +387,9 @@ fn check_recovered(
     }
     // The recovered run replays offline byte for byte, and the replay sends nothing.
     server.reset();
-    let run = Journal::open(journal).unwrap().runs().unwrap()[0].run.to_string();
+    let run = Journal::open(journal).unwrap().runs().unwrap()[0]
+        .run
+        .to_string();
     let replay = Command::new(env!("CARGO_BIN_EXE_sandgraph"))
         .args(["replay", &run, "--journal"])
         .arg(journal)
@@ -401,7 +403,10 @@ fn check_recovered(
         "{what}: replay: {report}{}",
         String::from_utf8_lossy(&replay.stderr)
     );
-    assert!(server.snapshot().0.is_empty(), "{what}: replay reached the network");
+    assert!(
+        server.snapshot().0.is_empty(),
+        "{what}: replay reached the network"
+    );
 }
 
 /// An uninterrupted run: its output and its number of journal events.
