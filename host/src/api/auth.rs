@@ -440,6 +440,12 @@ impl Authenticator {
             "ES256" => Algorithm::ES256,
             _ => return Err(AuthError::AlgorithmNotAllowed { alg: shown(&alg) }),
         };
+        if header.contains_key("crit") {
+            // RFC 7515 §4.1.11: extensions marked critical must be understood; we know none.
+            return Err(AuthError::MalformedJwt(
+                "header lists 'crit' extensions, which this server does not implement".into(),
+            ));
+        }
         let key = match header.get("kid") {
             Some(serde_json::Value::String(kid)) => jwt
                 .keys
@@ -1375,6 +1381,13 @@ mod tests {
             refuse(&format!("{head}!.{rest}")),
             AuthError::MalformedJwt("the header is not base64url".into())
         );
+        let crit = format!(
+            "{}.{}.{}",
+            b64(&json!({"alg": "RS256", "kid": "rsa-1", "crit": ["exp"], "exp": 1})),
+            b64(&claims()),
+            token.rsplit('.').next().unwrap()
+        );
+        assert!(matches!(refuse(&crit), AuthError::MalformedJwt(m) if m.contains("'crit'")));
         let no_alg = format!("{}.{}.", b64(&json!({"typ": "JWT"})), b64(&claims()));
         assert_eq!(
             refuse(&no_alg),

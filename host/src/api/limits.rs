@@ -234,6 +234,16 @@ impl Admission {
         self
     }
 
+    /// The configured bound on runs in flight.
+    pub fn max_running(&self) -> usize {
+        self.max_running
+    }
+
+    /// The configured bound on runs waiting for a slot.
+    pub fn max_queued(&self) -> usize {
+        self.max_queued
+    }
+
     /// Runs holding a slot now.
     pub fn running(&self) -> usize {
         self.max_running - self.slots.available_permits()
@@ -380,6 +390,7 @@ mod tests {
         let first = admission.admit().await.unwrap();
         let second = admission.admit().await.unwrap();
         assert_eq!(first.waited(), Duration::ZERO);
+        assert_eq!((admission.max_running(), admission.max_queued()), (2, 2));
         assert_eq!((admission.running(), admission.queued()), (2, 0));
 
         // Two more wait in the queue, in order.
