@@ -1204,3 +1204,97 @@ fn sigterm_mid_run_exits_cleanly_and_the_restarted_server_finishes_the_run() {
     let (status, logs) = server.terminate();
     assert!(status.success(), "{logs}");
 }
+
+#[test]
+fn a_full_run_queue_and_a_spent_rate_limit_answer_429_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path().join("journal"));
+    config.max_concurrent_runs = 1;
+    config.run_queue = 0;
+    let api = TestApi::with(config);
+    let addr = api.addr;
+    let gate = Gate::start();
+    upload_tool(addr, "calc");
+    upload_gate_fetcher(addr, &[&gate]);
+    assert_eq!(post_yaml(addr, GATED).status, 201);
+    let run = start_gated(addr, &gate);
+    // The one slot is taken and nothing may queue.
+    let r = post_json(
+        addr,
+        "/v1/runs",
+        &json!({"graph": "gated", "input": {"url": gate.url()}}),
+    );
+    assert_eq!((r.status, r.problem().as_str()), (429, "run-queue-full"));
+    assert_eq!(r.headers["retry-after"], "1");
+    gate.open();
+    wait_for("the run to finish", || {
+        run_status(addr, &run)["status"] == "succeeded"
+    });
+    // The slot is free again.
+    wait_for("a free slot", || {
+        let r = post_json(
+            addr,
+            "/v1/runs",
+            &json!({"graph": "gated", "input": {"url": gate.url()}}),
+        );
+        r.status == 202
+    });
+    drop(api);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path().join("journal"));
+    config.rate_limit = 0.01;
+    config.rate_burst = 2;
+    let api = TestApi::with(config);
+    assert_eq!(get(api.addr, "/v1/graphs").status, 200);
+    assert_eq!(get(api.addr, "/v1/graphs").status, 200);
+    let r = get(api.addr, "/v1/graphs");
+    assert_eq!((r.status, r.problem().as_str()), (429, "rate-limited"));
+    assert!(r.headers["retry-after"].parse::<u64>().unwrap() >= 1);
+    // Another subject has its own bucket; probes are not limited.
+    assert_eq!(
+        request(api.addr, "GET", "/v1/graphs", Some(READER), &[], b"").status,
+        200
+    );
+    assert_eq!(get(api.addr, "/healthz").status, 200);
+}
+
+#[test]
+fn shutdown_ends_event_streams_and_the_next_start_resumes_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let gate = Gate::start();
+    let api = TestApi::with(test_config(journal.clone()));
+    let addr = api.addr;
+    upload_tool(addr, "calc");
+    upload_gate_fetcher(addr, &[&gate]);
+    assert_eq!(post_yaml(addr, GATED).status, 201);
+    let run = start_gated(addr, &gate);
+    wait_for("the run at the gate", || {
+        gate.hits.load(Ordering::SeqCst) == 1
+    });
+    let mut stream = SseStream::open(addr, &run, None);
+    stream.until(|e| e.event == "crossing");
+    // Shut down: the stream ends (no run_finished), the run stays unfinished in the journal.
+    drop(api);
+    let rest = stream.rest();
+    assert!(rest.iter().all(|e| e.event != "run_finished"), "{rest:?}");
+    assert!(TcpStream::connect(addr).is_err() || get_status_or_closed(addr));
+    // Started again on the same journal, it resumes and finishes the run.
+    let api = TestApi::with(test_config(journal));
+    gate.open();
+    wait_for("the resumed run to finish", || {
+        run_status(api.addr, &run)["status"] == "succeeded"
+    });
+}
+
+/// True when a connection to `addr` is refused or closed without an answer.
+fn get_status_or_closed(addr: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return true;
+    };
+    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    buf.is_empty()
+}
