@@ -3,18 +3,17 @@
 //! Progress goes to stderr one line per step event; the run's output JSON goes to stdout.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use clap::Args;
 
-use super::tool::CacheArgs;
+use super::tool::{CacheArgs, OperatorArgs};
 use crate::graph::catalog::Catalog;
 use crate::graph::engine::{Engine, EngineConfig, RunOutcome};
 use crate::graph::{self, CompiledGraph};
 use crate::journal::{Event, Journal, RunId, RunStatus};
-use crate::sandbox::egress::{SecretStore, StaticResolver};
+use crate::sandbox::egress::StaticResolver;
 use crate::sandbox::manifest::OperatorPolicy;
 use crate::sandbox::{Sandbox, SandboxConfig};
 
@@ -53,12 +52,8 @@ impl JournalArgs {
 pub struct HostArgs {
     #[command(flatten)]
     pub journal: JournalArgs,
-    /// Let egress reach this exact non-public address (repeatable), e.g. 127.0.0.1.
-    #[arg(long = "allow-private", value_name = "IP")]
-    pub allow_private: Vec<IpAddr>,
-    /// An operator secret for header injection, NAME=VALUE (repeatable).
-    #[arg(long = "secret", value_name = "NAME=VALUE")]
-    pub secrets: Vec<String>,
+    #[command(flatten)]
+    pub operator: OperatorArgs,
     /// Host directory exposed as /workspace to tools whose manifest asks for one.
     #[arg(long)]
     pub workspace: Option<PathBuf>,
@@ -120,16 +115,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 }
 
 fn engine(host: &HostArgs, resolver: Option<StaticResolver>) -> Result<Engine, String> {
-    let mut secrets = SecretStore::default();
-    for s in &host.secrets {
-        let Some((name, value)) = s.split_once('=') else {
-            return Err(format!(
-                "--secret `{}`: write NAME=VALUE",
-                s.split('=').next().unwrap_or_default()
-            ));
-        };
-        secrets.insert(name, value);
-    }
+    let secrets = host.operator.secret_store()?;
     let mut config = SandboxConfig {
         cache_dir: host.cache.dir(),
         secrets,
@@ -146,7 +132,7 @@ fn engine(host: &HostArgs, resolver: Option<StaticResolver>) -> Result<Engine, S
         Arc::new(journal),
         EngineConfig {
             policy: OperatorPolicy {
-                allow_private: host.allow_private.clone(),
+                allow_private: host.operator.allow_private.clone(),
                 ..OperatorPolicy::default()
             },
             max_parallel_steps: host.max_parallel,
@@ -286,8 +272,7 @@ pub fn replay(args: ReplayArgs) -> Result<Finished, String> {
     let run = RunId::parse(&args.run).map_err(|e| e.to_string())?;
     let host = HostArgs {
         journal: args.journal,
-        allow_private: vec![],
-        secrets: vec![],
+        operator: OperatorArgs::default(),
         workspace: None,
         idempotent_hosts: vec![],
         max_parallel: 1,

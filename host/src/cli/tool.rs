@@ -60,17 +60,41 @@ pub struct CallArgs {
     /// The input JSON document.
     #[arg(long)]
     pub input: String,
+    #[command(flatten)]
+    pub operator: OperatorArgs,
+    /// Host directory exposed as /workspace (mode comes from the manifest).
+    #[arg(long)]
+    pub workspace: Option<PathBuf>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+/// What the operator lets tools reach and hands them, shared by every command that runs tools.
+#[derive(Debug, Clone, Default, Args)]
+pub struct OperatorArgs {
     /// Let egress reach this exact non-public address (repeatable), e.g. 127.0.0.1.
     #[arg(long = "allow-private", value_name = "IP")]
     pub allow_private: Vec<IpAddr>,
     /// An operator secret for header injection, NAME=VALUE (repeatable).
     #[arg(long = "secret", value_name = "NAME=VALUE")]
     pub secrets: Vec<String>,
-    /// Host directory exposed as /workspace (mode comes from the manifest).
-    #[arg(long)]
-    pub workspace: Option<PathBuf>,
-    #[command(flatten)]
-    pub cache: CacheArgs,
+}
+
+impl OperatorArgs {
+    /// The `--secret` values as a store; a value without `=` is a usage error naming it.
+    pub fn secret_store(&self) -> Result<SecretStore, String> {
+        let mut secrets = SecretStore::default();
+        for s in &self.secrets {
+            let Some((name, value)) = s.split_once('=') else {
+                return Err(format!(
+                    "--secret `{}`: write NAME=VALUE",
+                    s.split('=').next().unwrap_or_default()
+                ));
+            };
+            secrets.insert(name, value);
+        }
+        Ok(secrets)
+    }
 }
 
 /// A CLI failure: either the typed call error or a usage problem, printed as JSON.
@@ -158,16 +182,7 @@ fn inspect(path: PathBuf, cache: CacheArgs) -> Result<String, CliError> {
 fn call(args: CallArgs) -> Result<String, CliError> {
     let manifest =
         Manifest::from_file(&args.manifest).map_err(|e| CliError::Usage(e.to_string()))?;
-    let mut secrets = SecretStore::default();
-    for s in &args.secrets {
-        let Some((name, value)) = s.split_once('=') else {
-            return Err(CliError::Usage(format!(
-                "--secret `{}`: write NAME=VALUE",
-                s.split('=').next().unwrap_or_default()
-            )));
-        };
-        secrets.insert(name, value);
-    }
+    let secrets = args.operator.secret_store().map_err(CliError::Usage)?;
     let sandbox = Sandbox::new(SandboxConfig {
         cache_dir: args.cache.dir(),
         secrets,
@@ -175,7 +190,7 @@ fn call(args: CallArgs) -> Result<String, CliError> {
     })
     .map_err(|e| CliError::Usage(e.to_string()))?;
     let policy = OperatorPolicy {
-        allow_private: args.allow_private.clone(),
+        allow_private: args.operator.allow_private.clone(),
         ..OperatorPolicy::default()
     };
     if manifest.spec.workspace != WorkspaceMode::None && args.workspace.is_none() {
