@@ -208,6 +208,14 @@ fn semantics(g: &Graph, root: &Yaml, components: &[Manifest], errs: &mut Vec<Loc
             ),
         );
     }
+    if let Some(schema) = &g.spec.input
+        && let Err(e) = jsonschema::validator_for(schema)
+    {
+        push(
+            pos_of(Some(root), &["spec", "input"]),
+            format!("spec.input is not a valid JSON Schema: {e}"),
+        );
+    }
     if g.kind != spec::KIND {
         push(
             pos_of(Some(root), &["kind"]),
