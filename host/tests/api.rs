@@ -612,6 +612,18 @@ fn tools_graphs_and_a_waited_run_with_its_event_stream() {
     ] {
         assert!(metrics.contains(needle), "no `{needle}` in\n{metrics}");
     }
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+    };
+    // Every durable append was flushed and timed.
+    assert!(value("sandgraph_journal_flush_seconds_count") >= 1.0);
+    assert_eq!(
+        value("sandgraph_journal_flush_seconds_count"),
+        value("sandgraph_journal_flushes_total")
+    );
 }
 
 #[test]

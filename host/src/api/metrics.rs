@@ -44,6 +44,7 @@ pub struct Metrics {
     pub tool_outcomes: Family<Labels, Counter>,
     pub egress_denials: Family<Labels, Counter>,
     pub journal_flushes: Counter,
+    pub journal_flush: Histogram,
     pub sse_streams: Gauge,
     pub requests: Family<Labels, Counter>,
     /// Per active run: labels and when each step's attempt started.
@@ -71,6 +72,7 @@ impl Metrics {
             tool_outcomes: Family::default(),
             egress_denials: Family::default(),
             journal_flushes: Counter::default(),
+            journal_flush: Histogram::new(exponential_buckets(0.0001, 2.0, 17)),
             sse_streams: Gauge::default(),
             requests: Family::default(),
             live: Mutex::default(),
@@ -117,6 +119,11 @@ impl Metrics {
             "journal_flushes",
             "Journal flushes to disk (group commit)",
             m.journal_flushes.clone(),
+        );
+        registry.register(
+            "journal_flush_seconds",
+            "Duration of each journal flush to disk",
+            m.journal_flush.clone(),
         );
         registry.register(
             "sse_streams_in_flight",

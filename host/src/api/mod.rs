@@ -123,6 +123,10 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     {
         let m = metrics.clone();
         journal.set_after_append(Box::new(move |run, _, event| m.on_append(run, event)));
+        let m = metrics.clone();
+        journal.set_on_flush(Box::new(move |took| {
+            m.journal_flush.observe(took.as_secs_f64())
+        }));
     }
     let sandbox = Sandbox::new(SandboxConfig {
         cache_dir: config.cache_dir.clone(),

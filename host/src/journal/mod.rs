@@ -137,7 +137,12 @@ pub struct Journal {
     after_append: std::sync::OnceLock<AppendHook>,
     /// Count of appends so far; live readers (the API's event streams) wait on its changes.
     appended: tokio::sync::watch::Sender<u64>,
+    /// Told how long each disk flush took (the API's flush-latency histogram).
+    on_flush: std::sync::OnceLock<FlushHook>,
 }
+
+/// See [`Journal::set_on_flush`].
+pub type FlushHook = Box<dyn Fn(std::time::Duration) + Send + Sync>;
 
 /// See [`Journal::set_after_append`].
 pub type AppendHook = Box<dyn Fn(RunId, u64, &Event) + Send + Sync>;
@@ -169,6 +174,7 @@ impl Journal {
             commit: GroupCommit::default(),
             after_append: std::sync::OnceLock::new(),
             appended: tokio::sync::watch::Sender::new(0),
+            on_flush: std::sync::OnceLock::new(),
         })
     }
 
@@ -237,7 +243,7 @@ impl Journal {
         self.update_summary(run, seq, event)?;
         if durability == Durability::Durable {
             self.commit
-                .wait_durable(|| self.db.flush().map(|_| ()).map_err(|e| e.to_string()))
+                .wait_durable(|| self.flush_db())
                 .map_err(JournalError::Flush)?;
         }
         if let Some(hook) = self.after_append.get() {
@@ -251,7 +257,7 @@ impl Journal {
     /// Blocking; call it from `spawn_blocking` in async code.
     pub fn sync(&self) -> Result<(), JournalError> {
         self.commit
-            .wait_durable(|| self.db.flush().map(|_| ()).map_err(|e| e.to_string()))
+            .wait_durable(|| self.flush_db())
             .map_err(JournalError::Flush)
     }
 
@@ -322,6 +328,21 @@ impl Journal {
             return Err(JournalError::UnknownRun { run });
         }
         Ok(out)
+    }
+
+    /// Installs a hook told the duration of every disk flush (set once).
+    pub fn set_on_flush(&self, hook: FlushHook) {
+        let _ = self.on_flush.set(hook);
+    }
+
+    /// One sled flush, timed for the flush hook.
+    fn flush_db(&self) -> Result<(), String> {
+        let start = std::time::Instant::now();
+        let r = self.db.flush().map(|_| ()).map_err(|e| e.to_string());
+        if let Some(hook) = self.on_flush.get() {
+            hook(start.elapsed());
+        }
+        r
     }
 
     /// The events of `run` from sequence `from` on, in order (empty when there are none yet).
@@ -424,7 +445,7 @@ impl Journal {
             }
         }
         self.commit
-            .wait_durable(|| self.db.flush().map(|_| ()).map_err(|e| e.to_string()))
+            .wait_durable(|| self.flush_db())
             .map_err(JournalError::Flush)?;
         Ok(report)
     }
