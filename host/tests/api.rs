@@ -1310,3 +1310,120 @@ fn get_status_or_closed(addr: SocketAddr) -> bool {
     let _ = s.read_to_end(&mut buf);
     buf.is_empty()
 }
+
+#[test]
+fn every_documented_route_answers_as_documented_and_every_route_is_documented() {
+    let text = std::fs::read_to_string(repo().join("docs/openapi.yaml")).unwrap();
+    let doc: Value = serde_norway::from_str(&text).unwrap();
+    let api = TestApi::start();
+    let addr = api.addr;
+    upload_tool(addr, "calc");
+    upload_tool(addr, "text-stats");
+    let yaml = std::fs::read_to_string(repo().join("graphs/conditional-loop.yaml")).unwrap();
+    assert_eq!(post_yaml(addr, &yaml).status, 201);
+    let r = post_json(
+        addr,
+        "/v1/runs?wait=true",
+        &json!({"graph": "conditional-loop", "input": {"start": 1, "limit": 2}}),
+    );
+    let run = r.json()["run"].as_str().unwrap().to_owned();
+    let calc_upload = json!({
+        "manifest": std::fs::read_to_string(repo().join("tools/calc/calc.sandgraph.yaml")).unwrap(),
+        "component": base64::engine::general_purpose::STANDARD.encode(std::fs::read(tool_wasm("calc")).unwrap()),
+    })
+    .to_string();
+    let run_body =
+        json!({"graph": "conditional-loop", "input": {"start": 1, "limit": 2}}).to_string();
+    let paths = doc["paths"].as_object().unwrap();
+    let mut checked = 0;
+    for (template, item) in paths {
+        let path = template
+            .replace(
+                "{name}",
+                if template.starts_with("/v1/graphs") {
+                    "conditional-loop"
+                } else {
+                    "calc"
+                },
+            )
+            .replace("{id}", &run);
+        let documented: Vec<String> = item
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| *k != "parameters")
+            .map(|k| k.to_uppercase())
+            .collect();
+        for method in ["GET", "POST", "PUT", "DELETE", "PATCH"] {
+            let Some(op) = item.get(method.to_lowercase()) else {
+                let r = request(addr, method, &path, Some(ADMIN), &[], b"");
+                assert_eq!(
+                    (r.status, r.problem().as_str()),
+                    (405, "method-not-allowed"),
+                    "{method} {template} is not documented, so it must not be served"
+                );
+                let mut allowed: Vec<String> =
+                    r.headers["allow"].split(", ").map(str::to_owned).collect();
+                allowed.sort();
+                let mut want = documented.clone();
+                want.sort();
+                assert_eq!(allowed, want, "Allow of {template}");
+                continue;
+            };
+            let (ctype, body): (&str, &[u8]) = match (method, template.as_str()) {
+                ("POST", "/v1/graphs") => ("application/yaml", yaml.as_bytes()),
+                ("POST", "/v1/tools") => ("application/json", calc_upload.as_bytes()),
+                ("POST", "/v1/runs") => ("application/json", run_body.as_bytes()),
+                _ => ("application/json", b""),
+            };
+            let r = request(
+                addr,
+                method,
+                &path,
+                Some(ADMIN),
+                &[("Content-Type", ctype)],
+                body,
+            );
+            let responses = op["responses"].as_object().unwrap();
+            let status = r.status.to_string();
+            let documented_response = responses.get(&status).unwrap_or_else(|| {
+                panic!(
+                    "{method} {template} answered {status}, which is not documented: {}",
+                    String::from_utf8_lossy(&r.body)
+                )
+            });
+            let resolved = match documented_response.get("$ref").and_then(Value::as_str) {
+                Some(reference) => {
+                    let name = reference.rsplit('/').next().unwrap();
+                    &doc["components"]["responses"][name]
+                }
+                None => documented_response,
+            };
+            let media: Vec<&String> = resolved["content"].as_object().unwrap().keys().collect();
+            let got = r.headers["content-type"]
+                .split(';')
+                .next()
+                .unwrap()
+                .to_owned();
+            assert!(
+                media.iter().any(|m| **m == got),
+                "{method} {template} {status}: content type {got} is not one of {media:?}"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 14, "every documented operation was called");
+    for undocumented in [
+        "/v1",
+        "/v1/graphs/a/b",
+        &format!("/v1/runs/{run}/other"),
+        "/v2/runs",
+    ] {
+        let r = get(addr, undocumented);
+        assert_eq!(
+            (r.status, r.problem().as_str()),
+            (404, "unknown-route"),
+            "{undocumented}"
+        );
+    }
+}

@@ -1028,31 +1028,35 @@ async fn get_run(state: &Arc<State>, id: &str) -> Reply {
 
 fn cancel_run(state: &State, id: &str) -> Reply {
     let run = parse_run(id)?;
+    // The journal decides: a run whose RunFinished is written has ended, even while its task
+    // is still being cleaned up.
+    let summary = state.journal.run_summary(run).map_err(journal_err)?;
+    if summary.status != RunStatus::Running {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "run-finished",
+            format!("run {run} already ended {}", summary.status),
+        ));
+    }
     let token = state
         .active
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .get(&run)
         .cloned();
-    if let Some(t) = token {
-        t.cancel();
-        tracing::info!(run_id = %run, "run cancel requested");
-        return Ok(json_response(
-            StatusCode::ACCEPTED,
-            &json!({"run": run.to_string(), "status": "cancelling"}),
-        ));
-    }
-    let summary = state.journal.run_summary(run).map_err(journal_err)?;
-    if summary.status == RunStatus::Running {
-        return Err(Problem::new(
+    match token {
+        Some(t) => {
+            t.cancel();
+            tracing::info!(run_id = %run, "run cancel requested");
+            Ok(json_response(
+                StatusCode::ACCEPTED,
+                &json!({"run": run.to_string(), "status": "cancelling"}),
+            ))
+        }
+        None => Err(Problem::new(
             StatusCode::CONFLICT,
             "run-not-local",
             format!("run {run} is running but not in this process; cancel it where it runs"),
-        ));
+        )),
     }
-    Err(Problem::new(
-        StatusCode::CONFLICT,
-        "run-finished",
-        format!("run {run} already ended {}", summary.status),
-    ))
 }

@@ -87,8 +87,10 @@ pub(super) async fn events(
     let state = state.clone();
     tokio::spawn(async move {
         state.metrics.sse_streams.inc();
-        stream(&state, run, from, tx).await;
+        stream(&state, run, from, &tx).await;
+        // Counted out before the body ends, so a client that saw the end sees the gauge drop.
         state.metrics.sse_streams.dec();
+        drop(tx);
     });
     Ok(Response::builder()
         .status(StatusCode::OK)
@@ -99,7 +101,7 @@ pub(super) async fn events(
         .expect("event stream responses are well formed"))
 }
 
-async fn stream(state: &State, run: RunId, mut next: u64, tx: mpsc::Sender<Bytes>) {
+async fn stream(state: &State, run: RunId, mut next: u64, tx: &mpsc::Sender<Bytes>) {
     let mut appended = state.journal.subscribe();
     let mut heartbeat = tokio::time::interval(state.config.sse_heartbeat);
     heartbeat.tick().await;
