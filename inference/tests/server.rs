@@ -1187,7 +1187,7 @@ async fn completions_take_token_id_prompts_and_name_a_bad_id() {
         (
             json!([[5, -1]]),
             "invalid_token_id",
-            "prompt[1] = -1".into(),
+            "prompt[0][1] = -1".into(),
         ),
         (json!([[1], [2]]), "unsupported_value", "2 prompts".into()),
         (json!([]), "invalid_value", "empty".into()),

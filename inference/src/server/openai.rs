@@ -401,13 +401,14 @@ impl CompletionRequest {
                 "unsupported_value",
             )
         };
-        let ids = match &self.prompt {
+        // The ids and how to name one of them in an error (`prompt[i]` or `prompt[0][i]`).
+        let (ids, at) = match &self.prompt {
             Prompt::Text(s) => return Ok(PromptInput::Text(s.clone())),
             Prompt::Texts(v) if v.len() == 1 => return Ok(PromptInput::Text(v[0].clone())),
             Prompt::Texts(v) if v.is_empty() => return Ok(PromptInput::Text(String::new())),
             Prompt::Texts(v) => return Err(several(v.len())),
-            Prompt::Tokens(ids) => ids,
-            Prompt::TokenLists(v) if v.len() == 1 => &v[0],
+            Prompt::Tokens(ids) => (ids, "prompt"),
+            Prompt::TokenLists(v) if v.len() == 1 => (&v[0], "prompt[0]"),
             Prompt::TokenLists(v) => return Err(several(v.len())),
         };
         let mut out = Vec::with_capacity(ids.len());
@@ -415,7 +416,7 @@ impl CompletionRequest {
             if id < 0 || id as u64 >= vocab_size as u64 {
                 return Err(ApiError::invalid(
                     format!(
-                        "prompt[{i}] = {id} is not a token id of this model; its vocabulary has {vocab_size} tokens (ids 0 to {})",
+                        "{at}[{i}] = {id} is not a token id of this model; its vocabulary has {vocab_size} tokens (ids 0 to {})",
                         vocab_size.saturating_sub(1)
                     ),
                     Some("prompt"),
