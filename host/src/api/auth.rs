@@ -2,10 +2,11 @@
 //! JWT from an OIDC issuer checked against a JWKS file. Every refusal names its reason without
 //! ever echoing the token, and maps to a 401 (or 403 for a missing scope) with a stable type.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -320,7 +321,22 @@ pub struct Authenticator {
     tokens: Vec<TokenEntry>,
     jwt: Option<JwtSettings>,
     now: WallClock,
+    /// JWTs whose signature and claims already checked out, by SHA-256 of the whole token:
+    /// a client sending the same token again skips the signature check (RS256/ES256 cost
+    /// 40-80 times an opaque-token lookup). Time claims are still checked on every use.
+    verified: Mutex<HashMap<[u8; 32], VerifiedJwt>>,
+    signature_checks: AtomicU64,
 }
+
+#[derive(Clone)]
+struct VerifiedJwt {
+    principal: Principal,
+    exp: u64,
+    nbf: Option<u64>,
+}
+
+/// Verified JWTs remembered at most; the cache is emptied when it fills.
+const VERIFIED_CACHE_MAX: usize = 4096;
 
 impl fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -377,6 +393,8 @@ impl Authenticator {
             tokens,
             jwt,
             now: Arc::new(SystemTime::now),
+            verified: Mutex::new(HashMap::new()),
+            signature_checks: AtomicU64::new(0),
         })
     }
 
@@ -415,15 +433,58 @@ impl Authenticator {
         if let Some(principal) = found {
             return Ok(principal.clone());
         }
-        match &self.jwt {
-            Some(jwt) if token.bytes().filter(|&b| b == b'.').count() == 2 => {
-                self.verify_jwt(jwt, token)
-            }
-            _ => Err(AuthError::UnknownToken),
+        let Some(jwt) = &self.jwt else {
+            return Err(AuthError::UnknownToken);
+        };
+        if token.bytes().filter(|&b| b == b'.').count() != 2 {
+            return Err(AuthError::UnknownToken);
         }
+        let cached = self
+            .verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&digest)
+            .cloned();
+        if let Some(v) = cached {
+            self.check_times(jwt, v.exp, v.nbf)?;
+            return Ok(v.principal);
+        }
+        let v = self.verify_jwt(jwt, token)?;
+        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if verified.len() >= VERIFIED_CACHE_MAX {
+            verified.clear();
+        }
+        verified.insert(digest, v.clone());
+        Ok(v.principal)
     }
 
-    fn verify_jwt(&self, jwt: &JwtSettings, token: &str) -> Result<Principal, AuthError> {
+    /// How many JWT signatures were checked (cache misses); for metrics and tests.
+    pub fn jwt_signature_checks(&self) -> u64 {
+        self.signature_checks.load(Ordering::Relaxed)
+    }
+
+    fn unix_now(&self) -> u64 {
+        (self.now)()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
+
+    fn check_times(&self, jwt: &JwtSettings, exp: u64, nbf: Option<u64>) -> Result<(), AuthError> {
+        let now = self.unix_now();
+        let leeway_s = jwt.leeway_s;
+        if now > exp.saturating_add(leeway_s) {
+            return Err(AuthError::Expired { exp, now, leeway_s });
+        }
+        if let Some(nbf) = nbf
+            && nbf > now.saturating_add(leeway_s)
+        {
+            return Err(AuthError::NotYetValid { nbf, now, leeway_s });
+        }
+        Ok(())
+    }
+
+    fn verify_jwt(&self, jwt: &JwtSettings, token: &str) -> Result<VerifiedJwt, AuthError> {
         let header_part = token.split('.').next().unwrap_or_default();
         let header = decode_json_part(header_part, "header")?;
         let alg = match header.get("alg") {
@@ -484,6 +545,7 @@ impl Authenticator {
         validation.validate_exp = false;
         validation.validate_nbf = false;
         validation.validate_aud = false;
+        self.signature_checks.fetch_add(1, Ordering::Relaxed);
         let data = jsonwebtoken::decode::<serde_json::Value>(token, &key.key, &validation)
             .map_err(|e| {
                 use jsonwebtoken::errors::ErrorKind as K;
@@ -513,21 +575,10 @@ impl Authenticator {
         &self,
         jwt: &JwtSettings,
         claims: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<Principal, AuthError> {
-        let now = (self.now)()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let leeway_s = jwt.leeway_s;
+    ) -> Result<VerifiedJwt, AuthError> {
         let exp = numeric_date(claims, "exp")?.ok_or(AuthError::MissingClaim("exp"))?;
-        if now > exp.saturating_add(leeway_s) {
-            return Err(AuthError::Expired { exp, now, leeway_s });
-        }
-        if let Some(nbf) = numeric_date(claims, "nbf")?
-            && nbf > now.saturating_add(leeway_s)
-        {
-            return Err(AuthError::NotYetValid { nbf, now, leeway_s });
-        }
+        let nbf = numeric_date(claims, "nbf")?;
+        self.check_times(jwt, exp, nbf)?;
         match claims.get("iss") {
             None => return Err(AuthError::MissingClaim("iss")),
             Some(serde_json::Value::String(iss)) if *iss == jwt.issuer => {}
@@ -575,9 +626,13 @@ impl Authenticator {
                 });
             }
         };
-        Ok(Principal {
-            subject,
-            scopes: claim_scopes(claims)?,
+        Ok(VerifiedJwt {
+            principal: Principal {
+                subject,
+                scopes: claim_scopes(claims)?,
+            },
+            exp,
+            nbf,
         })
     }
 }
@@ -1213,6 +1268,43 @@ mod tests {
                 .authenticate_token(&sign_es(None, &claims()))
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn a_verified_jwt_is_remembered_but_still_expires() {
+        let now = Arc::new(AtomicU64::new(NOW));
+        let clock = now.clone();
+        let auth = Authenticator::load(&config())
+            .unwrap()
+            .with_clock(move || UNIX_EPOCH + Duration::from_secs(clock.load(Ordering::SeqCst)));
+        let token = rs(&claims());
+        let first = auth.authenticate_token(&token).unwrap();
+        assert_eq!(auth.authenticate_token(&token).unwrap(), first);
+        assert_eq!(
+            auth.jwt_signature_checks(),
+            1,
+            "the second use skips the signature"
+        );
+        // The cached token expires like any other: exp NOW+300, leeway 30.
+        now.store(NOW + 331, Ordering::SeqCst);
+        assert_eq!(
+            auth.authenticate_token(&token),
+            Err(AuthError::Expired {
+                exp: NOW + 300,
+                now: NOW + 331,
+                leeway_s: 30
+            })
+        );
+        // A refused token is not remembered: every try checks it again.
+        now.store(NOW, Ordering::SeqCst);
+        let forged = sign_rs(Some("rsa-1"), &claims(), "test-only-rsa-other.pem");
+        for _ in 0..2 {
+            assert_eq!(
+                auth.authenticate_token(&forged),
+                Err(AuthError::BadSignature)
+            );
+        }
+        assert_eq!(auth.jwt_signature_checks(), 3);
     }
 
     #[test]
