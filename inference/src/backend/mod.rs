@@ -3,8 +3,10 @@
 //!
 //! Contract notes (agreed between the core and wgpu implementations; change only by agreement):
 //! - A backend is created from `&LlamaModel` plus `max_slots` and `max_context`; it owns one KV
-//!   cache per slot. `forward` appends tokens, it never rewinds: to reuse a slot for a new
-//!   sequence, start again at `start_pos = 0` (positions past the new ones are ignored).
+//!   cache per slot. `forward` writes the chunk's tokens at `start_pos..`; positions past the
+//!   new ones are ignored from then on. To reuse a slot for a new sequence, start at any
+//!   `start_pos` up to what the slot holds: 0 for a fresh start, or the length of the prefix the
+//!   new sequence shares with the old one (the server's prefix reuse), whose KV entries stay.
 //! - A batch holds at most one chunk per slot; each chunk's `start_pos + tokens.len()` must be
 //!   `<= max_context` and `start_pos` must not be beyond what the slot already holds.
 //! - `logits`/`argmax`/`top_k` refer to the last successful `forward`, one entry per chunk, in
