@@ -102,7 +102,7 @@ pub(super) async fn events(
 }
 
 async fn stream(state: &State, run: RunId, mut next: u64, tx: &mpsc::Sender<Bytes>) {
-    let mut appended = state.journal.subscribe();
+    let mut appended = state.journal.subscribe(run);
     let mut heartbeat = tokio::time::interval(state.config.sse_heartbeat);
     heartbeat.tick().await;
     if tx

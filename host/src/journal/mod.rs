@@ -135,8 +135,8 @@ pub struct Journal {
     commit: GroupCommit,
     /// Called after every append has fully taken effect (crash-injection tests stop here).
     after_append: std::sync::OnceLock<AppendHook>,
-    /// Count of appends so far; live readers (the API's event streams) wait on its changes.
-    appended: tokio::sync::watch::Sender<u64>,
+    /// Per run with live readers (the API's event streams): the last appended sequence.
+    watchers: Mutex<HashMap<RunId, tokio::sync::watch::Sender<u64>>>,
     /// Told how long each disk flush took (the API's flush-latency histogram).
     on_flush: std::sync::OnceLock<FlushHook>,
 }
@@ -173,7 +173,7 @@ impl Journal {
             next_seq: Mutex::default(),
             commit: GroupCommit::default(),
             after_append: std::sync::OnceLock::new(),
-            appended: tokio::sync::watch::Sender::new(0),
+            watchers: Mutex::default(),
             on_flush: std::sync::OnceLock::new(),
         })
     }
@@ -249,7 +249,15 @@ impl Journal {
         if let Some(hook) = self.after_append.get() {
             hook(run, seq, event);
         }
-        self.appended.send_modify(|n| *n += 1);
+        {
+            let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(tx) = watchers.get(&run) {
+                tx.send_replace(seq);
+                if tx.receiver_count() == 0 {
+                    watchers.remove(&run);
+                }
+            }
+        }
         Ok(seq)
     }
 
@@ -358,10 +366,15 @@ impl Journal {
         Ok(out)
     }
 
-    /// Wakes on every append to any run: a reader re-reads its run with `events_from` after
-    /// each change. Changes coalesce, so a slow reader never falls behind by more than a re-read.
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.appended.subscribe()
+    /// Wakes on every append to `run` (changes coalesce: a reader re-reads with `events_from`
+    /// after each change, so a slow reader never falls behind by more than one re-read).
+    pub fn subscribe(&self, run: RunId) -> tokio::sync::watch::Receiver<u64> {
+        let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        watchers.retain(|_, tx| tx.receiver_count() > 0);
+        watchers
+            .entry(run)
+            .or_insert_with(|| tokio::sync::watch::Sender::new(0))
+            .subscribe()
     }
 
     /// One run's summary row.
