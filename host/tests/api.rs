@@ -25,8 +25,41 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/auth")
+        .join(name)
+}
+
 fn tokens_file() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/auth/test-only-tokens.yaml")
+    fixture("test-only-tokens.yaml")
+}
+
+const ISSUER: &str = "https://issuer.test";
+const AUDIENCE: &str = "sandgraph-api";
+
+/// An RS256 JWT signed with `pem` under kid `rsa-1`, valid now unless `claims` say otherwise.
+fn jwt(pem: &str, claims: Value) -> &'static str {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut all = json!({
+        "iss": ISSUER, "aud": AUDIENCE, "sub": "ci-bot",
+        "exp": now + 300, "iat": now, "scope": "runs:read",
+    });
+    for (k, v) in claims.as_object().unwrap() {
+        all[k] = v.clone();
+    }
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("rsa-1".into());
+    let key =
+        jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(fixture(pem)).unwrap()).unwrap();
+    Box::leak(
+        jsonwebtoken::encode(&header, &all, &key)
+            .unwrap()
+            .into_boxed_str(),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -289,6 +322,9 @@ fn test_config(journal: PathBuf) -> Config {
     c.cache_dir = Some(common::cache_dir());
     c.allow_private = vec!["127.0.0.1".parse().unwrap()];
     c.auth_tokens = Some(tokens_file());
+    c.auth_jwks = Some(fixture("test-only-jwks.json"));
+    c.auth_issuer = Some(ISSUER.into());
+    c.auth_audience = Some(AUDIENCE.into());
     c.header_timeout = Duration::from_millis(500);
     c.body_timeout = Duration::from_millis(500);
     c.sse_heartbeat = Duration::from_millis(100);
@@ -1100,6 +1136,12 @@ fn bad_requests_get_their_status_and_problem_type_while_others_are_served() {
         "{p}"
     );
     assert!(e["message"].as_str().unwrap().contains("reprot"), "{p}");
+    // A valid JWT with the scope is served.
+    let reader_jwt = jwt("test-only-rsa.pem", json!({}));
+    assert_eq!(
+        request(addr, "GET", "/v1/graphs", Some(reader_jwt), &[], b"").status,
+        200
+    );
     // 401 says how to authenticate.
     let r = request(addr, "GET", "/v1/runs", None, &[], b"");
     assert!(r.headers["www-authenticate"].starts_with("Bearer"));
