@@ -1603,6 +1603,19 @@ mod tests {
     }
 
     #[test]
+    fn entry_lines_skip_nested_block_lists() {
+        let text = format!(
+            "# comment\ntokens:\n  - subject: a\n    sha256: \"{GOOD}\"\n    scopes:\n      - runs:read\n      - runs:write\n  - subject: b\n    scopes:\n      - runs:read\n"
+        );
+        let err = load_tokens_text("tokens.yaml", &text);
+        assert!(
+            err.to_string()
+                .contains("tokens.yaml:8: entry 2 (subject \"b\"): has neither"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn json_tokens_file_errors_have_lines_too() {
         let err = load_tokens_text(
             "tokens.json",
