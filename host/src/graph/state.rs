@@ -14,6 +14,14 @@ pub struct EvalError {
     pub reason: String,
 }
 
+/// The CEL standard library, built once per process: `cel::Context::default()` builds it anew
+/// (every function overload into fresh maps) for each context, i.e. for every evaluation.
+fn stdlib() -> std::sync::Arc<cel::Env> {
+    static STDLIB: std::sync::LazyLock<std::sync::Arc<cel::Env>> =
+        std::sync::LazyLock::new(|| std::sync::Arc::new(cel::Env::stdlib()));
+    STDLIB.clone()
+}
+
 /// `input`, `nodes.<id>` and `state`, as expressions see them.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunState {
@@ -69,15 +77,15 @@ impl RunState {
             source_text: source.to_owned(),
             reason,
         };
-        let mut ctx = cel::Context::default();
-        for (name, value) in [
-            ("input", &self.input),
-            ("nodes", &Value::Object(self.nodes.clone())),
-            ("state", &Value::Object(self.state.clone())),
-        ] {
-            ctx.add_variable(name, value)
-                .map_err(|e| err(format!("cannot bind `{name}`: {e}")))?;
-        }
+        let mut ctx = cel::Context::with_env(stdlib());
+        // Bound straight from the maps: wrapping them in a `Value::Object` first would deep-copy
+        // every node output on every evaluation, on top of the conversion to CEL values.
+        ctx.add_variable("input", &self.input)
+            .map_err(|e| err(format!("cannot bind `input`: {e}")))?;
+        ctx.add_variable("nodes", &self.nodes)
+            .map_err(|e| err(format!("cannot bind `nodes`: {e}")))?;
+        ctx.add_variable("state", &self.state)
+            .map_err(|e| err(format!("cannot bind `state`: {e}")))?;
         let value = program.execute(&ctx).map_err(|e| err(e.to_string()))?;
         value
             .json()
