@@ -1241,6 +1241,11 @@ fn sigterm_mid_run_exits_cleanly_and_the_restarted_server_finishes_the_run() {
     assert!(logs.contains("grace period over"), "{logs}");
     // JSON log lines carry the request id; the admin token never appears.
     assert!(logs.lines().any(|l| l.contains("\"request_id\"")), "{logs}");
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("\"step_id\":\"wait#1\"") && l.contains(&run)),
+        "{logs}"
+    );
     assert!(!logs.contains(ADMIN));
 
     // The restarted server resumes the run (tools and graphs were stored) and it finishes.

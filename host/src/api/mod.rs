@@ -147,7 +147,8 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         },
     )
     .with_progress(Arc::new(move |run, event: &Event| {
-        progress_metrics.on_progress(run, event)
+        progress_metrics.on_progress(run, event);
+        log_progress(run, event);
     }));
     let store = Store::open(&journal).map_err(|e| ServeError::Store(e.to_string()))?;
     let mut catalog = match (&config.tools, &config.components) {
@@ -227,6 +228,33 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         shutdown,
         task,
     })
+}
+
+/// One log line per step transition, with the run and step ids.
+fn log_progress(run: RunId, event: &Event) {
+    match event {
+        Event::StepStarted { step, attempt } => {
+            tracing::info!(run_id = %run, step_id = %step, attempt, "step started")
+        }
+        Event::StepCompleted { step, attempt, .. } => {
+            tracing::info!(run_id = %run, step_id = %step, attempt, "step completed")
+        }
+        Event::StepFailed {
+            step,
+            attempt,
+            kind,
+            retry_in_ms,
+            ..
+        } => tracing::warn!(
+            run_id = %run,
+            step_id = %step,
+            attempt,
+            kind = %kind,
+            retry_in_ms = ?retry_in_ms,
+            "step attempt failed"
+        ),
+        _ => {}
+    }
 }
 
 /// The step labels of a run from its pinned graph (for runs this process did not start).
