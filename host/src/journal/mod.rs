@@ -134,7 +134,7 @@ pub struct Journal {
     next_seq: Mutex<HashMap<RunId, u64>>,
     commit: GroupCommit,
     /// Called after every append has fully taken effect (crash-injection tests stop here).
-    after_append: std::sync::OnceLock<AppendHook>,
+    after_append: std::sync::RwLock<Vec<AppendHook>>,
     /// Per run with live readers (the API's event streams): the last appended sequence.
     watchers: Mutex<HashMap<RunId, tokio::sync::watch::Sender<u64>>>,
     /// Told how long each disk flush took (the API's flush-latency histogram).
@@ -172,7 +172,7 @@ impl Journal {
             db,
             next_seq: Mutex::default(),
             commit: GroupCommit::default(),
-            after_append: std::sync::OnceLock::new(),
+            after_append: std::sync::RwLock::default(),
             watchers: Mutex::default(),
             on_flush: std::sync::OnceLock::new(),
         })
@@ -246,7 +246,12 @@ impl Journal {
                 .wait_durable(|| self.flush_db())
                 .map_err(JournalError::Flush)?;
         }
-        if let Some(hook) = self.after_append.get() {
+        for hook in self
+            .after_append
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
             hook(run, seq, event);
         }
         {
@@ -269,11 +274,14 @@ impl Journal {
             .map_err(JournalError::Flush)
     }
 
-    /// Installs a hook called after each append returns its effect (the event is in the tree, and
-    /// on disk when durable). Set once; used by the crash-injection test to stop the host at every
-    /// journal event in turn.
+    /// Adds a hook called after each append has taken effect (the event is in the tree, and on
+    /// disk when durable), in the order hooks were added: the API's metrics count denials here,
+    /// and the crash-injection test stops the host at every journal event in turn.
     pub fn set_after_append(&self, hook: AppendHook) {
-        let _ = self.after_append.set(hook);
+        self.after_append
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(hook);
     }
 
     fn update_summary(&self, run: RunId, seq: u64, event: &Event) -> Result<(), JournalError> {
