@@ -5,15 +5,18 @@
 //!   host overhead per step = engine step time − bare call time;
 //! - SQLite (WAL, synchronous=FULL) appending the very records the engine journaled
 //!   (`Event::encode` bytes), one transaction per durable point, at the same concurrency;
-//! - the sled journal alone appending those same records with the same durable points.
+//! - the sled journal alone appending those same records with the same durable points, with and
+//!   without an extra `fdatasync` (sled's own flush uses `sync_file_range` on Linux).
 //!
 //! Prints, per repetition, steps/s, per-step p50/p99 and flushes, then the medians over the
-//! repetitions with ratios against SQLite, and the overhead against the goal (≥ 5k durable
-//! steps/s, ≤ 1 ms p50 added per step).
+//! repetitions with ratios against SQLite, where a chain step's time goes (from timestamps of
+//! one traced run), and the overhead against the goal (≥ 5k durable steps/s, ≤ 1 ms p50 added
+//! per step).
 //!
 //! Run: `cargo bench -p sandgraph --bench graph_steps`
 //! (`SANDGRAPH_BENCH_STEPS` steps per measurement, default 1000; `SANDGRAPH_BENCH_REPS`
-//! repetitions, default 3; `SANDGRAPH_BENCH_AT_ONCE` concurrent runs, default 8)
+//! repetitions, default 3; `SANDGRAPH_BENCH_AT_ONCE` concurrent runs, default 8;
+//! `SANDGRAPH_BENCH_ONLY=chain` or `=fan-out` one workload)
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -498,7 +501,7 @@ fn sqlite(dir: &Path, records: &[RunRecords], at_once: usize) -> Outcome {
             "CREATE TABLE events (run BLOB NOT NULL, seq INTEGER NOT NULL, body BLOB NOT NULL, PRIMARY KEY (run, seq))",
         )
         .expect("schema");
-    // Per writer: the connection and the next seq of each of its runs.
+    // Per writer: its connection and whether a transaction is open on it.
     let conns: Vec<Mutex<(rusqlite::Connection, bool)>> =
         (0..at_once).map(|_| Mutex::new((open(), false))).collect();
     let ids: Vec<RunId> = (0..records.len()).map(|_| RunId::new()).collect();
