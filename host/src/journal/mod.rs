@@ -139,6 +139,58 @@ pub struct Journal {
     watchers: Mutex<HashMap<RunId, tokio::sync::watch::Sender<u64>>>,
     /// Told how long each disk flush took (the API's flush-latency histogram).
     on_flush: std::sync::OnceLock<FlushHook>,
+    /// On-disk journals: what a flush must force to stable storage beyond sled's own flush.
+    disk: Option<DiskSync>,
+}
+
+/// sled 0.34 writes its log with `sync_file_range` (data reaches the device, the device's
+/// volatile cache is not flushed) and never syncs the files it keeps values over ~128 KiB in.
+/// So that a durable append survives power loss and not only a killed process, every group
+/// flush also `fdatasync`s the log and `fsync`s blob files that appeared since the last flush.
+struct DiskSync {
+    log: std::fs::File,
+    blob_dir: std::path::PathBuf,
+    synced_blobs: Mutex<std::collections::HashSet<std::ffi::OsString>>,
+}
+
+impl DiskSync {
+    fn open(path: &Path) -> Result<DiskSync, String> {
+        let log = std::fs::File::open(path.join("db"))
+            .map_err(|e| format!("cannot open {} to sync it: {e}", path.join("db").display()))?;
+        Ok(DiskSync {
+            log,
+            blob_dir: path.join("blobs"),
+            synced_blobs: Mutex::default(),
+        })
+    }
+
+    fn sync(&self) -> Result<(), String> {
+        self.log
+            .sync_data()
+            .map_err(|e| format!("fdatasync of the journal log: {e}"))?;
+        let Ok(entries) = std::fs::read_dir(&self.blob_dir) else {
+            return Ok(());
+        };
+        let mut synced = self.synced_blobs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut any = false;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if synced.contains(&name) {
+                continue;
+            }
+            std::fs::File::open(entry.path())
+                .and_then(|f| f.sync_all())
+                .map_err(|e| format!("fsync of {}: {e}", entry.path().display()))?;
+            synced.insert(name);
+            any = true;
+        }
+        if any {
+            std::fs::File::open(&self.blob_dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| format!("fsync of {}: {e}", self.blob_dir.display()))?;
+        }
+        Ok(())
+    }
 }
 
 /// See [`Journal::set_on_flush`].
@@ -156,7 +208,9 @@ impl Journal {
                 path: path.display().to_string(),
                 source,
             })?;
-        Journal::from_db(db)
+        let mut journal = Journal::from_db(db)?;
+        journal.disk = Some(DiskSync::open(path).map_err(JournalError::Flush)?);
+        Ok(journal)
     }
 
     /// A journal that lives in memory only (tests, `tool call` replays).
@@ -175,6 +229,7 @@ impl Journal {
             after_append: std::sync::RwLock::default(),
             watchers: Mutex::default(),
             on_flush: std::sync::OnceLock::new(),
+            disk: None,
         })
     }
 
@@ -354,7 +409,12 @@ impl Journal {
     /// One sled flush, timed for the flush hook.
     fn flush_db(&self) -> Result<(), String> {
         let start = std::time::Instant::now();
-        let r = self.db.flush().map(|_| ()).map_err(|e| e.to_string());
+        let mut r = self.db.flush().map(|_| ()).map_err(|e| e.to_string());
+        if r.is_ok()
+            && let Some(disk) = &self.disk
+        {
+            r = disk.sync();
+        }
         if let Some(hook) = self.on_flush.get() {
             hook(start.elapsed());
         }
