@@ -5,8 +5,8 @@
 //!   host overhead per step = engine step time − bare call time;
 //! - SQLite (WAL, synchronous=FULL) appending the very records the engine journaled
 //!   (`Event::encode` bytes), one transaction per durable point, at the same concurrency;
-//! - the sled journal alone appending those same records with the same durable points, with and
-//!   without an extra `fdatasync` (sled's own flush uses `sync_file_range` on Linux).
+//! - the sled journal alone appending those same records with the same durable points (each
+//!   group flush is sled's flush plus an `fdatasync` of its log, as in the engine).
 //!
 //! Prints, per repetition, steps/s, per-step p50/p99 and flushes, then the medians over the
 //! repetitions with ratios against SQLite, where a chain step's time goes (from timestamps of
@@ -541,28 +541,21 @@ fn sqlite(dir: &Path, records: &[RunRecords], at_once: usize) -> Outcome {
 }
 
 /// The records appended to a fresh sled journal, durable at the same points as the engine.
-/// With `fdatasync`, each durable point also calls fdatasync on sled's log file: sled's own
-/// flush uses `sync_file_range` on Linux, which does not flush the disk's write cache (what
-/// SQLite's synchronous=FULL pays for), so this row shows the cost of that last step.
-fn journal_only(dir: &Path, records: &[RunRecords], at_once: usize, fdatasync: bool) -> Outcome {
+fn journal_only(dir: &Path, records: &[RunRecords], at_once: usize) -> Outcome {
     let journal = Journal::open(dir).expect("open journal");
-    let log = std::fs::File::open(dir.join("db")).expect("sled log file");
     let ids: Vec<RunId> = (0..records.len()).map(|_| RunId::new()).collect();
     let before = journal.flush_count();
     let (elapsed, latencies) = replay_threads(
         records,
         at_once,
-        &(&journal, ids, log),
-        |(journal, ids, log), _, r, event, durable| {
+        &(&journal, ids),
+        |(journal, ids), _, r, event, durable| {
             let d = if durable {
                 Durability::Durable
             } else {
                 Durability::Buffered
             };
             journal.append(ids[r], event, d).expect("append");
-            if durable && fdatasync {
-                log.sync_data().expect("fdatasync");
-            }
         },
     );
     Outcome {
@@ -661,17 +654,11 @@ fn main() {
         for (name, graph, per_run) in &workloads {
             let runs = total_steps.div_ceil(*per_run);
             for &at_once in &concurrency {
-                let dirs = [(); 4].map(|_| tempfile::tempdir().expect("tempdir"));
+                let dirs = [(); 3].map(|_| tempfile::tempdir().expect("tempdir"));
                 let (ours, records) = bench.engine(dirs[0].path(), graph, runs, at_once, None);
                 let base = sqlite(dirs[1].path(), &records, at_once);
-                let sled = journal_only(dirs[2].path(), &records, at_once, false);
-                let synced = journal_only(dirs[3].path(), &records, at_once, true);
-                for (variant, o) in [
-                    ("sqlite", &base),
-                    ("journal", &sled),
-                    ("journal+fdatasync", &synced),
-                    ("engine", &ours),
-                ] {
+                let sled = journal_only(dirs[2].path(), &records, at_once);
+                for (variant, o) in [("sqlite", &base), ("journal", &sled), ("engine", &ours)] {
                     print_rep(rep, name, at_once, variant, o);
                     row((name.clone(), at_once, variant), o);
                 }

@@ -103,7 +103,9 @@ pub struct RunSummary {
     pub graph_digest: String,
     pub status: RunStatus,
     pub created_ms: u64,
+    /// When the summary was last rewritten (the run's last durable append).
     pub updated_ms: u64,
+    /// Events in the run as of its last durable append (exact once the run has finished).
     pub events: u64,
 }
 
@@ -295,7 +297,14 @@ impl Journal {
             next.insert(run, seq + 1);
             seq
         };
-        self.update_summary(run, seq, event)?;
+        // The summary (status, counts) is rewritten at the points that change a run's status and
+        // at durable appends, not on every buffered one: it costs a read, decode, encode and
+        // insert, and the buffered events in between are never durable on their own anyway.
+        if durability == Durability::Durable
+            || matches!(event, Event::RunCreated { .. } | Event::RunFinished { .. })
+        {
+            self.update_summary(run, seq, event)?;
+        }
         if durability == Durability::Durable {
             self.commit
                 .wait_durable(|| self.flush_db())
