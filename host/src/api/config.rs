@@ -48,6 +48,11 @@ pub struct Config {
     pub auth_jwks: Option<PathBuf>,
     pub auth_issuer: Option<String>,
     pub auth_audience: Option<String>,
+    /// `otlp_endpoint`: OTLP/HTTP collector base URL (`http://host:4318`); spans go to
+    /// `<endpoint>/v1/traces`. Unset: no trace export.
+    pub otlp_endpoint: Option<String>,
+    /// `otlp_service_name`: the exported `service.name` (default `sandgraph`).
+    pub otlp_service_name: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -190,6 +195,14 @@ impl Config {
             auth_jwks: path("auth_jwks"),
             auth_issuer: src.get("auth_issuer"),
             auth_audience: src.get("auth_audience"),
+            otlp_endpoint: parse(src, "otlp_endpoint", None, |v| {
+                crate::api::telemetry::check_endpoint(v)
+                    .map(|_| Some(v.to_owned()))
+                    .map_err(|e| e.to_string())
+            })?,
+            otlp_service_name: src
+                .get("otlp_service_name")
+                .unwrap_or_else(|| "sandgraph".to_owned()),
         };
         if config.max_concurrent_runs == 0 {
             return Err(ConfigError {

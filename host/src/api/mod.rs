@@ -10,6 +10,7 @@ pub mod problem;
 mod routes;
 mod sse;
 pub mod store;
+pub mod telemetry;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -52,6 +53,8 @@ pub enum ServeError {
     Auth(String),
     #[error("limits: {0}")]
     Limits(String),
+    #[error("trace export: {0}")]
+    Telemetry(#[from] telemetry::TelemetryError),
 }
 
 /// Everything the routes share.
@@ -73,6 +76,8 @@ pub(crate) struct State {
     /// Held while an idempotent submission checks its key and starts its run.
     pub idempotency: tokio::sync::Mutex<()>,
     pub metrics: Arc<Metrics>,
+    /// Trace export, when `otlp_endpoint` is set.
+    pub telemetry: Option<Arc<telemetry::Telemetry>>,
     pub ready: AtomicBool,
     pub shutdown: CancellationToken,
     pub next_request: AtomicU64,
@@ -128,13 +133,26 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
             m.journal_flush.observe(took.as_secs_f64())
         }));
     }
+    let telemetry = match &config.otlp_endpoint {
+        Some(endpoint) => {
+            let t = Arc::new(telemetry::Telemetry::start(
+                endpoint,
+                &config.otlp_service_name,
+            )?);
+            let hook = t.clone();
+            journal.set_after_append(Box::new(move |run, _, event| hook.on_append(run, event)));
+            tracing::info!(endpoint = %endpoint, "exporting traces over OTLP/HTTP");
+            Some(t)
+        }
+        None => None,
+    };
     let sandbox = Sandbox::new(SandboxConfig {
         cache_dir: config.cache_dir.clone(),
         ..SandboxConfig::default()
     })
     .map_err(|e| ServeError::Sandbox(e.to_string()))?;
     let progress_metrics = metrics.clone();
-    let engine = Engine::new(
+    let mut engine = Engine::new(
         Arc::new(sandbox),
         journal.clone(),
         EngineConfig {
@@ -150,6 +168,12 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         progress_metrics.on_progress(run, event);
         log_progress(run, event);
     }));
+    if let Some(t) = &telemetry {
+        let t = t.clone();
+        engine = engine.with_call_observer(Arc::new(move |run, step, attempt, audit| {
+            t.on_call(run, step, attempt, audit)
+        }));
+    }
     let store = Store::open(&journal).map_err(|e| ServeError::Store(e.to_string()))?;
     let mut catalog = match (&config.tools, &config.components) {
         (Some(t), Some(c)) => {
@@ -205,6 +229,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         run_ended: tokio::sync::watch::Sender::new(0),
         idempotency: tokio::sync::Mutex::new(()),
         metrics,
+        telemetry,
         ready: AtomicBool::new(false),
         shutdown: shutdown.clone(),
         next_request: AtomicU64::new(1),
@@ -401,5 +426,9 @@ async fn accept_loop(state: Arc<State>, listener: TcpListener) {
         Ok(Ok(())) => tracing::info!("journal flushed; stopped"),
         Ok(Err(e)) => tracing::error!(error = %e, "journal flush at shutdown failed"),
         Err(e) => tracing::error!(error = %e, "journal flush at shutdown failed"),
+    }
+    if let Some(t) = state.telemetry.clone() {
+        // Spans of runs left unfinished end here; the batch goes out before the process does.
+        let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
     }
 }

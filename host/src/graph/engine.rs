@@ -27,11 +27,15 @@ use crate::sandbox::Sandbox;
 use crate::sandbox::manifest::{
     self, CallGrant, EffectiveGrant, Limits, Manifest, OperatorPolicy, WorkspaceMode,
 };
-use crate::sandbox::outcome::CallError;
+use crate::sandbox::outcome::{AuditRecord, CallError};
 use crate::sandbox::registry::LoadedTool;
 
 /// Called with every event the engine journals for a run (progress output, metrics).
 pub type Progress = Arc<dyn Fn(RunId, &Event) + Send + Sync>;
+
+/// Called after every tool call of a step attempt with its audit record (run, step, attempt);
+/// the API's trace export builds its `tool_call` and `egress` spans from it.
+pub type CallObserver = Arc<dyn Fn(RunId, &str, u32, &AuditRecord) + Send + Sync>;
 
 #[derive(Clone)]
 pub struct EngineConfig {
@@ -119,6 +123,7 @@ pub struct Engine {
     journal: Arc<Journal>,
     config: Arc<EngineConfig>,
     progress: Option<Progress>,
+    on_call: Option<CallObserver>,
 }
 
 /// A run's pinned graph, components and input, and its journal.
@@ -137,6 +142,7 @@ struct RunCtx {
     journal: Arc<Journal>,
     config: Arc<EngineConfig>,
     progress: Option<Progress>,
+    on_call: Option<CallObserver>,
     graph: Arc<CompiledGraph>,
     /// Component name -> loaded component and manifest.
     tools: HashMap<String, (Arc<LoadedTool>, Manifest)>,
@@ -150,11 +156,17 @@ impl Engine {
             journal,
             config: Arc::new(config),
             progress: None,
+            on_call: None,
         }
     }
 
     pub fn with_progress(mut self, progress: Progress) -> Engine {
         self.progress = Some(progress);
+        self
+    }
+
+    pub fn with_call_observer(mut self, on_call: CallObserver) -> Engine {
+        self.on_call = Some(on_call);
         self
     }
 
@@ -344,6 +356,7 @@ impl Engine {
             journal: self.journal.clone(),
             config: self.config.clone(),
             progress: self.progress.clone(),
+            on_call: self.on_call.clone(),
             graph,
             tools,
             created_ms,
@@ -811,10 +824,15 @@ async fn run_step(ctx: &Arc<RunCtx>, a: &Activation, start: StartAt) -> StepEnd 
             .call_journaled(tool, &grant, &input, &crossings)
             .await
         {
-            Ok(report) => match report.result {
-                Ok(output) => return StepEnd::Done { attempt, output },
-                Err(e) => (e.kind().to_owned(), e.to_string(), retryable(&e)),
-            },
+            Ok(report) => {
+                if let Some(observe) = &ctx.on_call {
+                    observe(ctx.run, &a.step, attempt, &report.audit);
+                }
+                match report.result {
+                    Ok(output) => return StepEnd::Done { attempt, output },
+                    Err(e) => (e.kind().to_owned(), e.to_string(), retryable(&e)),
+                }
+            }
             Err(CrossingError::Journal(e)) => return StepEnd::Journal(e),
             Err(e @ CrossingError::OutcomeUnknown { .. }) => {
                 ("outcome_unknown".to_owned(), e.to_string(), false)

@@ -1,0 +1,480 @@
+//! OpenTelemetry trace export of `sandgraph serve` against a fake OTLP/HTTP collector on
+//! 127.0.0.1: a run whose first step makes an allowed request and whose second is denied
+//! exports `run` → `step` → `tool_call` → `egress` spans with their attributes and real times,
+//! flushed by the graceful shutdown, with no secret in them; with the switch off nothing is sent.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message as _;
+use sandgraph::api::{self, Config};
+use serde_json::{Value, json};
+
+const ADMIN: &str = "test-only-admin-token-0001";
+const DEADLINE: Duration = Duration::from_secs(60);
+/// Values a guest sends that must never reach a span.
+const QUERY_SECRET: &str = "query-secret-5f1e9c";
+const HEADER_SECRET: &str = "header-secret-8a2d47";
+
+// ---------------------------------------------------------------------------------------------
+// A fake OTLP/HTTP collector: records every request, answers 200 with an empty protobuf body.
+
+struct Received {
+    path: String,
+    content_type: String,
+    body: Vec<u8>,
+}
+
+struct Collector {
+    addr: SocketAddr,
+    received: Arc<Mutex<Vec<Received>>>,
+    connections: Arc<Mutex<usize>>,
+}
+
+impl Collector {
+    fn start() -> Collector {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(Mutex::new(0));
+        let (r, c) = (received.clone(), connections.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                *c.lock().unwrap() += 1;
+                let r = r.clone();
+                std::thread::spawn(move || {
+                    let _ = collect(conn, &r);
+                });
+            }
+        });
+        Collector {
+            addr,
+            received,
+            connections,
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+fn collect(conn: TcpStream, received: &Mutex<Vec<Received>>) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(DEADLINE))?;
+    let mut r = BufReader::new(conn.try_clone()?);
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let path = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    let (mut length, mut content_type) = (0, String::new());
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h)? == 0 || h == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = h.trim_end().split_once(':') {
+            match k.trim().to_ascii_lowercase().as_str() {
+                "content-length" => length = v.trim().parse().unwrap_or(0),
+                "content-type" => content_type = v.trim().to_owned(),
+                _ => {}
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    r.read_exact(&mut body)?;
+    received.lock().unwrap().push(Received {
+        path,
+        content_type,
+        body,
+    });
+    let mut out = conn;
+    out.write_all(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The API in this process, and a minimal client.
+
+struct TestApi {
+    addr: SocketAddr,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestApi {
+    fn start(otlp_endpoint: Option<String>) -> TestApi {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::with_journal(dir.path().join("journal"));
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.cache_dir = Some(common::cache_dir());
+        config.allow_private = vec!["127.0.0.1".parse().unwrap()];
+        config.auth_tokens = Some(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/auth/test-only-tokens.yaml"),
+        );
+        config.shutdown_grace = Duration::from_secs(5);
+        config.otlp_endpoint = otlp_endpoint;
+        config.otlp_service_name = "sandgraph-test".into();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let running = api::start(config).await.expect("server starts");
+                addr_tx.send(running.addr).unwrap();
+                tokio::task::spawn_blocking(move || {
+                    let _ = stop_rx.recv();
+                })
+                .await
+                .unwrap();
+                running.shutdown().await;
+            });
+            rt.shutdown_timeout(Duration::from_secs(1));
+        });
+        let addr = addr_rx.recv_timeout(DEADLINE).expect("server address");
+        TestApi {
+            addr,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+            _dir: dir,
+        }
+    }
+
+    /// Graceful shutdown, returning once the server (and its trace export) has stopped.
+    fn shutdown(mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            t.join().expect("server thread");
+        }
+    }
+}
+
+impl Drop for TestApi {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn request(addr: SocketAddr, path: &str, content_type: &str, body: &[u8]) -> (u16, Value) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {ADMIN}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad response {text:?}"));
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    let value = serde_json::from_str(&body).unwrap_or(Value::String(body));
+    (status, value)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = &rest[n + 2..];
+    }
+    out
+}
+
+const GRAPH: &str = r#"
+apiVersion: sandgraph.dev/v1
+kind: Graph
+metadata: { name: traced }
+spec:
+  input:
+    type: object
+    required: [allowed, denied, auth]
+    properties: { allowed: { type: string }, denied: { type: string }, auth: { type: string } }
+  nodes:
+    - id: fetch
+      kind: tool
+      component: egress_fetch
+      input: { url: input.allowed, method: "'GET'", authorization: input.auth }
+    - id: refused
+      kind: tool
+      component: egress_fetch
+      input: { url: input.denied, method: "'DELETE'" }
+  edges:
+    - { from: fetch, to: refused }
+"#;
+
+/// Uploads the fetcher (GET to `target` only) and the graph, runs it to its end.
+fn run_traced_graph(addr: SocketAddr, target: &common::TestServer) -> Value {
+    let manifest = format!(
+        "apiVersion: sandgraph.dev/v1\nkind: ToolManifest\nmetadata: {{ name: egress_fetch }}\nspec:\n  egress: [{{ scheme: http, host: 127.0.0.1, port: {}, methods: [GET] }}]\n  limits: {{ timeout: 60s }}\n",
+        target.port()
+    );
+    let wasm = std::fs::read(common::hostile("egress_fetch")).unwrap();
+    let upload = json!({
+        "manifest": manifest,
+        "component": base64::engine::general_purpose::STANDARD.encode(wasm),
+    });
+    let (status, body) = request(
+        addr,
+        "/v1/tools",
+        "application/json",
+        upload.to_string().as_bytes(),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = request(addr, "/v1/graphs", "application/yaml", GRAPH.as_bytes());
+    assert_eq!(status, 201, "{body}");
+    let input = json!({
+        "graph": "traced",
+        "input": {
+            "allowed": target.url(&format!("/ok?token={QUERY_SECRET}")),
+            "denied": target.url("/ok"),
+            "auth": format!("Bearer {HEADER_SECRET}"),
+        }
+    });
+    let (status, done) = request(
+        addr,
+        "/v1/runs?wait=true",
+        "application/json",
+        input.to_string().as_bytes(),
+    );
+    assert_eq!(status, 200, "{done}");
+    // The denied step fails the run.
+    assert_eq!(done["status"], "failed", "{done}");
+    done
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading the export.
+
+fn attr<'a>(span: &'a Span, key: &str) -> Option<&'a any_value::Value> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v: &AnyValue| v.value.as_ref())
+}
+
+fn text(span: &Span, key: &str) -> String {
+    match attr(span, key) {
+        Some(any_value::Value::StringValue(s)) => s.clone(),
+        other => panic!("span {} attribute {key}: {other:?}", span.name),
+    }
+}
+
+fn int(span: &Span, key: &str) -> i64 {
+    match attr(span, key) {
+        Some(any_value::Value::IntValue(i)) => *i,
+        other => panic!("span {} attribute {key}: {other:?}", span.name),
+    }
+}
+
+fn flag(span: &Span, key: &str) -> bool {
+    match attr(span, key) {
+        Some(any_value::Value::BoolValue(b)) => *b,
+        other => panic!("span {} attribute {key}: {other:?}", span.name),
+    }
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn spans_for_run_step_tool_call_and_egress_reach_the_collector() {
+    let collector = Collector::start();
+    let target = common::TestServer::start();
+    let api = TestApi::start(Some(collector.endpoint()));
+    let done = run_traced_graph(api.addr, &target);
+    let run_id = done["run"].as_str().unwrap().to_owned();
+    assert_eq!(target.connections(), 1, "only the allowed request left");
+    // The batch goes out at the graceful shutdown at the latest.
+    api.shutdown();
+    wait_for("an export", || {
+        !collector.received.lock().unwrap().is_empty()
+    });
+
+    let received = collector.received.lock().unwrap();
+    let mut spans: Vec<Span> = Vec::new();
+    for r in received.iter() {
+        assert_eq!(r.path, "/v1/traces");
+        assert_eq!(r.content_type, "application/x-protobuf");
+        let raw = String::from_utf8_lossy(&r.body);
+        for secret in [QUERY_SECRET, HEADER_SECRET, ADMIN] {
+            assert!(!raw.contains(secret), "the export carries `{secret}`");
+        }
+        let req = ExportTraceServiceRequest::decode(r.body.as_slice()).expect("OTLP protobuf");
+        for rs in req.resource_spans {
+            let service = rs
+                .resource
+                .as_ref()
+                .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
+                .and_then(|kv| kv.value.as_ref()?.value.clone());
+            assert_eq!(
+                service,
+                Some(any_value::Value::StringValue("sandgraph-test".into()))
+            );
+            for ss in rs.scope_spans {
+                spans.extend(ss.spans);
+            }
+        }
+    }
+    let named = |name: &str| -> Vec<&Span> { spans.iter().filter(|s| s.name == name).collect() };
+    let (runs, steps, calls, egress) = (
+        named("run"),
+        named("step"),
+        named("tool_call"),
+        named("egress"),
+    );
+    assert_eq!(runs.len(), 1, "{spans:#?}");
+    assert_eq!(steps.len(), 2, "{spans:#?}");
+    assert_eq!(calls.len(), 2, "{spans:#?}");
+    assert_eq!(egress.len(), 2, "{spans:#?}");
+    assert_eq!(spans.len(), 7, "nothing else: {spans:#?}");
+
+    let run = runs[0];
+    assert!(run.parent_span_id.is_empty(), "the run is the root");
+    assert_eq!(text(run, "sandgraph.run.id"), run_id);
+    assert_eq!(text(run, "sandgraph.graph.name"), "traced");
+    assert!(text(run, "sandgraph.graph.digest").len() >= 64);
+    assert_eq!(text(run, "sandgraph.run.status"), "failed");
+    let by_id: HashMap<&[u8], &Span> = spans.iter().map(|s| (s.span_id.as_slice(), s)).collect();
+    for s in &spans {
+        assert_eq!(s.trace_id, run.trace_id, "one trace per run");
+        assert!(s.start_time_unix_nano > 0);
+        assert!(s.end_time_unix_nano >= s.start_time_unix_nano, "{s:#?}");
+        if s.name != "run" {
+            // Every child lies within its parent.
+            let parent = by_id[s.parent_span_id.as_slice()];
+            assert!(
+                s.start_time_unix_nano >= parent.start_time_unix_nano,
+                "{s:#?}"
+            );
+            assert!(s.end_time_unix_nano <= parent.end_time_unix_nano, "{s:#?}");
+        }
+    }
+    let parent = |s: &Span| by_id[s.parent_span_id.as_slice()].name.clone();
+
+    let step = |node: &str| {
+        *steps
+            .iter()
+            .find(|s| text(s, "sandgraph.node") == node)
+            .unwrap_or_else(|| panic!("no step span for {node}"))
+    };
+    let (fetch, refused) = (step("fetch"), step("refused"));
+    for s in [fetch, refused] {
+        assert_eq!(s.parent_span_id, run.span_id);
+        assert_eq!(int(s, "sandgraph.step.attempt"), 1);
+        assert_eq!(text(s, "sandgraph.run.id"), run_id);
+    }
+    assert_eq!(text(fetch, "sandgraph.step.id"), "fetch#1");
+    assert_eq!(text(fetch, "sandgraph.step.outcome"), "ok");
+    assert_eq!(text(refused, "sandgraph.step.outcome"), "denied");
+    assert!(
+        fetch.end_time_unix_nano <= refused.start_time_unix_nano,
+        "fetch runs first"
+    );
+
+    let call_of = |step: &Span| {
+        *calls
+            .iter()
+            .find(|c| c.parent_span_id == step.span_id)
+            .expect("a tool_call under the step")
+    };
+    let (ok_call, denied_call) = (call_of(fetch), call_of(refused));
+    for c in [ok_call, denied_call] {
+        assert_eq!(parent(c), "step");
+        assert_eq!(text(c, "sandgraph.tool.name"), "egress_fetch");
+        assert!(text(c, "sandgraph.tool.component_digest").starts_with("sha256:"));
+        assert!(int(c, "sandgraph.tool.memory_peak_bytes") > 0);
+        let us = int(c, "sandgraph.tool.duration_us");
+        assert!(us > 0);
+        // The span's length is the measured duration.
+        assert_eq!(
+            c.end_time_unix_nano - c.start_time_unix_nano,
+            us as u64 * 1000,
+            "{c:#?}"
+        );
+    }
+    assert_eq!(text(ok_call, "sandgraph.tool.outcome"), "ok");
+    assert_eq!(text(denied_call, "sandgraph.tool.outcome"), "denied");
+
+    let egress_of = |call: &Span| {
+        *egress
+            .iter()
+            .find(|e| e.parent_span_id == call.span_id)
+            .expect("an egress span under the call")
+    };
+    let (sent, denied) = (egress_of(ok_call), egress_of(denied_call));
+    assert_eq!(parent(sent), "tool_call");
+    assert_eq!(text(sent, "http.request.method"), "GET");
+    assert_eq!(
+        text(sent, "sandgraph.egress.target"),
+        target.url("/ok"),
+        "the query is dropped"
+    );
+    assert!(flag(sent, "sandgraph.egress.allowed"));
+    assert_eq!(int(sent, "http.response.status_code"), 200);
+    assert!(
+        sent.end_time_unix_nano > sent.start_time_unix_nano,
+        "a real request takes time"
+    );
+    assert_eq!(text(denied, "http.request.method"), "DELETE");
+    assert!(!flag(denied, "sandgraph.egress.allowed"));
+    assert!(!text(denied, "sandgraph.egress.denial_reason").is_empty());
+    assert!(attr(denied, "http.response.status_code").is_none());
+}
+
+#[test]
+fn with_the_switch_off_nothing_is_exported() {
+    let collector = Collector::start();
+    let target = common::TestServer::start();
+    let api = TestApi::start(None);
+    run_traced_graph(api.addr, &target);
+    api.shutdown();
+    assert_eq!(*collector.connections.lock().unwrap(), 0);
+    assert!(collector.received.lock().unwrap().is_empty());
+}
