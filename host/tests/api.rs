@@ -1474,3 +1474,252 @@ fn every_documented_route_answers_as_documented_and_every_route_is_documented() 
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Paging, idempotency key lifetime and per-key serialisation, oversized heads, refusal labels.
+
+fn loop_graph(addr: SocketAddr) {
+    upload_tool(addr, "calc");
+    upload_tool(addr, "text-stats");
+    let yaml = std::fs::read_to_string(repo().join("graphs/conditional-loop.yaml")).unwrap();
+    assert_eq!(post_yaml(addr, &yaml).status, 201);
+}
+
+const LOOP_RUN: &str = r#"{"graph": "conditional-loop", "input": {"start": 1, "limit": 2}}"#;
+
+fn submit_keyed(addr: SocketAddr, key: &str, body: &str) -> Resp {
+    request(
+        addr,
+        "POST",
+        "/v1/runs",
+        Some(ADMIN),
+        &[
+            ("Content-Type", "application/json"),
+            ("Idempotency-Key", key),
+        ],
+        body.as_bytes(),
+    )
+}
+
+fn run_ids(page: &Value) -> Vec<String> {
+    page["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["run"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn run_listing_pages_with_limit_and_an_opaque_cursor_in_creation_order() {
+    let api = TestApi::start();
+    let addr = api.addr;
+    loop_graph(addr);
+    for _ in 0..5 {
+        let r = post_json(
+            addr,
+            "/v1/runs?wait=true",
+            &serde_json::from_str(LOOP_RUN).unwrap(),
+        );
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    let all = get(addr, "/v1/runs").json();
+    assert_eq!(all["next_cursor"], Value::Null);
+    let every = run_ids(&all);
+    assert_eq!(every.len(), 5);
+    // Ordered by (creation time, id).
+    let keys: Vec<(u64, String)> = all["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["created_ms"].as_u64().unwrap(),
+                r["run"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted);
+
+    // Pages of 2: 2, 2, 1, then no cursor; together exactly the full list.
+    let mut paged = Vec::new();
+    let mut sizes = Vec::new();
+    let mut cursors = Vec::new();
+    let mut path = "/v1/runs?limit=2".to_owned();
+    loop {
+        let page = get(addr, &path).json();
+        let ids = run_ids(&page);
+        sizes.push(ids.len());
+        paged.extend(ids);
+        match page["next_cursor"].as_str() {
+            Some(c) => {
+                cursors.push(c.to_owned());
+                path = format!("/v1/runs?limit=2&cursor={c}");
+            }
+            None => break,
+        }
+    }
+    assert_eq!(sizes, vec![2, 2, 1]);
+    assert_eq!(paged, every);
+    // A cursor stays valid as new runs arrive: they come after it.
+    let r = post_json(
+        addr,
+        "/v1/runs?wait=true",
+        &serde_json::from_str(LOOP_RUN).unwrap(),
+    );
+    let newest = r.json()["run"].as_str().unwrap().to_owned();
+    let rest = get(addr, &format!("/v1/runs?cursor={}", cursors[0])).json();
+    let mut want = every[2..].to_vec();
+    want.push(newest);
+    assert_eq!(run_ids(&rest), want);
+    assert_eq!(rest["next_cursor"], Value::Null);
+    // Filters apply before paging.
+    let filtered = get(
+        addr,
+        "/v1/runs?status=succeeded&graph=conditional-loop&limit=4",
+    )
+    .json();
+    assert_eq!(run_ids(&filtered), every[..4].to_vec());
+    assert!(filtered["next_cursor"].is_string());
+    assert_eq!(run_ids(&get(addr, "/v1/runs?limit=1000").json()).len(), 6);
+
+    let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("12.not-a-run");
+    for (query, problem) in [
+        ("limit=0", "invalid-limit"),
+        ("limit=1001", "invalid-limit"),
+        ("limit=ten", "invalid-limit"),
+        ("limit=-1", "invalid-limit"),
+        ("limit=", "invalid-limit"),
+        ("cursor=***", "invalid-cursor"),
+        ("cursor=", "invalid-cursor"),
+        (&format!("cursor={forged}") as &str, "invalid-cursor"),
+        ("status=paused", "invalid-query"),
+    ] {
+        let r = get(addr, &format!("/v1/runs?{query}"));
+        assert_eq!((r.status, r.problem().as_str()), (400, problem), "{query}");
+    }
+}
+
+#[test]
+fn an_expired_idempotency_key_may_start_a_new_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path().join("journal"));
+    // Every key has expired by the time it is looked up again.
+    config.idempotency_ttl = Duration::ZERO;
+    let api = TestApi::with(config);
+    let addr = api.addr;
+    loop_graph(addr);
+    let first = submit_keyed(addr, "order-7", LOOP_RUN);
+    assert_eq!(first.status, 202);
+    let again = submit_keyed(addr, "order-7", LOOP_RUN);
+    assert_eq!(
+        again.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&again.body)
+    );
+    assert!(!again.headers.contains_key("idempotent-replayed"));
+    assert_ne!(first.json()["run"], again.json()["run"]);
+    // Nor does an expired key refuse a different body.
+    let other = r#"{"graph": "conditional-loop", "input": {"start": 2, "limit": 2}}"#;
+    assert_eq!(submit_keyed(addr, "order-7", other).status, 202);
+    wait_for("three runs to finish", || {
+        let page = get(addr, "/v1/runs?status=succeeded").json();
+        run_ids(&page).len() == 3
+    });
+}
+
+#[test]
+fn keyed_submissions_wait_for_a_run_slot_in_parallel_and_one_key_still_starts_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path().join("journal"));
+    config.max_concurrent_runs = 1;
+    config.run_queue = 8;
+    let api = TestApi::with(config);
+    let addr = api.addr;
+    let gate = Gate::start();
+    loop_graph(addr);
+    upload_gate_fetcher(addr, &[&gate]);
+    assert_eq!(post_yaml(addr, GATED).status, 201);
+    // The only slot is held until the gate opens.
+    let blocker = start_gated(addr, &gate);
+    let submit = |key: &'static str| std::thread::spawn(move || submit_keyed(addr, key, LOOP_RUN));
+    let a = submit("key-a");
+    let b = submit("key-b");
+    let c1 = submit("key-c");
+    let c2 = submit("key-c");
+    // key-a, key-b and one key-c submission all wait in the run queue at once (one lock for all
+    // keys would let only one of them queue); the second key-c waits for the first.
+    wait_for("three keyed submissions in the run queue", || {
+        let metrics = String::from_utf8(get(addr, "/metrics").body).unwrap();
+        metrics.contains("sandgraph_run_queue_depth 3")
+    });
+    gate.open();
+    let (a, b) = (a.join().unwrap(), b.join().unwrap());
+    let (c1, c2) = (c1.join().unwrap(), c2.join().unwrap());
+    assert_eq!((a.status, b.status), (202, 202));
+    assert_ne!(a.json()["run"], b.json()["run"]);
+    let mut c_statuses = [c1.status, c2.status];
+    c_statuses.sort();
+    assert_eq!(c_statuses, [200, 202], "one key, one run");
+    assert_eq!(c1.json()["run"], c2.json()["run"]);
+    wait_for("every run to finish", || {
+        run_ids(&get(addr, "/v1/runs?status=succeeded").json()).len() == 4
+    });
+    assert!(run_ids(&get(addr, "/v1/runs").json()).contains(&blocker));
+    assert_eq!(run_ids(&get(addr, "/v1/runs").json()).len(), 4);
+}
+
+#[test]
+fn an_oversized_request_head_gets_a_problem_431_and_others_are_still_served() {
+    let api = TestApi::start();
+    let addr = api.addr;
+    // hyper refuses over 100 headers itself; the answer is still problem+json.
+    let many: Vec<(String, String)> = (0..120)
+        .map(|i| (format!("X-Extra-{i}"), "v".to_owned()))
+        .collect();
+    let headers: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let r = request(addr, "GET", "/v1/graphs", Some(ADMIN), &headers, b"");
+    assert_eq!((r.status, r.problem().as_str()), (431, "header-too-large"));
+    assert!(
+        r.json()["detail"].as_str().unwrap().contains("65536 bytes"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(get(addr, "/v1/graphs").status, 200);
+    assert_eq!(get(addr, "/healthz").status, 200);
+}
+
+#[test]
+fn auth_refusals_are_counted_under_the_route_they_were_refused_on() {
+    let api = TestApi::start();
+    let addr = api.addr;
+    assert_eq!(request(addr, "GET", "/v1/runs", None, &[], b"").status, 401);
+    assert_eq!(
+        request(addr, "GET", "/v1/graphs/x", Some("wrong"), &[], b"").status,
+        401
+    );
+    let r = request(
+        addr,
+        "POST",
+        "/v1/graphs",
+        Some(READER),
+        &[("Content-Type", "application/yaml")],
+        b"x: 1",
+    );
+    assert_eq!(
+        (r.status, r.problem().as_str()),
+        (403, "insufficient-scope")
+    );
+    let metrics = String::from_utf8(get(addr, "/metrics").body).unwrap();
+    for needle in [
+        "sandgraph_http_requests_total{route=\"/v1/runs\",status=\"401\"} 1",
+        "sandgraph_http_requests_total{route=\"/v1/graphs/{name}\",status=\"401\"} 1",
+        "sandgraph_http_requests_total{route=\"/v1/graphs\",status=\"403\"} 1",
+    ] {
+        assert!(metrics.contains(needle), "no `{needle}` in\n{metrics}");
+    }
+    assert!(!metrics.contains("route=\"auth\""), "{metrics}");
+}

@@ -53,6 +53,8 @@ pub struct Config {
     pub otlp_endpoint: Option<String>,
     /// `otlp_service_name`: the exported `service.name` (default `sandgraph`).
     pub otlp_service_name: String,
+    /// `idempotency_ttl`: how long an `Idempotency-Key` replays its run (then it may start a new one).
+    pub idempotency_ttl: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +153,22 @@ fn duration(v: &str) -> Result<Duration, String> {
     parse_duration(v)
 }
 
+/// A duration that may also be written in hours or days (`24h`, `7d`).
+fn long_duration(v: &str) -> Result<Duration, String> {
+    let unit = |n: &str, secs: u64| {
+        n.parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(secs))
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("`{v}` is not a duration like 24h, 7d, 30m or 0s"))
+    };
+    match (v.strip_suffix('h'), v.strip_suffix('d')) {
+        (Some(n), _) => unit(n, 3600),
+        (_, Some(n)) => unit(n, 86_400),
+        _ => duration(v),
+    }
+}
+
 impl Config {
     pub fn from_source(src: &Source) -> Result<Config, ConfigError> {
         let path = |key: &str| src.get(key).map(PathBuf::from);
@@ -203,6 +221,12 @@ impl Config {
             otlp_service_name: src
                 .get("otlp_service_name")
                 .unwrap_or_else(|| "sandgraph".to_owned()),
+            idempotency_ttl: parse(
+                src,
+                "idempotency_ttl",
+                Duration::from_secs(24 * 3600),
+                long_duration,
+            )?,
         };
         if config.max_concurrent_runs == 0 {
             return Err(ConfigError {
@@ -276,5 +300,24 @@ mod tests {
         let src = Source::new(env(&[("SANDGRAPH_LISTEN", "nowhere")]), None).unwrap();
         let e = Config::from_source(&src).unwrap_err().to_string();
         assert!(e.contains("not an address"), "{e}");
+    }
+
+    #[test]
+    fn idempotency_ttl_takes_hours_and_days_and_defaults_to_a_day() {
+        let ttl = |v: &str| {
+            Config::from_source(
+                &Source::new(env(&[("SANDGRAPH_IDEMPOTENCY_TTL", v)]), None).unwrap(),
+            )
+            .map(|c| c.idempotency_ttl)
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(ttl(""), Ok(Duration::from_secs(86_400)));
+        assert_eq!(ttl("2h"), Ok(Duration::from_secs(7_200)));
+        assert_eq!(ttl("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(ttl("0s"), Ok(Duration::ZERO));
+        let e = ttl("forever").unwrap_err();
+        assert!(e.contains("SANDGRAPH_IDEMPOTENCY_TTL"), "{e}");
+        let e = ttl("xh").unwrap_err();
+        assert!(e.contains("not a duration like 24h"), "{e}");
     }
 }

@@ -4,6 +4,8 @@
 
 pub mod auth;
 pub mod config;
+mod head_limit;
+mod idempotency;
 pub mod limits;
 pub mod metrics;
 pub mod problem;
@@ -73,8 +75,10 @@ pub(crate) struct State {
     pub admission: limits::Admission,
     pub auth: auth::Authenticator,
     pub rate: limits::RateLimiter,
-    /// Held while an idempotent submission checks its key and starts its run.
-    pub idempotency: tokio::sync::Mutex<()>,
+    /// Per key, held while an idempotent submission checks its key and starts its run.
+    pub idempotency: idempotency::KeyLocks,
+    /// When expired idempotency keys were last swept (ms since the Unix epoch).
+    pub idempotency_swept: AtomicU64,
     pub metrics: Arc<Metrics>,
     /// Trace export, when `otlp_endpoint` is set.
     pub telemetry: Option<Arc<telemetry::Telemetry>>,
@@ -227,7 +231,8 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         compiled: Mutex::default(),
         active: Mutex::default(),
         run_ended: tokio::sync::watch::Sender::new(0),
-        idempotency: tokio::sync::Mutex::new(()),
+        idempotency: idempotency::KeyLocks::default(),
+        idempotency_swept: AtomicU64::new(0),
         metrics,
         telemetry,
         ready: AtomicBool::new(false),
@@ -345,6 +350,9 @@ impl State {
     }
 }
 
+/// The largest request head (request line and headers) a client may send; beyond it 431.
+const MAX_HEAD: usize = 64 * 1024;
+
 async fn accept_loop(state: Arc<State>, listener: TcpListener) {
     let connections = tokio_util::sync::CancellationToken::new();
     let open = Arc::new(AtomicUsize::new(0));
@@ -378,8 +386,11 @@ async fn accept_loop(state: Arc<State>, listener: TcpListener) {
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(state.config.header_timeout)
-                .max_buf_size(64 * 1024)
-                .serve_connection(TokioIo::new(stream), service);
+                .max_buf_size(MAX_HEAD)
+                .serve_connection(
+                    TokioIo::new(head_limit::ProblemOn431::new(stream, MAX_HEAD)),
+                    service,
+                );
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}

@@ -19,6 +19,7 @@ use tracing::Instrument;
 
 use super::State;
 use super::auth::{AuthError, Scope};
+use super::idempotency::{self, IdempotentRun};
 use super::metrics::RunLabels;
 use super::problem::{Located, Problem};
 use super::sse::{self, ApiBody};
@@ -125,7 +126,8 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> (&'static str, Repl
             _ => Scope::RunsRead,
         };
         if let Err(p) = authorize(&state, req.headers(), scope) {
-            return ("auth", Err(p));
+            // Counted under the route it was refused on, like any other answer there.
+            return (route_template(&segments), Err(p));
         }
     }
     match segments.as_slice() {
@@ -216,6 +218,24 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> (&'static str, Repl
                 format!("no route {path}; see docs/openapi.yaml for the routes"),
             )),
         ),
+    }
+}
+
+/// The route template a path belongs to, for metrics (`unknown` when there is none).
+fn route_template(segments: &[&str]) -> &'static str {
+    match segments {
+        ["healthz"] => "/healthz",
+        ["readyz"] => "/readyz",
+        ["metrics"] => "/metrics",
+        ["v1", "graphs"] => "/v1/graphs",
+        ["v1", "graphs", _] => "/v1/graphs/{name}",
+        ["v1", "tools"] => "/v1/tools",
+        ["v1", "tools", _] => "/v1/tools/{name}",
+        ["v1", "runs"] => "/v1/runs",
+        ["v1", "runs", _] => "/v1/runs/{id}",
+        ["v1", "runs", _, "cancel"] => "/v1/runs/{id}/cancel",
+        ["v1", "runs", _, "events"] => "/v1/runs/{id}/events",
+        _ => "unknown",
     }
 }
 
@@ -661,13 +681,6 @@ struct RunRequest {
     input: Value,
 }
 
-/// What an idempotency key remembers: the request's digest and the run it started.
-#[derive(serde::Serialize, Deserialize)]
-struct IdempotentRun {
-    request: String,
-    run: String,
-}
-
 async fn post_run(state: &Arc<State>, req: Request<Incoming>) -> Reply {
     require_type(&req, &["application/json"])?;
     let wait = matches!(query_param(req.uri().query(), "wait"), Some("true" | "1"));
@@ -697,13 +710,25 @@ async fn post_run(state: &Arc<State>, req: Request<Incoming>) -> Reply {
         )
     })?;
     let graph = compiled_graph(state, &request.graph, request.version.as_deref())?;
-    let _guard;
     if let Some(key) = &key {
-        _guard = state.idempotency.lock().await;
+        // Only submissions with the same key wait for each other.
+        let guard = state.idempotency.lock(key).await;
         let digest = hex::encode(Sha256::digest(&body));
         let tree = state.journal.tree("api_idempotency").map_err(journal_err)?;
-        if let Some(prev) = tree.get(key.as_bytes()).map_err(store_err)? {
-            let prev: IdempotentRun = serde_json::from_slice(&prev).map_err(store_err)?;
+        let ttl_ms = state.config.idempotency_ttl.as_millis() as u64;
+        sweep_idempotency_keys(state, &tree, ttl_ms);
+        let prev = match tree.get(key.as_bytes()).map_err(store_err)? {
+            Some(bytes) => match serde_json::from_slice::<IdempotentRun>(&bytes) {
+                Ok(prev) if !prev.expired(now_ms(), ttl_ms) => Some(prev),
+                // Expired (or unreadable): the key is free for a new run.
+                _ => {
+                    tree.remove(key.as_bytes()).map_err(store_err)?;
+                    None
+                }
+            },
+            None => None,
+        };
+        if let Some(prev) = prev {
             if prev.request != digest {
                 return Err(Problem::unprocessable(
                     "idempotency-key-reused",
@@ -725,15 +750,38 @@ async fn post_run(state: &Arc<State>, req: Request<Incoming>) -> Reply {
             serde_json::to_vec(&IdempotentRun {
                 request: digest,
                 run: run.to_string(),
+                created_ms: now_ms(),
             })
             .expect("serialises"),
         )
         .map_err(store_err)?;
-        drop(_guard);
+        drop(guard);
         return finish_submit(state, run, task, wait).await;
     }
     let (run, task) = start_run(state, graph, request.input).await?;
     finish_submit(state, run, task, wait).await
+}
+
+/// Removes expired idempotency keys in the background, at most once per sweep interval (a tenth
+/// of the TTL, between 1 s and 10 min), so the tree does not grow with keys nobody can replay.
+fn sweep_idempotency_keys(state: &Arc<State>, tree: &sled::Tree, ttl_ms: u64) {
+    let now = now_ms();
+    let every = (ttl_ms / 10).clamp(1_000, 600_000);
+    let last = state.idempotency_swept.load(Ordering::Relaxed);
+    if now.saturating_sub(last) < every
+        || state
+            .idempotency_swept
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    let tree = tree.clone();
+    tokio::task::spawn_blocking(move || match idempotency::sweep(&tree, now, ttl_ms) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "expired idempotency keys removed"),
+        Err(e) => tracing::warn!(error = %e, "sweeping idempotency keys failed"),
+    });
 }
 
 fn compiled_graph(
@@ -899,6 +947,36 @@ fn output_json(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.to_owned()))
 }
 
+/// The default and largest page of `GET /v1/runs`.
+const RUNS_PAGE: usize = 100;
+const RUNS_PAGE_MAX: usize = 1000;
+
+/// A page position: the last run of the previous page, as `created_ms.run` in URL-safe base64.
+/// Runs are ordered by (creation time, id), so a cursor stays valid as new runs arrive.
+fn encode_cursor(created_ms: u64, run: RunId) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{created_ms}.{run}"))
+}
+
+fn decode_cursor(cursor: &str) -> Result<(u64, RunId), Problem> {
+    let bad = || {
+        Problem::bad_request(
+            "invalid-cursor",
+            format!(
+                "cursor '{}' is not one this server handed out; pass next_cursor from the previous page unchanged",
+                cursor.chars().take(64).collect::<String>()
+            ),
+        )
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let (ms, run) = text.split_once('.').ok_or_else(bad)?;
+    let ms = ms.parse::<u64>().map_err(|_| bad())?;
+    let run = RunId::parse(run).map_err(|_| bad())?;
+    Ok((ms, run))
+}
+
 fn list_runs(state: &State, query: Option<&str>) -> Reply {
     let graph = query_param(query, "graph");
     let status = query_param(query, "status");
@@ -910,22 +988,54 @@ fn list_runs(state: &State, query: Option<&str>) -> Reply {
             format!("status '{s}' is not one of running, succeeded, failed, cancelled"),
         ));
     }
-    let runs: Vec<Value> = state
+    let limit = match query_param(query, "limit") {
+        None => RUNS_PAGE,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=RUNS_PAGE_MAX).contains(n))
+            .ok_or_else(|| {
+                Problem::bad_request(
+                    "invalid-limit",
+                    format!(
+                        "limit '{}' is not a whole number from 1 to {RUNS_PAGE_MAX}",
+                        v.chars().take(32).collect::<String>()
+                    ),
+                )
+            })?,
+    };
+    let after = query_param(query, "cursor")
+        .map(decode_cursor)
+        .transpose()?;
+    // `runs()` is ordered by (created_ms, run).
+    let mut matching = state
         .journal
         .runs()
         .map_err(journal_err)?
         .into_iter()
         .filter(|r| graph.is_none_or(|g| r.graph_name == g))
         .filter(|r| status.is_none_or(|s| r.status.as_str() == s))
-        .map(|r| {
-            json!({
-                "run": r.run.to_string(), "graph": r.graph_name, "graph_version": r.graph_digest,
-                "status": r.status.as_str(), "created_ms": r.created_ms, "updated_ms": r.updated_ms,
-                "events": r.events,
-            })
-        })
-        .collect();
-    Ok(json_response(StatusCode::OK, &json!({ "runs": runs })))
+        .filter(|r| after.is_none_or(|a| (r.created_ms, r.run) > a))
+        .peekable();
+    let mut page = Vec::with_capacity(limit.min(64));
+    let mut last = None;
+    while page.len() < limit {
+        let Some(r) = matching.next() else { break };
+        last = Some((r.created_ms, r.run));
+        page.push(json!({
+            "run": r.run.to_string(), "graph": r.graph_name, "graph_version": r.graph_digest,
+            "status": r.status.as_str(), "created_ms": r.created_ms, "updated_ms": r.updated_ms,
+            "events": r.events,
+        }));
+    }
+    let next_cursor = match (matching.peek(), last) {
+        (Some(_), Some((ms, run))) => Value::String(encode_cursor(ms, run)),
+        _ => Value::Null,
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "runs": page, "next_cursor": next_cursor }),
+    ))
 }
 
 async fn get_run(state: &Arc<State>, id: &str) -> Reply {

@@ -1,0 +1,166 @@
+//! Oversized request heads get a problem+json 431 like every other refusal. hyper rejects a
+//! head over `max_buf_size` (or over its header count) itself, before any service runs, and
+//! writes a bare `431` with no body; it offers no hook to shape that answer. So the connection's
+//! IO is wrapped: the one response head hyper writes that starts `HTTP/1.1 431 ` is replaced by
+//! a complete problem response. The routes never answer 431, and hyper only writes its error
+//! response at a response boundary (no body of ours is in flight), so nothing else matches.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use http::StatusCode;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::problem::Problem;
+
+const HYPER_431: &[u8] = b"HTTP/1.1 431 ";
+
+/// An IO whose hyper-written bare 431 becomes a problem+json answer.
+pub struct ProblemOn431<T> {
+    inner: T,
+    max_head: usize,
+    /// The replacement response and how much of it is written.
+    pending: Option<(Vec<u8>, usize)>,
+}
+
+impl<T> ProblemOn431<T> {
+    pub fn new(inner: T, max_head: usize) -> Self {
+        ProblemOn431 {
+            inner,
+            max_head,
+            pending: None,
+        }
+    }
+
+    fn replacement(&self) -> Vec<u8> {
+        let body = Problem::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "header-too-large",
+            format!(
+                "the request head (request line and headers) is over {} bytes or has over 100 \
+                 headers; send fewer or smaller headers",
+                self.max_head
+            ),
+        )
+        .body();
+        let mut out = format!(
+            "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(body.as_bytes());
+        out
+    }
+}
+
+impl<T: AsyncWrite + Unpin> ProblemOn431<T> {
+    /// Writes what is left of the replacement; ready when none is left.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some((bytes, done)) = &mut self.pending {
+            if *done == bytes.len() {
+                self.pending = None;
+                break;
+            }
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &bytes[*done..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            *done += n;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for ProblemOn431<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for ProblemOn431<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        ready!(self.poll_drain(cx))?;
+        if buf.starts_with(HYPER_431) {
+            // hyper's 431 is a head without a body: swallow it, send ours instead.
+            self.pending = Some((self.replacement(), 0));
+            let _ = self.poll_drain(cx)?;
+            return Poll::Ready(Ok(buf.len()));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        ready!(self.poll_drain(cx))?;
+        if bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .is_some_and(|b| b.starts_with(HYPER_431))
+        {
+            self.pending = Some((self.replacement(), 0));
+            let _ = self.poll_drain(cx)?;
+            return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
+        }
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_bare_431_becomes_a_problem_and_other_writes_pass_through() {
+        let (a, mut b) = tokio::io::duplex(1 << 16);
+        let mut io = ProblemOn431::new(a, 1024);
+        io.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        io.write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        io.shutdown().await.unwrap();
+        drop(io);
+        let mut got = String::new();
+        b.read_to_string(&mut got).await.unwrap();
+        let (ok, rest) = got.split_once("\r\n\r\n").unwrap();
+        assert_eq!(ok, "HTTP/1.1 200 OK\r\ncontent-length: 0");
+        assert!(rest.starts_with("HTTP/1.1 431 "), "{rest}");
+        assert!(
+            rest.contains("content-type: application/problem+json"),
+            "{rest}"
+        );
+        let body = rest.split_once("\r\n\r\n").unwrap().1;
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["status"], 431);
+        assert!(v["type"].as_str().unwrap().ends_with("/header-too-large"));
+        assert!(v["detail"].as_str().unwrap().contains("1024 bytes"));
+    }
+}
