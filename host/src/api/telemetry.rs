@@ -6,9 +6,9 @@
 //! Timing: `run` and `step` spans open and close when their journal events are appended;
 //! `tool_call` ends when the sandbox reports the call and starts its measured duration earlier;
 //! `egress` spans take their times from the journaled `HttpIntent` (start) and `HttpResponse`
-//! or `HttpFailed` (end) crossings, a denial is an instant at its `Denial` crossing. A request
-//! whose crossings were served from the journal (a resumed attempt) is an instant at the call's
-//! end. Attributes carry ids, names, digests, outcomes and sizes, never a body, a header value
+//! or `HttpFailed` (end) crossings, matched by method and URL; a denial is an instant at its
+//! `Denial` crossing. A request served from the journal (a resumed attempt) and a refused socket
+//! leave no crossing of their own and are an instant at the call's end. Attributes carry ids, names, digests, outcomes and sizes, never a body, a header value
 //! or a URL's query (where callers put tokens).
 
 use std::collections::{HashMap, VecDeque};
@@ -180,14 +180,17 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
 
 /// Times of one outbound request, from its journaled crossings.
 struct HttpTiming {
+    method: String,
+    uri: String,
     start: SystemTime,
     end: Option<SystemTime>,
 }
 
 struct LiveStep {
     cx: Context,
-    http: VecDeque<HttpTiming>,
-    denials: VecDeque<SystemTime>,
+    http: Vec<HttpTiming>,
+    /// (capability, when) of each journaled denial.
+    denials: VecDeque<(String, SystemTime)>,
 }
 
 struct LiveRun {
@@ -315,7 +318,7 @@ impl Telemetry {
                     (step.clone(), *attempt),
                     LiveStep {
                         cx,
-                        http: VecDeque::new(),
+                        http: Vec::new(),
                         denials: VecDeque::new(),
                     },
                 );
@@ -332,7 +335,9 @@ impl Telemetry {
                     return;
                 };
                 match crossing {
-                    Crossing::HttpIntent { .. } => s.http.push_back(HttpTiming {
+                    Crossing::HttpIntent { method, uri, .. } => s.http.push(HttpTiming {
+                        method: method.clone(),
+                        uri: uri.clone(),
                         start: now,
                         end: None,
                     }),
@@ -341,7 +346,9 @@ impl Telemetry {
                             t.end = Some(now);
                         }
                     }
-                    Crossing::Denial { .. } => s.denials.push_back(now),
+                    Crossing::Denial { capability, .. } => {
+                        s.denials.push_back((capability.clone(), now))
+                    }
                     _ => {}
                 }
             }
@@ -420,13 +427,23 @@ impl Telemetry {
             ],
         );
         for a in &audit.egress {
+            // Requests served from the journal and socket refusals left no crossing of their
+            // own: an instant at the call's end.
             let (from, to) = if a.allowed {
-                match s.http.pop_front() {
+                let live = s
+                    .http
+                    .iter()
+                    .position(|t| t.method == a.method && t.uri == a.target);
+                match live.map(|i| s.http.remove(i)) {
                     Some(t) => (t.start, t.end.unwrap_or(end)),
                     None => (end, end),
                 }
             } else {
-                let t = s.denials.pop_front().unwrap_or(end);
+                let name = capability(a.capability);
+                let journaled = s.denials.iter().position(|(c, _)| c == name);
+                let t = journaled
+                    .and_then(|i| s.denials.remove(i))
+                    .map_or(end, |(_, t)| t);
                 (t, t)
             };
             let mut attrs = vec![
