@@ -8,8 +8,9 @@
 //! `egress` spans take their times from the journaled `HttpIntent` (start) and `HttpResponse`
 //! or `HttpFailed` (end) crossings, matched by method and URL; a denial is an instant at its
 //! `Denial` crossing. A request served from the journal (a resumed attempt) and a refused socket
-//! leave no crossing of their own and are an instant at the call's end. Attributes carry ids, names, digests, outcomes and sizes, never a body, a header value
-//! or a URL's query (where callers put tokens).
+//! leave no crossing of their own and are an instant at the call's end. Attributes carry ids,
+//! names, digests, outcomes and sizes, never a body, a header value or a URL's query (where
+//! callers put tokens).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
