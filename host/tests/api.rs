@@ -1688,6 +1688,17 @@ fn an_oversized_request_head_gets_a_problem_431_and_others_are_still_served() {
         "{}",
         String::from_utf8_lossy(&r.body)
     );
+    // A head far over hyper's 64 KiB read buffer.
+    let pad = "a".repeat(256 * 1024);
+    let r = request(
+        addr,
+        "GET",
+        "/v1/graphs",
+        Some(ADMIN),
+        &[("X-Pad", &pad)],
+        b"",
+    );
+    assert_eq!((r.status, r.problem().as_str()), (431, "header-too-large"));
     assert_eq!(get(addr, "/v1/graphs").status, 200);
     assert_eq!(get(addr, "/healthz").status, 200);
 }
