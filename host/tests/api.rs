@@ -1701,6 +1701,10 @@ fn an_oversized_request_head_gets_a_problem_431_and_others_are_still_served() {
     assert_eq!((r.status, r.problem().as_str()), (431, "header-too-large"));
     assert_eq!(get(addr, "/v1/graphs").status, 200);
     assert_eq!(get(addr, "/healthz").status, 200);
+    // Counted, under the route hyper never got to pick.
+    let metrics = String::from_utf8(get(addr, "/metrics").body).unwrap();
+    let needle = "sandgraph_http_requests_total{route=\"unrouted\",status=\"431\"} 2";
+    assert!(metrics.contains(needle), "no `{needle}` in\n{metrics}");
 }
 
 #[test]

@@ -7,11 +7,13 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::metrics::Metrics;
 use super::problem::Problem;
 
 const HYPER_431: &[u8] = b"HTTP/1.1 431 ";
@@ -20,20 +22,27 @@ const HYPER_431: &[u8] = b"HTTP/1.1 431 ";
 pub struct ProblemOn431<T> {
     inner: T,
     max_head: usize,
+    /// Counts the refusal (route `unrouted`: hyper answers before any route is known).
+    metrics: Option<Arc<Metrics>>,
     /// The replacement response and how much of it is written.
     pending: Option<(Vec<u8>, usize)>,
 }
 
 impl<T> ProblemOn431<T> {
-    pub fn new(inner: T, max_head: usize) -> Self {
+    pub fn new(inner: T, max_head: usize, metrics: Option<Arc<Metrics>>) -> Self {
         ProblemOn431 {
             inner,
             max_head,
+            metrics,
             pending: None,
         }
     }
 
     fn replacement(&self) -> Vec<u8> {
+        if let Some(m) = &self.metrics {
+            m.request("unrouted", 431);
+        }
+        tracing::info!(status = 431, "request head over the limit refused");
         let body = Problem::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "header-too-large",
@@ -139,7 +148,7 @@ mod tests {
     #[tokio::test]
     async fn a_bare_431_becomes_a_problem_and_other_writes_pass_through() {
         let (a, mut b) = tokio::io::duplex(1 << 16);
-        let mut io = ProblemOn431::new(a, 1024);
+        let mut io = ProblemOn431::new(a, 1024, None);
         io.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
             .await
             .unwrap();

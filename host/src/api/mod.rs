@@ -388,7 +388,11 @@ async fn accept_loop(state: Arc<State>, listener: TcpListener) {
                 .header_read_timeout(state.config.header_timeout)
                 .max_buf_size(MAX_HEAD)
                 .serve_connection(
-                    TokioIo::new(head_limit::ProblemOn431::new(stream, MAX_HEAD)),
+                    TokioIo::new(head_limit::ProblemOn431::new(
+                        stream,
+                        MAX_HEAD,
+                        Some(state.metrics.clone()),
+                    )),
                     service,
                 );
             let mut conn = std::pin::pin!(conn);
