@@ -702,11 +702,11 @@ async fn execute(
         let first = tokio::select! {
             r = running.join_next() => r,
             _ = cancel.cancelled() => {
-                running.abort_all();
+                stop_all(&mut running).await;
                 return Ok(Finish::Cancelled);
             }
             _ = sleep_until(deadline.map(|d| d.1)) => {
-                running.abort_all();
+                stop_all(&mut running).await;
                 let d = deadline.map(|d| d.0).unwrap_or_default();
                 return Err(format!("the run passed its deadline of {}", fmt_duration(d)));
             }
@@ -733,14 +733,14 @@ async fn execute(
                     done.push((step, output, event));
                 }
                 StepEnd::Failed { attempts, message } => {
-                    running.abort_all();
+                    stop_all(&mut running).await;
                     return Err(format!(
                         "step '{step}' failed after {attempts} attempt{}: {message}",
                         if attempts == 1 { "" } else { "s" }
                     ));
                 }
                 StepEnd::Journal(e) => {
-                    running.abort_all();
+                    stop_all(&mut running).await;
                     return Err(jerr(e));
                 }
             }
@@ -756,6 +756,14 @@ async fn execute(
             ready.extend(next.into_iter().map(|a| (a, FRESH)));
         }
     }
+}
+
+/// Aborts every running step and waits until each task has really stopped, so none of them can
+/// append to the journal after the run's `RunFinished` (an aborted task runs on to its next
+/// await point).
+async fn stop_all(running: &mut JoinSet<(String, StepEnd)>) {
+    running.abort_all();
+    while running.join_next().await.is_some() {}
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
