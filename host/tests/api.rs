@@ -14,7 +14,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use sandgraph::api::{self, Config};
+use sandgraph::api::Config;
 use serde_json::{Value, json};
 
 const ADMIN: &str = "test-only-admin-token-0001";
@@ -311,8 +311,7 @@ impl SseStream {
 /// The API in this process on its own runtime (so the tests' blocking clients never block it).
 struct TestApi {
     addr: SocketAddr,
-    stop: Option<std::sync::mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: common::api_server::ApiServer,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -343,41 +342,11 @@ impl TestApi {
     }
 
     fn with(config: Config) -> TestApi {
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let running = api::start(config).await.expect("server starts");
-                addr_tx.send(running.addr).unwrap();
-                tokio::task::spawn_blocking(move || {
-                    let _ = stop_rx.recv();
-                })
-                .await
-                .unwrap();
-                running.shutdown().await;
-            });
-            rt.shutdown_timeout(Duration::from_secs(1));
-        });
-        let addr = addr_rx.recv_timeout(DEADLINE).expect("server address");
+        let server = common::api_server::ApiServer::start(config);
         TestApi {
-            addr,
-            stop: Some(stop_tx),
-            thread: Some(thread),
+            addr: server.addr,
+            _server: server,
             _dir: None,
-        }
-    }
-}
-
-impl Drop for TestApi {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
         }
     }
 }

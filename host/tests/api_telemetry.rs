@@ -17,7 +17,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message as _;
-use sandgraph::api::{self, Config};
+use sandgraph::api::Config;
 use serde_json::{Value, json};
 
 const ADMIN: &str = "test-only-admin-token-0001";
@@ -112,8 +112,7 @@ fn collect(conn: TcpStream, received: &Mutex<Vec<Received>>) -> std::io::Result<
 
 struct TestApi {
     addr: SocketAddr,
-    stop: Option<std::sync::mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: common::api_server::ApiServer,
     _dir: tempfile::TempDir,
 }
 
@@ -131,50 +130,17 @@ impl TestApi {
         config.shutdown_grace = Duration::from_secs(5);
         config.otlp_endpoint = otlp_endpoint;
         config.otlp_service_name = "sandgraph-test".into();
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let running = api::start(config).await.expect("server starts");
-                addr_tx.send(running.addr).unwrap();
-                tokio::task::spawn_blocking(move || {
-                    let _ = stop_rx.recv();
-                })
-                .await
-                .unwrap();
-                running.shutdown().await;
-            });
-            rt.shutdown_timeout(Duration::from_secs(1));
-        });
-        let addr = addr_rx.recv_timeout(DEADLINE).expect("server address");
+        let server = common::api_server::ApiServer::start(config);
         TestApi {
-            addr,
-            stop: Some(stop_tx),
-            thread: Some(thread),
+            addr: server.addr,
+            server,
             _dir: dir,
         }
     }
 
     /// Graceful shutdown, returning once the server (and its trace export) has stopped.
-    fn shutdown(mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            t.join().expect("server thread");
-        }
-    }
-}
-
-impl Drop for TestApi {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    fn shutdown(self) {
+        self.server.shutdown();
     }
 }
 

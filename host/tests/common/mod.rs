@@ -2,6 +2,8 @@
 //! guest lookup by name, and a loopback HTTP server that records what it was sent.
 #![allow(dead_code)]
 
+pub mod api_server;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
