@@ -1707,3 +1707,205 @@ fn auth_refusals_are_counted_under_the_route_they_were_refused_on() {
     }
     assert!(!metrics.contains("route=\"auth\""), "{metrics}");
 }
+
+/// A loopback model backend's `/health` in the shape `sandgraph-infer serve` answers it:
+/// `mode` 200 (ready) or 503 (loading); 0 closes the connection unanswered; 1 never answers.
+struct HealthBackend {
+    addr: SocketAddr,
+    mode: Arc<std::sync::atomic::AtomicU16>,
+    hits: Arc<AtomicUsize>,
+}
+
+impl HealthBackend {
+    fn start() -> HealthBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mode = Arc::new(std::sync::atomic::AtomicU16::new(200));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (m, h) = (mode.clone(), hits.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let (m, h) = (m.clone(), h.clone());
+                std::thread::spawn(move || {
+                    let mut r = BufReader::new(conn.try_clone().unwrap());
+                    let mut line = String::new();
+                    r.read_line(&mut line).unwrap();
+                    while {
+                        let mut header = String::new();
+                        r.read_line(&mut header).unwrap() > 2
+                    } {}
+                    h.fetch_add(1, Ordering::SeqCst);
+                    let mut conn = conn;
+                    match m.load(Ordering::SeqCst) {
+                        0 => {}
+                        1 => std::thread::sleep(DEADLINE),
+                        status => {
+                            let body = if line.starts_with("GET /health ") {
+                                "{}"
+                            } else {
+                                "wrong path"
+                            };
+                            let status = if line.starts_with("GET /health ") {
+                                status
+                            } else {
+                                404
+                            };
+                            let _ = write!(
+                                conn,
+                                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                                body.len()
+                            );
+                        }
+                    }
+                });
+            }
+        });
+        HealthBackend { addr, mode, hits }
+    }
+
+    fn set(&self, mode: u16) {
+        self.mode.store(mode, Ordering::SeqCst);
+    }
+}
+
+fn readyz_problem(addr: SocketAddr) -> Option<Value> {
+    let r = get(addr, "/readyz");
+    match r.status {
+        200 => None,
+        503 => {
+            assert_eq!(r.problem(), "not-ready");
+            assert_eq!(r.headers.get("retry-after").map(String::as_str), Some("1"));
+            Some(r.json())
+        }
+        other => panic!("/readyz answered {other}"),
+    }
+}
+
+#[test]
+fn readyz_follows_the_configured_model_backend() {
+    let backend = HealthBackend::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path().join("journal"));
+    config.model_url = Some(format!("http://{}", backend.addr));
+    config.model_probe_timeout = Duration::from_millis(300);
+    let api = TestApi::with(config);
+    let addr = api.addr;
+
+    // Ready: the check names the backend.
+    let r = get(addr, "/readyz");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let body = r.json();
+    assert_eq!(body["checks"]["model"]["status"], "ready", "{body}");
+    assert_eq!(
+        body["checks"]["model"]["url"],
+        format!("http://{}", backend.addr)
+    );
+
+    // A burst of probes costs the backend about one request a second, not one each.
+    let before = backend.hits.load(Ordering::SeqCst);
+    let start = Instant::now();
+    for _ in 0..30 {
+        assert_eq!(get(addr, "/readyz").status, 200);
+    }
+    let spent = backend.hits.load(Ordering::SeqCst) - before;
+    assert!(
+        spent as u64 <= start.elapsed().as_secs() + 1,
+        "{spent} backend requests for 30 probes in {:?}",
+        start.elapsed()
+    );
+
+    // Loading (503), a hang-up, a backend that never answers: each not ready, with its reason.
+    for (mode, reason) in [
+        (503, "still loading"),
+        (0, "/health"),
+        (1, "no answer within 300 ms"),
+    ] {
+        backend.set(mode);
+        let mut last = None;
+        wait_for(&format!("/readyz to report mode {mode}"), || {
+            last = readyz_problem(addr);
+            last.is_some()
+        });
+        let p = last.unwrap();
+        let detail = p["detail"].as_str().unwrap();
+        assert!(detail.contains("model backend is not ready"), "{p}");
+        assert!(detail.contains(reason), "mode {mode}: {p}");
+        assert_eq!(p["checks"]["model"]["status"], "unreachable", "{p}");
+        assert_eq!(p["checks"]["engine"], "warm", "{p}");
+        // Liveness does not depend on the backend.
+        assert_eq!(get(addr, "/healthz").status, 200);
+        backend.set(200);
+        wait_for("/readyz to recover", || readyz_problem(addr).is_none());
+    }
+}
+
+#[test]
+fn readyz_reports_a_model_backend_nobody_listens_on() {
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path().join("journal"));
+    config.model_url = Some(format!("http://{closed}"));
+    let api = TestApi::with(config);
+    let p = readyz_problem(api.addr).expect("not ready");
+    let detail = p["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!("cannot connect to {closed}")),
+        "{p}"
+    );
+    // Everything else is served meanwhile.
+    assert_eq!(get(api.addr, "/v1/graphs").status, 200);
+}
+
+#[test]
+fn a_rotated_tokens_file_takes_effect_without_a_restart_and_a_broken_one_is_refused() {
+    const ROTATED: &str = "test-only-rotated-token-0003";
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.yaml");
+    let original = std::fs::read_to_string(tokens_file()).unwrap();
+    std::fs::write(&tokens, &original).unwrap();
+    let mut config = test_config(dir.path().join("journal"));
+    config.auth_tokens = Some(tokens.clone());
+    config.auth_reload_interval = Duration::from_millis(50);
+    let api = TestApi::with(config);
+    let addr = api.addr;
+    let status = |token: &str| request(addr, "GET", "/v1/graphs", Some(token), &[], b"").status;
+    assert_eq!(status(ROTATED), 401);
+
+    // Every change is written the way a Secret is rotated: a new file renamed over the old one
+    // (a reader never sees it half-written).
+    let replace = |text: &str| {
+        let next = dir.path().join("tokens.yaml.next");
+        std::fs::write(&next, text).unwrap();
+        std::fs::rename(&next, &tokens).unwrap();
+    };
+    replace(&format!(
+        "{original}  - subject: rotated\n    token: {ROTATED}\n    scopes: [runs:read]\n"
+    ));
+    wait_for("the rotated token to be accepted", || {
+        status(ROTATED) == 200
+    });
+    assert_eq!(status(ADMIN), 200);
+
+    // A broken edit keeps the credentials in force and is counted as refused.
+    replace("tokens: [");
+    wait_for("the broken file to be refused", || {
+        String::from_utf8(get(addr, "/metrics").body)
+            .unwrap()
+            .contains("sandgraph_auth_reloads_total{outcome=\"refused\"} 1")
+    });
+    assert_eq!(status(ROTATED), 200);
+    assert_eq!(status(ADMIN), 200);
+    let metrics = String::from_utf8(get(addr, "/metrics").body).unwrap();
+    assert!(
+        metrics.contains("sandgraph_auth_reloads_total{outcome=\"reloaded\"} 1"),
+        "{metrics}"
+    );
+
+    // Dropping an entry revokes its token.
+    replace(&original);
+    wait_for("the rotated token to be revoked", || status(ROTATED) == 401);
+}

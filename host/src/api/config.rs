@@ -48,6 +48,9 @@ pub struct Config {
     pub auth_jwks: Option<PathBuf>,
     pub auth_issuer: Option<String>,
     pub auth_audience: Option<String>,
+    /// `auth_reload_interval`: how often the tokens and JWKS files are looked at for changes
+    /// (`0s`: read once at start).
+    pub auth_reload_interval: Duration,
     /// `otlp_endpoint`: OTLP/HTTP collector base URL (`http://host:4318`); spans go to
     /// `<endpoint>/v1/traces`. Unset: no trace export.
     pub otlp_endpoint: Option<String>,
@@ -55,6 +58,11 @@ pub struct Config {
     pub otlp_service_name: String,
     /// `idempotency_ttl`: how long an `Idempotency-Key` replays its run (then it may start a new one).
     pub idempotency_ttl: Duration,
+    /// `model_url`: base URL of the OpenAI-compatible model backend (`http://sandgraph-infer:8081`);
+    /// `/readyz` is 503 while its `/health` does not answer 200. Unset: nothing to probe.
+    pub model_url: Option<String>,
+    /// `model_probe_timeout`: how long `/readyz` waits for the backend's `/health`.
+    pub model_probe_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -213,6 +221,12 @@ impl Config {
             auth_jwks: path("auth_jwks"),
             auth_issuer: src.get("auth_issuer"),
             auth_audience: src.get("auth_audience"),
+            auth_reload_interval: parse(
+                src,
+                "auth_reload_interval",
+                Duration::from_secs(5),
+                duration,
+            )?,
             otlp_endpoint: parse(src, "otlp_endpoint", None, |v| {
                 crate::api::telemetry::check_endpoint(v)
                     .map(|_| Some(v.to_owned()))
@@ -226,6 +240,17 @@ impl Config {
                 "idempotency_ttl",
                 Duration::from_secs(24 * 3600),
                 long_duration,
+            )?,
+            model_url: parse(src, "model_url", None, |v| {
+                crate::api::model_probe::ModelProbe::new(v, Duration::from_secs(1))
+                    .map(|_| Some(v.to_owned()))
+                    .map_err(|e| e.to_string())
+            })?,
+            model_probe_timeout: parse(
+                src,
+                "model_probe_timeout",
+                Duration::from_secs(2),
+                duration,
             )?,
         };
         if config.max_concurrent_runs == 0 {
@@ -319,5 +344,22 @@ mod tests {
         assert!(e.contains("SANDGRAPH_IDEMPOTENCY_TTL"), "{e}");
         let e = ttl("xh").unwrap_err();
         assert!(e.contains("not a duration like 24h"), "{e}");
+    }
+
+    #[test]
+    fn a_model_url_must_be_plain_http() {
+        let model = |v: &str| {
+            Config::from_source(&Source::new(env(&[("SANDGRAPH_MODEL_URL", v)]), None).unwrap())
+                .map(|c| c.model_url)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(model(""), Ok(None));
+        assert_eq!(
+            model("http://127.0.0.1:8081"),
+            Ok(Some("http://127.0.0.1:8081".to_owned()))
+        );
+        let e = model("https://infer.example:443").unwrap_err();
+        assert!(e.contains("SANDGRAPH_MODEL_URL"), "{e}");
+        assert!(e.contains("only plain http"), "{e}");
     }
 }

@@ -47,6 +47,7 @@ pub struct Metrics {
     pub journal_flush: Histogram,
     pub sse_streams: Gauge,
     pub requests: Family<Labels, Counter>,
+    pub auth_reloads: Family<Labels, Counter>,
     /// Per active run: labels and when each step's attempt started.
     live: Mutex<HashMap<RunId, LiveRun>>,
     /// Journal flush count already reported.
@@ -75,6 +76,7 @@ impl Metrics {
             journal_flush: Histogram::new(exponential_buckets(0.0001, 2.0, 17)),
             sse_streams: Gauge::default(),
             requests: Family::default(),
+            auth_reloads: Family::default(),
             live: Mutex::default(),
             flushes_seen: Mutex::default(),
             registry: Registry::default(),
@@ -134,6 +136,11 @@ impl Metrics {
             "http_requests",
             "HTTP requests answered, by route and status",
             m.requests.clone(),
+        );
+        registry.register(
+            "auth_reloads",
+            "Changed tokens or JWKS files, by outcome (reloaded, or refused with the old credentials kept)",
+            m.auth_reloads.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -4,10 +4,12 @@
 
 pub mod auth;
 pub mod config;
+pub mod credentials;
 mod head_limit;
 mod idempotency;
 pub mod limits;
 pub mod metrics;
+pub mod model_probe;
 pub mod problem;
 mod routes;
 mod sse;
@@ -55,6 +57,8 @@ pub enum ServeError {
     Auth(String),
     #[error("limits: {0}")]
     Limits(String),
+    #[error("model backend: {0}")]
+    Model(String),
     #[error("trace export: {0}")]
     Telemetry(#[from] telemetry::TelemetryError),
 }
@@ -73,7 +77,7 @@ pub(crate) struct State {
     /// Changes whenever a run of this process ends (shutdown waits on it).
     pub run_ended: tokio::sync::watch::Sender<usize>,
     pub admission: limits::Admission,
-    pub auth: auth::Authenticator,
+    pub auth: credentials::Credentials,
     pub rate: limits::RateLimiter,
     /// Per key, held while an idempotent submission checks its key and starts its run.
     pub idempotency: idempotency::KeyLocks,
@@ -82,6 +86,8 @@ pub(crate) struct State {
     pub metrics: Arc<Metrics>,
     /// Trace export, when `otlp_endpoint` is set.
     pub telemetry: Option<Arc<telemetry::Telemetry>>,
+    /// The model backend `/readyz` probes, when `model_url` is set.
+    pub model: Option<model_probe::ModelProbe>,
     pub ready: AtomicBool,
     pub shutdown: CancellationToken,
     pub next_request: AtomicU64,
@@ -206,7 +212,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         addr: config.listen,
         reason: e.to_string(),
     })?;
-    let auth = auth::Authenticator::load(&auth::AuthConfig {
+    let auth = credentials::Credentials::load(auth::AuthConfig {
         tokens_file: config.auth_tokens.clone(),
         jwks_file: config.auth_jwks.clone(),
         issuer: config.auth_issuer.clone(),
@@ -218,6 +224,13 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         .map_err(|e| ServeError::Limits(e.to_string()))?;
     let admission = limits::Admission::try_new(config.max_concurrent_runs, config.run_queue)
         .map_err(|e| ServeError::Limits(e.to_string()))?;
+    let model = match &config.model_url {
+        Some(url) => Some(
+            model_probe::ModelProbe::new(url, config.model_probe_timeout)
+                .map_err(|e| ServeError::Model(e.to_string()))?,
+        ),
+        None => None,
+    };
     let shutdown = CancellationToken::new();
     let state = Arc::new(State {
         admission,
@@ -235,6 +248,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         idempotency_swept: AtomicU64::new(0),
         metrics,
         telemetry,
+        model,
         ready: AtomicBool::new(false),
         shutdown: shutdown.clone(),
         next_request: AtomicU64::new(1),
@@ -250,6 +264,9 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         tracing::info!(run_id = %handle.run, "resuming an unfinished run");
         state.clone().supervise(handle, labels, None);
     }
+    if !state.config.auth_reload_interval.is_zero() {
+        tokio::spawn(follow_credentials(state.clone()));
+    }
     state.ready.store(true, Ordering::SeqCst);
     tracing::info!(%addr, "listening");
     let task = tokio::spawn(accept_loop(state, listener));
@@ -258,6 +275,39 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         shutdown,
         task,
     })
+}
+
+/// Reloads the tokens and JWKS files when they change, until shutdown.
+async fn follow_credentials(state: Arc<State>) {
+    let mut tick = tokio::time::interval(state.config.auth_reload_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let s = state.clone();
+        let Ok(refresh) = tokio::task::spawn_blocking(move || s.auth.refresh()).await else {
+            continue;
+        };
+        let outcome = match refresh {
+            credentials::Refresh::Unchanged => continue,
+            credentials::Refresh::Reloaded => {
+                tracing::info!("credentials files changed; the new tokens and keys are in force");
+                "reloaded"
+            }
+            credentials::Refresh::Refused(e) => {
+                tracing::error!(error = %e, "credentials files changed but do not load; the previous credentials stay in force");
+                "refused"
+            }
+        };
+        state
+            .metrics
+            .auth_reloads
+            .get_or_create(&vec![("outcome".into(), outcome.into())])
+            .inc();
+    }
 }
 
 /// One log line per step transition, with the run and step ids.

@@ -42,6 +42,9 @@ pub struct ProblemBody {
     pub detail: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<Located>,
+    /// Extension members (RFC 9457 §3.2), such as the failed checks of a `/readyz` answer.
+    #[serde(flatten)]
+    pub extensions: serde_json::Map<String, serde_json::Value>,
     /// Seconds to wait before retrying (429/503); sent as `Retry-After` too.
     #[serde(skip)]
     pub retry_after: Option<u64>,
@@ -59,6 +62,7 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             errors: Vec::new(),
+            extensions: serde_json::Map::new(),
             retry_after: None,
             headers: Vec::new(),
         }))

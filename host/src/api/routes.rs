@@ -141,7 +141,7 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> (&'static str, Repl
         ["readyz"] => (
             "/readyz",
             match method {
-                Method::GET => Ok(readyz(&state)),
+                Method::GET => Ok(readyz(&state).await),
                 _ => not_allowed("GET"),
             },
         ),
@@ -270,26 +270,42 @@ fn authorize(state: &State, headers: &http::HeaderMap, scope: Scope) -> Result<(
     Ok(())
 }
 
-fn readyz(state: &State) -> Response<ApiBody> {
-    let ready = state.ready.load(Ordering::SeqCst) && !state.shutdown.is_cancelled();
+async fn readyz(state: &State) -> Response<ApiBody> {
+    let warm = state.ready.load(Ordering::SeqCst);
+    let accepting = !state.shutdown.is_cancelled();
+    let model = match &state.model {
+        Some(probe) if warm && accepting => Some(probe.check().await),
+        _ => None,
+    };
     let checks = json!({
         "journal": "open",
-        "engine": if state.ready.load(Ordering::SeqCst) { "warm" } else { "starting" },
-        "accepting": !state.shutdown.is_cancelled(),
+        "engine": if warm { "warm" } else { "starting" },
+        "accepting": accepting,
+        "model": match (&state.model, &model) {
+            (None, _) => json!("not configured"),
+            (Some(p), Some(Ok(()))) => json!({"url": p.url(), "status": "ready"}),
+            (Some(p), Some(Err(e))) => json!({"url": p.url(), "status": "unreachable", "reason": e}),
+            (Some(p), None) => json!({"url": p.url(), "status": "not probed"}),
+        },
     });
-    if ready {
-        json_response(
+    let detail = if !warm || !accepting {
+        Some("the host is starting or shutting down".to_owned())
+    } else if let Some(Err(reason)) = &model {
+        Some(format!("the model backend is not ready: {reason}"))
+    } else {
+        None
+    };
+    match detail {
+        None => json_response(
             StatusCode::OK,
             &json!({"status": "ready", "checks": checks}),
-        )
-    } else {
-        let mut p = Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not-ready",
-            "the host is starting or shutting down",
-        );
-        p.retry_after = Some(1);
-        problem_response(&p)
+        ),
+        Some(detail) => {
+            let mut p = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", detail);
+            p.retry_after = Some(1);
+            p.extensions.insert("checks".to_owned(), checks);
+            problem_response(&p)
+        }
     }
 }
 
