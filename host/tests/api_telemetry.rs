@@ -1,7 +1,8 @@
 //! OpenTelemetry trace export of `sandgraph serve` against a fake OTLP/HTTP collector on
 //! 127.0.0.1: a run whose first step makes an allowed request and whose second is denied
 //! exports `run` → `step` → `tool_call` → `egress` spans with their attributes and real times,
-//! flushed by the graceful shutdown, with no secret in them; with the switch off nothing is sent.
+//! flushed by the graceful shutdown, with no secret in them, in the trace whose id is the run id
+//! (which a run resumed by a restarted server continues); with the switch off nothing is sent.
 
 mod common;
 
@@ -119,7 +120,19 @@ struct TestApi {
 impl TestApi {
     fn start(otlp_endpoint: Option<String>) -> TestApi {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::with_journal(dir.path().join("journal"));
+        let server = TestApi::serve(&dir.path().join("journal"), otlp_endpoint);
+        TestApi {
+            addr: server.addr,
+            server,
+            _dir: dir,
+        }
+    }
+
+    fn serve(
+        journal: &std::path::Path,
+        otlp_endpoint: Option<String>,
+    ) -> common::api_server::ApiServer {
+        let mut config = Config::with_journal(journal.to_path_buf());
         config.listen = "127.0.0.1:0".parse().unwrap();
         config.cache_dir = Some(common::cache_dir());
         config.allow_private = vec!["127.0.0.1".parse().unwrap()];
@@ -130,12 +143,7 @@ impl TestApi {
         config.shutdown_grace = Duration::from_secs(5);
         config.otlp_endpoint = otlp_endpoint;
         config.otlp_service_name = "sandgraph-test".into();
-        let server = common::api_server::ApiServer::start(config);
-        TestApi {
-            addr: server.addr,
-            server,
-            _dir: dir,
-        }
+        common::api_server::ApiServer::start(config)
     }
 
     /// Graceful shutdown, returning once the server (and its trace export) has stopped.
@@ -145,10 +153,24 @@ impl TestApi {
 }
 
 fn request(addr: SocketAddr, path: &str, content_type: &str, body: &[u8]) -> (u16, Value) {
+    exchange(addr, "POST", path, content_type, body)
+}
+
+fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
+    exchange(addr, "GET", path, "application/json", b"")
+}
+
+fn exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, Value) {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(DEADLINE)).unwrap();
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {ADMIN}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {ADMIN}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).unwrap();
@@ -289,20 +311,9 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-#[test]
-fn spans_for_run_step_tool_call_and_egress_reach_the_collector() {
-    let collector = Collector::start();
-    let target = common::TestServer::start();
-    let api = TestApi::start(Some(collector.endpoint()));
-    let done = run_traced_graph(api.addr, &target);
-    let run_id = done["run"].as_str().unwrap().to_owned();
-    assert_eq!(target.connections(), 1, "only the allowed request left");
-    // The batch goes out at the graceful shutdown at the latest.
-    api.shutdown();
-    wait_for("an export", || {
-        !collector.received.lock().unwrap().is_empty()
-    });
-
+/// Every span the collector received, each request checked: the OTLP path and media type, our
+/// service name, and no secret anywhere in the bytes.
+fn exported_spans(collector: &Collector) -> Vec<Span> {
     let received = collector.received.lock().unwrap();
     let mut spans: Vec<Span> = Vec::new();
     for r in received.iter() {
@@ -328,6 +339,24 @@ fn spans_for_run_step_tool_call_and_egress_reach_the_collector() {
             }
         }
     }
+    spans
+}
+
+#[test]
+fn spans_for_run_step_tool_call_and_egress_reach_the_collector() {
+    let collector = Collector::start();
+    let target = common::TestServer::start();
+    let api = TestApi::start(Some(collector.endpoint()));
+    let done = run_traced_graph(api.addr, &target);
+    let run_id = done["run"].as_str().unwrap().to_owned();
+    assert_eq!(target.connections(), 1, "only the allowed request left");
+    // The batch goes out at the graceful shutdown at the latest.
+    api.shutdown();
+    wait_for("an export", || {
+        !collector.received.lock().unwrap().is_empty()
+    });
+
+    let spans = exported_spans(&collector);
     let named = |name: &str| -> Vec<&Span> { spans.iter().filter(|s| s.name == name).collect() };
     let (runs, steps, calls, egress) = (
         named("run"),
@@ -344,6 +373,11 @@ fn spans_for_run_step_tool_call_and_egress_reach_the_collector() {
     let run = runs[0];
     assert!(run.parent_span_id.is_empty(), "the run is the root");
     assert_eq!(text(run, "sandgraph.run.id"), run_id);
+    assert_eq!(
+        hex::encode(&run.trace_id),
+        run_id,
+        "the trace id is the run id"
+    );
     assert_eq!(text(run, "sandgraph.graph.name"), "traced");
     assert!(text(run, "sandgraph.graph.digest").len() >= 64);
     assert_eq!(text(run, "sandgraph.run.status"), "failed");
@@ -443,4 +477,103 @@ fn with_the_switch_off_nothing_is_exported() {
     api.shutdown();
     assert_eq!(*collector.connections.lock().unwrap(), 0);
     assert!(collector.received.lock().unwrap().is_empty());
+}
+
+/// A server on 127.0.0.1 that holds its first request unanswered (until the test ends) and
+/// answers every later one at once: a step caught mid-request by a shutdown, then resumed.
+fn hold_first_request() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) <= 2 {
+                    break;
+                }
+            }
+            if held.is_empty() {
+                held.push(conn);
+                continue;
+            }
+            let mut out = conn;
+            let _ = out
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_run_resumed_after_a_restart_continues_its_trace() {
+    let collector = Collector::start();
+    let target = hold_first_request();
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let server = TestApi::serve(&journal, Some(collector.endpoint()));
+    let addr = server.addr;
+    let manifest = format!(
+        "apiVersion: sandgraph.dev/v1\nkind: ToolManifest\nmetadata: {{ name: egress_fetch }}\nspec:\n  egress: [{{ scheme: http, host: 127.0.0.1, port: {}, methods: [GET] }}]\n  limits: {{ timeout: 60s }}\n",
+        target.port()
+    );
+    let wasm = std::fs::read(common::hostile("egress_fetch")).unwrap();
+    let upload = json!({
+        "manifest": manifest,
+        "component": base64::engine::general_purpose::STANDARD.encode(wasm),
+    });
+    let (status, body) = request(
+        addr,
+        "/v1/tools",
+        "application/json",
+        upload.to_string().as_bytes(),
+    );
+    assert_eq!(status, 201, "{body}");
+    let graph = "apiVersion: sandgraph.dev/v1\nkind: Graph\nmetadata: { name: held }\nspec:\n  nodes:\n    - { id: fetch, kind: tool, component: egress_fetch, input: { url: input.url, method: \"'GET'\" } }\n";
+    let (status, body) = request(addr, "/v1/graphs", "application/yaml", graph.as_bytes());
+    assert_eq!(status, 201, "{body}");
+    let start = json!({"graph": "held", "input": {"url": format!("http://{target}/held")}});
+    let (status, started) = request(
+        addr,
+        "/v1/runs",
+        "application/json",
+        start.to_string().as_bytes(),
+    );
+    assert_eq!(status, 202, "{started}");
+    let run_id = started["run"].as_str().unwrap().to_owned();
+    wait_for("the step to be running", || {
+        let (_, run) = get(addr, &format!("/v1/runs/{run_id}"));
+        run["steps"].as_array().is_some_and(|s| !s.is_empty())
+    });
+    // Shut down mid-request (the grace period runs out), start again on the same journal.
+    server.shutdown();
+    let server = TestApi::serve(&journal, Some(collector.endpoint()));
+    let addr = server.addr;
+    wait_for("the resumed run to finish", || {
+        get(addr, &format!("/v1/runs/{run_id}")).1["status"] != "running"
+    });
+    let (_, run) = get(addr, &format!("/v1/runs/{run_id}"));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    server.shutdown();
+
+    let spans = exported_spans(&collector);
+    let runs: Vec<&Span> = spans.iter().filter(|s| s.name == "run").collect();
+    assert_eq!(runs.len(), 2, "one run span per process: {spans:#?}");
+    for s in &spans {
+        assert_eq!(
+            hex::encode(&s.trace_id),
+            run_id,
+            "one trace, the run's: {s:#?}"
+        );
+    }
+    let (first, resumed): (Vec<&Span>, Vec<&Span>) = runs
+        .iter()
+        .partition(|s| attr(s, "sandgraph.run.resumed").is_none());
+    assert_eq!((first.len(), resumed.len()), (1, 1), "{runs:#?}");
+    assert!(flag(resumed[0], "sandgraph.run.resumed"));
+    assert_eq!(text(resumed[0], "sandgraph.run.id"), run_id);
+    assert_eq!(text(resumed[0], "sandgraph.run.status"), "succeeded");
+    assert!(first[0].end_time_unix_nano <= resumed[0].start_time_unix_nano);
 }

@@ -11,19 +11,26 @@
 //! leave no crossing of their own and are an instant at the call's end. Attributes carry ids,
 //! names, digests, outcomes and sizes, never a body, a header value or a URL's query (where
 //! callers put tokens).
+//!
+//! A run's trace id is its run id (both are 16 bytes, written as 32 hex digits): an operator
+//! finds a run's trace by the id the API returned, and a run resumed after a restart, in this
+//! process or another, continues the same trace with a new `run` span marked resumed.
 
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use opentelemetry::trace::{Status, TraceContextExt, Tracer as _, TracerProvider as _};
+use opentelemetry::trace::{
+    SpanId, Status, TraceContextExt, TraceId, Tracer as _, TracerProvider as _,
+};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SdkTracer, SdkTracerProvider};
 
 use crate::journal::{Crossing, Event, RunId};
 use crate::sandbox::outcome::AuditRecord;
@@ -199,6 +206,33 @@ struct LiveRun {
     steps: HashMap<(String, u32), LiveStep>,
 }
 
+thread_local! {
+    /// The trace id the next root span started on this thread takes (see [`RunTraceIds`]).
+    static NEXT_TRACE_ID: Cell<Option<TraceId>> = const { Cell::new(None) };
+}
+
+/// Random ids, except that a `run` span's trace id is its run id: [`Telemetry::run_span`] sets it
+/// on the thread right before starting the span, which asks for a trace id synchronously.
+#[derive(Debug, Default)]
+struct RunTraceIds(RandomIdGenerator);
+
+impl IdGenerator for RunTraceIds {
+    fn new_trace_id(&self) -> TraceId {
+        NEXT_TRACE_ID
+            .with(Cell::take)
+            .unwrap_or_else(|| self.0.new_trace_id())
+    }
+
+    fn new_span_id(&self) -> SpanId {
+        self.0.new_span_id()
+    }
+}
+
+/// The trace id of `run`'s spans.
+pub fn trace_id(run: RunId) -> TraceId {
+    TraceId::from_bytes(run.0)
+}
+
 /// The trace exporter and the spans still open.
 pub struct Telemetry {
     provider: SdkTracerProvider,
@@ -223,6 +257,7 @@ impl Telemetry {
             .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
+            .with_id_generator(RunTraceIds::default())
             .with_resource(
                 Resource::builder_empty()
                     .with_service_name(service_name.to_owned())
@@ -257,12 +292,20 @@ impl Telemetry {
         parent.with_span(span)
     }
 
+    /// A root `run` span in the trace whose id is the run id.
+    fn run_span(&self, run: RunId, start: SystemTime, attrs: Vec<KeyValue>) -> Context {
+        NEXT_TRACE_ID.with(|next| next.set(Some(trace_id(run))));
+        let cx = self.child("run", &Context::new(), start, attrs);
+        // Unused if the span was not sampled; never let it leak into another root.
+        NEXT_TRACE_ID.with(Cell::take);
+        cx
+    }
+
     /// The open span of `run`, opened now for a run this process did not create (resumed).
     fn run_entry<'a>(&self, live: &'a mut HashMap<RunId, LiveRun>, run: RunId) -> &'a mut LiveRun {
         live.entry(run).or_insert_with(|| LiveRun {
-            cx: self.child(
-                "run",
-                &Context::new(),
+            cx: self.run_span(
+                run,
                 SystemTime::now(),
                 vec![
                     KeyValue::new("sandgraph.run.id", run.to_string()),
@@ -283,9 +326,8 @@ impl Telemetry {
                 graph_digest,
                 ..
             } => {
-                let cx = self.child(
-                    "run",
-                    &Context::new(),
+                let cx = self.run_span(
+                    run,
                     now,
                     vec![
                         KeyValue::new("sandgraph.run.id", run.to_string()),
