@@ -1234,6 +1234,54 @@ fn sigterm_mid_run_exits_cleanly_and_the_restarted_server_finishes_the_run() {
 }
 
 #[test]
+fn a_server_killed_mid_run_resumes_it_on_the_next_start_without_rerunning_completed_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let gate = Gate::start();
+    let mut server = spawn_server(&journal, "5s");
+    let addr = server.addr;
+    upload_tool(addr, "calc");
+    upload_gate_fetcher(addr, &[&gate]);
+    assert_eq!(post_yaml(addr, GATED).status, 201);
+    let run = start_gated(addr, &gate);
+    wait_for("the run at the gate", || {
+        gate.hits.load(Ordering::SeqCst) == 1
+    });
+    // SIGKILL: no grace period, no final flush; only what the journal made durable survives.
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+
+    let server = spawn_server(&journal, "5s");
+    let addr = server.addr;
+    gate.open();
+    wait_for("the resumed run to finish", || {
+        run_status(addr, &run)["status"] != "running"
+    });
+    let shown = run_status(addr, &run);
+    assert_eq!(shown["status"], "succeeded", "{shown}");
+    assert_eq!(shown["output"]["after"]["value"], 20.0);
+    // The interrupted GET was sent again once (GET is idempotent); `before` ran once.
+    assert_eq!(gate.hits.load(Ordering::SeqCst), 2);
+    let events = SseStream::open(addr, &run, None).rest();
+    let started = |step: &str| {
+        events
+            .iter()
+            .filter(|e| e.event == "step_started" && e.data["step"] == step)
+            .count()
+    };
+    assert_eq!(
+        started("before#1"),
+        1,
+        "{:?}",
+        events.iter().map(|e| &e.event).collect::<Vec<_>>()
+    );
+    assert_eq!(started("wait#1"), 2);
+    assert_eq!(started("after#1"), 1);
+    let (status, logs) = server.terminate();
+    assert!(status.success(), "{logs}");
+}
+
+#[test]
 fn a_full_run_queue_and_a_spent_rate_limit_answer_429_with_retry_after() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path().join("journal"));
