@@ -8,13 +8,22 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo guests
 cargo build -q -p sandgraph
-sandgraph=target/debug/sandgraph
+# Wherever cargo puts its output (CARGO_TARGET_DIR or the workspace's target/).
+target=$(cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+sandgraph=$target/debug/sandgraph
+components=$target/wasm32-wasip2/release
 work=$(mktemp -d)
 trap 'kill "${server:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
 export SANDGRAPH_JOURNAL="$work/journal"
+# Mesa's Vulkan loader complains on stderr when a headless shell has no runtime dir.
+if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
+    export XDG_RUNTIME_DIR="$work/xdg"
+    mkdir -m 700 "$XDG_RUNTIME_DIR"
+fi
 
 echo "== graph conditional-loop: seed, double until past the limit (a bounded loop), report"
-$sandgraph run graphs/conditional-loop.yaml --input '{"start": 3, "limit": 50}'
+$sandgraph run graphs/conditional-loop.yaml --components "$components" --input '{"start": 3, "limit": 50}'
 
 echo "== graph fan-out-fan-in: fetch a page from a local server, measure it two ways in parallel, join"
 mkdir -p "$work/site"
@@ -26,7 +35,7 @@ for _ in $(seq 50); do
     sleep 0.1
 done
 # The http-get manifest allows http://127.0.0.1:8000; the operator allows that one private IP.
-$sandgraph run graphs/fan-out-fan-in.yaml --allow-private 127.0.0.1 \
+$sandgraph run graphs/fan-out-fan-in.yaml --components "$components" --allow-private 127.0.0.1 \
     --input '{"url": "http://127.0.0.1:8000/index.txt"}'
 kill "$server"
 
@@ -51,7 +60,7 @@ spec:
       input: { expr: "'1 + * 2'" }
       retry: { maxAttempts: 2, initialBackoff: 100ms }
 YAML
-if $sandgraph run "$work/bad.yaml"; then
+if $sandgraph run "$work/bad.yaml" --components "$components"; then
     echo "expected the run to fail" >&2
     exit 1
 fi
