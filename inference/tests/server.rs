@@ -1140,13 +1140,28 @@ async fn latencies_count_from_arrival_and_cancelled_prompts_count() {
     // Each request's TTFT includes its queue time, so the sums keep that order too (B waited
     // through A's steps before its first token).
     assert!(ttft >= queue, "ttft {ttft} < queue {queue}");
-    // Only B finished (a cancelled request has no end-to-end latency), and its latency from
-    // arrival includes its first token's.
+    // Both ended: A aborted, B by its length or a stop; each has an end-to-end latency (an
+    // aborted request's too, as vLLM records it).
     assert_eq!(
         metric(s.addr, "sandgraph_infer_e2e_request_latency_seconds_count").await,
-        1.0
+        2.0
     );
     assert!(e2e > 0.0);
+    assert_eq!(
+        metric(
+            s.addr,
+            "sandgraph_infer_request_success_total{finished_reason=\"abort\"}"
+        )
+        .await,
+        1.0
+    );
+    let (_, text) = call(s.addr, "GET", "/metrics", None).await;
+    let text = text.as_str().unwrap();
+    let b_ended = ["stop", "length"]
+        .iter()
+        .filter(|r| text.contains(&format!("finished_reason=\"{r}\"}} 1")))
+        .count();
+    assert_eq!(b_ended, 1, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,7 +23,7 @@ use crate::constrain::Constraint;
 use crate::generate::{
     FinishReason, NO_TOKEN, PREFILL_CHUNK, Rng, Sampling, StopScanner, pick_constrained, sample,
 };
-use crate::server::metrics::Metrics;
+use crate::server::metrics::{Finished, Metrics};
 use crate::tokenizer::Tokenizer;
 
 /// One request for the engine.
@@ -269,6 +269,9 @@ impl Engine {
                 let msg = format!("engine step failed: {e}");
                 tracing::error!(error = %msg, "engine step failed; failing the running requests");
                 for s in self.seqs.drain(..) {
+                    self.shared
+                        .metrics
+                        .request_finished(Finished::Error, s.job.arrived.elapsed());
                     let _ = s.job.events.send(Event::Failed(msg.clone()));
                     self.free.push(s.slot);
                 }
@@ -288,6 +291,9 @@ impl Engine {
                 };
                 if job.events.is_closed() {
                     self.shared.cancelled.fetch_add(1, Ordering::SeqCst);
+                    self.shared
+                        .metrics
+                        .request_finished(Finished::Abort, job.arrived.elapsed());
                     continue;
                 }
                 // The free slot sharing the longest prefix with this prompt (at least one
@@ -367,6 +373,9 @@ impl Engine {
                 self.free.push(s.slot);
                 self.slot_cache[s.slot] = s.cached;
                 self.shared.cancelled.fetch_add(1, Ordering::SeqCst);
+                self.shared
+                    .metrics
+                    .request_finished(Finished::Abort, s.job.arrived.elapsed());
             } else {
                 i += 1;
             }
@@ -591,7 +600,12 @@ impl Engine {
         if !rest.is_empty() && finish != FinishReason::StopSequence {
             let _ = s.job.events.send(Event::Text(rest));
         }
-        metrics.observe_e2e(now.duration_since(s.job.arrived));
+        let why = match finish {
+            FinishReason::EndOfSequence | FinishReason::StopSequence => Finished::Stop,
+            FinishReason::MaxTokens | FinishReason::ContextFull => Finished::Length,
+            FinishReason::Cancelled => Finished::Abort,
+        };
+        metrics.request_finished(why, now.duration_since(s.job.arrived));
         let _ = s.job.events.send(Event::Done {
             finish,
             prompt_tokens: s.job.prompt.len(),

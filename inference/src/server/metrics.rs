@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
@@ -34,6 +35,31 @@ pub struct Metrics {
     itl: Histogram,
     e2e: Histogram,
     queue: Histogram,
+    finished: Family<Vec<(&'static str, &'static str)>, Counter>,
+}
+
+/// Why a request ended, as vLLM's `finished_reason` label says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// End of sequence or a stop sequence.
+    Stop,
+    /// `max_tokens` or the context length reached.
+    Length,
+    /// The client went away (queued or running).
+    Abort,
+    /// The engine failed while the request ran.
+    Error,
+}
+
+impl Finished {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Finished::Stop => "stop",
+            Finished::Length => "length",
+            Finished::Abort => "abort",
+            Finished::Error => "error",
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -57,6 +83,7 @@ impl Metrics {
             itl: Histogram::new(latency_buckets()),
             e2e: Histogram::new(latency_buckets()),
             queue: Histogram::new(latency_buckets()),
+            finished: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -114,6 +141,11 @@ impl Metrics {
             "Time a request waited in the queue before getting a slot",
             m.queue.clone(),
         );
+        registry.register(
+            "request_success",
+            "Requests ended, by finished_reason (stop, length, abort, error)",
+            m.finished.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -136,8 +168,12 @@ impl Metrics {
     pub fn observe_queue_time(&self, d: Duration) {
         self.queue.observe(d.as_secs_f64());
     }
-    /// A finished request's latency from arrival.
-    pub fn observe_e2e(&self, d: Duration) {
+    /// A request ended for `why`, `d` after it arrived: counted by reason, and its end-to-end
+    /// latency observed (aborted requests included, as vLLM does).
+    pub fn request_finished(&self, why: Finished, d: Duration) {
+        self.finished
+            .get_or_create(&vec![("finished_reason", why.as_str())])
+            .inc();
         self.e2e.observe(d.as_secs_f64());
     }
     /// A request admitted to a slot: its prompt tokens, `cached` of them reused from the slot's
@@ -165,7 +201,8 @@ mod tests {
         let m = Metrics::new();
         m.set_running(2, 0.25);
         m.add_generation_tokens(5);
-        m.observe_e2e(Duration::from_millis(30));
+        m.request_finished(Finished::Stop, Duration::from_millis(30));
+        m.request_finished(Finished::Abort, Duration::from_millis(5));
         m.add_prompt_tokens(7, 3);
         let text = m.render();
         assert!(
@@ -189,8 +226,13 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("sandgraph_infer_e2e_request_latency_seconds_count 1"),
+            text.contains("sandgraph_infer_e2e_request_latency_seconds_count 2"),
             "{text}"
         );
+        for reason in ["stop", "abort"] {
+            let line =
+                format!("sandgraph_infer_request_success_total{{finished_reason=\"{reason}\"}} 1");
+            assert!(text.contains(&line), "no `{line}` in {text}");
+        }
     }
 }
