@@ -242,6 +242,11 @@ impl StopScanner {
         (self.flush_to(end), false)
     }
 
+    /// From now on no stop sequence ends the text (structured output governed by a grammar).
+    pub fn ignore_stops(&mut self) {
+        self.stops.clear();
+    }
+
     /// Emits everything still held back (at the end of generation).
     pub fn finish(&mut self) -> String {
         let end = self.bytes.len();

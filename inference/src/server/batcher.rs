@@ -575,6 +575,17 @@ impl Engine {
         } else {
             s.generated += 1;
             metrics.add_generation_tokens(1);
+            // Stop sequences end free text only: a document the constraint governs (a
+            // `response_format` document, a tool call) ends where its grammar says, so a stop
+            // sequence occurring inside it (a `}`, a newline) never cuts it invalid. The mode
+            // is settled by the first token, before the scanner has held anything back.
+            if s.job
+                .constraint
+                .as_ref()
+                .is_some_and(Constraint::is_document)
+            {
+                s.scanner.ignore_stops();
+            }
             let (text, stopped) = s.scanner.push(self.tok.token_bytes(t));
             if !text.is_empty() {
                 let _ = s.job.events.send(Event::Text(text));
