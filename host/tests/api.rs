@@ -1957,3 +1957,24 @@ fn a_rotated_tokens_file_takes_effect_without_a_restart_and_a_broken_one_is_refu
     replace(&original);
     wait_for("the rotated token to be revoked", || status(ROTATED) == 401);
 }
+
+#[test]
+fn the_jwt_leeway_is_configurable() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // Expired 20 s ago: inside the default 60 s leeway, outside a 5 s one.
+    let token = jwt("test-only-rsa.pem", json!({"exp": now - 20}));
+    let api = TestApi::start();
+    assert_eq!(
+        request(api.addr, "GET", "/v1/runs", Some(token), &[], b"").status,
+        200
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path().join("journal"));
+    config.auth_leeway = Duration::from_secs(5);
+    let strict = TestApi::with(config);
+    let r = request(strict.addr, "GET", "/v1/runs", Some(token), &[], b"");
+    assert_eq!((r.status, r.problem().as_str()), (401, "token-expired"));
+}

@@ -48,6 +48,8 @@ pub struct Config {
     pub auth_jwks: Option<PathBuf>,
     pub auth_issuer: Option<String>,
     pub auth_audience: Option<String>,
+    /// `auth_leeway`: clock skew tolerated on a JWT's `exp` and `nbf`.
+    pub auth_leeway: Duration,
     /// `auth_reload_interval`: how often the tokens and JWKS files are looked at for changes
     /// (`0s`: read once at start).
     pub auth_reload_interval: Duration,
@@ -221,6 +223,7 @@ impl Config {
             auth_jwks: path("auth_jwks"),
             auth_issuer: src.get("auth_issuer"),
             auth_audience: src.get("auth_audience"),
+            auth_leeway: parse(src, "auth_leeway", Duration::from_secs(60), duration)?,
             auth_reload_interval: parse(
                 src,
                 "auth_reload_interval",

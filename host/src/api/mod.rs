@@ -217,7 +217,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         jwks_file: config.auth_jwks.clone(),
         issuer: config.auth_issuer.clone(),
         audience: config.auth_audience.clone(),
-        ..auth::AuthConfig::default()
+        leeway: config.auth_leeway,
     })
     .map_err(|e| ServeError::Auth(e.to_string()))?;
     let rate = limits::RateLimiter::try_new(config.rate_limit, config.rate_burst)
