@@ -1191,20 +1191,43 @@ impl Child {
     }
 }
 
+/// A server child on `journal` with calc and the gate fetcher, running GATED until its request
+/// is held at `gate`; returns the server and the run id.
+fn serve_a_run_held_at(gate: &Gate, journal: &Path, grace: &str) -> (Child, String) {
+    let server = spawn_server(journal, grace);
+    let addr = server.addr;
+    upload_tool(addr, "calc");
+    upload_gate_fetcher(addr, &[gate]);
+    assert_eq!(post_yaml(addr, GATED).status, 201);
+    let run = start_gated(addr, gate);
+    wait_for("the run at the gate", || {
+        gate.hits.load(Ordering::SeqCst) == 1
+    });
+    (server, run)
+}
+
+/// Starts a server on `journal` again, opens the gate and waits for the resumed GATED run to
+/// succeed with its output.
+fn restart_and_finish(journal: &Path, gate: &Gate, run: &str) -> Child {
+    let server = spawn_server(journal, "5s");
+    let addr = server.addr;
+    assert_eq!(get(addr, "/readyz").status, 200);
+    gate.open();
+    wait_for("the resumed run to finish", || {
+        run_status(addr, run)["status"] != "running"
+    });
+    let shown = run_status(addr, run);
+    assert_eq!(shown["status"], "succeeded", "{shown}");
+    assert_eq!(shown["output"]["after"]["value"], 20.0);
+    server
+}
+
 #[test]
 fn sigterm_mid_run_exits_cleanly_and_the_restarted_server_finishes_the_run() {
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("journal");
     let gate = Gate::start();
-    let server = spawn_server(&journal, "200ms");
-    let addr = server.addr;
-    upload_tool(addr, "calc");
-    upload_gate_fetcher(addr, &[&gate]);
-    assert_eq!(post_yaml(addr, GATED).status, 201);
-    let run = start_gated(addr, &gate);
-    wait_for("the run at the gate", || {
-        gate.hits.load(Ordering::SeqCst) == 1
-    });
+    let (server, run) = serve_a_run_held_at(&gate, &journal, "200ms");
     let (status, logs) = server.terminate();
     assert!(status.success(), "exit {status:?}\n{logs}");
     assert!(logs.contains("grace period over"), "{logs}");
@@ -1218,17 +1241,8 @@ fn sigterm_mid_run_exits_cleanly_and_the_restarted_server_finishes_the_run() {
     assert!(!logs.contains(ADMIN));
 
     // The restarted server resumes the run (tools and graphs were stored) and it finishes.
-    let server = spawn_server(&journal, "5s");
-    let addr = server.addr;
-    assert_eq!(get(addr, "/readyz").status, 200);
-    assert_eq!(get(addr, "/v1/tools/calc").status, 200);
-    gate.open();
-    wait_for("the resumed run to finish", || {
-        run_status(addr, &run)["status"] != "running"
-    });
-    let shown = run_status(addr, &run);
-    assert_eq!(shown["status"], "succeeded", "{shown}");
-    assert_eq!(shown["output"]["after"]["value"], 20.0);
+    let server = restart_and_finish(&journal, &gate, &run);
+    assert_eq!(get(server.addr, "/v1/tools/calc").status, 200);
     let (status, logs) = server.terminate();
     assert!(status.success(), "{logs}");
 }
@@ -1238,28 +1252,13 @@ fn a_server_killed_mid_run_resumes_it_on_the_next_start_without_rerunning_comple
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("journal");
     let gate = Gate::start();
-    let mut server = spawn_server(&journal, "5s");
-    let addr = server.addr;
-    upload_tool(addr, "calc");
-    upload_gate_fetcher(addr, &[&gate]);
-    assert_eq!(post_yaml(addr, GATED).status, 201);
-    let run = start_gated(addr, &gate);
-    wait_for("the run at the gate", || {
-        gate.hits.load(Ordering::SeqCst) == 1
-    });
+    let (mut server, run) = serve_a_run_held_at(&gate, &journal, "5s");
     // SIGKILL: no grace period, no final flush; only what the journal made durable survives.
     server.child.kill().unwrap();
     server.child.wait().unwrap();
 
-    let server = spawn_server(&journal, "5s");
+    let server = restart_and_finish(&journal, &gate, &run);
     let addr = server.addr;
-    gate.open();
-    wait_for("the resumed run to finish", || {
-        run_status(addr, &run)["status"] != "running"
-    });
-    let shown = run_status(addr, &run);
-    assert_eq!(shown["status"], "succeeded", "{shown}");
-    assert_eq!(shown["output"]["after"]["value"], 20.0);
     // The interrupted GET was sent again once (GET is idempotent); `before` ran once.
     assert_eq!(gate.hits.load(Ordering::SeqCst), 2);
     let events = SseStream::open(addr, &run, None).rest();

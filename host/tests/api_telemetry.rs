@@ -231,11 +231,10 @@ spec:
     - { from: fetch, to: refused }
 "#;
 
-/// Uploads the fetcher (GET to `target` only) and the graph, runs it to its end.
-fn run_traced_graph(addr: SocketAddr, target: &common::TestServer) -> Value {
+/// Uploads the fetcher, allowed GET to 127.0.0.1:`port` only.
+fn upload_fetcher(addr: SocketAddr, port: u16) {
     let manifest = format!(
-        "apiVersion: sandgraph.dev/v1\nkind: ToolManifest\nmetadata: {{ name: egress_fetch }}\nspec:\n  egress: [{{ scheme: http, host: 127.0.0.1, port: {}, methods: [GET] }}]\n  limits: {{ timeout: 60s }}\n",
-        target.port()
+        "apiVersion: sandgraph.dev/v1\nkind: ToolManifest\nmetadata: {{ name: egress_fetch }}\nspec:\n  egress: [{{ scheme: http, host: 127.0.0.1, port: {port}, methods: [GET] }}]\n  limits: {{ timeout: 60s }}\n",
     );
     let wasm = std::fs::read(common::hostile("egress_fetch")).unwrap();
     let upload = json!({
@@ -249,6 +248,11 @@ fn run_traced_graph(addr: SocketAddr, target: &common::TestServer) -> Value {
         upload.to_string().as_bytes(),
     );
     assert_eq!(status, 201, "{body}");
+}
+
+/// Uploads the fetcher (GET to `target` only) and the graph, runs it to its end.
+fn run_traced_graph(addr: SocketAddr, target: &common::TestServer) -> Value {
+    upload_fetcher(addr, target.port());
     let (status, body) = request(addr, "/v1/graphs", "application/yaml", GRAPH.as_bytes());
     assert_eq!(status, 201, "{body}");
     let input = json!({
@@ -515,22 +519,7 @@ fn a_run_resumed_after_a_restart_continues_its_trace() {
     let journal = dir.path().join("journal");
     let server = TestApi::serve(&journal, Some(collector.endpoint()));
     let addr = server.addr;
-    let manifest = format!(
-        "apiVersion: sandgraph.dev/v1\nkind: ToolManifest\nmetadata: {{ name: egress_fetch }}\nspec:\n  egress: [{{ scheme: http, host: 127.0.0.1, port: {}, methods: [GET] }}]\n  limits: {{ timeout: 60s }}\n",
-        target.port()
-    );
-    let wasm = std::fs::read(common::hostile("egress_fetch")).unwrap();
-    let upload = json!({
-        "manifest": manifest,
-        "component": base64::engine::general_purpose::STANDARD.encode(wasm),
-    });
-    let (status, body) = request(
-        addr,
-        "/v1/tools",
-        "application/json",
-        upload.to_string().as_bytes(),
-    );
-    assert_eq!(status, 201, "{body}");
+    upload_fetcher(addr, target.port());
     let graph = "apiVersion: sandgraph.dev/v1\nkind: Graph\nmetadata: { name: held }\nspec:\n  nodes:\n    - { id: fetch, kind: tool, component: egress_fetch, input: { url: input.url, method: \"'GET'\" } }\n";
     let (status, body) = request(addr, "/v1/graphs", "application/yaml", graph.as_bytes());
     assert_eq!(status, 201, "{body}");
