@@ -170,6 +170,30 @@ fn a_malformed_secret_flag_is_a_usage_error() {
 }
 
 #[test]
+fn an_egress_ca_file_without_certificates_is_a_usage_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("corp-ca.pem");
+    std::fs::write(&ca, "not a certificate\n").unwrap();
+    let o = sandgraph(&[
+        "tool",
+        "call",
+        artifacts::TOOL_CALC,
+        "--manifest",
+        &manifest("calc"),
+        "--input",
+        "{}",
+        "--egress-ca",
+        ca.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr_json(&o);
+    assert_eq!(e["kind"], "usage");
+    let message = e["message"].as_str().unwrap();
+    assert!(message.contains("corp-ca.pem"), "{message}");
+    assert!(message.contains("no PEM `CERTIFICATE` block"), "{message}");
+}
+
+#[test]
 fn a_workspace_manifest_without_workspace_flag_is_a_usage_error() {
     let o = sandgraph(&[
         "tool",

@@ -43,6 +43,7 @@ fn engine_with(mut config: EngineConfig) -> Engine {
         cache_dir: Some(common::cache_dir()),
         resolver: Arc::new(StaticResolver::default()),
         secrets: SecretStore::default(),
+        extra_roots: Vec::new(),
     })
     .expect("sandbox");
     config.policy.allow_private = vec!["127.0.0.1".parse().unwrap()];

@@ -724,6 +724,239 @@ async fn egress_cases() {
     assert_eq!(server.connections(), 5, "{paths:?}");
 }
 
+// ---------------------------------------------------------------- https egress
+
+/// A test CA and an HTTPS server on 127.0.0.1 presenting a certificate that CA signed for
+/// `names`; records the SNI name of every handshake. Answers every request `200 hello`.
+struct TlsSite {
+    port: u16,
+    ca: sandgraph::sandbox::egress::ExtraRoots,
+    sni: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+fn tls_site(names: &[&str]) -> TlsSite {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Sandgraph test-only CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der().clone(), ca.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sni = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = sni.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, seen) = (acceptor.clone(), seen.clone());
+                tokio::spawn(async move {
+                    // A client that rejects the certificate ends the handshake here.
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    if let Some(name) = tls.get_ref().1.server_name() {
+                        seen.lock().unwrap().push(name.to_owned());
+                    }
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = tls
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+                        )
+                        .await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+    });
+    TlsSite {
+        port,
+        ca: vec![("test CA".to_owned(), ca.der().clone())],
+        sni,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_egress_verifies_the_certificate_for_the_name_against_public_and_operator_roots() {
+    let site = tls_site(&["api.test"]);
+    let wrong_name = tls_site(&["other.test"]);
+    let plain = TestServer::start();
+    let mut resolver = StaticResolver::default();
+    resolver
+        .names
+        .insert("api.test".into(), vec!["127.0.0.1".parse().unwrap()]);
+    let spec = |port: u16| format!("egress: [{{ scheme: https, host: api.test, port: {port} }}]");
+    let url = |port: u16| format!("https://api.test:{port}/ok");
+    let fetch = |port: u16| egress_fetch_input(&url(port), "GET");
+    let tls_failure = |r: &sandgraph::sandbox::outcome::CallReport, code: &str, why: &str| {
+        match &r.result {
+            Err(CallError::ToolFailed { message }) => {
+                assert!(message.contains(code), "want {code}: {message}")
+            }
+            other => panic!("want a {code} failure, got {other:?}"),
+        }
+        let attempt = &r.audit.egress[0];
+        assert!(attempt.allowed, "{attempt:?}");
+        assert_eq!(attempt.status, None, "nothing was sent: {attempt:?}");
+        let reason = attempt.tls_error.as_deref().unwrap_or_default();
+        assert!(reason.contains(why), "want `{why}` in {attempt:?}");
+    };
+
+    // Trusted through the operator's CA: the request goes out under the name's SNI.
+    let mut h = Harness::with_roots(resolver.clone(), SecretStore::default(), site.ca.clone());
+    h.policy.allow_private = vec!["127.0.0.1".parse().unwrap()];
+    let r = h
+        .call(
+            "egress_fetch",
+            &spec(site.port),
+            CallGrant::default(),
+            &fetch(site.port),
+        )
+        .await;
+    let out: serde_json::Value = serde_json::from_str(r.result.as_ref().unwrap()).unwrap();
+    assert_eq!(
+        (out["status"].as_u64(), out["body"].as_str()),
+        (Some(200), Some("hello"))
+    );
+    assert_eq!(*site.sni.lock().unwrap(), vec!["api.test".to_owned()]);
+    assert_eq!(
+        r.audit.egress[0].connected_to.as_deref(),
+        Some(format!("127.0.0.1:{}", site.port).as_str())
+    );
+
+    // A certificate for another name, even from a trusted CA, is refused.
+    let mut h = Harness::with_roots(
+        resolver.clone(),
+        SecretStore::default(),
+        wrong_name.ca.clone(),
+    );
+    h.policy.allow_private = vec!["127.0.0.1".parse().unwrap()];
+    let r = h
+        .call(
+            "egress_fetch",
+            &spec(wrong_name.port),
+            CallGrant::default(),
+            &fetch(wrong_name.port),
+        )
+        .await;
+    tls_failure(&r, "TlsCertificateError", "not valid for name \"api.test\"");
+
+    // A plain-HTTP server behind an https URL fails the handshake.
+    let r = h
+        .call(
+            "egress_fetch",
+            &spec(plain.port()),
+            CallGrant::default(),
+            &fetch(plain.port()),
+        )
+        .await;
+    tls_failure(&r, "TlsProtocolError", "");
+
+    // Without the operator's CA only the public roots count: the test CA is unknown.
+    let mut h = Harness::with(resolver, SecretStore::default());
+    h.policy.allow_private = vec!["127.0.0.1".parse().unwrap()];
+    let r = h
+        .call(
+            "egress_fetch",
+            &spec(site.port),
+            CallGrant::default(),
+            &fetch(site.port),
+        )
+        .await;
+    tls_failure(&r, "TlsCertificateError", "UnknownIssuer");
+    assert_eq!(
+        site.sni.lock().unwrap().len(),
+        1,
+        "no request after a refused handshake"
+    );
+}
+
+#[test]
+fn operator_ca_files_are_checked_with_specific_errors() {
+    use sandgraph::sandbox::egress::{TlsRoots, TlsRootsError};
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.pem");
+    assert!(matches!(
+        TlsRoots::read_pem_file(&missing),
+        Err(TlsRootsError::File { .. })
+    ));
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "no certificates here\n").unwrap();
+    let e = TlsRoots::read_pem_file(&empty).unwrap_err();
+    assert!(matches!(e, TlsRootsError::Empty { .. }), "{e}");
+    assert!(e.to_string().contains("empty.pem"), "{e}");
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(
+        &garbage,
+        "-----BEGIN CERTIFICATE-----\nnot base64 !!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let e = TlsRoots::read_pem_file(&garbage).unwrap_err();
+    assert!(matches!(e, TlsRootsError::File { .. }), "{e}");
+    // Well-formed PEM around bytes that are not a certificate: refused as a trust anchor.
+    let not_cert = dir.path().join("not-cert.pem");
+    std::fs::write(
+        &not_cert,
+        "-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let roots = TlsRoots::read_pem_file(&not_cert).unwrap();
+    let e = TlsRoots::new(&roots).unwrap_err();
+    assert!(matches!(e, TlsRootsError::Anchor { index: 1, .. }), "{e}");
+    // A real CA file loads.
+    let site_ca = dir.path().join("ca.pem");
+    let der = &tls_site(&["api.test"]).ca[0].1;
+    std::fs::write(
+        &site_ca,
+        format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der)
+        ),
+    )
+    .unwrap();
+    let roots = TlsRoots::read_pem_file(&site_ca).unwrap();
+    assert_eq!(roots.len(), 1);
+    TlsRoots::new(&roots).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn loopback_is_refused_unless_the_operator_allows_that_address() {
     let server = TestServer::start();

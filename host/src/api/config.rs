@@ -22,6 +22,9 @@ pub struct Config {
     pub cache_dir: Option<PathBuf>,
     /// `allow_private`: comma-separated non-public addresses egress may reach.
     pub allow_private: Vec<IpAddr>,
+    /// `egress_ca`: comma-separated PEM files of CA certificates `https` egress trusts besides
+    /// the public roots.
+    pub egress_ca: Vec<PathBuf>,
     /// `max_graph_bytes`, `max_tool_bytes`, `max_run_bytes`: request body caps per route.
     pub max_graph_bytes: usize,
     pub max_tool_bytes: usize,
@@ -200,6 +203,13 @@ impl Config {
                             .map_err(|_| format!("`{s}` is not an IP address"))
                     })
                     .collect()
+            })?,
+            egress_ca: parse(src, "egress_ca", Vec::new(), |v| {
+                Ok(v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from)
+                    .collect())
             })?,
             max_graph_bytes: parse(src, "max_graph_bytes", 1 << 20, size)?,
             max_tool_bytes: parse(src, "max_tool_bytes", 64 << 20, size)?,

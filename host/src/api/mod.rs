@@ -156,8 +156,16 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         }
         None => None,
     };
+    let mut extra_roots = Vec::new();
+    for path in &config.egress_ca {
+        extra_roots.extend(
+            crate::sandbox::egress::TlsRoots::read_pem_file(path)
+                .map_err(|e| ServeError::Sandbox(e.to_string()))?,
+        );
+    }
     let sandbox = Sandbox::new(SandboxConfig {
         cache_dir: config.cache_dir.clone(),
+        extra_roots,
         ..SandboxConfig::default()
     })
     .map_err(|e| ServeError::Sandbox(e.to_string()))?;

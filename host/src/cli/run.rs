@@ -119,6 +119,7 @@ fn engine(host: &HostArgs, resolver: Option<StaticResolver>) -> Result<Engine, S
     let mut config = SandboxConfig {
         cache_dir: host.cache.dir(),
         secrets,
+        extra_roots: host.operator.extra_roots()?,
         ..SandboxConfig::default()
     };
     if let Some(r) = resolver {

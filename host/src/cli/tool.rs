@@ -78,6 +78,10 @@ pub struct OperatorArgs {
     /// An operator secret for header injection, NAME=VALUE (repeatable).
     #[arg(long = "secret", value_name = "NAME=VALUE")]
     pub secrets: Vec<String>,
+    /// A PEM file of CA certificates `https` egress trusts besides the public roots
+    /// (repeatable), e.g. an internal CA or a TLS-inspecting proxy's.
+    #[arg(long = "egress-ca", value_name = "PEM")]
+    pub egress_ca: Vec<std::path::PathBuf>,
 }
 
 impl OperatorArgs {
@@ -94,6 +98,17 @@ impl OperatorArgs {
             secrets.insert(name, value);
         }
         Ok(secrets)
+    }
+
+    /// The certificates of every `--egress-ca` file; a bad file is a usage error naming it.
+    pub fn extra_roots(&self) -> Result<crate::sandbox::egress::ExtraRoots, String> {
+        let mut roots = Vec::new();
+        for path in &self.egress_ca {
+            roots.extend(
+                crate::sandbox::egress::TlsRoots::read_pem_file(path).map_err(|e| e.to_string())?,
+            );
+        }
+        Ok(roots)
     }
 }
 
@@ -186,6 +201,7 @@ fn call(args: CallArgs) -> Result<String, CliError> {
     let sandbox = Sandbox::new(SandboxConfig {
         cache_dir: args.cache.dir(),
         secrets,
+        extra_roots: args.operator.extra_roots().map_err(CliError::Usage)?,
         ..SandboxConfig::default()
     })
     .map_err(|e| CliError::Usage(e.to_string()))?;

@@ -231,6 +231,91 @@ pub struct EgressPolicy {
     pub secrets: Arc<SecretStore>,
     pub max_response: u64,
     pub timeout: Duration,
+    /// The certificates `https` targets are verified against.
+    pub tls: TlsRoots,
+}
+
+/// The TLS client settings of `https` egress: the public web PKI (Mozilla's roots, as
+/// webpki-roots ships them) plus the CA certificates the operator adds (an internal CA, a
+/// TLS-inspecting proxy's). Built once per sandbox and shared by every call.
+#[derive(Clone)]
+pub struct TlsRoots(Arc<rustls::ClientConfig>);
+
+impl std::fmt::Debug for TlsRoots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsRoots")
+    }
+}
+
+/// Why operator CA certificates cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsRootsError {
+    #[error("CA file {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("CA file {path} holds no PEM `CERTIFICATE` block")]
+    Empty { path: String },
+    #[error("CA certificate {index} of {source_name} is not a usable trust anchor: {reason}")]
+    Anchor {
+        source_name: String,
+        index: usize,
+        reason: String,
+    },
+    #[error("cannot set up TLS: {0}")]
+    Config(String),
+}
+
+/// CA certificates from the operator, each with where it came from (for errors).
+pub type ExtraRoots = Vec<(String, rustls::pki_types::CertificateDer<'static>)>;
+
+impl TlsRoots {
+    /// The public roots plus `extra`.
+    pub fn new(extra: &ExtraRoots) -> Result<TlsRoots, TlsRootsError> {
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.into(),
+        };
+        for (index, (source_name, der)) in extra.iter().enumerate() {
+            roots.add(der.clone()).map_err(|e| TlsRootsError::Anchor {
+                source_name: source_name.clone(),
+                index: index + 1,
+                reason: e.to_string(),
+            })?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsRootsError::Config(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(TlsRoots(Arc::new(config)))
+    }
+
+    /// Every `CERTIFICATE` block of a PEM file.
+    pub fn read_pem_file(path: &std::path::Path) -> Result<ExtraRoots, TlsRootsError> {
+        use rustls::pki_types::pem::PemObject;
+        let shown = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| TlsRootsError::File {
+            path: shown.clone(),
+            reason: e.to_string(),
+        })?;
+        let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&bytes)
+            .map(|c| c.map(|der| (shown.clone(), der)))
+            .collect::<Result<ExtraRoots, _>>()
+            .map_err(|e| TlsRootsError::File {
+                path: shown.clone(),
+                reason: format!("not PEM: {e}"),
+            })?;
+        if certs.is_empty() {
+            return Err(TlsRootsError::Empty { path: shown });
+        }
+        Ok(certs)
+    }
+}
+
+impl Default for TlsRoots {
+    fn default() -> Self {
+        TlsRoots::new(&Vec::new()).expect("the public roots alone always build")
+    }
 }
 
 /// The shared per-call list of attempts (egress and sockets).
@@ -301,6 +386,7 @@ fn attempt(capability: Capability, method: &str, target: &str) -> EgressAttempt 
         bytes_in: 0,
         injected: Vec::new(),
         timed_out: false,
+        tls_error: None,
     }
 }
 
@@ -684,22 +770,23 @@ async fn send_live(
     let stream: Box<dyn Stream> = match scheme {
         UrlScheme::Http => Box::new(tcp),
         UrlScheme::Https => {
-            let roots = rustls::RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.into(),
-            };
-            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .map_err(|_| HttpError::TlsProtocolError)?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
             let name = rustls::pki_types::ServerName::try_from(host.clone())
                 .map_err(|_| HttpError::TlsProtocolError)?;
-            let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            let tls = tokio_rustls::TlsConnector::from(policy.tls.0.clone())
                 .connect(name, tcp)
                 .await
-                .map_err(HttpError::Tls)?;
+                .map_err(|e| {
+                    let reason = e.to_string();
+                    update(&|a| a.tls_error = Some(reason.clone()));
+                    // A certificate that does not verify is its own code, so a tool (and its
+                    // operator) can tell it from a broken handshake.
+                    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                        Some(rustls::Error::InvalidCertificate(_)) => {
+                            HttpError::TlsCertificateError
+                        }
+                        _ => HttpError::Tls(e),
+                    }
+                })?;
             Box::new(tls)
         }
     };

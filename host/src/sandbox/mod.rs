@@ -74,6 +74,8 @@ pub struct SandboxConfig {
     pub cache_dir: Option<PathBuf>,
     pub resolver: Arc<dyn Resolver>,
     pub secrets: SecretStore,
+    /// CA certificates `https` egress trusts besides the public roots.
+    pub extra_roots: egress::ExtraRoots,
 }
 
 impl Default for SandboxConfig {
@@ -83,6 +85,7 @@ impl Default for SandboxConfig {
             cache_dir: None,
             resolver: Arc::new(SystemResolver),
             secrets: SecretStore::default(),
+            extra_roots: Vec::new(),
         }
     }
 }
@@ -96,18 +99,22 @@ pub struct Sandbox {
     registry: Registry,
     resolver: Arc<dyn Resolver>,
     secrets: Arc<SecretStore>,
+    tls: egress::TlsRoots,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     #[error(transparent)]
     Engine(#[from] engine::EngineError),
+    #[error(transparent)]
+    TlsRoots(#[from] egress::TlsRootsError),
     #[error("cannot set up the host linker: {0}")]
     Linker(String),
 }
 
 impl Sandbox {
     pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
+        let tls = egress::TlsRoots::new(&config.extra_roots)?;
         let engine = SandboxEngine::new(config.allocator)?;
         let mut linker: Linker<CallState> = Linker::new(engine.engine());
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
@@ -126,6 +133,7 @@ impl Sandbox {
             registry,
             resolver: config.resolver,
             secrets: Arc::new(config.secrets),
+            tls,
         })
     }
 
@@ -164,6 +172,7 @@ impl Sandbox {
             secrets: self.secrets.clone(),
             max_response: grant.limits.max_response,
             timeout: grant.limits.timeout,
+            tls: self.tls.clone(),
         });
         let state = CallState {
             wasi: wasi.build(),

@@ -107,6 +107,9 @@ pub struct EgressAttempt {
     /// The host gave up waiting (connect or first byte) within the call's time limit.
     #[serde(default)]
     pub timed_out: bool,
+    /// Why the TLS handshake failed (`invalid peer certificate: UnknownIssuer`), for `https`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_error: Option<String>,
 }
 
 /// What the host records about every call.

@@ -42,11 +42,21 @@ impl Harness {
     }
 
     pub fn with(resolver: StaticResolver, secrets: SecretStore) -> Self {
+        Self::with_roots(resolver, secrets, Vec::new())
+    }
+
+    /// With CA certificates `https` egress trusts besides the public roots.
+    pub fn with_roots(
+        resolver: StaticResolver,
+        secrets: SecretStore,
+        extra_roots: sandgraph::sandbox::egress::ExtraRoots,
+    ) -> Self {
         let sandbox = Sandbox::new(SandboxConfig {
             allocator: Allocator::Pooling,
             cache_dir: Some(cache_dir()),
             resolver: Arc::new(resolver),
             secrets,
+            extra_roots,
         })
         .expect("sandbox");
         Harness {
