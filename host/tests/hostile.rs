@@ -1053,6 +1053,26 @@ async fn injected_secret_reaches_the_server_but_never_the_guest() {
         vec!["Authorization (overwrote the guest's value)"]
     );
 
+    // A server that reflects the header in its body: each occurrence is masked to the same
+    // length, also when it arrives split across chunks.
+    for route in ["/echo-auth-body", "/echo-auth-chunked"] {
+        let input = format!(r#"{{"url":"{}","method":"GET"}}"#, server.url(route));
+        let r = h
+            .call("egress_fetch", &spec, CallGrant::default(), &input)
+            .await;
+        let out: serde_json::Value =
+            serde_json::from_str(r.result.as_ref().expect("call succeeds")).unwrap();
+        let body = out["body"].as_str().unwrap();
+        let masked = "*".repeat(secret.len());
+        assert_eq!(
+            body,
+            format!("you sent Bearer {masked}; again: Bearer {masked}."),
+            "{route}"
+        );
+        assert_eq!(r.audit.egress[0].secrets_masked, 2, "{route}");
+        assert_eq!(r.audit.egress[0].bytes_in, body.len() as u64, "{route}");
+    }
+
     let r = h
         .call(
             "env_read",

@@ -387,6 +387,7 @@ fn attempt(capability: Capability, method: &str, target: &str) -> EgressAttempt 
         injected: Vec::new(),
         timed_out: false,
         tls_error: None,
+        secrets_masked: 0,
     }
 }
 
@@ -872,7 +873,24 @@ async fn send_live(
             }
         }),
     };
-    let response = http::Response::from_parts(parts, body.boxed_unsync());
+    // A server that reflects the request (an echo endpoint, an error page quoting the
+    // Authorization header) would hand the injected secret to the guest in the body: every
+    // occurrence is masked, byte for byte, so lengths and framing stay as the server sent them.
+    let secrets: Vec<Vec<u8>> = secret_values
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+    let body = if secrets.is_empty() {
+        body.boxed_unsync()
+    } else {
+        Masked::new(body, secrets, {
+            let log = log.clone();
+            move |n| with_log(&log, |l| l[index].secrets_masked = n)
+        })
+        .boxed_unsync()
+    };
+    let response = http::Response::from_parts(parts, body);
     let io: IoFuture = Box::new(async move {
         match conn.await {
             Ok(Ok(())) => Ok(()),
@@ -930,6 +948,123 @@ where
     }
 }
 
+/// A response body with every occurrence of the injected secrets replaced by `*` of the same
+/// length, also where an occurrence spans frames: the last `longest - 1` bytes of each frame
+/// wait for the next one (or the end) before they are handed on.
+struct Masked<B> {
+    inner: B,
+    secrets: Vec<Vec<u8>>,
+    /// Bytes already masked but not yet handed on (a secret may continue in the next frame).
+    held: Vec<u8>,
+    /// Trailers that arrived while bytes were held; handed on after them.
+    trailers: Option<Frame<Bytes>>,
+    ended: bool,
+    masked: u32,
+    on_mask: Box<dyn Fn(u32) + Send>,
+}
+
+impl<B> Masked<B> {
+    fn new(inner: B, secrets: Vec<Vec<u8>>, on_mask: impl Fn(u32) + Send + 'static) -> Self {
+        Masked {
+            inner,
+            secrets,
+            held: Vec::new(),
+            trailers: None,
+            ended: false,
+            masked: 0,
+            on_mask: Box::new(on_mask),
+        }
+    }
+
+    /// Masks every complete occurrence in `held`.
+    fn mask(&mut self) {
+        let before = self.masked;
+        for secret in &self.secrets {
+            let mut from = 0;
+            while let Some(i) = find_bytes(&self.held[from..], secret) {
+                let at = from + i;
+                self.held[at..at + secret.len()].fill(b'*');
+                self.masked += 1;
+                from = at + secret.len();
+            }
+        }
+        if self.masked != before {
+            (self.on_mask)(self.masked);
+        }
+    }
+
+    /// How many held bytes may still be the start of a secret.
+    fn keep(&self) -> usize {
+        let longest = self.secrets.iter().map(Vec::len).max().unwrap_or(1);
+        (longest - 1).min(self.held.len())
+    }
+}
+
+fn find_bytes(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || hay.len() < needle.len() {
+        return None;
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+impl<B> Body for Masked<B>
+where
+    B: Body<Data = Bytes, Error = HttpError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
+        let this = &mut *self;
+        loop {
+            if this.ended {
+                if !this.held.is_empty() {
+                    let rest = std::mem::take(&mut this.held);
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(rest)))));
+                }
+                return Poll::Ready(this.trailers.take().map(Ok));
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        this.held.extend_from_slice(&data);
+                        this.mask();
+                        let ready = this.held.len() - this.keep();
+                        if ready > 0 {
+                            let out: Vec<u8> = this.held.drain(..ready).collect();
+                            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                        }
+                    }
+                    Err(trailers) => {
+                        this.trailers = Some(trailers);
+                        this.ended = true;
+                    }
+                },
+                Poll::Ready(None) => this.ended = true,
+                other => return other,
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.held.is_empty() && self.trailers.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let inner = self.inner.size_hint();
+        let held = self.held.len() as u64;
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + held);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + held);
+        }
+        hint
+    }
+}
+
 /// The `wasi:sockets` address check of every call: records the attempt and refuses it.
 pub fn socket_check(
     log: AttemptLog,
@@ -952,6 +1087,49 @@ pub fn socket_check(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A body of the given frames.
+    struct Frames(std::collections::VecDeque<Frame<Bytes>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = HttpError;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+
+    #[tokio::test]
+    async fn secrets_are_masked_wherever_the_frames_split_them() {
+        let text = b"a=s3cret; b=s3cret; c=s3cre; token=longer-secret!".to_vec();
+        let want = b"a=******; b=******; c=s3cre; token=*************!".to_vec();
+        for size in 1..=text.len() {
+            let mut frames: std::collections::VecDeque<Frame<Bytes>> = text
+                .chunks(size)
+                .map(|c| Frame::data(Bytes::copy_from_slice(c)))
+                .collect();
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("x-trailer", HeaderValue::from_static("1"));
+            frames.push_back(Frame::trailers(trailers));
+            let counted = Arc::new(Mutex::new(0));
+            let seen = counted.clone();
+            let body = Masked::new(
+                Frames(frames),
+                vec![b"s3cret".to_vec(), b"longer-secret".to_vec()],
+                move |n| *seen.lock().unwrap() = n,
+            );
+            let collected = body.collect().await.unwrap();
+            assert!(
+                collected.trailers().is_some(),
+                "chunk size {size}: trailers lost"
+            );
+            assert_eq!(collected.to_bytes().to_vec(), want, "chunk size {size}");
+            assert_eq!(*counted.lock().unwrap(), 3, "chunk size {size}");
+        }
+    }
 
     fn rule(host: &str, port: Option<u16>, paths: &[&str], methods: &[&str]) -> EgressRule {
         EgressRule {

@@ -110,6 +110,13 @@ pub struct EgressAttempt {
     /// Why the TLS handshake failed (`invalid peer certificate: UnknownIssuer`), for `https`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_error: Option<String>,
+    /// Occurrences of an injected secret masked in the response body (a reflecting server).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub secrets_masked: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// What the host records about every call.

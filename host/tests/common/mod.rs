@@ -243,6 +243,30 @@ fn serve(
                 .unwrap();
             respond(&mut out, "200 OK", "", b"late")
         }
+        // Reflects the Authorization header in the body, like an echo endpoint or an error
+        // page quoting the request; `-chunked` sends it 3 bytes a chunk.
+        "/echo-auth-body" | "/echo-auth-chunked" => {
+            let auth = headers
+                .iter()
+                .find(|(k, _)| k == "authorization")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            let body = format!("you sent {auth}; again: {auth}.");
+            if path == "/echo-auth-body" {
+                return respond(&mut out, "200 OK", "", body.as_bytes());
+            }
+            write!(
+                out,
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            )?;
+            for chunk in body.as_bytes().chunks(3) {
+                write!(out, "{:x}\r\n", chunk.len())?;
+                out.write_all(chunk)?;
+                out.write_all(b"\r\n")?;
+                out.flush()?;
+            }
+            out.write_all(b"0\r\n\r\n")
+        }
         "/echo-auth" => {
             let auth = headers
                 .iter()
