@@ -735,34 +735,8 @@ struct TlsSite {
 }
 
 fn tls_site(names: &[&str]) -> TlsSite {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
-        KeyUsagePurpose,
-    };
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "Sandgraph test-only CA");
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-        .unwrap()
-        .signed_by(&leaf_key, &ca)
-        .unwrap();
-    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![leaf.der().clone(), ca.der().clone()],
-        rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
-    )
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let test_ca = common::test_ca::TestCa::new(names);
+    let acceptor = tokio_rustls::TlsAcceptor::from(test_ca.server.clone());
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -809,7 +783,7 @@ fn tls_site(names: &[&str]) -> TlsSite {
     });
     TlsSite {
         port,
-        ca: vec![("test CA".to_owned(), ca.der().clone())],
+        ca: vec![("test CA".to_owned(), test_ca.ca.clone())],
         sni,
     }
 }
@@ -943,13 +917,9 @@ fn operator_ca_files_are_checked_with_specific_errors() {
     assert!(matches!(e, TlsRootsError::Anchor { index: 1, .. }), "{e}");
     // A real CA file loads.
     let site_ca = dir.path().join("ca.pem");
-    let der = &tls_site(&["api.test"]).ca[0].1;
     std::fs::write(
         &site_ca,
-        format!(
-            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der)
-        ),
+        common::test_ca::TestCa::new(&["api.test"]).ca_pem(),
     )
     .unwrap();
     let roots = TlsRoots::read_pem_file(&site_ca).unwrap();
