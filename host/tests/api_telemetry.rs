@@ -33,6 +33,8 @@ const HEADER_SECRET: &str = "header-secret-8a2d47";
 struct Received {
     path: String,
     content_type: String,
+    /// Every header but the content type, names lower-cased.
+    headers: Vec<(String, String)>,
     body: Vec<u8>,
 }
 
@@ -40,10 +42,21 @@ struct Collector {
     addr: SocketAddr,
     received: Arc<Mutex<Vec<Received>>>,
     connections: Arc<Mutex<usize>>,
+    tls: bool,
 }
 
 impl Collector {
     fn start() -> Collector {
+        Collector::serve(None)
+    }
+
+    /// A collector behind TLS with `server`'s certificate.
+    fn start_tls(server: Arc<rustls::ServerConfig>) -> Collector {
+        Collector::serve(Some(server))
+    }
+
+    fn serve(tls: Option<Arc<rustls::ServerConfig>>) -> Collector {
+        let is_tls = tls.is_some();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -53,9 +66,16 @@ impl Collector {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
                 *c.lock().unwrap() += 1;
-                let r = r.clone();
+                let (r, tls) = (r.clone(), tls.clone());
                 std::thread::spawn(move || {
-                    let _ = collect(conn, &r);
+                    let _ = conn.set_read_timeout(Some(DEADLINE));
+                    let _ = match tls {
+                        None => collect(conn, &r),
+                        Some(config) => match rustls::ServerConnection::new(config) {
+                            Ok(tls) => collect(rustls::StreamOwned::new(tls, conn), &r),
+                            Err(_) => return,
+                        },
+                    };
                 });
             }
         });
@@ -63,17 +83,18 @@ impl Collector {
             addr,
             received,
             connections,
+            tls: is_tls,
         }
     }
 
     fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 }
 
-fn collect(conn: TcpStream, received: &Mutex<Vec<Received>>) -> std::io::Result<()> {
-    conn.set_read_timeout(Some(DEADLINE))?;
-    let mut r = BufReader::new(conn.try_clone()?);
+fn collect(conn: impl Read + Write, received: &Mutex<Vec<Received>>) -> std::io::Result<()> {
+    let mut r = BufReader::new(conn);
     let mut line = String::new();
     r.read_line(&mut line)?;
     let path = line
@@ -81,7 +102,7 @@ fn collect(conn: TcpStream, received: &Mutex<Vec<Received>>) -> std::io::Result<
         .nth(1)
         .unwrap_or_default()
         .to_owned();
-    let (mut length, mut content_type) = (0, String::new());
+    let (mut length, mut content_type, mut headers) = (0, String::new(), Vec::new());
     loop {
         let mut h = String::new();
         if r.read_line(&mut h)? == 0 || h == "\r\n" {
@@ -91,7 +112,7 @@ fn collect(conn: TcpStream, received: &Mutex<Vec<Received>>) -> std::io::Result<
             match k.trim().to_ascii_lowercase().as_str() {
                 "content-length" => length = v.trim().parse().unwrap_or(0),
                 "content-type" => content_type = v.trim().to_owned(),
-                _ => {}
+                name => headers.push((name.to_owned(), v.trim().to_owned())),
             }
         }
     }
@@ -100,12 +121,14 @@ fn collect(conn: TcpStream, received: &Mutex<Vec<Received>>) -> std::io::Result<
     received.lock().unwrap().push(Received {
         path,
         content_type,
+        headers,
         body,
     });
-    let mut out = conn;
+    let out = r.get_mut();
     out.write_all(
         b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-    )
+    )?;
+    out.flush()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -119,8 +142,12 @@ struct TestApi {
 
 impl TestApi {
     fn start(otlp_endpoint: Option<String>) -> TestApi {
+        TestApi::start_with(|c| c.otlp_endpoint = otlp_endpoint)
+    }
+
+    fn start_with(configure: impl FnOnce(&mut Config)) -> TestApi {
         let dir = tempfile::tempdir().unwrap();
-        let server = TestApi::serve(&dir.path().join("journal"), otlp_endpoint);
+        let server = TestApi::serve_with(&dir.path().join("journal"), configure);
         TestApi {
             addr: server.addr,
             server,
@@ -132,6 +159,13 @@ impl TestApi {
         journal: &std::path::Path,
         otlp_endpoint: Option<String>,
     ) -> common::api_server::ApiServer {
+        TestApi::serve_with(journal, |c| c.otlp_endpoint = otlp_endpoint)
+    }
+
+    fn serve_with(
+        journal: &std::path::Path,
+        configure: impl FnOnce(&mut Config),
+    ) -> common::api_server::ApiServer {
         let mut config = Config::with_journal(journal.to_path_buf());
         config.listen = "127.0.0.1:0".parse().unwrap();
         config.cache_dir = Some(common::cache_dir());
@@ -141,8 +175,8 @@ impl TestApi {
                 .join("tests/fixtures/auth/test-only-tokens.yaml"),
         );
         config.shutdown_grace = Duration::from_secs(5);
-        config.otlp_endpoint = otlp_endpoint;
         config.otlp_service_name = "sandgraph-test".into();
+        configure(&mut config);
         common::api_server::ApiServer::start(config)
     }
 
@@ -565,4 +599,60 @@ fn a_run_resumed_after_a_restart_continues_its_trace() {
     assert_eq!(text(resumed[0], "sandgraph.run.id"), run_id);
     assert_eq!(text(resumed[0], "sandgraph.run.status"), "succeeded");
     assert!(first[0].end_time_unix_nano <= resumed[0].start_time_unix_nano);
+}
+
+#[test]
+fn export_to_an_https_collector_is_verified_and_carries_the_configured_headers() {
+    const KEY: &str = "test-only-collector-key-31";
+    let ca = common::test_ca::TestCa::new(&["127.0.0.1"]);
+    let collector = Collector::start_tls(ca.server.clone());
+    let target = common::TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("collector-ca.pem");
+    std::fs::write(&ca_file, ca.ca_pem()).unwrap();
+    let api = TestApi::start_with(|c| {
+        c.otlp_endpoint = Some(collector.endpoint());
+        c.otlp_ca = Some(ca_file.clone());
+        c.otlp_headers = sandgraph::api::telemetry::ExportHeaders::parse(&format!(
+            "x-api-key={KEY},x-tenant=acme%20corp"
+        ))
+        .unwrap();
+    });
+    run_traced_graph(api.addr, &target);
+    api.shutdown();
+    wait_for("an export over TLS", || {
+        !collector.received.lock().unwrap().is_empty()
+    });
+    {
+        let received = collector.received.lock().unwrap();
+        for r in received.iter() {
+            let header = |name: &str| {
+                r.headers
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.as_str())
+            };
+            assert_eq!(header("x-api-key"), Some(KEY));
+            assert_eq!(header("x-tenant"), Some("acme corp"));
+        }
+    }
+    let spans = exported_spans(&collector);
+    assert_eq!(
+        spans.iter().filter(|s| s.name == "run").count(),
+        1,
+        "{:?}",
+        spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+    );
+
+    // The same collector without its CA: the handshake fails, nothing is delivered, and the
+    // API serves on regardless.
+    let untrusted = Collector::start_tls(ca.server.clone());
+    let api = TestApi::start(Some(untrusted.endpoint()));
+    run_traced_graph(api.addr, &target);
+    api.shutdown();
+    assert!(
+        *untrusted.connections.lock().unwrap() >= 1,
+        "an export was tried"
+    );
+    assert!(untrusted.received.lock().unwrap().is_empty());
 }

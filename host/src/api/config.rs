@@ -61,6 +61,12 @@ pub struct Config {
     pub otlp_endpoint: Option<String>,
     /// `otlp_service_name`: the exported `service.name` (default `sandgraph`).
     pub otlp_service_name: String,
+    /// `otlp_headers`: headers sent with every export, `name=value,...` with percent-encoded
+    /// values (the `OTEL_EXPORTER_OTLP_HEADERS` format), e.g. a collector's API key.
+    pub otlp_headers: crate::api::telemetry::ExportHeaders,
+    /// `otlp_ca`: a PEM file of CA certificates an `https` collector may be signed by, besides
+    /// the public roots.
+    pub otlp_ca: Option<PathBuf>,
     /// `idempotency_ttl`: how long an `Idempotency-Key` replays its run (then it may start a new one).
     pub idempotency_ttl: Duration,
     /// `model_url`: base URL of the OpenAI-compatible model backend (`http://sandgraph-infer:8081`);
@@ -248,6 +254,13 @@ impl Config {
             otlp_service_name: src
                 .get("otlp_service_name")
                 .unwrap_or_else(|| "sandgraph".to_owned()),
+            otlp_headers: parse(
+                src,
+                "otlp_headers",
+                crate::api::telemetry::ExportHeaders::default(),
+                crate::api::telemetry::ExportHeaders::parse,
+            )?,
+            otlp_ca: path("otlp_ca"),
             idempotency_ttl: parse(
                 src,
                 "idempotency_ttl",
@@ -357,6 +370,41 @@ mod tests {
         assert!(e.contains("SANDGRAPH_IDEMPOTENCY_TTL"), "{e}");
         let e = ttl("xh").unwrap_err();
         assert!(e.contains("not a duration like 24h"), "{e}");
+    }
+
+    #[test]
+    fn otlp_headers_take_the_otel_format_and_never_show_their_values() {
+        let headers = |v: &str| {
+            Config::from_source(&Source::new(env(&[("SANDGRAPH_OTLP_HEADERS", v)]), None).unwrap())
+                .map(|c| c.otlp_headers)
+                .map_err(|e| e.to_string())
+        };
+        let h = headers("x-api-key=abc123, Authorization=Basic%20dXNlcjpwdw==").unwrap();
+        assert_eq!(
+            h.0,
+            vec![
+                ("x-api-key".to_owned(), "abc123".to_owned()),
+                ("authorization".to_owned(), "Basic dXNlcjpwdw==".to_owned()),
+            ]
+        );
+        let shown = format!("{h:?}");
+        assert!(
+            !shown.contains("abc123") && !shown.contains("dXNlcjpwdw"),
+            "{shown}"
+        );
+        for (bad, why) in [
+            ("x-api-key", "is not name=value"),
+            ("bad name=1", "is not a header name"),
+            ("content-type=text/plain", "set by the exporter"),
+            ("x-key=a%0Ab", "characters a header cannot carry"),
+            ("x-key=%FF", "not UTF-8"),
+        ] {
+            let e = headers(bad).unwrap_err();
+            assert!(
+                e.contains("SANDGRAPH_OTLP_HEADERS") && e.contains(why),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -145,9 +145,18 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     }
     let telemetry = match &config.otlp_endpoint {
         Some(endpoint) => {
+            let extra = match &config.otlp_ca {
+                Some(path) => crate::sandbox::egress::TlsRoots::read_pem_file(path)
+                    .map_err(|e| telemetry::TelemetryError::Tls(e.to_string()))?,
+                None => Vec::new(),
+            };
+            let tls = crate::sandbox::egress::TlsRoots::new(&extra)
+                .map_err(|e| telemetry::TelemetryError::Tls(e.to_string()))?;
             let t = Arc::new(telemetry::Telemetry::start(
                 endpoint,
                 &config.otlp_service_name,
+                &config.otlp_headers,
+                tls,
             )?);
             let hook = t.clone();
             journal.set_after_append(Box::new(move |run, _, event| hook.on_append(run, event)));

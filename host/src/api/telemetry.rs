@@ -52,10 +52,11 @@ pub enum TelemetryError {
     Endpoint { endpoint: String, reason: String },
     #[error("cannot build the OTLP exporter: {0}")]
     Exporter(String),
+    #[error("otlp_ca: {0}")]
+    Tls(String),
 }
 
-/// Checks an `otlp_endpoint` value: a plain `http://host[:port][/base]` URL (the exporter has
-/// no TLS stack: export to a collector or sidecar on the node or the pod network).
+/// Checks an `otlp_endpoint` value: an `http://` or `https://host[:port][/base]` URL.
 pub fn check_endpoint(endpoint: &str) -> Result<http::Uri, TelemetryError> {
     let err = |reason: &str| TelemetryError::Endpoint {
         endpoint: endpoint.to_owned(),
@@ -63,13 +64,8 @@ pub fn check_endpoint(endpoint: &str) -> Result<http::Uri, TelemetryError> {
     };
     let uri: http::Uri = endpoint.parse().map_err(|_| err("not a URL"))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(err(
-                "https is not supported (no TLS in the exporter); use a collector reachable over plain http",
-            ));
-        }
-        _ => return Err(err("the URL must start with http://")),
+        Some("http" | "https") => {}
+        _ => return Err(err("the URL must start with http:// or https://")),
     }
     if uri.host().is_none_or(str::is_empty) {
         return Err(err("the URL has no host"));
@@ -78,29 +74,84 @@ pub fn check_endpoint(endpoint: &str) -> Result<http::Uri, TelemetryError> {
         return Err(err("the URL must not have a query"));
     }
     if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-        return Err(err("the URL must not carry credentials"));
+        return Err(err(
+            "the URL must not carry credentials; send them as otlp_headers",
+        ));
     }
     Ok(uri)
 }
 
-/// The exporter's transport: one blocking HTTP/1.1 POST per batch over a plain TCP connection.
-/// It runs on the batch processor's own thread, never on a tokio worker.
-#[derive(Debug)]
-struct PlainHttp {
-    timeout: Duration,
-}
+/// Headers sent with every export (a collector's API key, a tenant id), parsed from the
+/// `OTEL_EXPORTER_OTLP_HEADERS` format: `name=value` pairs separated by commas, values
+/// percent-decoded. Values are credentials: `Debug` shows the names only.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ExportHeaders(pub Vec<(String, String)>);
 
-#[async_trait::async_trait]
-impl HttpClient for PlainHttp {
-    async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
-        post(&request, self.timeout)
+impl std::fmt::Debug for ExportHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(k, _)| format!("{k}=<redacted>")))
+            .finish()
     }
 }
 
-fn post(request: &Request<Bytes>, timeout: Duration) -> Result<Response<Bytes>, HttpError> {
+impl ExportHeaders {
+    pub fn parse(text: &str) -> Result<ExportHeaders, String> {
+        let mut out = Vec::new();
+        for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((name, value)) = pair.split_once('=') else {
+                let shown = pair.chars().take(40).collect::<String>();
+                return Err(format!(
+                    "`{shown}` is not name=value (pairs are separated by commas)"
+                ));
+            };
+            let name = name.trim().to_ascii_lowercase();
+            http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("`{name}` is not a header name"))?;
+            if matches!(
+                name.as_str(),
+                "host" | "content-length" | "content-type" | "connection" | "transfer-encoding"
+            ) {
+                return Err(format!("`{name}` is set by the exporter itself"));
+            }
+            let value = percent_encoding::percent_decode_str(value.trim())
+                .decode_utf8()
+                .map_err(|_| format!("the value of `{name}` is not UTF-8 once percent-decoded"))?
+                .into_owned();
+            http::HeaderValue::from_str(&value).map_err(|_| {
+                format!("the value of `{name}` has characters a header cannot carry")
+            })?;
+            out.push((name, value));
+        }
+        Ok(ExportHeaders(out))
+    }
+}
+
+/// The exporter's transport: one blocking HTTP/1.1 POST per batch over TCP, with TLS for
+/// `https` endpoints (the public roots plus the operator's CA file). It runs on the batch
+/// processor's own thread, never on a tokio worker.
+#[derive(Debug)]
+struct Transport {
+    timeout: Duration,
+    tls: crate::sandbox::egress::TlsRoots,
+}
+
+#[async_trait::async_trait]
+impl HttpClient for Transport {
+    async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+        post(&request, self.timeout, &self.tls)
+    }
+}
+
+fn post(
+    request: &Request<Bytes>,
+    timeout: Duration,
+    tls: &crate::sandbox::egress::TlsRoots,
+) -> Result<Response<Bytes>, HttpError> {
     let uri = request.uri();
     let host = uri.host().ok_or("the export URL has no host")?;
-    let port = uri.port_u16().unwrap_or(80);
+    let https = uri.scheme_str() == Some("https");
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let mut last = None;
     let mut stream = None;
     for addr in (host, port).to_socket_addrs()? {
@@ -112,7 +163,7 @@ fn post(request: &Request<Bytes>, timeout: Duration) -> Result<Response<Bytes>, 
             Err(e) => last = Some(e),
         }
     }
-    let mut stream = match (stream, last) {
+    let stream = match (stream, last) {
         (Some(s), _) => s,
         (None, Some(e)) => return Err(e.into()),
         (None, None) => return Err(format!("{host} resolves to no address").into()),
@@ -132,12 +183,49 @@ fn post(request: &Request<Bytes>, timeout: Duration) -> Result<Response<Bytes>, 
         }
     }
     head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(request.body())?;
-    let mut raw = Vec::new();
-    stream.take(MAX_RESPONSE).read_to_end(&mut raw)?;
-    parse_response(&raw)
+    let exchange = |mut s: Box<dyn ReadWrite>| -> Result<Response<Bytes>, HttpError> {
+        s.write_all(head.as_bytes())?;
+        s.write_all(request.body())?;
+        s.flush()?;
+        let mut raw = Vec::new();
+        match s.take(MAX_RESPONSE).read_to_end(&mut raw) {
+            Ok(_) => {}
+            // A TLS peer that closes without close_notify after a complete response (common
+            // with `Connection: close`) has still answered.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && complete(&raw) => {}
+            Err(e) => return Err(e.into()),
+        }
+        parse_response(&raw)
+    };
+    if !https {
+        return exchange(Box::new(stream));
+    }
+    // An IP literal is checked against the certificate's IP addresses, a name by SNI + DNS names.
+    let name = rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+        .map_err(|e| format!("{host}: {e}"))?;
+    let conn = rustls::ClientConnection::new(tls.client_config(), name)?;
+    exchange(Box::new(rustls::StreamOwned::new(conn, stream)))
 }
+
+/// Whether `raw` holds a whole response: its head and, when it declares one, the full
+/// Content-Length body.
+fn complete(raw: &[u8]) -> bool {
+    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let length = head.lines().find_map(|l| {
+        l.strip_prefix("content-length:")
+            .and_then(|v| v.trim().parse::<usize>().ok())
+    });
+    match length {
+        Some(n) => raw.len() >= split + 4 + n,
+        None => false,
+    }
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
 
 fn parse_response(raw: &[u8]) -> Result<Response<Bytes>, HttpError> {
     let split = raw
@@ -241,15 +329,23 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Starts exporting to `endpoint` + [`TRACES_PATH`] under `service_name`.
-    pub fn start(endpoint: &str, service_name: &str) -> Result<Telemetry, TelemetryError> {
+    /// Starts exporting to `endpoint` + [`TRACES_PATH`] under `service_name`, sending `headers`
+    /// with every export and verifying an `https` collector against `tls`.
+    pub fn start(
+        endpoint: &str,
+        service_name: &str,
+        headers: &ExportHeaders,
+        tls: crate::sandbox::egress::TlsRoots,
+    ) -> Result<Telemetry, TelemetryError> {
         check_endpoint(endpoint)?;
         let url = format!("{}{TRACES_PATH}", endpoint.trim_end_matches('/'));
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
-            .with_http_client(PlainHttp {
+            .with_http_client(Transport {
                 timeout: EXPORT_TIMEOUT,
+                tls,
             })
+            .with_headers(headers.0.iter().cloned().collect())
             .with_protocol(Protocol::HttpBinary)
             .with_endpoint(url)
             .with_timeout(EXPORT_TIMEOUT)
@@ -595,7 +691,6 @@ mod tests {
     #[test]
     fn bad_endpoints_say_what_to_give() {
         for (endpoint, reason) in [
-            ("https://collector:4318", "https is not supported"),
             ("collector:4318", "must start with http://"),
             ("ftp://collector", "must start with http://"),
             ("http://collector:4318?x=1", "must not have a query"),
@@ -608,10 +703,11 @@ mod tests {
         }
         assert!(check_endpoint("http://127.0.0.1:4318").is_ok());
         assert!(check_endpoint("http://otel-collector:4318/base/").is_ok());
+        assert!(check_endpoint("https://api.collector.example:443").is_ok());
     }
 
     #[test]
-    fn export_is_off_unless_an_http_endpoint_is_configured() {
+    fn export_is_off_unless_an_endpoint_is_configured() {
         use crate::api::config::{Config, Source};
         let config = |pairs: &[(&str, &str)]| {
             let env = pairs
@@ -630,11 +726,20 @@ mod tests {
         .unwrap();
         assert_eq!(c.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4318"));
         assert_eq!(c.otlp_service_name, "sandgraph-prod");
-        let e = config(&[("SANDGRAPH_OTLP_ENDPOINT", "https://collector:4318")])
+        let e = config(&[("SANDGRAPH_OTLP_ENDPOINT", "grpc://collector:4317")])
             .unwrap_err()
             .to_string();
         assert!(e.contains("SANDGRAPH_OTLP_ENDPOINT"), "{e}");
-        assert!(e.contains("https is not supported"), "{e}");
+        assert!(e.contains("must start with http:// or https://"), "{e}");
+    }
+
+    #[test]
+    fn a_response_is_complete_once_its_declared_body_arrived() {
+        assert!(complete(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"));
+        assert!(!complete(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nh"));
+        assert!(!complete(b"HTTP/1.1 200 OK\r\nContent-Len"));
+        // Without a length only the end of the stream says it is complete.
+        assert!(!complete(b"HTTP/1.1 200 OK\r\n\r\nhi"));
     }
 
     #[test]

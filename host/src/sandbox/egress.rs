@@ -290,6 +290,11 @@ impl TlsRoots {
         Ok(TlsRoots(Arc::new(config)))
     }
 
+    /// The rustls client settings (for other TLS clients of the host, such as trace export).
+    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        self.0.clone()
+    }
+
     /// Every `CERTIFICATE` block of a PEM file.
     pub fn read_pem_file(path: &std::path::Path) -> Result<ExtraRoots, TlsRootsError> {
         use rustls::pki_types::pem::PemObject;
