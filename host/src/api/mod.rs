@@ -32,6 +32,7 @@ use crate::graph::CompiledGraph;
 use crate::graph::catalog::Catalog;
 use crate::graph::engine::{Engine, EngineConfig, RunHandle, RunOutcome};
 use crate::journal::{Event, Journal, RunId};
+use crate::sandbox::egress::TlsRoots;
 use crate::sandbox::manifest::OperatorPolicy;
 use crate::sandbox::{Sandbox, SandboxConfig};
 
@@ -145,12 +146,8 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     }
     let telemetry = match &config.otlp_endpoint {
         Some(endpoint) => {
-            let extra = match &config.otlp_ca {
-                Some(path) => crate::sandbox::egress::TlsRoots::read_pem_file(path)
-                    .map_err(|e| telemetry::TelemetryError::Tls(e.to_string()))?,
-                None => Vec::new(),
-            };
-            let tls = crate::sandbox::egress::TlsRoots::new(&extra)
+            let tls = TlsRoots::read_pem_files(config.otlp_ca.as_slice())
+                .and_then(|extra| TlsRoots::new(&extra))
                 .map_err(|e| telemetry::TelemetryError::Tls(e.to_string()))?;
             let t = Arc::new(telemetry::Telemetry::start(
                 endpoint,
@@ -165,13 +162,8 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         }
         None => None,
     };
-    let mut extra_roots = Vec::new();
-    for path in &config.egress_ca {
-        extra_roots.extend(
-            crate::sandbox::egress::TlsRoots::read_pem_file(path)
-                .map_err(|e| ServeError::Sandbox(e.to_string()))?,
-        );
-    }
+    let extra_roots = TlsRoots::read_pem_files(&config.egress_ca)
+        .map_err(|e| ServeError::Sandbox(e.to_string()))?;
     let sandbox = Sandbox::new(SandboxConfig {
         cache_dir: config.cache_dir.clone(),
         extra_roots,

@@ -102,13 +102,7 @@ impl OperatorArgs {
 
     /// The certificates of every `--egress-ca` file; a bad file is a usage error naming it.
     pub fn extra_roots(&self) -> Result<crate::sandbox::egress::ExtraRoots, String> {
-        let mut roots = Vec::new();
-        for path in &self.egress_ca {
-            roots.extend(
-                crate::sandbox::egress::TlsRoots::read_pem_file(path).map_err(|e| e.to_string())?,
-            );
-        }
-        Ok(roots)
+        crate::sandbox::egress::TlsRoots::read_pem_files(&self.egress_ca).map_err(|e| e.to_string())
     }
 }
 

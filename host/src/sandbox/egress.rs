@@ -295,6 +295,15 @@ impl TlsRoots {
         self.0.clone()
     }
 
+    /// Every `CERTIFICATE` block of each PEM file, in order.
+    pub fn read_pem_files(paths: &[std::path::PathBuf]) -> Result<ExtraRoots, TlsRootsError> {
+        let mut roots = Vec::new();
+        for path in paths {
+            roots.extend(TlsRoots::read_pem_file(path)?);
+        }
+        Ok(roots)
+    }
+
     /// Every `CERTIFICATE` block of a PEM file.
     pub fn read_pem_file(path: &std::path::Path) -> Result<ExtraRoots, TlsRootsError> {
         use rustls::pki_types::pem::PemObject;
