@@ -112,17 +112,25 @@ impl ModelProbe {
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| format!("GET {target}: {e}"))?;
-        // The connection task ends when the request is answered and `sender` is dropped.
-        tokio::spawn(connection);
         let request = hyper::Request::get(self.path.as_str())
             .header(hyper::header::HOST, self.authority.as_str())
             .header(hyper::header::USER_AGENT, "sandgraph-readyz")
             .body(Empty::<Bytes>::new())
             .map_err(|e| format!("GET {target}: {e}"))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("GET {target}: {e}"))?;
+        // The connection is driven here, not spawned: when the probe ends (answered, or cut off
+        // by its timeout) the socket goes with it, so a backend that never answers cannot pile
+        // up one open connection per probe.
+        tokio::pin!(connection);
+        let send = sender.send_request(request);
+        tokio::pin!(send);
+        let response = tokio::select! {
+            biased;
+            response = &mut send => response,
+            // The connection ended (a server closing after its answer, or without one): what
+            // it delivered, if anything, is already with the request.
+            _ = &mut connection => send.await,
+        }
+        .map_err(|e| format!("GET {target}: {e}"))?;
         match response.status() {
             s if s.is_success() => Ok(()),
             s if s == hyper::StatusCode::SERVICE_UNAVAILABLE => Err(format!(
