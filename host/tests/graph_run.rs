@@ -496,6 +496,44 @@ async fn conditional_loop_that_never_exits_stops_at_max_iterations() {
 // --------------------------------------------------------------- example: fan-out/fan-in
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loop_gives_up_gracefully_after_n_rounds_counted_by_a_reducer() {
+    // The README's pattern: a review that is never approved is retried three times, then the
+    // run goes on with the last result instead of failing at maxIterations.
+    let engine = engine();
+    let catalog = catalog(None);
+    let source = r#"
+apiVersion: sandgraph.dev/v1
+kind: Graph
+metadata: { name: give-up }
+spec:
+  nodes:
+    - { id: draft, kind: tool, component: calc, input: { expr: "'1'" } }
+    - id: review
+      kind: tool
+      component: calc
+      maxIterations: 10
+      input: { expr: "'0'" }
+      reducers: { value: append }
+    - { id: after, kind: tool, component: calc, input: { expr: "string(size(state.value))" } }
+  edges:
+    - { from: draft, to: review }
+    - { from: review, to: review, when: "!(nodes.review.value > 0) && size(state.value) < 3" }
+    - { from: review, to: after, when: "!(!(nodes.review.value > 0) && size(state.value) < 3)" }
+"#;
+    let outcome = engine
+        .run(compile(source, &catalog), &catalog, json!({}))
+        .await
+        .unwrap();
+    assert_succeeded(&outcome);
+    let evs = events(&engine, outcome.run);
+    assert_eq!(
+        step_names(&completed(&engine, &evs)),
+        ["draft#1", "review#1", "review#2", "review#3", "after#1"]
+    );
+    assert_eq!(output(&outcome)["after"]["value"], json!(3.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fan_out_fan_in_example_joins_both_branches_once() {
     let server = Server::start(0);
     let engine = engine();
