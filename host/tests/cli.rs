@@ -149,19 +149,25 @@ fn a_bad_manifest_names_file_line_and_field() {
     assert!(msg.contains("invalid size `64 MiB`"), "{msg}");
 }
 
-#[test]
-fn a_malformed_secret_flag_is_a_usage_error() {
-    let o = sandgraph(&[
+/// `tool call` of calc with `{}` and the operator flags `extra`.
+fn call_calc_with(extra: &[&str]) -> Output {
+    let manifest = manifest("calc");
+    let mut args = vec![
         "tool",
         "call",
         artifacts::TOOL_CALC,
         "--manifest",
-        &manifest("calc"),
+        &manifest,
         "--input",
         "{}",
-        "--secret",
-        "NOVALUE",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    sandgraph(&args)
+}
+
+#[test]
+fn a_malformed_secret_flag_is_a_usage_error() {
+    let o = call_calc_with(&["--secret", "NOVALUE"]);
     assert_eq!(o.status.code(), Some(2));
     assert_eq!(
         stderr_json(&o),
@@ -174,17 +180,7 @@ fn an_egress_ca_file_without_certificates_is_a_usage_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("corp-ca.pem");
     std::fs::write(&ca, "not a certificate\n").unwrap();
-    let o = sandgraph(&[
-        "tool",
-        "call",
-        artifacts::TOOL_CALC,
-        "--manifest",
-        &manifest("calc"),
-        "--input",
-        "{}",
-        "--egress-ca",
-        ca.to_str().unwrap(),
-    ]);
+    let o = call_calc_with(&["--egress-ca", ca.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     let e = stderr_json(&o);
     assert_eq!(e["kind"], "usage");

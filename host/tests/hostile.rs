@@ -788,43 +788,49 @@ fn tls_site(names: &[&str]) -> TlsSite {
     }
 }
 
+/// A harness resolving `api.test` to 127.0.0.1 (which the operator allows), trusting `roots`
+/// besides the public ones.
+fn https_harness(roots: sandgraph::sandbox::egress::ExtraRoots) -> Harness {
+    let mut resolver = StaticResolver::default();
+    resolver
+        .names
+        .insert("api.test".into(), vec!["127.0.0.1".parse().unwrap()]);
+    let mut h = Harness::with_roots(resolver, SecretStore::default(), roots);
+    h.policy.allow_private = vec!["127.0.0.1".parse().unwrap()];
+    h
+}
+
+/// `GET https://api.test:<port>/ok` through the egress_fetch guest, allowed by its manifest.
+async fn fetch_api_test(h: &Harness, port: u16) -> sandgraph::sandbox::outcome::CallReport {
+    let spec = format!("egress: [{{ scheme: https, host: api.test, port: {port} }}]");
+    let input = egress_fetch_input(&format!("https://api.test:{port}/ok"), "GET");
+    h.call("egress_fetch", &spec, CallGrant::default(), &input)
+        .await
+}
+
+/// The call failed with `code` before anything was sent, the audit naming `why`.
+fn tls_failure(r: &sandgraph::sandbox::outcome::CallReport, code: &str, why: &str) {
+    match &r.result {
+        Err(CallError::ToolFailed { message }) => {
+            assert!(message.contains(code), "want {code}: {message}")
+        }
+        other => panic!("want a {code} failure, got {other:?}"),
+    }
+    let attempt = &r.audit.egress[0];
+    assert!(attempt.allowed, "{attempt:?}");
+    assert_eq!(attempt.status, None, "nothing was sent: {attempt:?}");
+    let reason = attempt.tls_error.as_deref().unwrap_or_default();
+    assert!(reason.contains(why), "want `{why}` in {attempt:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn https_egress_verifies_the_certificate_for_the_name_against_public_and_operator_roots() {
     let site = tls_site(&["api.test"]);
     let wrong_name = tls_site(&["other.test"]);
     let plain = TestServer::start();
-    let mut resolver = StaticResolver::default();
-    resolver
-        .names
-        .insert("api.test".into(), vec!["127.0.0.1".parse().unwrap()]);
-    let spec = |port: u16| format!("egress: [{{ scheme: https, host: api.test, port: {port} }}]");
-    let url = |port: u16| format!("https://api.test:{port}/ok");
-    let fetch = |port: u16| egress_fetch_input(&url(port), "GET");
-    let tls_failure = |r: &sandgraph::sandbox::outcome::CallReport, code: &str, why: &str| {
-        match &r.result {
-            Err(CallError::ToolFailed { message }) => {
-                assert!(message.contains(code), "want {code}: {message}")
-            }
-            other => panic!("want a {code} failure, got {other:?}"),
-        }
-        let attempt = &r.audit.egress[0];
-        assert!(attempt.allowed, "{attempt:?}");
-        assert_eq!(attempt.status, None, "nothing was sent: {attempt:?}");
-        let reason = attempt.tls_error.as_deref().unwrap_or_default();
-        assert!(reason.contains(why), "want `{why}` in {attempt:?}");
-    };
 
     // Trusted through the operator's CA: the request goes out under the name's SNI.
-    let mut h = Harness::with_roots(resolver.clone(), SecretStore::default(), site.ca.clone());
-    h.policy.allow_private = vec!["127.0.0.1".parse().unwrap()];
-    let r = h
-        .call(
-            "egress_fetch",
-            &spec(site.port),
-            CallGrant::default(),
-            &fetch(site.port),
-        )
-        .await;
+    let r = fetch_api_test(&https_harness(site.ca.clone()), site.port).await;
     let out: serde_json::Value = serde_json::from_str(r.result.as_ref().unwrap()).unwrap();
     assert_eq!(
         (out["status"].as_u64(), out["body"].as_str()),
@@ -837,44 +843,16 @@ async fn https_egress_verifies_the_certificate_for_the_name_against_public_and_o
     );
 
     // A certificate for another name, even from a trusted CA, is refused.
-    let mut h = Harness::with_roots(
-        resolver.clone(),
-        SecretStore::default(),
-        wrong_name.ca.clone(),
-    );
-    h.policy.allow_private = vec!["127.0.0.1".parse().unwrap()];
-    let r = h
-        .call(
-            "egress_fetch",
-            &spec(wrong_name.port),
-            CallGrant::default(),
-            &fetch(wrong_name.port),
-        )
-        .await;
+    let h = https_harness(wrong_name.ca.clone());
+    let r = fetch_api_test(&h, wrong_name.port).await;
     tls_failure(&r, "TlsCertificateError", "not valid for name \"api.test\"");
 
     // A plain-HTTP server behind an https URL fails the handshake.
-    let r = h
-        .call(
-            "egress_fetch",
-            &spec(plain.port()),
-            CallGrant::default(),
-            &fetch(plain.port()),
-        )
-        .await;
+    let r = fetch_api_test(&h, plain.port()).await;
     tls_failure(&r, "TlsProtocolError", "");
 
     // Without the operator's CA only the public roots count: the test CA is unknown.
-    let mut h = Harness::with(resolver, SecretStore::default());
-    h.policy.allow_private = vec!["127.0.0.1".parse().unwrap()];
-    let r = h
-        .call(
-            "egress_fetch",
-            &spec(site.port),
-            CallGrant::default(),
-            &fetch(site.port),
-        )
-        .await;
+    let r = fetch_api_test(&https_harness(Vec::new()), site.port).await;
     tls_failure(&r, "TlsCertificateError", "UnknownIssuer");
     assert_eq!(
         site.sni.lock().unwrap().len(),
