@@ -204,6 +204,31 @@ async fn send(
     (sender.send_request(req).await.unwrap(), task)
 }
 
+/// Starts a greedy streamed completion of `prompt` on a gated server and lets the engine run its
+/// prefill and one decode step; returns the body once its first chunk arrived (that chunk
+/// included) and the connection task.
+async fn stream_first_chunk(
+    s: &Server,
+    prompt: &str,
+    max_tokens: usize,
+) -> (Incoming, Bytes, tokio::task::JoinHandle<()>) {
+    let body =
+        json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": true});
+    let (resp, conn) = send(
+        s.addr,
+        "POST",
+        "/v1/completions",
+        Some(body.to_string().into_bytes()),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    s.gate.allow(2);
+    let first = body.frame().await.unwrap().unwrap();
+    let first = first.into_data().expect("a data chunk first");
+    (body, first, conn)
+}
+
 async fn call(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
     let (resp, _task) = send(addr, method, path, body.map(|b| b.to_string().into_bytes())).await;
     let status = resp.status().as_u16();
@@ -709,35 +734,15 @@ async fn a_disconnected_stream_frees_its_slot() {
         "precondition: the tiny model keeps generating for this prompt ({n})"
     );
     let s = start(1, ServerConfig::default(), Gate::closed()).await;
-    let body = json!({"prompt": prompt, "max_tokens": 60, "temperature": 0, "stream": true});
-    let (resp, conn) = send(
-        s.addr,
-        "POST",
-        "/v1/completions",
-        Some(body.to_string().into_bytes()),
-    )
-    .await;
-    assert_eq!(resp.status(), 200);
-    let mut body = resp.into_body();
-    s.gate.allow(2); // prefill and one decode step: the first text arrives
-    let first = body.frame().await.unwrap().unwrap();
-    assert!(first.data_ref().is_some_and(|d| d.starts_with(b"data: ")));
+    let (body, first, conn) = stream_first_chunk(&s, prompt, 60).await;
+    assert!(first.starts_with(b"data: "));
     drop(body);
     conn.abort();
     // Step the engine one forward at a time until it notices; it must stop long before 60.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while s.batcher().cancelled() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the engine never noticed the disconnect"
-        );
-        let before = s.gate.forwards();
-        s.gate.allow(1);
-        wait_until("a forward or the cancellation", || {
-            s.gate.forwards() > before || s.batcher().cancelled() > 0
-        })
-        .await;
-    }
+    step_until(&s, "the engine to notice the disconnect", || {
+        s.batcher().cancelled() > 0
+    })
+    .await;
     assert!(s.gate.forwards() < 30, "ran {} forwards", s.gate.forwards());
     wait_until("the slot to be free", || s.batcher().running() == 0).await;
     s.gate.open();
@@ -1099,17 +1104,7 @@ async fn latencies_count_from_arrival_and_cancelled_prompts_count() {
     let prompt_b = "the cat sat";
     let s = start(1, ServerConfig::default(), Gate::closed()).await;
     let tok = s.state.ready().unwrap().tok.clone();
-    let body = json!({"prompt": prompt_a, "max_tokens": 60, "temperature": 0, "stream": true});
-    let (resp, conn) = send(
-        s.addr,
-        "POST",
-        "/v1/completions",
-        Some(body.to_string().into_bytes()),
-    )
-    .await;
-    let mut stream = resp.into_body();
-    s.gate.allow(2);
-    stream.frame().await.unwrap().unwrap();
+    let (stream, _, conn) = stream_first_chunk(&s, prompt_a, 60).await;
     // B queues behind A for several engine steps.
     let addr = s.addr;
     let b = tokio::spawn(async move {
@@ -1279,17 +1274,7 @@ async fn a_long_prompt_is_chunked_while_a_running_stream_gets_a_token_every_step
         n >= 30,
         "precondition: the tiny model keeps generating ({n})"
     );
-    let body = json!({"prompt": prompt_a, "max_tokens": 40, "temperature": 0, "stream": true});
-    let (resp, _conn) = send(
-        s.addr,
-        "POST",
-        "/v1/completions",
-        Some(body.to_string().into_bytes()),
-    )
-    .await;
-    let mut stream = resp.into_body();
-    s.gate.allow(2); // A's prefill and first decode
-    stream.frame().await.unwrap().unwrap();
+    let (stream, _, _conn) = stream_first_chunk(&s, prompt_a, 40).await;
     let long = "the quick brown fox jumps over the lazy dog and ".repeat(5);
     let long_len = tok.encode(&long, false).len();
     assert!(
