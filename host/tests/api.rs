@@ -521,7 +521,7 @@ fn tools_graphs_and_a_waited_run_with_its_event_stream() {
     assert_eq!(calc["capabilities"]["workspace"], "none");
     assert!(calc["digest"].as_str().unwrap().starts_with("sha256:"));
 
-    let yaml = std::fs::read_to_string(repo().join("graphs/conditional-loop.yaml")).unwrap();
+    let yaml = loop_yaml();
     let r = post_yaml(addr, &yaml);
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     let version = r.json()["version"].as_str().unwrap().to_owned();
@@ -706,24 +706,9 @@ fn reconnecting_mid_run_with_last_event_id_gets_exactly_the_missed_events_then_c
 fn an_idempotency_key_returns_the_same_run_and_refuses_a_different_body() {
     let api = TestApi::start();
     let addr = api.addr;
-    upload_tool(addr, "calc");
-    upload_tool(addr, "text-stats");
-    let yaml = std::fs::read_to_string(repo().join("graphs/conditional-loop.yaml")).unwrap();
-    assert_eq!(post_yaml(addr, &yaml).status, 201);
+    loop_graph(addr);
     let body = json!({"graph": "conditional-loop", "input": {"start": 1, "limit": 4}}).to_string();
-    let submit = |key: &str, body: &str| {
-        request(
-            addr,
-            "POST",
-            "/v1/runs",
-            Some(ADMIN),
-            &[
-                ("Content-Type", "application/json"),
-                ("Idempotency-Key", key),
-            ],
-            body.as_bytes(),
-        )
-    };
+    let submit = |key: &str, body: &str| submit_keyed(addr, key, body);
     let first = submit("order-42", &body);
     assert_eq!(first.status, 202);
     let second = submit("order-42", &body);
@@ -816,10 +801,8 @@ impl Case {
 fn bad_requests_get_their_status_and_problem_type_while_others_are_served() {
     let api = TestApi::start();
     let addr = api.addr;
-    upload_tool(addr, "calc");
-    upload_tool(addr, "text-stats");
-    let yaml = std::fs::read_to_string(repo().join("graphs/conditional-loop.yaml")).unwrap();
-    assert_eq!(post_yaml(addr, &yaml).status, 201);
+    loop_graph(addr);
+    let yaml = loop_yaml();
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     let calc_manifest =
         std::fs::read_to_string(repo().join("tools/calc/calc.sandgraph.yaml")).unwrap();
@@ -1380,10 +1363,8 @@ fn every_documented_route_answers_as_documented_and_every_route_is_documented() 
     let doc: Value = serde_norway::from_str(&text).unwrap();
     let api = TestApi::start();
     let addr = api.addr;
-    upload_tool(addr, "calc");
-    upload_tool(addr, "text-stats");
-    let yaml = std::fs::read_to_string(repo().join("graphs/conditional-loop.yaml")).unwrap();
-    assert_eq!(post_yaml(addr, &yaml).status, 201);
+    loop_graph(addr);
+    let yaml = loop_yaml();
     let r = post_json(
         addr,
         "/v1/runs?wait=true",
@@ -1494,11 +1475,16 @@ fn every_documented_route_answers_as_documented_and_every_route_is_documented() 
 // ---------------------------------------------------------------------------------------------
 // Paging, idempotency key lifetime and per-key serialisation, oversized heads, refusal labels.
 
+/// The conditional-loop example graph's YAML.
+fn loop_yaml() -> String {
+    std::fs::read_to_string(repo().join("graphs/conditional-loop.yaml")).unwrap()
+}
+
+/// Uploads calc and text-stats and stores the conditional-loop graph.
 fn loop_graph(addr: SocketAddr) {
     upload_tool(addr, "calc");
     upload_tool(addr, "text-stats");
-    let yaml = std::fs::read_to_string(repo().join("graphs/conditional-loop.yaml")).unwrap();
-    assert_eq!(post_yaml(addr, &yaml).status, 201);
+    assert_eq!(post_yaml(addr, &loop_yaml()).status, 201);
 }
 
 const LOOP_RUN: &str = r#"{"graph": "conditional-loop", "input": {"start": 1, "limit": 2}}"#;
