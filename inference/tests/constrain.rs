@@ -16,7 +16,7 @@ use sandgraph_inference::tokenizer::Tokenizer;
 use serde_json::{Value, json};
 
 mod constrain_support;
-use constrain_support::{generate_per_sampling, max_bytes, validates};
+use constrain_support::{generate_per_sampling, generate_under, max_bytes, seeds, validates};
 
 fn matcher(schema: &Value) -> Matcher {
     Matcher::new(Arc::new(Grammar::compile(schema).unwrap()))
@@ -467,32 +467,7 @@ fn a_small_token_budget_still_closes_documents_with_long_strings() {
     );
     let prompt = tok.encode("the answer in json:", true);
     for max_tokens in [shortest, shortest + 1, shortest + 7, shortest + 30] {
-        let reqs: Vec<Request> = (0..4u64)
-            .map(|seed| Request {
-                prompt: prompt.clone(),
-                max_tokens,
-                sampling: Sampling {
-                    temperature: 1.0,
-                    top_k: 0,
-                    top_p: 1.0,
-                    seed,
-                },
-                stop: vec![],
-            })
-            .collect();
-        let mut cons: Vec<Option<Constraint>> = reqs
-            .iter()
-            .map(|_| Some(Constraint::new(g.clone(), trie.clone())))
-            .collect();
-        let (gens, _) = generate_constrained(
-            &mut cpu,
-            &tok,
-            &reqs,
-            &mut cons,
-            &CancelToken::new(),
-            &mut |_, _| {},
-        )
-        .unwrap();
+        let gens = generate_under(&mut cpu, &tok, &trie, &g, &prompt, max_tokens, &seeds(4));
         for g in &gens {
             let v: Value = serde_json::from_str(&g.text)
                 .unwrap_or_else(|e| panic!("max_tokens {max_tokens}: {:?} was cut: {e}", g.text));

@@ -5,19 +5,20 @@
 use std::sync::Arc;
 
 use sandgraph_inference::backend::cpu::CpuBackend;
+use sandgraph_inference::constrain::TokenTrie;
 use sandgraph_inference::constrain::tools::{
     ToolCall, ToolChoice, ToolError, parse_tool_call, parse_tool_choice, parse_tools,
     tool_constraint, tools_prompt,
 };
-use sandgraph_inference::constrain::{Constraint, TokenTrie};
-use sandgraph_inference::generate::{
-    CancelToken, FinishReason, Request, Sampling, generate_constrained,
-};
+use sandgraph_inference::generate::FinishReason;
 use sandgraph_inference::gguf::{GgmlType, GgufFile};
 use sandgraph_inference::model::LlamaModel;
 use sandgraph_inference::testutil::{TinySpec, tiny_model_bytes};
 use sandgraph_inference::tokenizer::Tokenizer;
 use serde_json::{Value, json};
+
+mod constrain_support;
+use constrain_support::{generate_under, seeds};
 
 fn tools_json() -> Value {
     json!([
@@ -139,32 +140,8 @@ fn forced_calls_on_the_tiny_model_always_parse_back() {
     ];
     for choice in &choices {
         let g = tool_constraint(&tools, choice).unwrap().unwrap();
-        let reqs: Vec<Request> = (0..4u64)
-            .map(|seed| Request {
-                prompt: tok.encode("call a tool", true),
-                max_tokens: 200,
-                sampling: Sampling {
-                    temperature: 1.0,
-                    top_k: 0,
-                    top_p: 1.0,
-                    seed,
-                },
-                stop: vec![],
-            })
-            .collect();
-        let mut cons: Vec<Option<Constraint>> = reqs
-            .iter()
-            .map(|_| Some(Constraint::new(g.clone(), trie.clone())))
-            .collect();
-        let (gens, _) = generate_constrained(
-            &mut cpu,
-            &tok,
-            &reqs,
-            &mut cons,
-            &CancelToken::new(),
-            &mut |_, _| {},
-        )
-        .unwrap();
+        let prompt = tok.encode("call a tool", true);
+        let gens = generate_under(&mut cpu, &tok, &trie, &g, &prompt, 200, &seeds(4));
         for out in gens {
             assert_eq!(
                 out.finish,

@@ -1,5 +1,7 @@
 //! Shared by the constrained-decoding tests: an independent validator for the schema subset
-//! (reads the schema text, not the compiled grammar) and a byte bound for bounded schemas.
+//! (reads the schema text, not the compiled grammar), a byte bound for bounded schemas, and
+//! constrained generation per sampling. Each test binary uses a part of it.
+#![allow(dead_code)]
 
 use std::sync::Arc;
 
@@ -22,11 +24,25 @@ pub fn generate_per_sampling(
     schema: &Value,
     samplings: &[Sampling],
 ) -> Vec<Generation> {
+    let max_tokens = max_bytes(schema, schema) + 1;
+    generate_under(backend, tok, trie, grammar, prompt, max_tokens, samplings)
+}
+
+/// Generates once per sampling under `grammar`, at most `max_tokens` each, in one batch.
+pub fn generate_under(
+    backend: &mut dyn Backend,
+    tok: &Tokenizer,
+    trie: &Arc<TokenTrie>,
+    grammar: &Arc<Grammar>,
+    prompt: &[u32],
+    max_tokens: usize,
+    samplings: &[Sampling],
+) -> Vec<Generation> {
     let reqs: Vec<Request> = samplings
         .iter()
         .map(|s| Request {
             prompt: prompt.to_vec(),
-            max_tokens: max_bytes(schema, schema) + 1,
+            max_tokens,
             sampling: s.clone(),
             stop: vec![],
         })
@@ -45,6 +61,18 @@ pub fn generate_per_sampling(
     )
     .unwrap();
     gens
+}
+
+/// Plain sampling at temperature 1 (no top-k/top-p cut) with seeds `0..n`.
+pub fn seeds(n: u64) -> Vec<Sampling> {
+    (0..n)
+        .map(|seed| Sampling {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed,
+        })
+        .collect()
 }
 
 fn resolve<'a>(s: &'a Value, root: &'a Value) -> &'a Value {
