@@ -18,6 +18,8 @@
 //! repetitions, default 3; `SANDGRAPH_BENCH_AT_ONCE` concurrent runs, default 8;
 //! `SANDGRAPH_BENCH_ONLY=chain` or `=fan-out` one workload)
 
+mod sqlite_baseline;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -487,20 +489,8 @@ fn steps_in(records: &[RunRecords]) -> usize {
 /// holding every record since the previous one.
 fn sqlite(dir: &Path, records: &[RunRecords], at_once: usize) -> Outcome {
     let path = dir.join("journal.sqlite");
-    let open = || {
-        let c = rusqlite::Connection::open(&path).expect("open sqlite");
-        c.pragma_update(None, "journal_mode", "WAL").expect("WAL");
-        c.pragma_update(None, "synchronous", "FULL")
-            .expect("synchronous");
-        c.busy_timeout(Duration::from_secs(60))
-            .expect("busy timeout");
-        c
-    };
-    open()
-        .execute_batch(
-            "CREATE TABLE events (run BLOB NOT NULL, seq INTEGER NOT NULL, body BLOB NOT NULL, PRIMARY KEY (run, seq))",
-        )
-        .expect("schema");
+    sqlite_baseline::create(&path);
+    let open = || sqlite_baseline::connect(&path);
     // Per writer: its connection and whether a transaction is open on it.
     let conns: Vec<Mutex<(rusqlite::Connection, bool)>> =
         (0..at_once).map(|_| Mutex::new((open(), false))).collect();

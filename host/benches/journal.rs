@@ -5,6 +5,8 @@
 //!
 //! Run: `cargo bench -p sandgraph --bench journal` (`SANDGRAPH_BENCH_RECORDS` sets records per writer)
 
+mod sqlite_baseline;
+
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -95,20 +97,8 @@ fn journal(writers: usize, per_writer: usize) -> Outcome {
 fn sqlite(writers: usize, per_writer: usize) -> Outcome {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("journal.sqlite");
-    let open = || {
-        let c = rusqlite::Connection::open(&path).expect("open sqlite");
-        c.pragma_update(None, "journal_mode", "WAL").expect("WAL");
-        c.pragma_update(None, "synchronous", "FULL")
-            .expect("synchronous");
-        c.busy_timeout(Duration::from_secs(60))
-            .expect("busy timeout");
-        c
-    };
-    open()
-        .execute_batch(
-            "CREATE TABLE events (run BLOB NOT NULL, seq INTEGER NOT NULL, body BLOB NOT NULL, PRIMARY KEY (run, seq))",
-        )
-        .expect("schema");
+    sqlite_baseline::create(&path);
+    let open = || sqlite_baseline::connect(&path);
     let conns: Vec<std::sync::Mutex<rusqlite::Connection>> = (0..writers)
         .map(|_| std::sync::Mutex::new(open()))
         .collect();
