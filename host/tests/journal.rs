@@ -793,3 +793,23 @@ fn a_payload_sled_keeps_in_a_blob_file_is_synced_and_read_back_after_reopening()
     assert_eq!(journal.payload(&r).unwrap(), big);
     assert_eq!(journal.events(run).unwrap().len(), 2);
 }
+
+#[test]
+fn a_journal_in_use_is_refused_by_name_and_opens_once_let_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal");
+    let held = Journal::open(&path).unwrap();
+    let e = Journal::open_waiting(&path, Duration::from_millis(100))
+        .err()
+        .expect("a second owner is refused");
+    assert!(matches!(e, JournalError::InUse { .. }), "{e}");
+    assert!(
+        e.to_string().contains("is in use by another process"),
+        "{e}"
+    );
+    // Dropped and reopened at once, as a process that reads what it just wrote does.
+    drop(held);
+    for _ in 0..20 {
+        drop(Journal::open(&path).unwrap());
+    }
+}

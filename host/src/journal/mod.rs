@@ -71,6 +71,10 @@ pub enum Durability {
 pub enum JournalError {
     #[error("cannot open the journal at {path}: {source}")]
     Open { path: String, source: sled::Error },
+    #[error(
+        "the journal at {path} is in use by another process (it holds the journal's lock); stop that process or point this one at another journal"
+    )]
+    InUse { path: String },
     #[error("journal storage failed: {0}")]
     Storage(#[from] sled::Error),
     #[error("journal flush failed, the append may not be durable: {0}")]
@@ -195,6 +199,9 @@ impl DiskSync {
     }
 }
 
+/// How long [`Journal::open`] waits for the journal's lock.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// See [`Journal::set_on_flush`].
 pub type FlushHook = Box<dyn Fn(std::time::Duration) + Send + Sync>;
 
@@ -202,14 +209,37 @@ pub type FlushHook = Box<dyn Fn(std::time::Duration) + Send + Sync>;
 pub type AppendHook = Box<dyn Fn(RunId, u64, &Event) + Send + Sync>;
 
 impl Journal {
+    /// Opens (or creates) the journal at `path`, waiting up to [`LOCK_WAIT`] for a process or
+    /// handle that is letting go of it.
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
-        let db = sled::Config::new()
-            .path(path)
-            .open()
-            .map_err(|source| JournalError::Open {
-                path: path.display().to_string(),
-                source,
-            })?;
+        Journal::open_waiting(path, LOCK_WAIT)
+    }
+
+    /// [`Journal::open`], waiting at most `wait` for the journal's lock. sled locks the journal
+    /// for one owner; a handle just dropped in this process can keep it a moment longer (sled's
+    /// background IO threads close the file after the last handle goes), and so can a process
+    /// that is exiting.
+    pub fn open_waiting(path: &Path, wait: std::time::Duration) -> Result<Journal, JournalError> {
+        let deadline = std::time::Instant::now() + wait;
+        let db = loop {
+            match sled::Config::new().path(path).open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(JournalError::InUse {
+                            path: path.display().to_string(),
+                        });
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(source) => {
+                    return Err(JournalError::Open {
+                        path: path.display().to_string(),
+                        source,
+                    });
+                }
+            }
+        };
         let mut journal = Journal::from_db(db)?;
         journal.disk = Some(DiskSync::open(path).map_err(JournalError::Flush)?);
         Ok(journal)
