@@ -371,13 +371,7 @@ impl Gate {
                 let (o, h) = (o.clone(), h.clone());
                 std::thread::spawn(move || {
                     let mut r = BufReader::new(conn.try_clone().unwrap());
-                    let mut line = String::new();
-                    loop {
-                        line.clear();
-                        if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                            break;
-                        }
-                    }
+                    let _ = common::http_head::read_request_head(&mut r);
                     h.fetch_add(1, Ordering::SeqCst);
                     let (lock, cv) = &*o;
                     let mut g = lock.lock().unwrap();
@@ -1762,27 +1756,20 @@ impl HealthBackend {
                 let (m, h) = (m.clone(), h.clone());
                 std::thread::spawn(move || {
                     let mut r = BufReader::new(conn.try_clone().unwrap());
-                    let mut line = String::new();
-                    r.read_line(&mut line).unwrap();
-                    while {
-                        let mut header = String::new();
-                        r.read_line(&mut header).unwrap() > 2
-                    } {}
+                    let Ok(Some(head)) = common::http_head::read_request_head(&mut r) else {
+                        return;
+                    };
                     h.fetch_add(1, Ordering::SeqCst);
                     let mut conn = conn;
                     match m.load(Ordering::SeqCst) {
                         0 => {}
                         1 => std::thread::sleep(DEADLINE),
                         status => {
-                            let body = if line.starts_with("GET /health ") {
-                                "{}"
+                            let health = head.method == "GET" && head.target == "/health";
+                            let (status, body) = if health {
+                                (status, "{}")
                             } else {
-                                "wrong path"
-                            };
-                            let status = if line.starts_with("GET /health ") {
-                                status
-                            } else {
-                                404
+                                (404, "wrong path")
                             };
                             let _ = write!(
                                 conn,

@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -95,27 +95,17 @@ impl Collector {
 
 fn collect(conn: impl Read + Write, received: &Mutex<Vec<Received>>) -> std::io::Result<()> {
     let mut r = BufReader::new(conn);
-    let mut line = String::new();
-    r.read_line(&mut line)?;
-    let path = line
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or_default()
-        .to_owned();
-    let (mut length, mut content_type, mut headers) = (0, String::new(), Vec::new());
-    loop {
-        let mut h = String::new();
-        if r.read_line(&mut h)? == 0 || h == "\r\n" {
-            break;
-        }
-        if let Some((k, v)) = h.trim_end().split_once(':') {
-            match k.trim().to_ascii_lowercase().as_str() {
-                "content-length" => length = v.trim().parse().unwrap_or(0),
-                "content-type" => content_type = v.trim().to_owned(),
-                name => headers.push((name.to_owned(), v.trim().to_owned())),
-            }
-        }
-    }
+    let Some(head) = common::http_head::read_request_head(&mut r)? else {
+        return Ok(());
+    };
+    let path = head.target.clone();
+    let length = head.content_length();
+    let content_type = head.header("content-type").unwrap_or_default().to_owned();
+    let headers: Vec<(String, String)> = head
+        .headers
+        .into_iter()
+        .filter(|(k, _)| k != "content-type" && k != "content-length")
+        .collect();
     let mut body = vec![0; length];
     r.read_exact(&mut body)?;
     received.lock().unwrap().push(Received {
@@ -527,12 +517,7 @@ fn hold_first_request() -> SocketAddr {
         for conn in listener.incoming() {
             let Ok(conn) = conn else { continue };
             let mut r = BufReader::new(conn.try_clone().unwrap());
-            loop {
-                let mut line = String::new();
-                if r.read_line(&mut line).unwrap_or(0) <= 2 {
-                    break;
-                }
-            }
+            let _ = common::http_head::read_request_head(&mut r);
             if held.is_empty() {
                 held.push(conn);
                 continue;

@@ -96,29 +96,16 @@ impl Drop for CountingServer {
 fn serve(conn: TcpStream, state: &(Mutex<Counts>, Condvar)) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut reader = BufReader::new(conn.try_clone()?);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let mut parts = line.split_whitespace();
-    let method = parts.next().unwrap_or_default().to_string();
-    let path = parts.next().unwrap_or_default().to_string();
-    let (mut key, mut len) = (String::new(), 0usize);
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h)? == 0 {
-            // Cut off before the headers ended (the sender was killed): not a request.
-            return Ok(());
-        }
-        if h == "\r\n" {
-            break;
-        }
-        if let Some((k, v)) = h.trim_end().split_once(':') {
-            match k.trim().to_ascii_lowercase().as_str() {
-                "idempotency-key" => key = v.trim().to_string(),
-                "content-length" => len = v.trim().parse().unwrap_or(0),
-                _ => {}
-            }
-        }
-    }
+    // Cut off before the headers ended (the sender was killed): not a request.
+    let Some(head) = common::http_head::read_request_head(&mut reader)? else {
+        return Ok(());
+    };
+    let (method, path) = (head.method.clone(), head.target.clone());
+    let key = head
+        .header("idempotency-key")
+        .unwrap_or_default()
+        .to_owned();
+    let len = head.content_length();
     let mut body = vec![0; len.min(1 << 16)];
     reader.read_exact(&mut body)?;
     let (lock, cv) = state;

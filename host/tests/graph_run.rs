@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -355,19 +355,10 @@ impl Routes {
 fn answer(conn: TcpStream, routes: &Routes) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut reader = BufReader::new(conn.try_clone()?);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let target = line
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or_default()
-        .to_owned();
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h)? == 0 || h == "\r\n" {
-            break;
-        }
-    }
+    let Some(head) = common::http_head::read_request_head(&mut reader)? else {
+        return Ok(());
+    };
+    let target = head.target;
     routes.paths.lock().unwrap().push(target.clone());
     let (status, content_type, body): (&str, &str, &str) = match target.as_str() {
         "/page" => ("200 OK", "text/plain", "alpha beta gamma delta"),

@@ -3,9 +3,10 @@
 #![allow(dead_code)]
 
 pub mod api_server;
+pub mod http_head;
 pub mod test_ca;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -177,27 +178,15 @@ fn serve(
 ) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut reader = BufReader::new(conn.try_clone()?);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let mut parts = line.split_whitespace();
-    let method = parts.next().unwrap_or_default().to_string();
-    let target = parts.next().unwrap_or_default().to_string();
-    let mut headers = Vec::new();
-    let mut content_length = 0usize;
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h)? == 0 || h == "\r\n" {
-            break;
-        }
-        if let Some((k, v)) = h.trim_end().split_once(':') {
-            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_string());
-            if k == "content-length" {
-                content_length = v.parse().unwrap_or(0);
-            }
-            headers.push((k, v));
-        }
-    }
-    let mut body = vec![0; content_length.min(1 << 20)];
+    let Some(head) = http_head::read_request_head(&mut reader)? else {
+        return Ok(());
+    };
+    let (method, target, headers) = (
+        head.method.clone(),
+        head.target.clone(),
+        head.headers.clone(),
+    );
+    let mut body = vec![0; head.content_length().min(1 << 20)];
     reader.read_exact(&mut body)?;
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
     seen.lock().unwrap().push(Seen {
