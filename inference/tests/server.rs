@@ -204,6 +204,16 @@ async fn send(
     (sender.send_request(req).await.unwrap(), task)
 }
 
+/// A greedy, non-streamed completion of `prompt` sent in the background.
+fn spawn_completion(
+    addr: SocketAddr,
+    prompt: &str,
+    max_tokens: usize,
+) -> tokio::task::JoinHandle<(u16, Value)> {
+    let body = json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0});
+    tokio::spawn(async move { call(addr, "POST", "/v1/completions", Some(body)).await })
+}
+
 /// Starts a greedy streamed completion of `prompt` on a gated server and lets the engine run its
 /// prefill and one decode step; returns the body once its first chunk arrived (that chunk
 /// included) and the connection task.
@@ -648,23 +658,12 @@ async fn concurrent_requests_each_equal_running_alone() {
     ];
     let mut tasks = Vec::new();
     for (i, p) in prompts.iter().enumerate() {
-        let addr = s.addr;
-        let p = p.to_string();
         let max = 8 + 3 * i;
-        tasks.push(tokio::spawn(async move {
-            let v = call(
-                addr,
-                "POST",
-                "/v1/completions",
-                Some(json!({"prompt": p, "max_tokens": max, "temperature": 0})),
-            )
-            .await;
-            (p, max, v)
-        }));
+        tasks.push((p.to_string(), max, spawn_completion(s.addr, p, max)));
     }
     let mut nonempty = 0;
-    for t in tasks {
-        let (p, max, (status, v)) = t.await.unwrap();
+    for (p, max, t) in tasks {
+        let (status, v) = t.await.unwrap();
         nonempty += usize::from(
             v["choices"][0]["text"]
                 .as_str()
@@ -1106,16 +1105,7 @@ async fn latencies_count_from_arrival_and_cancelled_prompts_count() {
     let tok = s.state.ready().unwrap().tok.clone();
     let (stream, _, conn) = stream_first_chunk(&s, prompt_a, 60).await;
     // B queues behind A for several engine steps.
-    let addr = s.addr;
-    let b = tokio::spawn(async move {
-        call(
-            addr,
-            "POST",
-            "/v1/completions",
-            Some(json!({"prompt": prompt_b, "max_tokens": 3, "temperature": 0})),
-        )
-        .await
-    });
+    let b = spawn_completion(s.addr, prompt_b, 3);
     wait_until("B to wait", || s.batcher().waiting() == 1).await;
     for _ in 0..5 {
         let before = s.gate.forwards();
@@ -1281,16 +1271,7 @@ async fn a_long_prompt_is_chunked_while_a_running_stream_gets_a_token_every_step
         long_len > 3 * BUDGET,
         "the long prompt spans several steps ({long_len})"
     );
-    let addr = s.addr;
-    let b = tokio::spawn(async move {
-        call(
-            addr,
-            "POST",
-            "/v1/completions",
-            Some(json!({"prompt": long, "max_tokens": 2, "temperature": 0})),
-        )
-        .await
-    });
+    let b = spawn_completion(s.addr, &long, 2);
     // B waits, or was admitted already if it arrived before the engine blocked in forward 3.
     wait_until("B to arrive", || {
         s.batcher().waiting() == 1 || s.batcher().running() == 2
