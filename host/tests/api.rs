@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::wait_for;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -476,14 +477,6 @@ fn start_gated(addr: SocketAddr, gate: &Gate) -> String {
     );
     assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
     r.json()["run"].as_str().unwrap().to_owned()
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn run_status(addr: SocketAddr, run: &str) -> Value {

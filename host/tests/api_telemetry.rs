@@ -6,12 +6,13 @@
 
 mod common;
 
+use common::wait_for;
 use std::collections::HashMap;
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -328,14 +329,6 @@ fn flag(span: &Span, key: &str) -> bool {
     match attr(span, key) {
         Some(any_value::Value::BoolValue(b)) => *b,
         other => panic!("span {} attribute {key}: {other:?}", span.name),
-    }
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -20,6 +20,18 @@ use sandgraph::sandbox::outcome::CallReport;
 use sandgraph::sandbox::registry::LoadedTool;
 use sandgraph::sandbox::{Sandbox, SandboxConfig};
 
+/// Polls `cond` every 20 ms until it holds; fails the test after a minute naming `what`.
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Compiled components shared by every test process (entries are verified on load).
 pub fn cache_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sandgraph-component-cache")
