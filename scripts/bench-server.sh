@@ -10,6 +10,7 @@
 #                                           LLAMA_VENV (/tmp/sandgraph-llama-venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/llama-venv.sh
 rounds=${1:-3}
 threads=${THREADS:-2}
 concurrency=${CONCURRENCY:-1 8 32}
@@ -24,14 +25,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/inference}
 cargo build -q --release -p sandgraph-inference --bin sandgraph-infer
 ours="$CARGO_TARGET_DIR/release/sandgraph-infer"
 
-if ! "$venv/bin/python" -c 'import llama_cpp.server' 2>/dev/null; then
-    python3 -m venv "$venv"
-    # Built from source for this CPU. ggml's AMX kernels crash in this VM, so they are off.
-    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
--DGGML_BMI2=ON -DGGML_AVX_VNNI=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON \
--DGGML_AVX512_BF16=ON -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_BF16=OFF" \
-        "$venv/bin/pip" install --quiet 'llama-cpp-python[server]==0.3.36'
-fi
+ensure_llama_venv "$venv" 'llama-cpp-python[server]==0.3.36'
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
