@@ -118,6 +118,7 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> (&'static str, Repl
         p.headers.push((header::ALLOW, allowed.to_owned()));
         Err(p)
     };
+    let template = route_template(&segments);
     if !matches!(segments.as_slice(), ["healthz" | "readyz" | "metrics"]) {
         let scope = match (&method, segments.as_slice()) {
             (&Method::POST, ["v1", "graphs"]) => Scope::GraphsWrite,
@@ -127,98 +128,63 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> (&'static str, Repl
         };
         if let Err(p) = authorize(&state, req.headers(), scope) {
             // Counted under the route it was refused on, like any other answer there.
-            return (route_template(&segments), Err(p));
+            return (template, Err(p));
         }
     }
-    match segments.as_slice() {
-        ["healthz"] => (
-            "/healthz",
-            match method {
-                Method::GET => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
-                _ => not_allowed("GET"),
-            },
-        ),
-        ["readyz"] => (
-            "/readyz",
-            match method {
-                Method::GET => Ok(readyz(&state).await),
-                _ => not_allowed("GET"),
-            },
-        ),
-        ["metrics"] => (
-            "/metrics",
-            match method {
-                Method::GET => Ok(metrics(&state)),
-                _ => not_allowed("GET"),
-            },
-        ),
-        ["v1", "graphs"] => (
-            "/v1/graphs",
-            match method {
-                Method::POST => post_graph(&state, req).await,
-                Method::GET => list_graphs(&state),
-                _ => not_allowed("GET, POST"),
-            },
-        ),
-        ["v1", "graphs", name] => (
-            "/v1/graphs/{name}",
-            match method {
-                Method::GET => get_graph(&state, name, req.uri().query()),
-                _ => not_allowed("GET"),
-            },
-        ),
-        ["v1", "tools"] => (
-            "/v1/tools",
-            match method {
-                Method::POST => post_tool(&state, req).await,
-                Method::GET => list_tools(&state),
-                _ => not_allowed("GET, POST"),
-            },
-        ),
-        ["v1", "tools", name] => (
-            "/v1/tools/{name}",
-            match method {
-                Method::GET => get_tool(&state, name).await,
-                _ => not_allowed("GET"),
-            },
-        ),
-        ["v1", "runs"] => (
-            "/v1/runs",
-            match method {
-                Method::POST => post_run(&state, req).await,
-                Method::GET => list_runs(&state, req.uri().query()),
-                _ => not_allowed("GET, POST"),
-            },
-        ),
-        ["v1", "runs", id] => (
-            "/v1/runs/{id}",
-            match method {
-                Method::GET => get_run(&state, id).await,
-                _ => not_allowed("GET"),
-            },
-        ),
-        ["v1", "runs", id, "cancel"] => (
-            "/v1/runs/{id}/cancel",
-            match method {
-                Method::POST => cancel_run(&state, id),
-                _ => not_allowed("POST"),
-            },
-        ),
-        ["v1", "runs", id, "events"] => (
-            "/v1/runs/{id}/events",
-            match method {
-                Method::GET => sse::events(&state, id, req.headers()).await,
-                _ => not_allowed("GET"),
-            },
-        ),
-        _ => (
-            "unknown",
-            Err(Problem::not_found(
-                "unknown-route",
-                format!("no route {path}; see docs/openapi.yaml for the routes"),
-            )),
-        ),
-    }
+    let reply = match segments.as_slice() {
+        ["healthz"] => match method {
+            Method::GET => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+            _ => not_allowed("GET"),
+        },
+        ["readyz"] => match method {
+            Method::GET => Ok(readyz(&state).await),
+            _ => not_allowed("GET"),
+        },
+        ["metrics"] => match method {
+            Method::GET => Ok(metrics(&state)),
+            _ => not_allowed("GET"),
+        },
+        ["v1", "graphs"] => match method {
+            Method::POST => post_graph(&state, req).await,
+            Method::GET => list_graphs(&state),
+            _ => not_allowed("GET, POST"),
+        },
+        ["v1", "graphs", name] => match method {
+            Method::GET => get_graph(&state, name, req.uri().query()),
+            _ => not_allowed("GET"),
+        },
+        ["v1", "tools"] => match method {
+            Method::POST => post_tool(&state, req).await,
+            Method::GET => list_tools(&state),
+            _ => not_allowed("GET, POST"),
+        },
+        ["v1", "tools", name] => match method {
+            Method::GET => get_tool(&state, name).await,
+            _ => not_allowed("GET"),
+        },
+        ["v1", "runs"] => match method {
+            Method::POST => post_run(&state, req).await,
+            Method::GET => list_runs(&state, req.uri().query()),
+            _ => not_allowed("GET, POST"),
+        },
+        ["v1", "runs", id] => match method {
+            Method::GET => get_run(&state, id).await,
+            _ => not_allowed("GET"),
+        },
+        ["v1", "runs", id, "cancel"] => match method {
+            Method::POST => cancel_run(&state, id),
+            _ => not_allowed("POST"),
+        },
+        ["v1", "runs", id, "events"] => match method {
+            Method::GET => sse::events(&state, id, req.headers()).await,
+            _ => not_allowed("GET"),
+        },
+        _ => Err(Problem::not_found(
+            "unknown-route",
+            format!("no route {path}; see docs/openapi.yaml for the routes"),
+        )),
+    };
+    (template, reply)
 }
 
 /// The route template a path belongs to, for metrics (`unknown` when there is none).
