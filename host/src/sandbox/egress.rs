@@ -506,7 +506,7 @@ async fn send_vetted(
                 record.status = Some(status);
                 record.bytes_in = body.len() as u64;
                 with_log(&log, |l| l.push(record));
-                return replayed_response(status, headers, body);
+                return replayed_response(status, headers, body, request.into_body());
             }
             Ok(HttpPlan::ReplayFailure { message }) => {
                 record.allowed = true;
@@ -613,10 +613,16 @@ struct LiveTarget {
 }
 
 /// A recorded response as the guest first saw it.
+///
+/// The guest may still be writing the request body it sent live (a WASI guest calls `handle`
+/// first and streams the body after), so the replayed exchange consumes that body as the live
+/// connection did; dropping it would fail the guest's writes with `StreamError::Closed`, a false
+/// divergence that depended on how far the guest had got when the recorded answer came back.
 fn replayed_response(
     status: u16,
     headers: Vec<(String, Vec<u8>)>,
     body: Vec<u8>,
+    request_body: WasiBody,
 ) -> Result<(http::Response<WasiBody>, IoFuture), HttpError> {
     let mut builder = http::Response::builder().status(status);
     for (name, value) in headers {
@@ -628,7 +634,10 @@ fn replayed_response(
     let response = builder
         .body(body)
         .map_err(|e| HttpError::InternalError(Some(format!("journaled response: {e}"))))?;
-    let io: IoFuture = Box::new(async { Ok(()) });
+    let io: IoFuture = Box::new(async move {
+        let _ = request_body.collect().await;
+        Ok(())
+    });
     Ok((response, io))
 }
 
