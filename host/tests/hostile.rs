@@ -66,6 +66,8 @@ const COVERED: &[&str] = &[
     "fs_write",
     // Its case is in tests/journal.rs (record, then replay byte for byte).
     "journal_clock_random",
+    // Its case is in tests/replay_bodies.rs (run and replay a body of every shape).
+    "journal_post_body",
     "limits_deep_recursion",
     "limits_huge_output",
     "limits_infinite_loop",
