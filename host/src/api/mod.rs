@@ -409,9 +409,6 @@ impl State {
     }
 }
 
-/// The largest request head (request line and headers) a client may send; beyond it 431.
-const MAX_HEAD: usize = 64 * 1024;
-
 async fn accept_loop(state: Arc<State>, listener: TcpListener) {
     let connections = tokio_util::sync::CancellationToken::new();
     let open = Arc::new(AtomicUsize::new(0));
@@ -445,11 +442,12 @@ async fn accept_loop(state: Arc<State>, listener: TcpListener) {
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(state.config.header_timeout)
-                .max_buf_size(MAX_HEAD)
+                .max_buf_size(head_limit::HYPER_BUF)
+                .max_headers(head_limit::MAX_HEADERS)
                 .serve_connection(
                     TokioIo::new(head_limit::ProblemOn431::new(
                         stream,
-                        MAX_HEAD,
+                        head_limit::MAX_HEAD,
                         Some(state.metrics.clone()),
                     )),
                     service,

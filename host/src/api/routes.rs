@@ -106,6 +106,13 @@ fn json_response(status: StatusCode, v: &Value) -> Response<ApiBody> {
 
 /// Dispatches on method and path; returns the route template for metrics.
 async fn route(state: Arc<State>, req: Request<Incoming>) -> (&'static str, Reply) {
+    // hyper only refuses heads that overflow its buffer; the documented limit is enforced here,
+    // exactly, before any route (or authentication) sees the request.
+    if super::head_limit::head_size(&req) > super::head_limit::MAX_HEAD {
+        let mut p = super::head_limit::head_too_large(super::head_limit::MAX_HEAD);
+        p.headers.push((header::CONNECTION, "close".to_owned()));
+        return ("unrouted", Err(p));
+    }
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = req.method().clone();
