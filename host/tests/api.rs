@@ -1943,3 +1943,162 @@ fn the_jwt_leeway_is_configurable() {
     let r = request(strict.addr, "GET", "/v1/runs", Some(token), &[], b"");
     assert_eq!((r.status, r.problem().as_str()), (401, "token-expired"));
 }
+
+/// The head `request` sends for a GET of `path` with `extra` headers, in bytes.
+fn head_len(addr: SocketAddr, path: &str, extra: &[(&str, &str)]) -> usize {
+    let mut head = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {ADMIN}\r\n"
+    );
+    for (k, v) in extra {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("Content-Length: 0\r\n\r\n");
+    head.len()
+}
+
+#[test]
+fn the_documented_head_limit_is_the_enforced_one_at_the_byte_and_the_field() {
+    const LIMIT: usize = 65_536;
+    let api = TestApi::start();
+    let addr = api.addr;
+    let path = "/v1/graphs";
+    let send = |extra: &[(&str, &str)]| request(addr, "GET", path, Some(ADMIN), extra, b"");
+    // One header padded so the head is exactly the limit, then one byte over.
+    let base = head_len(addr, path, &[("X-Pad", "")]);
+    let at = "p".repeat(LIMIT - base);
+    assert_eq!(head_len(addr, path, &[("X-Pad", &at)]), LIMIT);
+    assert_eq!(send(&[("X-Pad", &at)]).status, 200);
+    let over = "p".repeat(LIMIT - base + 1);
+    let r = send(&[("X-Pad", &over)]);
+    assert_eq!((r.status, r.problem().as_str()), (431, "header-too-large"));
+    assert_eq!(
+        r.headers.get("connection").map(String::as_str),
+        Some("close")
+    );
+    // The same limit spread over many headers (two of 35,000 bytes were served before).
+    let names: Vec<String> = (0..40).map(|i| format!("X-Part-{i:02}")).collect();
+    let mut values: Vec<String> = vec![String::new(); names.len()];
+    let pairs = |values: &[String]| -> Vec<(String, String)> {
+        names.iter().cloned().zip(values.iter().cloned()).collect()
+    };
+    let as_refs = |p: &[(String, String)]| -> Vec<(String, String)> { p.to_vec() };
+    let len_of = |p: &[(String, String)]| {
+        let refs: Vec<(&str, &str)> = p.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        head_len(addr, path, &refs)
+    };
+    let empty = len_of(&pairs(&values));
+    let mut left = LIMIT - empty;
+    for v in values.iter_mut() {
+        let n = left.min(1_700);
+        *v = "q".repeat(n);
+        left -= n;
+    }
+    assert_eq!(left, 0, "40 headers of at most 1,700 bytes reach the limit");
+    let at_limit = as_refs(&pairs(&values));
+    assert_eq!(len_of(&at_limit), LIMIT);
+    let refs: Vec<(&str, &str)> = at_limit
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(send(&refs).status, 200);
+    values[0].push('q');
+    let one_over = pairs(&values);
+    assert_eq!(len_of(&one_over), LIMIT + 1);
+    let refs: Vec<(&str, &str)> = one_over
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let r = send(&refs);
+    assert_eq!((r.status, r.problem().as_str()), (431, "header-too-large"));
+    // Field count: `request` sends 4 fields of its own; 100 in all pass, 101 do not.
+    let extra: Vec<(String, String)> = (0..97).map(|i| (format!("X-F{i}"), "v".into())).collect();
+    let refs: Vec<(&str, &str)> = extra
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(send(&refs[..96]).status, 200);
+    let r = send(&refs);
+    assert_eq!((r.status, r.problem().as_str()), (431, "header-too-large"));
+    // Both kinds of refusal are counted under `unrouted`, and the server goes on serving.
+    assert_eq!(get(addr, "/healthz").status, 200);
+    let metrics = String::from_utf8(get(addr, "/metrics").body).unwrap();
+    let needle = "sandgraph_http_requests_total{route=\"unrouted\",status=\"431\"} 3";
+    assert!(metrics.contains(needle), "no `{needle}` in\n{metrics}");
+}
+
+/// What an EventSource does with a finished run: read the stream, reconnect with the last id
+/// it saw after the server closes, until the server answers 204. Returns every event read and
+/// the statuses of each connection.
+fn event_source(addr: SocketAddr, run: &str, mut last: Option<u64>) -> (Vec<u64>, Vec<u16>) {
+    let mut ids = Vec::new();
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let id = last.map(|l| l.to_string());
+        let headers: Vec<(&str, &str)> = id.iter().map(|i| ("Last-Event-ID", i.as_str())).collect();
+        let r = request(
+            addr,
+            "GET",
+            &format!("/v1/runs/{run}/events"),
+            Some(ADMIN),
+            &headers,
+            b"",
+        );
+        statuses.push(r.status);
+        if r.status == 204 {
+            assert!(r.body.is_empty());
+            return (ids, statuses);
+        }
+        assert_eq!(r.status, 200);
+        for line in String::from_utf8(r.body).unwrap().lines() {
+            if let Some(v) = line.strip_prefix("id: ") {
+                let id = v.parse().unwrap();
+                ids.push(id);
+                last = Some(id);
+            }
+        }
+    }
+    panic!("the event source never stopped reconnecting: {statuses:?}, ids {ids:?}");
+}
+
+#[test]
+fn a_resumed_event_stream_on_a_finished_run_ends_and_an_event_source_stops_reconnecting() {
+    let api = TestApi::start();
+    let addr = api.addr;
+    loop_graph(addr);
+    let r = post_json(
+        addr,
+        "/v1/runs?wait=true",
+        &serde_json::from_str(LOOP_RUN).unwrap(),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let run = r.json()["run"].as_str().unwrap().to_owned();
+    // From the start: every event once, then one reconnect that is told there is nothing more.
+    let (ids, statuses) = event_source(addr, &run, None);
+    let finished = *ids.last().unwrap();
+    assert_eq!(ids, (0..=finished).collect::<Vec<_>>());
+    assert_eq!(statuses, [200, 204]);
+    // Resumed just before the end: the last event, then 204.
+    let (ids, statuses) = event_source(addr, &run, Some(finished - 1));
+    assert_eq!((ids, statuses), (vec![finished], vec![200, 204]));
+    // At and beyond the end: 204 straight away.
+    for id in [finished, finished + 1, finished + 1_000, u64::MAX] {
+        assert_eq!(
+            event_source(addr, &run, Some(id)),
+            (vec![], vec![204]),
+            "id {id}"
+        );
+    }
+    // A malformed id is still a 400 naming it.
+    let r = request(
+        addr,
+        "GET",
+        &format!("/v1/runs/{run}/events"),
+        Some(ADMIN),
+        &[("Last-Event-ID", "soon")],
+        b"",
+    );
+    assert_eq!(
+        (r.status, r.problem().as_str()),
+        (400, "invalid-last-event-id")
+    );
+}

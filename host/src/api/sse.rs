@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use super::State;
 use super::problem::Problem;
 use super::routes::parse_run;
-use crate::journal::{Crossing, Event, Journal, PayloadRef, Record, RunId};
+use crate::journal::{Crossing, Event, Journal, PayloadRef, Record, RunId, RunStatus};
 
 /// Payloads up to this size are inlined in event data; larger ones are referenced by digest.
 const INLINE_PAYLOAD: usize = 64 * 1024;
@@ -68,14 +68,14 @@ pub(super) async fn events(
     headers: &HeaderMap,
 ) -> Result<Response<ApiBody>, Problem> {
     let run = parse_run(id)?;
-    state.journal.run_summary(run).map_err(|_| {
+    let summary = state.journal.run_summary(run).map_err(|_| {
         Problem::not_found("unknown-run", format!("run {run} is not in the journal"))
     })?;
     let from = match headers.get("last-event-id") {
         None => 0,
         Some(v) => {
             let text = v.to_str().unwrap_or("");
-            text.trim().parse::<u64>().map(|n| n + 1).map_err(|_| {
+            text.trim().parse::<u64>().map(|n| n.saturating_add(1)).map_err(|_| {
                 Problem::bad_request(
                     "invalid-last-event-id",
                     format!("Last-Event-ID '{text}' is not an event id this API sent (a journal sequence number)"),
@@ -83,6 +83,16 @@ pub(super) async fn events(
             })?
         }
     };
+    // A finished run whose every event the client has (it reconnects with the `run_finished`
+    // id, or an id beyond it): 204, which tells an EventSource to stop reconnecting. A 200 that
+    // ends at once would only make it reconnect every `retry` interval forever.
+    if summary.status != RunStatus::Running && from >= summary.events {
+        return Ok(Response::builder()
+            .status(StatusCode::NO_CONTENT)
+            .header(header::CACHE_CONTROL, "no-store")
+            .body(ApiBody::Full(None))
+            .expect("event stream responses are well formed"));
+    }
     let (tx, rx) = mpsc::channel(16);
     let state = state.clone();
     tokio::spawn(async move {
@@ -117,6 +127,9 @@ async fn stream(state: &State, run: RunId, mut next: u64, tx: &mpsc::Sender<Byte
         appended.borrow_and_update();
         let journal = state.journal.clone();
         let records = match tokio::task::spawn_blocking(move || {
+            // Read before the events: a run already finished now has its `run_finished` among
+            // them unless the client is past it, and then nothing more will ever come.
+            let finished = journal.run_summary(run)?.status != RunStatus::Running;
             let records = journal.events_from(run, next)?;
             let frames: Vec<(bool, Bytes)> = records
                 .iter()
@@ -127,7 +140,7 @@ async fn stream(state: &State, run: RunId, mut next: u64, tx: &mpsc::Sender<Byte
                     )
                 })
                 .collect();
-            Ok::<_, crate::journal::JournalError>((records.last().map(|r| r.seq), frames))
+            Ok::<_, crate::journal::JournalError>((finished, records.last().map(|r| r.seq), frames))
         })
         .await
         {
@@ -144,7 +157,7 @@ async fn stream(state: &State, run: RunId, mut next: u64, tx: &mpsc::Sender<Byte
             }
             Err(_) => return,
         };
-        let (last, frames) = records;
+        let (run_over, last, frames) = records;
         for (finished, f) in frames {
             if tx.send(f).await.is_err() {
                 return;
@@ -152,6 +165,10 @@ async fn stream(state: &State, run: RunId, mut next: u64, tx: &mpsc::Sender<Byte
             if finished {
                 return;
             }
+        }
+        if run_over {
+            // The client's id was at or past `run_finished`: the stream is complete.
+            return;
         }
         if let Some(last) = last {
             next = last + 1;
