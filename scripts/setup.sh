@@ -50,3 +50,17 @@ if ! python3 -c 'import openai' 2>/dev/null; then
     python3 -m pip install --quiet 'openai==3.57.0' 2>/dev/null \
         || python3 -m pip install --quiet --break-system-packages 'openai==3.57.0'
 fi
+
+# Schemathesis drives host/tests/api_schemathesis.rs (and the inference server's document);
+# pinned, in a venv of its own so it never meets the system's Python packages.
+schemathesis_version=4.32.5
+venv=.tools/venv
+if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "version $schemathesis_version\$"; then
+    if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+        as_root apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-venv
+    fi
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet "schemathesis==$schemathesis_version"
+fi
