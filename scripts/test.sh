@@ -18,4 +18,7 @@ if [ "${free_kib:-0}" -lt "$need_kib" ]; then
     echo "warning: $((free_kib / 1024)) MiB free under $target_dir; a clean test build needs about 8 GiB" >&2
 fi
 
+# Every fuzz target for a few seconds over its committed seeds (each past crash is one of them).
+bash scripts/fuzz.sh smoke "${SANDGRAPH_FUZZ_SECONDS:-5}"
+
 cargo nextest run --workspace --no-fail-fast "$@"
