@@ -87,6 +87,8 @@ fn encode(form: &str, auth: &str) -> String {
         "hex" => hex::encode(secret),
         "HEX" => hex::encode_upper(secret),
         "percent" => secret.bytes().map(|b| format!("%{b:02X}")).collect(),
+        "double" => secret.bytes().map(|b| format!("%25{b:02X}")).collect(),
+        "upper" => secret.to_ascii_uppercase(),
         "json" => secret
             .chars()
             .map(|c| match c {
@@ -167,6 +169,7 @@ fn serve(conn: TcpStream, seen: &Mutex<Vec<Seen>>, stored: &Mutex<String>) -> st
                 "",
             )
         }
+        "/header-name" => respond(&mut out, "200 OK", "X-s3cr3t-T0ken: yes\r\n", "ok"),
         "/header-base64" => {
             let token = encode("base64", &auth);
             respond(&mut out, "200 OK", &format!("X-Session: {token}\r\n"), "ok")
@@ -586,8 +589,10 @@ fn leaked_pieces(text: &str) -> Vec<String> {
     let mut leaks = Vec::new();
     for w in SECRET.as_bytes().windows(8) {
         let w = std::str::from_utf8(w).unwrap();
-        for form in [w.to_string(), hex::encode(w), hex::encode_upper(w)] {
-            if text.contains(&form) || decoded.contains(&form) {
+        for form in [w.to_ascii_lowercase(), hex::encode(w)] {
+            if text.to_ascii_lowercase().contains(&form)
+                || decoded.to_ascii_lowercase().contains(&form)
+            {
                 leaks.push(form);
             }
         }
@@ -688,6 +693,12 @@ async fn secret_cases() {
             forms(&[("escaped", 1)]),
         ),
         (
+            "double percent-encoded",
+            "/reflect?form=double",
+            forms(&[("escaped", 1)]),
+        ),
+        ("upper-cased", "/reflect?form=upper", forms(&[("raw", 1)])),
+        (
             "JSON escapes",
             "/reflect?form=json",
             forms(&[("escaped", 1)]),
@@ -768,6 +779,7 @@ async fn secret_cases() {
     for (path, withheld) in [
         ("/location", "location"),
         ("/header-base64", "x-session"),
+        ("/header-name", "x-************"),
         ("/trailers", "trailers"),
     ] {
         let r = h
@@ -782,6 +794,8 @@ async fn secret_cases() {
         assert_eq!(leaked_pieces(out), Vec::<String>::new(), "{path}: {out}");
         let a = only_attempt(path, &r);
         assert_eq!(a.headers_withheld, [withheld], "{path}: {out}");
+        let audit = serde_json::to_string(&r.audit).unwrap();
+        assert_eq!(leaked_pieces(&audit), Vec::<String>::new(), "{path}: audit");
     }
 
     // Stored by one call, fetched by another under a rule that injects nothing.

@@ -98,9 +98,8 @@ impl SecretMasker {
                     }
                 };
                 add(gram.to_vec(), Form::Raw);
-                let hex = hex::encode(gram);
-                add(hex.to_ascii_uppercase().into_bytes(), Form::Hex);
-                add(hex.into_bytes(), Form::Hex);
+                // Matching ignores ASCII case: upper-case hex and an upper-cased echo too.
+                add(hex::encode(gram).into_bytes(), Form::Hex);
                 for shift in 0..3 {
                     add(base64_core(&std, gram, shift), Form::Base64);
                     let u = base64_core(&url, gram, shift);
@@ -115,6 +114,7 @@ impl SecretMasker {
         }
         let automaton = AhoCorasick::builder()
             .match_kind(MatchKind::Standard)
+            .ascii_case_insensitive(true)
             .build(&patterns)
             .expect("literal patterns always build");
         // A `\uXXXX` escape is 6 bytes per byte of a secret; hex doubles it.
@@ -134,8 +134,23 @@ impl SecretMasker {
             .find_overlapping_iter(text)
             .map(|m| (m.start(), m.end(), self.forms[m.pattern().as_usize()]))
             .collect();
-        let (decoded, spans) = decode_view(text);
-        if decoded.len() != text.len() {
+        // Escapes decoded once, then once more (a double-encoded `%2573`), each view searched
+        // with its bytes mapped back to the source range they came from.
+        let mut view: std::borrow::Cow<'_, [u8]> = text.into();
+        let mut to_source: Option<Vec<(usize, usize)>> = None;
+        for _ in 0..2 {
+            let (decoded, local) = decode_view(&view);
+            // Every escape decodes to fewer bytes: same length, nothing was decoded.
+            if decoded.len() == view.len() {
+                break;
+            }
+            let spans: Vec<(usize, usize)> = match &to_source {
+                None => local,
+                Some(outer) => local
+                    .iter()
+                    .map(|&(s, e)| (outer[s].0, outer[e - 1].1))
+                    .collect(),
+            };
             for m in self.automaton.find_overlapping_iter(&decoded) {
                 let (s, e) = (spans[m.start()].0, spans[m.end() - 1].1);
                 let form = match self.forms[m.pattern().as_usize()] {
@@ -144,6 +159,8 @@ impl SecretMasker {
                 };
                 hits.push((s, e, form));
             }
+            view = decoded.into();
+            to_source = Some(spans);
         }
         hits.sort();
         // A run is named by its most encoded part (`Raw` < `Escaped` < `Hex` < `Base64`…).
@@ -495,6 +512,15 @@ mod tests {
             whole(SECRET[..12].to_string(), Form::Raw),
             whole(SECRET[SECRET.len() - 9..].to_string(), Form::Raw),
             whole(SECRET[3..15].replace('/', "\\/"), Form::Escaped),
+            whole(SECRET.to_ascii_uppercase(), Form::Raw),
+            whole(
+                SECRET.bytes().map(|b| format!("%25{b:02x}")).collect(),
+                Form::Escaped,
+            ),
+            whole(
+                SECRET.replace('/', "%252F").replace('+', "%5Cu002b"),
+                Form::Escaped,
+            ),
         ];
         for (form_text, form, min_stars) in cases {
             let text = format!("before {form_text} after");

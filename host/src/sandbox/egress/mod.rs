@@ -876,14 +876,22 @@ async fn send_live(
         let leaking: Vec<http::HeaderName> = parts
             .headers
             .iter()
-            .filter(|(_, v)| masker.finds(v.as_bytes()))
+            .filter(|(k, v)| masker.finds(k.as_str().as_bytes()) || masker.finds(v.as_bytes()))
             .map(|(k, _)| k.clone())
             .collect();
         for k in &leaking {
             parts.headers.remove(k);
         }
         if !leaking.is_empty() {
-            let mut names: Vec<String> = leaking.iter().map(|k| k.to_string()).collect();
+            // A name can carry the secret too: the audit gets it masked.
+            let mut names: Vec<String> = leaking
+                .iter()
+                .map(|k| {
+                    let mut name = k.as_str().as_bytes().to_vec();
+                    masker.mask(&mut name);
+                    String::from_utf8_lossy(&name).into_owned()
+                })
+                .collect();
             names.dedup();
             update(&|a| a.headers_withheld.extend(names.iter().cloned()));
         }
