@@ -117,8 +117,11 @@ impl SecretMasker {
             .ascii_case_insensitive(true)
             .build(&patterns)
             .expect("literal patterns always build");
-        // A `\uXXXX` escape is 6 bytes per byte of a secret; hex doubles it.
-        let hold = 12 * longest.max(MIN_PARTIAL);
+        // The longest source text one pattern can match: a pattern is at most two characters
+        // per byte of a `MIN_PARTIAL` run (hex), and one decoded byte comes from at most 18
+        // source bytes (an escape of an escape). Independent of the secret's length, so a long
+        // secret does not delay a streamed response more.
+        let hold = 18 * 2 * longest.min(MIN_PARTIAL);
         Some(SecretMasker {
             automaton,
             forms,
@@ -346,13 +349,13 @@ impl<B> Masked<B> {
         }
     }
 
-    /// Flags every occurrence in `held`; counts each once it can no longer grow (`hold` bytes
-    /// follow it, or the body ended), so a run is counted once and named by all its parts.
-    fn scan(&mut self, last: bool) {
+    /// Flags every occurrence in `held`; counts each once, when it is about to be handed on
+    /// (it starts before `ready`) or the body ended.
+    fn scan(&mut self, last: bool, ready: usize) {
         let mut changed = false;
         for (s, e, f) in self.masker.runs(&self.held) {
             self.flags[s..e].fill(true);
-            let complete = last || e + self.masker.hold <= self.held.len();
+            let complete = last || s < ready;
             if complete && self.base + s >= self.counted_until {
                 *self.counts.entry(f).or_default() += 1;
                 self.counted_until = self.base + e;
@@ -401,20 +404,20 @@ where
                     Ok(data) => {
                         this.held.extend_from_slice(&data);
                         this.flags.resize(this.held.len(), false);
-                        this.scan(false);
                         let ready = this.held.len().saturating_sub(this.masker.hold);
+                        this.scan(false, ready);
                         if ready > 0 {
                             return Poll::Ready(Some(Ok(Frame::data(this.take(ready)))));
                         }
                     }
                     Err(_trailers) => {
-                        this.scan(true);
+                        this.scan(true, 0);
                         (this.on_mask)(&this.counts, true);
                         this.ended = true;
                     }
                 },
                 Poll::Ready(None) => {
-                    this.scan(true);
+                    this.scan(true, 0);
                     this.ended = true;
                 }
                 other => return other,
@@ -565,11 +568,16 @@ mod tests {
     #[tokio::test]
     async fn secrets_are_masked_wherever_the_frames_split_them() {
         let json = SECRET.replace('/', "\\/");
-        let text = format!("a={SECRET}; b={json}; c=s3cr3t; d={}!", hex::encode(SECRET));
+        // Longer than what is held back, so frames are handed on while later ones still come.
+        let filler = "lorem ipsum dolor sit amet ".repeat(12);
+        let text = format!(
+            "a={SECRET}; {filler} b={json}; c=s3cr3t; {filler} d={}!",
+            hex::encode(SECRET)
+        );
         let mut want = text.clone().into_bytes();
         masker().mask(&mut want);
         assert!(!String::from_utf8_lossy(&want).contains("s3cr3t-"));
-        for size in 1..=text.len() {
+        for size in (1..=40).chain([63, 100, 257, 500, text.len()]) {
             let mut frames: std::collections::VecDeque<Frame<Bytes>> = text
                 .as_bytes()
                 .chunks(size)
