@@ -798,6 +798,26 @@ async fn secret_cases() {
         assert_eq!(leaked_pieces(&audit), Vec::<String>::new(), "{path}: audit");
     }
 
+    // Stored, then fetched in the same call under a rule that injects nothing.
+    let both = format!(
+        "{}\n  - {{ scheme: http, host: 127.0.0.1, port: {port}, paths: ['/fetch'] }}",
+        inject_spec(port, "['/store']")
+    );
+    let input = format!(
+        r#"{{"first":"{}","then":"{}"}}"#,
+        server.url("/store"),
+        server.url("/fetch")
+    );
+    let r = h
+        .call("egress_fetch_twice", &both, CallGrant::default(), &input)
+        .await;
+    let out = r.result.clone().expect("both requests succeed");
+    assert_eq!(leaked_pieces(&out), Vec::<String>::new(), "{out}");
+    assert_eq!(r.audit.egress.len(), 2, "{:?}", r.audit.egress);
+    assert_eq!(r.audit.egress[0].injected, ["Authorization"]);
+    assert!(r.audit.egress[1].injected.is_empty());
+    assert_eq!(r.audit.egress[1].masked_forms, forms(&[("raw", 1)]));
+
     // Stored by one call, fetched by another under a rule that injects nothing.
     let r = h
         .call(
