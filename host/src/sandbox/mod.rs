@@ -294,15 +294,7 @@ impl Sandbox {
                     peak = store.data().limiter.peak();
                     let exceeded = store.data().limiter.exceeded();
                     let attempts = log.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                    let host_denial =
-                        attempts
-                            .iter()
-                            .find(|a| !a.allowed)
-                            .map(|a| CallError::Denied {
-                                capability: a.capability,
-                                target: a.target.clone(),
-                                missing_rule: a.reason.clone(),
-                            });
+                    let host_denial = attempts.iter().find(|a| !a.allowed).map(|a| a.call_error());
                     // A request the host stopped waiting for is the call's time limit at work,
                     // whichever timer (the call's or the request's) happened to fire first.
                     let egress_timed_out = attempts.iter().any(|a| a.timed_out);

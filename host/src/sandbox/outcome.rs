@@ -2,6 +2,8 @@
 //! Callers (CLI, graph scheduler) match on `CallError` kinds instead of parsing strings, and
 //! every call, successful or not, leaves one audit record emitted as a `tracing` event.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// The capability a denial is about.
@@ -52,6 +54,10 @@ pub enum CallError {
     Trap { message: String },
     #[error("bad component: {reason}")]
     BadComponent { reason: String },
+    /// An operator secret that cannot be sent where a rule injects it (not a valid header
+    /// value): the operator's configuration to fix, not a missing rule.
+    #[error("operator secret `{secret}` cannot be injected: {reason}")]
+    SecretUnusable { secret: String, reason: String },
 }
 
 impl CallError {
@@ -65,6 +71,7 @@ impl CallError {
             CallError::OutputTooLarge { .. } => "output_too_large",
             CallError::Trap { .. } => "trap",
             CallError::BadComponent { .. } => "bad_component",
+            CallError::SecretUnusable { .. } => "secret_unusable",
         }
     }
 
@@ -113,10 +120,44 @@ pub struct EgressAttempt {
     /// Occurrences of an injected secret masked in the response body (a reflecting server).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub secrets_masked: u32,
+    /// `secrets_masked` by the form the secret was written in (`raw`, `escaped`, `hex`,
+    /// `base64`, `base64url`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub masked_forms: BTreeMap<String, u32>,
+    /// Response headers (and `trailers`) withheld because they carried a secret.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers_withheld: Vec<String>,
+    /// The path as the guest wrote it, when the host sent its normalised form instead
+    /// (`target` holds what was sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalised_from: Option<String>,
+    /// Request headers the host changed (`accept-encoding: identity`, a dropped `range`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rewritten: Vec<String>,
+    /// The refusal is an operator secret that cannot be injected (`target` names it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secret_unusable: bool,
 }
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+impl EgressAttempt {
+    /// The call's outcome when this attempt is the host's refusal.
+    pub fn call_error(&self) -> CallError {
+        if self.secret_unusable {
+            return CallError::SecretUnusable {
+                secret: self.target.clone(),
+                reason: self.reason.clone(),
+            };
+        }
+        CallError::Denied {
+            capability: self.capability,
+            target: self.target.clone(),
+            missing_rule: self.reason.clone(),
+        }
+    }
 }
 
 /// What the host records about every call.

@@ -2,13 +2,19 @@
 //! against the effective egress rules, the host resolves the name itself and connects only to a
 //! vetted public address, injects operator secrets the guest never sees, caps the response, and
 //! audits each attempt. `wasi:sockets` is refused wholesale here too (`socket_check`).
+//! The pieces: `address` (which hosts and addresses), `path` (normalised paths and rule
+//! matching), `mask` (keeping secrets out of responses); docs/SECURITY.md states the guarantees.
+
+pub mod address;
+pub mod mask;
+pub mod path;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,7 +28,12 @@ use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
-use super::manifest::{EgressRule, UrlScheme, host_matches};
+pub use address::non_public_reason;
+use address::vet_authority;
+use mask::{MaskCounts, Masked, SecretMasker};
+pub use path::{match_rule, path_matches};
+
+use super::manifest::{EgressRule, UrlScheme};
 use super::outcome::{Capability, EgressAttempt};
 use crate::journal::crossings::{HttpPlan, StepCrossings};
 
@@ -81,11 +92,23 @@ impl Resolver for StaticResolver {
 #[derive(Default, Clone)]
 pub struct SecretStore {
     values: HashMap<String, String>,
+    /// Finds every stored value in responses; built on first use.
+    masker: OnceLock<Option<Arc<SecretMasker>>>,
 }
 
 impl SecretStore {
     pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
         self.values.insert(name.into(), value.into());
+        self.masker = OnceLock::new();
+    }
+
+    /// What masks every stored value in egress responses; `None` when the store is empty.
+    pub fn masker(&self) -> Option<Arc<SecretMasker>> {
+        self.masker
+            .get_or_init(|| {
+                SecretMasker::new(self.values.values().map(|v| v.as_bytes())).map(Arc::new)
+            })
+            .clone()
     }
     pub fn get(&self, name: &str) -> Option<&str> {
         self.values.get(name).map(String::as_str)
@@ -103,124 +126,6 @@ impl std::fmt::Debug for SecretStore {
             .field("names", &names)
             .finish()
     }
-}
-
-/// Why an address is not public, or `None` when it is.
-pub fn non_public_reason(ip: IpAddr) -> Option<&'static str> {
-    match ip {
-        IpAddr::V4(v4) => v4_reason(v4),
-        IpAddr::V6(v6) => v6_reason(v6),
-    }
-}
-
-fn v4_reason(ip: Ipv4Addr) -> Option<&'static str> {
-    let o = ip.octets();
-    Some(match o {
-        [169, 254, 169, 254] => "cloud metadata",
-        [0, ..] => "unspecified / this-network",
-        [127, ..] => "loopback",
-        [10, ..] => "private",
-        [172, b, ..] if (16..32).contains(&b) => "private",
-        [192, 168, ..] => "private",
-        [169, 254, ..] => "link-local",
-        [100, b, ..] if (64..128).contains(&b) => "carrier-grade NAT",
-        [192, 0, 0, _] => "IETF protocol assignments",
-        [192, 0, 2, _] | [198, 51, 100, _] | [203, 0, 113, _] => "documentation",
-        [198, 18..=19, ..] => "benchmarking",
-        [a, ..] if (224..240).contains(&a) => "multicast",
-        [a, ..] if a >= 240 => "reserved / broadcast",
-        _ => return None,
-    })
-}
-
-fn v6_reason(ip: Ipv6Addr) -> Option<&'static str> {
-    let s = ip.segments();
-    if ip.is_unspecified() {
-        return Some("unspecified");
-    }
-    if ip.is_loopback() {
-        return Some("loopback");
-    }
-    if let Some(v4) = ip.to_ipv4_mapped() {
-        // IPv4-mapped addresses are refused whatever they map to: a resolver handing
-        // them out is trying to slip a v4 target past v4 rules.
-        let _ = v4;
-        return Some("IPv4-mapped IPv6");
-    }
-    Some(match s[0] {
-        0 if s[1..6] == [0; 5] => "IPv4-compatible IPv6",
-        0x64 if s[1] == 0xff9b => "NAT64",
-        0x2002 => "6to4",
-        0x2001 if s[1] == 0x0db8 => "documentation",
-        0x2001 if s[1] == 0 => "Teredo",
-        x if x & 0xfe00 == 0xfc00 => "unique-local",
-        x if x & 0xffc0 == 0xfe80 => "link-local",
-        x if x & 0xffc0 == 0xfec0 => "site-local",
-        x if x & 0xff00 == 0xff00 => "multicast",
-        _ => return None,
-    })
-}
-
-/// Does a path glob match? `*` matches within one segment, `**` across segments.
-pub fn path_matches(glob: &str, path: &str) -> bool {
-    fn go(g: &[u8], p: &[u8]) -> bool {
-        match g {
-            [] => p.is_empty(),
-            [b'/', b'*', b'*'] => {
-                // `/x/**` matches `/x`, `/x/` and everything below.
-                p.is_empty() || p[0] == b'/'
-            }
-            [b'*', b'*', rest @ ..] => (0..=p.len()).any(|i| go(rest, &p[i..])),
-            [b'*', rest @ ..] => {
-                let seg = p.iter().position(|&c| c == b'/').unwrap_or(p.len());
-                (0..=seg).any(|i| go(rest, &p[i..]))
-            }
-            [c, rest @ ..] => p.first() == Some(c) && go(rest, &p[1..]),
-        }
-    }
-    go(glob.as_bytes(), path.as_bytes())
-}
-
-/// The rule that allows a request, or the reason none does (what rule is missing).
-pub fn match_rule(
-    rules: &[EgressRule],
-    scheme: UrlScheme,
-    host: &str,
-    port: u16,
-    path: &str,
-    method: &str,
-) -> Result<usize, String> {
-    let by_host: Vec<usize> = (0..rules.len())
-        .filter(|&i| host_matches(&rules[i].host, host))
-        .collect();
-    if by_host.is_empty() {
-        return Err(format!("no egress rule for host `{host}`"));
-    }
-    let by_origin: Vec<usize> = by_host
-        .into_iter()
-        .filter(|&i| {
-            let r = &rules[i];
-            r.scheme == scheme && r.port.unwrap_or(r.scheme.default_port()) == port
-        })
-        .collect();
-    if by_origin.is_empty() {
-        return Err(format!(
-            "no egress rule for {}://{host}:{port} (scheme and port must match a rule)",
-            scheme.as_str()
-        ));
-    }
-    let by_path: Vec<usize> = by_origin
-        .into_iter()
-        .filter(|&i| rules[i].paths.iter().any(|g| path_matches(g, path)))
-        .collect();
-    if by_path.is_empty() {
-        return Err(format!("no egress rule allows path `{path}` on `{host}`"));
-    }
-    by_path
-        .iter()
-        .copied()
-        .find(|&i| rules[i].methods.iter().any(|m| m == method))
-        .ok_or_else(|| format!("method {method} is not allowed for `{host}{path}`"))
 }
 
 /// The egress half of an effective grant, shared by every request of one call.
@@ -402,6 +307,11 @@ fn attempt(capability: Capability, method: &str, target: &str) -> EgressAttempt 
         timed_out: false,
         tls_error: None,
         secrets_masked: 0,
+        masked_forms: Default::default(),
+        headers_withheld: Vec::new(),
+        normalised_from: None,
+        rewritten: Vec::new(),
+        secret_unusable: false,
     }
 }
 
@@ -422,26 +332,25 @@ async fn send_vetted(
         Some("https") => UrlScheme::Https,
         _ => return Err(HttpError::HttpProtocolError),
     };
-    let host = uri
-        .host()
+    let authority = uri
+        .authority()
         .ok_or(HttpError::HttpRequestUriInvalid)?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_ascii_lowercase();
+        .as_str()
+        .to_string();
+    let raw_host = uri.host().ok_or(HttpError::HttpRequestUriInvalid)?;
     let port = uri.port_u16().unwrap_or(scheme.default_port());
-    let path = uri.path().to_string();
-    let path_and_query = uri
+    let raw_path_and_query = uri
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/")
         .to_string();
-    let target = format!("{}://{host}:{port}{path_and_query}", scheme.as_str());
+    // What the guest asked for, as it wrote it (for refusals that happen before normalising).
+    let asked = format!("{}://{authority}{raw_path_and_query}", scheme.as_str());
 
-    let mut record = attempt(Capability::Egress, &method, &target);
-    let deny = |mut record: EgressAttempt, capability: Capability, reason: String| {
+    let deny = |mut record: EgressAttempt, capability: Capability, reason: String, url: &str| {
         // Under the journal the denial is a crossing too, so `runs events` shows it in order.
         if let Some(c) = &crossings
-            && let Err(e) = c.denial(&format!("{capability:?}").to_ascii_lowercase(), &target)
+            && let Err(e) = c.denial(&format!("{capability:?}").to_ascii_lowercase(), url)
         {
             c.note_problem(e);
         }
@@ -452,13 +361,51 @@ async fn send_vetted(
         Err(HttpError::HttpRequestDenied)
     };
 
-    let rule = match match_rule(&policy.rules, scheme, &host, port, &path, &method) {
-        Ok(i) => &policy.rules[i],
-        Err(reason) => return deny(record, Capability::Egress, reason),
+    let host = match vet_authority(&authority, raw_host) {
+        Ok(h) => h,
+        Err(e) => {
+            let record = attempt(Capability::Egress, &method, &asked);
+            return deny(record, Capability::Egress, e.to_string(), &asked);
+        }
     };
+    let shown_host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.clone()
+    };
+    let normalised = match path::normalise(&raw_path_and_query) {
+        Ok(n) => n,
+        Err(e) => {
+            let url = format!(
+                "{}://{shown_host}:{port}{raw_path_and_query}",
+                scheme.as_str()
+            );
+            let record = attempt(Capability::Egress, &method, &url);
+            return deny(record, Capability::Egress, e.to_string(), &url);
+        }
+    };
+    let path_and_query = normalised.path_and_query.clone();
+    let target = format!("{}://{shown_host}:{port}{path_and_query}", scheme.as_str());
+
+    let mut record = attempt(Capability::Egress, &method, &target);
+    if path_and_query != raw_path_and_query {
+        record.normalised_from = Some(raw_path_and_query.clone());
+    }
+
+    let rule_index = match match_rule(
+        &policy.rules,
+        scheme,
+        &host,
+        port,
+        &normalised.path,
+        &method,
+    ) {
+        Ok(i) => i,
+        Err(reason) => return deny(record, Capability::Egress, reason, &target),
+    };
+    let rule = &policy.rules[rule_index];
 
     // Inject operator secrets, overwriting anything the guest set under the same name.
-    let mut secret_values = Vec::new();
     for inj in &rule.inject {
         let Some(secret) = policy.secrets.get(&inj.secret) else {
             record.target = inj.secret.clone();
@@ -469,12 +416,28 @@ async fn send_vetted(
                     "operator secret store has no `{}` (needed for header {} to `{host}`)",
                     inj.secret, inj.header
                 ),
+                &target,
             );
         };
         let name = http::HeaderName::from_bytes(inj.header.as_bytes())
             .map_err(|_| HttpError::HttpRequestDenied)?;
         let value = inj.format.replace("{secret}", secret);
-        let mut value = HeaderValue::from_str(&value).map_err(|_| HttpError::HttpRequestDenied)?;
+        let mut value = match HeaderValue::from_str(&value) {
+            Ok(v) => v,
+            Err(_) => {
+                record.target = inj.secret.clone();
+                record.secret_unusable = true;
+                return deny(
+                    record,
+                    Capability::Secret,
+                    format!(
+                        "its value is not a valid value for header `{}` (control characters, line breaks or non-ASCII bytes); fix the value in the operator secret store",
+                        inj.header
+                    ),
+                    &target,
+                );
+            }
+        };
         value.set_sensitive(true);
         if request.headers_mut().remove(&name).is_some() {
             record
@@ -484,7 +447,26 @@ async fn send_vetted(
             record.injected.push(inj.header.clone());
         }
         request.headers_mut().insert(name, value);
-        secret_values.push(secret.to_string());
+    }
+
+    // The Host header names exactly the vetted authority, whatever the guest set.
+    let host_header = if port == scheme.default_port() {
+        shown_host.clone()
+    } else {
+        format!("{shown_host}:{port}")
+    };
+    match HeaderValue::from_str(&host_header) {
+        Ok(v) => {
+            request.headers_mut().insert(http::header::HOST, v);
+        }
+        Err(_) => return Err(HttpError::HttpRequestUriInvalid),
+    }
+    // With secrets to keep from the guest, every response must be one the host can read:
+    // no content codings, no transfer codings but chunked, no byte ranges (a range request
+    // reads a secret a few bytes at a time, each piece too short to recognise).
+    let masker = policy.secrets.masker();
+    if masker.is_some() {
+        rewrite_for_masking(request.headers_mut(), &mut record.rewritten);
     }
 
     // Under the journal: serve a recorded result, or journal the intent (durably) and send the
@@ -535,7 +517,8 @@ async fn send_vetted(
             host,
             port,
             path_and_query,
-            secret_values,
+            masker,
+            private_named: !rule.host.contains('*'),
             rule_reason: format!("rule {}://{}", rule.scheme.as_str(), rule.host),
         },
     );
@@ -607,9 +590,43 @@ struct LiveTarget {
     host: String,
     port: u16,
     path_and_query: String,
-    secret_values: Vec<String>,
+    /// Masks operator secrets in the response; `None` when the store is empty.
+    masker: Option<Arc<SecretMasker>>,
+    /// The rule names this host (no wildcard), so an operator allowance for a non-public
+    /// address it resolves to applies.
+    private_named: bool,
     /// Which rule allowed it, for the audit record.
     rule_reason: String,
+}
+
+/// Request headers changed so the response can be searched for secrets: `accept-encoding`
+/// forced to `identity`; `te`, `range` and `if-range` dropped. Each change is noted in `notes`.
+fn rewrite_for_masking(headers: &mut http::HeaderMap, notes: &mut Vec<String>) {
+    let identity = HeaderValue::from_static("identity");
+    let asked: Vec<String> = headers
+        .get_all(http::header::ACCEPT_ENCODING)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
+    if asked
+        .iter()
+        .any(|v| !v.trim().eq_ignore_ascii_case("identity"))
+    {
+        notes.push(format!(
+            "accept-encoding: identity (the guest asked for `{}`)",
+            asked.join(", ")
+        ));
+    }
+    headers.insert(http::header::ACCEPT_ENCODING, identity);
+    for name in [
+        http::header::TE,
+        http::header::RANGE,
+        http::header::IF_RANGE,
+    ] {
+        if headers.remove(&name).is_some() {
+            notes.push(format!("{name} dropped"));
+        }
+    }
 }
 
 /// A recorded response as the guest first saw it.
@@ -723,7 +740,8 @@ async fn send_live(
         host,
         port,
         path_and_query,
-        secret_values,
+        masker,
+        private_named,
         rule_reason,
     } = target;
     let log = log.clone();
@@ -754,17 +772,25 @@ async fn send_live(
         }
     };
     for ip in &addrs {
-        if let Some(why) = non_public_reason(*ip)
-            && !policy.allow_private.contains(ip)
-        {
-            return deny(
-                record,
-                Capability::Egress,
-                format!(
-                    "`{host}` resolves to {ip} ({why}); only an operator allow-list entry for exactly {ip} permits it"
-                ),
-            );
+        let Some(why) = non_public_reason(*ip) else {
+            continue;
+        };
+        let allowed = policy.allow_private.contains(ip);
+        if allowed && private_named {
+            continue;
         }
+        let fix = if allowed {
+            format!(
+                "the operator allows {ip}, but only to rules that name it (its address or an exact host name), never to a wildcard rule"
+            )
+        } else {
+            format!("only an operator allow-list entry for exactly {ip} permits it")
+        };
+        return deny(
+            record,
+            Capability::Egress,
+            format!("`{host}` resolves to {ip} ({why}); {fix}"),
+        );
     }
     let ip = addrs[0];
     record.allowed = true;
@@ -845,20 +871,41 @@ async fn send_live(
     };
     let (mut parts, incoming) = response.into_parts();
     update(&|a| a.status = Some(parts.status.as_u16()));
-    // Never hand the guest a header that carries an injected secret back.
-    let leaking: Vec<http::HeaderName> = parts
-        .headers
-        .iter()
-        .filter(|(_, v)| {
-            let v = String::from_utf8_lossy(v.as_bytes());
-            secret_values
+    if let Some(masker) = &masker {
+        // Never hand the guest a header that carries a secret back, in any form masking knows.
+        let leaking: Vec<http::HeaderName> = parts
+            .headers
+            .iter()
+            .filter(|(k, v)| masker.finds(k.as_str().as_bytes()) || masker.finds(v.as_bytes()))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &leaking {
+            parts.headers.remove(k);
+        }
+        if !leaking.is_empty() {
+            // A name can carry the secret too: the audit gets it masked.
+            let mut names: Vec<String> = leaking
                 .iter()
-                .any(|s| !s.is_empty() && v.contains(s.as_str()))
-        })
-        .map(|(k, _)| k.clone())
-        .collect();
-    for k in leaking {
-        parts.headers.remove(k);
+                .map(|k| {
+                    let mut name = k.as_str().as_bytes().to_vec();
+                    masker.mask(&mut name);
+                    String::from_utf8_lossy(&name).into_owned()
+                })
+                .collect();
+            names.dedup();
+            update(&|a| a.headers_withheld.extend(names.iter().cloned()));
+        }
+        // A body the host cannot read is a body it cannot mask.
+        if let Some(coding) = unreadable_coding(&parts.headers) {
+            update(&|a| {
+                a.allowed = false;
+                a.reason = format!(
+                    "the response is {coding}, which the host cannot search for secrets (it asked for `accept-encoding: identity`); the server must answer uncompressed"
+                );
+            });
+            conn.abort();
+            return Err(HttpError::HttpProtocolError);
+        }
     }
 
     let limit = policy.max_response;
@@ -897,21 +944,28 @@ async fn send_live(
         }),
     };
     // A server that reflects the request (an echo endpoint, an error page quoting the
-    // Authorization header) would hand the injected secret to the guest in the body: every
-    // occurrence is masked, byte for byte, so lengths and framing stay as the server sent them.
-    let secrets: Vec<Vec<u8>> = secret_values
-        .iter()
-        .filter(|s| !s.is_empty())
-        .map(|s| s.as_bytes().to_vec())
-        .collect();
-    let body = if secrets.is_empty() {
-        body.boxed_unsync()
-    } else {
-        Masked::new(body, secrets, {
+    // Authorization header) or stored a secret earlier would hand it to the guest in the body:
+    // every recognisable occurrence is masked, byte for byte, so lengths and framing stay as
+    // the server sent them.
+    let body = match masker {
+        None => body.boxed_unsync(),
+        Some(masker) => Masked::new(body, masker, {
             let log = log.clone();
-            move |n| with_log(&log, |l| l[index].secrets_masked = n)
+            move |counts: &MaskCounts, trailers_dropped| {
+                with_log(&log, |l| {
+                    let a = &mut l[index];
+                    a.secrets_masked = counts.values().sum();
+                    a.masked_forms = counts
+                        .iter()
+                        .map(|(f, n)| (f.as_str().to_string(), *n))
+                        .collect();
+                    if trailers_dropped && !a.headers_withheld.iter().any(|h| h == "trailers") {
+                        a.headers_withheld.push("trailers".into());
+                    }
+                })
+            }
         })
-        .boxed_unsync()
+        .boxed_unsync(),
     };
     let response = http::Response::from_parts(parts, body);
     let io: IoFuture = Box::new(async move {
@@ -922,6 +976,28 @@ async fn send_live(
         }
     });
     Ok((response, io))
+}
+
+/// The content or transfer coding of a response the host could not search for secrets
+/// (`gzip`, `br`, a transfer coding other than `chunked`), or `None`.
+fn unreadable_coding(headers: &http::HeaderMap) -> Option<String> {
+    for v in headers.get_all(http::header::CONTENT_ENCODING) {
+        let v = String::from_utf8_lossy(v.as_bytes());
+        for coding in v.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            if !coding.eq_ignore_ascii_case("identity") {
+                return Some(format!("`content-encoding: {coding}`"));
+            }
+        }
+    }
+    for v in headers.get_all(http::header::TRANSFER_ENCODING) {
+        let v = String::from_utf8_lossy(v.as_bytes());
+        for coding in v.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            if !coding.eq_ignore_ascii_case("chunked") {
+                return Some(format!("`transfer-encoding: {coding}`"));
+            }
+        }
+    }
+    None
 }
 
 /// A body that counts bytes as they pass and fails once past `limit`.
@@ -971,124 +1047,12 @@ where
     }
 }
 
-/// A response body with every occurrence of the injected secrets replaced by `*` of the same
-/// length, also where an occurrence spans frames: the last `longest - 1` bytes of each frame
-/// wait for the next one (or the end) before they are handed on.
-struct Masked<B> {
-    inner: B,
-    secrets: Vec<Vec<u8>>,
-    /// Bytes already masked but not yet handed on (a secret may continue in the next frame).
-    held: Vec<u8>,
-    /// Trailers that arrived while bytes were held; handed on after them.
-    trailers: Option<Frame<Bytes>>,
-    ended: bool,
-    masked: u32,
-    on_mask: Box<dyn Fn(u32) + Send>,
-}
-
-impl<B> Masked<B> {
-    fn new(inner: B, secrets: Vec<Vec<u8>>, on_mask: impl Fn(u32) + Send + 'static) -> Self {
-        Masked {
-            inner,
-            secrets,
-            held: Vec::new(),
-            trailers: None,
-            ended: false,
-            masked: 0,
-            on_mask: Box::new(on_mask),
-        }
-    }
-
-    /// Masks every complete occurrence in `held`.
-    fn mask(&mut self) {
-        let before = self.masked;
-        for secret in &self.secrets {
-            let mut from = 0;
-            while let Some(i) = find_bytes(&self.held[from..], secret) {
-                let at = from + i;
-                self.held[at..at + secret.len()].fill(b'*');
-                self.masked += 1;
-                from = at + secret.len();
-            }
-        }
-        if self.masked != before {
-            (self.on_mask)(self.masked);
-        }
-    }
-
-    /// How many held bytes may still be the start of a secret.
-    fn keep(&self) -> usize {
-        let longest = self.secrets.iter().map(Vec::len).max().unwrap_or(1);
-        (longest - 1).min(self.held.len())
-    }
-}
-
-fn find_bytes(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() || hay.len() < needle.len() {
-        return None;
-    }
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-impl<B> Body for Masked<B>
-where
-    B: Body<Data = Bytes, Error = HttpError> + Unpin,
-{
-    type Data = Bytes;
-    type Error = HttpError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
-        let this = &mut *self;
-        loop {
-            if this.ended {
-                if !this.held.is_empty() {
-                    let rest = std::mem::take(&mut this.held);
-                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(rest)))));
-                }
-                return Poll::Ready(this.trailers.take().map(Ok));
-            }
-            match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => {
-                        this.held.extend_from_slice(&data);
-                        this.mask();
-                        let ready = this.held.len() - this.keep();
-                        if ready > 0 {
-                            let out: Vec<u8> = this.held.drain(..ready).collect();
-                            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
-                        }
-                    }
-                    Err(trailers) => {
-                        this.trailers = Some(trailers);
-                        this.ended = true;
-                    }
-                },
-                Poll::Ready(None) => this.ended = true,
-                other => return other,
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.held.is_empty() && self.trailers.is_none() && self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        let inner = self.inner.size_hint();
-        let held = self.held.len() as u64;
-        let mut hint = SizeHint::new();
-        hint.set_lower(inner.lower() + held);
-        if let Some(upper) = inner.upper() {
-            hint.set_upper(upper + held);
-        }
-        hint
-    }
-}
-
-/// The `wasi:sockets` address check of every call: records the attempt and refuses it.
+/// The `wasi:sockets` address check of every call: records each use and refuses every address
+/// a socket would reach. Before a `connect` or `send` on an unbound socket wasmtime first
+/// checks the implicit bind to the unspecified address and port 0; that check alone is let
+/// through (it binds nothing, and an explicit bind there can still reach nothing: listen,
+/// accept, connect, send and receive are all checked), so the refusal the guest gets, and the
+/// audit, name the address it was trying to reach.
 pub fn socket_check(
     log: AttemptLog,
 ) -> impl Fn(SocketAddr, SocketAddrUse) -> Pin<Box<dyn Future<Output = bool> + Send + Sync>>
@@ -1101,9 +1065,17 @@ pub fn socket_check(
             &format!("{usage:?}"),
             &addr.to_string(),
         );
-        a.reason = "wasi:sockets is not granted to tools; use egress rules for HTTP".into();
+        let implicit_bind = matches!(usage, SocketAddrUse::TcpBind | SocketAddrUse::UdpBind)
+            && addr.ip().is_unspecified()
+            && addr.port() == 0;
+        if implicit_bind {
+            a.allowed = true;
+            a.reason = "binding an ephemeral port on the unspecified address; every address the socket could reach is still refused".into();
+        } else {
+            a.reason = "wasi:sockets is not granted to tools; use egress rules for HTTP".into();
+        }
         with_log(&log, |l| l.push(a));
-        Box::pin(async { false })
+        Box::pin(async move { implicit_bind })
     }
 }
 
@@ -1111,144 +1083,50 @@ pub fn socket_check(
 mod tests {
     use super::*;
 
-    /// A body of the given frames.
-    struct Frames(std::collections::VecDeque<Frame<Bytes>>);
-
-    impl Body for Frames {
-        type Data = Bytes;
-        type Error = HttpError;
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
-            Poll::Ready(self.0.pop_front().map(Ok))
-        }
-    }
-
-    #[tokio::test]
-    async fn secrets_are_masked_wherever_the_frames_split_them() {
-        let text = b"a=s3cret; b=s3cret; c=s3cre; token=longer-secret!".to_vec();
-        let want = b"a=******; b=******; c=s3cre; token=*************!".to_vec();
-        for size in 1..=text.len() {
-            let mut frames: std::collections::VecDeque<Frame<Bytes>> = text
-                .chunks(size)
-                .map(|c| Frame::data(Bytes::copy_from_slice(c)))
-                .collect();
-            let mut trailers = http::HeaderMap::new();
-            trailers.insert("x-trailer", HeaderValue::from_static("1"));
-            frames.push_back(Frame::trailers(trailers));
-            let counted = Arc::new(Mutex::new(0));
-            let seen = counted.clone();
-            let body = Masked::new(
-                Frames(frames),
-                vec![b"s3cret".to_vec(), b"longer-secret".to_vec()],
-                move |n| *seen.lock().unwrap() = n,
-            );
-            let collected = body.collect().await.unwrap();
-            assert!(
-                collected.trailers().is_some(),
-                "chunk size {size}: trailers lost"
-            );
-            assert_eq!(collected.to_bytes().to_vec(), want, "chunk size {size}");
-            assert_eq!(*counted.lock().unwrap(), 3, "chunk size {size}");
-        }
-    }
-
-    fn rule(host: &str, port: Option<u16>, paths: &[&str], methods: &[&str]) -> EgressRule {
-        EgressRule {
-            scheme: UrlScheme::Http,
-            host: host.into(),
-            port,
-            paths: paths.iter().map(|s| s.to_string()).collect(),
-            methods: methods.iter().map(|s| s.to_string()).collect(),
-            inject: vec![],
-        }
-    }
-
-    #[test]
-    fn globs() {
-        assert!(path_matches("/**", "/"));
-        assert!(path_matches("/**", "/a/b"));
-        assert!(path_matches("/v1/**", "/v1"));
-        assert!(path_matches("/v1/**", "/v1/x/y"));
-        assert!(!path_matches("/v1/**", "/v10"));
-        assert!(!path_matches("/v1/**", "/v2/x"));
-        assert!(path_matches("/v1/*/items", "/v1/abc/items"));
-        assert!(!path_matches("/v1/*/items", "/v1/a/b/items"));
-        assert!(path_matches("/exact", "/exact"));
-        assert!(!path_matches("/exact", "/exact/more"));
-    }
-
-    #[test]
-    fn rule_matching_names_what_is_missing() {
-        let rules = vec![rule("api.test", Some(8080), &["/v1/**"], &["GET"])];
-        let m = |s, h, p, path, meth| match_rule(&rules, s, h, p, path, meth);
-        assert_eq!(m(UrlScheme::Http, "api.test", 8080, "/v1/x", "GET"), Ok(0));
-        assert_eq!(
-            m(UrlScheme::Http, "evil.test", 8080, "/v1/x", "GET"),
-            Err("no egress rule for host `evil.test`".into())
-        );
-        assert!(
-            m(UrlScheme::Https, "api.test", 8080, "/v1/x", "GET")
-                .unwrap_err()
-                .contains("scheme and port")
-        );
-        assert!(
-            m(UrlScheme::Http, "api.test", 80, "/v1/x", "GET")
-                .unwrap_err()
-                .contains("scheme and port")
-        );
-        assert_eq!(
-            m(UrlScheme::Http, "api.test", 8080, "/admin", "GET"),
-            Err("no egress rule allows path `/admin` on `api.test`".into())
-        );
-        assert_eq!(
-            m(UrlScheme::Http, "api.test", 8080, "/v1/x", "POST"),
-            Err("method POST is not allowed for `api.test/v1/x`".into())
-        );
-    }
-
-    #[test]
-    fn non_public_addresses() {
-        for (ip, why) in [
-            ("127.0.0.1", "loopback"),
-            ("10.0.0.1", "private"),
-            ("172.16.5.4", "private"),
-            ("192.168.1.1", "private"),
-            ("169.254.169.254", "cloud metadata"),
-            ("169.254.1.1", "link-local"),
-            ("100.64.0.1", "carrier-grade NAT"),
-            ("0.0.0.0", "unspecified / this-network"),
-            ("224.0.0.1", "multicast"),
-            ("255.255.255.255", "reserved / broadcast"),
-            ("::", "unspecified"),
-            ("::1", "loopback"),
-            ("fd00::1", "unique-local"),
-            ("fd00:ec2::254", "unique-local"),
-            ("fe80::1", "link-local"),
-            ("ff02::1", "multicast"),
-            ("::ffff:10.0.0.1", "IPv4-mapped IPv6"),
-            ("::ffff:8.8.8.8", "IPv4-mapped IPv6"),
-            ("64:ff9b::a00:1", "NAT64"),
-        ] {
-            assert_eq!(non_public_reason(ip.parse().unwrap()), Some(why), "{ip}");
-        }
-        for ip in [
-            "8.8.8.8",
-            "1.1.1.1",
-            "2606:4700::1111",
-            "172.32.0.1",
-            "100.128.0.1",
-        ] {
-            assert_eq!(non_public_reason(ip.parse().unwrap()), None, "{ip}");
-        }
-    }
-
     #[test]
     fn secret_store_debug_hides_values() {
         let mut s = SecretStore::default();
         s.insert("TOKEN", "hunter2");
         let d = format!("{s:?}");
         assert!(d.contains("TOKEN") && !d.contains("hunter2"), "{d}");
+    }
+
+    #[test]
+    fn requests_are_rewritten_so_responses_stay_readable() {
+        let mut h = http::HeaderMap::new();
+        h.insert("accept-encoding", HeaderValue::from_static("gzip, br"));
+        h.insert("range", HeaderValue::from_static("bytes=0-3"));
+        h.insert("te", HeaderValue::from_static("gzip"));
+        let mut notes = Vec::new();
+        rewrite_for_masking(&mut h, &mut notes);
+        assert_eq!(h.get("accept-encoding").unwrap(), "identity");
+        assert!(h.get("range").is_none() && h.get("te").is_none());
+        assert_eq!(
+            notes,
+            [
+                "accept-encoding: identity (the guest asked for `gzip, br`)",
+                "te dropped",
+                "range dropped"
+            ]
+        );
+        let coded = |k: &'static str, v: &'static str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(k, HeaderValue::from_static(v));
+            unreadable_coding(&h)
+        };
+        assert_eq!(
+            coded("content-encoding", "gzip").as_deref(),
+            Some("`content-encoding: gzip`")
+        );
+        assert_eq!(
+            coded("content-encoding", "identity, br").as_deref(),
+            Some("`content-encoding: br`")
+        );
+        assert_eq!(
+            coded("transfer-encoding", "gzip, chunked").as_deref(),
+            Some("`transfer-encoding: gzip`")
+        );
+        assert_eq!(coded("transfer-encoding", "chunked"), None);
+        assert_eq!(coded("content-encoding", "identity"), None);
     }
 }
