@@ -364,7 +364,8 @@ impl HostDescriptor for FsView<'_> {
                     DescriptorType::Socket => Some("a socket"),
                     DescriptorType::CharacterDevice => Some("a character device"),
                     DescriptorType::BlockDevice => Some("a block device"),
-                    DescriptorType::Unknown => Some("a file of unknown type"),
+                    // wasmtime-wasi reports FIFOs and sockets as `unknown`.
+                    DescriptorType::Unknown => Some("a named pipe, socket or other special file"),
                 };
                 if let Some(what) = what {
                     let reason = format!(
