@@ -72,6 +72,7 @@ const COVERED: &[&str] = &[
     "fs_many_files",
     "fs_symlink",
     "limits_blocking_calls",
+    "limits_deep_output",
     "limits_header_sets",
     "limits_many_requests",
     "limits_unsent_bodies",

@@ -189,11 +189,13 @@ async fn no_blocking_host_call_outlives_the_deadline() {
     std::fs::write(s.ws.join("big.bin"), vec![7u8; 32 << 20]).unwrap();
     let slow = server.url("/slow");
     let egress = format!(
-        "egress: [{{ scheme: http, host: 127.0.0.1, port: {} }}]\nlimits: {{ timeout: 500ms, max_write: 1GiB }}\nworkspace: rw",
+        "egress: [{{ scheme: http, host: 127.0.0.1, port: {} }}]\nlimits: {{ timeout: 500ms, max_write: 1000GiB }}\nworkspace: rw",
         server.port()
     );
     let mut h = h;
     h.policy.allow_private = vec!["127.0.0.1".parse().unwrap()];
+    // The write case must run into its deadline, not its quota, even on a fast disk.
+    h.policy.max_limits.max_write = u64::MAX;
     let cases = [
         ("monotonic-clock sleep", r#"{"how":"sleep"}"#.to_string()),
         ("poll on never-ready pollables", r#"{"how":"poll"}"#.into()),
@@ -606,4 +608,48 @@ async fn a_guest_cannot_forge_a_host_denial() {
             message: "denied Filesystem to /x: y".into(),
         }),
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn output_nesting_has_one_depth_limit_at_the_boundary() {
+    use sandgraph::sandbox::limits::MAX_OUTPUT_DEPTH;
+    let h = Harness::new();
+    let too_deep = Err(CallError::OutputTooDeep {
+        max_depth: MAX_OUTPUT_DEPTH,
+    });
+    for (name, depth, kind, want) in [
+        ("at the limit, arrays", MAX_OUTPUT_DEPTH, "array", None),
+        ("at the limit, objects", MAX_OUTPUT_DEPTH, "object", None),
+        (
+            "one past, arrays",
+            MAX_OUTPUT_DEPTH + 1,
+            "array",
+            Some(&too_deep),
+        ),
+        (
+            "one past, objects",
+            MAX_OUTPUT_DEPTH + 1,
+            "object",
+            Some(&too_deep),
+        ),
+        (
+            "far past serde_json's own limit",
+            100_000,
+            "array",
+            Some(&too_deep),
+        ),
+    ] {
+        let input = format!(r#"{{"depth":"{depth}","kind":"{kind}"}}"#);
+        let r = h
+            .call("limits_deep_output", "", CallGrant::default(), &input)
+            .await;
+        match want {
+            Some(want) => assert_outcome(name, &r, want),
+            None => {
+                // What passes the boundary is what the graph engine parses.
+                let out = r.result.expect(name);
+                serde_json::from_str::<serde_json::Value>(&out).expect(name);
+            }
+        }
+    }
 }

@@ -48,6 +48,38 @@ pub const HANDLE_OVERHEAD_BYTES: u64 = 256;
 /// Per-entry cost wasmtime's `HeaderMap` adds to each header beyond its name and value.
 const HEADER_OVERHEAD_BYTES: u64 = 32;
 
+/// Deepest nesting of arrays and objects a tool's output may have: one limit, checked where the
+/// output leaves the sandbox, below serde_json's own recursion limit (128) that the graph
+/// engine and the API parse with, so an output `tool call` accepts is one a graph accepts.
+pub const MAX_OUTPUT_DEPTH: u32 = 100;
+
+/// The deepest nesting of arrays and objects in a JSON text, without recursion (strings and
+/// their escapes are skipped). Meant for text already known to be JSON.
+pub fn json_depth(text: &str) -> u32 {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0u32, 0u32, false, false);
+    for b in text.bytes() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// Caps the memory of one call and remembers its peak: the sum of all linear memories, all
 /// tables, and the host-side bytes the last resource-table scan found.
 #[derive(Debug)]
@@ -595,6 +627,22 @@ mod tests {
         assert_eq!(usage.linear_memory_bytes, 512 << 10);
         assert_eq!(usage.table_bytes, 8000);
         assert_eq!(usage.host_bytes, 600 << 10);
+    }
+
+    #[test]
+    fn json_depth_counts_nesting_outside_strings() {
+        assert_eq!(json_depth("1"), 0);
+        assert_eq!(json_depth(r#"{"a":[1,{"b":[]}]}"#), 4);
+        assert_eq!(json_depth(r#"["[[[[", "\\\"{{{"]"#), 1);
+        let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+        assert_eq!(json_depth(&deep), 5000);
+        // What passes the check parses with serde_json's default limit.
+        let ok = format!(
+            "{}{}",
+            "[".repeat(MAX_OUTPUT_DEPTH as usize),
+            "]".repeat(MAX_OUTPUT_DEPTH as usize)
+        );
+        assert!(serde_json::from_str::<serde_json::Value>(&ok).is_ok());
     }
 
     #[test]

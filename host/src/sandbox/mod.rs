@@ -466,6 +466,12 @@ fn check_output(output: String, limit: u64) -> Result<String, CallError> {
     if output.len() as u64 > limit {
         return Err(CallError::OutputTooLarge { limit_bytes: limit });
     }
+    // Depth first: serde_json gives up on deep nesting with a parse error of its own.
+    if limits::json_depth(&output) > limits::MAX_OUTPUT_DEPTH {
+        return Err(CallError::OutputTooDeep {
+            max_depth: limits::MAX_OUTPUT_DEPTH,
+        });
+    }
     if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&output) {
         return Err(CallError::ToolFailed {
             message: format!("tool output is not a JSON document: {e}"),

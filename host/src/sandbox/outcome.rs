@@ -81,6 +81,9 @@ pub enum CallError {
     MemoryLimitExceeded { limit_bytes: u64 },
     #[error("output larger than {limit_bytes} bytes")]
     OutputTooLarge { limit_bytes: u64 },
+    /// The output nests arrays/objects deeper than every consumer (CLI, graph, API) accepts.
+    #[error("output nests deeper than {max_depth} levels of arrays and objects")]
+    OutputTooDeep { max_depth: u32 },
     #[error(
         "{resource:?} limit of {limit} exceeded; raise limits.{} if the tool needs more",
         resource.manifest_key()
@@ -112,6 +115,7 @@ impl CallError {
             CallError::Timeout { .. } => "timeout",
             CallError::MemoryLimitExceeded { .. } => "memory_limit_exceeded",
             CallError::OutputTooLarge { .. } => "output_too_large",
+            CallError::OutputTooDeep { .. } => "output_too_deep",
             CallError::ResourceLimitExceeded { .. } => "resource_limit_exceeded",
             CallError::Exited { .. } => "exited",
             CallError::ToolDenied { .. } => "tool_denied",
