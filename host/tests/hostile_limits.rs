@@ -137,14 +137,14 @@ async fn host_side_buffers_count_against_the_memory_limit() {
             name: "a few header sets fit (control)",
             guest: "limits_header_sets",
             spec: "limits: { memory: 16MiB }",
-            input: r#"{"count":"20","size":"1000","hold_ms":"30"}"#,
+            input: r#"{"count":"20","size":"1000","hold_ms":"250"}"#,
             want: Ok(r#"{"held":20}"#.into()),
         },
         Case {
             name: "a few unsent bodies fit (control)",
             guest: "limits_unsent_bodies",
             spec: "limits: { memory: 16MiB }",
-            input: r#"{"count":"4","hold_ms":"30"}"#,
+            input: r#"{"count":"4","hold_ms":"250"}"#,
             want: Ok(format!(
                 r#"{{"held":4,"buffered":{}}}"#,
                 4 * sandgraph::sandbox::limits::BODY_RESERVE_BYTES
@@ -166,13 +166,14 @@ async fn host_side_buffers_count_against_the_memory_limit() {
     }
     // The control's figures: 20 header sets of 1,000-byte values are at least 20,000 host
     // bytes, and the handle peak counts every one of them. (Host buffers are sampled at every
-    // epoch tick, so the guest holds them across a few ticks.)
+    // 5 ms epoch tick, so the guest holds them for 250 ms: many ticks, even on a loaded machine
+    // where the ticker thread runs late.)
     let r = h
         .call(
             "limits_header_sets",
             "",
             CallGrant::default(),
-            r#"{"count":"20","size":"1000","hold_ms":"30"}"#,
+            r#"{"count":"20","size":"1000","hold_ms":"250"}"#,
         )
         .await;
     assert!(r.audit.usage.host_bytes >= 20 * 1000, "{:?}", r.audit.usage);
