@@ -921,12 +921,7 @@ fn call_grant(
         Some("none") => WorkspaceMode::None,
         Some(other) => return Err(format!("grant.workspace '{other}' is not none, ro or rw")),
     };
-    let mut limits = Limits {
-        memory: u64::MAX,
-        timeout: Duration::MAX,
-        max_output: u64::MAX,
-        max_response: u64::MAX,
-    };
+    let mut limits = Limits::unbounded();
     if let Some(l) = g.and_then(|g| g.limits.as_ref()) {
         let size = |s: &Option<String>, what: &str| -> Result<Option<u64>, String> {
             s.as_deref()

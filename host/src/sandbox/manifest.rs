@@ -124,6 +124,9 @@ pub enum WorkspaceMode {
     Rw,
 }
 
+/// The fewest resource-table entries a tool can run with (stdio streams, preopens, a request).
+pub const MIN_HANDLES: u64 = 16;
+
 /// Resource limits; every field parsed strictly (`64MiB`, `5s`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -136,6 +139,24 @@ pub struct Limits {
     pub max_output: u64,
     #[serde(default = "default_max_response", deserialize_with = "de_size")]
     pub max_response: u64,
+    /// Host resource-table entries alive at once (files, streams, header sets, requests).
+    #[serde(default = "default_max_handles", deserialize_with = "de_count")]
+    pub max_handles: u64,
+    /// Workspace files and directories open at once.
+    #[serde(default = "default_max_open_files", deserialize_with = "de_count")]
+    pub max_open_files: u64,
+    /// Outgoing HTTP connections per call.
+    #[serde(default = "default_max_connections", deserialize_with = "de_count")]
+    pub max_connections: u64,
+    /// Bytes the call may write into a `rw` workspace.
+    #[serde(default = "default_max_write", deserialize_with = "de_size")]
+    pub max_write: u64,
+    /// Files, directories and links the call may create in a `rw` workspace.
+    #[serde(default = "default_max_files_created", deserialize_with = "de_count")]
+    pub max_files_created: u64,
+    /// Bytes the call may draw from `wasi:random`.
+    #[serde(default = "default_max_random", deserialize_with = "de_size")]
+    pub max_random: u64,
 }
 
 fn default_memory() -> u64 {
@@ -150,6 +171,24 @@ fn default_max_output() -> u64 {
 fn default_max_response() -> u64 {
     4 << 20
 }
+fn default_max_handles() -> u64 {
+    1024
+}
+fn default_max_open_files() -> u64 {
+    128
+}
+fn default_max_connections() -> u64 {
+    64
+}
+fn default_max_write() -> u64 {
+    64 << 20
+}
+fn default_max_files_created() -> u64 {
+    1000
+}
+fn default_max_random() -> u64 {
+    1 << 20
+}
 
 impl Default for Limits {
     fn default() -> Self {
@@ -158,11 +197,33 @@ impl Default for Limits {
             timeout: default_timeout(),
             max_output: default_max_output(),
             max_response: default_max_response(),
+            max_handles: default_max_handles(),
+            max_open_files: default_max_open_files(),
+            max_connections: default_max_connections(),
+            max_write: default_max_write(),
+            max_files_created: default_max_files_created(),
+            max_random: default_max_random(),
         }
     }
 }
 
 impl Limits {
+    /// No limit at all: the neutral value for `min` (a grant that narrows nothing).
+    pub fn unbounded() -> Limits {
+        Limits {
+            memory: u64::MAX,
+            timeout: Duration::MAX,
+            max_output: u64::MAX,
+            max_response: u64::MAX,
+            max_handles: u64::MAX,
+            max_open_files: u64::MAX,
+            max_connections: u64::MAX,
+            max_write: u64::MAX,
+            max_files_created: u64::MAX,
+            max_random: u64::MAX,
+        }
+    }
+
     /// The tighter of two limit sets, field by field.
     pub fn min(self, other: Limits) -> Limits {
         Limits {
@@ -170,8 +231,18 @@ impl Limits {
             timeout: self.timeout.min(other.timeout),
             max_output: self.max_output.min(other.max_output),
             max_response: self.max_response.min(other.max_response),
+            max_handles: self.max_handles.min(other.max_handles),
+            max_open_files: self.max_open_files.min(other.max_open_files),
+            max_connections: self.max_connections.min(other.max_connections),
+            max_write: self.max_write.min(other.max_write),
+            max_files_created: self.max_files_created.min(other.max_files_created),
+            max_random: self.max_random.min(other.max_random),
         }
     }
+}
+
+fn de_count<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    u64::deserialize(d)
 }
 
 fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
@@ -365,6 +436,13 @@ impl Manifest {
                 "spec.limits: memory and timeout must be greater than zero".into(),
             ));
         }
+        // Every call needs a few handles (its stdio streams, the preopen) to run at all.
+        if self.spec.limits.max_handles < MIN_HANDLES {
+            return Err(invalid(format!(
+                "spec.limits.max_handles: {} is too few for any tool to run; use at least {MIN_HANDLES}",
+                self.spec.limits.max_handles
+            )));
+        }
         Ok(())
     }
 }
@@ -406,6 +484,12 @@ impl Default for OperatorPolicy {
                 timeout: Duration::from_secs(60),
                 max_output: 16 << 20,
                 max_response: 64 << 20,
+                max_handles: 16_384,
+                max_open_files: 1024,
+                max_connections: 1024,
+                max_write: 1 << 30,
+                max_files_created: 100_000,
+                max_random: 64 << 20,
             },
             egress_hosts: None,
             allow_private: Vec::new(),
@@ -561,7 +645,7 @@ spec:
         - { header: Authorization, secret: EXAMPLE_TOKEN, format: "Bearer {secret}" }
   env: { LOG_LEVEL: info }
   workspace: ro
-  limits: { memory: 64MiB, timeout: 5s, max_output: 1MiB, max_response: 4MiB }
+  limits: { memory: 64MiB, timeout: 5s, max_output: 1MiB, max_response: 4MiB, max_handles: 512, max_open_files: 32, max_connections: 8, max_write: 10MiB, max_files_created: 100, max_random: 4KiB }
 "#;
 
     #[test]
@@ -575,6 +659,15 @@ spec:
         assert_eq!(m.spec.workspace, WorkspaceMode::Ro);
         assert_eq!(m.spec.limits.memory, 64 << 20);
         assert_eq!(m.spec.limits.timeout, Duration::from_secs(5));
+        let l = m.spec.limits;
+        assert_eq!(
+            (l.max_handles, l.max_open_files, l.max_connections),
+            (512, 32, 8)
+        );
+        assert_eq!(
+            (l.max_write, l.max_files_created, l.max_random),
+            (10 << 20, 100, 4 << 10)
+        );
     }
 
     #[test]
@@ -660,6 +753,10 @@ spec:
             ("{ timeout: 5 }", "invalid duration `5`"),
             ("{ timeout: 5h }", "invalid duration `5h`"),
             ("{ max_output: -1B }", "invalid size `-1B`"),
+            ("{ max_write: 10 }", "invalid size `10`"),
+            ("{ max_random: lots }", "invalid size `lots`"),
+            ("{ max_open_files: 1MiB }", "invalid type: string"),
+            ("{ max_connections: -1 }", "invalid type: integer `-1`"),
         ] {
             let text = format!(
                 "apiVersion: sandgraph.dev/v1\nkind: ToolManifest\nmetadata: {{ name: x }}\nspec:\n  limits: {limits}\n"
@@ -701,6 +798,10 @@ spec:
                 "must contain `{secret}`",
             ),
             ("workspace: yes", "unknown variant `yes`"),
+            (
+                "limits: { max_handles: 3 }",
+                "spec.limits.max_handles: 3 is too few",
+            ),
         ] {
             let text = format!(
                 "apiVersion: sandgraph.dev/v1\nkind: ToolManifest\nmetadata: {{ name: x }}\nspec:\n  {spec}\n"

@@ -23,9 +23,9 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::journal::crossings::{CrossingError, StepCrossings};
 use egress::{AttemptLog, EgressHooks, EgressPolicy, Resolver, SecretStore, SystemResolver};
 use engine::{Allocator, SandboxEngine};
-use limits::{CappedLog, LOG_CAP, MemoryLimiter};
+use limits::{CallBudget, CappedLog, LOG_CAP, LimitExceeded, LimitedHooks, MemoryLimiter};
 use manifest::EffectiveGrant;
-use outcome::{AuditRecord, CallError, CallReport};
+use outcome::{AuditRecord, CallError, CallReport, LimitedResource, ResourceUsage};
 use registry::{LoadedTool, Registry};
 
 /// Host bindings for the `sandgraph:tool` world (guest-sdk/wit/tool.wit).
@@ -44,8 +44,10 @@ pub struct CallState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
-    hooks: EgressHooks,
+    hooks: LimitedHooks<EgressHooks>,
     limiter: MemoryLimiter,
+    budget: CallBudget,
+    fs: filesystem::FsState,
 }
 
 impl WasiView for CallState {
@@ -121,6 +123,7 @@ impl Sandbox {
             .map_err(|e| SandboxError::Linker(format!("{e:#}")))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| SandboxError::Linker(format!("{e:#}")))?;
+        add_limited_interfaces(&mut linker).map_err(|e| SandboxError::Linker(format!("{e:#}")))?;
         let registry = Registry::new(
             engine.engine().clone(),
             Arc::new(linker),
@@ -145,9 +148,11 @@ impl Sandbox {
         &self.registry
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn new_store(
         &self,
         grant: &EffectiveGrant,
+        budget: &CallBudget,
         log: &AttemptLog,
         stdout: &CappedLog,
         stderr: &CappedLog,
@@ -174,21 +179,42 @@ impl Sandbox {
             timeout: grant.limits.timeout,
             tls: self.tls.clone(),
         });
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(limits::FIELD_SIZE_LIMIT);
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(usize::try_from(grant.limits.max_handles).unwrap_or(usize::MAX));
         let state = CallState {
             wasi: wasi.build(),
-            http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
-            hooks: EgressHooks::new(policy, log.clone()).journaled(crossings.cloned()),
+            http,
+            table,
+            hooks: LimitedHooks {
+                inner: EgressHooks::new(policy, log.clone()).journaled(crossings.cloned()),
+                budget: budget.clone(),
+            },
             limiter: MemoryLimiter::new(grant.limits.memory),
+            budget: budget.clone(),
+            fs: filesystem::FsState::new(
+                budget.clone(),
+                grant
+                    .workspace
+                    .as_ref()
+                    .map_or(manifest::WorkspaceMode::None, |(_, m)| *m),
+            ),
         };
         let mut store = Store::new(self.engine.engine(), state);
         store.limiter(|s| &mut s.limiter);
         // CPU budget in epoch ticks. Each tick yields to the executor, so a guest spinning in a
         // loop never holds a tokio worker for more than one tick and the call's wall-clock
-        // timeout can fire; when the budget is spent the guest traps with `Interrupt`.
+        // timeout can fire; when the budget is spent the guest traps with `Interrupt`. Each
+        // tick also charges the host-side buffers the call owns against its memory limit.
         let mut ticks_left = SandboxEngine::ticks_for(grant.limits.timeout);
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
+        store.epoch_deadline_callback(move |mut ctx| {
+            if !charge_host_memory(ctx.data_mut()) {
+                return Err(wasmtime::format_err!(
+                    "the call's host-side buffers put it over its memory limit"
+                ));
+            }
             ticks_left = ticks_left.saturating_sub(1);
             Ok(if ticks_left == 0 {
                 UpdateDeadline::Interrupt
@@ -226,7 +252,8 @@ impl Sandbox {
         let _slot = self.acquire_slot(grant.limits.timeout).await?;
         let log: AttemptLog = Arc::default();
         let (out, err) = (CappedLog::new(LOG_CAP), CappedLog::new(LOG_CAP));
-        let mut store = self.new_store(&grant, &log, &out, &err, None)?;
+        let budget = CallBudget::new(&grant.limits);
+        let mut store = self.new_store(&grant, &budget, &log, &out, &err, None)?;
         let run = async {
             let instance = tool.pre.instantiate_async(&mut store).await?;
             instance.call_info(&mut store).await
@@ -236,7 +263,7 @@ impl Sandbox {
                 limit_ms: grant.limits.timeout.as_millis() as u64,
             }),
             Ok(Ok(info)) => Ok(info),
-            Ok(Err(e)) => Err(classify_error(&e, &grant, store.data().limiter.exceeded())),
+            Ok(Err(e)) => Err(classify_error(&e, &grant, store.data())),
         }
     }
 
@@ -272,7 +299,10 @@ impl Sandbox {
         let started = Instant::now();
         let log: AttemptLog = Arc::new(Mutex::new(Vec::new()));
         let (stdout, stderr) = (CappedLog::new(LOG_CAP), CappedLog::new(LOG_CAP));
+        let budget = CallBudget::new(&grant.limits);
+        let mut usage = ResourceUsage::default();
         let mut peak = 0;
+        let mut fs_refusals = Vec::new();
         // Held until the call's store is gone, so the pool never has more stores than slots.
         let slot = self.acquire_slot(grant.limits.timeout).await;
         let result = match slot
@@ -283,7 +313,7 @@ impl Sandbox {
             Ok(Err(e)) => Err(CallError::InvalidInput {
                 message: format!("input is not a JSON document: {e}"),
             }),
-            Ok(Ok(_)) => match self.new_store(grant, &log, &stdout, &stderr, crossings) {
+            Ok(Ok(_)) => match self.new_store(grant, &budget, &log, &stdout, &stderr, crossings) {
                 Err(e) => Err(e),
                 Ok(mut store) => {
                     let run = async {
@@ -291,46 +321,65 @@ impl Sandbox {
                         instance.call_invoke(&mut store, input).await
                     };
                     let raw = tokio::time::timeout(grant.limits.timeout, run).await;
-                    peak = store.data().limiter.peak();
-                    let exceeded = store.data().limiter.exceeded();
+                    // What the call still holds counts too (a guest may return right after
+                    // piling up host buffers, before the next epoch tick charged them).
+                    charge_host_memory(store.data_mut());
+                    let state = store.data();
+                    peak = state.limiter.peak();
+                    state.limiter.report(&mut usage);
+                    fs_refusals = state.fs.refusals();
                     let attempts = log.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                    let host_denial = attempts.iter().find(|a| !a.allowed).map(|a| a.call_error());
+                    let host_denial = attempts
+                        .iter()
+                        .find(|a| !a.allowed)
+                        .map(|a| a.call_error())
+                        .or_else(|| {
+                            fs_refusals.first().map(|r| CallError::Denied {
+                                capability: outcome::Capability::Filesystem,
+                                target: r.path.clone(),
+                                missing_rule: r.reason.clone(),
+                            })
+                        });
                     // A request the host stopped waiting for is the call's time limit at work,
                     // whichever timer (the call's or the request's) happened to fire first.
                     let egress_timed_out = attempts.iter().any(|a| a.timed_out);
+                    let timeout = CallError::Timeout {
+                        limit_ms: grant.limits.timeout.as_millis() as u64,
+                    };
+                    let memory = CallError::MemoryLimitExceeded {
+                        limit_bytes: grant.limits.memory,
+                    };
+                    let over_limit = state.limiter.exceeded();
+                    let cap_hit = budget.hit().map(limit_error);
                     match raw {
-                        Err(_) => Err(CallError::Timeout {
-                            limit_ms: grant.limits.timeout.as_millis() as u64,
-                        }),
-                        Ok(Ok(Err(_)) | Err(_)) if egress_timed_out && host_denial.is_none() => {
-                            Err(CallError::Timeout {
-                                limit_ms: grant.limits.timeout.as_millis() as u64,
-                            })
-                        }
-                        Ok(Err(e)) => {
-                            let err = classify_error(&e, grant, exceeded);
-                            match (err, host_denial) {
-                                (
-                                    e @ (CallError::Timeout { .. }
-                                    | CallError::MemoryLimitExceeded { .. }),
-                                    _,
-                                ) => Err(e),
-                                (_, Some(d)) => Err(d),
-                                (e, None) => Err(e),
-                            }
-                        }
-                        Ok(Ok(Err(tool_error))) => Err(match (host_denial, exceeded) {
-                            (Some(d), _) => d,
-                            (None, true) => CallError::MemoryLimitExceeded {
-                                limit_bytes: grant.limits.memory,
-                            },
-                            (None, false) => from_tool_error(tool_error),
-                        }),
+                        Err(_) => Err(timeout),
+                        Ok(Ok(Ok(_))) if over_limit => Err(memory),
                         Ok(Ok(Ok(output))) => check_output(output, grant.limits.max_output),
+                        Ok(Ok(Err(tool_error))) => Err(if over_limit {
+                            memory
+                        } else if let Some(cap) = cap_hit {
+                            cap
+                        } else if let Some(d) = host_denial {
+                            d
+                        } else if egress_timed_out {
+                            timeout
+                        } else {
+                            from_tool_error(tool_error)
+                        }),
+                        Ok(Err(e)) => Err(match classify_error(&e, grant, state) {
+                            e @ (CallError::Timeout { .. }
+                            | CallError::MemoryLimitExceeded { .. }
+                            | CallError::ResourceLimitExceeded { .. }
+                            | CallError::Exited { .. }) => e,
+                            e => host_denial
+                                .or_else(|| egress_timed_out.then_some(timeout))
+                                .unwrap_or(e),
+                        }),
                     }
                 }
             },
         };
+        budget.report(&mut usage);
         let egress = log.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let audit = AuditRecord {
             tool: grant.tool.clone(),
@@ -345,6 +394,8 @@ impl Sandbox {
                 Ok(_) => "ok".into(),
                 Err(e) => e.kind().into(),
             },
+            usage,
+            filesystem: fs_refusals,
         };
         audit.emit();
         CallReport {
@@ -353,6 +404,51 @@ impl Sandbox {
             stdout: stdout.text(),
             stderr: stderr.text(),
         }
+    }
+}
+
+/// Replaces wasmtime-wasi's `wasi:filesystem/types` and `wasi:random` with the call-limited
+/// versions (`filesystem::WorkspaceFs`, `limits::BudgetedRandom`), which delegate to it.
+fn add_limited_interfaces(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
+    use wasmtime_wasi::p2::bindings::{filesystem as wasi_fs, random};
+    linker.allow_shadowing(true);
+    wasi_fs::types::add_to_linker::<CallState, filesystem::WorkspaceFs>(linker, |s| {
+        filesystem::FsView {
+            inner: wasmtime_wasi::filesystem::WasiFilesystemCtxView {
+                ctx: s.wasi.filesystem(),
+                table: &mut s.table,
+            },
+            state: &mut s.fs,
+        }
+    })?;
+    random::random::add_to_linker::<CallState, limits::BudgetedRandom>(linker, |s| {
+        limits::RandomView {
+            ctx: s.wasi.random(),
+            budget: &s.budget,
+        }
+    })?;
+    random::insecure::add_to_linker::<CallState, limits::BudgetedRandom>(linker, |s| {
+        limits::RandomView {
+            ctx: s.wasi.random(),
+            budget: &s.budget,
+        }
+    })?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// Charges the host-side buffers the call owns now against its memory limit; `false` when they
+/// put it over.
+fn charge_host_memory(state: &mut CallState) -> bool {
+    let (bytes, handles) = limits::host_bytes(&mut state.table);
+    state.budget.note_handles(handles);
+    state.limiter.set_host_bytes(bytes)
+}
+
+fn limit_error(e: LimitExceeded) -> CallError {
+    CallError::ResourceLimitExceeded {
+        resource: e.resource,
+        limit: e.limit,
     }
 }
 
@@ -365,6 +461,12 @@ fn configure_clocks_and_random(builder: &mut WasiCtxBuilder, crossings: Option<&
 fn check_output(output: String, limit: u64) -> Result<String, CallError> {
     if output.len() as u64 > limit {
         return Err(CallError::OutputTooLarge { limit_bytes: limit });
+    }
+    // Depth first: serde_json gives up on deep nesting with a parse error of its own.
+    if limits::json_depth(&output) > limits::MAX_OUTPUT_DEPTH {
+        return Err(CallError::OutputTooDeep {
+            max_depth: limits::MAX_OUTPUT_DEPTH,
+        });
     }
     if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&output) {
         return Err(CallError::ToolFailed {
@@ -382,11 +484,31 @@ fn from_tool_error(e: ToolError) -> CallError {
     }
 }
 
-fn classify_error(e: &wasmtime::Error, grant: &EffectiveGrant, memory_exceeded: bool) -> CallError {
-    if memory_exceeded {
+fn classify_error(e: &wasmtime::Error, grant: &EffectiveGrant, state: &CallState) -> CallError {
+    if state.limiter.exceeded() {
         return CallError::MemoryLimitExceeded {
             limit_bytes: grant.limits.memory,
         };
+    }
+    if let Some(cap) = e.downcast_ref::<LimitExceeded>() {
+        return limit_error(*cap);
+    }
+    if let Some(cap) = state.budget.hit() {
+        return limit_error(cap);
+    }
+    if e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<wasmtime::component::ResourceTableError>(),
+            Some(wasmtime::component::ResourceTableError::Full)
+        )
+    }) {
+        return CallError::ResourceLimitExceeded {
+            resource: LimitedResource::Handles,
+            limit: grant.limits.max_handles,
+        };
+    }
+    if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return CallError::Exited { code: exit.0 };
     }
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => CallError::Timeout {

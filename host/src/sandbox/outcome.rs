@@ -30,6 +30,39 @@ impl Capability {
     }
 }
 
+/// A per-call resource other than memory and time, each capped by a `limits:` key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitedResource {
+    /// Entries of the host's resource table: open files, streams, pollables, header sets,
+    /// requests. `limits.max_handles`.
+    Handles,
+    /// Files and directories open at once under the workspace. `limits.max_open_files`.
+    OpenFiles,
+    /// Outgoing HTTP connections the call opened. `limits.max_connections`.
+    Connections,
+    /// Bytes written into a `rw` workspace. `limits.max_write`.
+    WorkspaceBytes,
+    /// Files, directories and links created in a `rw` workspace. `limits.max_files_created`.
+    FilesCreated,
+    /// Bytes drawn from `wasi:random`. `limits.max_random`.
+    RandomBytes,
+}
+
+impl LimitedResource {
+    /// The manifest `limits:` key that sets this cap.
+    pub fn manifest_key(self) -> &'static str {
+        match self {
+            LimitedResource::Handles => "max_handles",
+            LimitedResource::OpenFiles => "max_open_files",
+            LimitedResource::Connections => "max_connections",
+            LimitedResource::WorkspaceBytes => "max_write",
+            LimitedResource::FilesCreated => "max_files_created",
+            LimitedResource::RandomBytes => "max_random",
+        }
+    }
+}
+
 /// Why a call produced no output. Serialises as `{"kind": "...", ...}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -50,6 +83,25 @@ pub enum CallError {
     MemoryLimitExceeded { limit_bytes: u64 },
     #[error("output larger than {limit_bytes} bytes")]
     OutputTooLarge { limit_bytes: u64 },
+    /// The output nests arrays/objects deeper than every consumer (CLI, graph, API) accepts.
+    #[error("output nests deeper than {max_depth} levels of arrays and objects")]
+    OutputTooDeep { max_depth: u32 },
+    #[error(
+        "{resource:?} limit of {limit} exceeded; raise limits.{} if the tool needs more",
+        resource.manifest_key()
+    )]
+    ResourceLimitExceeded {
+        resource: LimitedResource,
+        limit: u64,
+    },
+    /// The guest ended its process (`wasi:cli/exit`, e.g. `std::process::exit`) instead of
+    /// returning from `invoke`. Not transient: the same input exits the same way.
+    #[error("the tool exited with status {code} instead of returning a result")]
+    Exited { code: i32 },
+    /// The tool itself returned `denied`; the host refused nothing, so this is never a host
+    /// denial (those come only from the host's own record, as `Denied`).
+    #[error("tool reported a denial the host did not record: {message}")]
+    ToolDenied { message: String },
     #[error("trap: {message}")]
     Trap { message: String },
     #[error("bad component: {reason}")]
@@ -69,27 +121,21 @@ impl CallError {
             CallError::Timeout { .. } => "timeout",
             CallError::MemoryLimitExceeded { .. } => "memory_limit_exceeded",
             CallError::OutputTooLarge { .. } => "output_too_large",
+            CallError::OutputTooDeep { .. } => "output_too_deep",
+            CallError::ResourceLimitExceeded { .. } => "resource_limit_exceeded",
+            CallError::Exited { .. } => "exited",
+            CallError::ToolDenied { .. } => "tool_denied",
             CallError::Trap { .. } => "trap",
             CallError::BadComponent { .. } => "bad_component",
             CallError::SecretUnusable { .. } => "secret_unusable",
         }
     }
 
-    /// A denial the guest reported itself. Tools (and the SDK) may write
-    /// `"<capability>: <target>: <detail>"` so the outcome names the capability.
+    /// A denial the guest reported itself: always tagged as the tool's own, whatever its text
+    /// looks like, so a guest cannot forge a host denial.
     pub fn from_guest_denial(message: &str) -> CallError {
-        let mut parts = message.splitn(3, ": ");
-        if let (Some(cap), Some(target)) = (parts.next(), parts.next())
-            && let Some(capability) = Capability::parse(cap)
-        {
-            return CallError::Denied {
-                capability,
-                target: target.to_string(),
-                missing_rule: parts.next().unwrap_or("reported by the tool").to_string(),
-            };
-        }
-        CallError::ToolFailed {
-            message: format!("tool reported a denial: {message}"),
+        CallError::ToolDenied {
+            message: message.to_string(),
         }
     }
 }
@@ -167,7 +213,8 @@ pub struct AuditRecord {
     /// `sha256:<hex>` of the component bytes.
     pub component_digest: String,
     pub duration_us: u64,
-    /// Largest linear memory the guest reached, in bytes.
+    /// Most memory the call held at once, in bytes: every linear memory and table of the
+    /// component plus the host-side buffers it owned (header sets, unsent bodies, handles).
     pub memory_peak_bytes: u64,
     /// Input document plus response bodies read from egress.
     pub bytes_in: u64,
@@ -176,6 +223,45 @@ pub struct AuditRecord {
     pub egress: Vec<EgressAttempt>,
     /// `ok` or the error kind.
     pub outcome: String,
+    /// What else the call consumed, as the host counted it.
+    #[serde(default)]
+    pub usage: ResourceUsage,
+    /// Filesystem operations the host refused (the only source of filesystem denials).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filesystem: Vec<FsRefusal>,
+}
+
+/// Resource figures of one call, measured by the host (the limits compare against these).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceUsage {
+    /// Sum of the component's linear memories at their largest, in bytes.
+    pub linear_memory_bytes: u64,
+    /// Sum of the component's tables at their largest, in bytes.
+    pub table_bytes: u64,
+    /// Largest host-side buffering the call owned at once, in bytes.
+    pub host_bytes: u64,
+    /// Most resource-table entries (handles) alive at once.
+    pub handles_peak: u64,
+    /// Most workspace files and directories open at once.
+    pub open_files_peak: u64,
+    /// Outgoing HTTP connections opened.
+    pub connections: u64,
+    /// Bytes written into the workspace.
+    pub workspace_bytes_written: u64,
+    /// Files, directories and links created in the workspace.
+    pub files_created: u64,
+    /// Bytes drawn from `wasi:random`.
+    pub random_bytes: u64,
+}
+
+/// One filesystem operation the host refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsRefusal {
+    /// `open`, `write`, `symlink`, ...
+    pub operation: String,
+    /// The path as the guest sees it (`/workspace/...`).
+    pub path: String,
+    pub reason: String,
 }
 
 impl AuditRecord {
@@ -185,6 +271,8 @@ impl AuditRecord {
             return;
         }
         let egress = serde_json::to_string(&self.egress).unwrap_or_default();
+        let usage = serde_json::to_string(&self.usage).unwrap_or_default();
+        let filesystem = serde_json::to_string(&self.filesystem).unwrap_or_default();
         tracing::info!(
             target: "sandgraph::audit",
             tool = %self.tool,
@@ -195,6 +283,8 @@ impl AuditRecord {
             bytes_out = self.bytes_out,
             outcome = %self.outcome,
             egress = %egress,
+            usage = %usage,
+            filesystem = %filesystem,
             "tool call"
         );
     }
@@ -262,6 +352,7 @@ mod tests {
             bytes_out: 4,
             egress: vec![],
             outcome: "ok".into(),
+            ..AuditRecord::default()
         };
         tracing::subscriber::with_default(subscriber, || record.emit());
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
@@ -275,18 +366,30 @@ mod tests {
     }
 
     #[test]
-    fn guest_denials_name_the_capability_when_they_can() {
+    fn guest_denials_are_never_host_denials() {
+        // A message shaped exactly like a host denial stays the tool's own.
+        for text in [
+            "filesystem: /etc/passwd: no preopen",
+            "nope",
+            "egress: http://a/: no rule",
+        ] {
+            let e = CallError::from_guest_denial(text);
+            assert_eq!(
+                e,
+                CallError::ToolDenied {
+                    message: text.into()
+                }
+            );
+            assert_eq!(e.kind(), "tool_denied");
+        }
+        let e = CallError::ResourceLimitExceeded {
+            resource: LimitedResource::WorkspaceBytes,
+            limit: 10,
+        };
         assert_eq!(
-            CallError::from_guest_denial("filesystem: /etc/passwd: no preopen"),
-            CallError::Denied {
-                capability: Capability::Filesystem,
-                target: "/etc/passwd".into(),
-                missing_rule: "no preopen".into()
-            }
+            serde_json::to_string(&e).unwrap(),
+            r#"{"kind":"resource_limit_exceeded","resource":"workspace_bytes","limit":10}"#
         );
-        assert!(matches!(
-            CallError::from_guest_denial("nope"),
-            CallError::ToolFailed { .. }
-        ));
+        assert!(e.to_string().contains("limits.max_write"), "{e}");
     }
 }

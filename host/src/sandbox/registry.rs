@@ -13,7 +13,7 @@ use wasmtime::component::{Component, Linker};
 
 use super::CallState;
 use super::bindings::ToolPre;
-use super::outcome::CallError;
+use super::outcome::{AuditRecord, CallError};
 
 const MAGIC: &[u8; 8] = b"SGCWASM1";
 
@@ -113,9 +113,17 @@ impl Registry {
         self.load(&bytes)
     }
 
-    /// Validates, compiles (or reads from cache) and pre-links a component.
+    /// Validates, compiles (or reads from cache) and pre-links a component. A refused
+    /// component leaves an audit record too (outcome `bad_component`, its digest and why).
     pub fn load(&self, bytes: &[u8]) -> Result<Arc<LoadedTool>, CallError> {
+        let started = std::time::Instant::now();
         let digest = Self::digest(bytes);
+        self.load_digest(bytes, digest.clone()).inspect_err(|e| {
+            refusal_audit(&digest, bytes.len(), started.elapsed(), e).emit();
+        })
+    }
+
+    fn load_digest(&self, bytes: &[u8], digest: String) -> Result<Arc<LoadedTool>, CallError> {
         if let Some(t) = self
             .loaded
             .lock()
@@ -191,6 +199,23 @@ impl Registry {
     }
 }
 
+/// The audit record of a component the registry refused: no call ran, so only the digest, the
+/// input size and the reason are known.
+pub fn refusal_audit(
+    digest: &str,
+    len: usize,
+    took: std::time::Duration,
+    e: &CallError,
+) -> AuditRecord {
+    AuditRecord {
+        component_digest: digest.to_string(),
+        duration_us: took.as_micros() as u64,
+        bytes_in: len as u64,
+        outcome: e.kind().into(),
+        ..AuditRecord::default()
+    }
+}
+
 enum Entry<'a> {
     Valid(&'a [u8]),
     Stale,
@@ -250,6 +275,49 @@ mod tests {
         let e = check_header(b"\0asm\x01\0\0\0").unwrap_err().to_string();
         assert!(e.contains("core WebAssembly module"), "{e}");
         assert!(check_header(b"\0asm\x0d\0\x01\0").is_ok());
+    }
+
+    #[test]
+    fn a_refused_component_leaves_an_audit_record() {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let engine = Engine::default();
+        let linker = Arc::new(Linker::new(&engine));
+        let registry = Registry::new(engine, linker, None, "k".into());
+        let buf = Buf::default();
+        for (bytes, reason) in [
+            (&b"not wasm at all"[..], "not a WebAssembly binary"),
+            (&b"\0asm\x01\0\0\0"[..], "core WebAssembly module"),
+        ] {
+            buf.0.lock().unwrap().clear();
+            let writer = buf.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .json()
+                .with_writer(move || writer.clone())
+                .finish();
+            let err = tracing::subscriber::with_default(subscriber, || {
+                registry.load(bytes).err().expect("refused")
+            });
+            assert!(err.to_string().contains(reason), "{err}");
+            let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+            let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+            assert_eq!(v["target"], "sandgraph::audit");
+            assert_eq!(v["fields"]["outcome"], "bad_component");
+            assert_eq!(
+                v["fields"]["component_digest"],
+                Registry::digest(bytes).as_str()
+            );
+            assert_eq!(v["fields"]["bytes_in"], bytes.len());
+        }
     }
 
     #[test]

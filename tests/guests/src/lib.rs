@@ -38,6 +38,28 @@ pub fn field(input: &str, key: &str) -> Option<String> {
     Some(rest[..end].to_string())
 }
 
+/// The `/workspace` preopen as a raw `wasi:filesystem` descriptor, for calls std does not
+/// expose on stable Rust (positional writes, links).
+pub fn workspace_dir() -> Option<wasip2::filesystem::types::Descriptor> {
+    wasip2::filesystem::preopens::get_directories()
+        .into_iter()
+        .find(|(_, p)| p == "/workspace")
+        .map(|(d, _)| d)
+}
+
+/// Spins in guest code (not in a host call) for `ms` milliseconds.
+pub fn spin_ms(ms: u64) {
+    let start = wasip2::clocks::monotonic_clock::now();
+    while wasip2::clocks::monotonic_clock::now() - start < ms * 1_000_000 {
+        std::hint::spin_loop();
+    }
+}
+
+/// A number given as a string field (`"count":"4000"`).
+pub fn num(input: &str, key: &str) -> Option<u64> {
+    field(input, key)?.parse().ok()
+}
+
 /// Escapes a string for embedding in JSON output.
 pub fn json_str(s: &str) -> String {
     let mut out = String::from("\"");
