@@ -5,6 +5,7 @@
 pub mod catalog;
 pub mod compile;
 pub mod engine;
+pub mod expr;
 pub mod replay;
 pub mod scheduler;
 pub mod spec;

@@ -16,6 +16,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
+use super::expr::Expression;
 use super::spec::{self, Graph, Node};
 use super::yaml::{self, Located, Pos, Yaml};
 use crate::sandbox::manifest::{self, Manifest, WorkspaceMode, host_matches};
@@ -34,8 +35,7 @@ pub struct Diagnostic {
 #[error("{}", .0.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))]
 pub struct Diagnostics(pub Vec<Diagnostic>);
 
-/// Variables an expression may read.
-pub const STATE_ROOTS: [&str; 3] = ["input", "nodes", "state"];
+pub use super::expr::STATE_ROOTS;
 
 /// Parses and validates `source`; `components` are the manifests node `component`s may name.
 pub fn validate(file: &str, source: &str, components: &[Manifest]) -> Result<Graph, Diagnostics> {
@@ -173,27 +173,21 @@ fn pos_of(node: Option<&Yaml>, path: &[&str]) -> Pos {
     best
 }
 
-/// Compiles a CEL expression and checks it reads only the run state.
-pub fn check_expression(src: &str) -> Result<cel::Program, String> {
-    let program = cel::Program::compile(src).map_err(|e| {
-        format!(
-            "expression `{src}` does not compile: {}",
-            e.to_string().replace('\n', "; ")
-        )
-    })?;
-    let refs = program.references();
-    let mut unknown: Vec<&str> = refs
-        .variables()
-        .into_iter()
-        .filter(|v| !STATE_ROOTS.contains(v))
-        .collect();
-    unknown.sort();
-    if let Some(v) = unknown.first() {
-        return Err(format!(
-            "expression `{src}` reads unknown variable '{v}'; use input, nodes.<id> or state"
-        ));
+/// Compiles a CEL expression within the limits of [`super::expr`] and checks it reads only
+/// the run state; the message quotes the expression (shortened when long).
+pub fn check_expression(src: &str) -> Result<Expression, String> {
+    Expression::compile(src).map_err(|e| format!("expression `{}` {e}", abbreviate(src)))
+}
+
+/// At most 80 characters of `src`, marked when cut.
+pub fn abbreviate(src: &str) -> String {
+    const KEEP: usize = 80;
+    if src.chars().count() <= KEEP {
+        src.to_owned()
+    } else {
+        let cut: String = src.chars().take(KEEP).collect();
+        format!("{cut}… ({} bytes)", src.len())
     }
-    Ok(program)
 }
 
 fn semantics(g: &Graph, root: &Yaml, components: &[Manifest], errs: &mut Vec<Located>) {
