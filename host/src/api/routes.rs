@@ -881,6 +881,9 @@ fn engine_problem(e: EngineError) -> Problem {
                 errors.join("; ")
             ),
         ),
+        e @ EngineError::InputTooDeep { .. } => {
+            Problem::unprocessable("invalid-input", e.to_string())
+        }
         EngineError::UnknownComponent { node, component } => Problem::unprocessable(
             "unknown-tool",
             format!(

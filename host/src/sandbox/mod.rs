@@ -370,9 +370,18 @@ fn configure_clocks_and_random(builder: &mut WasiCtxBuilder, crossings: Option<&
     clocks::configure(builder, crossings);
 }
 
+/// How deep arrays and objects may nest in a JSON document crossing into the engine (a run's
+/// input, a tool's output): graph expressions convert and walk them recursively.
+pub const MAX_JSON_DEPTH: usize = 64;
+
 fn check_output(output: String, limit: u64) -> Result<String, CallError> {
     if output.len() as u64 > limit {
         return Err(CallError::OutputTooLarge { limit_bytes: limit });
+    }
+    if json_nesting(&output) > MAX_JSON_DEPTH {
+        return Err(CallError::OutputTooDeep {
+            limit_depth: MAX_JSON_DEPTH,
+        });
     }
     if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&output) {
         return Err(CallError::ToolFailed {
@@ -380,6 +389,25 @@ fn check_output(output: String, limit: u64) -> Result<String, CallError> {
         });
     }
     Ok(output)
+}
+
+/// The deepest bracket nesting of a JSON text, strings skipped; one pass, no recursion.
+fn json_nesting(text: &str) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0, false, false);
+    for b in text.bytes() {
+        match (in_string, escaped, b) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (_, false, b'"') => in_string = !in_string,
+            (false, _, b'[' | b'{') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            (false, _, b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 fn from_tool_error(e: ToolError) -> CallError {

@@ -48,6 +48,8 @@ pub enum CallError {
     MemoryLimitExceeded { limit_bytes: u64 },
     #[error("output larger than {limit_bytes} bytes")]
     OutputTooLarge { limit_bytes: u64 },
+    #[error("output nests arrays and objects deeper than {limit_depth} levels")]
+    OutputTooDeep { limit_depth: usize },
     #[error("trap: {message}")]
     Trap { message: String },
     #[error("bad component: {reason}")]
@@ -63,6 +65,7 @@ impl CallError {
             CallError::Timeout { .. } => "timeout",
             CallError::MemoryLimitExceeded { .. } => "memory_limit_exceeded",
             CallError::OutputTooLarge { .. } => "output_too_large",
+            CallError::OutputTooDeep { .. } => "output_too_deep",
             CallError::Trap { .. } => "trap",
             CallError::BadComponent { .. } => "bad_component",
         }
