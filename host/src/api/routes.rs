@@ -428,8 +428,11 @@ async fn post_graph(state: &Arc<State>, req: Request<Incoming>) -> Reply {
         &["application/yaml", "application/x-yaml", "text/yaml"],
     )?;
     let body = read_body(state, req, state.config.max_graph_bytes).await?;
-    let source = String::from_utf8(body.to_vec()).map_err(|e| {
-        Problem::bad_request("bad-encoding", format!("the graph is not UTF-8: {e}"))
+    let source = crate::graph::yaml::utf8(body.to_vec()).map_err(|e| {
+        Problem::bad_request(
+            "bad-encoding",
+            format!("the graph is not UTF-8: {}: {}", e.pos, e.message),
+        )
     })?;
     let compiled = validate_source(state, &source)?;
     let version = GraphVersion {

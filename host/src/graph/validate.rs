@@ -38,16 +38,13 @@ pub struct Diagnostics(pub Vec<Diagnostic>);
 pub use super::expr::STATE_ROOTS;
 
 /// Parses and validates `source`; `components` are the manifests node `component`s may name.
+/// A node, edge or top-level field that does not fit the format is reported and the rest is
+/// still checked, so one structural error never hides the others.
 pub fn validate(file: &str, source: &str, components: &[Manifest]) -> Result<Graph, Diagnostics> {
-    let mut errs: Vec<Located> = Vec::new();
-    let root = yaml::parse(source).map_err(|e| Diagnostics(vec![diag(file, e)]))?;
-    let graph = structure(&root, &mut errs);
-    if let Some(graph) = &graph {
-        semantics(graph, &root, components, &mut errs);
-    }
-    if errs.is_empty()
-        && let Some(graph) = graph
-    {
+    let (root, mut errs) = yaml::parse(source).map_err(|e| Diagnostics(vec![diag(file, e)]))?;
+    let (graph, broken) = structure(&root, &mut errs);
+    semantics(&graph, &broken, &root, components, &mut errs);
+    if errs.is_empty() {
         return Ok(graph);
     }
     errs.sort_by(|a, b| a.pos.cmp(&b.pos).then(a.message.cmp(&b.message)));
@@ -65,35 +62,70 @@ fn diag(file: &str, e: Located) -> Diagnostic {
     }
 }
 
+/// What did not deserialize: those parts stand in as placeholders for the graph checks and
+/// get no checks of their own (their structural error is already reported).
+#[derive(Default)]
+struct Broken {
+    nodes: HashSet<usize>,
+    edges: HashSet<usize>,
+    /// `apiVersion`, `kind`, `metadata`, `spec.input` or `spec.limits`.
+    top: bool,
+}
+
+fn scalar(item: &Yaml, key: &str) -> Option<String> {
+    item.get(key).and_then(Yaml::as_str).map(str::to_owned)
+}
+
 /// Deserializes nodes and edges one by one so each bad one is reported, then the rest.
-fn structure(root: &Yaml, errs: &mut Vec<Located>) -> Option<Graph> {
+fn structure(root: &Yaml, errs: &mut Vec<Located>) -> (Graph, Broken) {
     let spec_node = root.get("spec");
+    let mut broken = Broken::default();
     let mut nodes = Vec::new();
     let mut edges = Vec::new();
-    let mut ok = true;
-    for item in spec_node
+    for (i, item) in spec_node
         .and_then(|s| s.get("nodes"))
         .map(Yaml::items)
         .unwrap_or(&[])
+        .iter()
+        .enumerate()
     {
         match yaml::from_yaml::<Node>(item) {
             Ok(n) => nodes.push(n),
             Err(e) => {
-                ok = false;
-                errs.push(e)
+                errs.push(e);
+                broken.nodes.insert(i);
+                nodes.push(Node {
+                    // A node without a usable id gets one no edge can name.
+                    id: scalar(item, "id").unwrap_or_else(|| format!("\u{0}node#{i}")),
+                    kind: spec::NodeKind::Tool,
+                    component: scalar(item, "component").unwrap_or_default(),
+                    input: Default::default(),
+                    grant: None,
+                    retry: None,
+                    timeout: None,
+                    max_iterations: scalar(item, "maxIterations").and_then(|m| m.parse().ok()),
+                    reducers: Default::default(),
+                });
             }
         }
     }
-    for item in spec_node
+    for (i, item) in spec_node
         .and_then(|s| s.get("edges"))
         .map(Yaml::items)
         .unwrap_or(&[])
+        .iter()
+        .enumerate()
     {
         match yaml::from_yaml::<spec::Edge>(item) {
             Ok(e) => edges.push(e),
             Err(e) => {
-                ok = false;
-                errs.push(e)
+                errs.push(e);
+                broken.edges.insert(i);
+                edges.push(spec::Edge {
+                    from: scalar(item, "from").unwrap_or_default(),
+                    to: scalar(item, "to").unwrap_or_default(),
+                    when: None,
+                });
             }
         }
     }
@@ -114,18 +146,24 @@ fn structure(root: &Yaml, errs: &mut Vec<Located>) -> Option<Graph> {
             }
         }
     }
-    match yaml::from_yaml::<Graph>(&rest) {
-        Ok(mut g) if ok => {
-            g.spec.nodes = nodes;
-            g.spec.edges = edges;
-            Some(g)
-        }
-        Ok(_) => None,
+    let mut graph = match yaml::from_yaml::<Graph>(&rest) {
+        Ok(g) => g,
         Err(e) => {
             errs.push(e);
-            None
+            broken.top = true;
+            Graph {
+                api_version: spec::API_VERSION.into(),
+                kind: spec::KIND.into(),
+                metadata: spec::Metadata {
+                    name: String::new(),
+                },
+                spec: spec::Spec::default(),
+            }
         }
-    }
+    };
+    graph.spec.nodes = nodes;
+    graph.spec.edges = edges;
+    (graph, broken)
 }
 
 /// `500ms`, `2s`, `5m`, `1h`; positive.
@@ -190,9 +228,15 @@ pub fn abbreviate(src: &str) -> String {
     }
 }
 
-fn semantics(g: &Graph, root: &Yaml, components: &[Manifest], errs: &mut Vec<Located>) {
+fn semantics(
+    g: &Graph,
+    broken: &Broken,
+    root: &Yaml,
+    components: &[Manifest],
+    errs: &mut Vec<Located>,
+) {
     let mut push = |pos: Pos, message: String| errs.push(Located { pos, message });
-    if g.api_version != spec::API_VERSION {
+    if !broken.top && g.api_version != spec::API_VERSION {
         push(
             pos_of(Some(root), &["apiVersion"]),
             format!(
@@ -216,7 +260,7 @@ fn semantics(g: &Graph, root: &Yaml, components: &[Manifest], errs: &mut Vec<Loc
             format!("kind '{}' is not Graph; use kind: Graph", g.kind),
         );
     }
-    if g.spec.nodes.is_empty() {
+    if g.spec.nodes.is_empty() && !broken.top {
         push(
             pos_of(Some(root), &["spec"]),
             "graph has no nodes; add at least one under spec.nodes".into(),
@@ -236,6 +280,9 @@ fn semantics(g: &Graph, root: &Yaml, components: &[Manifest], errs: &mut Vec<Loc
             );
         } else {
             ids.insert(&n.id, i);
+        }
+        if broken.nodes.contains(&i) {
+            continue;
         }
         let manifest = components.iter().find(|c| c.metadata.name == n.component);
         if manifest.is_none() {
@@ -328,6 +375,12 @@ fn semantics(g: &Graph, root: &Yaml, components: &[Manifest], errs: &mut Vec<Loc
         let y = edge_yaml(root, i);
         let from = ids.get(e.from.as_str()).copied();
         let to = ids.get(e.to.as_str()).copied();
+        if broken.edges.contains(&i) {
+            if let (Some(f), Some(t)) = (from, to) {
+                edges_ok.push((i, f, t));
+            }
+            continue;
+        }
         if from.is_none() {
             push(
                 pos_of(y, &["from"]),
@@ -402,7 +455,8 @@ fn semantics(g: &Graph, root: &Yaml, components: &[Manifest], errs: &mut Vec<Loc
     } else {
         let reached = topo.reach(&topo.entries);
         for (i, n) in g.spec.nodes.iter().enumerate() {
-            if !reached.contains(&i) {
+            // A broken edge may be the one that reaches it.
+            if !reached.contains(&i) && broken.edges.is_empty() {
                 push(
                     pos_of(node_yaml(root, i), &["id"]),
                     format!(
