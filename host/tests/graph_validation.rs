@@ -305,3 +305,45 @@ fn json_schema_rejects_what_the_spec_types_reject() {
         assert!(!validator.is_valid(&doc), "{case} passes the schema");
     }
 }
+
+#[test]
+fn diagnostics_are_capped_with_a_count_of_the_rest() {
+    let mut source = String::from(
+        "apiVersion: sandgraph.dev/v1\nkind: Graph\nmetadata: { name: many }\nspec:\n  nodes:\n",
+    );
+    for i in 0..300 {
+        source.push_str(&format!(
+            "    - {{ id: n{i}, kind: tool, component: nope }}\n"
+        ));
+    }
+    let d = validate::validate("many.yaml", &source, &components()).unwrap_err();
+    assert_eq!(d.0.len(), validate::MAX_DIAGNOSTICS + 1);
+    assert!(
+        d.0[99]
+            .message
+            .contains("node 'n99' uses unknown component 'nope'")
+    );
+    let last = &d.0[100];
+    assert_eq!(last.pos.to_string(), "106:42", "{last}");
+    assert!(
+        last.message
+            .starts_with("200 more problems from here on are not listed"),
+        "{last}"
+    );
+}
+
+#[test]
+fn a_duplicate_key_in_a_huge_mapping_is_found_where_it_is() {
+    let mut source = String::from(
+        "apiVersion: sandgraph.dev/v1\nkind: Graph\nmetadata: { name: wide }\nspec:\n  nodes:\n    - id: a\n      kind: tool\n      component: calc\n      input:\n",
+    );
+    for i in 0..50_000 {
+        source.push_str(&format!("        f{i}: \"'1'\"\n"));
+    }
+    source.push_str("        f7: \"'2'\"\n");
+    let d = validate::validate("wide.yaml", &source, &components()).unwrap_err();
+    assert_eq!(
+        d.0[0].to_string(),
+        "wide.yaml:50010:9: duplicate key 'f7' (first at 17:9); remove one"
+    );
+}

@@ -417,9 +417,8 @@ fn validate_source(state: &State, source: &str) -> Result<CompiledGraph, Problem
         .read()
         .unwrap_or_else(|p| p.into_inner())
         .manifests();
-    let graph = validate::validate("graph.yaml", source, &manifests)
-        .map_err(|d| diagnostics_problem(&d))?;
-    Ok(CompiledGraph::compile(graph))
+    validate::validate_compiled("graph.yaml", source, &manifests)
+        .map_err(|d| diagnostics_problem(&d))
 }
 
 async fn post_graph(state: &Arc<State>, req: Request<Incoming>) -> Reply {

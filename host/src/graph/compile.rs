@@ -18,8 +18,14 @@ use super::validate::{Topology, parse_duration};
 /// when the expression is needed, instead of the expression being dropped or trusted.
 pub type CompiledExpr = Result<Arc<Expression>, ExprError>;
 
-fn compile_expr(src: &str) -> CompiledExpr {
-    Expression::compile(src).map(Arc::new)
+/// Expressions already compiled, by source text.
+pub type ExprCache = HashMap<String, CompiledExpr>;
+
+fn compile_expr(src: &str, cache: &mut ExprCache) -> CompiledExpr {
+    cache
+        .entry(src.to_owned())
+        .or_insert_with(|| Expression::compile(src).map(Arc::new))
+        .clone()
 }
 
 /// A node ready to schedule.
@@ -69,6 +75,11 @@ impl CompiledGraph {
     /// Compiles a graph that `validate` accepted. Durations were checked there; one that still
     /// fails here is left out. An expression that fails keeps its error for the step to report.
     pub fn compile(spec: Graph) -> CompiledGraph {
+        CompiledGraph::compile_with(spec, &mut ExprCache::new())
+    }
+
+    /// [`CompiledGraph::compile`] reusing (and adding to) already compiled expressions.
+    pub fn compile_with(spec: Graph, cache: &mut ExprCache) -> CompiledGraph {
         let mut graph = StableDiGraph::new();
         let mut by_id = HashMap::new();
         let mut idx = Vec::new();
@@ -79,7 +90,7 @@ impl CompiledGraph {
                 input: n
                     .input
                     .iter()
-                    .map(|(k, v)| (k.clone(), compile_expr(v)))
+                    .map(|(k, v)| (k.clone(), compile_expr(v, cache)))
                     .collect(),
                 retry: RetryPolicy {
                     max_attempts: retry.max_attempts,
@@ -112,7 +123,7 @@ impl CompiledGraph {
                 idx[f],
                 idx[t],
                 CompiledEdge {
-                    when: e.when.as_deref().map(compile_expr),
+                    when: e.when.as_deref().map(|w| compile_expr(w, cache)),
                     when_source: e.when.clone(),
                     back_edge: back.contains(&i),
                 },

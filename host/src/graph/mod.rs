@@ -30,8 +30,7 @@ pub fn load(path: &Path, components: &[Manifest]) -> Result<CompiledGraph, Diagn
             message: e.message,
         }])
     })?;
-    let graph = validate::validate(&file, &source, components)?;
-    Ok(CompiledGraph::compile(graph))
+    validate::validate_compiled(&file, &source, components)
 }
 
 /// Reads at most `MAX_DOCUMENT_BYTES + 1` bytes so a huge file is refused without loading it;

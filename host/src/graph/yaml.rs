@@ -8,8 +8,9 @@ use std::fmt;
 use saphyr_parser::{Event, Parser, ScalarStyle};
 use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess, SeqAccess, Visitor};
 
-/// Documents above this size are refused before parsing.
-pub const MAX_DOCUMENT_BYTES: usize = 1 << 20;
+/// Documents above this size are refused before parsing: room for a 20,000-node graph (the
+/// API's `max_graph_bytes` caps what a POST may send separately, 1 MiB by default).
+pub const MAX_DOCUMENT_BYTES: usize = 4 << 20;
 /// Mappings and sequences nested deeper than this are refused.
 pub const MAX_DEPTH: usize = 64;
 
@@ -232,7 +233,13 @@ struct Builder {
     stack: Vec<(Yaml, Option<Yaml>, bool)>,
     root: Option<Yaml>,
     duplicates: Vec<Located>,
+    /// For each open mapping with many keys (by stack depth): where each key first appears,
+    /// so finding duplicates stays linear in the mapping's size.
+    indexes: std::collections::HashMap<usize, std::collections::HashMap<String, Pos>>,
 }
+
+/// Mappings with more keys than this are indexed for the duplicate check.
+const INDEX_FROM: usize = 16;
 
 impl Builder {
     fn open(&mut self, node: Yaml) -> Result<(), Located> {
@@ -247,6 +254,7 @@ impl Builder {
     }
 
     fn close(&mut self) -> Result<(), Located> {
+        self.indexes.remove(&self.stack.len());
         if let Some((node, pending, _)) = self.stack.pop() {
             if let Some(key) = pending {
                 return Err(Located {
@@ -260,6 +268,7 @@ impl Builder {
     }
 
     fn push(&mut self, node: Yaml) -> Result<(), Located> {
+        let depth = self.stack.len();
         let Some((parent, pending, duplicate)) = self.stack.last_mut() else {
             self.root = Some(node);
             return Ok(());
@@ -268,18 +277,32 @@ impl Builder {
             YamlValue::Seq(items) => items.push(node),
             YamlValue::Map(entries) => match pending.take() {
                 None => {
-                    if let Some(k) = node.as_str()
-                        && let Some((first, _)) =
-                            entries.iter().find(|(e, _)| e.as_str() == Some(k))
-                    {
-                        self.duplicates.push(Located {
-                            pos: node.pos,
-                            message: format!(
-                                "duplicate key '{k}' (first at {}); remove one",
-                                first.pos
-                            ),
-                        });
-                        *duplicate = true;
+                    if let Some(k) = node.as_str() {
+                        let first = if entries.len() < INDEX_FROM {
+                            entries
+                                .iter()
+                                .find(|(e, _)| e.as_str() == Some(k))
+                                .map(|(e, _)| e.pos)
+                        } else {
+                            let index = self.indexes.entry(depth).or_insert_with(|| {
+                                entries
+                                    .iter()
+                                    .filter_map(|(e, _)| Some((e.as_str()?.to_owned(), e.pos)))
+                                    .collect()
+                            });
+                            let first = index.get(k).copied();
+                            index.entry(k.to_owned()).or_insert(node.pos);
+                            first
+                        };
+                        if let Some(first) = first {
+                            self.duplicates.push(Located {
+                                pos: node.pos,
+                                message: format!(
+                                    "duplicate key '{k}' (first at {first}); remove one"
+                                ),
+                            });
+                            *duplicate = true;
+                        }
                     }
                     *pending = Some(node);
                 }
