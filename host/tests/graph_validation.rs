@@ -39,12 +39,21 @@ fn every_invalid_graph_reports_its_expected_messages_and_locations() {
     let mut failures = Vec::new();
     for case in &cases {
         let name = case.file_name().unwrap().to_string_lossy().to_string();
-        let source = std::fs::read_to_string(case).unwrap();
+        let bytes = std::fs::read(case).unwrap();
         let expected_path = case.with_extension("expected");
         let expected = std::fs::read_to_string(&expected_path)
             .unwrap_or_else(|_| panic!("{} has no .expected file", name));
         let expected: Vec<&str> = expected.lines().filter(|l| !l.trim().is_empty()).collect();
-        let got = match validate::validate(&name, &source, &components) {
+        // Bytes that are not UTF-8 are refused before validation, as `graph::load` does.
+        let result = match yaml::utf8(bytes) {
+            Ok(source) => validate::validate(&name, &source, &components),
+            Err(e) => Err(graph::Diagnostics(vec![graph::Diagnostic {
+                file: name.clone(),
+                pos: e.pos,
+                message: e.message,
+            }])),
+        };
+        let got = match result {
             Ok(_) => {
                 failures.push(format!(
                     "{name}: accepted, expected {} errors",
@@ -268,7 +277,7 @@ fn schema_validator() -> jsonschema::Validator {
 }
 
 fn as_json(source: &str) -> serde_json::Value {
-    yaml::from_yaml(&yaml::parse(source).unwrap()).unwrap()
+    yaml::from_yaml(&yaml::parse(source).unwrap().0).unwrap()
 }
 
 #[test]
@@ -295,4 +304,46 @@ fn json_schema_rejects_what_the_spec_types_reject() {
         let doc = as_json(&std::fs::read_to_string(&path).unwrap());
         assert!(!validator.is_valid(&doc), "{case} passes the schema");
     }
+}
+
+#[test]
+fn diagnostics_are_capped_with_a_count_of_the_rest() {
+    let mut source = String::from(
+        "apiVersion: sandgraph.dev/v1\nkind: Graph\nmetadata: { name: many }\nspec:\n  nodes:\n",
+    );
+    for i in 0..300 {
+        source.push_str(&format!(
+            "    - {{ id: n{i}, kind: tool, component: nope }}\n"
+        ));
+    }
+    let d = validate::validate("many.yaml", &source, &components()).unwrap_err();
+    assert_eq!(d.0.len(), validate::MAX_DIAGNOSTICS + 1);
+    assert!(
+        d.0[99]
+            .message
+            .contains("node 'n99' uses unknown component 'nope'")
+    );
+    let last = &d.0[100];
+    assert_eq!(last.pos.to_string(), "106:42", "{last}");
+    assert!(
+        last.message
+            .starts_with("200 more problems from here on are not listed"),
+        "{last}"
+    );
+}
+
+#[test]
+fn a_duplicate_key_in_a_huge_mapping_is_found_where_it_is() {
+    let mut source = String::from(
+        "apiVersion: sandgraph.dev/v1\nkind: Graph\nmetadata: { name: wide }\nspec:\n  nodes:\n    - id: a\n      kind: tool\n      component: calc\n      input:\n",
+    );
+    for i in 0..50_000 {
+        source.push_str(&format!("        f{i}: \"'1'\"\n"));
+    }
+    source.push_str("        f7: \"'2'\"\n");
+    let d = validate::validate("wide.yaml", &source, &components()).unwrap_err();
+    assert_eq!(
+        d.0[0].to_string(),
+        "wide.yaml:50010:9: duplicate key 'f7' (first at 17:9); remove one"
+    );
 }

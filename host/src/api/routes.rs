@@ -424,9 +424,8 @@ fn validate_source(state: &State, source: &str) -> Result<CompiledGraph, Problem
         .read()
         .unwrap_or_else(|p| p.into_inner())
         .manifests();
-    let graph = validate::validate("graph.yaml", source, &manifests)
-        .map_err(|d| diagnostics_problem(&d))?;
-    Ok(CompiledGraph::compile(graph))
+    validate::validate_compiled("graph.yaml", source, &manifests)
+        .map_err(|d| diagnostics_problem(&d))
 }
 
 async fn post_graph(state: &Arc<State>, req: Request<Incoming>) -> Reply {
@@ -435,8 +434,11 @@ async fn post_graph(state: &Arc<State>, req: Request<Incoming>) -> Reply {
         &["application/yaml", "application/x-yaml", "text/yaml"],
     )?;
     let body = read_body(state, req, state.config.max_graph_bytes).await?;
-    let source = String::from_utf8(body.to_vec()).map_err(|e| {
-        Problem::bad_request("bad-encoding", format!("the graph is not UTF-8: {e}"))
+    let source = crate::graph::yaml::utf8(body.to_vec()).map_err(|e| {
+        Problem::bad_request(
+            "bad-encoding",
+            format!("the graph is not UTF-8: {}: {}", e.pos, e.message),
+        )
     })?;
     let compiled = validate_source(state, &source)?;
     let version = GraphVersion {
@@ -888,6 +890,9 @@ fn engine_problem(e: EngineError) -> Problem {
                 errors.join("; ")
             ),
         ),
+        e @ EngineError::InputTooDeep { .. } => {
+            Problem::unprocessable("invalid-input", e.to_string())
+        }
         EngineError::UnknownComponent { node, component } => Problem::unprocessable(
             "unknown-tool",
             format!(

@@ -9,15 +9,31 @@ use std::time::Duration;
 use petgraph::stable_graph::{EdgeIndex, NodeIndex, StableDiGraph};
 use sha2::{Digest, Sha256};
 
+use super::expr::{ExprError, Expression};
 use super::spec::{Graph, Node, Reducer, Retry};
-use super::validate::{Topology, check_expression, parse_duration};
+use super::validate::{Topology, parse_duration};
+
+/// An expression of the graph, or why it cannot run. Validation refuses graphs with bad
+/// expressions, but a run's pinned graph may predate a limit: its step fails with the reason
+/// when the expression is needed, instead of the expression being dropped or trusted.
+pub type CompiledExpr = Result<Arc<Expression>, ExprError>;
+
+/// Expressions already compiled, by source text.
+pub type ExprCache = HashMap<String, CompiledExpr>;
+
+fn compile_expr(src: &str, cache: &mut ExprCache) -> CompiledExpr {
+    cache
+        .entry(src.to_owned())
+        .or_insert_with(|| Expression::compile(src).map(Arc::new))
+        .clone()
+}
 
 /// A node ready to schedule.
 #[derive(Debug)]
 pub struct CompiledNode {
     pub spec: Node,
     /// Input field -> compiled expression, in field order.
-    pub input: Vec<(String, Arc<cel::Program>)>,
+    pub input: Vec<(String, CompiledExpr)>,
     pub retry: RetryPolicy,
     pub timeout: Option<Duration>,
     /// `None`: the node is not on a cycle and runs at most once.
@@ -35,7 +51,7 @@ pub struct RetryPolicy {
 /// An edge: its condition, and whether it closes a loop (a back edge joins never wait for).
 #[derive(Debug)]
 pub struct CompiledEdge {
-    pub when: Option<Arc<cel::Program>>,
+    pub when: Option<CompiledExpr>,
     pub when_source: Option<String>,
     pub back_edge: bool,
 }
@@ -56,9 +72,14 @@ pub struct CompiledGraph {
 }
 
 impl CompiledGraph {
-    /// Compiles a graph that `validate` accepted. Expressions and durations were checked
-    /// there; one that still fails here is left out rather than trusted.
+    /// Compiles a graph that `validate` accepted. Durations were checked there; one that still
+    /// fails here is left out. An expression that fails keeps its error for the step to report.
     pub fn compile(spec: Graph) -> CompiledGraph {
+        CompiledGraph::compile_with(spec, &mut ExprCache::new())
+    }
+
+    /// [`CompiledGraph::compile`] reusing (and adding to) already compiled expressions.
+    pub fn compile_with(spec: Graph, cache: &mut ExprCache) -> CompiledGraph {
         let mut graph = StableDiGraph::new();
         let mut by_id = HashMap::new();
         let mut idx = Vec::new();
@@ -69,7 +90,7 @@ impl CompiledGraph {
                 input: n
                     .input
                     .iter()
-                    .filter_map(|(k, v)| check_expression(v).ok().map(|p| (k.clone(), Arc::new(p))))
+                    .map(|(k, v)| (k.clone(), compile_expr(v, cache)))
                     .collect(),
                 retry: RetryPolicy {
                     max_attempts: retry.max_attempts,
@@ -102,11 +123,7 @@ impl CompiledGraph {
                 idx[f],
                 idx[t],
                 CompiledEdge {
-                    when: e
-                        .when
-                        .as_deref()
-                        .and_then(|w| check_expression(w).ok())
-                        .map(Arc::new),
+                    when: e.when.as_deref().map(|w| compile_expr(w, cache)),
                     when_source: e.when.clone(),
                     back_edge: back.contains(&i),
                 },

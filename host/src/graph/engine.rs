@@ -17,18 +17,19 @@ use tokio_util::sync::CancellationToken;
 
 use super::catalog::Catalog;
 use super::compile::{CompiledGraph, canonical_json};
+use super::expr::json_depth;
 use super::scheduler::{Activation, ScheduleError, Scheduler};
 use super::spec::Graph;
 use crate::journal::crossings::{CrossingError, StepCrossings};
 use crate::journal::{
     Durability, Event, Journal, JournalError, PinnedComponent, Record, RunId, RunStatus,
 };
-use crate::sandbox::Sandbox;
 use crate::sandbox::manifest::{
     self, CallGrant, EffectiveGrant, Limits, Manifest, OperatorPolicy, WorkspaceMode,
 };
 use crate::sandbox::outcome::{AuditRecord, CallError};
 use crate::sandbox::registry::LoadedTool;
+use crate::sandbox::{MAX_JSON_DEPTH, Sandbox};
 
 /// Called with every event the engine journals for a run (progress output, metrics).
 pub type Progress = Arc<dyn Fn(RunId, &Event) + Send + Sync>;
@@ -64,6 +65,10 @@ impl Default for EngineConfig {
 pub enum EngineError {
     #[error("run input does not match the graph's input schema: {}", .0.join("; "))]
     InvalidInput(Vec<String>),
+    #[error(
+        "run input nests arrays and objects {depth} levels deep, over the limit of {limit}; flatten it"
+    )]
+    InputTooDeep { depth: usize, limit: usize },
     #[error("the graph's input schema does not compile: {0}")]
     BadInputSchema(String),
     #[error("node '{node}' names component '{component}', which is not in the catalog")]
@@ -334,13 +339,54 @@ impl Engine {
         })
     }
 
-    /// Resumes every run the journal holds as running (what a host does on start).
+    /// Resumes every run the journal holds as running (what a host does on start). A run
+    /// whose pinned graph, components or input can no longer be used is ended as failed with
+    /// the reason, so one poison run never stops the host from starting; only a journal that
+    /// cannot be read or written is an error.
     pub async fn resume_unfinished(&self) -> Result<Vec<RunHandle>, EngineError> {
         let mut out = Vec::new();
         for s in self.journal.unfinished_runs()? {
-            out.push(self.resume(s.run).await?);
+            match self.resume(s.run).await {
+                Ok(handle) => out.push(handle),
+                Err(EngineError::Journal(e)) => return Err(EngineError::Journal(e)),
+                Err(e) => out.push(self.fail_unusable(s.run, e.to_string()).await?),
+            }
         }
         Ok(out)
+    }
+
+    /// Ends `run` as failed with `reason` without executing anything.
+    async fn fail_unusable(&self, run: RunId, reason: String) -> Result<RunHandle, EngineError> {
+        tracing::error!(run_id = %run, %reason, "an unfinished run cannot resume; it is ended as failed");
+        let event = Event::RunFinished {
+            status: RunStatus::Failed,
+            output: None,
+            error: Some(reason.clone()),
+        };
+        let journal = self.journal.clone();
+        tokio::task::spawn_blocking(move || journal.append(run, &event, Durability::Durable))
+            .await
+            .map_err(|e| JournalError::Flush(e.to_string()))??;
+        if let Some(p) = &self.progress {
+            p(
+                run,
+                &Event::RunFinished {
+                    status: RunStatus::Failed,
+                    output: None,
+                    error: Some(reason.clone()),
+                },
+            );
+        }
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(async move {
+            RunOutcome {
+                run,
+                status: RunStatus::Failed,
+                output: None,
+                error: Some(reason),
+            }
+        });
+        Ok(RunHandle { run, cancel, task })
     }
 
     fn ctx(
@@ -372,8 +418,16 @@ impl Engine {
     }
 }
 
-/// Checks `input` against the graph's input schema, listing every violation.
+/// Checks `input` against the nesting limit and the graph's input schema, listing every
+/// violation.
 fn check_input(graph: &Graph, input: &Value) -> Result<(), EngineError> {
+    let depth = json_depth(input);
+    if depth > MAX_JSON_DEPTH {
+        return Err(EngineError::InputTooDeep {
+            depth,
+            limit: MAX_JSON_DEPTH,
+        });
+    }
     let Some(schema) = &graph.spec.input else {
         return Ok(());
     };

@@ -5,6 +5,7 @@
 pub mod catalog;
 pub mod compile;
 pub mod engine;
+pub mod expr;
 pub mod replay;
 pub mod scheduler;
 pub mod spec;
@@ -22,32 +23,36 @@ pub use validate::{Diagnostic, Diagnostics};
 /// Reads, validates and compiles a graph file; `components` are the known component manifests.
 pub fn load(path: &Path, components: &[Manifest]) -> Result<CompiledGraph, Diagnostics> {
     let file = path.display().to_string();
-    let source = read_bounded(path).map_err(|message| {
+    let source = read_bounded(path).map_err(|e| {
         Diagnostics(vec![Diagnostic {
             file: file.clone(),
-            pos: yaml::Pos { line: 1, col: 1 },
-            message,
+            pos: e.pos,
+            message: e.message,
         }])
     })?;
-    let graph = validate::validate(&file, &source, components)?;
-    Ok(CompiledGraph::compile(graph))
+    validate::validate_compiled(&file, &source, components)
 }
 
-/// Reads at most `MAX_DOCUMENT_BYTES + 1` bytes so a huge file is refused without loading it.
-fn read_bounded(path: &Path) -> Result<String, String> {
+/// Reads at most `MAX_DOCUMENT_BYTES + 1` bytes so a huge file is refused without loading it;
+/// a byte that is not UTF-8 is reported at its line:col.
+fn read_bounded(path: &Path) -> Result<String, yaml::Located> {
     use std::io::Read;
-    let f = std::fs::File::open(path).map_err(|e| format!("cannot open graph file: {e}"))?;
+    let start = |message: String| yaml::Located {
+        pos: yaml::Pos { line: 1, col: 1 },
+        message,
+    };
+    let f = std::fs::File::open(path).map_err(|e| start(format!("cannot open graph file: {e}")))?;
     let mut buf = Vec::new();
     f.take(yaml::MAX_DOCUMENT_BYTES as u64 + 1)
         .read_to_end(&mut buf)
-        .map_err(|e| format!("cannot read graph file: {e}"))?;
+        .map_err(|e| start(format!("cannot read graph file: {e}")))?;
     if buf.len() > yaml::MAX_DOCUMENT_BYTES {
-        return Err(format!(
+        return Err(start(format!(
             "document is over the {} byte limit; split the graph or shorten it",
             yaml::MAX_DOCUMENT_BYTES
-        ));
+        )));
     }
-    String::from_utf8(buf).map_err(|e| format!("graph file is not UTF-8: {e}"))
+    yaml::utf8(buf)
 }
 
 /// The component manifests under `dir` (each `*/*.sandgraph.yaml`), sorted by name.

@@ -23,7 +23,17 @@ use petgraph::visit::EdgeRef;
 use serde_json::{Map, Value};
 
 use super::compile::CompiledGraph;
+use super::expr::ExprError;
 use super::state::{EvalError, RunState};
+use super::validate::abbreviate;
+
+/// An expression of a pinned graph that cannot run (it predates a limit): the step fails.
+fn refused_error(source: &str, refused: &ExprError) -> EvalError {
+    EvalError {
+        source_text: abbreviate(source),
+        reason: format!("refused before running: it {refused}"),
+    }
+}
 
 /// A node activated to run as one step.
 #[derive(Debug, Clone, PartialEq)]
@@ -146,17 +156,20 @@ impl Scheduler {
             let target = self.graph.graph.edge_endpoints(edge).map(|(_, t)| t);
             let Some(target) = target else { continue };
             let e = &self.graph.graph[edge];
-            let pass = match (&e.when, &e.when_source) {
-                (Some(program), Some(source)) => {
-                    self.state.condition(program, source).map_err(|source| {
-                        ScheduleError::Condition {
-                            from: id.clone(),
-                            to: self.graph.graph[target].spec.id.clone(),
-                            source,
-                        }
-                    })?
+            let condition_error = |source| ScheduleError::Condition {
+                from: id.clone(),
+                to: self.graph.graph[target].spec.id.clone(),
+                source,
+            };
+            let pass = match &e.when {
+                Some(Ok(expr)) => self.state.condition(expr).map_err(condition_error)?,
+                Some(Err(refused)) => {
+                    return Err(condition_error(refused_error(
+                        e.when_source.as_deref().unwrap_or(""),
+                        refused,
+                    )));
                 }
-                _ => true,
+                None => true,
             };
             if pass {
                 self.signal(edge, target, &mut out)?;
@@ -322,16 +335,19 @@ impl Scheduler {
             return Err(ScheduleError::StepLimit { max });
         }
         let mut input = Map::new();
-        for (field, program) in &cn.input {
-            let source = cn.spec.input.get(field).map(String::as_str).unwrap_or("");
-            let value =
-                self.state
-                    .eval(program, source)
-                    .map_err(|source| ScheduleError::Input {
-                        node: id.clone(),
-                        field: field.clone(),
-                        source,
-                    })?;
+        for (field, expr) in &cn.input {
+            let input_error = |source| ScheduleError::Input {
+                node: id.clone(),
+                field: field.clone(),
+                source,
+            };
+            let value = match expr {
+                Ok(expr) => self.state.eval(expr).map_err(input_error)?,
+                Err(refused) => {
+                    let source = cn.spec.input.get(field).map(String::as_str).unwrap_or("");
+                    return Err(input_error(refused_error(source, refused)));
+                }
+            };
             input.insert(field.clone(), value);
         }
         self.iterations.insert(node, next);

@@ -4,7 +4,9 @@
 
 use serde_json::{Map, Value};
 
+use super::expr::{Expression, map_to_cel, to_cel};
 use super::spec::Reducer;
+use super::validate::abbreviate;
 
 /// Why an expression could not be evaluated against the run state.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,33 +73,26 @@ impl RunState {
         self.nodes.insert(node.to_owned(), output.clone());
     }
 
-    /// Evaluates a compiled CEL program against this state.
-    pub fn eval(&self, program: &cel::Program, source: &str) -> Result<Value, EvalError> {
-        let err = |reason: String| EvalError {
-            source_text: source.to_owned(),
-            reason,
-        };
-        let mut ctx = cel::Context::with_env(stdlib());
-        // Bound straight from the maps: wrapping them in a `Value::Object` first would deep-copy
-        // every node output on every evaluation, on top of the conversion to CEL values.
-        ctx.add_variable("input", &self.input)
-            .map_err(|e| err(format!("cannot bind `input`: {e}")))?;
-        ctx.add_variable("nodes", &self.nodes)
-            .map_err(|e| err(format!("cannot bind `nodes`: {e}")))?;
-        ctx.add_variable("state", &self.state)
-            .map_err(|e| err(format!("cannot bind `state`: {e}")))?;
-        let value = program.execute(&ctx).map_err(|e| err(e.to_string()))?;
-        value
-            .json()
-            .map_err(|e| err(format!("result is not JSON: {e:?}")))
+    /// Evaluates a compiled expression against this state (see [`super::expr`] for how JSON
+    /// maps to CEL values and how deep evaluation may go).
+    pub fn eval(&self, expr: &Expression) -> Result<Value, EvalError> {
+        let vars = [
+            ("input", to_cel(&self.input)),
+            ("nodes", map_to_cel(&self.nodes)),
+            ("state", map_to_cel(&self.state)),
+        ];
+        expr.eval(&stdlib(), vars).map_err(|e| EvalError {
+            source_text: abbreviate(&expr.source),
+            reason: e.to_string(),
+        })
     }
 
     /// Evaluates a condition; anything but a boolean is an error naming what it was.
-    pub fn condition(&self, program: &cel::Program, source: &str) -> Result<bool, EvalError> {
-        match self.eval(program, source)? {
+    pub fn condition(&self, expr: &Expression) -> Result<bool, EvalError> {
+        match self.eval(expr)? {
             Value::Bool(b) => Ok(b),
             other => Err(EvalError {
-                source_text: source.to_owned(),
+                source_text: abbreviate(&expr.source),
                 reason: format!("a condition must be true or false, got {other}"),
             }),
         }
@@ -109,8 +104,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn program(src: &str) -> cel::Program {
-        cel::Program::compile(src).unwrap()
+    fn program(src: &str) -> Expression {
+        Expression::compile(src).unwrap()
     }
 
     #[test]
@@ -122,16 +117,10 @@ mod tests {
             &[("n".into(), Reducer::Replace)],
         );
         let v = s
-            .eval(
-                &program("nodes.a.value < input.limit && state.n == 1"),
-                "...",
-            )
+            .eval(&program("nodes.a.value < input.limit && state.n == 1"))
             .unwrap();
         assert_eq!(v, json!(true));
-        assert_eq!(
-            s.eval(&program("input.name + '!'"), "").unwrap(),
-            json!("x!")
-        );
+        assert_eq!(s.eval(&program("input.name + '!'")).unwrap(), json!("x!"));
     }
 
     #[test]
@@ -157,10 +146,10 @@ mod tests {
     #[test]
     fn missing_keys_and_non_boolean_conditions_are_named() {
         let s = RunState::new(json!({}));
-        let e = s.eval(&program("nodes.seed.value"), "nodes.seed.value");
+        let e = s.eval(&program("nodes.seed.value"));
         let e = e.unwrap_err();
         assert!(e.reason.contains("seed"), "{e}");
-        let e = s.condition(&program("1 + 1"), "1 + 1").unwrap_err();
+        let e = s.condition(&program("1 + 1")).unwrap_err();
         assert!(e.reason.contains("must be true or false, got 2"), "{e}");
     }
 }

@@ -8,8 +8,9 @@ use std::fmt;
 use saphyr_parser::{Event, Parser, ScalarStyle};
 use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess, SeqAccess, Visitor};
 
-/// Documents above this size are refused before parsing.
-pub const MAX_DOCUMENT_BYTES: usize = 1 << 20;
+/// Documents above this size are refused before parsing: room for a 20,000-node graph (the
+/// API's `max_graph_bytes` caps what a POST may send separately, 1 MiB by default).
+pub const MAX_DOCUMENT_BYTES: usize = 4 << 20;
 /// Mappings and sequences nested deeper than this are refused.
 pub const MAX_DEPTH: usize = 64;
 
@@ -82,6 +83,37 @@ impl Yaml {
     }
 }
 
+/// Where byte `offset` of `bytes` is, counting characters of the valid UTF-8 before it.
+pub fn pos_of_byte(bytes: &[u8], offset: usize) -> Pos {
+    let before = &bytes[..offset.min(bytes.len())];
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let col = String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count()
+        + 1;
+    Pos {
+        line: before.iter().filter(|&&b| b == b'\n').count() + 1,
+        col,
+    }
+}
+
+/// `bytes` as UTF-8, or an error at the line:col of the first byte that is not.
+pub fn utf8(bytes: Vec<u8>) -> Result<String, Located> {
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let byte = e.as_bytes()[at];
+        Located {
+            pos: pos_of_byte(e.as_bytes(), at),
+            message: format!(
+                "byte 0x{byte:02x} is not UTF-8; a graph file must be UTF-8 text, save it as UTF-8"
+            ),
+        }
+    })
+}
+
 /// An error with the place it was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Located {
@@ -89,8 +121,9 @@ pub struct Located {
     pub message: String,
 }
 
-/// Parses one YAML document into a located tree.
-pub fn parse(source: &str) -> Result<Yaml, Located> {
+/// Parses one YAML document into a located tree, with the duplicate mapping keys found at any
+/// depth (each reported where it is; the first value is kept). Other errors stop parsing.
+pub fn parse(source: &str) -> Result<(Yaml, Vec<Located>), Located> {
     if source.len() > MAX_DOCUMENT_BYTES {
         return Err(Located {
             pos: Pos { line: 1, col: 1 },
@@ -101,6 +134,8 @@ pub fn parse(source: &str) -> Result<Yaml, Located> {
             ),
         });
     }
+    // A UTF-8 byte order mark (editors on Windows write one) is not part of the document.
+    let source = source.strip_prefix('\u{feff}').unwrap_or(source);
     let mut builder = Builder::default();
     let mut documents = 0usize;
     for event in Parser::new_from_str(source) {
@@ -161,7 +196,8 @@ pub fn parse(source: &str) -> Result<Yaml, Located> {
             _ => {}
         }
     }
-    builder.root.ok_or(Located {
+    let duplicates = builder.duplicates;
+    builder.root.map(|root| (root, duplicates)).ok_or(Located {
         pos: Pos { line: 1, col: 1 },
         message: "empty document; a graph starts with `apiVersion: sandgraph.dev/v1`".into(),
     })
@@ -192,9 +228,18 @@ fn refuse_anchor(anchor: usize, pos: Pos) -> Result<(), Located> {
 /// Builds the tree from events with an explicit stack (no recursion on input depth).
 #[derive(Default)]
 struct Builder {
-    stack: Vec<(Yaml, Option<Yaml>)>,
+    /// Open collections, each with the key waiting for its value and whether that key is a
+    /// duplicate (its value is dropped).
+    stack: Vec<(Yaml, Option<Yaml>, bool)>,
     root: Option<Yaml>,
+    duplicates: Vec<Located>,
+    /// For each open mapping with many keys (by stack depth): where each key first appears,
+    /// so finding duplicates stays linear in the mapping's size.
+    indexes: std::collections::HashMap<usize, std::collections::HashMap<String, Pos>>,
 }
+
+/// Mappings with more keys than this are indexed for the duplicate check.
+const INDEX_FROM: usize = 16;
 
 impl Builder {
     fn open(&mut self, node: Yaml) -> Result<(), Located> {
@@ -204,12 +249,13 @@ impl Builder {
                 message: format!("nesting deeper than {MAX_DEPTH} levels; flatten the document"),
             });
         }
-        self.stack.push((node, None));
+        self.stack.push((node, None, false));
         Ok(())
     }
 
     fn close(&mut self) -> Result<(), Located> {
-        if let Some((node, pending)) = self.stack.pop() {
+        self.indexes.remove(&self.stack.len());
+        if let Some((node, pending, _)) = self.stack.pop() {
             if let Some(key) = pending {
                 return Err(Located {
                     pos: key.pos,
@@ -222,7 +268,8 @@ impl Builder {
     }
 
     fn push(&mut self, node: Yaml) -> Result<(), Located> {
-        let Some((parent, pending)) = self.stack.last_mut() else {
+        let depth = self.stack.len();
+        let Some((parent, pending, duplicate)) = self.stack.last_mut() else {
             self.root = Some(node);
             return Ok(());
         };
@@ -230,20 +277,36 @@ impl Builder {
             YamlValue::Seq(items) => items.push(node),
             YamlValue::Map(entries) => match pending.take() {
                 None => {
-                    if let Some(k) = node.as_str()
-                        && let Some((first, _)) =
-                            entries.iter().find(|(e, _)| e.as_str() == Some(k))
-                    {
-                        return Err(Located {
-                            pos: node.pos,
-                            message: format!(
-                                "duplicate key '{k}' (first at {}); remove one",
-                                first.pos
-                            ),
-                        });
+                    if let Some(k) = node.as_str() {
+                        let first = if entries.len() < INDEX_FROM {
+                            entries
+                                .iter()
+                                .find(|(e, _)| e.as_str() == Some(k))
+                                .map(|(e, _)| e.pos)
+                        } else {
+                            let index = self.indexes.entry(depth).or_insert_with(|| {
+                                entries
+                                    .iter()
+                                    .filter_map(|(e, _)| Some((e.as_str()?.to_owned(), e.pos)))
+                                    .collect()
+                            });
+                            let first = index.get(k).copied();
+                            index.entry(k.to_owned()).or_insert(node.pos);
+                            first
+                        };
+                        if let Some(first) = first {
+                            self.duplicates.push(Located {
+                                pos: node.pos,
+                                message: format!(
+                                    "duplicate key '{k}' (first at {first}); remove one"
+                                ),
+                            });
+                            *duplicate = true;
+                        }
                     }
                     *pending = Some(node);
                 }
+                Some(_) if std::mem::take(duplicate) => {}
                 Some(key) => entries.push((key, node)),
             },
             YamlValue::Scalar { .. } => {}

@@ -51,7 +51,7 @@ const HEADER_OVERHEAD_BYTES: u64 = 32;
 /// Deepest nesting of arrays and objects a tool's output may have: one limit, checked where the
 /// output leaves the sandbox, below serde_json's own recursion limit (128) that the graph
 /// engine and the API parse with, so an output `tool call` accepts is one a graph accepts.
-pub const MAX_OUTPUT_DEPTH: u32 = 100;
+pub const MAX_OUTPUT_DEPTH: u32 = super::MAX_JSON_DEPTH as u32;
 
 /// The deepest nesting of arrays and objects in a JSON text, without recursion (strings and
 /// their escapes are skipped). Meant for text already known to be JSON.

@@ -458,6 +458,10 @@ fn configure_clocks_and_random(builder: &mut WasiCtxBuilder, crossings: Option<&
     clocks::configure(builder, crossings);
 }
 
+/// How deep arrays and objects may nest in a JSON document crossing into the engine (a run's
+/// input, a tool's output): graph expressions convert and walk them recursively.
+pub const MAX_JSON_DEPTH: usize = 64;
+
 fn check_output(output: String, limit: u64) -> Result<String, CallError> {
     if output.len() as u64 > limit {
         return Err(CallError::OutputTooLarge { limit_bytes: limit });
@@ -475,6 +479,7 @@ fn check_output(output: String, limit: u64) -> Result<String, CallError> {
     }
     Ok(output)
 }
+
 
 fn from_tool_error(e: ToolError) -> CallError {
     match e {

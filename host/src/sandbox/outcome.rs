@@ -84,7 +84,7 @@ pub enum CallError {
     #[error("output larger than {limit_bytes} bytes")]
     OutputTooLarge { limit_bytes: u64 },
     /// The output nests arrays/objects deeper than every consumer (CLI, graph, API) accepts.
-    #[error("output nests deeper than {max_depth} levels of arrays and objects")]
+    #[error("output nests arrays and objects deeper than {max_depth} levels")]
     OutputTooDeep { max_depth: u32 },
     #[error(
         "{resource:?} limit of {limit} exceeded; raise limits.{} if the tool needs more",
