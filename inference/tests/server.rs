@@ -1358,3 +1358,28 @@ async fn a_shared_prompt_prefix_is_reused_from_the_slot_cache() {
         common as f64
     );
 }
+
+/// Found by schemathesis (ST204): a 405 must name the supported methods in `Allow`
+/// (RFC 9110 §15.5.6), on every known path, with the OpenAI error object as its body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn method_not_allowed_names_the_allowed_methods() {
+    let s = open_server(1).await;
+    for (method, path, allow) in [
+        ("TRACE", "/health", "GET"),
+        ("POST", "/metrics", "GET"),
+        ("DELETE", "/v1/models", "GET"),
+        ("GET", "/v1/chat/completions", "POST"),
+        ("PUT", "/v1/completions", "POST"),
+    ] {
+        let (resp, _task) = send(s.addr, method, path, None).await;
+        assert_eq!(resp.status(), 405, "{method} {path}");
+        assert_eq!(
+            resp.headers().get("allow").and_then(|v| v.to_str().ok()),
+            Some(allow),
+            "{method} {path}"
+        );
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_error(&v, "method_not_allowed", None);
+    }
+}

@@ -52,16 +52,36 @@ pub async fn handle(
         (&Method::POST, "/v1/chat/completions") => chat(req, &state, arrived).await,
         (&Method::POST, "/v1/completions") => completion(req, &state, arrived).await,
         (_, "/health" | "/metrics" | "/v1/models" | "/v1/chat/completions" | "/v1/completions") => {
-            Err(ApiError::invalid(
-                format!("method {} is not allowed on {path}", req.method()),
-                None,
-                "method_not_allowed",
-            )
-            .with_status(StatusCode::METHOD_NOT_ALLOWED))
+            let allow = allowed_methods(&path);
+            let mut resp = error_response(
+                ApiError::invalid(
+                    format!(
+                        "method {} is not allowed on {path}; use {allow}",
+                        req.method()
+                    ),
+                    None,
+                    "method_not_allowed",
+                )
+                .with_status(StatusCode::METHOD_NOT_ALLOWED),
+            );
+            // RFC 9110 §15.5.6: a 405 names the methods the resource supports.
+            resp.headers_mut().insert(
+                hyper::header::ALLOW,
+                hyper::header::HeaderValue::from_static(allow),
+            );
+            Ok(resp)
         }
         _ => Err(ApiError::not_found(&path)),
     };
     Ok(r.unwrap_or_else(error_response))
+}
+
+/// The methods each known path answers (the `Allow` header of its 405).
+fn allowed_methods(path: &str) -> &'static str {
+    match path {
+        "/v1/chat/completions" | "/v1/completions" => "POST",
+        _ => "GET",
+    }
 }
 
 fn health(state: &AppState) -> Response<Body> {
