@@ -480,7 +480,6 @@ fn check_output(output: String, limit: u64) -> Result<String, CallError> {
     Ok(output)
 }
 
-
 fn from_tool_error(e: ToolError) -> CallError {
     match e {
         ToolError::InvalidInput(message) => CallError::InvalidInput { message },
