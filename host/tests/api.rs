@@ -1130,16 +1130,7 @@ fn spawn_server(journal: &Path, grace: &str) -> Child {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start sandgraph serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .unwrap();
+    let addr = common::listening_addr(&mut child);
     Child { child, addr }
 }
 

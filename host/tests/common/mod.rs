@@ -285,3 +285,18 @@ fn serve(
         _ => respond(&mut out, "404 Not Found", "", b"no such route"),
     }
 }
+
+/// The address a `sandgraph serve` child announces on its first stdout line
+/// (`listening on ADDR`); takes the child's piped stdout.
+pub fn listening_addr(child: &mut std::process::Child) -> SocketAddr {
+    use std::io::BufRead;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout is piped"))
+        .read_line(&mut line)
+        .unwrap();
+    line.trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .unwrap()
+}
