@@ -40,7 +40,7 @@ pub use schemars::JsonSchema;
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "wit",
+        path: "wit/tool.wit",
         world: "tool",
         pub_export_macro: true,
         export_macro_name: "__export_tool_world",

@@ -4,4 +4,5 @@ pub mod api;
 pub mod cli;
 pub mod graph;
 pub mod journal;
+pub mod model;
 pub mod sandbox;

@@ -31,7 +31,7 @@ use registry::{LoadedTool, Registry};
 /// Host bindings for the `sandgraph:tool` world (guest-sdk/wit/tool.wit).
 pub mod bindings {
     wasmtime::component::bindgen!({
-        path: "../guest-sdk/wit",
+        path: "../guest-sdk/wit/tool.wit",
         world: "tool",
         exports: { default: async },
     });

@@ -4,7 +4,7 @@
 /// Bindings for the `sandgraph:tool` world (guest-sdk/wit/tool.wit).
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../guest-sdk/wit",
+        path: "../../guest-sdk/wit/tool.wit",
         world: "tool",
         pub_export_macro: true,
         export_macro_name: "export_tool",
