@@ -64,6 +64,10 @@ pub struct HostArgs {
     /// Steps of one run executing at once.
     #[arg(long, default_value_t = 16)]
     pub max_parallel: usize,
+    /// The models file: which provider answers each model alias agents name (default: alias
+    /// `default` is the embedded engine over models/SmolLM2-135M-Instruct.Q4_1.gguf).
+    #[arg(long, env = "SANDGRAPH_MODELS", value_name = "FILE")]
+    pub models: Option<PathBuf>,
     /// Print only the output (no progress lines).
     #[arg(long, short)]
     pub quiet: bool,
@@ -116,6 +120,9 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 
 fn engine(host: &HostArgs, resolver: Option<StaticResolver>) -> Result<Engine, String> {
     let secrets = host.operator.secret_store()?;
+    // A bad models file stops the command before any step runs.
+    let _models = crate::model::cli_models(host.models.as_deref(), &secrets)
+        .map_err(|e| e.to_string())?;
     let mut config = SandboxConfig {
         cache_dir: host.cache.dir(),
         secrets,
@@ -277,6 +284,8 @@ pub fn replay(args: ReplayArgs) -> Result<Finished, String> {
         workspace: None,
         idempotent_hosts: vec![],
         max_parallel: 1,
+        // Replay serves recorded model answers: no model is needed.
+        models: None,
         quiet: true,
         cache: args.cache,
     };
