@@ -744,3 +744,51 @@ impl Write for LogWriter {
         Ok(())
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The command line.
+
+#[test]
+fn run_and_serve_refuse_a_bad_models_file_before_doing_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("models.yaml");
+    std::fs::write(&file, "models:\n  default:\n    provider: ollama\n").unwrap();
+    // Stand-ins for the built tools: nothing gets as far as loading them.
+    let components = dir.path().join("components");
+    std::fs::create_dir(&components).unwrap();
+    for tool in ["calc", "http-get", "json-query", "text-stats", "workspace-fs"] {
+        std::fs::write(components.join(format!("{tool}.wasm")), b"").unwrap();
+    }
+    let expected = format!(
+        "{}:3:15: model alias `default`: unknown provider `ollama`; use embedded or openai",
+        file.display()
+    );
+    let run = Command::new(env!("CARGO_BIN_EXE_sandgraph"))
+        .arg("run")
+        .arg(repo().join("graphs/fan-out-fan-in.yaml"))
+        .arg("--tools")
+        .arg(repo().join("tools"))
+        .arg("--components")
+        .arg(&components)
+        .arg("--journal")
+        .arg(dir.path().join("journal"))
+        .arg("--models")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains(&expected), "{stderr}");
+    // The environment variable names the same file for `serve`.
+    let serve = Command::new(env!("CARGO_BIN_EXE_sandgraph"))
+        .arg("serve")
+        .env("SANDGRAPH_MODELS", &file)
+        .env("SANDGRAPH_LISTEN", "127.0.0.1:0")
+        .env("SANDGRAPH_JOURNAL", dir.path().join("journal-serve"))
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!serve.status.success());
+    let stderr = String::from_utf8_lossy(&serve.stderr);
+    assert!(stderr.contains(&expected), "{stderr}");
+}

@@ -135,6 +135,11 @@ impl EmbeddedEngine {
         })
     }
 
+    /// The engine as the inference server holds it (batcher, tokenizer, template).
+    pub fn ready(&self) -> &Ready {
+        &self.ready
+    }
+
     /// The continuous batcher (its counters show how requests shared forwards).
     pub fn batcher(&self) -> &Batcher {
         &self.ready.batcher
