@@ -83,7 +83,10 @@ fn models_file_errors_name_the_place_and_the_fix() {
     let none = SecretStore::default();
     let (l, c, m) = config_error("models:\n  default:\n    provider: llamafile\n", &none);
     assert_eq!((l, c), (3, 15), "{m}");
-    assert!(m.contains("unknown provider `llamafile`; use embedded or openai"), "{m}");
+    assert!(
+        m.contains("unknown provider `llamafile`; use embedded or openai"),
+        "{m}"
+    );
 
     let (l, c, m) = config_error("models:\n  default:\n    provider: embedded\n", &none);
     assert_eq!((l, c), (3, 5), "{m}");
@@ -94,7 +97,10 @@ fn models_file_errors_name_the_place_and_the_fix() {
         &none,
     );
     assert_eq!((l, c), (4, 11), "{m}");
-    assert!(m.contains("nope.gguf does not exist") && m.contains("sandgraph-infer pull"), "{m}");
+    assert!(
+        m.contains("nope.gguf does not exist") && m.contains("sandgraph-infer pull"),
+        "{m}"
+    );
 
     let (l, c, m) = config_error(
         "models:\n  default:\n    provider: embedded\n    path: models/SmolLM2-135M-Instruct.Q4_1.gguf\n    gpu_layers: 9\n",
@@ -122,14 +128,20 @@ fn models_file_errors_name_the_place_and_the_fix() {
         &none,
     );
     assert_eq!((l, c), (6, 19), "{m}");
-    assert!(m.contains("operator secret `OPENAI_KEY` is not set; pass it as --secret OPENAI_KEY=VALUE"), "{m}");
+    assert!(
+        m.contains("operator secret `OPENAI_KEY` is not set; pass it as --secret OPENAI_KEY=VALUE"),
+        "{m}"
+    );
 
     let (l, c, m) = config_error(
         "models:\n  r:\n    provider: openai\n    endpoint: http://127.0.0.1:9/v1\n    model: m\n    fallback: [local]\n",
         &none,
     );
     assert_eq!((l, c), (6, 16), "{m}");
-    assert!(m.contains("fallback `local` is not defined here; defined: r"), "{m}");
+    assert!(
+        m.contains("fallback `local` is not defined here; defined: r"),
+        "{m}"
+    );
 
     let (l, _, m) = config_error(
         "models:\n  a: {provider: openai, endpoint: 'http://127.0.0.1:9/v1', model: m, fallback: [b]}\n  b: {provider: openai, endpoint: 'http://127.0.0.1:9/v1', model: m, fallback: [a]}\n",
@@ -172,7 +184,9 @@ fn chains_follow_fallbacks_in_order_and_unknown_aliases_are_refused() {
     // Both aliases of one endpoint share its breaker.
     assert_eq!(m.breaker_states().len(), 1);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let e = rt.block_on(m.chat("d", &greedy("d", "hi", 4), None)).unwrap_err();
+    let e = rt
+        .block_on(m.chat("d", &greedy("d", "hi", 4), None))
+        .unwrap_err();
     assert_eq!(
         e,
         ModelError::InvalidRequest(
@@ -289,7 +303,10 @@ async fn embedded_forced_tool_call_and_invalid_requests() {
     let mut bad = greedy("default", "hi", 4);
     bad.response_format = Some(json!({"type": "object", "properties": 3}));
     let e = m.chat("default", &bad, None).await.unwrap_err();
-    assert!(matches!(&e, ModelError::InvalidRequest(m) if m.contains("response_format")), "{e:?}");
+    assert!(
+        matches!(&e, ModelError::InvalidRequest(m) if m.contains("response_format")),
+        "{e:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,7 +326,11 @@ async fn eight_concurrent_embedded_requests_share_forwards() {
     // Each alone first: the answers to compare with, and the engine loaded.
     let mut alone = Vec::new();
     for p in prompts {
-        alone.push(m.chat("default", &greedy("default", p, 16), None).await.unwrap());
+        alone.push(
+            m.chat("default", &greedy("default", p, 16), None)
+                .await
+                .unwrap(),
+        );
     }
     let provider = sandgraph::model::embedded::EmbeddedProvider::new(
         "probe",
@@ -361,7 +382,13 @@ fn infer_binary() -> PathBuf {
     let bin = dir.join("sandgraph-infer");
     if !bin.is_file() {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "sandgraph-inference", "--bin", "sandgraph-infer"])
+            .args([
+                "build",
+                "-p",
+                "sandgraph-inference",
+                "--bin",
+                "sandgraph-infer",
+            ])
             .current_dir(repo())
             .status()
             .unwrap();
@@ -379,7 +406,15 @@ impl Serve {
     fn start() -> Serve {
         let mut child = Command::new(infer_binary())
             .args(["serve", "--backend", "cpu", "--listen", "127.0.0.1:0"])
-            .args(["--slots", "4", "--context", "1024", "--threads", "2", "--model"])
+            .args([
+                "--slots",
+                "4",
+                "--context",
+                "1024",
+                "--threads",
+                "2",
+                "--model",
+            ])
             .arg(model_path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -401,7 +436,10 @@ impl Serve {
             let Ok(mut s) = std::net::TcpStream::connect(addr) else {
                 return false;
             };
-            let _ = write!(s, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let _ = write!(
+                s,
+                "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            );
             let mut out = String::new();
             let _ = s.read_to_string(&mut out);
             out.starts_with("HTTP/1.1 200")
@@ -453,7 +491,9 @@ async fn openai_provider_against_sandgraph_infer_serve_answers_like_the_embedded
     assert!(whole.timing.first_token.is_none());
     // Constrained JSON through the server too.
     let mut req = greedy("streamed", "Give a city and its country as JSON.", 64);
-    req.response_format = Some(json!({"type": "object", "properties": {"city": {"type": "string", "maxLength": 16}, "country": {"type": "string", "maxLength": 16}}, "required": ["city", "country"], "additionalProperties": false}));
+    req.response_format = Some(
+        json!({"type": "object", "properties": {"city": {"type": "string", "maxLength": 16}, "country": {"type": "string", "maxLength": 16}}, "required": ["city", "country"], "additionalProperties": false}),
+    );
     let a = m.chat("streamed", &req, None).await.unwrap();
     let v: Value = serde_json::from_str(&a.content).unwrap();
     assert!(v["city"].is_string() && v["country"].is_string(), "{v}");
@@ -478,6 +518,8 @@ enum Reply {
     Answer(&'static str),
     /// Reads the request and never answers.
     Hang,
+    /// Starts an event stream, sends one chunk with this content, then stalls.
+    StreamThenStall(&'static str),
 }
 
 struct Recorded {
@@ -520,6 +562,19 @@ impl Fake {
                 let mut conn = conn;
                 let (status, headers, body) = match reply {
                     Reply::Hang => {
+                        std::thread::spawn(move || {
+                            std::thread::sleep(Duration::from_secs(120));
+                            drop(conn);
+                        });
+                        continue;
+                    }
+                    Reply::StreamThenStall(text) => {
+                        let chunk = json!({"model": "fake", "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]});
+                        let _ = write!(
+                            conn,
+                            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\ndata: {chunk}\n\n"
+                        );
+                        let _ = conn.flush();
                         std::thread::spawn(move || {
                             std::thread::sleep(Duration::from_secs(120));
                             drop(conn);
@@ -579,14 +634,20 @@ async fn a_429_with_retry_after_is_retried_after_the_time_the_server_asked() {
         &format!("models:\n{}", openai_entry("remote", &fake, ", retries: 3")),
         &SecretStore::default(),
     );
-    let a = m.chat("remote", &greedy("remote", "hi", 4), None).await.unwrap();
+    let a = m
+        .chat("remote", &greedy("remote", "hi", 4), None)
+        .await
+        .unwrap();
     assert_eq!(a.content, "fine");
     assert_eq!(a.provider, "openai:remote");
     assert_eq!(fake.hits(), 2);
     let seen = fake.seen.lock().unwrap();
     let waited = seen[1].at - seen[0].at;
     // The backoff alone would have waited 5-10 ms.
-    assert!(waited >= Duration::from_millis(950), "retried after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(950),
+        "retried after {waited:?}"
+    );
 }
 
 #[tokio::test]
@@ -606,8 +667,14 @@ async fn repeated_500s_open_the_circuit_and_the_fallback_answers() {
         openai_entry("backup", &backup, "")
     );
     let m = models(&yaml, &SecretStore::default());
-    let a = m.chat("primary", &greedy("primary", "hi", 4), None).await.unwrap();
-    assert_eq!((a.provider.as_str(), a.content.as_str()), ("openai:backup", "from the backup"));
+    let a = m
+        .chat("primary", &greedy("primary", "hi", 4), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (a.provider.as_str(), a.content.as_str()),
+        ("openai:backup", "from the backup")
+    );
     assert_eq!(failing.hits(), 2, "one try and one retry");
     let states = m.breaker_states();
     let primary = states
@@ -616,21 +683,40 @@ async fn repeated_500s_open_the_circuit_and_the_fallback_answers() {
         .unwrap();
     assert_eq!(primary.1, BreakerState::Open);
     // With the circuit open the failing endpoint is not called at all.
-    let a = m.chat("primary", &greedy("primary", "hi", 4), None).await.unwrap();
+    let a = m
+        .chat("primary", &greedy("primary", "hi", 4), None)
+        .await
+        .unwrap();
     assert_eq!(a.provider, "openai:backup");
     assert_eq!(failing.hits(), 2);
     // Alone (no fallback), the open circuit is a typed unavailability.
     let alone = models(
         &format!(
             "models:\n{}",
-            openai_entry("primary", &failing, ", retries: 0, breaker: {failures: 1, cooldown: 60s}")
+            openai_entry(
+                "primary",
+                &failing,
+                ", retries: 0, breaker: {failures: 1, cooldown: 60s}"
+            )
         ),
         &SecretStore::default(),
     );
-    let e1 = alone.chat("primary", &greedy("primary", "hi", 4), None).await.unwrap_err();
-    assert!(matches!(&e1, ModelError::Unavailable(m) if m.contains("HTTP 500: boom")), "{e1:?}");
-    let e2 = alone.chat("primary", &greedy("primary", "hi", 4), None).await.unwrap_err();
-    assert!(matches!(&e2, ModelError::Unavailable(m) if m.contains("circuit open")), "{e2:?}");
+    let e1 = alone
+        .chat("primary", &greedy("primary", "hi", 4), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e1, ModelError::Unavailable(m) if m.contains("HTTP 500: boom")),
+        "{e1:?}"
+    );
+    let e2 = alone
+        .chat("primary", &greedy("primary", "hi", 4), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e2, ModelError::Unavailable(m) if m.contains("circuit open")),
+        "{e2:?}"
+    );
     assert_eq!(failing.hits(), 3);
 }
 
@@ -649,7 +735,10 @@ async fn a_hung_endpoint_times_out_typed_and_falls_back() {
     );
     let m = models(&yaml, &SecretStore::default());
     let started = Instant::now();
-    let a = m.chat("slow", &greedy("slow", "hi", 4), None).await.unwrap();
+    let a = m
+        .chat("slow", &greedy("slow", "hi", 4), None)
+        .await
+        .unwrap();
     assert_eq!(a.provider, "openai:backup");
     assert_eq!(hung.hits(), 2);
     assert!(started.elapsed() < Duration::from_secs(30));
@@ -661,11 +750,40 @@ async fn a_hung_endpoint_times_out_typed_and_falls_back() {
         ),
         &SecretStore::default(),
     );
-    let e = only.chat("slow", &greedy("slow", "hi", 4), None).await.unwrap_err();
+    let e = only
+        .chat("slow", &greedy("slow", "hi", 4), None)
+        .await
+        .unwrap_err();
     assert!(
         matches!(&e, ModelError::Timeout(m) if m.contains("read timeout")),
         "{e:?}"
     );
+}
+
+#[tokio::test]
+async fn a_stream_that_stalls_midway_times_out_without_repeating_what_was_streamed() {
+    let fake = Fake::start(vec![], Reply::StreamThenStall("Par"));
+    let m = models(
+        &format!(
+            "models:\n  s: {{ provider: openai, endpoint: 'http://{}/v1', model: m, retries: 2, timeout: {{read: 300ms}} }}\n",
+            fake.addr
+        ),
+        &SecretStore::default(),
+    );
+    let pieces = Arc::new(Mutex::new(Vec::<String>::new()));
+    let p = pieces.clone();
+    let sink = move |t: &str| p.lock().unwrap().push(t.to_owned());
+    let e = m
+        .chat("s", &greedy("s", "hi", 4), Some(&sink))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ModelError::Timeout(m) if m.contains("read timeout")),
+        "{e:?}"
+    );
+    // Text already handed to the sink is not generated again by a retry.
+    assert_eq!(fake.hits(), 1);
+    assert_eq!(*pieces.lock().unwrap(), vec!["Par".to_owned()]);
 }
 
 #[tokio::test]
@@ -699,12 +817,18 @@ async fn a_refused_key_is_unavailable_at_once_and_the_key_never_shows() {
         .with_max_level(tracing::Level::TRACE)
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
-    let e = m.chat("remote", &greedy("remote", "hi", 4), None).await.unwrap_err();
+    let e = m
+        .chat("remote", &greedy("remote", "hi", 4), None)
+        .await
+        .unwrap_err();
     assert_eq!(fake.hits(), 1, "a refused key is not retried");
     let ModelError::Unavailable(msg) = &e else {
         panic!("{e:?}")
     };
-    assert!(msg.contains("HTTP 401") && msg.contains("`OPENAI_KEY`"), "{msg}");
+    assert!(
+        msg.contains("HTTP 401") && msg.contains("`OPENAI_KEY`"),
+        "{msg}"
+    );
     assert!(msg.contains("[redacted]"), "{msg}");
     // The key went out in the Authorization header, and nowhere else.
     assert_eq!(
@@ -715,7 +839,11 @@ async fn a_refused_key_is_unavailable_at_once_and_the_key_never_shows() {
     assert!(!debug.contains(KEY), "{debug}");
     // A 500 that echoes the key is retried; the retry log masks it too.
     let echo = Fake::start(
-        vec![Reply::Status(500, vec![], format!(r#"{{"error":{{"message":"bad {KEY}"}}}}"#))],
+        vec![Reply::Status(
+            500,
+            vec![],
+            format!(r#"{{"error":{{"message":"bad {KEY}"}}}}"#),
+        )],
         Reply::Answer("ok"),
     );
     let m2 = models(
@@ -725,7 +853,9 @@ async fn a_refused_key_is_unavailable_at_once_and_the_key_never_shows() {
         ),
         &secrets,
     );
-    m2.chat("remote", &greedy("remote", "hi", 4), None).await.unwrap();
+    m2.chat("remote", &greedy("remote", "hi", 4), None)
+        .await
+        .unwrap();
     let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
     assert!(logs.contains("retrying"), "{logs}");
     assert!(!logs.contains(KEY), "{logs}");
@@ -756,7 +886,13 @@ fn run_and_serve_refuse_a_bad_models_file_before_doing_anything() {
     // Stand-ins for the built tools: nothing gets as far as loading them.
     let components = dir.path().join("components");
     std::fs::create_dir(&components).unwrap();
-    for tool in ["calc", "http-get", "json-query", "text-stats", "workspace-fs"] {
+    for tool in [
+        "calc",
+        "http-get",
+        "json-query",
+        "text-stats",
+        "workspace-fs",
+    ] {
         std::fs::write(components.join(format!("{tool}.wasm")), b"").unwrap();
     }
     let expected = format!(

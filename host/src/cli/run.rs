@@ -121,8 +121,8 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 fn engine(host: &HostArgs, resolver: Option<StaticResolver>) -> Result<Engine, String> {
     let secrets = host.operator.secret_store()?;
     // A bad models file stops the command before any step runs.
-    let _models = crate::model::cli_models(host.models.as_deref(), &secrets)
-        .map_err(|e| e.to_string())?;
+    let _models =
+        crate::model::cli_models(host.models.as_deref(), &secrets).map_err(|e| e.to_string())?;
     let mut config = SandboxConfig {
         cache_dir: host.cache.dir(),
         secrets,

@@ -201,9 +201,12 @@ pub fn parse(
             ));
         }
     }
-    let models = root
-        .get("models")
-        .ok_or_else(|| at(root.pos, "`models` is missing; list the model aliases under it".into()))?;
+    let models = root.get("models").ok_or_else(|| {
+        at(
+            root.pos,
+            "`models` is missing; list the model aliases under it".into(),
+        )
+    })?;
     let YamlValue::Map(entries) = &models.value else {
         return Err(at(
             models.pos,
@@ -211,7 +214,10 @@ pub fn parse(
         ));
     };
     if entries.is_empty() {
-        return Err(at(models.pos, "`models` is empty; define at least one alias".into()));
+        return Err(at(
+            models.pos,
+            "`models` is empty; define at least one alias".into(),
+        ));
     }
     let mut specs = Vec::with_capacity(entries.len());
     for (key, node) in entries {

@@ -171,11 +171,9 @@ impl EmbeddedEngine {
         let started = Instant::now();
         let body = wire::request_body(request, &self.ready.model_name, false);
         let wire_request = parse_body(body.to_string().as_bytes()).map_err(api_error)?;
-        let id = format!(
-            "embedded-{}",
-            self.next_id.fetch_add(1, Ordering::Relaxed)
-        );
-        let mut job = start_chat(&self.ready, id, wire_request, started, false).map_err(api_error)?;
+        let id = format!("embedded-{}", self.next_id.fetch_add(1, Ordering::Relaxed));
+        let mut job =
+            start_chat(&self.ready, id, wire_request, started, false).map_err(api_error)?;
         let mut first_token = None;
         let answer = job
             .collect(&mut |piece| {

@@ -222,7 +222,10 @@ impl ModelProvider for Broken {
         _: &ChatRequest,
         _: Option<&TokenSink>,
     ) -> Result<ChatResponse, ModelError> {
-        Err(ModelError::Unavailable(format!("{}: {}", self.name, self.why)))
+        Err(ModelError::Unavailable(format!(
+            "{}: {}",
+            self.name, self.why
+        )))
     }
 }
 

@@ -292,10 +292,16 @@ mod tests {
         let b = request_body(&request(), "smollm2", true);
         assert_eq!(b["model"], "smollm2");
         assert_eq!(b["stream_options"]["include_usage"], true);
-        assert_eq!(b["messages"][1]["tool_calls"][0]["function"]["name"], "calc");
+        assert_eq!(
+            b["messages"][1]["tool_calls"][0]["function"]["name"],
+            "calc"
+        );
         assert_eq!(b["messages"][2]["tool_call_id"], "c1");
         assert_eq!(b["response_format"]["type"], "json_schema");
-        assert_eq!(b["response_format"]["json_schema"]["schema"]["type"], "object");
+        assert_eq!(
+            b["response_format"]["json_schema"]["schema"]["type"],
+            "object"
+        );
         assert_eq!(b["tools"][0]["function"]["name"], "calc");
         assert_eq!(b["tool_choice"]["function"]["name"], "calc");
         assert_eq!(b["stop"][0], "\n");

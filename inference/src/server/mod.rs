@@ -1,6 +1,8 @@
 //! The OpenAI-compatible HTTP server behind `sandgraph-infer serve`: hyper on tokio in front of
 //! one continuous-batching engine thread. `routes` maps paths to handlers, `chat` is the
-//! chat-completion core (shared with in-process callers), `openai` holds the wire shapes, `batcher` schedules the backend, `sse` streams, `metrics`/`errors` as named.
+//! chat-completion core (shared with in-process callers such as the host's embedded model
+//! provider), `openai` holds the wire shapes, `batcher` schedules the backend, `sse` streams,
+//! `metrics`/`errors` as named.
 
 pub mod batcher;
 pub mod chat;

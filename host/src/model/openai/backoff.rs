@@ -68,7 +68,10 @@ mod tests {
             let full = Duration::from_millis(100 * (1 << retry)).min(Duration::from_millis(800));
             for _ in 0..50 {
                 let d = b.delay(retry);
-                assert!(d >= full / 2 && d <= full, "retry {retry}: {d:?} vs {full:?}");
+                assert!(
+                    d >= full / 2 && d <= full,
+                    "retry {retry}: {d:?} vs {full:?}"
+                );
             }
         }
     }

@@ -25,8 +25,12 @@ impl BreakerState {
 
 #[derive(Debug)]
 enum Inner {
-    Closed { failures: u32 },
-    Open { until: Instant },
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
     /// The cooldown has passed and one probe is in flight; others are refused until it ends.
     HalfOpen,
 }

@@ -174,8 +174,8 @@ impl std::fmt::Debug for Client {
 impl Client {
     pub fn new(endpoint: Endpoint, timeouts: Timeouts) -> Result<Client, String> {
         let tls = if endpoint.https {
-            let roots = crate::sandbox::egress::TlsRoots::new(&Vec::new())
-                .map_err(|e| e.to_string())?;
+            let roots =
+                crate::sandbox::egress::TlsRoots::new(&Vec::new()).map_err(|e| e.to_string())?;
             Some(tokio_rustls::TlsConnector::from(roots.client_config()))
         } else {
             None
@@ -201,9 +201,10 @@ impl Client {
     ) -> Result<Response, SendError> {
         let authority = self.endpoint.authority();
         let connect = async {
-            let tcp = tokio::net::TcpStream::connect((self.endpoint.host.as_str(), self.endpoint.port))
-                .await
-                .map_err(|e| SendError::Connect(format!("{authority}: {e}")))?;
+            let tcp =
+                tokio::net::TcpStream::connect((self.endpoint.host.as_str(), self.endpoint.port))
+                    .await
+                    .map_err(|e| SendError::Connect(format!("{authority}: {e}")))?;
             let _ = tcp.set_nodelay(true);
             Ok::<_, SendError>(tcp)
         };
@@ -334,7 +335,11 @@ mod tests {
             Endpoint::parse("https://api.example.com/v1").unwrap().port,
             443
         );
-        assert!(Endpoint::parse("http://u:p@h/v1").unwrap_err().contains("credentials"));
+        assert!(
+            Endpoint::parse("http://u:p@h/v1")
+                .unwrap_err()
+                .contains("credentials")
+        );
         assert!(Endpoint::parse("ftp://h/v1").is_err());
         assert!(Endpoint::parse("http://h/v1?x=1").is_err());
     }

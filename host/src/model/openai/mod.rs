@@ -346,9 +346,7 @@ impl ModelProvider for OpenAiProvider {
                         provider: self.name.clone(),
                         content: answer.content,
                         tool_calls: answer.tool_calls,
-                        finish_reason: answer
-                            .finish_reason
-                            .unwrap_or(super::FinishReason::Stop),
+                        finish_reason: answer.finish_reason.unwrap_or(super::FinishReason::Stop),
                         usage: answer.usage,
                         timing: ModelTiming {
                             total: started.elapsed(),
@@ -363,7 +361,7 @@ impl ModelProvider for OpenAiProvider {
             } else {
                 self.breaker.release();
             }
-            let Some(server_delay) = failure.retry else {
+            let Some(server_delay) = failure.retry.filter(|_| !streamed) else {
                 return Err(failure.error);
             };
             if retry >= self.settings.retries {
