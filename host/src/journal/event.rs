@@ -281,3 +281,70 @@ impl Event {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records as a format-2 build wrote them (before workspace snapshots) still decode.
+    #[test]
+    fn format_2_records_still_decode() {
+        // StepStarted { step: "a#1", attempt: 2 } appended at 1_700_000_000_000 ms.
+        let started = [2, 0, 0, 1, 0x8b, 0xcf, 0xe5, 0x68, 0, 2, 3, b'a', b'#', b'1', 2];
+        assert_eq!(
+            Event::decode(&started),
+            Ok((
+                1_700_000_000_000,
+                Event::StepStarted {
+                    step: "a#1".into(),
+                    attempt: 2
+                }
+            ))
+        );
+        // RunFinished { Succeeded, output: Some(Inline("{}")), error: None }.
+        let finished = [2, 0, 0, 0, 0, 0, 0, 0, 9, 6, 1, 1, 0, 2, b'{', b'}', 0];
+        assert_eq!(
+            Event::decode(&finished),
+            Ok((
+                9,
+                Event::RunFinished {
+                    status: RunStatus::Succeeded,
+                    output: Some(PayloadRef::Inline(b"{}".to_vec())),
+                    error: None
+                }
+            ))
+        );
+    }
+
+    #[test]
+    fn only_workspace_snapshots_need_format_3() {
+        let started = Event::StepStarted {
+            step: "a#1".into(),
+            attempt: 1,
+        };
+        assert_eq!(started.encode(5)[0], 2);
+        let snapshot = Event::WorkspaceSnapshot {
+            step: "a#1".into(),
+            attempt: 1,
+            moment: SnapshotMoment::Before,
+            writable: false,
+            snapshot: Snapshot::Skipped {
+                reason: "not snapshotted".into(),
+            },
+        };
+        let bytes = snapshot.encode(5);
+        assert_eq!(bytes[0], 3);
+        assert_eq!(Event::decode(&bytes), Ok((5, snapshot)));
+        // A format-2 header on a format-3 event is corrupt, not silently accepted.
+        let mut forged = bytes.clone();
+        forged[0] = 2;
+        assert_eq!(
+            Event::decode(&forged),
+            Err("a format 2 record cannot hold a format 3 event".into())
+        );
+        assert_eq!(
+            Event::decode(&[4, 0]),
+            Err("format version 4, this build reads versions 2 to 3".into())
+        );
+    }
+}

@@ -420,7 +420,7 @@ fn walk(root: &Path, limits: SnapshotLimits) -> Result<Vec<Found>, String> {
     if over || bytes > limits.max_bytes {
         let at_least = if complete { "" } else { "at least " };
         return Err(format!(
-            "not snapshotted ({at_least}{bytes} bytes in {at_least}{entries} entries, limit {} bytes and {} entries)",
+            "not snapshotted ({at_least}{bytes} bytes, limit {}; {at_least}{entries} files and directories, limit {})",
             limits.max_bytes, limits.max_entries
         ));
     }
