@@ -642,7 +642,10 @@ fn a_workspace_run_killed_after_every_journal_event_resumes_and_replays() {
         String::from_utf8_lossy(&out.stderr)
     );
     let expected = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert!(expected.contains("\"notes/today.txt\",\"size\":8"), "{expected}");
+    assert!(
+        expected.contains("\"notes/today.txt\",\"size\":8"),
+        "{expected}"
+    );
     let events = journal_events(&journal).len();
     assert!(
         journal_events(&journal)

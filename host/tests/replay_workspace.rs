@@ -275,17 +275,29 @@ async fn a_tampered_workspace_snapshot_is_a_divergence_naming_the_path() {
     let journal = engine.journal();
 
     // What `read` saw is not what it read: its output diverges.
-    tamper_snapshot(journal, outcome.run, "read#1", SnapshotMoment::Before, |j, m| {
-        set_file(j, m, "notes/today.txt", "buy beer")
-    });
+    tamper_snapshot(
+        journal,
+        outcome.run,
+        "read#1",
+        SnapshotMoment::Before,
+        |j, m| set_file(j, m, "notes/today.txt", "buy beer"),
+    );
     // What `write` left is not what it writes on replay: the tree diverges at that path.
-    tamper_snapshot(journal, outcome.run, "write#1", SnapshotMoment::After, |j, m| {
-        set_file(j, m, "notes/today.txt", "buy nothing")
-    });
+    tamper_snapshot(
+        journal,
+        outcome.run,
+        "write#1",
+        SnapshotMoment::After,
+        |j, m| set_file(j, m, "notes/today.txt", "buy nothing"),
+    );
     // A file `list` saw that is gone: its output diverges too.
-    tamper_snapshot(journal, outcome.run, "list#1", SnapshotMoment::Before, |_, m| {
-        m.entries.retain(|e| e.path != "seed.txt")
-    });
+    tamper_snapshot(
+        journal,
+        outcome.run,
+        "list#1",
+        SnapshotMoment::Before,
+        |_, m| m.entries.retain(|e| e.path != "seed.txt"),
+    );
 
     let report = bare_engine(journal).replay(outcome.run).await.unwrap();
     assert!(!report.identical());
@@ -300,8 +312,14 @@ async fn a_tampered_workspace_snapshot_is_a_divergence_naming_the_path() {
         } => {
             assert_eq!((step.as_str(), *attempt), ("write#1", 1));
             assert_eq!(path, "notes/today.txt");
-            assert!(recorded.starts_with("a file of 11 bytes (sha256 "), "{recorded}");
-            assert!(replayed.starts_with("a file of 8 bytes (sha256 "), "{replayed}");
+            assert!(
+                recorded.starts_with("a file of 11 bytes (sha256 "),
+                "{recorded}"
+            );
+            assert!(
+                replayed.starts_with("a file of 8 bytes (sha256 "),
+                "{replayed}"
+            );
         }
         other => panic!("expected write#1's tree to diverge, got {other:?}"),
     }
@@ -327,18 +345,25 @@ async fn a_tampered_workspace_snapshot_is_a_divergence_naming_the_path() {
     }
 
     // A snapshot's file whose bytes no longer match its digest is refused, not served.
-    tamper_snapshot(journal, outcome.run, "read#1", SnapshotMoment::Before, |j, m| {
-        let e = m.entries.iter_mut().find(|e| e.path == "seed.txt").unwrap();
-        if let EntryKind::File { content, .. } = &mut e.kind {
-            *content = j.put_payload(b"not the seed").unwrap();
-        }
-    });
+    tamper_snapshot(
+        journal,
+        outcome.run,
+        "read#1",
+        SnapshotMoment::Before,
+        |j, m| {
+            let e = m.entries.iter_mut().find(|e| e.path == "seed.txt").unwrap();
+            if let EntryKind::File { content, .. } = &mut e.kind {
+                *content = j.put_payload(b"not the seed").unwrap();
+            }
+        },
+    );
     let report = bare_engine(journal).replay(outcome.run).await.unwrap();
     match &report.steps[1] {
         StepReplay::Failed { step, message, .. } => {
             assert_eq!(step, "read#1");
             assert!(
-                message.contains("the snapshot's file 'seed.txt' does not match its recorded sha256"),
+                message
+                    .contains("the snapshot's file 'seed.txt' does not match its recorded sha256"),
                 "{message}"
             );
         }
@@ -619,7 +644,17 @@ fn journal_gc_keeps_the_files_of_a_kept_runs_snapshots() {
         )
         .unwrap();
     let snapshot = workspace::capture(&journal, ws.path(), SnapshotLimits::default()).unwrap();
-    assert!(matches!(snapshot, Snapshot::Taken { entries: 1, bytes: 300, .. }), "{snapshot:?}");
+    assert!(
+        matches!(
+            snapshot,
+            Snapshot::Taken {
+                entries: 1,
+                bytes: 300,
+                ..
+            }
+        ),
+        "{snapshot:?}"
+    );
     journal
         .append(
             run,

@@ -523,17 +523,24 @@ impl RunCtx {
     }
 }
 
-/// A step attempt's hold on the engine's workspace: shared for `ro`, exclusive for `rw`.
-enum WorkspaceHeld {
-    Shared(#[allow(dead_code)] tokio::sync::OwnedRwLockReadGuard<()>),
-    Exclusive(#[allow(dead_code)] tokio::sync::OwnedRwLockWriteGuard<()>),
+/// A step attempt's hold on the engine's workspace (released when dropped): shared for `ro`,
+/// exclusive for `rw`.
+struct WorkspaceHeld {
+    _shared: Option<tokio::sync::OwnedRwLockReadGuard<()>>,
+    _exclusive: Option<tokio::sync::OwnedRwLockWriteGuard<()>>,
 }
 
 impl WorkspaceHeld {
     async fn take(lock: &WorkspaceLock, mode: WorkspaceMode) -> WorkspaceHeld {
         match mode {
-            WorkspaceMode::Rw => WorkspaceHeld::Exclusive(lock.clone().write_owned().await),
-            _ => WorkspaceHeld::Shared(lock.clone().read_owned().await),
+            WorkspaceMode::Rw => WorkspaceHeld {
+                _shared: None,
+                _exclusive: Some(lock.clone().write_owned().await),
+            },
+            _ => WorkspaceHeld {
+                _shared: Some(lock.clone().read_owned().await),
+                _exclusive: None,
+            },
         }
     }
 }

@@ -290,7 +290,9 @@ mod tests {
     #[test]
     fn format_2_records_still_decode() {
         // StepStarted { step: "a#1", attempt: 2 } appended at 1_700_000_000_000 ms.
-        let started = [2, 0, 0, 1, 0x8b, 0xcf, 0xe5, 0x68, 0, 2, 3, b'a', b'#', b'1', 2];
+        let started = [
+            2, 0, 0, 1, 0x8b, 0xcf, 0xe5, 0x68, 0, 2, 3, b'a', b'#', b'1', 2,
+        ];
         assert_eq!(
             Event::decode(&started),
             Ok((
