@@ -432,3 +432,163 @@ fn walk(root: &Path, limits: SnapshotLimits) -> Result<Vec<Found>, String> {
 fn shown(rel: &str) -> &str {
     if rel.is_empty() { "." } else { rel }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn journal() -> Journal {
+        Journal::temporary().expect("journal")
+    }
+
+    fn taken(s: Snapshot) -> PayloadRef {
+        match s {
+            Snapshot::Taken { manifest, .. } => manifest,
+            Snapshot::Skipped { reason } => panic!("skipped: {reason}"),
+        }
+    }
+
+    #[test]
+    fn a_tree_with_dirs_files_and_links_round_trips_with_its_times() {
+        let j = journal();
+        let src = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(src.path().join("a/b")).unwrap();
+        std::fs::write(src.path().join("a/b/big.bin"), vec![9u8; 5000]).unwrap();
+        std::fs::write(src.path().join("a-c.txt"), "small").unwrap();
+        std::fs::write(src.path().join("empty"), "").unwrap();
+        std::os::unix::fs::symlink("a/b/big.bin", src.path().join("link")).unwrap();
+        let old = UNIX_EPOCH + Duration::new(1_600_000_000, 123_456_789);
+        std::fs::File::open(src.path().join("a-c.txt"))
+            .unwrap()
+            .set_times(std::fs::FileTimes::new().set_modified(old))
+            .unwrap();
+        let manifest = Manifest::load(
+            &j,
+            &taken(capture(&j, src.path(), SnapshotLimits::default()).unwrap()),
+        )
+        .unwrap();
+        let paths: Vec<&str> = manifest.entries.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["a", "a-c.txt", "a/b", "a/b/big.bin", "empty", "link"]
+        );
+
+        let dst = tempfile::tempdir().unwrap();
+        materialize(&j, &manifest, dst.path()).unwrap();
+        assert_eq!(
+            scan(dst.path(), SnapshotLimits::default()).unwrap(),
+            manifest.tree()
+        );
+        assert_eq!(
+            std::fs::read_link(dst.path().join("link")).unwrap(),
+            Path::new("a/b/big.bin")
+        );
+        let modified = std::fs::metadata(dst.path().join("a-c.txt"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        assert_eq!(modified, old);
+        let a = std::fs::metadata(src.path().join("a"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        let b = std::fs::metadata(dst.path().join("a"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        assert_eq!(a, b, "a directory's time is restored after its contents");
+    }
+
+    #[test]
+    fn a_manifest_path_that_leaves_the_directory_is_refused() {
+        let j = journal();
+        let dst = tempfile::tempdir().unwrap();
+        for bad in ["../escape", "/etc/passwd", "a/../../x", "", "./a"] {
+            let m = Manifest {
+                entries: vec![ManifestEntry {
+                    path: bad.into(),
+                    kind: EntryKind::Dir,
+                    modified: None,
+                }],
+            };
+            match materialize(&j, &m, dst.path()) {
+                Err(MaterializeError::BadPath { path }) => assert_eq!(path, bad),
+                other => panic!("{bad}: expected BadPath, got {other:?}"),
+            }
+        }
+        assert_eq!(std::fs::read_dir(dst.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn what_a_manifest_cannot_hold_is_skipped_with_the_reason() {
+        let j = journal();
+        let dir = tempfile::tempdir().unwrap();
+        let fifo =
+            std::ffi::CString::new(dir.path().join("pipe").as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo(3) with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        assert_eq!(
+            capture(&j, dir.path(), SnapshotLimits::default()).unwrap(),
+            Snapshot::Skipped {
+                reason: "not snapshotted: 'pipe' is a named pipe, socket or device, which a snapshot cannot hold".into()
+            }
+        );
+        let missing = dir.path().join("nope");
+        match capture(&j, &missing, SnapshotLimits::default()).unwrap() {
+            Snapshot::Skipped { reason } => {
+                assert!(
+                    reason.starts_with("not snapshotted: cannot list '.': "),
+                    "{reason}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_huge_tree_is_counted_only_so_far() {
+        let j = journal();
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..1100 {
+            std::fs::write(dir.path().join(format!("f{i}")), "").unwrap();
+        }
+        let limits = SnapshotLimits {
+            max_bytes: 10,
+            max_entries: 2,
+        };
+        assert_eq!(
+            capture(&j, dir.path(), limits).unwrap(),
+            Snapshot::Skipped {
+                reason: "not snapshotted (at least 0 bytes, limit 10; at least 1008 files and directories, limit 2)".into()
+            }
+        );
+    }
+
+    #[test]
+    fn first_difference_names_the_first_path_in_order() {
+        let file = |n: u8| Shape::File {
+            size: 1,
+            sha256: [n; 32],
+        };
+        let a: Tree = vec![("a".into(), Shape::Dir), ("a/x".into(), file(1))];
+        assert_eq!(first_difference(&a, &a.clone()), None);
+        let changed: Tree = vec![("a".into(), Shape::Dir), ("a/x".into(), file(2))];
+        assert_eq!(
+            first_difference(&a, &changed),
+            Some(("a/x".into(), Some(file(1)), Some(file(2))))
+        );
+        let extra: Tree = vec![
+            ("a".into(), Shape::Dir),
+            ("a/w".into(), file(1)),
+            ("a/x".into(), file(1)),
+        ];
+        assert_eq!(
+            first_difference(&a, &extra),
+            Some(("a/w".into(), None, Some(file(1))))
+        );
+        assert_eq!(
+            first_difference(&a, &a[..1].to_vec()),
+            Some(("a/x".into(), Some(file(1)), None))
+        );
+    }
+}
