@@ -1109,7 +1109,8 @@ async fn get_run(state: &Arc<State>, id: &str) -> Reply {
                 }
                 error = json!(e);
             }
-            Event::RunCreated { .. } | Event::Crossing { .. } => {}
+            Event::RunCreated { .. } | Event::Crossing { .. } | Event::WorkspaceSnapshot { .. } => {
+            }
         }
     }
     let steps: Vec<Value> = steps

@@ -527,7 +527,7 @@ impl Telemetry {
                     end_run(r, status.as_str(), now);
                 }
             }
-            Event::StepScheduled { .. } => {}
+            Event::StepScheduled { .. } | Event::WorkspaceSnapshot { .. } => {}
         }
     }
 

@@ -171,7 +171,7 @@ fn show(journal: &Journal, run: RunId) -> Result<String, String> {
                 ended = Some(r.at_ms);
                 error = e.clone();
             }
-            Event::Crossing { .. } => {}
+            Event::Crossing { .. } | Event::WorkspaceSnapshot { .. } => {}
         }
     }
     header.push(format!("status    {status}"));

@@ -7,7 +7,7 @@
 //! same [`Scheduler`]; an interrupted attempt re-executes with its journaled crossings served back.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,8 +21,10 @@ use super::expr::json_depth;
 use super::scheduler::{Activation, ScheduleError, Scheduler};
 use super::spec::Graph;
 use crate::journal::crossings::{CrossingError, StepCrossings};
+use crate::journal::workspace::{self, SnapshotLimits};
 use crate::journal::{
     Durability, Event, Journal, JournalError, PinnedComponent, Record, RunId, RunStatus,
+    SnapshotMoment,
 };
 use crate::sandbox::manifest::{
     self, CallGrant, EffectiveGrant, Limits, Manifest, OperatorPolicy, WorkspaceMode,
@@ -45,6 +47,9 @@ pub struct EngineConfig {
     pub max_parallel_steps: usize,
     /// Host directory given as `/workspace` to nodes whose manifest asks for one.
     pub workspace: Option<PathBuf>,
+    /// How much of the workspace is snapshotted into the journal around each step attempt
+    /// (for replay); a larger workspace is journaled as not snapshotted.
+    pub workspace_snapshots: SnapshotLimits,
     /// Egress hosts that deduplicate requests by `Idempotency-Key`: an interrupted request to
     /// them may be sent again whatever its method.
     pub idempotency_key_hosts: Vec<String>,
@@ -56,6 +61,7 @@ impl Default for EngineConfig {
             policy: OperatorPolicy::default(),
             max_parallel_steps: 16,
             workspace: None,
+            workspace_snapshots: SnapshotLimits::default(),
             idempotency_key_hosts: Vec::new(),
         }
     }
@@ -129,7 +135,13 @@ pub struct Engine {
     config: Arc<EngineConfig>,
     progress: Option<Progress>,
     on_call: Option<CallObserver>,
+    workspace_lock: WorkspaceLock,
 }
+
+/// Steps of every run of one engine share its one workspace directory: a step granted `rw`
+/// holds this exclusively from its before-snapshot to its after-snapshot, `ro` steps share it,
+/// so each snapshot is the tree its step saw and left.
+type WorkspaceLock = Arc<tokio::sync::RwLock<()>>;
 
 /// A run's pinned graph, components and input, and its journal.
 pub(crate) struct Pinned {
@@ -148,6 +160,7 @@ struct RunCtx {
     config: Arc<EngineConfig>,
     progress: Option<Progress>,
     on_call: Option<CallObserver>,
+    workspace_lock: WorkspaceLock,
     graph: Arc<CompiledGraph>,
     /// Component name -> loaded component and manifest.
     tools: HashMap<String, (Arc<LoadedTool>, Manifest)>,
@@ -162,6 +175,7 @@ impl Engine {
             config: Arc::new(config),
             progress: None,
             on_call: None,
+            workspace_lock: WorkspaceLock::default(),
         }
     }
 
@@ -403,6 +417,7 @@ impl Engine {
             config: self.config.clone(),
             progress: self.progress.clone(),
             on_call: self.on_call.clone(),
+            workspace_lock: self.workspace_lock.clone(),
             graph,
             tools,
             created_ms,
@@ -471,11 +486,62 @@ impl RunCtx {
         Ok(seq)
     }
 
+    /// Journals a snapshot of the workspace `dir` of a step attempt (taken off the async
+    /// workers; the files go to the blob store there, the event is appended here so an aborted
+    /// step appends nothing).
+    async fn snapshot(
+        &self,
+        step: &str,
+        attempt: u32,
+        moment: SnapshotMoment,
+        dir: &Path,
+        mode: WorkspaceMode,
+    ) -> Result<(), JournalError> {
+        let journal = self.journal.clone();
+        let dir = dir.to_path_buf();
+        let limits = self.config.workspace_snapshots;
+        let snapshot =
+            tokio::task::spawn_blocking(move || workspace::capture(&journal, &dir, limits))
+                .await
+                .map_err(|e| JournalError::Flush(e.to_string()))??;
+        let event = Event::WorkspaceSnapshot {
+            step: step.to_owned(),
+            attempt,
+            moment,
+            writable: mode == WorkspaceMode::Rw,
+            snapshot,
+        };
+        self.append(event, Durability::Buffered).await?;
+        Ok(())
+    }
+
     async fn sync(&self) -> Result<(), JournalError> {
         let journal = self.journal.clone();
         tokio::task::spawn_blocking(move || journal.sync())
             .await
             .map_err(|e| JournalError::Flush(e.to_string()))?
+    }
+}
+
+/// A step attempt's hold on the engine's workspace (released when dropped): shared for `ro`,
+/// exclusive for `rw`.
+struct WorkspaceHeld {
+    _shared: Option<tokio::sync::OwnedRwLockReadGuard<()>>,
+    _exclusive: Option<tokio::sync::OwnedRwLockWriteGuard<()>>,
+}
+
+impl WorkspaceHeld {
+    async fn take(lock: &WorkspaceLock, mode: WorkspaceMode) -> WorkspaceHeld {
+        match mode {
+            WorkspaceMode::Rw => WorkspaceHeld {
+                _shared: None,
+                _exclusive: Some(lock.clone().write_owned().await),
+            },
+            _ => WorkspaceHeld {
+                _shared: Some(lock.clone().read_owned().await),
+                _exclusive: None,
+            },
+        }
     }
 }
 
@@ -660,7 +726,9 @@ async fn execute(
                             error: error.clone(),
                         }));
                     }
-                    Event::RunCreated { .. } | Event::Crossing { .. } => {}
+                    Event::RunCreated { .. }
+                    | Event::Crossing { .. }
+                    | Event::WorkspaceSnapshot { .. } => {}
                 }
             }
             for step in order {
@@ -881,11 +949,33 @@ async fn run_step(ctx: &Arc<RunCtx>, a: &Activation, start: StartAt) -> StepEnd 
         };
         crossings.set_idempotency_key_honoured(honours_keys(&grant, &ctx.config));
         replay = false;
-        let (kind, message, can_retry) = match ctx
+        let held = match &grant.workspace {
+            Some((dir, mode)) => {
+                let held = WorkspaceHeld::take(&ctx.workspace_lock, *mode).await;
+                if let Err(e) = ctx
+                    .snapshot(&a.step, attempt, SnapshotMoment::Before, dir, *mode)
+                    .await
+                {
+                    return StepEnd::Journal(e);
+                }
+                Some(held)
+            }
+            None => None,
+        };
+        let called = ctx
             .sandbox
             .call_journaled(tool, &grant, &input, &crossings)
-            .await
+            .await;
+        if let Some((dir, mode @ WorkspaceMode::Rw)) = &grant.workspace
+            && !matches!(called, Err(CrossingError::Journal(_)))
+            && let Err(e) = ctx
+                .snapshot(&a.step, attempt, SnapshotMoment::After, dir, *mode)
+                .await
         {
+            return StepEnd::Journal(e);
+        }
+        drop(held);
+        let (kind, message, can_retry) = match called {
             Ok(report) => {
                 if let Some(observe) = &ctx.on_call {
                     observe(ctx.run, &a.step, attempt, &report.audit);
