@@ -25,14 +25,21 @@
 
 extern crate self as sandgraph_guest;
 
+pub mod agent;
+mod agent_wit;
 pub mod error;
+pub mod host;
 pub mod http;
+pub mod model;
+pub mod response_schema;
 pub mod runtime;
 pub mod schema;
+pub mod tools;
 
-pub use error::ToolError;
+pub use agent::{Agent, AgentInfo};
+pub use error::{AgentError, ToolError};
 pub use runtime::{Tool, ToolInfo};
-pub use sandgraph_guest_macros::tool;
+pub use sandgraph_guest_macros::{agent, tool};
 pub use schemars::JsonSchema;
 
 /// Bindings for the `sandgraph:tool` world, generated once here so tool authors never
@@ -45,6 +52,20 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "__export_tool_world",
         default_bindings_module: "sandgraph_guest::bindings",
+        runtime_path: "sandgraph_guest::__private::wit_bindgen::rt",
+    });
+}
+
+/// Bindings for the `sandgraph:agent` world. Agents reach them only through
+/// [`export_agent!`], [`model`] and [`tools`].
+#[doc(hidden)]
+pub mod agent_bindings {
+    wit_bindgen::generate!({
+        path: "wit/agent.wit",
+        world: "agent",
+        pub_export_macro: true,
+        export_macro_name: "__export_agent_world",
+        default_bindings_module: "sandgraph_guest::agent_bindings",
         runtime_path: "sandgraph_guest::__private::wit_bindgen::rt",
     });
 }
@@ -67,6 +88,8 @@ pub mod __private {
             output_schema: info.output_schema,
         }
     }
+
+    pub use crate::agent_wit::{wit_info as wit_agent_info, wit_step};
 
     /// `invoke` export body: validate, run, serialize, and map errors to the WIT variant.
     pub fn wit_invoke<T: crate::Tool>(input: &str) -> Result<String, wit::ToolError> {
@@ -100,6 +123,33 @@ macro_rules! export_tool {
             }
             $crate::bindings::__export_tool_world!(
                 __SandgraphToolExport with_types_in $crate::bindings
+            );
+        };
+    };
+}
+
+/// Exports a type implementing [`Agent`] as this component's `sandgraph:agent/agent`
+/// world. Use it once per crate; the [`agent`] attribute calls it for you.
+#[macro_export]
+macro_rules! export_agent {
+    ($ty:ty) => {
+        const _: () = {
+            struct __SandgraphAgentExport;
+            impl $crate::agent_bindings::Guest for __SandgraphAgentExport {
+                fn info() -> $crate::agent_bindings::sandgraph::agent::types::AgentInfo {
+                    $crate::__private::wit_agent_info::<$ty>()
+                }
+                fn step(
+                    input: ::std::string::String,
+                ) -> ::std::result::Result<
+                    ::std::string::String,
+                    $crate::agent_bindings::sandgraph::agent::types::AgentError,
+                > {
+                    $crate::__private::wit_step::<$ty>(&input)
+                }
+            }
+            $crate::agent_bindings::__export_agent_world!(
+                __SandgraphAgentExport with_types_in $crate::agent_bindings
             );
         };
     };
