@@ -106,6 +106,9 @@ pub mod __private {
 #[macro_export]
 macro_rules! export_tool {
     ($ty:ty) => {
+        // Exports exist in components only: native builds (tests) link several tools and
+        // agents into one binary, where the export symbols would collide.
+        #[cfg(target_arch = "wasm32")]
         const _: () = {
             struct __SandgraphToolExport;
             impl $crate::bindings::Guest for __SandgraphToolExport {
@@ -133,6 +136,8 @@ macro_rules! export_tool {
 #[macro_export]
 macro_rules! export_agent {
     ($ty:ty) => {
+        // Components only, as for `export_tool!`.
+        #[cfg(target_arch = "wasm32")]
         const _: () = {
             struct __SandgraphAgentExport;
             impl $crate::agent_bindings::Guest for __SandgraphAgentExport {

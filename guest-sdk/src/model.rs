@@ -266,8 +266,8 @@ pub enum ChatJsonError {
     Model(ModelError),
     /// The answer is not a `T`: not JSON, cut off by `max_tokens`, or outside the schema.
     Unparseable {
-        /// The Rust type asked for.
-        type_name: &'static str,
+        /// The Rust type asked for, without module paths.
+        type_name: String,
         /// What is wrong with the answer.
         problem: String,
         /// The answer as the model wrote it (at most 200 characters).
@@ -363,11 +363,22 @@ pub fn parse_answer<T: DeserializeOwned>(
     })
 }
 
-fn short_type_name<T>() -> &'static str {
+/// `T`'s name without module paths: `Map<String, Value>`, `Plan`.
+fn short_type_name<T>() -> String {
     let full = std::any::type_name::<T>();
-    let base = full.split('<').next().unwrap_or(full);
-    let start = base.rfind("::").map_or(0, |i| i + 2);
-    &full[start..]
+    let mut out = String::new();
+    let mut segment = String::new();
+    for c in full.chars().chain(std::iter::once(' ')) {
+        if c.is_alphanumeric() || c == '_' || c == ':' {
+            segment.push(c);
+        } else {
+            out.push_str(segment.rsplit("::").next().unwrap_or_default());
+            segment.clear();
+            out.push(c);
+        }
+    }
+    out.pop();
+    out
 }
 
 #[cfg(test)]
