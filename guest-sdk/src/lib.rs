@@ -1,9 +1,11 @@
-//! Guest SDK for Sandgraph tools.
+//! Guest SDK for Sandgraph tools and agents.
 //!
 //! A tool author writes one plain Rust function over serde types and marks it with
 //! [`tool`]; this crate supplies everything between that function and the
 //! `sandgraph:tool` WIT world: JSON Schemas, input validation, error mapping, the
-//! component exports, and a small HTTP client over `wasi:http`.
+//! component exports, and a small HTTP client over `wasi:http`. An agent is the same with
+//! [`agent`] and the `sandgraph:agent` world, and may call [`model`] and [`tools`]
+//! (agents/README.md has an example; [`host`] is the native test seam).
 //!
 //! ```ignore
 //! // Cargo.toml: sandgraph-guest, serde (derive) and schemars (the derive macro needs
