@@ -244,8 +244,9 @@ mod tests {
         })
         .unwrap_err();
         assert!(
-            bad.message()
-                .starts_with("the host described tool `calc` with an input schema that is not JSON"),
+            bad.message().starts_with(
+                "the host described tool `calc` with an input schema that is not JSON"
+            ),
             "{bad}"
         );
     }

@@ -89,9 +89,10 @@ impl AgentError {
     /// The message without the kind.
     pub fn message(&self) -> &str {
         match self {
-            Self::InvalidInput(m) | Self::Failed(m) | Self::Denied(m) | Self::BudgetExhausted(m) => {
-                m
-            }
+            Self::InvalidInput(m)
+            | Self::Failed(m)
+            | Self::Denied(m)
+            | Self::BudgetExhausted(m) => m,
         }
     }
 }

@@ -102,7 +102,9 @@ mod tests {
             Ok(Vec::new())
         }
         fn call_tool(&self, name: &str, _input: &str) -> Result<String, ToolCallError> {
-            Err(ToolCallError::Denied(format!("tool `{name}` is not granted")))
+            Err(ToolCallError::Denied(format!(
+                "tool `{name}` is not granted"
+            )))
         }
     }
 

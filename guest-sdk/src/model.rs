@@ -435,12 +435,19 @@ mod tests {
         );
         let mut cut = ChatResponse::text(r#"{"score":3,"verd"#);
         cut.finish_reason = FinishReason::Length;
-        let err = parse_answer::<Verdict>(&cut, &schema).unwrap_err().to_string();
+        let err = parse_answer::<Verdict>(&cut, &schema)
+            .unwrap_err()
+            .to_string();
         assert!(
-            err.starts_with("the model's answer is not a valid Verdict: not JSON (EOF while parsing"),
+            err.starts_with(
+                "the model's answer is not a valid Verdict: not JSON (EOF while parsing"
+            ),
             "{err}"
         );
-        assert!(err.ends_with("(cut off by max_tokens: raise it or ask for less)"), "{err}");
+        assert!(
+            err.ends_with("(cut off by max_tokens: raise it or ask for less)"),
+            "{err}"
+        );
         let out_of_range = ChatResponse::text(r#"{"score":30,"verdict":"approve"}"#);
         assert_eq!(
             parse_answer::<Verdict>(&out_of_range, &schema)

@@ -97,7 +97,10 @@ fn call(step: &Step, input: Value) -> StepResult {
                 step,
                 input,
                 "bad_output",
-                format!("tool `{}` answered with text that is not JSON: {e}", step.tool),
+                format!(
+                    "tool `{}` answered with text that is not JSON: {e}",
+                    step.tool
+                ),
             ),
         },
         Err(e) => failure(step, input, e.kind(), e.message().to_owned()),
@@ -142,7 +145,9 @@ fn lookup(reference: &str, earlier: &[StepResult]) -> Result<Value, String> {
         .iter()
         .rev()
         .find(|r| r.tool == tool)
-        .ok_or_else(|| format!("`${reference}` refers to `{tool}`, but no earlier step called it"))?;
+        .ok_or_else(|| {
+            format!("`${reference}` refers to `{tool}`, but no earlier step called it")
+        })?;
     let Some(output) = source.output.as_ref().filter(|_| source.ok) else {
         return Err(format!(
             "`${reference}` refers to `{tool}`, whose step failed, so it has no output"

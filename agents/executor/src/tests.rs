@@ -26,11 +26,17 @@ impl AgentHost for Scripted {
     }
     fn call_tool(&self, name: &str, input: &str) -> Result<String, ToolCallError> {
         let input: Value = serde_json::from_str(input).expect("the executor sends JSON");
-        self.calls.borrow_mut().push((name.to_owned(), input.clone()));
+        self.calls
+            .borrow_mut()
+            .push((name.to_owned(), input.clone()));
         match name {
             "http-get" => Ok(json!({"status": 200, "body": "one two three"}).to_string()),
             "text-stats" => {
-                let words = input["text"].as_str().unwrap_or("").split_whitespace().count();
+                let words = input["text"]
+                    .as_str()
+                    .unwrap_or("")
+                    .split_whitespace()
+                    .count();
                 Ok(json!({"words": words}).to_string())
             }
             "calc" if input["expr"] == "" => Err(ToolCallError::InvalidInput(
@@ -66,7 +72,10 @@ fn runs_steps_in_order_and_pipes_references() {
         calls,
         [
             ("calc".to_owned(), json!({"expr": "17*23"})),
-            ("http-get".to_owned(), json!({"url": "http://127.0.0.1:8000/page.txt"})),
+            (
+                "http-get".to_owned(),
+                json!({"url": "http://127.0.0.1:8000/page.txt"})
+            ),
             ("text-stats".to_owned(), json!({"text": "one two three"})),
         ]
     );
@@ -101,25 +110,46 @@ fn denials_errors_and_bad_references_are_recorded_and_the_rest_still_runs() {
     assert_eq!(
         errors,
         [
-            (false, json!({"kind": "denied", "message": "tool `shell` is not granted to node `execute`"})),
-            (false, json!({"kind": "unresolved_reference",
-                "message": "`$http-get.body` refers to `http-get`, but no earlier step called it"})),
-            (false, json!({"kind": "invalid_input",
-                "message": "at `expr`: expected at least 1 character, got 0"})),
+            (
+                false,
+                json!({"kind": "denied", "message": "tool `shell` is not granted to node `execute`"})
+            ),
+            (
+                false,
+                json!({"kind": "unresolved_reference",
+                "message": "`$http-get.body` refers to `http-get`, but no earlier step called it"})
+            ),
+            (
+                false,
+                json!({"kind": "invalid_input",
+                "message": "at `expr`: expected at least 1 character, got 0"})
+            ),
             (true, Value::Null),
-            (false, json!({"kind": "unresolved_reference",
-                "message": "`$http-get.headers`: the output of `http-get` has no `headers`; it has: body, status"})),
-            (false, json!({"kind": "unresolved_reference",
-                "message": "`$shell.stdout` refers to `shell`, whose step failed, so it has no output"})),
-            (false, json!({"kind": "bad_output",
-                "message": "tool `broken` answered with text that is not JSON: expected ident at line 1 column 2"})),
+            (
+                false,
+                json!({"kind": "unresolved_reference",
+                "message": "`$http-get.headers`: the output of `http-get` has no `headers`; it has: body, status"})
+            ),
+            (
+                false,
+                json!({"kind": "unresolved_reference",
+                "message": "`$shell.stdout` refers to `shell`, whose step failed, so it has no output"})
+            ),
+            (
+                false,
+                json!({"kind": "bad_output",
+                "message": "tool `broken` answered with text that is not JSON: expected ident at line 1 column 2"})
+            ),
         ]
     );
     // Unresolvable steps never reach the host; the others do, denied one included.
     let called: Vec<&str> = calls.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(called, ["shell", "calc", "http-get", "broken"]);
     // A failed step keeps the input as planned.
-    assert_eq!(out["results"][1]["input"], json!({"text": "$http-get.body"}));
+    assert_eq!(
+        out["results"][1]["input"],
+        json!({"text": "$http-get.body"})
+    );
 }
 
 #[test]
@@ -132,8 +162,11 @@ fn references_reach_into_lists_and_whole_outputs() {
         error: None,
     }];
     assert_eq!(
-        resolve(&json!({"n": "$json-query.matches.0.value", "all": "$json-query", "lit": "$"}), &earlier)
-            .unwrap(),
+        resolve(
+            &json!({"n": "$json-query.matches.0.value", "all": "$json-query", "lit": "$"}),
+            &earlier
+        )
+        .unwrap(),
         json!({"n": 7, "all": {"matches": [{"value": 7}]}, "lit": "$"})
     );
     assert_eq!(

@@ -139,7 +139,12 @@ pub fn input_form(schema: &Value) -> Value {
         let required: Vec<String> = map
             .get("required")
             .and_then(Value::as_array)
-            .map(|r| r.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .map(|r| {
+                r.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
             .unwrap_or_default();
         if let Some(Value::Object(props)) = map.get_mut("properties") {
             props.retain(|name, _| required.contains(name));
@@ -152,7 +157,11 @@ pub fn input_form(schema: &Value) -> Value {
 pub fn request(input: &Input, granted: &[ToolDescriptor]) -> ChatRequest {
     let mut system = String::from("You choose tools for a goal. Tools:\n");
     for t in granted {
-        system.push_str(&format!("- {}: {}\n", t.name, first_sentence(&t.description)));
+        system.push_str(&format!(
+            "- {}: {}\n",
+            t.name,
+            first_sentence(&t.description)
+        ));
     }
     system.push_str(
         "Give each tool its input, or null if the goal does not need it. \

@@ -71,7 +71,10 @@ const DEMO_GOAL: &str =
 #[test]
 fn plan_schema_offers_each_granted_tool_as_null_or_its_required_input() {
     let schema = plan_schema(&demo_tools());
-    assert_eq!(schema["required"], json!(["calc", "http-get", "text-stats"]));
+    assert_eq!(
+        schema["required"],
+        json!(["calc", "http-get", "text-stats"])
+    );
     assert_eq!(schema["additionalProperties"], json!(false));
     assert_eq!(
         schema["properties"]["calc"],
@@ -92,7 +95,11 @@ fn plan_schema_offers_each_granted_tool_as_null_or_its_required_input() {
     // only `url`, which the model must write, remains.
     let http = &schema["properties"]["http-get"]["anyOf"][1];
     assert_eq!(
-        http["properties"].as_object().unwrap().keys().collect::<Vec<_>>(),
+        http["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
         ["url"]
     );
     assert!(!schema.to_string().contains("$ref"), "{schema}");
@@ -110,7 +117,11 @@ fn prompt_lists_the_tools_and_shows_only_examples_the_grant_allows() {
     let r = request(&input, &demo_tools());
     assert_eq!(r.temperature, Some(0.0));
     assert_eq!(r.max_tokens, Some(MAX_TOKENS));
-    assert!(r.messages[0].content.contains("- calc: Evaluates an arithmetic expression"));
+    assert!(
+        r.messages[0]
+            .content
+            .contains("- calc: Evaluates an arithmetic expression")
+    );
     assert!(r.messages[0].content.contains("- http-get: "));
     // Three examples (user + assistant each) between the system prompt and the goal.
     assert_eq!(r.messages.len(), 1 + 3 * 2 + 1);
@@ -187,7 +198,9 @@ fn tools_the_model_left_null_are_not_planned() {
 fn model_errors_and_unusable_answers_are_agent_errors() {
     let (out, _) = with_host(
         demo_tools(),
-        Err(ModelError::BudgetExhausted("run: 12 of 4000 tokens left".into())),
+        Err(ModelError::BudgetExhausted(
+            "run: 12 of 4000 tokens left".into(),
+        )),
         || run::step::<SandgraphAgent>(r#"{"goal":"Compute 6*7"}"#),
     );
     assert_eq!(
@@ -197,7 +210,9 @@ fn model_errors_and_unusable_answers_are_agent_errors() {
 
     let (out, _) = with_host(
         demo_tools(),
-        Err(ModelError::Denied("model `big` is not granted to node `plan`".into())),
+        Err(ModelError::Denied(
+            "model `big` is not granted to node `plan`".into(),
+        )),
         || run::step::<SandgraphAgent>(r#"{"goal":"Compute 6*7"}"#),
     );
     assert_eq!(

@@ -37,13 +37,14 @@ fn review(
         answer,
         requests: requests.clone(),
     });
-    let out = run::step::<SandgraphAgent>(&input.to_string())
-        .map(|s| serde_json::from_str(&s).unwrap());
+    let out =
+        run::step::<SandgraphAgent>(&input.to_string()).map(|s| serde_json::from_str(&s).unwrap());
     let seen = requests.borrow().clone();
     (out, seen)
 }
 
-const GOAL: &str = "Compute 17*23 and count the words of the page at http://127.0.0.1:8000/page.txt";
+const GOAL: &str =
+    "Compute 17*23 and count the words of the page at http://127.0.0.1:8000/page.txt";
 
 fn demo_results() -> Value {
     json!([
@@ -121,7 +122,10 @@ fn failures_and_empty_rounds_are_revised_without_asking_the_model() {
         })
     );
 
-    let (out, requests) = review(json!({"goal": GOAL, "results": []}), Ok(ChatResponse::text("{}")));
+    let (out, requests) = review(
+        json!({"goal": GOAL, "results": []}),
+        Ok(ChatResponse::text("{}")),
+    );
     assert!(requests.is_empty());
     assert_eq!(
         out.unwrap()["feedback"],
@@ -132,7 +136,10 @@ fn failures_and_empty_rounds_are_revised_without_asking_the_model() {
 #[test]
 fn model_errors_and_answers_outside_the_schema_are_agent_errors() {
     let input = json!({"goal": GOAL, "results": demo_results()});
-    let (out, _) = review(input.clone(), Err(ModelError::Timeout("no answer in 30s".into())));
+    let (out, _) = review(
+        input.clone(),
+        Err(ModelError::Timeout("no answer in 30s".into())),
+    );
     assert_eq!(
         out.unwrap_err(),
         AgentError::Failed("model timed out: no answer in 30s".into())
@@ -147,7 +154,10 @@ fn model_errors_and_answers_outside_the_schema_are_agent_errors() {
 
 #[test]
 fn bad_input_is_invalid_input() {
-    let (out, _) = review(json!({"goal": GOAL, "results": [{"tool": "calc"}]}), Ok(ChatResponse::text("{}")));
+    let (out, _) = review(
+        json!({"goal": GOAL, "results": [{"tool": "calc"}]}),
+        Ok(ChatResponse::text("{}")),
+    );
     assert_eq!(
         out.unwrap_err(),
         AgentError::InvalidInput("at `results[0]`: missing field `ok`".into())

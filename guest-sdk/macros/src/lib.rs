@@ -288,7 +288,10 @@ mod tests {
             out.contains("impl :: sandgraph_guest :: Agent for SandgraphAgent"),
             "{out}"
         );
-        assert!(out.contains("const VERSION : & 'static str = \"1.0.0\""), "{out}");
+        assert!(
+            out.contains("const VERSION : & 'static str = \"1.0.0\""),
+            "{out}"
+        );
         assert!(
             out.contains(":: sandgraph_guest :: export_agent ! (SandgraphAgent)"),
             "{out}"
@@ -298,7 +301,11 @@ mod tests {
 
     #[test]
     fn agent_errors_speak_of_agents() {
-        let err = |attr, item| expand_kind(Kind::Agent, attr, item).unwrap_err().to_string();
+        let err = |attr, item| {
+            expand_kind(Kind::Agent, attr, item)
+                .unwrap_err()
+                .to_string()
+        };
         assert_eq!(
             err(
                 quote!(description = "d"),
