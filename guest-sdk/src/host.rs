@@ -101,10 +101,13 @@ mod tests {
         fn list_tools(&self) -> Result<Vec<ToolDescriptor>, AgentError> {
             Ok(Vec::new())
         }
-        fn call_tool(&self, name: &str, _input: &str) -> Result<String, ToolCallError> {
-            Err(ToolCallError::Denied(format!(
-                "tool `{name}` is not granted"
-            )))
+        fn call_tool(&self, name: &str, input: &str) -> Result<String, ToolCallError> {
+            match name {
+                "echo" => Ok(input.to_owned()),
+                _ => Err(ToolCallError::Denied(format!(
+                    "tool `{name}` is not granted"
+                ))),
+            }
         }
     }
 
@@ -119,6 +122,34 @@ mod tests {
                 ToolCallError::Denied("tool `calc` is not granted".into())
             );
             assert_eq!(tools::list().unwrap(), []);
+
+            #[derive(serde::Serialize)]
+            struct In {
+                n: u32,
+            }
+            #[derive(serde::Deserialize, Debug, PartialEq)]
+            struct Out {
+                n: u32,
+            }
+            #[derive(serde::Deserialize, Debug)]
+            struct Other {
+                #[allow(dead_code)]
+                m: String,
+            }
+            assert_eq!(
+                tools::call::<_, Out>("echo", &In { n: 3 }).unwrap(),
+                Out { n: 3 }
+            );
+            let err = tools::call::<_, Other>("echo", &In { n: 3 }).unwrap_err();
+            assert!(
+                matches!(&err, ToolCallError::Failed(m) if m.starts_with("tool `echo` returned output that is not a valid ")
+                    && m.ends_with("missing field `m` at line 1 column 7")),
+                "{err}"
+            );
+            assert_eq!(
+                AgentError::from(err.clone()),
+                AgentError::Failed(format!("tool call failed: {err}"))
+            );
         }
         let err = model::chat(&request).unwrap_err();
         assert!(
