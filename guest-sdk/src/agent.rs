@@ -2,6 +2,34 @@
 //!
 //! The same shape as a tool ([`crate::Tool`]): metadata plus one function from a typed
 //! input to a typed output; an agent may also call [`crate::model`] and [`crate::tools`].
+//!
+//! ```
+//! use sandgraph_guest::{AgentError, JsonSchema, agent, model::{self, ChatRequest}, tools};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Deserialize, JsonSchema)]
+//! pub struct Input { question: String }
+//! #[derive(Serialize, JsonSchema)]
+//! pub struct Output { answer: String }
+//! #[derive(Deserialize, JsonSchema)]
+//! struct Answer { answer: String }
+//!
+//! #[agent(name = "ask", version = "0.1.0", description = "Answers a question with the model.")]
+//! fn step(input: Input) -> Result<Output, AgentError> {
+//!     let granted = tools::list()?; // only what the node grants
+//!     let request = ChatRequest::new()
+//!         .system(format!("Answer briefly. {} tools exist.", granted.len()))
+//!         .user(input.question)
+//!         .max_tokens(64)
+//!         .temperature(0.0);
+//!     let a: Answer = model::chat_json(&request)?; // Answer's schema is the response format
+//!     Ok(Output { answer: a.answer })
+//! }
+//!
+//! // Natively, without a scripted host installed, the model call fails clearly:
+//! let err = sandgraph_guest::agent::step::<SandgraphAgent>(r#"{"question":"?"}"#).unwrap_err();
+//! assert!(err.message().starts_with("no agent host on this thread"), "{err}");
+//! ```
 
 use serde::{Serialize, de::DeserializeOwned};
 
