@@ -56,6 +56,10 @@ const EVAL_PER_LEVEL: usize = 96 << 10;
 /// `sandbox::MAX_JSON_DEPTH`); with it a tokio worker (2 MiB) always evaluates on a segment.
 const EVAL_BASE: usize = 2 << 20;
 
+/// Stack the type checker needs, with a wide margin (one recursion per tree level).
+const CHECK_BASE: usize = 256 << 10;
+const CHECK_PER_LEVEL: usize = 32 << 10;
+
 /// Variables an expression may read.
 pub const STATE_ROOTS: [&str; 3] = ["input", "nodes", "state"];
 
@@ -124,11 +128,23 @@ impl Expression {
     /// (comprehension variables of the standard macros are bound, not state).
     pub fn compile(source: &str) -> Result<Expression, ExprError> {
         scan(source)?;
-        let program = stacker::maybe_grow(PARSE_RED_ZONE, STACK_SEGMENT, || {
-            std::panic::catch_unwind(|| cel::Program::compile(source))
-        })
-        .map_err(|p| ExprError::Syntax(format!("the parser panicked: {}", panic_text(&p))))?
-        .map_err(|e| ExprError::Syntax(e.to_string().replace('\n', "; ")))?;
+        let parse = |source: &str| {
+            stacker::maybe_grow(PARSE_RED_ZONE, STACK_SEGMENT, || {
+                std::panic::catch_unwind(|| cel::Program::compile(source))
+            })
+        };
+        // A thread with less stack left than a parse may need parses on an evaluator thread,
+        // whose stack is already that large: growing a fresh segment for every expression
+        // (map, fault in, unmap) was a third of the time validation took.
+        let parsed = if stacker::remaining_stack().is_some_and(|left| left >= PARSE_RED_ZONE) {
+            parse(source)
+        } else {
+            let owned = source.to_owned();
+            evaluators::run_to_end(move || parse(&owned)).unwrap_or_else(|| parse(source))
+        };
+        let program = parsed
+            .map_err(|p| ExprError::Syntax(format!("the parser panicked: {}", panic_text(&p))))?
+            .map_err(|e| ExprError::Syntax(e.to_string().replace('\n', "; ")))?;
         let (tree_depth, macro_depth, free) = walk(program.expression());
         if macro_depth > MAX_MACRO_NESTING {
             return Err(ExprError::MacroNesting {
@@ -162,7 +178,7 @@ impl Expression {
         env: &super::typecheck::TypeEnv,
         condition: bool,
     ) -> Vec<super::typecheck::TypeError> {
-        let need = EVAL_BASE + self.tree_depth * EVAL_PER_LEVEL;
+        let need = CHECK_BASE + self.tree_depth * CHECK_PER_LEVEL;
         stacker::maybe_grow(need, STACK_SEGMENT, || {
             super::typecheck::check(
                 self.program.expression(),
@@ -241,31 +257,48 @@ mod evaluators {
         limit: Duration,
     ) -> Option<T> {
         let (done_tx, done_rx) = mpsc::sync_channel::<T>(1);
-        let mut job: Job = Box::new(move || {
+        submit(Box::new(move || {
             let _ = done_tx.send(f());
-        });
-        loop {
-            let worker = idle().pop();
-            match worker {
-                Some(tx) => match tx.send(job) {
-                    Ok(()) => break,
-                    // That thread is gone; take another.
-                    Err(mpsc::SendError(j)) => job = j,
-                },
-                None => {
-                    if spawn(job).is_err() {
-                        return None;
-                    }
-                    break;
-                }
-            }
-        }
+        }))?;
         let wait = || done_rx.recv_timeout(limit).ok();
         match tokio::runtime::Handle::try_current() {
             Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
                 tokio::task::block_in_place(wait)
             }
             _ => wait(),
+        }
+    }
+
+    /// Runs `f` on an evaluator thread and waits for it to end; `None` only when no thread
+    /// could run it.
+    pub(super) fn run_to_end<T: Send + 'static>(
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let (done_tx, done_rx) = mpsc::sync_channel::<T>(1);
+        submit(Box::new(move || {
+            let _ = done_tx.send(f());
+        }))?;
+        let wait = || done_rx.recv().ok();
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
+        }
+    }
+
+    /// Hands `job` to an idle thread, or a new one.
+    fn submit(mut job: Job) -> Option<()> {
+        loop {
+            let worker = idle().pop();
+            match worker {
+                Some(tx) => match tx.send(job) {
+                    Ok(()) => return Some(()),
+                    // That thread is gone; take another.
+                    Err(mpsc::SendError(j)) => job = j,
+                },
+                None => return spawn(job).ok(),
+            }
         }
     }
 
