@@ -6,12 +6,15 @@
 //! - A node on a cycle (a strongly connected component of more than one node, or a self-loop)
 //!   needs `maxIterations` on at least one node of that cycle; the error sits on the edge that
 //!   closes the cycle (the back edge found by a depth-first walk from the entry nodes).
-//! - Entry nodes are those without inbound edges; every node must be reachable from one.
+//! - Entry nodes are those without inbound edges other than their own self-loops (a self-loop
+//!   is always a back edge); every node must be reachable from one.
 //! - A join (a node with two or more inbound forward edges) waits for all of them. Two inbound
 //!   edges can never both arrive when they descend from the two sides of a mutually exclusive
 //!   pair of edges out of one node: edges whose `when` are `c` and `!c` / `!(c)` (compared with
 //!   whitespace removed). Such a join is an error; it is only a syntactic check, so exclusive
 //!   conditions written differently are not found.
+//! - Expressions are type-checked against the input schema, known output schemas and the
+//!   reducers (`super::typecheck`); the error sits on the operator that cannot succeed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
@@ -1068,24 +1071,23 @@ mod tests {
                     let ra = topo.reach(&[xa]);
                     let rb = topo.reach(&[xb]);
                     topo.one_sided(xa, xb, &mut in_a, &mut in_b, &mut la, &mut lb);
-                    {
-                        for v in 0..n {
-                            let want = (
-                                ra.contains(&v) && !rb.contains(&v),
-                                rb.contains(&v) && !ra.contains(&v),
-                            );
-                            let got = (in_a[v] && !in_b[v], in_b[v] && !in_a[v]);
-                            assert_eq!(
-                                got, want,
-                                "round {round}: {xa} vs {xb}, node {v}, {edges:?}"
-                            );
-                        }
-                        for &v in &la {
-                            in_a[v] = false;
-                        }
-                        for &v in &lb {
-                            in_b[v] = false;
-                        }
+                    for v in 0..n {
+                        let want = (
+                            ra.contains(&v) && !rb.contains(&v),
+                            rb.contains(&v) && !ra.contains(&v),
+                        );
+                        // Only one-sided nodes are marked, each on its side.
+                        assert_eq!(
+                            (in_a[v], in_b[v]),
+                            want,
+                            "round {round}: {xa} vs {xb}, node {v}, {edges:?}"
+                        );
+                    }
+                    for &v in &la {
+                        in_a[v] = false;
+                    }
+                    for &v in &lb {
+                        in_b[v] = false;
                     }
                     assert!(in_a.iter().chain(&in_b).all(|m| !m));
                 }
