@@ -1,5 +1,6 @@
 //! Graph validation cost by size and shape: chains, fan-in to one join, and chains of
-//! exclusive `c` / `!c` diamonds whose joins are all errors (the shape that was cubic). Prints a
+//! exclusive `c` / `!c` diamonds whose joins are all errors (the shape that was cubic), also
+//! followed by a self-loop (a graph with a loop, which was quadratic). Prints a
 //! table of the median wall time of `validate_compiled` (validate + compile, what `graph
 //! validate` and `POST /v1/graphs` do) and the number of diagnostics returned (capped).
 //!
@@ -85,6 +86,28 @@ fn exclusive_joins(n: usize) -> String {
     s
 }
 
+/// The exclusive joins followed by a node with a bounded self-loop: the same errors, in a
+/// graph that has a loop (which used to send every exclusive pair through a walk of the
+/// whole graph).
+fn exclusive_joins_and_loop(n: usize) -> String {
+    let s = exclusive_joins(n - 1);
+    let last = (n - 1) / 3;
+    let (nodes, edges) = s.split_once("  edges:\n").expect("edges");
+    let mut out = nodes.to_string();
+    let _ = writeln!(
+        out,
+        "    - {{ id: tail, kind: tool, component: calc, maxIterations: 3, input: {{ expr: \"'1 + 1'\" }} }}"
+    );
+    out.push_str("  edges:\n");
+    out.push_str(edges);
+    let _ = writeln!(out, "    - {{ from: s{last}, to: tail }}");
+    let _ = writeln!(
+        out,
+        "    - {{ from: tail, to: tail, when: \"nodes.tail.value < 3.0\" }}"
+    );
+    out
+}
+
 /// Builds a graph of that many nodes.
 type Shape = fn(usize) -> String;
 
@@ -100,10 +123,11 @@ fn main() {
     };
     let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools");
     let components = graph::components(&tools).expect("tool manifests");
-    let shapes: [(&str, Shape); 3] = [
+    let shapes: [(&str, Shape); 4] = [
         ("chain", chain),
         ("fan-in", fan_in),
         ("exclusive joins", exclusive_joins),
+        ("excl. + loop", exclusive_joins_and_loop),
     ];
     println!(
         "{:<16} {:>7} {:>10} {:>12} {:>12}",

@@ -1473,3 +1473,107 @@ async fn run_pins_graph_and_components_and_resuming_a_finished_run_runs_nothing(
     assert_eq!(events(&engine, outcome.run).len(), before);
     assert_eq!(server.requests(), ["/ok"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_with_a_bounded_self_loop_is_the_entry_and_loops_until_it_exits() {
+    let engine = engine();
+    let catalog = catalog(None);
+    let source = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/valid_graphs/self_loop_entry.yaml"),
+    )
+    .unwrap();
+    let graph = compile(&source, &catalog);
+    assert_eq!(graph.entries.len(), 1);
+    let outcome = engine
+        .run(graph, &catalog, json!({"limit": 4}))
+        .await
+        .unwrap();
+    assert_succeeded(&outcome);
+    assert_finished_in_journal(&engine, &outcome);
+    let evs = events(&engine, outcome.run);
+    let done = completed(&engine, &evs);
+    assert_eq!(
+        step_names(&done),
+        ["count#1", "count#2", "count#3", "count#4"]
+    );
+    let inputs = scheduled(&engine, &evs);
+    assert_eq!(inputs[0], ("count#1".into(), json!({"expr": "1"})));
+    assert_eq!(inputs[3], ("count#4".into(), json!({"expr": "3 + 1"})));
+    // No sink ran (the node's only edge is its loop): the output is every node's last value.
+    assert_eq!(output(&outcome), json!({"count": {"value": 4.0}}));
+}
+
+/// An expression whose cost is far past the evaluation time limit (a macro nested in another
+/// over a long list, within the static limits) fails its step as `expression_timeout` naming
+/// the expression, while a run started after it on the same engine finishes first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expression_past_the_time_limit_fails_typed_while_another_run_finishes() {
+    let engine = engine();
+    let catalog = catalog(None);
+    let slow = compile(
+        r#"
+apiVersion: sandgraph.dev/v1
+kind: Graph
+metadata: { name: slow }
+spec:
+  nodes:
+    - id: count
+      kind: tool
+      component: calc
+      input:
+        expr: "string(size(input.xs.map(x, input.xs.filter(y, y < x).size()))) + ' + 0'"
+"#,
+        &catalog,
+    );
+    let xs: Vec<i64> = (0..SLOW_LIST_LEN).collect();
+    let slow_run = engine
+        .start(slow, &catalog, json!({ "xs": xs }))
+        .await
+        .unwrap();
+    let fast = compile(
+        r#"
+apiVersion: sandgraph.dev/v1
+kind: Graph
+metadata: { name: fast }
+spec:
+  nodes:
+    - { id: one, kind: tool, component: calc, input: { expr: "'1 + 1'" } }
+"#,
+        &catalog,
+    );
+    let fast_outcome = engine.run(fast, &catalog, json!({})).await.unwrap();
+    assert_succeeded(&fast_outcome);
+    assert_eq!(output(&fast_outcome), json!({"one": {"value": 2.0}}));
+    let outcome = slow_run.wait().await;
+    assert_eq!(outcome.status, RunStatus::Failed, "{outcome:?}");
+    let error = outcome.error.clone().unwrap_or_default();
+    assert!(
+        error.starts_with("node 'count' input field 'expr': expression `string(size(input.xs.map(x, input.xs.filter(y, y < x).size())))")
+            && error.contains("expression_timeout: evaluation did not finish within 1s"),
+        "{error}"
+    );
+    assert_finished_in_journal(&engine, &outcome);
+    // The other run finished while this one was still evaluating: its end is journaled
+    // before this one's, which came at the time limit.
+    let finished_at = |run: RunId| {
+        let records = engine.journal().events(run).unwrap();
+        let last = records.last().unwrap();
+        assert!(matches!(last.event, Event::RunFinished { .. }), "{last:?}");
+        last.at_ms
+    };
+    assert!(
+        finished_at(fast_outcome.run) < finished_at(outcome.run),
+        "the slow evaluation held the other run up"
+    );
+    // The step never started: nothing of it reached the sandbox.
+    let evs = events(&engine, outcome.run);
+    assert!(
+        !evs.iter().any(|e| matches!(e, Event::StepScheduled { .. })),
+        "{evs:?}"
+    );
+}
+
+/// Long enough that the nested macros take well over the limit even in a release build
+/// (n² filter steps), short enough that the abandoned evaluation ends within seconds.
+const SLOW_LIST_LEN: i64 = 6_000;

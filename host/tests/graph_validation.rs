@@ -347,3 +347,79 @@ fn a_duplicate_key_in_a_huge_mapping_is_found_where_it_is() {
         "wide.yaml:50010:9: duplicate key 'f7' (first at 17:9); remove one"
     );
 }
+
+/// Graphs that must stay valid as the checks grow (`fixtures/valid_graphs/`): well-typed
+/// expressions of every kind the type checker judges, a self-loop entry node.
+#[test]
+fn every_valid_fixture_validates() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/valid_graphs");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("valid fixtures folder")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 2, "{files:?}");
+    for path in files {
+        graph::load(&path, &components()).unwrap_or_else(|d| panic!("{}:\n{d}", path.display()));
+    }
+}
+
+#[test]
+fn a_node_whose_only_inbound_edge_is_its_bounded_self_loop_is_the_entry() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/valid_graphs/self_loop_entry.yaml");
+    let g = graph::load(&path, &components()).unwrap_or_else(|d| panic!("{d}"));
+    let entries: Vec<&str> = g
+        .entries
+        .iter()
+        .map(|&i| g.graph[i].spec.id.as_str())
+        .collect();
+    assert_eq!(entries, ["count"]);
+    assert!(g.joins.is_empty());
+    // Two nodes that only feed each other still have no entry.
+    let source = std::fs::read_to_string(&path).unwrap().replace(
+        "  edges:\n",
+        "    - { id: other, kind: tool, component: calc }\n  edges:\n    - { from: other, to: count }\n    - { from: count, to: other }\n",
+    );
+    let d = validate::validate("two.yaml", &source, &components()).unwrap_err();
+    assert!(d.to_string().contains("graph has no entry node"), "{d}");
+}
+
+/// Where a component's output schema is known, `nodes.<id>` is typed by it: a field it does
+/// not allow, or an operation its types cannot do, is an error at its line:col.
+#[test]
+fn node_outputs_are_typed_by_known_output_schemas() {
+    let source = r#"apiVersion: sandgraph.dev/v1
+kind: Graph
+metadata: { name: typed }
+spec:
+  nodes:
+    - { id: a, kind: tool, component: calc, input: { expr: "'1 + 1'" } }
+    - { id: b, kind: tool, component: calc, input: { expr: "nodes.a.valeu + ' * 2'" } }
+    - { id: c, kind: tool, component: calc, input: { expr: "string(nodes.a.value * 2.0)" } }
+  edges:
+    - { from: a, to: b, when: "nodes.a.value > 'x'" }
+    - { from: a, to: c }
+"#;
+    let outputs = [(
+        "calc".to_string(),
+        serde_json::json!({
+            "type": "object",
+            "additionalProperties": false,
+            "properties": {"value": {"type": "number"}}
+        }),
+    )]
+    .into();
+    let d = validate::validate_compiled_with_outputs("typed.yaml", source, &components(), &outputs)
+        .unwrap_err();
+    let got: Vec<String> =
+        d.0.iter()
+            .map(|d| format!("{}: {}", d.pos, d.message))
+            .collect();
+    assert_eq!(got.len(), 2, "{got:#?}");
+    assert!(got[0].starts_with("7:68: node 'b' input 'expr': expression `nodes.a.valeu + ' * 2'` reads field 'valeu', which node 'a''s output schema does not allow"), "{got:#?}");
+    assert!(got[1].starts_with("10:46: edge 'a -> b' when: expression `nodes.a.value > 'x'` orders a number against a string"), "{got:#?}");
+    // Without the schemas the same graph is valid: outputs are of unknown type.
+    validate::validate_compiled("typed.yaml", source, &components()).unwrap();
+}

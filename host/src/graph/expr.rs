@@ -4,9 +4,17 @@
 //! (size, bracket nesting, operator chains, unary runs, selection chains, and all of these
 //! combined along one path) and refused with the limit it crossed; only a bounded source is
 //! parsed and evaluated, on a stack segment sized for the worst case those limits admit.
+//!
+//! Time is bounded too: `cel` has no step budget, so the cost is bounded statically (macros
+//! nest at most [`MAX_MACRO_NESTING`] deep, and what they iterate is bounded by the size
+//! limits of the run input and tool outputs), and every evaluation runs on an evaluator
+//! thread, never on an async worker, with a wall-clock limit ([`MAX_EVAL_TIME`]) past which
+//! the step fails as `expression_timeout` and the evaluation is abandoned to finish alone.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use cel::common::ast::{EntryExpr, Expr};
 use serde_json::Value;
@@ -30,6 +38,12 @@ pub const MAX_DEPTH: usize = 64;
 /// the parser disagreeing.
 pub const MAX_TREE_DEPTH: usize = 4 * MAX_DEPTH;
 
+/// Macros (`map`, `filter`, `all`, `exists`, `exists_one`) nested in the body of another:
+/// each level multiplies the cost by the length of what it iterates.
+pub const MAX_MACRO_NESTING: usize = 2;
+/// How long one evaluation may run before the step fails with `expression_timeout`.
+pub const MAX_EVAL_TIME: Duration = Duration::from_secs(1);
+
 /// The stack segment parsing and evaluation run on when the current one has too little
 /// left. Only the pages touched are ever committed. Measured worst case at the limits above
 /// (debug build): about 7 MiB to parse, 6 MiB to evaluate.
@@ -41,6 +55,10 @@ const EVAL_PER_LEVEL: usize = 96 << 10;
 /// Stack converting JSON documents into CEL values and back needs (measured under 1 MiB at
 /// `sandbox::MAX_JSON_DEPTH`); with it a tokio worker (2 MiB) always evaluates on a segment.
 const EVAL_BASE: usize = 2 << 20;
+
+/// Stack the type checker needs, with a wide margin (one recursion per tree level).
+const CHECK_BASE: usize = 256 << 10;
+const CHECK_PER_LEVEL: usize = 32 << 10;
 
 /// Variables an expression may read.
 pub const STATE_ROOTS: [&str; 3] = ["input", "nodes", "state"];
@@ -72,6 +90,10 @@ pub enum ExprError {
         "is composed more than {limit} levels deep (brackets, operators, selections and unary operators along one path, up to column {col}); split it across nodes"
     )]
     Depth { col: usize, limit: usize },
+    #[error(
+        "nests macros (map, filter, all, exists, exists_one) {depth} deep in one another's bodies, over the limit of {limit}; each level multiplies the work, compute the inner part in its own node"
+    )]
+    MacroNesting { depth: usize, limit: usize },
     #[error("does not compile: {0}")]
     Syntax(String),
     #[error("reads unknown variable '{0}'; use input, nodes.<id> or state")]
@@ -82,7 +104,7 @@ pub enum ExprError {
 #[derive(Debug)]
 pub struct Expression {
     pub source: String,
-    program: cel::Program,
+    program: Arc<cel::Program>,
     tree_depth: usize,
 }
 
@@ -95,6 +117,10 @@ pub enum EvalFailure {
     NotJson(String),
     #[error("the evaluator panicked: {0}; report this expression as a bug")]
     Panicked(String),
+    #[error(
+        "expression_timeout: evaluation did not finish within {limit:?} and was abandoned; make the expression cheaper (fewer nested macros over large lists) or compute it in a tool step"
+    )]
+    Timeout { limit: Duration },
 }
 
 impl Expression {
@@ -102,12 +128,30 @@ impl Expression {
     /// (comprehension variables of the standard macros are bound, not state).
     pub fn compile(source: &str) -> Result<Expression, ExprError> {
         scan(source)?;
-        let program = stacker::maybe_grow(PARSE_RED_ZONE, STACK_SEGMENT, || {
-            std::panic::catch_unwind(|| cel::Program::compile(source))
-        })
-        .map_err(|p| ExprError::Syntax(format!("the parser panicked: {}", panic_text(&p))))?
-        .map_err(|e| ExprError::Syntax(e.to_string().replace('\n', "; ")))?;
-        let (tree_depth, free) = walk(program.expression());
+        let parse = |source: &str| {
+            stacker::maybe_grow(PARSE_RED_ZONE, STACK_SEGMENT, || {
+                std::panic::catch_unwind(|| cel::Program::compile(source))
+            })
+        };
+        // A thread with less stack left than a parse may need parses on an evaluator thread,
+        // whose stack is already that large: growing a fresh segment for every expression
+        // (map, fault in, unmap) was a third of the time validation took.
+        let parsed = if stacker::remaining_stack().is_some_and(|left| left >= PARSE_RED_ZONE) {
+            parse(source)
+        } else {
+            let owned = source.to_owned();
+            evaluators::run_to_end(move || parse(&owned)).unwrap_or_else(|| parse(source))
+        };
+        let program = parsed
+            .map_err(|p| ExprError::Syntax(format!("the parser panicked: {}", panic_text(&p))))?
+            .map_err(|e| ExprError::Syntax(e.to_string().replace('\n', "; ")))?;
+        let (tree_depth, macro_depth, free) = walk(program.expression());
+        if macro_depth > MAX_MACRO_NESTING {
+            return Err(ExprError::MacroNesting {
+                depth: macro_depth,
+                limit: MAX_MACRO_NESTING,
+            });
+        }
         if tree_depth > MAX_TREE_DEPTH {
             return Err(ExprError::Depth {
                 col: source.chars().count(),
@@ -122,35 +166,164 @@ impl Expression {
         }
         Ok(Expression {
             source: source.to_owned(),
-            program,
+            program: Arc::new(program),
             tree_depth,
         })
     }
 
-    /// Evaluates against `input`, `nodes` and `state`, on a stack large enough for this
-    /// expression's depth and JSON documents of `MAX_JSON_DEPTH` levels.
+    /// Type errors of this expression against what the run state can hold (see
+    /// [`super::typecheck`]); `condition` asks that it can be a boolean.
+    pub fn type_errors(
+        &self,
+        env: &super::typecheck::TypeEnv,
+        condition: bool,
+    ) -> Vec<super::typecheck::TypeError> {
+        let need = CHECK_BASE + self.tree_depth * CHECK_PER_LEVEL;
+        stacker::maybe_grow(need, STACK_SEGMENT, || {
+            super::typecheck::check(
+                self.program.expression(),
+                self.program.source_info(),
+                &self.source,
+                env,
+                condition,
+            )
+        })
+    }
+
+    /// Evaluates against `input`, `nodes` and `state` on an evaluator thread (a stack large
+    /// enough for this expression's depth and JSON documents of `MAX_JSON_DEPTH` levels),
+    /// waiting at most [`MAX_EVAL_TIME`].
     pub fn eval(
         &self,
         env: &Arc<cel::Env>,
         vars: [(&str, cel::Value); 3],
     ) -> Result<Value, EvalFailure> {
+        self.eval_within(env, vars, MAX_EVAL_TIME)
+    }
+
+    /// [`Expression::eval`] with another time limit.
+    pub fn eval_within(
+        &self,
+        env: &Arc<cel::Env>,
+        vars: [(&str, cel::Value); 3],
+        limit: Duration,
+    ) -> Result<Value, EvalFailure> {
+        let program = self.program.clone();
+        let env = env.clone();
+        let vars = vars.map(|(name, value)| (name.to_owned(), value));
         let need = EVAL_BASE + self.tree_depth * EVAL_PER_LEVEL;
-        stacker::maybe_grow(need, STACK_SEGMENT, || {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let mut ctx = cel::Context::with_env(env.clone());
-                for (name, value) in vars {
-                    ctx.add_variable_from_value(name, value);
+        let job = move || {
+            stacker::maybe_grow(need, STACK_SEGMENT, || {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let mut ctx = cel::Context::with_env(env);
+                    for (name, value) in vars {
+                        ctx.add_variable_from_value(name, value);
+                    }
+                    let value = program
+                        .execute(&ctx)
+                        .map_err(|e| EvalFailure::Execution(e.to_string()))?;
+                    value
+                        .json()
+                        .map_err(|e| EvalFailure::NotJson(format!("{e:?}")))
+                }))
+                .unwrap_or_else(|p| Err(EvalFailure::Panicked(panic_text(&p))))
+            })
+        };
+        evaluators::run(job, limit).unwrap_or(Err(EvalFailure::Timeout { limit }))
+    }
+}
+
+/// The evaluator threads: idle ones wait for a job; a job that outlives its caller's limit
+/// keeps its thread until it ends (its cost is bounded statically), and a new thread serves
+/// the next caller meanwhile. The caller waits off the async workers (`block_in_place` on a
+/// multi-threaded tokio runtime), so a slow evaluation never stalls other runs.
+mod evaluators {
+    use super::*;
+
+    type Job = Box<dyn FnOnce() + Send>;
+
+    /// At most this many threads wait idle; more are let go when they finish.
+    const MAX_IDLE: usize = 8;
+
+    static IDLE: Mutex<Vec<mpsc::Sender<Job>>> = Mutex::new(Vec::new());
+
+    fn idle() -> std::sync::MutexGuard<'static, Vec<mpsc::Sender<Job>>> {
+        IDLE.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on an evaluator thread; `None` when it did not finish within `limit`.
+    pub(super) fn run<T: Send + 'static>(
+        f: impl FnOnce() -> T + Send + 'static,
+        limit: Duration,
+    ) -> Option<T> {
+        let (done_tx, done_rx) = mpsc::sync_channel::<T>(1);
+        submit(Box::new(move || {
+            let _ = done_tx.send(f());
+        }))?;
+        let wait = || done_rx.recv_timeout(limit).ok();
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
+        }
+    }
+
+    /// Runs `f` on an evaluator thread and waits for it to end; `None` only when no thread
+    /// could run it.
+    pub(super) fn run_to_end<T: Send + 'static>(
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let (done_tx, done_rx) = mpsc::sync_channel::<T>(1);
+        submit(Box::new(move || {
+            let _ = done_tx.send(f());
+        }))?;
+        let wait = || done_rx.recv().ok();
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
+        }
+    }
+
+    /// Hands `job` to an idle thread, or a new one.
+    fn submit(mut job: Job) -> Option<()> {
+        loop {
+            let worker = idle().pop();
+            match worker {
+                Some(tx) => match tx.send(job) {
+                    Ok(()) => return Some(()),
+                    // That thread is gone; take another.
+                    Err(mpsc::SendError(j)) => job = j,
+                },
+                None => return spawn(job).ok(),
+            }
+        }
+    }
+
+    fn spawn(first: Job) -> std::io::Result<()> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("sandgraph-cel".into())
+            .stack_size(STACK_SEGMENT)
+            .spawn(move || {
+                first();
+                loop {
+                    {
+                        let mut idle = idle();
+                        if idle.len() >= MAX_IDLE {
+                            return;
+                        }
+                        idle.push(tx.clone());
+                    }
+                    match rx.recv() {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
                 }
-                let value = self
-                    .program
-                    .execute(&ctx)
-                    .map_err(|e| EvalFailure::Execution(e.to_string()))?;
-                value
-                    .json()
-                    .map_err(|e| EvalFailure::NotJson(format!("{e:?}")))
-            }))
-            .unwrap_or_else(|p| Err(EvalFailure::Panicked(panic_text(&p))))
-        })
+            })
+            .map(|_| ())
     }
 }
 
@@ -204,14 +377,15 @@ pub fn json_depth(v: &Value) -> usize {
     deepest
 }
 
-/// The depth of the parsed tree and its free variables, in order of first use, without
-/// recursion. Comprehension variables (`x` in `list.map(x, x * 2)`, the accumulator) are bound
-/// inside the loop, not free.
-fn walk(root: &cel::IdedExpr) -> (usize, Vec<String>) {
+/// The depth of the parsed tree, how deep macros nest in one another's loop bodies, and the
+/// free variables in order of first use, without recursion. Comprehension variables (`x` in
+/// `list.map(x, x * 2)`, the accumulator) are bound inside the loop, not free.
+fn walk(root: &cel::IdedExpr) -> (usize, usize, Vec<String>) {
     let mut deepest = 0;
+    let mut macros = 0;
     let mut free: Vec<String> = Vec::new();
-    // (expression, depth, index into `scopes` of the innermost scope it sees)
-    let mut scopes: Vec<(Option<usize>, Vec<&str>)> = vec![(None, Vec::new())];
+    // (index of the enclosing scope, names it binds, macro nesting of its loop body)
+    let mut scopes: Vec<(Option<usize>, Vec<&str>, usize)> = vec![(None, Vec::new(), 0)];
     let mut todo: Vec<(&cel::IdedExpr, usize, usize)> = vec![(root, 1, 0)];
     while let Some((e, d, scope)) = todo.pop() {
         deepest = deepest.max(d);
@@ -260,7 +434,9 @@ fn walk(root: &cel::IdedExpr) -> (usize, Vec<String>) {
                 todo.push((&c.accu_init, d + 1, scope));
                 let mut names = vec![c.iter_var.as_str(), c.accu_var.as_str()];
                 names.extend(c.iter_var2.as_deref());
-                scopes.push((Some(scope), names));
+                let nesting = scopes[scope].2 + 1;
+                macros = macros.max(nesting);
+                scopes.push((Some(scope), names, nesting));
                 let inner = scopes.len() - 1;
                 todo.push((&c.loop_cond, d + 1, inner));
                 todo.push((&c.loop_step, d + 1, inner));
@@ -269,7 +445,7 @@ fn walk(root: &cel::IdedExpr) -> (usize, Vec<String>) {
             Expr::Literal(_) | Expr::Unspecified => {}
         }
     }
-    (deepest, free)
+    (deepest, macros, free)
 }
 
 /// One bracket level of the scan.
@@ -701,7 +877,7 @@ mod tests {
     }
 
     #[test]
-    fn nested_macros_are_bounded_and_evaluate_at_the_limit() {
+    fn macros_nest_up_to_the_limit_and_chain_freely() {
         let macros = |n: usize| {
             let mut s = "x0".to_string();
             for i in (0..n).rev() {
@@ -709,20 +885,27 @@ mod tests {
             }
             s
         };
-        let at = (1..MAX_NESTING)
-            .rev()
-            .find(|&n| Expression::compile(&macros(n)).is_ok())
-            .unwrap();
-        assert!(at >= 10, "{at}");
-        compiles_and_runs(&macros(at));
+        assert_eq!(compiles_and_runs(&macros(MAX_MACRO_NESTING)), json!([[0]]));
+        assert_eq!(
+            refused(&macros(MAX_MACRO_NESTING + 1)),
+            ExprError::MacroNesting {
+                depth: MAX_MACRO_NESTING + 1,
+                limit: MAX_MACRO_NESTING
+            }
+        );
+        // In a loop condition (all/exists) as in a step.
         assert!(matches!(
-            refused(&macros(at + 1)),
-            ExprError::Depth { .. } | ExprError::Nesting { .. }
+            refused("[1].all(x, [2].exists(y, [3].all(z, x < z)))"),
+            ExprError::MacroNesting { depth: 3, .. }
         ));
         assert!(matches!(
             refused(&macros(500)),
             ExprError::TooLong { .. } | ExprError::Depth { .. } | ExprError::Nesting { .. }
         ));
+        // What a macro iterates, and macros one after another, do not nest: their costs add.
+        let chained = format!("[1, 2, 3]{}", ".map(x, x * 2).filter(x, x > 2)".repeat(6));
+        assert_eq!(compiles_and_runs(&chained), json!([128, 192]));
+        compiles_and_runs("[1].map(x, [2].map(y, y)).map(l, l.map(z, z + 1))");
     }
 
     #[test]

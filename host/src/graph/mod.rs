@@ -10,6 +10,7 @@ pub mod replay;
 pub mod scheduler;
 pub mod spec;
 pub mod state;
+pub mod typecheck;
 pub mod validate;
 pub mod yaml;
 
