@@ -429,7 +429,7 @@ fn page_server() -> SocketAddr {
                     break;
                 }
             }
-            let (status, ctype, body) = if first.contains("/flaky") && n % 3 == 0 {
+            let (status, ctype, body) = if first.contains("/flaky") && n.is_multiple_of(3) {
                 ("503 Service Unavailable", "text/plain", "busy".to_owned())
             } else if first.contains("/flaky") {
                 (
