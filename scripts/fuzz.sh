@@ -28,9 +28,10 @@ campaign() {
         rm -f "$log"
         return 1
     fi
-    local runs
+    local runs corpus
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
-    printf '%-22s %10s executions in %ss\n' "$target" "${runs:-?}" "$seconds"
+    corpus=$(find "fuzz/corpus/$target" -type f | wc -l)
+    printf '%-22s %10s executions in %ss, corpus %s inputs\n' "$target" "${runs:-?}" "$seconds" "$corpus"
     rm -f "$log"
 }
 
