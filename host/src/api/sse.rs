@@ -291,6 +291,22 @@ pub(super) fn event_json(journal: &Journal, event: &Event) -> (&'static str, Val
                 Crossing::Denial { capability, target } => {
                     json!({"kind": "denial", "capability": capability, "target": target})
                 }
+                // The request itself (prompts) stays in the journal; the stream says that a
+                // call was made and what it cost.
+                Crossing::ModelRequest { digest, .. } => {
+                    json!({"kind": "model_request", "digest": digest})
+                }
+                Crossing::ModelResponse {
+                    ok,
+                    prompt_tokens,
+                    completion_tokens,
+                    model_ms,
+                    ..
+                } => json!({
+                    "kind": "model_response",
+                    "ok": ok,
+                    "usage": {"input_tokens": prompt_tokens, "output_tokens": completion_tokens, "model_ms": model_ms},
+                }),
             };
             (
                 "crossing",

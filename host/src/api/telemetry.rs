@@ -657,6 +657,8 @@ fn capability(c: crate::sandbox::outcome::Capability) -> &'static str {
         Env => "env",
         Secret => "secret",
         Sockets => "sockets",
+        Model => "model",
+        Tool => "tool",
     }
 }
 

@@ -27,6 +27,9 @@ use crate::journal::{
 use crate::sandbox::manifest::{
     self, CallGrant, EffectiveGrant, Limits, Manifest, OperatorPolicy, WorkspaceMode,
 };
+use crate::sandbox::agent::{
+    AgentActivity, AgentEnv, GrantedTool, ModelCallRecord, ModelRouter, RunTokens,
+};
 use crate::sandbox::outcome::{AuditRecord, CallError};
 use crate::sandbox::registry::LoadedTool;
 use crate::sandbox::{MAX_JSON_DEPTH, Sandbox};
@@ -37,6 +40,10 @@ pub type Progress = Arc<dyn Fn(RunId, &Event) + Send + Sync>;
 /// Called after every tool call of a step attempt with its audit record (run, step, attempt);
 /// the API's trace export builds its `tool_call` and `egress` spans from it.
 pub type CallObserver = Arc<dyn Fn(RunId, &str, u32, &AuditRecord) + Send + Sync>;
+
+/// Called after every model call of an agent step (run, step, attempt); metrics and the
+/// `gen_ai` trace spans come from it.
+pub type ModelObserver = Arc<dyn Fn(RunId, &str, u32, &ModelCallRecord) + Send + Sync>;
 
 #[derive(Clone)]
 pub struct EngineConfig {
@@ -73,6 +80,16 @@ pub enum EngineError {
     BadInputSchema(String),
     #[error("node '{node}' names component '{component}', which is not in the catalog")]
     UnknownComponent { node: String, component: String },
+    #[error(
+        "node '{node}' is kind: {expected}, but component '{component}' exports the {found} world; {fix}"
+    )]
+    WrongWorld {
+        node: String,
+        component: String,
+        expected: &'static str,
+        found: &'static str,
+        fix: &'static str,
+    },
     #[error("component '{name}': {source}")]
     Component { name: String, source: CallError },
     #[error("run {run}: the journal's pinned {what} is unusable: {reason}")]
@@ -129,6 +146,8 @@ pub struct Engine {
     config: Arc<EngineConfig>,
     progress: Option<Progress>,
     on_call: Option<CallObserver>,
+    on_model: Option<ModelObserver>,
+    models: Option<Arc<dyn ModelRouter>>,
 }
 
 /// A run's pinned graph, components and input, and its journal.
@@ -148,10 +167,14 @@ struct RunCtx {
     config: Arc<EngineConfig>,
     progress: Option<Progress>,
     on_call: Option<CallObserver>,
+    on_model: Option<ModelObserver>,
+    models: Option<Arc<dyn ModelRouter>>,
     graph: Arc<CompiledGraph>,
     /// Component name -> loaded component and manifest.
     tools: HashMap<String, (Arc<LoadedTool>, Manifest)>,
     created_ms: u64,
+    /// What the run's model calls may still spend (`spec.limits.tokenBudget`).
+    tokens: Arc<RunTokens>,
 }
 
 impl Engine {
@@ -162,7 +185,20 @@ impl Engine {
             config: Arc::new(config),
             progress: None,
             on_call: None,
+            on_model: None,
+            models: None,
         }
+    }
+
+    /// The model providers agent steps call, by alias.
+    pub fn with_models(mut self, models: Arc<dyn ModelRouter>) -> Engine {
+        self.models = Some(models);
+        self
+    }
+
+    pub fn with_model_observer(mut self, on_model: ModelObserver) -> Engine {
+        self.on_model = Some(on_model);
+        self
     }
 
     pub fn with_progress(mut self, progress: Progress) -> Engine {
@@ -202,12 +238,16 @@ impl Engine {
         check_input(&graph.spec, &input)?;
         let mut tools = HashMap::new();
         let mut pinned = Vec::new();
+        // Each node's component and, for agent nodes, the tools it grants.
         let mut names: Vec<(&str, &str)> = graph
             .spec
             .spec
             .nodes
             .iter()
-            .map(|n| (n.component.as_str(), n.id.as_str()))
+            .flat_map(|n| {
+                std::iter::once((n.component.as_str(), n.id.as_str()))
+                    .chain(n.tools.iter().map(|t| (t.as_str(), n.id.as_str())))
+            })
             .collect();
         names.sort();
         names.dedup_by(|a, b| a.0 == b.0);
@@ -234,6 +274,7 @@ impl Engine {
             });
             tools.insert(name.to_owned(), (tool, entry.manifest.clone()));
         }
+        check_worlds(&graph, &tools)?;
         let run = RunId::new();
         let event = Event::RunCreated {
             graph_name: graph.spec.metadata.name.clone(),
@@ -242,7 +283,7 @@ impl Engine {
             components: pinned,
             input: self.journal.put_payload(input.to_string().as_bytes())?,
         };
-        let ctx = self.ctx(run, graph, tools, now_ms());
+        let ctx = self.ctx(run, graph, tools, now_ms(), 0);
         ctx.append(event, Durability::Durable).await?;
         Ok(self.spawn(ctx, input, None))
     }
@@ -262,7 +303,8 @@ impl Engine {
     /// A finished run is not touched; its handle reports how it ended.
     pub async fn resume(&self, run: RunId) -> Result<RunHandle, EngineError> {
         let pinned = self.load_pinned(run).await?;
-        let ctx = self.ctx(run, pinned.graph, pinned.tools, pinned.created_ms);
+        let spent = tokens_spent(&pinned.records);
+        let ctx = self.ctx(run, pinned.graph, pinned.tools, pinned.created_ms, spent);
         Ok(self.spawn(ctx, pinned.input, Some(pinned.records)))
     }
 
@@ -395,8 +437,13 @@ impl Engine {
         graph: Arc<CompiledGraph>,
         tools: HashMap<String, (Arc<LoadedTool>, Manifest)>,
         created_ms: u64,
+        tokens_spent: u64,
     ) -> Arc<RunCtx> {
+        let budget = graph.spec.spec.limits.token_budget;
         Arc::new(RunCtx {
+            on_model: self.on_model.clone(),
+            models: self.models.clone(),
+            tokens: Arc::new(RunTokens::new(budget, tokens_spent)),
             run,
             sandbox: self.sandbox.clone(),
             journal: self.journal.clone(),
@@ -416,6 +463,74 @@ impl Engine {
         let task = tokio::spawn(async move { drive(ctx, input, history, token).await });
         RunHandle { run, cancel, task }
     }
+}
+
+/// Tokens the journaled model answers of a run spent (a resumed run's budget starts there).
+pub fn tokens_spent(records: &[Record]) -> u64 {
+    records
+        .iter()
+        .map(|r| match &r.event {
+            Event::Crossing {
+                crossing:
+                    crate::journal::Crossing::ModelResponse {
+                        prompt_tokens,
+                        completion_tokens,
+                        ..
+                    },
+                ..
+            } => u64::from(*prompt_tokens) + u64::from(*completion_tokens),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Every agent node's component exports the agent world, every tool node's and every granted
+/// tool's the tool world.
+fn check_worlds(
+    graph: &CompiledGraph,
+    tools: &HashMap<String, (Arc<LoadedTool>, Manifest)>,
+) -> Result<(), EngineError> {
+    use super::spec::NodeKind;
+    let world = |name: &str| tools.get(name).map(|(t, _)| t.is_agent());
+    for n in &graph.spec.spec.nodes {
+        let wrong = |component: &str, expected, found, fix| EngineError::WrongWorld {
+            node: n.id.clone(),
+            component: component.to_owned(),
+            expected,
+            found,
+            fix,
+        };
+        match (n.kind, world(&n.component)) {
+            (NodeKind::Agent, Some(false)) => {
+                return Err(wrong(
+                    &n.component,
+                    "agent",
+                    "sandgraph:tool",
+                    "an agent node needs a component that exports sandgraph:agent (info, step)",
+                ));
+            }
+            (NodeKind::Tool, Some(true)) => {
+                return Err(wrong(
+                    &n.component,
+                    "tool",
+                    "sandgraph:agent",
+                    "make the node kind: agent",
+                ));
+            }
+            _ => {}
+        }
+        for t in &n.tools {
+            if world(t) == Some(true) {
+                return Err(wrong(
+                    t,
+                    "agent",
+                    "sandgraph:agent",
+                    "an agent's `tools:` may name only tools (sandgraph:tool components)",
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks `input` against the nesting limit and the graph's input schema, listing every
@@ -847,8 +962,19 @@ async fn run_step(ctx: &Arc<RunCtx>, a: &Activation, start: StartAt) -> StepEnd 
             ),
         };
     };
-    let grant = match call_grant(node, &ctx.config) {
-        Ok(g) => EffectiveGrant::intersect(&ctx.config.policy, manifest, &g),
+    let node_grant = match call_grant(node, &ctx.config) {
+        Ok(g) => g,
+        Err(message) => {
+            return StepEnd::Failed {
+                attempts: 0,
+                message,
+            };
+        }
+    };
+    let grant = EffectiveGrant::intersect(&ctx.config.policy, manifest, &node_grant);
+    let is_agent = node.spec.kind == super::spec::NodeKind::Agent;
+    let granted_tools = match granted_tools(node, &ctx.tools, &ctx.config.policy, &node_grant) {
+        Ok(t) => t,
         Err(message) => {
             return StepEnd::Failed {
                 attempts: 0,
@@ -881,11 +1007,30 @@ async fn run_step(ctx: &Arc<RunCtx>, a: &Activation, start: StartAt) -> StepEnd 
         };
         crossings.set_idempotency_key_honoured(honours_keys(&grant, &ctx.config));
         replay = false;
-        let (kind, message, can_retry) = match ctx
-            .sandbox
-            .call_journaled(tool, &grant, &input, &crossings)
-            .await
-        {
+        let outcome = if is_agent {
+            let env = AgentEnv {
+                step: format!("{}/{}#{attempt}", ctx.run, a.step),
+                node: node.spec.id.clone(),
+                models: ctx.models.clone(),
+                granted_models: node.spec.models.clone(),
+                tools: granted_tools.clone(),
+                run_tokens: ctx.tokens.clone(),
+                max_tokens: node.spec.max_tokens,
+                sink: None,
+            };
+            ctx.sandbox
+                .call_agent_journaled(tool, &grant, &input, &crossings, env)
+                .await
+                .map(|(report, activity)| {
+                    observe_activity(ctx, &a.step, attempt, &activity);
+                    report
+                })
+        } else {
+            ctx.sandbox
+                .call_journaled(tool, &grant, &input, &crossings)
+                .await
+        };
+        let (kind, message, can_retry) = match outcome {
             Ok(report) => {
                 if let Some(observe) = &ctx.on_call {
                     observe(ctx.run, &a.step, attempt, &report.audit);
@@ -926,6 +1071,114 @@ async fn run_step(ctx: &Arc<RunCtx>, a: &Activation, start: StartAt) -> StepEnd 
                     message,
                 };
             }
+        }
+    }
+}
+
+/// The tools an agent node grants, each under node grant ∩ its manifest ∩ operator policy.
+fn granted_tools(
+    node: &super::compile::CompiledNode,
+    tools: &HashMap<String, (Arc<LoadedTool>, Manifest)>,
+    policy: &OperatorPolicy,
+    node_grant: &CallGrant,
+) -> Result<Vec<GrantedTool>, String> {
+    if node.spec.kind != super::spec::NodeKind::Agent {
+        return Ok(Vec::new());
+    }
+    node.spec
+        .tools
+        .iter()
+        .map(|name| {
+            let (t, m) = tools.get(name).ok_or_else(|| {
+                format!(
+                    "tool '{name}' of node '{}' was not pinned by this run",
+                    node.spec.id
+                )
+            })?;
+            Ok(GrantedTool {
+                name: name.clone(),
+                tool: t.clone(),
+                grant: EffectiveGrant::intersect(policy, m, node_grant),
+            })
+        })
+        .collect()
+}
+
+/// Re-executes one finished step offline (`sandgraph replay`): a tool through its crossings,
+/// an agent with its model answers and nested tool results served from the journal, no
+/// model provider and no network.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn call_offline(
+    engine: &Engine,
+    run: RunId,
+    node: &super::compile::CompiledNode,
+    tools: &HashMap<String, (Arc<LoadedTool>, Manifest)>,
+    step: &str,
+    attempt: u32,
+    input: &str,
+    crossings: &StepCrossings,
+) -> Result<crate::sandbox::outcome::CallReport, CrossingError> {
+    let node_grant = call_grant(node, &engine.config).map_err(|message| {
+        CrossingError::Divergence {
+            run,
+            step: step.to_owned(),
+            index: 0,
+            recorded: "a usable node grant".into(),
+            asked: message,
+        }
+    })?;
+    let Some((tool, manifest)) = tools.get(&node.spec.component) else {
+        return Err(CrossingError::Divergence {
+            run,
+            step: step.to_owned(),
+            index: 0,
+            recorded: format!("component '{}' pinned", node.spec.component),
+            asked: "a component the run did not pin".into(),
+        });
+    };
+    let grant = EffectiveGrant::intersect(&engine.config.policy, manifest, &node_grant);
+    if node.spec.kind != super::spec::NodeKind::Agent {
+        return engine
+            .sandbox
+            .call_journaled(tool, &grant, input, crossings)
+            .await;
+    }
+    let granted = granted_tools(node, tools, &engine.config.policy, &node_grant).map_err(
+        |message| CrossingError::Divergence {
+            run,
+            step: step.to_owned(),
+            index: 0,
+            recorded: "every granted tool pinned".into(),
+            asked: message,
+        },
+    )?;
+    let env = AgentEnv {
+        step: format!("{run}/{step}#{attempt}"),
+        node: node.spec.id.clone(),
+        models: None,
+        granted_models: node.spec.models.clone(),
+        tools: granted,
+        run_tokens: Arc::new(RunTokens::new(None, 0)),
+        max_tokens: None,
+        sink: None,
+    };
+    engine
+        .sandbox
+        .call_agent_journaled(tool, &grant, input, crossings, env)
+        .await
+        .map(|(report, _)| report)
+}
+
+/// Hands an agent step's nested tool calls and model calls to the observers.
+fn observe_activity(ctx: &RunCtx, step: &str, attempt: u32, activity: &AgentActivity) {
+    if let Some(observe) = &ctx.on_call {
+        for audit in &activity.nested {
+            observe(ctx.run, step, attempt, audit);
+        }
+    }
+    if let Some(observe) = &ctx.on_model {
+        for call in &activity.model_calls {
+            observe(ctx.run, step, attempt, call);
         }
     }
 }

@@ -6,10 +6,9 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use super::engine::{Engine, EngineError, call_grant_for};
+use super::engine::{Engine, EngineError, call_grant_for, call_offline};
 use crate::journal::crossings::{CrossingError, StepCrossings};
 use crate::journal::{Event, RunId};
-use crate::sandbox::manifest::EffectiveGrant;
 
 /// What replaying one step showed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -100,27 +99,32 @@ pub async fn replay(engine: &Engine, run: RunId) -> Result<ReplayReport, EngineE
                     )));
                     continue;
                 };
-                let Some((tool, manifest)) = pinned.tools.get(&node.spec.component) else {
+                if !pinned.tools.contains_key(&node.spec.component) {
                     steps.push(failed(format!(
                         "component '{}' was not pinned",
                         node.spec.component
                     )));
                     continue;
-                };
-                let grant = match call_grant_for(node, engine) {
-                    Ok(g) => EffectiveGrant::intersect(&engine.config().policy, manifest, &g),
-                    Err(m) => {
-                        steps.push(failed(m));
-                        continue;
-                    }
-                };
+                }
+                if let Err(m) = call_grant_for(node, engine) {
+                    steps.push(failed(m));
+                    continue;
+                }
                 let crossings =
                     StepCrossings::replay_offline(journal.clone(), run, step, *attempt)?;
                 let input = String::from_utf8_lossy(input);
-                let outcome = engine
-                    .sandbox()
-                    .call_journaled(tool, &grant, &input, &crossings)
-                    .await;
+                // Tool and agent steps alike; an agent's model answers come from the journal.
+                let outcome = call_offline(
+                    engine,
+                    run,
+                    node,
+                    &pinned.tools,
+                    step,
+                    *attempt,
+                    &input,
+                    &crossings,
+                )
+                .await;
                 steps.push(match outcome {
                     Err(CrossingError::Journal(e)) => return Err(e.into()),
                     Err(e) => failed(e.to_string()),

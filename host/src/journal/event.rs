@@ -4,8 +4,13 @@
 
 use serde::{Deserialize, Serialize};
 
-/// First byte of every stored event; bump when `Event` changes incompatibly.
-pub const FORMAT_VERSION: u8 = 2;
+/// First byte of every stored event; bump when `Event` changes. Version 3 appended the model
+/// crossings (`Crossing::ModelRequest`, `Crossing::ModelResponse`) after every version-2
+/// variant, so a version-2 record decodes unchanged with this build's types.
+pub const FORMAT_VERSION: u8 = 3;
+
+/// Older format versions this build still reads (their encoding is a prefix of the current one).
+pub const READABLE_VERSIONS: &[u8] = &[2, FORMAT_VERSION];
 
 /// Payloads at most this long are stored inside the event; longer ones go to the blob tree once.
 pub const INLINE_LIMIT: usize = 256;
@@ -153,6 +158,24 @@ pub enum Crossing {
         capability: String,
         target: String,
     },
+    /// A model call an agent made, as the guest asked for it (alias resolved, before the host
+    /// capped `max_tokens` to the budget left). Appended after every version-2 variant.
+    ModelRequest {
+        /// sha256 of `request`, hex: a resumed guest asking for something else diverges.
+        digest: String,
+        /// The request's JSON (`model::ChatRequest`).
+        request: PayloadRef,
+    },
+    /// The answer to the preceding `ModelRequest`: `ok` with a `model::ChatResponse` JSON, or a
+    /// `model::ModelError` JSON. Usage and model time are kept beside it for budgets and reports.
+    ModelResponse {
+        ok: bool,
+        payload: PayloadRef,
+        prompt_tokens: u32,
+        completion_tokens: u32,
+        /// Time the provider took, in milliseconds (0 for a refusal by the host).
+        model_ms: u64,
+    },
 }
 
 impl Event {
@@ -171,7 +194,7 @@ impl Event {
     pub fn decode(bytes: &[u8]) -> Result<(u64, Event), String> {
         match bytes.split_first() {
             None => Err("empty record".into()),
-            Some((&FORMAT_VERSION, rest)) => {
+            Some((v, rest)) if READABLE_VERSIONS.contains(v) => {
                 let (at, body) = rest
                     .split_first_chunk::<8>()
                     .ok_or("record shorter than its header")?;
@@ -210,6 +233,8 @@ impl Event {
                 Crossing::ToolRequest { input, .. } => vec![input],
                 Crossing::ToolResult { output, .. } => vec![output],
                 Crossing::HttpResponse { body, .. } => vec![body],
+                Crossing::ModelRequest { request, .. } => vec![request],
+                Crossing::ModelResponse { payload, .. } => vec![payload],
                 _ => vec![],
             },
             _ => vec![],
