@@ -1009,7 +1009,7 @@ async fn run_step(ctx: &Arc<RunCtx>, a: &Activation, start: StartAt) -> StepEnd 
         replay = false;
         let outcome = if is_agent {
             let env = AgentEnv {
-                step: format!("{}/{}#{attempt}", ctx.run, a.step),
+                step: format!("{}/{}@{attempt}", ctx.run, a.step),
                 node: node.spec.id.clone(),
                 models: ctx.models.clone(),
                 granted_models: node.spec.models.clone(),
@@ -1153,7 +1153,7 @@ pub(crate) async fn call_offline(
         },
     )?;
     let env = AgentEnv {
-        step: format!("{run}/{step}#{attempt}"),
+        step: format!("{run}/{step}@{attempt}"),
         node: node.spec.id.clone(),
         models: None,
         granted_models: node.spec.models.clone(),

@@ -81,7 +81,7 @@ pub struct GrantedTool {
 /// What an agent step may reach, built by the graph engine from the node.
 #[derive(Clone)]
 pub struct AgentEnv {
-    /// `<run>/<step>#<attempt>`: nested calls' audit records point back to it.
+    /// `<run>/<step>@<attempt>`: nested calls' audit records point back to it.
     pub step: String,
     /// The node's id, for messages.
     pub node: String,
@@ -385,6 +385,14 @@ impl wit_model::Host for CallState {
                             .map_or("unlimited".to_owned(), |m| m.to_string())
                     ));
                     let answer = answer_of(&Err(e.clone()), Duration::ZERO);
+                    // Journaled like an answer, so a resumed step is refused the same way.
+                    if let Some(c) = &crossings
+                        && let Err(e) = c.model_response(&answer)
+                    {
+                        let message = e.to_string();
+                        c.note_problem(e);
+                        return Err(wit_model::ModelError::Unavailable(message));
+                    }
                     (Err(e), answer, false)
                 } else {
                     if let Some(left) = left {

@@ -239,7 +239,7 @@ pub struct AuditRecord {
     /// Filesystem operations the host refused (the only source of filesystem denials).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filesystem: Vec<FsRefusal>,
-    /// For a tool called from inside an agent step: that step (`<run>/<step>#<attempt>`).
+    /// For a tool called from inside an agent step: that step (`<run>/<step>@<attempt>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
 }
