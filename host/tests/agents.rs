@@ -308,6 +308,15 @@ async fn an_agent_calls_its_granted_tool_and_model_and_replays_without_a_model()
     let parent = nested[0].1.parent.as_deref().unwrap();
     assert_eq!(parent, format!("{}/act#1@1", out.run), "{parent}");
 
+    // Usage as `runs show` and GET /v1/runs/{id} report it, from the journal.
+    let (per_step, total) =
+        sandgraph::journal::usage::model_usage(&journal.events(out.run).unwrap());
+    assert_eq!(
+        (total.model_calls, total.input_tokens, total.output_tokens),
+        (2, 20, 10)
+    );
+    assert_eq!(per_step["act#1"], total);
+
     // Offline replay: no model provider at all, and the step is identical.
     let (offline, _) = self::engine(journal.clone(), None);
     let report = offline.replay(out.run).await.unwrap();
@@ -588,4 +597,28 @@ fn version_2_journal_records_still_decode() {
     assert_eq!(bytes[0], 3);
     bytes[0] = 2;
     assert_eq!(Event::decode(&bytes).unwrap(), (7, event));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_calls_are_metered_by_alias_and_outcome() {
+    let catalog = catalog(1);
+    let graph = compile(&agent_graph("calc", "", ""), &catalog);
+    let metrics = Arc::new(sandgraph::api::metrics::Metrics::new());
+    let m = metrics.clone();
+    let (engine, _) = engine(
+        Arc::new(Journal::temporary().unwrap()),
+        Some(Scripted::new(r#"{"expr":"2"}"#)),
+    );
+    let engine = engine.with_model_observer(Arc::new(move |_, _, _, call| m.on_model_call(call)));
+    let out = engine.run(graph, &catalog, json!({"tool": "calc"})).await.unwrap();
+    assert_eq!(out.status, RunStatus::Succeeded, "{:?}", out.error);
+    let text = metrics.render(0);
+    for line in [
+        r#"sandgraph_model_calls_total{model="default",outcome="ok"} 2"#,
+        r#"sandgraph_model_input_tokens_total{model="default"} 20"#,
+        r#"sandgraph_model_output_tokens_total{model="default"} 10"#,
+        r#"sandgraph_model_call_duration_seconds_count{model="default"} 2"#,
+    ] {
+        assert!(text.contains(line), "no `{line}` in\n{text}");
+    }
 }

@@ -193,6 +193,15 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
             t.on_call(run, step, attempt, audit)
         }));
     }
+    {
+        let (m, t) = (metrics.clone(), telemetry.clone());
+        engine = engine.with_model_observer(Arc::new(move |run, step, attempt, call| {
+            m.on_model_call(call);
+            if let Some(t) = &t {
+                t.on_model_call(run, step, attempt, call);
+            }
+        }));
+    }
     let store = Store::open(&journal).map_err(|e| ServeError::Store(e.to_string()))?;
     let mut catalog = match (&config.tools, &config.components) {
         (Some(t), Some(c)) => {

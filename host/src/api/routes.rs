@@ -1112,9 +1112,13 @@ async fn get_run(state: &Arc<State>, id: &str) -> Reply {
             Event::RunCreated { .. } | Event::Crossing { .. } => {}
         }
     }
+    let (usage, total) = crate::journal::usage::model_usage(&records);
     let steps: Vec<Value> = steps
         .into_iter()
         .map(|(s, mut m)| {
+            if let Some(u) = usage.get(&s) {
+                m.insert("usage".into(), json!(u));
+            }
             m.insert("step".into(), json!(s));
             Value::Object(m)
         })
@@ -1125,7 +1129,7 @@ async fn get_run(state: &Arc<State>, id: &str) -> Reply {
             "run": run.to_string(), "graph": summary.graph_name, "graph_version": summary.graph_digest,
             "status": summary.status.as_str(), "created_ms": summary.created_ms,
             "updated_ms": summary.updated_ms, "events": summary.events,
-            "steps": steps, "output": output, "error": error,
+            "steps": steps, "output": output, "error": error, "usage": total,
         }),
     ))
 }

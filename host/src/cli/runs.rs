@@ -174,7 +174,18 @@ fn show(journal: &Journal, run: RunId) -> Result<String, String> {
             Event::Crossing { .. } => {}
         }
     }
+    let (usage, total) = crate::journal::usage::model_usage(&records);
     header.push(format!("status    {status}"));
+    if total.model_calls > 0 {
+        header.push(format!(
+            "model     {} calls, {} tokens in, {} tokens out, {} ms model time ({:.1} tok/s)",
+            total.model_calls,
+            total.input_tokens,
+            total.output_tokens,
+            total.model_ms,
+            total.tokens_per_second()
+        ));
+    }
     header.push(format!("created   {}", time(created)));
     if let Some(end) = ended {
         header.push(format!("duration  {} ms", end.saturating_sub(created)));
@@ -184,8 +195,8 @@ fn show(journal: &Journal, run: RunId) -> Result<String, String> {
     }
     header.push(String::new());
     header.push(format!(
-        "{:<24}  {:<16}  {:>8}  {:>10}  OUTCOME",
-        "STEP", "NODE", "ATTEMPTS", "DURATION"
+        "{:<24}  {:<16}  {:>8}  {:>10}  {:>13}  OUTCOME",
+        "STEP", "NODE", "ATTEMPTS", "DURATION", "TOKENS IN/OUT"
     ));
     for step in steps.values() {
         let Some(row) = rows.get(step) else { continue };
@@ -193,9 +204,12 @@ fn show(journal: &Journal, run: RunId) -> Result<String, String> {
             (Some(s), Some(e)) => format!("{} ms", e.saturating_sub(s)),
             _ => "-".into(),
         };
+        let tokens = usage
+            .get(step)
+            .map_or("-".to_owned(), |u| format!("{}/{}", u.input_tokens, u.output_tokens));
         header.push(format!(
-            "{:<24}  {:<16}  {:>8}  {:>10}  {}",
-            step, row.node, row.attempts, took, row.outcome
+            "{:<24}  {:<16}  {:>8}  {:>10}  {:>13}  {}",
+            step, row.node, row.attempts, took, tokens, row.outcome
         ));
     }
     Ok(header.join("\n"))

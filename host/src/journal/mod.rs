@@ -5,6 +5,7 @@
 pub mod crossings;
 pub mod event;
 mod group_commit;
+pub mod usage;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
