@@ -295,10 +295,28 @@ async fn an_agent_calls_its_granted_tool_and_model_and_replays_without_a_model()
 
     // Two model calls and one nested tool call, all journaled.
     let cs = crossings(&journal, out.run);
-    assert_eq!(count(&cs, |c| matches!(c, Crossing::ModelRequest { .. })), 2);
-    assert_eq!(count(&cs, |c| matches!(c, Crossing::ModelResponse { ok: true, .. })), 2);
-    assert_eq!(count(&cs, |c| matches!(c, Crossing::ToolRequest { tool, .. } if tool == "calc")), 1);
-    assert_eq!(count(&cs, |c| matches!(c, Crossing::ToolResult { ok: true, .. })), 1);
+    assert_eq!(
+        count(&cs, |c| matches!(c, Crossing::ModelRequest { .. })),
+        2
+    );
+    assert_eq!(
+        count(&cs, |c| matches!(
+            c,
+            Crossing::ModelResponse { ok: true, .. }
+        )),
+        2
+    );
+    assert_eq!(
+        count(
+            &cs,
+            |c| matches!(c, Crossing::ToolRequest { tool, .. } if tool == "calc")
+        ),
+        1
+    );
+    assert_eq!(
+        count(&cs, |c| matches!(c, Crossing::ToolResult { ok: true, .. })),
+        1
+    );
 
     // The nested call has its own audit record, linked to the agent step.
     let audits = audits.lock().unwrap().clone();
@@ -332,11 +350,17 @@ async fn ungranted_tools_and_models_are_denied_readably_and_audited() {
     let journal = Arc::new(Journal::temporary().unwrap());
     let model = Scripted::new("{}");
     let (engine, audits) = engine(journal.clone(), Some(model.clone()));
-    let out = engine.run(graph, &catalog, json!({"tool": "calc"})).await.unwrap();
+    let out = engine
+        .run(graph, &catalog, json!({"tool": "calc"}))
+        .await
+        .unwrap();
     assert_eq!(out.status, RunStatus::Succeeded, "{:?}", out.error);
     let v: Value = serde_json::from_str(out.output.as_deref().unwrap()).unwrap();
     let model_error = v["act"]["model_error"].as_str().unwrap();
-    assert!(model_error.starts_with("ModelError::Denied"), "{model_error}");
+    assert!(
+        model_error.starts_with("ModelError::Denied"),
+        "{model_error}"
+    );
     assert!(
         model_error.contains("model 'forbidden' is not granted to node 'act' (it grants: default)"),
         "{model_error}"
@@ -359,11 +383,17 @@ async fn ungranted_tools_and_models_are_denied_readably_and_audited() {
     }
     let cs = crossings(&journal, out.run);
     assert_eq!(
-        count(&cs, |c| matches!(c, Crossing::Denial { capability, target } if capability == "model" && target == "forbidden")),
+        count(
+            &cs,
+            |c| matches!(c, Crossing::Denial { capability, target } if capability == "model" && target == "forbidden")
+        ),
         1
     );
     assert_eq!(
-        count(&cs, |c| matches!(c, Crossing::Denial { capability, target } if capability == "tool" && target == "forbidden")),
+        count(
+            &cs,
+            |c| matches!(c, Crossing::Denial { capability, target } if capability == "tool" && target == "forbidden")
+        ),
         1
     );
 }
@@ -375,7 +405,10 @@ async fn an_agent_that_gives_up_on_a_denial_fails_its_step_as_a_host_denial() {
     let graph = compile(&agent_graph("calc", "", ""), &catalog);
     let journal = Arc::new(Journal::temporary().unwrap());
     let (engine, _) = engine(journal, Some(Scripted::new("{}")));
-    let out = engine.run(graph, &catalog, json!({"tool": "poster"})).await.unwrap();
+    let out = engine
+        .run(graph, &catalog, json!({"tool": "poster"}))
+        .await
+        .unwrap();
     assert_eq!(out.status, RunStatus::Failed);
     let e = out.error.unwrap();
     assert!(e.contains("denied Tool to poster"), "{e}");
@@ -388,7 +421,8 @@ async fn a_tool_where_an_agent_is_expected_is_a_clear_error() {
     let journal = Arc::new(Journal::temporary().unwrap());
     let (engine, _) = engine(journal, Some(Scripted::new("{}")));
     // kind: agent on a tool component.
-    let source = agent_graph("", "", "").replace("component: agent_tool_and_model", "component: calc");
+    let source =
+        agent_graph("", "", "").replace("component: agent_tool_and_model", "component: calc");
     let graph = compile(&source.replace("      tools: []\n", ""), &catalog);
     match engine.start(graph, &catalog, json!({"tool": "calc"})).await {
         Err(e @ EngineError::WrongWorld { .. }) => {
@@ -427,7 +461,10 @@ async fn a_tool_where_an_agent_is_expected_is_a_clear_error() {
     );
     let report = sb.call(&agent, &grant, "{}").await;
     let e = report.result.unwrap_err().to_string();
-    assert!(e.contains("exports the sandgraph:agent world (info, step), not sandgraph:tool"), "{e}");
+    assert!(
+        e.contains("exports the sandgraph:agent world (info, step), not sandgraph:tool"),
+        "{e}"
+    );
     // A component that exports neither world.
     let e = sb
         .registry()
@@ -435,7 +472,10 @@ async fn a_tool_where_an_agent_is_expected_is_a_clear_error() {
         .err()
         .unwrap()
         .to_string();
-    assert!(e.contains("nor the sandgraph:agent world (info, step)"), "{e}");
+    assert!(
+        e.contains("nor the sandgraph:agent world (info, step)"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -459,17 +499,28 @@ spec:
         e.contains("g.yaml:9:14: node 'a' is kind: tool, but `tools` is only for agent nodes"),
         "{e}"
     );
-    assert!(e.contains("g.yaml:10:18: node 'a' is kind: tool, but `maxTokens`"), "{e}");
+    assert!(
+        e.contains("g.yaml:10:18: node 'a' is kind: tool, but `maxTokens`"),
+        "{e}"
+    );
     let source = agent_graph("calc, nope", "", "");
     let e = validate::validate("g.yaml", &source, &catalog.manifests())
         .unwrap_err()
         .to_string();
-    assert!(e.contains("g.yaml:9:21: node 'act' grants unknown tool 'nope'"), "{e}");
-    let graph = validate::validate("g.yaml", &agent_graph("calc", "", ""), &catalog.manifests())
-        .unwrap();
-    let e = validate::check_models("g.yaml", &agent_graph("calc", "", ""), &graph, &["big".into()])
-        .unwrap_err()
-        .to_string();
+    assert!(
+        e.contains("g.yaml:9:21: node 'act' grants unknown tool 'nope'"),
+        "{e}"
+    );
+    let graph =
+        validate::validate("g.yaml", &agent_graph("calc", "", ""), &catalog.manifests()).unwrap();
+    let e = validate::check_models(
+        "g.yaml",
+        &agent_graph("calc", "", ""),
+        &graph,
+        &["big".into()],
+    )
+    .unwrap_err()
+    .to_string();
     assert!(
         e.contains("g.yaml:10:16: node 'act' names unknown model alias 'default'; the models file defines: big"),
         "{e}"
@@ -479,26 +530,44 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_budget_caps_calls_and_ends_the_run_when_spent() {
     let catalog = catalog(1);
-    let graph = compile(&agent_graph("calc", "", "  limits:\n    tokenBudget: 12"), &catalog);
+    let graph = compile(
+        &agent_graph("calc", "", "  limits:\n    tokenBudget: 12"),
+        &catalog,
+    );
     let journal = Arc::new(Journal::temporary().unwrap());
     let model = Scripted::new(r#"{"expr":"1 + 1"}"#);
     let (engine, _) = engine(journal.clone(), Some(model.clone()));
-    let out = engine.run(graph, &catalog, json!({"tool": "calc"})).await.unwrap();
+    let out = engine
+        .run(graph, &catalog, json!({"tool": "calc"}))
+        .await
+        .unwrap();
     assert_eq!(out.status, RunStatus::Failed);
     let e = out.error.unwrap();
-    assert!(e.contains("token budget exhausted: no tokens left for node 'act'"), "{e}");
+    assert!(
+        e.contains("token budget exhausted: no tokens left for node 'act'"),
+        "{e}"
+    );
     assert!(e.contains("run used 15 of its tokenBudget"), "{e}");
     // The first call went out with max_tokens capped to the 12 left; the second never did.
     assert_eq!(model.calls(), 1);
     assert_eq!(model.seen.lock().unwrap()[0].max_tokens, Some(12));
     let cs = crossings(&journal, out.run);
-    assert_eq!(count(&cs, |c| matches!(c, Crossing::ModelResponse { ok: false, .. })), 1);
+    assert_eq!(
+        count(&cs, |c| matches!(
+            c,
+            Crossing::ModelResponse { ok: false, .. }
+        )),
+        1
+    );
 
     // The node's maxTokens alone does the same.
     let graph = compile(&agent_graph("calc", "      maxTokens: 15", ""), &catalog);
     let model = Scripted::new(r#"{"expr":"1 + 1"}"#);
     let (engine, _) = self::engine(Arc::new(Journal::temporary().unwrap()), Some(model.clone()));
-    let out = engine.run(graph, &catalog, json!({"tool": "calc"})).await.unwrap();
+    let out = engine
+        .run(graph, &catalog, json!({"tool": "calc"}))
+        .await
+        .unwrap();
     assert_eq!(out.status, RunStatus::Failed);
     assert!(out.error.unwrap().contains("node maxTokens 15"));
     assert_eq!(model.calls(), 1);
@@ -543,14 +612,24 @@ async fn a_resumed_agent_step_gets_recorded_answers_and_does_not_repeat_the_side
     // The host died right after the nested tool's result was journaled.
     let cut = Arc::new(Journal::temporary().unwrap());
     journal_cut_after(&full, &cut, clean.run, |e| {
-        matches!(e, Event::Crossing { crossing: Crossing::ToolResult { .. }, .. })
+        matches!(
+            e,
+            Event::Crossing {
+                crossing: Crossing::ToolResult { .. },
+                ..
+            }
+        )
     });
     let model = Scripted::new(&plan);
     let (engine, _) = self::engine(cut.clone(), Some(model.clone()));
     let resumed = engine.resume(clean.run).await.unwrap().wait().await;
     assert_eq!(resumed.status, RunStatus::Succeeded, "{:?}", resumed.error);
     assert_eq!(resumed.output, clean.output);
-    assert_eq!(model.calls(), 1, "only the unrecorded second model call goes live");
+    assert_eq!(
+        model.calls(),
+        1,
+        "only the unrecorded second model call goes live"
+    );
     assert_eq!(
         effects.lock().unwrap().get("/effect/1"),
         Some(&1),
@@ -560,7 +639,13 @@ async fn a_resumed_agent_step_gets_recorded_answers_and_does_not_repeat_the_side
     // Died after the first model answer: the tool runs now (once), the first call is not asked.
     let cut = Arc::new(Journal::temporary().unwrap());
     journal_cut_after(&full, &cut, clean.run, |e| {
-        matches!(e, Event::Crossing { crossing: Crossing::ModelResponse { .. }, .. })
+        matches!(
+            e,
+            Event::Crossing {
+                crossing: Crossing::ModelResponse { .. },
+                ..
+            }
+        )
     });
     let model = Scripted::new(&plan);
     let (engine, _) = self::engine(cut.clone(), Some(model.clone()));
@@ -572,13 +657,26 @@ async fn a_resumed_agent_step_gets_recorded_answers_and_does_not_repeat_the_side
     // Died with the POST's intent on disk but no response: outcome unknown, not sent again.
     let cut = Arc::new(Journal::temporary().unwrap());
     journal_cut_after(&full, &cut, clean.run, |e| {
-        matches!(e, Event::Crossing { crossing: Crossing::HttpIntent { .. }, .. })
+        matches!(
+            e,
+            Event::Crossing {
+                crossing: Crossing::HttpIntent { .. },
+                ..
+            }
+        )
     });
     let model = Scripted::new(&plan);
     let (engine, _) = self::engine(cut.clone(), Some(model.clone()));
     let resumed = engine.resume(clean.run).await.unwrap().wait().await;
     assert_eq!(resumed.status, RunStatus::Failed);
-    assert!(resumed.error.as_deref().unwrap().contains("outcome unknown"), "{resumed:?}");
+    assert!(
+        resumed
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("outcome unknown"),
+        "{resumed:?}"
+    );
     assert_eq!(model.calls(), 0);
     assert_eq!(effects.lock().unwrap().get("/effect/1"), Some(&2));
 
@@ -610,7 +708,10 @@ async fn model_calls_are_metered_by_alias_and_outcome() {
         Some(Scripted::new(r#"{"expr":"2"}"#)),
     );
     let engine = engine.with_model_observer(Arc::new(move |_, _, _, call| m.on_model_call(call)));
-    let out = engine.run(graph, &catalog, json!({"tool": "calc"})).await.unwrap();
+    let out = engine
+        .run(graph, &catalog, json!({"tool": "calc"}))
+        .await
+        .unwrap();
     assert_eq!(out.status, RunStatus::Succeeded, "{:?}", out.error);
     let text = metrics.render(0);
     for line in [
@@ -621,4 +722,88 @@ async fn model_calls_are_metered_by_alias_and_outcome() {
     ] {
         assert!(text.contains(line), "no `{line}` in\n{text}");
     }
+}
+
+fn approval_graph() -> String {
+    r#"apiVersion: sandgraph.dev/v1
+kind: Graph
+metadata: { name: approval-test }
+spec:
+  nodes:
+    - id: sum
+      kind: tool
+      component: calc
+      approval: required
+      input:
+        expr: input.expr
+"#
+    .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_pause_survives_a_restart_and_a_rejection_fails_the_run() {
+    let catalog = catalog(1);
+    let graph = compile(&approval_graph(), &catalog);
+    let journal = Arc::new(Journal::temporary().unwrap());
+    // A host that exits when only approvals are left (`sandgraph run`).
+    let mut config = EngineConfig::default();
+    config.exit_when_waiting = true;
+    let first = Engine::new(sandbox(), journal.clone(), config);
+    let out = first
+        .run(graph.clone(), &catalog, json!({"expr": "2 + 3"}))
+        .await
+        .unwrap();
+    assert_eq!(out.status, RunStatus::Waiting, "{out:?}");
+    assert_eq!(
+        out.error.as_deref(),
+        Some("waiting for approval of step sum#1")
+    );
+    assert_eq!(
+        journal.run_summary(out.run).unwrap().status,
+        RunStatus::Waiting
+    );
+    let pending = journal
+        .events(out.run)
+        .unwrap()
+        .into_iter()
+        .find_map(|r| match r.event {
+            Event::StepAwaitingApproval { input, .. } => Some(journal.payload(&input).unwrap()),
+            _ => None,
+        });
+    assert_eq!(pending.as_deref(), Some(&br#"{"expr":"2 + 3"}"#[..]));
+    drop(first);
+    // Deciding a step that is not waiting is refused by name.
+    let e = sandgraph::graph::engine::record_decision(&journal, out.run, "other#1", true, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("has no step 'other#1' awaiting approval (awaiting: sum#1)"),
+        "{e}"
+    );
+    sandgraph::graph::engine::record_decision(&journal, out.run, "sum#1", true, None).unwrap();
+    // A fresh host resumes it: the approved step runs.
+    let (second, _) = engine(journal.clone(), None);
+    let done = second.resume(out.run).await.unwrap().wait().await;
+    assert_eq!(done.status, RunStatus::Succeeded, "{done:?}");
+    assert_eq!(done.output.as_deref(), Some(r#"{"sum":{"value":5.0}}"#));
+
+    // A live host waits in process; a rejection ends the run with the comment.
+    let handle = second
+        .start(graph, &catalog, json!({"expr": "1"}))
+        .await
+        .unwrap();
+    let run = handle.run;
+    common::wait_for("the run to wait for approval", || {
+        journal.run_summary(run).map(|s| s.status).ok() == Some(RunStatus::Waiting)
+    });
+    second
+        .decide(run, "sum#1", false, Some("not today".into()))
+        .await
+        .unwrap();
+    let done = handle.wait().await;
+    assert_eq!(done.status, RunStatus::Failed);
+    assert_eq!(
+        done.error.as_deref(),
+        Some("step 'sum#1' was rejected: not today")
+    );
 }

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use super::State;
 use super::problem::Problem;
 use super::routes::parse_run;
-use crate::journal::{Crossing, Event, Journal, PayloadRef, Record, RunId, RunStatus};
+use crate::journal::{Crossing, Event, Journal, PayloadRef, Record, RunId};
 
 /// Payloads up to this size are inlined in event data; larger ones are referenced by digest.
 const INLINE_PAYLOAD: usize = 64 * 1024;
@@ -86,7 +86,7 @@ pub(super) async fn events(
     // A finished run whose every event the client has (it reconnects with the `run_finished`
     // id, or an id beyond it): 204, which tells an EventSource to stop reconnecting. A 200 that
     // ends at once would only make it reconnect every `retry` interval forever.
-    if summary.status != RunStatus::Running && from >= summary.events {
+    if summary.status.is_finished() && from >= summary.events {
         return Ok(Response::builder()
             .status(StatusCode::NO_CONTENT)
             .header(header::CACHE_CONTROL, "no-store")
@@ -129,7 +129,7 @@ async fn stream(state: &State, run: RunId, mut next: u64, tx: &mpsc::Sender<Byte
         let records = match tokio::task::spawn_blocking(move || {
             // Read before the events: a run already finished now has its `run_finished` among
             // them unless the client is past it, and then nothing more will ever come.
-            let finished = journal.run_summary(run)?.status != RunStatus::Running;
+            let finished = journal.run_summary(run)?.status.is_finished();
             let records = journal.events_from(run, next)?;
             let frames: Vec<(bool, Bytes)> = records
                 .iter()
@@ -218,6 +218,19 @@ fn decode_payload(bytes: &[u8]) -> Value {
 /// The event's SSE name and data.
 pub(super) fn event_json(journal: &Journal, event: &Event) -> (&'static str, Value) {
     match event {
+        Event::StepAwaitingApproval { step, input } => (
+            "step_awaiting_approval",
+            json!({"step": step, "input": payload(journal, input),
+                   "approve": "POST /v1/runs/{run}/steps/{step}/approval"}),
+        ),
+        Event::StepApproval {
+            step,
+            approved,
+            comment,
+        } => (
+            "step_approval",
+            json!({"step": step, "approved": approved, "comment": comment}),
+        ),
         Event::RunCreated {
             graph_name,
             graph_digest,

@@ -527,7 +527,9 @@ impl Telemetry {
                     end_run(r, status.as_str(), now);
                 }
             }
-            Event::StepScheduled { .. } => {}
+            Event::StepScheduled { .. }
+            | Event::StepAwaitingApproval { .. }
+            | Event::StepApproval { .. } => {}
         }
     }
 

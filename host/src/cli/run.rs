@@ -138,6 +138,7 @@ fn engine(host: &HostArgs, resolver: Option<StaticResolver>) -> Result<Engine, S
             },
             max_parallel_steps: host.max_parallel,
             workspace: host.workspace.clone(),
+            exit_when_waiting: true,
             idempotency_key_hosts: host.idempotent_hosts.clone(),
         },
     );
@@ -209,6 +210,21 @@ fn progress_printer() -> graph::engine::Progress {
                 Some(e) => format!("run {run}: {status}: {e}"),
                 None => format!("run {run}: {status}"),
             },
+            Event::StepAwaitingApproval { step, .. } => format!(
+                "[{short}] {step} waits for approval: sandgraph runs approve {run} {step} (or reject)"
+            ),
+            Event::StepApproval {
+                step,
+                approved,
+                comment,
+            } => format!(
+                "[{short}] {step} {}{}",
+                if *approved { "approved" } else { "rejected" },
+                comment
+                    .as_deref()
+                    .map(|c| format!(": {c}"))
+                    .unwrap_or_default()
+            ),
             Event::StepScheduled { .. } | Event::Crossing { .. } => return,
         };
         eprintln!("{line}");

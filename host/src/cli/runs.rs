@@ -29,6 +29,25 @@ pub enum RunsCommand {
         #[command(flatten)]
         journal: JournalArgs,
     },
+    /// Approve a step awaiting approval (`approval: required`); `sandgraph resume <run>` then
+    /// continues a run no host is holding.
+    Approve {
+        run: String,
+        step: String,
+        #[arg(long)]
+        comment: Option<String>,
+        #[command(flatten)]
+        journal: JournalArgs,
+    },
+    /// Reject a step awaiting approval: the run fails with the comment when it continues.
+    Reject {
+        run: String,
+        step: String,
+        #[arg(long)]
+        comment: Option<String>,
+        #[command(flatten)]
+        journal: JournalArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -48,7 +67,35 @@ pub fn runs(cmd: RunsCommand) -> Result<String, String> {
         RunsCommand::List { journal } => list(&journal.open()?),
         RunsCommand::Show { run, journal } => show(&journal.open()?, parse(&run)?),
         RunsCommand::Events { run, journal } => events(&journal.open()?, parse(&run)?),
+        RunsCommand::Approve {
+            run,
+            step,
+            comment,
+            journal,
+        } => decide(&journal.open()?, &run, &step, true, comment),
+        RunsCommand::Reject {
+            run,
+            step,
+            comment,
+            journal,
+        } => decide(&journal.open()?, &run, &step, false, comment),
     }
+}
+
+fn decide(
+    journal: &Journal,
+    run: &str,
+    step: &str,
+    approved: bool,
+    comment: Option<String>,
+) -> Result<String, String> {
+    let id = parse(run)?;
+    crate::graph::engine::record_decision(journal, id, step, approved, comment)
+        .map_err(|e| e.to_string())?;
+    Ok(format!(
+        "step '{step}' of run {id} {}; continue it with: sandgraph resume {id}",
+        if approved { "approved" } else { "rejected" }
+    ))
 }
 
 pub fn journal(cmd: JournalCommand) -> Result<String, String> {
@@ -171,6 +218,23 @@ fn show(journal: &Journal, run: RunId) -> Result<String, String> {
                 ended = Some(r.at_ms);
                 error = e.clone();
             }
+            Event::StepAwaitingApproval { step, .. } => {
+                rows.entry(step.clone()).or_default().outcome = "awaiting approval".into();
+            }
+            Event::StepApproval {
+                step,
+                approved,
+                comment,
+            } => {
+                rows.entry(step.clone()).or_default().outcome = format!(
+                    "{}{}",
+                    if *approved { "approved" } else { "rejected" },
+                    comment
+                        .as_deref()
+                        .map(|c| format!(": {c}"))
+                        .unwrap_or_default()
+                );
+            }
             Event::Crossing { .. } => {}
         }
     }
@@ -204,9 +268,9 @@ fn show(journal: &Journal, run: RunId) -> Result<String, String> {
             (Some(s), Some(e)) => format!("{} ms", e.saturating_sub(s)),
             _ => "-".into(),
         };
-        let tokens = usage
-            .get(step)
-            .map_or("-".to_owned(), |u| format!("{}/{}", u.input_tokens, u.output_tokens));
+        let tokens = usage.get(step).map_or("-".to_owned(), |u| {
+            format!("{}/{}", u.input_tokens, u.output_tokens)
+        });
         header.push(format!(
             "{:<24}  {:<16}  {:>8}  {:>10}  {:>13}  {}",
             step, row.node, row.attempts, took, tokens, row.outcome

@@ -24,11 +24,11 @@ use crate::journal::crossings::{CrossingError, StepCrossings};
 use crate::journal::{
     Durability, Event, Journal, JournalError, PinnedComponent, Record, RunId, RunStatus,
 };
-use crate::sandbox::manifest::{
-    self, CallGrant, EffectiveGrant, Limits, Manifest, OperatorPolicy, WorkspaceMode,
-};
 use crate::sandbox::agent::{
     AgentActivity, AgentEnv, GrantedTool, ModelCallRecord, ModelRouter, RunTokens,
+};
+use crate::sandbox::manifest::{
+    self, CallGrant, EffectiveGrant, Limits, Manifest, OperatorPolicy, WorkspaceMode,
 };
 use crate::sandbox::outcome::{AuditRecord, CallError};
 use crate::sandbox::registry::LoadedTool;
@@ -55,6 +55,10 @@ pub struct EngineConfig {
     /// Egress hosts that deduplicate requests by `Idempotency-Key`: an interrupted request to
     /// them may be sent again whatever its method.
     pub idempotency_key_hosts: Vec<String>,
+    /// A run with nothing left to do but steps awaiting approval ends its task with status
+    /// `waiting` (`sandgraph run`: the process exits; `runs approve` then `resume` continue it)
+    /// instead of waiting in the process for `Engine::decide` (`sandgraph serve`).
+    pub exit_when_waiting: bool,
 }
 
 impl Default for EngineConfig {
@@ -64,6 +68,7 @@ impl Default for EngineConfig {
             max_parallel_steps: 16,
             workspace: None,
             idempotency_key_hosts: Vec::new(),
+            exit_when_waiting: false,
         }
     }
 }
@@ -148,6 +153,69 @@ pub struct Engine {
     on_call: Option<CallObserver>,
     on_model: Option<ModelObserver>,
     models: Option<Arc<dyn ModelRouter>>,
+    /// Runs of this engine paused for approval, woken by `decide`.
+    approvals: Arc<std::sync::Mutex<HashMap<RunId, Arc<tokio::sync::Notify>>>>,
+}
+
+/// Why an approval decision was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DecisionError {
+    #[error("run {run} has no step '{step}' awaiting approval{hint}")]
+    NotAwaiting {
+        run: RunId,
+        step: String,
+        hint: String,
+    },
+    #[error("run {run} already ended {status}")]
+    Finished { run: RunId, status: RunStatus },
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+/// Journals an approval or rejection of `step` of `run`, which must be awaiting one.
+pub fn record_decision(
+    journal: &Journal,
+    run: RunId,
+    step: &str,
+    approved: bool,
+    comment: Option<String>,
+) -> Result<(), DecisionError> {
+    let summary = journal.run_summary(run)?;
+    if summary.status.is_finished() {
+        return Err(DecisionError::Finished {
+            run,
+            status: summary.status,
+        });
+    }
+    let mut awaiting = Vec::new();
+    for r in journal.events(run)? {
+        match r.event {
+            Event::StepAwaitingApproval { step: s, .. } => awaiting.push(s),
+            Event::StepApproval { step: s, .. } => awaiting.retain(|w| *w != s),
+            _ => {}
+        }
+    }
+    if !awaiting.iter().any(|w| w == step) {
+        return Err(DecisionError::NotAwaiting {
+            run,
+            step: step.to_owned(),
+            hint: if awaiting.is_empty() {
+                String::new()
+            } else {
+                format!(" (awaiting: {})", awaiting.join(", "))
+            },
+        });
+    }
+    journal.append(
+        run,
+        &Event::StepApproval {
+            step: step.to_owned(),
+            approved,
+            comment,
+        },
+        Durability::Durable,
+    )?;
+    Ok(())
 }
 
 /// A run's pinned graph, components and input, and its journal.
@@ -175,6 +243,8 @@ struct RunCtx {
     created_ms: u64,
     /// What the run's model calls may still spend (`spec.limits.tokenBudget`).
     tokens: Arc<RunTokens>,
+    /// Woken when a decision about one of the run's paused steps is journaled.
+    decided: Arc<tokio::sync::Notify>,
 }
 
 impl Engine {
@@ -187,7 +257,33 @@ impl Engine {
             on_call: None,
             on_model: None,
             models: None,
+            approvals: Arc::default(),
         }
+    }
+
+    /// Approves or rejects a step awaiting approval and wakes its run if this engine holds it
+    /// paused. A run not held here (a host restarted since) continues on `resume`.
+    pub async fn decide(
+        &self,
+        run: RunId,
+        step: &str,
+        approved: bool,
+        comment: Option<String>,
+    ) -> Result<(), DecisionError> {
+        let journal = self.journal.clone();
+        let s = step.to_owned();
+        tokio::task::spawn_blocking(move || record_decision(&journal, run, &s, approved, comment))
+            .await
+            .map_err(|e| JournalError::Flush(e.to_string()))??;
+        if let Some(n) = self
+            .approvals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&run)
+        {
+            n.notify_one();
+        }
+        Ok(())
     }
 
     /// The model providers agent steps call, by alias.
@@ -440,7 +536,13 @@ impl Engine {
         tokens_spent: u64,
     ) -> Arc<RunCtx> {
         let budget = graph.spec.spec.limits.token_budget;
+        let decided = Arc::new(tokio::sync::Notify::new());
+        self.approvals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(run, decided.clone());
         Arc::new(RunCtx {
+            decided,
             on_model: self.on_model.clone(),
             models: self.models.clone(),
             tokens: Arc::new(RunTokens::new(budget, tokens_spent)),
@@ -642,6 +744,18 @@ async fn drive(
     let result = execute(&ctx, &mut sched, history, &cancel).await;
     let (status, output, error) = match result {
         Ok(Finish::AlreadyFinished(outcome)) => return outcome,
+        Ok(Finish::Waiting(steps)) => {
+            return RunOutcome {
+                run: ctx.run,
+                status: RunStatus::Waiting,
+                output: None,
+                error: Some(format!(
+                    "waiting for approval of step{} {}",
+                    if steps.len() == 1 { "" } else { "s" },
+                    steps.join(", ")
+                )),
+            };
+        }
         Ok(Finish::Done) => (RunStatus::Succeeded, Some(sched.output().to_string()), None),
         Ok(Finish::Cancelled) => (
             RunStatus::Cancelled,
@@ -689,6 +803,8 @@ async fn drive(
 
 enum Finish {
     Done,
+    /// Only steps awaiting approval are left (`exit_when_waiting`).
+    Waiting(Vec<String>),
     Cancelled,
     AlreadyFinished(RunOutcome),
 }
@@ -706,6 +822,10 @@ async fn execute(
     let mut ready: Vec<(Activation, StartAt)> = Vec::new();
     // Steps whose StepScheduled is already in the journal (resume).
     let mut journaled_steps: Vec<String> = Vec::new();
+    // Approval decisions by step, steps whose pause is journaled, and steps paused now.
+    let mut decisions: HashMap<String, (bool, Option<String>)> = HashMap::new();
+    let mut awaiting_journaled: std::collections::HashSet<String> = Default::default();
+    let mut paused: Vec<(Activation, StartAt)> = Vec::new();
     let mut activations: BTreeMap<String, Activation> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
     for a in sched.start().map_err(err)? {
@@ -774,6 +894,16 @@ async fn execute(
                             output,
                             error: error.clone(),
                         }));
+                    }
+                    Event::StepApproval {
+                        step,
+                        approved,
+                        comment,
+                    } => {
+                        decisions.insert(step.clone(), (*approved, comment.clone()));
+                    }
+                    Event::StepAwaitingApproval { step, .. } => {
+                        awaiting_journaled.insert(step.clone());
                     }
                     Event::RunCreated { .. } | Event::Crossing { .. } => {}
                 }
@@ -851,6 +981,42 @@ async fn execute(
                 .map_err(jerr)?;
                 scheduled_already.insert(a.step.clone());
             }
+            let node = &ctx.graph.graph[a.node];
+            if node.spec.approval == Some(super::spec::Approval::Required) {
+                match decisions.get(&a.step) {
+                    Some((true, _)) => {}
+                    Some((false, comment)) => {
+                        stop_all(&mut running).await;
+                        return Err(format!(
+                            "step '{}' was rejected{}",
+                            a.step,
+                            comment
+                                .as_deref()
+                                .map(|c| format!(": {c}"))
+                                .unwrap_or_default()
+                        ));
+                    }
+                    None => {
+                        if awaiting_journaled.insert(a.step.clone()) {
+                            let input = ctx
+                                .journal
+                                .put_payload(a.input.to_string().as_bytes())
+                                .map_err(jerr)?;
+                            ctx.append(
+                                Event::StepAwaitingApproval {
+                                    step: a.step.clone(),
+                                    input,
+                                },
+                                Durability::Durable,
+                            )
+                            .await
+                            .map_err(jerr)?;
+                        }
+                        paused.push((a, start));
+                        continue;
+                    }
+                }
+            }
             let ctx = ctx.clone();
             let limit = limit.clone();
             running.spawn(async move {
@@ -859,6 +1025,38 @@ async fn execute(
                 let end = run_step(&ctx, &a, start).await;
                 (step, end)
             });
+        }
+        if running.is_empty() && !paused.is_empty() {
+            // Nothing runs; only a person can move the run on.
+            if ctx.config.exit_when_waiting {
+                return Ok(Finish::Waiting(
+                    paused.into_iter().map(|(a, _)| a.step).collect(),
+                ));
+            }
+            tokio::select! {
+                _ = ctx.decided.notified() => {}
+                _ = cancel.cancelled() => return Ok(Finish::Cancelled),
+                _ = sleep_until(deadline.map(|d| d.1)) => {
+                    let d = deadline.map(|d| d.0).unwrap_or_default();
+                    return Err(format!("the run passed its deadline of {}", fmt_duration(d)));
+                }
+            }
+            for r in ctx.journal.events(ctx.run).map_err(jerr)? {
+                if let Event::StepApproval {
+                    step,
+                    approved,
+                    comment,
+                } = r.event
+                {
+                    decisions.insert(step, (approved, comment));
+                }
+            }
+            let (decided, still): (Vec<_>, Vec<_>) = paused
+                .drain(..)
+                .partition(|(a, _)| decisions.contains_key(&a.step));
+            paused = still;
+            ready.extend(decided);
+            continue;
         }
         if running.is_empty() {
             let next = sched.quiesce().map_err(err)?;
@@ -1118,15 +1316,14 @@ pub(crate) async fn call_offline(
     input: &str,
     crossings: &StepCrossings,
 ) -> Result<crate::sandbox::outcome::CallReport, CrossingError> {
-    let node_grant = call_grant(node, &engine.config).map_err(|message| {
-        CrossingError::Divergence {
+    let node_grant =
+        call_grant(node, &engine.config).map_err(|message| CrossingError::Divergence {
             run,
             step: step.to_owned(),
             index: 0,
             recorded: "a usable node grant".into(),
             asked: message,
-        }
-    })?;
+        })?;
     let Some((tool, manifest)) = tools.get(&node.spec.component) else {
         return Err(CrossingError::Divergence {
             run,
@@ -1143,15 +1340,16 @@ pub(crate) async fn call_offline(
             .call_journaled(tool, &grant, input, crossings)
             .await;
     }
-    let granted = granted_tools(node, tools, &engine.config.policy, &node_grant).map_err(
-        |message| CrossingError::Divergence {
-            run,
-            step: step.to_owned(),
-            index: 0,
-            recorded: "every granted tool pinned".into(),
-            asked: message,
-        },
-    )?;
+    let granted =
+        granted_tools(node, tools, &engine.config.policy, &node_grant).map_err(|message| {
+            CrossingError::Divergence {
+                run,
+                step: step.to_owned(),
+                index: 0,
+                recorded: "every granted tool pinned".into(),
+                asked: message,
+            }
+        })?;
     let env = AgentEnv {
         step: format!("{run}/{step}@{attempt}"),
         node: node.spec.id.clone(),

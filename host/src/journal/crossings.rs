@@ -483,10 +483,9 @@ impl StepCrossings {
                         g.index += 1;
                         Ok(ModelPlan::Replay(answer))
                     }
-                    None if g.offline => Err(g.divergence(
-                        "no answer".into(),
-                        format!("the answer to {asked}"),
-                    )),
+                    None if g.offline => {
+                        Err(g.divergence("no answer".into(), format!("the answer to {asked}")))
+                    }
                     None => Ok(ModelPlan::Live),
                     Some(other) => {
                         Err(g.divergence(describe(other), format!("the answer to {asked}")))

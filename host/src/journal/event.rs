@@ -29,6 +29,8 @@ pub enum RunStatus {
     Succeeded,
     Failed,
     Cancelled,
+    /// Paused before a step whose node needs approval (`approval: required`); not finished.
+    Waiting,
 }
 
 impl RunStatus {
@@ -38,7 +40,13 @@ impl RunStatus {
             RunStatus::Succeeded => "succeeded",
             RunStatus::Failed => "failed",
             RunStatus::Cancelled => "cancelled",
+            RunStatus::Waiting => "waiting",
         }
+    }
+
+    /// Succeeded, failed or cancelled: nothing more will happen to the run.
+    pub fn is_finished(self) -> bool {
+        !matches!(self, RunStatus::Running | RunStatus::Waiting)
     }
 }
 
@@ -111,6 +119,18 @@ pub enum Event {
         status: RunStatus,
         output: Option<PayloadRef>,
         error: Option<String>,
+    },
+    /// The step's node needs approval: the run waits (status `waiting`) before it executes.
+    /// Appended after every version-2 variant.
+    StepAwaitingApproval {
+        step: String,
+        input: PayloadRef,
+    },
+    /// Someone approved or rejected a step that was awaiting approval.
+    StepApproval {
+        step: String,
+        approved: bool,
+        comment: Option<String>,
     },
 }
 
@@ -228,6 +248,7 @@ impl Event {
             }
             Event::StepScheduled { input, .. } => vec![input],
             Event::StepCompleted { output, .. } => vec![output],
+            Event::StepAwaitingApproval { input, .. } => vec![input],
             Event::RunFinished { output, .. } => output.iter().collect(),
             Event::Crossing { crossing, .. } => match crossing {
                 Crossing::ToolRequest { input, .. } => vec![input],

@@ -54,10 +54,11 @@ pub fn model_usage(records: &[Record]) -> (BTreeMap<String, ModelUsage>, ModelUs
             ..
         } = &r.event
         {
-            steps
-                .entry(step.clone())
-                .or_default()
-                .add(*prompt_tokens, *completion_tokens, *model_ms);
+            steps.entry(step.clone()).or_default().add(
+                *prompt_tokens,
+                *completion_tokens,
+                *model_ms,
+            );
             total.add(*prompt_tokens, *completion_tokens, *model_ms);
         }
     }

@@ -23,8 +23,8 @@ pub mod bindings {
     });
 }
 
-use bindings::sandgraph::agent::{model as wit_model, tools as wit_tools};
 pub use bindings::sandgraph::agent::types::{AgentError, AgentInfo};
+use bindings::sandgraph::agent::{model as wit_model, tools as wit_tools};
 
 /// Answers model calls by alias: implemented by the providers' `Models` registry.
 #[async_trait::async_trait]
@@ -153,7 +153,10 @@ impl AgentCtx {
 
     /// Tokens this call may still use: the least of the run's and the node's remainders.
     fn tokens_left(&self) -> Option<u64> {
-        let node = self.env.max_tokens.map(|m| m.saturating_sub(self.step_tokens));
+        let node = self
+            .env
+            .max_tokens
+            .map(|m| m.saturating_sub(self.step_tokens));
         match (self.env.run_tokens.left(), node) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -215,14 +218,10 @@ fn call_to_wit(c: model::ToolCall) -> wit_model::ToolCall {
 }
 
 /// The guest's request as the providers' type, with `alias` resolved.
-fn request_from_wit(
-    r: wit_model::ChatRequest,
-    alias: &str,
-) -> Result<ChatRequest, ModelError> {
+fn request_from_wit(r: wit_model::ChatRequest, alias: &str) -> Result<ChatRequest, ModelError> {
     let json = |what: &str, text: &str| {
-        serde_json::from_str::<serde_json::Value>(text).map_err(|e| {
-            ModelError::InvalidRequest(format!("{what} is not a JSON document: {e}"))
-        })
+        serde_json::from_str::<serde_json::Value>(text)
+            .map_err(|e| ModelError::InvalidRequest(format!("{what} is not a JSON document: {e}")))
     };
     let response_format = r
         .response_format
@@ -231,7 +230,10 @@ fn request_from_wit(
         .transpose()?;
     let mut tools = Vec::with_capacity(r.tools.len());
     for t in r.tools {
-        let parameters = json(&format!("the parameters of tool-spec '{}'", t.name), &t.parameters)?;
+        let parameters = json(
+            &format!("the parameters of tool-spec '{}'", t.name),
+            &t.parameters,
+        )?;
         tools.push(model::ToolSpec {
             name: t.name,
             description: t.description,
@@ -285,11 +287,7 @@ fn response_to_wit(r: ChatResponse) -> wit_model::ChatResponse {
 
 fn answer_of(result: &Result<ChatResponse, ModelError>, took: Duration) -> RecordedAnswer {
     let (ok, payload, usage) = match result {
-        Ok(r) => (
-            true,
-            serde_json::to_vec(r).unwrap_or_default(),
-            r.usage,
-        ),
+        Ok(r) => (true, serde_json::to_vec(r).unwrap_or_default(), r.usage),
         Err(e) => (
             false,
             serde_json::to_vec(e).unwrap_or_default(),
@@ -428,14 +426,14 @@ impl wit_model::Host for CallState {
                         c.note_problem(e);
                         return Err(wit_model::ModelError::Unavailable(message));
                     }
-                    let spent = u64::from(answer.prompt_tokens) + u64::from(answer.completion_tokens);
+                    let spent =
+                        u64::from(answer.prompt_tokens) + u64::from(answer.completion_tokens);
                     ctx.env.run_tokens.charge(spent);
                     (result, answer, false)
                 }
             }
         };
-        ctx.step_tokens +=
-            u64::from(answer.prompt_tokens) + u64::from(answer.completion_tokens);
+        ctx.step_tokens += u64::from(answer.prompt_tokens) + u64::from(answer.completion_tokens);
         let first_token = result.as_ref().ok().and_then(|r| r.timing.first_token);
         ctx.activity
             .lock()
@@ -481,9 +479,7 @@ fn tool_error_to_wit(e: &CallError) -> wit_tools::ToolError {
     match e {
         CallError::InvalidInput { .. } => wit_tools::ToolError::InvalidInput(m),
         CallError::ToolFailed { .. } => wit_tools::ToolError::Failed(m),
-        CallError::Denied { .. } | CallError::ToolDenied { .. } => {
-            wit_tools::ToolError::Denied(m)
-        }
+        CallError::Denied { .. } | CallError::ToolDenied { .. } => wit_tools::ToolError::Denied(m),
         CallError::Timeout { .. } => wit_tools::ToolError::Timeout(m),
         CallError::MemoryLimitExceeded { .. }
         | CallError::OutputTooLarge { .. }
@@ -559,11 +555,8 @@ impl wit_tools::Host for CallState {
             },
         };
         match plan {
-            NestedToolPlan::Replay { ok: true, output } => {
-                String::from_utf8(output).map_err(|e| {
-                    wit_tools::ToolError::Crashed(format!("journaled tool output: {e}"))
-                })
-            }
+            NestedToolPlan::Replay { ok: true, output } => String::from_utf8(output)
+                .map_err(|e| wit_tools::ToolError::Crashed(format!("journaled tool output: {e}"))),
             NestedToolPlan::Replay { ok: false, output } => {
                 let e: CallError = serde_json::from_slice(&output).map_err(|e| {
                     wit_tools::ToolError::Crashed(format!("journaled tool error: {e}"))
@@ -575,8 +568,11 @@ impl wit_tools::Host for CallState {
                 let mut grant = granted.grant.clone();
                 let left = ctx.deadline.saturating_duration_since(Instant::now());
                 grant.limits.timeout = grant.limits.timeout.min(left).max(Duration::from_millis(1));
-                let (sandbox, parent, activity) =
-                    (ctx.sandbox.clone(), ctx.env.step.clone(), ctx.activity.clone());
+                let (sandbox, parent, activity) = (
+                    ctx.sandbox.clone(),
+                    ctx.env.step.clone(),
+                    ctx.activity.clone(),
+                );
                 let mut report = sandbox
                     .call_nested(&granted.tool, &grant, &input, crossings.as_ref(), &parent)
                     .await;

@@ -313,7 +313,14 @@ impl Sandbox {
         env: agent::AgentEnv,
     ) -> Result<(CallReport, agent::AgentActivity), CrossingError> {
         let (report, activity) = self
-            .call_with(tool, grant, input, Some(crossings), Some((env, self.clone())), None)
+            .call_with(
+                tool,
+                grant,
+                input,
+                Some(crossings),
+                Some((env, self.clone())),
+                None,
+            )
             .await;
         match crossings.take_problem() {
             Some(problem) => Err(problem),
