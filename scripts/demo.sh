@@ -47,6 +47,16 @@ $sandgraph runs show "$run"
 echo "== offline replay of $run (the server is gone; recorded responses are served back)"
 $sandgraph replay "$run"
 
+echo "== graph workspace-notes: write a note into the workspace, read it back read-only, list it"
+mkdir -p "$work/workspace"
+echo "seeded before the run" >"$work/workspace/seed.txt"
+$sandgraph run graphs/workspace-notes.yaml --components "$components" --workspace "$work/workspace" \
+    --input '{"note": "buy milk"}'
+run=$($sandgraph runs list | awk 'NR > 1 && $3 == "workspace-notes" { print $1 }' | tail -1)
+rm -rf "$work/workspace"
+echo "== offline replay of $run (its workspace is gone; each step gets its journaled snapshot)"
+$sandgraph replay "$run"
+
 echo "== a step that fails for good: calc on a bad expression (invalid input is never retried), so the run fails"
 cat >"$work/bad.yaml" <<'YAML'
 apiVersion: sandgraph.dev/v1

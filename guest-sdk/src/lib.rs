@@ -1,9 +1,11 @@
-//! Guest SDK for Sandgraph tools.
+//! Guest SDK for Sandgraph tools and agents.
 //!
 //! A tool author writes one plain Rust function over serde types and marks it with
 //! [`tool`]; this crate supplies everything between that function and the
 //! `sandgraph:tool` WIT world: JSON Schemas, input validation, error mapping, the
-//! component exports, and a small HTTP client over `wasi:http`.
+//! component exports, and a small HTTP client over `wasi:http`. An agent is the same with
+//! [`agent`] and the `sandgraph:agent` world, and may call [`model`] and [`tools`]
+//! (agents/README.md has an example; [`host`] is the native test seam).
 //!
 //! ```ignore
 //! // Cargo.toml: sandgraph-guest, serde (derive) and schemars (the derive macro needs
@@ -25,14 +27,21 @@
 
 extern crate self as sandgraph_guest;
 
+pub mod agent;
+mod agent_wit;
 pub mod error;
+pub mod host;
 pub mod http;
+pub mod model;
+pub mod response_schema;
 pub mod runtime;
 pub mod schema;
+pub mod tools;
 
-pub use error::ToolError;
+pub use agent::{Agent, AgentInfo};
+pub use error::{AgentError, ToolError};
 pub use runtime::{Tool, ToolInfo};
-pub use sandgraph_guest_macros::tool;
+pub use sandgraph_guest_macros::{agent, tool};
 pub use schemars::JsonSchema;
 
 /// Bindings for the `sandgraph:tool` world, generated once here so tool authors never
@@ -45,6 +54,20 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "__export_tool_world",
         default_bindings_module: "sandgraph_guest::bindings",
+        runtime_path: "sandgraph_guest::__private::wit_bindgen::rt",
+    });
+}
+
+/// Bindings for the `sandgraph:agent` world. Agents reach them only through
+/// [`export_agent!`], [`model`] and [`tools`].
+#[doc(hidden)]
+pub mod agent_bindings {
+    wit_bindgen::generate!({
+        path: "wit/agent.wit",
+        world: "agent",
+        pub_export_macro: true,
+        export_macro_name: "__export_agent_world",
+        default_bindings_module: "sandgraph_guest::agent_bindings",
         runtime_path: "sandgraph_guest::__private::wit_bindgen::rt",
     });
 }
@@ -68,6 +91,8 @@ pub mod __private {
         }
     }
 
+    pub use crate::agent_wit::{wit_info as wit_agent_info, wit_step};
+
     /// `invoke` export body: validate, run, serialize, and map errors to the WIT variant.
     pub fn wit_invoke<T: crate::Tool>(input: &str) -> Result<String, wit::ToolError> {
         crate::runtime::call::<T>(input).map_err(|e| match e {
@@ -83,6 +108,9 @@ pub mod __private {
 #[macro_export]
 macro_rules! export_tool {
     ($ty:ty) => {
+        // Exports exist in components only: native builds (tests) link several tools and
+        // agents into one binary, where the export symbols would collide.
+        #[cfg(target_arch = "wasm32")]
         const _: () = {
             struct __SandgraphToolExport;
             impl $crate::bindings::Guest for __SandgraphToolExport {
@@ -100,6 +128,35 @@ macro_rules! export_tool {
             }
             $crate::bindings::__export_tool_world!(
                 __SandgraphToolExport with_types_in $crate::bindings
+            );
+        };
+    };
+}
+
+/// Exports a type implementing [`Agent`] as this component's `sandgraph:agent/agent`
+/// world. Use it once per crate; the [`agent`] attribute calls it for you.
+#[macro_export]
+macro_rules! export_agent {
+    ($ty:ty) => {
+        // Components only, as for `export_tool!`.
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            struct __SandgraphAgentExport;
+            impl $crate::agent_bindings::Guest for __SandgraphAgentExport {
+                fn info() -> $crate::agent_bindings::sandgraph::agent::types::AgentInfo {
+                    $crate::__private::wit_agent_info::<$ty>()
+                }
+                fn step(
+                    input: ::std::string::String,
+                ) -> ::std::result::Result<
+                    ::std::string::String,
+                    $crate::agent_bindings::sandgraph::agent::types::AgentError,
+                > {
+                    $crate::__private::wit_step::<$ty>(&input)
+                }
+            }
+            $crate::agent_bindings::__export_agent_world!(
+                __SandgraphAgentExport with_types_in $crate::agent_bindings
             );
         };
     };

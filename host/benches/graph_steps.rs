@@ -311,6 +311,7 @@ impl Bench {
                     Event::StepCompleted { step, .. } => ("appended", step.as_str()),
                     Event::StepFailed { step, .. } => ("failed", step.as_str()),
                     Event::RunFinished { .. } => ("finished", ""),
+                    Event::WorkspaceSnapshot { step, .. } => ("snapshot", step.as_str()),
                 };
                 let now = Instant::now();
                 t.lock()

@@ -588,3 +588,127 @@ fn a_post_cut_off_mid_flight_is_resent_once_when_the_server_deduplicates_keys() 
     assert_eq!(effects.get("/slow/post"), Some(&1));
     assert_eq!(hits.values().filter(|&&h| h == 2).count(), 1, "{hits:?}");
 }
+
+/// `graphs/workspace-notes.yaml` (write a note, read it back read-only, list the tree) on the
+/// real `workspace-fs` tool, killed after every journal event in turn and resumed on the same
+/// workspace: the run ends with the uninterrupted output and tree, and replays identically
+/// from its workspace snapshots after the workspace is gone.
+#[test]
+fn a_workspace_run_killed_after_every_journal_event_resumes_and_replays() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let components = Path::new(
+        sandgraph_test_artifacts::TOOLS
+            .iter()
+            .find(|(n, _)| *n == "workspace-fs")
+            .unwrap()
+            .1,
+    )
+    .parent()
+    .unwrap()
+    .to_path_buf();
+    let command = |sub: &str, journal: &Path, ws: &Path| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_sandgraph"));
+        c.arg(sub);
+        if sub == "run" {
+            c.arg(repo.join("graphs/workspace-notes.yaml"))
+                .args(["--input", r#"{"note":"buy milk"}"#, "--tools"])
+                .arg(repo.join("tools"))
+                .arg("--components")
+                .arg(&components);
+        }
+        c.arg("--journal")
+            .arg(journal)
+            .arg("--workspace")
+            .arg(ws)
+            .arg("--cache-dir")
+            .arg(common::cache_dir())
+            .env_remove("SANDGRAPH_FAULT_KILL_AFTER_EVENT")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        c
+    };
+    let workspace = |dir: &Path| {
+        let ws = dir.join("ws");
+        std::fs::create_dir(&ws).unwrap();
+        std::fs::write(ws.join("seed.txt"), "seed").unwrap();
+        ws
+    };
+    let base = tempfile::tempdir().unwrap();
+    let (journal, ws) = (base.path().join("j"), workspace(base.path()));
+    let out = command("run", &journal, &ws).output().unwrap();
+    assert!(
+        out.status.success(),
+        "baseline: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(
+        expected.contains("\"notes/today.txt\",\"size\":8"),
+        "{expected}"
+    );
+    let events = journal_events(&journal).len();
+    assert!(
+        journal_events(&journal)
+            .iter()
+            .any(|r| matches!(r.event, Event::WorkspaceSnapshot { .. })),
+        "the baseline journals workspace snapshots"
+    );
+
+    let mut killed = 0;
+    for n in 1..=events as u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, ws) = (dir.path().join("j"), workspace(dir.path()));
+        let what = format!("kill after event {n}");
+        let out = command("run", &journal, &ws)
+            .env("SANDGRAPH_FAULT_KILL_AFTER_EVENT", n.to_string())
+            .output()
+            .unwrap();
+        if out.status.success() {
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), expected);
+            continue;
+        }
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGKILL),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        killed += 1;
+        let resumed = command("resume", &journal, &ws).output().unwrap();
+        assert!(
+            resumed.status.success(),
+            "{what}: resume failed: {}{}",
+            String::from_utf8_lossy(&resumed.stdout),
+            String::from_utf8_lossy(&resumed.stderr)
+        );
+        let (status, output, error) = final_outcome(&journal);
+        assert_eq!(status, RunStatus::Succeeded, "{what}: {error:?}");
+        assert_eq!(output.as_deref(), Some(expected.as_str()), "{what}");
+        assert_eq!(
+            std::fs::read_to_string(ws.join("notes/today.txt")).unwrap(),
+            "buy milk",
+            "{what}"
+        );
+        std::fs::remove_dir_all(&ws).unwrap();
+        let run = Journal::open(&journal).unwrap().runs().unwrap()[0]
+            .run
+            .to_string();
+        let replay = Command::new(env!("CARGO_BIN_EXE_sandgraph"))
+            .args(["replay", &run, "--journal"])
+            .arg(&journal)
+            .arg("--cache-dir")
+            .arg(common::cache_dir())
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&replay.stdout);
+        assert!(
+            replay.status.success() && report.contains("3 of 3 steps identical"),
+            "{what}: replay: {report}{}",
+            String::from_utf8_lossy(&replay.stderr)
+        );
+    }
+    assert!(
+        killed as usize >= events - 2,
+        "only {killed} of {events} kills landed"
+    );
+}

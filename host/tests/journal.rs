@@ -226,7 +226,9 @@ fn corrupt_record_names_run_and_sequence() {
     let err = journal.events(run).unwrap_err().to_string();
     assert_eq!(
         err,
-        format!("run {run} event 1 is corrupt: format version 99, this build reads version 3")
+        format!(
+            "run {run} event 1 is corrupt: format version 99, this build reads versions 2 to 4"
+        )
     );
     journal.overwrite_raw_for_test(run, 1, &[2, 0, 0]).unwrap();
     let err = journal.events(run).unwrap_err().to_string();

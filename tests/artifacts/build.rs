@@ -13,7 +13,7 @@ use std::{
 
 const TARGET: &str = "wasm32-wasip2";
 
-/// Size settings for the tool components: the same as the `guests` alias in
+/// Size settings for the tool and agent components: the same as the `guests` alias in
 /// `.cargo/config.toml`, so tests run the components `cargo guests` ships. The hostile
 /// guests keep their own package profile.
 const TOOL_PROFILE: [&str; 6] = [
@@ -42,24 +42,33 @@ fn main() {
 
     check_wasm_target();
 
-    let tools = tool_packages(&root.join("tools"));
+    // Tools and agents are built the same way, in one cargo run like `cargo guests`.
+    let tools = guest_packages(&root.join("tools"), "tool-");
+    let agents = guest_packages(&root.join("agents"), "agent-");
     let mut consts = String::new();
     let mut tool_list = Vec::new();
-    if !tools.is_empty() {
+    let mut agent_list = Vec::new();
+    if !tools.is_empty() || !agents.is_empty() {
         let mut args = vec!["build".to_owned()];
         args.extend(TOOL_PROFILE.iter().map(|a| (*a).to_owned()));
-        for (package, _) in &tools {
+        for (package, _) in tools.iter().chain(&agents) {
             args.push("-p".into());
             args.push(package.clone());
         }
         cargo(&root, &target_dir, &args);
-        for (package, dir) in &tools {
-            let name = package.trim_start_matches("tool-");
-            let file = format!("{}.wasm", package.replace('-', "_"));
-            let path = target_dir.join(TARGET).join("release").join(file);
-            constant(&mut consts, &format!("TOOL_{}", upper(name)), &path);
-            tool_list.push((name.to_owned(), path));
-            println!("cargo:rerun-if-changed={}", dir.display());
+        for (packages, prefix, list) in [
+            (&tools, "tool-", &mut tool_list),
+            (&agents, "agent-", &mut agent_list),
+        ] {
+            for (package, dir) in packages {
+                let name = package.trim_start_matches(prefix);
+                let file = format!("{}.wasm", package.replace('-', "_"));
+                let path = target_dir.join(TARGET).join("release").join(file);
+                let kind = prefix.trim_end_matches('-').to_uppercase();
+                constant(&mut consts, &format!("{kind}_{}", upper(name)), &path);
+                list.push((name.to_owned(), path));
+                println!("cargo:rerun-if-changed={}", dir.display());
+            }
         }
     }
 
@@ -90,6 +99,7 @@ fn main() {
     // Notice the hostile package appearing later.
     println!("cargo:rerun-if-changed={}", root.join("tests").display());
     println!("cargo:rerun-if-changed={}", root.join("tools").display());
+    println!("cargo:rerun-if-changed={}", root.join("agents").display());
     println!(
         "cargo:rerun-if-changed={}",
         root.join("guest-sdk").display()
@@ -100,6 +110,7 @@ fn main() {
     );
 
     list(&mut consts, "TOOLS", &tool_list);
+    list(&mut consts, "AGENTS", &agent_list);
     list(&mut consts, "HOSTILE_GUESTS", &hostile_list);
     fs::write(out_dir.join("artifacts.rs"), consts).expect("write artifacts.rs");
 }
@@ -161,10 +172,11 @@ fn cargo(root: &Path, target_dir: &Path, args: &[String]) {
     }
 }
 
-/// `(package name, dir)` of every `tools/*/Cargo.toml` whose package is named `tool-*`.
-fn tool_packages(tools: &Path) -> Vec<(String, PathBuf)> {
+/// `(package name, dir)` of every `<dir>/*/Cargo.toml` whose package is named `<prefix>*`
+/// (`tools/` holds `tool-*`, `agents/` holds `agent-*`).
+fn guest_packages(dir: &Path, prefix: &str) -> Vec<(String, PathBuf)> {
     let mut found = Vec::new();
-    let Ok(entries) = fs::read_dir(tools) else {
+    let Ok(entries) = fs::read_dir(dir) else {
         return found;
     };
     for entry in entries.flatten() {
@@ -173,7 +185,7 @@ fn tool_packages(tools: &Path) -> Vec<(String, PathBuf)> {
             continue;
         };
         if let Some(name) = package_name(&text)
-            && name.starts_with("tool-")
+            && name.starts_with(prefix)
         {
             found.push((name, entry.path()));
         }

@@ -1,7 +1,7 @@
-//! The `#[tool]` attribute of `sandgraph-guest`.
+//! The `#[tool]` and `#[agent]` attributes of `sandgraph-guest`.
 //!
-//! It turns a plain `fn(Input) -> Result<Output, ToolError>` into an implementation of
-//! `sandgraph_guest::Tool` and exports it as the component's `sandgraph:tool` world.
+//! Each turns a plain `fn(Input) -> Result<Output, Error>` into an implementation of
+//! `sandgraph_guest::Tool` (or `Agent`) and exports it as the component's world.
 
 use proc_macro::TokenStream;
 use proc_macro2::Span;
@@ -30,10 +30,54 @@ pub fn tool(attr: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
+/// Exports a function as a Sandgraph agent step.
+///
+/// ```ignore
+/// #[sandgraph_guest::agent(name = "planner", version = "0.1.0", description = "Plans tool calls.")]
+/// fn step(input: Input) -> Result<Output, AgentError> { ... }
+/// ```
+///
+/// The same rules as `#[tool]`; the attribute defines `pub struct SandgraphAgent`, which
+/// implements `sandgraph_guest::Agent`, so native tests can drive the request path with
+/// `sandgraph_guest::agent::step::<SandgraphAgent>(json)`.
+#[proc_macro_attribute]
+pub fn agent(attr: TokenStream, item: TokenStream) -> TokenStream {
+    match expand_kind(Kind::Agent, attr.into(), item.into()) {
+        Ok(tokens) => tokens.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+/// Which world the attribute exports.
+#[derive(Clone, Copy)]
+enum Kind {
+    Tool,
+    Agent,
+}
+
+impl Kind {
+    /// The attribute's name, and the article-qualified noun for messages.
+    fn words(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Kind::Tool => ("tool", "a tool", "ToolError"),
+            Kind::Agent => ("agent", "an agent", "AgentError"),
+        }
+    }
+}
+
 fn expand(
     attr: proc_macro2::TokenStream,
     item: proc_macro2::TokenStream,
 ) -> syn::Result<proc_macro2::TokenStream> {
+    expand_kind(Kind::Tool, attr, item)
+}
+
+fn expand_kind(
+    kind: Kind,
+    attr: proc_macro2::TokenStream,
+    item: proc_macro2::TokenStream,
+) -> syn::Result<proc_macro2::TokenStream> {
+    let (attr_name, noun, error_ty) = kind.words();
     let args = Punctuated::<MetaNameValue, Token![,]>::parse_terminated.parse2(attr)?;
     let mut name = None;
     let mut version = None;
@@ -63,7 +107,7 @@ fn expand(
                 return Err(syn::Error::new(
                     arg.path.span(),
                     format!(
-                        "unknown tool attribute `{key}`; expected name, version or description"
+                        "unknown {attr_name} attribute `{key}`; expected name, version or description"
                     ),
                 ));
             }
@@ -78,13 +122,13 @@ fn expand(
     let name = name.ok_or_else(|| {
         syn::Error::new(
             Span::call_site(),
-            "missing `name = \"...\"` in #[tool(...)]",
+            format!("missing `name = \"...\"` in #[{attr_name}(...)]"),
         )
     })?;
     let description = description.ok_or_else(|| {
         syn::Error::new(
             Span::call_site(),
-            "missing `description = \"...\"` in #[tool(...)]",
+            format!("missing `description = \"...\"` in #[{attr_name}(...)]"),
         )
     })?;
     let version = match version {
@@ -97,7 +141,7 @@ fn expand(
     if sig.inputs.len() != 1 {
         return Err(syn::Error::new(
             sig.inputs.span(),
-            "a tool function takes exactly one argument: its input type",
+            format!("{noun} function takes exactly one argument: its input type"),
         ));
     }
     let input_ty = match sig.inputs.first() {
@@ -105,13 +149,37 @@ fn expand(
         Some(other) => {
             return Err(syn::Error::new(
                 other.span(),
-                "a tool function cannot take `self`",
+                format!("{noun} function cannot take `self`"),
             ));
         }
         None => unreachable_input(),
     };
-    let output_ty = result_ok_type(&sig.output)?;
+    let output_ty = result_ok_type(&sig.output, noun, error_ty)?;
     let fn_name = &sig.ident;
+
+    if let Kind::Agent = kind {
+        return Ok(quote! {
+            #function
+
+            /// The agent defined by `#[sandgraph_guest::agent]` in this crate.
+            pub struct SandgraphAgent;
+
+            impl ::sandgraph_guest::Agent for SandgraphAgent {
+                const NAME: &'static str = #name;
+                const VERSION: &'static str = #version;
+                const DESCRIPTION: &'static str = #description;
+                type Input = #input_ty;
+                type Output = #output_ty;
+                fn step(
+                    input: Self::Input,
+                ) -> ::core::result::Result<Self::Output, ::sandgraph_guest::AgentError> {
+                    #fn_name(input)
+                }
+            }
+
+            ::sandgraph_guest::export_agent!(SandgraphAgent);
+        });
+    }
 
     Ok(quote! {
         #function
@@ -141,11 +209,11 @@ fn unreachable_input() -> Type {
     syn::parse_quote!(())
 }
 
-fn result_ok_type(output: &ReturnType) -> syn::Result<Type> {
+fn result_ok_type(output: &ReturnType, noun: &str, error_ty: &str) -> syn::Result<Type> {
     let error = || {
         syn::Error::new(
             output.span(),
-            "a tool function returns `Result<Output, ToolError>`",
+            format!("{noun} function returns `Result<Output, {error_ty}>`"),
         )
     };
     let ReturnType::Type(_, ty) = output else {
@@ -200,6 +268,76 @@ mod tests {
         assert!(
             out.contains(":: sandgraph_guest :: export_tool ! (SandgraphTool)"),
             "{out}"
+        );
+    }
+
+    #[test]
+    fn agent_expands_to_an_agent_impl_and_its_export() {
+        let out = expand_kind(
+            Kind::Agent,
+            quote!(name = "planner", version = "1.0.0", description = "d"),
+            quote!(
+                fn step(input: In) -> Result<Out, AgentError> {
+                    todo_()
+                }
+            ),
+        )
+        .unwrap()
+        .to_string();
+        assert!(
+            out.contains("impl :: sandgraph_guest :: Agent for SandgraphAgent"),
+            "{out}"
+        );
+        assert!(
+            out.contains("const VERSION : & 'static str = \"1.0.0\""),
+            "{out}"
+        );
+        assert!(
+            out.contains(":: sandgraph_guest :: export_agent ! (SandgraphAgent)"),
+            "{out}"
+        );
+        assert!(!out.contains("export_tool"), "{out}");
+    }
+
+    #[test]
+    fn agent_errors_speak_of_agents() {
+        let err = |attr, item| {
+            expand_kind(Kind::Agent, attr, item)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err(
+                quote!(description = "d"),
+                quote!(
+                    fn step(i: I) -> Result<O, AgentError> {
+                        x()
+                    }
+                )
+            ),
+            "missing `name = \"...\"` in #[agent(...)]"
+        );
+        assert_eq!(
+            err(
+                quote!(name = "p", description = "d", model = "m"),
+                quote!(
+                    fn step(i: I) -> Result<O, AgentError> {
+                        x()
+                    }
+                )
+            ),
+            "unknown agent attribute `model`; expected name, version or description"
+        );
+        assert_eq!(
+            err(
+                quote!(name = "p", description = "d"),
+                quote!(
+                    fn step(i: I) -> O {
+                        x()
+                    }
+                )
+            ),
+            "an agent function returns `Result<Output, AgentError>`"
         );
     }
 

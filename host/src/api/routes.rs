@@ -1141,7 +1141,8 @@ async fn get_run(state: &Arc<State>, id: &str) -> Reply {
                     json!({"approved": approved, "comment": comment}),
                 );
             }
-            Event::RunCreated { .. } | Event::Crossing { .. } => {}
+            Event::RunCreated { .. } | Event::Crossing { .. } | Event::WorkspaceSnapshot { .. } => {
+            }
         }
     }
     let (usage, total) = crate::journal::usage::model_usage(&records);

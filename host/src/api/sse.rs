@@ -17,7 +17,11 @@ use tokio::sync::mpsc;
 use super::State;
 use super::problem::Problem;
 use super::routes::parse_run;
-use crate::journal::{Crossing, Event, Journal, PayloadRef, Record, RunId};
+use sha2::Digest as _;
+
+use crate::journal::{
+    Crossing, Event, Journal, PayloadRef, Record, RunId, Snapshot, SnapshotMoment,
+};
 
 /// Payloads up to this size are inlined in event data; larger ones are referenced by digest.
 const INLINE_PAYLOAD: usize = 64 * 1024;
@@ -324,6 +328,42 @@ pub(super) fn event_json(journal: &Journal, event: &Event) -> (&'static str, Val
             (
                 "crossing",
                 json!({"step": step, "attempt": attempt, "crossing": c}),
+            )
+        }
+        // The manifest's digest and counts; file contents stay in the journal.
+        Event::WorkspaceSnapshot {
+            step,
+            attempt,
+            moment,
+            writable,
+            snapshot,
+        } => {
+            let moment = match moment {
+                SnapshotMoment::Before => "before",
+                SnapshotMoment::After => "after",
+            };
+            let snapshot = match snapshot {
+                Snapshot::Taken {
+                    manifest,
+                    entries,
+                    bytes,
+                } => json!({
+                    "taken": true,
+                    "manifest_sha256": match manifest {
+                        PayloadRef::Blob(d) => Value::String(hex::encode(d)),
+                        PayloadRef::Inline(b) => Value::String(hex::encode(sha2::Sha256::digest(b))),
+                    },
+                    "entries": entries,
+                    "bytes": bytes,
+                }),
+                Snapshot::Skipped { reason } => json!({"taken": false, "reason": reason}),
+            };
+            (
+                "workspace_snapshot",
+                json!({
+                    "step": step, "attempt": attempt, "moment": moment,
+                    "mode": if *writable { "rw" } else { "ro" }, "snapshot": snapshot,
+                }),
             )
         }
         Event::RunFinished {

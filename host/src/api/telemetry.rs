@@ -529,7 +529,8 @@ impl Telemetry {
             }
             Event::StepScheduled { .. }
             | Event::StepAwaitingApproval { .. }
-            | Event::StepApproval { .. } => {}
+            | Event::StepApproval { .. }
+            | Event::WorkspaceSnapshot { .. } => {}
         }
     }
 

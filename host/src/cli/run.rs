@@ -12,6 +12,7 @@ use super::tool::{CacheArgs, OperatorArgs};
 use crate::graph::catalog::Catalog;
 use crate::graph::engine::{Engine, EngineConfig, RunOutcome};
 use crate::graph::{self, CompiledGraph};
+use crate::journal::workspace::SnapshotLimits;
 use crate::journal::{Event, Journal, RunId, RunStatus};
 use crate::sandbox::egress::StaticResolver;
 use crate::sandbox::manifest::OperatorPolicy;
@@ -57,6 +58,11 @@ pub struct HostArgs {
     /// Host directory exposed as /workspace to tools whose manifest asks for one.
     #[arg(long)]
     pub workspace: Option<PathBuf>,
+    /// Largest workspace (all file bytes) journaled as a snapshot around each step for replay,
+    /// e.g. 64MiB; past it (or past 10000 entries) the step is journaled as not snapshotted and
+    /// `sandgraph replay` says it cannot replay that step.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = crate::sandbox::manifest::parse_size)]
+    pub workspace_snapshot_max: u64,
     /// An egress host that deduplicates requests by Idempotency-Key (repeatable): an
     /// interrupted request to it may be sent again whatever its method.
     #[arg(long = "idempotent-host", value_name = "HOST")]
@@ -64,6 +70,10 @@ pub struct HostArgs {
     /// Steps of one run executing at once.
     #[arg(long, default_value_t = 16)]
     pub max_parallel: usize,
+    /// The models file: which provider answers each model alias agents name (default: alias
+    /// `default` is the embedded engine over models/SmolLM2-135M-Instruct.Q4_1.gguf).
+    #[arg(long, env = "SANDGRAPH_MODELS", value_name = "FILE")]
+    pub models: Option<PathBuf>,
     /// Print only the output (no progress lines).
     #[arg(long, short)]
     pub quiet: bool,
@@ -116,6 +126,9 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 
 fn engine(host: &HostArgs, resolver: Option<StaticResolver>) -> Result<Engine, String> {
     let secrets = host.operator.secret_store()?;
+    // A bad models file stops the command before any step runs.
+    let models =
+        crate::model::cli_models(host.models.as_deref(), &secrets).map_err(|e| e.to_string())?;
     let mut config = SandboxConfig {
         cache_dir: host.cache.dir(),
         secrets,
@@ -139,9 +152,14 @@ fn engine(host: &HostArgs, resolver: Option<StaticResolver>) -> Result<Engine, S
             max_parallel_steps: host.max_parallel,
             workspace: host.workspace.clone(),
             exit_when_waiting: true,
+            workspace_snapshots: SnapshotLimits {
+                max_bytes: host.workspace_snapshot_max,
+                ..SnapshotLimits::default()
+            },
             idempotency_key_hosts: host.idempotent_hosts.clone(),
         },
-    );
+    )
+    .with_models(models);
     Ok(if host.quiet {
         engine
     } else {
@@ -225,7 +243,9 @@ fn progress_printer() -> graph::engine::Progress {
                     .map(|c| format!(": {c}"))
                     .unwrap_or_default()
             ),
-            Event::StepScheduled { .. } | Event::Crossing { .. } => return,
+            Event::StepScheduled { .. }
+            | Event::Crossing { .. }
+            | Event::WorkspaceSnapshot { .. } => return,
         };
         eprintln!("{line}");
     })
@@ -291,8 +311,11 @@ pub fn replay(args: ReplayArgs) -> Result<Finished, String> {
         journal: args.journal,
         operator: OperatorArgs::default(),
         workspace: None,
+        workspace_snapshot_max: SnapshotLimits::default().max_bytes,
         idempotent_hosts: vec![],
         max_parallel: 1,
+        // Replay serves recorded model answers: no model is needed.
+        models: None,
         quiet: true,
         cache: args.cache,
     };
@@ -300,6 +323,7 @@ pub fn replay(args: ReplayArgs) -> Result<Finished, String> {
     let report = runtime()?
         .block_on(engine.replay(run))
         .map_err(|e| e.to_string())?;
+    // A step that cannot be replayed is not a pass either.
     let code = if report.identical() { 0 } else { 1 };
     let stdout = if args.json {
         serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
@@ -323,16 +347,36 @@ pub fn replay(args: ReplayArgs) -> Result<Finished, String> {
                     attempt,
                     message,
                 } => format!("{step} (attempt {attempt}): FAILED: {message}"),
+                graph::replay::StepReplay::WorkspaceDiverged {
+                    step,
+                    attempt,
+                    path,
+                    recorded,
+                    replayed,
+                } => format!(
+                    "{step} (attempt {attempt}): WORKSPACE DIVERGED at '{path}'\n  recorded: {recorded}\n  replayed: {replayed}"
+                ),
+                graph::replay::StepReplay::NotReplayable {
+                    step,
+                    attempt,
+                    reason,
+                } => format!("{step} (attempt {attempt}): CANNOT BE REPLAYED: {reason}"),
             });
         }
+        let unreplayable = report.steps.iter().filter(|s| !s.is_replayable()).count();
+        let diverged = report
+            .steps
+            .iter()
+            .any(|s| s.is_replayable() && !s.is_identical());
         lines.push(format!(
-            "run {run}: {} of {} steps identical{}",
+            "run {run}: {} of {} steps identical{}{}",
             report.steps.iter().filter(|s| s.is_identical()).count(),
             report.steps.len(),
-            if report.identical() {
-                ""
-            } else {
-                "; replay diverged"
+            if diverged { "; replay diverged" } else { "" },
+            match unreplayable {
+                0 => String::new(),
+                1 => "; 1 step cannot be replayed".to_owned(),
+                n => format!("; {n} steps cannot be replayed"),
             }
         ));
         lines.join("\n")

@@ -235,7 +235,7 @@ fn show(journal: &Journal, run: RunId) -> Result<String, String> {
                         .unwrap_or_default()
                 );
             }
-            Event::Crossing { .. } => {}
+            Event::Crossing { .. } | Event::WorkspaceSnapshot { .. } => {}
         }
     }
     let (usage, total) = crate::journal::usage::model_usage(&records);

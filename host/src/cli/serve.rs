@@ -15,18 +15,31 @@ pub struct ServeArgs {
     /// A YAML config file (keys as the env vars without `SANDGRAPH_`, lower case); env wins.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// The models file: which provider answers each model alias agents name (default: alias
+    /// `default` is the embedded engine over models/SmolLM2-135M-Instruct.Q4_1.gguf).
+    #[arg(long, env = "SANDGRAPH_MODELS", value_name = "FILE")]
+    pub models: Option<PathBuf>,
 }
 
 /// Runs the server; returns when it has shut down.
 pub fn serve(args: ServeArgs) -> Result<(), String> {
     let source = Source::from_process(args.config.as_deref()).map_err(|e| e.to_string())?;
     let config = api::Config::from_source(&source).map_err(|e| e.to_string())?;
+    // A bad models file stops the server before it listens. `serve` has no operator secret
+    // store yet, so a models file naming `apiKeySecret` is refused here.
+    let models = crate::model::cli_models(
+        args.models.as_deref(),
+        &crate::sandbox::egress::SecretStore::default(),
+    )
+    .map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     let result = rt.block_on(async {
-        let running = api::start(config).await.map_err(|e| e.to_string())?;
+        let running = api::start_with_models(config, Some(models))
+            .await
+            .map_err(|e| e.to_string())?;
         // The bound address on stdout, so a supervisor (or a test) using port 0 can find it.
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "listening on {}", running.addr);

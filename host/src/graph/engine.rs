@@ -7,7 +7,7 @@
 //! same [`Scheduler`]; an interrupted attempt re-executes with its journaled crossings served back.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,8 +21,10 @@ use super::expr::json_depth;
 use super::scheduler::{Activation, ScheduleError, Scheduler};
 use super::spec::Graph;
 use crate::journal::crossings::{CrossingError, StepCrossings};
+use crate::journal::workspace::{self, SnapshotLimits};
 use crate::journal::{
     Durability, Event, Journal, JournalError, PinnedComponent, Record, RunId, RunStatus,
+    SnapshotMoment,
 };
 use crate::sandbox::agent::{
     AgentActivity, AgentEnv, GrantedTool, ModelCallRecord, ModelRouter, RunTokens,
@@ -52,6 +54,9 @@ pub struct EngineConfig {
     pub max_parallel_steps: usize,
     /// Host directory given as `/workspace` to nodes whose manifest asks for one.
     pub workspace: Option<PathBuf>,
+    /// How much of the workspace is snapshotted into the journal around each step attempt
+    /// (for replay); a larger workspace is journaled as not snapshotted.
+    pub workspace_snapshots: SnapshotLimits,
     /// Egress hosts that deduplicate requests by `Idempotency-Key`: an interrupted request to
     /// them may be sent again whatever its method.
     pub idempotency_key_hosts: Vec<String>,
@@ -67,6 +72,7 @@ impl Default for EngineConfig {
             policy: OperatorPolicy::default(),
             max_parallel_steps: 16,
             workspace: None,
+            workspace_snapshots: SnapshotLimits::default(),
             idempotency_key_hosts: Vec::new(),
             exit_when_waiting: false,
         }
@@ -155,6 +161,7 @@ pub struct Engine {
     models: Option<Arc<dyn ModelRouter>>,
     /// Runs of this engine paused for approval, woken by `decide`.
     approvals: Arc<std::sync::Mutex<HashMap<RunId, Arc<tokio::sync::Notify>>>>,
+    workspace_lock: WorkspaceLock,
 }
 
 /// Why an approval decision was refused.
@@ -218,6 +225,11 @@ pub fn record_decision(
     Ok(())
 }
 
+/// Steps of every run of one engine share its one workspace directory: a step granted `rw`
+/// holds this exclusively from its before-snapshot to its after-snapshot, `ro` steps share it,
+/// so each snapshot is the tree its step saw and left.
+type WorkspaceLock = Arc<tokio::sync::RwLock<()>>;
+
 /// A run's pinned graph, components and input, and its journal.
 pub(crate) struct Pinned {
     pub records: Vec<Record>,
@@ -237,6 +249,7 @@ struct RunCtx {
     on_call: Option<CallObserver>,
     on_model: Option<ModelObserver>,
     models: Option<Arc<dyn ModelRouter>>,
+    workspace_lock: WorkspaceLock,
     graph: Arc<CompiledGraph>,
     /// Component name -> loaded component and manifest.
     tools: HashMap<String, (Arc<LoadedTool>, Manifest)>,
@@ -258,6 +271,7 @@ impl Engine {
             on_model: None,
             models: None,
             approvals: Arc::default(),
+            workspace_lock: WorkspaceLock::default(),
         }
     }
 
@@ -552,6 +566,7 @@ impl Engine {
             config: self.config.clone(),
             progress: self.progress.clone(),
             on_call: self.on_call.clone(),
+            workspace_lock: self.workspace_lock.clone(),
             graph,
             tools,
             created_ms,
@@ -688,11 +703,62 @@ impl RunCtx {
         Ok(seq)
     }
 
+    /// Journals a snapshot of the workspace `dir` of a step attempt (taken off the async
+    /// workers; the files go to the blob store there, the event is appended here so an aborted
+    /// step appends nothing).
+    async fn snapshot(
+        &self,
+        step: &str,
+        attempt: u32,
+        moment: SnapshotMoment,
+        dir: &Path,
+        mode: WorkspaceMode,
+    ) -> Result<(), JournalError> {
+        let journal = self.journal.clone();
+        let dir = dir.to_path_buf();
+        let limits = self.config.workspace_snapshots;
+        let snapshot =
+            tokio::task::spawn_blocking(move || workspace::capture(&journal, &dir, limits))
+                .await
+                .map_err(|e| JournalError::Flush(e.to_string()))??;
+        let event = Event::WorkspaceSnapshot {
+            step: step.to_owned(),
+            attempt,
+            moment,
+            writable: mode == WorkspaceMode::Rw,
+            snapshot,
+        };
+        self.append(event, Durability::Buffered).await?;
+        Ok(())
+    }
+
     async fn sync(&self) -> Result<(), JournalError> {
         let journal = self.journal.clone();
         tokio::task::spawn_blocking(move || journal.sync())
             .await
             .map_err(|e| JournalError::Flush(e.to_string()))?
+    }
+}
+
+/// A step attempt's hold on the engine's workspace (released when dropped): shared for `ro`,
+/// exclusive for `rw`.
+struct WorkspaceHeld {
+    _shared: Option<tokio::sync::OwnedRwLockReadGuard<()>>,
+    _exclusive: Option<tokio::sync::OwnedRwLockWriteGuard<()>>,
+}
+
+impl WorkspaceHeld {
+    async fn take(lock: &WorkspaceLock, mode: WorkspaceMode) -> WorkspaceHeld {
+        match mode {
+            WorkspaceMode::Rw => WorkspaceHeld {
+                _shared: None,
+                _exclusive: Some(lock.clone().write_owned().await),
+            },
+            _ => WorkspaceHeld {
+                _shared: Some(lock.clone().read_owned().await),
+                _exclusive: None,
+            },
+        }
     }
 }
 
@@ -905,7 +971,9 @@ async fn execute(
                     Event::StepAwaitingApproval { step, .. } => {
                         awaiting_journaled.insert(step.clone());
                     }
-                    Event::RunCreated { .. } | Event::Crossing { .. } => {}
+                    Event::RunCreated { .. }
+                    | Event::Crossing { .. }
+                    | Event::WorkspaceSnapshot { .. } => {}
                 }
             }
             for step in order {
@@ -1205,7 +1273,20 @@ async fn run_step(ctx: &Arc<RunCtx>, a: &Activation, start: StartAt) -> StepEnd 
         };
         crossings.set_idempotency_key_honoured(honours_keys(&grant, &ctx.config));
         replay = false;
-        let outcome = if is_agent {
+        let held = match &grant.workspace {
+            Some((dir, mode)) => {
+                let held = WorkspaceHeld::take(&ctx.workspace_lock, *mode).await;
+                if let Err(e) = ctx
+                    .snapshot(&a.step, attempt, SnapshotMoment::Before, dir, *mode)
+                    .await
+                {
+                    return StepEnd::Journal(e);
+                }
+                Some(held)
+            }
+            None => None,
+        };
+        let called = if is_agent {
             let env = AgentEnv {
                 step: format!("{}/{}@{attempt}", ctx.run, a.step),
                 node: node.spec.id.clone(),
@@ -1228,7 +1309,16 @@ async fn run_step(ctx: &Arc<RunCtx>, a: &Activation, start: StartAt) -> StepEnd 
                 .call_journaled(tool, &grant, &input, &crossings)
                 .await
         };
-        let (kind, message, can_retry) = match outcome {
+        if let Some((dir, mode @ WorkspaceMode::Rw)) = &grant.workspace
+            && !matches!(called, Err(CrossingError::Journal(_)))
+            && let Err(e) = ctx
+                .snapshot(&a.step, attempt, SnapshotMoment::After, dir, *mode)
+                .await
+        {
+            return StepEnd::Journal(e);
+        }
+        drop(held);
+        let (kind, message, can_retry) = match called {
             Ok(report) => {
                 if let Some(observe) = &ctx.on_call {
                     observe(ctx.run, &a.step, attempt, &report.audit);
@@ -1311,45 +1401,29 @@ pub(crate) async fn call_offline(
     run: RunId,
     node: &super::compile::CompiledNode,
     tools: &HashMap<String, (Arc<LoadedTool>, Manifest)>,
+    tool: &LoadedTool,
+    grant: &EffectiveGrant,
     step: &str,
     attempt: u32,
     input: &str,
     crossings: &StepCrossings,
 ) -> Result<crate::sandbox::outcome::CallReport, CrossingError> {
-    let node_grant =
-        call_grant(node, &engine.config).map_err(|message| CrossingError::Divergence {
-            run,
-            step: step.to_owned(),
-            index: 0,
-            recorded: "a usable node grant".into(),
-            asked: message,
-        })?;
-    let Some((tool, manifest)) = tools.get(&node.spec.component) else {
-        return Err(CrossingError::Divergence {
-            run,
-            step: step.to_owned(),
-            index: 0,
-            recorded: format!("component '{}' pinned", node.spec.component),
-            asked: "a component the run did not pin".into(),
-        });
-    };
-    let grant = EffectiveGrant::intersect(&engine.config.policy, manifest, &node_grant);
     if node.spec.kind != super::spec::NodeKind::Agent {
         return engine
             .sandbox
-            .call_journaled(tool, &grant, input, crossings)
+            .call_journaled(tool, grant, input, crossings)
             .await;
     }
+    let divergence = |message: String| CrossingError::Divergence {
+        run,
+        step: step.to_owned(),
+        index: 0,
+        recorded: "every granted tool pinned".into(),
+        asked: message,
+    };
+    let node_grant = call_grant(node, &engine.config).map_err(divergence)?;
     let granted =
-        granted_tools(node, tools, &engine.config.policy, &node_grant).map_err(|message| {
-            CrossingError::Divergence {
-                run,
-                step: step.to_owned(),
-                index: 0,
-                recorded: "every granted tool pinned".into(),
-                asked: message,
-            }
-        })?;
+        granted_tools(node, tools, &engine.config.policy, &node_grant).map_err(divergence)?;
     let env = AgentEnv {
         step: format!("{run}/{step}@{attempt}"),
         node: node.spec.id.clone(),
@@ -1362,7 +1436,7 @@ pub(crate) async fn call_offline(
     };
     engine
         .sandbox
-        .call_agent_journaled(tool, &grant, input, crossings, env)
+        .call_agent_journaled(tool, grant, input, crossings, env)
         .await
         .map(|(report, _)| report)
 }

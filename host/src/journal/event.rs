@@ -4,13 +4,15 @@
 
 use serde::{Deserialize, Serialize};
 
-/// First byte of every stored event; bump when `Event` changes. Version 3 appended the model
-/// crossings (`Crossing::ModelRequest`, `Crossing::ModelResponse`) after every version-2
-/// variant, so a version-2 record decodes unchanged with this build's types.
-pub const FORMAT_VERSION: u8 = 3;
+/// First byte of every stored event: the oldest format that can express it, so journals
+/// without workspace snapshots stay readable by version-2 builds. Bump when `Event` changes
+/// incompatibly; a new variant goes at the end of its enum (postcard numbers variants in order)
+/// under a new version, and every older version keeps decoding.
+pub const FORMAT_VERSION: u8 = 4;
 
-/// Older format versions this build still reads (their encoding is a prefix of the current one).
-pub const READABLE_VERSIONS: &[u8] = &[2, FORMAT_VERSION];
+/// The oldest format version this build still reads (version 3 added `WorkspaceSnapshot`,
+/// version 4 the model crossings and the approval events).
+pub const OLDEST_FORMAT_VERSION: u8 = 2;
 
 /// Payloads at most this long are stored inside the event; longer ones go to the blob tree once.
 pub const INLINE_LIMIT: usize = 256;
@@ -120,8 +122,20 @@ pub enum Event {
         output: Option<PayloadRef>,
         error: Option<String>,
     },
+    /// The workspace of a step attempt, before its guest ran or after it returned (format 3).
+    /// Replay lays the last `Before` out in a private directory and compares the tree it leaves
+    /// with the last `After` (a resumed attempt snapshots again: it sees the tree as the crash
+    /// left it).
+    WorkspaceSnapshot {
+        step: String,
+        attempt: u32,
+        moment: SnapshotMoment,
+        /// Granted read-write (`rw`); otherwise read-only.
+        writable: bool,
+        snapshot: Snapshot,
+    },
     /// The step's node needs approval: the run waits (status `waiting`) before it executes.
-    /// Appended after every version-2 variant.
+    /// (format 4)
     StepAwaitingApproval {
         step: String,
         input: PayloadRef,
@@ -132,6 +146,30 @@ pub enum Event {
         approved: bool,
         comment: Option<String>,
     },
+}
+
+/// When a workspace snapshot was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapshotMoment {
+    /// Before the guest ran: what replay gives the step.
+    Before,
+    /// After the guest returned (`rw` only): what replay compares the replayed tree with.
+    After,
+}
+
+/// A workspace as journaled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Snapshot {
+    /// Its manifest (`journal::workspace::Manifest`: path, kind, size, sha256, time of every
+    /// entry; file bytes in the blob store, once per content).
+    Taken {
+        manifest: PayloadRef,
+        entries: u64,
+        bytes: u64,
+    },
+    /// Not taken, and why (over the size or entry cap, a special file, an unreadable entry):
+    /// replay of the step says it cannot be replayed.
+    Skipped { reason: String },
 }
 
 /// One boundary crossing inside a step.
@@ -179,7 +217,7 @@ pub enum Crossing {
         target: String,
     },
     /// A model call an agent made, as the guest asked for it (alias resolved, before the host
-    /// capped `max_tokens` to the budget left). Appended after every version-2 variant.
+    /// capped `max_tokens` to the budget left). Format 4.
     ModelRequest {
         /// sha256 of `request`, hex: a resumed guest asking for something else diverges.
         digest: String,
@@ -202,11 +240,25 @@ impl Event {
     /// The stored form: format version, the append time (ms since the Unix epoch, big-endian),
     /// then the postcard-encoded event.
     pub fn encode(&self, at_ms: u64) -> Vec<u8> {
-        let mut out = vec![FORMAT_VERSION];
+        let mut out = vec![self.format_version()];
         out.extend_from_slice(&at_ms.to_be_bytes());
         // Serialising plain enums of strings, integers and byte vectors into a Vec cannot fail.
         out.extend(postcard::to_stdvec(self).expect("postcard encodes journal events"));
         out
+    }
+
+    /// The oldest format version that can express this event.
+    pub fn format_version(&self) -> u8 {
+        match self {
+            Event::StepAwaitingApproval { .. }
+            | Event::StepApproval { .. }
+            | Event::Crossing {
+                crossing: Crossing::ModelRequest { .. } | Crossing::ModelResponse { .. },
+                ..
+            } => 4,
+            Event::WorkspaceSnapshot { .. } => 3,
+            _ => 2,
+        }
     }
 
     /// Decodes one stored record into (append time, event); the error says what was wrong, the
@@ -214,18 +266,22 @@ impl Event {
     pub fn decode(bytes: &[u8]) -> Result<(u64, Event), String> {
         match bytes.split_first() {
             None => Err("empty record".into()),
-            Some((v, rest)) if READABLE_VERSIONS.contains(v) => {
+            Some((&v, rest)) if (OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&v) => {
                 let (at, body) = rest
                     .split_first_chunk::<8>()
                     .ok_or("record shorter than its header")?;
                 match postcard::take_from_bytes::<Event>(body) {
+                    Ok((event, [])) if event.format_version() > v => Err(format!(
+                        "a format {v} record cannot hold a format {} event",
+                        event.format_version()
+                    )),
                     Ok((event, [])) => Ok((u64::from_be_bytes(*at), event)),
                     Ok((_, rest)) => Err(format!("{} trailing bytes after the event", rest.len())),
                     Err(e) => Err(format!("undecodable event: {e}")),
                 }
             }
             Some((v, _)) => Err(format!(
-                "format version {v}, this build reads version {FORMAT_VERSION}"
+                "format version {v}, this build reads versions {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}"
             )),
         }
     }
@@ -250,6 +306,11 @@ impl Event {
             Event::StepCompleted { output, .. } => vec![output],
             Event::StepAwaitingApproval { input, .. } => vec![input],
             Event::RunFinished { output, .. } => output.iter().collect(),
+            // The files a manifest names are found through it (`Journal::gc` reads it).
+            Event::WorkspaceSnapshot {
+                snapshot: Snapshot::Taken { manifest, .. },
+                ..
+            } => vec![manifest],
             Event::Crossing { crossing, .. } => match crossing {
                 Crossing::ToolRequest { input, .. } => vec![input],
                 Crossing::ToolResult { output, .. } => vec![output],
@@ -266,5 +327,74 @@ impl Event {
                 PayloadRef::Inline(_) => None,
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records as a format-2 build wrote them (before workspace snapshots) still decode.
+    #[test]
+    fn format_2_records_still_decode() {
+        // StepStarted { step: "a#1", attempt: 2 } appended at 1_700_000_000_000 ms.
+        let started = [
+            2, 0, 0, 1, 0x8b, 0xcf, 0xe5, 0x68, 0, 2, 3, b'a', b'#', b'1', 2,
+        ];
+        assert_eq!(
+            Event::decode(&started),
+            Ok((
+                1_700_000_000_000,
+                Event::StepStarted {
+                    step: "a#1".into(),
+                    attempt: 2
+                }
+            ))
+        );
+        // RunFinished { Succeeded, output: Some(Inline("{}")), error: None }.
+        let finished = [2, 0, 0, 0, 0, 0, 0, 0, 9, 6, 1, 1, 0, 2, b'{', b'}', 0];
+        assert_eq!(
+            Event::decode(&finished),
+            Ok((
+                9,
+                Event::RunFinished {
+                    status: RunStatus::Succeeded,
+                    output: Some(PayloadRef::Inline(b"{}".to_vec())),
+                    error: None
+                }
+            ))
+        );
+    }
+
+    #[test]
+    fn only_workspace_snapshots_need_format_3() {
+        let started = Event::StepStarted {
+            step: "a#1".into(),
+            attempt: 1,
+        };
+        assert_eq!(started.encode(5)[0], 2);
+        let snapshot = Event::WorkspaceSnapshot {
+            step: "a#1".into(),
+            attempt: 1,
+            moment: SnapshotMoment::Before,
+            writable: false,
+            snapshot: Snapshot::Skipped {
+                reason: "not snapshotted".into(),
+            },
+        };
+        let bytes = snapshot.encode(5);
+        assert_eq!(bytes[0], 3);
+        assert_eq!(Event::decode(&bytes), Ok((5, snapshot)));
+        // A format-2 header on a format-3 event is corrupt, not silently accepted.
+        let mut forged = bytes.clone();
+        forged[0] = 2;
+        assert_eq!(
+            Event::decode(&forged),
+            Err("a format 2 record cannot hold a format 3 event".into())
+        );
+        assert_eq!(
+            Event::decode(&[4, 0]),
+            Err("format version 4, this build reads versions 2 to 3".into())
+        );
     }
 }

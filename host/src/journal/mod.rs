@@ -6,6 +6,7 @@ pub mod crossings;
 pub mod event;
 mod group_commit;
 pub mod usage;
+pub mod workspace;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -15,7 +16,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use event::{Crossing, Event, PayloadRef, PinnedComponent, RunStatus};
+pub use event::{
+    Crossing, Event, PayloadRef, PinnedComponent, RunStatus, Snapshot, SnapshotMoment,
+};
 use group_commit::GroupCommit;
 
 /// Identifies one run; keys of its events start with these 16 bytes.
@@ -92,6 +95,8 @@ pub enum JournalError {
     MissingBlob { digest: String },
     #[error("payload {digest} does not match its sha256; the blob store is corrupt")]
     CorruptBlob { digest: String },
+    #[error("a workspace snapshot's manifest is corrupt: {0}")]
+    CorruptSnapshot(String),
     #[error("run {run} is not in the journal")]
     UnknownRun { run: RunId },
     #[error("run {run} already exists in the journal")]
@@ -556,6 +561,18 @@ impl Journal {
             let (_, event) =
                 Event::decode(&v).map_err(|reason| JournalError::Corrupt { run, seq, reason })?;
             live.extend(event.blobs());
+            if let Event::WorkspaceSnapshot {
+                snapshot: Snapshot::Taken { manifest, .. },
+                ..
+            } = &event
+            {
+                match workspace::Manifest::load(self, manifest) {
+                    Ok(m) => live.extend(m.blobs()),
+                    // Its files cannot be found without it: nothing more to keep.
+                    Err(JournalError::MissingBlob { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
         }
         for kv in self.blobs.iter() {
             let (k, v) = kv?;

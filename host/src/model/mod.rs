@@ -173,3 +173,12 @@ pub trait ModelProvider: Send + Sync {
         tokens: Option<&TokenSink>,
     ) -> Result<ChatResponse, ModelError>;
 }
+
+pub mod config;
+pub mod embedded;
+pub mod openai;
+pub mod registry;
+pub mod wire;
+
+pub use config::ModelsConfigError;
+pub use registry::{Models, cli_models};

@@ -40,6 +40,21 @@ pub trait ModelRouter: Send + Sync {
     ) -> Result<ChatResponse, ModelError>;
 }
 
+#[async_trait::async_trait]
+impl ModelRouter for model::Models {
+    fn contains(&self, alias: &str) -> bool {
+        model::Models::contains(self, alias)
+    }
+    async fn chat(
+        &self,
+        alias: &str,
+        request: &ChatRequest,
+        tokens: Option<&TokenSink>,
+    ) -> Result<ChatResponse, ModelError> {
+        model::Models::chat(self, alias, request, tokens).await
+    }
+}
+
 /// Tokens a run may still spend, shared by all its agent steps. Counts prompt and completion
 /// tokens of every answered call; seeded from the journal when a run resumes.
 #[derive(Debug)]

@@ -82,6 +82,10 @@ struct Shared {
     max_waiting: usize,
     running: AtomicUsize,
     cancelled: AtomicU64,
+    /// Backend forwards run since start, and the most sequences one of them carried: how
+    /// callers see that concurrent requests shared forwards.
+    forwards: AtomicU64,
+    peak_sequences: AtomicUsize,
     metrics: Arc<Metrics>,
     step_tokens: usize,
 }
@@ -125,6 +129,8 @@ impl Batcher {
             max_waiting,
             running: AtomicUsize::new(0),
             cancelled: AtomicU64::new(0),
+            forwards: AtomicU64::new(0),
+            peak_sequences: AtomicUsize::new(0),
             metrics,
             step_tokens: step_tokens.max(MIN_PREFILL_TOKENS + slots),
         });
@@ -198,6 +204,16 @@ impl Batcher {
     /// Requests stopped because their client went away, since start.
     pub fn cancelled(&self) -> u64 {
         self.shared.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Backend forwards run since start (one per engine step).
+    pub fn forwards(&self) -> u64 {
+        self.shared.forwards.load(Ordering::SeqCst)
+    }
+
+    /// The most sequences (decodes and prompt chunks) one forward has carried since start.
+    pub fn peak_sequences_per_forward(&self) -> usize {
+        self.shared.peak_sequences.load(Ordering::SeqCst)
     }
 }
 
@@ -448,6 +464,10 @@ impl Engine {
         }
         let fed: Vec<Vec<u32>> = chunks.iter().map(|c| c.tokens.to_vec()).collect();
         let forward = self.backend.forward(&chunks);
+        self.shared.forwards.fetch_add(1, Ordering::SeqCst);
+        self.shared
+            .peak_sequences
+            .fetch_max(chunks.len(), Ordering::SeqCst);
         drop(chunks);
         if let Err(e) = forward {
             // What the failed forward left in the KV caches is unknown: reuse nothing.

@@ -1,8 +1,11 @@
 //! The OpenAI-compatible HTTP server behind `sandgraph-infer serve`: hyper on tokio in front of
-//! one continuous-batching engine thread. `routes` maps paths to handlers, `openai` holds the
-//! wire shapes, `batcher` schedules the backend, `sse` streams, `metrics`/`errors` as named.
+//! one continuous-batching engine thread. `routes` maps paths to handlers, `chat` is the
+//! chat-completion core (shared with in-process callers such as the host's embedded model
+//! provider), `openai` holds the wire shapes, `batcher` schedules the backend, `sse` streams,
+//! `metrics`/`errors` as named.
 
 pub mod batcher;
+pub mod chat;
 pub mod errors;
 pub mod metrics;
 pub mod openai;

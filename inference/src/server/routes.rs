@@ -11,18 +11,16 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
-use crate::constrain::Constraint;
-use crate::server::batcher::{Event, Job, SubmitError};
+use crate::server::batcher::Event;
+use crate::server::chat::{collect_events, fit_context, start_chat, submit_job};
 use crate::server::errors::ApiError;
 use crate::server::openai::{
-    ChatRequest, CompletionRequest, Params, PromptInput, Structured, finish_reason, parse_body,
-    tool_call_head, tool_call_parts, usage,
+    ChatRequest, CompletionRequest, PromptInput, finish_reason, parse_body, tool_call_head,
+    tool_call_parts, usage,
 };
 use crate::server::sse::SseBody;
 use crate::server::{AppState, Ready};
-use crate::tokenizer::ChatMessage;
 
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
@@ -166,124 +164,6 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Checks the prompt against the context and settles `max_tokens`.
-fn fit_context(prompt: &[u32], params: &Params, max_ctx: usize) -> Result<usize, ApiError> {
-    if prompt.is_empty() {
-        return Err(ApiError::invalid(
-            "the prompt is empty; send at least one token of text",
-            Some("prompt"),
-            "invalid_value",
-        ));
-    }
-    if prompt.len() >= max_ctx {
-        return Err(ApiError::invalid(
-            format!(
-                "this model's maximum context length is {max_ctx} tokens, but the prompt has {} tokens; shorten the prompt",
-                prompt.len()
-            ),
-            Some("messages"),
-            "context_length_exceeded",
-        ));
-    }
-    match params.max_tokens {
-        None => Ok(max_ctx - prompt.len()),
-        Some(m) if prompt.len() + m > max_ctx => Err(ApiError::invalid(
-            format!(
-                "this model's maximum context length is {max_ctx} tokens; the prompt has {} tokens and {m} more were requested; lower max_tokens or shorten the prompt",
-                prompt.len()
-            ),
-            Some("max_tokens"),
-            "context_length_exceeded",
-        )),
-        Some(m) => Ok(m),
-    }
-}
-
-struct Submitted {
-    id: String,
-    model: String,
-    events: mpsc::UnboundedReceiver<Event>,
-}
-
-#[allow(clippy::too_many_arguments)]
-fn submit(
-    state: &AppState,
-    arrived: Instant,
-    prefix: &str,
-    prompt: Vec<u32>,
-    max_tokens: usize,
-    params: &Params,
-    prompt_text: &str,
-    constraint: Option<Constraint>,
-) -> Result<Submitted, ApiError> {
-    let r = ready(state)?;
-    let id = format!("{prefix}-{}", state.next_request_id());
-    let (tx, rx) = mpsc::unbounded_channel();
-    if state.config.log_prompts {
-        tracing::info!(request_id = %id, prompt_tokens = prompt.len(), max_tokens, prompt = %prompt_text, "request queued");
-    } else {
-        tracing::info!(request_id = %id, prompt_tokens = prompt.len(), max_tokens, "request queued");
-    }
-    let job = Job {
-        id: id.clone(),
-        arrived,
-        prompt,
-        max_tokens,
-        sampling: params.sampling.clone(),
-        stop: params.stop.clone(),
-        constraint,
-        events: tx,
-    };
-    r.batcher.submit(job).map_err(|e| match e {
-        SubmitError::QueueFull(_) => {
-            ApiError::overloaded(e.to_string(), StatusCode::TOO_MANY_REQUESTS)
-        }
-        SubmitError::EngineStopped(_) => {
-            ApiError::overloaded(e.to_string(), StatusCode::SERVICE_UNAVAILABLE)
-        }
-    })?;
-    Ok(Submitted {
-        id,
-        model: r.model_name.clone(),
-        events: rx,
-    })
-}
-
-/// Waits for a whole generation: (text, finish_reason, prompt tokens, completion tokens).
-async fn collect(
-    state: &AppState,
-    s: &mut Submitted,
-) -> Result<(String, &'static str, usize, usize), ApiError> {
-    let mut text = String::new();
-    while let Some(ev) = s.events.recv().await {
-        match ev {
-            Event::Started => {}
-            Event::Text(t) => text.push_str(&t),
-            Event::Done {
-                finish,
-                prompt_tokens,
-                completion_tokens,
-            } => {
-                if state.config.log_prompts {
-                    tracing::info!(request_id = %s.id, completion_tokens, finish = ?finish, output = %text, "request done");
-                } else {
-                    tracing::info!(request_id = %s.id, completion_tokens, finish = ?finish, "request done");
-                }
-                return Ok((
-                    text,
-                    finish_reason(finish),
-                    prompt_tokens,
-                    completion_tokens,
-                ));
-            }
-            Event::Failed(msg) => return Err(ApiError::internal(msg)),
-        }
-    }
-    Err(ApiError::internal(
-        "the engine stopped before the request finished",
-    ))
-}
-
 fn sse_response(body: SseBody) -> Response<Body> {
     Response::builder()
         .header("content-type", "text/event-stream")
@@ -298,47 +178,14 @@ async fn chat(
     arrived: Instant,
 ) -> Result<Response<Body>, ApiError> {
     let body = read_body(req, state.config.max_body_bytes).await?;
-    let mut cr: ChatRequest = parse_body(&body)?;
+    let cr: ChatRequest = parse_body(&body)?;
     let r = ready(state)?;
-    let params = cr.params(r.batcher.max_context())?;
-    let structured = cr.structured()?;
-    let tool_mode = match &structured {
-        Structured::Tool { auto, .. } => Some(*auto),
-        _ => None,
-    };
-    let mut msgs = cr.chat_messages()?;
-    let constraint = match structured {
-        Structured::Text => None,
-        Structured::Json(g) => Some(Constraint::new(Arc::new(g), r.trie())),
-        Structured::Tool {
-            grammar,
-            note,
-            auto,
-        } => {
-            match msgs.first_mut().filter(|m| m.role == "system") {
-                Some(sys) => {
-                    sys.content.push_str("\n\n");
-                    sys.content.push_str(&note);
-                }
-                None => msgs.insert(0, ChatMessage::new("system", &note)),
-            }
-            Some(if auto {
-                Constraint::text_or(grammar, r.trie())
-            } else {
-                Constraint::new(grammar, r.trie())
-            })
-        }
-    };
-    let text = r.template.render(&msgs);
-    let prompt = r.tok.encode(&text, true);
-    let max_tokens = fit_context(&prompt, &params, r.batcher.max_context())?;
-    let mut s = submit(
-        state, arrived, "chatcmpl", prompt, max_tokens, &params, &text, constraint,
-    )?;
+    let id = format!("chatcmpl-{}", state.next_request_id());
+    let mut s = start_chat(r, id, cr, arrived, state.config.log_prompts)?;
     let created = now_secs();
-    if params.stream {
+    if s.params.stream {
         let (id, model) = (s.id.clone(), s.model.clone());
-        let include_usage = params.include_usage;
+        let include_usage = s.params.include_usage;
         let chunk = move |delta: Value, finish: Option<&str>| {
             json!({
                 "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -346,7 +193,8 @@ async fn chat(
             })
         };
         let (id2, model2) = (s.id.clone(), s.model.clone());
-        let mut calls = tool_mode.map(|auto| ToolStream::new(format!("call_{}", s.id), auto));
+        let call_id = s.tool_call_id();
+        let mut calls = s.tool_mode.map(|auto| ToolStream::new(call_id, auto));
         let format = Box::new(move |ev: &Event| match ev {
             Event::Started => vec![chunk(json!({"role": "assistant", "content": ""}), None)],
             Event::Text(t) => match calls.as_mut() {
@@ -381,22 +229,18 @@ async fn chat(
         });
         return Ok(sse_response(SseBody::new(s.events, format)));
     }
-    let (text, finish, p, c) = collect(state, &mut s).await?;
-    let call = tool_mode.and_then(|_| tool_call_parts(&text));
-    let (message, finish) = match call {
-        Some((name, arguments)) => (
-            json!({
-                "role": "assistant",
-                "content": null,
-                "tool_calls": [{
-                    "id": format!("call_{}", s.id),
-                    "type": "function",
-                    "function": {"name": name, "arguments": arguments},
-                }],
-            }),
-            "tool_calls",
-        ),
-        None => (json!({"role": "assistant", "content": text}), finish),
+    let answer = s.collect(&mut |_| {}).await?;
+    let message = match &answer.tool_call {
+        Some(call) => json!({
+            "role": "assistant",
+            "content": null,
+            "tool_calls": [{
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }],
+        }),
+        None => json!({"role": "assistant", "content": answer.content}),
     };
     Ok(json_response(
         StatusCode::OK,
@@ -406,9 +250,9 @@ async fn chat(
                 "index": 0,
                 "message": message,
                 "logprobs": null,
-                "finish_reason": finish,
+                "finish_reason": answer.finish_reason,
             }],
-            "usage": usage(p, c),
+            "usage": usage(answer.prompt_tokens, answer.completion_tokens),
         }),
     ))
 }
@@ -515,12 +359,22 @@ async fn completion(
         }
     };
     let max_tokens = fit_context(&prompt, &params, r.batcher.max_context())?;
-    let mut s = submit(
-        state, arrived, "cmpl", prompt, max_tokens, &params, &text, None,
+    let id = format!("cmpl-{}", state.next_request_id());
+    let log_prompts = state.config.log_prompts;
+    let mut events = submit_job(
+        r,
+        &id,
+        arrived,
+        prompt,
+        max_tokens,
+        &params,
+        &text,
+        None,
+        log_prompts,
     )?;
+    let model = r.model_name.clone();
     let created = now_secs();
     if params.stream {
-        let (id, model) = (s.id.clone(), s.model.clone());
         let include_usage = params.include_usage;
         let format = Box::new(move |ev: &Event| {
             let chunk = |text: &str, finish: Option<&str>| {
@@ -550,13 +404,13 @@ async fn completion(
                 Event::Failed(msg) => vec![ApiError::internal(msg.clone()).body_json()],
             }
         });
-        return Ok(sse_response(SseBody::new(s.events, format)));
+        return Ok(sse_response(SseBody::new(events, format)));
     }
-    let (text, finish, p, c) = collect(state, &mut s).await?;
+    let (text, finish, p, c) = collect_events(&id, &mut events, log_prompts, &mut |_| {}).await?;
     Ok(json_response(
         StatusCode::OK,
         &json!({
-            "id": s.id, "object": "text_completion", "created": created, "model": s.model,
+            "id": id, "object": "text_completion", "created": created, "model": model,
             "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": finish}],
             "usage": usage(p, c),
         }),
