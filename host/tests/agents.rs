@@ -691,10 +691,22 @@ fn version_2_journal_records_still_decode() {
         step: "a#1".into(),
         attempt: 1,
     };
-    let mut bytes = event.encode(7);
-    assert_eq!(bytes[0], 3);
-    bytes[0] = 2;
+    // Events a version-2 build can hold are still written as version 2 and read back.
+    let bytes = event.encode(7);
+    assert_eq!(bytes[0], 2);
     assert_eq!(Event::decode(&bytes).unwrap(), (7, event));
+    // The model crossings need version 4.
+    let model = Event::Crossing {
+        step: "a#1".into(),
+        attempt: 1,
+        crossing: Crossing::ModelRequest {
+            digest: "ab".into(),
+            request: PayloadRef::Inline(b"{}".to_vec()),
+        },
+    };
+    let bytes = model.encode(7);
+    assert_eq!(bytes[0], 4);
+    assert_eq!(Event::decode(&bytes).unwrap(), (7, model));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
