@@ -347,7 +347,7 @@ impl wit_model::Host for CallState {
         } else {
             request.model.clone()
         };
-        if !ctx.env.granted_models.iter().any(|m| *m == asked) {
+        if !ctx.env.granted_models.contains(&asked) {
             let reason = if ctx.env.granted_models.is_empty() {
                 format!(
                     "node '{}' grants no models; add `models: [{}]` to the node",
