@@ -67,6 +67,9 @@ const COVERED: &[&str] = &[
     "egress_fetch_twice",
     "egress_follow_redirect",
     "env_read",
+    // Test agents (the sandgraph:agent world); their cases are in tests/agents.rs.
+    "agent_tool_and_model",
+    "agent_ungranted",
     // Cases for these are in tests/hostile_limits.rs.
     "exit_code",
     "exit_forged_denial",

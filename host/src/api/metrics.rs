@@ -48,6 +48,11 @@ pub struct Metrics {
     pub sse_streams: Gauge,
     pub requests: Family<Labels, Counter>,
     pub auth_reloads: Family<Labels, Counter>,
+    pub model_calls: Family<Labels, Counter>,
+    pub model_input_tokens: Family<Labels, Counter>,
+    pub model_output_tokens: Family<Labels, Counter>,
+    pub model_call_duration: Family<Labels, Histogram>,
+    pub model_first_token: Family<Labels, Histogram>,
     /// Per active run: labels and when each step's attempt started.
     live: Mutex<HashMap<RunId, LiveRun>>,
     /// Journal flush count already reported.
@@ -77,6 +82,11 @@ impl Metrics {
             sse_streams: Gauge::default(),
             requests: Family::default(),
             auth_reloads: Family::default(),
+            model_calls: Family::default(),
+            model_input_tokens: Family::default(),
+            model_output_tokens: Family::default(),
+            model_call_duration: Family::new_with_constructor(latency as fn() -> Histogram),
+            model_first_token: Family::new_with_constructor(latency as fn() -> Histogram),
             live: Mutex::default(),
             flushes_seen: Mutex::default(),
             registry: Registry::default(),
@@ -142,7 +152,63 @@ impl Metrics {
             "Changed tokens or JWKS files, by outcome (reloaded, or refused with the old credentials kept)",
             m.auth_reloads.clone(),
         );
+        registry.register(
+            "model_calls",
+            "Model calls of agent steps, by model alias and outcome (ok or the model error kind)",
+            m.model_calls.clone(),
+        );
+        registry.register(
+            "model_input_tokens",
+            "Prompt tokens of answered model calls, by model alias",
+            m.model_input_tokens.clone(),
+        );
+        registry.register(
+            "model_output_tokens",
+            "Generated tokens of answered model calls, by model alias",
+            m.model_output_tokens.clone(),
+        );
+        registry.register(
+            "model_call_duration_seconds",
+            "Model call duration (provider time, retries included), by model alias",
+            m.model_call_duration.clone(),
+        );
+        registry.register(
+            "model_time_to_first_token_seconds",
+            "Time from request to the first generated token, by model alias (streaming providers)",
+            m.model_first_token.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// One model call of an agent step. Answers served from the journal on resume are not
+    /// counted again (they were counted when the provider gave them).
+    pub fn on_model_call(&self, call: &crate::sandbox::agent::ModelCallRecord) {
+        if call.replayed {
+            return;
+        }
+        let model = vec![("model".to_owned(), call.model.clone())];
+        self.model_calls
+            .get_or_create(&vec![
+                ("model".into(), call.model.clone()),
+                ("outcome".into(), call.outcome.clone()),
+            ])
+            .inc();
+        self.model_input_tokens
+            .get_or_create(&model)
+            .inc_by(u64::from(call.prompt_tokens));
+        self.model_output_tokens
+            .get_or_create(&model)
+            .inc_by(u64::from(call.completion_tokens));
+        if call.outcome == "ok" {
+            self.model_call_duration
+                .get_or_create(&model)
+                .observe(call.model_time.as_secs_f64());
+            if let Some(t) = call.first_token {
+                self.model_first_token
+                    .get_or_create(&model)
+                    .observe(t.as_secs_f64());
+            }
+        }
     }
 
     /// Labels for the steps of `run` (call before the run's first step).

@@ -120,6 +120,14 @@ impl Running {
 
 /// Opens the journal, loads tools, resumes unfinished runs and starts serving on `config.listen`.
 pub async fn start(config: Config) -> Result<Running, ServeError> {
+    start_with_models(config, None).await
+}
+
+/// [`start`] with the model providers agent steps call (`sandgraph serve --models`).
+pub async fn start_with_models(
+    config: Config,
+    models: Option<Arc<dyn crate::sandbox::agent::ModelRouter>>,
+) -> Result<Running, ServeError> {
     if let Some(parent) = config.journal.parent() {
         let _ = std::fs::create_dir_all(parent);
     }
@@ -191,6 +199,18 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         let t = t.clone();
         engine = engine.with_call_observer(Arc::new(move |run, step, attempt, audit| {
             t.on_call(run, step, attempt, audit)
+        }));
+    }
+    if let Some(models) = models {
+        engine = engine.with_models(models);
+    }
+    {
+        let (m, t) = (metrics.clone(), telemetry.clone());
+        engine = engine.with_model_observer(Arc::new(move |run, step, attempt, call| {
+            m.on_model_call(call);
+            if let Some(t) = &t {
+                t.on_model_call(run, step, attempt, call);
+            }
         }));
     }
     let store = Store::open(&journal).map_err(|e| ServeError::Store(e.to_string()))?;

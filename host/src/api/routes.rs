@@ -27,7 +27,7 @@ use super::store::{GraphVersion, ToolRecord};
 use crate::graph::CompiledGraph;
 use crate::graph::engine::{EngineError, now_ms};
 use crate::graph::validate;
-use crate::journal::{Event, JournalError, Record, RunId, RunStatus};
+use crate::journal::{Event, JournalError, Record, RunId};
 use crate::sandbox::manifest::Manifest;
 
 type Reply = Result<Response<ApiBody>, Problem>;
@@ -186,6 +186,10 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> (&'static str, Repl
             Method::GET => sse::events(&state, id, req.headers()).await,
             _ => not_allowed("GET"),
         },
+        ["v1", "runs", id, "steps", step, "approval"] => match method {
+            Method::POST => post_approval(&state, id, step, req).await,
+            _ => not_allowed("POST"),
+        },
         _ => Err(Problem::not_found(
             "unknown-route",
             format!("no route {path}; see docs/openapi.yaml for the routes"),
@@ -208,6 +212,7 @@ fn route_template(segments: &[&str]) -> &'static str {
         ["v1", "runs", _] => "/v1/runs/{id}",
         ["v1", "runs", _, "cancel"] => "/v1/runs/{id}/cancel",
         ["v1", "runs", _, "events"] => "/v1/runs/{id}/events",
+        ["v1", "runs", _, "steps", _, "approval"] => "/v1/runs/{id}/steps/{step}/approval",
         _ => "unknown",
     }
 }
@@ -975,7 +980,7 @@ fn list_runs(state: &State, query: Option<&str>) -> Reply {
     let graph = query_param(query, "graph");
     let status = query_param(query, "status");
     if let Some(s) = status
-        && !["running", "succeeded", "failed", "cancelled"].contains(&s)
+        && !["running", "waiting", "succeeded", "failed", "cancelled"].contains(&s)
     {
         return Err(Problem::bad_request(
             "invalid-query",
@@ -1109,13 +1114,44 @@ async fn get_run(state: &Arc<State>, id: &str) -> Reply {
                 }
                 error = json!(e);
             }
+            Event::StepAwaitingApproval { step, input } => {
+                let i = step_entry(&mut steps, step);
+                steps[i]
+                    .1
+                    .insert("status".into(), json!("awaiting_approval"));
+                let bytes = state.journal.payload(input).map_err(journal_err)?;
+                steps[i].1.insert(
+                    "pending_input".into(),
+                    output_json(&String::from_utf8_lossy(&bytes)),
+                );
+            }
+            Event::StepApproval {
+                step,
+                approved,
+                comment,
+            } => {
+                let i = step_entry(&mut steps, step);
+                steps[i].1.remove("pending_input");
+                steps[i].1.insert(
+                    "status".into(),
+                    json!(if *approved { "approved" } else { "rejected" }),
+                );
+                steps[i].1.insert(
+                    "approval".into(),
+                    json!({"approved": approved, "comment": comment}),
+                );
+            }
             Event::RunCreated { .. } | Event::Crossing { .. } | Event::WorkspaceSnapshot { .. } => {
             }
         }
     }
+    let (usage, total) = crate::journal::usage::model_usage(&records);
     let steps: Vec<Value> = steps
         .into_iter()
         .map(|(s, mut m)| {
+            if let Some(u) = usage.get(&s) {
+                m.insert("usage".into(), json!(u));
+            }
             m.insert("step".into(), json!(s));
             Value::Object(m)
         })
@@ -1126,9 +1162,67 @@ async fn get_run(state: &Arc<State>, id: &str) -> Reply {
             "run": run.to_string(), "graph": summary.graph_name, "graph_version": summary.graph_digest,
             "status": summary.status.as_str(), "created_ms": summary.created_ms,
             "updated_ms": summary.updated_ms, "events": summary.events,
-            "steps": steps, "output": output, "error": error,
+            "steps": steps, "output": output, "error": error, "usage": total,
         }),
     ))
+}
+
+/// The body of `POST /v1/runs/{id}/steps/{step}/approval`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApprovalRequest {
+    decision: ApprovalDecision,
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ApprovalDecision {
+    Approve,
+    Reject,
+}
+
+/// Approves or rejects a step awaiting approval; the paused run continues (or fails with the
+/// comment, when rejected).
+async fn post_approval(state: &Arc<State>, id: &str, step: &str, req: Request<Incoming>) -> Reply {
+    use crate::graph::engine::DecisionError;
+    let run = parse_run(id)?;
+    let step = percent_encoding::percent_decode_str(step)
+        .decode_utf8()
+        .map_err(|e| Problem::bad_request("bad-step", format!("step name is not UTF-8: {e}")))?
+        .into_owned();
+    let body = read_body(state, req, 64 * 1024).await?;
+    let request: ApprovalRequest = serde_json::from_slice(&body).map_err(|e| {
+        Problem::bad_request(
+            "bad-json",
+            format!(
+                "the body is not {{\"decision\": \"approve\" | \"reject\", \"comment\"?: string}}: {e}"
+            ),
+        )
+    })?;
+    let approved = matches!(request.decision, ApprovalDecision::Approve);
+    match state
+        .engine
+        .decide(run, &step, approved, request.comment.clone())
+        .await
+    {
+        Ok(()) => Ok(json_response(
+            StatusCode::OK,
+            &json!({"run": run.to_string(), "step": step, "approved": approved, "comment": request.comment}),
+        )),
+        Err(DecisionError::Journal(e)) => Err(journal_err(e)),
+        Err(e @ DecisionError::Finished { .. }) => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "run-finished",
+            e.to_string(),
+        )),
+        Err(e @ DecisionError::NotAwaiting { .. }) => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "not-awaiting-approval",
+            e.to_string(),
+        )),
+    }
 }
 
 fn cancel_run(state: &State, id: &str) -> Reply {
@@ -1136,7 +1230,7 @@ fn cancel_run(state: &State, id: &str) -> Reply {
     // The journal decides: a run whose RunFinished is written has ended, even while its task
     // is still being cleaned up.
     let summary = state.journal.run_summary(run).map_err(journal_err)?;
-    if summary.status != RunStatus::Running {
+    if summary.status.is_finished() {
         return Err(Problem::new(
             StatusCode::CONFLICT,
             "run-finished",

@@ -20,7 +20,7 @@ use super::routes::parse_run;
 use sha2::Digest as _;
 
 use crate::journal::{
-    Crossing, Event, Journal, PayloadRef, Record, RunId, RunStatus, Snapshot, SnapshotMoment,
+    Crossing, Event, Journal, PayloadRef, Record, RunId, Snapshot, SnapshotMoment,
 };
 
 /// Payloads up to this size are inlined in event data; larger ones are referenced by digest.
@@ -90,7 +90,7 @@ pub(super) async fn events(
     // A finished run whose every event the client has (it reconnects with the `run_finished`
     // id, or an id beyond it): 204, which tells an EventSource to stop reconnecting. A 200 that
     // ends at once would only make it reconnect every `retry` interval forever.
-    if summary.status != RunStatus::Running && from >= summary.events {
+    if summary.status.is_finished() && from >= summary.events {
         return Ok(Response::builder()
             .status(StatusCode::NO_CONTENT)
             .header(header::CACHE_CONTROL, "no-store")
@@ -133,7 +133,7 @@ async fn stream(state: &State, run: RunId, mut next: u64, tx: &mpsc::Sender<Byte
         let records = match tokio::task::spawn_blocking(move || {
             // Read before the events: a run already finished now has its `run_finished` among
             // them unless the client is past it, and then nothing more will ever come.
-            let finished = journal.run_summary(run)?.status != RunStatus::Running;
+            let finished = journal.run_summary(run)?.status.is_finished();
             let records = journal.events_from(run, next)?;
             let frames: Vec<(bool, Bytes)> = records
                 .iter()
@@ -222,6 +222,19 @@ fn decode_payload(bytes: &[u8]) -> Value {
 /// The event's SSE name and data.
 pub(super) fn event_json(journal: &Journal, event: &Event) -> (&'static str, Value) {
     match event {
+        Event::StepAwaitingApproval { step, input } => (
+            "step_awaiting_approval",
+            json!({"step": step, "input": payload(journal, input),
+                   "approve": "POST /v1/runs/{run}/steps/{step}/approval"}),
+        ),
+        Event::StepApproval {
+            step,
+            approved,
+            comment,
+        } => (
+            "step_approval",
+            json!({"step": step, "approved": approved, "comment": comment}),
+        ),
         Event::RunCreated {
             graph_name,
             graph_digest,
@@ -295,6 +308,22 @@ pub(super) fn event_json(journal: &Journal, event: &Event) -> (&'static str, Val
                 Crossing::Denial { capability, target } => {
                     json!({"kind": "denial", "capability": capability, "target": target})
                 }
+                // The request itself (prompts) stays in the journal; the stream says that a
+                // call was made and what it cost.
+                Crossing::ModelRequest { digest, .. } => {
+                    json!({"kind": "model_request", "digest": digest})
+                }
+                Crossing::ModelResponse {
+                    ok,
+                    prompt_tokens,
+                    completion_tokens,
+                    model_ms,
+                    ..
+                } => json!({
+                    "kind": "model_response",
+                    "ok": ok,
+                    "usage": {"input_tokens": prompt_tokens, "output_tokens": completion_tokens, "model_ms": model_ms},
+                }),
             };
             (
                 "crossing",

@@ -527,7 +527,10 @@ impl Telemetry {
                     end_run(r, status.as_str(), now);
                 }
             }
-            Event::StepScheduled { .. } | Event::WorkspaceSnapshot { .. } => {}
+            Event::StepScheduled { .. }
+            | Event::StepAwaitingApproval { .. }
+            | Event::StepApproval { .. }
+            | Event::WorkspaceSnapshot { .. } => {}
         }
     }
 
@@ -620,6 +623,47 @@ impl Telemetry {
         span.end_with_timestamp(end);
     }
 
+    /// The engine's model observer: one `chat` span per model call under the step attempt,
+    /// with the OpenTelemetry GenAI attributes. A call served from the journal on resume is
+    /// marked `sandgraph.model.replayed`.
+    pub fn on_model_call(
+        &self,
+        run: RunId,
+        step: &str,
+        attempt: u32,
+        call: &crate::sandbox::agent::ModelCallRecord,
+    ) {
+        let mut live = self.live();
+        let Some(s) = live
+            .get_mut(&run)
+            .and_then(|r| r.steps.get_mut(&(step.to_owned(), attempt)))
+        else {
+            return;
+        };
+        let mut attrs = vec![
+            KeyValue::new("gen_ai.operation.name", "chat"),
+            KeyValue::new("gen_ai.request.model", call.model.clone()),
+            KeyValue::new("gen_ai.usage.input_tokens", i64::from(call.prompt_tokens)),
+            KeyValue::new(
+                "gen_ai.usage.output_tokens",
+                i64::from(call.completion_tokens),
+            ),
+            KeyValue::new("sandgraph.model.outcome", call.outcome.clone()),
+            KeyValue::new("sandgraph.model.replayed", call.replayed),
+        ];
+        if let Some(t) = call.first_token {
+            attrs.push(KeyValue::new(
+                "sandgraph.model.time_to_first_token_ms",
+                t.as_millis() as i64,
+            ));
+        }
+        let cx = self.child("chat", &s.cx, call.started, attrs);
+        if call.outcome != "ok" {
+            cx.span().set_status(Status::error(call.outcome.clone()));
+        }
+        cx.span().end_with_timestamp(call.ended);
+    }
+
     /// Ends the spans still open (runs this process leaves unfinished) and sends everything
     /// buffered. Blocks up to the export timeout; call it off the async workers.
     pub fn shutdown(&self) {
@@ -657,6 +701,8 @@ fn capability(c: crate::sandbox::outcome::Capability) -> &'static str {
         Env => "env",
         Secret => "secret",
         Sockets => "sockets",
+        Model => "model",
+        Tool => "tool",
     }
 }
 

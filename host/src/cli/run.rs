@@ -127,7 +127,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 fn engine(host: &HostArgs, resolver: Option<StaticResolver>) -> Result<Engine, String> {
     let secrets = host.operator.secret_store()?;
     // A bad models file stops the command before any step runs.
-    let _models =
+    let models =
         crate::model::cli_models(host.models.as_deref(), &secrets).map_err(|e| e.to_string())?;
     let mut config = SandboxConfig {
         cache_dir: host.cache.dir(),
@@ -151,13 +151,15 @@ fn engine(host: &HostArgs, resolver: Option<StaticResolver>) -> Result<Engine, S
             },
             max_parallel_steps: host.max_parallel,
             workspace: host.workspace.clone(),
+            exit_when_waiting: true,
             workspace_snapshots: SnapshotLimits {
                 max_bytes: host.workspace_snapshot_max,
                 ..SnapshotLimits::default()
             },
             idempotency_key_hosts: host.idempotent_hosts.clone(),
         },
-    );
+    )
+    .with_models(models);
     Ok(if host.quiet {
         engine
     } else {
@@ -226,6 +228,21 @@ fn progress_printer() -> graph::engine::Progress {
                 Some(e) => format!("run {run}: {status}: {e}"),
                 None => format!("run {run}: {status}"),
             },
+            Event::StepAwaitingApproval { step, .. } => format!(
+                "[{short}] {step} waits for approval: sandgraph runs approve {run} {step} (or reject)"
+            ),
+            Event::StepApproval {
+                step,
+                approved,
+                comment,
+            } => format!(
+                "[{short}] {step} {}{}",
+                if *approved { "approved" } else { "rejected" },
+                comment
+                    .as_deref()
+                    .map(|c| format!(": {c}"))
+                    .unwrap_or_default()
+            ),
             Event::StepScheduled { .. }
             | Event::Crossing { .. }
             | Event::WorkspaceSnapshot { .. } => return,

@@ -29,6 +29,25 @@ pub enum RunsCommand {
         #[command(flatten)]
         journal: JournalArgs,
     },
+    /// Approve a step awaiting approval (`approval: required`); `sandgraph resume <run>` then
+    /// continues a run no host is holding.
+    Approve {
+        run: String,
+        step: String,
+        #[arg(long)]
+        comment: Option<String>,
+        #[command(flatten)]
+        journal: JournalArgs,
+    },
+    /// Reject a step awaiting approval: the run fails with the comment when it continues.
+    Reject {
+        run: String,
+        step: String,
+        #[arg(long)]
+        comment: Option<String>,
+        #[command(flatten)]
+        journal: JournalArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -48,7 +67,35 @@ pub fn runs(cmd: RunsCommand) -> Result<String, String> {
         RunsCommand::List { journal } => list(&journal.open()?),
         RunsCommand::Show { run, journal } => show(&journal.open()?, parse(&run)?),
         RunsCommand::Events { run, journal } => events(&journal.open()?, parse(&run)?),
+        RunsCommand::Approve {
+            run,
+            step,
+            comment,
+            journal,
+        } => decide(&journal.open()?, &run, &step, true, comment),
+        RunsCommand::Reject {
+            run,
+            step,
+            comment,
+            journal,
+        } => decide(&journal.open()?, &run, &step, false, comment),
     }
+}
+
+fn decide(
+    journal: &Journal,
+    run: &str,
+    step: &str,
+    approved: bool,
+    comment: Option<String>,
+) -> Result<String, String> {
+    let id = parse(run)?;
+    crate::graph::engine::record_decision(journal, id, step, approved, comment)
+        .map_err(|e| e.to_string())?;
+    Ok(format!(
+        "step '{step}' of run {id} {}; continue it with: sandgraph resume {id}",
+        if approved { "approved" } else { "rejected" }
+    ))
 }
 
 pub fn journal(cmd: JournalCommand) -> Result<String, String> {
@@ -171,10 +218,38 @@ fn show(journal: &Journal, run: RunId) -> Result<String, String> {
                 ended = Some(r.at_ms);
                 error = e.clone();
             }
+            Event::StepAwaitingApproval { step, .. } => {
+                rows.entry(step.clone()).or_default().outcome = "awaiting approval".into();
+            }
+            Event::StepApproval {
+                step,
+                approved,
+                comment,
+            } => {
+                rows.entry(step.clone()).or_default().outcome = format!(
+                    "{}{}",
+                    if *approved { "approved" } else { "rejected" },
+                    comment
+                        .as_deref()
+                        .map(|c| format!(": {c}"))
+                        .unwrap_or_default()
+                );
+            }
             Event::Crossing { .. } | Event::WorkspaceSnapshot { .. } => {}
         }
     }
+    let (usage, total) = crate::journal::usage::model_usage(&records);
     header.push(format!("status    {status}"));
+    if total.model_calls > 0 {
+        header.push(format!(
+            "model     {} calls, {} tokens in, {} tokens out, {} ms model time ({:.1} tok/s)",
+            total.model_calls,
+            total.input_tokens,
+            total.output_tokens,
+            total.model_ms,
+            total.tokens_per_second()
+        ));
+    }
     header.push(format!("created   {}", time(created)));
     if let Some(end) = ended {
         header.push(format!("duration  {} ms", end.saturating_sub(created)));
@@ -184,8 +259,8 @@ fn show(journal: &Journal, run: RunId) -> Result<String, String> {
     }
     header.push(String::new());
     header.push(format!(
-        "{:<24}  {:<16}  {:>8}  {:>10}  OUTCOME",
-        "STEP", "NODE", "ATTEMPTS", "DURATION"
+        "{:<24}  {:<16}  {:>8}  {:>10}  {:>13}  OUTCOME",
+        "STEP", "NODE", "ATTEMPTS", "DURATION", "TOKENS IN/OUT"
     ));
     for step in steps.values() {
         let Some(row) = rows.get(step) else { continue };
@@ -193,9 +268,12 @@ fn show(journal: &Journal, run: RunId) -> Result<String, String> {
             (Some(s), Some(e)) => format!("{} ms", e.saturating_sub(s)),
             _ => "-".into(),
         };
+        let tokens = usage.get(step).map_or("-".to_owned(), |u| {
+            format!("{}/{}", u.input_tokens, u.output_tokens)
+        });
         header.push(format!(
-            "{:<24}  {:<16}  {:>8}  {:>10}  {}",
-            step, row.node, row.attempts, took, row.outcome
+            "{:<24}  {:<16}  {:>8}  {:>10}  {:>13}  {}",
+            step, row.node, row.attempts, took, tokens, row.outcome
         ));
     }
     Ok(header.join("\n"))

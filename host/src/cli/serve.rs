@@ -27,7 +27,7 @@ pub fn serve(args: ServeArgs) -> Result<(), String> {
     let config = api::Config::from_source(&source).map_err(|e| e.to_string())?;
     // A bad models file stops the server before it listens. `serve` has no operator secret
     // store yet, so a models file naming `apiKeySecret` is refused here.
-    let _models = crate::model::cli_models(
+    let models = crate::model::cli_models(
         args.models.as_deref(),
         &crate::sandbox::egress::SecretStore::default(),
     )
@@ -37,7 +37,9 @@ pub fn serve(args: ServeArgs) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     let result = rt.block_on(async {
-        let running = api::start(config).await.map_err(|e| e.to_string())?;
+        let running = api::start_with_models(config, Some(models))
+            .await
+            .map_err(|e| e.to_string())?;
         // The bound address on stdout, so a supervisor (or a test) using port 0 can find it.
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "listening on {}", running.addr);

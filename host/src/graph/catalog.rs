@@ -70,6 +70,8 @@ impl Catalog {
             let candidates = [
                 wasm_dir.join(format!("{name}.wasm")),
                 wasm_dir.join(format!("tool_{}.wasm", name.replace('-', "_"))),
+                // Agents build as `agent-<name>` packages (agents/).
+                wasm_dir.join(format!("agent_{}.wasm", name.replace('-', "_"))),
             ];
             let Some(path) = candidates.iter().find(|p| p.is_file()) else {
                 return Err(CatalogError::MissingWasm {

@@ -26,6 +26,9 @@ use crate::journal::{
     Durability, Event, Journal, JournalError, PinnedComponent, Record, RunId, RunStatus,
     SnapshotMoment,
 };
+use crate::sandbox::agent::{
+    AgentActivity, AgentEnv, GrantedTool, ModelCallRecord, ModelRouter, RunTokens,
+};
 use crate::sandbox::manifest::{
     self, CallGrant, EffectiveGrant, Limits, Manifest, OperatorPolicy, WorkspaceMode,
 };
@@ -40,6 +43,10 @@ pub type Progress = Arc<dyn Fn(RunId, &Event) + Send + Sync>;
 /// the API's trace export builds its `tool_call` and `egress` spans from it.
 pub type CallObserver = Arc<dyn Fn(RunId, &str, u32, &AuditRecord) + Send + Sync>;
 
+/// Called after every model call of an agent step (run, step, attempt); metrics and the
+/// `gen_ai` trace spans come from it.
+pub type ModelObserver = Arc<dyn Fn(RunId, &str, u32, &ModelCallRecord) + Send + Sync>;
+
 #[derive(Clone)]
 pub struct EngineConfig {
     pub policy: OperatorPolicy,
@@ -53,6 +60,10 @@ pub struct EngineConfig {
     /// Egress hosts that deduplicate requests by `Idempotency-Key`: an interrupted request to
     /// them may be sent again whatever its method.
     pub idempotency_key_hosts: Vec<String>,
+    /// A run with nothing left to do but steps awaiting approval ends its task with status
+    /// `waiting` (`sandgraph run`: the process exits; `runs approve` then `resume` continue it)
+    /// instead of waiting in the process for `Engine::decide` (`sandgraph serve`).
+    pub exit_when_waiting: bool,
 }
 
 impl Default for EngineConfig {
@@ -63,6 +74,7 @@ impl Default for EngineConfig {
             workspace: None,
             workspace_snapshots: SnapshotLimits::default(),
             idempotency_key_hosts: Vec::new(),
+            exit_when_waiting: false,
         }
     }
 }
@@ -79,6 +91,16 @@ pub enum EngineError {
     BadInputSchema(String),
     #[error("node '{node}' names component '{component}', which is not in the catalog")]
     UnknownComponent { node: String, component: String },
+    #[error(
+        "node '{node}' is kind: {expected}, but component '{component}' exports the {found} world; {fix}"
+    )]
+    WrongWorld {
+        node: String,
+        component: String,
+        expected: &'static str,
+        found: &'static str,
+        fix: &'static str,
+    },
     #[error("component '{name}': {source}")]
     Component { name: String, source: CallError },
     #[error("run {run}: the journal's pinned {what} is unusable: {reason}")]
@@ -135,7 +157,72 @@ pub struct Engine {
     config: Arc<EngineConfig>,
     progress: Option<Progress>,
     on_call: Option<CallObserver>,
+    on_model: Option<ModelObserver>,
+    models: Option<Arc<dyn ModelRouter>>,
+    /// Runs of this engine paused for approval, woken by `decide`.
+    approvals: Arc<std::sync::Mutex<HashMap<RunId, Arc<tokio::sync::Notify>>>>,
     workspace_lock: WorkspaceLock,
+}
+
+/// Why an approval decision was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DecisionError {
+    #[error("run {run} has no step '{step}' awaiting approval{hint}")]
+    NotAwaiting {
+        run: RunId,
+        step: String,
+        hint: String,
+    },
+    #[error("run {run} already ended {status}")]
+    Finished { run: RunId, status: RunStatus },
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+/// Journals an approval or rejection of `step` of `run`, which must be awaiting one.
+pub fn record_decision(
+    journal: &Journal,
+    run: RunId,
+    step: &str,
+    approved: bool,
+    comment: Option<String>,
+) -> Result<(), DecisionError> {
+    let summary = journal.run_summary(run)?;
+    if summary.status.is_finished() {
+        return Err(DecisionError::Finished {
+            run,
+            status: summary.status,
+        });
+    }
+    let mut awaiting = Vec::new();
+    for r in journal.events(run)? {
+        match r.event {
+            Event::StepAwaitingApproval { step: s, .. } => awaiting.push(s),
+            Event::StepApproval { step: s, .. } => awaiting.retain(|w| *w != s),
+            _ => {}
+        }
+    }
+    if !awaiting.iter().any(|w| w == step) {
+        return Err(DecisionError::NotAwaiting {
+            run,
+            step: step.to_owned(),
+            hint: if awaiting.is_empty() {
+                String::new()
+            } else {
+                format!(" (awaiting: {})", awaiting.join(", "))
+            },
+        });
+    }
+    journal.append(
+        run,
+        &Event::StepApproval {
+            step: step.to_owned(),
+            approved,
+            comment,
+        },
+        Durability::Durable,
+    )?;
+    Ok(())
 }
 
 /// Steps of every run of one engine share its one workspace directory: a step granted `rw`
@@ -160,11 +247,17 @@ struct RunCtx {
     config: Arc<EngineConfig>,
     progress: Option<Progress>,
     on_call: Option<CallObserver>,
+    on_model: Option<ModelObserver>,
+    models: Option<Arc<dyn ModelRouter>>,
     workspace_lock: WorkspaceLock,
     graph: Arc<CompiledGraph>,
     /// Component name -> loaded component and manifest.
     tools: HashMap<String, (Arc<LoadedTool>, Manifest)>,
     created_ms: u64,
+    /// What the run's model calls may still spend (`spec.limits.tokenBudget`).
+    tokens: Arc<RunTokens>,
+    /// Woken when a decision about one of the run's paused steps is journaled.
+    decided: Arc<tokio::sync::Notify>,
 }
 
 impl Engine {
@@ -175,8 +268,47 @@ impl Engine {
             config: Arc::new(config),
             progress: None,
             on_call: None,
+            on_model: None,
+            models: None,
+            approvals: Arc::default(),
             workspace_lock: WorkspaceLock::default(),
         }
+    }
+
+    /// Approves or rejects a step awaiting approval and wakes its run if this engine holds it
+    /// paused. A run not held here (a host restarted since) continues on `resume`.
+    pub async fn decide(
+        &self,
+        run: RunId,
+        step: &str,
+        approved: bool,
+        comment: Option<String>,
+    ) -> Result<(), DecisionError> {
+        let journal = self.journal.clone();
+        let s = step.to_owned();
+        tokio::task::spawn_blocking(move || record_decision(&journal, run, &s, approved, comment))
+            .await
+            .map_err(|e| JournalError::Flush(e.to_string()))??;
+        if let Some(n) = self
+            .approvals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&run)
+        {
+            n.notify_one();
+        }
+        Ok(())
+    }
+
+    /// The model providers agent steps call, by alias.
+    pub fn with_models(mut self, models: Arc<dyn ModelRouter>) -> Engine {
+        self.models = Some(models);
+        self
+    }
+
+    pub fn with_model_observer(mut self, on_model: ModelObserver) -> Engine {
+        self.on_model = Some(on_model);
+        self
     }
 
     pub fn with_progress(mut self, progress: Progress) -> Engine {
@@ -216,12 +348,16 @@ impl Engine {
         check_input(&graph.spec, &input)?;
         let mut tools = HashMap::new();
         let mut pinned = Vec::new();
+        // Each node's component and, for agent nodes, the tools it grants.
         let mut names: Vec<(&str, &str)> = graph
             .spec
             .spec
             .nodes
             .iter()
-            .map(|n| (n.component.as_str(), n.id.as_str()))
+            .flat_map(|n| {
+                std::iter::once((n.component.as_str(), n.id.as_str()))
+                    .chain(n.tools.iter().map(|t| (t.as_str(), n.id.as_str())))
+            })
             .collect();
         names.sort();
         names.dedup_by(|a, b| a.0 == b.0);
@@ -248,6 +384,7 @@ impl Engine {
             });
             tools.insert(name.to_owned(), (tool, entry.manifest.clone()));
         }
+        check_worlds(&graph, &tools)?;
         let run = RunId::new();
         let event = Event::RunCreated {
             graph_name: graph.spec.metadata.name.clone(),
@@ -256,7 +393,7 @@ impl Engine {
             components: pinned,
             input: self.journal.put_payload(input.to_string().as_bytes())?,
         };
-        let ctx = self.ctx(run, graph, tools, now_ms());
+        let ctx = self.ctx(run, graph, tools, now_ms(), 0);
         ctx.append(event, Durability::Durable).await?;
         Ok(self.spawn(ctx, input, None))
     }
@@ -276,7 +413,8 @@ impl Engine {
     /// A finished run is not touched; its handle reports how it ended.
     pub async fn resume(&self, run: RunId) -> Result<RunHandle, EngineError> {
         let pinned = self.load_pinned(run).await?;
-        let ctx = self.ctx(run, pinned.graph, pinned.tools, pinned.created_ms);
+        let spent = tokens_spent(&pinned.records);
+        let ctx = self.ctx(run, pinned.graph, pinned.tools, pinned.created_ms, spent);
         Ok(self.spawn(ctx, pinned.input, Some(pinned.records)))
     }
 
@@ -409,8 +547,19 @@ impl Engine {
         graph: Arc<CompiledGraph>,
         tools: HashMap<String, (Arc<LoadedTool>, Manifest)>,
         created_ms: u64,
+        tokens_spent: u64,
     ) -> Arc<RunCtx> {
+        let budget = graph.spec.spec.limits.token_budget;
+        let decided = Arc::new(tokio::sync::Notify::new());
+        self.approvals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(run, decided.clone());
         Arc::new(RunCtx {
+            decided,
+            on_model: self.on_model.clone(),
+            models: self.models.clone(),
+            tokens: Arc::new(RunTokens::new(budget, tokens_spent)),
             run,
             sandbox: self.sandbox.clone(),
             journal: self.journal.clone(),
@@ -431,6 +580,74 @@ impl Engine {
         let task = tokio::spawn(async move { drive(ctx, input, history, token).await });
         RunHandle { run, cancel, task }
     }
+}
+
+/// Tokens the journaled model answers of a run spent (a resumed run's budget starts there).
+pub fn tokens_spent(records: &[Record]) -> u64 {
+    records
+        .iter()
+        .map(|r| match &r.event {
+            Event::Crossing {
+                crossing:
+                    crate::journal::Crossing::ModelResponse {
+                        prompt_tokens,
+                        completion_tokens,
+                        ..
+                    },
+                ..
+            } => u64::from(*prompt_tokens) + u64::from(*completion_tokens),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Every agent node's component exports the agent world, every tool node's and every granted
+/// tool's the tool world.
+fn check_worlds(
+    graph: &CompiledGraph,
+    tools: &HashMap<String, (Arc<LoadedTool>, Manifest)>,
+) -> Result<(), EngineError> {
+    use super::spec::NodeKind;
+    let world = |name: &str| tools.get(name).map(|(t, _)| t.is_agent());
+    for n in &graph.spec.spec.nodes {
+        let wrong = |component: &str, expected, found, fix| EngineError::WrongWorld {
+            node: n.id.clone(),
+            component: component.to_owned(),
+            expected,
+            found,
+            fix,
+        };
+        match (n.kind, world(&n.component)) {
+            (NodeKind::Agent, Some(false)) => {
+                return Err(wrong(
+                    &n.component,
+                    "agent",
+                    "sandgraph:tool",
+                    "an agent node needs a component that exports sandgraph:agent (info, step)",
+                ));
+            }
+            (NodeKind::Tool, Some(true)) => {
+                return Err(wrong(
+                    &n.component,
+                    "tool",
+                    "sandgraph:agent",
+                    "make the node kind: agent",
+                ));
+            }
+            _ => {}
+        }
+        for t in &n.tools {
+            if world(t) == Some(true) {
+                return Err(wrong(
+                    t,
+                    "agent",
+                    "sandgraph:agent",
+                    "an agent's `tools:` may name only tools (sandgraph:tool components)",
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks `input` against the nesting limit and the graph's input schema, listing every
@@ -593,6 +810,18 @@ async fn drive(
     let result = execute(&ctx, &mut sched, history, &cancel).await;
     let (status, output, error) = match result {
         Ok(Finish::AlreadyFinished(outcome)) => return outcome,
+        Ok(Finish::Waiting(steps)) => {
+            return RunOutcome {
+                run: ctx.run,
+                status: RunStatus::Waiting,
+                output: None,
+                error: Some(format!(
+                    "waiting for approval of step{} {}",
+                    if steps.len() == 1 { "" } else { "s" },
+                    steps.join(", ")
+                )),
+            };
+        }
         Ok(Finish::Done) => (RunStatus::Succeeded, Some(sched.output().to_string()), None),
         Ok(Finish::Cancelled) => (
             RunStatus::Cancelled,
@@ -640,6 +869,8 @@ async fn drive(
 
 enum Finish {
     Done,
+    /// Only steps awaiting approval are left (`exit_when_waiting`).
+    Waiting(Vec<String>),
     Cancelled,
     AlreadyFinished(RunOutcome),
 }
@@ -657,6 +888,10 @@ async fn execute(
     let mut ready: Vec<(Activation, StartAt)> = Vec::new();
     // Steps whose StepScheduled is already in the journal (resume).
     let mut journaled_steps: Vec<String> = Vec::new();
+    // Approval decisions by step, steps whose pause is journaled, and steps paused now.
+    let mut decisions: HashMap<String, (bool, Option<String>)> = HashMap::new();
+    let mut awaiting_journaled: std::collections::HashSet<String> = Default::default();
+    let mut paused: Vec<(Activation, StartAt)> = Vec::new();
     let mut activations: BTreeMap<String, Activation> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
     for a in sched.start().map_err(err)? {
@@ -725,6 +960,16 @@ async fn execute(
                             output,
                             error: error.clone(),
                         }));
+                    }
+                    Event::StepApproval {
+                        step,
+                        approved,
+                        comment,
+                    } => {
+                        decisions.insert(step.clone(), (*approved, comment.clone()));
+                    }
+                    Event::StepAwaitingApproval { step, .. } => {
+                        awaiting_journaled.insert(step.clone());
                     }
                     Event::RunCreated { .. }
                     | Event::Crossing { .. }
@@ -804,6 +1049,42 @@ async fn execute(
                 .map_err(jerr)?;
                 scheduled_already.insert(a.step.clone());
             }
+            let node = &ctx.graph.graph[a.node];
+            if node.spec.approval == Some(super::spec::Approval::Required) {
+                match decisions.get(&a.step) {
+                    Some((true, _)) => {}
+                    Some((false, comment)) => {
+                        stop_all(&mut running).await;
+                        return Err(format!(
+                            "step '{}' was rejected{}",
+                            a.step,
+                            comment
+                                .as_deref()
+                                .map(|c| format!(": {c}"))
+                                .unwrap_or_default()
+                        ));
+                    }
+                    None => {
+                        if awaiting_journaled.insert(a.step.clone()) {
+                            let input = ctx
+                                .journal
+                                .put_payload(a.input.to_string().as_bytes())
+                                .map_err(jerr)?;
+                            ctx.append(
+                                Event::StepAwaitingApproval {
+                                    step: a.step.clone(),
+                                    input,
+                                },
+                                Durability::Durable,
+                            )
+                            .await
+                            .map_err(jerr)?;
+                        }
+                        paused.push((a, start));
+                        continue;
+                    }
+                }
+            }
             let ctx = ctx.clone();
             let limit = limit.clone();
             running.spawn(async move {
@@ -812,6 +1093,38 @@ async fn execute(
                 let end = run_step(&ctx, &a, start).await;
                 (step, end)
             });
+        }
+        if running.is_empty() && !paused.is_empty() {
+            // Nothing runs; only a person can move the run on.
+            if ctx.config.exit_when_waiting {
+                return Ok(Finish::Waiting(
+                    paused.into_iter().map(|(a, _)| a.step).collect(),
+                ));
+            }
+            tokio::select! {
+                _ = ctx.decided.notified() => {}
+                _ = cancel.cancelled() => return Ok(Finish::Cancelled),
+                _ = sleep_until(deadline.map(|d| d.1)) => {
+                    let d = deadline.map(|d| d.0).unwrap_or_default();
+                    return Err(format!("the run passed its deadline of {}", fmt_duration(d)));
+                }
+            }
+            for r in ctx.journal.events(ctx.run).map_err(jerr)? {
+                if let Event::StepApproval {
+                    step,
+                    approved,
+                    comment,
+                } = r.event
+                {
+                    decisions.insert(step, (approved, comment));
+                }
+            }
+            let (decided, still): (Vec<_>, Vec<_>) = paused
+                .drain(..)
+                .partition(|(a, _)| decisions.contains_key(&a.step));
+            paused = still;
+            ready.extend(decided);
+            continue;
         }
         if running.is_empty() {
             let next = sched.quiesce().map_err(err)?;
@@ -915,8 +1228,19 @@ async fn run_step(ctx: &Arc<RunCtx>, a: &Activation, start: StartAt) -> StepEnd 
             ),
         };
     };
-    let grant = match call_grant(node, &ctx.config) {
-        Ok(g) => EffectiveGrant::intersect(&ctx.config.policy, manifest, &g),
+    let node_grant = match call_grant(node, &ctx.config) {
+        Ok(g) => g,
+        Err(message) => {
+            return StepEnd::Failed {
+                attempts: 0,
+                message,
+            };
+        }
+    };
+    let grant = EffectiveGrant::intersect(&ctx.config.policy, manifest, &node_grant);
+    let is_agent = node.spec.kind == super::spec::NodeKind::Agent;
+    let granted_tools = match granted_tools(node, &ctx.tools, &ctx.config.policy, &node_grant) {
+        Ok(t) => t,
         Err(message) => {
             return StepEnd::Failed {
                 attempts: 0,
@@ -962,10 +1286,29 @@ async fn run_step(ctx: &Arc<RunCtx>, a: &Activation, start: StartAt) -> StepEnd 
             }
             None => None,
         };
-        let called = ctx
-            .sandbox
-            .call_journaled(tool, &grant, &input, &crossings)
-            .await;
+        let called = if is_agent {
+            let env = AgentEnv {
+                step: format!("{}/{}@{attempt}", ctx.run, a.step),
+                node: node.spec.id.clone(),
+                models: ctx.models.clone(),
+                granted_models: node.spec.models.clone(),
+                tools: granted_tools.clone(),
+                run_tokens: ctx.tokens.clone(),
+                max_tokens: node.spec.max_tokens,
+                sink: None,
+            };
+            ctx.sandbox
+                .call_agent_journaled(tool, &grant, &input, &crossings, env)
+                .await
+                .map(|(report, activity)| {
+                    observe_activity(ctx, &a.step, attempt, &activity);
+                    report
+                })
+        } else {
+            ctx.sandbox
+                .call_journaled(tool, &grant, &input, &crossings)
+                .await
+        };
         if let Some((dir, mode @ WorkspaceMode::Rw)) = &grant.workspace
             && !matches!(called, Err(CrossingError::Journal(_)))
             && let Err(e) = ctx
@@ -1016,6 +1359,98 @@ async fn run_step(ctx: &Arc<RunCtx>, a: &Activation, start: StartAt) -> StepEnd 
                     message,
                 };
             }
+        }
+    }
+}
+
+/// The tools an agent node grants, each under node grant ∩ its manifest ∩ operator policy.
+fn granted_tools(
+    node: &super::compile::CompiledNode,
+    tools: &HashMap<String, (Arc<LoadedTool>, Manifest)>,
+    policy: &OperatorPolicy,
+    node_grant: &CallGrant,
+) -> Result<Vec<GrantedTool>, String> {
+    if node.spec.kind != super::spec::NodeKind::Agent {
+        return Ok(Vec::new());
+    }
+    node.spec
+        .tools
+        .iter()
+        .map(|name| {
+            let (t, m) = tools.get(name).ok_or_else(|| {
+                format!(
+                    "tool '{name}' of node '{}' was not pinned by this run",
+                    node.spec.id
+                )
+            })?;
+            Ok(GrantedTool {
+                name: name.clone(),
+                tool: t.clone(),
+                grant: EffectiveGrant::intersect(policy, m, node_grant),
+            })
+        })
+        .collect()
+}
+
+/// Re-executes one finished step offline (`sandgraph replay`): a tool through its crossings,
+/// an agent with its model answers and nested tool results served from the journal, no
+/// model provider and no network.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn call_offline(
+    engine: &Engine,
+    run: RunId,
+    node: &super::compile::CompiledNode,
+    tools: &HashMap<String, (Arc<LoadedTool>, Manifest)>,
+    tool: &LoadedTool,
+    grant: &EffectiveGrant,
+    step: &str,
+    attempt: u32,
+    input: &str,
+    crossings: &StepCrossings,
+) -> Result<crate::sandbox::outcome::CallReport, CrossingError> {
+    if node.spec.kind != super::spec::NodeKind::Agent {
+        return engine
+            .sandbox
+            .call_journaled(tool, grant, input, crossings)
+            .await;
+    }
+    let divergence = |message: String| CrossingError::Divergence {
+        run,
+        step: step.to_owned(),
+        index: 0,
+        recorded: "every granted tool pinned".into(),
+        asked: message,
+    };
+    let node_grant = call_grant(node, &engine.config).map_err(divergence)?;
+    let granted =
+        granted_tools(node, tools, &engine.config.policy, &node_grant).map_err(divergence)?;
+    let env = AgentEnv {
+        step: format!("{run}/{step}@{attempt}"),
+        node: node.spec.id.clone(),
+        models: None,
+        granted_models: node.spec.models.clone(),
+        tools: granted,
+        run_tokens: Arc::new(RunTokens::new(None, 0)),
+        max_tokens: None,
+        sink: None,
+    };
+    engine
+        .sandbox
+        .call_agent_journaled(tool, grant, input, crossings, env)
+        .await
+        .map(|(report, _)| report)
+}
+
+/// Hands an agent step's nested tool calls and model calls to the observers.
+fn observe_activity(ctx: &RunCtx, step: &str, attempt: u32, activity: &AgentActivity) {
+    if let Some(observe) = &ctx.on_call {
+        for audit in &activity.nested {
+            observe(ctx.run, step, attempt, audit);
+        }
+    }
+    if let Some(observe) = &ctx.on_model {
+        for call in &activity.model_calls {
+            observe(ctx.run, step, attempt, call);
         }
     }
 }

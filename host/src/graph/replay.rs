@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::engine::{Engine, EngineError, call_grant_for};
+use super::engine::{Engine, EngineError, call_grant_for, call_offline};
 use crate::journal::crossings::{CrossingError, StepCrossings};
 use crate::journal::workspace::{self, Manifest, Shape};
 use crate::journal::{Event, Journal, JournalError, RunId, Snapshot, SnapshotMoment};
@@ -194,10 +194,21 @@ pub async fn replay(engine: &Engine, run: RunId) -> Result<ReplayReport, EngineE
                 let crossings =
                     StepCrossings::replay_offline(journal.clone(), run, step, *attempt)?;
                 let input = String::from_utf8_lossy(input);
-                let outcome = engine
-                    .sandbox()
-                    .call_journaled(tool, &grant, &input, &crossings)
-                    .await;
+                // Tool and agent steps alike; an agent's model answers and nested tool
+                // results come from the journal (no provider, no network).
+                let outcome = call_offline(
+                    engine,
+                    run,
+                    node,
+                    &pinned.tools,
+                    tool,
+                    &grant,
+                    step,
+                    *attempt,
+                    &input,
+                    &crossings,
+                )
+                .await;
                 let identical = StepReplay::Identical {
                     step: step.clone(),
                     attempt: *attempt,

@@ -73,6 +73,29 @@ pub struct Node {
     /// How this node's output merges into `state`: output field -> reducer.
     #[serde(default)]
     pub reducers: BTreeMap<String, Reducer>,
+    /// Agent nodes: the tools (catalog names) the agent may call through `tools.call`, each in
+    /// its own sandbox under this node's grant ∩ the tool's manifest ∩ operator policy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<String>,
+    /// Agent nodes: the model aliases the agent may ask; the first is its default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+    /// Agent nodes: tokens (prompt + completion) one step of this node may spend on model calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    /// `required`: the run pauses before each step of this node until someone approves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
+}
+
+/// Whether a node's steps wait for a person before they execute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Approval {
+    /// The run pauses (`waiting`) before the step until it is approved or rejected.
+    Required,
+    /// No pause (the same as leaving `approval` out).
+    None,
 }
 
 /// Per-node capability grant, the same shape as `sandbox::manifest::CallGrant`.
@@ -162,7 +185,9 @@ pub struct RunLimits {
     /// Wall-clock deadline for the whole run, e.g. `10m`.
     #[serde(default)]
     pub deadline: Option<String>,
-    /// Placeholder: model-call token budget, enforced once agent steps exist.
+    /// Tokens (prompt + completion) all model calls of one run may spend. Checked before each
+    /// call: a call's `max_tokens` is capped to what is left, and nothing left is
+    /// `budget_exhausted` for the agent.
     #[serde(default)]
     pub token_budget: Option<u64>,
 }

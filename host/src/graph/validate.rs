@@ -168,6 +168,10 @@ fn structure(root: &Yaml, errs: &mut Vec<Located>) -> (Graph, Broken) {
                     timeout: None,
                     max_iterations: scalar(item, "maxIterations").and_then(|m| m.parse().ok()),
                     reducers: Default::default(),
+                    tools: Vec::new(),
+                    models: Vec::new(),
+                    max_tokens: None,
+                    approval: None,
                 });
             }
         }
@@ -453,6 +457,7 @@ fn semantics(
                 ),
             );
         }
+        check_agent_fields(n, y, components, &mut push);
         for (field, expr) in &n.input {
             if let Err(m) = check_cached(expr, cache) {
                 push(
@@ -719,6 +724,104 @@ fn semantics(
 
 /// A grant may only narrow its component's manifest: workspace mode, egress hosts, limits.
 /// Returns (path under the node, message) for each widening or bad value.
+/// Agent-only fields on tool nodes, and the tools an agent node grants.
+fn check_agent_fields(
+    n: &Node,
+    y: Option<&Yaml>,
+    components: &[Manifest],
+    push: &mut impl FnMut(Pos, String),
+) {
+    if n.kind == spec::NodeKind::Tool {
+        for (field, set) in [
+            ("tools", !n.tools.is_empty()),
+            ("models", !n.models.is_empty()),
+            ("maxTokens", n.max_tokens.is_some()),
+        ] {
+            if set {
+                push(
+                    pos_of(y, &[field]),
+                    format!(
+                        "node '{}' is kind: tool, but `{field}` is only for agent nodes; \
+                         remove it or make the node kind: agent",
+                        n.id
+                    ),
+                );
+            }
+        }
+        return;
+    }
+    let mut seen = HashSet::new();
+    for (i, tool) in n.tools.iter().enumerate() {
+        let at = y
+            .and_then(|y| y.get("tools"))
+            .and_then(|t| t.items().get(i))
+            .map_or_else(|| pos_of(y, &["tools"]), |t| t.pos);
+        if !seen.insert(tool.as_str()) {
+            push(at, format!("node '{}' lists tool '{tool}' twice", n.id));
+        } else if !components.iter().any(|c| c.metadata.name == *tool) {
+            let names: Vec<&str> = components
+                .iter()
+                .map(|c| c.metadata.name.as_str())
+                .collect();
+            push(
+                at,
+                format!(
+                    "node '{}' grants unknown tool '{tool}'; known components: {}",
+                    n.id,
+                    names.join(", ")
+                ),
+            );
+        }
+    }
+    if n.max_tokens == Some(0) {
+        push(
+            pos_of(y, &["maxTokens"]),
+            format!("node '{}' maxTokens must be at least 1", n.id),
+        );
+    }
+}
+
+/// Checks every agent node's `models:` against the aliases the host's models file defines
+/// (run where the models are known: `sandgraph run`, `sandgraph serve`).
+pub fn check_models(
+    file: &str,
+    source: &str,
+    graph: &Graph,
+    known: &[String],
+) -> Result<(), Diagnostics> {
+    let root = yaml::parse(source).ok().map(|(root, _)| root);
+    let mut out = Vec::new();
+    for (i, n) in graph.spec.nodes.iter().enumerate() {
+        let y = root.as_ref().and_then(|r| node_yaml(r, i));
+        for (j, m) in n.models.iter().enumerate() {
+            if !known.iter().any(|k| k == m) {
+                let pos = y
+                    .and_then(|y| y.get("models"))
+                    .and_then(|t| t.items().get(j))
+                    .map_or_else(|| pos_of(y, &["models"]), |t| t.pos);
+                out.push(Diagnostic {
+                    file: file.to_owned(),
+                    pos,
+                    message: format!(
+                        "node '{}' names unknown model alias '{m}'; the models file defines: {}",
+                        n.id,
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                });
+            }
+        }
+    }
+    if out.is_empty() {
+        Ok(())
+    } else {
+        Err(Diagnostics(out))
+    }
+}
+
 fn check_grant(
     id: &str,
     grant: &spec::Grant,

@@ -385,27 +385,176 @@ impl StepCrossings {
         Ok(())
     }
 
-    /// Journals a tool invocation made from inside the step (agent steps calling tools).
-    pub fn tool_request(&self, tool: &str, input: &[u8]) -> Result<(), CrossingError> {
+    /// Called before an agent's nested tool call runs. Recorded with its result: the result is
+    /// served and the tool's own crossings (recorded between request and result) are skipped,
+    /// so the tool does not run again. Recorded without a result (the host died during it): the
+    /// tool runs again and its own recorded crossings are served to it first, so its HTTP
+    /// requests keep the Idempotency-Key / outcome-unknown rules. Not recorded: journaled, run live.
+    pub fn nested_tool(&self, tool: &str, input: &[u8]) -> Result<NestedToolPlan, CrossingError> {
         let mut g = self.lock();
-        let input: PayloadRef = g.journal.put_payload(input)?;
-        g.append(
-            Crossing::ToolRequest {
-                tool: tool.to_owned(),
-                input,
-            },
-            Durability::Buffered,
-        )?;
-        Ok(())
+        let asked = format!("a call of tool '{tool}'");
+        match g.recorded.front() {
+            Some(Crossing::ToolRequest {
+                tool: t,
+                input: recorded_input,
+            }) if t == tool => {
+                let recorded_input = recorded_input.clone();
+                if g.journal.payload(&recorded_input)? != input {
+                    return Err(g.divergence(
+                        format!("a call of tool '{tool}' with another input"),
+                        format!("{asked} with this input"),
+                    ));
+                }
+                g.recorded.pop_front();
+                g.index += 1;
+                let result_at = g
+                    .recorded
+                    .iter()
+                    .position(|c| matches!(c, Crossing::ToolResult { .. }));
+                match result_at {
+                    Some(at) => {
+                        let mut skipped: Vec<Crossing> = g.recorded.drain(..=at).collect();
+                        g.index += skipped.len() as u64;
+                        let Some(Crossing::ToolResult { ok, output }) = skipped.pop() else {
+                            unreachable!("position() found a ToolResult at the end");
+                        };
+                        let output = g.journal.payload(&output)?;
+                        Ok(NestedToolPlan::Replay { ok, output })
+                    }
+                    None => Ok(NestedToolPlan::Run),
+                }
+            }
+            Some(other) => Err(g.divergence(describe(other), asked)),
+            None if g.offline => Err(g.divergence("the end of the recording".into(), asked)),
+            None => {
+                let input: PayloadRef = g.journal.put_payload(input)?;
+                g.append(
+                    Crossing::ToolRequest {
+                        tool: tool.to_owned(),
+                        input,
+                    },
+                    Durability::Buffered,
+                )?;
+                Ok(NestedToolPlan::Run)
+            }
+        }
     }
 
-    /// Journals the result of a tool invocation made from inside the step.
+    /// Journals the result of a nested tool call that `nested_tool` said to run.
     pub fn tool_result(&self, ok: bool, output: &[u8]) -> Result<(), CrossingError> {
         let mut g = self.lock();
+        if g.offline {
+            // An offline replay re-ran a call the host died during: nothing to compare with.
+            return Err(g.divergence("no result".into(), "a tool result".into()));
+        }
         let output = g.journal.put_payload(output)?;
         g.append(Crossing::ToolResult { ok, output }, Durability::Durable)?;
         Ok(())
     }
+
+    /// Called before an agent's model call goes to a provider. `request` is the request's
+    /// JSON as the guest made it. A recorded answer is served (a completed model call is never
+    /// made twice); a recorded request without an answer is asked again (a model call has no
+    /// side effect); otherwise the request is journaled and goes live.
+    pub fn model_request(&self, request: &[u8]) -> Result<ModelPlan, CrossingError> {
+        let mut g = self.lock();
+        let digest = hex::encode(Sha256::digest(request));
+        let asked = format!("a model call (request {})", &digest[..12]);
+        match g.recorded.front() {
+            Some(Crossing::ModelRequest { digest: d, .. }) if *d == digest => {
+                g.recorded.pop_front();
+                g.index += 1;
+                match g.recorded.front() {
+                    Some(Crossing::ModelResponse {
+                        ok,
+                        payload,
+                        prompt_tokens,
+                        completion_tokens,
+                        model_ms,
+                    }) => {
+                        let answer = RecordedAnswer {
+                            ok: *ok,
+                            payload: g.journal.payload(payload)?,
+                            prompt_tokens: *prompt_tokens,
+                            completion_tokens: *completion_tokens,
+                            model_ms: *model_ms,
+                        };
+                        g.recorded.pop_front();
+                        g.index += 1;
+                        Ok(ModelPlan::Replay(answer))
+                    }
+                    None if g.offline => {
+                        Err(g.divergence("no answer".into(), format!("the answer to {asked}")))
+                    }
+                    None => Ok(ModelPlan::Live),
+                    Some(other) => {
+                        Err(g.divergence(describe(other), format!("the answer to {asked}")))
+                    }
+                }
+            }
+            Some(other) => Err(g.divergence(describe(other), asked)),
+            None if g.offline => Err(g.divergence("the end of the recording".into(), asked)),
+            None => {
+                let request = g.journal.put_payload(request)?;
+                g.append(
+                    Crossing::ModelRequest { digest, request },
+                    Durability::Buffered,
+                )?;
+                Ok(ModelPlan::Live)
+            }
+        }
+    }
+
+    /// Journals the answer of a model call that `model_request` said to make, durably before
+    /// the guest sees it.
+    pub fn model_response(&self, answer: &RecordedAnswer) -> Result<(), CrossingError> {
+        let mut g = self.lock();
+        let payload = g.journal.put_payload(&answer.payload)?;
+        g.append(
+            Crossing::ModelResponse {
+                ok: answer.ok,
+                payload,
+                prompt_tokens: answer.prompt_tokens,
+                completion_tokens: answer.completion_tokens,
+                model_ms: answer.model_ms,
+            },
+            Durability::Durable,
+        )?;
+        Ok(())
+    }
+
+    /// Whether this step replays offline (no provider, no network).
+    pub fn is_offline(&self) -> bool {
+        self.lock().offline
+    }
+}
+
+/// What the agent host does with a nested tool call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NestedToolPlan {
+    /// Run the tool (its own crossings served first if any are recorded), then `tool_result`.
+    Run,
+    /// Serve this recorded result: `ok` with the output, or a `CallError` JSON.
+    Replay { ok: bool, output: Vec<u8> },
+}
+
+/// A model answer as journaled: `ok` with a `ChatResponse` JSON, or a `ModelError` JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedAnswer {
+    pub ok: bool,
+    pub payload: Vec<u8>,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub model_ms: u64,
+}
+
+/// What the agent host does with a model call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelPlan {
+    /// Ask the provider, then `model_response`.
+    Live,
+    /// Serve the recorded answer without asking any provider.
+    Replay(RecordedAnswer),
 }
 
 impl Inner {
@@ -506,5 +655,9 @@ fn describe(c: &Crossing) -> String {
         Crossing::Denial {
             capability, target, ..
         } => format!("a denial of {capability} {target}"),
+        Crossing::ModelRequest { digest, .. } => {
+            format!("a model call (request {})", &digest[..digest.len().min(12)])
+        }
+        Crossing::ModelResponse { .. } => "a model answer".into(),
     }
 }

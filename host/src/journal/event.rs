@@ -8,9 +8,10 @@ use serde::{Deserialize, Serialize};
 /// without workspace snapshots stay readable by version-2 builds. Bump when `Event` changes
 /// incompatibly; a new variant goes at the end of its enum (postcard numbers variants in order)
 /// under a new version, and every older version keeps decoding.
-pub const FORMAT_VERSION: u8 = 3;
+pub const FORMAT_VERSION: u8 = 4;
 
-/// The oldest format version this build still reads (version 3 added `WorkspaceSnapshot`).
+/// The oldest format version this build still reads (version 3 added `WorkspaceSnapshot`,
+/// version 4 the model crossings and the approval events).
 pub const OLDEST_FORMAT_VERSION: u8 = 2;
 
 /// Payloads at most this long are stored inside the event; longer ones go to the blob tree once.
@@ -30,6 +31,8 @@ pub enum RunStatus {
     Succeeded,
     Failed,
     Cancelled,
+    /// Paused before a step whose node needs approval (`approval: required`); not finished.
+    Waiting,
 }
 
 impl RunStatus {
@@ -39,7 +42,13 @@ impl RunStatus {
             RunStatus::Succeeded => "succeeded",
             RunStatus::Failed => "failed",
             RunStatus::Cancelled => "cancelled",
+            RunStatus::Waiting => "waiting",
         }
+    }
+
+    /// Succeeded, failed or cancelled: nothing more will happen to the run.
+    pub fn is_finished(self) -> bool {
+        !matches!(self, RunStatus::Running | RunStatus::Waiting)
     }
 }
 
@@ -125,6 +134,18 @@ pub enum Event {
         writable: bool,
         snapshot: Snapshot,
     },
+    /// The step's node needs approval: the run waits (status `waiting`) before it executes.
+    /// (format 4)
+    StepAwaitingApproval {
+        step: String,
+        input: PayloadRef,
+    },
+    /// Someone approved or rejected a step that was awaiting approval.
+    StepApproval {
+        step: String,
+        approved: bool,
+        comment: Option<String>,
+    },
 }
 
 /// When a workspace snapshot was taken.
@@ -195,6 +216,24 @@ pub enum Crossing {
         capability: String,
         target: String,
     },
+    /// A model call an agent made, as the guest asked for it (alias resolved, before the host
+    /// capped `max_tokens` to the budget left). Format 4.
+    ModelRequest {
+        /// sha256 of `request`, hex: a resumed guest asking for something else diverges.
+        digest: String,
+        /// The request's JSON (`model::ChatRequest`).
+        request: PayloadRef,
+    },
+    /// The answer to the preceding `ModelRequest`: `ok` with a `model::ChatResponse` JSON, or a
+    /// `model::ModelError` JSON. Usage and model time are kept beside it for budgets and reports.
+    ModelResponse {
+        ok: bool,
+        payload: PayloadRef,
+        prompt_tokens: u32,
+        completion_tokens: u32,
+        /// Time the provider took, in milliseconds (0 for a refusal by the host).
+        model_ms: u64,
+    },
 }
 
 impl Event {
@@ -211,6 +250,12 @@ impl Event {
     /// The oldest format version that can express this event.
     pub fn format_version(&self) -> u8 {
         match self {
+            Event::StepAwaitingApproval { .. }
+            | Event::StepApproval { .. }
+            | Event::Crossing {
+                crossing: Crossing::ModelRequest { .. } | Crossing::ModelResponse { .. },
+                ..
+            } => 4,
             Event::WorkspaceSnapshot { .. } => 3,
             _ => 2,
         }
@@ -259,6 +304,7 @@ impl Event {
             }
             Event::StepScheduled { input, .. } => vec![input],
             Event::StepCompleted { output, .. } => vec![output],
+            Event::StepAwaitingApproval { input, .. } => vec![input],
             Event::RunFinished { output, .. } => output.iter().collect(),
             // The files a manifest names are found through it (`Journal::gc` reads it).
             Event::WorkspaceSnapshot {
@@ -269,6 +315,8 @@ impl Event {
                 Crossing::ToolRequest { input, .. } => vec![input],
                 Crossing::ToolResult { output, .. } => vec![output],
                 Crossing::HttpResponse { body, .. } => vec![body],
+                Crossing::ModelRequest { request, .. } => vec![request],
+                Crossing::ModelResponse { payload, .. } => vec![payload],
                 _ => vec![],
             },
             _ => vec![],

@@ -5,6 +5,7 @@
 pub mod crossings;
 pub mod event;
 mod group_commit;
+pub mod usage;
 pub mod workspace;
 
 use std::collections::{HashMap, HashSet};
@@ -403,8 +404,11 @@ impl Journal {
                 let mut s = self.summary(run)?;
                 s.updated_ms = now;
                 s.events = s.events.max(seq + 1);
-                if let Event::RunFinished { status, .. } = event {
-                    s.status = *status;
+                match event {
+                    Event::RunFinished { status, .. } => s.status = *status,
+                    Event::StepAwaitingApproval { .. } => s.status = RunStatus::Waiting,
+                    Event::StepApproval { .. } => s.status = RunStatus::Running,
+                    _ => {}
                 }
                 s
             }
@@ -522,7 +526,7 @@ impl Journal {
         Ok(self
             .runs()?
             .into_iter()
-            .filter(|s| s.status == RunStatus::Running)
+            .filter(|s| !s.status.is_finished())
             .collect())
     }
 
@@ -532,7 +536,7 @@ impl Journal {
         let cutoff = now_ms().saturating_sub(older_than.as_millis() as u64);
         let mut report = GcReport::default();
         for s in self.runs()? {
-            if s.status != RunStatus::Running && s.updated_ms <= cutoff {
+            if s.status.is_finished() && s.updated_ms <= cutoff {
                 let keys: Vec<_> = self
                     .events
                     .scan_prefix(s.run.0)

@@ -2,6 +2,7 @@
 //! its own module (egress, filesystem, limits) and is granted from the effective grant computed in
 //! `manifest`; `registry` compiles and caches components, `outcome` types what came out.
 
+pub mod agent;
 pub mod clocks;
 pub mod egress;
 pub mod engine;
@@ -26,7 +27,7 @@ use engine::{Allocator, SandboxEngine};
 use limits::{CallBudget, CappedLog, LOG_CAP, LimitExceeded, LimitedHooks, MemoryLimiter};
 use manifest::EffectiveGrant;
 use outcome::{AuditRecord, CallError, CallReport, LimitedResource, ResourceUsage};
-use registry::{LoadedTool, Registry};
+use registry::{ComponentPre, LoadedTool, Registry};
 
 /// Host bindings for the `sandgraph:tool` world (guest-sdk/wit/tool.wit).
 pub mod bindings {
@@ -48,6 +49,8 @@ pub struct CallState {
     limiter: MemoryLimiter,
     budget: CallBudget,
     fs: filesystem::FsState,
+    /// Set for an agent step: what its `model` and `tools` imports may reach.
+    agent: Option<agent::AgentCtx>,
 }
 
 impl WasiView for CallState {
@@ -124,6 +127,7 @@ impl Sandbox {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| SandboxError::Linker(format!("{e:#}")))?;
         add_limited_interfaces(&mut linker).map_err(|e| SandboxError::Linker(format!("{e:#}")))?;
+        add_agent_interfaces(&mut linker).map_err(|e| SandboxError::Linker(format!("{e:#}")))?;
         let registry = Registry::new(
             engine.engine().clone(),
             Arc::new(linker),
@@ -200,6 +204,7 @@ impl Sandbox {
                     .as_ref()
                     .map_or(manifest::WorkspaceMode::None, |(_, m)| *m),
             ),
+            agent: None,
         };
         let mut store = Store::new(self.engine.engine(), state);
         store.limiter(|s| &mut s.limiter);
@@ -255,8 +260,16 @@ impl Sandbox {
         let budget = CallBudget::new(&grant.limits);
         let mut store = self.new_store(&grant, &budget, &log, &out, &err, None)?;
         let run = async {
-            let instance = tool.pre.instantiate_async(&mut store).await?;
-            instance.call_info(&mut store).await
+            match &tool.pre {
+                ComponentPre::Tool(pre) => {
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    instance.call_info(&mut store).await
+                }
+                ComponentPre::Agent(pre) => {
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    instance.call_info(&mut store).await.map(ToolInfo::from)
+                }
+            }
         };
         match tokio::time::timeout(grant.limits.timeout, run).await {
             Err(_) => Err(CallError::Timeout {
@@ -269,7 +282,50 @@ impl Sandbox {
 
     /// Runs `invoke(input)` once in a fresh store and instance under `grant`.
     pub async fn call(&self, tool: &LoadedTool, grant: &EffectiveGrant, input: &str) -> CallReport {
-        self.call_with(tool, grant, input, None).await
+        self.call_with(tool, grant, input, None, None, None).await.0
+    }
+
+    /// A tool called from inside an agent step (`parent`), its crossings journaled in the
+    /// step's stream between the call's request and result.
+    pub(crate) async fn call_nested(
+        &self,
+        tool: &LoadedTool,
+        grant: &EffectiveGrant,
+        input: &str,
+        crossings: Option<&StepCrossings>,
+        parent: &str,
+    ) -> CallReport {
+        self.call_with(tool, grant, input, crossings, None, Some(parent))
+            .await
+            .0
+    }
+
+    /// Runs an agent's `step(input)` once in a fresh instance under `grant`, its `model` and
+    /// `tools` imports limited to what `env` grants and journaled through `crossings`. Each
+    /// nested tool call runs in its own fresh instance. A crossing that could not be served
+    /// (divergence, unknown outcome, journal failure) fails the step.
+    pub async fn call_agent_journaled(
+        self: &Arc<Self>,
+        tool: &LoadedTool,
+        grant: &EffectiveGrant,
+        input: &str,
+        crossings: &StepCrossings,
+        env: agent::AgentEnv,
+    ) -> Result<(CallReport, agent::AgentActivity), CrossingError> {
+        let (report, activity) = self
+            .call_with(
+                tool,
+                grant,
+                input,
+                Some(crossings),
+                Some((env, self.clone())),
+                None,
+            )
+            .await;
+        match crossings.take_problem() {
+            Some(problem) => Err(problem),
+            None => Ok((report, activity)),
+        }
     }
 
     /// Like `call`, with every clock read, random byte and outbound request of the guest going
@@ -282,7 +338,10 @@ impl Sandbox {
         input: &str,
         crossings: &StepCrossings,
     ) -> Result<CallReport, CrossingError> {
-        let report = self.call_with(tool, grant, input, Some(crossings)).await;
+        let report = self
+            .call_with(tool, grant, input, Some(crossings), None, None)
+            .await
+            .0;
         match crossings.take_problem() {
             Some(problem) => Err(problem),
             None => Ok(report),
@@ -295,8 +354,23 @@ impl Sandbox {
         grant: &EffectiveGrant,
         input: &str,
         crossings: Option<&StepCrossings>,
-    ) -> CallReport {
+        agent: Option<(agent::AgentEnv, Arc<Sandbox>)>,
+        parent: Option<&str>,
+    ) -> (CallReport, agent::AgentActivity) {
         let started = Instant::now();
+        let activity: Arc<Mutex<agent::AgentActivity>> = Arc::default();
+        let wrong_world = match (&tool.pre, agent.is_some()) {
+            (ComponentPre::Tool(_), true) => Some(
+                "the component exports the sandgraph:tool world (info, invoke), not \
+                 sandgraph:agent (info, step); an agent node needs an agent component \
+                 (or make the node `kind: tool`)",
+            ),
+            (ComponentPre::Agent(_), false) => Some(
+                "the component exports the sandgraph:agent world (info, step), not \
+                 sandgraph:tool (info, invoke); run it as an agent node (`kind: agent`)",
+            ),
+            _ => None,
+        };
         let log: AttemptLog = Arc::new(Mutex::new(Vec::new()));
         let (stdout, stderr) = (CappedLog::new(LOG_CAP), CappedLog::new(LOG_CAP));
         let budget = CallBudget::new(&grant.limits);
@@ -309,6 +383,9 @@ impl Sandbox {
             .as_ref()
             .map(|_| serde_json::from_str::<serde::de::IgnoredAny>(input))
         {
+            _ if wrong_world.is_some() => Err(CallError::BadComponent {
+                reason: wrong_world.unwrap_or_default().to_owned(),
+            }),
             Err(e) => Err(e.clone()),
             Ok(Err(e)) => Err(CallError::InvalidInput {
                 message: format!("input is not a JSON document: {e}"),
@@ -316,9 +393,30 @@ impl Sandbox {
             Ok(Ok(_)) => match self.new_store(grant, &budget, &log, &stdout, &stderr, crossings) {
                 Err(e) => Err(e),
                 Ok(mut store) => {
+                    if let Some((env, sandbox)) = agent {
+                        store.data_mut().agent = Some(agent::AgentCtx {
+                            env,
+                            sandbox,
+                            crossings: crossings.cloned(),
+                            deadline: started + grant.limits.timeout,
+                            step_tokens: 0,
+                            activity: activity.clone(),
+                        });
+                    }
                     let run = async {
-                        let instance = tool.pre.instantiate_async(&mut store).await?;
-                        instance.call_invoke(&mut store, input).await
+                        match &tool.pre {
+                            ComponentPre::Tool(pre) => {
+                                let instance = pre.instantiate_async(&mut store).await?;
+                                let r = instance.call_invoke(&mut store, input).await?;
+                                Ok::<_, wasmtime::Error>(r.map_err(from_tool_error))
+                            }
+                            ComponentPre::Agent(pre) => {
+                                let instance = pre.instantiate_async(&mut store).await?;
+                                let r = instance.call_step(&mut store, input).await?;
+                                let seen = activity.lock().unwrap_or_else(|p| p.into_inner());
+                                Ok(r.map_err(|e| agent::from_agent_error(e, &seen)))
+                            }
+                        }
                     };
                     let raw = tokio::time::timeout(grant.limits.timeout, run).await;
                     // What the call still holds counts too (a guest may return right after
@@ -364,7 +462,7 @@ impl Sandbox {
                         } else if egress_timed_out {
                             timeout
                         } else {
-                            from_tool_error(tool_error)
+                            tool_error
                         }),
                         Ok(Err(e)) => Err(match classify_error(&e, grant, state) {
                             e @ (CallError::Timeout { .. }
@@ -396,14 +494,17 @@ impl Sandbox {
             },
             usage,
             filesystem: fs_refusals,
+            parent: parent.map(str::to_owned),
         };
         audit.emit();
-        CallReport {
+        let report = CallReport {
             result,
             audit,
             stdout: stdout.text(),
             stderr: stderr.text(),
-        }
+        };
+        let activity = std::mem::take(&mut *activity.lock().unwrap_or_else(|p| p.into_inner()));
+        (report, activity)
     }
 }
 
@@ -434,6 +535,16 @@ fn add_limited_interfaces(linker: &mut Linker<CallState>) -> wasmtime::Result<()
         }
     })?;
     linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// Links the `sandgraph:agent` imports (`model`, `tools`). Every component may import them; only
+/// an agent step's store has the context that answers anything but `denied`.
+fn add_agent_interfaces(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
+    use agent::bindings::sandgraph::agent::{model, tools};
+    use wasmtime::component::HasSelf;
+    model::add_to_linker::<CallState, HasSelf<CallState>>(linker, |s| s)?;
+    tools::add_to_linker::<CallState, HasSelf<CallState>>(linker, |s| s)?;
     Ok(())
 }
 

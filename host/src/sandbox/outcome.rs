@@ -15,6 +15,10 @@ pub enum Capability {
     Env,
     Secret,
     Sockets,
+    /// A model alias an agent step asked for (`sandgraph:agent/model`).
+    Model,
+    /// A tool an agent step asked to call (`sandgraph:agent/tools`).
+    Tool,
 }
 
 impl Capability {
@@ -25,6 +29,8 @@ impl Capability {
             "env" => Capability::Env,
             "secret" => Capability::Secret,
             "sockets" => Capability::Sockets,
+            "model" => Capability::Model,
+            "tool" => Capability::Tool,
             _ => return None,
         })
     }
@@ -106,6 +112,9 @@ pub enum CallError {
     Trap { message: String },
     #[error("bad component: {reason}")]
     BadComponent { reason: String },
+    /// An agent step stopped because the run's `tokenBudget` or the node's `maxTokens` ran out.
+    #[error("token budget exhausted: {message}")]
+    BudgetExhausted { message: String },
     /// An operator secret that cannot be sent where a rule injects it (not a valid header
     /// value): the operator's configuration to fix, not a missing rule.
     #[error("operator secret `{secret}` cannot be injected: {reason}")]
@@ -127,6 +136,7 @@ impl CallError {
             CallError::ToolDenied { .. } => "tool_denied",
             CallError::Trap { .. } => "trap",
             CallError::BadComponent { .. } => "bad_component",
+            CallError::BudgetExhausted { .. } => "budget_exhausted",
             CallError::SecretUnusable { .. } => "secret_unusable",
         }
     }
@@ -229,6 +239,9 @@ pub struct AuditRecord {
     /// Filesystem operations the host refused (the only source of filesystem denials).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filesystem: Vec<FsRefusal>,
+    /// For a tool called from inside an agent step: that step (`<run>/<step>@<attempt>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 /// Resource figures of one call, measured by the host (the limits compare against these).
@@ -285,6 +298,7 @@ impl AuditRecord {
             egress = %egress,
             usage = %usage,
             filesystem = %filesystem,
+            parent = self.parent.as_deref().unwrap_or(""),
             "tool call"
         );
     }

@@ -1,5 +1,5 @@
 //! Components by content: each is named by the sha256 of its bytes, validated once as a
-//! `sandgraph:tool` component, compiled once and kept on disk, and pre-linked (`InstancePre`)
+//! `sandgraph:tool` or `sandgraph:agent` component, compiled once and kept on disk, and pre-linked (`InstancePre`)
 //! so a call only has to instantiate. Cache entries carry their key and a checksum and are
 //! verified before `deserialize`; a stale or corrupt entry is recompiled, never trusted.
 
@@ -12,6 +12,7 @@ use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
 use super::CallState;
+use super::agent::bindings::AgentPre;
 use super::bindings::ToolPre;
 use super::outcome::{AuditRecord, CallError};
 
@@ -32,13 +33,37 @@ pub enum CacheStatus {
     Uncached,
 }
 
-/// A validated, compiled, pre-linked tool component.
+/// Which world a component exports, pre-linked for it.
+pub enum ComponentPre {
+    /// `sandgraph:tool` (info, invoke).
+    Tool(ToolPre<CallState>),
+    /// `sandgraph:agent` (info, step).
+    Agent(AgentPre<CallState>),
+}
+
+impl ComponentPre {
+    /// The world's name as errors and the validator say it.
+    pub fn world(&self) -> &'static str {
+        match self {
+            ComponentPre::Tool(_) => "sandgraph:tool",
+            ComponentPre::Agent(_) => "sandgraph:agent",
+        }
+    }
+}
+
+/// A validated, compiled, pre-linked tool or agent component.
 pub struct LoadedTool {
     /// `sha256:<hex>` of the component bytes.
     pub digest: String,
     pub component: Component,
-    pub pre: ToolPre<CallState>,
+    pub pre: ComponentPre,
     pub cache: CacheStatus,
+}
+
+impl LoadedTool {
+    pub fn is_agent(&self) -> bool {
+        matches!(self.pre, ComponentPre::Agent(_))
+    }
 }
 
 pub struct Registry {
@@ -139,11 +164,19 @@ impl Registry {
                 "component imports something the sandbox does not provide: {e:#}"
             ))
         })?;
-        let pre = ToolPre::new(instance_pre).map_err(|e| {
-            bad(format!(
-                "component does not export the sandgraph:tool world (info, invoke): {e:#}"
-            ))
-        })?;
+        let pre = match ToolPre::new(instance_pre.clone()) {
+            Ok(pre) => ComponentPre::Tool(pre),
+            Err(tool_err) => match AgentPre::new(instance_pre) {
+                Ok(pre) => ComponentPre::Agent(pre),
+                Err(agent_err) => {
+                    return Err(bad(format!(
+                        "component does not export the sandgraph:tool world (info, invoke) \
+                         nor the sandgraph:agent world (info, step): as a tool: {tool_err:#}; \
+                         as an agent: {agent_err:#}"
+                    )));
+                }
+            },
+        };
         let tool = Arc::new(LoadedTool {
             digest: digest.clone(),
             component,

@@ -12,6 +12,18 @@ pub mod bindings {
     });
 }
 
+/// Bindings for the `sandgraph:agent` world (guest-sdk/wit/agent.wit), for the test agents
+/// (`src/bin/agent_*.rs`), raw wit-bindgen so they do not depend on the guest SDK.
+pub mod agent_bindings {
+    wit_bindgen::generate!({
+        path: "../../guest-sdk/wit/agent.wit",
+        world: "agent",
+        pub_export_macro: true,
+        export_macro_name: "export_agent",
+        default_bindings_module: "sandgraph_hostile_guests::agent_bindings",
+    });
+}
+
 pub use bindings::{Guest, ToolError, ToolInfo};
 
 use wasip2::http::outgoing_handler;
