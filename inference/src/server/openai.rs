@@ -362,10 +362,82 @@ impl ChatRequest {
             } else {
                 &m.role
             };
+            let text = match &m.tool_calls {
+                Some(calls) if role == "assistant" => with_tool_calls(i, text, calls)?,
+                Some(_) => {
+                    return Err(ApiError::invalid(
+                        format!(
+                            "messages[{i}] is a '{}' message with tool_calls; only assistant messages carry tool calls",
+                            m.role
+                        ),
+                        Some(&format!("messages[{i}].tool_calls")),
+                        "invalid_value",
+                    ));
+                }
+                None => text,
+            };
             out.push(crate::tokenizer::ChatMessage::new(role, &text));
         }
         Ok(out)
     }
+}
+
+/// The text an assistant turn's `tool_calls` take in the prompt: each call as the model
+/// generates it under the tool grammar, `{"name":N,"arguments":{...}}`, one per line after the
+/// turn's text. SmolLM2's chat template (plain ChatML) has no tool-call syntax of its own, so
+/// this is what its template renders when handed the turn's content (as llama.cpp does for
+/// templates without tool support); the model then sees the calls it made, in its own words.
+fn with_tool_calls(i: usize, mut text: String, calls: &Value) -> Result<String, ApiError> {
+    let at = |j: usize, what: &str| {
+        ApiError::invalid(
+            format!(
+                "messages[{i}].tool_calls[{j}]: {what}; send {{\"id\":...,\"type\":\"function\",\"function\":{{\"name\":...,\"arguments\":\"<JSON text>\"}}}}"
+            ),
+            Some(&format!("messages[{i}].tool_calls[{j}]")),
+            "invalid_value",
+        )
+    };
+    let Some(list) = calls.as_array() else {
+        return Err(ApiError::invalid(
+            format!("messages[{i}].tool_calls must be an array of tool calls"),
+            Some(&format!("messages[{i}].tool_calls")),
+            "invalid_value",
+        ));
+    };
+    for (j, c) in list.iter().enumerate() {
+        if c.get("type").is_some_and(|t| t != "function") {
+            return Err(at(j, "'type' must be \"function\""));
+        }
+        let f = c
+            .get("function")
+            .filter(|f| f.is_object())
+            .ok_or_else(|| at(j, "'function' object is missing"))?;
+        let name = f
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| at(j, "'function.name' must be a non-empty string"))?;
+        let arguments = match f.get("arguments") {
+            None | Some(Value::Null) => "{}".to_owned(),
+            Some(Value::String(a)) => a.clone(),
+            Some(_) => return Err(at(j, "'function.arguments' must be a string of JSON text")),
+        };
+        // Arguments that are JSON go in verbatim (as generated); anything else as a string.
+        let arguments = if serde_json::from_str::<serde::de::IgnoredAny>(&arguments).is_ok() {
+            arguments
+        } else {
+            Value::String(arguments).to_string()
+        };
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        text.push_str("{\"name\":");
+        text.push_str(&Value::String(name.to_owned()).to_string());
+        text.push_str(",\"arguments\":");
+        text.push_str(arguments.trim());
+        text.push('}');
+    }
+    Ok(text)
 }
 
 impl CompletionRequest {
