@@ -1383,3 +1383,65 @@ async fn method_not_allowed_names_the_allowed_methods() {
         assert_error(&v, "method_not_allowed", None);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logit_bias_is_honoured_and_openai_bookkeeping_fields_are_accepted() {
+    let (_, tok) = tiny();
+    // A plain token (not a control token, not end of sequence) that greedy decoding would not
+    // pick on its own every time: a +100 bias must make it win every step.
+    let forced = (0..tok.vocab_size() as u32)
+        .rev()
+        .find(|&t| !tok.is_control(t) && !tok.token_bytes(t).is_empty())
+        .unwrap();
+    let s = open_server(1).await;
+    let body = |bias: Value| {
+        json!({
+            "messages": [{"role": "user", "content": "hello"}],
+            "max_tokens": 6, "temperature": 0,
+            "logit_bias": bias,
+            "store": false, "metadata": {"run": "x"}, "service_tier": "auto",
+            "prompt_cache_key": "k", "safety_identifier": "s", "user": "u",
+        })
+    };
+    let (st, v) = call(
+        s.addr,
+        "POST",
+        "/v1/chat/completions",
+        Some(body(json!({ forced.to_string(): 100 }))),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let want = String::from_utf8_lossy(&tok.token_bytes(forced).repeat(6)).into_owned();
+    assert_eq!(v["choices"][0]["message"]["content"], want, "{v}");
+    let (st, plain) = call(
+        s.addr,
+        "POST",
+        "/v1/chat/completions",
+        Some(body(json!({}))),
+    )
+    .await;
+    assert_eq!(st, 200, "{plain}");
+    assert_ne!(plain["choices"][0]["message"]["content"], want, "{plain}");
+    // The same on the legacy completions endpoint.
+    let (st, v) = call(
+        s.addr,
+        "POST",
+        "/v1/completions",
+        Some(json!({"prompt": "hello", "max_tokens": 3, "temperature": 0,
+            "logit_bias": { forced.to_string(): 100 }})),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let want3 = String::from_utf8_lossy(&tok.token_bytes(forced).repeat(3)).into_owned();
+    assert_eq!(v["choices"][0]["text"], want3, "{v}");
+    // Bad biases are named.
+    for bias in [
+        json!({"abc": 1}),
+        json!({ tok.vocab_size().to_string(): 1 }),
+        json!({"1": 101}),
+    ] {
+        let (st, v) = call(s.addr, "POST", "/v1/chat/completions", Some(body(bias))).await;
+        assert_eq!(st, 400, "{v}");
+        assert_error(&v, "invalid_value", Some("logit_bias"));
+    }
+}

@@ -107,6 +107,21 @@ pub struct ChatRequest {
     pub presence_penalty: Option<f32>,
     #[serde(default)]
     pub logprobs: Option<bool>,
+    /// Token id (as a string key) → bias in [-100, 100], added to that token's logit.
+    #[serde(default)]
+    pub logit_bias: Option<std::collections::BTreeMap<String, f64>>,
+    /// Accepted and ignored (nothing is stored; there is no tier or prompt cache to pick;
+    /// `user`/`safety_identifier` are not logged): SDK wrappers send these, OpenAI documents them.
+    #[serde(default)]
+    pub store: Option<bool>,
+    #[serde(default)]
+    pub metadata: Option<Value>,
+    #[serde(default)]
+    pub service_tier: Option<String>,
+    #[serde(default)]
+    pub prompt_cache_key: Option<String>,
+    #[serde(default)]
+    pub safety_identifier: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -144,6 +159,8 @@ pub struct CompletionRequest {
     pub frequency_penalty: Option<f32>,
     #[serde(default)]
     pub presence_penalty: Option<f32>,
+    #[serde(default)]
+    pub logit_bias: Option<std::collections::BTreeMap<String, f64>>,
 }
 
 /// Parses a JSON body, mapping serde's failure to OpenAI's 400 (unknown field, wrong type, syntax).
@@ -280,6 +297,7 @@ pub fn check_params(
             top_k: 0,
             top_p,
             seed,
+            logit_bias: Vec::new(),
         },
         stop,
         stream: stream.unwrap_or(false),
@@ -288,12 +306,13 @@ pub fn check_params(
 }
 
 impl ChatRequest {
-    pub fn params(&mut self, max_context: usize) -> Result<Params, ApiError> {
+    /// The engine parameters; `vocab_size` bounds `logit_bias`'s token ids.
+    pub fn params(&mut self, max_context: usize, vocab_size: usize) -> Result<Params, ApiError> {
         let (mt, name) = match (self.max_completion_tokens, self.max_tokens) {
             (Some(m), _) => (Some(m), "max_completion_tokens"),
             (None, m) => (m, "max_tokens"),
         };
-        check_params(
+        let mut p = check_params(
             mt,
             name,
             self.temperature,
@@ -308,7 +327,9 @@ impl ChatRequest {
                 (self.presence_penalty, "presence_penalty"),
             ],
             max_context,
-        )
+        )?;
+        p.sampling.logit_bias = check_logit_bias(self.logit_bias.as_ref(), vocab_size)?;
+        Ok(p)
     }
 
     /// The messages as (role, text) pairs, rejecting content this server cannot read.
@@ -382,6 +403,42 @@ impl ChatRequest {
     }
 }
 
+/// Reads OpenAI's `logit_bias` (token-id keys, biases in [-100, 100]).
+fn check_logit_bias(
+    bias: Option<&std::collections::BTreeMap<String, f64>>,
+    vocab_size: usize,
+) -> Result<Vec<(u32, f32)>, ApiError> {
+    let Some(bias) = bias else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(bias.len());
+    for (k, &b) in bias {
+        let id = k
+            .parse::<u32>()
+            .ok()
+            .filter(|&id| (id as usize) < vocab_size)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    format!(
+                        "logit_bias key '{k}' is not a token id of this model; its vocabulary has {vocab_size} tokens (ids 0 to {})",
+                        vocab_size.saturating_sub(1)
+                    ),
+                    Some("logit_bias"),
+                    "invalid_value",
+                )
+            })?;
+        if !(-100.0..=100.0).contains(&b) {
+            return Err(ApiError::invalid(
+                format!("logit_bias['{k}'] = {b}: a bias must be between -100 and 100"),
+                Some("logit_bias"),
+                "invalid_value",
+            ));
+        }
+        out.push((id, b as f32));
+    }
+    Ok(out)
+}
+
 /// The text an assistant turn's `tool_calls` take in the prompt: each call as the model
 /// generates it under the tool grammar, `{"name":N,"arguments":{...}}`, one per line after the
 /// turn's text. SmolLM2's chat template (plain ChatML) has no tool-call syntax of its own, so
@@ -441,7 +498,8 @@ fn with_tool_calls(i: usize, mut text: String, calls: &Value) -> Result<String, 
 }
 
 impl CompletionRequest {
-    pub fn params(&mut self, max_context: usize) -> Result<Params, ApiError> {
+    /// The engine parameters; `vocab_size` bounds `logit_bias`'s token ids.
+    pub fn params(&mut self, max_context: usize, vocab_size: usize) -> Result<Params, ApiError> {
         let mut p = check_params(
             self.max_tokens,
             "max_tokens",
@@ -458,6 +516,7 @@ impl CompletionRequest {
             ],
             max_context,
         )?;
+        p.sampling.logit_bias = check_logit_bias(self.logit_bias.as_ref(), vocab_size)?;
         // OpenAI's legacy completions default to 16 tokens.
         p.max_tokens.get_or_insert(16);
         Ok(p)
@@ -685,7 +744,7 @@ mod tests {
     fn n_above_one_is_refused() {
         let mut r: ChatRequest =
             parse_body(br#"{"messages":[{"role":"user","content":"hi"}],"n":2}"#).unwrap();
-        let e = r.params(64).unwrap_err();
+        let e = r.params(64, 100).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("n"));
     }
 

@@ -350,7 +350,7 @@ async fn completion(
     let body = read_body(req, state.config.max_body_bytes).await?;
     let mut cr: CompletionRequest = parse_body(&body)?;
     let r = ready(state)?;
-    let params = cr.params(r.batcher.max_context())?;
+    let params = cr.params(r.batcher.max_context(), r.tok.vocab_size())?;
     let (prompt, text) = match cr.prompt_input(r.tok.vocab_size())? {
         PromptInput::Text(text) => (r.tok.encode(&text, false), text),
         PromptInput::Tokens(ids) => {
