@@ -1445,3 +1445,77 @@ async fn logit_bias_is_honoured_and_openai_bookkeeping_fields_are_accepted() {
         assert_error(&v, "invalid_value", Some("logit_bias"));
     }
 }
+
+/// One GET with an optional `Authorization` header: (status, WWW-Authenticate, body).
+async fn get_with_auth(addr: SocketAddr, path: &str, auth: Option<&str>) -> (u16, String, Value) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut req = Request::builder()
+        .method("GET")
+        .uri(path)
+        .header("host", "127.0.0.1");
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let resp = sender
+        .send_request(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let www = resp
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, www, v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_key_guards_v1_and_metrics_carry_the_model_name() {
+    let s = start(
+        1,
+        ServerConfig {
+            api_key: Some("sk-test".into()),
+            model_name: "tiny-model".into(),
+            ..Default::default()
+        },
+        Gate::opened(),
+    )
+    .await;
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("sk-test"),
+        Some("Basic sk-test"),
+    ] {
+        let (st, www, v) = get_with_auth(s.addr, "/v1/models", auth).await;
+        assert_eq!(st, 401, "{auth:?}: {v}");
+        assert_eq!(www, "Bearer");
+        assert_eq!(v["error"]["code"], "invalid_api_key", "{v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    }
+    let (st, _, v) = get_with_auth(s.addr, "/v1/models", Some("Bearer sk-test")).await;
+    assert_eq!(st, 200, "{v}");
+    // Probes and scrapers need no key.
+    let (st, _, _) = get_with_auth(s.addr, "/health", None).await;
+    assert_eq!(st, 200);
+    let (st, _, v) = get_with_auth(s.addr, "/metrics", None).await;
+    assert_eq!(st, 200);
+    let text = v.as_str().unwrap();
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("sandgraph_infer_"))
+        .collect();
+    assert!(!series.is_empty(), "{text}");
+    for l in series {
+        assert!(l.contains("model_name=\"tiny-model\""), "{l}");
+    }
+}

@@ -69,8 +69,21 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Metrics labelled `model_name="model"`; use [`Metrics::for_model`] to name the model.
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("sandgraph_infer");
+        Self::for_model("model")
+    }
+
+    /// Every series carries `model_name="<model_name>"`, as vLLM's do (dashboards filter on it).
+    pub fn for_model(model_name: &str) -> Metrics {
+        let mut registry = Registry::with_prefix_and_labels(
+            "sandgraph_infer",
+            [(
+                std::borrow::Cow::Borrowed("model_name"),
+                std::borrow::Cow::Owned(model_name.to_owned()),
+            )]
+            .into_iter(),
+        );
         let m = Metrics {
             running: Gauge::default(),
             waiting: Gauge::default(),
