@@ -681,13 +681,16 @@ async fn concurrent_requests_each_equal_running_alone() {
     wait_until("all slots free", || s.batcher().running() == 0).await;
     let (_, m) = call(s.addr, "GET", "/metrics", None).await;
     let m = m.as_str().unwrap().to_owned();
-    assert!(m.contains("sandgraph_infer_num_requests_running 0"), "{m}");
     assert!(
-        m.contains("sandgraph_infer_time_to_first_token_seconds_count 5"),
+        m.contains("sandgraph_infer_num_requests_running{model_name=\"model\"} 0"),
         "{m}"
     );
     assert!(
-        m.contains("sandgraph_infer_e2e_request_latency_seconds_count 5"),
+        m.contains("sandgraph_infer_time_to_first_token_seconds_count{model_name=\"model\"} 5"),
+        "{m}"
+    );
+    assert!(
+        m.contains("sandgraph_infer_e2e_request_latency_seconds_count{model_name=\"model\"} 5"),
         "{m}"
     );
 }
@@ -1071,13 +1074,22 @@ async fn tool_choice_auto_lets_the_first_byte_choose_text_or_a_call() {
     );
 }
 
-/// The value of one unlabelled sample of the /metrics text.
+/// The value of one sample of the /metrics text (labelled only with the model's name).
 async fn metric(addr: SocketAddr, name: &str) -> f64 {
     let (st, v) = call(addr, "GET", "/metrics", None).await;
     assert_eq!(st, 200);
     let text = v.as_str().unwrap();
     text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .find_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            // A name given with its labels is matched as is.
+            let rest = if name.contains('{') {
+                rest
+            } else {
+                rest.strip_prefix("{model_name=\"model\"}")?
+            };
+            rest.strip_prefix(' ')
+        })
         .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
         .parse()
         .unwrap()
@@ -1144,7 +1156,7 @@ async fn latencies_count_from_arrival_and_cancelled_prompts_count() {
     assert_eq!(
         metric(
             s.addr,
-            "sandgraph_infer_request_success_total{finished_reason=\"abort\"}"
+            "sandgraph_infer_request_success_total{model_name=\"model\",finished_reason=\"abort\"}"
         )
         .await,
         1.0
@@ -1518,4 +1530,24 @@ async fn api_key_guards_v1_and_metrics_carry_the_model_name() {
     for l in series {
         assert!(l.contains("model_name=\"tiny-model\""), "{l}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_schema_properties_come_out_in_the_order_the_schema_lists_them() {
+    let s = open_server(1).await;
+    // Written as raw text: `reasoning` before `answer`, the reverse of alphabetical order.
+    let body = br#"{"messages":[{"role":"user","content":"why?"}],"max_tokens":200,"temperature":0,
+        "response_format":{"type":"json_schema","json_schema":{"name":"r","schema":{"type":"object",
+        "properties":{"reasoning":{"type":"string","maxLength":8},"answer":{"type":"object",
+        "properties":{"zeta":{"type":"boolean"},"alpha":{"type":"boolean"}},"required":["zeta","alpha"]}},
+        "required":["reasoning","answer"]}}}}"#;
+    let (st, v) = call_raw(s.addr, "/v1/chat/completions", body.to_vec()).await;
+    assert_eq!(st, 200, "{v}");
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+    let r = text.find("\"reasoning\"").expect(text);
+    let a = text.find("\"answer\"").expect(text);
+    assert!(r < a, "{text}");
+    let z = text.find("\"zeta\"").expect(text);
+    let al = text.find("\"alpha\"").expect(text);
+    assert!(z < al, "{text}");
 }

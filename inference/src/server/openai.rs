@@ -122,6 +122,10 @@ pub struct ChatRequest {
     pub prompt_cache_key: Option<String>,
     #[serde(default)]
     pub safety_identifier: Option<String>,
+    /// The written order of the `response_format` schema's properties (see
+    /// [`ChatRequest::read_property_order`]); empty: `Value`'s alphabetical order.
+    #[serde(skip)]
+    pub schema_order: crate::constrain::order::PropertyOrder,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -330,6 +334,18 @@ impl ChatRequest {
         )?;
         p.sampling.logit_bias = check_logit_bias(self.logit_bias.as_ref(), vocab_size)?;
         Ok(p)
+    }
+
+    /// Reads the order in which the request text `body` lists the `response_format` schema's
+    /// properties, so constrained output keeps it.
+    pub fn read_property_order(&mut self, body: &[u8]) {
+        use crate::constrain::order::{OrderedJson, PropertyOrder};
+        if let Some(schema) = OrderedJson::parse(body)
+            .as_ref()
+            .and_then(|b| b.get("response_format")?.get("json_schema")?.get("schema"))
+        {
+            self.schema_order = PropertyOrder::of(schema);
+        }
     }
 
     /// The messages as (role, text) pairs, rejecting content this server cannot read.
@@ -615,7 +631,7 @@ impl ChatRequest {
                             "invalid_value",
                         ));
                     };
-                    return Grammar::compile(schema)
+                    return Grammar::compile_ordered(schema, &self.schema_order)
                         .map(Structured::Json)
                         .map_err(|e| schema_error(e, "response_format.json_schema.schema"));
                 }

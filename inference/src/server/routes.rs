@@ -204,7 +204,8 @@ async fn chat(
     arrived: Instant,
 ) -> Result<Response<Body>, ApiError> {
     let body = read_body(req, state.config.max_body_bytes).await?;
-    let cr: ChatRequest = parse_body(&body)?;
+    let mut cr: ChatRequest = parse_body(&body)?;
+    cr.read_property_order(&body);
     let r = ready(state)?;
     let id = format!("chatcmpl-{}", state.next_request_id());
     let mut s = start_chat(r, id, cr, arrived, state.config.log_prompts)?;
