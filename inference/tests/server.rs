@@ -1551,3 +1551,19 @@ async fn json_schema_properties_come_out_in_the_order_the_schema_lists_them() {
     let al = text.find("\"alpha\"").expect(text);
     assert!(z < al, "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_arguments_come_out_in_the_order_the_parameters_list_them() {
+    let s = open_server(1).await;
+    let body = br#"{"messages":[{"role":"user","content":"go"}],"max_tokens":200,"temperature":0,
+        "tools":[{"type":"function","function":{"name":"act","parameters":{"type":"object",
+        "properties":{"why":{"type":"string","maxLength":6},"action":{"type":"boolean"}},
+        "required":["why","action"]}}}],
+        "tool_choice":{"type":"function","function":{"name":"act"}}}"#;
+    let (st, v) = call_raw(s.addr, "/v1/chat/completions", body.to_vec()).await;
+    assert_eq!(st, 200, "{v}");
+    let args = v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+        .as_str()
+        .unwrap();
+    assert!(args.starts_with("{\"why\":"), "{args}");
+}

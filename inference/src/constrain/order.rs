@@ -48,6 +48,17 @@ pub struct PropertyOrder(HashMap<String, Vec<String>>);
 impl PropertyOrder {
     /// Collects the orders of `schema` (rooted at `#`).
     pub fn of(schema: &OrderedJson) -> PropertyOrder {
+        Self::rooted(schema, "#")
+    }
+
+    /// Adds the orders of `other` (schemas under other roots).
+    pub fn extend(&mut self, other: PropertyOrder) {
+        self.0.extend(other.0);
+    }
+
+    /// Collects the orders of `schema`, naming its root `root` (a tool's parameters are
+    /// compiled as `tool 'NAME' parameters`).
+    pub fn rooted(schema: &OrderedJson, root: &str) -> PropertyOrder {
         fn walk(v: &OrderedJson, path: &str, out: &mut HashMap<String, Vec<String>>) {
             match v {
                 OrderedJson::Object(m) => {
@@ -70,7 +81,7 @@ impl PropertyOrder {
             }
         }
         let mut out = HashMap::new();
-        walk(schema, "#", &mut out);
+        walk(schema, root, &mut out);
         PropertyOrder(out)
     }
 

@@ -148,6 +148,15 @@ impl Grammar {
     /// `{"name":<tool name>,"arguments":<its parameters>}`, name first so the model commits
     /// to a tool before writing arguments.
     pub fn tool_call(tools: &[(String, Value)]) -> Result<Grammar, SchemaError> {
+        Self::tool_call_ordered(tools, &PropertyOrder::default())
+    }
+
+    /// [`Grammar::tool_call`], each tool's arguments in the property order `order` holds for
+    /// the root `tool 'NAME' parameters`.
+    pub fn tool_call_ordered(
+        tools: &[(String, Value)],
+        order: &PropertyOrder,
+    ) -> Result<Grammar, SchemaError> {
         if tools.is_empty() {
             return Err(invalid("#", "no tools to call"));
         }
@@ -158,7 +167,7 @@ impl Grammar {
                 nodes,
                 root: params,
                 refs: Vec::new(),
-                order: &PropertyOrder::default(),
+                order,
             };
             let args = c.node(params, &format!("tool '{name}' parameters"))?;
             let lit = c.push(Node::Literals(vec![compact(&Value::String(name.clone()))]));

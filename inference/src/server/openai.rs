@@ -336,15 +336,32 @@ impl ChatRequest {
         Ok(p)
     }
 
-    /// Reads the order in which the request text `body` lists the `response_format` schema's
-    /// properties, so constrained output keeps it.
+    /// Reads the order in which the request text `body` lists the properties of the
+    /// `response_format` schema and of each tool's parameters, so constrained output keeps it.
     pub fn read_property_order(&mut self, body: &[u8]) {
         use crate::constrain::order::{OrderedJson, PropertyOrder};
-        if let Some(schema) = OrderedJson::parse(body)
-            .as_ref()
-            .and_then(|b| b.get("response_format")?.get("json_schema")?.get("schema"))
+        let Some(b) = OrderedJson::parse(body) else {
+            return;
+        };
+        if let Some(schema) = b
+            .get("response_format")
+            .and_then(|r| r.get("json_schema")?.get("schema"))
         {
             self.schema_order = PropertyOrder::of(schema);
+        }
+        let mut i = 0;
+        while let Some(f) = b.get("tools").and_then(|t| t.index(i)?.get("function")) {
+            i += 1;
+            let name = self
+                .tools
+                .as_ref()
+                .and_then(|t| t.get(i - 1)?.get("function")?.get("name")?.as_str());
+            if let (Some(name), Some(params)) = (name, f.get("parameters")) {
+                self.schema_order.extend(PropertyOrder::rooted(
+                    params,
+                    &format!("tool '{name}' parameters"),
+                ));
+            }
         }
     }
 
@@ -648,7 +665,8 @@ impl ChatRequest {
             }
         }
         use crate::constrain::tools::{
-            ToolChoice, ToolError, parse_tool_choice, parse_tools, tool_constraint, tools_prompt,
+            ToolChoice, ToolError, parse_tool_choice, parse_tools, tool_constraint_ordered,
+            tools_prompt,
         };
         let Some(tools_json) = &self.tools else {
             return match &self.tool_choice {
@@ -686,7 +704,7 @@ impl ChatRequest {
             ToolChoice::Auto => ToolChoice::Required,
             c => c.clone(),
         };
-        let grammar = tool_constraint(&tools, &forced)
+        let grammar = tool_constraint_ordered(&tools, &forced, &self.schema_order)
             .map_err(tool_error)?
             .ok_or_else(|| ApiError::internal("a forced tool choice produced no grammar"))?;
         let offered: Vec<Tool> = match &forced {
