@@ -67,3 +67,12 @@ if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "version $schemath
     python3 -m venv "$venv"
     "$venv/bin/python" -m pip install --quiet "schemathesis==$schemathesis_version"
 fi
+
+# langchain-openai and instructor drive inference/tests/compat_clients.rs; pinned, in a venv of
+# their own because they need the 1.x OpenAI client while openai_client.py uses the system's.
+clients=.tools/clients
+if ! "$clients/bin/python" -c 'import importlib.metadata as m; assert m.version("langchain-openai") == "0.3.35" and m.version("instructor") == "1.11.3"' 2>/dev/null; then
+    rm -rf "$clients"
+    python3 -m venv "$clients"
+    "$clients/bin/python" -m pip install --quiet 'langchain-openai==0.3.35' 'instructor==1.11.3' 'openai==1.109.1'
+fi

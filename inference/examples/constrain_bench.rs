@@ -42,12 +42,14 @@ fn main() -> Result<()> {
         top_k: 40,
         top_p: 0.95,
         seed: 1,
+        logit_bias: Vec::new(),
     };
     let full = Sampling {
         temperature: 1.0,
         top_k: 0,
         top_p: 1.0,
         seed: 1,
+        logit_bias: Vec::new(),
     };
     let cases: [(&str, Sampling, bool); 6] = [
         ("greedy, unconstrained", Sampling::greedy(), false),

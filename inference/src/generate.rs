@@ -19,6 +19,22 @@ pub struct Sampling {
     /// Nucleus: the smallest candidate set whose probability reaches `top_p` (1 = off).
     pub top_p: f32,
     pub seed: u64,
+    /// OpenAI's `logit_bias`: (token id, bias in [-100, 100]) added to that token's logit
+    /// before anything else looks at the row (-100 in effect bans it, 100 all but forces it).
+    /// Honoured by the server's batcher; empty leaves the fast argmax/top-k paths untouched.
+    pub logit_bias: Vec<(u32, f32)>,
+}
+
+impl Sampling {
+    /// `row` with this sampling's logit biases added.
+    pub fn biased(&self, mut row: Vec<f32>) -> Vec<f32> {
+        for &(t, b) in &self.logit_bias {
+            if let Some(l) = row.get_mut(t as usize) {
+                *l += b;
+            }
+        }
+        row
+    }
 }
 
 impl Sampling {
@@ -28,6 +44,7 @@ impl Sampling {
             top_k: 1,
             top_p: 1.0,
             seed: 0,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -39,6 +56,7 @@ impl Default for Sampling {
             top_k: 40,
             top_p: 0.95,
             seed: 0,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -691,6 +709,7 @@ mod tests {
             top_k: 4,
             top_p: 1.0,
             seed: 3,
+            logit_bias: Vec::new(),
         };
         let draw = |seed| {
             let mut r = Rng::new(seed);

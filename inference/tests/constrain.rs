@@ -273,18 +273,21 @@ fn tiny_model_generation_under_random_schemas_parses_and_validates() {
                 top_k: 0,
                 top_p: 1.0,
                 seed: case,
+                logit_bias: Vec::new(),
             },
             Sampling {
                 temperature: 0.8,
                 top_k: 5,
                 top_p: 0.9,
                 seed: case + 100,
+                logit_bias: Vec::new(),
             },
             Sampling {
                 temperature: 1.5,
                 top_k: 40,
                 top_p: 1.0,
                 seed: case + 200,
+                logit_bias: Vec::new(),
             },
         ];
         let gens = generate_per_sampling(

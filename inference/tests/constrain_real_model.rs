@@ -128,12 +128,14 @@ fn twenty_schemas_times_three_samplings_give_valid_json_on_the_real_model() {
                 top_k: 40,
                 top_p: 0.95,
                 seed: i as u64,
+                logit_bias: Vec::new(),
             },
             Sampling {
                 temperature: 1.0,
                 top_k: 0,
                 top_p: 1.0,
                 seed: 100 + i as u64,
+                logit_bias: Vec::new(),
             },
         ];
         let gens = generate_per_sampling(

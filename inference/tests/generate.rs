@@ -60,6 +60,7 @@ fn seeded_sampling_is_reproducible() {
         top_k: 0,
         top_p: 1.0,
         seed,
+        logit_bias: Vec::new(),
     };
     let a = run(
         &model,
@@ -82,6 +83,7 @@ fn max_tokens_and_stop_sequences_end_generation() {
         top_k: 0,
         top_p: 1.0,
         seed: 5,
+        logit_bias: Vec::new(),
     };
     let long = run(&model, &tok, &[req(&tok, "the", 20, hot.clone())]);
     assert_eq!(long[0].finish, FinishReason::MaxTokens, "{:?}", long[0]);
@@ -115,6 +117,7 @@ fn cancellation_stops_every_sequence() {
         top_k: 0,
         top_p: 1.0,
         seed: 5,
+        logit_bias: Vec::new(),
     };
     let reqs = vec![req(&tok, "the", 50, hot.clone()), req(&tok, "a", 50, hot)];
     let cancel = CancelToken::new();
@@ -204,6 +207,7 @@ fn a_full_context_ends_generation() {
         top_k: 0,
         top_p: 1.0,
         seed: 5,
+        logit_bias: Vec::new(),
     };
     let r = Request {
         prompt: vec![10, 11, 12, 13, 14, 15],

@@ -1,8 +1,9 @@
 """Drives a running `sandgraph-infer serve` with the official OpenAI Python client.
 
 Usage: python3 openai_client.py BASE_URL   (started by inference/tests/openai_client.rs)
-Checks chat completion, streaming, response_format json_schema, a forced tool call (whole and
-streamed) and tool_choice auto.
+Checks chat completion, streaming, response_format json_schema (properties in the schema's
+order), a forced tool call (whole and streamed), the call carried back into the next prompt,
+tool_choice auto, logit_bias, the OpenAI bookkeeping fields, and the server's API key.
 """
 import json
 import sys
@@ -26,7 +27,13 @@ while True:
         sys.exit("server never became healthy")
     time.sleep(0.1)
 
-client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
+API_KEY = "sk-sandgraph-test"  # the key openai_client.rs starts the server with
+try:
+    openai.OpenAI(base_url=base + "/v1", api_key="wrong", max_retries=0).models.list()
+    raise AssertionError("a wrong API key was accepted")
+except openai.AuthenticationError as e:
+    assert e.status_code == 401 and e.body["code"] == "invalid_api_key", e.body
+client = openai.OpenAI(base_url=base + "/v1", api_key=API_KEY, max_retries=0)
 model = client.models.list().data[0].id
 question = [
     {"role": "system", "content": "You are a helpful assistant."},
@@ -145,6 +152,52 @@ if auto.choices[0].finish_reason == "tool_calls":
 else:
     assert amsg.tool_calls is None and isinstance(amsg.content, str), amsg
     assert not amsg.content.startswith("{"), amsg
+
+# The call made is in the next prompt: the same conversation with an empty assistant turn
+# instead has fewer prompt tokens.
+call = msg.tool_calls[0]
+result = {"role": "tool", "tool_call_id": call.id, "content": '{"temp_c": 21}'}
+weather_q = [{"role": "user", "content": "What is the weather in Paris?"}]
+with_call = client.chat.completions.create(
+    model=model, max_tokens=8, temperature=0,
+    messages=weather_q + [
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]}, result,
+    ],
+)
+empty = client.chat.completions.create(
+    model=model, max_tokens=8, temperature=0,
+    messages=weather_q + [{"role": "assistant", "content": ""}, result],
+)
+assert with_call.usage.prompt_tokens > empty.usage.prompt_tokens + 5, (with_call.usage, empty.usage)
+
+# Properties come out in the schema's order (reasoning before answer), not alphabetically.
+ordered = client.chat.completions.create(
+    model=model,
+    messages=[{"role": "user", "content": "Is Paris in France? Reason, then answer."}],
+    response_format={"type": "json_schema", "json_schema": {"name": "qa", "schema": {
+        "type": "object",
+        "properties": {"reasoning": {"type": "string", "maxLength": 40}, "answer": {"type": "boolean"}},
+        "required": ["reasoning", "answer"],
+    }}},
+    max_tokens=80, temperature=0,
+)
+otext = ordered.choices[0].message.content
+assert otext.index('"reasoning"') < otext.index('"answer"'), otext
+
+# logit_bias is honoured: +100 on one token makes every generated token that token.
+bias = {"28": 100}
+one = client.chat.completions.create(model=model, messages=question, max_tokens=1, temperature=0, logit_bias=bias)
+three = client.chat.completions.create(model=model, messages=question, max_tokens=3, temperature=0, logit_bias=bias)
+assert three.choices[0].message.content == one.choices[0].message.content * 3, (one, three)
+assert not text.startswith(one.choices[0].message.content), (text, one)
+
+# OpenAI's bookkeeping fields are accepted (and ignored).
+kept = client.chat.completions.create(
+    model=model, messages=question, max_tokens=24, temperature=0, store=False,
+    metadata={"run": "test"}, service_tier="auto", user="u1",
+    extra_body={"prompt_cache_key": "k", "safety_identifier": "s"},
+)
+assert kept.choices[0].message.content == text, kept
 
 try:
     client.chat.completions.create(model=model, messages=question, n=2)

@@ -39,6 +39,7 @@ fn the_openai_python_client_works_against_the_server() {
         .args(["--slots", "2", "--context", "1024", "--threads", "2"])
         .arg("--model")
         .arg(&model)
+        .env("SANDGRAPH_INFER_API_KEY", "sk-sandgraph-test")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -681,13 +681,16 @@ async fn concurrent_requests_each_equal_running_alone() {
     wait_until("all slots free", || s.batcher().running() == 0).await;
     let (_, m) = call(s.addr, "GET", "/metrics", None).await;
     let m = m.as_str().unwrap().to_owned();
-    assert!(m.contains("sandgraph_infer_num_requests_running 0"), "{m}");
     assert!(
-        m.contains("sandgraph_infer_time_to_first_token_seconds_count 5"),
+        m.contains("sandgraph_infer_num_requests_running{model_name=\"model\"} 0"),
         "{m}"
     );
     assert!(
-        m.contains("sandgraph_infer_e2e_request_latency_seconds_count 5"),
+        m.contains("sandgraph_infer_time_to_first_token_seconds_count{model_name=\"model\"} 5"),
+        "{m}"
+    );
+    assert!(
+        m.contains("sandgraph_infer_e2e_request_latency_seconds_count{model_name=\"model\"} 5"),
         "{m}"
     );
 }
@@ -1071,13 +1074,22 @@ async fn tool_choice_auto_lets_the_first_byte_choose_text_or_a_call() {
     );
 }
 
-/// The value of one unlabelled sample of the /metrics text.
+/// The value of one sample of the /metrics text (labelled only with the model's name).
 async fn metric(addr: SocketAddr, name: &str) -> f64 {
     let (st, v) = call(addr, "GET", "/metrics", None).await;
     assert_eq!(st, 200);
     let text = v.as_str().unwrap();
     text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .find_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            // A name given with its labels is matched as is.
+            let rest = if name.contains('{') {
+                rest
+            } else {
+                rest.strip_prefix("{model_name=\"model\"}")?
+            };
+            rest.strip_prefix(' ')
+        })
         .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
         .parse()
         .unwrap()
@@ -1144,7 +1156,7 @@ async fn latencies_count_from_arrival_and_cancelled_prompts_count() {
     assert_eq!(
         metric(
             s.addr,
-            "sandgraph_infer_request_success_total{finished_reason=\"abort\"}"
+            "sandgraph_infer_request_success_total{model_name=\"model\",finished_reason=\"abort\"}"
         )
         .await,
         1.0
@@ -1382,4 +1394,176 @@ async fn method_not_allowed_names_the_allowed_methods() {
         let v: Value = serde_json::from_slice(&body).unwrap();
         assert_error(&v, "method_not_allowed", None);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logit_bias_is_honoured_and_openai_bookkeeping_fields_are_accepted() {
+    let (_, tok) = tiny();
+    // A plain token (not a control token, not end of sequence) that greedy decoding would not
+    // pick on its own every time: a +100 bias must make it win every step.
+    let forced = (0..tok.vocab_size() as u32)
+        .rev()
+        .find(|&t| !tok.is_control(t) && !tok.token_bytes(t).is_empty())
+        .unwrap();
+    let s = open_server(1).await;
+    let body = |bias: Value| {
+        json!({
+            "messages": [{"role": "user", "content": "hello"}],
+            "max_tokens": 6, "temperature": 0,
+            "logit_bias": bias,
+            "store": false, "metadata": {"run": "x"}, "service_tier": "auto",
+            "prompt_cache_key": "k", "safety_identifier": "s", "user": "u",
+        })
+    };
+    let (st, v) = call(
+        s.addr,
+        "POST",
+        "/v1/chat/completions",
+        Some(body(json!({ forced.to_string(): 100 }))),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let want = String::from_utf8_lossy(&tok.token_bytes(forced).repeat(6)).into_owned();
+    assert_eq!(v["choices"][0]["message"]["content"], want, "{v}");
+    let (st, plain) = call(
+        s.addr,
+        "POST",
+        "/v1/chat/completions",
+        Some(body(json!({}))),
+    )
+    .await;
+    assert_eq!(st, 200, "{plain}");
+    assert_ne!(plain["choices"][0]["message"]["content"], want, "{plain}");
+    // The same on the legacy completions endpoint.
+    let (st, v) = call(
+        s.addr,
+        "POST",
+        "/v1/completions",
+        Some(json!({"prompt": "hello", "max_tokens": 3, "temperature": 0,
+            "logit_bias": { forced.to_string(): 100 }})),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let want3 = String::from_utf8_lossy(&tok.token_bytes(forced).repeat(3)).into_owned();
+    assert_eq!(v["choices"][0]["text"], want3, "{v}");
+    // Bad biases are named.
+    for bias in [
+        json!({"abc": 1}),
+        json!({ tok.vocab_size().to_string(): 1 }),
+        json!({"1": 101}),
+    ] {
+        let (st, v) = call(s.addr, "POST", "/v1/chat/completions", Some(body(bias))).await;
+        assert_eq!(st, 400, "{v}");
+        assert_error(&v, "invalid_value", Some("logit_bias"));
+    }
+}
+
+/// One GET with an optional `Authorization` header: (status, WWW-Authenticate, body).
+async fn get_with_auth(addr: SocketAddr, path: &str, auth: Option<&str>) -> (u16, String, Value) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut req = Request::builder()
+        .method("GET")
+        .uri(path)
+        .header("host", "127.0.0.1");
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let resp = sender
+        .send_request(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let www = resp
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, www, v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_key_guards_v1_and_metrics_carry_the_model_name() {
+    let s = start(
+        1,
+        ServerConfig {
+            api_key: Some("sk-test".into()),
+            model_name: "tiny-model".into(),
+            ..Default::default()
+        },
+        Gate::opened(),
+    )
+    .await;
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("sk-test"),
+        Some("Basic sk-test"),
+    ] {
+        let (st, www, v) = get_with_auth(s.addr, "/v1/models", auth).await;
+        assert_eq!(st, 401, "{auth:?}: {v}");
+        assert_eq!(www, "Bearer");
+        assert_eq!(v["error"]["code"], "invalid_api_key", "{v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    }
+    let (st, _, v) = get_with_auth(s.addr, "/v1/models", Some("Bearer sk-test")).await;
+    assert_eq!(st, 200, "{v}");
+    // Probes and scrapers need no key.
+    let (st, _, _) = get_with_auth(s.addr, "/health", None).await;
+    assert_eq!(st, 200);
+    let (st, _, v) = get_with_auth(s.addr, "/metrics", None).await;
+    assert_eq!(st, 200);
+    let text = v.as_str().unwrap();
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("sandgraph_infer_"))
+        .collect();
+    assert!(!series.is_empty(), "{text}");
+    for l in series {
+        assert!(l.contains("model_name=\"tiny-model\""), "{l}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_schema_properties_come_out_in_the_order_the_schema_lists_them() {
+    let s = open_server(1).await;
+    // Written as raw text: `reasoning` before `answer`, the reverse of alphabetical order.
+    let body = br#"{"messages":[{"role":"user","content":"why?"}],"max_tokens":200,"temperature":0,
+        "response_format":{"type":"json_schema","json_schema":{"name":"r","schema":{"type":"object",
+        "properties":{"reasoning":{"type":"string","maxLength":8},"answer":{"type":"object",
+        "properties":{"zeta":{"type":"boolean"},"alpha":{"type":"boolean"}},"required":["zeta","alpha"]}},
+        "required":["reasoning","answer"]}}}}"#;
+    let (st, v) = call_raw(s.addr, "/v1/chat/completions", body.to_vec()).await;
+    assert_eq!(st, 200, "{v}");
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+    let r = text.find("\"reasoning\"").expect(text);
+    let a = text.find("\"answer\"").expect(text);
+    assert!(r < a, "{text}");
+    let z = text.find("\"zeta\"").expect(text);
+    let al = text.find("\"alpha\"").expect(text);
+    assert!(z < al, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_arguments_come_out_in_the_order_the_parameters_list_them() {
+    let s = open_server(1).await;
+    let body = br#"{"messages":[{"role":"user","content":"go"}],"max_tokens":200,"temperature":0,
+        "tools":[{"type":"function","function":{"name":"act","parameters":{"type":"object",
+        "properties":{"why":{"type":"string","maxLength":6},"action":{"type":"boolean"}},
+        "required":["why","action"]}}}],
+        "tool_choice":{"type":"function","function":{"name":"act"}}}"#;
+    let (st, v) = call_raw(s.addr, "/v1/chat/completions", body.to_vec()).await;
+    assert_eq!(st, 200, "{v}");
+    let args = v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+        .as_str()
+        .unwrap();
+    assert!(args.starts_with("{\"why\":"), "{args}");
 }

@@ -124,7 +124,7 @@ impl EmbeddedEngine {
             .file_stem()
             .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
         let tok = Arc::new(tok);
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::for_model(&model_name));
         let batcher = Batcher::start(backend, tok.clone(), s.max_waiting, metrics.clone());
         tracing::info!(model = %model_name, backend = %name, "embedded model engine loaded");
         Ok(EmbeddedEngine {

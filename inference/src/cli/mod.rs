@@ -181,6 +181,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
             top_k: a.top_k,
             top_p: a.top_p,
             seed: a.seed,
+            logit_bias: Vec::new(),
         },
         stop: a.stop,
     };

@@ -45,6 +45,9 @@ pub struct ServeArgs {
     /// Log prompts and generated text (off by default).
     #[arg(long)]
     log_prompts: bool,
+    /// Require `Authorization: Bearer <key>` on /v1/* (health and metrics stay open).
+    #[arg(long, env = "SANDGRAPH_INFER_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
@@ -73,6 +76,11 @@ pub fn run(a: ServeArgs) -> Result<()> {
             max_body_bytes: a.max_body_bytes,
             max_waiting: a.max_waiting,
             log_prompts: a.log_prompts,
+            model_name: a
+                .model
+                .file_stem()
+                .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned()),
+            api_key: a.api_key.clone().filter(|k| !k.is_empty()),
         });
         let server = tokio::spawn(serve(listener, state.clone()));
         let st = state.clone();

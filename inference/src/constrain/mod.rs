@@ -11,6 +11,7 @@
 
 pub mod mask;
 pub mod matcher;
+pub mod order;
 pub mod schema;
 pub mod tools;
 

@@ -2,9 +2,11 @@
 //! Compiling up front means bad schemas fail once, with the keyword named, before any decoding.
 //!
 //! Rules for constrained output (documented for API users):
-//! - Objects with `properties` emit only declared properties, in the order serde_json yields
-//!   them (alphabetical; declaration order if its `preserve_order` feature is on), optional
-//!   ones may be skipped; `additionalProperties` may only be
+//! - Objects with `properties` emit only declared properties, in the order the schema's JSON
+//!   text lists them when compiled with a [`PropertyOrder`] (the server reads it from the
+//!   request text: `reasoning` before `answer` stays so), else in `serde_json::Value`'s
+//!   order (alphabetical: the workspace leaves serde_json's `preserve_order` off, since it
+//!   would change every `Value` in the host and wasmtime); optional ones may be skipped; `additionalProperties` may only be
 //!   absent or `false`. `{"type": "object"}` without `properties` means any JSON object.
 //! - No whitespace between tokens: the output is compact JSON, so generation cannot loop on
 //!   spaces.
@@ -13,6 +15,8 @@
 //!   parse as finite f64 and cannot grow forever.
 
 use serde_json::Value;
+
+use super::order::PropertyOrder;
 
 /// Index of a node in [`Grammar::nodes`].
 pub type NodeId = u32;
@@ -121,10 +125,17 @@ impl Grammar {
 
     /// Compiles a JSON Schema (the subset described in the module docs).
     pub fn compile(schema: &Value) -> Result<Grammar, SchemaError> {
+        Self::compile_ordered(schema, &PropertyOrder::default())
+    }
+
+    /// [`Grammar::compile`], emitting each object's properties in `order` (the order the
+    /// schema's text wrote them) where it knows them.
+    pub fn compile_ordered(schema: &Value, order: &PropertyOrder) -> Result<Grammar, SchemaError> {
         let mut c = Compiler {
             nodes: vec![Node::Any],
             root: schema,
             refs: Vec::new(),
+            order,
         };
         let root = c.node(schema, "#")?;
         Ok(Grammar {
@@ -137,6 +148,15 @@ impl Grammar {
     /// `{"name":<tool name>,"arguments":<its parameters>}`, name first so the model commits
     /// to a tool before writing arguments.
     pub fn tool_call(tools: &[(String, Value)]) -> Result<Grammar, SchemaError> {
+        Self::tool_call_ordered(tools, &PropertyOrder::default())
+    }
+
+    /// [`Grammar::tool_call`], each tool's arguments in the property order `order` holds for
+    /// the root `tool 'NAME' parameters`.
+    pub fn tool_call_ordered(
+        tools: &[(String, Value)],
+        order: &PropertyOrder,
+    ) -> Result<Grammar, SchemaError> {
         if tools.is_empty() {
             return Err(invalid("#", "no tools to call"));
         }
@@ -147,6 +167,7 @@ impl Grammar {
                 nodes,
                 root: params,
                 refs: Vec::new(),
+                order,
             };
             let args = c.node(params, &format!("tool '{name}' parameters"))?;
             let lit = c.push(Node::Literals(vec![compact(&Value::String(name.clone()))]));
@@ -180,6 +201,8 @@ struct Compiler<'a> {
     root: &'a Value,
     /// `$ref` targets being compiled (recursion check).
     refs: Vec<String>,
+    /// The written order of `properties` keys, by path.
+    order: &'a PropertyOrder,
 }
 
 fn invalid(path: &str, problem: impl Into<String>) -> SchemaError {
@@ -416,6 +439,10 @@ impl Compiler<'_> {
                 node,
                 required: required.contains(&name.as_str()),
             });
+        }
+        if let Some(written) = self.order.get(&format!("{path}/properties")) {
+            let at = |n: &str| written.iter().position(|w| w == n).unwrap_or(usize::MAX);
+            out.sort_by_key(|p| at(&p.name));
         }
         Ok(self.push(Node::Object { props: out }))
     }

@@ -164,6 +164,16 @@ pub fn tool_constraint(
     tools: &[Tool],
     choice: &ToolChoice,
 ) -> Result<Option<Arc<Grammar>>, ToolError> {
+    tool_constraint_ordered(tools, choice, &super::order::PropertyOrder::default())
+}
+
+/// [`tool_constraint`], arguments in the property order the request text wrote (`order`,
+/// rooted at `tool 'NAME' parameters` per tool).
+pub fn tool_constraint_ordered(
+    tools: &[Tool],
+    choice: &ToolChoice,
+    order: &super::order::PropertyOrder,
+) -> Result<Option<Arc<Grammar>>, ToolError> {
     let pick: Vec<(String, Value)> = match choice {
         ToolChoice::None | ToolChoice::Auto => return Ok(None),
         ToolChoice::Required => tools
@@ -179,7 +189,7 @@ pub fn tool_constraint(
     if pick.is_empty() {
         return Err(ToolError::NoTools(format!("{choice:?}")));
     }
-    Grammar::tool_call(&pick)
+    Grammar::tool_call_ordered(&pick, order)
         .map(|g| Some(Arc::new(g)))
         .map_err(|source| ToolError::Schema {
             tool: pick[0].0.clone(),

@@ -503,9 +503,11 @@ impl Engine {
     /// Picks a token for every chunk of the last forward (ignored where the prompt is not done).
     fn pick(&mut self, plan: &[(usize, bool)]) -> Result<Vec<u32>, crate::backend::BackendError> {
         let seqs = &self.seqs;
-        let constrained = plan
-            .iter()
-            .any(|(i, p)| *p && seqs[*i].job.constraint.is_some());
+        // Constraints and logit biases need the whole logits row.
+        let constrained = plan.iter().any(|(i, p)| {
+            *p && (seqs[*i].job.constraint.is_some()
+                || !seqs[*i].job.sampling.logit_bias.is_empty())
+        });
         let all_greedy = plan
             .iter()
             .all(|(i, _)| seqs[*i].job.sampling.temperature <= 0.0);
@@ -529,6 +531,7 @@ impl Engine {
                     out.push(0);
                     continue;
                 }
+                let row = s.job.sampling.biased(row);
                 let t = match &s.job.constraint {
                     Some(c) => pick_constrained(&row, &s.job.sampling, &mut s.rng, c),
                     None => {

@@ -61,7 +61,7 @@ pub fn start_chat(
     log_prompts: bool,
 ) -> Result<ChatJob, ApiError> {
     let max_ctx = ready.batcher.max_context();
-    let params = cr.params(max_ctx)?;
+    let params = cr.params(max_ctx, ready.tok.vocab_size())?;
     let structured = cr.structured()?;
     let tool_mode = match &structured {
         Structured::Tool { auto, .. } => Some(*auto),

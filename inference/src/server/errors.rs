@@ -46,6 +46,17 @@ impl ApiError {
         }
     }
 
+    /// A `/v1/*` request without the server's API key (OpenAI's 401 shape).
+    pub fn unauthorized() -> Self {
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            message: "Incorrect or missing API key; send it as 'Authorization: Bearer <key>' (the key `sandgraph-infer serve --api-key` or SANDGRAPH_INFER_API_KEY set)".to_owned(),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("invalid_api_key"),
+        }
+    }
+
     pub fn overloaded(message: impl Into<String>, status: StatusCode) -> Self {
         ApiError {
             status,

@@ -69,8 +69,21 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Metrics labelled `model_name="model"`; use [`Metrics::for_model`] to name the model.
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("sandgraph_infer");
+        Self::for_model("model")
+    }
+
+    /// Every series carries `model_name="<model_name>"`, as vLLM's do (dashboards filter on it).
+    pub fn for_model(model_name: &str) -> Metrics {
+        let mut registry = Registry::with_prefix_and_labels(
+            "sandgraph_infer",
+            [(
+                std::borrow::Cow::Borrowed("model_name"),
+                std::borrow::Cow::Owned(model_name.to_owned()),
+            )]
+            .into_iter(),
+        );
         let m = Metrics {
             running: Gauge::default(),
             waiting: Gauge::default(),
@@ -206,32 +219,35 @@ mod tests {
         m.add_prompt_tokens(7, 3);
         let text = m.render();
         assert!(
-            text.contains("sandgraph_infer_num_requests_running 2"),
+            text.contains("sandgraph_infer_num_requests_running{model_name=\"model\"} 2"),
             "{text}"
         );
         assert!(
-            text.contains("sandgraph_infer_generation_tokens_total 5"),
+            text.contains("sandgraph_infer_generation_tokens_total{model_name=\"model\"} 5"),
             "{text}"
         );
         assert!(
-            text.contains("sandgraph_infer_prompt_tokens_total 7"),
+            text.contains("sandgraph_infer_prompt_tokens_total{model_name=\"model\"} 7"),
             "{text}"
         );
         assert!(
-            text.contains("sandgraph_infer_prefix_cache_hits_total 3"),
+            text.contains("sandgraph_infer_prefix_cache_hits_total{model_name=\"model\"} 3"),
             "{text}"
         );
         assert!(
-            text.contains("sandgraph_infer_kv_cache_usage_perc 0.25"),
+            text.contains("sandgraph_infer_kv_cache_usage_perc{model_name=\"model\"} 0.25"),
             "{text}"
         );
         assert!(
-            text.contains("sandgraph_infer_e2e_request_latency_seconds_count 2"),
+            text.contains(
+                "sandgraph_infer_e2e_request_latency_seconds_count{model_name=\"model\"} 2"
+            ),
             "{text}"
         );
         for reason in ["stop", "abort"] {
-            let line =
-                format!("sandgraph_infer_request_success_total{{finished_reason=\"{reason}\"}} 1");
+            let line = format!(
+                "sandgraph_infer_request_success_total{{model_name=\"model\",finished_reason=\"{reason}\"}} 1"
+            );
             assert!(text.contains(&line), "no `{line}` in {text}");
         }
     }

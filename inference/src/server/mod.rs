@@ -34,6 +34,11 @@ pub struct ServerConfig {
     pub max_waiting: usize,
     /// Log prompts and outputs (off by default: they may hold private data).
     pub log_prompts: bool,
+    /// The `model_name` label of every metric (the model file's stem; vLLM's label).
+    pub model_name: String,
+    /// When set, `/v1/*` requests need `Authorization: Bearer <key>` (401 otherwise, in
+    /// OpenAI's error shape); `/health` and `/metrics` stay open for probes and scrapers.
+    pub api_key: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -42,6 +47,8 @@ impl Default for ServerConfig {
             max_body_bytes: 4 << 20,
             max_waiting: 64,
             log_prompts: false,
+            model_name: "model".to_owned(),
+            api_key: None,
         }
     }
 }
@@ -91,8 +98,8 @@ pub struct AppState {
 impl AppState {
     pub fn new(config: ServerConfig) -> Arc<AppState> {
         Arc::new(AppState {
+            metrics: Arc::new(Metrics::for_model(&config.model_name)),
             config,
-            metrics: Arc::new(Metrics::new()),
             ready: OnceLock::new(),
             next_id: AtomicU64::new(1),
         })

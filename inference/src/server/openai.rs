@@ -107,6 +107,25 @@ pub struct ChatRequest {
     pub presence_penalty: Option<f32>,
     #[serde(default)]
     pub logprobs: Option<bool>,
+    /// Token id (as a string key) → bias in [-100, 100], added to that token's logit.
+    #[serde(default)]
+    pub logit_bias: Option<std::collections::BTreeMap<String, f64>>,
+    /// Accepted and ignored (nothing is stored; there is no tier or prompt cache to pick;
+    /// `user`/`safety_identifier` are not logged): SDK wrappers send these, OpenAI documents them.
+    #[serde(default)]
+    pub store: Option<bool>,
+    #[serde(default)]
+    pub metadata: Option<Value>,
+    #[serde(default)]
+    pub service_tier: Option<String>,
+    #[serde(default)]
+    pub prompt_cache_key: Option<String>,
+    #[serde(default)]
+    pub safety_identifier: Option<String>,
+    /// The written order of the `response_format` schema's properties (see
+    /// [`ChatRequest::read_property_order`]); empty: `Value`'s alphabetical order.
+    #[serde(skip)]
+    pub schema_order: crate::constrain::order::PropertyOrder,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -144,6 +163,8 @@ pub struct CompletionRequest {
     pub frequency_penalty: Option<f32>,
     #[serde(default)]
     pub presence_penalty: Option<f32>,
+    #[serde(default)]
+    pub logit_bias: Option<std::collections::BTreeMap<String, f64>>,
 }
 
 /// Parses a JSON body, mapping serde's failure to OpenAI's 400 (unknown field, wrong type, syntax).
@@ -280,6 +301,7 @@ pub fn check_params(
             top_k: 0,
             top_p,
             seed,
+            logit_bias: Vec::new(),
         },
         stop,
         stream: stream.unwrap_or(false),
@@ -288,12 +310,13 @@ pub fn check_params(
 }
 
 impl ChatRequest {
-    pub fn params(&mut self, max_context: usize) -> Result<Params, ApiError> {
+    /// The engine parameters; `vocab_size` bounds `logit_bias`'s token ids.
+    pub fn params(&mut self, max_context: usize, vocab_size: usize) -> Result<Params, ApiError> {
         let (mt, name) = match (self.max_completion_tokens, self.max_tokens) {
             (Some(m), _) => (Some(m), "max_completion_tokens"),
             (None, m) => (m, "max_tokens"),
         };
-        check_params(
+        let mut p = check_params(
             mt,
             name,
             self.temperature,
@@ -308,7 +331,38 @@ impl ChatRequest {
                 (self.presence_penalty, "presence_penalty"),
             ],
             max_context,
-        )
+        )?;
+        p.sampling.logit_bias = check_logit_bias(self.logit_bias.as_ref(), vocab_size)?;
+        Ok(p)
+    }
+
+    /// Reads the order in which the request text `body` lists the properties of the
+    /// `response_format` schema and of each tool's parameters, so constrained output keeps it.
+    pub fn read_property_order(&mut self, body: &[u8]) {
+        use crate::constrain::order::{OrderedJson, PropertyOrder};
+        let Some(b) = OrderedJson::parse(body) else {
+            return;
+        };
+        if let Some(schema) = b
+            .get("response_format")
+            .and_then(|r| r.get("json_schema")?.get("schema"))
+        {
+            self.schema_order = PropertyOrder::of(schema);
+        }
+        let mut i = 0;
+        while let Some(f) = b.get("tools").and_then(|t| t.index(i)?.get("function")) {
+            i += 1;
+            let name = self
+                .tools
+                .as_ref()
+                .and_then(|t| t.get(i - 1)?.get("function")?.get("name")?.as_str());
+            if let (Some(name), Some(params)) = (name, f.get("parameters")) {
+                self.schema_order.extend(PropertyOrder::rooted(
+                    params,
+                    &format!("tool '{name}' parameters"),
+                ));
+            }
+        }
     }
 
     /// The messages as (role, text) pairs, rejecting content this server cannot read.
@@ -362,14 +416,123 @@ impl ChatRequest {
             } else {
                 &m.role
             };
+            let text = match &m.tool_calls {
+                Some(calls) if role == "assistant" => with_tool_calls(i, text, calls)?,
+                Some(_) => {
+                    return Err(ApiError::invalid(
+                        format!(
+                            "messages[{i}] is a '{}' message with tool_calls; only assistant messages carry tool calls",
+                            m.role
+                        ),
+                        Some(&format!("messages[{i}].tool_calls")),
+                        "invalid_value",
+                    ));
+                }
+                None => text,
+            };
             out.push(crate::tokenizer::ChatMessage::new(role, &text));
         }
         Ok(out)
     }
 }
 
+/// Reads OpenAI's `logit_bias` (token-id keys, biases in [-100, 100]).
+fn check_logit_bias(
+    bias: Option<&std::collections::BTreeMap<String, f64>>,
+    vocab_size: usize,
+) -> Result<Vec<(u32, f32)>, ApiError> {
+    let Some(bias) = bias else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(bias.len());
+    for (k, &b) in bias {
+        let id = k
+            .parse::<u32>()
+            .ok()
+            .filter(|&id| (id as usize) < vocab_size)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    format!(
+                        "logit_bias key '{k}' is not a token id of this model; its vocabulary has {vocab_size} tokens (ids 0 to {})",
+                        vocab_size.saturating_sub(1)
+                    ),
+                    Some("logit_bias"),
+                    "invalid_value",
+                )
+            })?;
+        if !(-100.0..=100.0).contains(&b) {
+            return Err(ApiError::invalid(
+                format!("logit_bias['{k}'] = {b}: a bias must be between -100 and 100"),
+                Some("logit_bias"),
+                "invalid_value",
+            ));
+        }
+        out.push((id, b as f32));
+    }
+    Ok(out)
+}
+
+/// The text an assistant turn's `tool_calls` take in the prompt: each call as the model
+/// generates it under the tool grammar, `{"name":N,"arguments":{...}}`, one per line after the
+/// turn's text. SmolLM2's chat template (plain ChatML) has no tool-call syntax of its own, so
+/// this is what its template renders when handed the turn's content (as llama.cpp does for
+/// templates without tool support); the model then sees the calls it made, in its own words.
+fn with_tool_calls(i: usize, mut text: String, calls: &Value) -> Result<String, ApiError> {
+    let at = |j: usize, what: &str| {
+        ApiError::invalid(
+            format!(
+                "messages[{i}].tool_calls[{j}]: {what}; send {{\"id\":...,\"type\":\"function\",\"function\":{{\"name\":...,\"arguments\":\"<JSON text>\"}}}}"
+            ),
+            Some(&format!("messages[{i}].tool_calls[{j}]")),
+            "invalid_value",
+        )
+    };
+    let Some(list) = calls.as_array() else {
+        return Err(ApiError::invalid(
+            format!("messages[{i}].tool_calls must be an array of tool calls"),
+            Some(&format!("messages[{i}].tool_calls")),
+            "invalid_value",
+        ));
+    };
+    for (j, c) in list.iter().enumerate() {
+        if c.get("type").is_some_and(|t| t != "function") {
+            return Err(at(j, "'type' must be \"function\""));
+        }
+        let f = c
+            .get("function")
+            .filter(|f| f.is_object())
+            .ok_or_else(|| at(j, "'function' object is missing"))?;
+        let name = f
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| at(j, "'function.name' must be a non-empty string"))?;
+        let arguments = match f.get("arguments") {
+            None | Some(Value::Null) => "{}".to_owned(),
+            Some(Value::String(a)) => a.clone(),
+            Some(_) => return Err(at(j, "'function.arguments' must be a string of JSON text")),
+        };
+        // Arguments that are JSON go in verbatim (as generated); anything else as a string.
+        let arguments = if serde_json::from_str::<serde::de::IgnoredAny>(&arguments).is_ok() {
+            arguments
+        } else {
+            Value::String(arguments).to_string()
+        };
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        text.push_str("{\"name\":");
+        text.push_str(&Value::String(name.to_owned()).to_string());
+        text.push_str(",\"arguments\":");
+        text.push_str(arguments.trim());
+        text.push('}');
+    }
+    Ok(text)
+}
+
 impl CompletionRequest {
-    pub fn params(&mut self, max_context: usize) -> Result<Params, ApiError> {
+    /// The engine parameters; `vocab_size` bounds `logit_bias`'s token ids.
+    pub fn params(&mut self, max_context: usize, vocab_size: usize) -> Result<Params, ApiError> {
         let mut p = check_params(
             self.max_tokens,
             "max_tokens",
@@ -386,6 +549,7 @@ impl CompletionRequest {
             ],
             max_context,
         )?;
+        p.sampling.logit_bias = check_logit_bias(self.logit_bias.as_ref(), vocab_size)?;
         // OpenAI's legacy completions default to 16 tokens.
         p.max_tokens.get_or_insert(16);
         Ok(p)
@@ -484,7 +648,7 @@ impl ChatRequest {
                             "invalid_value",
                         ));
                     };
-                    return Grammar::compile(schema)
+                    return Grammar::compile_ordered(schema, &self.schema_order)
                         .map(Structured::Json)
                         .map_err(|e| schema_error(e, "response_format.json_schema.schema"));
                 }
@@ -501,7 +665,8 @@ impl ChatRequest {
             }
         }
         use crate::constrain::tools::{
-            ToolChoice, ToolError, parse_tool_choice, parse_tools, tool_constraint, tools_prompt,
+            ToolChoice, ToolError, parse_tool_choice, parse_tools, tool_constraint_ordered,
+            tools_prompt,
         };
         let Some(tools_json) = &self.tools else {
             return match &self.tool_choice {
@@ -539,7 +704,7 @@ impl ChatRequest {
             ToolChoice::Auto => ToolChoice::Required,
             c => c.clone(),
         };
-        let grammar = tool_constraint(&tools, &forced)
+        let grammar = tool_constraint_ordered(&tools, &forced, &self.schema_order)
             .map_err(tool_error)?
             .ok_or_else(|| ApiError::internal("a forced tool choice produced no grammar"))?;
         let offered: Vec<Tool> = match &forced {
@@ -613,7 +778,7 @@ mod tests {
     fn n_above_one_is_refused() {
         let mut r: ChatRequest =
             parse_body(br#"{"messages":[{"role":"user","content":"hi"}],"n":2}"#).unwrap();
-        let e = r.params(64).unwrap_err();
+        let e = r.params(64, 100).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("n"));
     }
 

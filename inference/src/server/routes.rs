@@ -43,6 +43,17 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let arrived = Instant::now();
     let path = req.uri().path().to_owned();
+    if path.starts_with("/v1/")
+        && let Some(key) = &state.config.api_key
+        && !bearer_matches(&req, key)
+    {
+        let mut resp = error_response(ApiError::unauthorized());
+        resp.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static("Bearer"),
+        );
+        return Ok(resp);
+    }
     let r = match (req.method(), path.as_str()) {
         (&Method::GET, "/health") => Ok(health(&state)),
         (&Method::GET, "/metrics") => Ok(metrics(&state)),
@@ -72,6 +83,21 @@ pub async fn handle(
         _ => Err(ApiError::not_found(&path)),
     };
     Ok(r.unwrap_or_else(error_response))
+}
+
+/// Whether the request carries `Authorization: Bearer <key>`. Compares digests, so the time
+/// taken does not tell how much of a guessed key was right.
+fn bearer_matches(req: &Request<Incoming>, key: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    let Some(given) = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    Sha256::digest(given.trim().as_bytes()) == Sha256::digest(key.as_bytes())
 }
 
 /// The methods each known path answers (the `Allow` header of its 405).
@@ -178,7 +204,8 @@ async fn chat(
     arrived: Instant,
 ) -> Result<Response<Body>, ApiError> {
     let body = read_body(req, state.config.max_body_bytes).await?;
-    let cr: ChatRequest = parse_body(&body)?;
+    let mut cr: ChatRequest = parse_body(&body)?;
+    cr.read_property_order(&body);
     let r = ready(state)?;
     let id = format!("chatcmpl-{}", state.next_request_id());
     let mut s = start_chat(r, id, cr, arrived, state.config.log_prompts)?;
@@ -350,7 +377,7 @@ async fn completion(
     let body = read_body(req, state.config.max_body_bytes).await?;
     let mut cr: CompletionRequest = parse_body(&body)?;
     let r = ready(state)?;
-    let params = cr.params(r.batcher.max_context())?;
+    let params = cr.params(r.batcher.max_context(), r.tok.vocab_size())?;
     let (prompt, text) = match cr.prompt_input(r.tok.vocab_size())? {
         PromptInput::Text(text) => (r.tok.encode(&text, false), text),
         PromptInput::Tokens(ids) => {

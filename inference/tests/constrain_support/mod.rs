@@ -71,6 +71,7 @@ pub fn seeds(n: u64) -> Vec<Sampling> {
             top_k: 0,
             top_p: 1.0,
             seed,
+            logit_bias: Vec::new(),
         })
         .collect()
 }
