@@ -58,9 +58,9 @@ mkdir -p "$out/built" "$out/all-components"
 cat >"$out/all-components/kustomization.yaml" <<YAML
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
-resources: [$root/deploy/k8s/overlays/dev]
+resources: [$(realpath --relative-to="$out/all-components" deploy/k8s/overlays/dev)]
 components:
-$(for c in deploy/k8s/components/*/; do echo "  - $root/$c"; done)
+$(for c in deploy/k8s/components/*/; do echo "  - $(realpath --relative-to="$out/all-components" "$c")"; done)
 YAML
 for o in deploy/k8s/overlays/*/ "$out/all-components/"; do
   name=$(basename "$o")
@@ -88,7 +88,7 @@ mkdir -p "$out/broken"
 cat >"$out/broken/kustomization.yaml" <<YAML
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
-resources: [$root/deploy/k8s/overlays/dev]
+resources: [$(realpath --relative-to="$out/broken" deploy/k8s/overlays/dev)]
 patches:
   - target: { kind: Deployment, name: sandgraph-host }
     patch: |-
@@ -104,12 +104,12 @@ fi
 echo "refused: $(head -1 <<<"$problems")"
 
 step "checkov (kubernetes, dockerfile): zero failures; skips are inline with their reason"
-"$tools/venv/bin/checkov" --quiet --compact --framework kubernetes -d "$out/built" \
+"$tools/venv/bin/checkov" --quiet --compact --skip-download --framework kubernetes -d "$out/built" \
   --skip-path all-components.yaml >"$out/checkov.txt" 2>&1 || { cat "$out/checkov.txt" >&2; exit 1; }
-"$tools/venv/bin/checkov" --quiet --compact --framework kubernetes -f "$out/built/all-components.yaml" \
+"$tools/venv/bin/checkov" --quiet --compact --skip-download --framework kubernetes -f "$out/built/all-components.yaml" \
   >>"$out/checkov.txt" 2>&1 || { cat "$out/checkov.txt" >&2; exit 1; }
 if compgen -G "deploy/docker/*.Dockerfile" >/dev/null; then
-  "$tools/venv/bin/checkov" --quiet --compact --framework dockerfile -d deploy/docker \
+  "$tools/venv/bin/checkov" --quiet --compact --skip-download --framework dockerfile -d deploy/docker \
     >>"$out/checkov.txt" 2>&1 || { cat "$out/checkov.txt" >&2; exit 1; }
   step "hadolint"
   "$tools/venv/bin/hadolint" deploy/docker/*.Dockerfile

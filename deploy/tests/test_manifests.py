@@ -53,7 +53,7 @@ def seconds(text):
 def config_keys():
     """Keys `sandgraph serve` reads (host/src/api/config.rs), as SANDGRAPH_<KEY>."""
     src = (ROOT / "host/src/api/config.rs").read_text()
-    keys = set(re.findall(r'(?:parse\(\s*src,\s*|path\(|src\.get\()"([a-z_]+)"', src))
+    keys = set(re.findall(r'(?:parse\(\s*src,\s*|path\(|src\s*\.get\()"([a-z_]+)"', src))
     assert "listen" in keys and "shutdown_grace" in keys, keys
     return {f"SANDGRAPH_{k.upper()}" for k in keys}
 
