@@ -22,3 +22,4 @@ fi
 bash scripts/fuzz.sh smoke "${SANDGRAPH_FUZZ_SECONDS:-5}"
 
 cargo nextest run --workspace --no-fail-fast "$@"
+bash deploy/check.sh  # offline checks of deploy/ (kustomize, strict schemas, checkov, manifest assertions)

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use sandgraph::cli::{Cli, Command, graph, run, runs, serve, tool};
+use sandgraph::cli::{Cli, Command, deploy, graph, run, runs, serve, tool};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -63,6 +63,7 @@ fn main() -> ExitCode {
         Command::Replay(args) => return finished(run::replay(args)),
         Command::Runs(cmd) => return printed(runs::runs(cmd)),
         Command::Journal(cmd) => return printed(runs::journal(cmd)),
+        Command::Deploy(cmd) => return printed(deploy::run(cmd)),
         Command::Tool(cmd) => tool::run(cmd),
         Command::Serve(_) => unreachable!("handled above"),
         Command::Graph(cmd) => {

@@ -1,6 +1,7 @@
 //! The `sandgraph` command line. Kept apart from `main.rs` so its parsing and behaviour are
 //! testable as a library; `main.rs` only wires it to the process (exit code, stdout, stderr).
 
+pub mod deploy;
 pub mod graph;
 pub mod run;
 pub mod runs;
@@ -43,4 +44,7 @@ pub enum Command {
     Journal(runs::JournalCommand),
     /// Serve the HTTP API (settings from SANDGRAPH_* env vars and an optional config file).
     Serve(serve::ServeArgs),
+    /// Generate deployment artifacts from the project's files.
+    #[command(subcommand)]
+    Deploy(deploy::DeployCommand),
 }
