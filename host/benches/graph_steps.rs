@@ -312,6 +312,8 @@ impl Bench {
                     Event::StepFailed { step, .. } => ("failed", step.as_str()),
                     Event::RunFinished { .. } => ("finished", ""),
                     Event::WorkspaceSnapshot { step, .. } => ("snapshot", step.as_str()),
+                    Event::StepAwaitingApproval { step, .. } => ("awaiting", step.as_str()),
+                    Event::StepApproval { step, .. } => ("approval", step.as_str()),
                 };
                 let now = Instant::now();
                 t.lock()

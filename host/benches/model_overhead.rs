@@ -111,7 +111,7 @@ fn main() {
     for _ in 0..n {
         let body = wire::request_body(&request, engine.model_name(), false).to_string();
         let mut r: WireRequest = parse_body(body.as_bytes()).unwrap();
-        std::hint::black_box(r.params(512).unwrap());
+        std::hint::black_box(r.params(512, engine.ready().tok.vocab_size()).unwrap());
         std::hint::black_box(r.chat_messages().unwrap());
     }
     let host_work = started.elapsed() / n;

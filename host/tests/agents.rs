@@ -758,8 +758,10 @@ async fn an_approval_pause_survives_a_restart_and_a_rejection_fails_the_run() {
     let graph = compile(&approval_graph(), &catalog);
     let journal = Arc::new(Journal::temporary().unwrap());
     // A host that exits when only approvals are left (`sandgraph run`).
-    let mut config = EngineConfig::default();
-    config.exit_when_waiting = true;
+    let config = EngineConfig {
+        exit_when_waiting: true,
+        ..Default::default()
+    };
     let first = Engine::new(sandbox(), journal.clone(), config);
     let out = first
         .run(graph.clone(), &catalog, json!({"expr": "2 + 3"}))
