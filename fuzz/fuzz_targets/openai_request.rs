@@ -7,12 +7,12 @@ use sandgraph_inference::server::openai::{ChatRequest, CompletionRequest, parse_
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(mut r) = parse_body::<ChatRequest>(data) {
-        let _ = r.params(2048);
+        let _ = r.params(2048, 49_152);
         let _ = r.chat_messages();
         let _ = r.structured();
     }
     if let Ok(mut r) = parse_body::<CompletionRequest>(data) {
-        let _ = r.params(2048);
+        let _ = r.params(2048, 49_152);
         let _ = r.prompt_input(49_152);
     }
 });
