@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 
 use sandgraph_inference::backend::BackendKind;
 use sandgraph_inference::server::batcher::Batcher;
-use sandgraph_inference::server::{AppState, Ready, ServerConfig, serve};
+use sandgraph_inference::server::{AppState, Ready, ServerConfig, serve_until};
 use sandgraph_inference::tokenizer::{ChatTemplate, Tokenizer};
 
 #[derive(clap::Args)]
@@ -48,6 +48,39 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer <key>` on /v1/* (health and metrics stay open).
     #[arg(long, env = "SANDGRAPH_INFER_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// On SIGTERM or SIGINT: how long requests in flight may take to finish before the
+    /// server exits anyway (it stops accepting and answers /health with 503 at once).
+    #[arg(long, default_value = "30s", value_parser = parse_grace)]
+    shutdown_grace: std::time::Duration,
+}
+
+fn parse_grace(v: &str) -> Result<std::time::Duration, String> {
+    let (n, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len()));
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("`{v}` is not a duration like 30s, 500ms or 2m"))?;
+    match unit {
+        "ms" => Ok(std::time::Duration::from_millis(n)),
+        "s" | "" => Ok(std::time::Duration::from_secs(n)),
+        "m" => Ok(std::time::Duration::from_secs(n * 60)),
+        _ => Err(format!("`{v}` is not a duration like 30s, 500ms or 2m")),
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT (a container stop, Ctrl-C).
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
@@ -64,7 +97,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(a.listen)
             .await
             .with_context(|| format!("binding {}", a.listen))?;
@@ -82,7 +115,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
                 .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned()),
             api_key: a.api_key.clone().filter(|k| !k.is_empty()),
         });
-        let server = tokio::spawn(serve(listener, state.clone()));
+        let grace = a.shutdown_grace;
+        let server = tokio::spawn(serve_until(listener, state.clone(), stop_signal(), grace));
         let st = state.clone();
         tokio::task::spawn_blocking(move || -> Result<()> {
             let model = super::load_model(&a.model)?;
@@ -109,5 +143,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
         .context("model loading task")??;
         server.await.context("server task")?;
         Ok(())
-    })
+    });
+    // A generation cut off by the grace period must not hold the exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }

@@ -12,8 +12,9 @@ pub mod openai;
 pub mod routes;
 pub mod sse;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -93,6 +94,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     ready: OnceLock<Ready>,
     next_id: AtomicU64,
+    /// Set once a shutdown began: `/health` answers 503 so balancers stop sending work.
+    draining: AtomicBool,
 }
 
 impl AppState {
@@ -102,6 +105,7 @@ impl AppState {
             config,
             ready: OnceLock::new(),
             next_id: AtomicU64::new(1),
+            draining: AtomicBool::new(false),
         })
     }
 
@@ -114,6 +118,11 @@ impl AppState {
         self.ready.get()
     }
 
+    /// Whether a shutdown began.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
     fn next_request_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -121,8 +130,27 @@ impl AppState {
 
 /// Serves connections from `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, state: Arc<AppState>) {
+    serve_until(listener, state, std::future::pending(), Duration::ZERO).await;
+}
+
+/// Serves connections from `listener` until `shutdown` completes, then drains: stops
+/// accepting, answers `/health` with 503, lets requests in flight (streams included) finish
+/// for up to `grace`, closes idle keep-alive connections, and returns. Returns whether every
+/// connection ended within `grace`.
+pub async fn serve_until(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()>,
+    grace: Duration,
+) -> bool {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let stream = match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.as_mut() => break,
+        };
+        let stream = match accepted {
             Ok((s, _)) => s,
             Err(e) => {
                 // Out of file descriptors and similar: keep serving the open connections.
@@ -132,14 +160,28 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>) {
             }
         };
         let st = state.clone();
+        let svc = service_fn(move |req| routes::handle(req, st.clone()));
+        let conn =
+            graceful.watch(http1::Builder::new().serve_connection(TokioIo::new(stream), svc));
         tokio::spawn(async move {
-            let svc = service_fn(move |req| routes::handle(req, st.clone()));
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
+            if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
     }
+    drop(listener);
+    state.draining.store(true, Ordering::SeqCst);
+    tracing::info!(
+        grace_ms = grace.as_millis() as u64,
+        "shutting down: draining requests in flight"
+    );
+    let drained = tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_ok();
+    if drained {
+        tracing::info!("drained; exiting");
+    } else {
+        tracing::warn!("grace period over with requests still in flight; exiting");
+    }
+    drained
 }

@@ -109,6 +109,12 @@ fn allowed_methods(path: &str) -> &'static str {
 }
 
 fn health(state: &AppState) -> Response<Body> {
+    if state.draining() {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "draining"}),
+        );
+    }
     match state.ready() {
         Some(_) => json_response(StatusCode::OK, &json!({"status": "ok"})),
         None => json_response(
