@@ -12,9 +12,8 @@ fn root() -> PathBuf {
 }
 
 fn components() -> Vec<Manifest> {
-    let mut manifests = graph::components(&root().join("tools")).expect("tool manifests load");
-    // plan-execute-review.yaml names the agents, whose manifests live in agents/.
-    manifests.extend(graph::components(&root().join("agents")).expect("agent manifests load"));
+    let manifests = graph::components(&[root().join("tools"), root().join("agents")])
+        .expect("tool and agent manifests load");
     assert!(
         manifests.iter().any(|m| m.metadata.name == "calc"),
         "{manifests:?}"

@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::sandbox::egress::SecretStore;
 use crate::sandbox::manifest::{parse_duration, parse_size};
 
 #[derive(Debug, Clone)]
@@ -15,11 +16,16 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `journal`: the journal directory (also holds stored graphs and tools).
     pub journal: PathBuf,
-    /// `tools` + `components`: preload every manifest under `tools` with its component.
-    pub tools: Option<PathBuf>,
+    /// `tools` + `components`: preload every manifest under the `tools` folders
+    /// (comma-separated, e.g. `tools,agents`) with its component.
+    pub tools: Option<Vec<PathBuf>>,
     pub components: Option<PathBuf>,
     /// `cache_dir`: compiled components (none: compile in memory).
     pub cache_dir: Option<PathBuf>,
+    /// `secrets_dir`: operator secrets, one file per secret named as the secret (a mounted
+    /// Kubernetes Secret has this layout): injected into tool egress by name and used for
+    /// models' `apiKeySecret`; never shown to a guest.
+    pub secrets_dir: Option<PathBuf>,
     /// `allow_private`: comma-separated non-public addresses egress may reach.
     pub allow_private: Vec<IpAddr>,
     /// `egress_ca`: comma-separated PEM files of CA certificates `https` egress trusts besides
@@ -188,7 +194,50 @@ fn long_duration(v: &str) -> Result<Duration, String> {
     }
 }
 
+/// The secrets under `dir`: each regular file (symlinks followed) whose name does not start
+/// with `.` is one secret, its value the content without one trailing newline. Kubernetes'
+/// `..data` bookkeeping entries are skipped by that rule.
+pub fn read_secrets_dir(dir: &Path) -> Result<SecretStore, ConfigError> {
+    let err = |reason: String| ConfigError {
+        key: "secrets_dir".into(),
+        reason,
+    };
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| err(format!("{}: cannot list the secrets: {e}", dir.display())))?;
+    let mut store = SecretStore::default();
+    for entry in entries {
+        let entry = entry.map_err(|e| err(format!("{}: {e}", dir.display())))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        if name.starts_with('.') || !path.is_file() {
+            continue;
+        }
+        let bytes = std::fs::read(&path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+        let mut value = String::from_utf8(bytes)
+            .map_err(|_| err(format!("{}: the secret is not UTF-8 text", path.display())))?;
+        if value.ends_with('\n') {
+            value.pop();
+            if value.ends_with('\r') {
+                value.pop();
+            }
+        }
+        if value.is_empty() {
+            return Err(err(format!("{}: the secret is empty", path.display())));
+        }
+        store.insert(name, value);
+    }
+    Ok(store)
+}
+
 impl Config {
+    /// The operator secrets (`secrets_dir`), or none.
+    pub fn secret_store(&self) -> Result<SecretStore, ConfigError> {
+        match &self.secrets_dir {
+            Some(dir) => read_secrets_dir(dir),
+            None => Ok(SecretStore::default()),
+        }
+    }
+
     pub fn from_source(src: &Source) -> Result<Config, ConfigError> {
         let path = |key: &str| src.get(key).map(PathBuf::from);
         let config = Config {
@@ -197,9 +246,16 @@ impl Config {
                     .map_err(|_| format!("`{v}` is not an address like 0.0.0.0:8080"))
             })?,
             journal: path("journal").unwrap_or_else(default_journal),
-            tools: path("tools"),
+            tools: src.get("tools").map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from)
+                    .collect()
+            }),
             components: path("components"),
             cache_dir: path("cache_dir"),
+            secrets_dir: path("secrets_dir"),
             allow_private: parse(src, "allow_private", Vec::new(), |v| {
                 v.split(',')
                     .map(str::trim)
@@ -422,5 +478,46 @@ mod tests {
         let e = model("https://infer.example:443").unwrap_err();
         assert!(e.contains("SANDGRAPH_MODEL_URL"), "{e}");
         assert!(e.contains("only plain http"), "{e}");
+    }
+
+    #[test]
+    fn a_mounted_secret_folder_reads_like_kubernetes_writes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // kubelet: the values live in a timestamped folder, `..data` links to it, and each
+        // secret is a link `<name> -> ..data/<name>`.
+        let stamp = dir.path().join("..2026_12_05_18_00_00.1");
+        std::fs::create_dir(&stamp).unwrap();
+        std::fs::write(stamp.join("OPENAI_KEY"), "sk-test-123\n").unwrap();
+        std::fs::write(stamp.join("GITHUB_TOKEN"), "ghp_abc").unwrap();
+        std::os::unix::fs::symlink(&stamp, dir.path().join("..data")).unwrap();
+        for name in ["OPENAI_KEY", "GITHUB_TOKEN"] {
+            std::os::unix::fs::symlink(Path::new("..data").join(name), dir.path().join(name))
+                .unwrap();
+        }
+        let source = Source::new(
+            env(&[("SANDGRAPH_SECRETS_DIR", &dir.path().display().to_string())]),
+            None,
+        )
+        .unwrap();
+        let store = Config::from_source(&source)
+            .unwrap()
+            .secret_store()
+            .unwrap();
+        assert_eq!(store.get("OPENAI_KEY"), Some("sk-test-123"));
+        assert_eq!(store.get("GITHUB_TOKEN"), Some("ghp_abc"));
+        assert_eq!(store.values().count(), 2, "{store:?}");
+        // Values never reach Debug output.
+        assert!(!format!("{store:?}").contains("sk-test"));
+
+        std::fs::write(dir.path().join("EMPTY"), "\n").unwrap();
+        let e = read_secrets_dir(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("SANDGRAPH_SECRETS_DIR") && e.contains("EMPTY"),
+            "{e}"
+        );
+        let e = read_secrets_dir(&dir.path().join("missing"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot list the secrets"), "{e}");
     }
 }

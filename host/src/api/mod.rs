@@ -172,9 +172,13 @@ pub async fn start_with_models(
     };
     let extra_roots = TlsRoots::read_pem_files(&config.egress_ca)
         .map_err(|e| ServeError::Sandbox(e.to_string()))?;
+    let secrets = config
+        .secret_store()
+        .map_err(|e| ServeError::Sandbox(e.to_string()))?;
     let sandbox = Sandbox::new(SandboxConfig {
         cache_dir: config.cache_dir.clone(),
         extra_roots,
+        secrets,
         ..SandboxConfig::default()
     })
     .map_err(|e| ServeError::Sandbox(e.to_string()))?;

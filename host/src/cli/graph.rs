@@ -13,9 +13,10 @@ pub enum GraphCommand {
     Validate {
         /// The graph YAML file.
         file: PathBuf,
-        /// Folder whose `*/*.sandgraph.yaml` manifests name the known components.
-        #[arg(long, default_value = "tools")]
-        tools: PathBuf,
+        /// Folder whose `*/*.sandgraph.yaml` manifests name the known components (repeatable;
+        /// default: tools and agents).
+        #[arg(long, value_name = "DIR", default_values = ["tools", "agents"])]
+        tools: Vec<PathBuf>,
     },
 }
 
@@ -23,8 +24,9 @@ pub enum GraphCommand {
 pub fn run(cmd: GraphCommand) -> Result<String, String> {
     match cmd {
         GraphCommand::Validate { file, tools } => {
-            let components = graph::components(&tools)
-                .map_err(|e| format!("{e}; pass --tools <dir> naming the tools folder"))?;
+            let components = graph::components(&tools).map_err(|e| {
+                format!("{e}; pass --tools <dir> (repeatable) naming the tools and agents folders")
+            })?;
             let compiled = graph::load(&file, &components).map_err(|d| d.to_string())?;
             Ok(format!(
                 "{}: graph '{}' is valid: {} nodes, {} edges, digest sha256:{}",

@@ -25,13 +25,11 @@ pub struct ServeArgs {
 pub fn serve(args: ServeArgs) -> Result<(), String> {
     let source = Source::from_process(args.config.as_deref()).map_err(|e| e.to_string())?;
     let config = api::Config::from_source(&source).map_err(|e| e.to_string())?;
-    // A bad models file stops the server before it listens. `serve` has no operator secret
-    // store yet, so a models file naming `apiKeySecret` is refused here.
-    let models = crate::model::cli_models(
-        args.models.as_deref(),
-        &crate::sandbox::egress::SecretStore::default(),
-    )
-    .map_err(|e| e.to_string())?;
+    // A bad models file stops the server before it listens; `apiKeySecret` names a file of
+    // the operator's `secrets_dir`.
+    let secrets = config.secret_store().map_err(|e| e.to_string())?;
+    let models =
+        crate::model::cli_models(args.models.as_deref(), &secrets).map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

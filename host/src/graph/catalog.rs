@@ -46,12 +46,18 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// Every `<tools>/*/*.sandgraph.yaml` manifest with its component from `wasm_dir`, named
-    /// `<name>.wasm` or, as cargo builds them, `tool_<name with _ for ->.wasm`.
-    pub fn from_dirs(tools: &Path, wasm_dir: &Path) -> Result<Catalog, CatalogError> {
+    /// Every `<dir>/*/*.sandgraph.yaml` manifest of every folder in `dirs` (tools/ and agents/
+    /// as shipped) with its component from `wasm_dir`, named `<name>.wasm` or, as cargo builds
+    /// them, `tool_<name with _ for ->.wasm` (`agent_<name>.wasm` for agents). A name declared
+    /// twice, in one folder or across them, is an error naming both manifests.
+    pub fn from_dirs(dirs: &[PathBuf], wasm_dir: &Path) -> Result<Catalog, CatalogError> {
         let mut catalog = Catalog::default();
         let mut seen: BTreeMap<String, PathBuf> = BTreeMap::new();
-        for manifest_path in manifest_files(tools)? {
+        let mut manifests = Vec::new();
+        for dir in dirs {
+            manifests.extend(manifest_files(dir)?);
+        }
+        for manifest_path in manifests {
             let text = std::fs::read_to_string(&manifest_path).map_err(|e| CatalogError::Io {
                 path: manifest_path.display().to_string(),
                 reason: e.to_string(),

@@ -14,7 +14,7 @@ pub mod typecheck;
 pub mod validate;
 pub mod yaml;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::sandbox::manifest::Manifest;
 
@@ -56,21 +56,39 @@ fn read_bounded(path: &Path) -> Result<String, yaml::Located> {
     yaml::utf8(buf)
 }
 
-/// The component manifests under `dir` (each `*/*.sandgraph.yaml`), sorted by name.
-pub fn components(dir: &Path) -> Result<Vec<Manifest>, String> {
-    let mut out = Vec::new();
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| format!("{}: cannot list components: {e}", dir.display()))?;
-    for entry in entries {
-        let sub = entry.map_err(|e| format!("{}: {e}", dir.display()))?.path();
-        let Ok(files) = std::fs::read_dir(&sub) else {
-            continue;
-        };
-        for file in files {
-            let p = file.map_err(|e| format!("{}: {e}", sub.display()))?.path();
-            if p.to_string_lossy().ends_with(".sandgraph.yaml") {
-                out.push(Manifest::from_file(&p).map_err(|e| e.to_string())?);
+/// The component manifests under each of `dirs` (each `*/*.sandgraph.yaml`), sorted by name;
+/// a name declared twice is an error naming both files.
+pub fn components(dirs: &[PathBuf]) -> Result<Vec<Manifest>, String> {
+    let mut out: Vec<Manifest> = Vec::new();
+    let mut seen: std::collections::BTreeMap<String, PathBuf> = Default::default();
+    for dir in dirs {
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| format!("{}: cannot list components: {e}", dir.display()))?;
+        let mut files = Vec::new();
+        for entry in entries {
+            let sub = entry.map_err(|e| format!("{}: {e}", dir.display()))?.path();
+            let Ok(listing) = std::fs::read_dir(&sub) else {
+                continue;
+            };
+            for file in listing {
+                let p = file.map_err(|e| format!("{}: {e}", sub.display()))?.path();
+                if p.to_string_lossy().ends_with(".sandgraph.yaml") {
+                    files.push(p);
+                }
             }
+        }
+        files.sort();
+        for p in files {
+            let manifest = Manifest::from_file(&p).map_err(|e| e.to_string())?;
+            let name = manifest.metadata.name.clone();
+            if let Some(first) = seen.insert(name.clone(), p.clone()) {
+                return Err(format!(
+                    "component '{name}' is declared twice ({} and {})",
+                    first.display(),
+                    p.display()
+                ));
+            }
+            out.push(manifest);
         }
     }
     out.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
