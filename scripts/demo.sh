@@ -1,81 +1,84 @@
 #!/usr/bin/env bash
-# The main job, end to end on the embedded defaults: example graphs run by the host with every
-# step an isolated component and every step journaled (sled, in a throwaway folder), a finished
-# run inspected and replayed offline, and a model call on the embedded inference engine.
-# Installs what is missing first (scripts/setup.sh).
+# The main job: graphs/plan-execute-review.yaml, a planner agent, an executor agent and a
+# reviewer agent (each an isolated WebAssembly component) working a goal that needs three tools
+# (calc, http-get on a page served on 127.0.0.1, text-stats), first on the embedded
+# SmolLM2-135M-Instruct (greedy, CPU, in-process, no server), then the same graph through the
+# `openai` provider against a `sandgraph-infer serve` started here. Every step and every model
+# and tool call is journaled (sled, in a throwaway folder); the finished run is inspected and
+# replayed offline, with no model and no network. Installs what is missing first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo guests
-cargo build -q -p sandgraph
+cargo build -q -p sandgraph -p sandgraph-inference --bin sandgraph --bin sandgraph-infer
 # Wherever cargo puts its output (CARGO_TARGET_DIR or the workspace's target/).
 target=$(cargo metadata --format-version 1 --no-deps |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 sandgraph=$target/debug/sandgraph
-components=$target/wasm32-wasip2/release
+infer=$target/debug/sandgraph-infer
 work=$(mktemp -d)
-trap 'kill "${server:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill ${page:-} ${engine:-} 2>/dev/null || true; rm -rf "$work"' EXIT
 export SANDGRAPH_JOURNAL="$work/journal"
 # Mesa's Vulkan loader complains on stderr when a headless shell has no runtime dir.
 if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
     export XDG_RUNTIME_DIR="$work/xdg"
     mkdir -m 700 "$XDG_RUNTIME_DIR"
 fi
+wait_port() {
+    for _ in $(seq 100); do
+        python3 -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 0.2)' "$1" \
+            2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing listens on 127.0.0.1:$1" >&2
+    return 1
+}
 
-echo "== graph conditional-loop: seed, double until past the limit (a bounded loop), report"
-$sandgraph run graphs/conditional-loop.yaml --components "$components" --input '{"start": 3, "limit": 50}'
-
-echo "== graph fan-out-fan-in: fetch a page from a local server, measure it two ways in parallel, join"
+# The page the goal is about. The http-get manifest allows http://127.0.0.1:8000; the operator
+# (--allow-private below) allows that one private address.
 mkdir -p "$work/site"
-printf '%s\n' "Sandboxes keep tools honest." "Every call is isolated and journaled." >"$work/site/index.txt"
+printf '%s\n' "Sandboxes keep tools honest." "Every call is isolated and journaled." >"$work/site/page.txt"
 python3 -m http.server 8000 --bind 127.0.0.1 --directory "$work/site" >/dev/null 2>&1 &
-server=$!
-for _ in $(seq 50); do
-    python3 -c 'import socket; socket.create_connection(("127.0.0.1", 8000), 0.2)' 2>/dev/null && break
-    sleep 0.1
-done
-# The http-get manifest allows http://127.0.0.1:8000; the operator allows that one private IP.
-$sandgraph run graphs/fan-out-fan-in.yaml --components "$components" --allow-private 127.0.0.1 \
-    --input '{"url": "http://127.0.0.1:8000/index.txt"}'
-kill "$server"
+page=$!
+wait_port 8000
 
-run=$($sandgraph runs list | awk 'NR > 1 && $3 == "fan-out-fan-in" { print $1 }' | tail -1)
-echo "== the journal: runs, and the steps of run $run"
-$sandgraph runs list
+input='{"goal": "Compute 17*23 and count the words of the page", "url": "http://127.0.0.1:8000/page.txt"}'
+cat >"$work/embedded.yaml" <<YAML
+models:
+  default: { provider: embedded, path: $PWD/models/SmolLM2-135M-Instruct.Q4_1.gguf, backend: cpu }
+YAML
+
+echo "== main job: plan -> execute -> review on the embedded SmolLM2-135M (greedy, CPU, no server)"
+$sandgraph run graphs/plan-execute-review.yaml --models "$work/embedded.yaml" \
+    --allow-private 127.0.0.1 --input "$input"
+echo
+
+run=$($sandgraph runs list | awk 'NR > 1 && $3 == "plan-execute-review" { print $1 }' | tail -1)
+echo "== the journal: the steps of run $run (model and tool calls are boundary crossings)"
 $sandgraph runs show "$run"
 
-echo "== offline replay of $run (the server is gone; recorded responses are served back)"
+echo "== offline replay of $run: recorded model answers and tool results are served back"
+kill "$page"
+page=
 $sandgraph replay "$run"
 
-echo "== graph workspace-notes: write a note into the workspace, read it back read-only, list it"
-mkdir -p "$work/workspace"
-echo "seeded before the run" >"$work/workspace/seed.txt"
-$sandgraph run graphs/workspace-notes.yaml --components "$components" --workspace "$work/workspace" \
-    --input '{"note": "buy milk"}'
-run=$($sandgraph runs list | awk 'NR > 1 && $3 == "workspace-notes" { print $1 }' | tail -1)
-rm -rf "$work/workspace"
-echo "== offline replay of $run (its workspace is gone; each step gets its journaled snapshot)"
-$sandgraph replay "$run"
-
-echo "== a step that fails for good: calc on a bad expression (invalid input is never retried), so the run fails"
-cat >"$work/bad.yaml" <<'YAML'
-apiVersion: sandgraph.dev/v1
-kind: Graph
-metadata: { name: bad-expression }
-spec:
-  nodes:
-    - id: calc
-      kind: tool
-      component: calc
-      input: { expr: "'1 + * 2'" }
-      retry: { maxAttempts: 2, initialBackoff: 100ms }
+echo "== the same graph through the openai provider, against sandgraph-infer serve on 127.0.0.1"
+python3 -m http.server 8000 --bind 127.0.0.1 --directory "$work/site" >/dev/null 2>&1 &
+page=$!
+wait_port 8000
+$infer serve --backend cpu --listen 127.0.0.1:0 --slots 2 --context 2048 \
+    --model models/SmolLM2-135M-Instruct.Q4_1.gguf >"$work/engine.out" 2>"$work/engine.err" &
+engine=$!
+for _ in $(seq 300); do
+    grep -q '^listening on ' "$work/engine.out" 2>/dev/null && break
+    sleep 0.1
+done
+endpoint=$(sed -n 's/^listening on //p' "$work/engine.out" | head -1)
+[ -n "$endpoint" ] || { cat "$work/engine.err" >&2; exit 1; }
+cat >"$work/openai.yaml" <<YAML
+models:
+  default: { provider: openai, endpoint: "$endpoint/v1", model: smollm2, timeout: { connect: 2s, read: 120s } }
 YAML
-if $sandgraph run "$work/bad.yaml" --components "$components"; then
-    echo "expected the run to fail" >&2
-    exit 1
-fi
-
-echo "== model call on the embedded engine (SmolLM2-135M-Instruct, greedy)"
-cargo run -q -p sandgraph-inference -- generate --chat \
-    --system "You are a helpful assistant." --prompt "What is the capital of France?" \
-    --temperature 0 --max-tokens 32
+$sandgraph run graphs/plan-execute-review.yaml --models "$work/openai.yaml" \
+    --allow-private 127.0.0.1 --input "$input"
+echo

@@ -100,6 +100,9 @@ impl ModelRouter for OneAlias {
     fn contains(&self, alias: &str) -> bool {
         alias == "default"
     }
+    fn aliases(&self) -> Vec<String> {
+        vec!["default".into()]
+    }
     async fn chat(
         &self,
         _alias: &str,

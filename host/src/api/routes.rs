@@ -904,6 +904,9 @@ fn engine_problem(e: EngineError) -> Problem {
                 "node '{node}' names tool '{component}', which is not uploaded; POST it to /v1/tools"
             ),
         ),
+        e @ (EngineError::UnknownModel { .. } | EngineError::WrongWorld { .. }) => {
+            Problem::unprocessable("graph-invalid", e.to_string())
+        }
         other => Problem::internal(other.to_string()),
     }
 }

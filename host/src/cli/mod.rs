@@ -3,6 +3,7 @@
 
 pub mod deploy;
 pub mod graph;
+pub mod progress;
 pub mod run;
 pub mod runs;
 pub mod serve;

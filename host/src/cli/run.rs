@@ -2,9 +2,9 @@
 //! embedded journal, continue runs a crash interrupted, and re-execute finished runs offline.
 //! Progress goes to stderr one line per step event; the run's output JSON goes to stdout.
 
-use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use clap::Args;
 
@@ -13,7 +13,7 @@ use crate::graph::catalog::Catalog;
 use crate::graph::engine::{Engine, EngineConfig, RunOutcome};
 use crate::graph::{self, CompiledGraph};
 use crate::journal::workspace::SnapshotLimits;
-use crate::journal::{Event, Journal, RunId, RunStatus};
+use crate::journal::{Journal, RunId, RunStatus};
 use crate::sandbox::egress::StaticResolver;
 use crate::sandbox::manifest::OperatorPolicy;
 use crate::sandbox::{Sandbox, SandboxConfig};
@@ -88,9 +88,10 @@ pub struct RunArgs {
     /// The run input JSON document.
     #[arg(long, default_value = "{}")]
     pub input: String,
-    /// Folder whose `*/*.sandgraph.yaml` manifests name the components.
-    #[arg(long, default_value = "tools")]
-    pub tools: PathBuf,
+    /// Folder whose `*/*.sandgraph.yaml` manifests name the components (repeatable; default:
+    /// tools and agents).
+    #[arg(long, value_name = "DIR", default_values = ["tools", "agents"])]
+    pub tools: Vec<PathBuf>,
     /// Folder with the built components (`<name>.wasm` or `tool_<name>.wasm`).
     #[arg(long, default_value = "target/wasm32-wasip2/release")]
     pub components: PathBuf,
@@ -160,10 +161,18 @@ fn engine(host: &HostArgs, resolver: Option<StaticResolver>) -> Result<Engine, S
         },
     )
     .with_models(models);
-    Ok(if host.quiet {
-        engine
-    } else {
-        engine.with_progress(progress_printer())
+    if host.quiet {
+        return Ok(engine);
+    }
+    // On a terminal: a live view of the running steps and the model's text as it streams.
+    let report = super::progress::reporter(std::io::stderr().is_terminal());
+    let engine = engine
+        .with_progress(report.progress)
+        .with_call_observer(report.calls)
+        .with_model_observer(report.models);
+    Ok(match report.tokens {
+        Some(t) => engine.with_token_observer(t),
+        None => engine,
     })
 }
 
@@ -185,70 +194,6 @@ fn install_fault_hook(journal: &Journal) {
             }
         }
     }));
-}
-
-/// One stderr line per step event, with the step's duration when it completes.
-fn progress_printer() -> graph::engine::Progress {
-    let started: Mutex<HashMap<(RunId, String), std::time::Instant>> = Mutex::default();
-    Arc::new(move |run, event| {
-        let short = &run.to_string()[..8];
-        let line = match event {
-            Event::RunCreated { graph_name, .. } => {
-                format!("run {run}: graph '{graph_name}' started")
-            }
-            Event::StepStarted { step, attempt } => {
-                started
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert((run, step.clone()), std::time::Instant::now());
-                format!("[{short}] {step} started (attempt {attempt})")
-            }
-            Event::StepCompleted { step, .. } => {
-                let took = started
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&(run, step.clone()))
-                    .map(|t| format!(" in {} ms", t.elapsed().as_millis()))
-                    .unwrap_or_default();
-                format!("[{short}] {step} completed{took}")
-            }
-            Event::StepFailed {
-                step,
-                attempt,
-                kind,
-                message,
-                retry_in_ms,
-            } => match retry_in_ms {
-                Some(ms) => format!(
-                    "[{short}] {step} attempt {attempt} failed ({kind}): {message}; retrying in {ms} ms"
-                ),
-                None => format!("[{short}] {step} attempt {attempt} failed ({kind}): {message}"),
-            },
-            Event::RunFinished { status, error, .. } => match error {
-                Some(e) => format!("run {run}: {status}: {e}"),
-                None => format!("run {run}: {status}"),
-            },
-            Event::StepAwaitingApproval { step, .. } => format!(
-                "[{short}] {step} waits for approval: sandgraph runs approve {run} {step} (or reject)"
-            ),
-            Event::StepApproval {
-                step,
-                approved,
-                comment,
-            } => format!(
-                "[{short}] {step} {}{}",
-                if *approved { "approved" } else { "rejected" },
-                comment
-                    .as_deref()
-                    .map(|c| format!(": {c}"))
-                    .unwrap_or_default()
-            ),
-            Event::StepScheduled { .. }
-            | Event::Crossing { .. }
-            | Event::WorkspaceSnapshot { .. } => return,
-        };
-        eprintln!("{line}");
-    })
 }
 
 fn finished(outcome: &RunOutcome) -> u8 {

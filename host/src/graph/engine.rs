@@ -26,6 +26,7 @@ use crate::journal::{
     Durability, Event, Journal, JournalError, PinnedComponent, Record, RunId, RunStatus,
     SnapshotMoment,
 };
+use crate::model::TokenSink;
 use crate::sandbox::agent::{
     AgentActivity, AgentEnv, GrantedTool, ModelCallRecord, ModelRouter, RunTokens,
 };
@@ -46,6 +47,10 @@ pub type CallObserver = Arc<dyn Fn(RunId, &str, u32, &AuditRecord) + Send + Sync
 /// Called after every model call of an agent step (run, step, attempt); metrics and the
 /// `gen_ai` trace spans come from it.
 pub type ModelObserver = Arc<dyn Fn(RunId, &str, u32, &ModelCallRecord) + Send + Sync>;
+
+/// Called with each piece of text a model generates for an agent step (run, step), as the
+/// provider streams it: the CLI's live view. Replayed answers are not streamed again.
+pub type TokenObserver = Arc<dyn Fn(RunId, &str, &str) + Send + Sync>;
 
 #[derive(Clone)]
 pub struct EngineConfig {
@@ -91,6 +96,14 @@ pub enum EngineError {
     BadInputSchema(String),
     #[error("node '{node}' names component '{component}', which is not in the catalog")]
     UnknownComponent { node: String, component: String },
+    #[error(
+        "node '{node}' names model alias '{alias}', which the operator's models file does not define (defined: {known}); fix the node's `models:` or add the alias to the models file"
+    )]
+    UnknownModel {
+        node: String,
+        alias: String,
+        known: String,
+    },
     #[error(
         "node '{node}' is kind: {expected}, but component '{component}' exports the {found} world; {fix}"
     )]
@@ -158,6 +171,7 @@ pub struct Engine {
     progress: Option<Progress>,
     on_call: Option<CallObserver>,
     on_model: Option<ModelObserver>,
+    on_token: Option<TokenObserver>,
     models: Option<Arc<dyn ModelRouter>>,
     /// Runs of this engine paused for approval, woken by `decide`.
     approvals: Arc<std::sync::Mutex<HashMap<RunId, Arc<tokio::sync::Notify>>>>,
@@ -248,6 +262,7 @@ struct RunCtx {
     progress: Option<Progress>,
     on_call: Option<CallObserver>,
     on_model: Option<ModelObserver>,
+    on_token: Option<TokenObserver>,
     models: Option<Arc<dyn ModelRouter>>,
     workspace_lock: WorkspaceLock,
     graph: Arc<CompiledGraph>,
@@ -269,6 +284,7 @@ impl Engine {
             progress: None,
             on_call: None,
             on_model: None,
+            on_token: None,
             models: None,
             approvals: Arc::default(),
             workspace_lock: WorkspaceLock::default(),
@@ -311,6 +327,11 @@ impl Engine {
         self
     }
 
+    pub fn with_token_observer(mut self, on_token: TokenObserver) -> Engine {
+        self.on_token = Some(on_token);
+        self
+    }
+
     pub fn with_progress(mut self, progress: Progress) -> Engine {
         self.progress = Some(progress);
         self
@@ -346,6 +367,7 @@ impl Engine {
         input: Value,
     ) -> Result<RunHandle, EngineError> {
         check_input(&graph.spec, &input)?;
+        self.check_models(&graph)?;
         let mut tools = HashMap::new();
         let mut pinned = Vec::new();
         // Each node's component and, for agent nodes, the tools it grants.
@@ -399,6 +421,31 @@ impl Engine {
     }
 
     /// Starts `graph` and waits for it to end.
+    /// Every model alias a node names is served (with no models configured, none is).
+    fn check_models(&self, graph: &CompiledGraph) -> Result<(), EngineError> {
+        for n in &graph.spec.spec.nodes {
+            for alias in &n.models {
+                if !self.models.as_ref().is_some_and(|m| m.contains(alias)) {
+                    let known = self
+                        .models
+                        .as_ref()
+                        .map(|m| m.aliases())
+                        .unwrap_or_default();
+                    return Err(EngineError::UnknownModel {
+                        node: n.id.clone(),
+                        alias: alias.clone(),
+                        known: if known.is_empty() {
+                            "none".into()
+                        } else {
+                            known.join(", ")
+                        },
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub async fn run(
         &self,
         graph: Arc<CompiledGraph>,
@@ -558,6 +605,7 @@ impl Engine {
         Arc::new(RunCtx {
             decided,
             on_model: self.on_model.clone(),
+            on_token: self.on_token.clone(),
             models: self.models.clone(),
             tokens: Arc::new(RunTokens::new(budget, tokens_spent)),
             run,
@@ -1295,7 +1343,10 @@ async fn run_step(ctx: &Arc<RunCtx>, a: &Activation, start: StartAt) -> StepEnd 
                 tools: granted_tools.clone(),
                 run_tokens: ctx.tokens.clone(),
                 max_tokens: node.spec.max_tokens,
-                sink: None,
+                sink: ctx.on_token.clone().map(|observe| {
+                    let (run, step) = (ctx.run, a.step.clone());
+                    Arc::new(move |piece: &str| observe(run, &step, piece)) as Arc<TokenSink>
+                }),
             };
             ctx.sandbox
                 .call_agent_journaled(tool, &grant, &input, &crossings, env)

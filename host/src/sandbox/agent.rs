@@ -31,6 +31,8 @@ use bindings::sandgraph::agent::{model as wit_model, tools as wit_tools};
 pub trait ModelRouter: Send + Sync {
     /// Whether some provider serves `alias`.
     fn contains(&self, alias: &str) -> bool;
+    /// Every alias served, for error messages.
+    fn aliases(&self) -> Vec<String>;
     /// One chat completion from the provider chain of `alias`.
     async fn chat(
         &self,
@@ -44,6 +46,12 @@ pub trait ModelRouter: Send + Sync {
 impl ModelRouter for model::Models {
     fn contains(&self, alias: &str) -> bool {
         model::Models::contains(self, alias)
+    }
+    fn aliases(&self) -> Vec<String> {
+        model::Models::aliases(self)
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
     }
     async fn chat(
         &self,
