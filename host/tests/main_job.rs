@@ -304,3 +304,29 @@ fn plan_execute_review_through_the_openai_provider_answers_the_same() {
     drop(serve);
     assert_replays_offline(&journal);
 }
+
+#[test]
+fn a_model_alias_the_models_file_does_not_define_stops_the_run_before_it_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models.yaml");
+    std::fs::write(
+        &models,
+        format!(
+            "models:\n  big: {{ provider: embedded, path: '{}', backend: cpu }}\n",
+            model_path().display()
+        ),
+    )
+    .unwrap();
+    let journal = dir.path().join("journal");
+    let out = run_main_job(&journal, &models);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("node 'plan' names model alias 'default'")
+            && stderr.contains("(defined: big)"),
+        "{stderr}"
+    );
+    // Nothing was journaled: no run to resume or clean up.
+    let j = sandgraph::journal::Journal::open(&journal).unwrap();
+    assert!(j.runs().unwrap().is_empty());
+}
