@@ -508,6 +508,21 @@ fn tools_graphs_and_a_waited_run_with_its_event_stream() {
     assert_eq!(calc["capabilities"]["workspace"], "none");
     assert!(calc["digest"].as_str().unwrap().starts_with("sha256:"));
 
+    // An uploaded tool's declared output schema types `nodes.<id>`: calc's `value` is a number,
+    // so adding a string to it is refused at its line:col before any run.
+    let typed = "apiVersion: sandgraph.dev/v1\nkind: Graph\nmetadata:\n  name: typed\nspec:\n  nodes:\n    - id: a\n      kind: tool\n      component: calc\n      input: { expr: \"'1 + 2'\" }\n    - id: b\n      kind: tool\n      component: calc\n      input: { expr: \"nodes.a.value + ' * 2'\" }\n  edges:\n    - { from: a, to: b }\n";
+    let r = post_yaml(addr, typed);
+    assert_eq!(r.status, 422, "{}", String::from_utf8_lossy(&r.body));
+    let problem = r.json();
+    assert_eq!(problem["errors"][0]["line"], 14, "{problem}");
+    assert!(
+        problem["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("and a string with `+`, which always fails"),
+        "{problem}"
+    );
+
     let yaml = loop_yaml();
     let r = post_yaml(addr, &yaml);
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));

@@ -424,3 +424,59 @@ spec:
     // Without the schemas the same graph is valid: outputs are of unknown type.
     validate::validate_compiled("typed.yaml", source, &components()).unwrap();
 }
+
+/// `graph validate` with the built components at hand asks each one for its declared output
+/// schema, so a read of a node's output is type-checked: calc declares `value` a number, and
+/// adding a string to it is a located error. Without the components the same graph is valid
+/// with a note saying those reads went unchecked.
+#[test]
+fn cli_graph_validate_type_checks_node_outputs_against_declared_schemas() {
+    let bin = env!("CARGO_BIN_EXE_sandgraph");
+    let (_, calc) = sandgraph_test_artifacts::TOOLS
+        .iter()
+        .find(|(name, _)| *name == "calc")
+        .expect("calc is built");
+    let wasm_dir = Path::new(calc).parent().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let graph = dir.path().join("typed.yaml");
+    std::fs::write(
+        &graph,
+        "apiVersion: sandgraph.dev/v1\nkind: Graph\nmetadata:\n  name: typed\nspec:\n  nodes:\n    - id: a\n      kind: tool\n      component: calc\n      input: { expr: \"'1 + 2'\" }\n    - id: b\n      kind: tool\n      component: calc\n      input: { expr: \"nodes.a.value + ' * 2'\" }\n  edges:\n    - { from: a, to: b }\n",
+    )
+    .unwrap();
+    let validate = |components: &Path| {
+        std::process::Command::new(bin)
+            .args(["graph", "validate", "--tools"])
+            .arg(root().join("tools"))
+            .arg("--tools")
+            .arg(root().join("agents"))
+            .arg("--components")
+            .arg(components)
+            .arg("--cache-dir")
+            .arg(dir.path().join("cache"))
+            .arg(&graph)
+            .output()
+            .unwrap()
+    };
+
+    let typed = validate(wasm_dir);
+    let stderr = String::from_utf8_lossy(&typed.stderr);
+    assert_eq!(typed.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "typed.yaml:14:37: node 'b' input 'expr': expression `nodes.a.value + ' * 2'` adds a number and a string with `+`, which always fails"
+        ),
+        "{stderr}"
+    );
+
+    let untyped = validate(&dir.path().join("not-built"));
+    let stdout = String::from_utf8_lossy(&untyped.stdout);
+    assert!(untyped.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("graph 'typed' is valid")
+            && stdout.contains(
+                "note: reads of node outputs were not type-checked: component 'calc' is not built"
+            ),
+        "{stdout}"
+    );
+}

@@ -424,13 +424,18 @@ fn diagnostics_problem(d: &validate::Diagnostics) -> Problem {
 }
 
 fn validate_source(state: &State, source: &str) -> Result<CompiledGraph, Problem> {
-    let manifests = state
+    let catalog = state
         .catalog
         .read()
         .unwrap_or_else(|p| p.into_inner())
-        .manifests();
-    validate::validate_compiled("graph.yaml", source, &manifests)
-        .map_err(|d| diagnostics_problem(&d))
+        .clone();
+    validate::validate_compiled_with_outputs(
+        "graph.yaml",
+        source,
+        &catalog.manifests(),
+        &catalog.output_schemas(),
+    )
+    .map_err(|d| diagnostics_problem(&d))
 }
 
 async fn post_graph(state: &Arc<State>, req: Request<Incoming>) -> Reply {
@@ -586,7 +591,7 @@ async fn post_tool(state: &Arc<State>, req: Request<Incoming>) -> Reply {
     {
         let mut catalog = state.catalog.write().unwrap_or_else(|p| p.into_inner());
         let mut next = (**catalog).clone();
-        next.insert(manifest, upload.manifest, wasm);
+        next.insert_described(manifest, upload.manifest, wasm, Some(&info.output_schema));
         *catalog = Arc::new(next);
     }
     tracing::info!(tool = %record.name, digest = %record.digest, "tool stored");

@@ -205,13 +205,27 @@ fn finished(outcome: &RunOutcome) -> u8 {
 
 /// `sandgraph run`.
 pub fn run(args: RunArgs) -> Result<Finished, String> {
-    let catalog = Catalog::from_dirs(&args.tools, &args.components).map_err(|e| e.to_string())?;
-    let compiled: CompiledGraph =
-        graph::load(&args.graph, &catalog.manifests()).map_err(|d| d.to_string())?;
+    let mut catalog =
+        Catalog::from_dirs(&args.tools, &args.components).map_err(|e| e.to_string())?;
+    let manifests = catalog.manifests();
+    let untyped = graph::load(&args.graph, &manifests).map_err(|d| d.to_string())?;
     let input: serde_json::Value = serde_json::from_str(&args.input)
         .map_err(|e| format!("--input is not a JSON document: {e}"))?;
     let engine = engine(&args.host, None)?;
     let rt = runtime()?;
+    // Then again knowing what each node's component declares it returns, so `nodes.<id>` is
+    // type-checked; a component that cannot answer stays untyped and fails its own step.
+    let named = untyped
+        .spec
+        .spec
+        .nodes
+        .iter()
+        .map(|n| n.component.clone())
+        .collect();
+    rt.block_on(catalog.describe(engine.sandbox(), Some(&named)));
+    let compiled: CompiledGraph =
+        graph::load_typed(&args.graph, &manifests, &catalog.output_schemas())
+            .map_err(|d| d.to_string())?;
     let outcome = rt
         .block_on(engine.run(Arc::new(compiled), &catalog, input))
         .map_err(|e| e.to_string())?;

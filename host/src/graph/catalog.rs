@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use crate::sandbox::Sandbox;
 use crate::sandbox::manifest::Manifest;
 use crate::sandbox::registry::Registry;
 
@@ -16,6 +18,10 @@ pub struct CatalogEntry {
     pub wasm: Vec<u8>,
     /// `sha256:<hex>` of `wasm`.
     pub digest: String,
+    /// The output JSON Schema the component's `info()` declares, once asked
+    /// ([`Catalog::describe`]); the type checker reads `nodes.<id>` through it. `None`: not
+    /// asked yet, or the component declares nothing usable (outputs are then `dyn`).
+    pub output_schema: Option<Arc<serde_json::Value>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,8 +105,21 @@ impl Catalog {
         Ok(catalog)
     }
 
-    /// Adds (or replaces) a component under its manifest's name.
+    /// Adds (or replaces) a component under its manifest's name; its output schema is not
+    /// known until [`Catalog::describe`] asks it.
     pub fn insert(&mut self, manifest: Manifest, manifest_text: String, wasm: Vec<u8>) {
+        self.insert_described(manifest, manifest_text, wasm, None);
+    }
+
+    /// [`Catalog::insert`] with the output schema the component's `info()` already gave
+    /// (the text as declared; anything but a JSON object is treated as unknown).
+    pub fn insert_described(
+        &mut self,
+        manifest: Manifest,
+        manifest_text: String,
+        wasm: Vec<u8>,
+        output_schema: Option<&str>,
+    ) {
         let digest = Registry::digest(&wasm);
         self.entries.insert(
             manifest.metadata.name.clone(),
@@ -109,8 +128,51 @@ impl Catalog {
                 manifest_text,
                 wasm,
                 digest,
+                output_schema: output_schema.and_then(usable_schema),
             },
         );
+    }
+
+    /// Asks every component (of `only`, when given) whose output schema is not known yet for
+    /// its `info()` (one fresh instance each, no capabilities) and keeps the output schema it
+    /// declares. A component that does not load or answer keeps an unknown schema and is named
+    /// in the result with the reason (a run of it would fail with that reason anyway).
+    pub async fn describe(
+        &mut self,
+        sandbox: &Arc<Sandbox>,
+        only: Option<&std::collections::BTreeSet<String>>,
+    ) -> Vec<(String, String)> {
+        let mut failed = Vec::new();
+        for (name, entry) in self.entries.iter_mut() {
+            if entry.output_schema.is_some() || only.is_some_and(|o| !o.contains(name)) {
+                continue;
+            }
+            let (s, wasm) = (sandbox.clone(), entry.wasm.clone());
+            let loaded = match tokio::task::spawn_blocking(move || s.registry().load(&wasm)).await {
+                Ok(Ok(tool)) => tool,
+                Ok(Err(e)) => {
+                    failed.push((name.clone(), e.to_string()));
+                    continue;
+                }
+                Err(e) => {
+                    failed.push((name.clone(), e.to_string()));
+                    continue;
+                }
+            };
+            match sandbox.info(&loaded).await {
+                Ok(info) => entry.output_schema = usable_schema(&info.output_schema),
+                Err(e) => failed.push((name.clone(), format!("info() failed: {e}"))),
+            }
+        }
+        failed
+    }
+
+    /// Component name -> declared output JSON Schema, for the components whose schema is known.
+    pub fn output_schemas(&self) -> BTreeMap<String, serde_json::Value> {
+        self.entries
+            .iter()
+            .filter_map(|(n, e)| Some((n.clone(), e.output_schema.as_deref()?.clone())))
+            .collect()
     }
 
     pub fn get(&self, name: &str) -> Option<&CatalogEntry> {
@@ -120,6 +182,15 @@ impl Catalog {
     /// The manifests, for graph validation.
     pub fn manifests(&self) -> Vec<Manifest> {
         self.entries.values().map(|e| e.manifest.clone()).collect()
+    }
+}
+
+/// A declared schema the type checker can use: a JSON object (schemas nested past the
+/// type checker's depth limit are `dyn` below it, so any size is safe to keep).
+fn usable_schema(text: &str) -> Option<Arc<serde_json::Value>> {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(v @ serde_json::Value::Object(_)) => Some(Arc::new(v)),
+        _ => None,
     }
 }
 

@@ -23,6 +23,17 @@ pub use validate::{Diagnostic, Diagnostics};
 
 /// Reads, validates and compiles a graph file; `components` are the known component manifests.
 pub fn load(path: &Path, components: &[Manifest]) -> Result<CompiledGraph, Diagnostics> {
+    load_typed(path, components, &Default::default())
+}
+
+/// [`load`] with the components' declared output schemas (component name -> JSON Schema, as
+/// [`catalog::Catalog::output_schemas`] gives them), so expressions reading `nodes.<id>` are
+/// type-checked against what that node's component says it returns.
+pub fn load_typed(
+    path: &Path,
+    components: &[Manifest],
+    outputs: &std::collections::BTreeMap<String, serde_json::Value>,
+) -> Result<CompiledGraph, Diagnostics> {
     let file = path.display().to_string();
     let source = read_bounded(path).map_err(|e| {
         Diagnostics(vec![Diagnostic {
@@ -31,7 +42,7 @@ pub fn load(path: &Path, components: &[Manifest]) -> Result<CompiledGraph, Diagn
             message: e.message,
         }])
     })?;
-    validate::validate_compiled(&file, &source, components)
+    validate::validate_compiled_with_outputs(&file, &source, components, outputs)
 }
 
 /// Reads at most `MAX_DOCUMENT_BYTES + 1` bytes so a huge file is refused without loading it;
