@@ -9,8 +9,11 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::Value;
 
@@ -27,13 +30,21 @@ fn model_path() -> PathBuf {
 
 /// A loopback server answering every GET with [`PAGE`]; returns its port.
 fn page_server() -> u16 {
+    counting_page_server().0
+}
+
+/// [`page_server`], and how many requests it has answered (http-get's side effect).
+fn counting_page_server() -> (u16, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
+    let served = Arc::new(AtomicUsize::new(0));
+    let count = served.clone();
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { continue };
             let mut reader = BufReader::new(conn.try_clone().unwrap());
             let _ = common::http_head::read_request_head(&mut reader);
+            count.fetch_add(1, Ordering::SeqCst);
             let _ = write!(
                 conn,
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{PAGE}",
@@ -41,7 +52,7 @@ fn page_server() -> u16 {
             );
         }
     });
-    port
+    (port, served)
 }
 
 /// The shipped manifests of tools/ and agents/ with the built components beside them, except
@@ -105,12 +116,17 @@ fn sandgraph(journal: &Path) -> Command {
 fn run_main_job(journal: &Path, models: &Path) -> Output {
     let port = page_server();
     let cat = catalog(port);
+    main_job(journal, models, port, &cat).output().unwrap()
+}
+
+/// The `sandgraph run` command of the main job against the page server on `port`.
+fn main_job(journal: &Path, models: &Path, port: u16, cat: &Catalog) -> Command {
     let input = serde_json::json!({
         "goal": "Compute 17*23 and count the words of the page",
         "url": format!("http://127.0.0.1:{port}/page.txt"),
     });
-    sandgraph(journal)
-        .arg("run")
+    let mut c = sandgraph(journal);
+    c.arg("run")
         .arg(repo().join("graphs/plan-execute-review.yaml"))
         .arg("--input")
         .arg(input.to_string())
@@ -124,9 +140,8 @@ fn run_main_job(journal: &Path, models: &Path) -> Output {
         .arg(common::cache_dir())
         .args(["--allow-private", "127.0.0.1"])
         .arg("--models")
-        .arg(models)
-        .output()
-        .unwrap()
+        .arg(models);
+    c
 }
 
 /// The run's output: approved in the first round, with the tools' facts in the answer.
@@ -329,4 +344,139 @@ fn a_model_alias_the_models_file_does_not_define_stops_the_run_before_it_starts(
     // Nothing was journaled: no run to resume or clean up.
     let j = sandgraph::journal::Journal::open(&journal).unwrap();
     assert!(j.runs().unwrap().is_empty());
+}
+
+/// Chat completions the inference server has finished (its `request_success` counter).
+fn completions_served(addr: SocketAddr) -> u64 {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.lines()
+        .filter(|l| l.starts_with("sandgraph_infer_request_success_total"))
+        .map(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("bad metrics line {l:?}")) as u64
+        })
+        .sum()
+}
+
+/// The one run in `journal` and its events.
+fn journal_events(journal: &Path) -> (String, Vec<sandgraph::journal::Record>) {
+    let j = sandgraph::journal::Journal::open(journal).unwrap();
+    let runs = j.runs().unwrap();
+    assert_eq!(runs.len(), 1, "one run per journal");
+    (runs[0].run.to_string(), j.events(runs[0].run).unwrap())
+}
+
+/// The host is SIGKILLed in the middle of the executor, right after the result of its http-get
+/// call (a GET on the page server) is journaled. `sandgraph resume` finishes the run with the
+/// output an uninterrupted run gave; the model is not asked again for the planner's recorded
+/// call (the inference server counts what it answered) and the page is fetched once in all.
+#[test]
+fn a_host_killed_during_the_executor_resumes_without_asking_the_model_or_fetching_again() {
+    let serve = infer_serve();
+    let (port, fetched) = counting_page_server();
+    let cat = catalog(port);
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models.yaml");
+    std::fs::write(
+        &models,
+        format!(
+            "models:\n  default: {{ provider: openai, endpoint: 'http://{}/v1', model: smollm2, timeout: {{ connect: 2s, read: 120s }} }}\n",
+            serve.1
+        ),
+    )
+    .unwrap();
+
+    // Uninterrupted: the output to reproduce, and what it costs.
+    let clean = dir.path().join("clean");
+    let before = completions_served(serve.1);
+    let out = main_job(&clean, &models, port, &cat).output().unwrap();
+    let expected = assert_answered(&out);
+    let model_calls = completions_served(serve.1) - before;
+    assert_eq!(fetched.load(Ordering::SeqCst), 1, "one GET per run");
+    // Where to kill: the journal append that records http-get's result inside the executor.
+    let (_, events) = journal_events(&clean);
+    let mut in_http_get = false;
+    let kill_after = events
+        .iter()
+        .position(|r| match &r.event {
+            sandgraph::journal::Event::Crossing { step, crossing, .. } if step == "execute#1" => {
+                match crossing {
+                    sandgraph::journal::Crossing::ToolRequest { tool, .. } => {
+                        in_http_get = tool == "http-get";
+                        false
+                    }
+                    sandgraph::journal::Crossing::ToolResult { .. } => in_http_get,
+                    _ => false,
+                }
+            }
+            _ => false,
+        })
+        .expect("the executor called http-get")
+        + 1;
+
+    fetched.store(0, Ordering::SeqCst);
+    let journal = dir.path().join("killed");
+    let before = completions_served(serve.1);
+    let killed = main_job(&journal, &models, port, &cat)
+        .env("SANDGRAPH_FAULT_KILL_AFTER_EVENT", kill_after.to_string())
+        .output()
+        .unwrap();
+    assert_eq!(
+        killed.status.signal(),
+        Some(libc::SIGKILL),
+        "{}",
+        String::from_utf8_lossy(&killed.stderr)
+    );
+    // It died where intended: executing, its last record http-get's result.
+    let (run, events) = journal_events(&journal);
+    let last = &events.last().unwrap().event;
+    assert!(
+        matches!(last, sandgraph::journal::Event::Crossing { step, crossing: sandgraph::journal::Crossing::ToolResult { .. }, .. } if step == "execute#1"),
+        "{last:?}"
+    );
+    assert_eq!(fetched.load(Ordering::SeqCst), 1);
+    let asked_before_kill = completions_served(serve.1) - before;
+    assert!(asked_before_kill >= 1, "the planner asked the model");
+
+    let resumed = sandgraph(&journal)
+        .arg("resume")
+        .arg("--cache-dir")
+        .arg(common::cache_dir())
+        .args(["--allow-private", "127.0.0.1"])
+        .arg("--models")
+        .arg(&models)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&resumed.stdout);
+    assert!(
+        resumed.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    // `<run> succeeded <output>`: the uninterrupted run's output.
+    let line = stdout.lines().find(|l| l.starts_with(&run)).unwrap();
+    assert_eq!(
+        line.strip_prefix(&format!("{run} succeeded ")),
+        Some(expected.trim()),
+        "{stdout}"
+    );
+    assert_eq!(
+        fetched.load(Ordering::SeqCst),
+        1,
+        "the page was fetched again after the restart"
+    );
+    assert_eq!(
+        completions_served(serve.1) - before,
+        model_calls,
+        "the model was asked again for a call the journal had answered"
+    );
 }
