@@ -193,6 +193,12 @@ fn catalog(poster_port: u16) -> Catalog {
     );
     add(
         &mut c,
+        "agent_bad_output",
+        common::hostile("agent_bad_output"),
+        "",
+    );
+    add(
+        &mut c,
         "poster",
         common::hostile("journal_post_body"),
         &format!(
@@ -416,6 +422,42 @@ async fn an_agent_that_gives_up_on_a_denial_fails_its_step_as_a_host_denial() {
     let e = out.error.unwrap();
     assert!(e.contains("denied Tool to poster"), "{e}");
     assert!(e.contains("add it to the node's `tools:`"), "{e}");
+}
+
+/// An agent's output is held to the output schema it declares, like a tool's: a mismatch fails
+/// the step once (never retried) as `output_invalid`, and the journal says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_output_that_breaks_its_declared_schema_fails_the_step() {
+    let catalog = catalog(1);
+    let source = agent_graph("", "", "")
+        .replace(
+            "component: agent_tool_and_model",
+            "component: agent_bad_output",
+        )
+        .replace("      tools: []\n", "");
+    let graph = compile(&source, &catalog);
+    let journal = Arc::new(Journal::temporary().unwrap());
+    let (engine, _) = engine(journal.clone(), Some(Scripted::new("{}")));
+    let out = engine
+        .run(graph, &catalog, json!({"tool": "calc"}))
+        .await
+        .unwrap();
+    assert_eq!(out.status, RunStatus::Failed);
+    let e = out.error.unwrap();
+    assert!(
+        e.contains("step 'act#1' failed after 1 attempt: output does not match the component's declared output schema: /verdict: "),
+        "{e}"
+    );
+    let failed: Vec<String> = journal
+        .events(out.run)
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r.event {
+            Event::StepFailed { kind, .. } => Some(kind),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed, ["output_invalid"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -70,6 +70,7 @@ const COVERED: &[&str] = &[
     // Test agents (the sandgraph:agent world); their cases are in tests/agents.rs.
     "agent_tool_and_model",
     "agent_ungranted",
+    "agent_bad_output",
     // Cases for these are in tests/hostile_limits.rs.
     "exit_code",
     "exit_forged_denial",
@@ -81,6 +82,7 @@ const COVERED: &[&str] = &[
     "limits_header_sets",
     "limits_many_requests",
     "limits_unsent_bodies",
+    "output_schema_mismatch",
     "random_huge",
     "fs_read",
     "fs_write",

@@ -611,6 +611,59 @@ async fn a_guest_cannot_forge_a_host_denial() {
     );
 }
 
+/// Every output is held to the output schema the component declares in `info()` (what graph
+/// validation type-checks `nodes.<id>` against): a mismatch is `output_invalid`, naming where.
+#[tokio::test(flavor = "multi_thread")]
+async fn outputs_must_match_the_declared_output_schema() {
+    let h = Harness::new();
+    let call = |input: &'static str| {
+        let h = &h;
+        async move {
+            h.call("output_schema_mismatch", "", CallGrant::default(), input)
+                .await
+        }
+    };
+    let ok = call("{}").await;
+    assert_outcome("conforming", &ok, &Ok(r#"{"value":7}"#.into()));
+    for (case, lie, wants) in [
+        (
+            "wrong type",
+            r#"{"lie":"{'value':'seven'}"}"#,
+            vec!["/value: ", "is not of type \"number\""],
+        ),
+        (
+            "missing field",
+            r#"{"lie":"{'other':1}"}"#,
+            vec!["\"value\" is a required property"],
+        ),
+        (
+            "not an object",
+            r#"{"lie":"[1]"}"#,
+            vec!["is not of type \"object\""],
+        ),
+    ] {
+        let r = call(lie).await;
+        let Err(e @ CallError::OutputInvalid { errors }) = &r.result else {
+            panic!("case {case}: {:?}", r.result);
+        };
+        assert_eq!(r.audit.outcome, "output_invalid", "case {case}");
+        let text = e.to_string();
+        assert!(
+            text.starts_with("output does not match the component's declared output schema: "),
+            "case {case}: {text}"
+        );
+        for want in wants {
+            assert!(
+                errors.iter().any(|m| m.contains(want)),
+                "case {case}: {errors:?}"
+            );
+        }
+    }
+    // Not JSON at all stays what it was.
+    let r = call(r#"{"lie":"seven"}"#).await;
+    assert_eq!(r.result.unwrap_err().kind(), "tool_failed");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn output_nesting_has_one_depth_limit_at_the_boundary() {
     use sandgraph::sandbox::limits::MAX_OUTPUT_DEPTH;

@@ -501,7 +501,9 @@ fn tool_error_to_wit(e: &CallError) -> wit_tools::ToolError {
     let m = e.to_string();
     match e {
         CallError::InvalidInput { .. } => wit_tools::ToolError::InvalidInput(m),
-        CallError::ToolFailed { .. } => wit_tools::ToolError::Failed(m),
+        CallError::ToolFailed { .. } | CallError::OutputInvalid { .. } => {
+            wit_tools::ToolError::Failed(m)
+        }
         CallError::Denied { .. } | CallError::ToolDenied { .. } => wit_tools::ToolError::Denied(m),
         CallError::Timeout { .. } => wit_tools::ToolError::Timeout(m),
         CallError::MemoryLimitExceeded { .. }

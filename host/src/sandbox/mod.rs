@@ -280,6 +280,30 @@ impl Sandbox {
         }
     }
 
+    /// The output schema `tool` declares in `info()`, compiled; asked once per loaded
+    /// component. `None` when it declares none (`{}` or not an object), one that does not
+    /// compile, or `info()` fails: its outputs are then checked only as JSON.
+    pub async fn declared_output(&self, tool: &LoadedTool) -> Option<Arc<jsonschema::Validator>> {
+        tool.declared_output
+            .get_or_init(|| async {
+                let info = self.info(tool).await.ok()?;
+                let schema: serde_json::Value = serde_json::from_str(&info.output_schema).ok()?;
+                match &schema {
+                    serde_json::Value::Object(m) if !m.is_empty() => {}
+                    _ => return None,
+                }
+                match jsonschema::validator_for(&schema) {
+                    Ok(v) => Some(Arc::new(v)),
+                    Err(e) => {
+                        tracing::warn!(component = %tool.digest, error = %e, "declared output schema does not compile; outputs checked as JSON only");
+                        None
+                    }
+                }
+            })
+            .await
+            .clone()
+    }
+
     /// Runs `invoke(input)` once in a fresh store and instance under `grant`.
     pub async fn call(&self, tool: &LoadedTool, grant: &EffectiveGrant, input: &str) -> CallReport {
         self.call_with(tool, grant, input, None, None, None).await.0
@@ -371,6 +395,11 @@ impl Sandbox {
             ),
             _ => None,
         };
+        // Asked before this call takes an instance slot: `info()` needs one of its own.
+        let declared = match wrong_world {
+            None => self.declared_output(tool).await,
+            Some(_) => None,
+        };
         let log: AttemptLog = Arc::new(Mutex::new(Vec::new()));
         let (stdout, stderr) = (CappedLog::new(LOG_CAP), CappedLog::new(LOG_CAP));
         let budget = CallBudget::new(&grant.limits);
@@ -452,7 +481,8 @@ impl Sandbox {
                     match raw {
                         Err(_) => Err(timeout),
                         Ok(Ok(Ok(_))) if over_limit => Err(memory),
-                        Ok(Ok(Ok(output))) => check_output(output, grant.limits.max_output),
+                        Ok(Ok(Ok(output))) => check_output(output, grant.limits.max_output)
+                            .and_then(|o| conforms(o, declared.as_deref())),
                         Ok(Ok(Err(tool_error))) => Err(if over_limit {
                             memory
                         } else if let Some(cap) = cap_hit {
@@ -589,6 +619,41 @@ fn check_output(output: String, limit: u64) -> Result<String, CallError> {
         });
     }
     Ok(output)
+}
+
+/// At most this many schema violations are named in an `output_invalid` error.
+const MAX_SCHEMA_ERRORS: usize = 8;
+
+/// `output` (valid JSON of bounded depth) against the component's declared output schema.
+fn conforms(output: String, declared: Option<&jsonschema::Validator>) -> Result<String, CallError> {
+    let Some(validator) = declared else {
+        return Ok(output);
+    };
+    let value: serde_json::Value =
+        serde_json::from_str(&output).map_err(|e| CallError::ToolFailed {
+            message: format!("tool output is not a JSON document: {e}"),
+        })?;
+    let mut errors: Vec<String> = validator
+        .iter_errors(&value)
+        .take(MAX_SCHEMA_ERRORS + 1)
+        .map(|e| {
+            let at = e.instance_path().to_string();
+            let text: String = e.to_string().chars().take(200).collect();
+            if at.is_empty() {
+                text
+            } else {
+                format!("{at}: {text}")
+            }
+        })
+        .collect();
+    if errors.is_empty() {
+        return Ok(output);
+    }
+    if errors.len() > MAX_SCHEMA_ERRORS {
+        errors.truncate(MAX_SCHEMA_ERRORS);
+        errors.push("and more".into());
+    }
+    Err(CallError::OutputInvalid { errors })
 }
 
 fn from_tool_error(e: ToolError) -> CallError {

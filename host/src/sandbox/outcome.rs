@@ -92,6 +92,10 @@ pub enum CallError {
     /// The output nests arrays/objects deeper than every consumer (CLI, graph, API) accepts.
     #[error("output nests arrays and objects deeper than {max_depth} levels")]
     OutputTooDeep { max_depth: u32 },
+    /// The output does not match the output schema the component declares in `info()`, which
+    /// graph validation type-checked the expressions reading it against. Not transient.
+    #[error("output does not match the component's declared output schema: {}", .errors.join("; "))]
+    OutputInvalid { errors: Vec<String> },
     #[error(
         "{resource:?} limit of {limit} exceeded; raise limits.{} if the tool needs more",
         resource.manifest_key()
@@ -131,6 +135,7 @@ impl CallError {
             CallError::MemoryLimitExceeded { .. } => "memory_limit_exceeded",
             CallError::OutputTooLarge { .. } => "output_too_large",
             CallError::OutputTooDeep { .. } => "output_too_deep",
+            CallError::OutputInvalid { .. } => "output_invalid",
             CallError::ResourceLimitExceeded { .. } => "resource_limit_exceeded",
             CallError::Exited { .. } => "exited",
             CallError::ToolDenied { .. } => "tool_denied",

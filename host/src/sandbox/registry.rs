@@ -58,6 +58,9 @@ pub struct LoadedTool {
     pub component: Component,
     pub pre: ComponentPre,
     pub cache: CacheStatus,
+    /// The output schema the component declares in `info()`, compiled, once asked
+    /// (`Sandbox::declared_output`); `None` inside: it declares nothing usable.
+    pub(crate) declared_output: tokio::sync::OnceCell<Option<Arc<jsonschema::Validator>>>,
 }
 
 impl LoadedTool {
@@ -182,6 +185,7 @@ impl Registry {
             component,
             pre,
             cache,
+            declared_output: tokio::sync::OnceCell::new(),
         });
         self.loaded
             .lock()
