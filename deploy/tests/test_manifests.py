@@ -55,7 +55,11 @@ def config_keys():
     src = (ROOT / "host/src/api/config.rs").read_text()
     keys = set(re.findall(r'(?:parse\(\s*src,\s*|path\(|src\s*\.get\()"([a-z_]+)"', src))
     assert "listen" in keys and "shutdown_grace" in keys, keys
-    return {f"SANDGRAPH_{k.upper()}" for k in keys}
+    # Flags of `sandgraph serve` itself that also read the environment (the models file).
+    cli = (ROOT / "host/src/cli/serve.rs").read_text()
+    flags = set(re.findall(r'env = "(SANDGRAPH_[A-Z_]+)"', cli))
+    assert "SANDGRAPH_MODELS" in flags, flags
+    return {f"SANDGRAPH_{k.upper()}" for k in keys} | flags
 
 
 def infer_serve_flags():
@@ -159,6 +163,19 @@ class EveryOverlay(unittest.TestCase):
             # sled is single-writer: one host pod, replaced (not surged) on update.
             self.assertEqual(host["spec"]["replicas"], 1, o)
             self.assertEqual(host["spec"]["strategy"]["type"], "Recreate", o)
+            # The models file and the secrets folder are mounted read-only from their objects.
+            volumes = {v["name"]: v for v in spec["volumes"]}
+            by_path = {m["mountPath"]: m for m in c["volumeMounts"]}
+            models_dir, models_file = cm["data"]["SANDGRAPH_MODELS"].rsplit("/", 1)
+            m = by_path[models_dir]
+            self.assertTrue(m.get("readOnly"), o)
+            models_cm = one(docs, "ConfigMap", volumes[m["name"]]["configMap"]["name"])
+            self.assertIn("provider: openai", models_cm["data"][models_file], o)
+            self.assertIn("http://sandgraph-inference:", models_cm["data"][models_file], o)
+            m = by_path[cm["data"]["SANDGRAPH_SECRETS_DIR"]]
+            self.assertTrue(m.get("readOnly"), o)
+            self.assertIn("secretName", volumes[m["name"]]["secret"], o)
+            self.assertIn("/opt/sandgraph/agents", cm["data"]["SANDGRAPH_TOOLS"].split(","), o)
             model_url = cm["data"]["SANDGRAPH_MODEL_URL"]
             svc = one(docs, "Service", "sandgraph-inference")
             self.assertEqual(model_url, f"http://sandgraph-inference:{svc['spec']['ports'][0]['port']}")
