@@ -66,6 +66,7 @@ fn main() -> ExitCode {
         Command::Deploy(cmd) => return printed(deploy::run(cmd)),
         Command::Tool(cmd) => tool::run(cmd),
         Command::Serve(_) => unreachable!("handled above"),
+        Command::Health { url } => return sandgraph_inference::server::probe::exit_code(&url),
         Command::Graph(cmd) => {
             return match graph::run(cmd) {
                 Ok(out) => {

@@ -48,4 +48,9 @@ pub enum Command {
     /// Generate deployment artifacts from the project's files.
     #[command(subcommand)]
     Deploy(deploy::DeployCommand),
+    /// Probe a running `sandgraph serve` (the container's HEALTHCHECK): exit 0 on a 2xx answer.
+    Health {
+        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+    },
 }

@@ -51,6 +51,11 @@ enum Cmd {
     Pull(pull::PullArgs),
     /// Serve the OpenAI-compatible HTTP API with continuous batching.
     Serve(serve::ServeArgs),
+    /// Probe a running server (the container's HEALTHCHECK): exit 0 on a 2xx answer.
+    Health {
+        #[arg(long, default_value = "http://127.0.0.1:8000/health")]
+        url: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -93,12 +98,16 @@ struct GenerateArgs {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Health { url } = &cli.cmd {
+        return sandgraph_inference::server::probe::exit_code(url);
+    }
     let r = match cli.cmd {
         Cmd::Generate(a) => run_generate(a),
         Cmd::Inspect { path, full } => inspect(&path, full),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Pull(a) => pull::run(a),
         Cmd::Serve(a) => serve::run(a),
+        Cmd::Health { .. } => unreachable!("handled above"),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

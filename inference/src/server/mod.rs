@@ -9,6 +9,7 @@ pub mod chat;
 pub mod errors;
 pub mod metrics;
 pub mod openai;
+pub mod probe;
 pub mod routes;
 pub mod sse;
 
