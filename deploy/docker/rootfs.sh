@@ -63,9 +63,9 @@ inference)
   # wgpu opens the Vulkan loader at run time (dlopen), so ldd does not list it; lavapipe
   # (Mesa's software Vulkan) serves CPU-only nodes, the NVIDIA ICD the toolkit mounts on GPU
   # nodes (with NVIDIA_DRIVER_CAPABILITIES including graphics).
-  loader=$(ldconfig -p | awk '/libvulkan\.so\.1 .*x86-64/ { print $NF; exit }')
+  loader=$("$(command -v ldconfig || echo /sbin/ldconfig)" -p | awk '/libvulkan\.so\.1 .*x86-64/ { print $NF; exit }')
   [[ -n $loader ]] || { echo "rootfs.sh: no Vulkan loader (apt-get install libvulkan1)" >&2; exit 1; }
-  copy "$loader"
+  copy "$loader" /usr/lib/x86_64-linux-gnu/libvulkan.so.1
   icd=/usr/share/vulkan/icd.d/lvp_icd.x86_64.json
   [[ -f $icd ]] || { echo "rootfs.sh: no lavapipe (apt-get install mesa-vulkan-drivers)" >&2; exit 1; }
   copy "$icd"
