@@ -123,6 +123,37 @@ pub enum EvalFailure {
     Timeout { limit: Duration },
 }
 
+/// Runs `f` where an expression can be parsed in place: on this thread when its stack has
+/// room for the deepest parse the limits admit, otherwise on one thread with a stack that large
+/// (spawned for `f` and joined). Graph validation parses every expression of a graph; without
+/// this each one went to an evaluator thread and back (two futex wake-ups per expression, a
+/// third of the time validating a 20,000-node graph took).
+pub fn on_parse_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if stacker::remaining_stack().is_some_and(|left| left >= PARSE_RED_ZONE) {
+        return f();
+    }
+    let f = std::sync::Mutex::new(Some(f));
+    std::thread::scope(|scope| {
+        let spawned = std::thread::Builder::new()
+            .name("sandgraph-validate".into())
+            .stack_size(STACK_SEGMENT)
+            .spawn_scoped(scope, || {
+                let f = f.lock().unwrap_or_else(|p| p.into_inner()).take();
+                f.map(|f| f())
+            });
+        match spawned.map(|h| h.join()) {
+            Ok(Ok(Some(out))) => out,
+            // A panic in `f` is `f`'s own: carry it on here.
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            // No thread could be spawned: run here; each parse then finds its own stack.
+            Ok(Ok(None)) | Err(_) => {
+                let f = f.lock().unwrap_or_else(|p| p.into_inner()).take();
+                f.expect("the spawned thread did not take f")()
+            }
+        }
+    })
+}
+
 impl Expression {
     /// Checks `source` against the limits, parses it, and checks it reads only the run state
     /// (comprehension variables of the standard macros are bound, not state).

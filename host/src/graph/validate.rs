@@ -48,7 +48,9 @@ pub use super::expr::STATE_ROOTS;
 /// A node, edge or top-level field that does not fit the format is reported and the rest is
 /// still checked, so one structural error never hides the others.
 pub fn validate(file: &str, source: &str, components: &[Manifest]) -> Result<Graph, Diagnostics> {
-    validate_with(file, source, components, &NO_OUTPUTS, &mut ExprCache::new())
+    super::expr::on_parse_stack(|| {
+        validate_with(file, source, components, &NO_OUTPUTS, &mut ExprCache::new())
+    })
 }
 
 /// Validates and compiles, each distinct expression compiled once.
@@ -69,9 +71,11 @@ pub fn validate_compiled_with_outputs(
     components: &[Manifest],
     outputs: &BTreeMap<String, serde_json::Value>,
 ) -> Result<CompiledGraph, Diagnostics> {
-    let mut cache = ExprCache::new();
-    let graph = validate_with(file, source, components, outputs, &mut cache)?;
-    Ok(CompiledGraph::compile_with(graph, &mut cache))
+    super::expr::on_parse_stack(|| {
+        let mut cache = ExprCache::new();
+        let graph = validate_with(file, source, components, outputs, &mut cache)?;
+        Ok(CompiledGraph::compile_with(graph, &mut cache))
+    })
 }
 
 static NO_OUTPUTS: BTreeMap<String, serde_json::Value> = BTreeMap::new();
