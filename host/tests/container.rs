@@ -7,6 +7,8 @@
 //! middle of a run, then `docker start`, resumes that run to its end; a write outside the
 //! volumes fails. Skipped, saying so, only where no Docker engine answers.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -182,21 +184,7 @@ fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
 
 fn build_images() {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_sandgraph"));
-    let infer = bin.with_file_name("sandgraph-infer");
-    if !infer.is_file() {
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "-p",
-                "sandgraph-inference",
-                "--bin",
-                "sandgraph-infer",
-            ])
-            .current_dir(repo())
-            .status()
-            .unwrap();
-        assert!(status.success(), "building sandgraph-infer failed");
-    }
+    let infer = common::infer_binary();
     let components = Path::new(sandgraph_test_artifacts::TOOLS[0].1)
         .parent()
         .unwrap()

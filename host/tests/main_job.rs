@@ -231,32 +231,6 @@ fn plan_execute_review_on_the_embedded_engine_answers_the_goal() {
     assert_replays_offline(&journal);
 }
 
-/// `sandgraph-infer`, built by cargo beside this test's binary (built now if missing).
-fn infer_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("sandgraph-infer");
-    if !bin.is_file() {
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "-p",
-                "sandgraph-inference",
-                "--bin",
-                "sandgraph-infer",
-            ])
-            .current_dir(repo())
-            .status()
-            .unwrap();
-        assert!(status.success(), "building sandgraph-infer failed");
-    }
-    bin
-}
-
 struct InferServe(Child, SocketAddr);
 
 impl Drop for InferServe {
@@ -267,7 +241,7 @@ impl Drop for InferServe {
 }
 
 fn infer_serve() -> InferServe {
-    let mut child = Command::new(infer_binary())
+    let mut child = Command::new(common::infer_binary())
         .args(["serve", "--backend", "cpu", "--listen", "127.0.0.1:0"])
         .args(["--slots", "2", "--context", "2048", "--model"])
         .arg(model_path())

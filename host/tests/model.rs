@@ -375,28 +375,6 @@ async fn eight_concurrent_embedded_requests_share_forwards() {
 // ---------------------------------------------------------------------------------------------
 // The openai provider against a real `sandgraph-infer serve`.
 
-/// `sandgraph-infer`, built by cargo beside this test's binary (built now if missing).
-fn infer_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let bin = dir.join("sandgraph-infer");
-    if !bin.is_file() {
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "-p",
-                "sandgraph-inference",
-                "--bin",
-                "sandgraph-infer",
-            ])
-            .current_dir(repo())
-            .status()
-            .unwrap();
-        assert!(status.success(), "building sandgraph-infer failed");
-    }
-    bin
-}
-
 struct Serve {
     child: Child,
     addr: SocketAddr,
@@ -404,7 +382,7 @@ struct Serve {
 
 impl Serve {
     fn start() -> Serve {
-        let mut child = Command::new(infer_binary())
+        let mut child = Command::new(common::infer_binary())
             .args(["serve", "--backend", "cpu", "--listen", "127.0.0.1:0"])
             .args([
                 "--slots",

@@ -8,7 +8,7 @@ pub mod test_ca;
 
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -299,4 +299,27 @@ pub fn listening_addr(child: &mut std::process::Child) -> SocketAddr {
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .parse()
         .unwrap()
+}
+
+/// `sandgraph-infer`, built by cargo beside this test's binary (built now if missing).
+#[allow(dead_code)]
+pub fn infer_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("sandgraph-infer");
+    if !bin.is_file() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "-p",
+                "sandgraph-inference",
+                "--bin",
+                "sandgraph-infer",
+            ])
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+            .status()
+            .unwrap();
+        assert!(status.success(), "building sandgraph-infer failed");
+    }
+    bin
 }
