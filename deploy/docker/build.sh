@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the two images, sandgraph/host:TAG and sandgraph/inference:TAG, from binaries built on
-# this machine, and prints their sizes (goals: host <= 60 MB, inference <= 250 MB).
+# this machine, writes an SBOM of each (target/docker/<kind>.cdx.json, CycloneDX) and prints
+# their sizes (goals: host <= 60 MB, inference <= 250 MB).
 #
 #   deploy/docker/build.sh [TAG]            release build of both binaries and the components
 #
@@ -36,6 +37,9 @@ for kind in host inference; do
   docker build -q -f "$ctx/Dockerfile" \
     --build-arg "REVISION=$revision" --build-arg "VERSION=$tag" \
     -t "sandgraph/$kind:$tag" "$ctx" >/dev/null
+  # The image's SBOM (CycloneDX) beside it: crates, Debian packages, components.
+  python3 deploy/docker/sbom.py "$kind" "$ctx/rootfs" \
+    "$([[ $kind == host ]] && echo sandgraph || echo sandgraph-inference)" "$work/$kind.cdx.json" >/dev/null
   size=$(docker image inspect --format '{{.Size}}' "sandgraph/$kind:$tag")
   printf 'sandgraph/%s:%s  %d MB\n' "$kind" "$tag" $((size / 1000000))
 done

@@ -214,6 +214,40 @@ fn the_images_run_locked_down_serve_the_main_job_drain_and_resume() {
         return;
     }
     build_images();
+    // Each image's SBOM: the crates linked in, the Debian packages of its libraries, the
+    // components it carries.
+    let target = PathBuf::from(env!("CARGO_BIN_EXE_sandgraph"))
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("docker");
+    for (kind, wants) in [
+        (
+            "host",
+            [
+                "wasmtime",
+                "libc6",
+                "/opt/sandgraph/components/planner.wasm",
+            ],
+        ),
+        ("inference", ["wgpu", "mesa-vulkan-drivers", "libvulkan1"]),
+    ] {
+        let sbom: Value = serde_json::from_slice(
+            &std::fs::read(target.join(format!("{kind}.cdx.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(sbom["bomFormat"], "CycloneDX");
+        let names: Vec<&str> = sbom["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        for want in wants {
+            assert!(names.contains(&want), "{kind}: {want} not in the SBOM");
+        }
+    }
     let scene = Scene::new();
 
     // A write outside the volumes fails: the root filesystem is read-only.
