@@ -8,6 +8,7 @@
 # SANDGRAPH_BIN, SANDGRAPH_INFER_BIN and SANDGRAPH_COMPONENTS use binaries and components
 # already built instead (the container test passes its debug build's).
 set -euo pipefail
+trap 'echo "$(basename "$0"): failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 cd "$(dirname "$0")/../.."
 tag=${1:-0.1.0}
 revision=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)

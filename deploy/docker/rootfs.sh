@@ -10,6 +10,7 @@
 # COMPONENTS_DIR holds the built tool and agent components (`<name>.wasm`, `tool_<name>.wasm`
 # or `agent_<name>.wasm`); their manifests come from tools/ and agents/.
 set -euo pipefail
+trap 'echo "$(basename "$0"): failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 root=$(cd "$(dirname "$0")/../.." && pwd)
 kind=$1 out=$2 bin=$3
 
@@ -63,7 +64,7 @@ inference)
   # wgpu opens the Vulkan loader at run time (dlopen), so ldd does not list it; lavapipe
   # (Mesa's software Vulkan) serves CPU-only nodes, the NVIDIA ICD the toolkit mounts on GPU
   # nodes (with NVIDIA_DRIVER_CAPABILITIES including graphics).
-  loader=$("$(command -v ldconfig || echo /sbin/ldconfig)" -p | awk '/libvulkan\.so\.1 .*x86-64/ { print $NF; exit }')
+  loader=$("$(command -v ldconfig || echo /sbin/ldconfig)" -p | awk '/libvulkan\.so\.1 .*x86-64/ && !found { print $NF; found = 1 }')
   [[ -n $loader ]] || { echo "rootfs.sh: no Vulkan loader (apt-get install libvulkan1)" >&2; exit 1; }
   copy "$loader" /usr/lib/x86_64-linux-gnu/libvulkan.so.1
   icd=/usr/share/vulkan/icd.d/lvp_icd.x86_64.json

@@ -25,11 +25,10 @@ pub fn http_status(url: &str, timeout: Duration) -> Result<u16, String> {
         TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{addr}: {e}"))?;
     conn.set_read_timeout(Some(timeout)).ok();
     conn.set_write_timeout(Some(timeout)).ok();
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("{addr}: {e}"))?;
+    // One write: a server may answer and close as soon as it has the request line.
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    conn.write_all(request.as_bytes())
+        .map_err(|e| format!("{addr}: {e}"))?;
     // The status line is all that is needed; at most 64 bytes of it.
     let mut head = [0u8; 64];
     let mut got = 0;
@@ -76,8 +75,12 @@ mod tests {
         std::thread::spawn(move || {
             for (i, conn) in listener.incoming().enumerate() {
                 let mut conn = conn.unwrap();
-                let mut buf = [0u8; 512];
-                let _ = conn.read(&mut buf);
+                // The whole request head, then the answer.
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
                 let status = if i == 0 {
                     "200 OK"
                 } else {
