@@ -15,12 +15,8 @@ use std::time::{Duration, Instant};
 
 use sandgraph::graph::CompiledGraph;
 use sandgraph::graph::catalog::Catalog;
-use sandgraph::graph::engine::{Engine, EngineConfig};
-use sandgraph::journal::{Journal, RunStatus};
-use sandgraph::model::Models;
-use sandgraph::sandbox::egress::SecretStore;
-use sandgraph::sandbox::manifest::OperatorPolicy;
-use sandgraph::sandbox::{Sandbox, SandboxConfig};
+use sandgraph::graph::engine::Engine;
+use sandgraph::journal::RunStatus;
 use serde_json::Value;
 
 struct Batch {
@@ -73,7 +69,6 @@ async fn run_batch(
 }
 
 fn main() {
-    let repo = main_job::repo();
     let runs: usize = std::env::var("SANDGRAPH_BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -89,27 +84,10 @@ fn main() {
     let yaml = format!(
         "models:\n  default: {{ provider: embedded, path: models/SmolLM2-135M-Instruct.Q4_1.gguf, backend: cpu, slots: {runs}{threads} }}\n"
     );
-    let models = Models::parse("bench", &yaml, &repo, &SecretStore::default()).expect("models");
-    let sandbox = Sandbox::new(SandboxConfig {
-        cache_dir: Some(dir.path().join("cache")),
-        ..SandboxConfig::default()
-    })
-    .unwrap();
     let tokens = Arc::new(AtomicU64::new(0));
     let counted = tokens.clone();
-    let engine = Engine::new(
-        Arc::new(sandbox),
-        Arc::new(Journal::open(&dir.path().join("journal")).unwrap()),
-        EngineConfig {
-            policy: OperatorPolicy {
-                allow_private: vec!["127.0.0.1".parse().unwrap()],
-                ..OperatorPolicy::default()
-            },
-            ..EngineConfig::default()
-        },
-    )
-    .with_models(Arc::new(models))
-    .with_model_observer(Arc::new(move |_, _, _, call| {
+    let (engine, _) = main_job::engine(dir.path(), &yaml);
+    let engine = engine.with_model_observer(Arc::new(move |_, _, _, call| {
         if !call.replayed {
             counted.fetch_add(call.completion_tokens as u64, Ordering::SeqCst);
         }

@@ -22,12 +22,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use sandgraph::graph::engine::{Engine, EngineConfig};
-use sandgraph::journal::{Crossing, Event, Journal, RunStatus};
-use sandgraph::model::{ChatRequest, Models, wire};
-use sandgraph::sandbox::egress::SecretStore;
-use sandgraph::sandbox::manifest::OperatorPolicy;
-use sandgraph::sandbox::{Sandbox, SandboxConfig};
+use sandgraph::journal::{Crossing, Event, RunStatus};
+use sandgraph::model::{ChatRequest, wire};
 use serde_json::Value;
 
 struct InferServe(Child, SocketAddr);
@@ -97,56 +93,37 @@ fn main() {
         "models:\n  default: {{ provider: openai, endpoint: 'http://{}/v1', model: smollm2, timeout: {{ connect: 2s, read: 300s }} }}\n",
         serve.1
     );
-    let models =
-        Models::parse("bench", &yaml, dir.path(), &SecretStore::default()).expect("models");
-    let journal = Arc::new(Journal::open(&dir.path().join("journal")).unwrap());
+    let (engine, journal) = main_job::engine(dir.path(), &yaml);
     let started: Arc<Mutex<BTreeMap<String, Instant>>> = Arc::default();
     let steps: Arc<Mutex<Steps>> = Arc::default();
     let model_time: Arc<Mutex<BTreeMap<String, f64>>> = Arc::default();
     let (s, st, mt) = (started.clone(), steps.clone(), model_time.clone());
-    let engine = Engine::new(
-        Arc::new(
-            Sandbox::new(SandboxConfig {
-                cache_dir: Some(dir.path().join("cache")),
-                ..SandboxConfig::default()
-            })
-            .unwrap(),
-        ),
-        journal.clone(),
-        EngineConfig {
-            policy: OperatorPolicy {
-                allow_private: vec!["127.0.0.1".parse().unwrap()],
-                ..OperatorPolicy::default()
-            },
-            ..EngineConfig::default()
-        },
-    )
-    .with_models(Arc::new(models))
-    .with_progress(Arc::new(move |run, event: &Event| match event {
-        Event::StepStarted { step, .. } => {
-            s.lock()
+    let engine = engine
+        .with_progress(Arc::new(move |run, event: &Event| match event {
+            Event::StepStarted { step, .. } => {
+                s.lock()
+                    .unwrap()
+                    .insert(format!("{run}/{step}"), Instant::now());
+            }
+            Event::StepCompleted { step, .. } => {
+                let key = format!("{run}/{step}");
+                let wall = s.lock().unwrap()[&key].elapsed().as_secs_f64();
+                let model = mt.lock().unwrap().remove(&key).unwrap_or(0.0);
+                st.lock()
+                    .unwrap()
+                    .entry(node(step))
+                    .or_default()
+                    .push((wall, model));
+            }
+            _ => {}
+        }))
+        .with_model_observer(Arc::new(move |run, step, _, call| {
+            *model_time
+                .lock()
                 .unwrap()
-                .insert(format!("{run}/{step}"), Instant::now());
-        }
-        Event::StepCompleted { step, .. } => {
-            let key = format!("{run}/{step}");
-            let wall = s.lock().unwrap()[&key].elapsed().as_secs_f64();
-            let model = mt.lock().unwrap().remove(&key).unwrap_or(0.0);
-            st.lock()
-                .unwrap()
-                .entry(node(step))
-                .or_default()
-                .push((wall, model));
-        }
-        _ => {}
-    }))
-    .with_model_observer(Arc::new(move |run, step, _, call| {
-        *model_time
-            .lock()
-            .unwrap()
-            .entry(format!("{run}/{step}"))
-            .or_default() += call.model_time.as_secs_f64();
-    }));
+                .entry(format!("{run}/{step}"))
+                .or_default() += call.model_time.as_secs_f64();
+        }));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

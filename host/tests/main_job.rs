@@ -111,6 +111,30 @@ fn sandgraph(journal: &Path) -> Command {
     c
 }
 
+/// A models file in `dir` whose `alias` is the embedded engine over the real model (CPU).
+fn embedded_models(dir: &Path, alias: &str) -> PathBuf {
+    let models = dir.join("models.yaml");
+    let entry = format!(
+        "{{ provider: embedded, path: '{}', backend: cpu }}",
+        model_path().display()
+    );
+    std::fs::write(&models, format!("models:\n  {alias}: {entry}\n")).unwrap();
+    models
+}
+
+/// A models file in `dir` whose `default` is the inference server at `addr` (openai provider).
+fn openai_models(dir: &Path, addr: SocketAddr) -> PathBuf {
+    let models = dir.join("models.yaml");
+    std::fs::write(
+        &models,
+        format!(
+            "models:\n  default: {{ provider: openai, endpoint: 'http://{addr}/v1', model: smollm2, timeout: {{ connect: 2s, read: 120s }} }}\n"
+        ),
+    )
+    .unwrap();
+    models
+}
+
 /// `sandgraph run graphs/plan-execute-review.yaml` on the demo goal with `models` as the
 /// models file.
 fn run_main_job(journal: &Path, models: &Path) -> Output {
@@ -217,15 +241,7 @@ fn assert_replays_offline(journal: &Path) {
 #[test]
 fn plan_execute_review_on_the_embedded_engine_answers_the_goal() {
     let dir = tempfile::tempdir().unwrap();
-    let models = dir.path().join("models.yaml");
-    std::fs::write(
-        &models,
-        format!(
-            "models:\n  default: {{ provider: embedded, path: '{}', backend: cpu }}\n",
-            model_path().display()
-        ),
-    )
-    .unwrap();
+    let models = embedded_models(dir.path(), "default");
     let journal = dir.path().join("journal");
     assert_answered(&run_main_job(&journal, &models));
     assert_replays_offline(&journal);
@@ -278,15 +294,7 @@ fn infer_serve() -> InferServe {
 fn plan_execute_review_through_the_openai_provider_answers_the_same() {
     let serve = infer_serve();
     let dir = tempfile::tempdir().unwrap();
-    let models = dir.path().join("models.yaml");
-    std::fs::write(
-        &models,
-        format!(
-            "models:\n  default: {{ provider: openai, endpoint: 'http://{}/v1', model: smollm2, timeout: {{ connect: 2s, read: 120s }} }}\n",
-            serve.1
-        ),
-    )
-    .unwrap();
+    let models = openai_models(dir.path(), serve.1);
     let journal = dir.path().join("journal");
     assert_answered(&run_main_job(&journal, &models));
     // The server is gone: the replay serves the recorded answers.
@@ -297,15 +305,7 @@ fn plan_execute_review_through_the_openai_provider_answers_the_same() {
 #[test]
 fn a_model_alias_the_models_file_does_not_define_stops_the_run_before_it_starts() {
     let dir = tempfile::tempdir().unwrap();
-    let models = dir.path().join("models.yaml");
-    std::fs::write(
-        &models,
-        format!(
-            "models:\n  big: {{ provider: embedded, path: '{}', backend: cpu }}\n",
-            model_path().display()
-        ),
-    )
-    .unwrap();
+    let models = embedded_models(dir.path(), "big");
     let journal = dir.path().join("journal");
     let out = run_main_job(&journal, &models);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -359,15 +359,7 @@ fn a_host_killed_during_the_executor_resumes_without_asking_the_model_or_fetchin
     let (port, fetched) = counting_page_server();
     let cat = catalog(port);
     let dir = tempfile::tempdir().unwrap();
-    let models = dir.path().join("models.yaml");
-    std::fs::write(
-        &models,
-        format!(
-            "models:\n  default: {{ provider: openai, endpoint: 'http://{}/v1', model: smollm2, timeout: {{ connect: 2s, read: 120s }} }}\n",
-            serve.1
-        ),
-    )
-    .unwrap();
+    let models = openai_models(dir.path(), serve.1);
 
     // Uninterrupted: the output to reproduce, and what it costs.
     let clean = dir.path().join("clean");

@@ -7,8 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sandgraph::graph::catalog::Catalog;
+use sandgraph::graph::engine::{Engine, EngineConfig};
 use sandgraph::graph::{self, CompiledGraph};
-use sandgraph::sandbox::manifest::Manifest;
+use sandgraph::journal::Journal;
+use sandgraph::model::Models;
+use sandgraph::sandbox::egress::SecretStore;
+use sandgraph::sandbox::manifest::{Manifest, OperatorPolicy};
+use sandgraph::sandbox::{Sandbox, SandboxConfig};
 use serde_json::{Value, json};
 
 pub const PAGE: &str = "Sandboxes keep tools honest.\nEvery call is isolated and journaled.\n";
@@ -83,4 +88,30 @@ pub fn input(a: usize, b: usize, port: u16) -> Value {
         "goal": format!("Compute {a}*{b} and count the words of the page"),
         "url": format!("http://127.0.0.1:{port}/page.txt"),
     })
+}
+
+/// An engine for the main job under `dir` (journal and compile cache there) with the models
+/// file `models_yaml`; egress may reach 127.0.0.1 (the page server).
+pub fn engine(dir: &Path, models_yaml: &str) -> (Engine, Arc<Journal>) {
+    let models =
+        Models::parse("bench", models_yaml, &repo(), &SecretStore::default()).expect("models");
+    let sandbox = Sandbox::new(SandboxConfig {
+        cache_dir: Some(dir.join("cache")),
+        ..SandboxConfig::default()
+    })
+    .unwrap();
+    let journal = Arc::new(Journal::open(&dir.join("journal")).unwrap());
+    let engine = Engine::new(
+        Arc::new(sandbox),
+        journal.clone(),
+        EngineConfig {
+            policy: OperatorPolicy {
+                allow_private: vec!["127.0.0.1".parse().unwrap()],
+                ..OperatorPolicy::default()
+            },
+            ..EngineConfig::default()
+        },
+    )
+    .with_models(Arc::new(models));
+    (engine, journal)
 }

@@ -565,12 +565,13 @@ async fn post_tool(state: &Arc<State>, req: Request<Incoming>) -> Reply {
         .await
         .map_err(|e| Problem::internal(format!("compiling the component failed: {e}")))?
         .map_err(|e| Problem::unprocessable("not-a-tool-component", e.to_string()))?;
-    let info = state.engine.sandbox().info(&tool).await.map_err(|e| {
+    let described = state.engine.sandbox().described(&tool).await.map_err(|e| {
         Problem::unprocessable(
             "not-a-tool-component",
             format!("the component's info() failed: {e}"),
         )
     })?;
+    let info = &described.info;
     if info.name != manifest.metadata.name {
         return Err(Problem::unprocessable(
             "tool-name-mismatch",
@@ -591,7 +592,8 @@ async fn post_tool(state: &Arc<State>, req: Request<Incoming>) -> Reply {
     {
         let mut catalog = state.catalog.write().unwrap_or_else(|p| p.into_inner());
         let mut next = (**catalog).clone();
-        next.insert_described(manifest, upload.manifest, wasm, Some(&info.output_schema));
+        let output_schema = described.output.as_ref().map(|o| o.schema.clone());
+        next.insert_described(manifest, upload.manifest, wasm, output_schema);
         *catalog = Arc::new(next);
     }
     tracing::info!(tool = %record.name, digest = %record.digest, "tool stored");
@@ -635,12 +637,13 @@ async fn get_tool(state: &State, name: &str) -> Reply {
         .await
         .map_err(|e| Problem::internal(e.to_string()))?
         .map_err(|e| Problem::internal(format!("the stored component no longer loads: {e}")))?;
-    let info = state
+    let info = &state
         .engine
         .sandbox()
-        .info(&tool)
+        .described(&tool)
         .await
-        .map_err(|e| Problem::internal(format!("the tool's info() failed: {e}")))?;
+        .map_err(|e| Problem::internal(format!("the tool's info() failed: {e}")))?
+        .info;
     let schema = |s: &str| serde_json::from_str::<Value>(s).unwrap_or(Value::String(s.into()));
     let spec = &entry.manifest.spec;
     let egress: Vec<Value> = spec

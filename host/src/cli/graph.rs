@@ -45,13 +45,7 @@ pub fn run(cmd: GraphCommand) -> Result<String, String> {
                 format!("{e}; pass --tools <dir> (repeatable) naming the tools and agents folders")
             })?;
             let untyped = graph::load(&file, &manifests).map_err(|d| d.to_string())?;
-            let named = untyped
-                .spec
-                .spec
-                .nodes
-                .iter()
-                .map(|n| n.component.clone())
-                .collect();
+            let named = untyped.component_names();
             let (outputs, note) = match output_schemas(&tools, &components, &cache, &named) {
                 Ok(found) => found,
                 Err(why) => (BTreeMap::new(), Some(why)),

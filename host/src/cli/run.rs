@@ -215,13 +215,7 @@ pub fn run(args: RunArgs) -> Result<Finished, String> {
     let rt = runtime()?;
     // Then again knowing what each node's component declares it returns, so `nodes.<id>` is
     // type-checked; a component that cannot answer stays untyped and fails its own step.
-    let named = untyped
-        .spec
-        .spec
-        .nodes
-        .iter()
-        .map(|n| n.component.clone())
-        .collect();
+    let named = untyped.component_names();
     rt.block_on(catalog.describe(engine.sandbox(), Some(&named)));
     let compiled: CompiledGraph =
         graph::load_typed(&args.graph, &manifests, &catalog.output_schemas())

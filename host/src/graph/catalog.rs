@@ -111,14 +111,14 @@ impl Catalog {
         self.insert_described(manifest, manifest_text, wasm, None);
     }
 
-    /// [`Catalog::insert`] with the output schema the component's `info()` already gave
-    /// (the text as declared; anything but a JSON object is treated as unknown).
+    /// [`Catalog::insert`] with the output schema the component already declared
+    /// ([`Sandbox::described`]).
     pub fn insert_described(
         &mut self,
         manifest: Manifest,
         manifest_text: String,
         wasm: Vec<u8>,
-        output_schema: Option<&str>,
+        output_schema: Option<Arc<serde_json::Value>>,
     ) {
         let digest = Registry::digest(&wasm);
         self.entries.insert(
@@ -128,14 +128,14 @@ impl Catalog {
                 manifest_text,
                 wasm,
                 digest,
-                output_schema: output_schema.and_then(usable_schema),
+                output_schema,
             },
         );
     }
 
     /// Asks every component (of `only`, when given) whose output schema is not known yet for
-    /// its `info()` (one fresh instance each, no capabilities) and keeps the output schema it
-    /// declares. A component that does not load or answer keeps an unknown schema and is named
+    /// its `info()` ([`Sandbox::described`], asked once per loaded component) and keeps the
+    /// output schema it declares. A component that does not load or answer keeps an unknown schema and is named
     /// in the result with the reason (a run of it would fail with that reason anyway).
     pub async fn describe(
         &mut self,
@@ -159,8 +159,8 @@ impl Catalog {
                     continue;
                 }
             };
-            match sandbox.info(&loaded).await {
-                Ok(info) => entry.output_schema = usable_schema(&info.output_schema),
+            match sandbox.described(&loaded).await {
+                Ok(d) => entry.output_schema = d.output.as_ref().map(|o| o.schema.clone()),
                 Err(e) => failed.push((name.clone(), format!("info() failed: {e}"))),
             }
         }
@@ -182,15 +182,6 @@ impl Catalog {
     /// The manifests, for graph validation.
     pub fn manifests(&self) -> Vec<Manifest> {
         self.entries.values().map(|e| e.manifest.clone()).collect()
-    }
-}
-
-/// A declared schema the type checker can use: a JSON object (schemas nested past the
-/// type checker's depth limit are `dyn` below it, so any size is safe to keep).
-fn usable_schema(text: &str) -> Option<Arc<serde_json::Value>> {
-    match serde_json::from_str::<serde_json::Value>(text) {
-        Ok(v @ serde_json::Value::Object(_)) => Some(Arc::new(v)),
-        _ => None,
     }
 }
 

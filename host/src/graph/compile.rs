@@ -72,6 +72,16 @@ pub struct CompiledGraph {
 }
 
 impl CompiledGraph {
+    /// The components the graph's nodes name.
+    pub fn component_names(&self) -> std::collections::BTreeSet<String> {
+        self.spec
+            .spec
+            .nodes
+            .iter()
+            .map(|n| n.component.clone())
+            .collect()
+    }
+
     /// Compiles a graph that `validate` accepted. Durations were checked there; one that still
     /// fails here is left out. An expression that fails keeps its error for the step to report.
     pub fn compile(spec: Graph) -> CompiledGraph {

@@ -280,28 +280,18 @@ impl Sandbox {
         }
     }
 
-    /// The output schema `tool` declares in `info()`, compiled; asked once per loaded
-    /// component. `None` when it declares none (`{}` or not an object), one that does not
-    /// compile, or `info()` fails: its outputs are then checked only as JSON.
-    pub async fn declared_output(&self, tool: &LoadedTool) -> Option<Arc<jsonschema::Validator>> {
-        tool.declared_output
-            .get_or_init(|| async {
-                let info = self.info(tool).await.ok()?;
-                let schema: serde_json::Value = serde_json::from_str(&info.output_schema).ok()?;
-                match &schema {
-                    serde_json::Value::Object(m) if !m.is_empty() => {}
-                    _ => return None,
-                }
-                match jsonschema::validator_for(&schema) {
-                    Ok(v) => Some(Arc::new(v)),
-                    Err(e) => {
-                        tracing::warn!(component = %tool.digest, error = %e, "declared output schema does not compile; outputs checked as JSON only");
-                        None
-                    }
-                }
+    /// What `tool` says of itself in `info()`, asked in a fresh instance the first time and
+    /// kept with the loaded component (a failure is not kept: the next caller asks again).
+    /// Graph validation types `nodes.<id>` by its output schema and every call's output is
+    /// checked against it, so both read the same answer.
+    pub async fn described<'t>(&self, tool: &'t LoadedTool) -> Result<&'t Described, CallError> {
+        tool.described
+            .get_or_try_init(|| async {
+                let info = self.info(tool).await?;
+                let output = DeclaredOutput::compile(&info.output_schema, &tool.digest);
+                Ok(Described { info, output })
             })
             .await
-            .clone()
     }
 
     /// Runs `invoke(input)` once in a fresh store and instance under `grant`.
@@ -397,7 +387,12 @@ impl Sandbox {
         };
         // Asked before this call takes an instance slot: `info()` needs one of its own.
         let declared = match wrong_world {
-            None => self.declared_output(tool).await,
+            None => self
+                .described(tool)
+                .await
+                .ok()
+                .and_then(|d| d.output.as_ref())
+                .map(|o| o.validator.clone()),
             Some(_) => None,
         };
         let log: AttemptLog = Arc::new(Mutex::new(Vec::new()));
@@ -481,8 +476,9 @@ impl Sandbox {
                     match raw {
                         Err(_) => Err(timeout),
                         Ok(Ok(Ok(_))) if over_limit => Err(memory),
-                        Ok(Ok(Ok(output))) => check_output(output, grant.limits.max_output)
-                            .and_then(|o| conforms(o, declared.as_deref())),
+                        Ok(Ok(Ok(output))) => {
+                            check_output(output, grant.limits.max_output, declared.as_deref())
+                        }
                         Ok(Ok(Err(tool_error))) => Err(if over_limit {
                             memory
                         } else if let Some(cap) = cap_hit {
@@ -603,7 +599,50 @@ fn configure_clocks_and_random(builder: &mut WasiCtxBuilder, crossings: Option<&
 /// input, a tool's output): graph expressions convert and walk them recursively.
 pub const MAX_JSON_DEPTH: usize = 64;
 
-fn check_output(output: String, limit: u64) -> Result<String, CallError> {
+/// What `info()` said, kept with the loaded component ([`Sandbox::described`]).
+pub struct Described {
+    pub info: ToolInfo,
+    /// `None`: the component declares no usable output schema (`{}`, not a JSON object, or
+    /// one that does not compile); its outputs are then checked only as bounded JSON.
+    pub output: Option<DeclaredOutput>,
+}
+
+/// A declared output schema and its compiled validator.
+pub struct DeclaredOutput {
+    pub schema: Arc<serde_json::Value>,
+    validator: Arc<jsonschema::Validator>,
+}
+
+impl DeclaredOutput {
+    fn compile(text: &str, digest: &str) -> Option<DeclaredOutput> {
+        let schema: serde_json::Value = serde_json::from_str(text).ok()?;
+        match &schema {
+            serde_json::Value::Object(m) if !m.is_empty() => {}
+            _ => return None,
+        }
+        match jsonschema::validator_for(&schema) {
+            Ok(v) => Some(DeclaredOutput {
+                schema: Arc::new(schema),
+                validator: Arc::new(v),
+            }),
+            Err(e) => {
+                tracing::warn!(component = %digest, error = %e, "declared output schema does not compile; outputs checked as JSON only");
+                None
+            }
+        }
+    }
+}
+
+/// At most this many schema violations are named in an `output_invalid` error.
+const MAX_SCHEMA_ERRORS: usize = 8;
+
+/// `output` within the size and depth limits, a JSON document, and matching the component's
+/// declared output schema when it has one (parsed once, for whichever check applies).
+fn check_output(
+    output: String,
+    limit: u64,
+    declared: Option<&jsonschema::Validator>,
+) -> Result<String, CallError> {
     if output.len() as u64 > limit {
         return Err(CallError::OutputTooLarge { limit_bytes: limit });
     }
@@ -613,26 +652,14 @@ fn check_output(output: String, limit: u64) -> Result<String, CallError> {
             max_depth: limits::MAX_OUTPUT_DEPTH,
         });
     }
-    if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&output) {
-        return Err(CallError::ToolFailed {
-            message: format!("tool output is not a JSON document: {e}"),
-        });
-    }
-    Ok(output)
-}
-
-/// At most this many schema violations are named in an `output_invalid` error.
-const MAX_SCHEMA_ERRORS: usize = 8;
-
-/// `output` (valid JSON of bounded depth) against the component's declared output schema.
-fn conforms(output: String, declared: Option<&jsonschema::Validator>) -> Result<String, CallError> {
+    let not_json = |e: serde_json::Error| CallError::ToolFailed {
+        message: format!("tool output is not a JSON document: {e}"),
+    };
     let Some(validator) = declared else {
+        serde_json::from_str::<serde::de::IgnoredAny>(&output).map_err(not_json)?;
         return Ok(output);
     };
-    let value: serde_json::Value =
-        serde_json::from_str(&output).map_err(|e| CallError::ToolFailed {
-            message: format!("tool output is not a JSON document: {e}"),
-        })?;
+    let value: serde_json::Value = serde_json::from_str(&output).map_err(not_json)?;
     let mut errors: Vec<String> = validator
         .iter_errors(&value)
         .take(MAX_SCHEMA_ERRORS + 1)

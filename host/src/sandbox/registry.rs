@@ -58,9 +58,8 @@ pub struct LoadedTool {
     pub component: Component,
     pub pre: ComponentPre,
     pub cache: CacheStatus,
-    /// The output schema the component declares in `info()`, compiled, once asked
-    /// (`Sandbox::declared_output`); `None` inside: it declares nothing usable.
-    pub(crate) declared_output: tokio::sync::OnceCell<Option<Arc<jsonschema::Validator>>>,
+    /// What the component's `info()` said, once asked (`Sandbox::described`).
+    pub(crate) described: tokio::sync::OnceCell<super::Described>,
 }
 
 impl LoadedTool {
@@ -185,7 +184,7 @@ impl Registry {
             component,
             pre,
             cache,
-            declared_output: tokio::sync::OnceCell::new(),
+            described: tokio::sync::OnceCell::new(),
         });
         self.loaded
             .lock()
