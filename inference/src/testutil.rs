@@ -1,6 +1,7 @@
 //! Seeded tiny llama models as GGUF images, so tests of every module and backend can run a
 //! real forward pass without downloading anything. Same spec + seed => identical bytes.
 
+use crate::backend::{Backend, BackendError, SeqChunk};
 use crate::gguf::{GgmlType, GgufWriter, Value, ValueType, WriterTensor, quantize_row};
 use crate::model::{LlamaModel, ModelError};
 use crate::tokenizer::gpt2_byte_chars;
@@ -243,4 +244,75 @@ pub fn tiny_model_bytes(spec: &TinySpec) -> Vec<u8> {
 /// A tiny model loaded from memory.
 pub fn tiny_model(spec: &TinySpec) -> Result<LlamaModel, ModelError> {
     LlamaModel::from_gguf(crate::gguf::GgufFile::from_bytes(tiny_model_bytes(spec))?)
+}
+
+/// Slot `dst` given slot `src`'s first positions by `copy_prefix` continues exactly as if it
+/// had computed them itself; a copy that would open a gap is refused and changes nothing.
+pub fn copied_prefix_continues_like_its_source(b: &mut dyn Backend) {
+    let prompt = [10u32, 11, 12, 13, 14, 15];
+    let tail = [40u32, 41];
+    // What slot 0 yields computing everything itself.
+    b.forward(&[SeqChunk {
+        slot: 0,
+        start_pos: 0,
+        tokens: &prompt,
+    }])
+    .unwrap();
+    b.forward(&[SeqChunk {
+        slot: 0,
+        start_pos: prompt.len(),
+        tokens: &tail,
+    }])
+    .unwrap();
+    let want = b.logits().unwrap().remove(0);
+    // Slot 1 holds other tokens; slot 2 already holds the first three of the prompt.
+    b.forward(&[
+        SeqChunk {
+            slot: 1,
+            start_pos: 0,
+            tokens: &[90, 91, 92, 93],
+        },
+        SeqChunk {
+            slot: 2,
+            start_pos: 0,
+            tokens: &prompt[..3],
+        },
+    ])
+    .unwrap();
+    b.copy_prefix(0, 1, 0, prompt.len()).unwrap();
+    b.copy_prefix(0, 2, 3, prompt.len()).unwrap();
+    let e = b.copy_prefix(0, 3, 2, 4).unwrap_err();
+    assert!(matches!(e, BackendError::CopyRange { .. }), "{e}");
+    let e = b.copy_prefix(1, 1, 0, 1).unwrap_err();
+    assert!(matches!(e, BackendError::CopyToSelf { slot: 1 }), "{e}");
+    // Both continue from the copied prefix, in one batch, to the very same logits.
+    let batch: Vec<SeqChunk<'_>> = [1, 2]
+        .into_iter()
+        .map(|slot| SeqChunk {
+            slot,
+            start_pos: prompt.len(),
+            tokens: &tail,
+        })
+        .collect();
+    b.forward(&batch).unwrap();
+    for (slot, row) in [1, 2].into_iter().zip(b.logits().unwrap()) {
+        let d = row
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(
+            d < 1e-4,
+            "slot {slot}: max diff {d} from the source's own logits"
+        );
+    }
+    // A slot may not continue past what the copy gave it.
+    let e = b
+        .forward(&[SeqChunk {
+            slot: 3,
+            start_pos: 1,
+            tokens: &tail,
+        }])
+        .unwrap_err();
+    assert!(matches!(e, BackendError::PositionGap { .. }), "{e}");
 }

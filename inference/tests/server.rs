@@ -43,6 +43,8 @@ struct Gate {
     bias: Mutex<Vec<(u32, f32)>>,
     /// Every forward's chunks as (slot, start position, tokens).
     batches: Mutex<Vec<Vec<(usize, usize, usize)>>>,
+    /// Every prefix copy as (source slot, destination slot, from, to).
+    copies: Mutex<Vec<(usize, usize, usize, usize)>>,
 }
 
 impl Gate {
@@ -122,6 +124,16 @@ impl Backend for GatedBackend {
     }
     fn top_k(&mut self, k: usize) -> Result<Vec<Vec<(u32, f32)>>, BackendError> {
         self.inner.top_k(k)
+    }
+    fn copy_prefix(
+        &mut self,
+        src: usize,
+        dst: usize,
+        from: usize,
+        to: usize,
+    ) -> Result<(), BackendError> {
+        self.gate.copies.lock().unwrap().push((src, dst, from, to));
+        self.inner.copy_prefix(src, dst, from, to)
     }
 }
 
@@ -858,6 +870,9 @@ impl Backend for PanickingBackend {
     fn top_k(&mut self, k: usize) -> Result<Vec<Vec<(u32, f32)>>, BackendError> {
         self.0.top_k(k)
     }
+    fn copy_prefix(&mut self, s: usize, d: usize, f: usize, t: usize) -> Result<(), BackendError> {
+        self.0.copy_prefix(s, d, f, t)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1368,6 +1383,133 @@ async fn a_shared_prompt_prefix_is_reused_from_the_slot_cache() {
     assert_eq!(
         metric(s.addr, "sandgraph_infer_prefix_cache_hits_total").await,
         common as f64
+    );
+}
+
+/// Requests arriving together with one long prompt prefix compute it once: the oldest prefills
+/// it, the others wait for each piece and copy it from that slot's KV cache, and every output is
+/// still what the request yields alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_arriving_together_prefill_their_shared_prefix_once() {
+    const BUDGET: usize = 24;
+    let s = start_with_budget(5, ServerConfig::default(), Gate::closed(), BUDGET).await;
+    let tok = s.state.ready().unwrap().tok.clone();
+    // A blocker holds the engine inside its first forward while the others queue up, so all
+    // of them are admitted in the same engine step.
+    let blocker = spawn_completion(s.addr, "hello world", 1);
+    wait_until("the blocker to run", || s.batcher().running() == 1).await;
+    let shared = "the quick brown fox jumps over the lazy dog and ".repeat(6);
+    let prompts: Vec<String> = ["cat", "dog", "owl", "cat"]
+        .iter()
+        .map(|end| format!("{shared}the {end} sat"))
+        .collect();
+    let encoded: Vec<Vec<u32>> = prompts.iter().map(|p| tok.encode(p, false)).collect();
+    let common = encoded[0]
+        .iter()
+        .zip(&encoded[1])
+        .take_while(|(a, b)| a == b)
+        .count();
+    assert!(
+        common > 2 * BUDGET,
+        "precondition: the shared prefix spans several steps ({common} tokens)"
+    );
+    let tasks: Vec<_> = prompts
+        .iter()
+        .map(|p| spawn_completion(s.addr, p, 6))
+        .collect();
+    wait_until("all four to queue", || s.batcher().waiting() == 4).await;
+    let start = s.gate.forwards();
+    s.gate.open();
+    assert_eq!(blocker.await.unwrap().0, 200);
+    for (p, t) in prompts.iter().zip(tasks) {
+        let (st, v) = t.await.unwrap();
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["choices"][0]["text"], alone(p, 6).0.as_str(), "{p}");
+    }
+    // Positions of the shared prefix were computed exactly once, in whatever slot.
+    let batches = s.gate.batches.lock().unwrap().clone();
+    let blocker_slot = batches[0][0].0;
+    let computed: usize = batches[start..]
+        .iter()
+        .flatten()
+        .filter(|c| c.0 != blocker_slot)
+        .map(|&(_, at, n)| (at + n).min(common).saturating_sub(at))
+        .sum();
+    assert_eq!(computed, common, "{batches:?}");
+    // The three others got it copied, piece by piece as it was computed: all of the prefix
+    // each, and the duplicate prompt all of its prompt but the token fed for its first pick.
+    let copies = s.gate.copies.lock().unwrap().clone();
+    let mut per_slot = std::collections::BTreeMap::<usize, usize>::new();
+    for &(_, dst, from, to) in &copies {
+        *per_slot.entry(dst).or_default() += to - from;
+    }
+    let mut got: Vec<usize> = per_slot.values().copied().collect();
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        vec![common, common, encoded[3].len() - 1],
+        "{copies:?}"
+    );
+    assert!(copies.len() > 3, "copied as computed: {copies:?}");
+    let total = (2 * common + encoded[3].len() - 1) as u64;
+    assert_eq!(s.batcher().shared_prefix_tokens(), total);
+    assert_eq!(
+        metric(s.addr, "sandgraph_infer_prefix_cache_hits_total").await,
+        total as f64
+    );
+}
+
+/// A newcomer sharing only a few tokens with a slot's long cached prompt takes an empty slot
+/// instead of overwriting it, so a later request with that long prefix still finds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_newcomer_does_not_evict_a_long_cached_prefix() {
+    let s = open_server(2).await;
+    let tok = s.state.ready().unwrap().tok.clone();
+    let shared = "the quick brown fox jumps over the lazy dog and ".repeat(4);
+    let first = format!("{shared}the cat sat");
+    let short = "the quick red hen";
+    let last = format!("{shared}the owl sat");
+    let enc = |p: &str| tok.encode(p, false);
+    let common = |a: &[u32], b: &[u32]| a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let long_common = common(&enc(&first), &enc(&last));
+    let short_common = common(&enc(&first), &enc(short));
+    assert!(
+        short_common >= 2 && long_common > 100,
+        "precondition: {short_common} and {long_common} shared tokens"
+    );
+    for p in [first.as_str(), short, last.as_str()] {
+        let (st, v) = call(
+            s.addr,
+            "POST",
+            "/v1/completions",
+            Some(json!({"prompt": p, "max_tokens": 4, "temperature": 0})),
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["choices"][0]["text"], alone(p, 4).0.as_str(), "{p}");
+    }
+    // The short prompt went to the empty slot; the last one reused the long prefix in place.
+    let batches = s.gate.batches.lock().unwrap().clone();
+    let first_slot = batches[0][0].0;
+    let short_start = batches
+        .iter()
+        .position(|b| b[0].0 != first_slot)
+        .expect("the short prompt ran in the other slot");
+    let last_start = short_start
+        + batches[short_start..]
+            .iter()
+            .position(|b| b[0].0 == first_slot)
+            .expect("the last prompt ran in the first slot");
+    assert_eq!(batches[last_start][0].1, long_common, "{batches:?}");
+    // The short one copied the few tokens it shares from there.
+    let other = batches[short_start][0].0;
+    assert_eq!(
+        *s.gate.copies.lock().unwrap(),
+        vec![(first_slot, other, 0, short_common)]
+    );
+    assert_eq!(
+        metric(s.addr, "sandgraph_infer_prefix_cache_hits_total").await,
+        (long_common + short_common) as f64
     );
 }
 

@@ -14,7 +14,9 @@ use sandgraph_inference::backend::wgpu::{
 use sandgraph_inference::backend::{Backend, BackendError, SeqChunk, argmax_of, top_k_of};
 use sandgraph_inference::gguf::GgmlType;
 use sandgraph_inference::model::LlamaModel;
-use sandgraph_inference::testutil::{TestRng, TinySpec, tiny_model};
+use sandgraph_inference::testutil::{
+    TestRng, TinySpec, copied_prefix_continues_like_its_source, tiny_model,
+};
 
 const TYPES: [GgmlType; 5] = [
     GgmlType::F32,
@@ -219,6 +221,13 @@ fn restarting_a_slot_at_position_zero_forgets_the_old_sequence() {
         }])
         .unwrap();
     assert!(max_diff(&reused[0], &fresh.logits().unwrap()[0]) <= 1e-5);
+}
+
+#[test]
+fn a_copied_prefix_continues_like_its_source_on_the_device() {
+    let model = tiny_model(&TinySpec::new(8, GgmlType::Q4_1)).unwrap();
+    let mut g = wgpu(&model, 4, 32);
+    copied_prefix_continues_like_its_source(&mut g);
 }
 
 #[test]

@@ -11,6 +11,10 @@
 //!   `<= max_context` and `start_pos` must not be beyond what the slot already holds.
 //! - `logits`/`argmax`/`top_k` refer to the last successful `forward`, one entry per chunk, in
 //!   batch order. `validate_batch` is the shared check both backends run first.
+//! - `copy_prefix` gives a slot the KV entries another slot computed for the same leading
+//!   tokens (the server's cross-slot prefix sharing): positions depend only on the tokens before
+//!   them, so the copy is exactly what a prefill of those tokens would have written.
+//!   `validate_copy` is its shared check.
 
 pub mod cpu;
 pub mod wgpu;
@@ -39,6 +43,17 @@ pub trait Backend: Send {
     /// Top-k candidates (id, logit) per chunk, sorted descending, computed in the backend;
     /// sampling with temperature/top-p happens on the host over these few candidates.
     fn top_k(&mut self, k: usize) -> Result<Vec<Vec<(u32, f32)>>, BackendError>;
+    /// Copies KV positions `from..to` of slot `src` into slot `dst`, which then holds `to`
+    /// tokens. The caller vouches that both slots hold the same tokens before `from` and that
+    /// `dst`'s sequence continues with `src`'s tokens `from..to`. Does not touch the logits of
+    /// the last forward.
+    fn copy_prefix(
+        &mut self,
+        src: usize,
+        dst: usize,
+        from: usize,
+        to: usize,
+    ) -> Result<(), BackendError>;
 }
 
 /// Why a backend call failed.
@@ -67,6 +82,19 @@ pub enum BackendError {
         slot: usize,
         start_pos: usize,
         filled: usize,
+    },
+    #[error("a prefix copy needs two different slots; got slot {slot} twice")]
+    CopyToSelf { slot: usize },
+    #[error(
+        "prefix copy of positions {from}..{to}: source slot {src} holds {src_filled} tokens, destination slot {dst} holds {dst_filled}"
+    )]
+    CopyRange {
+        src: usize,
+        dst: usize,
+        from: usize,
+        to: usize,
+        src_filled: usize,
+        dst_filled: usize,
     },
     #[error("token id {token} is outside the vocabulary of {vocab} tokens")]
     TokenOutOfRange { token: u32, vocab: usize },
@@ -120,6 +148,39 @@ pub fn validate_batch(
         if let Some(&t) = c.tokens.iter().find(|&&t| t as usize >= vocab) {
             return Err(BackendError::TokenOutOfRange { token: t, vocab });
         }
+    }
+    Ok(())
+}
+
+/// Checks a prefix copy against the slots' fill levels (shared by backends): `from..to` must be
+/// held by `src`, and `dst` must hold at least `from` tokens so no gap opens.
+pub fn validate_copy(
+    src: usize,
+    dst: usize,
+    from: usize,
+    to: usize,
+    filled: &[usize],
+) -> Result<(), BackendError> {
+    for slot in [src, dst] {
+        if slot >= filled.len() {
+            return Err(BackendError::SlotOutOfRange {
+                slot,
+                max_slots: filled.len(),
+            });
+        }
+    }
+    if src == dst {
+        return Err(BackendError::CopyToSelf { slot: src });
+    }
+    if from > to || to > filled[src] || from > filled[dst] {
+        return Err(BackendError::CopyRange {
+            src,
+            dst,
+            from,
+            to,
+            src_filled: filled[src],
+            dst_filled: filled[dst],
+        });
     }
     Ok(())
 }
@@ -225,5 +286,28 @@ mod tests {
         assert!(matches!(e, BackendError::TokenOutOfRange { token: 10, .. }));
         let e = validate_batch(&[SeqChunk { tokens: &[], ..ok }], &[0, 0], 8, 10).unwrap_err();
         assert!(matches!(e, BackendError::EmptyChunk { slot: 0 }));
+    }
+
+    #[test]
+    fn validate_copy_names_each_problem() {
+        let filled = [6, 2, 0];
+        assert!(validate_copy(0, 1, 2, 6, &filled).is_ok());
+        assert!(validate_copy(0, 2, 0, 6, &filled).is_ok());
+        assert!(validate_copy(0, 1, 0, 0, &filled).is_ok());
+        let e = validate_copy(0, 3, 0, 1, &filled).unwrap_err();
+        assert!(matches!(e, BackendError::SlotOutOfRange { slot: 3, .. }));
+        let e = validate_copy(1, 1, 0, 1, &filled).unwrap_err();
+        assert!(matches!(e, BackendError::CopyToSelf { slot: 1 }));
+        // Past what the source holds, a gap in the destination, a reversed range.
+        for (src, dst, from, to) in [(0, 1, 2, 7), (0, 2, 1, 4), (0, 1, 3, 2)] {
+            let e = validate_copy(src, dst, from, to, &filled).unwrap_err();
+            assert!(matches!(e, BackendError::CopyRange { .. }), "{e}");
+        }
+        assert!(
+            validate_copy(0, 2, 1, 4, &filled)
+                .unwrap_err()
+                .to_string()
+                .contains("destination slot 2 holds 0")
+        );
     }
 }

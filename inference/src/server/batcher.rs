@@ -10,6 +10,12 @@
 //! Prefix reuse: a slot's KV cache still holds the tokens of its last request. A newcomer gets
 //! the free slot whose tokens share the longest prefix with its prompt and is prefilled from
 //! there (chat requests share the system prompt and template), as llama.cpp's server does.
+//!
+//! Prefix sharing across slots: before each step, a request still prefilling takes the longest
+//! run of its prompt that any other slot (running or free) already holds, copied KV entry by
+//! KV entry (`Backend::copy_prefix`) instead of computed again. A request whose next prompt
+//! tokens an older prefilling request is about to compute waits for them rather than computing
+//! them too, so requests arriving together with one system prompt prefill it once.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -86,6 +92,8 @@ struct Shared {
     /// callers see that concurrent requests shared forwards.
     forwards: AtomicU64,
     peak_sequences: AtomicUsize,
+    /// Prompt tokens copied from another slot's KV cache instead of computed.
+    shared_tokens: AtomicU64,
     metrics: Arc<Metrics>,
     step_tokens: usize,
 }
@@ -131,6 +139,7 @@ impl Batcher {
             cancelled: AtomicU64::new(0),
             forwards: AtomicU64::new(0),
             peak_sequences: AtomicUsize::new(0),
+            shared_tokens: AtomicU64::new(0),
             metrics,
             step_tokens: step_tokens.max(MIN_PREFILL_TOKENS + slots),
         });
@@ -209,6 +218,11 @@ impl Batcher {
     /// Backend forwards run since start (one per engine step).
     pub fn forwards(&self) -> u64 {
         self.shared.forwards.load(Ordering::SeqCst)
+    }
+
+    /// Prompt tokens copied from another slot's KV cache instead of prefilled, since start.
+    pub fn shared_prefix_tokens(&self) -> u64 {
+        self.shared.shared_tokens.load(Ordering::SeqCst)
     }
 
     /// The most sequences (decodes and prompt chunks) one forward has carried since start.
@@ -312,8 +326,11 @@ impl Engine {
                         .request_finished(Finished::Abort, job.arrived.elapsed());
                     continue;
                 }
-                // The free slot sharing the longest prefix with this prompt (at least one
-                // prompt token is always fed, for the logits of the first pick).
+                // The free slot whose cache serves this prompt best: the prefix it shares
+                // with the prompt (at least one prompt token is always fed, for the logits of
+                // the first pick) less the cached tokens the prompt would overwrite, so a
+                // slot holding a long prefix other requests reuse (a planner's system prompt)
+                // is not given away to save a few tokens of the chat template.
                 let (k, reuse) = self
                     .free
                     .iter()
@@ -324,10 +341,12 @@ impl Engine {
                             .iter()
                             .zip(&job.prompt)
                             .take_while(|(a, b)| a == b)
-                            .count();
-                        (k, n.min(job.prompt.len().saturating_sub(1)))
+                            .count()
+                            .min(job.prompt.len().saturating_sub(1));
+                        (k, n, n as i64 - (c.len() - n) as i64)
                     })
-                    .max_by_key(|&(_, n)| n)
+                    .max_by_key(|&(_, n, score)| (score, n))
+                    .map(|(k, n, _)| (k, n))
                     .expect("checked non-empty");
                 let slot = self.free.swap_remove(k);
                 let mut cached = std::mem::take(&mut self.slot_cache[slot]);
@@ -404,6 +423,7 @@ impl Engine {
     /// One forward within the step budget: one token for every decoding sequence, then prompt
     /// chunks for those still prefilling, oldest first. Then picks and hands out next tokens.
     fn step(&mut self) -> Result<(), crate::backend::BackendError> {
+        let waiting = self.share_prefixes()?;
         let decoding = self
             .seqs
             .iter()
@@ -416,6 +436,7 @@ impl Engine {
             .max(MIN_PREFILL_TOKENS);
         let mut prefilling: Vec<usize> = (0..self.seqs.len())
             .filter(|&i| self.seqs[i].prefilled < self.seqs[i].job.prompt.len())
+            .filter(|i| !waiting.contains(i))
             .collect();
         prefilling.sort_unstable_by_key(|&i| self.seqs[i].admitted);
         // (sequence index, chunk end in the prompt; None for a decode)
@@ -498,6 +519,66 @@ impl Engine {
         }
         self.publish_running();
         Ok(())
+    }
+
+    /// Gives every prefilling request the longest run of its prompt another slot holds (copied
+    /// from that slot's KV cache), and returns the requests that should feed nothing this step
+    /// because an older prefilling request is about to compute their next prompt tokens.
+    fn share_prefixes(&mut self) -> Result<Vec<usize>, crate::backend::BackendError> {
+        fn common(a: &[u32], b: &[u32]) -> usize {
+            a.iter().zip(b).take_while(|(x, y)| x == y).count()
+        }
+        let mut order: Vec<usize> = (0..self.seqs.len())
+            .filter(|&i| self.seqs[i].prefilled < self.seqs[i].job.prompt.len())
+            .collect();
+        order.sort_unstable_by_key(|&i| self.seqs[i].admitted);
+        let mut waiting = Vec::new();
+        for (k, &i) in order.iter().enumerate() {
+            let s = &self.seqs[i];
+            // At least one prompt token is always fed, for the logits of the first pick.
+            let want = s.job.prompt.len() - 1;
+            let mut best: Option<(usize, usize)> = None;
+            let held = self
+                .seqs
+                .iter()
+                .filter(|o| o.slot != s.slot)
+                .map(|o| (o.slot, &o.cached))
+                .chain(self.free.iter().map(|&f| (f, &self.slot_cache[f])));
+            for (slot, cached) in held {
+                let n = common(cached, &s.job.prompt).min(want);
+                if n > s.prefilled && best.is_none_or(|(_, b)| n > b) {
+                    best = Some((slot, n));
+                }
+            }
+            if let Some((src, n)) = best {
+                let (dst, from) = (s.slot, s.prefilled);
+                if let Err(e) = self.backend.copy_prefix(src, dst, from, n) {
+                    // What the slot holds past `from` is unknown now: the caller fails the
+                    // running requests, and no slot's cache is trusted again.
+                    self.slot_cache.iter_mut().for_each(Vec::clear);
+                    return Err(e);
+                }
+                let s = &mut self.seqs[i];
+                s.cached.extend_from_slice(&s.job.prompt[from..n]);
+                s.prefilled = n;
+                s.pos = n;
+                let copied = (n - from) as u64;
+                self.shared
+                    .shared_tokens
+                    .fetch_add(copied, Ordering::SeqCst);
+                self.shared.metrics.add_prefix_cache_hits(copied);
+            }
+            let s = &self.seqs[i];
+            let older_computes_next = order[..k].iter().any(|&j| {
+                let o = &self.seqs[j];
+                let n = common(&o.job.prompt, &s.job.prompt).min(s.job.prompt.len() - 1);
+                n > s.prefilled && o.prefilled < n
+            });
+            if older_computes_next {
+                waiting.push(i);
+            }
+        }
+        Ok(waiting)
     }
 
     /// Picks a token for every chunk of the last forward (ignored where the prompt is not done).

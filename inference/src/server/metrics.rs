@@ -196,6 +196,11 @@ impl Metrics {
         self.prefix_cache_queries.inc_by(n);
         self.prefix_cache_hits.inc_by(cached);
     }
+    /// Prompt tokens of a running request copied from another slot's KV cache (prefix sharing
+    /// across slots), on top of what its own slot held at admission.
+    pub fn add_prefix_cache_hits(&self, n: u64) {
+        self.prefix_cache_hits.inc_by(n);
+    }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {

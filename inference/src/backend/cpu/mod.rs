@@ -14,7 +14,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::{Backend, BackendError, SeqChunk, argmax_of, top_k_of, validate_batch};
+use super::{Backend, BackendError, SeqChunk, argmax_of, top_k_of, validate_batch, validate_copy};
 use crate::gguf::{GgmlType, GgufFile, dequantize_row};
 use crate::model::{LlamaConfig, LlamaModel, LlamaWeights, TensorRef};
 use pool::{Phase, Pool};
@@ -707,6 +707,37 @@ impl Backend for CpuBackend {
             .take(n)
             .map(|l| top_k_of(l, k))
             .collect())
+    }
+
+    fn copy_prefix(
+        &mut self,
+        src: usize,
+        dst: usize,
+        from: usize,
+        to: usize,
+    ) -> Result<(), BackendError> {
+        validate_copy(src, dst, from, to, &self.filled)?;
+        if from < to {
+            let (layers, max_ctx, kvd) = (self.cfg.n_layers, self.max_context, self.cfg.kv_dim());
+            let (lo, hi) = (src.min(dst), src.max(dst));
+            let (head, tail) = self.kv.split_at_mut(hi);
+            let (s, d) = if src < dst {
+                (&head[lo], &mut tail[0])
+            } else {
+                (&tail[0], &mut head[lo])
+            };
+            if d.0.is_empty() {
+                d.0 = vec![0.0; layers * max_ctx * kvd];
+                d.1 = vec![0.0; layers * max_ctx * kvd];
+            }
+            for l in 0..layers {
+                let r = (l * max_ctx + from) * kvd..(l * max_ctx + to) * kvd;
+                d.0[r.clone()].copy_from_slice(&s.0[r.clone()]);
+                d.1[r.clone()].copy_from_slice(&s.1[r]);
+            }
+        }
+        self.filled[dst] = to;
+        Ok(())
     }
 }
 

@@ -276,3 +276,10 @@ fn bad_batches_are_rejected_before_any_work() {
         "{e}"
     );
 }
+
+#[test]
+fn a_copied_prefix_continues_like_its_source() {
+    let model = tiny_model(&TinySpec::new(8, GgmlType::Q4_1)).unwrap();
+    let mut cpu = CpuBackend::with_threads(&model, 4, 32, 2).unwrap();
+    crate::testutil::copied_prefix_continues_like_its_source(&mut cpu);
+}

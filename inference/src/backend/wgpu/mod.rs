@@ -16,7 +16,7 @@ pub use device::{
     hardware_adapter_available,
 };
 
-use super::{Backend, BackendError, SeqChunk, validate_batch};
+use super::{Backend, BackendError, SeqChunk, validate_batch, validate_copy};
 use crate::gguf::GgmlType;
 use crate::model::{LlamaConfig, LlamaModel};
 use kernels::{ARGMAX_SEGMENTS, Kernels, TOPK_MAX, TOPK_SEGMENTS};
@@ -92,6 +92,9 @@ struct Layer {
     /// keep the separate SwiGLU kernel: there every row's workgroup would recompute silu for
     /// all tokens, which measured slower than the extra dispatch (docs/PERFORMANCE.md).
     down_swiglu: Option<MatOp>,
+    /// This layer's K and V caches, [slot][pos][kv_dim] f32 each (prefix copies address them).
+    k_cache: wgpu::Buffer,
+    v_cache: wgpu::Buffer,
     // Keep the per-layer buffers alive with their bind groups.
     _buffers: Vec<wgpu::Buffer>,
 }
@@ -121,6 +124,7 @@ pub struct WgpuBackend {
     logits: wgpu::Buffer,
     sel_out: wgpu::Buffer,
     staging: wgpu::Buffer,
+    kv_bounce: wgpu::Buffer,
     _keep: Vec<wgpu::Buffer>,
     _matrices: Vec<GpuMatrix>,
     /// Set only inside `profile_step`: every dispatch then gets its own timed pass.
@@ -209,6 +213,9 @@ impl WgpuBackend {
         let partials = scratch(&ctx, "select_partials", slots * partial_entries * 8)?;
         let sel_out = scratch(&ctx, "select_out", slots * TOPK_MAX as u64 * 8)?;
         let staging = staging(&ctx, slots * vocab * 4);
+        // A buffer cannot be copied into itself: prefix copies between slots of one cache
+        // bounce through this one, a slot's worth of one layer's K or V.
+        let kv_bounce = scratch(&ctx, "kv_bounce", max_context as u64 * kvd * 4)?;
         let fwd = uniform(&ctx, "fwd", &fwd_words(0));
         let fwd_out = uniform(&ctx, "fwd_out", &fwd_words(0));
         let sel_u = uniform(&ctx, "select", &[0; 4]);
@@ -303,7 +310,9 @@ impl WgpuBackend {
                     MatOp::new(&ctx, &k, "down", &wd, &gu, &x, dim as usize, 0, true, &fwd)
                         .with_swiglu_input()
                 }),
-                _buffers: vec![an, fnorm, kc, vc],
+                k_cache: kc,
+                v_cache: vc,
+                _buffers: vec![an, fnorm],
             });
             matrices.extend([wo, wd]);
         }
@@ -365,6 +374,7 @@ impl WgpuBackend {
             logits,
             sel_out,
             staging,
+            kv_bounce,
             _keep: vec![
                 xn, qkv, ao, gu, h, xgn, partials, table, norm_u, rope_u, att_u, swi_u, onorm,
             ],
@@ -599,6 +609,33 @@ impl Backend for WgpuBackend {
 
     fn argmax(&mut self) -> Result<Vec<u32>, BackendError> {
         Ok(self.select(0)?.into_iter().map(|[id, _]| id).collect())
+    }
+
+    fn copy_prefix(
+        &mut self,
+        src: usize,
+        dst: usize,
+        from: usize,
+        to: usize,
+    ) -> Result<(), BackendError> {
+        validate_copy(src, dst, from, to, &self.filled)?;
+        if from < to {
+            let row = self.cfg.kv_dim() as u64 * 4;
+            let ctx = self.max_context as u64;
+            let at = |slot: usize| (slot as u64 * ctx + from as u64) * row;
+            let bytes = (to - from) as u64 * row;
+            let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+            for l in &self.layers {
+                for cache in [&l.k_cache, &l.v_cache] {
+                    enc.copy_buffer_to_buffer(cache, at(src), &self.kv_bounce, 0, bytes);
+                    enc.copy_buffer_to_buffer(&self.kv_bounce, 0, cache, at(dst), bytes);
+                }
+            }
+            self.ctx.queue.submit([enc.finish()]);
+            self.check_device()?;
+        }
+        self.filled[dst] = to;
+        Ok(())
     }
 
     fn top_k(&mut self, k: usize) -> Result<Vec<Vec<(u32, f32)>>, BackendError> {
