@@ -5,7 +5,9 @@
 //! tokens in both modes, so the aggregate generated tokens/s compare the same work.
 //!
 //! Run: `cargo bench -p sandgraph --bench agent_concurrency` (`SANDGRAPH_BENCH_RUNS`, default 8;
-//! `SANDGRAPH_BENCH_THREADS`, CPU threads of the engine, default all cores).
+//! `SANDGRAPH_BENCH_THREADS`, CPU threads of the engine, default all cores;
+//! `SANDGRAPH_BENCH_BACKEND`, cpu (default) or wgpu for a GPU; `SANDGRAPH_BENCH_VERBOSE`, one
+//! line per model call on stderr).
 
 mod main_job;
 
@@ -80,16 +82,24 @@ fn main() {
     let port = main_job::page_server();
     let catalog = main_job::catalog(port);
     let graph = main_job::graph(&catalog);
+    let backend = std::env::var("SANDGRAPH_BENCH_BACKEND").unwrap_or_else(|_| "cpu".into());
     let dir = tempfile::tempdir().unwrap();
     let yaml = format!(
-        "models:\n  default: {{ provider: embedded, path: models/SmolLM2-135M-Instruct.Q4_1.gguf, backend: cpu, slots: {runs}{threads} }}\n"
+        "models:\n  default: {{ provider: embedded, path: models/SmolLM2-135M-Instruct.Q4_1.gguf, backend: {backend}, slots: {runs}{threads} }}\n"
     );
     let tokens = Arc::new(AtomicU64::new(0));
     let counted = tokens.clone();
     let (engine, _) = main_job::engine(dir.path(), &yaml);
-    let engine = engine.with_model_observer(Arc::new(move |_, _, _, call| {
+    let verbose = std::env::var_os("SANDGRAPH_BENCH_VERBOSE").is_some();
+    let engine = engine.with_model_observer(Arc::new(move |_, step, _, call| {
         if !call.replayed {
             counted.fetch_add(call.completion_tokens as u64, Ordering::SeqCst);
+        }
+        if verbose {
+            eprintln!(
+                "{step}: {} prompt + {} generated tokens, {:?} (first token {:?})",
+                call.prompt_tokens, call.completion_tokens, call.model_time, call.first_token
+            );
         }
     }));
     let inputs: Vec<Value> = (0..runs)
@@ -115,7 +125,7 @@ fn main() {
     let same = one_by_one.outputs == together.outputs;
     let rate = |b: &Batch| b.tokens as f64 / b.wall.as_secs_f64();
     println!(
-        "{runs} plan-execute-review runs, embedded SmolLM2-135M Q4_1 (CPU, greedy, {runs} slots)\n"
+        "{runs} plan-execute-review runs, embedded SmolLM2-135M Q4_1 ({backend}, greedy, {runs} slots)\n"
     );
     println!("| mode | wall | generated tokens | aggregate tokens/s |");
     println!("|---|---:|---:|---:|");

@@ -309,6 +309,70 @@ async fn embedded_forced_tool_call_and_invalid_requests() {
     );
 }
 
+/// Agent steps sent together share one system prompt; the engine computes it once and copies
+/// it into the other slots, and every answer is what the request yields on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_with_one_system_prompt_compute_it_once() {
+    let settings = sandgraph::model::embedded::EmbeddedSettings {
+        backend: sandgraph::model::embedded::EmbeddedBackend::Cpu,
+        slots: 4,
+        context: 768,
+        max_waiting: 16,
+        ..sandgraph::model::embedded::EmbeddedSettings::new(model_path())
+    };
+    let yaml = "models:\n  default: { provider: embedded, path: models/SmolLM2-135M-Instruct.Q4_1.gguf, backend: cpu, slots: 4, context: 768, maxWaiting: 16 }\n";
+    let m = Arc::new(models(yaml, &SecretStore::default()));
+    let system = format!(
+        "You answer with one word. {}",
+        "Be brief, be exact, and never explain the answer. ".repeat(12)
+    );
+    let request = |q: &str| {
+        let mut r = greedy("default", q, 8);
+        r.messages.insert(
+            0,
+            Message {
+                role: Role::System,
+                content: system.clone(),
+                tool_calls: vec![],
+                tool_call_id: None,
+            },
+        );
+        r
+    };
+    let questions = [
+        "Name a colour.",
+        "Name a fruit.",
+        "Name an animal.",
+        "Name a metal.",
+    ];
+    let engine = sandgraph::model::embedded::EmbeddedProvider::new("probe", settings)
+        .engine()
+        .await
+        .unwrap();
+    let before = engine.batcher().shared_prefix_tokens();
+    let tasks: Vec<_> = questions
+        .iter()
+        .map(|q| {
+            let (m, req) = (m.clone(), request(q));
+            tokio::spawn(async move { m.chat("default", &req, None).await })
+        })
+        .collect();
+    let mut together = Vec::new();
+    for t in tasks {
+        together.push(t.await.unwrap().unwrap());
+    }
+    let shared = engine.batcher().shared_prefix_tokens() - before;
+    let prompt = together[0].usage.prompt_tokens as u64;
+    assert!(
+        shared >= 3 * (prompt - 20),
+        "{shared} prompt tokens copied for 3 requests of {prompt} tokens sharing a system prompt"
+    );
+    for (q, t) in questions.iter().zip(&together) {
+        let alone = m.chat("default", &request(q), None).await.unwrap();
+        assert_eq!(t.content, alone.content, "{q}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_concurrent_embedded_requests_share_forwards() {
     let yaml = "models:\n  default: { provider: embedded, path: models/SmolLM2-135M-Instruct.Q4_1.gguf, backend: cpu, slots: 8, context: 512, maxWaiting: 16 }\n";
