@@ -1,10 +1,13 @@
 //! The durable event log of graph runs: every run is an append-only sequence of events (run and
 //! step lifecycle, and every boundary crossing inside a step), so an interrupted run can be resumed
-//! and a finished one replayed offline. Stored in sled; large payloads once, by sha256.
+//! and a finished one replayed offline. Stored through a [`store::Store`] (sled embedded);
+//! large payloads once, by sha256.
 
 pub mod crossings;
 pub mod event;
 mod group_commit;
+pub mod postgres;
+pub mod store;
 pub mod usage;
 pub mod workspace;
 
@@ -20,6 +23,7 @@ pub use event::{
     Crossing, Event, PayloadRef, PinnedComponent, RunStatus, Snapshot, SnapshotMoment,
 };
 use group_commit::GroupCommit;
+use store::{SledStore, Store};
 
 /// Identifies one run; keys of its events start with these 16 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -101,6 +105,14 @@ pub enum JournalError {
     UnknownRun { run: RunId },
     #[error("run {run} already exists in the journal")]
     RunExists { run: RunId },
+    #[error("journal database {url}: {detail}")]
+    Database { url: String, detail: String },
+    #[error(
+        "the journal database has schema version {found}, newer than this sandgraph supports ({supported}); upgrade sandgraph"
+    )]
+    SchemaTooNew { found: i32, supported: i32 },
+    #[error("{what} is not available on the {store}")]
+    Unsupported { what: String, store: String },
     #[error("'{text}' is not a run id (expected 32 hex digits)")]
     BadRunId { text: String },
 }
@@ -138,10 +150,7 @@ pub struct GcReport {
 
 /// The journal; share one per process (it is `Sync`).
 pub struct Journal {
-    db: sled::Db,
-    events: sled::Tree,
-    runs: sled::Tree,
-    blobs: sled::Tree,
+    store: Box<dyn Store>,
     /// Next sequence number per run, loaded from the log on first use.
     next_seq: Mutex<HashMap<RunId, u64>>,
     commit: GroupCommit,
@@ -151,58 +160,6 @@ pub struct Journal {
     watchers: Mutex<HashMap<RunId, tokio::sync::watch::Sender<u64>>>,
     /// Told how long each disk flush took (the API's flush-latency histogram).
     on_flush: std::sync::OnceLock<FlushHook>,
-    /// On-disk journals: what a flush must force to stable storage beyond sled's own flush.
-    disk: Option<DiskSync>,
-}
-
-/// sled 0.34 writes its log with `sync_file_range` (data reaches the device, the device's
-/// volatile cache is not flushed) and never syncs the files it keeps values over ~128 KiB in.
-/// So that a durable append survives power loss and not only a killed process, every group
-/// flush also `fdatasync`s the log and `fsync`s blob files that appeared since the last flush.
-struct DiskSync {
-    log: std::fs::File,
-    blob_dir: std::path::PathBuf,
-    synced_blobs: Mutex<std::collections::HashSet<std::ffi::OsString>>,
-}
-
-impl DiskSync {
-    fn open(path: &Path) -> Result<DiskSync, String> {
-        let log = std::fs::File::open(path.join("db"))
-            .map_err(|e| format!("cannot open {} to sync it: {e}", path.join("db").display()))?;
-        Ok(DiskSync {
-            log,
-            blob_dir: path.join("blobs"),
-            synced_blobs: Mutex::default(),
-        })
-    }
-
-    fn sync(&self) -> Result<(), String> {
-        self.log
-            .sync_data()
-            .map_err(|e| format!("fdatasync of the journal log: {e}"))?;
-        let Ok(entries) = std::fs::read_dir(&self.blob_dir) else {
-            return Ok(());
-        };
-        let mut synced = self.synced_blobs.lock().unwrap_or_else(|p| p.into_inner());
-        let mut any = false;
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            if synced.contains(&name) {
-                continue;
-            }
-            std::fs::File::open(entry.path())
-                .and_then(|f| f.sync_all())
-                .map_err(|e| format!("fsync of {}: {e}", entry.path().display()))?;
-            synced.insert(name);
-            any = true;
-        }
-        if any {
-            std::fs::File::open(&self.blob_dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| format!("fsync of {}: {e}", self.blob_dir.display()))?;
-        }
-        Ok(())
-    }
 }
 
 /// How long [`Journal::open`] waits for the journal's lock.
@@ -246,29 +203,42 @@ impl Journal {
                 }
             }
         };
-        let mut journal = Journal::from_db(db)?;
-        journal.disk = Some(DiskSync::open(path).map_err(JournalError::Flush)?);
-        Ok(journal)
+        Ok(Journal::on(Box::new(SledStore::new(db, Some(path))?)))
+    }
+
+    /// Opens the journal `location` names: a `postgres://` or `postgresql://` URL (a database
+    /// several replicas share), else a directory for the embedded sled journal.
+    pub fn open_location(location: &str) -> Result<Journal, JournalError> {
+        if location.starts_with("postgres://") || location.starts_with("postgresql://") {
+            Ok(Journal::on(Box::new(postgres::PostgresStore::open(
+                location,
+            )?)))
+        } else {
+            Journal::open(Path::new(location))
+        }
     }
 
     /// A journal that lives in memory only (tests, `tool call` replays).
     pub fn temporary() -> Result<Journal, JournalError> {
-        Journal::from_db(sled::Config::new().temporary(true).open()?)
+        let db = sled::Config::new().temporary(true).open()?;
+        Ok(Journal::on(Box::new(SledStore::new(db, None)?)))
     }
 
-    fn from_db(db: sled::Db) -> Result<Journal, JournalError> {
-        Ok(Journal {
-            events: db.open_tree("events")?,
-            runs: db.open_tree("runs")?,
-            blobs: db.open_tree("blobs")?,
-            db,
+    /// A journal over `store`.
+    pub fn on(store: Box<dyn Store>) -> Journal {
+        Journal {
+            store,
             next_seq: Mutex::default(),
             commit: GroupCommit::default(),
             after_append: std::sync::RwLock::default(),
             watchers: Mutex::default(),
             on_flush: std::sync::OnceLock::new(),
-            disk: None,
-        })
+        }
+    }
+
+    /// The storage backend in words.
+    pub fn describe(&self) -> String {
+        self.store.describe()
     }
 
     /// Stores a payload: inline when small, otherwise once in the blob tree under its sha256.
@@ -277,11 +247,8 @@ impl Journal {
             return Ok(PayloadRef::Inline(bytes.to_vec()));
         }
         let digest: [u8; 32] = Sha256::digest(bytes).into();
-        if !self.blobs.contains_key(digest)? {
-            let mut value = now_ms().to_be_bytes().to_vec();
-            value.extend_from_slice(bytes);
-            // Equal content under equal keys: a concurrent writer of the same blob is harmless.
-            self.blobs.insert(digest, value)?;
+        if !self.store.has_blob(&digest)? {
+            self.store.put_blob(&digest, now_ms(), bytes)?;
         }
         Ok(PayloadRef::Blob(digest))
     }
@@ -292,18 +259,15 @@ impl Journal {
             PayloadRef::Blob(d) => {
                 let digest = hex::encode(d);
                 let v = self
-                    .blobs
-                    .get(d)?
+                    .store
+                    .blob(d)?
                     .ok_or_else(|| JournalError::MissingBlob {
                         digest: digest.clone(),
                     })?;
-                let body = v.get(8..).ok_or(JournalError::CorruptBlob {
-                    digest: digest.clone(),
-                })?;
-                if <[u8; 32]>::from(Sha256::digest(body)) != *d {
+                if <[u8; 32]>::from(Sha256::digest(&v.body)) != *d {
                     return Err(JournalError::CorruptBlob { digest });
                 }
-                Ok(body.to_vec())
+                Ok(v.body)
             }
         }
     }
@@ -329,22 +293,18 @@ impl Journal {
                 return Err(JournalError::UnknownRun { run });
             }
             // Inserted under the lock so sequence order is append order.
-            self.events.insert(key(run, seq), event.encode(now_ms()))?;
+            self.store.put_event(run, seq, &event.encode(now_ms()))?;
             next.insert(run, seq + 1);
             seq
         };
-        // The summary (status, counts) is rewritten at the points that change a run's status and
-        // at durable appends, not on every buffered one: it costs a read, decode, encode and
-        // insert, and the buffered events in between are never durable on their own anyway.
-        if durability == Durability::Durable
-            || matches!(event, Event::RunCreated { .. } | Event::RunFinished { .. })
-        {
-            self.update_summary(run, seq, event)?;
-        }
-        if durability == Durability::Durable {
-            self.commit
-                .wait_durable(|| self.flush_db())
-                .map_err(JournalError::Flush)?;
+        if let Err(e) = self.settle(run, seq, event, durability) {
+            // A store that lost uncommitted writes (PostgreSQL rolls a broken transaction back)
+            // may hold fewer events than counted: count again from it on the next append.
+            self.next_seq
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+            return Err(e);
         }
         for hook in self
             .after_append
@@ -364,6 +324,31 @@ impl Journal {
             }
         }
         Ok(seq)
+    }
+
+    /// The rest of an append once its event is stored: the summary where it changes, and the
+    /// flush a durable append waits for.
+    fn settle(
+        &self,
+        run: RunId,
+        seq: u64,
+        event: &Event,
+        durability: Durability,
+    ) -> Result<(), JournalError> {
+        // The summary (status, counts) is rewritten at the points that change a run's status and
+        // at durable appends, not on every buffered one: it costs a read, decode, encode and
+        // insert, and the buffered events in between are never durable on their own anyway.
+        if durability == Durability::Durable
+            || matches!(event, Event::RunCreated { .. } | Event::RunFinished { .. })
+        {
+            self.update_summary(run, seq, event)?;
+        }
+        if durability == Durability::Durable {
+            self.commit
+                .wait_durable(|| self.flush_db())
+                .map_err(JournalError::Flush)?;
+        }
+        Ok(())
     }
 
     /// Makes every append so far durable (group commit: concurrent callers share one flush).
@@ -414,35 +399,25 @@ impl Journal {
             }
         };
         let bytes = postcard::to_stdvec(&summary).expect("postcard encodes run summaries");
-        self.runs.insert(run.0, bytes)?;
+        self.store.put_summary(run, &bytes)?;
         Ok(())
     }
 
     fn summary(&self, run: RunId) -> Result<RunSummary, JournalError> {
         let v = self
-            .runs
-            .get(run.0)?
+            .store
+            .summary(run)?
             .ok_or(JournalError::UnknownRun { run })?;
         decode_summary(run, &v)
     }
 
     fn last_seq(&self, run: RunId) -> Result<Option<u64>, JournalError> {
-        match self.events.scan_prefix(run.0).next_back() {
-            None => Ok(None),
-            Some(kv) => Ok(Some(seq_of(&kv?.0))),
-        }
+        self.store.last_seq(run)
     }
 
     /// Every event of `run`, in order.
     pub fn events(&self, run: RunId) -> Result<Vec<Record>, JournalError> {
-        let mut out = Vec::new();
-        for kv in self.events.scan_prefix(run.0) {
-            let (k, v) = kv?;
-            let seq = seq_of(&k);
-            let (at_ms, event) =
-                Event::decode(&v).map_err(|reason| JournalError::Corrupt { run, seq, reason })?;
-            out.push(Record { seq, at_ms, event });
-        }
+        let out = self.events_from(run, 0)?;
         if out.is_empty() {
             return Err(JournalError::UnknownRun { run });
         }
@@ -457,12 +432,7 @@ impl Journal {
     /// One sled flush, timed for the flush hook.
     fn flush_db(&self) -> Result<(), String> {
         let start = std::time::Instant::now();
-        let mut r = self.db.flush().map(|_| ()).map_err(|e| e.to_string());
-        if r.is_ok()
-            && let Some(disk) = &self.disk
-        {
-            r = disk.sync();
-        }
+        let r = self.store.flush();
         if let Some(hook) = self.on_flush.get() {
             hook(start.elapsed());
         }
@@ -472,9 +442,7 @@ impl Journal {
     /// The events of `run` from sequence `from` on, in order (empty when there are none yet).
     pub fn events_from(&self, run: RunId, from: u64) -> Result<Vec<Record>, JournalError> {
         let mut out = Vec::new();
-        for kv in self.events.range(key(run, from)..=key(run, u64::MAX)) {
-            let (k, v) = kv?;
-            let seq = seq_of(&k);
+        for (seq, v) in self.store.events_from(run, from)? {
             let (at_ms, event) =
                 Event::decode(&v).map_err(|reason| JournalError::Corrupt { run, seq, reason })?;
             out.push(Record { seq, at_ms, event });
@@ -500,22 +468,27 @@ impl Journal {
 
     /// A named sled tree in the journal's database, for stores that must live and be flushed
     /// with the journal (the API's graphs and tools). Names must not be the journal's own.
+    /// Only a sled journal has them (yet).
     pub fn tree(&self, name: &str) -> Result<sled::Tree, JournalError> {
         assert!(
             !matches!(name, "events" | "runs" | "blobs"),
             "tree '{name}' belongs to the journal"
         );
-        Ok(self.db.open_tree(name)?)
+        let db = self
+            .store
+            .sled_db()
+            .ok_or_else(|| JournalError::Unsupported {
+                what: format!("the API's '{name}' store"),
+                store: self.store.describe(),
+            })?;
+        Ok(db.open_tree(name)?)
     }
 
     /// Every run with its status, oldest first.
     pub fn runs(&self) -> Result<Vec<RunSummary>, JournalError> {
         let mut out = Vec::new();
-        for kv in self.runs.iter() {
-            let (k, v) = kv?;
-            let mut id = [0u8; 16];
-            id.copy_from_slice(&k[..16.min(k.len())]);
-            out.push(decode_summary(RunId(id), &v)?);
+        for (run, v) in self.store.summaries()? {
+            out.push(decode_summary(run, &v)?);
         }
         out.sort_by_key(|s| (s.created_ms, s.run));
         Ok(out)
@@ -537,16 +510,8 @@ impl Journal {
         let mut report = GcReport::default();
         for s in self.runs()? {
             if s.status.is_finished() && s.updated_ms <= cutoff {
-                let keys: Vec<_> = self
-                    .events
-                    .scan_prefix(s.run.0)
-                    .keys()
-                    .collect::<Result<_, _>>()?;
-                for k in keys {
-                    self.events.remove(k)?;
-                    report.events += 1;
-                }
-                self.runs.remove(s.run.0)?;
+                report.events += self.store.remove_events(s.run)?;
+                self.store.remove_summary(s.run)?;
                 self.next_seq
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -555,11 +520,9 @@ impl Journal {
             }
         }
         let mut live = HashSet::new();
-        for kv in self.events.iter() {
-            let (k, v) = kv?;
-            let (run, seq) = split_key(&k);
+        self.store.for_each_event(&mut |run, seq, v| {
             let (_, event) =
-                Event::decode(&v).map_err(|reason| JournalError::Corrupt { run, seq, reason })?;
+                Event::decode(v).map_err(|reason| JournalError::Corrupt { run, seq, reason })?;
             live.extend(event.blobs());
             if let Event::WorkspaceSnapshot {
                 snapshot: Snapshot::Taken { manifest, .. },
@@ -573,15 +536,11 @@ impl Journal {
                     Err(e) => return Err(e),
                 }
             }
-        }
-        for kv in self.blobs.iter() {
-            let (k, v) = kv?;
-            let created = v
-                .get(..8)
-                .map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])));
-            let digest: [u8; 32] = k.as_ref().try_into().unwrap_or([0; 32]);
+            Ok(())
+        })?;
+        for (digest, created) in self.store.blob_ages()? {
             if !live.contains(&digest) && created <= cutoff {
-                self.blobs.remove(k)?;
+                self.store.remove_blob(&digest)?;
                 report.blobs += 1;
             }
         }
@@ -604,8 +563,7 @@ impl Journal {
         seq: u64,
         bytes: &[u8],
     ) -> Result<(), JournalError> {
-        self.events.insert(key(run, seq), bytes)?;
-        Ok(())
+        self.store.overwrite_event(run, seq, bytes)
     }
 }
 
@@ -614,23 +572,6 @@ fn decode_summary(run: RunId, bytes: &[u8]) -> Result<RunSummary, JournalError> 
         run,
         reason: e.to_string(),
     })
-}
-
-fn key(run: RunId, seq: u64) -> [u8; 24] {
-    let mut k = [0u8; 24];
-    k[..16].copy_from_slice(&run.0);
-    k[16..].copy_from_slice(&seq.to_be_bytes());
-    k
-}
-
-fn split_key(k: &[u8]) -> (RunId, u64) {
-    let mut id = [0u8; 16];
-    id.copy_from_slice(&k[..16]);
-    (RunId(id), seq_of(k))
-}
-
-fn seq_of(k: &[u8]) -> u64 {
-    u64::from_be_bytes(k[16..24].try_into().unwrap_or([0; 8]))
 }
 
 fn now_nanos() -> u128 {

@@ -4,6 +4,7 @@
 
 pub mod api_server;
 pub mod http_head;
+pub mod postgres;
 pub mod test_ca;
 
 use std::io::{BufReader, Read, Write};

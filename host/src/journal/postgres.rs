@@ -1,0 +1,558 @@
+//! The PostgreSQL store: the journal's three collections as three tables, so several host
+//! replicas can share one journal. One connection lives on its own thread (the sync client runs
+//! its own small runtime there), so journal calls block like sled's and work from any caller;
+//! a dropped connection is opened again, with backoff, on the next call.
+//!
+//! Group commit: writes go into one open transaction (reads on the same connection see them,
+//! as a sled journal's reader sees its buffered writes) and `flush` commits it, so the durable
+//! appends the journal's group commit gathers share one COMMIT and one WAL flush (PostgreSQL's
+//! default `synchronous_commit = on`). A connection lost with writes uncommitted fails the next
+//! call with that reason: those writes were never acknowledged as durable. The schema is versioned in `sandgraph_schema` and created on open under
+//! an advisory lock, so replicas starting together migrate once.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use postgres::{Client, NoTls};
+
+use super::store::{Store, StoredBlob};
+use super::{JournalError, RunId};
+
+/// The schema version this build writes; a database at a newer version is refused.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Key of the advisory lock held while the schema is created or migrated.
+const MIGRATION_LOCK: i64 = 0x5a4e_4447_5241_5048; // "SANDGRAPH"-ish, any fixed number
+
+const MIGRATIONS: &[&str] = &[
+    // 1: events by (run, sequence), run summaries, content-addressed payloads.
+    "CREATE TABLE sandgraph_events (
+         run bytea NOT NULL,
+         seq bigint NOT NULL,
+         record bytea NOT NULL,
+         PRIMARY KEY (run, seq));
+     CREATE TABLE sandgraph_runs (run bytea PRIMARY KEY, summary bytea NOT NULL);
+     CREATE TABLE sandgraph_blobs (
+         digest bytea PRIMARY KEY,
+         created_ms bigint NOT NULL,
+         body bytea NOT NULL);",
+];
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// A journal store in a PostgreSQL database.
+pub struct PostgresStore {
+    jobs: mpsc::Sender<Job>,
+    /// The URL without its password.
+    shown: String,
+}
+
+struct Connection {
+    url: String,
+    client: Option<Client>,
+    /// Writes since the last commit are in an open transaction.
+    in_tx: bool,
+    /// The first write of the open transaction that failed.
+    failed: Option<JournalError>,
+}
+
+impl Connection {
+    /// The client inside an open transaction.
+    fn begin(&mut self, url: &str) -> Result<&mut Client, JournalError> {
+        let open = self.in_tx;
+        let c = self.client()?;
+        if !open {
+            c.batch_execute("BEGIN").map_err(|e| db_error(url, e))?;
+        }
+        self.in_tx = true;
+        Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    /// The open client, reconnecting (up to ~3 s of backoff) when the last one broke.
+    fn client(&mut self) -> Result<&mut Client, JournalError> {
+        if self.client.as_ref().is_some_and(Client::is_closed) {
+            self.client = None;
+            // The transaction died with the connection; this error reports it (once), so the
+            // failure of one of its writes is no news to a later commit.
+            self.failed = None;
+            if std::mem::take(&mut self.in_tx) {
+                return Err(JournalError::Database {
+                    url: redact(&self.url),
+                    detail: "the connection broke with journal writes not yet committed; they are lost (none was acknowledged as durable)".into(),
+                });
+            }
+        }
+        if self.client.is_none() {
+            let mut wait = Duration::from_millis(50);
+            let mut last = None;
+            for _ in 0..6 {
+                match Client::connect(&self.url, NoTls) {
+                    Ok(c) => {
+                        self.client = Some(c);
+                        break;
+                    }
+                    Err(e) => {
+                        last = Some(e);
+                        std::thread::sleep(wait);
+                        wait *= 2;
+                    }
+                }
+            }
+            if self.client.is_none() {
+                return Err(db_error(
+                    &redact(&self.url),
+                    last.expect("tried at least once"),
+                ));
+            }
+        }
+        Ok(self.client.as_mut().expect("connected above"))
+    }
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn db_error(url: &str, e: postgres::Error) -> JournalError {
+    let detail = match e.as_db_error() {
+        Some(d) => format!("{} ({})", d.message(), d.code().code()),
+        None => e.to_string(),
+    };
+    JournalError::Database {
+        url: url.to_owned(),
+        detail,
+    }
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user:password@host:port/database`), creating or checking
+    /// the schema. Fails with the reason when the database cannot be reached, refuses the
+    /// credentials, or holds a schema newer than this build.
+    pub fn open(url: &str) -> Result<PostgresStore, JournalError> {
+        let shown = redact(url);
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let mut conn = Connection {
+            url: url.to_owned(),
+            client: None,
+            in_tx: false,
+            failed: None,
+        };
+        std::thread::Builder::new()
+            .name("sandgraph-journal-pg".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job(&mut conn);
+                }
+            })
+            .map_err(|e| JournalError::Flush(format!("cannot start the journal thread: {e}")))?;
+        let store = PostgresStore {
+            jobs,
+            shown: shown.clone(),
+        };
+        store.call(move |c| migrate(c, &shown))?;
+        Ok(store)
+    }
+
+    /// Queues write `f` into the open transaction (begun if none is) and returns at once: the
+    /// connection thread runs jobs in order, so any later read on this store sees it. A write
+    /// that fails poisons the transaction; the next flush rolls it back and reports why.
+    fn write(
+        &self,
+        f: impl FnOnce(&mut Client) -> Result<(), JournalError> + Send + 'static,
+    ) -> Result<(), JournalError> {
+        let url = self.shown.clone();
+        self.jobs
+            .send(Box::new(move |conn: &mut Connection| {
+                if let Err(e) = conn.begin(&url).and_then(f) {
+                    conn.failed.get_or_insert(e);
+                }
+            }))
+            .map_err(|_| self.stopped())
+    }
+
+    /// Commits the open transaction, if any; rolls it back when one of its writes failed.
+    fn commit(&self) -> Result<(), JournalError> {
+        let url = self.shown.clone();
+        self.job(move |conn| {
+            let was_open = std::mem::take(&mut conn.in_tx);
+            if let Some(e) = conn.failed.take() {
+                if was_open && let Ok(c) = conn.client() {
+                    let _ = c.batch_execute("ROLLBACK");
+                }
+                return Err(JournalError::Database {
+                    url,
+                    detail: format!(
+                        "{e}; the journal writes since the last commit were rolled back"
+                    ),
+                });
+            }
+            if was_open {
+                conn.client()?
+                    .batch_execute("COMMIT")
+                    .map_err(|e| db_error(&url, e))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn stopped(&self) -> JournalError {
+        JournalError::Database {
+            url: self.shown.clone(),
+            detail: "the journal's connection thread has stopped".into(),
+        }
+    }
+
+    /// Runs read `f` on the connection thread and waits for its answer.
+    fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Client) -> Result<T, JournalError> + Send + 'static,
+    ) -> Result<T, JournalError> {
+        self.job(move |conn| conn.client().and_then(f))
+    }
+
+    /// Runs `job` on the connection thread and waits for its answer.
+    fn job<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Connection) -> Result<T, JournalError> + Send + 'static,
+    ) -> Result<T, JournalError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.jobs
+            .send(Box::new(move |conn: &mut Connection| {
+                let _ = tx.send(job(conn));
+            }))
+            .map_err(|_| self.stopped())?;
+        rx.recv().map_err(|_| self.stopped())?
+    }
+
+    fn url(&self) -> String {
+        self.shown.clone()
+    }
+}
+
+fn migrate(c: &mut Client, url: &str) -> Result<(), JournalError> {
+    let e = |err| db_error(url, err);
+    c.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .map_err(e)?;
+    let result = (|| {
+        c.batch_execute("CREATE TABLE IF NOT EXISTS sandgraph_schema (version integer NOT NULL)")
+            .map_err(e)?;
+        let at: i32 = c
+            .query_opt("SELECT max(version) FROM sandgraph_schema", &[])
+            .map_err(e)?
+            .and_then(|r| r.get::<_, Option<i32>>(0))
+            .unwrap_or(0);
+        if at > SCHEMA_VERSION {
+            return Err(JournalError::SchemaTooNew {
+                found: at,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(at as usize) {
+            let version = i as i32 + 1;
+            let mut tx = c.transaction().map_err(e)?;
+            tx.batch_execute(sql).map_err(e)?;
+            tx.execute(
+                "INSERT INTO sandgraph_schema (version) VALUES ($1)",
+                &[&version],
+            )
+            .map_err(e)?;
+            tx.commit().map_err(e)?;
+        }
+        Ok(())
+    })();
+    let unlock = c
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .map_err(e);
+    result.and(unlock.map(|_| ()))
+}
+
+fn seq_i64(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+fn run_of(bytes: &[u8]) -> RunId {
+    let mut id = [0u8; 16];
+    let n = bytes.len().min(16);
+    id[..n].copy_from_slice(&bytes[..n]);
+    RunId(id)
+}
+
+impl Store for PostgresStore {
+    fn describe(&self) -> String {
+        format!("PostgreSQL journal at {}", self.shown)
+    }
+
+    fn put_event(&self, run: RunId, seq: u64, record: &[u8]) -> Result<(), JournalError> {
+        let (url, record) = (self.url(), record.to_vec());
+        self.write(move |c| {
+            // A conflict must not abort the shared transaction (other runs' writes are in it):
+            // it is reported, not raised.
+            let n = c
+                .execute(
+                    "INSERT INTO sandgraph_events (run, seq, record) VALUES ($1, $2, $3)
+                     ON CONFLICT (run, seq) DO NOTHING",
+                    &[&&run.0[..], &seq_i64(seq), &record],
+                )
+                .map_err(|e| db_error(&url, e))?;
+            if n == 0 {
+                return Err(JournalError::Database {
+                    url,
+                    detail: format!(
+                        "run {run} already has an event {seq}: another writer appended to this run"
+                    ),
+                });
+            }
+            Ok(())
+        })
+    }
+
+    fn last_seq(&self, run: RunId) -> Result<Option<u64>, JournalError> {
+        let url = self.url();
+        self.call(move |c| {
+            let row = c
+                .query_one(
+                    "SELECT max(seq) FROM sandgraph_events WHERE run = $1",
+                    &[&&run.0[..]],
+                )
+                .map_err(|e| db_error(&url, e))?;
+            Ok(row.get::<_, Option<i64>>(0).map(|s| s as u64))
+        })
+    }
+
+    fn events_from(&self, run: RunId, from: u64) -> Result<Vec<(u64, Vec<u8>)>, JournalError> {
+        let url = self.url();
+        self.call(move |c| {
+            let rows = c
+                .query(
+                    "SELECT seq, record FROM sandgraph_events WHERE run = $1 AND seq >= $2 ORDER BY seq",
+                    &[&&run.0[..], &seq_i64(from)],
+                )
+                .map_err(|e| db_error(&url, e))?;
+            Ok(rows
+                .iter()
+                .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, Vec<u8>>(1)))
+                .collect())
+        })
+    }
+
+    fn for_each_event(
+        &self,
+        f: &mut dyn FnMut(RunId, u64, &[u8]) -> Result<(), JournalError>,
+    ) -> Result<(), JournalError> {
+        // Run by run, so memory stays one run's events at a time.
+        let url = self.url();
+        let runs: Vec<RunId> = self.call(move |c| {
+            let rows = c
+                .query(
+                    "SELECT DISTINCT run FROM sandgraph_events ORDER BY run",
+                    &[],
+                )
+                .map_err(|e| db_error(&url, e))?;
+            Ok(rows.iter().map(|r| run_of(r.get::<_, &[u8]>(0))).collect())
+        })?;
+        for run in runs {
+            for (seq, record) in self.events_from(run, 0)? {
+                f(run, seq, &record)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_events(&self, run: RunId) -> Result<usize, JournalError> {
+        let url = self.url();
+        self.job(move |conn| {
+            let n = conn.begin(&url).and_then(|c| {
+                c.execute(
+                    "DELETE FROM sandgraph_events WHERE run = $1",
+                    &[&&run.0[..]],
+                )
+                .map_err(|e| db_error(&url, e))
+            });
+            match n {
+                Ok(n) => Ok(n as usize),
+                Err(e) => {
+                    // The transaction is aborted now: the next flush rolls it back.
+                    conn.failed.get_or_insert(JournalError::Database {
+                        url: url.clone(),
+                        detail: format!("removing run {run}'s events failed"),
+                    });
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    fn put_summary(&self, run: RunId, summary: &[u8]) -> Result<(), JournalError> {
+        let (url, summary) = (self.url(), summary.to_vec());
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO sandgraph_runs (run, summary) VALUES ($1, $2)
+                 ON CONFLICT (run) DO UPDATE SET summary = EXCLUDED.summary",
+                &[&&run.0[..], &summary],
+            )
+            .map_err(|e| db_error(&url, e))?;
+            Ok(())
+        })
+    }
+
+    fn summary(&self, run: RunId) -> Result<Option<Vec<u8>>, JournalError> {
+        let url = self.url();
+        self.call(move |c| {
+            let row = c
+                .query_opt(
+                    "SELECT summary FROM sandgraph_runs WHERE run = $1",
+                    &[&&run.0[..]],
+                )
+                .map_err(|e| db_error(&url, e))?;
+            Ok(row.map(|r| r.get::<_, Vec<u8>>(0)))
+        })
+    }
+
+    fn summaries(&self) -> Result<Vec<(RunId, Vec<u8>)>, JournalError> {
+        let url = self.url();
+        self.call(move |c| {
+            let rows = c
+                .query("SELECT run, summary FROM sandgraph_runs", &[])
+                .map_err(|e| db_error(&url, e))?;
+            Ok(rows
+                .iter()
+                .map(|r| (run_of(r.get::<_, &[u8]>(0)), r.get::<_, Vec<u8>>(1)))
+                .collect())
+        })
+    }
+
+    fn remove_summary(&self, run: RunId) -> Result<(), JournalError> {
+        let url = self.url();
+        self.write(move |c| {
+            c.execute("DELETE FROM sandgraph_runs WHERE run = $1", &[&&run.0[..]])
+                .map_err(|e| db_error(&url, e))?;
+            Ok(())
+        })
+    }
+
+    fn has_blob(&self, digest: &[u8; 32]) -> Result<bool, JournalError> {
+        let (url, d) = (self.url(), *digest);
+        self.call(move |c| {
+            let row = c
+                .query_opt(
+                    "SELECT 1 FROM sandgraph_blobs WHERE digest = $1",
+                    &[&&d[..]],
+                )
+                .map_err(|e| db_error(&url, e))?;
+            Ok(row.is_some())
+        })
+    }
+
+    fn put_blob(
+        &self,
+        digest: &[u8; 32],
+        created_ms: u64,
+        body: &[u8],
+    ) -> Result<(), JournalError> {
+        let (url, d, body) = (self.url(), *digest, body.to_vec());
+        self.write(move |c| {
+            // Equal digests, equal content: whoever wrote it first keeps its creation time.
+            c.execute(
+                "INSERT INTO sandgraph_blobs (digest, created_ms, body) VALUES ($1, $2, $3)
+                 ON CONFLICT (digest) DO NOTHING",
+                &[&&d[..], &seq_i64(created_ms), &body],
+            )
+            .map_err(|e| db_error(&url, e))?;
+            Ok(())
+        })
+    }
+
+    fn blob(&self, digest: &[u8; 32]) -> Result<Option<StoredBlob>, JournalError> {
+        let (url, d) = (self.url(), *digest);
+        self.call(move |c| {
+            let row = c
+                .query_opt(
+                    "SELECT created_ms, body FROM sandgraph_blobs WHERE digest = $1",
+                    &[&&d[..]],
+                )
+                .map_err(|e| db_error(&url, e))?;
+            Ok(row.map(|r| StoredBlob {
+                created_ms: r.get::<_, i64>(0) as u64,
+                body: r.get(1),
+            }))
+        })
+    }
+
+    fn blob_ages(&self) -> Result<Vec<([u8; 32], u64)>, JournalError> {
+        let url = self.url();
+        self.call(move |c| {
+            let rows = c
+                .query("SELECT digest, created_ms FROM sandgraph_blobs", &[])
+                .map_err(|e| db_error(&url, e))?;
+            Ok(rows
+                .iter()
+                .map(|r| {
+                    let d: &[u8] = r.get(0);
+                    (d.try_into().unwrap_or([0; 32]), r.get::<_, i64>(1) as u64)
+                })
+                .collect())
+        })
+    }
+
+    fn remove_blob(&self, digest: &[u8; 32]) -> Result<(), JournalError> {
+        let (url, d) = (self.url(), *digest);
+        self.write(move |c| {
+            c.execute("DELETE FROM sandgraph_blobs WHERE digest = $1", &[&&d[..]])
+                .map_err(|e| db_error(&url, e))?;
+            Ok(())
+        })
+    }
+
+    fn flush(&self) -> Result<(), String> {
+        self.commit().map_err(|e| e.to_string())
+    }
+
+    fn overwrite_event(&self, run: RunId, seq: u64, record: &[u8]) -> Result<(), JournalError> {
+        let (url, record) = (self.url(), record.to_vec());
+        self.write(move |c| {
+            c.execute(
+                "UPDATE sandgraph_events SET record = $3 WHERE run = $1 AND seq = $2",
+                &[&&run.0[..], &seq_i64(seq), &record],
+            )
+            .map_err(|e| db_error(&url, e))?;
+            Ok(())
+        })
+    }
+}
+
+impl Drop for PostgresStore {
+    /// Commits what is pending, as a sled journal flushes on close.
+    fn drop(&mut self) {
+        if let Err(e) = self.commit() {
+            tracing::warn!(error = %e, "journal writes not committed on close");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/sandgraph"),
+            "postgres://app:***@db:5432/sandgraph"
+        );
+        assert_eq!(
+            redact("postgres://app@db/sandgraph"),
+            "postgres://app@db/sandgraph"
+        );
+        assert_eq!(redact("postgres://db/x"), "postgres://db/x");
+    }
+}

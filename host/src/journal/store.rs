@@ -1,0 +1,301 @@
+//! Where the journal's bytes live. [`Journal`](super::Journal) keeps the semantics (sequence
+//! numbers, run summaries, group commit, watchers, payload digests); a [`Store`] keeps three
+//! collections: events by (run, sequence), run summaries by run, and payload blobs by sha256.
+//! Values are opaque bytes here (the journal encodes them), so every backend stores exactly what
+//! the others store and `journal migrate` can copy them verbatim.
+//!
+//! Contract: `put_event` never overwrites (the journal hands out each sequence once per run);
+//! reads see every write made before them through the same store; `flush` returns once every
+//! write made before it is durable.
+
+use std::path::Path;
+
+use super::{JournalError, RunId};
+
+/// A blob as stored: when it was first written (ms since the Unix epoch) and its bytes.
+pub struct StoredBlob {
+    pub created_ms: u64,
+    pub body: Vec<u8>,
+}
+
+/// The storage a journal runs on (sled embedded, PostgreSQL for several replicas).
+pub trait Store: Send + Sync {
+    /// The backend in words, for errors and `sandgraph journal` output.
+    fn describe(&self) -> String;
+    fn put_event(&self, run: RunId, seq: u64, record: &[u8]) -> Result<(), JournalError>;
+    /// The highest sequence stored for `run`.
+    fn last_seq(&self, run: RunId) -> Result<Option<u64>, JournalError>;
+    /// `run`'s events with sequence `from` or later, in order.
+    fn events_from(&self, run: RunId, from: u64) -> Result<Vec<(u64, Vec<u8>)>, JournalError>;
+    /// Every stored event of every run (gc's reachability scan), run by run in order.
+    fn for_each_event(
+        &self,
+        f: &mut dyn FnMut(RunId, u64, &[u8]) -> Result<(), JournalError>,
+    ) -> Result<(), JournalError>;
+    /// Removes every event of `run`; returns how many there were.
+    fn remove_events(&self, run: RunId) -> Result<usize, JournalError>;
+    fn put_summary(&self, run: RunId, summary: &[u8]) -> Result<(), JournalError>;
+    fn summary(&self, run: RunId) -> Result<Option<Vec<u8>>, JournalError>;
+    /// Every run's summary, in no particular order.
+    fn summaries(&self) -> Result<Vec<(RunId, Vec<u8>)>, JournalError>;
+    fn remove_summary(&self, run: RunId) -> Result<(), JournalError>;
+    fn has_blob(&self, digest: &[u8; 32]) -> Result<bool, JournalError>;
+    /// Stores a blob unless one with this digest exists (equal digests, equal content).
+    fn put_blob(&self, digest: &[u8; 32], created_ms: u64, body: &[u8])
+    -> Result<(), JournalError>;
+    fn blob(&self, digest: &[u8; 32]) -> Result<Option<StoredBlob>, JournalError>;
+    /// Every blob's digest and creation time.
+    fn blob_ages(&self) -> Result<Vec<([u8; 32], u64)>, JournalError>;
+    fn remove_blob(&self, digest: &[u8; 32]) -> Result<(), JournalError>;
+    /// Makes every write so far durable.
+    fn flush(&self) -> Result<(), String>;
+    /// Overwrites one stored event's bytes. Only for tests of corruption handling.
+    fn overwrite_event(&self, run: RunId, seq: u64, record: &[u8]) -> Result<(), JournalError>;
+    /// The sled database under this store, where the API keeps its graphs, tools and
+    /// idempotency keys; `None` for other backends.
+    fn sled_db(&self) -> Option<&sled::Db> {
+        None
+    }
+}
+
+/// The embedded store: three sled trees in one database.
+pub struct SledStore {
+    db: sled::Db,
+    events: sled::Tree,
+    runs: sled::Tree,
+    blobs: sled::Tree,
+    /// On-disk databases: what a flush must force to stable storage beyond sled's own flush.
+    disk: Option<DiskSync>,
+    what: String,
+}
+
+impl SledStore {
+    /// The store over an open database; `path` is where it lives on disk (None: in memory).
+    pub fn new(db: sled::Db, path: Option<&Path>) -> Result<SledStore, JournalError> {
+        let disk = match path {
+            Some(p) => Some(DiskSync::open(p).map_err(JournalError::Flush)?),
+            None => None,
+        };
+        Ok(SledStore {
+            events: db.open_tree("events")?,
+            runs: db.open_tree("runs")?,
+            blobs: db.open_tree("blobs")?,
+            db,
+            disk,
+            what: match path {
+                Some(p) => format!("sled journal at {}", p.display()),
+                None => "in-memory sled journal".into(),
+            },
+        })
+    }
+}
+
+impl Store for SledStore {
+    fn describe(&self) -> String {
+        self.what.clone()
+    }
+
+    fn put_event(&self, run: RunId, seq: u64, record: &[u8]) -> Result<(), JournalError> {
+        self.events.insert(key(run, seq), record)?;
+        Ok(())
+    }
+
+    fn last_seq(&self, run: RunId) -> Result<Option<u64>, JournalError> {
+        match self.events.scan_prefix(run.0).next_back() {
+            None => Ok(None),
+            Some(kv) => Ok(Some(seq_of(&kv?.0))),
+        }
+    }
+
+    fn events_from(&self, run: RunId, from: u64) -> Result<Vec<(u64, Vec<u8>)>, JournalError> {
+        let mut out = Vec::new();
+        for kv in self.events.range(key(run, from)..=key(run, u64::MAX)) {
+            let (k, v) = kv?;
+            out.push((seq_of(&k), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn for_each_event(
+        &self,
+        f: &mut dyn FnMut(RunId, u64, &[u8]) -> Result<(), JournalError>,
+    ) -> Result<(), JournalError> {
+        for kv in self.events.iter() {
+            let (k, v) = kv?;
+            let (run, seq) = split_key(&k);
+            f(run, seq, &v)?;
+        }
+        Ok(())
+    }
+
+    fn remove_events(&self, run: RunId) -> Result<usize, JournalError> {
+        let keys: Vec<_> = self
+            .events
+            .scan_prefix(run.0)
+            .keys()
+            .collect::<Result<_, _>>()?;
+        for k in &keys {
+            self.events.remove(k)?;
+        }
+        Ok(keys.len())
+    }
+
+    fn put_summary(&self, run: RunId, summary: &[u8]) -> Result<(), JournalError> {
+        self.runs.insert(run.0, summary)?;
+        Ok(())
+    }
+
+    fn summary(&self, run: RunId) -> Result<Option<Vec<u8>>, JournalError> {
+        Ok(self.runs.get(run.0)?.map(|v| v.to_vec()))
+    }
+
+    fn summaries(&self) -> Result<Vec<(RunId, Vec<u8>)>, JournalError> {
+        let mut out = Vec::new();
+        for kv in self.runs.iter() {
+            let (k, v) = kv?;
+            let mut id = [0u8; 16];
+            id.copy_from_slice(&k[..16.min(k.len())]);
+            out.push((RunId(id), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn remove_summary(&self, run: RunId) -> Result<(), JournalError> {
+        self.runs.remove(run.0)?;
+        Ok(())
+    }
+
+    fn has_blob(&self, digest: &[u8; 32]) -> Result<bool, JournalError> {
+        Ok(self.blobs.contains_key(digest)?)
+    }
+
+    fn put_blob(
+        &self,
+        digest: &[u8; 32],
+        created_ms: u64,
+        body: &[u8],
+    ) -> Result<(), JournalError> {
+        let mut value = created_ms.to_be_bytes().to_vec();
+        value.extend_from_slice(body);
+        // Equal content under equal keys: a concurrent writer of the same blob is harmless.
+        self.blobs.insert(digest, value)?;
+        Ok(())
+    }
+
+    fn blob(&self, digest: &[u8; 32]) -> Result<Option<StoredBlob>, JournalError> {
+        let Some(v) = self.blobs.get(digest)? else {
+            return Ok(None);
+        };
+        let body = v.get(8..).ok_or_else(|| JournalError::CorruptBlob {
+            digest: hex::encode(digest),
+        })?;
+        Ok(Some(StoredBlob {
+            created_ms: created_of(&v),
+            body: body.to_vec(),
+        }))
+    }
+
+    fn blob_ages(&self) -> Result<Vec<([u8; 32], u64)>, JournalError> {
+        let mut out = Vec::new();
+        for kv in self.blobs.iter() {
+            let (k, v) = kv?;
+            let digest: [u8; 32] = k.as_ref().try_into().unwrap_or([0; 32]);
+            out.push((digest, created_of(&v)));
+        }
+        Ok(out)
+    }
+
+    fn remove_blob(&self, digest: &[u8; 32]) -> Result<(), JournalError> {
+        self.blobs.remove(digest)?;
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), String> {
+        self.db.flush().map(|_| ()).map_err(|e| e.to_string())?;
+        match &self.disk {
+            Some(disk) => disk.sync(),
+            None => Ok(()),
+        }
+    }
+
+    fn overwrite_event(&self, run: RunId, seq: u64, record: &[u8]) -> Result<(), JournalError> {
+        self.events.insert(key(run, seq), record)?;
+        Ok(())
+    }
+
+    fn sled_db(&self) -> Option<&sled::Db> {
+        Some(&self.db)
+    }
+}
+
+fn created_of(v: &[u8]) -> u64 {
+    v.get(..8)
+        .map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])))
+}
+
+fn key(run: RunId, seq: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..16].copy_from_slice(&run.0);
+    k[16..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn split_key(k: &[u8]) -> (RunId, u64) {
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&k[..16]);
+    (RunId(id), seq_of(k))
+}
+
+fn seq_of(k: &[u8]) -> u64 {
+    u64::from_be_bytes(k[16..24].try_into().unwrap_or([0; 8]))
+}
+
+/// sled 0.34 writes its log with `sync_file_range` (data reaches the device, the device's
+/// volatile cache is not flushed) and never syncs the files it keeps values over ~128 KiB in.
+/// So that a durable append survives power loss and not only a killed process, every group
+/// flush also `fdatasync`s the log and `fsync`s blob files that appeared since the last flush.
+struct DiskSync {
+    log: std::fs::File,
+    blob_dir: std::path::PathBuf,
+    synced_blobs: std::sync::Mutex<std::collections::HashSet<std::ffi::OsString>>,
+}
+
+impl DiskSync {
+    fn open(path: &Path) -> Result<DiskSync, String> {
+        let log = std::fs::File::open(path.join("db"))
+            .map_err(|e| format!("cannot open {} to sync it: {e}", path.join("db").display()))?;
+        Ok(DiskSync {
+            log,
+            blob_dir: path.join("blobs"),
+            synced_blobs: std::sync::Mutex::default(),
+        })
+    }
+
+    fn sync(&self) -> Result<(), String> {
+        self.log
+            .sync_data()
+            .map_err(|e| format!("fdatasync of the journal log: {e}"))?;
+        let Ok(entries) = std::fs::read_dir(&self.blob_dir) else {
+            return Ok(());
+        };
+        let mut synced = self.synced_blobs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut any = false;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if synced.contains(&name) {
+                continue;
+            }
+            std::fs::File::open(entry.path())
+                .and_then(|f| f.sync_all())
+                .map_err(|e| format!("fsync of {}: {e}", entry.path().display()))?;
+            synced.insert(name);
+            any = true;
+        }
+        if any {
+            std::fs::File::open(&self.blob_dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| format!("fsync of {}: {e}", self.blob_dir.display()))?;
+        }
+        Ok(())
+    }
+}

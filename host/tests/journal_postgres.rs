@@ -1,0 +1,143 @@
+//! The PostgreSQL journal store beyond the shared journal suite (journal.rs runs that on both
+//! stores): two journals on one database see each other's durable events, the schema is
+//! created once and a newer one refused, bad URLs and credentials name the problem (never the
+//! password), and a broken connection loses only unacknowledged writes, then reconnects.
+
+mod common;
+
+use common::postgres::Postgres;
+use sandgraph::journal::{Durability, Event, Journal, JournalError, PayloadRef, RunId};
+
+fn created(journal: &Journal) -> Event {
+    Event::RunCreated {
+        graph_name: "demo".into(),
+        graph_digest: "sha256:aa".into(),
+        graph: journal.put_payload(br#"{"kind":"Graph"}"#).unwrap(),
+        components: vec![],
+        input: journal.put_payload(&vec![4u8; 5000]).unwrap(),
+    }
+}
+
+fn step(i: u32) -> Event {
+    Event::StepCompleted {
+        step: format!("s{i}"),
+        attempt: 1,
+        output: PayloadRef::Inline(vec![i as u8]),
+    }
+}
+
+#[test]
+fn two_journals_on_one_database_share_durable_events_and_blobs() {
+    let pg = Postgres::start();
+    let url = pg.database("shared");
+    let a = Journal::open_location(&url).unwrap();
+    let b = Journal::open_location(&url).unwrap();
+    assert!(
+        a.describe()
+            .contains("PostgreSQL journal at postgres://sandgraph@127.0.0.1")
+    );
+    let run = RunId::new();
+    a.append(run, &created(&a), Durability::Durable).unwrap();
+    a.append(run, &step(1), Durability::Durable).unwrap();
+    // What one replica made durable, the other reads, payloads included.
+    let seen = b.events(run).unwrap();
+    assert_eq!(seen.len(), 2);
+    match &seen[0].event {
+        Event::RunCreated { input, .. } => assert_eq!(b.payload(input).unwrap(), vec![4u8; 5000]),
+        other => panic!("expected RunCreated, got {other:?}"),
+    }
+    assert_eq!(b.runs().unwrap()[0].run, run);
+    // A buffered append is not visible elsewhere until it is made durable.
+    a.append(run, &step(2), Durability::Buffered).unwrap();
+    assert_eq!(b.events(run).unwrap().len(), 2);
+    a.sync().unwrap();
+    assert_eq!(b.events(run).unwrap().len(), 3);
+}
+
+#[test]
+fn the_schema_is_created_once_and_a_newer_one_is_refused() {
+    let pg = Postgres::start();
+    let url = pg.database("schema");
+    drop(Journal::open_location(&url).unwrap());
+    drop(Journal::open_location(&url).unwrap());
+    let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let versions: Vec<i32> = c
+        .query("SELECT version FROM sandgraph_schema", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, vec![1]);
+    c.execute("INSERT INTO sandgraph_schema (version) VALUES (99)", &[])
+        .unwrap();
+    match Journal::open_location(&url) {
+        Err(e @ JournalError::SchemaTooNew { found: 99, .. }) => {
+            assert!(e.to_string().contains("upgrade sandgraph"), "{e}")
+        }
+        Err(other) => panic!("expected SchemaTooNew, got {other}"),
+        Ok(_) => panic!("a newer schema was accepted"),
+    }
+}
+
+#[test]
+fn bad_urls_and_credentials_are_named_without_the_password() {
+    let pg = Postgres::start();
+    let no_db = pg.url("no_such_database");
+    let e = Journal::open_location(&no_db).err().expect("refused");
+    let text = e.to_string();
+    assert!(
+        text.contains("no_such_database") && text.contains("3D000"),
+        "{text}"
+    );
+    // Nothing listens on this port: refused after the reconnect backoff.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let closed = format!("postgres://app:hunter2@127.0.0.1:{port}/x");
+    let text = Journal::open_location(&closed)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        text.contains("postgres://app:***@127.0.0.1") && !text.contains("hunter2"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_broken_connection_loses_only_unacknowledged_writes_then_reconnects() {
+    let pg = Postgres::start();
+    let url = pg.database("broken");
+    let journal = Journal::open_location(&url).unwrap();
+    let run = RunId::new();
+    journal
+        .append(run, &created(&journal), Durability::Durable)
+        .unwrap();
+    journal.append(run, &step(1), Durability::Buffered).unwrap();
+    // The server ends every session of this database (as a restart or failover would).
+    let mut admin = postgres::Client::connect(&pg.url("postgres"), postgres::NoTls).unwrap();
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'broken'",
+            &[],
+        )
+        .unwrap();
+    // The buffered write was never acknowledged as durable: the durable append that would have
+    // covered it fails, saying so.
+    let e = journal
+        .append(run, &step(2), Durability::Durable)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("not yet committed") || e.contains("rolled back"),
+        "{e}"
+    );
+    // The journal reconnects and carries on from what is durable.
+    assert_eq!(journal.events(run).unwrap().len(), 1);
+    let seq = journal.append(run, &step(3), Durability::Durable).unwrap();
+    assert_eq!(seq, 1);
+    let fresh = Journal::open_location(&url).unwrap();
+    assert_eq!(fresh.events(run).unwrap().len(), 2);
+}
