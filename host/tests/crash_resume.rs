@@ -275,9 +275,14 @@ spec:
     }
 }
 
+/// The journal at `journal`: a sled directory, or a postgres:// URL passed as a path.
+fn open_journal(journal: &Path) -> Journal {
+    Journal::open_location(journal.to_str().unwrap()).unwrap()
+}
+
 /// The one run in `journal`: its events.
 fn journal_events(journal: &Path) -> Vec<sandgraph::journal::Record> {
-    let j = Journal::open(journal).unwrap();
+    let j = open_journal(journal);
     let runs = j.runs().unwrap();
     assert_eq!(runs.len(), 1, "one run per journal");
     j.events(runs[0].run).unwrap()
@@ -316,7 +321,7 @@ fn keys(events: &[sandgraph::journal::Record]) -> (Vec<String>, Vec<String>) {
 }
 
 fn final_outcome(journal: &Path) -> (RunStatus, Option<String>, Option<String>) {
-    let j = Journal::open(journal).unwrap();
+    let j = open_journal(journal);
     let run = j.runs().unwrap()[0].run;
     for r in j.events(run).unwrap() {
         if let Event::RunFinished {
@@ -374,9 +379,7 @@ fn check_recovered(
     }
     // The recovered run replays offline byte for byte, and the replay sends nothing.
     server.reset();
-    let run = Journal::open(journal).unwrap().runs().unwrap()[0]
-        .run
-        .to_string();
+    let run = open_journal(journal).runs().unwrap()[0].run.to_string();
     let replay = Command::new(env!("CARGO_BIN_EXE_sandgraph"))
         .args(["replay", &run, "--journal"])
         .arg(journal)
@@ -415,6 +418,19 @@ fn baseline(fx: &Fixture, server: &CountingServer, extra: &[&str]) -> (String, u
 
 #[test]
 fn killed_after_every_journal_event_the_run_resumes_with_effects_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    killed_after_every_journal_event(&|n| dir.path().join(format!("j{n}")));
+}
+
+/// The same on a PostgreSQL journal (one fresh database per kill point): what a killed host
+/// committed is what its successor resumes from.
+#[test]
+fn killed_after_every_journal_event_on_postgresql_the_run_resumes_with_effects_exactly_once() {
+    let pg = common::postgres::Postgres::start();
+    killed_after_every_journal_event(&|n| PathBuf::from(pg.database(&format!("j{n}"))));
+}
+
+fn killed_after_every_journal_event(journal_at: &dyn Fn(u64) -> PathBuf) {
     let server = CountingServer::start();
     let fx = Fixture::new(server.port, "/effect/post");
     let idem = ["--idempotent-host", "127.0.0.1"];
@@ -430,8 +446,7 @@ fn killed_after_every_journal_event_the_run_resumes_with_effects_exactly_once() 
     let mut killed = 0;
     for n in 1..=events as u64 {
         server.reset();
-        let dir = tempfile::tempdir().unwrap();
-        let journal = dir.path().join("j");
+        let journal = journal_at(n);
         let out = fx
             .run_cmd(&journal, &server.base(), &idem)
             .env("SANDGRAPH_FAULT_KILL_AFTER_EVENT", n.to_string())

@@ -22,7 +22,7 @@ use crate::sandbox::{Sandbox, SandboxConfig};
 #[derive(Debug, Clone, Args)]
 pub struct JournalArgs {
     /// The journal directory (default: $XDG_DATA_HOME/sandgraph/journal or
-    /// ~/.local/share/sandgraph/journal).
+    /// ~/.local/share/sandgraph/journal), or a postgres:// URL of a shared journal database.
     #[arg(long, env = "SANDGRAPH_JOURNAL")]
     pub journal: Option<PathBuf>,
 }
@@ -39,6 +39,12 @@ impl JournalArgs {
     }
 
     pub fn open(&self) -> Result<Journal, String> {
+        // A PostgreSQL URL: a journal several hosts share (see docs/SCALE-OUT.md).
+        if let Some(url) = self.journal.as_ref().and_then(|p| p.to_str())
+            && (url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return Journal::open_location(url).map_err(|e| e.to_string());
+        }
         let dir = self.dir();
         if let Some(parent) = dir.parent() {
             std::fs::create_dir_all(parent)
