@@ -141,3 +141,24 @@ fn a_broken_connection_loses_only_unacknowledged_writes_then_reconnects() {
     let fresh = Journal::open_location(&url).unwrap();
     assert_eq!(fresh.events(run).unwrap().len(), 2);
 }
+
+#[test]
+fn serve_refuses_a_postgresql_journal_by_saying_so() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sandgraph"))
+        .arg("serve")
+        .env("SANDGRAPH_LISTEN", "127.0.0.1:0")
+        .env("SANDGRAPH_JOURNAL", "postgres://app:hunter2@127.0.0.1:1/x")
+        .env("SANDGRAPH_CACHE_DIR", common::cache_dir())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("does not run on a PostgreSQL journal yet") && !err.contains("hunter2"),
+        "{err}"
+    );
+    assert!(
+        !std::path::Path::new("postgres:").exists(),
+        "no directory named after the URL"
+    );
+}

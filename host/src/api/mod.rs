@@ -128,6 +128,16 @@ pub async fn start_with_models(
     config: Config,
     models: Option<Arc<dyn crate::sandbox::agent::ModelRouter>>,
 ) -> Result<Running, ServeError> {
+    if let Some(url) = config.journal.to_str()
+        && (url.starts_with("postgres://") || url.starts_with("postgresql://"))
+    {
+        // The API keeps graphs, tools and idempotency keys beside the journal; those stores
+        // are sled-only so far, and claiming runs across replicas is not built yet.
+        return Err(ServeError::Journal {
+            path: "the postgres:// URL".into(),
+            reason: "sandgraph serve does not run on a PostgreSQL journal yet (the CLI's run, resume, runs, replay and journal commands do); give serve a journal directory".into(),
+        });
+    }
     if let Some(parent) = config.journal.parent() {
         let _ = std::fs::create_dir_all(parent);
     }
