@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use postgres::{Client, NoTls};
 
-use super::store::{Store, StoredBlob};
+use super::store::{EventVisitor, Store, StoredBlob};
 use super::{JournalError, RunId};
 
 /// The schema version this build writes; a database at a newer version is refused.
@@ -345,10 +345,7 @@ impl Store for PostgresStore {
         })
     }
 
-    fn for_each_event(
-        &self,
-        f: &mut dyn FnMut(RunId, u64, &[u8]) -> Result<(), JournalError>,
-    ) -> Result<(), JournalError> {
+    fn for_each_event(&self, f: &mut EventVisitor<'_>) -> Result<(), JournalError> {
         // Run by run, so memory stays one run's events at a time.
         let url = self.url();
         let runs: Vec<RunId> = self.call(move |c| {

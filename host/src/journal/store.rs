@@ -12,6 +12,9 @@ use std::path::Path;
 
 use super::{JournalError, RunId};
 
+/// Called with each stored event (run, sequence, record) by [`Store::for_each_event`].
+pub type EventVisitor<'a> = dyn FnMut(RunId, u64, &[u8]) -> Result<(), JournalError> + 'a;
+
 /// A blob as stored: when it was first written (ms since the Unix epoch) and its bytes.
 pub struct StoredBlob {
     pub created_ms: u64,
@@ -28,10 +31,7 @@ pub trait Store: Send + Sync {
     /// `run`'s events with sequence `from` or later, in order.
     fn events_from(&self, run: RunId, from: u64) -> Result<Vec<(u64, Vec<u8>)>, JournalError>;
     /// Every stored event of every run (gc's reachability scan), run by run in order.
-    fn for_each_event(
-        &self,
-        f: &mut dyn FnMut(RunId, u64, &[u8]) -> Result<(), JournalError>,
-    ) -> Result<(), JournalError>;
+    fn for_each_event(&self, f: &mut EventVisitor<'_>) -> Result<(), JournalError>;
     /// Removes every event of `run`; returns how many there were.
     fn remove_events(&self, run: RunId) -> Result<usize, JournalError>;
     fn put_summary(&self, run: RunId, summary: &[u8]) -> Result<(), JournalError>;
@@ -116,10 +116,7 @@ impl Store for SledStore {
         Ok(out)
     }
 
-    fn for_each_event(
-        &self,
-        f: &mut dyn FnMut(RunId, u64, &[u8]) -> Result<(), JournalError>,
-    ) -> Result<(), JournalError> {
+    fn for_each_event(&self, f: &mut EventVisitor<'_>) -> Result<(), JournalError> {
         for kv in self.events.iter() {
             let (k, v) = kv?;
             let (run, seq) = split_key(&k);
