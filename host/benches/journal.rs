@@ -3,6 +3,10 @@
 //! and 8 concurrent writers, measured in the same run. Prints records/s, p50 and p99 per append,
 //! and how many flushes the journal needed.
 //!
+//! With `SANDGRAPH_BENCH_POSTGRES=postgres://…` it also measures the journal on that PostgreSQL
+//! database and, as its baseline, the same inserts as plain autocommitted SQL (one connection
+//! per writer); scripts/bench-postgres.sh starts a throwaway cluster and runs it.
+//!
 //! Run: `cargo bench -p sandgraph --bench journal` (`SANDGRAPH_BENCH_RECORDS` sets records per writer)
 
 mod sqlite_baseline;
@@ -60,9 +64,8 @@ fn run_writers(
     (start.elapsed(), latencies)
 }
 
-fn journal(writers: usize, per_writer: usize) -> Outcome {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let journal = Arc::new(Journal::open(dir.path()).expect("open journal"));
+fn journal(writers: usize, per_writer: usize, open: &dyn Fn() -> Journal) -> Outcome {
+    let journal = Arc::new(open());
     let runs: Vec<RunId> = (0..writers).map(|_| RunId::new()).collect();
     for run in &runs {
         let created = Event::RunCreated {
@@ -91,6 +94,41 @@ fn journal(writers: usize, per_writer: usize) -> Outcome {
         elapsed,
         latencies,
         flushes: Some(journal.flush_count() - before),
+    }
+}
+
+/// The same inserts as plain SQL on PostgreSQL: one connection per writer, each insert its own
+/// (durable) transaction.
+fn postgres_plain(url: &str, writers: usize, per_writer: usize) -> Outcome {
+    let mut c = postgres::Client::connect(url, postgres::NoTls).expect("connect");
+    c.batch_execute(
+        "CREATE TABLE IF NOT EXISTS bench_events (run bytea, seq bigint, body bytea, PRIMARY KEY (run, seq))",
+    )
+    .expect("create table");
+    let conns: Vec<std::sync::Mutex<postgres::Client>> = (0..writers)
+        .map(|_| {
+            std::sync::Mutex::new(postgres::Client::connect(url, postgres::NoTls).expect("connect"))
+        })
+        .collect();
+    let conns = Arc::new(conns);
+    let runs: Arc<Vec<RunId>> = Arc::new((0..writers).map(|_| RunId::new()).collect());
+    let (elapsed, latencies) = run_writers(
+        writers,
+        per_writer,
+        Arc::new(move |w, i| {
+            let mut c = conns[w].lock().expect("connection");
+            c.execute(
+                "INSERT INTO bench_events (run, seq, body) VALUES ($1, $2, $3)",
+                &[&&runs[w].0[..], &(i as i64), &record(i).encode(0)],
+            )
+            .expect("insert");
+        }),
+    );
+    Outcome {
+        records: writers * per_writer,
+        elapsed,
+        latencies,
+        flushes: None,
     }
 }
 
@@ -135,19 +173,33 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
     println!(
-        "{:<8} {:>7} {:>8} {:>11} {:>10} {:>10} {:>8} {:>10}",
+        "{:<10} {:>7} {:>8} {:>11} {:>10} {:>10} {:>8} {:>10}",
         "store", "writers", "records", "records/s", "p50 us", "p99 us", "flushes", "vs sqlite"
     );
+    let pg = std::env::var("SANDGRAPH_BENCH_POSTGRES").ok();
     for writers in [1usize, 8] {
         let per_writer = (per_writer_total / writers).max(1);
         let base = sqlite(writers, per_writer);
-        let ours = journal(writers, per_writer);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ours = journal(writers, per_writer, &|| {
+            Journal::open(dir.path()).expect("open journal")
+        });
         let rate = |o: &Outcome| o.records as f64 / o.elapsed.as_secs_f64();
         let base_rate = rate(&base);
-        for (name, mut o) in [("sqlite", base), ("journal", ours)] {
+        let mut rows = vec![("sqlite", base), ("journal", ours)];
+        if let Some(url) = &pg {
+            rows.push(("pg-sql", postgres_plain(url, writers, per_writer)));
+            rows.push((
+                "pg-journal",
+                journal(writers, per_writer, &|| {
+                    Journal::open_location(url).expect("open PostgreSQL journal")
+                }),
+            ));
+        }
+        for (name, mut o) in rows {
             o.latencies.sort();
             println!(
-                "{:<8} {:>7} {:>8} {:>11.0} {:>10.0} {:>10.0} {:>8} {:>9.2}x",
+                "{:<10} {:>7} {:>8} {:>11.0} {:>10.0} {:>10.0} {:>8} {:>9.2}x",
                 name,
                 writers,
                 o.records,
