@@ -153,6 +153,10 @@ pub struct Journal {
     store: Box<dyn Store>,
     /// Next sequence number per run, loaded from the log on first use.
     next_seq: Mutex<HashMap<RunId, u64>>,
+    /// Summaries of unfinished runs this journal has written, so a durable append rewrites its
+    /// run's summary without reading it back from the store first (a round trip on
+    /// PostgreSQL). Also serialises the read-modify-write of one run's summary.
+    summaries: Mutex<HashMap<RunId, RunSummary>>,
     commit: GroupCommit,
     /// Called after every append has fully taken effect (crash-injection tests stop here).
     after_append: std::sync::RwLock<Vec<AppendHook>>,
@@ -229,6 +233,7 @@ impl Journal {
         Journal {
             store,
             next_seq: Mutex::default(),
+            summaries: Mutex::default(),
             commit: GroupCommit::default(),
             after_append: std::sync::RwLock::default(),
             watchers: Mutex::default(),
@@ -304,6 +309,10 @@ impl Journal {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clear();
+            self.summaries
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
             return Err(e);
         }
         for hook in self
@@ -371,6 +380,7 @@ impl Journal {
 
     fn update_summary(&self, run: RunId, seq: u64, event: &Event) -> Result<(), JournalError> {
         let now = now_ms();
+        let mut cache = self.summaries.lock().unwrap_or_else(|p| p.into_inner());
         let summary = match event {
             Event::RunCreated {
                 graph_name,
@@ -386,7 +396,10 @@ impl Journal {
                 events: 1,
             },
             _ => {
-                let mut s = self.summary(run)?;
+                let mut s = match cache.get(&run) {
+                    Some(s) => s.clone(),
+                    None => self.summary(run)?,
+                };
                 s.updated_ms = now;
                 s.events = s.events.max(seq + 1);
                 match event {
@@ -400,6 +413,11 @@ impl Journal {
         };
         let bytes = postcard::to_stdvec(&summary).expect("postcard encodes run summaries");
         self.store.put_summary(run, &bytes)?;
+        if summary.status.is_finished() {
+            cache.remove(&run);
+        } else {
+            cache.insert(run, summary);
+        }
         Ok(())
     }
 
