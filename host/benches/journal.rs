@@ -97,31 +97,26 @@ fn journal(writers: usize, per_writer: usize, open: &dyn Fn() -> Journal) -> Out
     }
 }
 
-/// The same inserts as plain SQL on PostgreSQL: one connection per writer, each insert its own
-/// (durable) transaction.
-fn postgres_plain(url: &str, writers: usize, per_writer: usize) -> Outcome {
-    let mut c = postgres::Client::connect(url, postgres::NoTls).expect("connect");
-    c.batch_execute(
-        "CREATE TABLE IF NOT EXISTS bench_events (run bytea, seq bigint, body bytea, PRIMARY KEY (run, seq))",
-    )
-    .expect("create table");
-    let conns: Vec<std::sync::Mutex<postgres::Client>> = (0..writers)
-        .map(|_| {
-            std::sync::Mutex::new(postgres::Client::connect(url, postgres::NoTls).expect("connect"))
-        })
-        .collect();
-    let conns = Arc::new(conns);
+/// A plain-SQL baseline: `writers` threads, each with its own connection from `connect`,
+/// inserting one record per call through `insert` (run, sequence, encoded record).
+fn plain_inserts<C: Send + 'static>(
+    writers: usize,
+    per_writer: usize,
+    connect: impl Fn() -> C,
+    insert: fn(&mut C, &RunId, i64, Vec<u8>),
+) -> Outcome {
+    let conns: Arc<Vec<std::sync::Mutex<C>>> = Arc::new(
+        (0..writers)
+            .map(|_| std::sync::Mutex::new(connect()))
+            .collect(),
+    );
     let runs: Arc<Vec<RunId>> = Arc::new((0..writers).map(|_| RunId::new()).collect());
     let (elapsed, latencies) = run_writers(
         writers,
         per_writer,
         Arc::new(move |w, i| {
             let mut c = conns[w].lock().expect("connection");
-            c.execute(
-                "INSERT INTO bench_events (run, seq, body) VALUES ($1, $2, $3)",
-                &[&&runs[w].0[..], &(i as i64), &record(i).encode(0)],
-            )
-            .expect("insert");
+            insert(&mut c, &runs[w], i as i64, record(i).encode(0));
         }),
     );
     Outcome {
@@ -132,34 +127,39 @@ fn postgres_plain(url: &str, writers: usize, per_writer: usize) -> Outcome {
     }
 }
 
+/// The same inserts as plain SQL on PostgreSQL: each insert its own (durable) transaction.
+fn postgres_plain(url: &str, writers: usize, per_writer: usize) -> Outcome {
+    let connect = || postgres::Client::connect(url, postgres::NoTls).expect("connect");
+    connect()
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS bench_events (run bytea, seq bigint, body bytea, PRIMARY KEY (run, seq))",
+        )
+        .expect("create table");
+    plain_inserts(writers, per_writer, connect, |c, run, seq, body| {
+        c.execute(
+            "INSERT INTO bench_events (run, seq, body) VALUES ($1, $2, $3)",
+            &[&&run.0[..], &seq, &body],
+        )
+        .expect("insert");
+    })
+}
+
 fn sqlite(writers: usize, per_writer: usize) -> Outcome {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("journal.sqlite");
     sqlite_baseline::create(&path);
-    let open = || sqlite_baseline::connect(&path);
-    let conns: Vec<std::sync::Mutex<rusqlite::Connection>> = (0..writers)
-        .map(|_| std::sync::Mutex::new(open()))
-        .collect();
-    let conns = Arc::new(conns);
-    let runs: Arc<Vec<RunId>> = Arc::new((0..writers).map(|_| RunId::new()).collect());
-    let (elapsed, latencies) = run_writers(
+    plain_inserts(
         writers,
         per_writer,
-        Arc::new(move |w, i| {
-            let c = conns[w].lock().expect("connection");
+        || sqlite_baseline::connect(&path),
+        |c, run, seq, body| {
             c.execute(
                 "INSERT INTO events (run, seq, body) VALUES (?1, ?2, ?3)",
-                rusqlite::params![&runs[w].0[..], i as i64, record(i).encode(0)],
+                rusqlite::params![&run.0[..], seq, body],
             )
             .expect("insert");
-        }),
-    );
-    Outcome {
-        records: writers * per_writer,
-        elapsed,
-        latencies,
-        flushes: None,
-    }
+        },
+    )
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

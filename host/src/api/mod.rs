@@ -129,7 +129,7 @@ pub async fn start_with_models(
     models: Option<Arc<dyn crate::sandbox::agent::ModelRouter>>,
 ) -> Result<Running, ServeError> {
     if let Some(url) = config.journal.to_str()
-        && (url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        && crate::journal::is_database_url(url)
     {
         // The API keeps graphs, tools and idempotency keys beside the journal; those stores
         // are sled-only so far, and claiming runs across replicas is not built yet.

@@ -41,7 +41,7 @@ impl JournalArgs {
     pub fn open(&self) -> Result<Journal, String> {
         // A PostgreSQL URL: a journal several hosts share (see docs/SCALE-OUT.md).
         if let Some(url) = self.journal.as_ref().and_then(|p| p.to_str())
-            && (url.starts_with("postgres://") || url.starts_with("postgresql://"))
+            && crate::journal::is_database_url(url)
         {
             return Journal::open_location(url).map_err(|e| e.to_string());
         }

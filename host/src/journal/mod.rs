@@ -213,7 +213,7 @@ impl Journal {
     /// Opens the journal `location` names: a `postgres://` or `postgresql://` URL (a database
     /// several replicas share), else a directory for the embedded sled journal.
     pub fn open_location(location: &str) -> Result<Journal, JournalError> {
-        if location.starts_with("postgres://") || location.starts_with("postgresql://") {
+        if is_database_url(location) {
             Ok(Journal::on(Box::new(postgres::PostgresStore::open(
                 location,
             )?)))
@@ -583,6 +583,12 @@ impl Journal {
     ) -> Result<(), JournalError> {
         self.store.overwrite_event(run, seq, bytes)
     }
+}
+
+/// Whether a journal location names a PostgreSQL database (a `postgres://` or `postgresql://`
+/// URL) rather than a sled directory.
+pub fn is_database_url(location: &str) -> bool {
+    location.starts_with("postgres://") || location.starts_with("postgresql://")
 }
 
 fn decode_summary(run: RunId, bytes: &[u8]) -> Result<RunSummary, JournalError> {

@@ -189,10 +189,15 @@ impl PostgresStore {
                 if was_open && let Ok(c) = conn.client() {
                     let _ = c.batch_execute("ROLLBACK");
                 }
+                // The write's own error already names the database: keep only its detail.
+                let why = match e {
+                    JournalError::Database { detail, .. } => detail,
+                    other => other.to_string(),
+                };
                 return Err(JournalError::Database {
                     url,
                     detail: format!(
-                        "{e}; the journal writes since the last commit were rolled back"
+                        "{why}; the journal writes since the last commit were rolled back"
                     ),
                 });
             }
