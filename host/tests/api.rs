@@ -1132,6 +1132,11 @@ struct Child {
 }
 
 fn spawn_server(journal: &Path, grace: &str) -> Child {
+    spawn_server_with(journal.as_os_str(), grace, &[])
+}
+
+/// [`spawn_server`] on `journal` (a directory or a `postgres://` URL) with more settings.
+fn spawn_server_with(journal: &std::ffi::OsStr, grace: &str, env: &[(&str, &str)]) -> Child {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sandgraph"))
         .arg("serve")
         .env("SANDGRAPH_LISTEN", "127.0.0.1:0")
@@ -1141,12 +1146,25 @@ fn spawn_server(journal: &Path, grace: &str) -> Child {
         .env("SANDGRAPH_AUTH_TOKENS", tokens_file())
         .env("SANDGRAPH_SHUTDOWN_GRACE", grace)
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stderr(if std::env::var_os("DEBUG_INHERIT").is_some() {
+            std::process::Stdio::inherit()
+        } else {
+            std::process::Stdio::piped()
+        })
         .spawn()
         .expect("start sandgraph serve");
     let addr = common::listening_addr(&mut child);
     Child { child, addr }
+}
+
+impl Drop for Child {
+    /// A test that fails midway leaves no server behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Child {
@@ -2107,4 +2125,318 @@ fn a_resumed_event_stream_on_a_finished_run_ends_and_an_event_source_stops_recon
         (r.status, r.problem().as_str()),
         (400, "invalid-last-event-id")
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Several replicas on one PostgreSQL journal.
+
+/// `n` `sandgraph serve` processes sharing the database at `url`, holding runs under `lease`.
+fn replicas(url: &str, n: usize, lease: &str) -> Vec<Child> {
+    (0..n)
+        .map(|_| {
+            spawn_server_with(
+                std::ffi::OsStr::new(url),
+                "1s",
+                // Warnings only: nobody reads the pipe until the end, and it must not fill.
+                &[
+                    ("SANDGRAPH_RUN_LEASE", lease),
+                    (
+                        "RUST_LOG",
+                        if std::env::var_os("DEBUG_INHERIT").is_some() {
+                            "info"
+                        } else {
+                            "warn"
+                        },
+                    ),
+                ],
+            )
+        })
+        .collect()
+}
+
+/// The replica holding `run`'s lease now, as (pid, epoch), read from the shared queue.
+fn lease_of(db: &mut postgres::Client, run: &str) -> Option<(u32, i64)> {
+    let id = hex::decode(run).unwrap();
+    let row = db
+        .query_opt(
+            "SELECT owner, epoch FROM sandgraph_leases WHERE run = $1",
+            &[&id],
+        )
+        .unwrap()?;
+    let owner: Option<String> = row.get(0);
+    // Owners are `<host>-<pid>-<suffix>`.
+    let pid = owner?.rsplit('-').nth(1)?.parse().ok()?;
+    Some((pid, row.get(1)))
+}
+
+/// Each of `run`'s steps completed once and the run finished once, in a gap-free journal.
+fn assert_executed_once(url: &str, run: &str) {
+    let journal = sandgraph::journal::Journal::open_location(url).unwrap();
+    let records = journal
+        .events(sandgraph::journal::RunId::parse(run).unwrap())
+        .unwrap();
+    let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (0..records.len() as u64).collect::<Vec<_>>());
+    let mut completed = std::collections::HashMap::new();
+    let mut finished = 0;
+    for r in &records {
+        match &r.event {
+            sandgraph::journal::Event::StepCompleted { step, .. } => {
+                *completed.entry(step.clone()).or_insert(0) += 1
+            }
+            sandgraph::journal::Event::RunFinished { .. } => finished += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(finished, 1, "run {run}: {records:#?}");
+    assert!(
+        completed.values().all(|n| *n == 1),
+        "run {run} completed a step twice: {completed:?}"
+    );
+}
+
+const ADD: &str = r#"
+apiVersion: sandgraph.dev/v1
+kind: Graph
+metadata: { name: add }
+spec:
+  input: { type: object, required: [n], properties: { n: { type: integer } } }
+  nodes:
+    - { id: add, kind: tool, component: calc, input: { expr: "string(input.n) + ' + 1'" } }
+"#;
+
+/// A recorded side effect (a GET to an open gate), then a fetch held at a second gate.
+const EFFECT_THEN_GATE: &str = r#"
+apiVersion: sandgraph.dev/v1
+kind: Graph
+metadata: { name: effect-then-gate }
+spec:
+  input:
+    type: object
+    required: [effect, url]
+    properties: { effect: { type: string }, url: { type: string } }
+  nodes:
+    - id: effect
+      kind: tool
+      component: egress_fetch
+      input: { url: input.effect, method: "'GET'" }
+    - id: wait
+      kind: tool
+      component: egress_fetch
+      input: { url: input.url, method: "'GET'" }
+    - { id: after, kind: tool, component: calc, input: { expr: "'6 * 7'" } }
+  edges:
+    - { from: effect, to: wait }
+    - { from: wait, to: after }
+"#;
+
+/// Runs submitted round-robin to three replicas.
+const RUNS: usize = 200;
+
+#[test]
+fn three_replicas_on_one_postgresql_run_every_submission_exactly_once_and_stream_any_run() {
+    let pg = common::postgres::Postgres::start();
+    let url = pg.database("replicas");
+    let servers = replicas(&url, 3, "3s");
+    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+    // A tool uploaded to one replica and a graph posted to another serve runs on all three.
+    upload_tool(addrs[0], "calc");
+    assert_eq!(post_yaml(addrs[1], ADD).status, 201);
+    let mut runs = Vec::new();
+    for n in 0..RUNS {
+        let r = post_json(
+            addrs[n % 3],
+            "/v1/runs",
+            &json!({"graph": "add", "input": {"n": n}}),
+        );
+        assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+        runs.push((n, r.json()["run"].as_str().unwrap().to_owned()));
+    }
+    for (n, run) in &runs {
+        wait_for("every run to finish", || {
+            run_status(addrs[(n + 1) % 3], run)["status"] != "running"
+        });
+        let shown = run_status(addrs[(n + 2) % 3], run);
+        assert_eq!(shown["status"], "succeeded", "{shown}");
+        assert_eq!(
+            shown["output"]["add"]["value"],
+            json!(*n as f64 + 1.0),
+            "{shown}"
+        );
+        assert_executed_once(&url, run);
+    }
+    let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let rows = db
+        .query(
+            "SELECT state, epoch, count(*), count(DISTINCT owner) FROM sandgraph_leases GROUP BY state, epoch",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(rows.len(), 1, "every run claimed once and done");
+    let (state, epoch, count, owners): (String, i64, i64, i64) = (
+        rows[0].get(0),
+        rows[0].get(1),
+        rows[0].get(2),
+        rows[0].get(3),
+    );
+    assert_eq!((state.as_str(), epoch, count), ("done", 1, RUNS as i64));
+    assert!(
+        owners >= 2,
+        "runs were shared between replicas ({owners} owner)"
+    );
+
+    // A run executed by one replica, streamed from a second, and after a reconnect with
+    // Last-Event-ID from a third: every event exactly once, in order.
+    let (effect, gate) = (Gate::start(), Gate::start());
+    effect.open();
+    upload_gate_fetcher(addrs[2], &[&effect, &gate]);
+    assert_eq!(post_yaml(addrs[0], EFFECT_THEN_GATE).status, 201);
+    let r = post_json(
+        addrs[0],
+        "/v1/runs",
+        &json!({"graph": "effect-then-gate", "input": {"effect": effect.url(), "url": gate.url()}}),
+    );
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let run = r.json()["run"].as_str().unwrap().to_owned();
+    let (pid, _) = {
+        let mut found = None;
+        wait_for("the run claimed", || {
+            found = lease_of(&mut db, &run);
+            found.is_some()
+        });
+        found.unwrap()
+    };
+    let owner = servers.iter().position(|s| s.child.id() == pid).unwrap();
+    let (other, third) = ((owner + 1) % 3, (owner + 2) % 3);
+    let mut first = SseStream::open(addrs[other], &run, None);
+    let seen = first.until(|e| e.event == "step_started" && e.data["step"] == "wait#1");
+    drop(first);
+    let last = seen.last().unwrap().id;
+    let mut second = SseStream::open(addrs[third], &run, Some(last));
+    gate.open();
+    let rest = second.rest();
+    assert_eq!(rest.last().unwrap().event, "run_finished", "{rest:#?}");
+    let ids: Vec<u64> = seen.iter().chain(rest.iter()).map(|e| e.id).collect();
+    assert_eq!(ids, (0..ids.len() as u64).collect::<Vec<_>>());
+    assert_executed_once(&url, &run);
+}
+
+/// Three replicas, one run held mid-step at a gate after a recorded side effect; returns the
+/// replicas, the run, the index of the replica executing it, and the database.
+fn held_run_on_replicas(
+    url: &str,
+    effect: &Gate,
+    gate: &Gate,
+) -> (Vec<Child>, String, usize, postgres::Client) {
+    let servers = replicas(url, 3, "2s");
+    let addr = servers[0].addr;
+    upload_tool(addr, "calc");
+    upload_gate_fetcher(addr, &[effect, gate]);
+    assert_eq!(post_yaml(addr, EFFECT_THEN_GATE).status, 201);
+    let r = post_json(
+        addr,
+        "/v1/runs",
+        &json!({"graph": "effect-then-gate", "input": {"effect": effect.url(), "url": gate.url()}}),
+    );
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let run = r.json()["run"].as_str().unwrap().to_owned();
+    wait_for("the run held at the gate", || {
+        gate.hits.load(Ordering::SeqCst) == 1
+    });
+    assert_eq!(effect.hits.load(Ordering::SeqCst), 1);
+    let mut db = postgres::Client::connect(url, postgres::NoTls).unwrap();
+    let (pid, epoch) = lease_of(&mut db, &run).unwrap();
+    assert_eq!(epoch, 1);
+    let owner = servers.iter().position(|s| s.child.id() == pid).unwrap();
+    (servers, run, owner, db)
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+    unsafe {
+        libc::kill(child.child.id() as i32, sig);
+    }
+}
+
+#[test]
+fn a_replica_killed_mid_step_is_taken_over_after_its_lease_and_no_side_effect_repeats() {
+    let pg = common::postgres::Postgres::start();
+    let url = pg.database("takeover");
+    let (effect, gate) = (Gate::start(), Gate::start());
+    effect.open();
+    let (mut servers, run, owner, mut db) = held_run_on_replicas(&url, &effect, &gate);
+    signal(&servers[owner], libc::SIGKILL);
+    let _ = servers[owner].child.wait();
+    // Another replica claims it once the lease runs out and re-sends the in-flight GET.
+    wait_for("another replica to take the run over", || {
+        lease_of(&mut db, &run)
+            .is_some_and(|(pid, epoch)| epoch == 2 && pid != servers[owner].child.id())
+    });
+    wait_for("the re-sent request at the gate", || {
+        gate.hits.load(Ordering::SeqCst) == 2
+    });
+    gate.open();
+    let survivor = servers[(owner + 1) % 3].addr;
+    wait_for("the run to finish", || {
+        run_status(survivor, &run)["status"] != "running"
+    });
+    let shown = run_status(survivor, &run);
+    assert_eq!(shown["status"], "succeeded", "{shown}");
+    assert_eq!(shown["output"]["after"]["value"], 42.0, "{shown}");
+    // The recorded side effect was served back from the journal, not repeated.
+    assert_eq!(effect.hits.load(Ordering::SeqCst), 1);
+    assert_executed_once(&url, &run);
+}
+
+#[test]
+fn a_paused_replica_past_its_lease_is_fenced_off_when_it_wakes() {
+    let pg = common::postgres::Postgres::start();
+    let url = pg.database("fencing");
+    let (effect, gate) = (Gate::start(), Gate::start());
+    effect.open();
+    let (servers, run, owner, mut db) = held_run_on_replicas(&url, &effect, &gate);
+    signal(&servers[owner], libc::SIGSTOP);
+    wait_for("another replica to take the run over", || {
+        lease_of(&mut db, &run).is_some_and(|(_, epoch)| epoch == 2)
+    });
+    wait_for("the re-sent request at the gate", || {
+        gate.hits.load(Ordering::SeqCst) == 2
+    });
+    // Both requests get their answer; the paused replica's waits in its socket.
+    gate.open();
+    let survivor = servers[(owner + 1) % 3].addr;
+    wait_for("the run to finish", || {
+        run_status(survivor, &run)["status"] != "running"
+    });
+    let id = hex::decode(&run).unwrap();
+    let count = |db: &mut postgres::Client| -> i64 {
+        db.query_one(
+            "SELECT count(*) FROM sandgraph_events WHERE run = $1",
+            &[&id],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let events_before = count(&mut db);
+    signal(&servers[owner], libc::SIGCONT);
+    // The woken replica finishes its step and tries to journal it: refused. Its heartbeat
+    // (every third of the 2 s lease) learns the lease is gone.
+    std::thread::sleep(Duration::from_secs(3));
+    let shown = run_status(survivor, &run);
+    assert_eq!(shown["status"], "succeeded", "{shown}");
+    assert_eq!(
+        count(&mut db),
+        events_before,
+        "nothing was written after the run ended"
+    );
+    assert_eq!(effect.hits.load(Ordering::SeqCst), 1);
+    assert_executed_once(&url, &run);
+    let mut servers = servers;
+    let woken = servers.remove(owner);
+    let (_, logs) = woken.terminate();
+    assert!(
+        logs.contains("lost a run's lease") || logs.contains("leased to another host"),
+        "{logs}"
+    );
+    assert!(!logs.contains("panicked"), "{logs}");
 }

@@ -14,8 +14,13 @@ use crate::sandbox::manifest::{parse_duration, parse_size};
 pub struct Config {
     /// `listen`: address to bind (port 0 picks a free one).
     pub listen: SocketAddr,
-    /// `journal`: the journal directory (also holds stored graphs and tools).
+    /// `journal`: the journal directory (also holds stored graphs and tools), or a
+    /// `postgres://` URL of the database several replicas share.
     pub journal: PathBuf,
+    /// `run_lease`: on a shared (PostgreSQL) journal, how long a replica holds a run it claimed
+    /// without renewing it (it renews every third of this); a run whose lease ran out is taken
+    /// over by another replica.
+    pub run_lease: Duration,
     /// `tools` + `components`: preload every manifest under the `tools` folders
     /// (comma-separated, e.g. `tools,agents`) with its component.
     pub tools: Option<Vec<PathBuf>>,
@@ -288,6 +293,7 @@ impl Config {
                     .map_err(|_| format!("`{v}` is not a whole number"))
             })?,
             shutdown_grace: parse(src, "shutdown_grace", Duration::from_secs(30), duration)?,
+            run_lease: parse(src, "run_lease", Duration::from_secs(15), duration)?,
             header_timeout: parse(src, "header_timeout", Duration::from_secs(10), duration)?,
             body_timeout: parse(src, "body_timeout", Duration::from_secs(30), duration)?,
             sse_heartbeat: parse(src, "sse_heartbeat", Duration::from_secs(15), duration)?,
@@ -339,6 +345,12 @@ impl Config {
             return Err(ConfigError {
                 key: "max_concurrent_runs".into(),
                 reason: "must be at least 1".into(),
+            });
+        }
+        if config.run_lease < Duration::from_millis(300) {
+            return Err(ConfigError {
+                key: "run_lease".into(),
+                reason: "must be at least 300ms (it is renewed every third of it)".into(),
             });
         }
         if config.tools.is_some() != config.components.is_some() {

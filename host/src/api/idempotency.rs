@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use crate::journal::{Journal, JournalError};
+
 /// What a key remembers.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct IdempotentRun {
@@ -80,24 +82,23 @@ impl Drop for KeyGuard<'_> {
     }
 }
 
-/// Removes every expired key from `tree`; returns how many went. Entries that do not decode are
-/// removed too (nothing could replay them).
-pub fn sweep(tree: &sled::Tree, now_ms: u64, ttl_ms: u64) -> Result<usize, sled::Error> {
+/// The journal's keyed-record space holding idempotency keys.
+pub const SPACE: &str = "api_idempotency";
+
+/// Removes every expired key; returns how many went. Entries that do not decode are removed
+/// too (nothing could replay them).
+pub fn sweep(journal: &Journal, now_ms: u64, ttl_ms: u64) -> Result<usize, JournalError> {
     let mut removed = 0;
-    for kv in tree.iter() {
-        let (k, v) = kv?;
+    for (k, v) in journal.kv_scan(SPACE, b"")? {
         let expired = serde_json::from_slice::<IdempotentRun>(&v)
             .map(|r| r.expired(now_ms, ttl_ms))
             .unwrap_or(true);
-        // Compare-and-swap: an entry rewritten meanwhile (a new run under the key) stays.
-        if expired
-            && tree
-                .compare_and_swap(&k, Some(&v), None as Option<&[u8]>)?
-                .is_ok()
-        {
+        // Only if unchanged: an entry rewritten meanwhile (a new run under the key) stays.
+        if expired && journal.kv_remove_if(SPACE, &k, &v)? {
             removed += 1;
         }
     }
+    journal.sync()?;
     Ok(removed)
 }
 
@@ -116,15 +117,19 @@ mod tests {
 
     #[test]
     fn sweep_removes_only_expired_and_undecodable_keys() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let tree = db.open_tree("keys").unwrap();
-        tree.insert("old", entry(1_000)).unwrap();
-        tree.insert("edge", entry(5_000)).unwrap();
-        tree.insert("young", entry(5_001)).unwrap();
-        tree.insert("junk", b"not json".to_vec()).unwrap();
+        let journal = Journal::temporary().unwrap();
+        journal.kv_put(SPACE, b"old", &entry(1_000)).unwrap();
+        journal.kv_put(SPACE, b"edge", &entry(5_000)).unwrap();
+        journal.kv_put(SPACE, b"young", &entry(5_001)).unwrap();
+        journal.kv_put(SPACE, b"junk", b"not json").unwrap();
         // ttl 5 s at t = 10 s: created at or before 5 s has expired.
-        assert_eq!(sweep(&tree, 10_000, 5_000).unwrap(), 3);
-        let left: Vec<_> = tree.iter().keys().map(|k| k.unwrap().to_vec()).collect();
+        assert_eq!(sweep(&journal, 10_000, 5_000).unwrap(), 3);
+        let left: Vec<_> = journal
+            .kv_scan(SPACE, b"")
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
         assert_eq!(left, vec![b"young".to_vec()]);
         // Entries without created_ms (written before keys expired) count as expired.
         let legacy: IdempotentRun = serde_json::from_str(r#"{"request":"d","run":"r"}"#).unwrap();

@@ -99,7 +99,7 @@ impl Metrics {
         );
         registry.register(
             "run_queue_depth",
-            "Run submissions waiting for a free run slot",
+            "Run submissions waiting for a free run slot (on a shared PostgreSQL journal: runs waiting for any replica)",
             m.queue_depth.clone(),
         );
         registry.register(

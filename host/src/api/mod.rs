@@ -3,6 +3,7 @@
 //! `api → graph → sandbox → journal`; this module never touches wasmtime itself.
 
 pub mod auth;
+mod claims;
 pub mod config;
 pub mod credentials;
 mod head_limit;
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::graph::CompiledGraph;
 use crate::graph::catalog::Catalog;
 use crate::graph::engine::{Engine, EngineConfig, RunHandle, RunOutcome};
+use crate::journal::queue::{Claim, RunQueue};
 use crate::journal::{Event, Journal, RunId};
 use crate::sandbox::egress::TlsRoots;
 use crate::sandbox::manifest::OperatorPolicy;
@@ -92,6 +94,12 @@ pub(crate) struct State {
     pub ready: AtomicBool,
     pub shutdown: CancellationToken,
     pub next_request: AtomicU64,
+    /// The run queue replicas share, when the journal is a PostgreSQL database.
+    pub queue: Option<Arc<RunQueue>>,
+    /// Runs this replica claimed from the queue and executes, with their lease epochs.
+    pub claims: Mutex<HashMap<RunId, Claim>>,
+    /// Wakes the claim loop (a run was queued here, or a slot freed).
+    pub claim_wake: tokio::sync::Notify,
 }
 
 /// A started server: its address and the way to stop it.
@@ -128,31 +136,56 @@ pub async fn start_with_models(
     config: Config,
     models: Option<Arc<dyn crate::sandbox::agent::ModelRouter>>,
 ) -> Result<Running, ServeError> {
-    if let Some(url) = config.journal.to_str()
-        && crate::journal::is_database_url(url)
+    let database = config
+        .journal
+        .to_str()
+        .filter(|l| crate::journal::is_database_url(l))
+        .map(str::to_owned);
+    // Errors name the database without its password.
+    let shown = match &database {
+        Some(url) => crate::journal::postgres::redact(url),
+        None => config.journal.display().to_string(),
+    };
+    if database.is_none()
+        && let Some(parent) = config.journal.parent()
     {
-        // The API keeps graphs, tools and idempotency keys beside the journal; those stores
-        // are sled-only so far, and claiming runs across replicas is not built yet.
-        return Err(ServeError::Journal {
-            path: "the postgres:// URL".into(),
-            reason: "sandgraph serve does not run on a PostgreSQL journal yet (the CLI's run, resume, runs, replay and journal commands do); give serve a journal directory".into(),
-        });
-    }
-    if let Some(parent) = config.journal.parent() {
         let _ = std::fs::create_dir_all(parent);
     }
-    let journal_dir = config.journal.clone();
-    let journal = tokio::task::spawn_blocking(move || Journal::open(&journal_dir))
-        .await
-        .map_err(|e| ServeError::Journal {
-            path: config.journal.display().to_string(),
-            reason: e.to_string(),
-        })?
-        .map_err(|e| ServeError::Journal {
-            path: config.journal.display().to_string(),
-            reason: e.to_string(),
-        })?;
+    let location = config.journal.clone();
+    let db = database.clone();
+    let journal = tokio::task::spawn_blocking(move || match db {
+        Some(url) => Journal::open_location(&url),
+        None => Journal::open(&location),
+    })
+    .await
+    .map_err(|e| ServeError::Journal {
+        path: shown.clone(),
+        reason: e.to_string(),
+    })?
+    .map_err(|e| ServeError::Journal {
+        path: shown.clone(),
+        reason: e.to_string(),
+    })?;
     let journal = Arc::new(journal);
+    let queue = match database {
+        Some(url) => {
+            let owner = replica_name();
+            let lease = config.run_lease;
+            let q = tokio::task::spawn_blocking(move || RunQueue::open(&url, &owner, lease))
+                .await
+                .map_err(|e| ServeError::Journal {
+                    path: shown.clone(),
+                    reason: e.to_string(),
+                })?
+                .map_err(|e| ServeError::Journal {
+                    path: shown.clone(),
+                    reason: e.to_string(),
+                })?;
+            tracing::info!(replica = %q.owner(), lease_ms = lease.as_millis() as u64, "sharing runs with other replicas through the journal database");
+            Some(Arc::new(q))
+        }
+        None => None,
+    };
     let metrics = Arc::new(Metrics::new());
     {
         let m = metrics.clone();
@@ -227,7 +260,7 @@ pub async fn start_with_models(
             }
         }));
     }
-    let store = Store::open(&journal).map_err(|e| ServeError::Store(e.to_string()))?;
+    let store = Store::open(journal.clone());
     let mut catalog = match (&config.tools, &config.components) {
         (Some(t), Some(c)) => {
             Catalog::from_dirs(t, c).map_err(|e| ServeError::Tools(e.to_string()))?
@@ -299,17 +332,30 @@ pub async fn start_with_models(
         ready: AtomicBool::new(false),
         shutdown: shutdown.clone(),
         next_request: AtomicU64::new(1),
+        queue: queue.clone(),
+        claims: Mutex::default(),
+        claim_wake: tokio::sync::Notify::new(),
     });
-    // Unfinished runs continue before new ones are accepted.
-    let resumed = state
-        .engine
-        .resume_unfinished()
-        .await
-        .map_err(|e| ServeError::Resume(e.to_string()))?;
-    for handle in resumed {
-        let labels = run_labels(&state.journal, handle.run);
-        tracing::info!(run_id = %handle.run, "resuming an unfinished run");
-        state.clone().supervise(handle, labels, None);
+    match queue {
+        // Replicas share the unfinished runs: each is claimed from the queue (a run whose
+        // replica stopped, once its lease runs out).
+        Some(q) => {
+            tokio::spawn(claims::claim_loop(state.clone(), q.clone()));
+            tokio::spawn(claims::heartbeat(state.clone(), q));
+        }
+        None => {
+            // Unfinished runs continue before new ones are accepted.
+            let resumed = state
+                .engine
+                .resume_unfinished()
+                .await
+                .map_err(|e| ServeError::Resume(e.to_string()))?;
+            for handle in resumed {
+                let labels = run_labels(&state.journal, handle.run);
+                tracing::info!(run_id = %handle.run, "resuming an unfinished run");
+                state.clone().supervise(handle, labels, None);
+            }
+        }
     }
     if !state.config.auth_reload_interval.is_zero() {
         tokio::spawn(follow_credentials(state.clone()));
@@ -322,6 +368,19 @@ pub async fn start_with_models(
         shutdown,
         task,
     })
+}
+
+/// This replica's name in the run queue's lease rows: the host name (a pod's name in
+/// Kubernetes), the process id and a random suffix, so a restarted replica is a new owner.
+fn replica_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "sandgraph".into());
+    let suffix = RunId::new().to_string();
+    format!("{host}-{}-{}", std::process::id(), &suffix[..8])
 }
 
 /// Reloads the tokens and JWKS files when they change, until shutdown.
@@ -438,6 +497,7 @@ impl State {
                 .remove(&run);
             self.run_ended.send_modify(|n| *n += 1);
             tracing::info!(run_id = %run, status = %outcome.status, "run ended");
+            claims::settle(&self, run).await;
             outcome
         })
     }
@@ -518,11 +578,19 @@ async fn accept_loop(state: Arc<State>, listener: TcpListener) {
     }
     let left = state.active_runs();
     if left > 0 {
-        tracing::warn!(
-            runs = left,
-            "grace period over; unfinished runs resume on the next start"
-        );
+        if state.queue.is_some() {
+            tracing::warn!(
+                runs = left,
+                "grace period over; unfinished runs go back to the queue for the other replicas"
+            );
+        } else {
+            tracing::warn!(
+                runs = left,
+                "grace period over; unfinished runs resume on the next start"
+            );
+        }
     }
+    claims::hand_back(&state).await;
     connections.cancel();
     let conn_deadline = tokio::time::Instant::now() + Duration::from_secs(1);
     while open.load(Ordering::SeqCst) > 0 {
@@ -540,5 +608,51 @@ async fn accept_loop(state: Arc<State>, listener: TcpListener) {
     if let Some(t) = state.telemetry.clone() {
         // Spans of runs left unfinished end here; the batch goes out before the process does.
         let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
+    }
+}
+
+impl State {
+    /// On a shared journal, brings this replica's catalog up to the tools any replica uploaded
+    /// (the shared store holds them); a no-op on an embedded journal, whose uploads all come
+    /// through this process.
+    pub(crate) async fn sync_catalog(&self) -> Result<(), store::StoreError> {
+        if self.queue.is_none() {
+            return Ok(());
+        }
+        let current = self
+            .catalog
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut next: Option<Catalog> = None;
+        let mut changed = std::collections::BTreeSet::new();
+        for t in self.store.tools()? {
+            if current.get(&t.name).map(|e| e.digest.as_str()) == Some(t.digest.as_str()) {
+                continue;
+            }
+            let wasm = self.store.tool_wasm(&t.digest)?;
+            let manifest = match crate::sandbox::manifest::Manifest::parse(&t.name, &t.manifest) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(tool = %t.name, error = %e, "a stored tool's manifest does not parse; skipped");
+                    continue;
+                }
+            };
+            next.get_or_insert_with(|| (*current).clone()).insert(
+                manifest,
+                t.manifest.clone(),
+                wasm,
+            );
+            changed.insert(t.name);
+        }
+        let Some(mut next) = next else {
+            return Ok(());
+        };
+        for (name, why) in next.describe(self.engine.sandbox(), Some(&changed)).await {
+            tracing::warn!(component = %name, reason = %why, "output schema unknown; reads of its outputs are not type-checked");
+        }
+        tracing::info!(tools = ?changed, "catalog brought up to the shared store");
+        *self.catalog.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        Ok(())
     }
 }

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -27,6 +27,7 @@ use super::store::{GraphVersion, ToolRecord};
 use crate::graph::CompiledGraph;
 use crate::graph::engine::{EngineError, now_ms};
 use crate::graph::validate;
+use crate::journal::queue::Command;
 use crate::journal::{Event, JournalError, Record, RunId};
 use crate::sandbox::manifest::Manifest;
 
@@ -179,7 +180,7 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> (&'static str, Repl
             _ => not_allowed("GET"),
         },
         ["v1", "runs", id, "cancel"] => match method {
-            Method::POST => cancel_run(&state, id),
+            Method::POST => cancel_run(&state, id).await,
             _ => not_allowed("POST"),
         },
         ["v1", "runs", id, "events"] => match method {
@@ -255,8 +256,28 @@ async fn readyz(state: &State) -> Response<ApiBody> {
         Some(probe) if warm && accepting => Some(probe.check().await),
         _ => None,
     };
+    // A replica on a shared journal is ready only while it reaches the database.
+    let database = match &state.queue {
+        Some(q) if warm && accepting => {
+            let q = q.clone();
+            let ping = tokio::task::spawn_blocking(move || q.depth());
+            Some(
+                match tokio::time::timeout(Duration::from_secs(2), ping).await {
+                    Ok(Ok(Ok(_))) => Ok(()),
+                    Ok(Ok(Err(e))) => Err(e.to_string()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("no answer within 2s".to_owned()),
+                },
+            )
+        }
+        _ => None,
+    };
     let checks = json!({
-        "journal": "open",
+        "journal": match &database {
+            None => json!("open"),
+            Some(Ok(())) => json!({"store": state.journal.describe(), "status": "reachable"}),
+            Some(Err(e)) => json!({"store": state.journal.describe(), "status": "unreachable", "reason": e}),
+        },
         "engine": if warm { "warm" } else { "starting" },
         "accepting": accepting,
         "model": match (&state.model, &model) {
@@ -268,6 +289,8 @@ async fn readyz(state: &State) -> Response<ApiBody> {
     });
     let detail = if !warm || !accepting {
         Some("the host is starting or shutting down".to_owned())
+    } else if let Some(Err(reason)) = &database {
+        Some(format!("the journal database is unreachable: {reason}"))
     } else if let Some(Err(reason)) = &model {
         Some(format!("the model backend is not ready: {reason}"))
     } else {
@@ -295,10 +318,13 @@ fn metrics(state: &State) -> Response<ApiBody> {
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )
         .body(ApiBody::full({
-            state
-                .metrics
-                .queue_depth
-                .set(state.admission.queued() as i64);
+            if state.queue.is_none() {
+                // On a shared journal the heartbeat sets it from the shared queue.
+                state
+                    .metrics
+                    .queue_depth
+                    .set(state.admission.queued() as i64);
+            }
             state.metrics.render(state.journal.flush_count())
         }))
         .expect("metrics responses are well formed")
@@ -444,6 +470,7 @@ async fn post_graph(state: &Arc<State>, req: Request<Incoming>) -> Reply {
         &["application/yaml", "application/x-yaml", "text/yaml"],
     )?;
     let body = read_body(state, req, state.config.max_graph_bytes).await?;
+    state.sync_catalog().await.map_err(store_err)?;
     let source = crate::graph::yaml::utf8(body.to_vec()).map_err(|e| {
         Problem::bad_request(
             "bad-encoding",
@@ -705,6 +732,7 @@ async fn post_run(state: &Arc<State>, req: Request<Incoming>) -> Reply {
         })
         .transpose()?;
     let body = read_body(state, req, state.config.max_run_bytes).await?;
+    state.sync_catalog().await.map_err(store_err)?;
     let request: RunRequest = serde_json::from_slice(&body).map_err(|e| {
         Problem::bad_request(
             "bad-json",
@@ -715,24 +743,44 @@ async fn post_run(state: &Arc<State>, req: Request<Incoming>) -> Reply {
     })?;
     let graph = compiled_graph(state, &request.graph, request.version.as_deref())?;
     if let Some(key) = &key {
-        // Only submissions with the same key wait for each other.
+        // Submissions with the same key wait for each other here; across replicas sharing a
+        // journal, storing the key only if absent decides which submission starts the run.
         let guard = state.idempotency.lock(key).await;
         let digest = hex::encode(Sha256::digest(&body));
-        let tree = state.journal.tree("api_idempotency").map_err(journal_err)?;
         let ttl_ms = state.config.idempotency_ttl.as_millis() as u64;
-        sweep_idempotency_keys(state, &tree, ttl_ms);
-        let prev = match tree.get(key.as_bytes()).map_err(store_err)? {
-            Some(bytes) => match serde_json::from_slice::<IdempotentRun>(&bytes) {
-                Ok(prev) if !prev.expired(now_ms(), ttl_ms) => Some(prev),
+        sweep_idempotency_keys(state, ttl_ms);
+        let run = RunId::new();
+        let mine = serde_json::to_vec(&IdempotentRun {
+            request: digest.clone(),
+            run: run.to_string(),
+            created_ms: now_ms(),
+        })
+        .expect("serialises");
+        let journal = state.journal.clone();
+        loop {
+            if journal
+                .kv_put_new(idempotency::SPACE, key.as_bytes(), &mine)
+                .map_err(journal_err)?
+            {
+                break;
+            }
+            let Some(bytes) = journal
+                .kv_get(idempotency::SPACE, key.as_bytes())
+                .map_err(journal_err)?
+            else {
+                // Removed since (expired): try to store it again.
+                continue;
+            };
+            let prev = match serde_json::from_slice::<IdempotentRun>(&bytes) {
+                Ok(prev) if !prev.expired(now_ms(), ttl_ms) => prev,
                 // Expired (or unreadable): the key is free for a new run.
                 _ => {
-                    tree.remove(key.as_bytes()).map_err(store_err)?;
-                    None
+                    journal
+                        .kv_remove_if(idempotency::SPACE, key.as_bytes(), &bytes)
+                        .map_err(journal_err)?;
+                    continue;
                 }
-            },
-            None => None,
-        };
-        if let Some(prev) = prev {
+            };
             if prev.request != digest {
                 return Err(Problem::unprocessable(
                     "idempotency-key-reused",
@@ -748,27 +796,24 @@ async fn post_run(state: &Arc<State>, req: Request<Incoming>) -> Reply {
                 .insert("idempotent-replayed", HeaderValue::from_static("true"));
             return Ok(r);
         }
-        let (run, task) = start_run(state, graph, request.input).await?;
-        tree.insert(
-            key.as_bytes(),
-            serde_json::to_vec(&IdempotentRun {
-                request: digest,
-                run: run.to_string(),
-                created_ms: now_ms(),
-            })
-            .expect("serialises"),
-        )
-        .map_err(store_err)?;
+        let started = start_run(state, run, graph, request.input).await;
+        if started.is_err() {
+            // No run exists under the key: free it for a retry.
+            let _ = journal.kv_remove_if(idempotency::SPACE, key.as_bytes(), &mine);
+            let _ = journal.sync();
+        }
+        let task = started?;
         drop(guard);
         return finish_submit(state, run, task, wait).await;
     }
-    let (run, task) = start_run(state, graph, request.input).await?;
+    let run = RunId::new();
+    let task = start_run(state, run, graph, request.input).await?;
     finish_submit(state, run, task, wait).await
 }
 
 /// Removes expired idempotency keys in the background, at most once per sweep interval (a tenth
-/// of the TTL, between 1 s and 10 min), so the tree does not grow with keys nobody can replay.
-fn sweep_idempotency_keys(state: &Arc<State>, tree: &sled::Tree, ttl_ms: u64) {
+/// of the TTL, between 1 s and 10 min), so the store does not grow with keys nobody can replay.
+fn sweep_idempotency_keys(state: &Arc<State>, ttl_ms: u64) {
     let now = now_ms();
     let every = (ttl_ms / 10).clamp(1_000, 600_000);
     let last = state.idempotency_swept.load(Ordering::Relaxed);
@@ -780,8 +825,8 @@ fn sweep_idempotency_keys(state: &Arc<State>, tree: &sled::Tree, ttl_ms: u64) {
     {
         return;
     }
-    let tree = tree.clone();
-    tokio::task::spawn_blocking(move || match idempotency::sweep(&tree, now, ttl_ms) {
+    let journal = state.journal.clone();
+    tokio::task::spawn_blocking(move || match idempotency::sweep(&journal, now, ttl_ms) {
         Ok(0) => {}
         Ok(n) => tracing::info!(removed = n, "expired idempotency keys removed"),
         Err(e) => tracing::warn!(error = %e, "sweeping idempotency keys failed"),
@@ -826,20 +871,42 @@ fn compiled_graph(
     Ok(c)
 }
 
-/// Waits for a run slot (or refuses when the queue is full), then starts the run.
+/// What `POST /v1/runs?wait=true` waits on: the run's task in this process, or (on a shared
+/// journal, where any replica may execute it) its end in the journal.
+type Started = Option<tokio::task::JoinHandle<crate::graph::engine::RunOutcome>>;
+
+/// Waits for a run slot (or refuses when the queue is full), then starts the run. On a shared
+/// journal the run is journaled and queued instead, for whichever replica claims it.
 async fn start_run(
     state: &Arc<State>,
+    run: RunId,
     graph: Arc<CompiledGraph>,
     input: Value,
-) -> Result<
-    (
-        RunId,
-        tokio::task::JoinHandle<crate::graph::engine::RunOutcome>,
-    ),
-    Problem,
-> {
+) -> Result<Started, Problem> {
     if state.shutdown.is_cancelled() {
         return Err(shutting_down());
+    }
+    if let Some(queue) = state.queue.clone() {
+        let catalog = state
+            .catalog
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let name = graph.spec.metadata.name.clone();
+        state
+            .engine
+            .create(run, graph, &catalog, input)
+            .await
+            .map_err(engine_problem)?;
+        // Whoever claims it reads the run from the database, this replica included.
+        state.journal.forget(run);
+        tokio::task::spawn_blocking(move || queue.enqueue(run))
+            .await
+            .map_err(|e| Problem::internal(format!("queueing the run failed: {e}")))?
+            .map_err(journal_err)?;
+        state.claim_wake.notify_one();
+        tracing::info!(run_id = %run, graph = %name, "run queued");
+        return Ok(None);
     }
     let permit = tokio::select! {
         p = state.admission.admit() => p.map_err(|retry| {
@@ -876,13 +943,11 @@ async fn start_run(
         .clone();
     let handle = state
         .engine
-        .start(graph, &catalog, input)
+        .start_as(run, graph, &catalog, input)
         .await
         .map_err(engine_problem)?;
-    let run = handle.run;
     tracing::info!(run_id = %run, graph = %labels.graph, "run started");
-    let task = state.clone().supervise(handle, labels, Some(permit));
-    Ok((run, task))
+    Ok(Some(state.clone().supervise(handle, labels, Some(permit))))
 }
 
 fn shutting_down() -> Problem {
@@ -930,15 +995,13 @@ fn run_accepted(run: RunId, status: StatusCode) -> Response<ApiBody> {
     r
 }
 
-async fn finish_submit(
-    state: &Arc<State>,
-    run: RunId,
-    task: tokio::task::JoinHandle<crate::graph::engine::RunOutcome>,
-    wait: bool,
-) -> Reply {
+async fn finish_submit(state: &Arc<State>, run: RunId, task: Started, wait: bool) -> Reply {
     if !wait {
         return Ok(run_accepted(run, StatusCode::ACCEPTED));
     }
+    let Some(task) = task else {
+        return wait_in_journal(state, run).await;
+    };
     tokio::select! {
         o = task => {
             let o = o.map_err(|e| Problem::internal(format!("the run's task failed: {e}")))?;
@@ -950,6 +1013,55 @@ async fn finish_submit(
             })))
         }
         _ = state.shutdown.cancelled() => Err(shutting_down()),
+    }
+}
+
+/// Waits for `run`'s `RunFinished`, wherever the run executes, and answers as a waited submit.
+async fn wait_in_journal(state: &Arc<State>, run: RunId) -> Reply {
+    let mut appended = state.journal.subscribe(run);
+    loop {
+        appended.borrow_and_update();
+        let journal = state.journal.clone();
+        let end = tokio::task::spawn_blocking(move || {
+            if !journal.run_summary(run)?.status.is_finished() {
+                return Ok(None);
+            }
+            match journal.events(run)?.pop().map(|r| r.event) {
+                Some(Event::RunFinished {
+                    status,
+                    output,
+                    error,
+                }) => {
+                    let output = match output {
+                        Some(p) => {
+                            Some(String::from_utf8_lossy(&journal.payload(&p)?).into_owned())
+                        }
+                        None => None,
+                    };
+                    Ok::<_, JournalError>(Some((status, output, error)))
+                }
+                _ => Ok(None),
+            }
+        })
+        .await
+        .map_err(|e| Problem::internal(format!("reading the run failed: {e}")))?
+        .map_err(journal_err)?;
+        if let Some((status, output, error)) = end {
+            return Ok(json_response(
+                StatusCode::OK,
+                &json!({
+                    "run": run.to_string(),
+                    "status": status.as_str(),
+                    "output": output.as_deref().map(output_json),
+                    "error": error,
+                }),
+            ));
+        }
+        tokio::select! {
+            _ = appended.changed() => {}
+            _ = tokio::time::sleep(super::claims::POLL * 2) => {}
+            _ = state.shutdown.cancelled() => return Err(shutting_down()),
+        }
     }
 }
 
@@ -1197,7 +1309,6 @@ enum ApprovalDecision {
 /// Approves or rejects a step awaiting approval; the paused run continues (or fails with the
 /// comment, when rejected).
 async fn post_approval(state: &Arc<State>, id: &str, step: &str, req: Request<Incoming>) -> Reply {
-    use crate::graph::engine::DecisionError;
     let run = parse_run(id)?;
     let step = percent_encoding::percent_decode_str(step)
         .decode_utf8()
@@ -1213,6 +1324,43 @@ async fn post_approval(state: &Arc<State>, id: &str, step: &str, req: Request<In
         )
     })?;
     let approved = matches!(request.decision, ApprovalDecision::Approve);
+    let local = state
+        .active
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains_key(&run);
+    if !local && state.queue.is_some() {
+        // Another replica executes (or will claim) the run: check the decision against the
+        // shared journal here, and leave it for that replica to journal and act on.
+        let journal = state.journal.clone();
+        let s = step.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            crate::graph::engine::check_decision(&journal, run, &s)
+        })
+        .await
+        .map_err(|e| Problem::internal(format!("checking the decision failed: {e}")))?;
+        return match checked {
+            Ok(()) => {
+                let command = Command::Decide {
+                    step: step.clone(),
+                    approved,
+                    comment: request.comment.clone(),
+                };
+                if !forward(state, run, command).await? {
+                    return Err(Problem::new(
+                        StatusCode::CONFLICT,
+                        "run-not-local",
+                        format!("run {run} is not executed by any replica"),
+                    ));
+                }
+                Ok(json_response(
+                    StatusCode::ACCEPTED,
+                    &json!({"run": run.to_string(), "step": step, "approved": approved, "comment": request.comment, "forwarded": true}),
+                ))
+            }
+            Err(e) => Err(decision_problem(e)),
+        };
+    }
     match state
         .engine
         .decide(run, &step, approved, request.comment.clone())
@@ -1222,21 +1370,24 @@ async fn post_approval(state: &Arc<State>, id: &str, step: &str, req: Request<In
             StatusCode::OK,
             &json!({"run": run.to_string(), "step": step, "approved": approved, "comment": request.comment}),
         )),
-        Err(DecisionError::Journal(e)) => Err(journal_err(e)),
-        Err(e @ DecisionError::Finished { .. }) => Err(Problem::new(
-            StatusCode::CONFLICT,
-            "run-finished",
-            e.to_string(),
-        )),
-        Err(e @ DecisionError::NotAwaiting { .. }) => Err(Problem::new(
-            StatusCode::CONFLICT,
-            "not-awaiting-approval",
-            e.to_string(),
-        )),
+        Err(e) => Err(decision_problem(e)),
     }
 }
 
-fn cancel_run(state: &State, id: &str) -> Reply {
+fn decision_problem(e: crate::graph::engine::DecisionError) -> Problem {
+    use crate::graph::engine::DecisionError;
+    match e {
+        DecisionError::Journal(e) => journal_err(e),
+        e @ DecisionError::Finished { .. } => {
+            Problem::new(StatusCode::CONFLICT, "run-finished", e.to_string())
+        }
+        e @ DecisionError::NotAwaiting { .. } => {
+            Problem::new(StatusCode::CONFLICT, "not-awaiting-approval", e.to_string())
+        }
+    }
+}
+
+async fn cancel_run(state: &State, id: &str) -> Reply {
     let run = parse_run(id)?;
     // The journal decides: a run whose RunFinished is written has ended, even while its task
     // is still being cleaned up.
@@ -1263,10 +1414,37 @@ fn cancel_run(state: &State, id: &str) -> Reply {
                 &json!({"run": run.to_string(), "status": "cancelling"}),
             ))
         }
-        None => Err(Problem::new(
-            StatusCode::CONFLICT,
-            "run-not-local",
-            format!("run {run} is running but not in this process; cancel it where it runs"),
-        )),
+        None => match forward(state, run, Command::Cancel).await? {
+            true => {
+                tracing::info!(run_id = %run, "run cancel requested (forwarded to its replica)");
+                Ok(json_response(
+                    StatusCode::ACCEPTED,
+                    &json!({"run": run.to_string(), "status": "cancelling"}),
+                ))
+            }
+            false => Err(Problem::new(
+                StatusCode::CONFLICT,
+                "run-not-local",
+                format!("run {run} is running but not in this process; cancel it where it runs"),
+            )),
+        },
     }
+}
+
+/// Leaves `command` for the replica executing `run` (on a shared journal, for a run another
+/// replica holds or will claim); false when the run is not in the shared queue.
+async fn forward(state: &State, run: RunId, command: Command) -> Result<bool, Problem> {
+    let Some(queue) = state.queue.clone() else {
+        return Ok(false);
+    };
+    tokio::task::spawn_blocking(move || {
+        if !queue.holds(run)? {
+            return Ok(false);
+        }
+        queue.send(run, &command)?;
+        Ok(true)
+    })
+    .await
+    .map_err(|e| Problem::internal(format!("forwarding to the run's replica failed: {e}")))?
+    .map_err(journal_err)
 }

@@ -179,6 +179,8 @@ async fn stream(state: &State, run: RunId, mut next: u64, tx: &mpsc::Sender<Byte
         }
         tokio::select! {
             changed = appended.changed() => if changed.is_err() { return },
+            // A run another replica executes appends through that replica's journal.
+            _ = remote_poll(state) => {}
             _ = heartbeat.tick() => {
                 if tx.send(Bytes::from_static(b": heartbeat\n\n")).await.is_err() {
                     return;
@@ -187,6 +189,15 @@ async fn stream(state: &State, run: RunId, mut next: u64, tx: &mpsc::Sender<Byte
             _ = tx.closed() => return,
             _ = state.shutdown.cancelled() => return,
         }
+    }
+}
+
+/// Resolves now and then on a shared journal (read again for other replicas' appends); never on
+/// an embedded one, where every append is this process's own.
+async fn remote_poll(state: &State) {
+    match state.queue {
+        Some(_) => tokio::time::sleep(super::claims::POLL * 2).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1,17 +1,22 @@
-//! Graph versions and uploaded tools, kept in sled trees of the journal's own database so they
-//! survive restarts and are flushed with it. Graph versions are named by the digest of their
+//! Graph versions and uploaded tools, kept as keyed records in the journal's own store (sled
+//! trees beside the journal, or PostgreSQL tables every replica shares) so they survive
+//! restarts and are flushed with it. Graph versions are named by the digest of their
 //! compiled form (the digest a run pins); tool bytes are stored once under their sha256.
+
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::journal::{Journal, JournalError};
 
+const GRAPHS: &str = "api_graphs";
+const TOOLS: &str = "api_tools";
+const WASM: &str = "api_tool_wasm";
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(transparent)]
     Journal(#[from] JournalError),
-    #[error("store storage failed: {0}")]
-    Storage(#[from] sled::Error),
     #[error("stored {what} is corrupt: {reason}")]
     Corrupt { what: String, reason: String },
 }
@@ -39,9 +44,7 @@ pub struct ToolRecord {
 }
 
 pub struct Store {
-    graphs: sled::Tree,
-    tools: sled::Tree,
-    wasm: sled::Tree,
+    journal: Arc<Journal>,
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -59,23 +62,16 @@ fn graph_key(name: &str, version: &str) -> Vec<u8> {
 }
 
 impl Store {
-    pub fn open(journal: &Journal) -> Result<Store, StoreError> {
-        Ok(Store {
-            graphs: journal.tree("api_graphs")?,
-            tools: journal.tree("api_tools")?,
-            wasm: journal.tree("api_tool_wasm")?,
-        })
+    pub fn open(journal: Arc<Journal>) -> Store {
+        Store { journal }
     }
 
     /// Stores `g` unless that exact version exists; returns whether it was new.
     pub fn put_graph(&self, g: &GraphVersion) -> Result<bool, StoreError> {
         let bytes = serde_json::to_vec(g).expect("graph versions serialise");
-        let prev = self.graphs.compare_and_swap(
-            graph_key(&g.name, &g.version),
-            None as Option<&[u8]>,
-            Some(bytes),
-        )?;
-        Ok(prev.is_ok())
+        Ok(self
+            .journal
+            .kv_put_new(GRAPHS, &graph_key(&g.name, &g.version), &bytes)?)
     }
 
     /// Every version of `name`, oldest first.
@@ -83,8 +79,7 @@ impl Store {
         let mut prefix = name.as_bytes().to_vec();
         prefix.push(0);
         let mut out = Vec::new();
-        for kv in self.graphs.scan_prefix(&prefix) {
-            let (_, v) = kv?;
+        for (_, v) in self.journal.kv_scan(GRAPHS, &prefix)? {
             out.push(decode::<GraphVersion>("graph version", &v)?);
         }
         out.sort_by(|a, b| (a.created_ms, &a.version).cmp(&(b.created_ms, &b.version)));
@@ -98,7 +93,7 @@ impl Store {
         version: Option<&str>,
     ) -> Result<Option<GraphVersion>, StoreError> {
         match version {
-            Some(v) => match self.graphs.get(graph_key(name, v))? {
+            Some(v) => match self.journal.kv_get(GRAPHS, &graph_key(name, v))? {
                 Some(bytes) => Ok(Some(decode("graph version", &bytes)?)),
                 None => Ok(None),
             },
@@ -109,8 +104,7 @@ impl Store {
     /// The latest version of every graph, by name.
     pub fn graphs(&self) -> Result<Vec<(GraphVersion, usize)>, StoreError> {
         let mut out: Vec<(GraphVersion, usize)> = Vec::new();
-        for kv in self.graphs.iter() {
-            let (_, v) = kv?;
+        for (_, v) in self.journal.kv_scan(GRAPHS, b"")? {
             let g: GraphVersion = decode("graph version", &v)?;
             match out.last_mut() {
                 Some((last, n)) if last.name == g.name => {
@@ -126,16 +120,18 @@ impl Store {
     }
 
     pub fn put_tool(&self, t: &ToolRecord, wasm: &[u8]) -> Result<(), StoreError> {
-        self.wasm.insert(t.digest.as_bytes(), wasm)?;
-        self.tools.insert(
+        // The bytes first: a tool record never names bytes that are not stored.
+        self.journal.kv_put(WASM, t.digest.as_bytes(), wasm)?;
+        self.journal.kv_put(
+            TOOLS,
             t.name.as_bytes(),
-            serde_json::to_vec(t).expect("tool records serialise"),
+            &serde_json::to_vec(t).expect("tool records serialise"),
         )?;
         Ok(())
     }
 
     pub fn tool(&self, name: &str) -> Result<Option<ToolRecord>, StoreError> {
-        match self.tools.get(name.as_bytes())? {
+        match self.journal.kv_get(TOOLS, name.as_bytes())? {
             Some(v) => Ok(Some(decode("tool record", &v)?)),
             None => Ok(None),
         }
@@ -143,17 +139,15 @@ impl Store {
 
     pub fn tools(&self) -> Result<Vec<ToolRecord>, StoreError> {
         let mut out = Vec::new();
-        for kv in self.tools.iter() {
-            let (_, v) = kv?;
+        for (_, v) in self.journal.kv_scan(TOOLS, b"")? {
             out.push(decode("tool record", &v)?);
         }
         Ok(out)
     }
 
     pub fn tool_wasm(&self, digest: &str) -> Result<Vec<u8>, StoreError> {
-        self.wasm
-            .get(digest.as_bytes())?
-            .map(|v| v.to_vec())
+        self.journal
+            .kv_get(WASM, digest.as_bytes())?
             .ok_or_else(|| StoreError::Corrupt {
                 what: format!("component {digest}"),
                 reason: "its bytes are missing".into(),

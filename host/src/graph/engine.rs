@@ -201,6 +201,22 @@ pub fn record_decision(
     approved: bool,
     comment: Option<String>,
 ) -> Result<(), DecisionError> {
+    check_decision(journal, run, step)?;
+    journal.append(
+        run,
+        &Event::StepApproval {
+            step: step.to_owned(),
+            approved,
+            comment,
+        },
+        Durability::Durable,
+    )?;
+    Ok(())
+}
+
+/// Whether `step` of `run` awaits a decision now (the run unfinished, the step paused and not
+/// decided yet).
+pub fn check_decision(journal: &Journal, run: RunId, step: &str) -> Result<(), DecisionError> {
     let summary = journal.run_summary(run)?;
     if summary.status.is_finished() {
         return Err(DecisionError::Finished {
@@ -227,15 +243,6 @@ pub fn record_decision(
             },
         });
     }
-    journal.append(
-        run,
-        &Event::StepApproval {
-            step: step.to_owned(),
-            approved,
-            comment,
-        },
-        Durability::Durable,
-    )?;
     Ok(())
 }
 
@@ -366,7 +373,46 @@ impl Engine {
         catalog: &Catalog,
         input: Value,
     ) -> Result<RunHandle, EngineError> {
-        check_input(&graph.spec, &input)?;
+        self.start_as(RunId::new(), graph, catalog, input).await
+    }
+
+    /// [`Engine::start`] under a run id the caller chose (an idempotency key names it first).
+    pub async fn start_as(
+        &self,
+        run: RunId,
+        graph: Arc<CompiledGraph>,
+        catalog: &Catalog,
+        input: Value,
+    ) -> Result<RunHandle, EngineError> {
+        let ctx = self.create_ctx(run, graph, catalog, &input).await?;
+        Ok(self.spawn(ctx, input, None))
+    }
+
+    /// Journals run `run` of `graph` (its graph, components and input pinned) without executing
+    /// it: a host that claims it from the run queue executes it with [`Engine::resume`].
+    pub async fn create(
+        &self,
+        run: RunId,
+        graph: Arc<CompiledGraph>,
+        catalog: &Catalog,
+        input: Value,
+    ) -> Result<(), EngineError> {
+        let ctx = self.create_ctx(run, graph, catalog, &input).await;
+        self.approvals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&run);
+        ctx.map(|_| ())
+    }
+
+    async fn create_ctx(
+        &self,
+        run: RunId,
+        graph: Arc<CompiledGraph>,
+        catalog: &Catalog,
+        input: &Value,
+    ) -> Result<Arc<RunCtx>, EngineError> {
+        check_input(&graph.spec, input)?;
         self.check_models(&graph)?;
         let mut tools = HashMap::new();
         let mut pinned = Vec::new();
@@ -407,7 +453,6 @@ impl Engine {
             tools.insert(name.to_owned(), (tool, entry.manifest.clone()));
         }
         check_worlds(&graph, &tools)?;
-        let run = RunId::new();
         let event = Event::RunCreated {
             graph_name: graph.spec.metadata.name.clone(),
             graph_digest: graph.digest_hex(),
@@ -416,8 +461,14 @@ impl Engine {
             input: self.journal.put_payload(input.to_string().as_bytes())?,
         };
         let ctx = self.ctx(run, graph, tools, now_ms(), 0);
-        ctx.append(event, Durability::Durable).await?;
-        Ok(self.spawn(ctx, input, None))
+        if let Err(e) = ctx.append(event, Durability::Durable).await {
+            self.approvals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&run);
+            return Err(e.into());
+        }
+        Ok(ctx)
     }
 
     /// Starts `graph` and waits for it to end.
@@ -545,13 +596,19 @@ impl Engine {
     pub async fn resume_unfinished(&self) -> Result<Vec<RunHandle>, EngineError> {
         let mut out = Vec::new();
         for s in self.journal.unfinished_runs()? {
-            match self.resume(s.run).await {
-                Ok(handle) => out.push(handle),
-                Err(EngineError::Journal(e)) => return Err(EngineError::Journal(e)),
-                Err(e) => out.push(self.fail_unusable(s.run, e.to_string()).await?),
-            }
+            out.push(self.resume_or_fail(s.run).await?);
         }
         Ok(out)
+    }
+
+    /// [`Engine::resume`], ending a run whose pinned graph, components or input can no longer
+    /// be used as failed with the reason; only a journal error is an error.
+    pub async fn resume_or_fail(&self, run: RunId) -> Result<RunHandle, EngineError> {
+        match self.resume(run).await {
+            Ok(handle) => Ok(handle),
+            Err(EngineError::Journal(e)) => Err(EngineError::Journal(e)),
+            Err(e) => self.fail_unusable(run, e.to_string()).await,
+        }
     }
 
     /// Ends `run` as failed with `reason` without executing anything.

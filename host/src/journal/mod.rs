@@ -7,6 +7,7 @@ pub mod crossings;
 pub mod event;
 mod group_commit;
 pub mod postgres;
+pub mod queue;
 pub mod store;
 pub mod usage;
 pub mod workspace;
@@ -113,6 +114,10 @@ pub enum JournalError {
     SchemaTooNew { found: i32, supported: i32 },
     #[error("{what} is not available on the {store}")]
     Unsupported { what: String, store: String },
+    #[error(
+        "run {run} is leased to another host now ({why}); this host's writes to it are refused and it stops executing it"
+    )]
+    Fenced { run: RunId, why: String },
     #[error("'{text}' is not a run id (expected 32 hex digits)")]
     BadRunId { text: String },
 }
@@ -285,6 +290,7 @@ impl Journal {
         event: &Event,
         durability: Durability,
     ) -> Result<u64, JournalError> {
+        self.store.check_fence(run)?;
         let seq = {
             let mut next = self.next_seq.lock().unwrap_or_else(|p| p.into_inner());
             let seq = match next.get(&run) {
@@ -356,6 +362,9 @@ impl Journal {
             self.commit
                 .wait_durable(|| self.flush_db())
                 .map_err(JournalError::Flush)?;
+            // A write refused by the run's fence is not an error of the flush (other runs'
+            // writes committed with it), so it is asked for here.
+            self.store.check_fence(run)?;
         }
         Ok(())
     }
@@ -484,22 +493,98 @@ impl Journal {
         self.summary(run)
     }
 
-    /// A named sled tree in the journal's database, for stores that must live and be flushed
-    /// with the journal (the API's graphs and tools). Names must not be the journal's own.
-    /// Only a sled journal has them (yet).
-    pub fn tree(&self, name: &str) -> Result<sled::Tree, JournalError> {
-        assert!(
-            !matches!(name, "events" | "runs" | "blobs"),
-            "tree '{name}' belongs to the journal"
-        );
-        let db = self
-            .store
-            .sled_db()
-            .ok_or_else(|| JournalError::Unsupported {
-                what: format!("the API's '{name}' store"),
-                store: self.store.describe(),
-            })?;
-        Ok(db.open_tree(name)?)
+    /// The record under `key` in keyed-record space `space` (the API's graphs, tools and
+    /// idempotency keys live in spaces beside the journal, in the same store).
+    pub fn kv_get(&self, space: &str, key: &[u8]) -> Result<Option<Vec<u8>>, JournalError> {
+        self.store.kv_get(space, key)
+    }
+
+    /// Stores `value` under `key` and makes it durable.
+    pub fn kv_put(&self, space: &str, key: &[u8], value: &[u8]) -> Result<(), JournalError> {
+        self.store.kv_put(space, key, value)?;
+        self.sync()
+    }
+
+    /// Stores `value` unless `key` holds one (atomic across hosts sharing the store), durably;
+    /// returns whether it stored.
+    pub fn kv_put_new(&self, space: &str, key: &[u8], value: &[u8]) -> Result<bool, JournalError> {
+        let stored = self.store.kv_put_new(space, key, value)?;
+        self.sync()?;
+        Ok(stored)
+    }
+
+    /// Removes `key` (durable with the next flush).
+    pub fn kv_remove(&self, space: &str, key: &[u8]) -> Result<(), JournalError> {
+        self.store.kv_remove(space, key)
+    }
+
+    /// Removes `key` if it still holds `value` (durable with the next flush); returns whether
+    /// it did.
+    pub fn kv_remove_if(
+        &self,
+        space: &str,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<bool, JournalError> {
+        self.store.kv_remove_if(space, key, value)
+    }
+
+    /// Every record of `space` whose key starts with `prefix`, in key order.
+    pub fn kv_scan(
+        &self,
+        space: &str,
+        prefix: &[u8],
+    ) -> Result<Vec<store::KeyValue>, JournalError> {
+        self.store.kv_scan(space, prefix)
+    }
+
+    /// From now on, `run`'s writes are checked against lease `epoch` (a host that just claimed
+    /// the run); what this journal cached about the run is read again from the store, where the
+    /// previous owner left it.
+    pub fn fence(&self, run: RunId, epoch: i64) {
+        self.forget(run);
+        self.store.fence(run, Some(epoch));
+    }
+
+    /// `run` is no longer leased by this host (it ended, or was handed back): its fence and
+    /// cached state go.
+    pub fn unfence(&self, run: RunId) {
+        self.forget(run);
+        self.store.fence(run, None);
+    }
+
+    /// This host lost `run`'s lease: its later writes to the run are refused, here and by the
+    /// store.
+    pub fn fence_lost(&self, run: RunId, why: String) {
+        self.store.fence_lost(run, why);
+        self.forget(run);
+    }
+
+    /// Fails when this host's writes to `run` are refused (it lost the run's lease).
+    pub fn check_fence(&self, run: RunId) -> Result<(), JournalError> {
+        self.store.check_fence(run)
+    }
+
+    /// Drops what this journal cached about `run` (its next sequence, its summary): another
+    /// host may write to it next.
+    pub fn forget(&self, run: RunId) {
+        self.next_seq
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&run);
+        self.summaries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&run);
+    }
+
+    /// Wakes the readers of `run`'s events (an event stream following a run another host
+    /// executes learns of new events by polling or notification, not by its own appends).
+    pub fn poke(&self, run: RunId) {
+        let watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = watchers.get(&run) {
+            tx.send_modify(|n| *n = n.wrapping_add(0));
+        }
     }
 
     /// Every run with its status, oldest first.

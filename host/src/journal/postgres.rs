@@ -7,19 +7,37 @@
 //! as a sled journal's reader sees its buffered writes) and `flush` commits it, so the durable
 //! appends the journal's group commit gathers share one COMMIT and one WAL flush (PostgreSQL's
 //! default `synchronous_commit = on`). A connection lost with writes uncommitted fails the next
-//! call with that reason: those writes were never acknowledged as durable. The schema is versioned in `sandgraph_schema` and created on open under
-//! an advisory lock, so replicas starting together migrate once.
+//! call with that reason: those writes were never acknowledged as durable. A transaction left
+//! idle for [`BACKGROUND_COMMIT`] is committed without waiting for a flush, so buffered writes
+//! never hold locks for long; the server ends a session idle in a transaction for longer than
+//! [`IDLE_TX_TIMEOUT`] (a paused host), which releases its locks for the host taking over.
+//!
+//! Fencing: writes to a run this host leased (see `queue.rs`) first take a share lock on the
+//! run's lease row and check its epoch, once per run and transaction; a claim by another host
+//! bumps the epoch under an exclusive lock, so either the write commits before the claim (and
+//! the new owner reads it) or it sees the new epoch and is refused without aborting the shared
+//! transaction.
+//!
+//! The schema is versioned in `sandgraph_schema` and created on open under an advisory lock,
+//! so replicas starting together migrate once.
 
-use std::sync::mpsc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use postgres::{Client, NoTls};
 
-use super::store::{EventVisitor, Store, StoredBlob};
+use super::store::{EventVisitor, KeyValue, Store, StoredBlob};
 use super::{JournalError, RunId};
 
 /// The schema version this build writes; a database at a newer version is refused.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
+
+/// An open transaction idle this long is committed in the background.
+pub const BACKGROUND_COMMIT: Duration = Duration::from_millis(100);
+
+/// The server ends a journal session idle inside a transaction for longer than this.
+pub const IDLE_TX_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Key of the advisory lock held while the schema is created or migrated.
 const MIGRATION_LOCK: i64 = 0x5a4e_4447_5241_5048; // "SANDGRAPH"-ish, any fixed number
@@ -36,6 +54,26 @@ const MIGRATIONS: &[&str] = &[
          digest bytea PRIMARY KEY,
          created_ms bigint NOT NULL,
          body bytea NOT NULL);",
+    // 2: keyed records (the API's graphs, tools, idempotency keys), the run queue with leases,
+    // and commands (cancel, approvals) for whichever host executes a run.
+    "CREATE TABLE sandgraph_kv (
+         space text NOT NULL,
+         key bytea NOT NULL,
+         value bytea NOT NULL,
+         PRIMARY KEY (space, key));
+     CREATE TABLE sandgraph_leases (
+         run bytea PRIMARY KEY,
+         state text NOT NULL CHECK (state IN ('queued', 'running', 'done')),
+         owner text,
+         epoch bigint NOT NULL DEFAULT 0,
+         lease_until timestamptz,
+         queued_at timestamptz NOT NULL DEFAULT clock_timestamp());
+     CREATE INDEX sandgraph_leases_open ON sandgraph_leases (queued_at) WHERE state <> 'done';
+     CREATE TABLE sandgraph_commands (
+         id bigserial PRIMARY KEY,
+         run bytea NOT NULL,
+         command text NOT NULL);
+     CREATE INDEX sandgraph_commands_run ON sandgraph_commands (run);",
 ];
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
@@ -45,6 +83,40 @@ pub struct PostgresStore {
     jobs: mpsc::Sender<Job>,
     /// The URL without its password.
     shown: String,
+    fences: Fences,
+}
+
+/// The lease epochs this host writes its runs under, and the runs whose writes were refused.
+#[derive(Clone, Default)]
+struct Fences {
+    epochs: Arc<Mutex<HashMap<RunId, i64>>>,
+    lost: Arc<Mutex<HashMap<RunId, String>>>,
+}
+
+impl Fences {
+    fn epoch(&self, run: RunId) -> Option<i64> {
+        self.epochs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&run)
+            .copied()
+    }
+
+    fn lost(&self, run: RunId) -> Option<String> {
+        self.lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&run)
+            .cloned()
+    }
+
+    fn lose(&self, run: RunId, why: String) {
+        self.lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(run)
+            .or_insert(why);
+    }
 }
 
 struct Connection {
@@ -54,6 +126,9 @@ struct Connection {
     in_tx: bool,
     /// The first write of the open transaction that failed.
     failed: Option<JournalError>,
+    /// Leased runs whose lease row this transaction holds a share lock on (epoch checked).
+    checked: HashSet<RunId>,
+    fences: Fences,
 }
 
 impl Connection {
@@ -63,9 +138,53 @@ impl Connection {
         let c = self.client()?;
         if !open {
             c.batch_execute("BEGIN").map_err(|e| db_error(url, e))?;
+            self.checked.clear();
         }
         self.in_tx = true;
         Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    /// Whether this transaction may write to `run`: yes when the run is not leased by this
+    /// host; else its lease row is share-locked (held to the commit) and must still carry this
+    /// host's epoch. A superseded epoch marks the run lost, refused without failing the shared
+    /// transaction.
+    fn may_write(&mut self, url: &str, run: RunId) -> Result<bool, JournalError> {
+        if self.fences.lost(run).is_some() {
+            return Ok(false);
+        }
+        let Some(epoch) = self.fences.epoch(run) else {
+            return Ok(true);
+        };
+        if self.checked.contains(&run) {
+            return Ok(true);
+        }
+        let c = self.begin(url)?;
+        let row = c
+            .query_opt(
+                "SELECT epoch, owner FROM sandgraph_leases WHERE run = $1 FOR SHARE",
+                &[&&run.0[..]],
+            )
+            .map_err(|e| db_error(url, e))?;
+        match row.map(|r| (r.get::<_, i64>(0), r.get::<_, Option<String>>(1))) {
+            Some((e, _)) if e == epoch => {
+                self.checked.insert(run);
+                Ok(true)
+            }
+            Some((e, owner)) => {
+                self.fences.lose(
+                    run,
+                    format!(
+                        "its lease epoch is {e} (owner {}), this host held epoch {epoch}",
+                        owner.as_deref().unwrap_or("none")
+                    ),
+                );
+                Ok(false)
+            }
+            None => {
+                self.fences.lose(run, "its lease row is gone".into());
+                Ok(false)
+            }
+        }
     }
 
     /// The open client, reconnecting (up to ~3 s of backoff) when the last one broke.
@@ -75,6 +194,7 @@ impl Connection {
             // The transaction died with the connection; this error reports it (once), so the
             // failure of one of its writes is no news to a later commit.
             self.failed = None;
+            self.checked.clear();
             if std::mem::take(&mut self.in_tx) {
                 return Err(JournalError::Database {
                     url: redact(&self.url),
@@ -87,7 +207,16 @@ impl Connection {
             let mut last = None;
             for _ in 0..6 {
                 match Client::connect(&self.url, NoTls) {
-                    Ok(c) => {
+                    Ok(mut c) => {
+                        // A paused host must not hold its locks (and block the host taking
+                        // its runs over) for longer than this.
+                        if let Err(e) = c.batch_execute(&format!(
+                            "SET idle_in_transaction_session_timeout = {}",
+                            IDLE_TX_TIMEOUT.as_millis()
+                        )) {
+                            last = Some(e);
+                            continue;
+                        }
                         self.client = Some(c);
                         break;
                     }
@@ -109,8 +238,27 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// Commits an open transaction nobody flushed for a while (its writes were buffered, so no
+    /// caller waits on them); one that failed stays for the next flush to roll back and report.
+    fn commit_idle(&mut self, url: &str) {
+        if !self.in_tx || self.failed.is_some() {
+            return;
+        }
+        self.in_tx = false;
+        self.checked.clear();
+        let done = match self.client.as_mut() {
+            Some(c) => c.batch_execute("COMMIT").map_err(|e| db_error(url, e)),
+            None => Ok(()),
+        };
+        if let Err(e) = done {
+            self.failed = Some(e);
+        }
+    }
+}
+
 /// The URL without its password, for messages.
-fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];
@@ -123,7 +271,7 @@ fn redact(url: &str) -> String {
     }
 }
 
-fn db_error(url: &str, e: postgres::Error) -> JournalError {
+pub(crate) fn db_error(url: &str, e: postgres::Error) -> JournalError {
     let detail = match e.as_db_error() {
         Some(d) => format!("{} ({})", d.message(), d.code().code()),
         None => e.to_string(),
@@ -139,25 +287,47 @@ impl PostgresStore {
     /// the schema. Fails with the reason when the database cannot be reached, refuses the
     /// credentials, or holds a schema newer than this build.
     pub fn open(url: &str) -> Result<PostgresStore, JournalError> {
+        PostgresStore::open_with(url, Some(BACKGROUND_COMMIT))
+    }
+
+    /// [`PostgresStore::open`] committing an idle transaction after `background_commit`, or
+    /// only on flush (`None`: for tests of writes lost with a connection).
+    pub fn open_with(
+        url: &str,
+        background_commit: Option<Duration>,
+    ) -> Result<PostgresStore, JournalError> {
         let shown = redact(url);
         let (jobs, rx) = mpsc::channel::<Job>();
+        let fences = Fences::default();
         let mut conn = Connection {
             url: url.to_owned(),
             client: None,
             in_tx: false,
             failed: None,
+            checked: HashSet::new(),
+            fences: fences.clone(),
         };
+        let bg_url = shown.clone();
         std::thread::Builder::new()
             .name("sandgraph-journal-pg".into())
             .spawn(move || {
-                while let Ok(job) = rx.recv() {
-                    job(&mut conn);
+                let idle = background_commit.unwrap_or(Duration::from_secs(3600));
+                loop {
+                    match rx.recv_timeout(idle) {
+                        Ok(job) => job(&mut conn),
+                        Err(mpsc::RecvTimeoutError::Timeout) if background_commit.is_some() => {
+                            conn.commit_idle(&bg_url)
+                        }
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
                 }
             })
             .map_err(|e| JournalError::Flush(format!("cannot start the journal thread: {e}")))?;
         let store = PostgresStore {
             jobs,
             shown: shown.clone(),
+            fences,
         };
         store.call(move |c| migrate(c, &shown))?;
         Ok(store)
@@ -180,11 +350,36 @@ impl PostgresStore {
             .map_err(|_| self.stopped())
     }
 
+    /// [`PostgresStore::write`] of a write to `run`, skipped when the run's fence refuses it.
+    fn write_run(
+        &self,
+        run: RunId,
+        f: impl FnOnce(&mut Client) -> Result<(), JournalError> + Send + 'static,
+    ) -> Result<(), JournalError> {
+        self.check_fence(run)?;
+        let url = self.shown.clone();
+        self.jobs
+            .send(Box::new(move |conn: &mut Connection| {
+                let done = conn.may_write(&url, run).and_then(|may| {
+                    if may {
+                        conn.begin(&url).and_then(f)
+                    } else {
+                        Ok(())
+                    }
+                });
+                if let Err(e) = done {
+                    conn.failed.get_or_insert(e);
+                }
+            }))
+            .map_err(|_| self.stopped())
+    }
+
     /// Commits the open transaction, if any; rolls it back when one of its writes failed.
     fn commit(&self) -> Result<(), JournalError> {
         let url = self.shown.clone();
         self.job(move |conn| {
             let was_open = std::mem::take(&mut conn.in_tx);
+            conn.checked.clear();
             if let Some(e) = conn.failed.take() {
                 if was_open && let Ok(c) = conn.client() {
                     let _ = c.batch_execute("ROLLBACK");
@@ -299,7 +494,7 @@ impl Store for PostgresStore {
 
     fn put_event(&self, run: RunId, seq: u64, record: &[u8]) -> Result<(), JournalError> {
         let (url, record) = (self.url(), record.to_vec());
-        self.write(move |c| {
+        self.write_run(run, move |c| {
             // A conflict must not abort the shared transaction (other runs' writes are in it):
             // it is reported, not raised.
             let n = c
@@ -396,7 +591,7 @@ impl Store for PostgresStore {
 
     fn put_summary(&self, run: RunId, summary: &[u8]) -> Result<(), JournalError> {
         let (url, summary) = (self.url(), summary.to_vec());
-        self.write(move |c| {
+        self.write_run(run, move |c| {
             c.execute(
                 "INSERT INTO sandgraph_runs (run, summary) VALUES ($1, $2)
                  ON CONFLICT (run) DO UPDATE SET summary = EXCLUDED.summary",
@@ -517,6 +712,135 @@ impl Store for PostgresStore {
 
     fn flush(&self) -> Result<(), String> {
         self.commit().map_err(|e| e.to_string())
+    }
+
+    fn kv_get(&self, space: &str, key: &[u8]) -> Result<Option<Vec<u8>>, JournalError> {
+        let (url, space, key) = (self.url(), space.to_owned(), key.to_vec());
+        self.call(move |c| {
+            let row = c
+                .query_opt(
+                    "SELECT value FROM sandgraph_kv WHERE space = $1 AND key = $2",
+                    &[&space, &key],
+                )
+                .map_err(|e| db_error(&url, e))?;
+            Ok(row.map(|r| r.get::<_, Vec<u8>>(0)))
+        })
+    }
+
+    fn kv_put(&self, space: &str, key: &[u8], value: &[u8]) -> Result<(), JournalError> {
+        let (url, space, key, value) = (self.url(), space.to_owned(), key.to_vec(), value.to_vec());
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO sandgraph_kv (space, key, value) VALUES ($1, $2, $3)
+                 ON CONFLICT (space, key) DO UPDATE SET value = EXCLUDED.value",
+                &[&space, &key, &value],
+            )
+            .map_err(|e| db_error(&url, e))?;
+            Ok(())
+        })
+    }
+
+    fn kv_put_new(&self, space: &str, key: &[u8], value: &[u8]) -> Result<bool, JournalError> {
+        let (url, space, key, value) = (self.url(), space.to_owned(), key.to_vec(), value.to_vec());
+        self.job(move |conn| {
+            // Another host's uncommitted insert of the same key makes this wait for its
+            // commit: exactly one of them stores.
+            let n = conn.begin(&url).and_then(|c| {
+                c.execute(
+                    "INSERT INTO sandgraph_kv (space, key, value) VALUES ($1, $2, $3)
+                     ON CONFLICT (space, key) DO NOTHING",
+                    &[&space, &key, &value],
+                )
+                .map_err(|e| db_error(&url, e))
+            });
+            match n {
+                Ok(n) => Ok(n == 1),
+                Err(e) => {
+                    conn.failed.get_or_insert(JournalError::Database {
+                        url: url.clone(),
+                        detail: format!("storing a '{space}' record failed"),
+                    });
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    fn kv_remove(&self, space: &str, key: &[u8]) -> Result<(), JournalError> {
+        let (url, space, key) = (self.url(), space.to_owned(), key.to_vec());
+        self.write(move |c| {
+            c.execute(
+                "DELETE FROM sandgraph_kv WHERE space = $1 AND key = $2",
+                &[&space, &key],
+            )
+            .map_err(|e| db_error(&url, e))?;
+            Ok(())
+        })
+    }
+
+    fn kv_remove_if(&self, space: &str, key: &[u8], value: &[u8]) -> Result<bool, JournalError> {
+        let (url, space, key, value) = (self.url(), space.to_owned(), key.to_vec(), value.to_vec());
+        self.job(move |conn| {
+            let n = conn.begin(&url).and_then(|c| {
+                c.execute(
+                    "DELETE FROM sandgraph_kv WHERE space = $1 AND key = $2 AND value = $3",
+                    &[&space, &key, &value],
+                )
+                .map_err(|e| db_error(&url, e))
+            });
+            match n {
+                Ok(n) => Ok(n == 1),
+                Err(e) => {
+                    conn.failed.get_or_insert(JournalError::Database {
+                        url: url.clone(),
+                        detail: format!("removing a '{space}' record failed"),
+                    });
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    fn kv_scan(&self, space: &str, prefix: &[u8]) -> Result<Vec<KeyValue>, JournalError> {
+        let (url, space, prefix) = (self.url(), space.to_owned(), prefix.to_vec());
+        self.call(move |c| {
+            let rows = c
+                .query(
+                    "SELECT key, value FROM sandgraph_kv
+                     WHERE space = $1 AND substr(key, 1, length($2::bytea)) = $2::bytea
+                     ORDER BY key",
+                    &[&space, &prefix],
+                )
+                .map_err(|e| db_error(&url, e))?;
+            Ok(rows
+                .iter()
+                .map(|r| (r.get::<_, Vec<u8>>(0), r.get::<_, Vec<u8>>(1)))
+                .collect())
+        })
+    }
+
+    fn fence(&self, run: RunId, epoch: Option<i64>) {
+        let mut epochs = self.fences.epochs.lock().unwrap_or_else(|p| p.into_inner());
+        self.fences
+            .lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&run);
+        match epoch {
+            Some(e) => epochs.insert(run, e),
+            None => epochs.remove(&run),
+        };
+    }
+
+    fn fence_lost(&self, run: RunId, why: String) {
+        self.fences.lose(run, why);
+    }
+
+    fn check_fence(&self, run: RunId) -> Result<(), JournalError> {
+        match self.fences.lost(run) {
+            Some(why) => Err(JournalError::Fenced { run, why }),
+            None => Ok(()),
+        }
     }
 
     fn overwrite_event(&self, run: RunId, seq: u64, record: &[u8]) -> Result<(), JournalError> {

@@ -51,12 +51,41 @@ pub trait Store: Send + Sync {
     fn flush(&self) -> Result<(), String>;
     /// Overwrites one stored event's bytes. Only for tests of corruption handling.
     fn overwrite_event(&self, run: RunId, seq: u64, record: &[u8]) -> Result<(), JournalError>;
-    /// The sled database under this store, where the API keeps its graphs, tools and
-    /// idempotency keys; `None` for other backends.
-    fn sled_db(&self) -> Option<&sled::Db> {
-        None
+    // Keyed records in named spaces: the API's graph versions, uploaded tools and idempotency
+    // keys. Writes join the journal's next flush, like its own.
+
+    fn kv_get(&self, space: &str, key: &[u8]) -> Result<Option<Vec<u8>>, JournalError>;
+    fn kv_put(&self, space: &str, key: &[u8], value: &[u8]) -> Result<(), JournalError>;
+    /// Stores `value` unless `key` holds one already (decided atomically, across every host
+    /// sharing the store); returns whether it stored.
+    fn kv_put_new(&self, space: &str, key: &[u8], value: &[u8]) -> Result<bool, JournalError>;
+    fn kv_remove(&self, space: &str, key: &[u8]) -> Result<(), JournalError>;
+    /// Removes `key` if it still holds `value`; returns whether it did.
+    fn kv_remove_if(&self, space: &str, key: &[u8], value: &[u8]) -> Result<bool, JournalError>;
+    /// Every record whose key starts with `prefix`, in key order.
+    fn kv_scan(&self, space: &str, prefix: &[u8]) -> Result<Vec<KeyValue>, JournalError>;
+
+    // Fencing: a store several hosts share checks each write to a leased run against the lease
+    // epoch this host holds, so a host that lost a run's lease can no longer write to it.
+
+    /// Checks `run`'s writes against lease `epoch` from now on (`None`: no longer).
+    fn fence(&self, run: RunId, epoch: Option<i64>) {
+        let _ = (run, epoch);
+    }
+    /// Refuses every later write to `run` from this host: it lost the run's lease.
+    fn fence_lost(&self, run: RunId, why: String) {
+        let _ = (run, why);
+    }
+    /// Fails when a write to `run` was refused by its fence (checked after a flush, so a durable
+    /// append learns that its event was not stored).
+    fn check_fence(&self, run: RunId) -> Result<(), JournalError> {
+        let _ = run;
+        Ok(())
     }
 }
+
+/// One keyed record: key and value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
 
 /// The embedded store: three sled trees in one database.
 pub struct SledStore {
@@ -67,6 +96,8 @@ pub struct SledStore {
     /// On-disk databases: what a flush must force to stable storage beyond sled's own flush.
     disk: Option<DiskSync>,
     what: String,
+    /// Trees of the keyed-record spaces opened so far.
+    spaces: std::sync::Mutex<std::collections::HashMap<String, sled::Tree>>,
 }
 
 impl SledStore {
@@ -82,11 +113,27 @@ impl SledStore {
             blobs: db.open_tree("blobs")?,
             db,
             disk,
+            spaces: std::sync::Mutex::default(),
             what: match path {
                 Some(p) => format!("sled journal at {}", p.display()),
                 None => "in-memory sled journal".into(),
             },
         })
+    }
+
+    /// The tree holding keyed-record space `space` (named as the API's trees always were).
+    fn space(&self, space: &str) -> Result<sled::Tree, JournalError> {
+        assert!(
+            !matches!(space, "events" | "runs" | "blobs"),
+            "space '{space}' belongs to the journal"
+        );
+        let mut spaces = self.spaces.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = spaces.get(space) {
+            return Ok(t.clone());
+        }
+        let t = self.db.open_tree(space)?;
+        spaces.insert(space.to_owned(), t.clone());
+        Ok(t)
     }
 }
 
@@ -220,8 +267,41 @@ impl Store for SledStore {
         Ok(())
     }
 
-    fn sled_db(&self) -> Option<&sled::Db> {
-        Some(&self.db)
+    fn kv_get(&self, space: &str, key: &[u8]) -> Result<Option<Vec<u8>>, JournalError> {
+        Ok(self.space(space)?.get(key)?.map(|v| v.to_vec()))
+    }
+
+    fn kv_put(&self, space: &str, key: &[u8], value: &[u8]) -> Result<(), JournalError> {
+        self.space(space)?.insert(key, value)?;
+        Ok(())
+    }
+
+    fn kv_put_new(&self, space: &str, key: &[u8], value: &[u8]) -> Result<bool, JournalError> {
+        let swapped =
+            self.space(space)?
+                .compare_and_swap(key, None as Option<&[u8]>, Some(value))?;
+        Ok(swapped.is_ok())
+    }
+
+    fn kv_remove(&self, space: &str, key: &[u8]) -> Result<(), JournalError> {
+        self.space(space)?.remove(key)?;
+        Ok(())
+    }
+
+    fn kv_remove_if(&self, space: &str, key: &[u8], value: &[u8]) -> Result<bool, JournalError> {
+        let swapped =
+            self.space(space)?
+                .compare_and_swap(key, Some(value), None as Option<&[u8]>)?;
+        Ok(swapped.is_ok())
+    }
+
+    fn kv_scan(&self, space: &str, prefix: &[u8]) -> Result<Vec<KeyValue>, JournalError> {
+        let mut out = Vec::new();
+        for kv in self.space(space)?.scan_prefix(prefix) {
+            let (k, v) = kv?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
     }
 }
 
