@@ -2440,3 +2440,86 @@ fn a_paused_replica_past_its_lease_is_fenced_off_when_it_wakes() {
     );
     assert!(!logs.contains("panicked"), "{logs}");
 }
+
+#[test]
+fn postgresql_restarted_with_runs_in_flight_replicas_reconnect_and_every_run_finishes() {
+    let mut pg = common::postgres::Postgres::start();
+    let url = pg.database("restart");
+    let (effect, gate) = (Gate::start(), Gate::start());
+    effect.open();
+    let servers = replicas(&url, 3, "2s");
+    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+    upload_tool(addrs[0], "calc");
+    upload_gate_fetcher(addrs[0], &[&effect, &gate]);
+    assert_eq!(post_yaml(addrs[0], ADD).status, 201);
+    assert_eq!(post_yaml(addrs[0], EFFECT_THEN_GATE).status, 201);
+    // Submissions carry Idempotency-Keys, so one refused while the database is away is
+    // retried without ever starting a run twice.
+    let submit = |i: usize, body: &Value| -> String {
+        let key = format!("restart-{i}");
+        let start = Instant::now();
+        loop {
+            let r = request(
+                addrs[i % 3],
+                "POST",
+                "/v1/runs",
+                Some(ADMIN),
+                &[
+                    ("Content-Type", "application/json"),
+                    ("Idempotency-Key", &key),
+                ],
+                body.to_string().as_bytes(),
+            );
+            if r.status == 202 || r.status == 200 {
+                return r.json()["run"].as_str().unwrap().to_owned();
+            }
+            assert!(
+                r.status >= 500 && start.elapsed() < DEADLINE,
+                "{} {}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let held: Vec<String> = (0..3)
+        .map(|i| {
+            submit(
+                i,
+                &json!({"graph": "effect-then-gate", "input": {"effect": effect.url(), "url": gate.url()}}),
+            )
+        })
+        .collect();
+    wait_for("every gated run at the gate", || {
+        gate.hits.load(Ordering::SeqCst) >= 3
+    });
+    let mut adds: Vec<(usize, String)> = (3..33)
+        .map(|i| (i, submit(i, &json!({"graph": "add", "input": {"n": i}}))))
+        .collect();
+    pg.restart();
+    adds.extend((33..63).map(|i| (i, submit(i, &json!({"graph": "add", "input": {"n": i}})))));
+    gate.open();
+    let status = |addr: SocketAddr, run: &str| -> Option<Value> {
+        let r = get(addr, &format!("/v1/runs/{run}"));
+        (r.status == 200).then(|| r.json())
+    };
+    for run in &held {
+        wait_for("the gated runs to finish", || {
+            status(addrs[1], run).is_some_and(|s| s["status"] != "running")
+        });
+        let shown = status(addrs[2], run).unwrap();
+        assert_eq!(shown["status"], "succeeded", "{shown}");
+        assert_executed_once(&url, run);
+    }
+    for (n, run) in &adds {
+        wait_for("the other runs to finish", || {
+            status(addrs[0], run).is_some_and(|s| s["status"] != "running")
+        });
+        let shown = status(addrs[1], run).unwrap();
+        assert_eq!(shown["status"], "succeeded", "{shown}");
+        assert_eq!(shown["output"]["add"]["value"], json!(*n as f64 + 1.0));
+        assert_executed_once(&url, run);
+    }
+    // The effects before the restart were durable: served back, never repeated.
+    assert_eq!(effect.hits.load(Ordering::SeqCst), 3);
+}

@@ -86,7 +86,7 @@ async fn start_claimed(
     match state.engine.resume_or_fail(run).await {
         Ok(handle) => {
             if claim.epoch > 1 {
-                tracing::info!(run_id = %run, epoch = claim.epoch, "took over a run whose lease ran out");
+                tracing::info!(run_id = %run, epoch = claim.epoch, "claimed a run another replica held before (its lease ran out or it was handed back)");
             } else {
                 tracing::info!(run_id = %run, "claimed a queued run");
             }

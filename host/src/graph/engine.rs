@@ -933,7 +933,22 @@ async fn drive(
             None,
             Some("the run was cancelled".to_owned()),
         ),
-        Err(message) => (RunStatus::Failed, None, Some(message)),
+        Err(Stop::Failed(message)) => (RunStatus::Failed, None, Some(message)),
+        Err(Stop::Journal(e)) if e.is_transient() => {
+            // The journal could not take the run's progress (the database went away, or this
+            // host lost the run's lease): the run is left unfinished, to be resumed from what
+            // is durable, by this host or the one holding it now.
+            tracing::warn!(run_id = %ctx.run, error = %e, "the journal failed under a run; it stays unfinished and resumes");
+            return RunOutcome {
+                run: ctx.run,
+                status: RunStatus::Failed,
+                output: None,
+                error: Some(format!(
+                    "journal: {e} (the run stays unfinished and resumes)"
+                )),
+            };
+        }
+        Err(Stop::Journal(e)) => (RunStatus::Failed, None, Some(format!("journal: {e}"))),
     };
     let payload = match &output {
         Some(o) => match ctx.journal.put_payload(o.as_bytes()) {
@@ -972,6 +987,20 @@ async fn drive(
     }
 }
 
+/// Why a run stopped before its graph was done.
+enum Stop {
+    /// The run failed (a step, a deadline, the graph): it ends failed with this message.
+    Failed(String),
+    /// The journal failed under it.
+    Journal(JournalError),
+}
+
+impl From<String> for Stop {
+    fn from(message: String) -> Stop {
+        Stop::Failed(message)
+    }
+}
+
 enum Finish {
     Done,
     /// Only steps awaiting approval are left (`exit_when_waiting`).
@@ -986,9 +1015,9 @@ async fn execute(
     sched: &mut Scheduler,
     history: Option<Vec<Record>>,
     cancel: &CancellationToken,
-) -> Result<Finish, String> {
+) -> Result<Finish, Stop> {
     let err = |e: ScheduleError| e.to_string();
-    let jerr = |e: JournalError| format!("journal: {e}");
+    let jerr = Stop::Journal;
     // Activations not yet launched, in activation order, with where each starts.
     let mut ready: Vec<(Activation, StartAt)> = Vec::new();
     // Steps whose StepScheduled is already in the journal (resume).
@@ -1089,10 +1118,10 @@ async fn execute(
                 if let Some(journaled) = &h.input {
                     let derived = a.input.to_string();
                     if journaled.as_slice() != derived.as_bytes() {
-                        return Err(format!(
+                        return Err(Stop::Failed(format!(
                             "resume diverged: step '{step}' was scheduled with input {} but the journal now derives {derived}",
                             String::from_utf8_lossy(journaled)
-                        ));
+                        )));
                     }
                 }
                 let start = match h.last_failed {
@@ -1102,9 +1131,9 @@ async fn execute(
                         delay: Duration::from_millis((at_ms + retry_ms).saturating_sub(now_ms())),
                     },
                     Some((failed, None, _)) if failed >= h.last_started => {
-                        return Err(format!(
+                        return Err(Stop::Failed(format!(
                             "step '{step}' had already failed for good before the restart"
-                        ));
+                        )));
                     }
                     _ if h.last_started > 0 => StartAt {
                         attempt: h.last_started,
@@ -1160,14 +1189,14 @@ async fn execute(
                     Some((true, _)) => {}
                     Some((false, comment)) => {
                         stop_all(&mut running).await;
-                        return Err(format!(
+                        return Err(Stop::Failed(format!(
                             "step '{}' was rejected{}",
                             a.step,
                             comment
                                 .as_deref()
                                 .map(|c| format!(": {c}"))
                                 .unwrap_or_default()
-                        ));
+                        )));
                     }
                     None => {
                         if awaiting_journaled.insert(a.step.clone()) {
@@ -1211,7 +1240,7 @@ async fn execute(
                 _ = cancel.cancelled() => return Ok(Finish::Cancelled),
                 _ = sleep_until(deadline.map(|d| d.1)) => {
                     let d = deadline.map(|d| d.0).unwrap_or_default();
-                    return Err(format!("the run passed its deadline of {}", fmt_duration(d)));
+                    return Err(Stop::Failed(format!("the run passed its deadline of {}", fmt_duration(d))));
                 }
             }
             for r in ctx.journal.events(ctx.run).map_err(jerr)? {
@@ -1248,7 +1277,7 @@ async fn execute(
             _ = sleep_until(deadline.map(|d| d.1)) => {
                 stop_all(&mut running).await;
                 let d = deadline.map(|d| d.0).unwrap_or_default();
-                return Err(format!("the run passed its deadline of {}", fmt_duration(d)));
+                return Err(Stop::Failed(format!("the run passed its deadline of {}", fmt_duration(d))));
             }
         };
         // Everything that finished meanwhile joins this batch: one flush covers them all.
@@ -1274,10 +1303,10 @@ async fn execute(
                 }
                 StepEnd::Failed { attempts, message } => {
                     stop_all(&mut running).await;
-                    return Err(format!(
+                    return Err(Stop::Failed(format!(
                         "step '{step}' failed after {attempts} attempt{}: {message}",
                         if attempts == 1 { "" } else { "s" }
-                    ));
+                    )));
                 }
                 StepEnd::Journal(e) => {
                     stop_all(&mut running).await;

@@ -122,6 +122,18 @@ pub enum JournalError {
     BadRunId { text: String },
 }
 
+impl JournalError {
+    /// Whether this is the journal's store being unavailable (a database connection lost or a
+    /// flush failed) or this host being fenced off a run, rather than bad data: a run stopped
+    /// by it is left to resume, not ended as failed.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            JournalError::Database { .. } | JournalError::Fenced { .. } | JournalError::Flush(_)
+        )
+    }
+}
+
 /// One row of `runs()`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunSummary {

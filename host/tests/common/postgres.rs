@@ -104,19 +104,14 @@ impl Postgres {
             String::from_utf8_lossy(&out.stderr)
         );
         let port = free_port();
-        let server = command(&bin.join("postgres"))
-            .arg("-D")
-            .arg(&data)
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-k"])
-            .arg(dir.path())
-            // fsync stays on: commits cost what they cost in production, which group commit
-            // is measured against.
-            .args(["-c", "max_connections=200"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let server = server(dir.path(), port);
         let pg = Postgres { dir, server, port };
+        pg.wait_ready();
+        pg
+    }
+
+    fn wait_ready(&self) {
+        let pg = self;
         let deadline = Instant::now() + Duration::from_secs(30);
         while postgres::Client::connect(&pg.url("postgres"), postgres::NoTls).is_err() {
             assert!(
@@ -125,7 +120,14 @@ impl Postgres {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        pg
+    }
+
+    /// Stops the server (fast shutdown: every session is ended) and starts it again on the same
+    /// port and data, as a database restart or failover does to its clients.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.server = server(self.dir.path(), self.port);
+        self.wait_ready();
     }
 
     /// The URL of database `db` in this cluster.
@@ -149,8 +151,30 @@ impl Postgres {
     }
 }
 
+/// The server of the cluster in `dir` on 127.0.0.1:`port`.
+fn server(dir: &Path, port: u16) -> Child {
+    command(&bin_dir().join("postgres"))
+        .arg("-D")
+        .arg(dir.join("data"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-k"])
+        .arg(dir)
+        // fsync stays on: commits cost what they cost in production, which group commit
+        // is measured against.
+        .args(["-c", "max_connections=200"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 impl Drop for Postgres {
     fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Postgres {
+    fn stop(&mut self) {
         // SIGINT: PostgreSQL's fast shutdown.
         let _ = Command::new("kill")
             .args(["-INT", &self.server.id().to_string()])
