@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The journal benchmark with its PostgreSQL rows: starts a throwaway PostgreSQL cluster on a
-# free 127.0.0.1 port (Debian's binaries, as the postgres user when run as root, fsync on),
-# runs `cargo bench -p sandgraph --bench journal` against it, and removes the cluster.
+# A benchmark with its PostgreSQL rows: starts a throwaway PostgreSQL cluster on a free
+# 127.0.0.1 port (Debian's binaries, as the postgres user when run as root, fsync on), runs
+# `cargo bench -p sandgraph --bench "${SANDGRAPH_BENCH:-journal}"` against it (`journal`: the
+# journal's appends; `replicas`: runs through one and three `sandgraph serve` replicas), and
+# removes the cluster.
 # Extra arguments go to cargo (e.g. --profile dev for a quick figure).
 set -euo pipefail
 trap 'echo "bench-postgres.sh: failed at line $LINENO" >&2' ERR
@@ -17,8 +19,8 @@ fi
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "${as_pg[@]}" "$bin/initdb" -D "$dir/data" -U sandgraph --auth=trust -E UTF8 >/dev/null
 "${as_pg[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w \
-    -o "-h 127.0.0.1 -p $port -k $dir" start >/dev/null
+    -o "-h 127.0.0.1 -p $port -k $dir -c max_connections=300" start >/dev/null
 stop() { "${as_pg[@]}" "$bin/pg_ctl" -D "$dir/data" -m fast stop >/dev/null || true; rm -rf "$dir"; }
 trap stop EXIT
 SANDGRAPH_BENCH_POSTGRES="postgres://sandgraph@127.0.0.1:$port/postgres" \
-    cargo bench -p sandgraph --bench journal "$@"
+    cargo bench -p sandgraph --bench "${SANDGRAPH_BENCH:-journal}" "$@"

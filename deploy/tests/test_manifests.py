@@ -50,6 +50,12 @@ def seconds(text):
     return int(m.group(1))
 
 
+def depth_sql():
+    """The run-queue depth query the host exports (host/src/journal/queue.rs, DEPTH_SQL)."""
+    src = (ROOT / "host/src/journal/queue.rs").read_text()
+    return re.search(r'pub const DEPTH_SQL: &str = "([^"]*)";', src).group(1)
+
+
 def config_keys():
     """Keys `sandgraph serve` reads (host/src/api/config.rs), as SANDGRAPH_<KEY>."""
     src = (ROOT / "host/src/api/config.rs").read_text()
@@ -158,11 +164,28 @@ class EveryOverlay(unittest.TestCase):
             pre_stop = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
             self.assertGreater(spec["terminationGracePeriodSeconds"], drain + pre_stop, o)
             mounts = {m["mountPath"] for m in c["volumeMounts"]}
-            journal = cm["data"]["SANDGRAPH_JOURNAL"]
-            self.assertTrue(any(journal.startswith(m + "/") for m in mounts), f"{o}: journal not on a volume")
-            # sled is single-writer: one host pod, replaced (not surged) on update.
-            self.assertEqual(host["spec"]["replicas"], 1, o)
-            self.assertEqual(host["spec"]["strategy"]["type"], "Recreate", o)
+            env = {e["name"]: e for e in c.get("env", [])}
+            if "SANDGRAPH_JOURNAL" in env:
+                # A shared PostgreSQL journal: its URL from a Secret, several replicas, and KEDA
+                # scaling them on the run queue with the query the host itself uses.
+                ref = env["SANDGRAPH_JOURNAL"]["valueFrom"]["secretKeyRef"]
+                self.assertIn(ref["name"], {d["spec"]["target"]["name"] for d in find(docs, "ExternalSecret")}, o)
+                self.assertGreaterEqual(host["spec"]["replicas"], 2, o)
+                scaled = [s for s in find(docs, "ScaledObject") if s["spec"]["scaleTargetRef"]["name"] == "sandgraph-host"]
+                self.assertEqual(len(scaled), 1, o)
+                trigger = scaled[0]["spec"]["triggers"][0]
+                self.assertEqual(trigger["type"], "postgresql", o)
+                self.assertEqual(trigger["metadata"]["query"], depth_sql(), o)
+                auth = one(docs, "TriggerAuthentication", trigger["authenticationRef"]["name"])
+                self.assertEqual(auth["spec"]["secretTargetRef"][0]["name"], ref["name"], o)
+                self.assertEqual(scaled[0]["spec"]["minReplicaCount"], host["spec"]["replicas"], o)
+            else:
+                journal = cm["data"]["SANDGRAPH_JOURNAL"]
+                self.assertTrue(any(journal.startswith(m + "/") for m in mounts), f"{o}: journal not on a volume")
+                # sled is single-writer: one host pod, replaced (not surged) on update.
+                self.assertEqual(host["spec"]["replicas"], 1, o)
+                self.assertEqual(host["spec"]["strategy"]["type"], "Recreate", o)
+                self.assertFalse([s for s in find(docs, "ScaledObject") if s["spec"]["scaleTargetRef"]["name"] == "sandgraph-host"], o)
             # The models file and the secrets folder are mounted read-only from their objects.
             volumes = {v["name"]: v for v in spec["volumes"]}
             by_path = {m["mountPath"]: m for m in c["volumeMounts"]}

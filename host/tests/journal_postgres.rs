@@ -170,3 +170,107 @@ fn serve_names_an_unreachable_journal_database_without_the_password() {
         "no directory named after the URL"
     );
 }
+
+fn migrate(from: &std::path::Path, to: &str) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_sandgraph"))
+        .args(["journal", "migrate", "--journal"])
+        .arg(from)
+        .args(["--to", to])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn journal_migrate_copies_sled_into_postgresql_idempotently_and_verified() {
+    let pg = Postgres::start();
+    let url = pg.database("migrated");
+    let dir = tempfile::tempdir().unwrap();
+    let (done, open) = (RunId::new(), RunId::new());
+    {
+        let sled = Journal::open(&dir.path().join("journal")).unwrap();
+        for run in [done, open] {
+            sled.append(run, &created(&sled), Durability::Durable)
+                .unwrap();
+            sled.append(run, &step(1), Durability::Durable).unwrap();
+        }
+        sled.append(
+            done,
+            &Event::RunFinished {
+                status: sandgraph::journal::RunStatus::Succeeded,
+                output: None,
+                error: None,
+            },
+            Durability::Durable,
+        )
+        .unwrap();
+        sled.kv_put("api_graphs", b"g\0v1", b"{\"graph\":1}")
+            .unwrap();
+        sled.kv_put("api_idempotency", b"key", b"{\"run\":2}")
+            .unwrap();
+    }
+    let out = migrate(&dir.path().join("journal"), &url);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("migrated 2 runs")
+            && text.contains("5 events copied (0 already there)")
+            && text.contains("1 payloads copied")
+            && text.contains("2 graph/tool/key records copied")
+            && text.contains("1 unfinished runs queued"),
+        "{text}"
+    );
+    // Again: nothing to copy, the same digest.
+    let again = migrate(&dir.path().join("journal"), &url);
+    let text2 = String::from_utf8_lossy(&again.stdout).to_string();
+    assert!(again.status.success(), "{text2}");
+    assert!(
+        text2.contains("0 events copied (5 already there)"),
+        "{text2}"
+    );
+    let digest = |t: &str| t.split("sha256 ").nth(1).map(|d| d[..64].to_owned());
+    assert_eq!(digest(&text), digest(&text2));
+    // The target serves the same runs, payloads and records.
+    let target = Journal::open_location(&url).unwrap();
+    let source = Journal::open(&dir.path().join("journal")).unwrap();
+    for run in [done, open] {
+        assert_eq!(target.events(run).unwrap(), source.events(run).unwrap());
+    }
+    match &target.events(done).unwrap()[0].event {
+        Event::RunCreated { input, .. } => {
+            assert_eq!(target.payload(input).unwrap(), vec![4u8; 5000])
+        }
+        other => panic!("expected RunCreated, got {other:?}"),
+    }
+    assert_eq!(
+        target.kv_get("api_graphs", b"g\0v1").unwrap().as_deref(),
+        Some(&b"{\"graph\":1}"[..])
+    );
+    let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let queued: Vec<Vec<u8>> = c
+        .query(
+            "SELECT run FROM sandgraph_leases WHERE state = 'queued'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(queued, vec![open.0.to_vec()]);
+    // Different content under a key the target holds is refused, not overwritten.
+    drop(source);
+    target
+        .kv_put("api_idempotency", b"key", b"{\"run\":3}")
+        .unwrap();
+    let refused = migrate(&dir.path().join("journal"), &url);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
+    assert!(
+        err.contains("different content") && err.contains("api_idempotency"),
+        "{err}"
+    );
+    assert_eq!(
+        target.kv_get("api_idempotency", b"key").unwrap().as_deref(),
+        Some(&b"{\"run\":3}"[..])
+    );
+}

@@ -6,6 +6,7 @@
 pub mod crossings;
 pub mod event;
 mod group_commit;
+pub mod migrate;
 pub mod postgres;
 pub mod queue;
 pub mod store;
@@ -588,15 +589,6 @@ impl Journal {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&run);
-    }
-
-    /// Wakes the readers of `run`'s events (an event stream following a run another host
-    /// executes learns of new events by polling or notification, not by its own appends).
-    pub fn poke(&self, run: RunId) {
-        let watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = watchers.get(&run) {
-            tx.send_modify(|n| *n = n.wrapping_add(0));
-        }
     }
 
     /// Every run with its status, oldest first.
