@@ -560,12 +560,18 @@ impl Engine {
         }
         let mut tools = HashMap::new();
         for c in components {
-            let wasm = self.journal.payload(&c.wasm)?;
-            let tool = self
-                .sandbox
-                .registry()
-                .load(&wasm)
-                .map_err(|e| pinned(&format!("component '{}'", c.name), e.to_string()))?;
+            // A component this host loaded already is the pinned one (same digest): its bytes
+            // need not be read back (a round trip per megabyte on a database journal).
+            let tool = match self.sandbox.registry().loaded(&c.digest) {
+                Some(t) => t,
+                None => {
+                    let wasm = self.journal.payload(&c.wasm)?;
+                    self.sandbox
+                        .registry()
+                        .load(&wasm)
+                        .map_err(|e| pinned(&format!("component '{}'", c.name), e.to_string()))?
+                }
+            };
             if tool.digest != c.digest {
                 return Err(pinned(
                     &format!("component '{}'", c.name),

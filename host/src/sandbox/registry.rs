@@ -140,6 +140,15 @@ impl Registry {
         self.load(&bytes)
     }
 
+    /// The component with `digest` (`sha256:<hex>`) if this registry loaded it already.
+    pub fn loaded(&self, digest: &str) -> Option<Arc<LoadedTool>> {
+        self.loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+            .cloned()
+    }
+
     /// Validates, compiles (or reads from cache) and pre-links a component. A refused
     /// component leaves an audit record too (outcome `bad_component`, its digest and why).
     pub fn load(&self, bytes: &[u8]) -> Result<Arc<LoadedTool>, CallError> {
