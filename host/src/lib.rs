@@ -6,3 +6,4 @@ pub mod graph;
 pub mod journal;
 pub mod model;
 pub mod sandbox;
+pub mod tls_roots;

@@ -274,3 +274,50 @@ fn journal_migrate_copies_sled_into_postgresql_idempotently_and_verified() {
         Some(&b"{\"run\":3}"[..])
     );
 }
+
+#[test]
+fn sslmode_require_is_tls_verified_against_the_journal_ca() {
+    let ca = common::test_ca::TestCa::new(&["127.0.0.1"]);
+    let pg = Postgres::start_with_tls(&ca.server_cert_pem, &ca.server_key_pem);
+    let url = pg.database("tls") + "?sslmode=require";
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("journal-ca.pem");
+    std::fs::write(&ca_file, ca.ca_pem()).unwrap();
+    let list = |ca: Option<&std::path::Path>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_sandgraph"));
+        c.args(["runs", "list", "--journal", &url])
+            .env_remove("SANDGRAPH_JOURNAL_CA");
+        if let Some(ca) = ca {
+            c.env("SANDGRAPH_JOURNAL_CA", ca);
+        }
+        c.output().unwrap()
+    };
+    // A server certificate from a CA the host does not trust is refused.
+    let refused = list(None);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    // Trusted through SANDGRAPH_JOURNAL_CA, the journal opens, and its session is TLS.
+    let ok = list(Some(&ca_file));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // SAFETY: set before this test starts any thread that reads the environment.
+    unsafe { std::env::set_var("SANDGRAPH_JOURNAL_CA", &ca_file) };
+    let journal = Journal::open_location(&url).unwrap();
+    journal
+        .append(RunId::new(), &created(&journal), Durability::Durable)
+        .unwrap();
+    let mut admin = postgres::Client::connect(&pg.url("postgres"), postgres::NoTls).unwrap();
+    let row = admin
+        .query_one(
+            "SELECT count(*), bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.datname = 'tls'",
+            &[],
+        )
+        .unwrap();
+    let (sessions, all_tls): (i64, Option<bool>) = (row.get(0), row.get(1));
+    assert!(sessions >= 1);
+    assert_eq!(all_tls, Some(true));
+}

@@ -206,7 +206,7 @@ impl Connection {
             let mut wait = Duration::from_millis(50);
             let mut last = None;
             for _ in 0..6 {
-                match Client::connect(&self.url, NoTls) {
+                match connect(&self.url) {
                     Ok(mut c) => {
                         // A paused host must not hold its locks (and block the host taking
                         // its runs over) for longer than this.
@@ -214,7 +214,7 @@ impl Connection {
                             "SET idle_in_transaction_session_timeout = {}",
                             IDLE_TX_TIMEOUT.as_millis()
                         )) {
-                            last = Some(e);
+                            last = Some(db_error(&redact(&self.url), e));
                             continue;
                         }
                         self.client = Some(c);
@@ -228,10 +228,7 @@ impl Connection {
                 }
             }
             if self.client.is_none() {
-                return Err(db_error(
-                    &redact(&self.url),
-                    last.expect("tried at least once"),
-                ));
+                return Err(last.expect("tried at least once"));
             }
         }
         Ok(self.client.as_mut().expect("connected above"))
@@ -257,6 +254,50 @@ impl Connection {
     }
 }
 
+/// Where the PEM CA files the journal's TLS connections trust (besides the public roots) are
+/// named: a comma-separated list of files.
+pub const CA_ENV: &str = "SANDGRAPH_JOURNAL_CA";
+
+/// Connects to `url`. With `sslmode=require` (or `prefer`) in the URL the connection is TLS,
+/// and the server's certificate must chain to the public roots or a CA in [`CA_ENV`] and name
+/// the host the URL names; otherwise it is plain TCP.
+pub(crate) fn connect(url: &str) -> Result<Client, JournalError> {
+    let shown = redact(url);
+    let tls_wanted = url
+        .split(['?', '&', ' '])
+        .any(|p| matches!(p, "sslmode=require" | "sslmode=prefer"));
+    if !tls_wanted {
+        return Client::connect(url, NoTls).map_err(|e| db_error(&shown, e));
+    }
+    let tls = tls_connector().map_err(|detail| JournalError::Database {
+        url: shown.clone(),
+        detail,
+    })?;
+    Client::connect(url, tls).map_err(|e| db_error(&shown, e))
+}
+
+/// The rustls connector of [`connect`], built once per process.
+fn tls_connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
+    static TLS: std::sync::OnceLock<Result<tokio_postgres_rustls::MakeRustlsConnect, String>> =
+        std::sync::OnceLock::new();
+    TLS.get_or_init(|| {
+        let files: Vec<std::path::PathBuf> = std::env::var(CA_ENV)
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|f| !f.is_empty())
+            .map(std::path::PathBuf::from)
+            .collect();
+        let roots = crate::tls_roots::TlsRoots::read_pem_files(&files)
+            .and_then(|extra| crate::tls_roots::TlsRoots::new(&extra))
+            .map_err(|e| format!("{CA_ENV}: {e}"))?;
+        Ok(tokio_postgres_rustls::MakeRustlsConnect::new(
+            (*roots.client_config()).clone(),
+        ))
+    })
+    .clone()
+}
+
 /// The URL without its password, for messages.
 pub(crate) fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -274,7 +315,16 @@ pub(crate) fn redact(url: &str) -> String {
 pub(crate) fn db_error(url: &str, e: postgres::Error) -> JournalError {
     let detail = match e.as_db_error() {
         Some(d) => format!("{} ({})", d.message(), d.code().code()),
-        None => e.to_string(),
+        // The client's own message ("error performing TLS handshake") and what caused it.
+        None => {
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                text.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            text
+        }
     };
     JournalError::Database {
         url: url.to_owned(),

@@ -15,7 +15,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use postgres::{Client, NoTls};
+use postgres::Client;
 use serde::{Deserialize, Serialize};
 
 use super::postgres::{PostgresStore, db_error, redact};
@@ -89,7 +89,7 @@ impl RunQueue {
     ) -> Result<T, JournalError> {
         let mut slot = self.client.lock().unwrap_or_else(|p| p.into_inner());
         if slot.as_ref().is_none_or(Client::is_closed) {
-            *slot = Some(Client::connect(&self.url, NoTls).map_err(|e| db_error(&self.shown, e))?);
+            *slot = Some(super::postgres::connect(&self.url)?);
         }
         let c = slot.as_mut().expect("connected above");
         let r = f(c).map_err(|e| db_error(&self.shown, e));

@@ -13,6 +13,8 @@ pub struct Postgres {
     dir: tempfile::TempDir,
     server: Child,
     port: u16,
+    /// `-c name=value` settings the server starts with.
+    settings: Vec<String>,
 }
 
 fn bin_dir() -> PathBuf {
@@ -77,6 +79,23 @@ fn free_port() -> u16 {
 impl Postgres {
     /// Creates and starts a cluster with a trusted superuser `sandgraph`.
     pub fn start() -> Postgres {
+        Postgres::start_with(&[], &[])
+    }
+
+    /// A cluster that also accepts TLS (`ssl=on`) with this certificate and key (PEM).
+    pub fn start_with_tls(cert_pem: &str, key_pem: &str) -> Postgres {
+        Postgres::start_with(
+            &[
+                "ssl=on",
+                "ssl_cert_file=server.crt",
+                "ssl_key_file=server.key",
+            ],
+            &[("server.crt", cert_pem), ("server.key", key_pem)],
+        )
+    }
+
+    /// [`Postgres::start`] with `-c` settings and files written into the data directory.
+    pub fn start_with(settings: &[&str], files: &[(&str, &str)]) -> Postgres {
         let bin = bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("sandgraph-pg-")
@@ -103,9 +122,30 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        for (name, text) in files {
+            let path = data.join(name);
+            std::fs::write(&path, text).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            if is_root() {
+                let ok = Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(&path)
+                    .status()
+                    .unwrap()
+                    .success();
+                assert!(ok, "chown of {name} to postgres failed");
+            }
+        }
+        let settings: Vec<String> = settings.iter().map(|s| s.to_string()).collect();
         let port = free_port();
-        let server = server(dir.path(), port);
-        let pg = Postgres { dir, server, port };
+        let server = server(dir.path(), port, &settings);
+        let pg = Postgres {
+            dir,
+            server,
+            port,
+            settings,
+        };
         pg.wait_ready();
         pg
     }
@@ -126,7 +166,7 @@ impl Postgres {
     /// port and data, as a database restart or failover does to its clients.
     pub fn restart(&mut self) {
         self.stop();
-        self.server = server(self.dir.path(), self.port);
+        self.server = server(self.dir.path(), self.port, &self.settings);
         self.wait_ready();
     }
 
@@ -152,9 +192,12 @@ impl Postgres {
 }
 
 /// The server of the cluster in `dir` on 127.0.0.1:`port`.
-fn server(dir: &Path, port: u16) -> Child {
-    command(&bin_dir().join("postgres"))
-        .arg("-D")
+fn server(dir: &Path, port: u16, settings: &[String]) -> Child {
+    let mut c = command(&bin_dir().join("postgres"));
+    for s in settings {
+        c.args(["-c", s]);
+    }
+    c.arg("-D")
         .arg(dir.join("data"))
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-k"])
         .arg(dir)

@@ -13,6 +13,9 @@ pub struct TestCa {
     pub ca: CertificateDer<'static>,
     /// The server's settings: its certificate for the names, then the CA's.
     pub server: Arc<rustls::ServerConfig>,
+    /// The server certificate and its private key as PEM (for servers configured by file).
+    pub server_cert_pem: String,
+    pub server_key_pem: String,
 }
 
 impl TestCa {
@@ -43,6 +46,8 @@ impl TestCa {
         TestCa {
             ca: ca.der().clone(),
             server: Arc::new(server),
+            server_cert_pem: leaf.pem(),
+            server_key_pem: leaf_key.serialize_pem(),
         }
     }
 
