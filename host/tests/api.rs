@@ -2523,3 +2523,112 @@ fn postgresql_restarted_with_runs_in_flight_replicas_reconnect_and_every_run_fin
     // The effects before the restart were durable: served back, never repeated.
     assert_eq!(effect.hits.load(Ordering::SeqCst), 3);
 }
+
+/// A TCP proxy on 127.0.0.1 in front of a database: `cut()` resets every connection through it
+/// and refuses new ones (the replica behind it is partitioned from the database) until `heal()`.
+struct Proxy {
+    port: u16,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(upstream: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (c, o) = (cut.clone(), open.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(client) = conn else { continue };
+                if c.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                {
+                    let mut o = o.lock().unwrap();
+                    o.push(client.try_clone().unwrap());
+                    o.push(server.try_clone().unwrap());
+                }
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { port, cut, open }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn heal(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_replica_cut_off_from_the_database_stops_its_run_and_another_finishes_it_once() {
+    let pg = common::postgres::Postgres::start();
+    let url = pg.database("partition");
+    let proxy = Proxy::start(pg.port());
+    let behind_proxy = url.replace(&format!(":{}/", pg.port()), &format!(":{}/", proxy.port));
+    let (effect, gate) = (Gate::start(), Gate::start());
+    effect.open();
+    // The replica behind the proxy runs alone until the run is held mid-step there.
+    let mut cut_off = replicas(&behind_proxy, 1, "2s");
+    let a = cut_off[0].addr;
+    upload_tool(a, "calc");
+    upload_gate_fetcher(a, &[&effect, &gate]);
+    assert_eq!(post_yaml(a, EFFECT_THEN_GATE).status, 201);
+    let r = post_json(
+        a,
+        "/v1/runs",
+        &json!({"graph": "effect-then-gate", "input": {"effect": effect.url(), "url": gate.url()}}),
+    );
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let run = r.json()["run"].as_str().unwrap().to_owned();
+    wait_for("the run held at the gate", || {
+        gate.hits.load(Ordering::SeqCst) == 1
+    });
+    let others = replicas(&url, 2, "2s");
+    proxy.cut();
+    // The others take the run over once the lease runs out and re-send the in-flight request.
+    let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    wait_for("another replica to take the run over", || {
+        lease_of(&mut db, &run).is_some_and(|(_, epoch)| epoch == 2)
+    });
+    wait_for("the re-sent request at the gate", || {
+        gate.hits.load(Ordering::SeqCst) == 2
+    });
+    gate.open();
+    wait_for("the run to finish", || {
+        run_status(others[0].addr, &run)["status"] != "running"
+    });
+    proxy.heal();
+    // Healed, the cut-off replica writes nothing more to the run: it stopped it on its own.
+    std::thread::sleep(Duration::from_secs(2));
+    let shown = run_status(others[1].addr, &run);
+    assert_eq!(shown["status"], "succeeded", "{shown}");
+    assert_eq!(shown["output"]["after"]["value"], 42.0, "{shown}");
+    assert_eq!(effect.hits.load(Ordering::SeqCst), 1);
+    assert_executed_once(&url, &run);
+    let (_, logs) = cut_off.remove(0).terminate();
+    assert!(
+        logs.contains("could not renew its leases for a whole lease"),
+        "{logs}"
+    );
+}

@@ -157,6 +157,7 @@ pub(crate) async fn settle(state: &Arc<State>, run: RunId) {
 pub(crate) async fn heartbeat(state: Arc<State>, queue: Arc<RunQueue>) {
     let mut tick = tokio::time::interval(queue.lease() / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut renewed = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -171,8 +172,19 @@ pub(crate) async fn heartbeat(state: Arc<State>, queue: Arc<RunQueue>) {
             .collect();
         let q = queue.clone();
         let held = claims.clone();
-        match blocking(move || q.renew(&held)).await {
+        let started = tokio::time::Instant::now();
+        // Bounded: a call stuck on an unreachable database must not keep this replica from
+        // noticing that its leases are running out.
+        let renewal = tokio::time::timeout(queue.lease() / 3, blocking(move || q.renew(&held)))
+            .await
+            .unwrap_or_else(|_| {
+                Err(JournalError::Flush(
+                    "no answer from the database within a third of the lease".into(),
+                ))
+            });
+        match renewal {
             Ok(lost) => {
+                renewed = started;
                 for c in lost {
                     give_up(
                         &state,
@@ -181,7 +193,20 @@ pub(crate) async fn heartbeat(state: Arc<State>, queue: Arc<RunQueue>) {
                     );
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "renewing run leases failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing run leases failed");
+                // Cut off from the database for a whole lease: other replicas may hold these
+                // runs now. Stop them here before doing more of their work twice.
+                if renewed.elapsed() >= queue.lease() {
+                    for c in &claims {
+                        give_up(
+                            &state,
+                            *c,
+                            "this replica could not renew its leases for a whole lease (the database is unreachable)",
+                        );
+                    }
+                }
+            }
         }
         let runs: Vec<RunId> = claims.iter().map(|c| c.run).collect();
         let q = queue.clone();

@@ -261,19 +261,33 @@ pub const CA_ENV: &str = "SANDGRAPH_JOURNAL_CA";
 /// Connects to `url`. With `sslmode=require` (or `prefer`) in the URL the connection is TLS,
 /// and the server's certificate must chain to the public roots or a CA in [`CA_ENV`] and name
 /// the host the URL names; otherwise it is plain TCP.
+///
+/// Unless the URL sets them, a connection attempt gives up after 5 s and an established
+/// connection whose data goes unacknowledged for 10 s is closed (`tcp_user_timeout`, and TCP
+/// keepalives), so a partitioned database fails calls instead of hanging them, and the replica
+/// stops its runs before their leases pass to another.
 pub(crate) fn connect(url: &str) -> Result<Client, JournalError> {
     let shown = redact(url);
+    let mut config: postgres::Config = url.parse().map_err(|e| db_error(&shown, e))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(5));
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(Duration::from_secs(10));
+    }
+    config.keepalives(true);
+    config.keepalives_idle(Duration::from_secs(10));
     let tls_wanted = url
         .split(['?', '&', ' '])
         .any(|p| matches!(p, "sslmode=require" | "sslmode=prefer"));
     if !tls_wanted {
-        return Client::connect(url, NoTls).map_err(|e| db_error(&shown, e));
+        return config.connect(NoTls).map_err(|e| db_error(&shown, e));
     }
     let tls = tls_connector().map_err(|detail| JournalError::Database {
         url: shown.clone(),
         detail,
     })?;
-    Client::connect(url, tls).map_err(|e| db_error(&shown, e))
+    config.connect(tls).map_err(|e| db_error(&shown, e))
 }
 
 /// The rustls connector of [`connect`], built once per process.
