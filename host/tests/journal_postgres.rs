@@ -321,3 +321,34 @@ fn sslmode_require_is_tls_verified_against_the_journal_ca() {
     assert!(sessions >= 1);
     assert_eq!(all_tls, Some(true));
 }
+
+#[test]
+fn a_subscriber_is_woken_by_another_hosts_commit() {
+    let pg = Postgres::start();
+    let url = pg.database("notify");
+    let (a, b) = (
+        Journal::open_location(&url).unwrap(),
+        Journal::open_location(&url).unwrap(),
+    );
+    let run = RunId::new();
+    a.append(run, &created(&a), Durability::Durable).unwrap();
+    let mut woken = b.subscribe(run);
+    assert!(b.follows_other_hosts());
+    // The listener is connected once a notification sent after subscribing arrives; appends
+    // until then may be missed (that is what readers' slow safety poll is for).
+    let mut seq = 1;
+    common::wait_for("a notification of another journal's append", || {
+        a.append(run, &step(seq), Durability::Durable).unwrap();
+        seq += 1;
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        woken.has_changed().unwrap()
+    });
+    woken.borrow_and_update();
+    // From then on every commit wakes it, buffered appends included once committed.
+    a.append(run, &step(99), Durability::Buffered).unwrap();
+    a.sync().unwrap();
+    common::wait_for("the next notification", || woken.has_changed().unwrap());
+    assert!(b.events(run).unwrap().len() >= 3);
+    // An embedded journal has no other hosts to follow.
+    assert!(!Journal::temporary().unwrap().follows_other_hosts());
+}

@@ -16,6 +16,10 @@ use super::State;
 /// submissions wake it at once).
 pub const POLL: Duration = Duration::from_millis(100);
 
+/// How often readers following another replica's run re-read the journal when the database
+/// notifies them of appends anyway (a notification can be lost while the listener reconnects).
+pub const SAFETY_POLL: Duration = Duration::from_secs(2);
+
 /// A run that ended without its end in the journal (the database went away mid-run) is
 /// claimable again after this.
 const RETRY_AFTER: Duration = Duration::from_millis(500);

@@ -1059,7 +1059,11 @@ async fn wait_in_journal(state: &Arc<State>, run: RunId) -> Reply {
         }
         tokio::select! {
             _ = appended.changed() => {}
-            _ = tokio::time::sleep(super::claims::POLL * 2) => {}
+            _ = tokio::time::sleep(if state.journal.follows_other_hosts() {
+                super::claims::SAFETY_POLL
+            } else {
+                super::claims::POLL * 2
+            }) => {}
             _ = state.shutdown.cancelled() => return Err(shutting_down()),
         }
     }

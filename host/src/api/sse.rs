@@ -192,13 +192,17 @@ async fn stream(state: &State, run: RunId, mut next: u64, tx: &mpsc::Sender<Byte
     }
 }
 
-/// Resolves now and then on a shared journal (read again for other replicas' appends); never on
-/// an embedded one, where every append is this process's own.
+/// Resolves now and then on a shared journal (read again for other replicas' appends): every
+/// 2 s as a safety net where the database notifies of appends (a notification lost while the
+/// listener reconnects), every 200 ms where it cannot; never on an embedded journal, where every
+/// append is this process's own.
 async fn remote_poll(state: &State) {
-    match state.queue {
-        Some(_) => tokio::time::sleep(super::claims::POLL * 2).await,
-        None => std::future::pending().await,
-    }
+    tokio::time::sleep(match state.queue {
+        Some(_) if state.journal.follows_other_hosts() => super::claims::SAFETY_POLL,
+        Some(_) => super::claims::POLL * 2,
+        None => return std::future::pending().await,
+    })
+    .await
 }
 
 /// One journal record as an SSE event.

@@ -15,7 +15,7 @@ pub mod workspace;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -179,7 +179,10 @@ pub struct Journal {
     /// Called after every append has fully taken effect (crash-injection tests stop here).
     after_append: std::sync::RwLock<Vec<AppendHook>>,
     /// Per run with live readers (the API's event streams): the last appended sequence.
-    watchers: Mutex<HashMap<RunId, tokio::sync::watch::Sender<u64>>>,
+    watchers: Arc<Mutex<HashMap<RunId, tokio::sync::watch::Sender<u64>>>>,
+    /// Whether the store tells this journal of other hosts' appends (started on the first
+    /// subscription; see [`Journal::follows_other_hosts`]).
+    listening: std::sync::OnceLock<bool>,
     /// Told how long each disk flush took (the API's flush-latency histogram).
     on_flush: std::sync::OnceLock<FlushHook>,
 }
@@ -254,7 +257,8 @@ impl Journal {
             summaries: Mutex::default(),
             commit: GroupCommit::default(),
             after_append: std::sync::RwLock::default(),
-            watchers: Mutex::default(),
+            watchers: Arc::default(),
+            listening: std::sync::OnceLock::new(),
             on_flush: std::sync::OnceLock::new(),
         }
     }
@@ -493,12 +497,28 @@ impl Journal {
     /// Wakes on every append to `run` (changes coalesce: a reader re-reads with `events_from`
     /// after each change, so a slow reader never falls behind by more than one re-read).
     pub fn subscribe(&self, run: RunId) -> tokio::sync::watch::Receiver<u64> {
+        self.follows_other_hosts();
         let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
         watchers.retain(|_, tx| tx.receiver_count() > 0);
         watchers
             .entry(run)
             .or_insert_with(|| tokio::sync::watch::Sender::new(0))
             .subscribe()
+    }
+
+    /// Whether subscribers are woken by other hosts' appends too (a shared store that notifies,
+    /// as PostgreSQL does with LISTEN/NOTIFY); the first call starts listening. Without it, a
+    /// reader following a run another host executes must poll.
+    pub fn follows_other_hosts(&self) -> bool {
+        *self.listening.get_or_init(|| {
+            let watchers = self.watchers.clone();
+            self.store.on_remote_append(Box::new(move |run| {
+                let watchers = watchers.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(tx) = watchers.get(&run) {
+                    tx.send_modify(|_| {});
+                }
+            }))
+        })
     }
 
     /// One run's summary row.

@@ -84,6 +84,10 @@ pub struct PostgresStore {
     /// The URL without its password.
     shown: String,
     fences: Fences,
+    /// The full URL, for the notification listener's own connection.
+    url: String,
+    /// Stops the notification listener, if one was started.
+    listener_stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The lease epochs this host writes its runs under, and the runs whose writes were refused.
@@ -128,6 +132,8 @@ struct Connection {
     failed: Option<JournalError>,
     /// Leased runs whose lease row this transaction holds a share lock on (epoch checked).
     checked: HashSet<RunId>,
+    /// Runs this transaction appended events to: notified on [`CHANNEL`] as it commits.
+    appended: HashSet<RunId>,
     fences: Fences,
 }
 
@@ -244,8 +250,11 @@ impl Connection {
         }
         self.in_tx = false;
         self.checked.clear();
+        let appended = std::mem::take(&mut self.appended);
         let done = match self.client.as_mut() {
-            Some(c) => c.batch_execute("COMMIT").map_err(|e| db_error(url, e)),
+            Some(c) => notify(c, &appended)
+                .and_then(|()| c.batch_execute("COMMIT"))
+                .map_err(|e| db_error(url, e)),
             None => Ok(()),
         };
         if let Err(e) = done {
@@ -312,6 +321,71 @@ fn tls_connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
     .clone()
 }
 
+/// The channel on which a committing transaction names the runs it appended to (hex run ids).
+pub const CHANNEL: &str = "sandgraph_events";
+
+/// Queues a notification per run in `runs`, delivered to listeners when the transaction commits.
+fn notify(c: &mut Client, runs: &HashSet<RunId>) -> Result<(), postgres::Error> {
+    if runs.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<String> = runs.iter().map(RunId::to_string).collect();
+    c.execute(
+        "SELECT pg_notify($1, r) FROM unnest($2::text[]) AS r",
+        &[&CHANNEL, &ids],
+    )?;
+    Ok(())
+}
+
+/// Listens on [`CHANNEL`] on its own connection (reconnecting with backoff) and calls `wake`
+/// with each run another host's commit named, until `stop` is set.
+fn listen(url: String, wake: super::store::RemoteAppend, stop: Arc<std::sync::atomic::AtomicBool>) {
+    use postgres::fallible_iterator::FallibleIterator;
+    use std::sync::atomic::Ordering;
+    let mut wait = Duration::from_millis(100);
+    while !stop.load(Ordering::Relaxed) {
+        let mut client = match connect(&url).and_then(|mut c| {
+            c.batch_execute(&format!("LISTEN {CHANNEL}"))
+                .map_err(|e| db_error(&redact(&url), e))?;
+            Ok(c)
+        }) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "journal notifications: cannot listen; retrying");
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        wait = Duration::from_millis(100);
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let next = client
+                .notifications()
+                .timeout_iter(Duration::from_millis(500))
+                .next();
+            match next {
+                Ok(Some(n)) => {
+                    if let Ok(run) = RunId::parse(n.payload()) {
+                        wake(run);
+                    }
+                }
+                Ok(None) => {
+                    if client.is_closed() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "journal notifications: the connection broke; listening again");
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// The URL without its password, for messages.
 pub(crate) fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -369,6 +443,7 @@ impl PostgresStore {
             in_tx: false,
             failed: None,
             checked: HashSet::new(),
+            appended: HashSet::new(),
             fences: fences.clone(),
         };
         let bg_url = shown.clone();
@@ -392,6 +467,8 @@ impl PostgresStore {
             jobs,
             shown: shown.clone(),
             fences,
+            url: url.to_owned(),
+            listener_stop: Arc::default(),
         };
         store.call(move |c| migrate(c, &shown))?;
         Ok(store)
@@ -426,10 +503,10 @@ impl PostgresStore {
             .send(Box::new(move |conn: &mut Connection| {
                 let done = conn.may_write(&url, run).and_then(|may| {
                     if may {
-                        conn.begin(&url).and_then(f)
-                    } else {
-                        Ok(())
+                        conn.begin(&url).and_then(f)?;
+                        conn.appended.insert(run);
                     }
+                    Ok(())
                 });
                 if let Err(e) = done {
                     conn.failed.get_or_insert(e);
@@ -444,6 +521,7 @@ impl PostgresStore {
         self.job(move |conn| {
             let was_open = std::mem::take(&mut conn.in_tx);
             conn.checked.clear();
+            let appended = std::mem::take(&mut conn.appended);
             if let Some(e) = conn.failed.take() {
                 if was_open && let Ok(c) = conn.client() {
                     let _ = c.batch_execute("ROLLBACK");
@@ -461,8 +539,9 @@ impl PostgresStore {
                 });
             }
             if was_open {
-                conn.client()?
-                    .batch_execute("COMMIT")
+                let c = conn.client()?;
+                notify(c, &appended)
+                    .and_then(|()| c.batch_execute("COMMIT"))
                     .map_err(|e| db_error(&url, e))?;
             }
             Ok(())
@@ -883,6 +962,14 @@ impl Store for PostgresStore {
         })
     }
 
+    fn on_remote_append(&self, wake: super::store::RemoteAppend) -> bool {
+        let (url, stop) = (self.url.clone(), self.listener_stop.clone());
+        std::thread::Builder::new()
+            .name("sandgraph-journal-listen".into())
+            .spawn(move || listen(url, wake, stop))
+            .is_ok()
+    }
+
     fn fence(&self, run: RunId, epoch: Option<i64>) {
         let mut epochs = self.fences.epochs.lock().unwrap_or_else(|p| p.into_inner());
         self.fences
@@ -923,6 +1010,8 @@ impl Store for PostgresStore {
 impl Drop for PostgresStore {
     /// Commits what is pending, as a sled journal flushes on close.
     fn drop(&mut self) {
+        self.listener_stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = self.commit() {
             tracing::warn!(error = %e, "journal writes not committed on close");
         }

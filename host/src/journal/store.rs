@@ -68,6 +68,14 @@ pub trait Store: Send + Sync {
     // Fencing: a store several hosts share checks each write to a leased run against the lease
     // epoch this host holds, so a host that lost a run's lease can no longer write to it.
 
+    /// Calls `wake` with each run another host appended to, from now on (as those appends
+    /// commit); returns whether this store can (a store only this process writes cannot, and
+    /// need not).
+    fn on_remote_append(&self, wake: RemoteAppend) -> bool {
+        let _ = wake;
+        false
+    }
+
     /// Checks `run`'s writes against lease `epoch` from now on (`None`: no longer).
     fn fence(&self, run: RunId, epoch: Option<i64>) {
         let _ = (run, epoch);
@@ -83,6 +91,9 @@ pub trait Store: Send + Sync {
         Ok(())
     }
 }
+
+/// See [`Store::on_remote_append`].
+pub type RemoteAppend = Box<dyn Fn(RunId) + Send + Sync>;
 
 /// One keyed record: key and value.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
