@@ -78,6 +78,82 @@ const MIGRATIONS: &[&str] = &[
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
+/// A client that prepares each distinct statement once per connection: a prepared statement
+/// runs in one round trip where a statement given as text takes two (prepare, then execute).
+pub(crate) struct Pg {
+    client: Client,
+    prepared: HashMap<String, postgres::Statement>,
+}
+
+type Params<'a> = &'a [&'a (dyn postgres::types::ToSql + Sync)];
+
+impl Pg {
+    fn new(client: Client) -> Pg {
+        Pg {
+            client,
+            prepared: HashMap::new(),
+        }
+    }
+
+    fn statement(&mut self, sql: &str) -> Result<postgres::Statement, postgres::Error> {
+        if let Some(s) = self.prepared.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql)?;
+        self.prepared.insert(sql.to_owned(), s.clone());
+        Ok(s)
+    }
+
+    pub(crate) fn execute(
+        &mut self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<u64, postgres::Error> {
+        let s = self.statement(sql)?;
+        self.client.execute(&s, params)
+    }
+
+    pub(crate) fn query(
+        &mut self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<Vec<postgres::Row>, postgres::Error> {
+        let s = self.statement(sql)?;
+        self.client.query(&s, params)
+    }
+
+    pub(crate) fn query_opt(
+        &mut self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<Option<postgres::Row>, postgres::Error> {
+        let s = self.statement(sql)?;
+        self.client.query_opt(&s, params)
+    }
+
+    pub(crate) fn query_one(
+        &mut self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<postgres::Row, postgres::Error> {
+        let s = self.statement(sql)?;
+        self.client.query_one(&s, params)
+    }
+}
+
+impl std::ops::Deref for Pg {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for Pg {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+}
+
 /// A journal store in a PostgreSQL database.
 pub struct PostgresStore {
     jobs: mpsc::Sender<Job>,
@@ -125,7 +201,7 @@ impl Fences {
 
 struct Connection {
     url: String,
-    client: Option<Client>,
+    client: Option<Pg>,
     /// Writes since the last commit are in an open transaction.
     in_tx: bool,
     /// The first write of the open transaction that failed.
@@ -139,7 +215,7 @@ struct Connection {
 
 impl Connection {
     /// The client inside an open transaction.
-    fn begin(&mut self, url: &str) -> Result<&mut Client, JournalError> {
+    fn begin(&mut self, url: &str) -> Result<&mut Pg, JournalError> {
         let open = self.in_tx;
         let c = self.client()?;
         if !open {
@@ -194,8 +270,8 @@ impl Connection {
     }
 
     /// The open client, reconnecting (up to ~3 s of backoff) when the last one broke.
-    fn client(&mut self) -> Result<&mut Client, JournalError> {
-        if self.client.as_ref().is_some_and(Client::is_closed) {
+    fn client(&mut self) -> Result<&mut Pg, JournalError> {
+        if self.client.as_ref().is_some_and(|c| c.is_closed()) {
             self.client = None;
             // The transaction died with the connection; this error reports it (once), so the
             // failure of one of its writes is no news to a later commit.
@@ -223,7 +299,7 @@ impl Connection {
                             last = Some(db_error(&redact(&self.url), e));
                             continue;
                         }
-                        self.client = Some(c);
+                        self.client = Some(Pg::new(c));
                         break;
                     }
                     Err(e) => {
@@ -325,7 +401,7 @@ fn tls_connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
 pub const CHANNEL: &str = "sandgraph_events";
 
 /// Queues a notification per run in `runs`, delivered to listeners when the transaction commits.
-fn notify(c: &mut Client, runs: &HashSet<RunId>) -> Result<(), postgres::Error> {
+fn notify(c: &mut Pg, runs: &HashSet<RunId>) -> Result<(), postgres::Error> {
     if runs.is_empty() {
         return Ok(());
     }
@@ -479,7 +555,7 @@ impl PostgresStore {
     /// that fails poisons the transaction; the next flush rolls it back and reports why.
     fn write(
         &self,
-        f: impl FnOnce(&mut Client) -> Result<(), JournalError> + Send + 'static,
+        f: impl FnOnce(&mut Pg) -> Result<(), JournalError> + Send + 'static,
     ) -> Result<(), JournalError> {
         let url = self.shown.clone();
         self.jobs
@@ -495,7 +571,7 @@ impl PostgresStore {
     fn write_run(
         &self,
         run: RunId,
-        f: impl FnOnce(&mut Client) -> Result<(), JournalError> + Send + 'static,
+        f: impl FnOnce(&mut Pg) -> Result<(), JournalError> + Send + 'static,
     ) -> Result<(), JournalError> {
         self.check_fence(run)?;
         let url = self.shown.clone();
@@ -558,7 +634,7 @@ impl PostgresStore {
     /// Runs read `f` on the connection thread and waits for its answer.
     fn call<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Client) -> Result<T, JournalError> + Send + 'static,
+        f: impl FnOnce(&mut Pg) -> Result<T, JournalError> + Send + 'static,
     ) -> Result<T, JournalError> {
         self.job(move |conn| conn.client().and_then(f))
     }
@@ -582,7 +658,7 @@ impl PostgresStore {
     }
 }
 
-fn migrate(c: &mut Client, url: &str) -> Result<(), JournalError> {
+fn migrate(c: &mut Pg, url: &str) -> Result<(), JournalError> {
     let e = |err| db_error(url, err);
     c.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .map_err(e)?;
