@@ -352,3 +352,42 @@ fn a_subscriber_is_woken_by_another_hosts_commit() {
     // An embedded journal has no other hosts to follow.
     assert!(!Journal::temporary().unwrap().follows_other_hosts());
 }
+
+#[test]
+fn cli_resume_leaves_the_replicas_queued_runs_to_them() {
+    let pg = Postgres::start();
+    let url = pg.database("shared_resume");
+    let (queued, own) = (RunId::new(), RunId::new());
+    {
+        let journal = Journal::open_location(&url).unwrap();
+        for run in [queued, own] {
+            journal
+                .append(run, &created(&journal), Durability::Durable)
+                .unwrap();
+        }
+        sandgraph::journal::queue::RunQueue::open(&url, "test", std::time::Duration::from_secs(15))
+            .unwrap()
+            .enqueue(queued)
+            .unwrap();
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sandgraph"))
+        .args(["resume", "--journal", &url, "--cache-dir"])
+        .arg(common::cache_dir())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "{queued} skipped: it is in the replicas' run queue"
+        )),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The run the CLI owns was resumed (its pinned graph is a stub: it ends failed, saying so).
+    assert!(stdout.contains(&format!("{own} failed")), "{stdout}");
+    let journal = Journal::open_location(&url).unwrap();
+    assert_eq!(
+        journal.run_summary(queued).unwrap().status,
+        sandgraph::journal::RunStatus::Running
+    );
+}

@@ -238,14 +238,48 @@ pub fn run(args: RunArgs) -> Result<Finished, String> {
 /// `sandgraph resume`: every unfinished run, to its end. Prints `<run> <status> <output>` per run.
 pub fn resume(host: HostArgs) -> Result<Finished, String> {
     let engine = engine(&host, None)?;
+    // On a shared database, runs in the replicas' queue are theirs: a replica holds (or will
+    // claim) each, and resuming it here too would execute it twice.
+    let queue = match host.journal.journal.as_ref().and_then(|p| p.to_str()) {
+        Some(url) if crate::journal::is_database_url(url) => Some(
+            crate::journal::queue::RunQueue::open(
+                url,
+                "cli-resume",
+                std::time::Duration::from_secs(15),
+            )
+            .map_err(|e| e.to_string())?,
+        ),
+        _ => None,
+    };
+    // Decided before the runtime starts: the queue's client blocks.
+    let mut out = Vec::new();
+    let mut mine = Vec::new();
+    for s in engine
+        .journal()
+        .unfinished_runs()
+        .map_err(|e| e.to_string())?
+    {
+        match &queue {
+            Some(q) if q.holds(s.run).map_err(|e| e.to_string())? => out.push(format!(
+                "{} skipped: it is in the replicas' run queue, and they resume it",
+                s.run
+            )),
+            _ => mine.push(s.run),
+        }
+    }
+    drop(queue);
     let rt = runtime()?;
     rt.block_on(async {
-        let handles = engine
-            .resume_unfinished()
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut handles = Vec::new();
+        for run in mine {
+            handles.push(
+                engine
+                    .resume_or_fail(run)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+        }
         let mut code = 0;
-        let mut out = Vec::new();
         for h in handles {
             let o = h.wait().await;
             code = code.max(finished(&o));

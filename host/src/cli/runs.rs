@@ -84,25 +84,55 @@ pub fn runs(cmd: RunsCommand) -> Result<String, String> {
             step,
             comment,
             journal,
-        } => decide(&journal.open()?, &run, &step, true, comment),
+        } => decide(&journal, &run, &step, true, comment),
         RunsCommand::Reject {
             run,
             step,
             comment,
             journal,
-        } => decide(&journal.open()?, &run, &step, false, comment),
+        } => decide(&journal, &run, &step, false, comment),
     }
 }
 
 fn decide(
-    journal: &Journal,
+    args: &JournalArgs,
     run: &str,
     step: &str,
     approved: bool,
     comment: Option<String>,
 ) -> Result<String, String> {
     let id = parse(run)?;
-    crate::graph::engine::record_decision(journal, id, step, approved, comment)
+    let journal = args.open()?;
+    // A run in the replicas' queue is written by the replica executing it only: the decision
+    // is checked here and left for that replica (or the next to claim the run) to journal.
+    if let Some(url) = args.journal.as_ref().and_then(|p| p.to_str())
+        && crate::journal::is_database_url(url)
+    {
+        let queue = crate::journal::queue::RunQueue::open(
+            url,
+            "cli-decide",
+            std::time::Duration::from_secs(15),
+        )
+        .map_err(|e| e.to_string())?;
+        if queue.holds(id).map_err(|e| e.to_string())? {
+            crate::graph::engine::check_decision(&journal, id, step).map_err(|e| e.to_string())?;
+            queue
+                .send(
+                    id,
+                    &crate::journal::queue::Command::Decide {
+                        step: step.to_owned(),
+                        approved,
+                        comment,
+                    },
+                )
+                .map_err(|e| e.to_string())?;
+            return Ok(format!(
+                "step '{step}' of run {id} {}; the replica executing the run carries on with it",
+                if approved { "approved" } else { "rejected" }
+            ));
+        }
+    }
+    crate::graph::engine::record_decision(&journal, id, step, approved, comment)
         .map_err(|e| e.to_string())?;
     Ok(format!(
         "step '{step}' of run {id} {}; continue it with: sandgraph resume {id}",
