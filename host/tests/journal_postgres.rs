@@ -391,3 +391,44 @@ fn cli_resume_leaves_the_replicas_queued_runs_to_them() {
         sandgraph::journal::RunStatus::Running
     );
 }
+
+#[test]
+fn writes_lost_with_a_background_commit_leave_no_gap_in_the_run() {
+    let pg = Postgres::start();
+    let url = pg.database("lostbg");
+    let journal = Journal::open_location(&url).unwrap();
+    let run = RunId::new();
+    journal
+        .append(run, &created(&journal), Durability::Durable)
+        .unwrap();
+    journal.append(run, &step(1), Durability::Buffered).unwrap();
+    let mut admin = postgres::Client::connect(&pg.url("postgres"), postgres::NoTls).unwrap();
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'lostbg'",
+            &[],
+        )
+        .unwrap();
+    // The idle transaction's background commit meets the dead connection: step 1 is lost.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The next durable append must not commit after the lost event: it fails, saying so...
+    let e = journal
+        .append(run, &step(2), Durability::Durable)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("rolled back") || e.contains("not yet committed"),
+        "{e}"
+    );
+    // ...and the journal carries on from what is durable, without a gap.
+    let seq = journal.append(run, &step(3), Durability::Durable).unwrap();
+    assert_eq!(seq, 1);
+    let seqs: Vec<u64> = Journal::open_location(&url)
+        .unwrap()
+        .events(run)
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(seqs, vec![0, 1]);
+}

@@ -157,6 +157,11 @@ impl std::ops::DerefMut for Pg {
 /// A journal store in a PostgreSQL database.
 pub struct PostgresStore {
     jobs: mpsc::Sender<Job>,
+    /// A second connection for reads of committed data, so readers (event streams, claims,
+    /// the API) do not queue behind the writes; reads of what this store wrote and has not
+    /// committed yet go to the writing connection (see [`Dirty`]).
+    reader: mpsc::Sender<Job>,
+    dirty: Arc<Dirty>,
     /// The URL without its password.
     shown: String,
     fences: Fences,
@@ -164,6 +169,67 @@ pub struct PostgresStore {
     url: String,
     /// Stops the notification listener, if one was started.
     listener_stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// What this store wrote and has not committed yet, by the number of the write: runs with
+/// events or summaries written, and whether anything else (blobs, keyed records) was. A read
+/// that could see such a write goes to the writing connection (which sees its own
+/// transaction); any other goes to the reader. Marked when a write is queued, cleared when the
+/// writing connection has committed (or lost) it.
+#[derive(Default)]
+struct Dirty {
+    next: std::sync::atomic::AtomicU64,
+    marks: Mutex<DirtyMarks>,
+}
+
+#[derive(Default)]
+struct DirtyMarks {
+    runs: HashMap<RunId, u64>,
+    other: Option<u64>,
+}
+
+/// What a read may see.
+#[derive(Clone, Copy)]
+enum Scope {
+    Run(RunId),
+    /// Blobs and keyed records.
+    Other,
+    /// Every run and collection.
+    All,
+}
+
+impl Dirty {
+    /// Marks a write about to be queued; returns its number.
+    fn mark(&self, run: Option<RunId>) -> u64 {
+        let seq = self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let mut m = self.marks.lock().unwrap_or_else(|p| p.into_inner());
+        match run {
+            Some(r) => {
+                m.runs.insert(r, seq);
+            }
+            None => m.other = Some(seq),
+        }
+        seq
+    }
+
+    /// Whether a read of `scope` could see an uncommitted write.
+    fn covers(&self, scope: Scope) -> bool {
+        let m = self.marks.lock().unwrap_or_else(|p| p.into_inner());
+        match scope {
+            Scope::Run(r) => m.runs.contains_key(&r),
+            Scope::Other => m.other.is_some(),
+            Scope::All => !m.runs.is_empty() || m.other.is_some(),
+        }
+    }
+
+    /// Writes numbered up to `upto` are committed (or gone).
+    fn settled(&self, upto: u64) {
+        let mut m = self.marks.lock().unwrap_or_else(|p| p.into_inner());
+        m.runs.retain(|_, s| *s > upto);
+        if m.other.is_some_and(|s| s <= upto) {
+            m.other = None;
+        }
+    }
 }
 
 /// The lease epochs this host writes its runs under, and the runs whose writes were refused.
@@ -210,6 +276,10 @@ struct Connection {
     checked: HashSet<RunId>,
     /// Runs this transaction appended events to: notified on [`CHANNEL`] as it commits.
     appended: HashSet<RunId>,
+    /// The number of the last write this connection ran (see [`Dirty`]).
+    processed: u64,
+    /// The writing connection's marks, cleared as it commits; `None` on the reader.
+    dirty: Option<Arc<Dirty>>,
     fences: Fences,
 }
 
@@ -273,16 +343,18 @@ impl Connection {
     fn client(&mut self) -> Result<&mut Pg, JournalError> {
         if self.client.as_ref().is_some_and(|c| c.is_closed()) {
             self.client = None;
-            // The transaction died with the connection; this error reports it (once), so the
-            // failure of one of its writes is no news to a later commit.
-            self.failed = None;
             self.checked.clear();
+            // The transaction died with the connection. Its loss stays recorded until a flush
+            // reports it: every write until then goes into a transaction that flush rolls back,
+            // so nothing written after the lost writes can commit without them (the journal
+            // counts its sequences again from the store when the flush fails).
             if std::mem::take(&mut self.in_tx) {
-                return Err(JournalError::Database {
+                self.failed.get_or_insert(JournalError::Database {
                     url: redact(&self.url),
                     detail: "the connection broke with journal writes not yet committed; they are lost (none was acknowledged as durable)".into(),
                 });
             }
+            self.settled();
         }
         if self.client.is_none() {
             let mut wait = Duration::from_millis(50);
@@ -334,7 +406,16 @@ impl Connection {
             None => Ok(()),
         };
         if let Err(e) = done {
-            self.failed = Some(e);
+            // Reported by the next flush, which also rolls back whatever was written since.
+            self.failed.get_or_insert(e);
+        }
+        self.settled();
+    }
+
+    /// Everything this connection wrote so far is committed or gone.
+    fn settled(&self) {
+        if let Some(d) = &self.dirty {
+            d.settled(self.processed);
         }
     }
 }
@@ -395,6 +476,47 @@ fn tls_connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
         ))
     })
     .clone()
+}
+
+/// A connection on its own thread running the jobs sent to it in order; the writing one also
+/// commits a transaction left idle for `background_commit`.
+fn connection_thread(
+    name: &str,
+    url: &str,
+    fences: Fences,
+    dirty: Option<Arc<Dirty>>,
+    background_commit: Option<Duration>,
+) -> Result<mpsc::Sender<Job>, JournalError> {
+    let (jobs, rx) = mpsc::channel::<Job>();
+    let shown = redact(url);
+    let mut conn = Connection {
+        url: url.to_owned(),
+        client: None,
+        in_tx: false,
+        failed: None,
+        checked: HashSet::new(),
+        appended: HashSet::new(),
+        processed: 0,
+        dirty,
+        fences,
+    };
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let idle = background_commit.unwrap_or(Duration::from_secs(3600));
+            loop {
+                match rx.recv_timeout(idle) {
+                    Ok(job) => job(&mut conn),
+                    Err(mpsc::RecvTimeoutError::Timeout) if background_commit.is_some() => {
+                        conn.commit_idle(&shown)
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            }
+        })
+        .map_err(|e| JournalError::Flush(format!("cannot start the journal thread: {e}")))?;
+    Ok(jobs)
 }
 
 /// The channel on which a committing transaction names the runs it appended to (hex run ids).
@@ -511,36 +633,21 @@ impl PostgresStore {
         background_commit: Option<Duration>,
     ) -> Result<PostgresStore, JournalError> {
         let shown = redact(url);
-        let (jobs, rx) = mpsc::channel::<Job>();
         let fences = Fences::default();
-        let mut conn = Connection {
-            url: url.to_owned(),
-            client: None,
-            in_tx: false,
-            failed: None,
-            checked: HashSet::new(),
-            appended: HashSet::new(),
-            fences: fences.clone(),
-        };
-        let bg_url = shown.clone();
-        std::thread::Builder::new()
-            .name("sandgraph-journal-pg".into())
-            .spawn(move || {
-                let idle = background_commit.unwrap_or(Duration::from_secs(3600));
-                loop {
-                    match rx.recv_timeout(idle) {
-                        Ok(job) => job(&mut conn),
-                        Err(mpsc::RecvTimeoutError::Timeout) if background_commit.is_some() => {
-                            conn.commit_idle(&bg_url)
-                        }
-                        Err(mpsc::RecvTimeoutError::Timeout) => {}
-                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                    }
-                }
-            })
-            .map_err(|e| JournalError::Flush(format!("cannot start the journal thread: {e}")))?;
+        let dirty = Arc::new(Dirty::default());
+        let jobs = connection_thread(
+            "sandgraph-journal-pg",
+            url,
+            fences.clone(),
+            Some(dirty.clone()),
+            background_commit,
+        )?;
+        let reader =
+            connection_thread("sandgraph-journal-pg-read", url, fences.clone(), None, None)?;
         let store = PostgresStore {
             jobs,
+            reader,
+            dirty,
             shown: shown.clone(),
             fences,
             url: url.to_owned(),
@@ -558,8 +665,10 @@ impl PostgresStore {
         f: impl FnOnce(&mut Pg) -> Result<(), JournalError> + Send + 'static,
     ) -> Result<(), JournalError> {
         let url = self.shown.clone();
+        let seq = self.dirty.mark(None);
         self.jobs
             .send(Box::new(move |conn: &mut Connection| {
+                conn.processed = seq;
                 if let Err(e) = conn.begin(&url).and_then(f) {
                     conn.failed.get_or_insert(e);
                 }
@@ -575,8 +684,10 @@ impl PostgresStore {
     ) -> Result<(), JournalError> {
         self.check_fence(run)?;
         let url = self.shown.clone();
+        let seq = self.dirty.mark(Some(run));
         self.jobs
             .send(Box::new(move |conn: &mut Connection| {
+                conn.processed = seq;
                 let done = conn.may_write(&url, run).and_then(|may| {
                     if may {
                         conn.begin(&url).and_then(f)?;
@@ -602,6 +713,7 @@ impl PostgresStore {
                 if was_open && let Ok(c) = conn.client() {
                     let _ = c.batch_execute("ROLLBACK");
                 }
+                conn.settled();
                 // The write's own error already names the database: keep only its detail.
                 let why = match e {
                     JournalError::Database { detail, .. } => detail,
@@ -616,9 +728,11 @@ impl PostgresStore {
             }
             if was_open {
                 let c = conn.client()?;
-                notify(c, &appended)
+                let done = notify(c, &appended)
                     .and_then(|()| c.batch_execute("COMMIT"))
-                    .map_err(|e| db_error(&url, e))?;
+                    .map_err(|e| db_error(&url, e));
+                conn.settled();
+                done?;
             }
             Ok(())
         })
@@ -629,6 +743,44 @@ impl PostgresStore {
             url: self.shown.clone(),
             detail: "the journal's connection thread has stopped".into(),
         }
+    }
+
+    /// [`PostgresStore::job`] for a job that writes (about `run`, or about blobs and records).
+    fn write_job<T: Send + 'static>(
+        &self,
+        run: Option<RunId>,
+        job: impl FnOnce(&mut Connection) -> Result<T, JournalError> + Send + 'static,
+    ) -> Result<T, JournalError> {
+        let seq = self.dirty.mark(run);
+        self.job(move |conn| {
+            conn.processed = seq;
+            job(conn)
+        })
+    }
+
+    /// Runs read `f` where it sees what it must: on the reader, unless this store wrote
+    /// something in `scope` that is not committed yet.
+    fn read<T: Send + 'static>(
+        &self,
+        scope: Scope,
+        f: impl Fn(&mut Pg) -> Result<T, JournalError> + Send + 'static,
+    ) -> Result<T, JournalError> {
+        if self.dirty.covers(scope) {
+            return self.call(f);
+        }
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.reader
+            .send(Box::new(move |conn: &mut Connection| {
+                let mut r = conn.client().and_then(&f);
+                // A reader holds no transaction: a connection found broken by this read is
+                // opened again and the read repeated, once.
+                if r.is_err() && conn.client.as_ref().is_some_and(|c| c.is_closed()) {
+                    r = conn.client().and_then(&f);
+                }
+                let _ = tx.send(r);
+            }))
+            .map_err(|_| self.stopped())?;
+        rx.recv().map_err(|_| self.stopped())?
     }
 
     /// Runs read `f` on the connection thread and waits for its answer.
@@ -737,7 +889,7 @@ impl Store for PostgresStore {
 
     fn last_seq(&self, run: RunId) -> Result<Option<u64>, JournalError> {
         let url = self.url();
-        self.call(move |c| {
+        self.read(Scope::Run(run), move |c| {
             let row = c
                 .query_one(
                     "SELECT max(seq) FROM sandgraph_events WHERE run = $1",
@@ -750,7 +902,7 @@ impl Store for PostgresStore {
 
     fn events_from(&self, run: RunId, from: u64) -> Result<Vec<(u64, Vec<u8>)>, JournalError> {
         let url = self.url();
-        self.call(move |c| {
+        self.read(Scope::Run(run), move |c| {
             let rows = c
                 .query(
                     "SELECT seq, record FROM sandgraph_events WHERE run = $1 AND seq >= $2 ORDER BY seq",
@@ -767,7 +919,7 @@ impl Store for PostgresStore {
     fn for_each_event(&self, f: &mut EventVisitor<'_>) -> Result<(), JournalError> {
         // Run by run, so memory stays one run's events at a time.
         let url = self.url();
-        let runs: Vec<RunId> = self.call(move |c| {
+        let runs: Vec<RunId> = self.read(Scope::All, move |c| {
             let rows = c
                 .query(
                     "SELECT DISTINCT run FROM sandgraph_events ORDER BY run",
@@ -786,7 +938,7 @@ impl Store for PostgresStore {
 
     fn remove_events(&self, run: RunId) -> Result<usize, JournalError> {
         let url = self.url();
-        self.job(move |conn| {
+        self.write_job(Some(run), move |conn| {
             let n = conn.begin(&url).and_then(|c| {
                 c.execute(
                     "DELETE FROM sandgraph_events WHERE run = $1",
@@ -823,7 +975,7 @@ impl Store for PostgresStore {
 
     fn summary(&self, run: RunId) -> Result<Option<Vec<u8>>, JournalError> {
         let url = self.url();
-        self.call(move |c| {
+        self.read(Scope::Run(run), move |c| {
             let row = c
                 .query_opt(
                     "SELECT summary FROM sandgraph_runs WHERE run = $1",
@@ -836,7 +988,7 @@ impl Store for PostgresStore {
 
     fn summaries(&self) -> Result<Vec<(RunId, Vec<u8>)>, JournalError> {
         let url = self.url();
-        self.call(move |c| {
+        self.read(Scope::All, move |c| {
             let rows = c
                 .query("SELECT run, summary FROM sandgraph_runs", &[])
                 .map_err(|e| db_error(&url, e))?;
@@ -849,6 +1001,7 @@ impl Store for PostgresStore {
 
     fn remove_summary(&self, run: RunId) -> Result<(), JournalError> {
         let url = self.url();
+        self.dirty.mark(Some(run));
         self.write(move |c| {
             c.execute("DELETE FROM sandgraph_runs WHERE run = $1", &[&&run.0[..]])
                 .map_err(|e| db_error(&url, e))?;
@@ -858,7 +1011,7 @@ impl Store for PostgresStore {
 
     fn has_blob(&self, digest: &[u8; 32]) -> Result<bool, JournalError> {
         let (url, d) = (self.url(), *digest);
-        self.call(move |c| {
+        self.read(Scope::Other, move |c| {
             let row = c
                 .query_opt(
                     "SELECT 1 FROM sandgraph_blobs WHERE digest = $1",
@@ -890,7 +1043,7 @@ impl Store for PostgresStore {
 
     fn blob(&self, digest: &[u8; 32]) -> Result<Option<StoredBlob>, JournalError> {
         let (url, d) = (self.url(), *digest);
-        self.call(move |c| {
+        self.read(Scope::Other, move |c| {
             let row = c
                 .query_opt(
                     "SELECT created_ms, body FROM sandgraph_blobs WHERE digest = $1",
@@ -906,7 +1059,7 @@ impl Store for PostgresStore {
 
     fn blob_ages(&self) -> Result<Vec<([u8; 32], u64)>, JournalError> {
         let url = self.url();
-        self.call(move |c| {
+        self.read(Scope::All, move |c| {
             let rows = c
                 .query("SELECT digest, created_ms FROM sandgraph_blobs", &[])
                 .map_err(|e| db_error(&url, e))?;
@@ -935,7 +1088,7 @@ impl Store for PostgresStore {
 
     fn kv_get(&self, space: &str, key: &[u8]) -> Result<Option<Vec<u8>>, JournalError> {
         let (url, space, key) = (self.url(), space.to_owned(), key.to_vec());
-        self.call(move |c| {
+        self.read(Scope::Other, move |c| {
             let row = c
                 .query_opt(
                     "SELECT value FROM sandgraph_kv WHERE space = $1 AND key = $2",
@@ -961,7 +1114,7 @@ impl Store for PostgresStore {
 
     fn kv_put_new(&self, space: &str, key: &[u8], value: &[u8]) -> Result<bool, JournalError> {
         let (url, space, key, value) = (self.url(), space.to_owned(), key.to_vec(), value.to_vec());
-        self.job(move |conn| {
+        self.write_job(None, move |conn| {
             // Another host's uncommitted insert of the same key makes this wait for its
             // commit: exactly one of them stores.
             let n = conn.begin(&url).and_then(|c| {
@@ -999,7 +1152,7 @@ impl Store for PostgresStore {
 
     fn kv_remove_if(&self, space: &str, key: &[u8], value: &[u8]) -> Result<bool, JournalError> {
         let (url, space, key, value) = (self.url(), space.to_owned(), key.to_vec(), value.to_vec());
-        self.job(move |conn| {
+        self.write_job(None, move |conn| {
             let n = conn.begin(&url).and_then(|c| {
                 c.execute(
                     "DELETE FROM sandgraph_kv WHERE space = $1 AND key = $2 AND value = $3",
@@ -1022,7 +1175,7 @@ impl Store for PostgresStore {
 
     fn kv_scan(&self, space: &str, prefix: &[u8]) -> Result<Vec<KeyValue>, JournalError> {
         let (url, space, prefix) = (self.url(), space.to_owned(), prefix.to_vec());
-        self.call(move |c| {
+        self.read(Scope::Other, move |c| {
             let rows = c
                 .query(
                     "SELECT key, value FROM sandgraph_kv
@@ -1072,6 +1225,7 @@ impl Store for PostgresStore {
 
     fn overwrite_event(&self, run: RunId, seq: u64, record: &[u8]) -> Result<(), JournalError> {
         let (url, record) = (self.url(), record.to_vec());
+        self.dirty.mark(Some(run));
         self.write(move |c| {
             c.execute(
                 "UPDATE sandgraph_events SET record = $3 WHERE run = $1 AND seq = $2",
