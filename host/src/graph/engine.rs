@@ -688,7 +688,17 @@ impl Engine {
         let cancel = CancellationToken::new();
         let run = ctx.run;
         let token = cancel.clone();
-        let task = tokio::spawn(async move { drive(ctx, input, history, token).await });
+        let (approvals, decided) = (self.approvals.clone(), ctx.decided.clone());
+        let task = tokio::spawn(async move {
+            let outcome = drive(ctx, input, history, token).await;
+            // The run's wake-up for decisions goes with it (unless a newer execution of the
+            // same run has replaced it meanwhile).
+            let mut a = approvals.lock().unwrap_or_else(|p| p.into_inner());
+            if a.get(&run).is_some_and(|n| Arc::ptr_eq(n, &decided)) {
+                a.remove(&run);
+            }
+            outcome
+        });
         RunHandle { run, cancel, task }
     }
 }

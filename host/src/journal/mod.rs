@@ -113,8 +113,6 @@ pub enum JournalError {
         "the journal database has schema version {found}, newer than this sandgraph supports ({supported}); upgrade sandgraph"
     )]
     SchemaTooNew { found: i32, supported: i32 },
-    #[error("{what} is not available on the {store}")]
-    Unsupported { what: String, store: String },
     #[error(
         "run {run} is leased to another host now ({why}); this host's writes to it are refused and it stops executing it"
     )]
