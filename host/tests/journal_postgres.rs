@@ -396,13 +396,21 @@ fn cli_resume_leaves_the_replicas_queued_runs_to_them() {
 fn writes_lost_with_a_background_commit_leave_no_gap_in_the_run() {
     let pg = Postgres::start();
     let url = pg.database("lostbg");
-    let journal = Journal::open_location(&url).unwrap();
+    // Background commits after 1 s idle (100 ms by default), so the session is surely ended
+    // before the idle transaction is committed, however loaded the machine.
+    let journal = Journal::on(Box::new(
+        sandgraph::journal::postgres::PostgresStore::open_with(
+            &url,
+            Some(std::time::Duration::from_secs(1)),
+        )
+        .unwrap(),
+    ));
+    let mut admin = postgres::Client::connect(&pg.url("postgres"), postgres::NoTls).unwrap();
     let run = RunId::new();
     journal
         .append(run, &created(&journal), Durability::Durable)
         .unwrap();
     journal.append(run, &step(1), Durability::Buffered).unwrap();
-    let mut admin = postgres::Client::connect(&pg.url("postgres"), postgres::NoTls).unwrap();
     admin
         .execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'lostbg'",
@@ -410,7 +418,7 @@ fn writes_lost_with_a_background_commit_leave_no_gap_in_the_run() {
         )
         .unwrap();
     // The idle transaction's background commit meets the dead connection: step 1 is lost.
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
     // The next durable append must not commit after the lost event: it fails, saying so...
     let e = journal
         .append(run, &step(2), Durability::Durable)
