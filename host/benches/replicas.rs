@@ -108,6 +108,19 @@ fn serve(journal: &std::ffi::OsStr, cache: &Path) -> Replica {
     Replica(child, addr)
 }
 
+/// Uploads calc and posts the chain graph through `addr`.
+fn prepare(addr: SocketAddr) {
+    calc_tool(addr);
+    let (status, text) = request(
+        addr,
+        "POST",
+        "/v1/graphs",
+        "application/yaml",
+        graph().as_bytes(),
+    );
+    assert_eq!(status, 201, "{text}");
+}
+
 fn calc_tool(addr: SocketAddr) {
     use base64::Engine as _;
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -317,18 +330,7 @@ fn main() {
         let journal_dir = dir.path().join("journal");
         let sled = {
             let r = vec![serve(journal_dir.as_os_str(), &cache)];
-            calc_tool(r[0].1);
-            assert_eq!(
-                request(
-                    r[0].1,
-                    "POST",
-                    "/v1/graphs",
-                    "application/yaml",
-                    graph().as_bytes()
-                )
-                .0,
-                201
-            );
+            prepare(r[0].1);
             through_serve(r, clients, runs, || Journal::open(&journal_dir).unwrap())
         };
         show("1 replica, sled", clients, &sled);
@@ -337,18 +339,7 @@ fn main() {
             let r: Vec<Replica> = (0..replicas)
                 .map(|_| serve(std::ffi::OsStr::new(&url), &cache))
                 .collect();
-            calc_tool(r[0].1);
-            assert_eq!(
-                request(
-                    r[0].1,
-                    "POST",
-                    "/v1/graphs",
-                    "application/yaml",
-                    graph().as_bytes()
-                )
-                .0,
-                201
-            );
+            prepare(r[0].1);
             let f = through_serve(r, clients, runs, || Journal::open_location(&url).unwrap());
             show(
                 &format!(

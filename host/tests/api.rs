@@ -2222,6 +2222,17 @@ spec:
     - { from: wait, to: after }
 "#;
 
+/// Starts an EFFECT_THEN_GATE run through `addr`; returns its id.
+fn start_effect_then_gate(addr: SocketAddr, effect: &Gate, gate: &Gate) -> String {
+    let r = post_json(
+        addr,
+        "/v1/runs",
+        &json!({"graph": "effect-then-gate", "input": {"effect": effect.url(), "url": gate.url()}}),
+    );
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["run"].as_str().unwrap().to_owned()
+}
+
 /// Runs submitted round-robin to three replicas.
 const RUNS: usize = 200;
 
@@ -2283,13 +2294,7 @@ fn three_replicas_on_one_postgresql_run_every_submission_exactly_once_and_stream
     effect.open();
     upload_gate_fetcher(addrs[2], &[&effect, &gate]);
     assert_eq!(post_yaml(addrs[0], EFFECT_THEN_GATE).status, 201);
-    let r = post_json(
-        addrs[0],
-        "/v1/runs",
-        &json!({"graph": "effect-then-gate", "input": {"effect": effect.url(), "url": gate.url()}}),
-    );
-    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
-    let run = r.json()["run"].as_str().unwrap().to_owned();
+    let run = start_effect_then_gate(addrs[0], &effect, &gate);
     let (pid, _) = {
         let mut found = None;
         wait_for("the run claimed", || {
@@ -2325,13 +2330,7 @@ fn held_run_on_replicas(
     upload_tool(addr, "calc");
     upload_gate_fetcher(addr, &[effect, gate]);
     assert_eq!(post_yaml(addr, EFFECT_THEN_GATE).status, 201);
-    let r = post_json(
-        addr,
-        "/v1/runs",
-        &json!({"graph": "effect-then-gate", "input": {"effect": effect.url(), "url": gate.url()}}),
-    );
-    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
-    let run = r.json()["run"].as_str().unwrap().to_owned();
+    let run = start_effect_then_gate(addr, effect, gate);
     wait_for("the run held at the gate", || {
         gate.hits.load(Ordering::SeqCst) == 1
     });
@@ -2586,13 +2585,7 @@ fn a_replica_cut_off_from_the_database_stops_its_run_and_another_finishes_it_onc
     upload_tool(a, "calc");
     upload_gate_fetcher(a, &[&effect, &gate]);
     assert_eq!(post_yaml(a, EFFECT_THEN_GATE).status, 201);
-    let r = post_json(
-        a,
-        "/v1/runs",
-        &json!({"graph": "effect-then-gate", "input": {"effect": effect.url(), "url": gate.url()}}),
-    );
-    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
-    let run = r.json()["run"].as_str().unwrap().to_owned();
+    let run = start_effect_then_gate(a, &effect, &gate);
     wait_for("the run held at the gate", || {
         gate.hits.load(Ordering::SeqCst) == 1
     });

@@ -102,15 +102,17 @@ async fn start_claimed(
             let labels = super::run_labels(&state.journal, run);
             state.clone().supervise(handle, labels, Some(permit));
         }
-        Err(EngineError::Journal(e)) => {
-            tracing::warn!(run_id = %run, error = %e, "a claimed run cannot be read; handing it back");
-            state.journal.unfence(run);
-            let q = queue.clone();
-            let _ = blocking(move || q.release(claim, RETRY_AFTER)).await;
-        }
         Err(e) => {
-            // resume_or_fail ends unusable runs itself; anything else is unexpected.
-            tracing::error!(run_id = %run, error = %e, "a claimed run cannot start");
+            // resume_or_fail ends unusable runs itself: what is left is the journal failing
+            // under it (or something unexpected), and the run goes back for another try.
+            match &e {
+                EngineError::Journal(_) => {
+                    tracing::warn!(run_id = %run, error = %e, "a claimed run cannot be read; handing it back")
+                }
+                _ => {
+                    tracing::error!(run_id = %run, error = %e, "a claimed run cannot start; handing it back")
+                }
+            }
             state.journal.unfence(run);
             let q = queue.clone();
             let _ = blocking(move || q.release(claim, RETRY_AFTER)).await;
@@ -234,13 +236,22 @@ pub(crate) async fn heartbeat(state: Arc<State>, queue: Arc<RunQueue>) {
 fn give_up(state: &State, claim: Claim, why: &str) {
     tracing::warn!(run_id = %claim.run, epoch = claim.epoch, reason = why, "lost a run's lease; stopping it here");
     state.journal.fence_lost(claim.run, why.to_owned());
-    if let Some(t) = state
+    cancel_here(state, claim.run);
+}
+
+/// Cancels `run` if this replica executes it; returns whether it does.
+fn cancel_here(state: &State, run: RunId) -> bool {
+    match state
         .active
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .get(&claim.run)
+        .get(&run)
     {
-        t.cancel();
+        Some(t) => {
+            t.cancel();
+            true
+        }
+        None => false,
     }
 }
 
@@ -248,14 +259,8 @@ fn give_up(state: &State, claim: Claim, why: &str) {
 async fn apply(state: &Arc<State>, run: RunId, command: Command) {
     match command {
         Command::Cancel => {
-            if let Some(t) = state
-                .active
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&run)
-            {
+            if cancel_here(state, run) {
                 tracing::info!(run_id = %run, "run cancel requested (forwarded)");
-                t.cancel();
             }
         }
         Command::Decide {

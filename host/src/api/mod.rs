@@ -151,6 +151,10 @@ pub async fn start_with_models(
     {
         let _ = std::fs::create_dir_all(parent);
     }
+    let cannot_open = |reason: String| ServeError::Journal {
+        path: shown.clone(),
+        reason,
+    };
     let location = config.journal.clone();
     let db = database.clone();
     let journal = tokio::task::spawn_blocking(move || match db {
@@ -158,14 +162,8 @@ pub async fn start_with_models(
         None => Journal::open(&location),
     })
     .await
-    .map_err(|e| ServeError::Journal {
-        path: shown.clone(),
-        reason: e.to_string(),
-    })?
-    .map_err(|e| ServeError::Journal {
-        path: shown.clone(),
-        reason: e.to_string(),
-    })?;
+    .map_err(|e| cannot_open(e.to_string()))?
+    .map_err(|e| cannot_open(e.to_string()))?;
     let journal = Arc::new(journal);
     let queue = match database {
         Some(url) => {
@@ -173,14 +171,8 @@ pub async fn start_with_models(
             let lease = config.run_lease;
             let q = tokio::task::spawn_blocking(move || RunQueue::open(&url, &owner, lease))
                 .await
-                .map_err(|e| ServeError::Journal {
-                    path: shown.clone(),
-                    reason: e.to_string(),
-                })?
-                .map_err(|e| ServeError::Journal {
-                    path: shown.clone(),
-                    reason: e.to_string(),
-                })?;
+                .map_err(|e| cannot_open(e.to_string()))?
+                .map_err(|e| cannot_open(e.to_string()))?;
             tracing::info!(replica = %q.owner(), lease_ms = lease.as_millis() as u64, "sharing runs with other replicas through the journal database");
             Some(Arc::new(q))
         }

@@ -851,7 +851,7 @@ fn seq_i64(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
-fn run_of(bytes: &[u8]) -> RunId {
+pub(crate) fn run_of(bytes: &[u8]) -> RunId {
     let mut id = [0u8; 16];
     let n = bytes.len().min(16);
     id[..n].copy_from_slice(&bytes[..n]);

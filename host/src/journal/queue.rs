@@ -18,7 +18,7 @@ use std::time::Duration;
 use postgres::Client;
 use serde::{Deserialize, Serialize};
 
-use super::postgres::{PostgresStore, db_error, redact};
+use super::postgres::{PostgresStore, db_error, redact, run_of};
 use super::{JournalError, RunId};
 
 /// A run this host claimed, with the epoch its writes are fenced by.
@@ -251,11 +251,4 @@ impl Drop for RunQueue {
                 .spawn(move || drop(c));
         }
     }
-}
-
-fn run_of(bytes: &[u8]) -> RunId {
-    let mut id = [0u8; 16];
-    let n = bytes.len().min(16);
-    id[..n].copy_from_slice(&bytes[..n]);
-    RunId(id)
 }
