@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::replicas::{ADD, EFFECT_THEN_GATE, Gate, assert_executed_once, gate_fetcher_manifest};
 use common::wait_for;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -352,52 +353,6 @@ impl TestApi {
     }
 }
 
-/// A loopback HTTP server whose `/gate` answers only once opened; counts requests.
-struct Gate {
-    addr: SocketAddr,
-    open: Arc<(Mutex<bool>, Condvar)>,
-    hits: Arc<AtomicUsize>,
-}
-
-impl Gate {
-    fn start() -> Gate {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let open = Arc::new((Mutex::new(false), Condvar::new()));
-        let hits = Arc::new(AtomicUsize::new(0));
-        let (o, h) = (open.clone(), hits.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { continue };
-                let (o, h) = (o.clone(), h.clone());
-                std::thread::spawn(move || {
-                    let mut r = BufReader::new(conn.try_clone().unwrap());
-                    let _ = common::http_head::read_request_head(&mut r);
-                    h.fetch_add(1, Ordering::SeqCst);
-                    let (lock, cv) = &*o;
-                    let mut g = lock.lock().unwrap();
-                    while !*g {
-                        g = cv.wait(g).unwrap();
-                    }
-                    let _ = conn.write_all(
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nopened",
-                    );
-                });
-            }
-        });
-        Gate { addr, open, hits }
-    }
-
-    fn open(&self) {
-        *self.open.0.lock().unwrap() = true;
-        self.open.1.notify_all();
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/gate", self.addr.port())
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Fixtures.
 
@@ -430,19 +385,7 @@ fn upload_tool(addr: SocketAddr, name: &str) {
 }
 
 fn upload_gate_fetcher(addr: SocketAddr, gates: &[&Gate]) {
-    let rules: Vec<String> = gates
-        .iter()
-        .map(|g| {
-            format!(
-                "{{ scheme: http, host: 127.0.0.1, port: {}, methods: [GET] }}",
-                g.addr.port()
-            )
-        })
-        .collect();
-    let manifest = format!(
-        "apiVersion: sandgraph.dev/v1\nkind: ToolManifest\nmetadata: {{ name: egress_fetch }}\nspec:\n  egress: [{}]\n  limits: {{ timeout: 60s }}\n",
-        rules.join(", ")
-    );
+    let manifest = gate_fetcher_manifest(gates);
     let r = upload(addr, &manifest, common::hostile("egress_fetch"));
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
 }
@@ -2148,79 +2091,11 @@ fn replicas(url: &str, n: usize, lease: &str) -> Vec<Child> {
 
 /// The replica holding `run`'s lease now, as (pid, epoch), read from the shared queue.
 fn lease_of(db: &mut postgres::Client, run: &str) -> Option<(u32, i64)> {
-    let id = hex::decode(run).unwrap();
-    let row = db
-        .query_opt(
-            "SELECT owner, epoch FROM sandgraph_leases WHERE run = $1",
-            &[&id],
-        )
-        .unwrap()?;
-    let owner: Option<String> = row.get(0);
+    let (owner, epoch) = common::replicas::lease_of(db, run)?;
     // Owners are `<host>-<pid>-<suffix>`.
-    let pid = owner?.rsplit('-').nth(1)?.parse().ok()?;
-    Some((pid, row.get(1)))
+    Some((owner.rsplit('-').nth(1)?.parse().ok()?, epoch))
 }
 
-/// Each of `run`'s steps completed once and the run finished once, in a gap-free journal.
-fn assert_executed_once(url: &str, run: &str) {
-    let journal = sandgraph::journal::Journal::open_location(url).unwrap();
-    let records = journal
-        .events(sandgraph::journal::RunId::parse(run).unwrap())
-        .unwrap();
-    let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
-    assert_eq!(seqs, (0..records.len() as u64).collect::<Vec<_>>());
-    let mut completed = std::collections::HashMap::new();
-    let mut finished = 0;
-    for r in &records {
-        match &r.event {
-            sandgraph::journal::Event::StepCompleted { step, .. } => {
-                *completed.entry(step.clone()).or_insert(0) += 1
-            }
-            sandgraph::journal::Event::RunFinished { .. } => finished += 1,
-            _ => {}
-        }
-    }
-    assert_eq!(finished, 1, "run {run}: {records:#?}");
-    assert!(
-        completed.values().all(|n| *n == 1),
-        "run {run} completed a step twice: {completed:?}"
-    );
-}
-
-const ADD: &str = r#"
-apiVersion: sandgraph.dev/v1
-kind: Graph
-metadata: { name: add }
-spec:
-  input: { type: object, required: [n], properties: { n: { type: integer } } }
-  nodes:
-    - { id: add, kind: tool, component: calc, input: { expr: "string(input.n) + ' + 1'" } }
-"#;
-
-/// A recorded side effect (a GET to an open gate), then a fetch held at a second gate.
-const EFFECT_THEN_GATE: &str = r#"
-apiVersion: sandgraph.dev/v1
-kind: Graph
-metadata: { name: effect-then-gate }
-spec:
-  input:
-    type: object
-    required: [effect, url]
-    properties: { effect: { type: string }, url: { type: string } }
-  nodes:
-    - id: effect
-      kind: tool
-      component: egress_fetch
-      input: { url: input.effect, method: "'GET'" }
-    - id: wait
-      kind: tool
-      component: egress_fetch
-      input: { url: input.url, method: "'GET'" }
-    - { id: after, kind: tool, component: calc, input: { expr: "'6 * 7'" } }
-  edges:
-    - { from: effect, to: wait }
-    - { from: wait, to: after }
-"#;
 
 /// Starts an EFFECT_THEN_GATE run through `addr`; returns its id.
 fn start_effect_then_gate(addr: SocketAddr, effect: &Gate, gate: &Gate) -> String {
@@ -2399,15 +2274,7 @@ fn a_paused_replica_past_its_lease_is_fenced_off_when_it_wakes() {
     wait_for("the run to finish", || {
         run_status(survivor, &run)["status"] != "running"
     });
-    let id = hex::decode(&run).unwrap();
-    let count = |db: &mut postgres::Client| -> i64 {
-        db.query_one(
-            "SELECT count(*) FROM sandgraph_events WHERE run = $1",
-            &[&id],
-        )
-        .unwrap()
-        .get(0)
-    };
+    let count = |db: &mut postgres::Client| common::replicas::event_count(db, &run);
     let events_before = count(&mut db);
     signal(&servers[owner], libc::SIGCONT);
     // The woken replica finishes its step and tries to journal it: refused. Its heartbeat

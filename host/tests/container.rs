@@ -189,13 +189,41 @@ fn build_images() {
         .parent()
         .unwrap()
         .to_path_buf();
+    // Tests of this file run side by side, each in its own process: the first builds the
+    // images, the others wait for it and use them (rebuilt only when the binaries changed).
+    let target = bin.parent().unwrap().parent().unwrap();
+    let lock = std::fs::File::create(target.join("docker.lock")).unwrap();
+    // SAFETY: flock(2) on a descriptor this function owns; released when `lock` is dropped.
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },
+        0
+    );
+    let mut inputs = vec![bin.clone(), infer.clone()];
+    inputs.extend(
+        sandgraph_test_artifacts::TOOLS
+            .iter()
+            .map(|(_, p)| PathBuf::from(p)),
+    );
+    let built_from: String = inputs
+        .iter()
+        .map(|p| format!("{}:{:?}\n", p.display(), p.metadata().and_then(|m| m.modified()).ok()))
+        .collect();
+    let stamp = target.join("docker/container-test.stamp");
+    let images_there = ["host", "inference"].iter().all(|kind| {
+        docker(&["image", "inspect", &format!("sandgraph/{kind}:{TAG}")])
+            .status
+            .success()
+    });
+    if images_there && std::fs::read_to_string(&stamp).ok().as_deref() == Some(&built_from) {
+        return;
+    }
     let out = Command::new("bash")
         .arg(repo().join("deploy/docker/build.sh"))
         .arg(TAG)
         .env("SANDGRAPH_BIN", &bin)
         .env("SANDGRAPH_INFER_BIN", &infer)
         .env("SANDGRAPH_COMPONENTS", &components)
-        .env("CARGO_TARGET_DIR", bin.parent().unwrap().parent().unwrap())
+        .env("CARGO_TARGET_DIR", target)
         .current_dir(repo())
         .output()
         .unwrap();
@@ -205,6 +233,7 @@ fn build_images() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    std::fs::write(&stamp, built_from).unwrap();
 }
 
 #[test]
@@ -362,4 +391,221 @@ fn the_images_run_locked_down_serve_the_main_job_drain_and_resume() {
     docker_ok(&["stop", "-t", "40", &scene.host()]);
     let code = docker_ok(&["inspect", "-f", "{{.State.ExitCode}}", &scene.host()]);
     assert_eq!(code, "0");
+}
+
+/// Replicas of one test, each a container named `<scene>-r<i>` (its host name too, so the
+/// owner of a lease names its container), on a Docker network of their own with the test's
+/// PostgreSQL and gates on the network's gateway address; removed however the test ends.
+struct Replicas {
+    network: String,
+    names: Vec<String>,
+}
+
+impl Drop for Replicas {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = docker(&["rm", "-f", "-v", name]);
+        }
+        let _ = docker(&["network", "rm", &self.network]);
+    }
+}
+
+impl Replicas {
+    /// Creates the network; returns it with its (gateway, subnet).
+    fn network() -> (Replicas, String, String) {
+        let network = format!("sandgraph-replicas-{}", std::process::id());
+        docker_ok(&["network", "create", &network]);
+        let replicas = Replicas {
+            network,
+            names: Vec::new(),
+        };
+        let ipam = docker_ok(&[
+            "network",
+            "inspect",
+            "-f",
+            "{{range .IPAM.Config}}{{.Gateway}} {{.Subnet}}{{end}}",
+            &replicas.network,
+        ]);
+        let (gateway, subnet) = ipam.split_once(' ').expect("the network's gateway and subnet");
+        (replicas, gateway.to_owned(), subnet.to_owned())
+    }
+
+    /// Starts replica `i` serving the journal at `journal`, with egress to `gateway` allowed.
+    fn start(&mut self, journal: &str, gateway: &str) -> String {
+        let name = format!("{}-r{}", self.network, self.names.len());
+        self.names.push(name.clone());
+        let tokens = repo().join("host/tests/fixtures/auth/test-only-tokens.yaml");
+        let tokens = format!("{}:/etc/sandgraph/auth/tokens.yaml:ro", tokens.display());
+        let journal = format!("SANDGRAPH_JOURNAL={journal}");
+        let allow = format!("SANDGRAPH_ALLOW_PRIVATE={gateway}");
+        let image = format!("sandgraph/host:{TAG}");
+        let mut args = vec![
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--hostname",
+            &name,
+            "--network",
+            &self.network,
+        ];
+        args.extend(LOCKED_DOWN);
+        args.extend([
+            "-v",
+            &tokens,
+            "-e",
+            "SANDGRAPH_AUTH_TOKENS=/etc/sandgraph/auth/tokens.yaml",
+            "-e",
+            &journal,
+            "-e",
+            &allow,
+            "-e",
+            "SANDGRAPH_RUN_LEASE=2s",
+            "-e",
+            "SANDGRAPH_RATE_LIMIT=100000",
+            "-e",
+            "SANDGRAPH_RATE_BURST=100000",
+            "-e",
+            "RUST_LOG=warn",
+            "-p",
+            "127.0.0.1::8080",
+            &image,
+            "serve",
+        ]);
+        docker_ok(&args);
+        name
+    }
+}
+
+/// The container executing `run` now and its lease epoch, from the shared queue.
+fn owner_of(db: &mut postgres::Client, run: &str, names: &[String]) -> Option<(String, i64)> {
+    let (owner, epoch) = common::replicas::lease_of(db, run)?;
+    let name = names.iter().find(|n| owner.starts_with(&format!("{n}-")))?;
+    Some((name.clone(), epoch))
+}
+
+#[test]
+fn a_replica_container_partitioned_by_docker_network_disconnect_is_taken_over_once() {
+    use common::replicas::{ADD, EFFECT_THEN_GATE, Gate, assert_executed_once, event_count};
+    if !docker(&["info"]).status.success() {
+        eprintln!("SKIPPED: no Docker engine answers `docker info`; the container test needs one");
+        return;
+    }
+    build_images();
+    let (mut replicas, gateway, subnet) = Replicas::network();
+    // PostgreSQL and the gates on the host, reachable from the containers only through their
+    // network: disconnecting a container from it is the partition.
+    let pg = common::postgres::Postgres::start_for_network(&gateway, &subnet);
+    let url = pg.database("containers");
+    let in_network = url.replace("@127.0.0.1:", &format!("@{gateway}:"));
+    let ports: Vec<u16> = (0..3)
+        .map(|_| {
+            let name = replicas.start(&in_network, &gateway);
+            published_port(&name)
+        })
+        .collect();
+    for port in &ports {
+        wait_until("each replica ready", Duration::from_secs(60), || {
+            http(*port, "GET", "/readyz", None).0 == 200
+        });
+    }
+    let ip = gateway.parse().unwrap();
+    let (effect, gate) = (Gate::start_on(ip), Gate::start_on(ip));
+    effect.open();
+    let manifest = common::replicas::gate_fetcher_manifest(&[&effect, &gate]);
+    let wasm = std::fs::read(common::hostile("egress_fetch")).unwrap();
+    use base64::Engine as _;
+    let upload = json!({
+        "manifest": manifest,
+        "component": base64::engine::general_purpose::STANDARD.encode(wasm),
+    });
+    let (status, body) = http(
+        ports[0],
+        "POST",
+        "/v1/tools",
+        Some(("application/json", &upload.to_string())),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = http(
+        ports[1],
+        "POST",
+        "/v1/graphs",
+        Some(("application/yaml", EFFECT_THEN_GATE)),
+    );
+    assert_eq!(status, 201, "{body}");
+    let input = json!({"graph": "effect-then-gate", "input": {"effect": effect.url(), "url": gate.url()}});
+    let (status, body) = http(
+        ports[2],
+        "POST",
+        "/v1/runs",
+        Some(("application/json", &input.to_string())),
+    );
+    assert_eq!(status, 202, "{body}");
+    let run = body["run"].as_str().unwrap().to_owned();
+
+    // Held mid-step on one replica, after its recorded side effect.
+    let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    wait_until("the run held at the gate", Duration::from_secs(60), || {
+        gate.hits() == 1
+    });
+    assert_eq!(effect.hits(), 1);
+    let (owner, epoch) = owner_of(&mut db, &run, &replicas.names).expect("the run's owner");
+    assert_eq!(epoch, 1);
+    let owner_index = replicas.names.iter().position(|n| *n == owner).unwrap();
+    docker_ok(&["network", "disconnect", &replicas.network, &owner]);
+
+    // Another container claims it once the lease runs out and re-sends the in-flight request.
+    wait_until(
+        "another replica to take the run over",
+        Duration::from_secs(60),
+        || owner_of(&mut db, &run, &replicas.names).is_some_and(|(o, e)| e == 2 && o != owner),
+    );
+    wait_until("the re-sent request at the gate", Duration::from_secs(60), || {
+        gate.hits() == 2
+    });
+    gate.open();
+    let survivor = ports[(owner_index + 1) % 3];
+    wait_until("the run to finish", Duration::from_secs(60), || {
+        http(survivor, "GET", &format!("/v1/runs/{run}"), None).1["status"] != "running"
+    });
+    let (_, shown) = http(survivor, "GET", &format!("/v1/runs/{run}"), None);
+    assert_eq!(shown["status"], "succeeded", "{shown}");
+    assert_eq!(shown["output"]["after"]["value"], 42.0, "{shown}");
+    let events = event_count(&mut db, &run);
+
+    // The partition heals: the cut-off replica comes back to the database and writes nothing
+    // more to the run; it had stopped the run itself once it could not renew for a lease.
+    docker_ok(&["network", "connect", &replicas.network, &owner]);
+    let healed = published_port(&owner);
+    wait_until(
+        "the healed replica ready again",
+        Duration::from_secs(60),
+        || http(healed, "GET", "/readyz", None).0 == 200,
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(event_count(&mut db, &run), events);
+    assert_eq!(effect.hits(), 1, "the recorded side effect was repeated");
+    assert_executed_once(&url, &run);
+    let logs = docker(&["logs", &owner]);
+    let logs = String::from_utf8_lossy(&logs.stderr);
+    assert!(
+        logs.contains("could not renew its leases for a whole lease")
+            || logs.contains("the journal failed under a run; it stays unfinished"),
+        "{logs}"
+    );
+    // And it serves runs again.
+    let (status, body) = http(
+        healed,
+        "POST",
+        "/v1/graphs",
+        Some(("application/yaml", ADD)),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, done) = http(
+        healed,
+        "POST",
+        "/v1/runs?wait=true",
+        Some(("application/json", &json!({"graph": "add", "input": {"n": 41}}).to_string())),
+    );
+    assert_eq!((status, &done["output"]["add"]["value"]), (200, &json!(42.0)), "{done}");
 }

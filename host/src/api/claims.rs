@@ -32,6 +32,21 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| JournalError::Flush(format!("a queue call ended abnormally: {e}")))?
 }
 
+/// [`blocking`], answering an error once `within` has passed without an answer (the call itself
+/// goes on in its thread until the connection's own timeouts end it).
+async fn bounded<T: Send + 'static>(
+    within: Duration,
+    f: impl FnOnce() -> Result<T, JournalError> + Send + 'static,
+) -> Result<T, JournalError> {
+    tokio::time::timeout(within, blocking(f))
+        .await
+        .unwrap_or_else(|_| {
+            Err(JournalError::Flush(format!(
+                "no answer from the database within {within:?}"
+            )))
+        })
+}
+
 /// Claims runs while this replica has free slots, until shutdown.
 pub(crate) async fn claim_loop(state: Arc<State>, queue: Arc<RunQueue>) {
     let mut backoff = Duration::from_millis(100);
@@ -158,8 +173,8 @@ pub(crate) async fn settle(state: &Arc<State>, run: RunId) {
     state.claim_wake.notify_one();
 }
 
-/// Renews this replica's leases every third of the lease, stops runs whose lease it lost, runs
-/// the commands other replicas left for its runs, and exports the queue depth; until shutdown.
+/// Renews this replica's leases every third of the lease and stops runs whose lease it lost (or
+/// could not renew for a whole lease), until shutdown.
 pub(crate) async fn heartbeat(state: Arc<State>, queue: Arc<RunQueue>) {
     let mut tick = tokio::time::interval(queue.lease() / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -179,16 +194,9 @@ pub(crate) async fn heartbeat(state: Arc<State>, queue: Arc<RunQueue>) {
         let q = queue.clone();
         let held = claims.clone();
         let started = tokio::time::Instant::now();
-        // Bounded: a call stuck on an unreachable database must not keep this replica from
-        // noticing that its leases are running out.
-        let renewal = tokio::time::timeout(queue.lease() / 3, blocking(move || q.renew(&held)))
-            .await
-            .unwrap_or_else(|_| {
-                Err(JournalError::Flush(
-                    "no answer from the database within a third of the lease".into(),
-                ))
-            });
-        match renewal {
+        // Bounded: a call stuck on an unreachable database (a partition drops packets without a
+        // reset) must not keep this replica from noticing that its leases are running out.
+        match bounded(queue.lease() / 3, move || q.renew(&held)).await {
             Ok(lost) => {
                 renewed = started;
                 for c in lost {
@@ -214,7 +222,28 @@ pub(crate) async fn heartbeat(state: Arc<State>, queue: Arc<RunQueue>) {
                 }
             }
         }
-        let runs: Vec<RunId> = claims.iter().map(|c| c.run).collect();
+    }
+}
+
+/// Applies the cancel and approval decisions other replicas forwarded for the runs this one
+/// holds, and exports the shared queue's depth, every third of a lease until shutdown. Apart
+/// from [`heartbeat`]: these calls wait as long as the database takes (a command taken must be
+/// applied, not dropped by a timeout), and must not delay the lease watch meanwhile.
+pub(crate) async fn follow_commands(state: Arc<State>, queue: Arc<RunQueue>) {
+    let mut tick = tokio::time::interval(queue.lease() / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = state.shutdown.cancelled() => return,
+        }
+        let runs: Vec<RunId> = state
+            .claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|c| c.run)
+            .collect();
         let q = queue.clone();
         match blocking(move || q.take_commands(&runs)).await {
             Ok(commands) => {

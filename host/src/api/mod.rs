@@ -333,7 +333,8 @@ pub async fn start_with_models(
         // replica stopped, once its lease runs out).
         Some(q) => {
             tokio::spawn(claims::claim_loop(state.clone(), q.clone()));
-            tokio::spawn(claims::heartbeat(state.clone(), q));
+            tokio::spawn(claims::heartbeat(state.clone(), q.clone()));
+            tokio::spawn(claims::follow_commands(state.clone(), q));
         }
         None => {
             // Unfinished runs continue before new ones are accepted.

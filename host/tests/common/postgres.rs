@@ -15,6 +15,9 @@ pub struct Postgres {
     port: u16,
     /// `-c name=value` settings the server starts with.
     settings: Vec<String>,
+    /// Addresses it listens on: 127.0.0.1, and a Docker network's gateway where a test's
+    /// containers connect.
+    listen: String,
 }
 
 fn bin_dir() -> PathBuf {
@@ -94,8 +97,25 @@ impl Postgres {
         )
     }
 
+    /// A cluster that also listens on `gateway`, the host's address on a Docker network the
+    /// test created, and trusts connections from that network's `subnet` (containers).
+    pub fn start_for_network(gateway: &str, subnet: &str) -> Postgres {
+        let hba = format!(
+            "local all all trust\nhost all all 127.0.0.1/32 trust\nhost all all {subnet} trust\n"
+        );
+        Postgres::start_on(
+            &format!("127.0.0.1,{gateway}"),
+            &[],
+            &[("pg_hba.conf", &hba)],
+        )
+    }
+
     /// [`Postgres::start`] with `-c` settings and files written into the data directory.
     pub fn start_with(settings: &[&str], files: &[(&str, &str)]) -> Postgres {
+        Postgres::start_on("127.0.0.1", settings, files)
+    }
+
+    fn start_on(listen: &str, settings: &[&str], files: &[(&str, &str)]) -> Postgres {
         let bin = bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("sandgraph-pg-")
@@ -139,12 +159,13 @@ impl Postgres {
         }
         let settings: Vec<String> = settings.iter().map(|s| s.to_string()).collect();
         let port = free_port();
-        let server = server(dir.path(), port, &settings);
+        let server = server(dir.path(), port, listen, &settings);
         let pg = Postgres {
             dir,
             server,
             port,
             settings,
+            listen: listen.to_owned(),
         };
         pg.wait_ready();
         pg
@@ -166,7 +187,7 @@ impl Postgres {
     /// port and data, as a database restart or failover does to its clients.
     pub fn restart(&mut self) {
         self.stop();
-        self.server = server(self.dir.path(), self.port, &self.settings);
+        self.server = server(self.dir.path(), self.port, &self.listen, &self.settings);
         self.wait_ready();
     }
 
@@ -191,15 +212,15 @@ impl Postgres {
     }
 }
 
-/// The server of the cluster in `dir` on 127.0.0.1:`port`.
-fn server(dir: &Path, port: u16, settings: &[String]) -> Child {
+/// The server of the cluster in `dir` on `listen` (comma-separated addresses), port `port`.
+fn server(dir: &Path, port: u16, listen: &str, settings: &[String]) -> Child {
     let mut c = command(&bin_dir().join("postgres"));
     for s in settings {
         c.args(["-c", s]);
     }
     c.arg("-D")
         .arg(dir.join("data"))
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-k"])
+        .args(["-h", listen, "-p", &port.to_string(), "-k"])
         .arg(dir)
         // fsync stays on: commits cost what they cost in production, which group commit
         // is measured against.
