@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -2095,7 +2095,6 @@ fn lease_of(db: &mut postgres::Client, run: &str) -> Option<(u32, i64)> {
     // Owners are `<host>-<pid>-<suffix>`.
     Some((owner.rsplit('-').nth(1)?.parse().ok()?, epoch))
 }
-
 
 /// Starts an EFFECT_THEN_GATE run through `addr`; returns its id.
 fn start_effect_then_gate(addr: SocketAddr, effect: &Gate, gate: &Gate) -> String {
