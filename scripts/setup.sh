@@ -70,6 +70,15 @@ if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "version $schemath
     "$venv/bin/python" -m pip install --quiet "schemathesis==$schemathesis_version"
 fi
 
+# The official MCP Python SDK drives host/tests/mcp.rs as the client of `sandgraph mcp` and of
+# serve's /mcp; pinned, in a venv of its own.
+mcp_venv=.tools/mcp
+if ! "$mcp_venv/bin/python" -c 'import importlib.metadata as m; assert m.version("mcp") == "2.3.0"' 2>/dev/null; then
+    rm -rf "$mcp_venv"
+    python3 -m venv "$mcp_venv"
+    "$mcp_venv/bin/python" -m pip install --quiet 'mcp==2.3.0'
+fi
+
 # langchain-openai and instructor drive inference/tests/compat_clients.rs; pinned, in a venv of
 # their own because they need the 1.x OpenAI client while openai_client.py uses the system's.
 clients=.tools/clients

@@ -4,6 +4,7 @@ pub mod api;
 pub mod cli;
 pub mod graph;
 pub mod journal;
+pub mod mcp;
 pub mod model;
 pub mod sandbox;
 pub mod tls_roots;

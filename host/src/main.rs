@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use sandgraph::cli::{Cli, Command, deploy, graph, run, runs, serve, tool};
+use sandgraph::cli::{Cli, Command, deploy, graph, mcp, run, runs, serve, tool};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -64,6 +64,7 @@ fn main() -> ExitCode {
         Command::Runs(cmd) => return printed(runs::runs(cmd)),
         Command::Journal(cmd) => return printed(runs::journal(cmd)),
         Command::Deploy(cmd) => return printed(deploy::run(cmd)),
+        Command::Mcp(args) => return printed(mcp::mcp(args)),
         Command::Tool(cmd) => tool::run(cmd),
         Command::Serve(_) => unreachable!("handled above"),
         Command::Health { url } => return sandgraph_inference::server::probe::exit_code(&url),

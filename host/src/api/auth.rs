@@ -24,23 +24,27 @@ pub enum Scope {
     ToolsWrite,
     RunsWrite,
     RunsRead,
+    /// Call tools over MCP (`/mcp`).
+    ToolsCall,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 4] = [
+    pub const ALL: [Scope; 5] = [
         Scope::GraphsWrite,
         Scope::ToolsWrite,
         Scope::RunsWrite,
         Scope::RunsRead,
+        Scope::ToolsCall,
     ];
 
-    /// The wire name: `graphs:write`, `tools:write`, `runs:write`, `runs:read`.
+    /// The wire name: `graphs:write`, `tools:write`, `runs:write`, `runs:read`, `tools:call`.
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::GraphsWrite => "graphs:write",
             Scope::ToolsWrite => "tools:write",
             Scope::RunsWrite => "runs:write",
             Scope::RunsRead => "runs:read",
+            Scope::ToolsCall => "tools:call",
         }
     }
 

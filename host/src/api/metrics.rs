@@ -264,6 +264,31 @@ impl Metrics {
         }
     }
 
+    /// A tool call outside any run (MCP's `tools/call`), from its audit record.
+    pub fn on_tool_call(&self, audit: &crate::sandbox::outcome::AuditRecord) {
+        let tool = audit.tool.clone();
+        self.tool_call_duration
+            .get_or_create(&vec![("tool".into(), tool.clone())])
+            .observe(audit.duration_us as f64 / 1e6);
+        for denied in audit.egress.iter().filter(|a| !a.allowed) {
+            self.egress_denials
+                .get_or_create(&vec![
+                    ("tool".into(), tool.clone()),
+                    (
+                        "reason".into(),
+                        format!("{:?}", denied.capability).to_lowercase(),
+                    ),
+                ])
+                .inc();
+        }
+        self.tool_outcomes
+            .get_or_create(&vec![
+                ("tool".into(), tool),
+                ("outcome".into(), audit.outcome.clone()),
+            ])
+            .inc();
+    }
+
     /// The journal's append hook: sees crossings, which do not pass the progress hook.
     pub fn on_append(&self, run: RunId, event: &Event) {
         if let Event::Crossing {

@@ -72,7 +72,11 @@ pub(crate) struct State {
     pub engine: Engine,
     pub journal: Arc<Journal>,
     pub store: Store,
-    pub catalog: RwLock<Arc<Catalog>>,
+    /// Shared with the MCP server, which lists and calls what it holds.
+    pub catalog: Arc<RwLock<Arc<Catalog>>>,
+    /// Tools over MCP's streamable HTTP at `/mcp`, and the handler that tells its sessions
+    /// when the tool list changes.
+    pub mcp: (crate::mcp::McpTools, crate::mcp::http::McpHttp),
     /// Compiled graphs by (name, version).
     pub compiled: Mutex<HashMap<(String, String), Arc<CompiledGraph>>>,
     /// Runs executing in this process, with their cancellation.
@@ -304,6 +308,27 @@ pub async fn start_with_models(
         None => None,
     };
     let shutdown = CancellationToken::new();
+    let catalog = Arc::new(RwLock::new(Arc::new(catalog)));
+    let mcp = {
+        let catalog = catalog.clone();
+        let m = metrics.clone();
+        let tools = crate::mcp::McpTools::new(
+            engine.sandbox().clone(),
+            Arc::new(move || catalog.read().unwrap_or_else(|p| p.into_inner()).clone()),
+            OperatorPolicy {
+                allow_private: config.allow_private.clone(),
+                ..OperatorPolicy::default()
+            },
+            crate::sandbox::manifest::CallGrant::default(),
+            Some(Arc::new(move |audit| m.on_tool_call(audit))),
+        );
+        let http = crate::mcp::http::McpHttp::new(
+            tools.clone(),
+            config.max_run_bytes,
+            shutdown.child_token(),
+        );
+        (tools, http)
+    };
     let state = Arc::new(State {
         admission,
         auth,
@@ -312,7 +337,8 @@ pub async fn start_with_models(
         engine,
         journal,
         store,
-        catalog: RwLock::new(Arc::new(catalog)),
+        catalog,
+        mcp,
         compiled: Mutex::default(),
         active: Mutex::default(),
         run_ended: tokio::sync::watch::Sender::new(0),
@@ -646,6 +672,7 @@ impl State {
         }
         tracing::info!(tools = ?changed, "catalog brought up to the shared store");
         *self.catalog.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        self.mcp.0.tools_changed();
         Ok(())
     }
 }

@@ -132,6 +132,7 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> (&'static str, Repl
             (&Method::POST, ["v1", "graphs"]) => Scope::GraphsWrite,
             (&Method::POST, ["v1", "tools"]) => Scope::ToolsWrite,
             (&Method::POST, ["v1", "runs", ..]) => Scope::RunsWrite,
+            (_, ["mcp"]) => Scope::ToolsCall,
             _ => Scope::RunsRead,
         };
         if let Err(p) = authorize(&state, req.headers(), scope) {
@@ -140,6 +141,7 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> (&'static str, Repl
         }
     }
     let reply = match segments.as_slice() {
+        ["mcp"] => Ok(state.mcp.1.handle(req).await.map(ApiBody::Boxed)),
         ["healthz"] => match method {
             Method::GET => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
             _ => not_allowed("GET"),
@@ -205,6 +207,7 @@ fn route_template(segments: &[&str]) -> &'static str {
         ["healthz"] => "/healthz",
         ["readyz"] => "/readyz",
         ["metrics"] => "/metrics",
+        ["mcp"] => "/mcp",
         ["v1", "graphs"] => "/v1/graphs",
         ["v1", "graphs", _] => "/v1/graphs/{name}",
         ["v1", "tools"] => "/v1/tools",
@@ -623,6 +626,7 @@ async fn post_tool(state: &Arc<State>, req: Request<Incoming>) -> Reply {
         next.insert_described(manifest, upload.manifest, wasm, output_schema);
         *catalog = Arc::new(next);
     }
+    state.mcp.0.tools_changed();
     tracing::info!(tool = %record.name, digest = %record.digest, "tool stored");
     Ok(json_response(
         StatusCode::CREATED,

@@ -30,6 +30,8 @@ const INLINE_PAYLOAD: usize = 64 * 1024;
 pub enum ApiBody {
     Full(Option<Bytes>),
     Stream(mpsc::Receiver<Bytes>),
+    /// The MCP service's own responses (JSON or its SSE streams).
+    Boxed(http_body_util::combinators::BoxBody<Bytes, Infallible>),
 }
 
 impl ApiBody {
@@ -49,11 +51,16 @@ impl Body for ApiBody {
         match self.get_mut() {
             ApiBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ApiBody::Stream(rx) => rx.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b)))),
+            ApiBody::Boxed(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self, ApiBody::Full(None))
+        match self {
+            ApiBody::Full(b) => b.is_none(),
+            ApiBody::Stream(_) => false,
+            ApiBody::Boxed(b) => b.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
@@ -61,6 +68,7 @@ impl Body for ApiBody {
             ApiBody::Full(Some(b)) => http_body::SizeHint::with_exact(b.len() as u64),
             ApiBody::Full(None) => http_body::SizeHint::with_exact(0),
             ApiBody::Stream(_) => http_body::SizeHint::default(),
+            ApiBody::Boxed(b) => b.size_hint(),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod deploy;
 pub mod graph;
+pub mod mcp;
 pub mod progress;
 pub mod run;
 pub mod runs;
@@ -45,6 +46,8 @@ pub enum Command {
     Journal(runs::JournalCommand),
     /// Serve the HTTP API (settings from SANDGRAPH_* env vars and an optional config file).
     Serve(serve::ServeArgs),
+    /// Serve the tools over MCP on stdin/stdout (each call sandboxed like a graph step).
+    Mcp(mcp::McpArgs),
     /// Generate deployment artifacts from the project's files.
     #[command(subcommand)]
     Deploy(deploy::DeployCommand),

@@ -1,0 +1,336 @@
+//! Sandgraph's tools for any agent framework, over the Model Context Protocol (the `rmcp` SDK):
+//! `tools/list` names every tool component of the catalog with the description and input and
+//! output JSON Schemas its `info()` declares; `tools/call` is a sandboxed call exactly like a
+//! graph step (a fresh instance, the grant the operator's policy and the tool's manifest
+//! intersect to, its audit record). A refusal or failure comes back as a tool error the model
+//! can read (`isError`, the typed error as structured content); only a call that cannot be
+//! routed (unknown tool) is a JSON-RPC error. Served over stdio ([`stdio`]) by `sandgraph mcp`
+//! and over streamable HTTP ([`http`]) at `/mcp` by `sandgraph serve`.
+
+pub mod http;
+pub mod stdio;
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use rmcp::ServerHandler;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorCode, ErrorData,
+    Implementation, JsonObject, ListToolsResult, PaginatedRequestParams, ProtocolVersion,
+    ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::{NotificationContext, Peer, RequestContext, RoleServer};
+use serde_json::Value;
+
+use crate::graph::catalog::Catalog;
+use crate::sandbox::Sandbox;
+use crate::sandbox::manifest::{CallGrant, EffectiveGrant, OperatorPolicy};
+use crate::sandbox::outcome::{AuditRecord, CallError};
+use crate::sandbox::registry::LoadedTool;
+
+/// The catalog as it is now (the API's changes as tools are uploaded).
+pub type CatalogSource = Arc<dyn Fn() -> Arc<Catalog> + Send + Sync>;
+
+/// Sees every call's audit record (the API's metrics).
+pub type CallObserver = Arc<dyn Fn(&AuditRecord) + Send + Sync>;
+
+/// The MCP server's handler; one per process, cloned into every session.
+#[derive(Clone)]
+pub struct McpTools {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    sandbox: Arc<Sandbox>,
+    catalog: CatalogSource,
+    policy: OperatorPolicy,
+    grant: CallGrant,
+    observer: Option<CallObserver>,
+    /// Sessions that finished `initialize`, told when the tool list changes.
+    peers: Mutex<Vec<Peer<RoleServer>>>,
+    /// Per component digest: what `tools/list` shows of it and its input validator.
+    described: Mutex<HashMap<String, Arc<Described>>>,
+}
+
+/// One tool as listed, with what a call needs.
+struct Described {
+    tool: Tool,
+    input: Option<Arc<jsonschema::Validator>>,
+    loaded: Arc<LoadedTool>,
+}
+
+impl McpTools {
+    /// Serves the tools of `catalog` under the operator's `policy`; `grant` is what every call
+    /// is handed besides (a workspace).
+    pub fn new(
+        sandbox: Arc<Sandbox>,
+        catalog: CatalogSource,
+        policy: OperatorPolicy,
+        grant: CallGrant,
+        observer: Option<CallObserver>,
+    ) -> McpTools {
+        McpTools {
+            inner: Arc::new(Inner {
+                sandbox,
+                catalog,
+                policy,
+                grant,
+                observer,
+                peers: Mutex::default(),
+                described: Mutex::default(),
+            }),
+        }
+    }
+
+    /// Tells every connected session that the tool list changed
+    /// (`notifications/tools/list_changed`); sessions that ended are forgotten.
+    pub fn tools_changed(&self) {
+        let peers: Vec<Peer<RoleServer>> = {
+            let mut peers = self.inner.peers.lock().unwrap_or_else(|p| p.into_inner());
+            peers.retain(|p| !p.is_transport_closed());
+            peers.clone()
+        };
+        for peer in peers {
+            tokio::spawn(async move {
+                if let Err(e) = peer.notify_tool_list_changed().await {
+                    tracing::debug!(error = %e, "an MCP session missed a tool list change");
+                }
+            });
+        }
+    }
+
+    /// Every tool of the catalog as listed (agents are not tools: they need a model).
+    async fn tools(&self) -> Vec<Arc<Described>> {
+        let catalog = (self.inner.catalog)();
+        let mut out = Vec::new();
+        for m in catalog.manifests() {
+            let name = m.metadata.name.clone();
+            match self.describe(&catalog, &name).await {
+                Ok(Some(d)) => out.push(d),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(tool = %name, error = %e, "tool left out of the MCP tool list")
+                }
+            }
+        }
+        out
+    }
+
+    /// `name` as listed; `None` when it is an agent; an error when it cannot be loaded.
+    async fn describe(
+        &self,
+        catalog: &Catalog,
+        name: &str,
+    ) -> Result<Option<Arc<Described>>, CallError> {
+        let Some(entry) = catalog.get(name) else {
+            return Ok(None);
+        };
+        let key = format!("{name}\u{0}{}", entry.digest);
+        if let Some(d) = self
+            .inner
+            .described
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(Some(d.clone()));
+        }
+        let sandbox = &self.inner.sandbox;
+        let loaded = match sandbox.registry().loaded(&entry.digest) {
+            Some(l) => l,
+            None => {
+                let wasm = entry.wasm.clone();
+                let s = sandbox.clone();
+                tokio::task::spawn_blocking(move || s.registry().load(&wasm))
+                    .await
+                    .map_err(|e| CallError::BadComponent {
+                        reason: format!("loading the component ended abnormally: {e}"),
+                    })??
+            }
+        };
+        if loaded.is_agent() {
+            return Ok(None);
+        }
+        let info = &sandbox.described(&loaded).await?.info;
+        let input_schema = schema_object(&info.input_schema);
+        let mut tool = Tool::new_with_raw(
+            name.to_owned(),
+            Some(Cow::Owned(info.description.clone())),
+            Arc::new(input_schema.clone().unwrap_or_else(any_object)),
+        );
+        tool.title = Some(format!("{} {}", info.name, info.version));
+        // Only an object schema is a valid MCP output schema.
+        if let Some(out) = schema_object(&info.output_schema)
+            .filter(|o| o.get("type").and_then(Value::as_str) == Some("object"))
+        {
+            tool = tool.with_raw_output_schema(Arc::new(out));
+        }
+        let input = input_schema.and_then(|s| {
+            jsonschema::validator_for(&Value::Object(s))
+                .map(Arc::new)
+                .map_err(|e| {
+                    tracing::warn!(tool = %name, error = %e, "input schema does not compile; calls are not checked against it")
+                })
+                .ok()
+        });
+        let d = Arc::new(Described {
+            tool,
+            input,
+            loaded,
+        });
+        self.inner
+            .described
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, d.clone());
+        Ok(Some(d))
+    }
+
+    /// One `tools/call`: checked against the tool's input schema, then run in a fresh instance
+    /// under the effective grant, unless the client cancels it first.
+    async fn call(
+        &self,
+        request: CallToolRequestParams,
+        cancelled: tokio_util::sync::CancellationToken,
+    ) -> Result<CallToolResult, ErrorData> {
+        let name = request.name.to_string();
+        let catalog = (self.inner.catalog)();
+        let unknown = || {
+            ErrorData::new(
+                ErrorCode::INVALID_PARAMS,
+                format!("unknown tool '{name}'; tools/list names the tools this server has"),
+                Some(serde_json::json!({ "tool": name })),
+            )
+        };
+        let Some(entry) = catalog.get(&name) else {
+            return Err(unknown());
+        };
+        let described = match self.describe(&catalog, &name).await {
+            Ok(Some(d)) => d,
+            Ok(None) => return Err(unknown()),
+            Err(e) => return Ok(failed(&e)),
+        };
+        let arguments = Value::Object(request.arguments.unwrap_or_default());
+        if let Some(v) = &described.input {
+            let errors: Vec<String> = v
+                .iter_errors(&arguments)
+                .take(8)
+                .map(|e| {
+                    let at = e.instance_path().to_string();
+                    if at.is_empty() {
+                        e.to_string()
+                    } else {
+                        format!("{at}: {e}")
+                    }
+                })
+                .collect();
+            if !errors.is_empty() {
+                return Ok(failed(&CallError::InvalidInput {
+                    message: format!(
+                        "the arguments do not match the tool's input schema: {}",
+                        errors.join("; ")
+                    ),
+                }));
+            }
+        }
+        let grant =
+            EffectiveGrant::intersect(&self.inner.policy, &entry.manifest, &self.inner.grant);
+        let input = arguments.to_string();
+        let span = tracing::info_span!("mcp.tools/call", tool = %name);
+        let call = self.inner.sandbox.call(&described.loaded, &grant, &input);
+        let report = tokio::select! {
+            report = tracing::Instrument::instrument(call, span) => report,
+            _ = cancelled.cancelled() => {
+                // The instance is dropped with the call's future: nothing of it runs on.
+                tracing::info!(tool = %name, "MCP tool call cancelled by the client");
+                return Err(ErrorData::new(
+                    ErrorCode::INTERNAL_ERROR,
+                    "the call was cancelled by the client",
+                    None,
+                ));
+            }
+        };
+        if let Some(observe) = &self.inner.observer {
+            observe(&report.audit);
+        }
+        Ok(match report.result {
+            Ok(out) => match serde_json::from_str::<Value>(&out) {
+                Ok(v @ Value::Object(_)) => CallToolResult::structured(v),
+                _ => CallToolResult::success(vec![ContentBlock::text(out)]),
+            },
+            Err(e) => failed(&e),
+        })
+    }
+}
+
+/// A tool error the model can read: the error's message as text, the typed error (`kind` and
+/// its fields, as `sandgraph tool call` prints it) as structured content.
+fn failed(e: &CallError) -> CallToolResult {
+    let mut r = CallToolResult::error(vec![ContentBlock::text(e.to_string())]);
+    r.structured_content = serde_json::to_value(e).ok();
+    r
+}
+
+/// `text` as a JSON object, if it is one.
+fn schema_object(text: &str) -> Option<JsonObject> {
+    match serde_json::from_str(text) {
+        Ok(Value::Object(o)) => Some(o),
+        _ => None,
+    }
+}
+
+/// The input schema of a tool that declares none usable: any object.
+fn any_object() -> JsonObject {
+    let mut o = JsonObject::new();
+    o.insert("type".into(), Value::String("object".into()));
+    o
+}
+
+impl ServerHandler for McpTools {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .build(),
+        )
+        .with_server_info(Implementation::new("sandgraph", env!("CARGO_PKG_VERSION")))
+        .with_instructions(
+            "Sandgraph's tools, each call run in a fresh WebAssembly sandbox with only the \
+             capabilities its manifest and the operator grant. A refused capability comes back \
+             as a tool error naming what was refused.",
+        )
+    }
+
+    /// Sessions start with `initialize` (revisions up to 2025-11-25), so every session is known
+    /// here and told of tool list changes.
+    fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
+        Cow::Borrowed(ProtocolVersion::known_up_to(&ProtocolVersion::V_2025_11_25))
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        self.inner
+            .peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(context.peer);
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let tools = self.tools().await.iter().map(|d| d.tool.clone()).collect();
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        self.call(request, context.ct).await.map(Into::into)
+    }
+}
