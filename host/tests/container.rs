@@ -206,7 +206,13 @@ fn build_images() {
     );
     let built_from: String = inputs
         .iter()
-        .map(|p| format!("{}:{:?}\n", p.display(), p.metadata().and_then(|m| m.modified()).ok()))
+        .map(|p| {
+            format!(
+                "{}:{:?}\n",
+                p.display(),
+                p.metadata().and_then(|m| m.modified()).ok()
+            )
+        })
         .collect();
     let stamp = target.join("docker/container-test.stamp");
     let images_there = ["host", "inference"].iter().all(|kind| {
@@ -426,7 +432,9 @@ impl Replicas {
             "{{range .IPAM.Config}}{{.Gateway}} {{.Subnet}}{{end}}",
             &replicas.network,
         ]);
-        let (gateway, subnet) = ipam.split_once(' ').expect("the network's gateway and subnet");
+        let (gateway, subnet) = ipam
+            .split_once(' ')
+            .expect("the network's gateway and subnet");
         (replicas, gateway.to_owned(), subnet.to_owned())
     }
 
@@ -533,7 +541,8 @@ fn a_replica_container_partitioned_by_docker_network_disconnect_is_taken_over_on
         Some(("application/yaml", EFFECT_THEN_GATE)),
     );
     assert_eq!(status, 201, "{body}");
-    let input = json!({"graph": "effect-then-gate", "input": {"effect": effect.url(), "url": gate.url()}});
+    let input =
+        json!({"graph": "effect-then-gate", "input": {"effect": effect.url(), "url": gate.url()}});
     let (status, body) = http(
         ports[2],
         "POST",
@@ -560,9 +569,11 @@ fn a_replica_container_partitioned_by_docker_network_disconnect_is_taken_over_on
         Duration::from_secs(60),
         || owner_of(&mut db, &run, &replicas.names).is_some_and(|(o, e)| e == 2 && o != owner),
     );
-    wait_until("the re-sent request at the gate", Duration::from_secs(60), || {
-        gate.hits() == 2
-    });
+    wait_until(
+        "the re-sent request at the gate",
+        Duration::from_secs(60),
+        || gate.hits() == 2,
+    );
     gate.open();
     let survivor = ports[(owner_index + 1) % 3];
     wait_until("the run to finish", Duration::from_secs(60), || {
@@ -605,7 +616,14 @@ fn a_replica_container_partitioned_by_docker_network_disconnect_is_taken_over_on
         healed,
         "POST",
         "/v1/runs?wait=true",
-        Some(("application/json", &json!({"graph": "add", "input": {"n": 41}}).to_string())),
+        Some((
+            "application/json",
+            &json!({"graph": "add", "input": {"n": 41}}).to_string(),
+        )),
     );
-    assert_eq!((status, &done["output"]["add"]["value"]), (200, &json!(42.0)), "{done}");
+    assert_eq!(
+        (status, &done["output"]["add"]["value"]),
+        (200, &json!(42.0)),
+        "{done}"
+    );
 }
