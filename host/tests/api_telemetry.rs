@@ -634,3 +634,108 @@ fn export_to_an_https_collector_is_verified_and_carries_the_configured_headers()
     );
     assert!(untrusted.received.lock().unwrap().is_empty());
 }
+
+/// One MCP message POSTed to `/mcp` (in `session`, if any); (the session id it names, the
+/// JSON-RPC messages of its body, JSON or server-sent events).
+fn mcp_post(
+    addr: SocketAddr,
+    session: Option<&str>,
+    message: &Value,
+) -> (Option<String>, Vec<Value>) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let body = message.to_string();
+    let session = session
+        .map(|id| format!("Mcp-Session-Id: {id}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {ADMIN}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n{session}Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let id = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("mcp-session-id")
+            .then(|| v.trim().to_owned())
+    });
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    let messages = body
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("data:")
+                .or(Some(l).filter(|l| l.starts_with('{')))
+        })
+        .filter_map(|d| serde_json::from_str(d.trim()).ok())
+        .collect();
+    (id, messages)
+}
+
+#[test]
+fn an_mcp_tool_call_is_a_trace_of_its_own_with_its_call_and_egress_spans() {
+    let collector = Collector::start();
+    let target = common::TestServer::start();
+    let api = TestApi::start(Some(collector.endpoint()));
+    upload_fetcher(api.addr, target.port());
+    let (session, init) = mcp_post(
+        api.addr,
+        None,
+        &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "telemetry-test", "version": "1"}}}),
+    );
+    assert_eq!(
+        init[0]["result"]["serverInfo"]["name"], "sandgraph",
+        "{init:?}"
+    );
+    let session = session.expect("a session id");
+    mcp_post(
+        api.addr,
+        Some(&session),
+        &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    );
+    let (_, answer) = mcp_post(
+        api.addr,
+        Some(&session),
+        &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+            "name": "egress_fetch", "arguments": {"url": target.url("/ok"), "method": "DELETE"}}}),
+    );
+    assert_eq!(answer[0]["result"]["isError"], true, "{answer:?}");
+    assert_eq!(target.connections(), 0, "the denied request never left");
+    api.shutdown();
+    wait_for("an export", || {
+        !collector.received.lock().unwrap().is_empty()
+    });
+    let spans = exported_spans(&collector);
+    let root = spans
+        .iter()
+        .find(|s| s.name == "mcp_tools_call")
+        .unwrap_or_else(|| panic!("no mcp_tools_call span: {spans:#?}"));
+    assert!(root.parent_span_id.is_empty(), "a root of its own");
+    assert_eq!(text(root, "sandgraph.tool.name"), "egress_fetch");
+    let call = spans
+        .iter()
+        .find(|s| s.name == "tool_call" && s.parent_span_id == root.span_id)
+        .expect("a tool_call under it");
+    assert_eq!(text(call, "sandgraph.tool.outcome"), "denied");
+    let denied = spans
+        .iter()
+        .find(|s| s.name == "egress" && s.parent_span_id == call.span_id)
+        .expect("an egress span under the call");
+    assert_eq!(text(denied, "http.request.method"), "DELETE");
+    assert!(!flag(denied, "sandgraph.egress.allowed"));
+    for s in [root, call, denied] {
+        assert_eq!(s.trace_id, root.trace_id);
+    }
+}

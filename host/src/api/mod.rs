@@ -311,7 +311,7 @@ pub async fn start_with_models(
     let catalog = Arc::new(RwLock::new(Arc::new(catalog)));
     let mcp = {
         let catalog = catalog.clone();
-        let m = metrics.clone();
+        let (m, t) = (metrics.clone(), telemetry.clone());
         let tools = crate::mcp::McpTools::new(
             engine.sandbox().clone(),
             Arc::new(move || catalog.read().unwrap_or_else(|p| p.into_inner()).clone()),
@@ -320,7 +320,12 @@ pub async fn start_with_models(
                 ..OperatorPolicy::default()
             },
             crate::sandbox::manifest::CallGrant::default(),
-            Some(Arc::new(move |audit| m.on_tool_call(audit))),
+            Some(Arc::new(move |audit| {
+                m.on_tool_call(audit);
+                if let Some(t) = &t {
+                    t.on_mcp_call(audit);
+                }
+            })),
         );
         let http = crate::mcp::http::McpHttp::new(
             tools.clone(),

@@ -548,9 +548,63 @@ impl Telemetry {
         else {
             return;
         };
+        let (http, denials) = (&mut s.http, &mut s.denials);
+        self.call_spans(&s.cx, audit, start, end, |a| {
+            if a.allowed {
+                let live = http
+                    .iter()
+                    .position(|t| t.method == a.method && t.uri == a.target);
+                match live.map(|i| http.remove(i)) {
+                    Some(t) => (t.start, t.end.unwrap_or(end)),
+                    None => (end, end),
+                }
+            } else {
+                let name = capability(a.capability);
+                let journaled = denials.iter().position(|(c, _)| c == name);
+                let t = journaled
+                    .and_then(|i| denials.remove(i))
+                    .map_or(end, |(_, t)| t);
+                (t, t)
+            }
+        });
+    }
+
+    /// A tool call outside any run (MCP's `tools/call`): a trace of its own, its root
+    /// `mcp_tools_call` holding the `tool_call` span and its `egress` spans (a request spans
+    /// the call, a denial is an instant at its end: no journal times them).
+    pub fn on_mcp_call(&self, audit: &AuditRecord) {
+        let end = SystemTime::now();
+        let start = end
+            .checked_sub(Duration::from_micros(audit.duration_us))
+            .unwrap_or(end);
+        let root = self.child(
+            "mcp_tools_call",
+            &Context::new(),
+            start,
+            vec![KeyValue::new("sandgraph.tool.name", audit.tool.clone())],
+        );
+        self.call_spans(&root, audit, start, end, |a| {
+            if a.allowed { (start, end) } else { (end, end) }
+        });
+        if audit.outcome != "ok" {
+            root.span().set_status(Status::error(audit.outcome.clone()));
+        }
+        root.span().end_with_timestamp(end);
+    }
+
+    /// The `tool_call` span of `audit` under `parent`, with one `egress` span per attempt
+    /// timed by `timing`.
+    fn call_spans(
+        &self,
+        parent: &Context,
+        audit: &AuditRecord,
+        start: SystemTime,
+        end: SystemTime,
+        mut timing: impl FnMut(&crate::sandbox::outcome::EgressAttempt) -> (SystemTime, SystemTime),
+    ) {
         let call = self.child(
             "tool_call",
-            &s.cx,
+            parent,
             start,
             vec![
                 KeyValue::new("sandgraph.tool.name", audit.tool.clone()),
@@ -571,23 +625,7 @@ impl Telemetry {
         for a in &audit.egress {
             // Requests served from the journal and socket refusals left no crossing of their
             // own: an instant at the call's end.
-            let (from, to) = if a.allowed {
-                let live = s
-                    .http
-                    .iter()
-                    .position(|t| t.method == a.method && t.uri == a.target);
-                match live.map(|i| s.http.remove(i)) {
-                    Some(t) => (t.start, t.end.unwrap_or(end)),
-                    None => (end, end),
-                }
-            } else {
-                let name = capability(a.capability);
-                let journaled = s.denials.iter().position(|(c, _)| c == name);
-                let t = journaled
-                    .and_then(|i| s.denials.remove(i))
-                    .map_or(end, |(_, t)| t);
-                (t, t)
-            };
+            let (from, to) = timing(a);
             let mut attrs = vec![
                 KeyValue::new("sandgraph.egress.capability", capability(a.capability)),
                 KeyValue::new("http.request.method", a.method.clone()),
