@@ -79,6 +79,16 @@ if ! "$mcp_venv/bin/python" -c 'import importlib.metadata as m; assert m.version
     "$mcp_venv/bin/python" -m pip install --quiet 'mcp==2.3.0'
 fi
 
+# A LangGraph agent (host/tests/mcp/langgraph_agent.py) uses the tools through MCP with
+# langchain-mcp-adapters, which brings the SDK's 1.x line; pinned, in a venv of its own.
+lg_venv=.tools/mcp-langgraph
+if ! "$lg_venv/bin/python" -c 'import importlib.metadata as m; assert m.version("langgraph") == "1.2.24" and m.version("langchain-mcp-adapters") == "0.3.2"' 2>/dev/null; then
+    rm -rf "$lg_venv"
+    python3 -m venv "$lg_venv"
+    "$lg_venv/bin/python" -m pip install --quiet 'langgraph==1.2.24' 'langchain-mcp-adapters==0.3.2' \
+        'langchain-openai==1.8.1' 'mcp==1.30.0'
+fi
+
 # langchain-openai and instructor drive inference/tests/compat_clients.rs; pinned, in a venv of
 # their own because they need the 1.x OpenAI client while openai_client.py uses the system's.
 clients=.tools/clients

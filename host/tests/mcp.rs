@@ -407,9 +407,14 @@ struct StdioServer {
 
 impl StdioServer {
     fn start(tools: &Path) -> StdioServer {
+        StdioServer::start_with(tools, &[])
+    }
+
+    fn start_with(tools: &Path, extra: &[&std::ffi::OsStr]) -> StdioServer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sandgraph"))
             .args(["mcp", "--tools"])
             .arg(tools)
+            .args(extra)
             .arg("--components")
             .arg(components())
             .args(["--allow-private", "127.0.0.1", "--cache-dir"])
@@ -435,6 +440,13 @@ impl StdioServer {
         input.flush().unwrap();
     }
 
+    /// `initialize` and `initialized`.
+    fn initialize(&mut self) {
+        self.send(br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#);
+        assert_eq!(self.answer()["result"]["protocolVersion"], "2025-11-25");
+        self.send(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+    }
+
     fn answer(&mut self) -> Value {
         let mut line = String::new();
         self.output.read_line(&mut line).unwrap();
@@ -454,9 +466,7 @@ fn mcp_over_stdio_answers_bad_input_with_json_rpc_errors_and_serves_on() {
     let up = Upstream::start();
     let tools = tools_dir(&up);
     let mut s = StdioServer::start(tools.path());
-    s.send(br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#);
-    assert_eq!(s.answer()["result"]["protocolVersion"], "2025-11-25");
-    s.send(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+    s.initialize();
     // Not JSON: a parse error, id null.
     s.send(b"{\"jsonrpc\": \"2.0\", \"id\": 2, \"method\"");
     let a = s.answer();
@@ -520,4 +530,151 @@ fn mcp_over_stdio_answers_bad_input_with_json_rpc_errors_and_serves_on() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// `sandgraph-infer serve` on the real model (CPU), killed when dropped; its base URL.
+fn inference_server() -> (Serve, String) {
+    let mut child = Command::new(common::infer_binary())
+        .args(["serve", "--backend", "cpu", "--listen", "127.0.0.1:0"])
+        .args(["--slots", "2", "--context", "2048", "--threads", "2"])
+        .arg("--model")
+        .arg(repo().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting sandgraph-infer serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line from sandgraph-infer: {line:?}"))
+        .to_owned();
+    let addr = base.trim_start_matches("http://").parse().unwrap();
+    (Serve { child, addr }, base)
+}
+
+#[test]
+fn a_langgraph_agent_uses_the_tools_through_mcp_with_sandgraph_infer_as_its_model() {
+    let python = repo().join(".tools/mcp-langgraph/bin/python");
+    assert!(
+        python.exists(),
+        "the LangGraph venv .tools/mcp-langgraph is missing: run scripts/setup.sh"
+    );
+    let up = Upstream::start();
+    let tools = tools_dir(&up);
+    let server = serve(tools.path(), &[]);
+    let (_model, model_url) = inference_server();
+    let out = Command::new(python)
+        .arg(repo().join("host/tests/mcp/langgraph_agent.py"))
+        .arg(format!("http://{}/mcp", server.addr))
+        .arg(ADMIN)
+        .arg(format!("{model_url}/v1"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "langgraph_agent.py failed:\n{}\n{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // The 1.x Python SDK ends its session cleanly.
+    assert!(!stderr.contains("Session termination failed"), "{stderr}");
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The agent saw Sandgraph's tools through MCP and its model chose a calc call...
+    assert!(
+        seen["tools"].as_array().unwrap().contains(&json!("calc")),
+        "{seen}"
+    );
+    assert_eq!(seen["tool_call"]["name"], "calc", "{seen}");
+    let expr = seen["tool_call"]["args"]["expr"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(expr.contains("17") && expr.contains("23"), "{seen}");
+    // ...which Sandgraph ran in its sandbox: a value, or a tool error calc wrote (the small
+    // model's arithmetic is not always well formed); either way the model read it and answered.
+    let result = seen["tool_result"].to_string();
+    assert!(
+        result.contains("value") || result.contains("invalid input"),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["steps"],
+        json!(["HumanMessage", "AIMessage", "ToolMessage", "AIMessage"]),
+        "{seen}"
+    );
+    let (_, metrics) = raw(server.addr, "GET", "/metrics", None, &[], b"");
+    assert!(
+        metrics.contains(r#"sandgraph_tool_outcomes_total{tool="calc""#),
+        "the call went through Sandgraph: {metrics}"
+    );
+}
+
+#[test]
+fn with_a_journal_each_call_is_a_run_that_is_listed_and_replays_identically() {
+    let up = Upstream::start();
+    let tools = tools_dir(&up);
+    let journal = tempfile::tempdir().unwrap();
+    let mut s = StdioServer::start_with(
+        tools.path(),
+        &["--journal".as_ref(), journal.path().as_os_str()],
+    );
+    s.initialize();
+    s.send(
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+            "name": "http-get", "arguments": {"url": up.allowed.url()}}})
+        .to_string()
+        .as_bytes(),
+    );
+    let fetched = s.answer();
+    assert_eq!(
+        fetched["result"]["structuredContent"]["body"], "opened",
+        "{fetched}"
+    );
+    let fetched_run = fetched["result"]["_meta"]["sandgraph/run"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no run named: {fetched}"))
+        .to_owned();
+    s.send(
+        json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
+            "name": "http-get", "arguments": {"url": "http://127.0.0.1:9/forbidden"}}})
+        .to_string()
+        .as_bytes(),
+    );
+    let denied = s.answer();
+    assert_eq!(denied["result"]["isError"], true, "{denied}");
+    assert_eq!(
+        denied["result"]["structuredContent"]["kind"], "denied",
+        "{denied}"
+    );
+    let denied_run = denied["result"]["_meta"]["sandgraph/run"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    drop(s);
+    let sandgraph = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_sandgraph"))
+            .args(args)
+            .arg("--journal")
+            .arg(journal.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, listed) = sandgraph(&["runs", "list"]);
+    assert_eq!(code, Some(0), "{listed}");
+    assert!(
+        listed.contains(&fetched_run) && listed.contains(&denied_run),
+        "{listed}"
+    );
+    // Offline, from the journal: the recorded response is served back, the output is the same.
+    let (code, report) = sandgraph(&["replay", &fetched_run]);
+    assert_eq!(code, Some(0), "{report}");
+    assert!(report.contains("identical"), "{report}");
+    assert_eq!(up.allowed.hits(), 1, "the replay sent nothing");
 }

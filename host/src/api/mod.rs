@@ -326,6 +326,7 @@ pub async fn start_with_models(
                     t.on_mcp_call(audit);
                 }
             })),
+            None,
         );
         let http = crate::mcp::http::McpHttp::new(
             tools.clone(),

@@ -8,6 +8,7 @@ use clap::Args;
 
 use super::tool::{CacheArgs, OperatorArgs};
 use crate::graph::catalog::Catalog;
+use crate::graph::engine::{Engine, EngineConfig};
 use crate::mcp::McpTools;
 use crate::sandbox::manifest::{CallGrant, OperatorPolicy, WorkspaceMode};
 use crate::sandbox::{Sandbox, SandboxConfig};
@@ -31,6 +32,11 @@ pub struct McpArgs {
     pub workspace_rw: bool,
     #[command(flatten)]
     pub cache: CacheArgs,
+    /// Journal every call as a one-step run in this journal (a directory, or a postgres:// URL):
+    /// listed by `sandgraph runs list`, replayable by `sandgraph replay`; each result names its
+    /// run in `_meta` (`sandgraph/run`).
+    #[arg(long, value_name = "DIR|URL")]
+    pub journal: Option<PathBuf>,
 }
 
 /// Serves until the client closes stdin.
@@ -58,13 +64,33 @@ pub fn mcp(args: McpArgs) -> Result<String, String> {
         }),
         ..CallGrant::default()
     };
+    let sandbox = Arc::new(sandbox);
+    let engine = match &args.journal {
+        Some(location) => {
+            let journal = super::run::JournalArgs {
+                journal: Some(location.clone()),
+            }
+            .open()?;
+            Some(Arc::new(Engine::new(
+                sandbox.clone(),
+                Arc::new(journal),
+                EngineConfig {
+                    policy: policy.clone(),
+                    workspace: args.workspace.clone(),
+                    ..EngineConfig::default()
+                },
+            )))
+        }
+        None => None,
+    };
     let catalog = Arc::new(catalog);
     let tools = McpTools::new(
-        Arc::new(sandbox),
+        sandbox,
         Arc::new(move || catalog.clone()),
         policy,
         grant,
         None,
+        engine,
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

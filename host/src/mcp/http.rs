@@ -52,6 +52,15 @@ impl McpHttp {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
+        if request.method() == Method::DELETE {
+            // The session ended: 204, which every client takes as success (the SDK answers
+            // 202, which the Python SDK's 1.x line logs as a failed termination).
+            let mut response = self.service.handle(request).await;
+            if response.status() == StatusCode::ACCEPTED {
+                *response.status_mut() = StatusCode::NO_CONTENT;
+            }
+            return response;
+        }
         if request.method() != Method::POST {
             return self.service.handle(request).await;
         }

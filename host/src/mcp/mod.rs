@@ -24,6 +24,8 @@ use rmcp::service::{NotificationContext, Peer, RequestContext, RoleServer};
 use serde_json::Value;
 
 use crate::graph::catalog::Catalog;
+use crate::graph::engine::Engine;
+use crate::journal::{Event, RunStatus};
 use crate::sandbox::Sandbox;
 use crate::sandbox::manifest::{CallGrant, EffectiveGrant, OperatorPolicy};
 use crate::sandbox::outcome::{AuditRecord, CallError};
@@ -47,6 +49,9 @@ struct Inner {
     policy: OperatorPolicy,
     grant: CallGrant,
     observer: Option<CallObserver>,
+    /// When set, every call is a one-step run of this engine: journaled, listed with the runs,
+    /// replayable offline.
+    engine: Option<Arc<Engine>>,
     /// Sessions that finished `initialize`, told when the tool list changes.
     peers: Mutex<Vec<Peer<RoleServer>>>,
     /// Per component digest: what `tools/list` shows of it and its input validator.
@@ -62,13 +67,15 @@ struct Described {
 
 impl McpTools {
     /// Serves the tools of `catalog` under the operator's `policy`; `grant` is what every call
-    /// is handed besides (a workspace).
+    /// is handed besides (a workspace). With `engine`, calls are journaled as runs of it (its
+    /// sandbox and policy are then the ones calls run under).
     pub fn new(
         sandbox: Arc<Sandbox>,
         catalog: CatalogSource,
         policy: OperatorPolicy,
         grant: CallGrant,
         observer: Option<CallObserver>,
+        engine: Option<Arc<Engine>>,
     ) -> McpTools {
         McpTools {
             inner: Arc::new(Inner {
@@ -77,6 +84,7 @@ impl McpTools {
                 policy,
                 grant,
                 observer,
+                engine,
                 peers: Mutex::default(),
                 described: Mutex::default(),
             }),
@@ -234,6 +242,9 @@ impl McpTools {
                 }));
             }
         }
+        if let Some(engine) = &self.inner.engine {
+            return journaled(engine, &catalog, &name, arguments, cancelled).await;
+        }
         let grant =
             EffectiveGrant::intersect(&self.inner.policy, &entry.manifest, &self.inner.grant);
         let input = arguments.to_string();
@@ -262,6 +273,93 @@ impl McpTools {
             Err(e) => failed(&e),
         })
     }
+}
+
+/// `name` called with `arguments` as a one-step run of `engine` (node `call`), so the call is
+/// journaled with its crossings, listed with the runs and replayable; the run id comes back in
+/// the result's `_meta` (`sandgraph/run`). A client's cancellation cancels the run.
+async fn journaled(
+    engine: &Arc<Engine>,
+    catalog: &Catalog,
+    name: &str,
+    arguments: Value,
+    cancelled: tokio_util::sync::CancellationToken,
+) -> Result<CallToolResult, ErrorData> {
+    let internal = |what: &str, e: &dyn std::fmt::Display| {
+        ErrorData::new(ErrorCode::INTERNAL_ERROR, format!("{what}: {e}"), None)
+    };
+    // One input field per argument, each read from the run input as it is.
+    let mut nodes = serde_json::Map::new();
+    if let Value::Object(args) = &arguments {
+        for key in args.keys() {
+            let literal = serde_json::to_string(key).unwrap_or_default();
+            nodes.insert(key.clone(), Value::String(format!("input[{literal}]")));
+        }
+    }
+    let source = serde_json::json!({
+        "apiVersion": "sandgraph.dev/v1",
+        "kind": "Graph",
+        "metadata": { "name": "mcp-call" },
+        "spec": { "nodes": [ { "id": "call", "kind": "tool", "component": name, "input": nodes } ] },
+    })
+    .to_string();
+    let graph = crate::graph::validate::validate("mcp-call", &source, &catalog.manifests())
+        .map_err(|d| internal("the call's one-step graph is invalid", &d))?;
+    let graph = Arc::new(crate::graph::CompiledGraph::compile(graph));
+    let handle = engine
+        .start(graph, catalog, arguments)
+        .await
+        .map_err(|e| internal("the call could not be journaled", &e))?;
+    let run = handle.run;
+    let cancel = handle.canceller();
+    let outcome = tokio::select! {
+        outcome = handle.wait() => outcome,
+        _ = cancelled.cancelled() => {
+            cancel.cancel();
+            tracing::info!(tool = %name, run_id = %run, "MCP tool call cancelled by the client");
+            return Err(ErrorData::new(
+                ErrorCode::INTERNAL_ERROR,
+                "the call was cancelled by the client",
+                None,
+            ));
+        }
+    };
+    let mut result = match outcome.status {
+        RunStatus::Succeeded => {
+            let output: Value = outcome
+                .output
+                .as_deref()
+                .and_then(|o| serde_json::from_str(o).ok())
+                .unwrap_or(Value::Null);
+            match output.get("call") {
+                Some(v @ Value::Object(_)) => CallToolResult::structured(v.clone()),
+                Some(v) => CallToolResult::success(vec![ContentBlock::text(v.to_string())]),
+                None => CallToolResult::success(vec![]),
+            }
+        }
+        _ => {
+            // The step's typed failure, as the journal recorded it.
+            let failed = engine.journal().events(run).ok().and_then(|records| {
+                records.into_iter().rev().find_map(|r| match r.event {
+                    Event::StepFailed { kind, message, .. } => Some((kind, message)),
+                    _ => None,
+                })
+            });
+            let (kind, message) = failed.unwrap_or_else(|| {
+                (
+                    outcome.status.as_str().to_owned(),
+                    outcome.error.clone().unwrap_or_default(),
+                )
+            });
+            let mut r = CallToolResult::error(vec![ContentBlock::text(message.clone())]);
+            r.structured_content = Some(serde_json::json!({ "kind": kind, "message": message }));
+            r
+        }
+    };
+    let mut meta = JsonObject::new();
+    meta.insert("sandgraph/run".into(), Value::String(run.to_string()));
+    result.meta = Some(rmcp::model::MetaObject(meta));
+    Ok(result)
 }
 
 /// A tool error the model can read: the error's message as text, the typed error (`kind` and
