@@ -396,6 +396,59 @@ fn mcp_over_http_refuses_bad_input_with_json_rpc_errors_and_needs_the_tools_call
     );
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("2025-11-25"), "{body}");
+    // A client that goes away in the middle of a call: the call is dropped, others are served.
+    let session = session_of(server.addr, &init);
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+        "name": "http-get", "arguments": {"url": up.hold.url()}}})
+    .to_string();
+    let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+    write!(
+        s,
+        "POST /mcp HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {ADMIN}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: {session}\r\nContent-Length: {}\r\n\r\n{call}",
+        server.addr,
+        call.len()
+    )
+    .unwrap();
+    common::wait_for("the call held upstream", || up.hold.hits() == 1);
+    drop(s);
+    let (status, body) = raw(server.addr, "POST", "/mcp", None, MCP_HEADERS, init.as_bytes());
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = raw(server.addr, "GET", "/healthz", None, &[], b"");
+    assert_eq!(status, 200);
+}
+
+/// A new initialized session's id.
+fn session_of(addr: std::net::SocketAddr, init: &str) -> String {
+    let post = |session: Option<&str>, body: &str| {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let session = session
+            .map(|id| format!("Mcp-Session-Id: {id}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n{session}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let out = post(None, init);
+    let id = out
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("mcp-session-id")
+                .then(|| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no session id: {out}"));
+    post(
+        Some(&id),
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+    );
+    id
 }
 
 /// `sandgraph mcp` as a child with raw pipes: what a misbehaving client sends.
