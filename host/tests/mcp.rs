@@ -411,7 +411,14 @@ fn mcp_over_http_refuses_bad_input_with_json_rpc_errors_and_needs_the_tools_call
     .unwrap();
     common::wait_for("the call held upstream", || up.hold.hits() == 1);
     drop(s);
-    let (status, body) = raw(server.addr, "POST", "/mcp", None, MCP_HEADERS, init.as_bytes());
+    let (status, body) = raw(
+        server.addr,
+        "POST",
+        "/mcp",
+        None,
+        MCP_HEADERS,
+        init.as_bytes(),
+    );
     assert_eq!(status, 200, "{body}");
     let (status, _) = raw(server.addr, "GET", "/healthz", None, &[], b"");
     assert_eq!(status, 200);
