@@ -426,6 +426,11 @@ fn mcp_over_http_refuses_bad_input_with_json_rpc_errors_and_needs_the_tools_call
 
 /// A new initialized session's id.
 fn session_of(addr: std::net::SocketAddr, init: &str) -> String {
+    session_of_as(addr, ADMIN, init)
+}
+
+/// [`session_of`] as `token`.
+fn session_of_as(addr: std::net::SocketAddr, token: &str, init: &str) -> String {
     let post = |session: Option<&str>, body: &str| {
         let mut s = std::net::TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -434,7 +439,7 @@ fn session_of(addr: std::net::SocketAddr, init: &str) -> String {
             .unwrap_or_default();
         write!(
             s,
-            "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n{session}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n{session}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         )
         .unwrap();
@@ -737,4 +742,81 @@ fn with_a_journal_each_call_is_a_run_that_is_listed_and_replays_identically() {
     assert_eq!(code, Some(0), "{report}");
     assert!(report.contains("identical"), "{report}");
     assert_eq!(up.allowed.hits(), 1, "the replay sent nothing");
+}
+
+/// One MCP message in `session` as `token`; the JSON-RPC answer in its body (JSON or SSE).
+fn mcp_message(addr: std::net::SocketAddr, token: &str, session: &str, message: &Value) -> Value {
+    let body = message.to_string();
+    let mut headers = MCP_HEADERS.to_vec();
+    headers.push(("Mcp-Session-Id", session));
+    let (status, text) = raw(addr, "POST", "/mcp", Some(token), &headers, body.as_bytes());
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+        .find(|v| v.get("id").is_some())
+        .unwrap_or_else(|| panic!("no answer in {text}"))
+}
+
+#[test]
+fn a_tokens_narrowing_scopes_limit_the_tools_it_sees_and_the_hosts_its_calls_reach() {
+    const NARROW: &str = "test-only-narrow-token-0003";
+    let up = Upstream::start();
+    let tools = tools_dir(&up);
+    let server = serve(tools.path(), &[]);
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+    .to_string();
+    let session = session_of_as(server.addr, NARROW, &init);
+    // `tools:call:http-get`: http-get is the only tool it sees...
+    let listed = mcp_message(
+        server.addr,
+        NARROW,
+        &session,
+        &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+    );
+    let names: Vec<&str> = listed["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(names, ["http-get"], "{listed}");
+    // ...and calc, outside its grant, is unknown to it.
+    let calc = mcp_message(
+        server.addr,
+        NARROW,
+        &session,
+        &json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+            "params": {"name": "calc", "arguments": {"expr": "1 + 1"}}}),
+    );
+    assert_eq!(calc["error"]["code"], -32602, "{calc}");
+    // `tools:egress:allowed.test`: a URL the operator and manifest allow is outside this
+    // client's hosts, refused before any connection, as a readable tool error.
+    let fetched = mcp_message(
+        server.addr,
+        NARROW,
+        &session,
+        &json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call",
+            "params": {"name": "http-get", "arguments": {"url": up.allowed.url()}}}),
+    );
+    assert_eq!(fetched["result"]["isError"], true, "{fetched}");
+    assert_eq!(
+        fetched["result"]["structuredContent"]["kind"], "denied",
+        "{fetched}"
+    );
+    assert_eq!(up.allowed.hits(), 0, "nothing left the sandbox");
+    // The admin token, not narrowed, reaches it.
+    let admin = session_of(server.addr, &init);
+    let fetched = mcp_message(
+        server.addr,
+        ADMIN,
+        &admin,
+        &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "http-get", "arguments": {"url": up.allowed.url()}}}),
+    );
+    assert_eq!(
+        fetched["result"]["structuredContent"]["body"], "opened",
+        "{fetched}"
+    );
 }

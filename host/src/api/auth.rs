@@ -79,12 +79,79 @@ impl<'de> Deserialize<'de> for Scope {
     }
 }
 
+/// A scope as written in a tokens file or a token's claims: one of [`Scope`], or a narrowing of
+/// `tools:call` (which it implies) for MCP: `tools:call:<tool>` (only the tools so named) or
+/// `tools:egress:<host>` (calls reach only the hosts so named, a pattern as in manifests).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum ScopeName {
+    Plain(Scope),
+    Tool(String),
+    EgressHost(String),
+}
+
+impl ScopeName {
+    fn parse(name: &str) -> Option<ScopeName> {
+        if let Some(tool) = name.strip_prefix("tools:call:").filter(|t| !t.is_empty()) {
+            return Some(ScopeName::Tool(tool.to_owned()));
+        }
+        if let Some(host) = name.strip_prefix("tools:egress:").filter(|h| !h.is_empty()) {
+            return Some(ScopeName::EgressHost(host.to_owned()));
+        }
+        Scope::parse(name).map(ScopeName::Plain)
+    }
+}
+
+impl<'de> Deserialize<'de> for ScopeName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ScopeName, D::Error> {
+        let name = String::deserialize(d)?;
+        ScopeName::parse(&name).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown scope {name:?}; expected one of {}, tools:call:<tool> or tools:egress:<host>",
+                scope_list()
+            ))
+        })
+    }
+}
+
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     /// The tokens file's `subject`, or the JWT's `sub`. Rate limits are per subject.
     pub subject: String,
     pub scopes: Vec<Scope>,
+    /// What its `tools:call:<tool>` and `tools:egress:<host>` scopes narrow its MCP calls to.
+    pub grant: crate::mcp::ClientGrant,
+}
+
+impl Principal {
+    /// `subject` holding `names` (deduplicated; a narrowing implies `tools:call`).
+    fn new(subject: String, names: Vec<ScopeName>) -> Principal {
+        let mut scopes = Vec::new();
+        let mut grant = crate::mcp::ClientGrant::default();
+        for name in names {
+            match name {
+                ScopeName::Plain(s) => scopes.push(s),
+                ScopeName::Tool(t) => {
+                    scopes.push(Scope::ToolsCall);
+                    grant.tools.get_or_insert_with(Default::default).insert(t);
+                }
+                ScopeName::EgressHost(h) => {
+                    scopes.push(Scope::ToolsCall);
+                    let hosts = grant.egress_hosts.get_or_insert_with(Vec::new);
+                    if !hosts.contains(&h) {
+                        hosts.push(h);
+                    }
+                }
+            }
+        }
+        scopes.sort();
+        scopes.dedup();
+        Principal {
+            subject,
+            scopes,
+            grant,
+        }
+    }
 }
 
 impl Principal {
@@ -631,10 +698,7 @@ impl Authenticator {
             }
         };
         Ok(VerifiedJwt {
-            principal: Principal {
-                subject,
-                scopes: claim_scopes(claims)?,
-            },
+            principal: Principal::new(subject, claim_scopes(claims)?),
             exp,
             nbf,
         })
@@ -645,7 +709,7 @@ impl Authenticator {
 /// send it). Scopes this API does not know (`openid`, `profile`) are ignored.
 fn claim_scopes(
     claims: &serde_json::Map<String, serde_json::Value>,
-) -> Result<Vec<Scope>, AuthError> {
+) -> Result<Vec<ScopeName>, AuthError> {
     let mut names: Vec<&str> = Vec::new();
     for claim in ["scope", "scp"] {
         match claims.get(claim) {
@@ -667,10 +731,7 @@ fn claim_scopes(
             }
         }
     }
-    let mut scopes: Vec<Scope> = names.into_iter().filter_map(Scope::parse).collect();
-    scopes.sort();
-    scopes.dedup();
-    Ok(scopes)
+    Ok(names.into_iter().filter_map(ScopeName::parse).collect())
 }
 
 fn numeric_date(
@@ -759,7 +820,7 @@ struct RawTokenEntry {
     subject: Option<String>,
     token: Option<String>,
     sha256: Option<String>,
-    scopes: Option<Vec<Scope>>,
+    scopes: Option<Vec<ScopeName>>,
 }
 
 /// Tokens shorter than this are refused: they could be guessed.
@@ -849,12 +910,7 @@ fn load_tokens(path: &Path, text: &str) -> Result<Vec<TokenEntry>, AuthConfigErr
             }
         };
         let scopes = match raw.scopes {
-            Some(s) if !s.is_empty() => {
-                let mut s = s;
-                s.sort();
-                s.dedup();
-                s
-            }
+            Some(s) if !s.is_empty() => s,
             _ => {
                 return Err(fail(format!(
                     "has no 'scopes'; list some of {}",
@@ -873,7 +929,7 @@ fn load_tokens(path: &Path, text: &str) -> Result<Vec<TokenEntry>, AuthConfigErr
         }
         entries.push(TokenEntry {
             digest,
-            principal: Principal { subject, scopes },
+            principal: Principal::new(subject, scopes),
         });
     }
     Ok(entries)
@@ -1196,6 +1252,36 @@ mod tests {
         let www = err.www_authenticate();
         assert!(www.contains("error=\"insufficient_scope\""), "{www}");
         assert!(www.contains("scope=\"graphs:write\""), "{www}");
+    }
+
+    #[test]
+    fn narrowing_scopes_imply_tools_call_and_name_the_client_grant() {
+        let auth = authenticator();
+        let p = auth
+            .authenticate(&headers("Bearer test-only-narrow-token-0003"))
+            .unwrap();
+        assert_eq!(p.scopes, vec![Scope::ToolsCall]);
+        assert_eq!(p.grant.tools, Some(["http-get".to_owned()].into()));
+        assert_eq!(p.grant.egress_hosts, Some(vec!["allowed.test".to_owned()]));
+        // From a JWT's scope claim too; a plain tools:call narrows nothing.
+        let mut c = claims();
+        c["scope"] = json!("tools:call tools:call:calc tools:egress:*.example.com");
+        let p = auth
+            .authenticate(&headers(&format!("Bearer {}", rs(&c))))
+            .unwrap();
+        assert_eq!(p.scopes, vec![Scope::ToolsCall]);
+        assert_eq!(p.grant.tools, Some(["calc".to_owned()].into()));
+        assert_eq!(p.grant.egress_hosts, Some(vec!["*.example.com".to_owned()]));
+        let admin = auth
+            .authenticate(&headers(&format!("Bearer {ADMIN}")))
+            .unwrap();
+        assert_eq!(admin.grant, crate::mcp::ClientGrant::default());
+        // An empty narrowing is no scope at all, named in the file's error.
+        let err = load_tokens_text(
+            "tokens.yaml",
+            &format!("tokens:\n  - subject: a\n    sha256: {GOOD}\n    scopes: [\"tools:call:\"]\n"),
+        );
+        assert!(err.to_string().contains("tools:call:<tool>"), "{err}");
     }
 
     #[test]

@@ -127,6 +127,7 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> (&'static str, Repl
         Err(p)
     };
     let template = route_template(&segments);
+    let mut req = req;
     if !matches!(segments.as_slice(), ["healthz" | "readyz" | "metrics"]) {
         let scope = match (&method, segments.as_slice()) {
             (&Method::POST, ["v1", "graphs"]) => Scope::GraphsWrite,
@@ -135,9 +136,13 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> (&'static str, Repl
             (_, ["mcp"]) => Scope::ToolsCall,
             _ => Scope::RunsRead,
         };
-        if let Err(p) = authorize(&state, req.headers(), scope) {
+        match authorize(&state, req.headers(), scope) {
+            // What the caller's scopes narrow its MCP calls to travels with its request.
+            Ok(principal) => {
+                req.extensions_mut().insert(principal.grant);
+            }
             // Counted under the route it was refused on, like any other answer there.
-            return (template, Err(p));
+            Err(p) => return (template, Err(p)),
         }
     }
     let reply = match segments.as_slice() {
@@ -222,7 +227,11 @@ fn route_template(segments: &[&str]) -> &'static str {
 }
 
 /// Authenticates the caller, checks the route's scope, then the caller's rate limit.
-fn authorize(state: &State, headers: &http::HeaderMap, scope: Scope) -> Result<(), Problem> {
+fn authorize(
+    state: &State,
+    headers: &http::HeaderMap,
+    scope: Scope,
+) -> Result<super::auth::Principal, Problem> {
     let refused = |e: AuthError| {
         let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
         let mut p = Problem::new(status, e.problem_type(), e.detail());
@@ -249,7 +258,7 @@ fn authorize(state: &State, headers: &http::HeaderMap, scope: Scope) -> Result<(
         .retry_after(retry.seconds())
     })?;
     tracing::Span::current().record("subject", principal.subject.as_str());
-    Ok(())
+    Ok(principal)
 }
 
 async fn readyz(state: &State) -> Response<ApiBody> {

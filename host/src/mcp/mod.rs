@@ -31,6 +31,31 @@ use crate::sandbox::manifest::{CallGrant, EffectiveGrant, OperatorPolicy};
 use crate::sandbox::outcome::{AuditRecord, CallError};
 use crate::sandbox::registry::LoadedTool;
 
+/// What one client's credentials narrow its calls to, beyond the operator's policy and each
+/// tool's manifest (the API derives it from the token's scopes): `tools` names the only tools it
+/// may list and call, `egress_hosts` the only host patterns its calls may reach. `None`: no
+/// narrowing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientGrant {
+    pub tools: Option<std::collections::BTreeSet<String>>,
+    pub egress_hosts: Option<Vec<String>>,
+}
+
+impl ClientGrant {
+    fn allows(&self, tool: &str) -> bool {
+        self.tools.as_ref().is_none_or(|t| t.contains(tool))
+    }
+}
+
+/// The client's grant, where the transport carries one (streamable HTTP, from the API).
+fn client_grant(extensions: &rmcp::model::Extensions) -> ClientGrant {
+    extensions
+        .get::<::http::request::Parts>()
+        .and_then(|p| p.extensions.get::<ClientGrant>())
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// The catalog as it is now (the API's changes as tools are uploaded).
 pub type CatalogSource = Arc<dyn Fn() -> Arc<Catalog> + Send + Sync>;
 
@@ -108,12 +133,16 @@ impl McpTools {
         }
     }
 
-    /// Every tool of the catalog as listed (agents are not tools: they need a model).
-    async fn tools(&self) -> Vec<Arc<Described>> {
+    /// Every tool of the catalog `client` may use, as listed (agents are not tools: they
+    /// need a model).
+    async fn tools(&self, client: &ClientGrant) -> Vec<Arc<Described>> {
         let catalog = (self.inner.catalog)();
         let mut out = Vec::new();
         for m in catalog.manifests() {
             let name = m.metadata.name.clone();
+            if !client.allows(&name) {
+                continue;
+            }
             match self.describe(&catalog, &name).await {
                 Ok(Some(d)) => out.push(d),
                 Ok(None) => {}
@@ -200,6 +229,7 @@ impl McpTools {
     async fn call(
         &self,
         request: CallToolRequestParams,
+        client: &ClientGrant,
         cancelled: tokio_util::sync::CancellationToken,
     ) -> Result<CallToolResult, ErrorData> {
         let name = request.name.to_string();
@@ -211,7 +241,8 @@ impl McpTools {
                 Some(serde_json::json!({ "tool": name })),
             )
         };
-        let Some(entry) = catalog.get(&name) else {
+        // A tool outside the client's grant is unknown to it, as in its list.
+        let Some(entry) = catalog.get(&name).filter(|_| client.allows(&name)) else {
             return Err(unknown());
         };
         let described = match self.describe(&catalog, &name).await {
@@ -245,8 +276,11 @@ impl McpTools {
         if let Some(engine) = &self.inner.engine {
             return journaled(engine, &catalog, &name, arguments, cancelled).await;
         }
-        let grant =
-            EffectiveGrant::intersect(&self.inner.policy, &entry.manifest, &self.inner.grant);
+        let mut call_grant = self.inner.grant.clone();
+        if let Some(hosts) = &client.egress_hosts {
+            call_grant.egress_hosts = Some(hosts.clone());
+        }
+        let grant = EffectiveGrant::intersect(&self.inner.policy, &entry.manifest, &call_grant);
         let input = arguments.to_string();
         let span = tracing::info_span!("mcp.tools/call", tool = %name);
         let call = self.inner.sandbox.call(&described.loaded, &grant, &input);
@@ -418,9 +452,15 @@ impl ServerHandler for McpTools {
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let tools = self.tools().await.iter().map(|d| d.tool.clone()).collect();
+        let client = client_grant(&context.extensions);
+        let tools = self
+            .tools(&client)
+            .await
+            .iter()
+            .map(|d| d.tool.clone())
+            .collect();
         Ok(ListToolsResult::with_all_items(tools))
     }
 
@@ -429,6 +469,9 @@ impl ServerHandler for McpTools {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        self.call(request, context.ct).await.map(Into::into)
+        let client = client_grant(&context.extensions);
+        self.call(request, &client, context.ct)
+            .await
+            .map(Into::into)
     }
 }
