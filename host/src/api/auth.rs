@@ -1279,7 +1279,9 @@ mod tests {
         // An empty narrowing is no scope at all, named in the file's error.
         let err = load_tokens_text(
             "tokens.yaml",
-            &format!("tokens:\n  - subject: a\n    sha256: {GOOD}\n    scopes: [\"tools:call:\"]\n"),
+            &format!(
+                "tokens:\n  - subject: a\n    sha256: {GOOD}\n    scopes: [\"tools:call:\"]\n"
+            ),
         );
         assert!(err.to_string().contains("tools:call:<tool>"), "{err}");
     }

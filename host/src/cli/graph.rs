@@ -12,8 +12,43 @@ use crate::graph;
 use crate::graph::catalog::{Catalog, CatalogError};
 use crate::sandbox::{Sandbox, SandboxConfig};
 
+/// How a graph is drawn.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum PictureFormat {
+    /// A standalone SVG, laid out by Sandgraph.
+    Svg,
+    /// Graphviz's DOT language (`dot -Tsvg`).
+    Dot,
+    /// A Mermaid flowchart (renders in GitHub and most docs tools).
+    Mermaid,
+}
+
+/// `graph` drawn in `format`, coloured by `runs` when given.
+pub fn picture(
+    graph: &graph::CompiledGraph,
+    format: PictureFormat,
+    runs: Option<&std::collections::HashMap<String, graph::render::NodeRun>>,
+) -> String {
+    match format {
+        PictureFormat::Svg => graph::render::svg(graph, runs),
+        PictureFormat::Dot => graph::render::dot(graph, runs),
+        PictureFormat::Mermaid => graph::render::mermaid(graph, runs),
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum GraphCommand {
+    /// Draw a graph file: SVG laid out here, or DOT or Mermaid text, on stdout.
+    Render {
+        /// The graph YAML file.
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "svg")]
+        format: PictureFormat,
+        /// Folder whose `*/*.sandgraph.yaml` manifests name the known components (repeatable;
+        /// default: tools and agents).
+        #[arg(long, value_name = "DIR", default_values = ["tools", "agents"])]
+        tools: Vec<PathBuf>,
+    },
     /// Validate a graph file and print every problem as file:line:col: message.
     Validate {
         /// The graph YAML file.
@@ -35,6 +70,18 @@ pub enum GraphCommand {
 /// Err: the diagnostics, one per line.
 pub fn run(cmd: GraphCommand) -> Result<String, String> {
     match cmd {
+        GraphCommand::Render {
+            file,
+            format,
+            tools,
+        } => {
+            let manifests = graph::components(&tools).map_err(|e| {
+                format!("{e}; pass --tools <dir> (repeatable) naming the tools and agents folders")
+            })?;
+            let compiled = graph::load(&file, &manifests).map_err(|d| d.to_string())?;
+            let out = picture(&compiled, format, None);
+            Ok(out.trim_end().to_owned())
+        }
         GraphCommand::Validate {
             file,
             tools,

@@ -17,9 +17,12 @@ pub enum RunsCommand {
         #[command(flatten)]
         journal: JournalArgs,
     },
-    /// A run's steps with attempts, durations and outcomes.
+    /// A run's steps with attempts, durations and outcomes; with --format, its graph drawn
+    /// with each node coloured by its state in the run.
     Show {
         run: String,
+        #[arg(long, value_enum)]
+        format: Option<super::graph::PictureFormat>,
         #[command(flatten)]
         journal: JournalArgs,
     },
@@ -77,7 +80,16 @@ pub enum JournalCommand {
 pub fn runs(cmd: RunsCommand) -> Result<String, String> {
     match cmd {
         RunsCommand::List { journal } => list(&journal.open()?),
-        RunsCommand::Show { run, journal } => show(&journal.open()?, parse(&run)?),
+        RunsCommand::Show {
+            run,
+            format: None,
+            journal,
+        } => show(&journal.open()?, parse(&run)?),
+        RunsCommand::Show {
+            run,
+            format: Some(format),
+            journal,
+        } => show_picture(&journal.open()?, parse(&run)?, format),
         RunsCommand::Events { run, journal } => events(&journal.open()?, parse(&run)?),
         RunsCommand::Approve {
             run,
@@ -236,6 +248,28 @@ struct StepRow {
     end: Option<u64>,
     attempts: u32,
     outcome: String,
+}
+
+/// `runs show --format`: the run's pinned graph, its nodes coloured by what they did.
+fn show_picture(
+    journal: &Journal,
+    run: RunId,
+    format: super::graph::PictureFormat,
+) -> Result<String, String> {
+    let records = journal.events(run).map_err(|e| e.to_string())?;
+    let Some(Event::RunCreated { graph, .. }) = records.first().map(|r| &r.event) else {
+        return Err(format!(
+            "run {run} has no RunCreated event: is it in this journal?"
+        ));
+    };
+    let bytes = journal.payload(graph).map_err(|e| e.to_string())?;
+    let spec: crate::graph::spec::Graph = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("run {run}'s pinned graph does not parse: {e}"))?;
+    let compiled = crate::graph::CompiledGraph::compile(spec);
+    let runs = crate::graph::render::node_runs(&records);
+    Ok(super::graph::picture(&compiled, format, Some(&runs))
+        .trim_end()
+        .to_owned())
 }
 
 fn show(journal: &Journal, run: RunId) -> Result<String, String> {

@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod compile;
 pub mod engine;
 pub mod expr;
+pub mod render;
 pub mod replay;
 pub mod scheduler;
 pub mod spec;
