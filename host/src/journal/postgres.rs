@@ -281,45 +281,13 @@ struct Connection {
     /// The writing connection's marks, cleared as it commits; `None` on the reader.
     dirty: Option<Arc<Dirty>>,
     fences: Fences,
-    /// Events and summaries written here and not sent yet.
-    pending: Pending,
-}
-
-/// Events and run summaries written on a connection and not yet sent. They go to the database
-/// together, one statement for each kind (after one fence check for all their leased runs),
-/// before anything else runs on the connection (a read, another write, a commit), so a group
-/// commit of many runs' appends costs a few round trips instead of one or two per write.
-#[derive(Default)]
-struct Pending {
-    events: Vec<(RunId, i64, Vec<u8>)>,
-    summaries: Vec<(RunId, Vec<u8>)>,
-}
-
-/// Writes held back at most, before they are sent anyway.
-const MAX_PENDING: usize = 1024;
-
-/// One write to a run, as it waits in [`Pending`].
-enum RunWrite {
-    Event { seq: i64, record: Vec<u8> },
-    Summary(Vec<u8>),
 }
 
 impl Connection {
-    /// The client inside an open transaction, every pending write sent.
+    /// The client inside an open transaction.
     fn begin(&mut self, url: &str) -> Result<&mut Pg, JournalError> {
-        self.send_pending();
-        self.open_tx(url)
-    }
-
-    /// The client, every pending write sent (a read here sees them).
-    fn client(&mut self) -> Result<&mut Pg, JournalError> {
-        self.send_pending();
-        self.connected()
-    }
-
-    fn open_tx(&mut self, url: &str) -> Result<&mut Pg, JournalError> {
         let open = self.in_tx;
-        let c = self.connected()?;
+        let c = self.client()?;
         if !open {
             c.batch_execute("BEGIN").map_err(|e| db_error(url, e))?;
             self.checked.clear();
@@ -328,159 +296,51 @@ impl Connection {
         Ok(self.client.as_mut().expect("connected above"))
     }
 
-    /// Holds a write to `run` back for the next [`Connection::send_pending`]; one to a run
-    /// this host lost is refused (dropped) here.
-    fn hold(&mut self, run: RunId, write: RunWrite) {
+    /// Whether this transaction may write to `run`: yes when the run is not leased by this
+    /// host; else its lease row is share-locked (held to the commit) and must still carry this
+    /// host's epoch. A superseded epoch marks the run lost, refused without failing the shared
+    /// transaction.
+    fn may_write(&mut self, url: &str, run: RunId) -> Result<bool, JournalError> {
         if self.fences.lost(run).is_some() {
-            return;
+            return Ok(false);
         }
-        match write {
-            RunWrite::Event { seq, record } => self.pending.events.push((run, seq, record)),
-            RunWrite::Summary(s) => self.pending.summaries.push((run, s)),
+        let Some(epoch) = self.fences.epoch(run) else {
+            return Ok(true);
+        };
+        if self.checked.contains(&run) {
+            return Ok(true);
         }
-        if self.pending.events.len() + self.pending.summaries.len() >= MAX_PENDING {
-            self.send_pending();
-        }
-    }
-
-    /// Sends the pending writes into the open transaction; a failure is the transaction's
-    /// (kept in `failed` for the flush to report).
-    fn send_pending(&mut self) {
-        if self.pending.events.is_empty() && self.pending.summaries.is_empty() {
-            return;
-        }
-        let pending = std::mem::take(&mut self.pending);
-        let url = redact(&self.url);
-        if let Err(e) = self.send(&url, pending) {
-            self.failed.get_or_insert(e);
-        }
-    }
-
-    fn send(&mut self, url: &str, pending: Pending) -> Result<(), JournalError> {
-        self.open_tx(url)?;
-        self.check_fences(url, &pending)?;
-        let fences = self.fences.clone();
-        let c = self.client.as_mut().expect("connected above");
-        let events: Vec<_> = pending
-            .events
-            .into_iter()
-            .filter(|(r, ..)| fences.lost(*r).is_none())
-            .collect();
-        if !events.is_empty() {
-            let runs: Vec<&[u8]> = events.iter().map(|(r, ..)| &r.0[..]).collect();
-            let seqs: Vec<i64> = events.iter().map(|(_, s, _)| *s).collect();
-            let records: Vec<&[u8]> = events.iter().map(|(.., rec)| &rec[..]).collect();
-            // A conflict must not abort the shared transaction before every write in it is
-            // accounted for: rows that were not inserted are named, not raised.
-            let inserted = c
-                .query(
-                    "INSERT INTO sandgraph_events (run, seq, record)
-                     SELECT * FROM unnest($1::bytea[], $2::int8[], $3::bytea[])
-                     ON CONFLICT (run, seq) DO NOTHING RETURNING run, seq",
-                    &[&runs, &seqs, &records],
-                )
-                .map_err(|e| db_error(url, e))?;
-            for (run, ..) in &events {
-                self.appended.insert(*run);
-            }
-            if inserted.len() != events.len() {
-                let done: HashSet<(RunId, i64)> = inserted
-                    .iter()
-                    .map(|r| (run_of(r.get::<_, &[u8]>(0)), r.get::<_, i64>(1)))
-                    .collect();
-                if let Some((run, seq, _)) =
-                    events.iter().find(|(r, s, _)| !done.contains(&(*r, *s)))
-                {
-                    return Err(JournalError::Database {
-                        url: url.to_owned(),
-                        detail: format!(
-                            "run {run} already has an event {seq}: another writer appended to this run"
-                        ),
-                    });
-                }
-            }
-        }
-        // The last summary written of each run is the one that counts.
-        let mut latest: HashMap<RunId, Vec<u8>> = HashMap::new();
-        for (run, summary) in pending.summaries {
-            if fences.lost(run).is_none() {
-                latest.insert(run, summary);
-            }
-        }
-        if !latest.is_empty() {
-            let runs: Vec<&[u8]> = latest.keys().map(|r| &r.0[..]).collect();
-            let summaries: Vec<&[u8]> = latest.values().map(|s| &s[..]).collect();
-            c.execute(
-                "INSERT INTO sandgraph_runs (run, summary)
-                 SELECT * FROM unnest($1::bytea[], $2::bytea[])
-                 ON CONFLICT (run) DO UPDATE SET summary = EXCLUDED.summary",
-                &[&runs, &summaries],
+        let c = self.begin(url)?;
+        let row = c
+            .query_opt(
+                "SELECT epoch, owner FROM sandgraph_leases WHERE run = $1 FOR SHARE",
+                &[&&run.0[..]],
             )
             .map_err(|e| db_error(url, e))?;
-        }
-        Ok(())
-    }
-
-    /// Share-locks the lease rows of the leased runs in `pending` this transaction has not
-    /// checked yet (held to the commit), in one statement, and checks each still carries this
-    /// host's epoch. A superseded epoch marks the run lost: its writes are refused without
-    /// failing the shared transaction.
-    fn check_fences(&mut self, url: &str, pending: &Pending) -> Result<(), JournalError> {
-        let mut unchecked: Vec<(RunId, i64)> = pending
-            .events
-            .iter()
-            .map(|(r, ..)| *r)
-            .chain(pending.summaries.iter().map(|(r, _)| *r))
-            .filter(|r| !self.checked.contains(r) && self.fences.lost(*r).is_none())
-            .filter_map(|r| Some((r, self.fences.epoch(r)?)))
-            .collect();
-        unchecked.sort_by_key(|(r, _)| r.0);
-        unchecked.dedup();
-        if unchecked.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<&[u8]> = unchecked.iter().map(|(r, _)| &r.0[..]).collect();
-        let c = self
-            .client
-            .as_mut()
-            .expect("connected before the fence check");
-        // In run order, so two transactions never wait on each other's locks in a cycle.
-        let rows = c
-            .query(
-                "SELECT run, epoch, owner FROM sandgraph_leases WHERE run = ANY($1)
-                 ORDER BY run FOR SHARE",
-                &[&ids],
-            )
-            .map_err(|e| db_error(url, e))?;
-        let found: HashMap<RunId, (i64, Option<String>)> = rows
-            .iter()
-            .map(|r| {
-                (
-                    run_of(r.get::<_, &[u8]>(0)),
-                    (r.get::<_, i64>(1), r.get::<_, Option<String>>(2)),
-                )
-            })
-            .collect();
-        for (run, epoch) in unchecked {
-            match found.get(&run) {
-                Some((e, _)) if *e == epoch => {
-                    self.checked.insert(run);
-                }
-                Some((e, owner)) => self.fences.lose(
+        match row.map(|r| (r.get::<_, i64>(0), r.get::<_, Option<String>>(1))) {
+            Some((e, _)) if e == epoch => {
+                self.checked.insert(run);
+                Ok(true)
+            }
+            Some((e, owner)) => {
+                self.fences.lose(
                     run,
                     format!(
                         "its lease epoch is {e} (owner {}), this host held epoch {epoch}",
                         owner.as_deref().unwrap_or("none")
                     ),
-                ),
-                None => self.fences.lose(run, "its lease row is gone".into()),
+                );
+                Ok(false)
+            }
+            None => {
+                self.fences.lose(run, "its lease row is gone".into());
+                Ok(false)
             }
         }
-        Ok(())
     }
 
     /// The open client, reconnecting (up to ~3 s of backoff) when the last one broke.
-    fn connected(&mut self) -> Result<&mut Pg, JournalError> {
+    fn client(&mut self) -> Result<&mut Pg, JournalError> {
         if self.client.as_ref().is_some_and(|c| c.is_closed()) {
             self.client = None;
             self.checked.clear();
@@ -533,7 +393,6 @@ impl Connection {
     /// Commits an open transaction nobody flushed for a while (its writes were buffered, so no
     /// caller waits on them); one that failed stays for the next flush to roll back and report.
     fn commit_idle(&mut self, url: &str) {
-        self.send_pending();
         if !self.in_tx || self.failed.is_some() {
             return;
         }
@@ -640,7 +499,6 @@ fn connection_thread(
         processed: 0,
         dirty,
         fences,
-        pending: Pending::default(),
     };
     std::thread::Builder::new()
         .name(name.into())
@@ -818,15 +676,28 @@ impl PostgresStore {
             .map_err(|_| self.stopped())
     }
 
-    /// A write to `run`, held back on the connection and sent with the others (see
-    /// [`Pending`]); refused when the run's fence is lost.
-    fn write_run(&self, run: RunId, write: RunWrite) -> Result<(), JournalError> {
+    /// [`PostgresStore::write`] of a write to `run`, skipped when the run's fence refuses it.
+    fn write_run(
+        &self,
+        run: RunId,
+        f: impl FnOnce(&mut Pg) -> Result<(), JournalError> + Send + 'static,
+    ) -> Result<(), JournalError> {
         self.check_fence(run)?;
+        let url = self.shown.clone();
         let seq = self.dirty.mark(Some(run));
         self.jobs
             .send(Box::new(move |conn: &mut Connection| {
                 conn.processed = seq;
-                conn.hold(run, write);
+                let done = conn.may_write(&url, run).and_then(|may| {
+                    if may {
+                        conn.begin(&url).and_then(f)?;
+                        conn.appended.insert(run);
+                    }
+                    Ok(())
+                });
+                if let Err(e) = done {
+                    conn.failed.get_or_insert(e);
+                }
             }))
             .map_err(|_| self.stopped())
     }
@@ -835,7 +706,6 @@ impl PostgresStore {
     fn commit(&self) -> Result<(), JournalError> {
         let url = self.shown.clone();
         self.job(move |conn| {
-            conn.send_pending();
             let was_open = std::mem::take(&mut conn.in_tx);
             conn.checked.clear();
             let appended = std::mem::take(&mut conn.appended);
@@ -994,13 +864,27 @@ impl Store for PostgresStore {
     }
 
     fn put_event(&self, run: RunId, seq: u64, record: &[u8]) -> Result<(), JournalError> {
-        self.write_run(
-            run,
-            RunWrite::Event {
-                seq: seq_i64(seq),
-                record: record.to_vec(),
-            },
-        )
+        let (url, record) = (self.url(), record.to_vec());
+        self.write_run(run, move |c| {
+            // A conflict must not abort the shared transaction (other runs' writes are in it):
+            // it is reported, not raised.
+            let n = c
+                .execute(
+                    "INSERT INTO sandgraph_events (run, seq, record) VALUES ($1, $2, $3)
+                     ON CONFLICT (run, seq) DO NOTHING",
+                    &[&&run.0[..], &seq_i64(seq), &record],
+                )
+                .map_err(|e| db_error(&url, e))?;
+            if n == 0 {
+                return Err(JournalError::Database {
+                    url,
+                    detail: format!(
+                        "run {run} already has an event {seq}: another writer appended to this run"
+                    ),
+                });
+            }
+            Ok(())
+        })
     }
 
     fn last_seq(&self, run: RunId) -> Result<Option<u64>, JournalError> {
@@ -1077,7 +961,16 @@ impl Store for PostgresStore {
     }
 
     fn put_summary(&self, run: RunId, summary: &[u8]) -> Result<(), JournalError> {
-        self.write_run(run, RunWrite::Summary(summary.to_vec()))
+        let (url, summary) = (self.url(), summary.to_vec());
+        self.write_run(run, move |c| {
+            c.execute(
+                "INSERT INTO sandgraph_runs (run, summary) VALUES ($1, $2)
+                 ON CONFLICT (run) DO UPDATE SET summary = EXCLUDED.summary",
+                &[&&run.0[..], &summary],
+            )
+            .map_err(|e| db_error(&url, e))?;
+            Ok(())
+        })
     }
 
     fn summary(&self, run: RunId) -> Result<Option<Vec<u8>>, JournalError> {
