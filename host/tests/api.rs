@@ -432,6 +432,59 @@ fn run_status(addr: SocketAddr, run: &str) -> Value {
 // Tests.
 
 #[test]
+fn a_graph_and_a_run_are_served_as_pictures_that_cannot_run_anything() {
+    let api = TestApi::start();
+    let addr = api.addr;
+    upload_tool(addr, "calc");
+    assert_eq!(post_yaml(addr, ADD).status, 201);
+    let done = post_json(
+        addr,
+        "/v1/runs?wait=true",
+        &json!({"graph": "add", "input": {"n": 41}}),
+    );
+    assert_eq!(done.status, 200, "{}", String::from_utf8_lossy(&done.body));
+    let run = done.json()["run"].as_str().unwrap().to_owned();
+    let r = get(addr, &format!("/v1/runs/{run}/picture"));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.headers["content-type"], "image/svg+xml");
+    assert_eq!(r.headers["x-content-type-options"], "nosniff");
+    assert_eq!(
+        r.headers["content-security-policy"],
+        "default-src 'none'; sandbox"
+    );
+    let svg = String::from_utf8(r.body).unwrap();
+    assert!(svg.starts_with("<svg"), "{svg}");
+    assert!(
+        svg.contains("data-node=\"add\" data-state=\"succeeded\""),
+        "{svg}"
+    );
+    let r = get(addr, &format!("/v1/runs/{run}/picture?format=mermaid"));
+    assert_eq!(r.status, 200);
+    assert!(r.headers["content-type"].starts_with("text/plain"));
+    assert!(String::from_utf8_lossy(&r.body).starts_with("flowchart TD"));
+    let r = get(addr, "/v1/graphs/add/picture?format=dot");
+    assert_eq!(r.status, 200);
+    assert!(String::from_utf8_lossy(&r.body).starts_with("digraph \"add\""));
+    // Bad input: a format it does not draw, a run or graph that is not there.
+    let r = get(addr, &format!("/v1/runs/{run}/picture?format=png"));
+    assert_eq!((r.status, r.problem().as_str()), (400, "invalid-format"));
+    let r = get(addr, "/v1/runs/00000000000000000000000000000000/picture");
+    assert_eq!(r.status, 404, "{}", String::from_utf8_lossy(&r.body));
+    let r = get(addr, "/v1/graphs/nope/picture");
+    assert_eq!((r.status, r.problem().as_str()), (404, "unknown-graph"));
+    // The reader token may look.
+    let r = request(
+        addr,
+        "GET",
+        "/v1/graphs/add/picture",
+        Some(READER),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+}
+
+#[test]
 fn tools_graphs_and_a_waited_run_with_its_event_stream() {
     let api = TestApi::start();
     let addr = api.addr;

@@ -168,6 +168,10 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> (&'static str, Repl
             Method::GET => get_graph(&state, name, req.uri().query()),
             _ => not_allowed("GET"),
         },
+        ["v1", "graphs", name, "picture"] => match method {
+            Method::GET => graph_picture(&state, name, req.uri().query()),
+            _ => not_allowed("GET"),
+        },
         ["v1", "tools"] => match method {
             Method::POST => post_tool(&state, req).await,
             Method::GET => list_tools(&state),
@@ -189,6 +193,10 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> (&'static str, Repl
         ["v1", "runs", id, "cancel"] => match method {
             Method::POST => cancel_run(&state, id).await,
             _ => not_allowed("POST"),
+        },
+        ["v1", "runs", id, "picture"] => match method {
+            Method::GET => run_picture(&state, id, req.uri().query()).await,
+            _ => not_allowed("GET"),
         },
         ["v1", "runs", id, "events"] => match method {
             Method::GET => sse::events(&state, id, req.headers()).await,
@@ -215,12 +223,14 @@ fn route_template(segments: &[&str]) -> &'static str {
         ["mcp"] => "/mcp",
         ["v1", "graphs"] => "/v1/graphs",
         ["v1", "graphs", _] => "/v1/graphs/{name}",
+        ["v1", "graphs", _, "picture"] => "/v1/graphs/{name}/picture",
         ["v1", "tools"] => "/v1/tools",
         ["v1", "tools", _] => "/v1/tools/{name}",
         ["v1", "runs"] => "/v1/runs",
         ["v1", "runs", _] => "/v1/runs/{id}",
         ["v1", "runs", _, "cancel"] => "/v1/runs/{id}/cancel",
         ["v1", "runs", _, "events"] => "/v1/runs/{id}/events",
+        ["v1", "runs", _, "picture"] => "/v1/runs/{id}/picture",
         ["v1", "runs", _, "steps", _, "approval"] => "/v1/runs/{id}/steps/{step}/approval",
         _ => "unknown",
     }
@@ -539,6 +549,66 @@ fn list_graphs(state: &State) -> Reply {
         })
         .collect();
     Ok(json_response(StatusCode::OK, &json!({ "graphs": graphs })))
+}
+
+/// The `format` query parameter of a picture route (default `svg`).
+fn picture_format(query: Option<&str>) -> Result<crate::graph::render::Format, Problem> {
+    let name = query_param(query, "format").unwrap_or("svg");
+    crate::graph::render::Format::parse(name).ok_or_else(|| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-format",
+            format!("format '{name}' is not one of svg, dot, mermaid"),
+        )
+    })
+}
+
+/// A picture, served so that nothing in it can run: an SVG opened on its own gets no script,
+/// style or fetch (`default-src 'none'`), and is never sniffed as something else.
+fn picture_response(format: crate::graph::render::Format, body: String) -> Response<ApiBody> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, format.media_type())
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        .header(
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; sandbox",
+        )
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(ApiBody::full(body))
+        .expect("picture responses are well formed")
+}
+
+/// `GET /v1/graphs/{name}/picture`: a stored graph (its latest version, or `version`) drawn.
+fn graph_picture(state: &State, name: &str, query: Option<&str>) -> Reply {
+    let format = picture_format(query)?;
+    let graph = compiled_graph(state, name, query_param(query, "version"))?;
+    Ok(picture_response(
+        format,
+        crate::graph::render::draw(&graph, format, None),
+    ))
+}
+
+/// `GET /v1/runs/{id}/picture`: the graph the run pinned, each node coloured by its state in
+/// the run, with its step count.
+async fn run_picture(state: &Arc<State>, id: &str, query: Option<&str>) -> Reply {
+    let format = picture_format(query)?;
+    let run = parse_run(id)?;
+    state.journal.run_summary(run).map_err(journal_err)?;
+    let journal = state.journal.clone();
+    let drawn = tokio::task::spawn_blocking(move || {
+        let records = journal.events(run)?;
+        let graph = crate::graph::render::pinned_graph(&journal, &records);
+        Ok::<_, JournalError>(graph.map(|g| {
+            let runs = crate::graph::render::node_runs(&records);
+            crate::graph::render::draw(&g, format, Some(&runs))
+        }))
+    })
+    .await
+    .map_err(|e| Problem::internal(format!("reading the run failed: {e}")))?
+    .map_err(journal_err)?
+    .map_err(|e| Problem::internal(format!("run {run}: {e}")))?;
+    Ok(picture_response(format, drawn))
 }
 
 fn get_graph(state: &State, name: &str, query: Option<&str>) -> Reply {

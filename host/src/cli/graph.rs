@@ -29,11 +29,12 @@ pub fn picture(
     format: PictureFormat,
     runs: Option<&std::collections::HashMap<String, graph::render::NodeRun>>,
 ) -> String {
-    match format {
-        PictureFormat::Svg => graph::render::svg(graph, runs),
-        PictureFormat::Dot => graph::render::dot(graph, runs),
-        PictureFormat::Mermaid => graph::render::mermaid(graph, runs),
-    }
+    let format = match format {
+        PictureFormat::Svg => graph::render::Format::Svg,
+        PictureFormat::Dot => graph::render::Format::Dot,
+        PictureFormat::Mermaid => graph::render::Format::Mermaid,
+    };
+    graph::render::draw(graph, format, runs)
 }
 
 #[derive(Debug, Subcommand)]

@@ -257,15 +257,8 @@ fn show_picture(
     format: super::graph::PictureFormat,
 ) -> Result<String, String> {
     let records = journal.events(run).map_err(|e| e.to_string())?;
-    let Some(Event::RunCreated { graph, .. }) = records.first().map(|r| &r.event) else {
-        return Err(format!(
-            "run {run} has no RunCreated event: is it in this journal?"
-        ));
-    };
-    let bytes = journal.payload(graph).map_err(|e| e.to_string())?;
-    let spec: crate::graph::spec::Graph = serde_json::from_slice(&bytes)
-        .map_err(|e| format!("run {run}'s pinned graph does not parse: {e}"))?;
-    let compiled = crate::graph::CompiledGraph::compile(spec);
+    let compiled = crate::graph::render::pinned_graph(journal, &records)
+        .map_err(|e| format!("run {run}: {e}"))?;
     let runs = crate::graph::render::node_runs(&records);
     Ok(super::graph::picture(&compiled, format, Some(&runs))
         .trim_end()

@@ -538,3 +538,60 @@ pub fn node_runs(records: &[crate::journal::Record]) -> HashMap<String, NodeRun>
     }
     out
 }
+
+/// The three pictures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Svg,
+    Dot,
+    Mermaid,
+}
+
+impl Format {
+    /// `svg`, `dot` or `mermaid`.
+    pub fn parse(name: &str) -> Option<Format> {
+        match name {
+            "svg" => Some(Format::Svg),
+            "dot" => Some(Format::Dot),
+            "mermaid" => Some(Format::Mermaid),
+            _ => None,
+        }
+    }
+
+    /// The media type a picture in this format is served as.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Format::Svg => "image/svg+xml",
+            Format::Dot => "text/vnd.graphviz; charset=utf-8",
+            Format::Mermaid => "text/plain; charset=utf-8",
+        }
+    }
+}
+
+/// `graph` drawn in `format`, coloured by `runs` when given.
+pub fn draw(
+    graph: &CompiledGraph,
+    format: Format,
+    runs: Option<&HashMap<String, NodeRun>>,
+) -> String {
+    match format {
+        Format::Svg => svg(graph, runs),
+        Format::Dot => dot(graph, runs),
+        Format::Mermaid => mermaid(graph, runs),
+    }
+}
+
+/// The graph a run pinned when it was created (its first journal event), compiled.
+pub fn pinned_graph(
+    journal: &crate::journal::Journal,
+    records: &[crate::journal::Record],
+) -> Result<CompiledGraph, String> {
+    let Some(crate::journal::Event::RunCreated { graph, .. }) = records.first().map(|r| &r.event)
+    else {
+        return Err("the run has no RunCreated event: is it in this journal?".into());
+    };
+    let bytes = journal.payload(graph).map_err(|e| e.to_string())?;
+    let spec: super::spec::Graph = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("the run's pinned graph does not parse: {e}"))?;
+    Ok(CompiledGraph::compile(spec))
+}
