@@ -38,6 +38,26 @@ pub type ExtraRoots = Vec<(String, rustls::pki_types::CertificateDer<'static>)>;
 impl TlsRoots {
     /// The public roots plus `extra`.
     pub fn new(extra: &ExtraRoots) -> Result<TlsRoots, TlsRootsError> {
+        TlsRoots::build(extra, None)
+    }
+
+    /// [`TlsRoots::new`], presenting `chain` (the client's certificate first) and its `key` to
+    /// servers that ask for a client certificate.
+    pub fn with_client_identity(
+        extra: &ExtraRoots,
+        chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+        key: rustls::pki_types::PrivateKeyDer<'static>,
+    ) -> Result<TlsRoots, TlsRootsError> {
+        TlsRoots::build(extra, Some((chain, key)))
+    }
+
+    fn build(
+        extra: &ExtraRoots,
+        identity: Option<(
+            Vec<rustls::pki_types::CertificateDer<'static>>,
+            rustls::pki_types::PrivateKeyDer<'static>,
+        )>,
+    ) -> Result<TlsRoots, TlsRootsError> {
         let mut roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.into(),
         };
@@ -53,8 +73,13 @@ impl TlsRoots {
         ))
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsRootsError::Config(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+        let config = match identity {
+            None => config.with_no_client_auth(),
+            Some((chain, key)) => config
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| TlsRootsError::Config(format!("the client certificate: {e}")))?,
+        };
         Ok(TlsRoots(Arc::new(config)))
     }
 

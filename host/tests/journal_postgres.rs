@@ -440,3 +440,93 @@ fn writes_lost_with_a_background_commit_leave_no_gap_in_the_run() {
         .collect();
     assert_eq!(seqs, vec![0, 1]);
 }
+
+#[test]
+fn a_database_that_authenticates_clients_by_certificate_accepts_the_journals_certificate() {
+    let ca = common::test_ca::TestCa::new(&["127.0.0.1"]);
+    // TLS sessions of `sandgraph` must present a certificate the CA signed, named `sandgraph`;
+    // the test's own plain sessions are trusted as before.
+    let pg = Postgres::start_with(
+        &[
+            "ssl=on",
+            "ssl_cert_file=server.crt",
+            "ssl_key_file=server.key",
+            "ssl_ca_file=ca.crt",
+        ],
+        &[
+            ("server.crt", &ca.server_cert_pem),
+            ("server.key", &ca.server_key_pem),
+            ("ca.crt", &ca.ca_pem()),
+            (
+                "pg_hba.conf",
+                "local all all trust\nhostssl all sandgraph 127.0.0.1/32 cert\nhost all all 127.0.0.1/32 trust\n",
+            ),
+        ],
+    );
+    let url = pg.database("certs") + "?sslmode=require";
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let (ca_file, cert, key) = (
+        file("journal-ca.pem", &ca.ca_pem()),
+        file("journal.crt", &ca.client_cert_pem),
+        file("journal.key", &ca.client_key_pem),
+    );
+    let list = |env: &[(&str, &std::path::Path)]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_sandgraph"));
+        c.args(["runs", "list", "--journal", &url])
+            .env_remove("SANDGRAPH_JOURNAL_CERT")
+            .env_remove("SANDGRAPH_JOURNAL_KEY")
+            .env("SANDGRAPH_JOURNAL_CA", &ca_file);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Without a client certificate the server refuses the session.
+    let (ok, err) = list(&[]);
+    assert!(!ok);
+    assert!(err.contains("certificate"), "{err}");
+    // Half the pair is named as such.
+    let (ok, err) = list(&[("SANDGRAPH_JOURNAL_CERT", &cert)]);
+    assert!(!ok);
+    assert!(
+        err.contains("SANDGRAPH_JOURNAL_CERT is set but SANDGRAPH_JOURNAL_KEY is not"),
+        "{err}"
+    );
+    // With it, the journal opens.
+    let (ok, err) = list(&[
+        ("SANDGRAPH_JOURNAL_CERT", &cert),
+        ("SANDGRAPH_JOURNAL_KEY", &key),
+    ]);
+    assert!(ok, "{err}");
+    // SAFETY: set before this test starts any thread that reads the environment.
+    unsafe {
+        std::env::set_var("SANDGRAPH_JOURNAL_CA", &ca_file);
+        std::env::set_var("SANDGRAPH_JOURNAL_CERT", &cert);
+        std::env::set_var("SANDGRAPH_JOURNAL_KEY", &key);
+    }
+    let journal = Journal::open_location(&url).unwrap();
+    journal
+        .append(RunId::new(), &created(&journal), Durability::Durable)
+        .unwrap();
+    let mut admin = postgres::Client::connect(&pg.url("postgres"), postgres::NoTls).unwrap();
+    let dns: Vec<String> = admin
+        .query(
+            "SELECT s.client_dn FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.datname = 'certs'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .filter_map(|r| r.get::<_, Option<String>>(0))
+        .collect();
+    assert!(!dns.is_empty(), "no TLS session of the journal");
+    assert!(dns.iter().all(|dn| dn.contains("CN=sandgraph")), "{dns:?}");
+}

@@ -424,6 +424,54 @@ impl Connection {
 /// named: a comma-separated list of files.
 pub const CA_ENV: &str = "SANDGRAPH_JOURNAL_CA";
 
+/// The PEM file of the client certificate (then its chain) the journal's TLS connections
+/// present, for a database that authenticates clients by certificate (`hostssl … cert`).
+pub const CERT_ENV: &str = "SANDGRAPH_JOURNAL_CERT";
+
+/// The PEM file of that certificate's private key (PKCS#8, PKCS#1 or SEC1).
+pub const KEY_ENV: &str = "SANDGRAPH_JOURNAL_KEY";
+
+/// The client certificate chain and key named by [`CERT_ENV`] and [`KEY_ENV`]: both, or
+/// neither (one without the other is an error naming the missing one).
+#[allow(clippy::type_complexity)]
+fn client_identity() -> Result<
+    Option<(
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    )>,
+    String,
+> {
+    use rustls::pki_types::pem::PemObject;
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let (cert, key) = match (var(CERT_ENV), var(KEY_ENV)) {
+        (None, None) => return Ok(None),
+        (Some(_), None) => {
+            return Err(format!(
+                "{CERT_ENV} is set but {KEY_ENV} is not: set both, or neither"
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(format!(
+                "{KEY_ENV} is set but {CERT_ENV} is not: set both, or neither"
+            ));
+        }
+        (Some(c), Some(k)) => (c, k),
+    };
+    let read =
+        |name: &str, path: &str| std::fs::read(path).map_err(|e| format!("{name}: {path}: {e}"));
+    let chain = rustls::pki_types::CertificateDer::pem_slice_iter(&read(CERT_ENV, &cert)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{CERT_ENV}: {cert}: not PEM: {e}"))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "{CERT_ENV}: {cert} holds no PEM `CERTIFICATE` block"
+        ));
+    }
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&read(KEY_ENV, &key)?)
+        .map_err(|e| format!("{KEY_ENV}: {key}: no private key in it ({e})"))?;
+    Ok(Some((chain, key)))
+}
+
 /// Connects to `url`. With `sslmode=require` (or `prefer`) in the URL the connection is TLS,
 /// and the server's certificate must chain to the public roots or a CA in [`CA_ENV`] and name
 /// the host the URL names; otherwise it is plain TCP.
@@ -468,9 +516,15 @@ fn tls_connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
             .filter(|f| !f.is_empty())
             .map(std::path::PathBuf::from)
             .collect();
-        let roots = crate::tls_roots::TlsRoots::read_pem_files(&files)
-            .and_then(|extra| crate::tls_roots::TlsRoots::new(&extra))
+        let extra = crate::tls_roots::TlsRoots::read_pem_files(&files)
             .map_err(|e| format!("{CA_ENV}: {e}"))?;
+        let roots = match client_identity()? {
+            None => crate::tls_roots::TlsRoots::new(&extra),
+            Some((chain, key)) => {
+                crate::tls_roots::TlsRoots::with_client_identity(&extra, chain, key)
+            }
+        }
+        .map_err(|e| format!("the journal's TLS settings: {e}"))?;
         Ok(tokio_postgres_rustls::MakeRustlsConnect::new(
             (*roots.client_config()).clone(),
         ))

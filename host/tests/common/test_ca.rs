@@ -16,6 +16,10 @@ pub struct TestCa {
     /// The server certificate and its private key as PEM (for servers configured by file).
     pub server_cert_pem: String,
     pub server_key_pem: String,
+    /// A client certificate it signed, common name `sandgraph` (the test databases' user), and
+    /// its private key, as PEM.
+    pub client_cert_pem: String,
+    pub client_key_pem: String,
 }
 
 impl TestCa {
@@ -43,7 +47,15 @@ impl TestCa {
             PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
         )
         .unwrap();
+        let client_key = KeyPair::generate().unwrap();
+        let mut client_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        client_params
+            .distinguished_name
+            .push(DnType::CommonName, "sandgraph");
+        let client = client_params.signed_by(&client_key, &ca).unwrap();
         TestCa {
+            client_cert_pem: client.pem(),
+            client_key_pem: client_key.serialize_pem(),
             ca: ca.der().clone(),
             server: Arc::new(server),
             server_cert_pem: leaf.pem(),
