@@ -290,14 +290,16 @@ fn the_python_sdk_lists_calls_is_denied_cancels_and_hears_of_new_tools_over_http
 }
 
 /// One HTTP/1.1 request; (status, body).
-fn raw(
+/// Sends one HTTP/1.1 request (as `token`, the admin token when `None`); returns the connection
+/// to read the answer from.
+fn send_request(
     addr: std::net::SocketAddr,
     method: &str,
     path: &str,
     token: Option<&str>,
     headers: &[(&str, &str)],
     body: &[u8],
-) -> (u16, String) {
+) -> std::net::TcpStream {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut head = format!(
@@ -313,6 +315,19 @@ fn raw(
     head.push_str("\r\n");
     let _ = s.write_all(head.as_bytes());
     let _ = s.write_all(body);
+    s
+}
+
+/// One HTTP/1.1 request; (status, head, body).
+fn raw_head(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, String) {
+    let mut s = send_request(addr, method, path, token, headers, body);
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     let text = String::from_utf8_lossy(&out).to_string();
@@ -321,8 +336,26 @@ fn raw(
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, body.to_owned())
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (status, head.to_owned(), body.to_owned())
+}
+
+/// One HTTP/1.1 request; (status, body).
+fn raw(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let (status, _, body) = raw_head(addr, method, path, token, headers, body);
+    (status, body)
+}
+
+/// An MCP message POSTed to `/mcp` outside any session, as `token`; (status, body).
+fn post_mcp(addr: std::net::SocketAddr, token: Option<&str>, body: &[u8]) -> (u16, String) {
+    raw(addr, "POST", "/mcp", token, MCP_HEADERS, body)
 }
 
 const MCP_HEADERS: &[(&str, &str)] = &[
@@ -339,27 +372,13 @@ fn mcp_over_http_refuses_bad_input_with_json_rpc_errors_and_needs_the_tools_call
         "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
     .to_string();
     // Authentication and scope first: no token 401, a token without tools:call 403.
-    let (status, _) = raw(
-        server.addr,
-        "POST",
-        "/mcp",
-        Some(""),
-        MCP_HEADERS,
-        init.as_bytes(),
-    );
+    let (status, _) = post_mcp(server.addr, Some(""), init.as_bytes());
     assert_eq!(status, 401);
-    let (status, body) = raw(
-        server.addr,
-        "POST",
-        "/mcp",
-        Some(READER),
-        MCP_HEADERS,
-        init.as_bytes(),
-    );
+    let (status, body) = post_mcp(server.addr, Some(READER), init.as_bytes());
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("tools:call"), "{body}");
     // Not JSON: a JSON-RPC parse error.
-    let (status, body) = raw(server.addr, "POST", "/mcp", None, MCP_HEADERS, b"{not json");
+    let (status, body) = post_mcp(server.addr, None, b"{not json");
     let error: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         (status, &error["error"]["code"]),
@@ -371,14 +390,7 @@ fn mcp_over_http_refuses_bad_input_with_json_rpc_errors_and_needs_the_tools_call
         r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{{"pad":"{}"}}}}"#,
         "x".repeat(70_000)
     );
-    let (status, body) = raw(
-        server.addr,
-        "POST",
-        "/mcp",
-        None,
-        MCP_HEADERS,
-        big.as_bytes(),
-    );
+    let (status, body) = post_mcp(server.addr, None, big.as_bytes());
     let error: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         (status, &error["error"]["code"]),
@@ -386,14 +398,7 @@ fn mcp_over_http_refuses_bad_input_with_json_rpc_errors_and_needs_the_tools_call
         "{body}"
     );
     // And the server serves on: a session starts.
-    let (status, body) = raw(
-        server.addr,
-        "POST",
-        "/mcp",
-        None,
-        MCP_HEADERS,
-        init.as_bytes(),
-    );
+    let (status, body) = post_mcp(server.addr, None, init.as_bytes());
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("2025-11-25"), "{body}");
     // A client that goes away in the middle of a call: the call is dropped, others are served.
@@ -401,24 +406,12 @@ fn mcp_over_http_refuses_bad_input_with_json_rpc_errors_and_needs_the_tools_call
     let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
         "name": "http-get", "arguments": {"url": up.hold.url()}}})
     .to_string();
-    let mut s = std::net::TcpStream::connect(server.addr).unwrap();
-    write!(
-        s,
-        "POST /mcp HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {ADMIN}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: {session}\r\nContent-Length: {}\r\n\r\n{call}",
-        server.addr,
-        call.len()
-    )
-    .unwrap();
+    let mut headers = MCP_HEADERS.to_vec();
+    headers.push(("Mcp-Session-Id", &session));
+    let s = send_request(server.addr, "POST", "/mcp", None, &headers, call.as_bytes());
     common::wait_for("the call held upstream", || up.hold.hits() == 1);
     drop(s);
-    let (status, body) = raw(
-        server.addr,
-        "POST",
-        "/mcp",
-        None,
-        MCP_HEADERS,
-        init.as_bytes(),
-    );
+    let (status, body) = post_mcp(server.addr, None, init.as_bytes());
     assert_eq!(status, 200, "{body}");
     let (status, _) = raw(server.addr, "GET", "/healthz", None, &[], b"");
     assert_eq!(status, 200);
@@ -431,34 +424,31 @@ fn session_of(addr: std::net::SocketAddr, init: &str) -> String {
 
 /// [`session_of`] as `token`.
 fn session_of_as(addr: std::net::SocketAddr, token: &str, init: &str) -> String {
-    let post = |session: Option<&str>, body: &str| {
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let session = session
-            .map(|id| format!("Mcp-Session-Id: {id}\r\n"))
-            .unwrap_or_default();
-        write!(
-            s,
-            "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n{session}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out
-    };
-    let out = post(None, init);
-    let id = out
+    let (_, head, _) = raw_head(
+        addr,
+        "POST",
+        "/mcp",
+        Some(token),
+        MCP_HEADERS,
+        init.as_bytes(),
+    );
+    let id = head
         .lines()
         .find_map(|l| {
             let (k, v) = l.split_once(':')?;
             k.eq_ignore_ascii_case("mcp-session-id")
                 .then(|| v.trim().to_owned())
         })
-        .unwrap_or_else(|| panic!("no session id: {out}"));
-    post(
-        Some(&id),
-        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        .unwrap_or_else(|| panic!("no session id: {head}"));
+    let mut headers = MCP_HEADERS.to_vec();
+    headers.push(("Mcp-Session-Id", &id));
+    raw(
+        addr,
+        "POST",
+        "/mcp",
+        Some(token),
+        &headers,
+        br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
     );
     id
 }

@@ -771,6 +771,22 @@ fn check_worlds(
     Ok(())
 }
 
+/// Each way `value` breaks `validator`'s schema, as `<JSON pointer>: <message>` (the message
+/// alone at the document's root).
+pub(crate) fn schema_errors<'a>(
+    validator: &'a jsonschema::Validator,
+    value: &'a Value,
+) -> impl Iterator<Item = String> + 'a {
+    validator.iter_errors(value).map(|e| {
+        let at = e.instance_path().to_string();
+        if at.is_empty() {
+            e.to_string()
+        } else {
+            format!("{at}: {e}")
+        }
+    })
+}
+
 /// Checks `input` against the nesting limit and the graph's input schema, listing every
 /// violation.
 fn check_input(graph: &Graph, input: &Value) -> Result<(), EngineError> {
@@ -786,17 +802,7 @@ fn check_input(graph: &Graph, input: &Value) -> Result<(), EngineError> {
     };
     let validator = jsonschema::validator_for(schema)
         .map_err(|e| EngineError::BadInputSchema(e.to_string()))?;
-    let errors: Vec<String> = validator
-        .iter_errors(input)
-        .map(|e| {
-            let at = e.instance_path().to_string();
-            if at.is_empty() {
-                e.to_string()
-            } else {
-                format!("{at}: {e}")
-            }
-        })
-        .collect();
+    let errors: Vec<String> = schema_errors(&validator, input).collect();
     if errors.is_empty() {
         Ok(())
     } else {

@@ -252,17 +252,8 @@ impl McpTools {
         };
         let arguments = Value::Object(request.arguments.unwrap_or_default());
         if let Some(v) = &described.input {
-            let errors: Vec<String> = v
-                .iter_errors(&arguments)
+            let errors: Vec<String> = crate::graph::engine::schema_errors(v, &arguments)
                 .take(8)
-                .map(|e| {
-                    let at = e.instance_path().to_string();
-                    if at.is_empty() {
-                        e.to_string()
-                    } else {
-                        format!("{at}: {e}")
-                    }
-                })
                 .collect();
             if !errors.is_empty() {
                 return Ok(failed(&CallError::InvalidInput {
