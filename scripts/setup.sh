@@ -12,6 +12,10 @@ dpkg -s mesa-vulkan-drivers >/dev/null 2>&1 || need_apt+=(mesa-vulkan-drivers)
 dpkg -s libvulkan1 >/dev/null 2>&1 || need_apt+=(libvulkan1)
 # PostgreSQL's server binaries: the journal tests start a throwaway cluster on 127.0.0.1.
 dpkg -s postgresql >/dev/null 2>&1 || need_apt+=(postgresql)
+# Debian's Chromium and its WebDriver: the console's browser tests (host/tests/console.rs) drive
+# it headless; no browser is downloaded.
+dpkg -s chromium >/dev/null 2>&1 || need_apt+=(chromium)
+dpkg -s chromium-driver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
     as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need_apt[@]}"
@@ -96,4 +100,13 @@ if ! "$clients/bin/python" -c 'import importlib.metadata as m; assert m.version(
     rm -rf "$clients"
     python3 -m venv "$clients"
     "$clients/bin/python" -m pip install --quiet 'langchain-openai==0.3.35' 'instructor==1.11.3' 'openai==1.109.1'
+fi
+
+# Selenium drives Debian's chromium through chromedriver for the console's browser tests
+# (host/tests/console/browser.py); pinned, in a venv of its own.
+browser_venv=.tools/browser
+if ! "$browser_venv/bin/python" -c 'import importlib.metadata as m; assert m.version("selenium") == "4.51.0"' 2>/dev/null; then
+    rm -rf "$browser_venv"
+    python3 -m venv "$browser_venv"
+    "$browser_venv/bin/python" -m pip install --quiet 'selenium==4.51.0'
 fi

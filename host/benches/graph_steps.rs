@@ -314,6 +314,7 @@ impl Bench {
                     Event::WorkspaceSnapshot { step, .. } => ("snapshot", step.as_str()),
                     Event::StepAwaitingApproval { step, .. } => ("awaiting", step.as_str()),
                     Event::StepApproval { step, .. } => ("approval", step.as_str()),
+                    Event::StepAudit { step, .. } => ("audit", step.as_str()),
                 };
                 let now = Instant::now();
                 t.lock()

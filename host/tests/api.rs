@@ -1459,7 +1459,7 @@ fn every_documented_route_answers_as_documented_and_every_route_is_documented() 
             checked += 1;
         }
     }
-    assert_eq!(checked, 17, "every documented operation was called");
+    assert_eq!(checked, 20, "every documented operation was called");
     for undocumented in [
         "/v1",
         "/v1/graphs/a/b",
@@ -2538,4 +2538,181 @@ fn a_replica_cut_off_from_the_database_stops_its_run_and_another_finishes_it_onc
             || logs.contains("the journal failed under a run; it stays unfinished"),
         "{logs}"
     );
+}
+
+#[test]
+fn a_step_is_served_with_its_crossings_and_audit_records_and_a_denied_egress_names_its_reason() {
+    let api = TestApi::start();
+    let addr = api.addr;
+    upload_tool(addr, "calc");
+    let gate = Gate::start();
+    gate.open();
+    upload_gate_fetcher(addr, &[&gate]);
+    assert_eq!(post_yaml(addr, GATED).status, 201);
+    let run_to = |url: &str| {
+        let r = post_json(
+            addr,
+            "/v1/runs?wait=true",
+            &json!({"graph": "gated", "input": {"url": url}}),
+        );
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        r.json()["run"].as_str().unwrap().to_owned()
+    };
+    let ok = run_to(&gate.url());
+    // A port no rule names: the sandbox refuses it.
+    let denied = run_to("http://127.0.0.1:9/forbidden");
+
+    let step = get(addr, &format!("/v1/runs/{ok}/steps/wait%231"));
+    assert_eq!(step.status, 200, "{}", String::from_utf8_lossy(&step.body));
+    let s = step.json();
+    assert_eq!(
+        (s["node"].as_str(), s["status"].as_str()),
+        (Some("wait"), Some("completed")),
+        "{s}"
+    );
+    let attempt = &s["attempts"][0];
+    let kinds: Vec<&str> = attempt["crossings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"http_intent") && kinds.contains(&"http_response"),
+        "{kinds:?}"
+    );
+    let response = attempt["crossings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "http_response")
+        .unwrap();
+    assert_eq!(response["body_preview"], "opened", "{response}");
+    let audit = &attempt["audit"][0];
+    assert_eq!(audit["tool"], "egress_fetch", "{audit}");
+    assert_eq!(audit["outcome"], "ok", "{audit}");
+    assert!(audit["memory_peak_bytes"].as_u64().unwrap() > 0, "{audit}");
+    assert_eq!(audit["egress"][0]["allowed"], true, "{audit}");
+    assert!(audit["egress"][0]["connected_to"].is_string(), "{audit}");
+
+    let s = get(addr, &format!("/v1/runs/{denied}/steps/wait%231")).json();
+    assert_eq!(s["status"], "failed", "{s}");
+    let egress = &s["attempts"][0]["audit"][0]["egress"][0];
+    assert_eq!(egress["allowed"], false, "{s}");
+    assert!(
+        egress["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no egress rule"),
+        "the denial names the missing rule: {egress}"
+    );
+    assert!(
+        egress["target"].as_str().unwrap().contains("127.0.0.1:9"),
+        "{egress}"
+    );
+
+    // The stream carries the audit too, once per attempt.
+    let events = String::from_utf8(get(addr, &format!("/v1/runs/{denied}/events")).body).unwrap();
+    assert!(events.contains("event: step_audit"), "{events}");
+    assert!(events.contains("no egress rule"), "{events}");
+
+    // A step the run does not have, and a run that does not exist.
+    let r = get(addr, &format!("/v1/runs/{ok}/steps/nope%231"));
+    assert_eq!((r.status, r.problem().as_str()), (404, "unknown-step"));
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("wait#1"),
+        "lists its steps"
+    );
+    let r = get(addr, &format!("/v1/runs/{}/steps/wait%231", "0".repeat(32)));
+    assert_eq!((r.status, r.problem().as_str()), (404, "unknown-run"));
+
+    // Replay over the API: the fetch is served from the journal and reproduces its output.
+    let r = request(
+        addr,
+        "POST",
+        &format!("/v1/runs/{ok}/replay"),
+        Some(ADMIN),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let report = r.json();
+    assert_eq!(report["identical"], true, "{report}");
+    assert_eq!(report["steps"].as_array().unwrap().len(), 3, "{report}");
+    let hits = gate.hits();
+    assert_eq!(gate.hits(), hits, "replay reached no server");
+    let r = request(
+        addr,
+        "POST",
+        &format!("/v1/runs/{ok}/replay"),
+        Some(READER),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 403, "replay needs runs:write");
+
+    // Who the console is signed in as.
+    let me = request(addr, "GET", "/v1/whoami", Some(READER), &[], b"").json();
+    assert_eq!(me, json!({"subject": "reader", "scopes": ["runs:read"]}));
+
+    // Newest first, with each run's model usage.
+    let page = get(addr, "/v1/runs?order=desc&usage=true&limit=1").json();
+    assert_eq!(page["runs"][0]["run"], denied.as_str(), "{page}");
+    assert_eq!(page["runs"][0]["usage"]["model_calls"], 0, "{page}");
+    let cursor = page["next_cursor"].as_str().unwrap().to_owned();
+    let next = get(
+        addr,
+        &format!("/v1/runs?order=desc&limit=1&cursor={cursor}"),
+    )
+    .json();
+    assert_eq!(next["runs"][0]["run"], ok.as_str(), "{next}");
+    for bad in ["order=sideways", "usage=maybe"] {
+        let r = get(addr, &format!("/v1/runs?{bad}"));
+        assert_eq!(
+            (r.status, r.problem().as_str()),
+            (400, "invalid-query"),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn the_console_is_served_with_a_policy_that_forbids_framing_and_inline_script() {
+    let api = TestApi::start();
+    let addr = api.addr;
+    let page = request(addr, "GET", "/ui/", None, &[], b"");
+    assert_eq!(page.status, 200);
+    assert_eq!(page.headers["content-type"], "text/html; charset=utf-8");
+    let csp = &page.headers["content-security-policy"];
+    for part in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+    ] {
+        assert!(csp.contains(part), "{csp} lacks {part}");
+    }
+    assert!(!csp.contains("unsafe"), "{csp}");
+    assert_eq!(page.headers["x-frame-options"], "DENY");
+    assert_eq!(page.headers["x-content-type-options"], "nosniff");
+    assert_eq!(page.headers["referrer-policy"], "no-referrer");
+    let html = String::from_utf8(page.body).unwrap();
+    assert!(html.contains(r#"<script src="/ui/console.js" defer></script>"#));
+    let js = request(addr, "GET", "/ui/console.js", None, &[], b"");
+    assert_eq!(
+        (js.status, js.headers["content-type"].as_str()),
+        (200, "text/javascript; charset=utf-8")
+    );
+    assert!(js.headers.contains_key("content-security-policy"));
+    let r = request(addr, "GET", "/ui", None, &[], b"");
+    assert_eq!((r.status, r.headers["location"].as_str()), (308, "/ui/"));
+    let r = request(addr, "GET", "/ui/../v1/runs", None, &[], b"");
+    assert_ne!(
+        r.status, 200,
+        "no way out of /ui/ to the API without a token"
+    );
+    let r = request(addr, "GET", "/ui/secrets.txt", None, &[], b"");
+    assert_eq!((r.status, r.problem().as_str()), (404, "unknown-route"));
+    let r = request(addr, "DELETE", "/ui/", None, &[], b"");
+    assert_eq!(r.status, 405);
 }

@@ -5,6 +5,7 @@
 pub mod auth;
 mod claims;
 pub mod config;
+mod console;
 pub mod credentials;
 mod head_limit;
 mod idempotency;
@@ -14,6 +15,7 @@ pub mod model_probe;
 pub mod problem;
 mod routes;
 mod sse;
+mod steps;
 pub mod store;
 pub mod telemetry;
 

@@ -128,6 +128,11 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> (&'static str, Repl
     };
     let template = route_template(&segments);
     let mut req = req;
+    // The console's page and assets are public (they hold no data; every call they make
+    // carries the token the user types).
+    if matches!(segments.as_slice(), ["ui", ..]) {
+        return (template, super::console::asset(&method, &segments[1..]));
+    }
     if !matches!(segments.as_slice(), ["healthz" | "readyz" | "metrics"]) {
         let scope = match (&method, segments.as_slice()) {
             (&Method::POST, ["v1", "graphs"]) => Scope::GraphsWrite,
@@ -139,7 +144,8 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> (&'static str, Repl
         match authorize(&state, req.headers(), scope) {
             // What the caller's scopes narrow its MCP calls to travels with its request.
             Ok(principal) => {
-                req.extensions_mut().insert(principal.grant);
+                req.extensions_mut().insert(principal.grant.clone());
+                req.extensions_mut().insert(principal);
             }
             // Counted under the route it was refused on, like any other answer there.
             Err(p) => return (template, Err(p)),
@@ -206,6 +212,20 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> (&'static str, Repl
             Method::POST => post_approval(&state, id, step, req).await,
             _ => not_allowed("POST"),
         },
+        ["v1", "runs", id, "steps", step] => match method {
+            Method::GET => super::steps::step(&state, id, step)
+                .await
+                .map(|v| json_response(StatusCode::OK, &v)),
+            _ => not_allowed("GET"),
+        },
+        ["v1", "runs", id, "replay"] => match method {
+            Method::POST => replay_run(&state, id).await,
+            _ => not_allowed("POST"),
+        },
+        ["v1", "whoami"] => match method {
+            Method::GET => Ok(whoami(&req)),
+            _ => not_allowed("GET"),
+        },
         _ => Err(Problem::not_found(
             "unknown-route",
             format!("no route {path}; see docs/openapi.yaml for the routes"),
@@ -232,6 +252,10 @@ fn route_template(segments: &[&str]) -> &'static str {
         ["v1", "runs", _, "events"] => "/v1/runs/{id}/events",
         ["v1", "runs", _, "picture"] => "/v1/runs/{id}/picture",
         ["v1", "runs", _, "steps", _, "approval"] => "/v1/runs/{id}/steps/{step}/approval",
+        ["v1", "runs", _, "steps", _] => "/v1/runs/{id}/steps/{step}",
+        ["v1", "runs", _, "replay"] => "/v1/runs/{id}/replay",
+        ["v1", "whoami"] => "/v1/whoami",
+        ["ui", ..] => "/ui/",
         _ => "unknown",
     }
 }
@@ -1213,29 +1237,72 @@ fn list_runs(state: &State, query: Option<&str>) -> Reply {
                 )
             })?,
     };
+    let newest_first = match query_param(query, "order") {
+        None | Some("asc") => false,
+        Some("desc") => true,
+        Some(o) => {
+            return Err(Problem::bad_request(
+                "invalid-query",
+                format!(
+                    "order '{}' is not asc (oldest first) or desc (newest first)",
+                    o.chars().take(32).collect::<String>()
+                ),
+            ));
+        }
+    };
+    let with_usage = match query_param(query, "usage") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(u) => {
+            return Err(Problem::bad_request(
+                "invalid-query",
+                format!(
+                    "usage '{}' is not true or false",
+                    u.chars().take(32).collect::<String>()
+                ),
+            ));
+        }
+    };
     let after = query_param(query, "cursor")
         .map(decode_cursor)
         .transpose()?;
-    // `runs()` is ordered by (created_ms, run).
-    let mut matching = state
-        .journal
-        .runs()
-        .map_err(journal_err)?
+    // `runs()` is ordered by (created_ms, run); a cursor is the last run of the previous page
+    // in the order asked for.
+    let mut runs = state.journal.runs().map_err(journal_err)?;
+    if newest_first {
+        runs.reverse();
+    }
+    let mut matching = runs
         .into_iter()
         .filter(|r| graph.is_none_or(|g| r.graph_name == g))
         .filter(|r| status.is_none_or(|s| r.status.as_str() == s))
-        .filter(|r| after.is_none_or(|a| (r.created_ms, r.run) > a))
+        .filter(|r| {
+            after.is_none_or(|a| {
+                if newest_first {
+                    (r.created_ms, r.run) < a
+                } else {
+                    (r.created_ms, r.run) > a
+                }
+            })
+        })
         .peekable();
     let mut page = Vec::with_capacity(limit.min(64));
     let mut last = None;
     while page.len() < limit {
         let Some(r) = matching.next() else { break };
         last = Some((r.created_ms, r.run));
-        page.push(json!({
+        let mut entry = json!({
             "run": r.run.to_string(), "graph": r.graph_name, "graph_version": r.graph_digest,
             "status": r.status.as_str(), "created_ms": r.created_ms, "updated_ms": r.updated_ms,
             "events": r.events,
-        }));
+        });
+        if with_usage {
+            let (_, total) = crate::journal::usage::model_usage(
+                &state.journal.events(r.run).map_err(journal_err)?,
+            );
+            entry["usage"] = json!(total);
+        }
+        page.push(entry);
     }
     let next_cursor = match (matching.peek(), last) {
         (Some(_), Some((ms, run))) => Value::String(encode_cursor(ms, run)),
@@ -1351,8 +1418,10 @@ async fn get_run(state: &Arc<State>, id: &str) -> Reply {
                     json!({"approved": approved, "comment": comment}),
                 );
             }
-            Event::RunCreated { .. } | Event::Crossing { .. } | Event::WorkspaceSnapshot { .. } => {
-            }
+            Event::RunCreated { .. }
+            | Event::Crossing { .. }
+            | Event::WorkspaceSnapshot { .. }
+            | Event::StepAudit { .. } => {}
         }
     }
     let (usage, total) = crate::journal::usage::model_usage(&records);
@@ -1472,6 +1541,37 @@ fn decision_problem(e: crate::graph::engine::DecisionError) -> Problem {
             Problem::new(StatusCode::CONFLICT, "not-awaiting-approval", e.to_string())
         }
     }
+}
+
+/// `GET /v1/whoami`: the caller's subject and scopes (what the console shows and enables).
+fn whoami(req: &Request<Incoming>) -> Response<ApiBody> {
+    match req.extensions().get::<super::auth::Principal>() {
+        Some(p) => json_response(
+            StatusCode::OK,
+            &json!({
+                "subject": p.subject,
+                "scopes": p.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+            }),
+        ),
+        None => problem_response(&Problem::internal("the caller was not authenticated")),
+    }
+}
+
+/// `POST /v1/runs/{id}/replay`: every completed step executed again offline from the run's
+/// pinned graph and components with only its journaled crossings served, and its output compared
+/// byte for byte (what `sandgraph replay` does, on the server's journal). Nothing is written.
+async fn replay_run(state: &Arc<State>, id: &str) -> Reply {
+    let run = parse_run(id)?;
+    state.journal.run_summary(run).map_err(journal_err)?;
+    let report = crate::graph::replay::replay(&state.engine, run)
+        .await
+        .map_err(|e| Problem::internal(format!("replay of run {run} failed: {e}")))?;
+    let identical = report.identical();
+    let mut body = serde_json::to_value(&report).unwrap_or_default();
+    if let Value::Object(m) = &mut body {
+        m.insert("identical".into(), json!(identical));
+    }
+    Ok(json_response(StatusCode::OK, &body))
 }
 
 async fn cancel_run(state: &State, id: &str) -> Reply {

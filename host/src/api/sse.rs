@@ -258,6 +258,14 @@ pub(super) fn event_json(journal: &Journal, event: &Event) -> (&'static str, Val
             "step_approval",
             json!({"step": step, "approved": approved, "comment": comment}),
         ),
+        Event::StepAudit {
+            step,
+            attempt,
+            calls,
+        } => (
+            "step_audit",
+            json!({"step": step, "attempt": attempt, "calls": payload(journal, calls)}),
+        ),
         Event::RunCreated {
             graph_name,
             graph_digest,

@@ -530,6 +530,7 @@ impl Telemetry {
             Event::StepScheduled { .. }
             | Event::StepAwaitingApproval { .. }
             | Event::StepApproval { .. }
+            | Event::StepAudit { .. }
             | Event::WorkspaceSnapshot { .. } => {}
         }
     }

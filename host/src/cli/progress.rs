@@ -270,7 +270,10 @@ fn line(steps: &mut Steps, run: RunId, event: &Event) -> Option<String> {
                 .map(|c| format!(": {c}"))
                 .unwrap_or_default()
         ),
-        Event::StepScheduled { .. } | Event::Crossing { .. } | Event::WorkspaceSnapshot { .. } => {
+        Event::StepScheduled { .. }
+        | Event::Crossing { .. }
+        | Event::WorkspaceSnapshot { .. }
+        | Event::StepAudit { .. } => {
             return None;
         }
     })

@@ -348,7 +348,7 @@ fn show(journal: &Journal, run: RunId) -> Result<String, String> {
                         .unwrap_or_default()
                 );
             }
-            Event::Crossing { .. } | Event::WorkspaceSnapshot { .. } => {}
+            Event::Crossing { .. } | Event::WorkspaceSnapshot { .. } | Event::StepAudit { .. } => {}
         }
     }
     let (usage, total) = crate::journal::usage::model_usage(&records);

@@ -830,6 +830,31 @@ impl RunCtx {
         Ok(seq)
     }
 
+    /// Journals what the sandbox recorded about a step attempt's calls (its own, then the
+    /// tools an agent step called), buffered: it becomes durable with the attempt's outcome.
+    async fn audit(
+        &self,
+        step: &str,
+        attempt: u32,
+        own: &AuditRecord,
+        nested: &[AuditRecord],
+    ) -> Result<(), JournalError> {
+        let calls: Vec<&AuditRecord> = std::iter::once(own).chain(nested).collect();
+        // Plain structs of strings and integers always serialise.
+        let json = serde_json::to_vec(&calls).unwrap_or_default();
+        let calls = self.journal.put_payload(&json)?;
+        self.append(
+            Event::StepAudit {
+                step: step.to_owned(),
+                attempt,
+                calls,
+            },
+            Durability::Buffered,
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Journals a snapshot of the workspace `dir` of a step attempt (taken off the async
     /// workers; the files go to the blob store there, the event is appended here so an aborted
     /// step appends nothing).
@@ -1129,7 +1154,8 @@ async fn execute(
                     }
                     Event::RunCreated { .. }
                     | Event::Crossing { .. }
-                    | Event::WorkspaceSnapshot { .. } => {}
+                    | Event::WorkspaceSnapshot { .. }
+                    | Event::StepAudit { .. } => {}
                 }
             }
             for step in order {
@@ -1461,12 +1487,13 @@ async fn run_step(ctx: &Arc<RunCtx>, a: &Activation, start: StartAt) -> StepEnd 
                 .await
                 .map(|(report, activity)| {
                     observe_activity(ctx, &a.step, attempt, &activity);
-                    report
+                    (report, activity.nested)
                 })
         } else {
             ctx.sandbox
                 .call_journaled(tool, &grant, &input, &crossings)
                 .await
+                .map(|report| (report, Vec::new()))
         };
         if let Some((dir, mode @ WorkspaceMode::Rw)) = &grant.workspace
             && !matches!(called, Err(CrossingError::Journal(_)))
@@ -1478,9 +1505,12 @@ async fn run_step(ctx: &Arc<RunCtx>, a: &Activation, start: StartAt) -> StepEnd 
         }
         drop(held);
         let (kind, message, can_retry) = match called {
-            Ok(report) => {
+            Ok((report, nested)) => {
                 if let Some(observe) = &ctx.on_call {
                     observe(ctx.run, &a.step, attempt, &report.audit);
+                }
+                if let Err(e) = ctx.audit(&a.step, attempt, &report.audit, &nested).await {
+                    return StepEnd::Journal(e);
                 }
                 match report.result {
                     Ok(output) => return StepEnd::Done { attempt, output },

@@ -222,7 +222,9 @@ pub fn svg(graph: &CompiledGraph, runs: Option<&HashMap<String, NodeRun>>) -> St
                 .map_or(0.0, |w| clip(w, LABEL_MAX).chars().count() as f64 * 6.0)
         })
         .fold(0.0, f64::max);
-    let width = MARGIN * 2.0 + content + loop_room;
+    // A run's picture carries the six-state legend below: never narrower than it.
+    let legend = if runs.is_some() { 6.0 * 84.0 } else { 0.0 };
+    let width = (MARGIN * 2.0 + content + loop_room).max(MARGIN * 2.0 + legend);
     let height = MARGIN * 2.0
         + layout.layers.len().max(1) as f64 * BOX_H
         + (layout.layers.len().max(1) as f64 - 1.0) * LAYER_GAP

@@ -8,10 +8,10 @@ use serde::{Deserialize, Serialize};
 /// without workspace snapshots stay readable by version-2 builds. Bump when `Event` changes
 /// incompatibly; a new variant goes at the end of its enum (postcard numbers variants in order)
 /// under a new version, and every older version keeps decoding.
-pub const FORMAT_VERSION: u8 = 4;
+pub const FORMAT_VERSION: u8 = 5;
 
 /// The oldest format version this build still reads (version 3 added `WorkspaceSnapshot`,
-/// version 4 the model crossings and the approval events).
+/// version 4 the model crossings and the approval events, version 5 the audit records).
 pub const OLDEST_FORMAT_VERSION: u8 = 2;
 
 /// Payloads at most this long are stored inside the event; longer ones go to the blob tree once.
@@ -146,6 +146,15 @@ pub enum Event {
         approved: bool,
         comment: Option<String>,
     },
+    /// What the sandbox recorded about a step attempt's calls: the step's own call first, then
+    /// the tools an agent step called, each a `sandbox::outcome::AuditRecord` (egress attempts
+    /// with their verdicts, refusals, memory peak, duration), as one JSON array. Appended
+    /// buffered, after the call returns and before the attempt's completion or failure. Format 5.
+    StepAudit {
+        step: String,
+        attempt: u32,
+        calls: PayloadRef,
+    },
 }
 
 /// When a workspace snapshot was taken.
@@ -250,6 +259,7 @@ impl Event {
     /// The oldest format version that can express this event.
     pub fn format_version(&self) -> u8 {
         match self {
+            Event::StepAudit { .. } => 5,
             Event::StepAwaitingApproval { .. }
             | Event::StepApproval { .. }
             | Event::Crossing {
@@ -305,6 +315,7 @@ impl Event {
             Event::StepScheduled { input, .. } => vec![input],
             Event::StepCompleted { output, .. } => vec![output],
             Event::StepAwaitingApproval { input, .. } => vec![input],
+            Event::StepAudit { calls, .. } => vec![calls],
             Event::RunFinished { output, .. } => output.iter().collect(),
             // The files a manifest names are found through it (`Journal::gc` reads it).
             Event::WorkspaceSnapshot {
