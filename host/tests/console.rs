@@ -116,7 +116,10 @@ fn the_console_in_headless_chromium_watches_inspects_cancels_and_replays_runs() 
     );
     let summary: Value = serde_json::from_str(stdout.trim()).unwrap();
     let render_ms = summary["big_graph_render_ms"].as_u64().unwrap();
-    eprintln!("500-node graph: fetched, parsed and drawn in {render_ms} ms");
+    eprintln!(
+        "graph picture fetched, parsed and drawn: 500 nodes {render_ms} ms, 2 nodes {} ms",
+        summary["small_graph_render_ms"]
+    );
     for scene in [
         "01-wrong-token",
         "04-run-succeeded",

@@ -288,7 +288,10 @@ try:
     kinds = driver.execute_script("return window.sandgraphConsole.applyEvent('from_a_newer_host', {seq: 1, at_ms: 1})")
     check(kinds == ["from_a_newer_host"], f"unknown kinds kept: {kinds}")
 
-    # 500 nodes: laid out by the host, drawn under a second.
+    # 500 nodes: laid out by the host, drawn under a second (the 2-node graph is the baseline).
+    driver.get(f"{BASE}/ui/#/graphs/watch")
+    wait.until(lambda d: d.find_element(By.ID, "picture").get_attribute("data-render-ms"))
+    summary["small_graph_render_ms"] = int(css("#picture").get_attribute("data-render-ms"))
     driver.get(f"{BASE}/ui/#/graphs/big")
     wait.until(lambda d: d.find_element(By.ID, "picture").get_attribute("data-render-ms"))
     render_ms = int(css("#picture").get_attribute("data-render-ms"))
