@@ -124,6 +124,8 @@ fn the_console_in_headless_chromium_watches_inspects_cancels_and_replays_runs() 
         "01-wrong-token",
         "04-run-succeeded",
         "15-runs",
+        "16-retries",
+        "17-awaiting-approval",
         "05-step-audit",
         "08-step-denied",
         "09-markup-as-text",

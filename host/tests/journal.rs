@@ -265,7 +265,7 @@ fn corrupt_record_names_run_and_sequence() {
         assert_eq!(
             err,
             format!(
-                "run {run} event 1 is corrupt: format version 99, this build reads versions 2 to 4"
+                "run {run} event 1 is corrupt: format version 99, this build reads versions 2 to 5"
             )
         );
         journal.overwrite_raw_for_test(run, 1, &[2, 0, 0]).unwrap();

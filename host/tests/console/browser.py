@@ -21,6 +21,7 @@ import urllib.request
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
@@ -38,6 +39,7 @@ summary = {}
 # ---- a loopback upstream the http-get tool reaches -------------------------------------------
 
 release = threading.Event()
+flaky_hits = []
 
 
 class Upstream(http.server.BaseHTTPRequestHandler):
@@ -48,6 +50,15 @@ class Upstream(http.server.BaseHTTPRequestHandler):
         elif self.path.startswith("/hold"):
             time.sleep(120)
             body = b"too late"
+        elif self.path.startswith("/flaky"):
+            # Fails twice, then answers: the step retries with backoff.
+            flaky_hits.append(1)
+            if len(flaky_hits) <= 2:
+                self.send_response(503)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body = b"third time"
         elif self.path.startswith("/xss"):
             body = XSS.encode()
         else:
@@ -131,6 +142,23 @@ spec:
 status, body = call("POST", "/v1/graphs", WATCH.encode(), content_type="application/yaml")
 check(status == 201, f"post graph: {status} {body}")
 
+RETRY = WATCH.replace("name: watch", "name: retry").replace(
+    "      input: { url: input.url }\n",
+    "      input: { url: input.url, fail_on_error_status: \"true\" }\n"
+    "      retry: { maxAttempts: 3, initialBackoff: 300ms, multiplier: 2 }\n")
+status, body = call("POST", "/v1/graphs", RETRY.encode(), content_type="application/yaml")
+check(status == 201, f"post retry graph: {status} {body}")
+
+APPROVAL = """apiVersion: sandgraph.dev/v1
+kind: Graph
+metadata: { name: approve }
+spec:
+  nodes:
+    - { id: sum, kind: tool, component: calc, approval: required, input: { expr: "'6 * 7'" } }
+"""
+status, body = call("POST", "/v1/graphs", APPROVAL.encode(), content_type="application/yaml")
+check(status == 201, f"post approval graph: {status} {body}")
+
 # 500 nodes: an entry fanning out to 83 chains of 6 that join at the end.
 nodes = ["    - { id: start, kind: tool, component: calc, input: { expr: \"'1'\" } }"]
 edges = []
@@ -146,8 +174,8 @@ status, body = call("POST", "/v1/graphs", BIG.encode(), content_type="applicatio
 check(status == 201, f"post big graph: {status} {body}")
 
 
-def start(url, wait=False):
-    status, body = call("POST", "/v1/runs" + ("?wait=true" if wait else ""), {"graph": "watch", "input": {"url": url}})
+def start(url, wait=False, graph="watch"):
+    status, body = call("POST", "/v1/runs" + ("?wait=true" if wait else ""), {"graph": graph, "input": {"url": url}})
     check(status in (200, 202), f"start run: {status} {body}")
     return body["run"]
 
@@ -161,7 +189,8 @@ for arg in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-sh
     options.add_argument(arg)
 options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
 driver = webdriver.Chrome(options=options, service=Service(executable_path=os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")))
-wait = WebDriverWait(driver, 60)
+# Live views repaint under the test: an element replaced between finding and reading is looked up again.
+wait = WebDriverWait(driver, 60, ignored_exceptions=[StaleElementReferenceException])
 
 
 def shot(name):
@@ -268,14 +297,47 @@ try:
     wait.until(EC.presence_of_element_located(node("fetch", "cancelled")))
     shot("10-cancelled")
 
-    # The runs list: newest first, live, filtered by status.
+    # Retries: two failed attempts, their backoff waits, then success, on the timeline.
+    flaky = start(UP + "/flaky", graph="retry")
+    driver.get(f"{BASE}/ui/#/runs/{flaky}")
+    wait.until(EC.presence_of_element_located(node("pick", "succeeded")))
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, '#timeline rect.bar-attempt[data-step="fetch#1"]')) == 3)
+    check(len(driver.find_elements(By.CSS_SELECTOR, "#timeline rect.bar-attempt.retrying")) == 2, "two failed attempts")
+    check(len(driver.find_elements(By.CSS_SELECTOR, "#timeline rect.bar-backoff")) == 2, "two backoff waits")
+    shot("16-retries")
+
+    # Approval: the paused step waits for a decision made in the page.
+    status, body = call("POST", "/v1/runs", {"graph": "approve", "input": {}})
+    check(status == 202, f"start approval run: {status} {body}")
+    paused = body["run"]
+    driver.get(f"{BASE}/ui/#/runs/{paused}")
+    wait.until(EC.presence_of_element_located(node("sum", "waiting")))
+    shot("17-awaiting-approval")
+    css('.approval-comment[data-step="sum#1"]').send_keys("looks right")
+    css('button.approve[data-step="sum#1"]').click()
+    wait.until(EC.presence_of_element_located(node("sum", "succeeded")))
+    wait.until(EC.text_to_be_present_in_element((By.ID, "run-output"), "42"))
+
+    # The runs list: newest first, live, filtered by status, a page at a time. Rows are read in
+    # one script call: the list refreshes itself every 2 s.
+    def rows(d):
+        return d.execute_script("return [...document.querySelectorAll('#runs-body tr[data-run]')].map(r => r.dataset.run)")
+
+    runs = [paused, flaky, held, xss, denied, run]
     driver.get(f"{BASE}/ui/#/runs")
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#runs-body tr[data-run]")) == 4)
-    first = css("#runs-body tr[data-run]").get_attribute("data-run")
-    check(first == held, f"newest first: {first}")
+    wait.until(lambda d: len(rows(d)) == len(runs))
+    listed = rows(driver)
+    check(listed == runs, f"newest first: {listed}")
     shot("15-runs")
     driver.get(f"{BASE}/ui/#/runs?status=cancelled")
-    wait.until(lambda d: [r.get_attribute("data-run") for r in d.find_elements(By.CSS_SELECTOR, "#runs-body tr[data-run]")] == [held])
+    wait.until(lambda d: rows(d) == [held])
+    driver.get(f"{BASE}/ui/#/runs?limit=4")
+    wait.until(lambda d: rows(d) == runs[:4])
+    css("#next-page").click()
+    wait.until(lambda d: rows(d) == runs[4:])
+    check(not driver.find_elements(By.ID, "next-page"), "the last page has no next")
+    css("#prev-page").click()
+    wait.until(lambda d: rows(d) == runs[:4])
 
     # A run id that does not exist, and one that is not a run id.
     driver.get(f"{BASE}/ui/#/runs/{'0' * 32}")

@@ -240,6 +240,7 @@
     const graph = params.get('graph') || '';
     const status = params.get('status') || '';
     const cursor = params.get('cursor') || '';
+    const limit = /^[0-9]{1,4}$/.test(params.get('limit') || '') ? params.get('limit') : String(PAGE);
     const back = params.get('back') ? params.get('back').split(',') : [];
     const graphInput = el('input', { id: 'filter-graph', placeholder: 'graph', value: graph });
     const statusSelect = el('select', { id: 'filter-status' },
@@ -249,6 +250,7 @@
       const q = new URLSearchParams();
       if (graphInput.value) q.set('graph', graphInput.value);
       if (statusSelect.value) q.set('status', statusSelect.value);
+      if (limit !== String(PAGE)) q.set('limit', limit);
       for (const [k, v] of Object.entries(extra || {})) if (v) q.set(k, v);
       location.hash = `#/runs?${q}`;
     };
@@ -264,7 +266,7 @@
     view.append(el('h1', { text: 'Runs' }), form, table, pager);
 
     const load = async () => {
-      const q = new URLSearchParams({ limit: String(PAGE), order: 'desc', usage: 'true' });
+      const q = new URLSearchParams({ limit, order: 'desc', usage: 'true' });
       if (graph) q.set('graph', graph);
       if (status) q.set('status', status);
       if (cursor) q.set('cursor', cursor);
@@ -283,6 +285,10 @@
           el('td', { text: tokens(r.usage) }),
           el('td', { class: 'num', text: r.events })));
       }
+      // Rebuilt only when the pages change, so a refresh never swaps a button being clicked.
+      const pagerKey = `${back.length > 0}|${page.next_cursor}`;
+      if (pager.dataset.key === pagerKey) return;
+      pager.dataset.key = pagerKey;
       clear(pager);
       if (back.length > 0) {
         const prev = back.slice(0, -1);
