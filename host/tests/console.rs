@@ -38,7 +38,7 @@ impl Drop for Serve {
     }
 }
 
-fn serve(tools: &Path, journal: &Path, log: &Path) -> Serve {
+fn serve(tools: &Path, journal: &Path, log: &Path, models: &Path) -> Serve {
     let components = Path::new(tool_wasm("calc")).parent().unwrap().to_path_buf();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sandgraph"))
         .arg("serve")
@@ -48,6 +48,7 @@ fn serve(tools: &Path, journal: &Path, log: &Path) -> Serve {
         .env("SANDGRAPH_ALLOW_PRIVATE", "127.0.0.1")
         .env("SANDGRAPH_TOOLS", tools)
         .env("SANDGRAPH_COMPONENTS", components)
+        .env("SANDGRAPH_MODELS", models)
         .env(
             "SANDGRAPH_AUTH_TOKENS",
             repo().join("host/tests/fixtures/auth/test-only-tokens.yaml"),
@@ -82,17 +83,33 @@ fn the_console_in_headless_chromium_watches_inspects_cancels_and_replays_runs() 
         "the Selenium venv .tools/browser is missing: run scripts/setup.sh"
     );
     let tools = tempfile::tempdir().unwrap();
-    for name in ["calc", "json-query"] {
+    for (dir, name) in [
+        ("tools", "calc"),
+        ("tools", "json-query"),
+        ("agents", "planner"),
+    ] {
         std::fs::create_dir_all(tools.path().join(name)).unwrap();
         std::fs::copy(
-            repo().join(format!("tools/{name}/{name}.sandgraph.yaml")),
+            repo().join(format!("{dir}/{name}/{name}.sandgraph.yaml")),
             tools.path().join(format!("{name}/{name}.sandgraph.yaml")),
         )
         .unwrap();
     }
     let journal = tempfile::tempdir().unwrap();
     let log = journal.path().join("serve.log");
-    let server = serve(tools.path(), &journal.path().join("journal"), &log);
+    // The planner agent's model: the embedded engine on the real model, on the CPU.
+    let models = journal.path().join("models.yaml");
+    std::fs::write(
+        &models,
+        format!(
+            "models:\n  default: {{ provider: embedded, path: '{}', backend: cpu }}\n",
+            repo()
+                .join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+                .display()
+        ),
+    )
+    .unwrap();
+    let server = serve(tools.path(), &journal.path().join("journal"), &log, &models);
     let shots = repo().join("target/console-screenshots");
     let _ = std::fs::remove_dir_all(&shots);
     std::fs::create_dir_all(&shots).unwrap();
@@ -126,6 +143,7 @@ fn the_console_in_headless_chromium_watches_inspects_cancels_and_replays_runs() 
         "15-runs",
         "16-retries",
         "17-awaiting-approval",
+        "18-agent-model-call",
         "05-step-audit",
         "08-step-denied",
         "09-markup-as-text",

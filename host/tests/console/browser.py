@@ -159,6 +159,22 @@ spec:
 status, body = call("POST", "/v1/graphs", APPROVAL.encode(), content_type="application/yaml")
 check(status == 201, f"post approval graph: {status} {body}")
 
+THINK = """apiVersion: sandgraph.dev/v1
+kind: Graph
+metadata: { name: think }
+spec:
+  nodes:
+    - id: plan
+      kind: agent
+      component: planner
+      tools: [calc]
+      models: [default]
+      maxTokens: 96
+      input: { goal: "'Compute 17*23'" }
+"""
+status, body = call("POST", "/v1/graphs", THINK.encode(), content_type="application/yaml")
+check(status == 201, f"post agent graph: {status} {body}")
+
 # 500 nodes: an entry fanning out to 83 chains of 6 that join at the end.
 nodes = ["    - { id: start, kind: tool, component: calc, input: { expr: \"'1'\" } }"]
 edges = []
@@ -318,12 +334,27 @@ try:
     wait.until(EC.presence_of_element_located(node("sum", "succeeded")))
     wait.until(EC.text_to_be_present_in_element((By.ID, "run-output"), "42"))
 
+    # An agent step: its model call with the prompt it sent, the answer and the tokens.
+    status, body = call("POST", "/v1/runs?wait=true", {"graph": "think", "input": {}})
+    check(status == 200, f"agent run: {status} {body}")
+    agent = body["run"]
+    driver.get(f"{BASE}/ui/#/runs/{agent}/steps/plan%231")
+    wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, '.crossing[data-kind="model_request"] .message')))
+    prompt = css('.crossing[data-kind="model_request"]').text
+    check("Compute 17*23" in prompt, f"the prompt is shown: {prompt[:300]}")
+    answer = css('.crossing[data-kind="model_response"]').text
+    check("tokens in" in answer, f"the answer's tokens are shown: {answer[:300]}")
+    shot("18-agent-model-call")
+    driver.get(f"{BASE}/ui/#/runs/{agent}")
+    wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, '#view[data-status]')))
+    check("in /" in css("#run-status").find_element(By.XPATH, "../..").text, "the run's tokens are shown")
+
     # The runs list: newest first, live, filtered by status, a page at a time. Rows are read in
     # one script call: the list refreshes itself every 2 s.
     def rows(d):
         return d.execute_script("return [...document.querySelectorAll('#runs-body tr[data-run]')].map(r => r.dataset.run)")
 
-    runs = [paused, flaky, held, xss, denied, run]
+    runs = [agent, paused, flaky, held, xss, denied, run]
     driver.get(f"{BASE}/ui/#/runs")
     wait.until(lambda d: len(rows(d)) == len(runs))
     listed = rows(driver)

@@ -840,7 +840,11 @@
       }
       case 'model_response': {
         const u = c.usage || {};
-        row.append(el('span', { class: 'muted', text: `${u.input_tokens} tokens in, ${u.output_tokens} out, ${duration(u.model_ms)}` }));
+        // The journaled answer carries the provider's timing (a Rust Duration: secs, nanos).
+        const ft = c.answer && c.answer.timing && c.answer.timing.first_token;
+        const ttft = ft ? `, first token after ${duration(ft.secs * 1000 + ft.nanos / 1e6)}` : '';
+        row.append(el('span', { class: 'muted', text: `${u.input_tokens} tokens in, ${u.output_tokens} out, ${duration(u.model_ms)}${ttft}` }));
+        if (c.answer && typeof c.answer.content === 'string') row.append(el('div', { class: 'message' }, el('span', { class: 'role', text: 'answer' }), c.answer.content));
         row.append(pre(c.answer));
         break;
       }
