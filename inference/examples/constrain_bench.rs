@@ -43,6 +43,7 @@ fn main() -> Result<()> {
         top_p: 0.95,
         seed: 1,
         logit_bias: Vec::new(),
+        penalties: Default::default(),
     };
     let full = Sampling {
         temperature: 1.0,
@@ -50,6 +51,7 @@ fn main() -> Result<()> {
         top_p: 1.0,
         seed: 1,
         logit_bias: Vec::new(),
+        penalties: Default::default(),
     };
     let cases: [(&str, Sampling, bool); 6] = [
         ("greedy, unconstrained", Sampling::greedy(), false),

@@ -1,5 +1,5 @@
 //! Turning a backend's logits into text: prefill, batched decode of several sequences at once,
-//! sampling (temperature, top-k, top-p, seeded), stop sequences with streaming hold-back, token
+//! sampling (see [`crate::sampling`]), stop sequences with streaming hold-back, token
 //! limits and cancellation. Backends only see batches of token chunks.
 
 use std::sync::Arc;
@@ -10,56 +10,8 @@ use crate::backend::{Backend, BackendError, SeqChunk};
 use crate::constrain::Constraint;
 use crate::tokenizer::Tokenizer;
 
-/// How the next token is chosen. `temperature <= 0` means greedy (argmax in the backend).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Sampling {
-    pub temperature: f32,
-    /// Candidates considered (0 = the whole vocabulary).
-    pub top_k: usize,
-    /// Nucleus: the smallest candidate set whose probability reaches `top_p` (1 = off).
-    pub top_p: f32,
-    pub seed: u64,
-    /// OpenAI's `logit_bias`: (token id, bias in [-100, 100]) added to that token's logit
-    /// before anything else looks at the row (-100 in effect bans it, 100 all but forces it).
-    /// Honoured by the server's batcher; empty leaves the fast argmax/top-k paths untouched.
-    pub logit_bias: Vec<(u32, f32)>,
-}
-
-impl Sampling {
-    /// `row` with this sampling's logit biases added.
-    pub fn biased(&self, mut row: Vec<f32>) -> Vec<f32> {
-        for &(t, b) in &self.logit_bias {
-            if let Some(l) = row.get_mut(t as usize) {
-                *l += b;
-            }
-        }
-        row
-    }
-}
-
-impl Sampling {
-    pub fn greedy() -> Self {
-        Sampling {
-            temperature: 0.0,
-            top_k: 1,
-            top_p: 1.0,
-            seed: 0,
-            logit_bias: Vec::new(),
-        }
-    }
-}
-
-impl Default for Sampling {
-    fn default() -> Self {
-        Sampling {
-            temperature: 0.7,
-            top_k: 40,
-            top_p: 0.95,
-            seed: 0,
-            logit_bias: Vec::new(),
-        }
-    }
-}
+pub use crate::sampling::{Penalties, Rng, Sampling, SeenTokens, sample};
+use crate::sampling::{best_n, choose, fetch_candidates, sample_row};
 
 /// One sequence to generate.
 #[derive(Clone, Debug)]
@@ -137,77 +89,6 @@ impl CancelToken {
     pub fn is_cancelled(&self) -> bool {
         self.0.load(Ordering::SeqCst)
     }
-}
-
-/// xoshiro256** seeded through SplitMix64: small and reproducible across platforms.
-#[derive(Clone, Debug)]
-pub struct Rng([u64; 4]);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        let mut z = seed;
-        let mut next = || {
-            z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut x = z;
-            x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            x ^ (x >> 31)
-        };
-        Rng([next(), next(), next(), next()])
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        let s = &mut self.0;
-        let r = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
-        let t = s[1] << 17;
-        s[2] ^= s[0];
-        s[3] ^= s[1];
-        s[1] ^= s[2];
-        s[0] ^= s[3];
-        s[2] ^= t;
-        s[3] = s[3].rotate_left(45);
-        r
-    }
-    /// Uniform in [0, 1).
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-/// Samples from candidates sorted by descending logit, applying temperature and top-p.
-pub fn sample(cands: &[(u32, f32)], s: &Sampling, rng: &mut Rng) -> u32 {
-    if cands.is_empty() {
-        return 0;
-    }
-    if s.temperature <= 0.0 {
-        return cands[0].0;
-    }
-    let mx = cands[0].1;
-    let mut probs: Vec<f64> = cands
-        .iter()
-        .map(|&(_, l)| (((l - mx) / s.temperature) as f64).exp())
-        .collect();
-    let total: f64 = probs.iter().sum();
-    probs.iter_mut().for_each(|p| *p /= total);
-    let mut keep = probs.len();
-    if s.top_p < 1.0 {
-        let mut acc = 0.0;
-        for (i, p) in probs.iter().enumerate() {
-            acc += p;
-            if acc >= s.top_p as f64 {
-                keep = i + 1;
-                break;
-            }
-        }
-    }
-    let mass: f64 = probs[..keep].iter().sum();
-    let mut r = rng.next_f64() * mass;
-    for (i, p) in probs[..keep].iter().enumerate() {
-        if r < *p {
-            return cands[i].0;
-        }
-        r -= p;
-    }
-    cands[keep - 1].0
 }
 
 /// Incremental text of one sequence: holds back bytes that may start a stop sequence or an
@@ -373,6 +254,10 @@ pub fn generate_constrained(
     let mut done = vec![0usize; requests.len()];
     let mut last_pick: Vec<Option<u32>> = vec![None; requests.len()];
     let mut rngs: Vec<Rng> = requests.iter().map(|r| Rng::new(r.sampling.seed)).collect();
+    let mut seen: Vec<SeenTokens> = requests
+        .iter()
+        .map(|r| SeenTokens::new(&r.prompt, &r.sampling.penalties))
+        .collect();
     let mut out: Vec<Generation> = requests
         .iter()
         .map(|_| Generation {
@@ -425,6 +310,7 @@ pub fn generate_constrained(
                     .map(|(i, _)| &requests[*i].sampling)
                     .collect::<Vec<_>>(),
                 &mut rngs,
+                &seen,
                 &ids.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
                 constraints,
             )?;
@@ -466,6 +352,7 @@ pub fn generate_constrained(
                 continue;
             }
             out[i].tokens.push(t);
+            seen[i].push(t);
             timings.generated_tokens += 1;
             let (text, stopped) = scanners[i].push(tok.token_bytes(t));
             if !text.is_empty() {
@@ -528,6 +415,7 @@ pub fn generate_constrained(
                 .map(|&i| &requests[i].sampling)
                 .collect::<Vec<_>>(),
             &mut rngs,
+            &seen,
             &live,
             constraints,
         )?;
@@ -554,60 +442,31 @@ fn pick(
     backend: &mut dyn Backend,
     samplings: &[&Sampling],
     rngs: &mut [Rng],
+    seen: &[SeenTokens],
     seqs: &[usize],
     constraints: &[Option<Constraint>],
 ) -> Result<Vec<u32>, BackendError> {
     if seqs.iter().any(|&i| constraints[i].is_some()) {
         let rows = backend.logits()?;
         return Ok(rows
-            .iter()
+            .into_iter()
             .enumerate()
-            .map(|(c, row)| {
-                let s = samplings[c];
-                match &constraints[seqs[c]] {
-                    Some(con) => pick_constrained(row, s, &mut rngs[seqs[c]], con),
-                    None => {
-                        let k = if s.temperature <= 0.0 {
-                            1
-                        } else if s.top_k == 0 {
-                            row.len()
-                        } else {
-                            s.top_k
-                        };
-                        sample(&crate::backend::top_k_of(row, k), s, &mut rngs[seqs[c]])
-                    }
+            .map(|(c, mut row)| {
+                let (s, i) = (samplings[c], seqs[c]);
+                s.adjust(&mut row, &seen[i]);
+                match &constraints[i] {
+                    Some(con) => pick_constrained(&row, s, &mut rngs[i], con),
+                    None => sample_row(&row, s, &mut rngs[i]),
                 }
             })
             .collect());
     }
-    if samplings.iter().all(|s| s.temperature <= 0.0) {
-        return backend.argmax();
-    }
-    let k = samplings
-        .iter()
-        .map(|s| if s.top_k == 0 { usize::MAX } else { s.top_k })
-        .max()
-        .unwrap_or(1);
-    let cands = if k == usize::MAX {
-        backend
-            .logits()?
-            .iter()
-            .map(|l| crate::backend::top_k_of(l, l.len()))
-            .collect()
-    } else {
-        backend.top_k(k)?
-    };
-    Ok(cands
-        .iter()
+    Ok(fetch_candidates(backend, samplings)?
+        .into_iter()
         .enumerate()
-        .map(|(c, list)| {
-            let s = samplings[c];
-            let k = if s.top_k == 0 {
-                list.len()
-            } else {
-                s.top_k.min(list.len())
-            };
-            sample(&list[..k], s, &mut rngs[seqs[c]])
+        .map(|(c, cands)| {
+            let i = seqs[c];
+            choose(cands, samplings[c], &mut rngs[i], &seen[i])
         })
         .collect())
 }
@@ -616,7 +475,7 @@ fn pick(
 /// before falling back to the full-vocabulary mask (a trie walk).
 const LAZY_WINDOWS: [usize; 3] = [64, 512, 4096];
 
-/// Samples from one logits row restricted to the tokens `con` allows. Exact: the candidates
+/// Samples from one logits row (biases and penalties applied) restricted to the tokens `con` allows. Exact: the candidates
 /// are the best *allowed* tokens (top-k over the masked row), found first by checking the
 /// row's best tokens one at a time, and only when that is not enough through the full mask.
 pub fn pick_constrained(row: &[f32], s: &Sampling, rng: &mut Rng, con: &Constraint) -> u32 {
@@ -659,18 +518,6 @@ pub fn pick_constrained(row: &[f32], s: &Sampling, rng: &mut Rng, con: &Constrai
     sample(&cands, s, rng)
 }
 
-/// The `n` best of `ids` by logit, sorted descending (ties: lower id first), in O(len) plus
-/// a sort of the `n` kept (the insertion-based `top_k_of` is O(len * n)).
-fn best_n(row: &[f32], mut ids: Vec<u32>, n: usize) -> Vec<(u32, f32)> {
-    let order = |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
-    if n < ids.len() {
-        ids.select_nth_unstable_by(n, order);
-        ids.truncate(n);
-    }
-    ids.sort_unstable_by(order);
-    ids.into_iter().map(|t| (t, row[t as usize])).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -710,6 +557,7 @@ mod tests {
             top_p: 1.0,
             seed: 3,
             logit_bias: Vec::new(),
+            penalties: Default::default(),
         };
         let draw = |seed| {
             let mut r = Rng::new(seed);

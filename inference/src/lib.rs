@@ -7,6 +7,7 @@ pub mod constrain;
 pub mod generate;
 pub mod gguf;
 pub mod model;
+pub mod sampling;
 pub mod server;
 pub mod testutil;
 pub mod tokenizer;

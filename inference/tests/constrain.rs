@@ -274,6 +274,7 @@ fn tiny_model_generation_under_random_schemas_parses_and_validates() {
                 top_p: 1.0,
                 seed: case,
                 logit_bias: Vec::new(),
+                penalties: Default::default(),
             },
             Sampling {
                 temperature: 0.8,
@@ -281,6 +282,7 @@ fn tiny_model_generation_under_random_schemas_parses_and_validates() {
                 top_p: 0.9,
                 seed: case + 100,
                 logit_bias: Vec::new(),
+                penalties: Default::default(),
             },
             Sampling {
                 temperature: 1.5,
@@ -288,6 +290,7 @@ fn tiny_model_generation_under_random_schemas_parses_and_validates() {
                 top_p: 1.0,
                 seed: case + 200,
                 logit_bias: Vec::new(),
+                penalties: Default::default(),
             },
         ];
         let gens = generate_per_sampling(

@@ -129,6 +129,7 @@ fn twenty_schemas_times_three_samplings_give_valid_json_on_the_real_model() {
                 top_p: 0.95,
                 seed: i as u64,
                 logit_bias: Vec::new(),
+                penalties: Default::default(),
             },
             Sampling {
                 temperature: 1.0,
@@ -136,6 +137,7 @@ fn twenty_schemas_times_three_samplings_give_valid_json_on_the_real_model() {
                 top_p: 1.0,
                 seed: 100 + i as u64,
                 logit_bias: Vec::new(),
+                penalties: Default::default(),
             },
         ];
         let gens = generate_per_sampling(

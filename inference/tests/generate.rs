@@ -61,6 +61,7 @@ fn seeded_sampling_is_reproducible() {
         top_p: 1.0,
         seed,
         logit_bias: Vec::new(),
+        penalties: Default::default(),
     };
     let a = run(
         &model,
@@ -84,6 +85,7 @@ fn max_tokens_and_stop_sequences_end_generation() {
         top_p: 1.0,
         seed: 5,
         logit_bias: Vec::new(),
+        penalties: Default::default(),
     };
     let long = run(&model, &tok, &[req(&tok, "the", 20, hot.clone())]);
     assert_eq!(long[0].finish, FinishReason::MaxTokens, "{:?}", long[0]);
@@ -118,6 +120,7 @@ fn cancellation_stops_every_sequence() {
         top_p: 1.0,
         seed: 5,
         logit_bias: Vec::new(),
+        penalties: Default::default(),
     };
     let reqs = vec![req(&tok, "the", 50, hot.clone()), req(&tok, "a", 50, hot)];
     let cancel = CancelToken::new();
@@ -208,6 +211,7 @@ fn a_full_context_ends_generation() {
         top_p: 1.0,
         seed: 5,
         logit_bias: Vec::new(),
+        penalties: Default::default(),
     };
     let r = Request {
         prompt: vec![10, 11, 12, 13, 14, 15],

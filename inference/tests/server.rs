@@ -536,9 +536,24 @@ async fn bad_requests_get_specific_openai_errors() {
             Some("top_p"),
         ),
         (
-            json!({"messages": msgs, "presence_penalty": 0.5}),
-            "unsupported_parameter",
+            json!({"messages": msgs, "presence_penalty": 2.5}),
+            "invalid_value",
             Some("presence_penalty"),
+        ),
+        (
+            json!({"messages": msgs, "frequency_penalty": -3}),
+            "invalid_value",
+            Some("frequency_penalty"),
+        ),
+        (
+            json!({"messages": msgs, "repetition_penalty": 0}),
+            "invalid_value",
+            Some("repetition_penalty"),
+        ),
+        (
+            json!({"messages": msgs, "top_k": -2}),
+            "invalid_value",
+            Some("top_k"),
         ),
         (
             json!({"messages": msgs, "stop": ["a", "b", "c", "d", "e"]}),
@@ -727,8 +742,13 @@ async fn a_full_queue_answers_429_and_the_queue_drains() {
     .await;
     let second = tokio::spawn(async move { call(addr, "POST", "/v1/completions", req()).await });
     wait_until("the second request to wait", || s.batcher().waiting() == 1).await;
-    let (st, v) = call(addr, "POST", "/v1/completions", req()).await;
-    assert_eq!(st, 429, "{v}");
+    let body = req().map(|b| b.to_string().into_bytes());
+    let (resp, _conn) = send(addr, "POST", "/v1/completions", body).await;
+    assert_eq!(resp.status(), 429);
+    // Clients (the OpenAI SDKs among them) wait this long before their retry.
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let v: Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(v["error"]["code"], "queue_full");
     assert_eq!(v["error"]["type"], "server_error");
     s.gate.open();
@@ -1708,4 +1728,179 @@ async fn tool_arguments_come_out_in_the_order_the_parameters_list_them() {
         .as_str()
         .unwrap();
     assert!(args.starts_with("{\"why\":"), "{args}");
+}
+
+/// Greedy decoding of `prompt` with penalties computed the obvious way at every step: the
+/// full logits row, each token's count in the output so far and its presence in the prompt,
+/// the formulas OpenAI (frequency, presence) and vLLM (repetition) document; then argmax.
+fn penalized_reference(
+    prompt: &[u32],
+    max_tokens: usize,
+    freq: f32,
+    pres: f32,
+    rep: f32,
+) -> String {
+    let (model, tok) = tiny();
+    let mut cpu = CpuBackend::with_threads(&model, 1, CONTEXT, 1).unwrap();
+    cpu.forward(&[SeqChunk {
+        slot: 0,
+        start_pos: 0,
+        tokens: prompt,
+    }])
+    .unwrap();
+    let mut out: Vec<u32> = Vec::new();
+    let mut bytes = Vec::new();
+    while out.len() < max_tokens {
+        let mut row = cpu.logits().unwrap().remove(0);
+        for (t, l) in row.iter_mut().enumerate() {
+            let t = t as u32;
+            let count = out.iter().filter(|&&o| o == t).count() as f32;
+            if count > 0.0 || prompt.contains(&t) {
+                *l = if *l > 0.0 { *l / rep } else { *l * rep };
+            }
+            *l -= count * freq + if count > 0.0 { pres } else { 0.0 };
+        }
+        let t = sandgraph_inference::backend::argmax_of(&row);
+        if Some(t) == tok.eos || tok.is_control(t) {
+            break;
+        }
+        bytes.extend_from_slice(tok.token_bytes(t));
+        cpu.forward(&[SeqChunk {
+            slot: 0,
+            start_pos: prompt.len() + out.len(),
+            tokens: &[t],
+        }])
+        .unwrap();
+        out.push(t);
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn penalties_change_the_output_exactly_as_the_reference_computation_does() {
+    let s = open_server(2).await;
+    let (_, tok) = tiny();
+    let n = 24;
+    let prompts: Vec<Vec<u32>> = [
+        "hello world! hello world! hello",
+        "the cat sat on the",
+        "once upon a time there was a",
+    ]
+    .iter()
+    .map(|p| tok.encode(p, false))
+    .collect();
+    for (freq, pres, rep) in [
+        (1.5, 0.0, 1.0),
+        (0.0, 2.0, 1.0),
+        (0.0, 0.0, 1.8),
+        (0.8, 0.6, 1.3),
+        (-1.0, 0.0, 1.0),
+    ] {
+        let mut changed = false;
+        for prompt in &prompts {
+            let want = penalized_reference(prompt, n, freq, pres, rep);
+            let (st, v) = call(
+                s.addr,
+                "POST",
+                "/v1/completions",
+                Some(json!({
+                    "prompt": prompt, "max_tokens": n, "temperature": 0,
+                    "frequency_penalty": freq, "presence_penalty": pres, "repetition_penalty": rep,
+                })),
+            )
+            .await;
+            assert_eq!(st, 200, "{v}");
+            assert_eq!(
+                v["choices"][0]["text"], want,
+                "penalties {freq} {pres} {rep}"
+            );
+            changed |= want != penalized_reference(prompt, n, 0.0, 0.0, 1.0);
+        }
+        // The tiny model repeats itself greedily: a penalty that did nothing would leave every
+        // text as it was.
+        assert!(changed, "penalties {freq} {pres} {rep} changed no output");
+    }
+    // Sampled with penalties and a seed: reproducible, and the chat endpoint takes them too.
+    let body = json!({
+        "messages": [{"role": "user", "content": "hello"}], "max_tokens": 16,
+        "temperature": 1, "top_p": 0.9, "top_k": 20, "seed": 5,
+        "frequency_penalty": 0.5, "presence_penalty": 0.5, "repetition_penalty": 1.2,
+    });
+    let (st, a) = call(s.addr, "POST", "/v1/chat/completions", Some(body.clone())).await;
+    assert_eq!(st, 200, "{a}");
+    let (_, b) = call(s.addr, "POST", "/v1/chat/completions", Some(body)).await;
+    assert_eq!(a["choices"][0]["message"], b["choices"][0]["message"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_for_a_model_not_served_is_404_and_aliases_are_served() {
+    let s = start(
+        1,
+        ServerConfig {
+            served_names: vec!["tiny".into(), "tiny-alias".into()],
+            ..Default::default()
+        },
+        Gate::opened(),
+    )
+    .await;
+    let msgs = json!([{"role": "user", "content": "hi"}]);
+    for path in ["/v1/chat/completions", "/v1/completions"] {
+        let body = if path.ends_with("chat/completions") {
+            json!({"model": "gpt-4o-does-not-exist", "messages": msgs, "max_tokens": 2})
+        } else {
+            json!({"model": "gpt-4o-does-not-exist", "prompt": "hi", "max_tokens": 2})
+        };
+        let (st, v) = call(s.addr, "POST", path, Some(body)).await;
+        assert_eq!(st, 404, "{path}: {v}");
+        assert_error(&v, "model_not_found", Some("model"));
+        let m = v["error"]["message"].as_str().unwrap();
+        assert!(
+            m.contains("gpt-4o-does-not-exist") && m.contains("tiny-alias"),
+            "{m}"
+        );
+    }
+    let (st, v) = call(
+        s.addr,
+        "POST",
+        "/v1/chat/completions",
+        Some(json!({"model": "tiny-alias", "messages": msgs, "max_tokens": 2, "temperature": 0})),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    // The answer names the model by its first served name, as OpenAI names the snapshot.
+    assert_eq!(v["model"], "tiny");
+    let (st, v) = call(s.addr, "GET", "/v1/models", None).await;
+    assert_eq!(st, 200);
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["tiny", "tiny-alias"]);
+    assert!(
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["root"] == "tiny")
+    );
+    // Without a list, the loaded model's own name is the only one served.
+    let plain = open_server(1).await;
+    let (st, v) = call(
+        plain.addr,
+        "POST",
+        "/v1/completions",
+        Some(json!({"model": "smollm2", "prompt": "hi", "max_tokens": 2})),
+    )
+    .await;
+    assert_eq!(st, 404, "{v}");
+    let (st, _) = call(
+        plain.addr,
+        "POST",
+        "/v1/completions",
+        Some(json!({"model": "tiny", "prompt": "hi", "max_tokens": 2})),
+    )
+    .await;
+    assert_eq!(st, 200);
 }

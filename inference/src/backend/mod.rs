@@ -185,14 +185,23 @@ pub fn validate_copy(
     Ok(())
 }
 
-/// Top-k over one logits row, sorted descending (ties: lower id first).
+/// Top-k over one logits row, sorted descending (ties: lower id first; a NaN never ranks above
+/// a number, and small k leave NaN out). Small k
+/// keep a sorted list while scanning (most logits fail the first comparison); larger k select
+/// in linear time and sort only the k kept.
 pub fn top_k_of(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
     let k = k.min(logits.len());
     if k == 0 {
         return Vec::new();
     }
+    if k > 64 {
+        return crate::sampling::best_n(logits, (0..logits.len() as u32).collect(), k);
+    }
     let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
     for (i, &v) in logits.iter().enumerate() {
+        if v.is_nan() {
+            continue;
+        }
         if best.len() == k && v.partial_cmp(&best[k - 1].1) != Some(std::cmp::Ordering::Greater) {
             continue;
         }
@@ -246,6 +255,24 @@ mod tests {
         assert_eq!(top_k_of(&l, 0), vec![]);
         assert_eq!(top_k_of(&l, 10).len(), 5);
         assert_eq!(argmax_of(&l), 1);
+        assert_eq!(top_k_of(&[f32::NAN, 1.0], 1), vec![(1, 1.0)]);
+    }
+
+    #[test]
+    fn large_k_selects_the_same_list_the_insertion_scan_builds() {
+        let row: Vec<f32> = (0..5000u32)
+            .map(|i| ((i.wrapping_mul(2_654_435_761) >> 7) % 997) as f32 / 8.0)
+            .collect();
+        let big = top_k_of(&row, 500);
+        assert_eq!(big.len(), 500);
+        assert_eq!(&big[..64], &top_k_of(&row, 64)[..]);
+        assert!(
+            big.windows(2)
+                .all(|w| w[0].1 > w[1].1 || (w[0].1 == w[1].1 && w[0].0 < w[1].0))
+        );
+        let cut = big[499].1;
+        let above = row.iter().filter(|&&v| v > cut).count();
+        assert!(above < 500 && row.iter().filter(|&&v| v >= cut).count() >= 500);
     }
 
     #[test]

@@ -9,6 +9,9 @@ use anyhow::Result;
 use super::{DEFAULT_MODEL, load_model, open_backend};
 use sandgraph_inference::backend::{Backend, BackendKind, SeqChunk};
 use sandgraph_inference::model::LlamaModel;
+use sandgraph_inference::sampling::{
+    Penalties, Rng, Sampling, SeenTokens, choose, fetch_candidates,
+};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -37,6 +40,11 @@ pub struct BenchArgs {
     /// Skip the memory-bandwidth measurement.
     #[arg(long)]
     no_bandwidth: bool,
+    /// Instead of the throughput table: the decode step under each sampling setting (the
+    /// server's own token selection: temperature, top-p, top-k, penalties) against greedy,
+    /// measured in the same run with the settings interleaved in every repetition.
+    #[arg(long)]
+    sampling: bool,
 }
 
 struct Row {
@@ -161,6 +169,9 @@ pub fn memory_bandwidth(threads: usize) -> f64 {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
+    if a.sampling {
+        return run_sampling(&a);
+    }
     let model = load_model(&a.model)?;
     let vocab = model.config.vocab_size;
     let ctx = (a.prompt_tokens + a.decode_tokens).max(12) + 1;
@@ -253,6 +264,173 @@ impl BenchArgs {
             threads: self.threads,
             csv: self.csv,
             no_bandwidth: self.no_bandwidth,
+            sampling: self.sampling,
         }
     }
+}
+
+/// The settings `--sampling` compares, greedy first (the baseline).
+fn sampling_settings() -> Vec<(&'static str, Sampling)> {
+    let s = |temperature, top_k, top_p, penalties| Sampling {
+        temperature,
+        top_k,
+        top_p,
+        seed: 7,
+        logit_bias: Vec::new(),
+        penalties,
+    };
+    let pen = Penalties {
+        frequency: 0.5,
+        presence: 0.3,
+        repetition: 1.1,
+    };
+    vec![
+        ("greedy", Sampling::greedy()),
+        (
+            "temperature 1 (OpenAI default)",
+            s(1.0, 0, 1.0, Penalties::NONE),
+        ),
+        (
+            "temperature 0.7, top_p 0.9",
+            s(0.7, 0, 0.9, Penalties::NONE),
+        ),
+        (
+            "temperature 0.8, top_k 40",
+            s(0.8, 40, 1.0, Penalties::NONE),
+        ),
+        ("top_k 40, top_p 0.95", s(0.8, 40, 0.95, Penalties::NONE)),
+        (
+            "greedy, repetition 1.1",
+            s(
+                0.0,
+                0,
+                1.0,
+                Penalties {
+                    repetition: 1.1,
+                    ..Penalties::NONE
+                },
+            ),
+        ),
+        ("temperature 1, penalties", s(1.0, 0, 1.0, pen)),
+        ("top_p 0.95, top_k 50, penalties", s(0.9, 50, 0.95, pen)),
+    ]
+}
+
+/// Decode time of `batch` sequences under `sampling`: forward, then the token selection the
+/// server's batcher runs (`fetch_candidates` + `choose`), the picks fed back.
+fn measure_sampling(
+    b: &mut dyn Backend,
+    batch: usize,
+    a: &BenchArgs,
+    vocab: usize,
+    sampling: &Sampling,
+) -> Result<Duration> {
+    let prompts: Vec<Vec<u32>> = (0..batch)
+        .map(|s| prompt(s, a.prompt_tokens, vocab))
+        .collect();
+    let mut done = 0;
+    while done < a.prompt_tokens {
+        let end = (done + 256).min(a.prompt_tokens);
+        let chunks: Vec<SeqChunk> = prompts
+            .iter()
+            .enumerate()
+            .map(|(s, p)| SeqChunk {
+                slot: s,
+                start_pos: done,
+                tokens: &p[done..end],
+            })
+            .collect();
+        b.forward(&chunks)?;
+        done = end;
+    }
+    let samplings: Vec<&Sampling> = vec![sampling; batch];
+    let mut rngs: Vec<Rng> = (0..batch).map(|i| Rng::new(i as u64)).collect();
+    let mut seen: Vec<SeenTokens> = prompts
+        .iter()
+        .map(|p| SeenTokens::new(p, &sampling.penalties))
+        .collect();
+    let mut next = b.argmax()?;
+    let t = Instant::now();
+    for step in 0..a.decode_tokens {
+        let toks: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
+        let chunks: Vec<SeqChunk> = toks
+            .iter()
+            .enumerate()
+            .map(|(s, t)| SeqChunk {
+                slot: s,
+                start_pos: a.prompt_tokens + step,
+                tokens: t,
+            })
+            .collect();
+        b.forward(&chunks)?;
+        next = fetch_candidates(b, &samplings)?
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| choose(c, sampling, &mut rngs[i], &seen[i]))
+            .collect();
+        for (i, &t) in next.iter().enumerate() {
+            seen[i].push(t);
+        }
+    }
+    Ok(t.elapsed())
+}
+
+fn run_sampling(a: &BenchArgs) -> Result<()> {
+    let model = load_model(&a.model)?;
+    let vocab = model.config.vocab_size;
+    let ctx = (a.prompt_tokens + a.decode_tokens).max(12) + 1;
+    let threads = a
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let settings = sampling_settings();
+    println!(
+        "model {} | vocabulary {vocab} | {} prompt + {} decode tokens per sequence | {threads} threads | median of {} interleaved repetitions",
+        a.model.display(),
+        a.prompt_tokens,
+        a.decode_tokens,
+        a.reps
+    );
+    println!(
+        "{:<8} {:>5}  {:<34} {:>12} {:>10}",
+        "backend", "batch", "sampling", "ms / step", "vs greedy"
+    );
+    for &kind in &a.backend {
+        let max_batch = a.batch.iter().copied().max().unwrap_or(1);
+        let mut b = open_backend(kind, &model, max_batch, ctx, Some(threads))?;
+        let warm = BenchArgs {
+            prompt_tokens: 8,
+            decode_tokens: 4,
+            ..a.clone_shallow()
+        };
+        measure_sampling(b.as_mut(), 1, &warm, vocab, &settings[1].1)?;
+        for &batch in &a.batch {
+            let mut times: Vec<Vec<f64>> = vec![Vec::new(); settings.len()];
+            for _ in 0..a.reps.max(1) {
+                for (k, (_, s)) in settings.iter().enumerate() {
+                    let d = measure_sampling(b.as_mut(), batch, a, vocab, s)?;
+                    times[k].push(d.as_secs_f64() * 1e3 / a.decode_tokens as f64);
+                }
+            }
+            let med: Vec<f64> = times.into_iter().map(median).collect();
+            for (k, (name, _)) in settings.iter().enumerate() {
+                println!(
+                    "{:<8} {:>5}  {:<34} {:>12.3} {:>9.3}x",
+                    b.name(),
+                    batch,
+                    name,
+                    med[k],
+                    med[k] / med[0]
+                );
+                if a.csv {
+                    println!(
+                        "csv,sampling,{},{batch},{name},{:.4},{:.4}",
+                        b.name(),
+                        med[k],
+                        med[k] / med[0]
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
 }

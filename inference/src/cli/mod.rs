@@ -191,6 +191,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
             top_p: a.top_p,
             seed: a.seed,
             logit_bias: Vec::new(),
+            penalties: Default::default(),
         },
         stop: a.stop,
     };

@@ -24,6 +24,9 @@ struct Known {
     file: &'static str,
     sha256: &'static str,
     size: u64,
+    /// Names `sandgraph-infer serve` also answers to when it serves this file (besides the
+    /// file's stem), so clients may ask for the model by its family name.
+    aliases: &'static [&'static str],
 }
 
 const KNOWN: &[Known] = &[Known {
@@ -33,7 +36,16 @@ const KNOWN: &[Known] = &[Known {
     file: "SmolLM2-135M-Instruct.Q4_1.gguf",
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     size: 98_362_432,
+    aliases: &["smollm2", "smollm2-135m"],
 }];
+
+/// The aliases of the known model stored as `file_name`; none for other files.
+pub fn aliases_of(file_name: &str) -> &'static [&'static str] {
+    KNOWN
+        .iter()
+        .find(|k| k.file == file_name)
+        .map_or(&[], |k| k.aliases)
+}
 
 fn sha256_file(p: &Path) -> Result<String> {
     let mut f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;

@@ -45,6 +45,12 @@ pub struct ServeArgs {
     /// Log prompts and generated text (off by default).
     #[arg(long)]
     log_prompts: bool,
+    /// Names the model is served under (repeat or separate with commas): requests naming
+    /// another model get 404 `model_not_found`. The first is the name answers and metrics
+    /// carry. Default: the file's stem, then the aliases of a model `pull` knows
+    /// (SmolLM2-135M-Instruct.Q4_1.gguf also answers to smollm2 and smollm2-135m).
+    #[arg(long, env = "SANDGRAPH_INFER_SERVED_MODEL_NAME", value_delimiter = ',')]
+    served_model_name: Vec<String>,
     /// Require `Authorization: Bearer <key>` on /v1/* (health and metrics stay open).
     #[arg(long, env = "SANDGRAPH_INFER_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -52,6 +58,35 @@ pub struct ServeArgs {
     /// server exits anyway (it stops accepting and answers /health with 503 at once).
     #[arg(long, default_value = "30s", value_parser = parse_grace)]
     shutdown_grace: std::time::Duration,
+}
+
+/// The names the model answers to: `given` (blank entries dropped), else the file's stem and
+/// the catalog's aliases for that file.
+fn served_names(model: &std::path::Path, given: &[String]) -> Result<Vec<String>> {
+    let mut names: Vec<String> = given
+        .iter()
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .collect();
+    if names.is_empty() && !given.is_empty() {
+        anyhow::bail!("--served-model-name holds no name; give at least one, e.g. smollm2");
+    }
+    if names.is_empty() {
+        names.push(
+            model
+                .file_stem()
+                .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned()),
+        );
+        let file = model.file_name().map(|f| f.to_string_lossy().into_owned());
+        names.extend(
+            super::pull::aliases_of(file.as_deref().unwrap_or(""))
+                .iter()
+                .map(|a| a.to_string()),
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.clone()));
+    Ok(names)
 }
 
 fn parse_grace(v: &str) -> Result<std::time::Duration, String> {
@@ -97,6 +132,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
+    let served = served_names(&a.model, &a.served_model_name)?;
     let result = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(a.listen)
             .await
@@ -109,10 +145,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
             max_body_bytes: a.max_body_bytes,
             max_waiting: a.max_waiting,
             log_prompts: a.log_prompts,
-            model_name: a
-                .model
-                .file_stem()
-                .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned()),
+            model_name: served[0].clone(),
+            served_names: served.clone(),
             api_key: a.api_key.clone().filter(|k| !k.is_empty()),
         });
         let grace = a.shutdown_grace;
@@ -123,10 +157,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             let tok = Tokenizer::from_gguf(&model.file)?;
             let template = ChatTemplate::detect(tok.chat_template())?;
             let backend = super::open_backend(a.backend, &model, a.slots, a.context, a.threads)?;
-            let model_name = a
-                .model
-                .file_stem()
-                .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
+            let model_name = served[0].clone();
             let tok = Arc::new(tok);
             let batcher = Batcher::with_step_tokens(
                 backend,

@@ -24,11 +24,10 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::backend::{Backend, SeqChunk, top_k_of};
+use crate::backend::{Backend, SeqChunk};
 use crate::constrain::Constraint;
-use crate::generate::{
-    FinishReason, NO_TOKEN, PREFILL_CHUNK, Rng, Sampling, StopScanner, pick_constrained, sample,
-};
+use crate::generate::{FinishReason, NO_TOKEN, PREFILL_CHUNK, StopScanner, pick_constrained};
+use crate::sampling::{Rng, Sampling, SeenTokens, choose, fetch_candidates, sample_row};
 use crate::server::metrics::{Finished, Metrics};
 use crate::tokenizer::Tokenizer;
 
@@ -254,6 +253,8 @@ struct Seq {
     generated: usize,
     scanner: StopScanner,
     rng: Rng,
+    /// What the penalties look at (the prompt and the tokens generated so far).
+    seen: SeenTokens,
     /// Admission order: prompt chunks go to the oldest prefilling requests first.
     admitted: u64,
     /// The tokens in this slot's KV cache, in order (reused prefix, prompt, fed outputs).
@@ -361,6 +362,7 @@ impl Engine {
                 let _ = job.events.send(Event::Started);
                 let scanner = StopScanner::new(&job.stop);
                 let rng = Rng::new(job.sampling.seed);
+                let seen = SeenTokens::new(&job.prompt, &job.sampling.penalties);
                 self.admissions += 1;
                 self.seqs.push(Seq {
                     job,
@@ -371,6 +373,7 @@ impl Engine {
                     generated: 0,
                     scanner,
                     rng,
+                    seen,
                     admitted: self.admissions,
                     cached,
                     last_token: None,
@@ -583,18 +586,9 @@ impl Engine {
 
     /// Picks a token for every chunk of the last forward (ignored where the prompt is not done).
     fn pick(&mut self, plan: &[(usize, bool)]) -> Result<Vec<u32>, crate::backend::BackendError> {
-        let seqs = &self.seqs;
-        // Constraints and logit biases need the whole logits row.
-        let constrained = plan.iter().any(|(i, p)| {
-            *p && (seqs[*i].job.constraint.is_some()
-                || !seqs[*i].job.sampling.logit_bias.is_empty())
-        });
-        let all_greedy = plan
+        let constrained = plan
             .iter()
-            .all(|(i, _)| seqs[*i].job.sampling.temperature <= 0.0);
-        if !constrained && all_greedy {
-            return self.backend.argmax();
-        }
+            .any(|(i, p)| *p && self.seqs[*i].job.constraint.is_some());
         if constrained {
             let max_ctx = self.backend.max_context();
             for (i, picks_now) in plan {
@@ -606,47 +600,43 @@ impl Engine {
             }
             let rows = self.backend.logits()?;
             let mut out = Vec::with_capacity(plan.len());
-            for ((i, picks_now), row) in plan.iter().zip(rows) {
+            for ((i, picks_now), mut row) in plan.iter().zip(rows) {
                 let s = &mut self.seqs[*i];
                 if !*picks_now {
                     out.push(0);
                     continue;
                 }
-                let row = s.job.sampling.biased(row);
-                let t = match &s.job.constraint {
+                s.job.sampling.adjust(&mut row, &s.seen);
+                out.push(match &s.job.constraint {
                     Some(c) => pick_constrained(&row, &s.job.sampling, &mut s.rng, c),
-                    None => {
-                        let k = match (s.job.sampling.temperature <= 0.0, s.job.sampling.top_k) {
-                            (true, _) => 1,
-                            (false, 0) => row.len(),
-                            (false, k) => k,
-                        };
-                        sample(&top_k_of(&row, k), &s.job.sampling, &mut s.rng)
-                    }
-                };
-                out.push(t);
+                    None => sample_row(&row, &s.job.sampling, &mut s.rng),
+                });
             }
             return Ok(out);
         }
-        let k = plan
+        // Rows whose prompt is not done yet pick nothing: counting them as greedy keeps the
+        // backend's cheap argmax/top-k paths for the rest.
+        let greedy = Sampling::greedy();
+        let samplings: Vec<&Sampling> = plan
             .iter()
-            .map(|(i, _)| match seqs[*i].job.sampling.top_k {
-                0 => self.tok.vocab_size(),
-                k => k,
+            .map(|(i, p)| {
+                if *p {
+                    &self.seqs[*i].job.sampling
+                } else {
+                    &greedy
+                }
             })
-            .max()
-            .unwrap_or(1);
-        let cands = self.backend.top_k(k)?;
+            .collect();
+        let cands = fetch_candidates(self.backend.as_mut(), &samplings)?;
         Ok(plan
             .iter()
             .zip(cands)
-            .map(|((i, _), list)| {
+            .map(|((i, p), c)| {
+                if !*p {
+                    return 0;
+                }
                 let s = &mut self.seqs[*i];
-                let k = match s.job.sampling.top_k {
-                    0 => list.len(),
-                    k => k.min(list.len()),
-                };
-                sample(&list[..k], &s.job.sampling, &mut s.rng)
+                choose(c, &s.job.sampling, &mut s.rng, &s.seen)
             })
             .collect())
     }
@@ -678,6 +668,7 @@ impl Engine {
             Some(FinishReason::EndOfSequence)
         } else {
             s.generated += 1;
+            s.seen.push(t);
             metrics.add_generation_tokens(1);
             // Stop sequences end free text only: a document the constraint governs (a
             // `response_format` document, a tool call) ends where its grammar says, so a stop

@@ -46,6 +46,20 @@ impl ApiError {
         }
     }
 
+    /// A request for a model this server does not serve (OpenAI's 404 `model_not_found`).
+    pub fn model_not_found(asked: &str, served: &[String]) -> Self {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: format!(
+                "The model '{asked}' does not exist on this server; it serves {} (GET /v1/models lists them)",
+                served.join(", ")
+            ),
+            kind: "invalid_request_error",
+            param: Some("model".to_owned()),
+            code: Some("model_not_found"),
+        }
+    }
+
     /// A `/v1/*` request without the server's API key (OpenAI's 401 shape).
     pub fn unauthorized() -> Self {
         ApiError {
@@ -94,11 +108,25 @@ impl ApiError {
 
     pub fn into_response(self) -> Response<Full<Bytes>> {
         let body = Full::new(Bytes::from(self.body_json().to_string()));
-        Response::builder()
+        let mut b = Response::builder()
             .status(self.status)
-            .header("content-type", "application/json")
-            .body(body)
-            .expect("static headers are valid")
+            .header("content-type", "application/json");
+        // Every 429 and 503 says when to come back (RFC 9110 §10.2.3); OpenAI's clients honour
+        // it in their retry loop instead of their own backoff.
+        if let Some(secs) = self.retry_after_secs() {
+            b = b.header("retry-after", secs.to_string());
+        }
+        b.body(body).expect("static headers are valid")
+    }
+
+    /// The `Retry-After` this answer carries: a full queue drains in about a second; a server
+    /// still loading its model or draining needs a few.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self.status {
+            StatusCode::TOO_MANY_REQUESTS => Some(1),
+            StatusCode::SERVICE_UNAVAILABLE => Some(5),
+            _ => None,
+        }
     }
 }
 
@@ -115,5 +143,18 @@ mod tests {
         assert_eq!(v["error"]["param"], "max_tokens");
         assert_eq!(v["error"]["code"], "bad");
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(e.into_response().headers().get("retry-after").is_none());
+    }
+
+    #[test]
+    fn every_429_and_503_says_when_to_retry() {
+        for (status, secs) in [
+            (StatusCode::TOO_MANY_REQUESTS, "1"),
+            (StatusCode::SERVICE_UNAVAILABLE, "5"),
+        ] {
+            let r = ApiError::overloaded("busy", status).into_response();
+            assert_eq!(r.status(), status);
+            assert_eq!(r.headers()["retry-after"], secs);
+        }
     }
 }

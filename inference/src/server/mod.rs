@@ -38,6 +38,9 @@ pub struct ServerConfig {
     pub log_prompts: bool,
     /// The `model_name` label of every metric (the model file's stem; vLLM's label).
     pub model_name: String,
+    /// The names requests may give as `model` (the first is the one answers carry); a request
+    /// naming another model gets 404 `model_not_found`. Empty: the loaded model's own name.
+    pub served_names: Vec<String>,
     /// When set, `/v1/*` requests need `Authorization: Bearer <key>` (401 otherwise, in
     /// OpenAI's error shape); `/health` and `/metrics` stay open for probes and scrapers.
     pub api_key: Option<String>,
@@ -50,6 +53,7 @@ impl Default for ServerConfig {
             max_waiting: 64,
             log_prompts: false,
             model_name: "model".to_owned(),
+            served_names: Vec::new(),
             api_key: None,
         }
     }

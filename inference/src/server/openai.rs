@@ -5,7 +5,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::constrain::tools::Tool;
-use crate::generate::{FinishReason, Sampling};
+use crate::generate::FinishReason;
+use crate::sampling::{Penalties, Sampling};
 use crate::server::errors::ApiError;
 
 /// A string or a list of strings (`stop`, `prompt`).
@@ -105,6 +106,13 @@ pub struct ChatRequest {
     pub frequency_penalty: Option<f32>,
     #[serde(default)]
     pub presence_penalty: Option<f32>,
+    /// vLLM's and llama.cpp's extension: divides (or, when negative, multiplies) the logit of
+    /// every token seen in the prompt or output.
+    #[serde(default)]
+    pub repetition_penalty: Option<f32>,
+    /// vLLM's and llama.cpp's extension: only the k most likely tokens are candidates.
+    #[serde(default)]
+    pub top_k: Option<i64>,
     #[serde(default)]
     pub logprobs: Option<bool>,
     /// Token id (as a string key) → bias in [-100, 100], added to that token's logit.
@@ -163,6 +171,13 @@ pub struct CompletionRequest {
     pub frequency_penalty: Option<f32>,
     #[serde(default)]
     pub presence_penalty: Option<f32>,
+    /// vLLM's and llama.cpp's extension: divides (or, when negative, multiplies) the logit of
+    /// every token seen in the prompt or output.
+    #[serde(default)]
+    pub repetition_penalty: Option<f32>,
+    /// vLLM's and llama.cpp's extension: only the k most likely tokens are candidates.
+    #[serde(default)]
+    pub top_k: Option<i64>,
     #[serde(default)]
     pub logit_bias: Option<std::collections::BTreeMap<String, f64>>,
 }
@@ -206,6 +221,67 @@ pub struct Params {
     pub include_usage: bool,
 }
 
+/// The sampling fields beyond OpenAI's `temperature` and `top_p`: its two penalties, and
+/// the `repetition_penalty` and `top_k` that vLLM and llama.cpp's server accept.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SamplingExtras {
+    pub frequency_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub top_k: Option<i64>,
+}
+
+impl SamplingExtras {
+    fn penalties(&self) -> Result<Penalties, ApiError> {
+        let mut p = Penalties::NONE;
+        for (v, name, slot) in [
+            (
+                self.frequency_penalty,
+                "frequency_penalty",
+                &mut p.frequency,
+            ),
+            (self.presence_penalty, "presence_penalty", &mut p.presence),
+        ] {
+            if let Some(v) = v {
+                if !(-2.0..=2.0).contains(&v) {
+                    return Err(ApiError::invalid(
+                        format!("{name} = {v}: it must be between -2 and 2"),
+                        Some(name),
+                        "invalid_value",
+                    ));
+                }
+                *slot = v;
+            }
+        }
+        if let Some(r) = self.repetition_penalty {
+            if !(r > 0.0 && r <= 10.0) {
+                return Err(ApiError::invalid(
+                    format!(
+                        "repetition_penalty = {r}: it must be greater than 0 and at most 10 (1 = off, above 1 discourages repeats)"
+                    ),
+                    Some("repetition_penalty"),
+                    "invalid_value",
+                ));
+            }
+            p.repetition = r;
+        }
+        Ok(p)
+    }
+
+    /// `top_k`: 0 or -1 (vLLM's spelling) consider the whole vocabulary.
+    fn top_k(&self) -> Result<usize, ApiError> {
+        match self.top_k {
+            None | Some(-1) | Some(0) => Ok(0),
+            Some(k) if k > 0 => Ok(k as usize),
+            Some(k) => Err(ApiError::invalid(
+                format!("top_k = {k}: it must be at least 1, or 0 or -1 for the whole vocabulary"),
+                Some("top_k"),
+                "invalid_value",
+            )),
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn check_params(
     max_tokens: Option<i64>,
@@ -217,7 +293,7 @@ pub fn check_params(
     n: Option<i64>,
     stream: Option<bool>,
     stream_options: Option<StreamOptions>,
-    penalties: [(Option<f32>, &str); 2],
+    extras: SamplingExtras,
     max_context: usize,
 ) -> Result<Params, ApiError> {
     if let Some(n) = n
@@ -267,15 +343,8 @@ pub fn check_params(
             "invalid_value",
         ));
     }
-    for (v, name) in penalties {
-        if v.is_some_and(|v| v != 0.0) {
-            return Err(ApiError::invalid(
-                format!("{name} is not supported by this server; leave it out or set it to 0"),
-                Some(name),
-                "unsupported_parameter",
-            ));
-        }
-    }
+    let penalties = extras.penalties()?;
+    let top_k = extras.top_k()?;
     let stop = match stop {
         None => vec![],
         Some(OneOrMany::One(s)) => vec![s],
@@ -298,10 +367,11 @@ pub fn check_params(
         max_tokens,
         sampling: Sampling {
             temperature,
-            top_k: 0,
+            top_k,
             top_p,
             seed,
             logit_bias: Vec::new(),
+            penalties,
         },
         stop,
         stream: stream.unwrap_or(false),
@@ -326,10 +396,12 @@ impl ChatRequest {
             self.n,
             self.stream,
             self.stream_options.take(),
-            [
-                (self.frequency_penalty, "frequency_penalty"),
-                (self.presence_penalty, "presence_penalty"),
-            ],
+            SamplingExtras {
+                frequency_penalty: self.frequency_penalty,
+                presence_penalty: self.presence_penalty,
+                repetition_penalty: self.repetition_penalty,
+                top_k: self.top_k,
+            },
             max_context,
         )?;
         p.sampling.logit_bias = check_logit_bias(self.logit_bias.as_ref(), vocab_size)?;
@@ -543,10 +615,12 @@ impl CompletionRequest {
             self.n,
             self.stream,
             self.stream_options.take(),
-            [
-                (self.frequency_penalty, "frequency_penalty"),
-                (self.presence_penalty, "presence_penalty"),
-            ],
+            SamplingExtras {
+                frequency_penalty: self.frequency_penalty,
+                presence_penalty: self.presence_penalty,
+                repetition_penalty: self.repetition_penalty,
+                top_k: self.top_k,
+            },
             max_context,
         )?;
         p.sampling.logit_bias = check_logit_bias(self.logit_bias.as_ref(), vocab_size)?;

@@ -143,20 +143,44 @@ fn ready(state: &AppState) -> Result<&Ready, ApiError> {
     })
 }
 
+/// The names this server answers to: the configured list, else the loaded model's name.
+fn served_names(state: &AppState, r: &Ready) -> Vec<String> {
+    if state.config.served_names.is_empty() {
+        vec![r.model_name.clone()]
+    } else {
+        state.config.served_names.clone()
+    }
+}
+
+/// Refuses a request naming a model this server does not serve. A request without `model`
+/// gets the loaded one.
+fn check_model(state: &AppState, r: &Ready, asked: Option<&str>) -> Result<(), ApiError> {
+    let names = served_names(state, r);
+    match asked {
+        Some(m) if !names.iter().any(|n| n == m) => Err(ApiError::model_not_found(m, &names)),
+        _ => Ok(()),
+    }
+}
+
 fn models(state: &AppState) -> Result<Response<Body>, ApiError> {
     let r = ready(state)?;
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({
-            "object": "list",
-            "data": [{
-                "id": r.model_name,
+    let names = served_names(state, r);
+    let data: Vec<Value> = names
+        .iter()
+        .map(|n| {
+            json!({
+                "id": n,
                 "object": "model",
                 "created": 0,
                 "owned_by": "sandgraph",
+                "root": names[0],
                 "max_model_len": r.batcher.max_context(),
-            }],
-        }),
+            })
+        })
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"object": "list", "data": data}),
     ))
 }
 
@@ -213,6 +237,7 @@ async fn chat(
     let mut cr: ChatRequest = parse_body(&body)?;
     cr.read_property_order(&body);
     let r = ready(state)?;
+    check_model(state, r, cr.model.as_deref())?;
     let id = format!("chatcmpl-{}", state.next_request_id());
     let mut s = start_chat(r, id, cr, arrived, state.config.log_prompts)?;
     let created = now_secs();
@@ -383,6 +408,7 @@ async fn completion(
     let body = read_body(req, state.config.max_body_bytes).await?;
     let mut cr: CompletionRequest = parse_body(&body)?;
     let r = ready(state)?;
+    check_model(state, r, cr.model.as_deref())?;
     let params = cr.params(r.batcher.max_context(), r.tok.vocab_size())?;
     let (prompt, text) = match cr.prompt_input(r.tok.vocab_size())? {
         PromptInput::Text(text) => (r.tok.encode(&text, false), text),

@@ -72,6 +72,7 @@ pub fn seeds(n: u64) -> Vec<Sampling> {
             top_p: 1.0,
             seed,
             logit_bias: Vec::new(),
+            penalties: Default::default(),
         })
         .collect()
 }
