@@ -374,6 +374,50 @@ fn nucleus_len(ids: &mut [u32], row: &[f32], w: &[f32], mut need: f64) -> usize 
     hi.max(1).min(ids.len())
 }
 
+/// The log-probability a response reports for a token whose logit is -inf (JSON has no
+/// infinity; OpenAI reports -9999.0 for such tokens too).
+pub const LOGPROB_FLOOR: f32 = -9999.0;
+
+/// Log-probabilities from one logits row (after biases and penalties): the softmax at
+/// temperature 1 over the whole vocabulary, before temperature, top-k, top-p and any grammar
+/// mask shape the draw. Returns `chosen`'s and the `top` most likely tokens' (sorted, ties by
+/// id), each at least [`LOGPROB_FLOOR`].
+pub fn logprobs(row: &[f32], chosen: u32, top: usize) -> (f32, Vec<(u32, f32)>) {
+    let mx = row
+        .iter()
+        .copied()
+        .map(rank)
+        .fold(f32::NEG_INFINITY, f32::max);
+    let lp = |l: f32, lse: f64| -> f32 {
+        let v = (l as f64 - lse) as f32;
+        if v.is_nan() {
+            LOGPROB_FLOOR
+        } else {
+            v.max(LOGPROB_FLOOR)
+        }
+    };
+    let lse = if mx.is_finite() {
+        let sum: f64 = row
+            .iter()
+            .map(|&l| ((l - mx) as f64).exp())
+            .filter(|e| !e.is_nan())
+            .sum();
+        mx as f64 + sum.ln()
+    } else {
+        f64::INFINITY
+    };
+    let at = |t: u32| row.get(t as usize).copied().unwrap_or(f32::NEG_INFINITY);
+    let best = if top == 0 {
+        Vec::new()
+    } else {
+        best_n(row, (0..row.len() as u32).collect(), top)
+    };
+    (
+        lp(at(chosen), lse),
+        best.into_iter().map(|(t, l)| (t, lp(l, lse))).collect(),
+    )
+}
+
 /// What the backend hands over for one chunk, fetched as cheaply as the samplings allow.
 #[derive(Clone, Debug)]
 pub enum Candidates {
@@ -598,6 +642,18 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn logprobs_are_the_log_softmax_and_the_top_list_is_sorted() {
+        let row = [1.0f32, 3.0, 2.0, f32::NEG_INFINITY];
+        let z: f64 = row.iter().map(|&l| (l as f64).exp()).sum();
+        let (c, top) = logprobs(&row, 2, 3);
+        assert!((c as f64 - (2.0 - z.ln())).abs() < 1e-6);
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), [1, 2, 0]);
+        assert!(top.iter().map(|t| (t.1 as f64).exp()).sum::<f64>() <= 1.0 + 1e-6);
+        assert_eq!(logprobs(&row, 3, 0), (LOGPROB_FLOOR, vec![]));
+        assert!(logprobs(&row, 99, 1).0 == LOGPROB_FLOOR);
     }
 
     #[test]

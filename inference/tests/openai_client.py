@@ -3,9 +3,11 @@
 Usage: python3 openai_client.py BASE_URL   (started by inference/tests/openai_client.rs)
 Checks chat completion, streaming, response_format json_schema (properties in the schema's
 order), a forced tool call (whole and streamed), the call carried back into the next prompt,
-tool_choice auto, logit_bias, the OpenAI bookkeeping fields, and the server's API key.
+tool_choice auto, logit_bias, the OpenAI bookkeeping fields, logprobs (chat, streamed and
+legacy), n > 1, models.retrieve, 404 for unknown models, penalties, and the server's API key.
 """
 import json
+import math
 import sys
 import time
 import urllib.request
@@ -199,10 +201,64 @@ kept = client.chat.completions.create(
 )
 assert kept.choices[0].message.content == text, kept
 
+# logprobs: each generated token with its five most likely alternatives; greedy picks the
+# first of them, and the alternatives hold at most the whole probability mass.
+lp = client.chat.completions.create(
+    model=model, messages=question, max_tokens=8, temperature=0, logprobs=True, top_logprobs=5,
+)
+entries = lp.choices[0].logprobs.content
+assert len(entries) == lp.usage.completion_tokens, (len(entries), lp.usage)
+assert b"".join(bytes(e.bytes) for e in entries).decode() == lp.choices[0].message.content, lp
+for e in entries:
+    assert len(e.top_logprobs) == 5, e
+    assert e.top_logprobs[0].token == e.token and abs(e.top_logprobs[0].logprob - e.logprob) < 1e-6, e
+    assert sum(math.exp(a.logprob) for a in e.top_logprobs) <= 1 + 1e-6, e
+streamed_lp = []
+for chunk in client.chat.completions.create(
+    model=model, messages=question, max_tokens=8, temperature=0, logprobs=True, top_logprobs=5,
+    stream=True,
+):
+    for c in chunk.choices:
+        if c.logprobs and c.logprobs.content:
+            streamed_lp.extend(c.logprobs.content)
+assert [(e.token, e.logprob) for e in streamed_lp] == [(e.token, e.logprob) for e in entries]
+legacy = client.completions.create(
+    model=model, prompt="The capital of France is", max_tokens=5, temperature=0, logprobs=3,
+)
+ll = legacy.choices[0].logprobs
+assert len(ll.tokens) == len(ll.token_logprobs) == len(ll.top_logprobs) == legacy.usage.completion_tokens, ll
+assert all(tl == max(top.values()) for tl, top in zip(ll.token_logprobs, ll.top_logprobs)), ll
+
+# n > 1: several choices from one request, each with its own index; usage counts the prompt
+# once and the completions together.
+two = client.chat.completions.create(model=model, messages=question, max_tokens=12, temperature=1, seed=3, n=2)
+assert [c.index for c in two.choices] == [0, 1], two
+assert two.usage.prompt_tokens == chat.usage.prompt_tokens, two.usage
 try:
-    client.chat.completions.create(model=model, messages=question, n=2)
-    raise AssertionError("n=2 was accepted")
+    client.chat.completions.create(model=model, messages=question, n=9)
+    raise AssertionError("n=9 was accepted past --max-n")
 except openai.BadRequestError as e:
     assert e.status_code == 400 and e.body["param"] == "n", e.body
 
-print("openai client: chat, stream, json_schema, tool call and errors ok:", text, doc, args)
+# models.retrieve, and a model this server does not serve is OpenAI's 404.
+assert client.models.retrieve(model).id == model
+for call_unknown in (
+    lambda: client.models.retrieve("gpt-4o-does-not-exist"),
+    lambda: client.chat.completions.create(model="gpt-4o-does-not-exist", messages=question, max_tokens=2),
+):
+    try:
+        call_unknown()
+        raise AssertionError("an unknown model was answered")
+    except openai.NotFoundError as e:
+        assert e.status_code == 404 and e.body["code"] == "model_not_found", e.body
+# The catalog alias answers too.
+assert client.chat.completions.create(model="smollm2", messages=question, max_tokens=2).model == model
+
+# Penalties and vLLM's extensions are honoured, not refused.
+pen = client.chat.completions.create(
+    model=model, messages=question, max_tokens=24, temperature=0,
+    frequency_penalty=1.0, presence_penalty=0.5, extra_body={"repetition_penalty": 1.3, "top_k": 20},
+)
+assert pen.choices[0].message.content != text, pen
+
+print("openai client: chat, stream, json_schema, tool call, logprobs, n, models and errors ok:", text, doc, args)

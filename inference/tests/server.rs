@@ -521,9 +521,24 @@ async fn bad_requests_get_specific_openai_errors() {
             Some("max_completion_tokens"),
         ),
         (
-            json!({"messages": msgs, "n": 2}),
-            "unsupported_value",
+            json!({"messages": msgs, "n": 9}),
+            "invalid_value",
             Some("n"),
+        ),
+        (
+            json!({"messages": msgs, "n": 0}),
+            "invalid_value",
+            Some("n"),
+        ),
+        (
+            json!({"messages": msgs, "top_logprobs": 3}),
+            "invalid_value",
+            Some("top_logprobs"),
+        ),
+        (
+            json!({"messages": msgs, "logprobs": true, "top_logprobs": 21}),
+            "invalid_value",
+            Some("top_logprobs"),
         ),
         (
             json!({"messages": msgs, "temperature": 3.5}),
@@ -1903,4 +1918,352 @@ async fn a_request_for_a_model_not_served_is_404_and_aliases_are_served() {
     )
     .await;
     assert_eq!(st, 200);
+}
+
+/// The greedy tokens of a chat request for `content`, with each step's log-softmax computed
+/// from the CPU backend's logits row: (token, its logprob, the 5 most likely (token, logprob)).
+type RefStep = (u32, f32, Vec<(u32, f32)>);
+
+fn greedy_logprob_reference(content: &str, n: usize) -> Vec<RefStep> {
+    let (model, tok) = tiny();
+    let text = ChatTemplate::detect(None)
+        .unwrap()
+        .render(&[ChatMessage::new("user", content)]);
+    let prompt = tok.encode(&text, true);
+    let mut cpu = CpuBackend::with_threads(&model, 1, CONTEXT, 1).unwrap();
+    cpu.forward(&[SeqChunk {
+        slot: 0,
+        start_pos: 0,
+        tokens: &prompt,
+    }])
+    .unwrap();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let row = cpu.logits().unwrap().remove(0);
+        let mx = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
+        let lse = mx + row.iter().map(|&l| (l as f64 - mx).exp()).sum::<f64>().ln();
+        let t = sandgraph_inference::backend::argmax_of(&row);
+        if Some(t) == tok.eos || tok.is_control(t) {
+            break;
+        }
+        let top = sandgraph_inference::backend::top_k_of(&row, 5)
+            .into_iter()
+            .map(|(t, l)| (t, (l as f64 - lse) as f32))
+            .collect();
+        out.push((t, (row[t as usize] as f64 - lse) as f32, top));
+        cpu.forward(&[SeqChunk {
+            slot: 0,
+            start_pos: prompt.len() + out.len() - 1,
+            tokens: &[t],
+        }])
+        .unwrap();
+    }
+    out
+}
+
+fn bytes_of(v: &Value) -> Vec<u8> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_u64().unwrap() as u8)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logprobs_are_the_models_log_softmax_streamed_and_not() {
+    let s = open_server(2).await;
+    let (_, tok) = tiny();
+    let n = 10;
+    let want = greedy_logprob_reference("hello world", n);
+    let body = json!({
+        "messages": [{"role": "user", "content": "hello world"}],
+        "max_tokens": n, "temperature": 0, "logprobs": true, "top_logprobs": 5,
+    });
+    let (st, v) = call(s.addr, "POST", "/v1/chat/completions", Some(body.clone())).await;
+    assert_eq!(st, 200, "{v}");
+    let content = v["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(content.len(), want.len(), "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], want.len());
+    let mut all = Vec::new();
+    for (e, (t, lp, top)) in content.iter().zip(&want) {
+        assert_eq!(bytes_of(&e["bytes"]), tok.token_bytes(*t));
+        all.extend(bytes_of(&e["bytes"]));
+        let got = e["logprob"].as_f64().unwrap() as f32;
+        assert!((got - lp).abs() < 1e-4, "logprob {got} against {lp}");
+        let alts = e["top_logprobs"].as_array().unwrap();
+        assert_eq!(alts.len(), 5);
+        for (a, (rt, rlp)) in alts.iter().zip(top) {
+            assert_eq!(bytes_of(&a["bytes"]), tok.token_bytes(*rt));
+            assert!((a["logprob"].as_f64().unwrap() as f32 - rlp).abs() < 1e-4);
+        }
+        // Greedy: the chosen token is the most likely one, and the alternatives' mass is at
+        // most the whole.
+        assert_eq!(alts[0]["bytes"], e["bytes"]);
+        assert_eq!(alts[0]["logprob"], e["logprob"]);
+        let mass: f64 = alts
+            .iter()
+            .map(|a| a["logprob"].as_f64().unwrap().exp())
+            .sum();
+        assert!(mass <= 1.0 + 1e-6, "{mass}");
+    }
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(String::from_utf8_lossy(&all), text);
+
+    // Streamed: the chunks' entries, in order, are the same list.
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    let (resp, _t) = send(
+        s.addr,
+        "POST",
+        "/v1/chat/completions",
+        Some(sbody.to_string().into_bytes()),
+    )
+    .await;
+    let raw = resp.into_body().collect().await.unwrap().to_bytes();
+    let payloads = sse_payloads(std::str::from_utf8(&raw).unwrap());
+    let streamed: Vec<Value> = payloads[..payloads.len() - 1]
+        .iter()
+        .map(|p| serde_json::from_str::<Value>(p).unwrap())
+        .filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array().cloned())
+        .flatten()
+        .collect();
+    assert_eq!(streamed, content);
+
+    // The legacy completions shape: tokens, token_logprobs, top_logprobs, text_offset.
+    let (st, v) = call(
+        s.addr,
+        "POST",
+        "/v1/completions",
+        Some(json!({"prompt": "hello world", "max_tokens": 8, "temperature": 0, "logprobs": 3})),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let lp = &v["choices"][0]["logprobs"];
+    let k = v["usage"]["completion_tokens"].as_u64().unwrap() as usize;
+    assert_eq!(lp["tokens"].as_array().unwrap().len(), k, "{v}");
+    assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), k);
+    let offsets: Vec<u64> = lp["text_offset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets.len(), k);
+    assert!(offsets.windows(2).all(|w| w[0] <= w[1]) && offsets.first() == Some(&0));
+    for (i, top) in lp["top_logprobs"].as_array().unwrap().iter().enumerate() {
+        let best = top
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|x| x.as_f64().unwrap())
+            .fold(f64::MIN, f64::max);
+        assert_eq!(lp["token_logprobs"][i].as_f64().unwrap(), best, "{lp}");
+    }
+    // Without the flag there is none (never silently half-there).
+    let (_, v) = call(
+        s.addr,
+        "POST",
+        "/v1/chat/completions",
+        Some(json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "logprobs": false})),
+    )
+    .await;
+    assert!(v["choices"][0]["logprobs"].is_null(), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_choices_share_one_prefill_and_are_reproducible() {
+    let s = open_server(3).await;
+    let body = json!({
+        "messages": [{"role": "user", "content": "once upon a time there was a little"}],
+        "max_tokens": 6, "temperature": 1.5, "seed": 9, "n": 3, "logprobs": true,
+    });
+    let (st, a) = call(s.addr, "POST", "/v1/chat/completions", Some(body.clone())).await;
+    assert_eq!(st, 200, "{a}");
+    let choices = a["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3);
+    let mut tokens = 0;
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i);
+        tokens += c["logprobs"]["content"].as_array().unwrap().len();
+    }
+    // Usage as OpenAI counts it: the prompt once, the completions summed.
+    assert_eq!(a["usage"]["completion_tokens"], tokens);
+    assert!(
+        choices
+            .iter()
+            .any(|c| c["message"] != choices[0]["message"]),
+        "{a}"
+    );
+    // The later choices copied the first one's prompt cache instead of computing it again.
+    assert!(!s.gate.copies.lock().unwrap().is_empty());
+    let (_, b) = call(s.addr, "POST", "/v1/chat/completions", Some(body.clone())).await;
+    assert_eq!(a["choices"], b["choices"]);
+
+    // Streamed: every chunk names its choice, each choice finishes once, usage comes once.
+    let mut sbody = body;
+    sbody["stream"] = json!(true);
+    sbody["stream_options"] = json!({"include_usage": true});
+    let (resp, _t) = send(
+        s.addr,
+        "POST",
+        "/v1/chat/completions",
+        Some(sbody.to_string().into_bytes()),
+    )
+    .await;
+    let raw = resp.into_body().collect().await.unwrap().to_bytes();
+    let payloads = sse_payloads(std::str::from_utf8(&raw).unwrap());
+    assert_eq!(payloads.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = payloads[..payloads.len() - 1]
+        .iter()
+        .map(|p| serde_json::from_str(p).unwrap())
+        .collect();
+    let mut text = vec![String::new(); 3];
+    let mut finished = [0; 3];
+    for c in &chunks {
+        if let Some(ch) = c["choices"].as_array().and_then(|l| l.first()) {
+            let i = ch["index"].as_u64().unwrap() as usize;
+            text[i] += ch["delta"]["content"].as_str().unwrap_or("");
+            finished[i] += usize::from(!ch["finish_reason"].is_null());
+        }
+    }
+    assert_eq!(finished, [1, 1, 1]);
+    for (i, t) in text.iter().enumerate() {
+        assert_eq!(t, choices[i]["message"]["content"].as_str().unwrap());
+    }
+    let usage: Vec<&Value> = chunks.iter().filter(|c| !c["usage"].is_null()).collect();
+    assert_eq!(usage.len(), 1);
+    assert_eq!(usage[0]["usage"], a["usage"]);
+
+    // The legacy endpoint too.
+    let (st, v) = call(
+        s.addr,
+        "POST",
+        "/v1/completions",
+        Some(json!({"prompt": "the cat", "max_tokens": 4, "temperature": 1, "seed": 1, "n": 2})),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["choices"].as_array().unwrap().len(), 2);
+    assert_eq!(v["choices"][1]["index"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_is_retrieved_by_its_id() {
+    let s = open_server(1).await;
+    let (st, v) = call(s.addr, "GET", "/v1/models/tiny", None).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["id"], "tiny");
+    assert_eq!(v["object"], "model");
+    assert_eq!(v["owned_by"], "sandgraph");
+    assert_eq!(v["max_model_len"], CONTEXT);
+    assert!(v["created"].as_u64().unwrap() > 1_700_000_000);
+    let (st, v) = call(s.addr, "GET", "/v1/models/gpt-4o", None).await;
+    assert_eq!(st, 404, "{v}");
+    assert_error(&v, "model_not_found", Some("model"));
+}
+
+/// A value for each field of the README's parity table, merged into a minimal request; fields
+/// that need another field to mean anything bring it along.
+fn parity_sample(field: &str, chat: bool) -> Value {
+    let tool = json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"x": {"type": "integer"}}}}}]);
+    match field {
+        "messages" | "prompt" => json!({}),
+        "model" => json!({"model": "tiny"}),
+        "max_tokens" => json!({"max_tokens": 2}),
+        "max_completion_tokens" => json!({"max_completion_tokens": 2}),
+        "temperature" => json!({"temperature": 0.5}),
+        "top_p" => json!({"top_p": 0.9}),
+        "n" => json!({"n": 2}),
+        "seed" => json!({"seed": 3}),
+        "stop" => json!({"stop": ["zz"]}),
+        "stream" => json!({"stream": true}),
+        "stream_options" => json!({"stream": true, "stream_options": {"include_usage": true}}),
+        "logprobs" if chat => json!({"logprobs": true}),
+        "logprobs" => json!({"logprobs": 2}),
+        "top_logprobs" => json!({"logprobs": true, "top_logprobs": 3}),
+        "logit_bias" => json!({"logit_bias": {"5": 2}}),
+        "frequency_penalty" => json!({"frequency_penalty": 0.5}),
+        "presence_penalty" => json!({"presence_penalty": 0.5}),
+        "response_format" => json!({"response_format": {"type": "json_object"}}),
+        "tools" => json!({"tools": tool}),
+        "tool_choice" => json!({"tools": tool, "tool_choice": "required"}),
+        "parallel_tool_calls" => json!({"tools": tool, "parallel_tool_calls": false}),
+        "user" => json!({"user": "u-1"}),
+        "store" => json!({"store": false}),
+        "metadata" => json!({"metadata": {"k": "v"}}),
+        "service_tier" => json!({"service_tier": "auto"}),
+        "prompt_cache_key" => json!({"prompt_cache_key": "k"}),
+        "safety_identifier" => json!({"safety_identifier": "s"}),
+        "top_k" => json!({"top_k": 5}),
+        "repetition_penalty" => json!({"repetition_penalty": 1.1}),
+        "min_p" => json!({"min_p": 0.1}),
+        "echo" => json!({"echo": true}),
+        "suffix" => json!({"suffix": "end"}),
+        "best_of" => json!({"best_of": 2}),
+        "audio" => json!({"audio": {"voice": "alloy", "format": "wav"}}),
+        "modalities" => json!({"modalities": ["text"]}),
+        "prediction" => json!({"prediction": {"type": "content", "content": "x"}}),
+        "reasoning_effort" => json!({"reasoning_effort": "low"}),
+        "verbosity" => json!({"verbosity": "low"}),
+        "web_search_options" => json!({"web_search_options": {}}),
+        "functions" => json!({"functions": [{"name": "f", "parameters": {"type": "object"}}]}),
+        "function_call" => json!({"function_call": "auto"}),
+        other => panic!("the parity table lists `{other}`, which this test has no value for"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parity_table_fields_work_or_are_refused_by_name() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let table = readme
+        .split("<!-- parity-table:begin -->")
+        .nth(1)
+        .and_then(|t| t.split("<!-- parity-table:end -->").next())
+        .expect("the README holds the parity table");
+    let s = open_server(2).await;
+    let mut checked = 0;
+    for row in table.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let field = cells[1].trim_matches('`');
+        let endpoints: &[bool] = match cells[2] {
+            "chat" => &[true],
+            "completions" => &[false],
+            "both" => &[true, false],
+            other => panic!("row {field}: unknown endpoint {other}"),
+        };
+        let status = cells[3].split_whitespace().next().unwrap();
+        for &chat in endpoints {
+            let mut body = if chat {
+                json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+            } else {
+                json!({"prompt": "hi", "max_tokens": 2})
+            };
+            for (k, v) in parity_sample(field, chat).as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            let path = if chat {
+                "/v1/chat/completions"
+            } else {
+                "/v1/completions"
+            };
+            let (st, v) = call(s.addr, "POST", path, Some(body.clone())).await;
+            match status {
+                "supported" | "ignored" => assert_eq!(st, 200, "{field} on {path}: {body} -> {v}"),
+                "refused" => {
+                    assert_eq!(st, 400, "{field} on {path}: {body} -> {v}");
+                    assert_eq!(v["error"]["param"], field, "{field} on {path}: {v}");
+                }
+                other => panic!("row {field}: unknown status {other}"),
+            }
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 50,
+        "only {checked} field checks: is the table intact?"
+    );
 }

@@ -477,3 +477,55 @@ fn kernel_variant_names_parse_and_unknown_ones_are_refused() {
         "{e}"
     );
 }
+
+/// The log-probabilities the server reports (`sampling::logprobs` over a backend's logits row)
+/// agree across the backends: the chosen token's within twice the logits tolerance (a
+/// log-softmax shifts each logit by the same log-sum-exp, so it at most doubles the error),
+/// and so do the top alternatives' rank by rank.
+#[test]
+fn logprobs_agree_across_cpu_and_wgpu() {
+    use sandgraph_inference::sampling::logprobs;
+    let model = tiny_model(&TinySpec::new(77, GgmlType::Q8_0)).unwrap();
+    let vocab = model.config.vocab_size;
+    let mut rng = TestRng::new(5);
+    let mut g = wgpu(&model, 2, 64);
+    let mut c = CpuBackend::with_threads(&model, 2, 64, 1).unwrap();
+    let prompts = [tokens(&mut rng, 9, vocab), tokens(&mut rng, 14, vocab)];
+    let batch: Vec<SeqChunk> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| SeqChunk {
+            slot: i,
+            start_pos: 0,
+            tokens: p,
+        })
+        .collect();
+    let mut next = step(&mut g, &mut c, &batch, "prefill");
+    for pos in 0..12 {
+        let toks: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
+        let batch: Vec<SeqChunk> = toks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| SeqChunk {
+                slot: i,
+                start_pos: prompts[i].len() + pos,
+                tokens: t,
+            })
+            .collect();
+        next = step(&mut g, &mut c, &batch, "decode");
+        let (gl, cl) = (g.logits().unwrap(), c.logits().unwrap());
+        for (i, (gr, cr)) in gl.iter().zip(&cl).enumerate() {
+            let tol = 0.06 * spread(cr);
+            let (gc, gtop) = logprobs(gr, next[i], 5);
+            let (cc, ctop) = logprobs(cr, next[i], 5);
+            assert!(
+                (gc - cc).abs() <= tol,
+                "chosen: {gc} against {cc} (tolerance {tol})"
+            );
+            for (a, b) in gtop.iter().zip(&ctop) {
+                assert!((a.1 - b.1).abs() <= tol, "top: {a:?} against {b:?}");
+            }
+            assert!(gtop.iter().map(|t| (t.1 as f64).exp()).sum::<f64>() <= 1.0 + 1e-5);
+        }
+    }
+}

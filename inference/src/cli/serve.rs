@@ -32,6 +32,9 @@ pub struct ServeArgs {
     /// Requests that may wait for a slot before new ones get 429.
     #[arg(long, default_value_t = 64)]
     max_waiting: usize,
+    /// Most choices (`n`) one request may ask for.
+    #[arg(long, default_value_t = 8)]
+    max_n: usize,
     /// Largest accepted request body in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     max_body_bytes: usize,
@@ -147,6 +150,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             log_prompts: a.log_prompts,
             model_name: served[0].clone(),
             served_names: served.clone(),
+            max_n: a.max_n.max(1),
             api_key: a.api_key.clone().filter(|k| !k.is_empty()),
         });
         let grace = a.shutdown_grace;

@@ -27,7 +27,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::backend::{Backend, SeqChunk};
 use crate::constrain::Constraint;
 use crate::generate::{FinishReason, NO_TOKEN, PREFILL_CHUNK, StopScanner, pick_constrained};
-use crate::sampling::{Rng, Sampling, SeenTokens, choose, fetch_candidates, sample_row};
+use crate::sampling::{Rng, Sampling, SeenTokens, choose, fetch_candidates, logprobs, sample_row};
 use crate::server::metrics::{Finished, Metrics};
 use crate::tokenizer::Tokenizer;
 
@@ -44,6 +44,9 @@ pub struct Job {
     /// Structured output (`response_format`, forced tool calls): only tokens this allows are
     /// picked, and the sequence may only end (EOS) once the document is complete.
     pub constraint: Option<Constraint>,
+    /// Report each generated token's log-probability and this many most likely alternatives
+    /// (`Event::Logprobs`); `None`: no log-probabilities (and the cheap argmax/top-k paths).
+    pub logprobs: Option<usize>,
     /// Where the engine streams the output; dropping the receiver cancels the request.
     pub events: UnboundedSender<Event>,
 }
@@ -53,6 +56,10 @@ pub struct Job {
 pub enum Event {
     /// The request left the queue and got a slot (its prefill starts now).
     Started,
+    /// The log-probabilities of the tokens generated since the previous `Logprobs`, sent just
+    /// before the `Text` that carries (at least the start of) their text. Tokens whose text a
+    /// stop sequence swallowed get none.
+    Logprobs(Vec<TokenLogprob>),
     Text(String),
     Done {
         finish: FinishReason,
@@ -60,6 +67,16 @@ pub enum Event {
         completion_tokens: usize,
     },
     Failed(String),
+}
+
+/// One generated token's log-probability, with the most likely alternatives at its position.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+    /// Most likely first; as many as the job asked for.
+    pub top: Vec<(String, Vec<u8>, f32)>,
 }
 
 /// Why a job was not queued.
@@ -255,6 +272,10 @@ struct Seq {
     rng: Rng,
     /// What the penalties look at (the prompt and the tokens generated so far).
     seen: SeenTokens,
+    /// The picked token's log-probability and the top alternatives (when the job asked).
+    picked_logprobs: Option<(f32, Vec<(u32, f32)>)>,
+    /// Log-probabilities of consumed tokens whose text has not been sent yet.
+    unsent_logprobs: Vec<TokenLogprob>,
     /// Admission order: prompt chunks go to the oldest prefilling requests first.
     admitted: u64,
     /// The tokens in this slot's KV cache, in order (reused prefix, prompt, fed outputs).
@@ -374,6 +395,8 @@ impl Engine {
                     scanner,
                     rng,
                     seen,
+                    picked_logprobs: None,
+                    unsent_logprobs: Vec::new(),
                     admitted: self.admissions,
                     cached,
                     last_token: None,
@@ -586,9 +609,10 @@ impl Engine {
 
     /// Picks a token for every chunk of the last forward (ignored where the prompt is not done).
     fn pick(&mut self, plan: &[(usize, bool)]) -> Result<Vec<u32>, crate::backend::BackendError> {
-        let constrained = plan
-            .iter()
-            .any(|(i, p)| *p && self.seqs[*i].job.constraint.is_some());
+        // Constraints and log-probabilities need the whole logits row.
+        let constrained = plan.iter().any(|(i, p)| {
+            *p && (self.seqs[*i].job.constraint.is_some() || self.seqs[*i].job.logprobs.is_some())
+        });
         if constrained {
             let max_ctx = self.backend.max_context();
             for (i, picks_now) in plan {
@@ -607,10 +631,14 @@ impl Engine {
                     continue;
                 }
                 s.job.sampling.adjust(&mut row, &s.seen);
-                out.push(match &s.job.constraint {
+                let t = match &s.job.constraint {
                     Some(c) => pick_constrained(&row, &s.job.sampling, &mut s.rng, c),
                     None => sample_row(&row, &s.job.sampling, &mut s.rng),
-                });
+                };
+                if let Some(top) = s.job.logprobs {
+                    s.picked_logprobs = Some(logprobs(&row, t, top));
+                }
+                out.push(t);
             }
             return Ok(out);
         }
@@ -670,6 +698,25 @@ impl Engine {
             s.generated += 1;
             s.seen.push(t);
             metrics.add_generation_tokens(1);
+            if let Some((logprob, top)) = s.picked_logprobs.take() {
+                let named = |t: u32| {
+                    let b = self.tok.token_bytes(t).to_vec();
+                    (String::from_utf8_lossy(&b).into_owned(), b)
+                };
+                let (token, bytes) = named(t);
+                s.unsent_logprobs.push(TokenLogprob {
+                    token,
+                    bytes,
+                    logprob,
+                    top: top
+                        .into_iter()
+                        .map(|(t, lp)| {
+                            let (tok, b) = named(t);
+                            (tok, b, lp)
+                        })
+                        .collect(),
+                });
+            }
             // Stop sequences end free text only: a document the constraint governs (a
             // `response_format` document, a tool call) ends where its grammar says, so a stop
             // sequence occurring inside it (a `}`, a newline) never cuts it invalid. The mode
@@ -683,6 +730,10 @@ impl Engine {
             }
             let (text, stopped) = s.scanner.push(self.tok.token_bytes(t));
             if !text.is_empty() {
+                if !s.unsent_logprobs.is_empty() {
+                    let lps = std::mem::take(&mut s.unsent_logprobs);
+                    let _ = s.job.events.send(Event::Logprobs(lps));
+                }
                 let _ = s.job.events.send(Event::Text(text));
             }
             if stopped {
@@ -703,8 +754,16 @@ impl Engine {
             return false;
         };
         let rest = s.scanner.finish();
-        if !rest.is_empty() && finish != FinishReason::StopSequence {
-            let _ = s.job.events.send(Event::Text(rest));
+        if finish != FinishReason::StopSequence {
+            // Tokens whose text is still held (or that have no text) get their
+            // log-probabilities now; a stop sequence's tokens are cut with their text.
+            if !s.unsent_logprobs.is_empty() {
+                let lps = std::mem::take(&mut s.unsent_logprobs);
+                let _ = s.job.events.send(Event::Logprobs(lps));
+            }
+            if !rest.is_empty() {
+                let _ = s.job.events.send(Event::Text(rest));
+            }
         }
         let why = match finish {
             FinishReason::EndOfSequence | FinishReason::StopSequence => Finished::Stop,

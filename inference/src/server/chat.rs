@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::constrain::Constraint;
 use crate::server::Ready;
-use crate::server::batcher::{Event, Job, SubmitError};
+use crate::server::batcher::{Event, Job, SubmitError, TokenLogprob};
 use crate::server::errors::ApiError;
 use crate::server::openai::{ChatRequest, Params, Structured, finish_reason, tool_call_parts};
 use crate::tokenizer::ChatMessage;
@@ -40,7 +40,7 @@ pub struct GeneratedToolCall {
 }
 
 /// The finished answer of one chat request.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ChatAnswer {
     /// The text; `None` when the answer is a tool call.
     pub content: Option<String>,
@@ -49,6 +49,20 @@ pub struct ChatAnswer {
     pub finish_reason: &'static str,
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
+    /// Each generated token's log-probability, when the request asked (`logprobs`).
+    pub logprobs: Option<Vec<TokenLogprob>>,
+}
+
+/// What one job produced, collected from its events.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Collected {
+    pub text: String,
+    /// OpenAI's `finish_reason`.
+    pub finish: &'static str,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    /// The generated tokens' log-probabilities (empty unless the job asked).
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 /// Validates `cr`, renders its prompt and queues it on `ready`'s engine as request `id`.
@@ -122,9 +136,9 @@ impl ChatJob {
         &mut self,
         on_text: &mut (dyn FnMut(&str) + Send),
     ) -> Result<ChatAnswer, ApiError> {
-        let (text, finish, prompt_tokens, completion_tokens) =
-            collect_events(&self.id, &mut self.events, self.log_prompts, on_text).await?;
-        let call = self.tool_mode.and_then(|_| tool_call_parts(&text));
+        let c = collect_events(&self.id, &mut self.events, self.log_prompts, on_text).await?;
+        let call = self.tool_mode.and_then(|_| tool_call_parts(&c.text));
+        let logprobs = self.params.logprobs.map(|_| c.logprobs);
         Ok(match call {
             Some((name, arguments)) => ChatAnswer {
                 content: None,
@@ -134,15 +148,17 @@ impl ChatJob {
                     arguments,
                 }),
                 finish_reason: "tool_calls",
-                prompt_tokens,
-                completion_tokens,
+                prompt_tokens: c.prompt_tokens,
+                completion_tokens: c.completion_tokens,
+                logprobs,
             },
             None => ChatAnswer {
-                content: Some(text),
+                content: Some(c.text),
                 tool_call: None,
-                finish_reason: finish,
-                prompt_tokens,
-                completion_tokens,
+                finish_reason: c.finish,
+                prompt_tokens: c.prompt_tokens,
+                completion_tokens: c.completion_tokens,
+                logprobs,
             },
         })
     }
@@ -153,17 +169,19 @@ impl ChatJob {
     }
 }
 
-/// Waits for a whole generation: (text, finish_reason, prompt tokens, completion tokens).
+/// Waits for a whole generation.
 pub(crate) async fn collect_events(
     id: &str,
     events: &mut mpsc::UnboundedReceiver<Event>,
     log_prompts: bool,
     on_text: &mut (dyn FnMut(&str) + Send),
-) -> Result<(String, &'static str, usize, usize), ApiError> {
+) -> Result<Collected, ApiError> {
     let mut text = String::new();
+    let mut logprobs = Vec::new();
     while let Some(ev) = events.recv().await {
         match ev {
             Event::Started => {}
+            Event::Logprobs(l) => logprobs.extend(l),
             Event::Text(t) => {
                 on_text(&t);
                 text.push_str(&t);
@@ -178,12 +196,13 @@ pub(crate) async fn collect_events(
                 } else {
                     tracing::info!(request_id = %id, completion_tokens, finish = ?finish, "request done");
                 }
-                return Ok((
+                return Ok(Collected {
                     text,
-                    finish_reason(finish),
+                    finish: finish_reason(finish),
                     prompt_tokens,
                     completion_tokens,
-                ));
+                    logprobs,
+                });
             }
             Event::Failed(msg) => return Err(ApiError::internal(msg)),
         }
@@ -257,6 +276,7 @@ pub(crate) fn submit_job(
         sampling: params.sampling.clone(),
         stop: params.stop.clone(),
         constraint,
+        logprobs: params.logprobs,
         events: tx,
     };
     ready.batcher.submit(job).map_err(|e| match e {

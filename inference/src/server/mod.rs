@@ -41,6 +41,9 @@ pub struct ServerConfig {
     /// The names requests may give as `model` (the first is the one answers carry); a request
     /// naming another model gets 404 `model_not_found`. Empty: the loaded model's own name.
     pub served_names: Vec<String>,
+    /// Most choices (`n`) one request may ask for; each is a job of its own (they share the
+    /// prompt's prefill), so this bounds what one request can take of the slots and queue.
+    pub max_n: usize,
     /// When set, `/v1/*` requests need `Authorization: Bearer <key>` (401 otherwise, in
     /// OpenAI's error shape); `/health` and `/metrics` stay open for probes and scrapers.
     pub api_key: Option<String>,
@@ -54,6 +57,7 @@ impl Default for ServerConfig {
             log_prompts: false,
             model_name: "model".to_owned(),
             served_names: Vec::new(),
+            max_n: 8,
             api_key: None,
         }
     }
@@ -101,11 +105,16 @@ pub struct AppState {
     next_id: AtomicU64,
     /// Set once a shutdown began: `/health` answers 503 so balancers stop sending work.
     draining: AtomicBool,
+    /// When the server started (Unix seconds): the `created` of its model objects.
+    pub started_at: u64,
 }
 
 impl AppState {
     pub fn new(config: ServerConfig) -> Arc<AppState> {
         Arc::new(AppState {
+            started_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
             metrics: Arc::new(Metrics::for_model(&config.model_name)),
             config,
             ready: OnceLock::new(),

@@ -115,6 +115,9 @@ pub struct ChatRequest {
     pub top_k: Option<i64>,
     #[serde(default)]
     pub logprobs: Option<bool>,
+    /// 0 to 20 most likely alternatives per token; needs `logprobs: true`.
+    #[serde(default)]
+    pub top_logprobs: Option<i64>,
     /// Token id (as a string key) → bias in [-100, 100], added to that token's logit.
     #[serde(default)]
     pub logit_bias: Option<std::collections::BTreeMap<String, f64>>,
@@ -180,6 +183,24 @@ pub struct CompletionRequest {
     pub top_k: Option<i64>,
     #[serde(default)]
     pub logit_bias: Option<std::collections::BTreeMap<String, f64>>,
+    /// The legacy completions' `logprobs`: report each token's log-probability and this many
+    /// (0 to 20) most likely alternatives.
+    #[serde(default)]
+    pub logprobs: Option<i64>,
+}
+
+/// The most alternatives per token `top_logprobs` / `logprobs` may ask for (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: i64 = 20;
+
+fn check_top(k: i64, param: &str) -> Result<usize, ApiError> {
+    if !(0..=MAX_TOP_LOGPROBS).contains(&k) {
+        return Err(ApiError::invalid(
+            format!("{param} = {k}: it must be between 0 and {MAX_TOP_LOGPROBS}"),
+            Some(param),
+            "invalid_value",
+        ));
+    }
+    Ok(k as usize)
 }
 
 /// Parses a JSON body, mapping serde's failure to OpenAI's 400 (unknown field, wrong type, syntax).
@@ -215,6 +236,11 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
 #[derive(Clone, Debug)]
 pub struct Params {
     pub max_tokens: Option<usize>,
+    /// Choices to generate (`n`); the server checks it against its `--max-n`.
+    pub n: usize,
+    /// Log-probabilities to report: `Some(k)` = each token's and its k most likely
+    /// alternatives.
+    pub logprobs: Option<usize>,
     pub sampling: Sampling,
     pub stop: Vec<String>,
     pub stream: bool,
@@ -296,17 +322,17 @@ pub fn check_params(
     extras: SamplingExtras,
     max_context: usize,
 ) -> Result<Params, ApiError> {
-    if let Some(n) = n
-        && n != 1
-    {
-        return Err(ApiError::invalid(
-            format!(
-                "n = {n} is not supported; this server generates one choice per request (n = 1)"
-            ),
-            Some("n"),
-            "unsupported_value",
-        ));
-    }
+    let n = match n {
+        None => 1,
+        Some(n) if n >= 1 => n as usize,
+        Some(n) => {
+            return Err(ApiError::invalid(
+                format!("n = {n}: it must be at least 1"),
+                Some("n"),
+                "invalid_value",
+            ));
+        }
+    };
     let max_tokens = match max_tokens {
         None => None,
         Some(m) if m < 1 => {
@@ -365,6 +391,8 @@ pub fn check_params(
     };
     Ok(Params {
         max_tokens,
+        n,
+        logprobs: None,
         sampling: Sampling {
             temperature,
             top_k,
@@ -405,6 +433,17 @@ impl ChatRequest {
             max_context,
         )?;
         p.sampling.logit_bias = check_logit_bias(self.logit_bias.as_ref(), vocab_size)?;
+        p.logprobs = match (self.logprobs, self.top_logprobs) {
+            (Some(true), k) => Some(check_top(k.unwrap_or(0), "top_logprobs")?),
+            (_, Some(k)) if k > 0 => {
+                return Err(ApiError::invalid(
+                    format!("top_logprobs = {k} needs logprobs: true"),
+                    Some("top_logprobs"),
+                    "invalid_value",
+                ));
+            }
+            _ => None,
+        };
         Ok(p)
     }
 
@@ -624,6 +663,10 @@ impl CompletionRequest {
             max_context,
         )?;
         p.sampling.logit_bias = check_logit_bias(self.logit_bias.as_ref(), vocab_size)?;
+        p.logprobs = self
+            .logprobs
+            .map(|k| check_top(k, "logprobs"))
+            .transpose()?;
         // OpenAI's legacy completions default to 16 tokens.
         p.max_tokens.get_or_insert(16);
         Ok(p)
@@ -849,11 +892,39 @@ mod tests {
     }
 
     #[test]
-    fn n_above_one_is_refused() {
-        let mut r: ChatRequest =
-            parse_body(br#"{"messages":[{"role":"user","content":"hi"}],"n":2}"#).unwrap();
-        let e = r.params(64, 100).unwrap_err();
+    fn n_below_one_and_top_logprobs_without_logprobs_are_refused() {
+        let parse = |b: &str| -> ChatRequest { parse_body(b.as_bytes()).unwrap() };
+        let msgs = r#""messages":[{"role":"user","content":"hi"}]"#;
+        let e = parse(&format!("{{{msgs},\"n\":0}}"))
+            .params(64, 100)
+            .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("n"));
+        assert_eq!(
+            parse(&format!("{{{msgs},\"n\":3}}"))
+                .params(64, 100)
+                .unwrap()
+                .n,
+            3
+        );
+        let e = parse(&format!("{{{msgs},\"top_logprobs\":2}}"))
+            .params(64, 100)
+            .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("top_logprobs"));
+        let e = parse(&format!("{{{msgs},\"logprobs\":true,\"top_logprobs\":21}}"))
+            .params(64, 100)
+            .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("top_logprobs"));
+        let p = parse(&format!("{{{msgs},\"logprobs\":true,\"top_logprobs\":5}}"))
+            .params(64, 100)
+            .unwrap();
+        assert_eq!(p.logprobs, Some(5));
+        assert_eq!(
+            parse(&format!("{{{msgs},\"logprobs\":false}}"))
+                .params(64, 100)
+                .unwrap()
+                .logprobs,
+            None
+        );
     }
 
     #[test]

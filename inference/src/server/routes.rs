@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
-use crate::server::batcher::Event;
+use crate::server::batcher::{Event, TokenLogprob};
 use crate::server::chat::{collect_events, fit_context, start_chat, submit_job};
 use crate::server::errors::ApiError;
 use crate::server::openai::{
@@ -58,6 +58,9 @@ pub async fn handle(
         (&Method::GET, "/health") => Ok(health(&state)),
         (&Method::GET, "/metrics") => Ok(metrics(&state)),
         (&Method::GET, "/v1/models") => models(&state),
+        (&Method::GET, p) if p.starts_with("/v1/models/") => {
+            model(&state, &p["/v1/models/".len()..])
+        }
         (&Method::POST, "/v1/chat/completions") => chat(req, &state, arrived).await,
         (&Method::POST, "/v1/completions") => completion(req, &state, arrived).await,
         (_, "/health" | "/metrics" | "/v1/models" | "/v1/chat/completions" | "/v1/completions") => {
@@ -162,26 +165,66 @@ fn check_model(state: &AppState, r: &Ready, asked: Option<&str>) -> Result<(), A
     }
 }
 
+/// The model object of served name `name`.
+fn model_object(state: &AppState, r: &Ready, name: &str, primary: &str) -> Value {
+    json!({
+        "id": name,
+        "object": "model",
+        "created": state.started_at,
+        "owned_by": "sandgraph",
+        "root": primary,
+        "max_model_len": r.batcher.max_context(),
+    })
+}
+
 fn models(state: &AppState) -> Result<Response<Body>, ApiError> {
     let r = ready(state)?;
     let names = served_names(state, r);
     let data: Vec<Value> = names
         .iter()
-        .map(|n| {
-            json!({
-                "id": n,
-                "object": "model",
-                "created": 0,
-                "owned_by": "sandgraph",
-                "root": names[0],
-                "max_model_len": r.batcher.max_context(),
-            })
-        })
+        .map(|n| model_object(state, r, n, &names[0]))
         .collect();
     Ok(json_response(
         StatusCode::OK,
         &json!({"object": "list", "data": data}),
     ))
+}
+
+/// `GET /v1/models/{id}` (OpenAI's `models.retrieve`): the model object, or 404
+/// `model_not_found` for a name not served.
+fn model(state: &AppState, id: &str) -> Result<Response<Body>, ApiError> {
+    let r = ready(state)?;
+    let names = served_names(state, r);
+    // Names are path segments; a client may percent-encode characters such as '/' or ' '.
+    let id = percent_decode(id);
+    if !names.contains(&id) {
+        return Err(ApiError::model_not_found(&id, &names));
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &model_object(state, r, &id, &names[0]),
+    ))
+}
+
+/// `%XX` escapes decoded (invalid ones kept as written).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Reads the body, refusing it before reading further once it passes the size limit.
@@ -228,6 +271,65 @@ fn sse_response(body: SseBody) -> Response<Body> {
         .expect("static headers are valid")
 }
 
+/// `n` as the request gives it, refused past the server's `max_n` (values below 1 are
+/// refused with the other parameters).
+fn check_n(state: &AppState, n: Option<i64>) -> Result<usize, ApiError> {
+    let max = state.config.max_n;
+    match n {
+        Some(n) if n > max as i64 => Err(ApiError::invalid(
+            format!("n = {n}: this server generates at most {max} choices per request (--max-n)"),
+            Some("n"),
+            "invalid_value",
+        )),
+        Some(n) if n >= 1 => Ok(n as usize),
+        _ => Ok(1),
+    }
+}
+
+/// The seed of choice `i` of `n`: the request's seed (or one from the clock) plus `i`, so
+/// choices differ and a seeded request stays reproducible.
+fn choice_seed(seed: Option<i64>, i: usize) -> i64 {
+    let base = seed.unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64)
+    });
+    base.wrapping_add(i as i64)
+}
+
+/// One generated token's entry in a chat choice's `logprobs.content`.
+fn chat_logprob(t: &TokenLogprob) -> Value {
+    json!({
+        "token": t.token, "logprob": t.logprob, "bytes": t.bytes,
+        "top_logprobs": t.top.iter()
+            .map(|(tok, b, lp)| json!({"token": tok, "logprob": lp, "bytes": b}))
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// A chat choice's `logprobs` object.
+fn chat_logprobs(l: &[TokenLogprob]) -> Value {
+    json!({"content": l.iter().map(chat_logprob).collect::<Vec<_>>(), "refusal": null})
+}
+
+/// The legacy completions' `logprobs` object; `offset` is the text length (in characters)
+/// before the first of these tokens.
+fn completion_logprobs(l: &[TokenLogprob], mut offset: usize) -> Value {
+    let mut text_offset = Vec::with_capacity(l.len());
+    for t in l {
+        text_offset.push(offset);
+        offset += t.token.chars().count();
+    }
+    json!({
+        "tokens": l.iter().map(|t| t.token.clone()).collect::<Vec<_>>(),
+        "token_logprobs": l.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+        "top_logprobs": l.iter()
+            .map(|t| t.top.iter().map(|(tok, _, lp)| (tok.clone(), json!(lp))).collect::<serde_json::Map<_, _>>())
+            .collect::<Vec<_>>(),
+        "text_offset": text_offset,
+    })
+}
+
 async fn chat(
     req: Request<Incoming>,
     state: &Arc<AppState>,
@@ -238,27 +340,70 @@ async fn chat(
     cr.read_property_order(&body);
     let r = ready(state)?;
     check_model(state, r, cr.model.as_deref())?;
+    let n = check_n(state, cr.n)?;
     let id = format!("chatcmpl-{}", state.next_request_id());
-    let mut s = start_chat(r, id, cr, arrived, state.config.log_prompts)?;
-    let created = now_secs();
-    if s.params.stream {
-        let (id, model) = (s.id.clone(), s.model.clone());
-        let include_usage = s.params.include_usage;
-        let chunk = move |delta: Value, finish: Option<&str>| {
-            json!({
-                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
-            })
+    // Choice i is its own engine job (seed + i); the engine shares their common prefill
+    // across slots, so the prompt is computed once.
+    let mut jobs = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut c = cr.clone();
+        let job_id = if n == 1 {
+            id.clone()
+        } else {
+            c.seed = Some(choice_seed(cr.seed, i));
+            format!("{id}-{i}")
         };
-        let (id2, model2) = (s.id.clone(), s.model.clone());
-        let call_id = s.tool_call_id();
-        let mut calls = s.tool_mode.map(|auto| ToolStream::new(call_id, auto));
-        let format = Box::new(move |ev: &Event| match ev {
-            Event::Started => vec![chunk(json!({"role": "assistant", "content": ""}), None)],
-            Event::Text(t) => match calls.as_mut() {
-                Some(c) => c.push(t).into_iter().map(|d| chunk(d, None)).collect(),
-                None => vec![chunk(json!({"content": t}), None)],
-            },
+        jobs.push(start_chat(r, job_id, c, arrived, state.config.log_prompts)?);
+    }
+    let created = now_secs();
+    let model = jobs[0].model.clone();
+    let want_logprobs = jobs[0].params.logprobs.is_some();
+    if jobs[0].params.stream {
+        let include_usage = jobs[0].params.include_usage;
+        let chunk = {
+            let (id, model) = (id.clone(), model.clone());
+            move |index: usize, delta: Value, logprobs: Value, finish: Option<&str>| {
+                json!({
+                    "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                    "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
+                })
+            }
+        };
+        let mut calls: Vec<Option<ToolStream>> = jobs
+            .iter()
+            .map(|j| {
+                j.tool_mode
+                    .map(|auto| ToolStream::new(j.tool_call_id(), auto))
+            })
+            .collect();
+        let mut unsent: Vec<Vec<TokenLogprob>> = vec![Vec::new(); n];
+        let (mut done, mut completion) = (0, 0);
+        let format = Box::new(move |i: usize, ev: &Event| match ev {
+            Event::Started => vec![chunk(
+                i,
+                json!({"role": "assistant", "content": ""}),
+                Value::Null,
+                None,
+            )],
+            Event::Logprobs(l) => {
+                unsent[i].extend(l.iter().cloned());
+                vec![]
+            }
+            Event::Text(t) => {
+                let deltas = match calls[i].as_mut() {
+                    Some(c) => c.push(t),
+                    None => vec![json!({"content": t})],
+                };
+                let mut lp = if want_logprobs && !deltas.is_empty() {
+                    chat_logprobs(&std::mem::take(&mut unsent[i]))
+                } else {
+                    Value::Null
+                };
+                deltas
+                    .into_iter()
+                    .map(|d| chunk(i, d, std::mem::take(&mut lp), None))
+                    .collect()
+            }
             Event::Done {
                 finish,
                 prompt_tokens,
@@ -266,51 +411,74 @@ async fn chat(
             } => {
                 let mut v = Vec::new();
                 let mut reason = finish_reason(*finish);
-                if let Some(c) = calls.as_mut() {
+                if want_logprobs && calls[i].is_none() && !unsent[i].is_empty() {
+                    // Tokens without text of their own (held to the end) still report.
+                    let lp = chat_logprobs(&std::mem::take(&mut unsent[i]));
+                    v.push(chunk(i, json!({"content": ""}), lp, None));
+                }
+                if let Some(c) = calls[i].as_mut() {
                     let (deltas, is_call) = c.finish();
-                    v.extend(deltas.into_iter().map(|d| chunk(d, None)));
+                    let mut lp = if want_logprobs && !deltas.is_empty() {
+                        chat_logprobs(&std::mem::take(&mut unsent[i]))
+                    } else {
+                        Value::Null
+                    };
+                    v.extend(
+                        deltas
+                            .into_iter()
+                            .map(|d| chunk(i, d, std::mem::take(&mut lp), None)),
+                    );
                     if is_call {
                         reason = "tool_calls";
                     }
                 }
-                v.push(chunk(json!({}), Some(reason)));
-                if include_usage {
+                v.push(chunk(i, json!({}), Value::Null, Some(reason)));
+                done += 1;
+                completion += completion_tokens;
+                if include_usage && done == n {
                     v.push(json!({
-                        "id": id2, "object": "chat.completion.chunk", "created": created,
-                        "model": model2, "choices": [],
-                        "usage": usage(*prompt_tokens, *completion_tokens),
+                        "id": id, "object": "chat.completion.chunk", "created": created,
+                        "model": model, "choices": [],
+                        "usage": usage(*prompt_tokens, completion),
                     }));
                 }
                 v
             }
             Event::Failed(msg) => vec![ApiError::internal(msg.clone()).body_json()],
         });
-        return Ok(sse_response(SseBody::new(s.events, format)));
+        let events = jobs.into_iter().map(|j| j.events).collect();
+        return Ok(sse_response(SseBody::new(events, format)));
     }
-    let answer = s.collect(&mut |_| {}).await?;
-    let message = match &answer.tool_call {
-        Some(call) => json!({
-            "role": "assistant",
-            "content": null,
-            "tool_calls": [{
-                "id": call.id,
-                "type": "function",
-                "function": {"name": call.name, "arguments": call.arguments},
-            }],
-        }),
-        None => json!({"role": "assistant", "content": answer.content}),
-    };
+    let (mut choices, mut prompt, mut completion) = (Vec::with_capacity(n), 0, 0);
+    for (index, job) in jobs.iter_mut().enumerate() {
+        let answer = job.collect(&mut |_| {}).await?;
+        let message = match &answer.tool_call {
+            Some(call) => json!({
+                "role": "assistant",
+                "content": null,
+                "tool_calls": [{
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments},
+                }],
+            }),
+            None => json!({"role": "assistant", "content": answer.content}),
+        };
+        choices.push(json!({
+            "index": index,
+            "message": message,
+            "logprobs": answer.logprobs.as_deref().map_or(Value::Null, chat_logprobs),
+            "finish_reason": answer.finish_reason,
+        }));
+        prompt = answer.prompt_tokens;
+        completion += answer.completion_tokens;
+    }
     Ok(json_response(
         StatusCode::OK,
         &json!({
-            "id": s.id, "object": "chat.completion", "created": created, "model": s.model,
-            "choices": [{
-                "index": 0,
-                "message": message,
-                "logprobs": null,
-                "finish_reason": answer.finish_reason,
-            }],
-            "usage": usage(answer.prompt_tokens, answer.completion_tokens),
+            "id": id, "object": "chat.completion", "created": created, "model": model,
+            "choices": choices,
+            "usage": usage(prompt, completion),
         }),
     ))
 }
@@ -409,7 +577,8 @@ async fn completion(
     let mut cr: CompletionRequest = parse_body(&body)?;
     let r = ready(state)?;
     check_model(state, r, cr.model.as_deref())?;
-    let params = cr.params(r.batcher.max_context(), r.tok.vocab_size())?;
+    let n = check_n(state, cr.n)?;
+    let mut params = cr.params(r.batcher.max_context(), r.tok.vocab_size())?;
     let (prompt, text) = match cr.prompt_input(r.tok.vocab_size())? {
         PromptInput::Text(text) => (r.tok.encode(&text, false), text),
         PromptInput::Tokens(ids) => {
@@ -420,42 +589,76 @@ async fn completion(
     let max_tokens = fit_context(&prompt, &params, r.batcher.max_context())?;
     let id = format!("cmpl-{}", state.next_request_id());
     let log_prompts = state.config.log_prompts;
-    let mut events = submit_job(
-        r,
-        &id,
-        arrived,
-        prompt,
-        max_tokens,
-        &params,
-        &text,
-        None,
-        log_prompts,
-    )?;
+    let mut events = Vec::with_capacity(n);
+    for i in 0..n {
+        let job_id = if n == 1 {
+            id.clone()
+        } else {
+            params.sampling.seed = choice_seed(cr.seed, i) as u64;
+            format!("{id}-{i}")
+        };
+        events.push(submit_job(
+            r,
+            &job_id,
+            arrived,
+            prompt.clone(),
+            max_tokens,
+            &params,
+            &text,
+            None,
+            log_prompts,
+        )?);
+    }
     let model = r.model_name.clone();
     let created = now_secs();
+    let want_logprobs = params.logprobs.is_some();
     if params.stream {
         let include_usage = params.include_usage;
-        let format = Box::new(move |ev: &Event| {
-            let chunk = |text: &str, finish: Option<&str>| {
+        let mut unsent: Vec<Vec<TokenLogprob>> = vec![Vec::new(); n];
+        let mut chars = vec![0usize; n];
+        let (mut done, mut completion) = (0, 0);
+        let format = Box::new(move |i: usize, ev: &Event| {
+            let chunk = |text: &str, logprobs: Value, finish: Option<&str>| {
                 json!({
                     "id": id, "object": "text_completion", "created": created, "model": model,
-                    "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": finish}],
+                    "choices": [{"index": i, "text": text, "logprobs": logprobs, "finish_reason": finish}],
                 })
             };
             match ev {
                 Event::Started => vec![],
-                Event::Text(t) => vec![chunk(t, None)],
+                Event::Logprobs(l) => {
+                    unsent[i].extend(l.iter().cloned());
+                    vec![]
+                }
+                Event::Text(t) => {
+                    let lp = if want_logprobs {
+                        let l = std::mem::take(&mut unsent[i]);
+                        let v = completion_logprobs(&l, chars[i]);
+                        chars[i] += l.iter().map(|t| t.token.chars().count()).sum::<usize>();
+                        v
+                    } else {
+                        Value::Null
+                    };
+                    vec![chunk(t, lp, None)]
+                }
                 Event::Done {
                     finish,
                     prompt_tokens,
                     completion_tokens,
                 } => {
-                    let mut v = vec![chunk("", Some(finish_reason(*finish)))];
-                    if include_usage {
+                    let mut v = Vec::new();
+                    if want_logprobs && !unsent[i].is_empty() {
+                        let l = std::mem::take(&mut unsent[i]);
+                        v.push(chunk("", completion_logprobs(&l, chars[i]), None));
+                    }
+                    v.push(chunk("", Value::Null, Some(finish_reason(*finish))));
+                    done += 1;
+                    completion += completion_tokens;
+                    if include_usage && done == n {
                         v.push(json!({
                             "id": id, "object": "text_completion", "created": created,
                             "model": model, "choices": [],
-                            "usage": usage(*prompt_tokens, *completion_tokens),
+                            "usage": usage(*prompt_tokens, completion),
                         }));
                     }
                     v
@@ -465,13 +668,24 @@ async fn completion(
         });
         return Ok(sse_response(SseBody::new(events, format)));
     }
-    let (text, finish, p, c) = collect_events(&id, &mut events, log_prompts, &mut |_| {}).await?;
+    let (mut choices, mut prompt_n, mut completion) = (Vec::with_capacity(n), 0, 0);
+    for (index, ev) in events.iter_mut().enumerate() {
+        let c = collect_events(&id, ev, log_prompts, &mut |_| {}).await?;
+        choices.push(json!({
+            "index": index,
+            "text": c.text,
+            "logprobs": if want_logprobs { completion_logprobs(&c.logprobs, 0) } else { Value::Null },
+            "finish_reason": c.finish,
+        }));
+        prompt_n = c.prompt_tokens;
+        completion += c.completion_tokens;
+    }
     Ok(json_response(
         StatusCode::OK,
         &json!({
             "id": id, "object": "text_completion", "created": created, "model": model,
-            "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": finish}],
-            "usage": usage(p, c),
+            "choices": choices,
+            "usage": usage(prompt_n, completion),
         }),
     ))
 }

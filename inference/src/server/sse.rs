@@ -12,20 +12,27 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::server::batcher::Event;
 
-/// Turns one engine event into zero or more JSON payloads (each becomes one `data:` line).
-pub type Formatter = Box<dyn FnMut(&Event) -> Vec<serde_json::Value> + Send>;
+/// Turns one engine event of choice `index` into zero or more JSON payloads (each becomes one
+/// `data:` line).
+pub type Formatter = Box<dyn FnMut(usize, &Event) -> Vec<serde_json::Value> + Send>;
 
+/// The stream of one request's choices: each choice's engine events, interleaved as they come,
+/// ending with `data: [DONE]` once every choice is done (or at the first failure).
 pub struct SseBody {
-    events: UnboundedReceiver<Event>,
+    /// One receiver per choice; `None` once that choice is done.
+    events: Vec<Option<UnboundedReceiver<Event>>>,
     format: Formatter,
+    /// The choice polled first next time, so no choice starves the others.
+    next: usize,
     finished: bool,
 }
 
 impl SseBody {
-    pub fn new(events: UnboundedReceiver<Event>, format: Formatter) -> Self {
+    pub fn new(events: Vec<UnboundedReceiver<Event>>, format: Formatter) -> Self {
         SseBody {
-            events,
+            events: events.into_iter().map(Some).collect(),
             format,
+            next: 0,
             finished: false,
         }
     }
@@ -44,35 +51,54 @@ impl Body for SseBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = &mut *self;
+        let mut out = Vec::new();
         loop {
-            if self.finished {
+            if this.finished {
                 return Poll::Ready(None);
             }
-            let ev = match self.events.poll_recv(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(ev) => ev,
-            };
-            let Some(ev) = ev else {
-                // The engine dropped the request without a final event (it stopped).
-                self.finished = true;
-                let err = crate::server::errors::ApiError::internal(
-                    "the engine stopped before the request finished",
-                );
-                let mut out = frame(&err.body_json().to_string()).to_vec();
-                out.extend_from_slice(&frame("[DONE]"));
-                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
-            };
-            let last = matches!(ev, Event::Done { .. } | Event::Failed(_));
-            let mut out = Vec::new();
-            for v in (self.format)(&ev) {
-                out.extend_from_slice(&frame(&v.to_string()));
-            }
-            if last {
-                self.finished = true;
-                out.extend_from_slice(&frame("[DONE]"));
+            let n = this.events.len();
+            let mut progressed = false;
+            for k in 0..n {
+                let i = (this.next + k) % n;
+                let Some(rx) = this.events[i].as_mut() else {
+                    continue;
+                };
+                let ev = match rx.poll_recv(cx) {
+                    Poll::Pending => continue,
+                    Poll::Ready(ev) => ev,
+                };
+                progressed = true;
+                let Some(ev) = ev else {
+                    // The engine dropped the request without a final event (it stopped).
+                    this.finished = true;
+                    let err = crate::server::errors::ApiError::internal(
+                        "the engine stopped before the request finished",
+                    );
+                    out.extend_from_slice(&frame(&err.body_json().to_string()));
+                    out.extend_from_slice(&frame("[DONE]"));
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                };
+                let failed = matches!(ev, Event::Failed(_));
+                if matches!(ev, Event::Done { .. }) || failed {
+                    this.events[i] = None;
+                }
+                for v in (this.format)(i, &ev) {
+                    out.extend_from_slice(&frame(&v.to_string()));
+                }
+                if failed || this.events.iter().all(Option::is_none) {
+                    this.finished = true;
+                    out.extend_from_slice(&frame("[DONE]"));
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                }
+                this.next = (i + 1) % n;
+                break;
             }
             if !out.is_empty() {
-                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(std::mem::take(&mut out))))));
+            }
+            if !progressed {
+                return Poll::Pending;
             }
         }
     }
