@@ -1,7 +1,9 @@
 """Drives a running `sandgraph-infer serve` with langchain-openai and instructor, as a new user
 would. Usage: python compat_clients.py BASE_URL   (started by inference/tests/compat_clients.rs)
 """
+import datetime
 import json
+import re
 import sys
 import time
 import urllib.request
@@ -64,8 +66,8 @@ raw = res["raw"].content
 assert raw.index('"reasoning"') < raw.index('"answer"'), raw
 assert isinstance(res["parsed"], Answer), res
 
-# instructor: a pydantic model in json_schema mode (numeric bounds such as Field(ge=...) are
-# still refused: issue 23 item 3 is not done).
+# instructor: pydantic models in json_schema mode, with strict-mode keywords (bounds, formats,
+# patterns) enforced while decoding, so validation never fails.
 client = instructor.from_openai(
     openai.OpenAI(base_url=base + "/v1", api_key=API_KEY, max_retries=0),
     mode=instructor.Mode.JSON_SCHEMA,
@@ -82,4 +84,23 @@ city = client.chat.completions.create(
     messages=[{"role": "user", "content": "Describe Paris."}],
 )
 assert isinstance(city, City), city
-print("langchain-openai and instructor ok:", call, raw, city)
+
+
+class Visit(BaseModel):
+    city: str = Field(max_length=20)
+    year: int = Field(ge=1900, le=2100)
+    rating: float = Field(gt=0, le=5)
+    day: datetime.date
+    starts: datetime.datetime
+    code: str = Field(pattern=r"^[A-Z]{3}$")
+    contact: str = Field(json_schema_extra={"format": "email"})
+
+
+visit = client.chat.completions.create(
+    model="smollm2", response_model=Visit, max_retries=0, temperature=0, max_tokens=160,
+    messages=[{"role": "user", "content": "Plan a visit to Paris: year, rating, day, start, airport code, contact."}],
+)
+assert isinstance(visit, Visit), visit
+assert 1900 <= visit.year <= 2100 and 0 < visit.rating <= 5, visit
+assert re.fullmatch(r"[A-Z]{3}", visit.code) and "@" in visit.contact, visit
+print("langchain-openai and instructor ok:", call, raw, city, visit)

@@ -29,24 +29,24 @@ fn accepts_doc(schema: &Value, doc: &str) -> bool {
 
 #[test]
 fn unsupported_keywords_are_named() {
-    let e = Grammar::compile(&json!({"type": "string", "pattern": "a+"})).unwrap_err();
+    let e = Grammar::compile(&json!({"type": "array", "uniqueItems": true})).unwrap_err();
     assert_eq!(
         e,
         SchemaError::Unsupported {
             path: "#".into(),
-            keyword: "pattern".into()
+            keyword: "uniqueItems".into()
         }
     );
-    assert!(e.to_string().contains("'pattern'"), "{e}");
+    assert!(e.to_string().contains("'uniqueItems'"), "{e}");
     let e = Grammar::compile(
-        &json!({"type": "object", "properties": {"a": {"type": "integer", "minimum": 3}}}),
+        &json!({"type": "object", "properties": {"a": {"type": "integer", "not": {"const": 3}}}}),
     )
     .unwrap_err();
     assert_eq!(
         e,
         SchemaError::Unsupported {
             path: "#/properties/a".into(),
-            keyword: "minimum".into()
+            keyword: "not".into()
         }
     );
     let e = Grammar::compile(

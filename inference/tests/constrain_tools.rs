@@ -62,11 +62,11 @@ fn bad_tools_and_choices_get_specific_errors() {
         })
     );
     let bad_schema = json!([{"type": "function", "function": {"name": "f",
-        "parameters": {"type": "object", "properties": {"x": {"type": "string", "format": "date"}}}}}]);
+        "parameters": {"type": "object", "properties": {"x": {"type": "string", "format": "uri"}}}}}]);
     let e = parse_tools(&bad_schema).unwrap_err();
     assert!(
         e.to_string()
-            .starts_with("tool 'f': schema at #/properties/x: keyword 'format'"),
+            .starts_with("tool 'f': schema at #/properties/x: format 'uri' is not supported"),
         "{e}"
     );
 

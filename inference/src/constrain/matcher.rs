@@ -7,6 +7,9 @@
 
 use std::sync::Arc;
 
+use regex_automata::util::primitives::StateID;
+
+use super::numeric::{NumBounds, NumPrefix};
 use super::schema::{ANY, Grammar, Node, NodeId};
 
 /// Generic words of the `Any` grammar.
@@ -87,11 +90,20 @@ enum Frame {
         cont: u8,
         lo: u8,
         hi: u8,
+        /// The string's `pattern`/`format` (index into the grammar's patterns) and where its
+        /// automaton stands.
+        pat: Option<(u32, StateID)>,
     },
     Num {
         integer: bool,
         st: NumSt,
         digits: u8,
+        /// The node whose bounds apply ([`NO_BOUNDS`] when none do), and the value so far
+        /// (tracked only under bounds, so unbounded numbers share states).
+        node: NodeId,
+        neg: bool,
+        int: u64,
+        frac: u64,
     },
     /// The bytes so far equal `lits[idx][..len]` of a `Literals` node.
     Lit {
@@ -124,6 +136,32 @@ pub struct Matcher {
 /// "Cannot be completed" in shortest-length arithmetic (never reached by real documents).
 const FAR: u32 = u32::MAX / 4;
 
+/// `Frame::Num::node` of a number without bounds.
+const NO_BOUNDS: NodeId = NodeId::MAX;
+
+/// The prefix a number frame stands at, for its bounds (exponent states have none: bounded
+/// numbers are written without one).
+fn num_prefix(st: NumSt, neg: bool, int: u64, frac: u64, digits: u8) -> Option<NumPrefix> {
+    Some(match st {
+        NumSt::Start => NumPrefix::Start,
+        NumSt::Minus => NumPrefix::Minus,
+        NumSt::Zero => NumPrefix::Zero { neg },
+        NumSt::Int => NumPrefix::Int {
+            neg,
+            int,
+            digits: digits as u32,
+        },
+        NumSt::Dot => NumPrefix::Dot { neg, int },
+        NumSt::Frac => NumPrefix::Frac {
+            neg,
+            int,
+            frac,
+            digits: digits as u32,
+        },
+        NumSt::Exp | NumSt::ExpSign | NumSt::ExpDig => return None,
+    })
+}
+
 /// The shortest compact document of every node, by fixpoint (recursive `$ref`s converge).
 fn node_min_lens(g: &Grammar) -> Vec<u32> {
     let mut m = vec![FAR; g.nodes.len()];
@@ -132,7 +170,13 @@ fn node_min_lens(g: &Grammar) -> Vec<u32> {
         let mut changed = false;
         for (i, n) in g.nodes.iter().enumerate() {
             let v = match n {
-                Node::Any | Node::Integer | Node::Number => 1,
+                Node::Any => 1,
+                Node::Integer(b) => {
+                    b.map_or(1, |b| b.close_bytes(NumPrefix::Start, true).unwrap_or(FAR))
+                }
+                Node::Number(b) => {
+                    b.map_or(1, |b| b.close_bytes(NumPrefix::Start, false).unwrap_or(FAR))
+                }
                 Node::AnyObject => 2,
                 Node::Object { props } => {
                     let req: Vec<&super::schema::Prop> =
@@ -146,7 +190,13 @@ fn node_min_lens(g: &Grammar) -> Vec<u32> {
                     add(2, m[*items as usize].saturating_mul(*min).min(FAR)),
                     min.saturating_sub(1),
                 ),
-                Node::String { min, .. } => add(2, *min),
+                Node::String { min, pattern, .. } => add(
+                    2,
+                    (*min).max(pattern.map_or(0, |p| {
+                        let p = &g.patterns[p as usize];
+                        p.close(p.start())
+                    })),
+                ),
                 Node::Boolean | Node::Null => 4,
                 Node::Literals(l) => l.iter().map(|l| l.len() as u32).min().unwrap_or(FAR),
                 Node::AnyOf(a) => a.iter().map(|&a| m[a as usize]).min().unwrap_or(FAR),
@@ -193,6 +243,7 @@ impl Matcher {
                                 cont,
                                 lo,
                                 hi,
+                                pat,
                             } if count >= min && max - count > horizon => Frame::Str {
                                 min,
                                 max,
@@ -201,6 +252,7 @@ impl Matcher {
                                 cont,
                                 lo,
                                 hi,
+                                pat,
                             },
                             f => f,
                         })
@@ -337,6 +389,7 @@ impl Matcher {
                 count,
                 esc,
                 cont,
+                pat,
                 ..
             } => {
                 let (pending, counted) = match esc {
@@ -344,11 +397,26 @@ impl Matcher {
                     Esc::Backslash => (1, 1),
                     Esc::Hex(n) => (n as u32, 1),
                 };
-                pending + min.saturating_sub(count + counted) + 1
+                let chars = pending + min.saturating_sub(count + counted);
+                let pattern = pat.map_or(0, |(p, st)| self.g.patterns[p as usize].close(st));
+                chars.max(pattern).saturating_add(1).min(FAR)
             }
-            Frame::Num { st, .. } => match st {
-                NumSt::Zero | NumSt::Int | NumSt::Frac | NumSt::ExpDig => 0,
-                _ => 1,
+            Frame::Num {
+                integer,
+                st,
+                digits,
+                node,
+                neg,
+                int,
+                frac,
+            } => match self.num_bounds(node) {
+                Some(b) => num_prefix(st, neg, int, frac, digits)
+                    .and_then(|p| b.close_bytes(p, integer))
+                    .unwrap_or(FAR),
+                None => match st {
+                    NumSt::Zero | NumSt::Int | NumSt::Frac | NumSt::ExpDig => 0,
+                    _ => 1,
+                },
             },
             Frame::Lit { node, idx, len } => {
                 let lits = self.lits(node);
@@ -409,8 +477,21 @@ impl Matcher {
 
     fn can_end(&self, f: &Frame) -> bool {
         match *f {
-            Frame::Num { st, .. } => {
+            Frame::Num {
+                integer,
+                st,
+                digits,
+                node,
+                neg,
+                int,
+                frac,
+            } => {
                 matches!(st, NumSt::Zero | NumSt::Int | NumSt::Frac | NumSt::ExpDig)
+                    && self.num_bounds(node).is_none_or(|b| {
+                        num_prefix(st, neg, int, frac, digits)
+                            .and_then(|p| b.close_bytes(p, integer))
+                            == Some(0)
+                    })
             }
             Frame::Lit { node, idx, len } => {
                 let lits = self.lits(node);
@@ -418,6 +499,17 @@ impl Matcher {
                     .any(|l| l.len() == len as usize && l[..] == lits[idx as usize][..len as usize])
             }
             _ => false,
+        }
+    }
+
+    /// The bounds of number node `node` (none for [`NO_BOUNDS`] or an unbounded node).
+    fn num_bounds(&self, node: NodeId) -> Option<NumBounds> {
+        if node == NO_BOUNDS {
+            return None;
+        }
+        match self.g.node(node) {
+            Node::Integer(b) | Node::Number(b) => *b,
+            _ => None,
         }
     }
 
@@ -552,7 +644,7 @@ impl Matcher {
                     s[last] = Frame::AnyObj {
                         phase: ObjPhase::Colon(0),
                     };
-                    s.push(str_frame(0, u32::MAX));
+                    s.push(str_frame(0, u32::MAX, None));
                     Self::push_out(out, s);
                 }
                 (ObjPhase::Colon(_), b':') => {
@@ -608,8 +700,25 @@ impl Matcher {
                 cont,
                 lo,
                 hi,
+                pat,
             } => {
                 let mut f = (min, max, count, esc, cont, lo, hi);
+                let mut pat = pat;
+                if let Some((p, st)) = pat {
+                    let p_ref = &self.g.patterns[p as usize];
+                    if b == b'"' {
+                        if cont == 0 && count >= min && p_ref.ends(st) {
+                            s.pop();
+                            Self::push_out(out, s);
+                        }
+                        return;
+                    }
+                    // No escapes inside a pattern string: its bytes are the value's bytes.
+                    let Some(next) = p_ref.next(st, b) else {
+                        return;
+                    };
+                    pat = Some((p, next));
+                }
                 if cont > 0 {
                     if !(lo..=hi).contains(&b) {
                         return;
@@ -678,6 +787,15 @@ impl Matcher {
                         }
                     }
                 }
+                // Under a pattern and a maxLength, only go where a match still fits: the
+                // shortest way to one (in bytes, so at least as many as in characters) must
+                // be within the characters left.
+                if let Some((p, st)) = pat
+                    && f.1 != u32::MAX
+                    && self.g.patterns[p as usize].close(st) > f.1.saturating_sub(f.2)
+                {
+                    return;
+                }
                 s[last] = Frame::Str {
                     min: f.0,
                     max: f.1,
@@ -686,6 +804,7 @@ impl Matcher {
                     cont: f.4,
                     lo: f.5,
                     hi: f.6,
+                    pat,
                 };
                 Self::push_out(out, s);
             }
@@ -693,8 +812,17 @@ impl Matcher {
                 integer,
                 st,
                 digits,
+                node,
+                neg,
+                int,
+                frac,
             } => {
+                let bounds = self.num_bounds(node);
                 let d = b.is_ascii_digit();
+                if bounds.is_some() && matches!(b, b'e' | b'E') {
+                    return; // bounded numbers are written without an exponent
+                }
+                let prev = st;
                 let (st, digits) = match (st, b) {
                     (NumSt::Start, b'-') => (NumSt::Minus, 0),
                     (NumSt::Start | NumSt::Minus, b'0') => (NumSt::Zero, 1),
@@ -713,10 +841,36 @@ impl Matcher {
                     }
                     _ => return,
                 };
+                let (mut neg, mut int, mut frac) = (neg, int, frac);
+                if let Some(bounds) = bounds {
+                    let v = (b - b'0') as u64;
+                    match (prev, st) {
+                        (_, NumSt::Minus) => neg = true,
+                        (_, NumSt::Int) => int = if prev == NumSt::Int { int * 10 + v } else { v },
+                        (_, NumSt::Frac) => {
+                            frac = if prev == NumSt::Frac {
+                                frac * 10 + v
+                            } else {
+                                v
+                            }
+                        }
+                        _ => {}
+                    }
+                    let feasible = num_prefix(st, neg, int, frac, digits)
+                        .and_then(|p| bounds.close_bytes(p, integer))
+                        .is_some();
+                    if !feasible {
+                        return;
+                    }
+                }
                 s[last] = Frame::Num {
                     integer,
                     st,
                     digits,
+                    node,
+                    neg,
+                    int,
+                    frac,
                 };
                 Self::push_out(out, s);
             }
@@ -780,8 +934,8 @@ impl Matcher {
                     count: 0,
                     phase: ObjPhase::Open,
                 }),
-                b'"' => Some(str_frame(0, u32::MAX)),
-                b'-' | b'0'..=b'9' => Some(num_frame(false)),
+                b'"' => Some(str_frame(0, u32::MAX, None)),
+                b'-' | b'0'..=b'9' => Some(num_frame(false, NO_BOUNDS)),
                 b't' => Some(word(0)),
                 b'f' => Some(word(1)),
                 b'n' => Some(word(2)),
@@ -802,9 +956,12 @@ impl Matcher {
                 count: 0,
                 phase: ObjPhase::Open,
             }),
-            Node::String { min, max } => (b == b'"').then(|| str_frame(*min, *max)),
-            Node::Integer => Some(num_frame(true)),
-            Node::Number => Some(num_frame(false)),
+            Node::String { min, max, pattern } => (b == b'"').then(|| {
+                let pat = pattern.map(|p| (p, self.g.patterns[p as usize].start()));
+                str_frame(*min, *max, pat)
+            }),
+            Node::Integer(_) => Some(num_frame(true, n)),
+            Node::Number(_) => Some(num_frame(false, n)),
             Node::Boolean => match b {
                 b't' => Some(word(0)),
                 b'f' => Some(word(1)),
@@ -832,7 +989,7 @@ impl Matcher {
     }
 }
 
-fn str_frame(min: u32, max: u32) -> Frame {
+fn str_frame(min: u32, max: u32, pat: Option<(u32, StateID)>) -> Frame {
     Frame::Str {
         min,
         max,
@@ -841,13 +998,18 @@ fn str_frame(min: u32, max: u32) -> Frame {
         cont: 0,
         lo: 0x80,
         hi: 0xbf,
+        pat,
     }
 }
 
-fn num_frame(integer: bool) -> Frame {
+fn num_frame(integer: bool, node: NodeId) -> Frame {
     Frame::Num {
         integer,
         st: NumSt::Start,
         digits: 0,
+        node,
+        neg: false,
+        int: 0,
+        frac: 0,
     }
 }

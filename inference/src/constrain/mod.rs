@@ -11,7 +11,9 @@
 
 pub mod mask;
 pub mod matcher;
+pub mod numeric;
 pub mod order;
+pub mod pattern;
 pub mod schema;
 pub mod tools;
 

@@ -12,11 +12,22 @@
 //!   spaces.
 //! - `oneOf` is treated as `anyOf` (alternatives are not checked for exclusivity).
 //! - Numbers have at most 15 integer digits, 15 fraction digits and a 2-digit exponent, so they
-//!   parse as finite f64 and cannot grow forever.
+//!   parse as finite f64 and cannot grow forever. `minimum`, `maximum`, `exclusiveMinimum`,
+//!   `exclusiveMaximum` and whole-number `multipleOf` are enforced digit by digit (see
+//!   [`super::numeric`]); a number with bounds is written without an exponent, and with
+//!   `multipleOf` without a fraction.
+//! - Strings may carry a `pattern` (matched anywhere, as JSON Schema says) or one of the
+//!   `format`s date, time, date-time, email, uuid, ipv4, hostname (see [`super::pattern`]);
+//!   such strings never contain characters JSON must escape. `maxLength` counts characters
+//!   alongside; `minLength` with a pattern is refused (put the length in the pattern).
+
+use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::numeric::{NumBounds, NumPrefix};
 use super::order::PropertyOrder;
+use super::pattern::{FORMATS, Pattern, format_regex};
 
 /// Index of a node in [`Grammar::nodes`].
 pub type NodeId = u32;
@@ -42,9 +53,11 @@ pub enum Node {
     String {
         min: u32,
         max: u32,
+        /// Index into [`Grammar::patterns`] of the `pattern`/`format` the string must match.
+        pattern: Option<u32>,
     },
-    Integer,
-    Number,
+    Integer(Option<NumBounds>),
+    Number(Option<NumBounds>),
     Boolean,
     Null,
     /// One of these exact compact JSON texts (`enum`/`const`), sorted.
@@ -66,6 +79,8 @@ pub struct Prop {
 pub struct Grammar {
     pub nodes: Vec<Node>,
     pub root: NodeId,
+    /// The string expressions `Node::String` refers to.
+    pub patterns: Vec<Arc<Pattern>>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -104,6 +119,13 @@ const SUPPORTED: &[&str] = &[
     "items",
     "minItems",
     "maxItems",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+    "pattern",
+    "format",
     "anyOf",
     "oneOf",
     "$ref",
@@ -120,6 +142,7 @@ impl Grammar {
         Grammar {
             nodes: vec![Node::Any, Node::AnyObject],
             root: 1,
+            patterns: Vec::new(),
         }
     }
 
@@ -133,6 +156,7 @@ impl Grammar {
     pub fn compile_ordered(schema: &Value, order: &PropertyOrder) -> Result<Grammar, SchemaError> {
         let mut c = Compiler {
             nodes: vec![Node::Any],
+            patterns: Vec::new(),
             root: schema,
             refs: Vec::new(),
             order,
@@ -141,6 +165,7 @@ impl Grammar {
         Ok(Grammar {
             nodes: c.nodes,
             root,
+            patterns: c.patterns,
         })
     }
 
@@ -161,10 +186,12 @@ impl Grammar {
             return Err(invalid("#", "no tools to call"));
         }
         let mut nodes = vec![Node::Any];
+        let mut patterns = Vec::new();
         let mut alts = Vec::new();
         for (name, params) in tools {
             let mut c = Compiler {
                 nodes,
+                patterns,
                 root: params,
                 refs: Vec::new(),
                 order,
@@ -181,6 +208,7 @@ impl Grammar {
                 props: vec![prop("name", lit), prop("arguments", args)],
             }));
             nodes = c.nodes;
+            patterns = c.patterns;
         }
         let root = if alts.len() == 1 {
             alts[0]
@@ -188,7 +216,11 @@ impl Grammar {
             nodes.push(Node::AnyOf(alts));
             (nodes.len() - 1) as NodeId
         };
-        Ok(Grammar { nodes, root })
+        Ok(Grammar {
+            nodes,
+            root,
+            patterns,
+        })
     }
 
     pub fn node(&self, id: NodeId) -> &Node {
@@ -198,6 +230,7 @@ impl Grammar {
 
 struct Compiler<'a> {
     nodes: Vec<Node>,
+    patterns: Vec<Arc<Pattern>>,
     root: &'a Value,
     /// `$ref` targets being compiled (recursion check).
     refs: Vec<String>,
@@ -348,10 +381,43 @@ impl Compiler<'_> {
                 if min > max {
                     return Err(invalid(path, format!("minLength {min} > maxLength {max}")));
                 }
-                Node::String { min, max }
+                let pattern = self.string_pattern(v, path)?;
+                if pattern.is_some() && min > 0 {
+                    return Err(invalid(
+                        path,
+                        "'minLength' together with 'pattern' or 'format' is not supported by constrained decoding; express the length in the pattern",
+                    ));
+                }
+                if let Some(p) = pattern {
+                    let p = &self.patterns[p as usize];
+                    if max != UNBOUNDED && p.close(p.start()) > max {
+                        return Err(invalid(
+                            path,
+                            format!("no string of at most {max} characters matches {}", p.source),
+                        ));
+                    }
+                }
+                Node::String { min, max, pattern }
             }
-            "integer" => Node::Integer,
-            "number" => Node::Number,
+            "integer" | "number" => {
+                let integer = t == "integer";
+                let bounds = NumBounds::of(v).map_err(|e| invalid(path, e))?;
+                if let Some(b) = bounds
+                    && b.close_bytes(NumPrefix::Start, integer).is_none()
+                {
+                    return Err(invalid(
+                        path,
+                        format!(
+                            "no {t} of at most 15 digits satisfies its minimum, maximum and multipleOf"
+                        ),
+                    ));
+                }
+                if integer {
+                    Node::Integer(bounds)
+                } else {
+                    Node::Number(bounds)
+                }
+            }
             "boolean" => Node::Boolean,
             "null" => Node::Null,
             "array" => {
@@ -377,6 +443,46 @@ impl Compiler<'_> {
             }
         };
         Ok(self.push(node))
+    }
+
+    /// The expression a string schema's `pattern` or `format` asks for, compiled once per
+    /// grammar.
+    fn string_pattern(&mut self, v: &Value, path: &str) -> Result<Option<u32>, SchemaError> {
+        let (source, regex, anywhere) = match (v.get("pattern"), v.get("format")) {
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    path,
+                    "'pattern' and 'format' together are not supported; use one",
+                ));
+            }
+            (Some(p), None) => {
+                let Some(p) = p.as_str() else {
+                    return Err(invalid(path, "'pattern' must be a string"));
+                };
+                (format!("pattern:{p}"), p.to_owned(), true)
+            }
+            (None, Some(f)) => {
+                let Some(f) = f.as_str() else {
+                    return Err(invalid(path, "'format' must be a string"));
+                };
+                let Some(re) = format_regex(f) else {
+                    return Err(invalid(
+                        path,
+                        format!(
+                            "format '{f}' is not supported by constrained decoding; supported: {FORMATS}"
+                        ),
+                    ));
+                };
+                (format!("format:{f}"), re.to_owned(), false)
+            }
+        };
+        if let Some(i) = self.patterns.iter().position(|p| p.source == source) {
+            return Ok(Some(i as u32));
+        }
+        let p = Pattern::compile(source, &regex, anywhere).map_err(|e| invalid(path, e))?;
+        self.patterns.push(Arc::new(p));
+        Ok(Some((self.patterns.len() - 1) as u32))
     }
 
     fn object(&mut self, v: &Value, path: &str) -> Result<NodeId, SchemaError> {
