@@ -58,10 +58,10 @@ fn numeric_bounds_are_enforced_digit_by_digit() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("no integer"), "{e}");
-    let e = Grammar::compile(&json!({"type": "number", "multipleOf": 0.01}))
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("whole"), "{e}");
+    let cents = json!({"type": "number", "multipleOf": 0.01, "minimum": 0});
+    for (doc, ok) in [("3.14", true), ("3.1", true), ("3.141", false), ("7", true)] {
+        assert_eq!(accepts(&cents, doc), ok, "{doc}");
+    }
 }
 
 #[test]
@@ -125,7 +125,11 @@ fn schema(rng: &mut TestRng, depth: u32) -> Value {
                 1 => ("exclusiveMinimum", "maximum"),
                 _ => ("minimum", "exclusiveMaximum"),
             };
-            json!({"type": "number", kl: lo, kh: hi})
+            let mut s = json!({"type": "number", kl: lo, kh: hi});
+            if rng.below(3) == 0 {
+                s["multipleOf"] = json!([0.01, 0.25, 0.5, 3.0][rng.below(4)]);
+            }
+            s
         }
         2 => {
             let f = [

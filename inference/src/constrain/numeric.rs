@@ -1,5 +1,5 @@
 //! Numeric bounds of constrained numbers (`minimum`, `maximum`, `exclusiveMinimum`,
-//! `exclusiveMaximum`, integer `multipleOf`), decided on the digits typed so far.
+//! `exclusiveMaximum`, `multipleOf`), decided on the digits typed so far.
 //!
 //! Every value is handled exactly as a fixed-point integer: units of 10^-15 in an `i128`. A
 //! generated number has at most 15 integer and 15 fraction digits, and a bound must be
@@ -25,7 +25,7 @@ fn pow10(n: u32) -> i128 {
 pub struct NumBounds {
     pub lo: Option<i128>,
     pub hi: Option<i128>,
-    /// `multipleOf`, in fixed point (a whole number: only integer multiples are supported).
+    /// `multipleOf`, in fixed point.
     pub step: Option<i128>,
 }
 
@@ -122,12 +122,6 @@ impl NumBounds {
             if m <= 0 {
                 return Err("'multipleOf' must be greater than 0".into());
             }
-            if m % ONE != 0 {
-                return Err(format!(
-                    "'multipleOf' {} is not a whole number; constrained decoding supports whole multiples only",
-                    v["multipleOf"]
-                ));
-            }
             b.step = Some(m);
         }
         Ok((b != NumBounds::default()).then_some(b))
@@ -140,11 +134,6 @@ impl NumBounds {
             && self.step.is_none_or(|m| v % m == 0)
     }
 
-    /// Whether only whole numbers can satisfy these bounds' `multipleOf`.
-    pub fn whole_only(&self) -> bool {
-        self.step.is_some()
-    }
-
     /// Whether a value of the grid `a, a + step, ..., b` is within the bounds (`a` is a
     /// multiple of `step`).
     fn grid_hits(&self, a: i128, b: i128, step: i128) -> bool {
@@ -153,11 +142,13 @@ impl NumBounds {
         if lo > hi {
             return false;
         }
-        // A multiple of `step` (and of `multipleOf`) in [lo, hi]; `multipleOf` is whole, so a
-        // whole grid (step ONE) keeps its multiples on the grid.
+        // A value on the grid and a multiple of `multipleOf`: a multiple of both (the grid
+        // starts at a multiple of its step). An lcm past i128 means no such value fits.
         let s = match self.step {
-            Some(m) if step <= ONE => m,
-            Some(_) => return false,
+            Some(m) => match lcm(step, m) {
+                Some(l) => l,
+                None => return false,
+            },
             None => step,
         };
         let first = lo.div_euclid(s) * s + if lo.rem_euclid(s) == 0 { 0 } else { s };
@@ -167,13 +158,21 @@ impl NumBounds {
     /// The fewest bytes that turn `p` into a complete number within the bounds (0 when it is
     /// one already), or `None` when no completion is.
     pub fn close_bytes(&self, p: NumPrefix, integer: bool) -> Option<u32> {
-        let frac_ok = !integer && !self.whole_only();
+        let frac_ok = !integer;
         (0..=2 * MAX_DIGITS + 3).find(|&e| {
             completions(p, e, frac_ok)
                 .into_iter()
                 .any(|(a, b, step)| self.grid_hits(a, b, step))
         })
     }
+}
+
+fn gcd(a: i128, b: i128) -> i128 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+fn lcm(a: i128, b: i128) -> Option<i128> {
+    (a / gcd(a, b)).checked_mul(b)
 }
 
 /// Signed intervals `(a, b, step)` (a grid from `a` to `b`) of the values reachable from `p`
@@ -302,7 +301,11 @@ mod tests {
         assert_eq!(b.hi, Some(2 * ONE - 1));
         let b = bounds(json!({"minimum": 1, "exclusiveMinimum": true}));
         assert_eq!(b.lo, Some(ONE + 1));
-        assert!(NumBounds::of(&json!({"multipleOf": 0.5})).is_err());
+        assert_eq!(
+            bounds(json!({"multipleOf": 0.05})).step,
+            Some(5 * ONE / 100)
+        );
+        assert!(NumBounds::of(&json!({"multipleOf": 0})).is_err());
         assert!(NumBounds::of(&json!({"minimum": 1e-20})).is_err());
         assert_eq!(NumBounds::of(&json!({"type": "number"})).unwrap(), None);
     }
@@ -341,5 +344,16 @@ mod tests {
         };
         assert_eq!(m.close_bytes(fifteen, false), None);
         assert!(m.admits(14 * ONE) && !m.admits(15 * ONE));
+        // Cents: "3.1" may go on to "3.14", "3.141" may not.
+        let c = bounds(json!({"multipleOf": 0.01}));
+        let frac = |frac, digits| NumPrefix::Frac {
+            neg: false,
+            int: 3,
+            frac,
+            digits,
+        };
+        assert_eq!(c.close_bytes(frac(1, 1), false), Some(0));
+        assert_eq!(c.close_bytes(frac(14, 2), false), Some(0));
+        assert_eq!(c.close_bytes(frac(141, 3), false), None);
     }
 }

@@ -13,9 +13,8 @@
 //! - `oneOf` is treated as `anyOf` (alternatives are not checked for exclusivity).
 //! - Numbers have at most 15 integer digits, 15 fraction digits and a 2-digit exponent, so they
 //!   parse as finite f64 and cannot grow forever. `minimum`, `maximum`, `exclusiveMinimum`,
-//!   `exclusiveMaximum` and whole-number `multipleOf` are enforced digit by digit (see
-//!   [`super::numeric`]); a number with bounds is written without an exponent, and with
-//!   `multipleOf` without a fraction.
+//!   `exclusiveMaximum` and `multipleOf` are enforced digit by digit (see
+//!   [`super::numeric`]); a number with bounds is written without an exponent.
 //! - Strings may carry a `pattern` (matched anywhere, as JSON Schema says) or one of the
 //!   `format`s date, time, date-time, email, uuid, ipv4, hostname (see [`super::pattern`]);
 //!   such strings never contain characters JSON must escape. `maxLength` counts characters
