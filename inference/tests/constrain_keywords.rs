@@ -81,6 +81,10 @@ fn formats_and_patterns_accept_valid_strings_only() {
         ("ipv4", "256.1.1.1", false),
         ("hostname", "api.example.com", true),
         ("hostname", "-bad", false),
+        ("duration", "P3DT4H", true),
+        ("duration", "PT", false),
+        ("ipv6", "2001:db8:0:0:0:0:2:1", true),
+        ("ipv6", "2001:db8::1", false),
     ] {
         assert_eq!(accepts(&fmt(f), &format!("\"{doc}\"")), ok, "{f}: {doc}");
     }

@@ -43,6 +43,12 @@ pub fn format_regex(format: &str) -> Option<&'static str> {
         "ipv4" => {
             r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}"
         }
+        // RFC 3339 appendix A: P then date parts (optionally a time), a time, or weeks.
+        "duration" => {
+            r"P(?:(?:[0-9]{1,6}Y(?:[0-9]{1,6}M(?:[0-9]{1,6}D)?)?|[0-9]{1,6}M(?:[0-9]{1,6}D)?|[0-9]{1,6}D)(?:T(?:[0-9]{1,6}H(?:[0-9]{1,6}M(?:[0-9]{1,6}S)?)?|[0-9]{1,6}M(?:[0-9]{1,6}S)?|[0-9]{1,6}S))?|T(?:[0-9]{1,6}H(?:[0-9]{1,6}M(?:[0-9]{1,6}S)?)?|[0-9]{1,6}M(?:[0-9]{1,6}S)?|[0-9]{1,6}S)|[0-9]{1,6}W)"
+        }
+        // The full eight-group form (a valid subset: no `::` compression).
+        "ipv6" => r"[0-9a-f]{1,4}(?::[0-9a-f]{1,4}){7}",
         "hostname" => {
             r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,30}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,30}[A-Za-z0-9])?){0,3}"
         }
@@ -51,7 +57,7 @@ pub fn format_regex(format: &str) -> Option<&'static str> {
 }
 
 /// The formats `format_regex` knows, for error messages.
-pub const FORMATS: &str = "date, time, date-time, email, uuid, ipv4, hostname";
+pub const FORMATS: &str = "date, time, date-time, duration, email, uuid, ipv4, ipv6, hostname";
 
 /// Whether byte `b` may appear raw (unescaped) inside a pattern-constrained JSON string.
 pub fn raw_byte(b: u8) -> bool {

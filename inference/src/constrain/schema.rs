@@ -16,7 +16,7 @@
 //!   `exclusiveMaximum` and `multipleOf` are enforced digit by digit (see
 //!   [`super::numeric`]); a number with bounds is written without an exponent.
 //! - Strings may carry a `pattern` (matched anywhere, as JSON Schema says) or one of the
-//!   `format`s date, time, date-time, email, uuid, ipv4, hostname (see [`super::pattern`]);
+//!   `format`s date, time, date-time, duration, email, uuid, ipv4, ipv6, hostname (see [`super::pattern`]);
 //!   such strings never contain characters JSON must escape. `maxLength` counts characters
 //!   alongside; `minLength` with a pattern is refused (put the length in the pattern).
 
