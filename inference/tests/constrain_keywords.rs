@@ -95,6 +95,21 @@ fn formats_and_patterns_accept_valid_strings_only() {
         !accepts(&p, "\"ABC-12345\""),
         "maxLength counts alongside the pattern"
     );
+    // minLength with a pattern: lengths are exact (the string is written in ASCII).
+    let even = json!({"type": "string", "pattern": "^(ab)+$", "minLength": 3, "maxLength": 7});
+    assert!(accepts(&even, "\"abab\""));
+    assert!(accepts(&even, "\"ababab\""));
+    assert!(!accepts(&even, "\"ab\""));
+    let mut m = Matcher::new(Arc::new(Grammar::compile(&even).unwrap()));
+    assert!(m.advance_all(b"\"ababab"));
+    assert!(!m.accepts(b"a"), "8 characters would pass maxLength 7");
+    assert_eq!(m.min_close_bytes(), 1);
+    let e = Grammar::compile(
+        &json!({"type": "string", "pattern": "^(ab)+$", "minLength": 3, "maxLength": 3}),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("no ASCII string of 3 to 3"), "{e}");
     // Unanchored: the pattern may match anywhere in the string.
     assert!(accepts(
         &json!({"type": "string", "pattern": "[0-9]{2}"}),
@@ -158,6 +173,9 @@ fn schema(rng: &mut TestRng, depth: u32) -> Value {
             let mut s = json!({"type": "string", "pattern": p[rng.below(p.len())]});
             if rng.below(2) == 0 {
                 s["maxLength"] = json!(12);
+            }
+            if rng.below(3) == 0 {
+                s["minLength"] = json!(1 + rng.below(4));
             }
             s
         }

@@ -190,11 +190,15 @@ fn node_min_lens(g: &Grammar) -> Vec<u32> {
                     add(2, m[*items as usize].saturating_mul(*min).min(FAR)),
                     min.saturating_sub(1),
                 ),
-                Node::String { min, pattern, .. } => add(
+                Node::String { min, max, pattern } => add(
                     2,
                     (*min).max(pattern.map_or(0, |p| {
                         let p = &g.patterns[p as usize];
-                        p.close(p.start())
+                        if *min > 0 {
+                            p.fit(p.start(), *min, *max).unwrap_or(FAR)
+                        } else {
+                            p.close(p.start())
+                        }
                     })),
                 ),
                 Node::Boolean | Node::Null => 4,
@@ -386,6 +390,7 @@ impl Matcher {
             }
             Frame::Str {
                 min,
+                max,
                 count,
                 esc,
                 cont,
@@ -398,7 +403,15 @@ impl Matcher {
                     Esc::Hex(n) => (n as u32, 1),
                 };
                 let chars = pending + min.saturating_sub(count + counted);
-                let pattern = pat.map_or(0, |(p, st)| self.g.patterns[p as usize].close(st));
+                let pattern = pat.map_or(0, |(p, st)| {
+                    let p = &self.g.patterns[p as usize];
+                    if min > 0 {
+                        p.fit(st, min.saturating_sub(count), max.saturating_sub(count))
+                            .unwrap_or(FAR)
+                    } else {
+                        p.close(st)
+                    }
+                });
                 chars.max(pattern).saturating_add(1).min(FAR)
             }
             Frame::Num {
@@ -790,11 +803,19 @@ impl Matcher {
                 // Under a pattern and a maxLength, only go where a match still fits: the
                 // shortest way to one (in bytes, so at least as many as in characters) must
                 // be within the characters left.
-                if let Some((p, st)) = pat
-                    && f.1 != u32::MAX
-                    && self.g.patterns[p as usize].close(st) > f.1.saturating_sub(f.2)
-                {
-                    return;
+                if let Some((p, st)) = pat {
+                    let p = &self.g.patterns[p as usize];
+                    if f.0 > 0 {
+                        // With a minimum too: an ASCII completion of a length that meets both.
+                        if f.4 > 0
+                            || p.fit(st, f.0.saturating_sub(f.2), f.1.saturating_sub(f.2))
+                                .is_none()
+                        {
+                            return;
+                        }
+                    } else if f.1 != u32::MAX && p.close(st) > f.1.saturating_sub(f.2) {
+                        return;
+                    }
                 }
                 s[last] = Frame::Str {
                     min: f.0,

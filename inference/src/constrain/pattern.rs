@@ -72,7 +72,14 @@ pub struct Pattern {
     dfa: dense::DFA<Vec<u32>>,
     start: StateID,
     dist: HashMap<StateID, u32>,
+    /// For a string that also has a `minLength`: per state, bit L set when an ASCII path of
+    /// exactly L bytes (so L characters) reaches a full match, L < [`MAX_LENGTHS`]. Built on
+    /// first use.
+    lengths: std::sync::OnceLock<Result<HashMap<StateID, [u64; 4]>, String>>,
 }
+
+/// Exact completion lengths are tracked up to this many characters.
+pub const MAX_LENGTHS: u32 = 256;
 
 impl std::fmt::Debug for Pattern {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -120,6 +127,7 @@ impl Pattern {
             dfa,
             start,
             dist: HashMap::new(),
+            lengths: std::sync::OnceLock::new(),
         };
         p.dist = p.distances()?;
         if p.dist.get(&start).copied().unwrap_or(FAR) >= FAR {
@@ -203,6 +211,57 @@ impl Pattern {
     pub fn close(&self, s: StateID) -> u32 {
         self.dist.get(&s).copied().unwrap_or(FAR)
     }
+
+    /// The per-state sets of ASCII completion lengths (see `lengths`), computed once: a
+    /// dynamic program over lengths 0..MAX_LENGTHS, refused for automata too large for it.
+    pub fn lengths(&self) -> Result<&HashMap<StateID, [u64; 4]>, String> {
+        self.lengths
+            .get_or_init(|| {
+                let states: Vec<StateID> = self.dist.keys().copied().collect();
+                let ascii: Vec<u8> = (0x20u8..0x7f).filter(|&b| raw_byte(b)).collect();
+                if states.len() * ascii.len() * MAX_LENGTHS as usize > 50_000_000 {
+                    return Err(format!(
+                        "the expression has {} automaton states, too many to combine with minLength",
+                        states.len()
+                    ));
+                }
+                let index: HashMap<StateID, usize> =
+                    states.iter().enumerate().map(|(i, &s)| (s, i)).collect();
+                let edges: Vec<Vec<usize>> = states
+                    .iter()
+                    .map(|&s| {
+                        let mut out: Vec<usize> = ascii
+                            .iter()
+                            .filter_map(|&b| index.get(&self.dfa.next_state(s, b)).copied())
+                            .collect();
+                        out.sort_unstable();
+                        out.dedup();
+                        out
+                    })
+                    .collect();
+                let mut bits = vec![[0u64; 4]; states.len()];
+                let mut now: Vec<bool> = states.iter().map(|&s| self.ends(s)).collect();
+                for l in 0..MAX_LENGTHS as usize {
+                    for (i, &yes) in now.iter().enumerate() {
+                        if yes {
+                            bits[i][l / 64] |= 1 << (l % 64);
+                        }
+                    }
+                    now = edges.iter().map(|e| e.iter().any(|&j| now[j])).collect();
+                }
+                Ok(states.into_iter().zip(bits).collect())
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// The fewest characters, at least `at_least` and at most `at_most`, of an ASCII
+    /// completion to a full match from `s`; `None` when there is none.
+    pub fn fit(&self, s: StateID, at_least: u32, at_most: u32) -> Option<u32> {
+        let bits = self.lengths().ok()?.get(&s)?;
+        (at_least..=at_most.min(MAX_LENGTHS - 1))
+            .find(|&l| bits[l as usize / 64] >> (l % 64) & 1 == 1)
+    }
 }
 
 #[cfg(test)]
@@ -231,6 +290,12 @@ mod tests {
         let any = Pattern::compile(".".into(), ".", true).unwrap();
         assert!(any.next(any.start(), b'"').is_none());
         assert!(Pattern::compile("x".into(), "[", true).is_err());
+        // Exact lengths: ^(ab)+$ completes in even lengths only.
+        let even = Pattern::compile("e".into(), "^(ab)+$", true).unwrap();
+        assert_eq!(even.fit(even.start(), 3, 10), Some(4));
+        assert_eq!(even.fit(even.start(), 3, 3), None);
+        let after_a = run(&even, "a").unwrap();
+        assert_eq!(even.fit(after_a, 0, 10), Some(1));
         assert!(Pattern::compile("q".into(), "\"", true).is_err());
     }
 }

@@ -18,7 +18,7 @@
 //! - Strings may carry a `pattern` (matched anywhere, as JSON Schema says) or one of the
 //!   `format`s date, time, date-time, duration, email, uuid, ipv4, ipv6, hostname (see [`super::pattern`]);
 //!   such strings never contain characters JSON must escape. `maxLength` counts characters
-//!   alongside; `minLength` with a pattern is refused (put the length in the pattern).
+//!   alongside; with a `minLength` too, the string is written in ASCII so lengths are exact.
 
 use std::sync::Arc;
 
@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use super::numeric::{NumBounds, NumPrefix};
 use super::order::PropertyOrder;
-use super::pattern::{FORMATS, Pattern, format_regex};
+use super::pattern::{FORMATS, MAX_LENGTHS, Pattern, format_regex};
 
 /// Index of a node in [`Grammar::nodes`].
 pub type NodeId = u32;
@@ -381,12 +381,6 @@ impl Compiler<'_> {
                     return Err(invalid(path, format!("minLength {min} > maxLength {max}")));
                 }
                 let pattern = self.string_pattern(v, path)?;
-                if pattern.is_some() && min > 0 {
-                    return Err(invalid(
-                        path,
-                        "'minLength' together with 'pattern' or 'format' is not supported by constrained decoding; express the length in the pattern",
-                    ));
-                }
                 if let Some(p) = pattern {
                     let p = &self.patterns[p as usize];
                     if max != UNBOUNDED && p.close(p.start()) > max {
@@ -394,6 +388,28 @@ impl Compiler<'_> {
                             path,
                             format!("no string of at most {max} characters matches {}", p.source),
                         ));
+                    }
+                    if min > 0 {
+                        // A minimum is met on exact ASCII lengths (see Pattern::fit).
+                        if min >= MAX_LENGTHS {
+                            return Err(invalid(
+                                path,
+                                format!(
+                                    "'minLength' {min} with 'pattern' or 'format' is above the {} characters constrained decoding tracks",
+                                    MAX_LENGTHS - 1
+                                ),
+                            ));
+                        }
+                        p.lengths().map_err(|e| invalid(path, e))?;
+                        if p.fit(p.start(), min, max).is_none() {
+                            return Err(invalid(
+                                path,
+                                format!(
+                                    "no ASCII string of {min} to {max} characters matches {}",
+                                    p.source
+                                ),
+                            ));
+                        }
                     }
                 }
                 Node::String { min, max, pattern }
