@@ -166,3 +166,60 @@ fn twenty_schemas_times_three_samplings_give_valid_json_on_the_real_model() {
         }
     }
 }
+
+/// Inside a plain string the mask comes from the tokens' lengths (plus the automaton for the
+/// few tokens holding a quote, a backslash or a cut character) instead of a trie walk; on the
+/// real vocabulary it equals the walk at every kind of string position.
+#[test]
+fn the_string_mask_shortcut_equals_the_trie_walk_on_the_real_vocabulary() {
+    use sandgraph_inference::constrain::Matcher;
+    let model = LlamaModel::load(model_path()).unwrap();
+    let tok = Tokenizer::from_gguf(&model.file).unwrap();
+    let trie = TokenTrie::new(&tok);
+    let schema = json!({"type": "object", "properties": {
+        "short": {"type": "string", "minLength": 2, "maxLength": 6},
+        "free": {"type": "string"},
+        "tail": {"type": "array", "items": {"type": "string", "maxLength": 40}},
+    }, "required": ["short", "free", "tail"]});
+    let g = Arc::new(Grammar::compile(&schema).unwrap());
+    // Properties come in alphabetical order here (no written order is given).
+    let prefixes = [
+        r#"{"free":""#,
+        r#"{"free":"long text with \" an escape and ünïcode "#,
+        r#"{"free":"x","short":""#,
+        r#"{"free":"x","short":"a"#,
+        r#"{"free":"x","short":"abcde"#,
+        r#"{"free":"x","short":"abcdef"#,
+        r#"{"free":"x","short":"é"#,
+        r#"{"free":"x","short":"ab","tail":[""#,
+        r#"{"free":"x","short":"ab","tail":["0123456789012345678901234567890123456"#,
+    ];
+    for p in prefixes {
+        let mut m = Matcher::new(g.clone());
+        assert!(m.advance_all(p.as_bytes()), "{p}");
+        assert!(
+            m.plain_string_room().is_some(),
+            "{p} is inside a plain string: {:?}",
+            m.state_key(0)
+        );
+        let fast = trie.mask(&m);
+        let walk = trie.walk_mask(&m);
+        let differ: Vec<u32> = (0..fast.len() as u32)
+            .filter(|&i| fast[i as usize] != walk[i as usize])
+            .collect();
+        assert!(
+            differ.is_empty(),
+            "{p}: {} tokens differ, e.g. {:?}",
+            differ.len(),
+            &differ[..differ.len().min(5)]
+        );
+        assert!(fast.iter().any(|&a| a), "{p}: something is allowed");
+        // Near the token budget too: only tokens after which the rest still fits.
+        let close = m.min_close_bytes();
+        for left in [close + 1, close + 2, close + 5, close + 40] {
+            let fast = trie.mask_within(&m, left);
+            let walk = trie.walk_mask_within(&m, left);
+            assert!(fast == walk, "{p}: budget {left}: the masks differ");
+        }
+    }
+}

@@ -24,6 +24,63 @@ pub struct TokenTrie {
     excluded: Vec<bool>,
     /// The longest token's length in bytes.
     max_len: usize,
+    /// Tokens that are plain string content (no quote, backslash or control byte; whole
+    /// UTF-8 characters), as (characters, id), sorted by characters: inside a plain string
+    /// such a token fits exactly when its characters fit.
+    plain: Vec<(u32, u32)>,
+    /// Text tokens that inside a plain string need the automaton itself (a quote or a
+    /// backslash, or a character cut at the token's end); the other text tokens never fit there.
+    string_special: Vec<u32>,
+}
+
+/// How a token's bytes read inside a JSON string from a clean character boundary.
+enum InString {
+    /// Whole characters of plain content: this many.
+    Plain(u32),
+    /// A quote, a backslash or an unfinished character: only the automaton can tell.
+    Special,
+    /// A control byte or malformed UTF-8 first: never inside a string.
+    Never,
+}
+
+/// Classifies `b` by the string rules of the matcher (UTF-8 ranges included).
+fn in_string(b: &[u8]) -> InString {
+    let (mut i, mut chars) = (0, 0u32);
+    while i < b.len() {
+        let c = b[i];
+        if c == b'"' || c == b'\\' {
+            return InString::Special;
+        }
+        if c < 0x20 {
+            return InString::Never;
+        }
+        chars += 1;
+        if c < 0x80 {
+            i += 1;
+            continue;
+        }
+        let (n, lo, hi) = match c {
+            0xc2..=0xdf => (1, 0x80, 0xbf),
+            0xe0 => (2, 0xa0, 0xbf),
+            0xed => (2, 0x80, 0x9f),
+            0xe1..=0xef => (2, 0x80, 0xbf),
+            0xf0 => (3, 0x90, 0xbf),
+            0xf1..=0xf3 => (3, 0x80, 0xbf),
+            0xf4 => (3, 0x80, 0x8f),
+            _ => return InString::Never,
+        };
+        for k in 1..=n {
+            let Some(&cb) = b.get(i + k) else {
+                return InString::Special;
+            };
+            let (l, h) = if k == 1 { (lo, hi) } else { (0x80, 0xbf) };
+            if !(l..=h).contains(&cb) {
+                return InString::Never;
+            }
+        }
+        i += n + 1;
+    }
+    InString::Plain(chars)
 }
 
 impl TokenTrie {
@@ -35,6 +92,8 @@ impl TokenTrie {
             enders: Vec::new(),
             excluded: vec![false; n],
             max_len: 0,
+            plain: Vec::new(),
+            string_special: Vec::new(),
         };
         for id in 0..n as u32 {
             let b = tok.token_bytes(id).to_vec();
@@ -48,8 +107,16 @@ impl TokenTrie {
                 t.insert(&b, id);
             }
             t.max_len = t.max_len.max(b.len());
+            if !t.excluded[id as usize] {
+                match in_string(&b) {
+                    InString::Plain(chars) => t.plain.push((chars, id)),
+                    InString::Special => t.string_special.push(id),
+                    InString::Never => {}
+                }
+            }
             t.bytes.push(b);
         }
+        t.plain.sort_unstable();
         t
     }
 
@@ -107,6 +174,15 @@ impl TokenTrie {
 
     /// The full mask for state `m`: `mask[id]` is whether token `id` may come next.
     pub fn mask(&self, m: &Matcher) -> Vec<bool> {
+        match m.plain_string_room() {
+            Some(room) => self.string_mask(m, room),
+            None => self.walk_mask(m),
+        }
+    }
+
+    /// [`TokenTrie::mask`] by walking the whole trie with the automaton (what the string
+    /// shortcut must agree with).
+    pub fn walk_mask(&self, m: &Matcher) -> Vec<bool> {
         let mut mask = vec![false; self.bytes.len()];
         if m.is_complete() {
             for &e in &self.enders {
@@ -117,6 +193,20 @@ impl TokenTrie {
         mask
     }
 
+    /// The mask inside a plain string with `room` characters left: plain tokens by their
+    /// length, the few special ones through the automaton; no trie walk.
+    fn string_mask(&self, m: &Matcher, room: u32) -> Vec<bool> {
+        let mut mask = vec![false; self.bytes.len()];
+        let fit = self.plain.partition_point(|&(chars, _)| chars <= room);
+        for &(_, id) in &self.plain[..fit] {
+            mask[id as usize] = true;
+        }
+        for &id in &self.string_special {
+            mask[id as usize] = m.accepts(&self.bytes[id as usize]);
+        }
+        mask
+    }
+
     fn walk(&self, node: usize, m: &Matcher, mask: &mut [bool]) {
         self.walk_within(node, m, usize::MAX, mask);
     }
@@ -124,6 +214,26 @@ impl TokenTrie {
     /// Like [`TokenTrie::mask`], allowing only tokens after which the document can be closed
     /// in fewer than `tokens_left` bytes (the tokens left after this one, one byte each).
     pub fn mask_within(&self, m: &Matcher, tokens_left: usize) -> Vec<bool> {
+        if let Some(p) = m.plain_string() {
+            // After n plain characters closing costs short - n (if positive) + 1 + below.
+            let mut mask = vec![false; self.bytes.len()];
+            let fit = self.plain.partition_point(|&(chars, _)| chars <= p.room);
+            for &(chars, id) in &self.plain[..fit] {
+                let close = p.short.saturating_sub(chars) as usize + 1 + p.below as usize;
+                mask[id as usize] = close < tokens_left;
+            }
+            for &id in &self.string_special {
+                let mut next = m.clone();
+                mask[id as usize] = next.advance_all(&self.bytes[id as usize])
+                    && next.min_close_bytes() < tokens_left;
+            }
+            return mask;
+        }
+        self.walk_mask_within(m, tokens_left)
+    }
+
+    /// [`TokenTrie::mask_within`] by walking the whole trie.
+    pub fn walk_mask_within(&self, m: &Matcher, tokens_left: usize) -> Vec<bool> {
         let mut mask = vec![false; self.bytes.len()];
         if m.is_complete() {
             for &e in &self.enders {

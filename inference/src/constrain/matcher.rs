@@ -124,6 +124,17 @@ type Stack = Vec<Frame>;
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct StateKey(Vec<Stack>);
 
+/// A parse inside a plain string (see [`Matcher::plain_string`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlainString {
+    /// Characters the string may still take.
+    pub room: u32,
+    /// Characters it still needs to reach its `minLength`.
+    pub short: u32,
+    /// Bytes that close everything around the string once it is closed.
+    pub below: u32,
+}
+
 /// Where a document stands: every stack is a way the bytes so far parse.
 #[derive(Clone, Debug)]
 pub struct Matcher {
@@ -264,6 +275,41 @@ impl Matcher {
                 })
                 .collect(),
         )
+    }
+
+    /// When the only parse is inside a string without a pattern, at a character boundary
+    /// outside any escape: how many more characters it may hold. Then a token of plain
+    /// content (no quote, backslash or control byte) fits exactly when its characters do.
+    pub fn plain_string_room(&self) -> Option<u32> {
+        self.plain_string().map(|p| p.room)
+    }
+
+    /// [`Matcher::plain_string_room`] with what closing costs: after `n` more plain
+    /// characters the fewest bytes to close the document are
+    /// `short.saturating_sub(n) + 1 + below`.
+    pub fn plain_string(&self) -> Option<PlainString> {
+        match self.stacks.as_slice() {
+            [s] => match s.last()? {
+                Frame::Str {
+                    min,
+                    max,
+                    count,
+                    esc: Esc::None,
+                    cont: 0,
+                    pat: None,
+                    ..
+                } => {
+                    let below = self.stack_close(&s[..s.len() - 1].to_vec());
+                    Some(PlainString {
+                        room: max.saturating_sub(*count),
+                        short: min.saturating_sub(*count),
+                        below,
+                    })
+                }
+                _ => None,
+            },
+            _ => None,
+        }
     }
 
     /// The fewest bytes that complete the document from here (0 when it may end now). The

@@ -20,7 +20,7 @@ pub mod tools;
 use std::sync::Arc;
 
 pub use mask::TokenTrie;
-pub use matcher::{Matcher, StateKey};
+pub use matcher::{Matcher, PlainString, StateKey};
 pub use schema::{Grammar, SchemaError};
 
 /// How a constraint applies: always, or only once the output's first byte chose the document.
