@@ -2267,3 +2267,71 @@ async fn parity_table_fields_work_or_are_refused_by_name() {
         "only {checked} field checks: is the table intact?"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_format_with_tools_answers_a_call_or_a_document_of_the_format() {
+    let s = open_server(2).await;
+    let schema = json!({"type": "object", "properties": {"answer": {"type": "string", "maxLength": 8}}, "required": ["answer"]});
+    let tools = json!([{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {"q": {"type": "string", "maxLength": 8}}, "required": ["q"]}}}]);
+    let (mut calls, mut docs) = (0, 0);
+    for seed in 0..16 {
+        let body = json!({
+            "messages": [{"role": "user", "content": "hello"}], "max_tokens": 40,
+            "temperature": 1.5, "seed": seed, "tools": tools,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
+        });
+        let (st, v) = call(s.addr, "POST", "/v1/chat/completions", Some(body.clone())).await;
+        assert_eq!(st, 200, "{v}");
+        let msg = &v["choices"][0]["message"];
+        match msg["tool_calls"].as_array() {
+            Some(c) => {
+                calls += 1;
+                assert_eq!(c[0]["function"]["name"], "lookup", "{v}");
+                assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+            }
+            None => {
+                docs += 1;
+                let doc: Value = serde_json::from_str(msg["content"].as_str().unwrap())
+                    .unwrap_or_else(|e| panic!("{v}: {e}"));
+                assert!(doc["answer"].is_string(), "{doc}");
+            }
+        }
+        // The stream tells the same story: call deltas, or the document as content.
+        let mut sbody = body;
+        sbody["stream"] = json!(true);
+        let (resp, _t) = send(
+            s.addr,
+            "POST",
+            "/v1/chat/completions",
+            Some(sbody.to_string().into_bytes()),
+        )
+        .await;
+        let raw = resp.into_body().collect().await.unwrap().to_bytes();
+        let payloads = sse_payloads(std::str::from_utf8(&raw).unwrap());
+        let chunks: Vec<Value> = payloads[..payloads.len() - 1]
+            .iter()
+            .map(|p| serde_json::from_str(p).unwrap())
+            .collect();
+        let content: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        let args: String = chunks
+            .iter()
+            .filter_map(|c| {
+                c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str()
+            })
+            .collect();
+        match msg["tool_calls"].as_array() {
+            Some(c) => {
+                assert_eq!(args, c[0]["function"]["arguments"].as_str().unwrap());
+                assert_eq!(content, "");
+            }
+            None => assert_eq!(content, msg["content"].as_str().unwrap()),
+        }
+    }
+    assert!(
+        calls > 0 && docs > 0,
+        "{calls} calls and {docs} documents in 16 seeds"
+    );
+}

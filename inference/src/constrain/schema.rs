@@ -222,6 +222,48 @@ impl Grammar {
         })
     }
 
+    /// A document of either grammar (the root an `anyOf` of both roots): `b`'s nodes and
+    /// patterns are appended to `a`'s, their references moved along.
+    pub fn either(a: &Grammar, b: &Grammar) -> Grammar {
+        let off = a.nodes.len() as NodeId - 1; // b's ANY (node 0) maps to a's
+        let poff = a.patterns.len() as u32;
+        let map = |n: NodeId| if n == ANY { ANY } else { n + off };
+        let mut nodes = a.nodes.clone();
+        for n in &b.nodes[1..] {
+            nodes.push(match n {
+                Node::Object { props } => Node::Object {
+                    props: props
+                        .iter()
+                        .map(|p| Prop {
+                            node: map(p.node),
+                            ..p.clone()
+                        })
+                        .collect(),
+                },
+                Node::Array { items, min, max } => Node::Array {
+                    items: map(*items),
+                    min: *min,
+                    max: *max,
+                },
+                Node::String { min, max, pattern } => Node::String {
+                    min: *min,
+                    max: *max,
+                    pattern: pattern.map(|p| p + poff),
+                },
+                Node::AnyOf(alts) => Node::AnyOf(alts.iter().map(|&x| map(x)).collect()),
+                other => other.clone(),
+            });
+        }
+        nodes.push(Node::AnyOf(vec![a.root, map(b.root)]));
+        let mut patterns = a.patterns.clone();
+        patterns.extend(b.patterns.iter().cloned());
+        Grammar {
+            root: (nodes.len() - 1) as NodeId,
+            nodes,
+            patterns,
+        }
+    }
+
     pub fn node(&self, id: NodeId) -> &Node {
         &self.nodes[id as usize]
     }

@@ -89,6 +89,7 @@ pub fn start_chat(
             grammar,
             note,
             auto,
+            free_text,
         } => {
             match msgs.first_mut().filter(|m| m.role == "system") {
                 Some(sys) => {
@@ -97,7 +98,7 @@ pub fn start_chat(
                 }
                 None => msgs.insert(0, ChatMessage::new("system", &note)),
             }
-            Some(if auto {
+            Some(if auto && free_text {
                 Constraint::text_or(grammar, ready.trie())
             } else {
                 Constraint::new(grammar, ready.trie())

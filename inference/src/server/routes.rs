@@ -521,6 +521,16 @@ impl ToolStream {
         }
         self.text.push_str(t);
         let mut out = Vec::new();
+        // Under a JSON response_format the answer may be a document of the format instead
+        // of a call: once the text cannot start a call, it is content after all.
+        const OPEN: &str = "{\"name\":\"";
+        if self.auto
+            && self.args_at.is_none()
+            && !(self.text.starts_with(OPEN) || OPEN.starts_with(self.text.as_str()))
+        {
+            self.plain = true;
+            return vec![json!({"content": std::mem::take(&mut self.text)})];
+        }
         if self.args_at.is_none()
             && let Some((name, at)) = tool_call_head(&self.text)
         {
