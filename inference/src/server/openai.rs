@@ -435,12 +435,17 @@ impl ChatRequest {
         p.sampling.logit_bias = check_logit_bias(self.logit_bias.as_ref(), vocab_size)?;
         p.logprobs = match (self.logprobs, self.top_logprobs) {
             (Some(true), k) => Some(check_top(k.unwrap_or(0), "top_logprobs")?),
-            (_, Some(k)) if k > 0 => {
-                return Err(ApiError::invalid(
-                    format!("top_logprobs = {k} needs logprobs: true"),
-                    Some("top_logprobs"),
-                    "invalid_value",
-                ));
+            (_, Some(k)) => {
+                // Out of range is refused whether or not logprobs is on (schemathesis found
+                // -1 accepted without it).
+                if check_top(k, "top_logprobs")? > 0 {
+                    return Err(ApiError::invalid(
+                        format!("top_logprobs = {k} needs logprobs: true"),
+                        Some("top_logprobs"),
+                        "invalid_value",
+                    ));
+                }
+                None
             }
             _ => None,
         };
@@ -979,6 +984,10 @@ mod tests {
                 .logprobs,
             None
         );
+        let e = parse(&format!("{{{msgs},\"top_logprobs\":-1}}"))
+            .params(64, 100)
+            .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("top_logprobs"));
     }
 
     #[test]
