@@ -340,14 +340,18 @@ try:
     agent = body["run"]
     driver.get(f"{BASE}/ui/#/runs/{agent}/steps/plan%231")
     wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, '.crossing[data-kind="model_request"] .message')))
-    prompt = css('.crossing[data-kind="model_request"]').text
+    # Texts are read in one script call each: a live repaint may replace the elements.
+    def text_of(selector):
+        return driver.execute_script("const e = document.querySelector(arguments[0]); return e ? e.innerText : ''", selector)
+
+    prompt = text_of('.crossing[data-kind="model_request"]')
     check("Compute 17*23" in prompt, f"the prompt is shown: {prompt[:300]}")
-    answer = css('.crossing[data-kind="model_response"]').text
+    answer = text_of('.crossing[data-kind="model_response"]')
     check("tokens in" in answer, f"the answer's tokens are shown: {answer[:300]}")
     shot("18-agent-model-call")
     driver.get(f"{BASE}/ui/#/runs/{agent}")
     wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, '#view[data-status]')))
-    check("in /" in css("#run-status").find_element(By.XPATH, "../..").text, "the run's tokens are shown")
+    wait.until(lambda d: "Tokens" in text_of("#view") and " in / " in text_of("#view"))
 
     # The runs list: newest first, live, filtered by status, a page at a time. Rows are read in
     # one script call: the list refreshes itself every 2 s.
