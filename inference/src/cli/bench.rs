@@ -67,19 +67,12 @@ fn prompt(seq: usize, n: usize, vocab: usize) -> Vec<u32> {
         .collect()
 }
 
-fn measure(
-    b: &mut dyn Backend,
-    batch: usize,
-    a: &BenchArgs,
-    vocab: usize,
-) -> Result<(Duration, Duration)> {
-    let prompts: Vec<Vec<u32>> = (0..batch)
-        .map(|s| prompt(s, a.prompt_tokens, vocab))
-        .collect();
-    let t0 = Instant::now();
+/// Prefills every prompt (sequence i in slot i), 256 tokens per sequence per forward.
+fn prefill(b: &mut dyn Backend, prompts: &[Vec<u32>]) -> Result<()> {
+    let len = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let mut done = 0;
-    while done < a.prompt_tokens {
-        let end = (done + 256).min(a.prompt_tokens);
+    while done < len {
+        let end = (done + 256).min(len);
         let chunks: Vec<SeqChunk> = prompts
             .iter()
             .enumerate()
@@ -92,21 +85,41 @@ fn measure(
         b.forward(&chunks)?;
         done = end;
     }
+    Ok(())
+}
+
+/// One decode step: token `next[i]` of sequence i at position `pos`.
+fn feed(b: &mut dyn Backend, next: &[u32], pos: usize) -> Result<()> {
+    let toks: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
+    let chunks: Vec<SeqChunk> = toks
+        .iter()
+        .enumerate()
+        .map(|(s, t)| SeqChunk {
+            slot: s,
+            start_pos: pos,
+            tokens: t,
+        })
+        .collect();
+    b.forward(&chunks)?;
+    Ok(())
+}
+
+fn measure(
+    b: &mut dyn Backend,
+    batch: usize,
+    a: &BenchArgs,
+    vocab: usize,
+) -> Result<(Duration, Duration)> {
+    let prompts: Vec<Vec<u32>> = (0..batch)
+        .map(|s| prompt(s, a.prompt_tokens, vocab))
+        .collect();
+    let t0 = Instant::now();
+    prefill(b, &prompts)?;
     let mut next = b.argmax()?;
     let prefill = t0.elapsed();
     let t1 = Instant::now();
     for step in 0..a.decode_tokens {
-        let toks: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
-        let chunks: Vec<SeqChunk> = toks
-            .iter()
-            .enumerate()
-            .map(|(s, t)| SeqChunk {
-                slot: s,
-                start_pos: a.prompt_tokens + step,
-                tokens: t,
-            })
-            .collect();
-        b.forward(&chunks)?;
+        feed(b, &next, a.prompt_tokens + step)?;
         next = b.argmax()?;
     }
     Ok((prefill, t1.elapsed()))
@@ -328,21 +341,7 @@ fn measure_sampling(
     let prompts: Vec<Vec<u32>> = (0..batch)
         .map(|s| prompt(s, a.prompt_tokens, vocab))
         .collect();
-    let mut done = 0;
-    while done < a.prompt_tokens {
-        let end = (done + 256).min(a.prompt_tokens);
-        let chunks: Vec<SeqChunk> = prompts
-            .iter()
-            .enumerate()
-            .map(|(s, p)| SeqChunk {
-                slot: s,
-                start_pos: done,
-                tokens: &p[done..end],
-            })
-            .collect();
-        b.forward(&chunks)?;
-        done = end;
-    }
+    prefill(b, &prompts)?;
     let samplings: Vec<&Sampling> = vec![sampling; batch];
     let mut rngs: Vec<Rng> = (0..batch).map(|i| Rng::new(i as u64)).collect();
     let mut seen: Vec<SeenTokens> = prompts
@@ -352,17 +351,7 @@ fn measure_sampling(
     let mut next = b.argmax()?;
     let t = Instant::now();
     for step in 0..a.decode_tokens {
-        let toks: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
-        let chunks: Vec<SeqChunk> = toks
-            .iter()
-            .enumerate()
-            .map(|(s, t)| SeqChunk {
-                slot: s,
-                start_pos: a.prompt_tokens + step,
-                tokens: t,
-            })
-            .collect();
-        b.forward(&chunks)?;
+        feed(b, &next, a.prompt_tokens + step)?;
         next = fetch_candidates(b, &samplings)?
             .into_iter()
             .enumerate()
