@@ -59,16 +59,10 @@ fn in_string(b: &[u8]) -> InString {
             i += 1;
             continue;
         }
-        let (n, lo, hi) = match c {
-            0xc2..=0xdf => (1, 0x80, 0xbf),
-            0xe0 => (2, 0xa0, 0xbf),
-            0xed => (2, 0x80, 0x9f),
-            0xe1..=0xef => (2, 0x80, 0xbf),
-            0xf0 => (3, 0x90, 0xbf),
-            0xf1..=0xf3 => (3, 0x80, 0xbf),
-            0xf4 => (3, 0x80, 0x8f),
-            _ => return InString::Never,
+        let Some((n, lo, hi)) = super::matcher::utf8_lead(c) else {
+            return InString::Never;
         };
+        let n = n as usize;
         for k in 1..=n {
             let Some(&cb) = b.get(i + k) else {
                 return InString::Special;

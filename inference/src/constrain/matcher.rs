@@ -299,7 +299,7 @@ impl Matcher {
                     pat: None,
                     ..
                 } => {
-                    let below = self.stack_close(&s[..s.len() - 1].to_vec());
+                    let below = self.stack_close(&s[..s.len() - 1]);
                     Some(PlainString {
                         room: max.saturating_sub(*count),
                         short: min.saturating_sub(*count),
@@ -334,7 +334,7 @@ impl Matcher {
             .unwrap_or(0) as usize
     }
 
-    fn stack_close(&self, s: &Stack) -> u32 {
+    fn stack_close(&self, s: &[Frame]) -> u32 {
         let mut total = 0u32;
         for (i, f) in s.iter().enumerate() {
             let above = s.get(i + 1);
@@ -460,18 +460,8 @@ impl Matcher {
                 });
                 chars.max(pattern).saturating_add(1).min(FAR)
             }
-            Frame::Num {
-                integer,
-                st,
-                digits,
-                node,
-                neg,
-                int,
-                frac,
-            } => match self.num_bounds(node) {
-                Some(b) => num_prefix(st, neg, int, frac, digits)
-                    .and_then(|p| b.close_bytes(p, integer))
-                    .unwrap_or(FAR),
+            Frame::Num { st, .. } => match self.bounded_close(f) {
+                Some(close) => close.unwrap_or(FAR),
                 None => match st {
                     NumSt::Zero | NumSt::Int | NumSt::Frac | NumSt::ExpDig => 0,
                     _ => 1,
@@ -536,21 +526,9 @@ impl Matcher {
 
     fn can_end(&self, f: &Frame) -> bool {
         match *f {
-            Frame::Num {
-                integer,
-                st,
-                digits,
-                node,
-                neg,
-                int,
-                frac,
-            } => {
+            Frame::Num { st, .. } => {
                 matches!(st, NumSt::Zero | NumSt::Int | NumSt::Frac | NumSt::ExpDig)
-                    && self.num_bounds(node).is_none_or(|b| {
-                        num_prefix(st, neg, int, frac, digits)
-                            .and_then(|p| b.close_bytes(p, integer))
-                            == Some(0)
-                    })
+                    && self.bounded_close(f).is_none_or(|close| close == Some(0))
             }
             Frame::Lit { node, idx, len } => {
                 let lits = self.lits(node);
@@ -570,6 +548,25 @@ impl Matcher {
             Node::Integer(b) | Node::Number(b) => *b,
             _ => None,
         }
+    }
+
+    /// For a number frame under bounds: the fewest bytes to a value within them (`None`
+    /// inside when none is reachable). `None` for other frames and unbounded numbers.
+    fn bounded_close(&self, f: &Frame) -> Option<Option<u32>> {
+        let Frame::Num {
+            integer,
+            st,
+            digits,
+            node,
+            neg,
+            int,
+            frac,
+        } = *f
+        else {
+            return None;
+        };
+        let b = self.num_bounds(node)?;
+        Some(num_prefix(st, neg, int, frac, digits).and_then(|p| b.close_bytes(p, integer)))
     }
 
     fn lits(&self, node: NodeId) -> &[Vec<u8>] {
@@ -828,14 +825,10 @@ impl Matcher {
                                     f.2 += 1;
                                     (0, 0x80, 0xbf)
                                 }
-                                0xc2..=0xdf => (1, 0x80, 0xbf),
-                                0xe0 => (2, 0xa0, 0xbf),
-                                0xed => (2, 0x80, 0x9f),
-                                0xe1..=0xef => (2, 0x80, 0xbf),
-                                0xf0 => (3, 0x90, 0xbf),
-                                0xf1..=0xf3 => (3, 0x80, 0xbf),
-                                0xf4 => (3, 0x80, 0x8f),
-                                _ => return,
+                                _ => match utf8_lead(b) {
+                                    Some(lead) => lead,
+                                    None => return,
+                                },
                             };
                             if n > 0 {
                                 f.2 += 1;
@@ -909,7 +902,7 @@ impl Matcher {
                     _ => return,
                 };
                 let (mut neg, mut int, mut frac) = (neg, int, frac);
-                if let Some(bounds) = bounds {
+                if bounds.is_some() {
                     let v = (b - b'0') as u64;
                     match (prev, st) {
                         (_, NumSt::Minus) => neg = true,
@@ -923,14 +916,8 @@ impl Matcher {
                         }
                         _ => {}
                     }
-                    let feasible = num_prefix(st, neg, int, frac, digits)
-                        .and_then(|p| bounds.close_bytes(p, integer))
-                        .is_some();
-                    if !feasible {
-                        return;
-                    }
                 }
-                s[last] = Frame::Num {
+                let next = Frame::Num {
                     integer,
                     st,
                     digits,
@@ -939,6 +926,14 @@ impl Matcher {
                     int,
                     frac,
                 };
+                // Under bounds, only where some value within them is still reachable.
+                if self
+                    .bounded_close(&next)
+                    .is_some_and(|close| close.is_none())
+                {
+                    return;
+                }
+                s[last] = next;
                 Self::push_out(out, s);
             }
             Frame::Lit { node, idx, len } => {
@@ -1054,6 +1049,22 @@ impl Matcher {
             }
         }
     }
+}
+
+/// For a UTF-8 lead byte: the continuation bytes that follow and the range of the first of
+/// them (the later ones are 0x80-0xbf); `None` for bytes no character starts with. Excludes
+/// overlong forms and surrogates, as a JSON text must.
+pub(crate) fn utf8_lead(b: u8) -> Option<(u8, u8, u8)> {
+    Some(match b {
+        0xc2..=0xdf => (1, 0x80, 0xbf),
+        0xe0 => (2, 0xa0, 0xbf),
+        0xed => (2, 0x80, 0x9f),
+        0xe1..=0xef => (2, 0x80, 0xbf),
+        0xf0 => (3, 0x90, 0xbf),
+        0xf1..=0xf3 => (3, 0x80, 0xbf),
+        0xf4 => (3, 0x80, 0x8f),
+        _ => return None,
+    })
 }
 
 fn str_frame(min: u32, max: u32, pat: Option<(u32, StateID)>) -> Frame {
