@@ -71,16 +71,6 @@ impl Sampling {
         }
     }
 
-    /// `row` with this sampling's logit biases added.
-    pub fn biased(&self, mut row: Vec<f32>) -> Vec<f32> {
-        for &(t, b) in &self.logit_bias {
-            if let Some(l) = row.get_mut(t as usize) {
-                *l += b;
-            }
-        }
-        row
-    }
-
     /// Whether picking needs the whole logits row (biases or penalties change it).
     pub fn needs_row(&self) -> bool {
         !self.logit_bias.is_empty() || !self.penalties.is_none()

@@ -312,6 +312,23 @@ fn chat_logprobs(l: &[TokenLogprob]) -> Value {
     json!({"content": l.iter().map(chat_logprob).collect::<Vec<_>>(), "refusal": null})
 }
 
+/// Pairs each streamed delta with its `logprobs`: the first delta carries the entries not
+/// sent yet (when they were asked for), the others none.
+fn with_logprobs(
+    deltas: Vec<Value>,
+    unsent: &mut Vec<TokenLogprob>,
+    want: bool,
+) -> impl Iterator<Item = (Value, Value)> {
+    let mut lp = if want && !deltas.is_empty() {
+        chat_logprobs(&std::mem::take(unsent))
+    } else {
+        Value::Null
+    };
+    deltas
+        .into_iter()
+        .map(move |d| (d, std::mem::take(&mut lp)))
+}
+
 /// The legacy completions' `logprobs` object; `offset` is the text length (in characters)
 /// before the first of these tokens.
 fn completion_logprobs(l: &[TokenLogprob], mut offset: usize) -> Value {
@@ -394,14 +411,8 @@ async fn chat(
                     Some(c) => c.push(t),
                     None => vec![json!({"content": t})],
                 };
-                let mut lp = if want_logprobs && !deltas.is_empty() {
-                    chat_logprobs(&std::mem::take(&mut unsent[i]))
-                } else {
-                    Value::Null
-                };
-                deltas
-                    .into_iter()
-                    .map(|d| chunk(i, d, std::mem::take(&mut lp), None))
+                with_logprobs(deltas, &mut unsent[i], want_logprobs)
+                    .map(|(d, lp)| chunk(i, d, lp, None))
                     .collect()
             }
             Event::Done {
@@ -418,15 +429,9 @@ async fn chat(
                 }
                 if let Some(c) = calls[i].as_mut() {
                     let (deltas, is_call) = c.finish();
-                    let mut lp = if want_logprobs && !deltas.is_empty() {
-                        chat_logprobs(&std::mem::take(&mut unsent[i]))
-                    } else {
-                        Value::Null
-                    };
                     v.extend(
-                        deltas
-                            .into_iter()
-                            .map(|d| chunk(i, d, std::mem::take(&mut lp), None)),
+                        with_logprobs(deltas, &mut unsent[i], want_logprobs)
+                            .map(|(d, lp)| chunk(i, d, lp, None)),
                     );
                     if is_call {
                         reason = "tool_calls";
