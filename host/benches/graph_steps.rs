@@ -5,8 +5,8 @@
 //!   host overhead per step = engine step time − bare call time;
 //! - SQLite (WAL, synchronous=FULL) appending the very records the engine journaled
 //!   (`Event::encode` bytes), one transaction per durable point, at the same concurrency;
-//! - the sled journal alone appending those same records with the same durable points (each
-//!   group flush is sled's flush plus an `fdatasync` of its log, as in the engine).
+//! - the journal alone appending those same records with the same durable points (each group
+//!   flush is one write and `fdatasync` of its write-ahead log, as in the engine).
 //!
 //! Prints, per repetition, steps/s, per-step p50/p99 and flushes, then the medians over the
 //! repetitions with ratios against SQLite, where a chain step's time goes (from timestamps of

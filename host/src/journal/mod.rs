@@ -11,6 +11,7 @@ pub mod postgres;
 pub mod queue;
 pub mod store;
 pub mod usage;
+pub mod wal;
 pub mod workspace;
 
 use std::collections::{HashMap, HashSet};
@@ -85,6 +86,8 @@ pub enum JournalError {
         "the journal at {path} is in use by another process (it holds the journal's lock); stop that process or point this one at another journal"
     )]
     InUse { path: String },
+    #[error("cannot recover the journal at {path} from its write-ahead log: {detail}")]
+    Recover { path: String, detail: String },
     #[error("journal storage failed: {0}")]
     Storage(#[from] sled::Error),
     #[error("journal flush failed, the append may not be durable: {0}")]
@@ -206,6 +209,15 @@ impl Journal {
     /// background IO threads close the file after the last handle goes), and so can a process
     /// that is exiting.
     pub fn open_waiting(path: &Path, wait: std::time::Duration) -> Result<Journal, JournalError> {
+        Journal::open_with(path, wait, wal::WalOptions::default())
+    }
+
+    /// [`Journal::open_waiting`] with the write-ahead log laid out and observed as `log` says.
+    pub fn open_with(
+        path: &Path,
+        wait: std::time::Duration,
+        log: wal::WalOptions,
+    ) -> Result<Journal, JournalError> {
         let deadline = std::time::Instant::now() + wait;
         let db = loop {
             match sled::Config::new().path(path).open() {
@@ -226,7 +238,7 @@ impl Journal {
                 }
             }
         };
-        Ok(Journal::on(Box::new(SledStore::new(db, Some(path))?)))
+        Ok(Journal::on(Box::new(SledStore::new(db, Some(path), log)?)))
     }
 
     /// Opens the journal `location` names: a `postgres://` or `postgresql://` URL (a database
@@ -244,7 +256,11 @@ impl Journal {
     /// A journal that lives in memory only (tests, `tool call` replays).
     pub fn temporary() -> Result<Journal, JournalError> {
         let db = sled::Config::new().temporary(true).open()?;
-        Ok(Journal::on(Box::new(SledStore::new(db, None)?)))
+        Ok(Journal::on(Box::new(SledStore::new(
+            db,
+            None,
+            wal::WalOptions::default(),
+        )?)))
     }
 
     /// A journal over `store`.

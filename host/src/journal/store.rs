@@ -9,7 +9,9 @@
 //! write made before it is durable.
 
 use std::path::Path;
+use std::sync::Arc;
 
+use super::wal::{self, Op, Wal, WalOptions};
 use super::{JournalError, RunId};
 
 /// Called with each stored event (run, sequence, record) by [`Store::for_each_event`].
@@ -98,14 +100,15 @@ pub type RemoteAppend = Box<dyn Fn(RunId) + Send + Sync>;
 /// One keyed record: key and value.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
 
-/// The embedded store: three sled trees in one database.
+/// The embedded store: three sled trees in one database, behind a write-ahead log on disk.
 pub struct SledStore {
     db: sled::Db,
     events: sled::Tree,
     runs: sled::Tree,
     blobs: sled::Tree,
-    /// On-disk databases: what a flush must force to stable storage beyond sled's own flush.
-    disk: Option<DiskSync>,
+    /// On-disk databases: every write is logged here, and a flush syncs the log (see
+    /// [`wal`]); in memory: none.
+    wal: Option<Wal>,
     what: String,
     /// Trees of the keyed-record spaces opened so far.
     spaces: std::sync::Mutex<std::collections::HashMap<String, sled::Tree>>,
@@ -113,9 +116,28 @@ pub struct SledStore {
 
 impl SledStore {
     /// The store over an open database; `path` is where it lives on disk (None: in memory).
-    pub fn new(db: sled::Db, path: Option<&Path>) -> Result<SledStore, JournalError> {
-        let disk = match path {
-            Some(p) => Some(DiskSync::open(p).map_err(JournalError::Flush)?),
+    /// On disk, the write-ahead log under `path/wal` is replayed into the database first.
+    pub fn new(
+        db: sled::Db,
+        path: Option<&Path>,
+        log: WalOptions,
+    ) -> Result<SledStore, JournalError> {
+        let wal = match path {
+            Some(p) => {
+                let disk = Arc::new(DiskSync::open(p).map_err(JournalError::Flush)?);
+                let sled = db.clone();
+                let checkpoint: wal::Checkpoint = Box::new(move || {
+                    sled.flush().map_err(|e| e.to_string())?;
+                    disk.sync()
+                });
+                let wal = Wal::open(&p.join("wal"), &db, checkpoint, log).map_err(|e| {
+                    JournalError::Recover {
+                        path: p.display().to_string(),
+                        detail: e,
+                    }
+                })?;
+                Some(wal)
+            }
             None => None,
         };
         Ok(SledStore {
@@ -123,7 +145,7 @@ impl SledStore {
             runs: db.open_tree("runs")?,
             blobs: db.open_tree("blobs")?,
             db,
-            disk,
+            wal,
             spaces: std::sync::Mutex::default(),
             what: match path {
                 Some(p) => format!("sled journal at {}", p.display()),
@@ -146,6 +168,62 @@ impl SledStore {
         spaces.insert(space.to_owned(), t.clone());
         Ok(t)
     }
+
+    /// Applies a write to sled and logs it (one lock keeps the log in sled's order). `apply`
+    /// says whether it wrote (a compare-and-swap may not); only writes that happened are logged.
+    fn write(
+        &self,
+        op: Op<'_>,
+        apply: impl FnOnce() -> Result<bool, sled::Error>,
+    ) -> Result<bool, JournalError> {
+        let Some(wal) = &self.wal else {
+            return Ok(apply()?);
+        };
+        Ok(wal.write(op, |lsn| -> Result<bool, sled::Error> {
+            if !apply()? {
+                return Ok(false);
+            }
+            self.db.insert(wal::LSN_KEY, &lsn.to_be_bytes())?;
+            Ok(true)
+        })?)
+    }
+
+    fn insert(
+        &self,
+        tree: &sled::Tree,
+        name: &str,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(), JournalError> {
+        self.write(
+            Op::Insert {
+                tree: name,
+                key,
+                value,
+            },
+            || {
+                tree.insert(key, value)?;
+                Ok(true)
+            },
+        )?;
+        Ok(())
+    }
+
+    fn remove(&self, tree: &sled::Tree, name: &str, key: &[u8]) -> Result<(), JournalError> {
+        self.write(Op::Remove { tree: name, key }, || {
+            tree.remove(key)?;
+            Ok(true)
+        })?;
+        Ok(())
+    }
+
+    /// The segments of the write-ahead log on disk now (empty in memory).
+    pub fn log_segments(&self) -> Vec<std::path::PathBuf> {
+        self.wal
+            .as_ref()
+            .and_then(|w| w.segments().ok())
+            .unwrap_or_default()
+    }
 }
 
 impl Store for SledStore {
@@ -154,8 +232,7 @@ impl Store for SledStore {
     }
 
     fn put_event(&self, run: RunId, seq: u64, record: &[u8]) -> Result<(), JournalError> {
-        self.events.insert(key(run, seq), record)?;
-        Ok(())
+        self.insert(&self.events, "events", &key(run, seq), record)
     }
 
     fn last_seq(&self, run: RunId) -> Result<Option<u64>, JournalError> {
@@ -190,14 +267,13 @@ impl Store for SledStore {
             .keys()
             .collect::<Result<_, _>>()?;
         for k in &keys {
-            self.events.remove(k)?;
+            self.remove(&self.events, "events", k)?;
         }
         Ok(keys.len())
     }
 
     fn put_summary(&self, run: RunId, summary: &[u8]) -> Result<(), JournalError> {
-        self.runs.insert(run.0, summary)?;
-        Ok(())
+        self.insert(&self.runs, "runs", &run.0, summary)
     }
 
     fn summary(&self, run: RunId) -> Result<Option<Vec<u8>>, JournalError> {
@@ -216,8 +292,7 @@ impl Store for SledStore {
     }
 
     fn remove_summary(&self, run: RunId) -> Result<(), JournalError> {
-        self.runs.remove(run.0)?;
-        Ok(())
+        self.remove(&self.runs, "runs", &run.0)
     }
 
     fn has_blob(&self, digest: &[u8; 32]) -> Result<bool, JournalError> {
@@ -233,8 +308,7 @@ impl Store for SledStore {
         let mut value = created_ms.to_be_bytes().to_vec();
         value.extend_from_slice(body);
         // Equal content under equal keys: a concurrent writer of the same blob is harmless.
-        self.blobs.insert(digest, value)?;
-        Ok(())
+        self.insert(&self.blobs, "blobs", digest, &value)
     }
 
     fn blob(&self, digest: &[u8; 32]) -> Result<Option<StoredBlob>, JournalError> {
@@ -261,21 +335,18 @@ impl Store for SledStore {
     }
 
     fn remove_blob(&self, digest: &[u8; 32]) -> Result<(), JournalError> {
-        self.blobs.remove(digest)?;
-        Ok(())
+        self.remove(&self.blobs, "blobs", digest)
     }
 
     fn flush(&self) -> Result<(), String> {
-        self.db.flush().map(|_| ()).map_err(|e| e.to_string())?;
-        match &self.disk {
-            Some(disk) => disk.sync(),
-            None => Ok(()),
+        match &self.wal {
+            Some(wal) => wal.sync(),
+            None => self.db.flush().map(|_| ()).map_err(|e| e.to_string()),
         }
     }
 
     fn overwrite_event(&self, run: RunId, seq: u64, record: &[u8]) -> Result<(), JournalError> {
-        self.events.insert(key(run, seq), record)?;
-        Ok(())
+        self.insert(&self.events, "events", &key(run, seq), record)
     }
 
     fn kv_get(&self, space: &str, key: &[u8]) -> Result<Option<Vec<u8>>, JournalError> {
@@ -283,27 +354,36 @@ impl Store for SledStore {
     }
 
     fn kv_put(&self, space: &str, key: &[u8], value: &[u8]) -> Result<(), JournalError> {
-        self.space(space)?.insert(key, value)?;
-        Ok(())
+        self.insert(&self.space(space)?, space, key, value)
     }
 
     fn kv_put_new(&self, space: &str, key: &[u8], value: &[u8]) -> Result<bool, JournalError> {
-        let swapped =
-            self.space(space)?
-                .compare_and_swap(key, None as Option<&[u8]>, Some(value))?;
-        Ok(swapped.is_ok())
+        let tree = self.space(space)?;
+        self.write(
+            Op::Insert {
+                tree: space,
+                key,
+                value,
+            },
+            || {
+                Ok(tree
+                    .compare_and_swap(key, None as Option<&[u8]>, Some(value))?
+                    .is_ok())
+            },
+        )
     }
 
     fn kv_remove(&self, space: &str, key: &[u8]) -> Result<(), JournalError> {
-        self.space(space)?.remove(key)?;
-        Ok(())
+        self.remove(&self.space(space)?, space, key)
     }
 
     fn kv_remove_if(&self, space: &str, key: &[u8], value: &[u8]) -> Result<bool, JournalError> {
-        let swapped =
-            self.space(space)?
-                .compare_and_swap(key, Some(value), None as Option<&[u8]>)?;
-        Ok(swapped.is_ok())
+        let tree = self.space(space)?;
+        self.write(Op::Remove { tree: space, key }, || {
+            Ok(tree
+                .compare_and_swap(key, Some(value), None as Option<&[u8]>)?
+                .is_ok())
+        })
     }
 
     fn kv_scan(&self, space: &str, prefix: &[u8]) -> Result<Vec<KeyValue>, JournalError> {
@@ -340,8 +420,9 @@ fn seq_of(k: &[u8]) -> u64 {
 
 /// sled 0.34 writes its log with `sync_file_range` (data reaches the device, the device's
 /// volatile cache is not flushed) and never syncs the files it keeps values over ~128 KiB in.
-/// So that a durable append survives power loss and not only a killed process, every group
-/// flush also `fdatasync`s the log and `fsync`s blob files that appeared since the last flush.
+/// So that a checkpoint (after which the write-ahead log's old segments are deleted) survives
+/// power loss and not only a killed process, it also `fdatasync`s sled's log and `fsync`s blob
+/// files that appeared since the last checkpoint.
 struct DiskSync {
     log: std::fs::File,
     blob_dir: std::path::PathBuf,
