@@ -439,7 +439,7 @@ impl Engine {
             let tool = self
                 .sandbox
                 .registry()
-                .load(&entry.wasm)
+                .load_known(&entry.wasm, &entry.digest)
                 .map_err(|source| EngineError::Component {
                     name: name.to_owned(),
                     source,
@@ -447,7 +447,7 @@ impl Engine {
             pinned.push(PinnedComponent {
                 name: name.to_owned(),
                 digest: entry.digest.clone(),
-                wasm: self.journal.put_payload(&entry.wasm)?,
+                wasm: self.journal.put_payload_known(&entry.wasm, &entry.digest)?,
                 manifest: self.journal.put_payload(entry.manifest_text.as_bytes())?,
             });
             tools.insert(name.to_owned(), (tool, entry.manifest.clone()));

@@ -294,6 +294,28 @@ impl Journal {
         Ok(PayloadRef::Blob(digest))
     }
 
+    /// [`Journal::put_payload`] for bytes whose sha256 the caller computed already
+    /// (`sha256:<hex>`, as the graph catalog keeps for each component): a run pins its
+    /// components without hashing them again. `digest` must be `bytes`' own; reading the payload
+    /// back checks it as always. A digest that does not parse is computed instead.
+    pub fn put_payload_known(
+        &self,
+        bytes: &[u8],
+        digest: &str,
+    ) -> Result<PayloadRef, JournalError> {
+        let known = digest
+            .strip_prefix("sha256:")
+            .and_then(|h| hex::decode(h).ok())
+            .and_then(|d| <[u8; 32]>::try_from(d).ok());
+        let Some(digest) = known.filter(|_| bytes.len() > event::INLINE_LIMIT) else {
+            return self.put_payload(bytes);
+        };
+        if !self.store.has_blob(&digest)? {
+            self.store.put_blob(&digest, now_ms(), bytes)?;
+        }
+        Ok(PayloadRef::Blob(digest))
+    }
+
     pub fn payload(&self, r: &PayloadRef) -> Result<Vec<u8>, JournalError> {
         match r {
             PayloadRef::Inline(b) => Ok(b.clone()),

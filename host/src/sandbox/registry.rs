@@ -149,6 +149,16 @@ impl Registry {
             .cloned()
     }
 
+    /// [`Registry::load`] for bytes whose digest the caller computed already (`sha256:<hex>`,
+    /// the graph catalog's): a component loaded before is found without hashing its bytes
+    /// again, which starting every run would otherwise do. `digest` must be `bytes`' own.
+    pub fn load_known(&self, bytes: &[u8], digest: &str) -> Result<Arc<LoadedTool>, CallError> {
+        match self.loaded(digest) {
+            Some(tool) => Ok(tool),
+            None => self.load(bytes),
+        }
+    }
+
     /// Validates, compiles (or reads from cache) and pre-links a component. A refused
     /// component leaves an audit record too (outcome `bad_component`, its digest and why).
     pub fn load(&self, bytes: &[u8]) -> Result<Arc<LoadedTool>, CallError> {
