@@ -868,7 +868,10 @@ fn a_journal_in_use_is_refused_by_name_and_opens_once_let_go() {
 fn a_payload_stored_under_its_known_digest_is_the_blob_put_payload_stores() {
     let journal = Journal::temporary().unwrap();
     let wasm = vec![3u8; 5000];
-    let digest = format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&wasm)));
+    let digest = format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&wasm))
+    );
     let known = journal.put_payload_known(&wasm, &digest).unwrap();
     assert_eq!(known, journal.put_payload(&wasm).unwrap());
     assert_eq!(journal.payload(&known).unwrap(), wasm);

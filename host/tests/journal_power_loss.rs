@@ -52,7 +52,7 @@ fn expected(journal: Option<&Journal>, seq: u64) -> (Event, Durability) {
             },
             Durability::Durable,
         ),
-        s if s % 3 == 0 => (
+        s if s.is_multiple_of(3) => (
             Event::StepCompleted {
                 step: format!("s{s}"),
                 attempt: 1,
@@ -75,7 +75,7 @@ fn expected(journal: Option<&Journal>, seq: u64) -> (Event, Durability) {
 
 /// The output of the completion at `seq`: every fourth is large enough for the blob tree.
 fn completion_body(seq: u64) -> Vec<u8> {
-    let len = if seq % 4 == 0 { 3000 } else { 40 };
+    let len = if seq.is_multiple_of(4) { 3000 } else { 40 };
     (0..len).map(|i| (seq as usize * 31 + i) as u8).collect()
 }
 
@@ -114,26 +114,30 @@ fn power_loss_child() {
     say("ready".into());
     let mut go = String::new();
     std::io::stdin().read_line(&mut go).unwrap();
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|_| {
-            let (journal, say) = (journal.clone(), say.clone());
-            std::thread::spawn(move || {
-                loop {
-                    let run = RunId::new();
-                    for seq in 0..EVENTS_PER_RUN {
-                        let (event, durability) = expected(Some(&journal), seq);
-                        let got = journal.append(run, &event, durability).unwrap();
-                        assert_eq!(got, seq);
-                        if durability == Durability::Durable {
-                            say(format!("ack {run} {seq}"));
-                        }
+    // A writer that fails takes the whole child down, so the parent sees it die.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("power-loss child: {info}");
+        std::process::exit(101);
+    }));
+    for _ in 0..WRITERS {
+        let (journal, say) = (journal.clone(), say.clone());
+        std::thread::spawn(move || {
+            loop {
+                let run = RunId::new();
+                for seq in 0..EVENTS_PER_RUN {
+                    let (event, durability) = expected(Some(&journal), seq);
+                    let got = journal.append(run, &event, durability).unwrap();
+                    assert_eq!(got, seq);
+                    if durability == Durability::Durable {
+                        say(format!("ack {run} {seq}"));
                     }
                 }
-            })
-        })
-        .collect();
-    for w in writers {
-        w.join().unwrap();
+            }
+        });
+    }
+    // The writers append until the parent kills this process.
+    loop {
+        std::thread::park();
     }
 }
 
