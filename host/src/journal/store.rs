@@ -216,14 +216,6 @@ impl SledStore {
         })?;
         Ok(())
     }
-
-    /// The segments of the write-ahead log on disk now (empty in memory).
-    pub fn log_segments(&self) -> Vec<std::path::PathBuf> {
-        self.wal
-            .as_ref()
-            .and_then(|w| w.segments().ok())
-            .unwrap_or_default()
-    }
 }
 
 impl Store for SledStore {

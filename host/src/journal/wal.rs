@@ -230,14 +230,6 @@ impl Wal {
         }
         Ok(())
     }
-
-    /// The segments on disk now (for tests and `sandgraph journal` diagnostics).
-    pub(crate) fn segments(&self) -> Result<Vec<PathBuf>, String> {
-        Ok(list_segments(&self.inner.dir)?
-            .into_iter()
-            .map(|(_, p)| p)
-            .collect())
-    }
 }
 
 impl Inner {
