@@ -79,14 +79,17 @@ fn completion_body(seq: u64) -> Vec<u8> {
     (0..len).map(|i| (seq as usize * 31 + i) as u8).collect()
 }
 
+/// In the child process (each test starts its own binary again, filtered to itself, with
+/// [`CHILD_ENV`] set): becomes the appender and never returns. In the test itself: nothing.
+fn be_the_child_if_started_as_one() {
+    if let Ok(dir) = std::env::var(CHILD_ENV) {
+        append_until_killed(&dir);
+    }
+}
+
 /// The child: prints `sync <segment> <length>` after each sync of the log and `ack <run> <seq>`
 /// after each durable append returns, and appends until it is killed.
-#[test]
-#[ignore = "the child process of the power-loss tests; they start it"]
-fn power_loss_child() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else {
-        return;
-    };
+fn append_until_killed(dir: &str) -> ! {
     let segment_bytes: u64 = std::env::var(SEGMENT_ENV).unwrap().parse().unwrap();
     let out = Arc::new(Mutex::new(std::io::stdout()));
     let say = {
@@ -110,7 +113,7 @@ fn power_loss_child() {
         segment_bytes,
         on_sync: Some(on_sync),
     };
-    let journal = Arc::new(Journal::open_with(Path::new(&dir), LOCK_WAIT, options).unwrap());
+    let journal = Arc::new(Journal::open_with(Path::new(dir), LOCK_WAIT, options).unwrap());
     say("ready".into());
     let mut go = String::new();
     std::io::stdin().read_line(&mut go).unwrap();
@@ -171,15 +174,10 @@ enum SledFiles {
     RolledBack,
 }
 
-fn spawn_child(dir: &Path, segment_bytes: u64) -> Child {
+/// Starts this test binary again as the child of the test named `test`.
+fn spawn_child(test: &str, dir: &Path, segment_bytes: u64) -> Child {
     Command::new(std::env::current_exe().unwrap())
-        .args([
-            "power_loss_child",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, dir)
         .env(SEGMENT_ENV, segment_bytes.to_string())
         .stdin(Stdio::piped())
@@ -277,13 +275,13 @@ fn read_reports(stdout: std::process::ChildStdout, into: Arc<Mutex<Reported>>) {
 }
 
 /// One power cut; returns how many segments the log had used.
-fn power_cut(seed: u64, segment_bytes: u64, sled: SledFiles) -> usize {
+fn power_cut(test: &str, seed: u64, segment_bytes: u64, sled: SledFiles) -> usize {
     eprintln!("power cut: seed {seed}, segments of {segment_bytes} bytes, sled files {sled:?}");
     let mut rng = Rng(seed);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("journal");
     let before = tmp.path().join("sled-before");
-    let mut child = spawn_child(&dir, segment_bytes);
+    let mut child = spawn_child(test, &dir, segment_bytes);
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     while !line.starts_with("ready") {
@@ -410,22 +408,40 @@ fn seed() -> u64 {
 
 #[test]
 fn acknowledged_appends_survive_a_power_cut_with_sled_files_kept() {
+    be_the_child_if_started_as_one();
     for _ in 0..3 {
-        power_cut(seed(), 16 << 20, SledFiles::Kept);
+        power_cut(
+            "acknowledged_appends_survive_a_power_cut_with_sled_files_kept",
+            seed(),
+            16 << 20,
+            SledFiles::Kept,
+        );
     }
 }
 
 #[test]
 fn acknowledged_appends_survive_a_power_cut_that_loses_everything_sled_wrote() {
+    be_the_child_if_started_as_one();
     for _ in 0..3 {
-        power_cut(seed(), 16 << 20, SledFiles::RolledBack);
+        power_cut(
+            "acknowledged_appends_survive_a_power_cut_that_loses_everything_sled_wrote",
+            seed(),
+            16 << 20,
+            SledFiles::RolledBack,
+        );
     }
 }
 
 #[test]
 fn acknowledged_appends_survive_a_power_cut_across_checkpoints() {
+    be_the_child_if_started_as_one();
     for _ in 0..2 {
-        let segments = power_cut(seed(), 32 << 10, SledFiles::Kept);
+        let segments = power_cut(
+            "acknowledged_appends_survive_a_power_cut_across_checkpoints",
+            seed(),
+            32 << 10,
+            SledFiles::Kept,
+        );
         assert!(
             segments >= 3,
             "the log should have moved through several segments, it used {segments}"
