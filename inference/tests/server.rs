@@ -279,6 +279,22 @@ fn sse_payloads(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// Sends `body` to `path` with `"stream": true` and returns the `data:` payloads of the answer.
+async fn stream_payloads(addr: SocketAddr, path: &str, mut body: Value) -> Vec<String> {
+    body["stream"] = json!(true);
+    let (resp, _t) = send(addr, "POST", path, Some(body.to_string().into_bytes())).await;
+    let raw = resp.into_body().collect().await.unwrap().to_bytes();
+    sse_payloads(std::str::from_utf8(&raw).unwrap())
+}
+
+/// The JSON chunks of a stream's payloads, before the closing `[DONE]`.
+fn stream_chunks(payloads: &[String]) -> Vec<Value> {
+    payloads[..payloads.len() - 1]
+        .iter()
+        .map(|p| serde_json::from_str(p).unwrap())
+        .collect()
+}
+
 /// Greedy text of one completion prompt run alone through `generate`.
 fn alone(prompt: &str, max_tokens: usize) -> (String, usize) {
     let (model, tok) = tiny();
@@ -418,10 +434,7 @@ async fn chat_completion_has_the_openai_shape_and_streams_the_same_text() {
     let raw = resp.into_body().collect().await.unwrap().to_bytes();
     let payloads = sse_payloads(std::str::from_utf8(&raw).unwrap());
     assert_eq!(payloads.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = payloads[..payloads.len() - 1]
-        .iter()
-        .map(|p| serde_json::from_str(p).unwrap())
-        .collect();
+    let chunks = stream_chunks(&payloads);
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     let streamed: String = chunks
         .iter()
@@ -472,9 +485,8 @@ async fn stop_sequences_and_completion_streaming() {
     let raw = resp.into_body().collect().await.unwrap().to_bytes();
     let payloads = sse_payloads(std::str::from_utf8(&raw).unwrap());
     assert_eq!(payloads.last().unwrap(), "[DONE]");
-    let streamed: String = payloads[..payloads.len() - 1]
+    let streamed: String = stream_chunks(&payloads)
         .iter()
-        .map(|p| serde_json::from_str::<Value>(p).unwrap())
         .map(|c| c["choices"][0]["text"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(streamed, text);
@@ -2013,20 +2025,9 @@ async fn logprobs_are_the_models_log_softmax_streamed_and_not() {
     assert_eq!(String::from_utf8_lossy(&all), text);
 
     // Streamed: the chunks' entries, in order, are the same list.
-    let mut sbody = body.clone();
-    sbody["stream"] = json!(true);
-    let (resp, _t) = send(
-        s.addr,
-        "POST",
-        "/v1/chat/completions",
-        Some(sbody.to_string().into_bytes()),
-    )
-    .await;
-    let raw = resp.into_body().collect().await.unwrap().to_bytes();
-    let payloads = sse_payloads(std::str::from_utf8(&raw).unwrap());
-    let streamed: Vec<Value> = payloads[..payloads.len() - 1]
-        .iter()
-        .map(|p| serde_json::from_str::<Value>(p).unwrap())
+    let payloads = stream_payloads(s.addr, "/v1/chat/completions", body.clone()).await;
+    let streamed: Vec<Value> = stream_chunks(&payloads)
+        .into_iter()
         .filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array().cloned())
         .flatten()
         .collect();
@@ -2104,22 +2105,10 @@ async fn several_choices_share_one_prefill_and_are_reproducible() {
 
     // Streamed: every chunk names its choice, each choice finishes once, usage comes once.
     let mut sbody = body;
-    sbody["stream"] = json!(true);
     sbody["stream_options"] = json!({"include_usage": true});
-    let (resp, _t) = send(
-        s.addr,
-        "POST",
-        "/v1/chat/completions",
-        Some(sbody.to_string().into_bytes()),
-    )
-    .await;
-    let raw = resp.into_body().collect().await.unwrap().to_bytes();
-    let payloads = sse_payloads(std::str::from_utf8(&raw).unwrap());
+    let payloads = stream_payloads(s.addr, "/v1/chat/completions", sbody).await;
     assert_eq!(payloads.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = payloads[..payloads.len() - 1]
-        .iter()
-        .map(|p| serde_json::from_str(p).unwrap())
-        .collect();
+    let chunks = stream_chunks(&payloads);
     let mut text = vec![String::new(); 3];
     let mut finished = [0; 3];
     for c in &chunks {
@@ -2297,21 +2286,8 @@ async fn a_json_format_with_tools_answers_a_call_or_a_document_of_the_format() {
             }
         }
         // The stream tells the same story: call deltas, or the document as content.
-        let mut sbody = body;
-        sbody["stream"] = json!(true);
-        let (resp, _t) = send(
-            s.addr,
-            "POST",
-            "/v1/chat/completions",
-            Some(sbody.to_string().into_bytes()),
-        )
-        .await;
-        let raw = resp.into_body().collect().await.unwrap().to_bytes();
-        let payloads = sse_payloads(std::str::from_utf8(&raw).unwrap());
-        let chunks: Vec<Value> = payloads[..payloads.len() - 1]
-            .iter()
-            .map(|p| serde_json::from_str(p).unwrap())
-            .collect();
+        let payloads = stream_payloads(s.addr, "/v1/chat/completions", body).await;
+        let chunks = stream_chunks(&payloads);
         let content: String = chunks
             .iter()
             .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())

@@ -287,7 +287,11 @@ impl Journal {
         if bytes.len() <= event::INLINE_LIMIT {
             return Ok(PayloadRef::Inline(bytes.to_vec()));
         }
-        let digest: [u8; 32] = Sha256::digest(bytes).into();
+        self.put_blob(Sha256::digest(bytes).into(), bytes)
+    }
+
+    /// Stores `bytes` under `digest` unless a blob is there already.
+    fn put_blob(&self, digest: [u8; 32], bytes: &[u8]) -> Result<PayloadRef, JournalError> {
         if !self.store.has_blob(&digest)? {
             self.store.put_blob(&digest, now_ms(), bytes)?;
         }
@@ -307,13 +311,10 @@ impl Journal {
             .strip_prefix("sha256:")
             .and_then(|h| hex::decode(h).ok())
             .and_then(|d| <[u8; 32]>::try_from(d).ok());
-        let Some(digest) = known.filter(|_| bytes.len() > event::INLINE_LIMIT) else {
-            return self.put_payload(bytes);
-        };
-        if !self.store.has_blob(&digest)? {
-            self.store.put_blob(&digest, now_ms(), bytes)?;
+        match known.filter(|_| bytes.len() > event::INLINE_LIMIT) {
+            Some(digest) => self.put_blob(digest, bytes),
+            None => self.put_payload(bytes),
         }
-        Ok(PayloadRef::Blob(digest))
     }
 
     pub fn payload(&self, r: &PayloadRef) -> Result<Vec<u8>, JournalError> {
