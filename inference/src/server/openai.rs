@@ -79,9 +79,9 @@ pub struct ChatRequest {
     #[serde(default)]
     pub max_completion_tokens: Option<i64>,
     #[serde(default)]
-    pub temperature: Option<f32>,
+    pub temperature: Option<f64>,
     #[serde(default)]
-    pub top_p: Option<f32>,
+    pub top_p: Option<f64>,
     #[serde(default)]
     pub seed: Option<i64>,
     #[serde(default)]
@@ -103,13 +103,13 @@ pub struct ChatRequest {
     #[serde(default)]
     pub user: Option<String>,
     #[serde(default)]
-    pub frequency_penalty: Option<f32>,
+    pub frequency_penalty: Option<f64>,
     #[serde(default)]
-    pub presence_penalty: Option<f32>,
+    pub presence_penalty: Option<f64>,
     /// vLLM's and llama.cpp's extension: divides (or, when negative, multiplies) the logit of
     /// every token seen in the prompt or output.
     #[serde(default)]
-    pub repetition_penalty: Option<f32>,
+    pub repetition_penalty: Option<f64>,
     /// vLLM's and llama.cpp's extension: only the k most likely tokens are candidates.
     #[serde(default)]
     pub top_k: Option<i64>,
@@ -155,9 +155,9 @@ pub struct CompletionRequest {
     #[serde(default)]
     pub max_tokens: Option<i64>,
     #[serde(default)]
-    pub temperature: Option<f32>,
+    pub temperature: Option<f64>,
     #[serde(default)]
-    pub top_p: Option<f32>,
+    pub top_p: Option<f64>,
     #[serde(default)]
     pub seed: Option<i64>,
     #[serde(default)]
@@ -171,13 +171,13 @@ pub struct CompletionRequest {
     #[serde(default)]
     pub user: Option<String>,
     #[serde(default)]
-    pub frequency_penalty: Option<f32>,
+    pub frequency_penalty: Option<f64>,
     #[serde(default)]
-    pub presence_penalty: Option<f32>,
+    pub presence_penalty: Option<f64>,
     /// vLLM's and llama.cpp's extension: divides (or, when negative, multiplies) the logit of
     /// every token seen in the prompt or output.
     #[serde(default)]
-    pub repetition_penalty: Option<f32>,
+    pub repetition_penalty: Option<f64>,
     /// vLLM's and llama.cpp's extension: only the k most likely tokens are candidates.
     #[serde(default)]
     pub top_k: Option<i64>,
@@ -249,11 +249,15 @@ pub struct Params {
 
 /// The sampling fields beyond OpenAI's `temperature` and `top_p`: its two penalties, and
 /// the `repetition_penalty` and `top_k` that vLLM and llama.cpp's server accept.
+///
+/// Request floats are read and checked as f64, the JSON number as sent, and only then narrowed
+/// to the engine's f32: read as f32, `-1e-140` would round to `-0` and pass a check for "at
+/// least 0" that the number itself fails.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SamplingExtras {
-    pub frequency_penalty: Option<f32>,
-    pub presence_penalty: Option<f32>,
-    pub repetition_penalty: Option<f32>,
+    pub frequency_penalty: Option<f64>,
+    pub presence_penalty: Option<f64>,
+    pub repetition_penalty: Option<f64>,
     pub top_k: Option<i64>,
 }
 
@@ -276,7 +280,7 @@ impl SamplingExtras {
                         "invalid_value",
                     ));
                 }
-                *slot = v;
+                *slot = v as f32;
             }
         }
         if let Some(r) = self.repetition_penalty {
@@ -289,7 +293,8 @@ impl SamplingExtras {
                     "invalid_value",
                 ));
             }
-            p.repetition = r;
+            // Within (0, 10] as sent; kept above 0 once narrowed (it divides logits).
+            p.repetition = (r as f32).max(f32::MIN_POSITIVE);
         }
         Ok(p)
     }
@@ -312,8 +317,8 @@ impl SamplingExtras {
 pub fn check_params(
     max_tokens: Option<i64>,
     max_tokens_param: &str,
-    temperature: Option<f32>,
-    top_p: Option<f32>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
     seed: Option<i64>,
     stop: Option<OneOrMany>,
     n: Option<i64>,
@@ -394,9 +399,10 @@ pub fn check_params(
         n,
         logprobs: None,
         sampling: Sampling {
-            temperature,
+            temperature: temperature as f32,
             top_k,
-            top_p,
+            // Within (0, 1] as sent; kept above 0 once narrowed.
+            top_p: (top_p as f32).max(f32::MIN_POSITIVE),
             seed,
             logit_bias: Vec::new(),
             penalties,
@@ -988,6 +994,32 @@ mod tests {
             .params(64, 100)
             .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("top_logprobs"));
+    }
+
+    #[test]
+    fn floats_are_checked_as_sent_not_as_rounded_to_f32() {
+        // Found by schemathesis: -7.8e-140 rounds to -0 as an f32 and passed "at least 0".
+        let parse = |b: &str| -> CompletionRequest { parse_body(b.as_bytes()).unwrap() };
+        for (field, value) in [
+            ("temperature", "-7.83953593169913e-140"),
+            ("temperature", "2.0000000001"),
+            ("top_p", "1.0000000001"),
+            ("frequency_penalty", "-2.0000000001"),
+            ("presence_penalty", "2.0000000001"),
+            ("repetition_penalty", "10.0000000001"),
+        ] {
+            let e = parse(&format!(r#"{{"prompt":"x","{field}":{value}}}"#))
+                .params(64, 100)
+                .unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(field), "{field} = {value}");
+        }
+        // Values within bounds that vanish as f32 stay usable: above 0 where 0 is refused.
+        let p =
+            parse(r#"{"prompt":"x","top_p":1e-60,"repetition_penalty":1e-60,"temperature":1e-60}"#)
+                .params(64, 100)
+                .unwrap();
+        assert!(p.sampling.top_p > 0.0 && p.sampling.penalties.repetition > 0.0);
+        assert_eq!(p.sampling.temperature, 0.0);
     }
 
     #[test]
