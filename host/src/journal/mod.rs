@@ -363,16 +363,7 @@ impl Journal {
             seq
         };
         if let Err(e) = self.settle(run, seq, event, durability) {
-            // A store that lost uncommitted writes (PostgreSQL rolls a broken transaction back)
-            // may hold fewer events than counted: count again from it on the next append.
-            self.next_seq
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clear();
-            self.summaries
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clear();
+            self.recount();
             return Err(e);
         }
         for hook in self
@@ -517,7 +508,27 @@ impl Journal {
         if let Some(hook) = self.on_flush.get() {
             hook(start.elapsed());
         }
+        if r.is_err() {
+            // Whichever call led the failed flush (a durable append, or `sync` after buffered
+            // completions), the buffered writes it should have committed may be gone.
+            self.recount();
+        }
         r
+    }
+
+    /// Forgets the counted sequences and cached summaries: a store that lost uncommitted writes
+    /// (PostgreSQL rolls a broken transaction back) may hold fewer events than counted, so the
+    /// next append counts again from the store. Without this a run's next event after a lost
+    /// transaction left a gap where the lost buffered events were.
+    fn recount(&self) {
+        self.next_seq
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.summaries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// The events of `run` from sequence `from` on, in order (empty when there are none yet).

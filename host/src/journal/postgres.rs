@@ -286,9 +286,13 @@ struct Connection {
 impl Connection {
     /// The client inside an open transaction.
     fn begin(&mut self, url: &str) -> Result<&mut Pg, JournalError> {
-        let open = self.in_tx;
-        let c = self.client()?;
-        if !open {
+        // Connected first: a broken connection ends the open transaction with it, and the
+        // write must then open one on the new connection. (Read before reconnecting, the old
+        // `in_tx` let the write run in autocommit and commit past the lost writes before it,
+        // leaving a gap in its run's sequence.)
+        self.client()?;
+        if !self.in_tx {
+            let c = self.client.as_mut().expect("connected above");
             c.batch_execute("BEGIN").map_err(|e| db_error(url, e))?;
             self.checked.clear();
         }
