@@ -99,6 +99,7 @@ const COVERED: &[&str] = &[
     "limits_shadow_stack_overflow",
     "sockets_tcp_connect",
     "sockets_udp_send",
+    "state_isolation",
 ];
 
 #[test]
@@ -183,6 +184,29 @@ async fn limits_cases() {
             "{}",
             c.name
         );
+    }
+}
+
+/// Nothing of one call reaches the next: a guest that writes a global, its static data, its
+/// heap and freshly grown pages, then reports what it found of an earlier call, must find
+/// nothing, call after call, on the pooling allocator that reuses the same instance slot.
+#[tokio::test(flavor = "current_thread")]
+async fn no_state_survives_from_one_call_to_the_next() {
+    let h = Harness::new();
+    let fresh = r#"{"calls_before":0,"data_changed":false,"bss_dirty":false,"heap_marked":false,"grown_dirty":false,"#;
+    let mut pages = None;
+    for call in 0..5 {
+        let r = h
+            .call("state_isolation", "", CallGrant::default(), "{}")
+            .await;
+        let out = r.result.unwrap_or_else(|e| panic!("call {call}: {e:?}"));
+        assert!(
+            out.starts_with(fresh),
+            "call {call} saw state left by an earlier call: {out}"
+        );
+        // The same memory size every time: grown pages are not kept either.
+        let size = out.rsplit(':').next().map(str::to_owned);
+        assert_eq!(*pages.get_or_insert(size.clone()), size, "call {call}: {out}");
     }
 }
 

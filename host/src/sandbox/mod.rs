@@ -729,3 +729,52 @@ fn classify_error(e: &wasmtime::Error, grant: &EffectiveGrant, state: &CallState
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The isolation test's guest (`tests/guests/src/bin/state_isolation.rs`) does see state
+    /// when it is there: called twice in one instance, the second call reports the first. (The
+    /// sandbox never does this; `hostile.rs` checks that separate calls see nothing.)
+    #[tokio::test]
+    async fn the_isolation_guest_sees_state_left_in_its_own_instance() {
+        let path = sandgraph_test_artifacts::HOSTILE_GUESTS
+            .iter()
+            .find(|(n, _)| *n == "state_isolation")
+            .map(|(_, p)| *p)
+            .expect("the state_isolation guest is built");
+        let sandbox = Sandbox::new(SandboxConfig::default()).expect("sandbox");
+        let tool = sandbox.registry().load_file(path.as_ref()).expect("load");
+        let grant = EffectiveGrant {
+            tool: "state_isolation".into(),
+            egress: vec![],
+            env: vec![],
+            workspace: None,
+            limits: manifest::Limits::default(),
+            allow_private: vec![],
+        };
+        let budget = CallBudget::new(&grant.limits);
+        let log: AttemptLog = Arc::default();
+        let (out, err) = (CappedLog::new(LOG_CAP), CappedLog::new(LOG_CAP));
+        let mut store = sandbox
+            .new_store(&grant, &budget, &log, &out, &err, None)
+            .expect("store");
+        let ComponentPre::Tool(pre) = &tool.pre else {
+            panic!("state_isolation is a tool component");
+        };
+        let instance = pre.instantiate_async(&mut store).await.expect("instance");
+        let first = instance
+            .call_invoke(&mut store, "{}")
+            .await
+            .expect("call")
+            .expect("first call");
+        let second = instance
+            .call_invoke(&mut store, "{}")
+            .await
+            .expect("call")
+            .expect("second call");
+        assert!(first.starts_with(r#"{"calls_before":0,"data_changed":false,"bss_dirty":false,"heap_marked":false,"#), "{first}");
+        assert!(second.starts_with(r#"{"calls_before":1,"data_changed":true,"bss_dirty":true,"#), "{second}");
+    }
+}
