@@ -50,7 +50,7 @@ pub use schemars::JsonSchema;
 pub mod bindings {
     wit_bindgen::generate!({
         path: "wit/tool.wit",
-        world: "tool",
+        world: "tool-preinit",
         pub_export_macro: true,
         export_macro_name: "__export_tool_world",
         default_bindings_module: "sandgraph_guest::bindings",
@@ -93,6 +93,12 @@ pub mod __private {
 
     pub use crate::agent_wit::{wit_info as wit_agent_info, wit_step};
 
+    /// `wizer-initialize` export body: what every call would otherwise redo, done once for the
+    /// host's snapshot.
+    pub fn preinit<T: crate::Tool>() {
+        crate::runtime::preinit::<T>();
+    }
+
     /// `invoke` export body: validate, run, serialize, and map errors to the WIT variant.
     pub fn wit_invoke<T: crate::Tool>(input: &str) -> Result<String, wit::ToolError> {
         crate::runtime::call::<T>(input).map_err(|e| match e {
@@ -124,6 +130,9 @@ macro_rules! export_tool {
                     $crate::bindings::sandgraph::tool::types::ToolError,
                 > {
                     $crate::__private::wit_invoke::<$ty>(&input)
+                }
+                fn wizer_initialize() {
+                    $crate::__private::preinit::<$ty>()
                 }
             }
             $crate::bindings::__export_tool_world!(

@@ -47,6 +47,13 @@ pub fn info<T: Tool>() -> ToolInfo {
     }
 }
 
+/// Builds what every call of tool `T` needs and can share (its input schema), so that a snapshot
+/// taken after this (the component's `wizer-initialize`) starts every call with it built. Pure:
+/// no I/O, which the host refuses at that point anyway.
+pub fn preinit<T: Tool>() {
+    schema::cached_schema::<T::Input>();
+}
+
 /// Runs tool `T` on a JSON input: validates against the input schema, deserializes,
 /// invokes, and serializes the output.
 pub fn call<T: Tool>(input: &str) -> Result<String, ToolError> {

@@ -4,6 +4,10 @@
 //! `deny_unknown_fields` is the exception), so inputs are checked against the generated
 //! schema first and then deserialized; both report the JSON path of the offending field.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
 use schemars::{JsonSchema, generate::SchemaSettings};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -18,6 +22,24 @@ pub fn schema_for<T: JsonSchema + ?Sized>() -> Value {
         .to_value()
 }
 
+/// Root schemas built so far, by schemars' id of their type. Each call of a tool runs in a
+/// fresh instance, so within one call this saves nothing; it pays when the host snapshots the
+/// component after its start-up hook ([`crate::runtime::preinit`]) built the input schema.
+static SCHEMAS: Mutex<BTreeMap<Cow<'static, str>, &'static Value>> = Mutex::new(BTreeMap::new());
+
+/// [`schema_for`], built once per type.
+pub fn cached_schema<T: JsonSchema + ?Sized>() -> &'static Value {
+    let id = T::schema_id();
+    let lock = || SCHEMAS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(schema) = lock().get(&id) {
+        return schema;
+    }
+    // Built outside the lock: a schema's generation never reads this cache, but the lock is
+    // not held across foreign code all the same. Leaked once per type.
+    let built: &'static Value = Box::leak(Box::new(schema_for::<T>()));
+    lock().entry(id).or_insert(built)
+}
+
 /// The draft 2020-12 root schema of `T`, as compact JSON text.
 pub fn schema_json<T: JsonSchema + ?Sized>() -> String {
     schema_for::<T>().to_string()
@@ -28,8 +50,7 @@ pub fn schema_json<T: JsonSchema + ?Sized>() -> String {
 pub fn parse_input<T: DeserializeOwned + JsonSchema>(input: &str) -> Result<T, ToolError> {
     let value: Value = serde_json::from_str(input)
         .map_err(|e| ToolError::invalid_input(format!("input is not valid JSON: {e}")))?;
-    let schema = schema_for::<T>();
-    validate(&schema, &value)?;
+    validate(cached_schema::<T>(), &value)?;
     serde_path_to_error::deserialize(&value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();

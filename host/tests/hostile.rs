@@ -100,6 +100,8 @@ const COVERED: &[&str] = &[
     "sockets_tcp_connect",
     "sockets_udp_send",
     "state_isolation",
+    "preinit_import",
+    "preinit_spin",
 ];
 
 #[test]
@@ -189,11 +191,14 @@ async fn limits_cases() {
 
 /// Nothing of one call reaches the next: a guest that writes a global, its static data, its
 /// heap and freshly grown pages, then reports what it found of an earlier call, must find
-/// nothing, call after call, on the pooling allocator that reuses the same instance slot.
+/// nothing, call after call, on the pooling allocator that reuses the same instance slot. The
+/// guest is pre-initialised: its start-up hook counted itself once before the snapshot, so
+/// every call finds that count (the snapshot is used) and never one more.
 #[tokio::test(flavor = "current_thread")]
 async fn no_state_survives_from_one_call_to_the_next() {
     let h = Harness::new();
-    let fresh = r#"{"calls_before":0,"data_changed":false,"bss_dirty":false,"heap_marked":false,"grown_dirty":false,"#;
+    assert!(h.load(hostile("state_isolation")).preinitialized);
+    let fresh = r#"{"calls_before":1,"data_changed":false,"bss_dirty":false,"heap_marked":false,"grown_dirty":false,"#;
     let mut pages = None;
     for call in 0..5 {
         let r = h
@@ -206,8 +211,54 @@ async fn no_state_survives_from_one_call_to_the_next() {
         );
         // The same memory size every time: grown pages are not kept either.
         let size = out.rsplit(':').next().map(str::to_owned);
-        assert_eq!(*pages.get_or_insert(size.clone()), size, "call {call}: {out}");
+        assert_eq!(
+            *pages.get_or_insert(size.clone()),
+            size,
+            "call {call}: {out}"
+        );
     }
+}
+
+/// A start-up hook that calls an import, or never returns, is refused: the component is
+/// registered without a snapshot (within the hook's time limit) and its calls work.
+#[tokio::test(flavor = "current_thread")]
+async fn a_start_up_hook_that_reaches_out_or_spins_is_run_without_a_snapshot() {
+    use sandgraph::sandbox::registry::PREINIT_TIME;
+    let h = Harness::new();
+    for guest in ["preinit_import", "preinit_spin"] {
+        let started = std::time::Instant::now();
+        let tool = h.load(hostile(guest));
+        assert!(!tool.preinitialized, "{guest}");
+        assert!(
+            started.elapsed() < PREINIT_TIME + Duration::from_secs(20),
+            "{guest}: registering took {:?}",
+            started.elapsed()
+        );
+        let r = h.call(guest, "", CallGrant::default(), "{}").await;
+        assert_eq!(r.result.as_deref(), Ok(r#"{"ok":true}"#), "{guest}");
+    }
+}
+
+/// The guest SDK's tools are pre-initialised (their input schema is built once, in the
+/// snapshot), and answer as before.
+#[tokio::test(flavor = "current_thread")]
+async fn sdk_tools_start_from_a_snapshot() {
+    let h = Harness::new();
+    let calc = h.load(sandgraph_test_artifacts::TOOL_CALC);
+    assert!(calc.preinitialized);
+    let grant = sandgraph::sandbox::manifest::EffectiveGrant::intersect(
+        &h.policy,
+        &common::manifest("calc", ""),
+        &CallGrant::default(),
+    );
+    let r = h.sandbox.call(&calc, &grant, r#"{"expr":"1+2*3"}"#).await;
+    assert_eq!(r.result.as_deref(), Ok(r#"{"value":7.0}"#));
+    let r = h.sandbox.call(&calc, &grant, r#"{"expr":""}"#).await;
+    assert!(
+        matches!(&r.result, Err(CallError::InvalidInput { message }) if message.contains("expr")),
+        "{:?}",
+        r.result
+    );
 }
 
 /// A spinning guest yields to the executor at every epoch tick, so on a single-threaded

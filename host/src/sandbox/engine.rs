@@ -13,6 +13,9 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 /// How often the ticker advances the engine epoch; the CPU limit's resolution.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
+/// Set to `1` to have guest code named in `perf` profiles (a perf map per process).
+pub const PERF_MAP_ENV: &str = "SANDGRAPH_WASM_PERF_MAP";
+
 /// Largest linear memory any guest may ever have, whatever operator policy says.
 pub const MAX_MEMORY_BYTES: usize = 4 << 30;
 
@@ -50,6 +53,10 @@ impl SandboxEngine {
         config.epoch_interruption(true);
         config.max_wasm_stack(512 * 1024);
         config.async_stack_size(2 << 20);
+        // `perf` can name guest functions when wasmtime writes /tmp/perf-<pid>.map for them.
+        if std::env::var_os(PERF_MAP_ENV).is_some_and(|v| v == "1") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         if allocator == Allocator::Pooling {
             let mut pool = PoolingAllocationConfig::new();
             pool.total_component_instances(MAX_CONCURRENT_CALLS as u32)

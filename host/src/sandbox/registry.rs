@@ -2,7 +2,16 @@
 //! `sandgraph:tool` or `sandgraph:agent` component, compiled once and kept on disk, and pre-linked (`InstancePre`)
 //! so a call only has to instantiate. Cache entries carry their key and a checksum and are
 //! verified before `deserialize`; a stale or corrupt entry is recompiled, never trusted.
+//!
+//! A component that exports the start-up hook `wizer-initialize` (the `sandgraph:tool/tool-preinit`
+//! world the guest SDK builds) is pre-initialised first: the hook runs once, in an instance whose
+//! every import traps, under a time and memory limit, and what it leaves in memory is snapshotted
+//! into the component that is compiled. Every call then starts a fresh instance of that snapshot,
+//! never of one another's state. A hook that calls an import (which would bake a host value such
+//! as a time or random bytes into every call), traps or runs too long leaves the component as it
+//! was.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -17,6 +26,19 @@ use super::bindings::ToolPre;
 use super::outcome::{AuditRecord, CallError};
 
 const MAGIC: &[u8; 8] = b"SGCWASM1";
+
+/// The start-up hook a component may export (`sandgraph:tool/tool-preinit`).
+pub const PREINIT_EXPORT: &str = "wizer-initialize";
+
+/// How long a component's start-up hook may run when it is registered.
+pub const PREINIT_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How large the hook may grow the component's memory (all of it lands in the snapshot).
+pub const PREINIT_MEMORY: usize = 64 << 20;
+
+/// Names how compiled entries were produced, in their cache key: an entry compiled before
+/// snapshots existed (or under another snapshot scheme) is stale.
+const PREINIT_SCHEME: &str = "preinit-1";
 
 /// What the disk cache did for one load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +80,8 @@ pub struct LoadedTool {
     pub component: Component,
     pub pre: ComponentPre,
     pub cache: CacheStatus,
+    /// Calls start from a snapshot taken after the component's start-up hook.
+    pub preinitialized: bool,
     /// What the component's `info()` said, once asked (`Sandbox::described`).
     pub(crate) described: tokio::sync::OnceCell<super::Described>,
 }
@@ -130,7 +154,7 @@ impl Registry {
     }
 
     fn cache_key(&self, digest: &str) -> String {
-        format!("{}/{digest}", self.key_prefix)
+        format!("{}/{PREINIT_SCHEME}/{digest}", self.key_prefix)
     }
 
     /// Reads a component file and loads it.
@@ -179,7 +203,7 @@ impl Registry {
             return Ok(t.clone());
         }
         check_header(bytes)?;
-        let (component, cache) = self.compile_cached(bytes, &digest)?;
+        let (component, cache, preinitialized) = self.compile_cached(bytes, &digest)?;
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
             bad(format!(
                 "component imports something the sandbox does not provide: {e:#}"
@@ -203,6 +227,7 @@ impl Registry {
             component,
             pre,
             cache,
+            preinitialized,
             described: tokio::sync::OnceCell::new(),
         });
         self.loaded
@@ -216,42 +241,131 @@ impl Registry {
         &self,
         bytes: &[u8],
         digest: &str,
-    ) -> Result<(Component, CacheStatus), CallError> {
-        let compile = || {
-            Component::new(&self.engine, bytes)
-                .map_err(|e| bad(format!("cannot compile the component: {e:#}")))
-        };
+    ) -> Result<(Component, CacheStatus, bool), CallError> {
         let Some(path) = self.cache_path(digest) else {
-            return Ok((compile()?, CacheStatus::Uncached));
+            let (image, snapshot) = self.call_image(bytes, digest);
+            let component = Component::new(&self.engine, &image)
+                .map_err(|e| bad(format!("cannot compile the component: {e:#}")))?;
+            return Ok((component, CacheStatus::Uncached, snapshot));
         };
         let key = self.cache_key(digest);
         let status = match std::fs::read(&path) {
             Err(_) => CacheStatus::Compiled,
             Ok(entry) => match verify_entry(&entry, &key) {
-                Entry::Valid(payload) => {
+                // The payload: one byte (1: compiled from the start-up snapshot), then what
+                // `precompile_component` produced.
+                Entry::Valid([snapshot @ (0 | 1), compiled @ ..]) => {
                     // SAFETY: the payload is exactly what `precompile_component` produced for
                     // this key (wasmtime version, engine config and component digest), as the
                     // sha256 checksum in the header proves; it was never trusted unverified.
-                    match unsafe { Component::deserialize(&self.engine, payload) } {
-                        Ok(c) => return Ok((c, CacheStatus::Hit)),
+                    match unsafe { Component::deserialize(&self.engine, compiled) } {
+                        Ok(c) => return Ok((c, CacheStatus::Hit, *snapshot == 1)),
                         Err(_) => CacheStatus::RecompiledCorrupt,
                     }
                 }
+                Entry::Valid(_) => CacheStatus::RecompiledCorrupt,
                 Entry::Stale => CacheStatus::RecompiledStale,
                 Entry::Corrupt => CacheStatus::RecompiledCorrupt,
             },
         };
-        let serialized = self
-            .engine
-            .precompile_component(bytes)
-            .map_err(|e| bad(format!("cannot compile the component: {e:#}")))?;
+        let (image, snapshot) = self.call_image(bytes, digest);
+        let mut payload = vec![u8::from(snapshot)];
+        payload.extend(
+            self.engine
+                .precompile_component(&image)
+                .map_err(|e| bad(format!("cannot compile the component: {e:#}")))?,
+        );
         // Best effort: a read-only cache directory only costs a recompile next time.
-        let _ = write_entry(&path, &key, &serialized);
-        // SAFETY: `serialized` was produced by this engine a moment ago.
-        let component = unsafe { Component::deserialize(&self.engine, &serialized) }
+        let _ = write_entry(&path, &key, &payload);
+        // SAFETY: the payload after its first byte was produced by this engine a moment ago.
+        let component = unsafe { Component::deserialize(&self.engine, &payload[1..]) }
             .map_err(|e| bad(format!("cannot load the compiled component: {e:#}")))?;
-        Ok((component, status))
+        Ok((component, status, snapshot))
     }
+}
+
+impl Registry {
+    /// What calls of `bytes` start from, and whether it is a snapshot: the snapshot after its
+    /// start-up hook when it exports one and the hook runs clean, else the component as it is.
+    /// (A component that is not valid fails the compile after this, with the compiler's reason.)
+    fn call_image<'b>(&self, bytes: &'b [u8], digest: &str) -> (Cow<'b, [u8]>, bool) {
+        if !exports_func(bytes, PREINIT_EXPORT) {
+            return (Cow::Borrowed(bytes), false);
+        }
+        // A hostile component must not take the host down: a panic inside the snapshotting
+        // library (it asserts its own output in debug builds) refuses the hook like an error.
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.preinit(bytes)))
+            .unwrap_or_else(|_| Err(wasmtime::format_err!("the snapshotting library panicked")));
+        match run {
+            Ok(snapshot) => (Cow::Owned(snapshot), true),
+            Err(e) => {
+                tracing::warn!(
+                    component = %digest,
+                    error = %format!("{e:#}"),
+                    "the component's start-up hook was refused; its calls start without a snapshot"
+                );
+                (Cow::Borrowed(bytes), false)
+            }
+        }
+    }
+
+    /// Runs the start-up hook of `bytes` in an instance whose imports all trap, within
+    /// [`PREINIT_TIME`] and [`PREINIT_MEMORY`], and returns the component rewritten to start
+    /// from the memory and globals it left.
+    fn preinit(&self, bytes: &[u8]) -> wasmtime::Result<Vec<u8>> {
+        struct Hook {
+            limits: wasmtime::StoreLimits,
+        }
+        let mut store = wasmtime::Store::new(
+            &self.engine,
+            Hook {
+                limits: wasmtime::StoreLimitsBuilder::new()
+                    .memory_size(PREINIT_MEMORY)
+                    .trap_on_grow_failure(true)
+                    .build(),
+            },
+        );
+        store.limiter(|h| &mut h.limits);
+        store.set_epoch_deadline(super::engine::SandboxEngine::ticks_for(PREINIT_TIME));
+        store.epoch_deadline_trap();
+        let mut wizer = wasmtime_wizer::Wizer::new();
+        // Kept: dropping it leaves the component lifting a core export that is gone (invalid
+        // output in wasmtime-wizer 48). The host never calls it again.
+        wizer.keep_init_func(true);
+        let run = wizer.run_component(&mut store, bytes, async |store, component| {
+            let mut linker = Linker::new(store.engine());
+            linker.define_unknown_imports_as_traps(component)?;
+            linker.instantiate_async(store, component).await
+        });
+        // Nothing in the hook's instance waits on I/O (every import traps), so any executor
+        // polls it to the end; wasmtime runs it on a fiber of its own.
+        let (snapshot, _) = futures_executor::block_on(run)?;
+        Ok(snapshot)
+    }
+}
+
+/// Whether component `bytes` exports a function `name` at its top level. Malformed bytes say
+/// no (the compiler reports them).
+fn exports_func(bytes: &[u8], name: &str) -> bool {
+    use wasmparser::{ComponentExternalKind, Parser, Payload};
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(bytes) {
+        let Ok(payload) = payload else { return false };
+        match payload {
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(_) if depth == 0 => break,
+            Payload::End(_) => depth -= 1,
+            Payload::ComponentExportSection(exports) if depth == 0 => {
+                for export in exports.into_iter().flatten() {
+                    if export.name.name == name && export.kind == ComponentExternalKind::Func {
+                        return true;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 /// The audit record of a component the registry refused: no call ran, so only the digest, the

@@ -12,6 +12,19 @@ pub mod bindings {
     });
 }
 
+/// Bindings for the `sandgraph:tool-preinit` world (`tool` plus the `wizer-initialize` hook the
+/// host runs once before snapshotting), sharing the `types` of [`bindings`].
+pub mod preinit_bindings {
+    wit_bindgen::generate!({
+        path: "../../guest-sdk/wit/tool.wit",
+        world: "tool-preinit",
+        pub_export_macro: true,
+        export_macro_name: "export_tool_preinit",
+        default_bindings_module: "sandgraph_hostile_guests::preinit_bindings",
+        with: { "sandgraph:tool/types@0.1.0": crate::bindings::sandgraph::tool::types },
+    });
+}
+
 /// Bindings for the `sandgraph:agent` world (guest-sdk/wit/agent.wit), for the test agents
 /// (`src/bin/agent_*.rs`), raw wit-bindgen so they do not depend on the guest SDK.
 pub mod agent_bindings {

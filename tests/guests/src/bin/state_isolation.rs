@@ -2,6 +2,9 @@
 //! call, then leaves marks everywhere a later call would look. Every call runs in a fresh
 //! instance, so every call must find nothing: a counter in a global, a static buffer (data
 //! segment), a zeroed static buffer (bss), the heap, and pages it grew past the initial memory.
+//!
+//! It exports the start-up hook too, which counts itself as a call: the host snapshots the
+//! component after it, so every call must find exactly that one earlier "call" and no other.
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use sandgraph_hostile_guests::*;
@@ -23,7 +26,10 @@ const MARK: u8 = 0xA5;
 /// A WebAssembly page.
 const PAGE: usize = 64 << 10;
 
-impl Guest for Case {
+impl sandgraph_hostile_guests::preinit_bindings::Guest for Case {
+    fn wizer_initialize() {
+        CALLS.fetch_add(1, Ordering::SeqCst);
+    }
     fn info() -> ToolInfo {
         info("state_isolation")
     }
@@ -69,6 +75,6 @@ fn heap_was_marked(heap: &[u8]) -> bool {
     heap.iter().any(|b| *b == MARK)
 }
 
-sandgraph_hostile_guests::bindings::export_tool!(Case);
+sandgraph_hostile_guests::preinit_bindings::export_tool_preinit!(Case);
 
 fn main() {}
