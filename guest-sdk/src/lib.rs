@@ -7,6 +7,11 @@
 //! [`agent`] and the `sandgraph:agent` world, and may call [`model`] and [`tools`]
 //! (agents/README.md has an example; [`host`] is the native test seam).
 //!
+//! Tools are built for `sandgraph:tool/tool-preinit`: `sandgraph:tool` plus a start-up hook,
+//! `wizer-initialize`, which builds the input schema. The host runs the hook once when it
+//! registers the component (every import traps there) and starts each call from a snapshot of
+//! the result, so a call no longer rebuilds the schema; each call is still a fresh instance.
+//!
 //! ```ignore
 //! // Cargo.toml: sandgraph-guest, serde (derive) and schemars (the derive macro needs
 //! // the `schemars` crate by name); crate-type = ["cdylib", "rlib"].

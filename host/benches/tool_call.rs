@@ -32,6 +32,7 @@ fn subject(allocator: Allocator) -> Arc<Subject> {
         ..SandboxConfig::default()
     })
     .expect("sandbox");
+    let started = Instant::now();
     let tool = sandbox
         .registry()
         .load_file(
@@ -40,6 +41,15 @@ fn subject(allocator: Allocator) -> Arc<Subject> {
                 .as_ref(),
         )
         .expect("calc component");
+    eprintln!(
+        "{allocator:?}: registered in {:.1} ms (compiled in memory{})",
+        started.elapsed().as_secs_f64() * 1e3,
+        if tool.preinitialized {
+            ", from the snapshot after its start-up hook"
+        } else {
+            ", no start-up snapshot"
+        }
+    );
     let manifest = Manifest::parse(
         "bench.yaml",
         "apiVersion: sandgraph.dev/v1\nkind: ToolManifest\nmetadata: { name: calc }\n",
