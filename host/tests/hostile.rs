@@ -219,46 +219,77 @@ async fn no_state_survives_from_one_call_to_the_next() {
     }
 }
 
+/// A sandbox without a component cache, so every load runs the start-up hook.
+fn uncached_sandbox() -> sandgraph::sandbox::Sandbox {
+    sandgraph::sandbox::Sandbox::new(sandgraph::sandbox::SandboxConfig::default()).expect("sandbox")
+}
+
+fn plain_grant(name: &str) -> sandgraph::sandbox::manifest::EffectiveGrant {
+    sandgraph::sandbox::manifest::EffectiveGrant::intersect(
+        &sandgraph::sandbox::manifest::OperatorPolicy::default(),
+        &common::manifest(name, ""),
+        &CallGrant::default(),
+    )
+}
+
 /// A start-up hook that calls an import, or never returns, is refused: the component is
-/// registered without a snapshot (within the hook's time limit) and its calls work.
+/// registered without a snapshot (the hook stops at its fuel limit) and its calls work.
 #[tokio::test(flavor = "current_thread")]
 async fn a_start_up_hook_that_reaches_out_or_spins_is_run_without_a_snapshot() {
-    use sandgraph::sandbox::registry::PREINIT_TIME;
-    let h = Harness::new();
+    let sandbox = uncached_sandbox();
     for guest in ["preinit_import", "preinit_spin"] {
         let started = std::time::Instant::now();
-        let tool = h.load(hostile(guest));
+        let tool = sandbox
+            .registry()
+            .load_file(hostile(guest).as_ref())
+            .expect("loads");
         assert!(!tool.preinitialized, "{guest}");
         assert!(
-            started.elapsed() < PREINIT_TIME + Duration::from_secs(20),
+            started.elapsed() < Duration::from_secs(30),
             "{guest}: registering took {:?}",
             started.elapsed()
         );
-        let r = h.call(guest, "", CallGrant::default(), "{}").await;
+        let r = sandbox.call(&tool, &plain_grant(guest), "{}").await;
         assert_eq!(r.result.as_deref(), Ok(r#"{"ok":true}"#), "{guest}");
     }
 }
 
 /// The guest SDK's tools are pre-initialised (their input schema is built once, in the
-/// snapshot), and answer as before.
+/// snapshot), answer as before, and the disk cache remembers that its entry is a snapshot.
 #[tokio::test(flavor = "current_thread")]
 async fn sdk_tools_start_from_a_snapshot() {
-    let h = Harness::new();
-    let calc = h.load(sandgraph_test_artifacts::TOOL_CALC);
+    let sandbox = uncached_sandbox();
+    let calc = sandbox
+        .registry()
+        .load_file(sandgraph_test_artifacts::TOOL_CALC.as_ref())
+        .expect("loads");
     assert!(calc.preinitialized);
-    let grant = sandgraph::sandbox::manifest::EffectiveGrant::intersect(
-        &h.policy,
-        &common::manifest("calc", ""),
-        &CallGrant::default(),
-    );
-    let r = h.sandbox.call(&calc, &grant, r#"{"expr":"1+2*3"}"#).await;
+    let grant = plain_grant("calc");
+    let r = sandbox.call(&calc, &grant, r#"{"expr":"1+2*3"}"#).await;
     assert_eq!(r.result.as_deref(), Ok(r#"{"value":7.0}"#));
-    let r = h.sandbox.call(&calc, &grant, r#"{"expr":""}"#).await;
+    let r = sandbox.call(&calc, &grant, r#"{"expr":""}"#).await;
     assert!(
         matches!(&r.result, Err(CallError::InvalidInput { message }) if message.contains("expr")),
         "{:?}",
         r.result
     );
+    // Through a cache directory: compiled and written, then read back as a snapshot.
+    let dir = tempfile::tempdir().expect("tempdir");
+    for want in [CacheStatus::Compiled, CacheStatus::Hit] {
+        let cached = sandgraph::sandbox::Sandbox::new(sandgraph::sandbox::SandboxConfig {
+            cache_dir: Some(dir.path().to_path_buf()),
+            ..Default::default()
+        })
+        .expect("sandbox");
+        let calc = cached
+            .registry()
+            .load_file(sandgraph_test_artifacts::TOOL_CALC.as_ref())
+            .expect("loads");
+        assert_eq!(calc.cache, want);
+        assert!(calc.preinitialized, "{want:?}");
+        let r = cached.call(&calc, &grant, r#"{"expr":"2^10"}"#).await;
+        assert_eq!(r.result.as_deref(), Ok(r#"{"value":1024.0}"#));
+    }
 }
 
 /// A spinning guest yields to the executor at every epoch tick, so on a single-threaded

@@ -30,8 +30,9 @@ const MAGIC: &[u8; 8] = b"SGCWASM1";
 /// The start-up hook a component may export (`sandgraph:tool/tool-preinit`).
 pub const PREINIT_EXPORT: &str = "wizer-initialize";
 
-/// How long a component's start-up hook may run when it is registered.
-pub const PREINIT_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+/// How much a component's start-up hook may run when it is registered, in wasmtime fuel (about
+/// one unit per wasm instruction): a bound that does not depend on how fast the machine is.
+pub const PREINIT_FUEL: u64 = 1_000_000_000;
 
 /// How large the hook may grow the component's memory (all of it lands in the snapshot).
 pub const PREINIT_MEMORY: usize = 64 << 20;
@@ -98,6 +99,8 @@ pub struct Registry {
     cache_dir: Option<PathBuf>,
     key_prefix: String,
     loaded: Mutex<HashMap<String, Arc<LoadedTool>>>,
+    /// The engine start-up hooks run on, made when the first one runs.
+    hook_engine: std::sync::OnceLock<Result<Engine, String>>,
 }
 
 fn bad(reason: impl Into<String>) -> CallError {
@@ -138,6 +141,7 @@ impl Registry {
             cache_dir,
             key_prefix,
             loaded: Mutex::new(HashMap::new()),
+            hook_engine: std::sync::OnceLock::new(),
         }
     }
 
@@ -310,14 +314,29 @@ impl Registry {
     }
 
     /// Runs the start-up hook of `bytes` in an instance whose imports all trap, within
-    /// [`PREINIT_TIME`] and [`PREINIT_MEMORY`], and returns the component rewritten to start
+    /// [`PREINIT_FUEL`] and [`PREINIT_MEMORY`], and returns the component rewritten to start
     /// from the memory and globals it left.
     fn preinit(&self, bytes: &[u8]) -> wasmtime::Result<Vec<u8>> {
         struct Hook {
             limits: wasmtime::StoreLimits,
         }
+        // The hook runs once, on a copy of the component that is compiled only for that: a
+        // fast, unoptimised compile on an engine of its own that counts fuel. (The snapshot is
+        // compiled on the sandbox's engine afterwards, like any component.)
+        let engine = self
+            .hook_engine
+            .get_or_init(|| {
+                let mut config = wasmtime::Config::new();
+                config.wasm_component_model(true);
+                config.consume_fuel(true);
+                config.cranelift_opt_level(wasmtime::OptLevel::None);
+                config.max_wasm_stack(512 * 1024);
+                Engine::new(&config).map_err(|e| format!("{e:#}"))
+            })
+            .as_ref()
+            .map_err(|e| wasmtime::format_err!("cannot make the start-up hooks' engine: {e}"))?;
         let mut store = wasmtime::Store::new(
-            &self.engine,
+            engine,
             Hook {
                 limits: wasmtime::StoreLimitsBuilder::new()
                     .memory_size(PREINIT_MEMORY)
@@ -326,8 +345,7 @@ impl Registry {
             },
         );
         store.limiter(|h| &mut h.limits);
-        store.set_epoch_deadline(super::engine::SandboxEngine::ticks_for(PREINIT_TIME));
-        store.epoch_deadline_trap();
+        store.set_fuel(PREINIT_FUEL)?;
         let mut wizer = wasmtime_wizer::Wizer::new();
         // Kept: dropping it leaves the component lifting a core export that is gone (invalid
         // output in wasmtime-wizer 48). The host never calls it again.
