@@ -217,6 +217,7 @@ fn inspect_shows_world_imports_exports_and_info() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v = stdout_json(&o);
     assert_eq!(v["world"], "sandgraph:tool/tool@0.1.0");
+    assert_eq!(v["preinitialized"], true);
     assert_eq!(v["info"]["name"], "calc");
     assert_eq!(v["info"]["input_schema"]["type"], "object");
     let exports: Vec<&str> = v["exports"]

@@ -129,6 +129,8 @@ impl CliError {
 struct Inspection {
     digest: String,
     world: Option<String>,
+    /// Calls start from the snapshot taken after the component's start-up hook.
+    preinitialized: bool,
     imports: Vec<String>,
     exports: Vec<String>,
     info: Option<InfoJson>,
@@ -175,6 +177,7 @@ fn inspect(path: PathBuf, cache: CacheArgs) -> Result<String, CliError> {
     let out = Inspection {
         digest: tool.digest.clone(),
         world: Some("sandgraph:tool/tool@0.1.0".into()),
+        preinitialized: tool.preinitialized,
         imports,
         exports,
         info: Some(InfoJson {
