@@ -5,10 +5,10 @@
 //!
 //! A component that exports the start-up hook `wizer-initialize` (the `sandgraph:tool/tool-preinit`
 //! world the guest SDK builds) is pre-initialised first: the hook runs once, in an instance whose
-//! every import traps, under a time and memory limit, and what it leaves in memory is snapshotted
+//! every import traps, under a fuel and memory limit, and what it leaves in memory is snapshotted
 //! into the component that is compiled. Every call then starts a fresh instance of that snapshot,
 //! never of one another's state. A hook that calls an import (which would bake a host value such
-//! as a time or random bytes into every call), traps or runs too long leaves the component as it
+//! as a time or random bytes into every call), traps or runs out of fuel leaves the component as it
 //! was.
 
 use std::borrow::Cow;
