@@ -219,37 +219,22 @@ async fn no_state_survives_from_one_call_to_the_next() {
     }
 }
 
-/// A sandbox without a component cache, so every load runs the start-up hook.
-fn uncached_sandbox() -> sandgraph::sandbox::Sandbox {
-    sandgraph::sandbox::Sandbox::new(sandgraph::sandbox::SandboxConfig::default()).expect("sandbox")
-}
-
-fn plain_grant(name: &str) -> sandgraph::sandbox::manifest::EffectiveGrant {
-    sandgraph::sandbox::manifest::EffectiveGrant::intersect(
-        &sandgraph::sandbox::manifest::OperatorPolicy::default(),
-        &common::manifest(name, ""),
-        &CallGrant::default(),
-    )
-}
-
 /// A start-up hook that calls an import, or never returns, is refused: the component is
 /// registered without a snapshot (the hook stops at its fuel limit) and its calls work.
 #[tokio::test(flavor = "current_thread")]
 async fn a_start_up_hook_that_reaches_out_or_spins_is_run_without_a_snapshot() {
-    let sandbox = uncached_sandbox();
+    // No component cache: every load runs the hook.
+    let h = Harness::with_cache(None);
     for guest in ["preinit_import", "preinit_spin"] {
         let started = std::time::Instant::now();
-        let tool = sandbox
-            .registry()
-            .load_file(hostile(guest).as_ref())
-            .expect("loads");
+        let tool = h.load(hostile(guest));
         assert!(!tool.preinitialized, "{guest}");
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "{guest}: registering took {:?}",
             started.elapsed()
         );
-        let r = sandbox.call(&tool, &plain_grant(guest), "{}").await;
+        let r = h.call(guest, "", CallGrant::default(), "{}").await;
         assert_eq!(r.result.as_deref(), Ok(r#"{"ok":true}"#), "{guest}");
     }
 }
@@ -258,16 +243,13 @@ async fn a_start_up_hook_that_reaches_out_or_spins_is_run_without_a_snapshot() {
 /// snapshot), answer as before, and the disk cache remembers that its entry is a snapshot.
 #[tokio::test(flavor = "current_thread")]
 async fn sdk_tools_start_from_a_snapshot() {
-    let sandbox = uncached_sandbox();
-    let calc = sandbox
-        .registry()
-        .load_file(sandgraph_test_artifacts::TOOL_CALC.as_ref())
-        .expect("loads");
+    let h = Harness::with_cache(None);
+    let calc = h.load(sandgraph_test_artifacts::TOOL_CALC);
     assert!(calc.preinitialized);
-    let grant = plain_grant("calc");
-    let r = sandbox.call(&calc, &grant, r#"{"expr":"1+2*3"}"#).await;
+    let grant = h.grant("calc", "");
+    let r = h.sandbox.call(&calc, &grant, r#"{"expr":"1+2*3"}"#).await;
     assert_eq!(r.result.as_deref(), Ok(r#"{"value":7.0}"#));
-    let r = sandbox.call(&calc, &grant, r#"{"expr":""}"#).await;
+    let r = h.sandbox.call(&calc, &grant, r#"{"expr":""}"#).await;
     assert!(
         matches!(&r.result, Err(CallError::InvalidInput { message }) if message.contains("expr")),
         "{:?}",
@@ -276,18 +258,14 @@ async fn sdk_tools_start_from_a_snapshot() {
     // Through a cache directory: compiled and written, then read back as a snapshot.
     let dir = tempfile::tempdir().expect("tempdir");
     for want in [CacheStatus::Compiled, CacheStatus::Hit] {
-        let cached = sandgraph::sandbox::Sandbox::new(sandgraph::sandbox::SandboxConfig {
-            cache_dir: Some(dir.path().to_path_buf()),
-            ..Default::default()
-        })
-        .expect("sandbox");
-        let calc = cached
-            .registry()
-            .load_file(sandgraph_test_artifacts::TOOL_CALC.as_ref())
-            .expect("loads");
+        let cached = Harness::with_cache(Some(dir.path().to_path_buf()));
+        let calc = cached.load(sandgraph_test_artifacts::TOOL_CALC);
         assert_eq!(calc.cache, want);
         assert!(calc.preinitialized, "{want:?}");
-        let r = cached.call(&calc, &grant, r#"{"expr":"2^10"}"#).await;
+        let r = cached
+            .sandbox
+            .call(&calc, &grant, r#"{"expr":"2^10"}"#)
+            .await;
         assert_eq!(r.result.as_deref(), Ok(r#"{"value":1024.0}"#));
     }
 }

@@ -9,8 +9,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use common::{Harness, TestServer, hostile, manifest};
-use sandgraph::sandbox::manifest::{CallGrant, EffectiveGrant};
+use common::{Harness, TestServer, hostile};
 
 use sandgraph::journal::crossings::{CrossingError, HttpPlan, StepCrossings};
 use sandgraph::journal::{
@@ -553,19 +552,11 @@ fn local_harness() -> Harness {
     h
 }
 
-fn grant_for(h: &Harness, guest: &str, spec_yaml: &str) -> EffectiveGrant {
-    EffectiveGrant::intersect(
-        &h.policy,
-        &manifest(guest, spec_yaml),
-        &CallGrant::default(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn guest_clock_and_random_replay_byte_for_byte() {
     let h = Harness::new();
     let tool = h.load(hostile("journal_clock_random"));
-    let grant = grant_for(&h, "journal_clock_random", "");
+    let grant = h.grant("journal_clock_random", "");
     let (journal, run) = journal_with_run();
 
     let rec = StepCrossings::record(journal.clone(), run, "clock", 1);
@@ -602,7 +593,7 @@ async fn http_is_replayed_from_the_journal_without_the_network() {
         "egress: [{{ scheme: http, host: 127.0.0.1, port: {}, paths: ['/ok'] }}]",
         server.port()
     );
-    let grant = grant_for(&h, "egress_fetch", &spec);
+    let grant = h.grant("egress_fetch", &spec);
     let input = format!(r#"{{"url":"{}","method":"GET"}}"#, server.url("/ok"));
     let (journal, run) = journal_with_run();
 
@@ -675,7 +666,7 @@ async fn interrupted_post_is_outcome_unknown_and_not_sent_again() {
         "egress: [{{ scheme: http, host: 127.0.0.1, port: {}, paths: ['/slow'], methods: [POST] }}]\nlimits: {{ timeout: 500ms }}",
         server.port()
     );
-    let grant = grant_for(&h, "egress_fetch", &spec);
+    let grant = h.grant("egress_fetch", &spec);
     let url = server.url("/slow");
     let input = format!(r#"{{"url":"{url}","method":"POST"}}"#);
     let (journal, run) = journal_with_run();
@@ -736,7 +727,7 @@ async fn a_failed_request_replays_with_the_same_error_code() {
     let h = local_harness();
     let tool = h.load(hostile("egress_fetch"));
     let spec = format!("egress: [{{ scheme: http, host: 127.0.0.1, port: {port} }}]");
-    let grant = grant_for(&h, "egress_fetch", &spec);
+    let grant = h.grant("egress_fetch", &spec);
     let input = format!(r#"{{"url":"http://127.0.0.1:{port}/x","method":"GET"}}"#);
     let (journal, run) = journal_with_run();
 
@@ -778,8 +769,7 @@ async fn a_failed_request_replays_with_the_same_error_code() {
 async fn a_denied_request_is_journaled_as_a_denial() {
     let h = local_harness();
     let tool = h.load(hostile("egress_fetch"));
-    let grant = grant_for(
-        &h,
+    let grant = h.grant(
         "egress_fetch",
         "egress: [{ scheme: https, host: api.example.com }]",
     );

@@ -581,6 +581,18 @@ fn narrow_rules(rules: Vec<EgressRule>, allowed: &[String]) -> Vec<EgressRule> {
 }
 
 impl EffectiveGrant {
+    /// No capabilities at all, under the default limits: what `info()` runs with.
+    pub fn nothing(tool: &str) -> Self {
+        EffectiveGrant {
+            tool: tool.to_owned(),
+            egress: vec![],
+            env: vec![],
+            workspace: None,
+            limits: Limits::default(),
+            allow_private: vec![],
+        }
+    }
+
     /// operator ∩ manifest ∩ call; nothing here can widen what the manifest asks for.
     pub fn intersect(policy: &OperatorPolicy, manifest: &Manifest, call: &CallGrant) -> Self {
         let mut egress: Vec<EgressRule> = manifest.spec.egress.clone();

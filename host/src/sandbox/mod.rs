@@ -246,14 +246,7 @@ impl Sandbox {
 
     /// Calls `info()` in a fresh instance with no capabilities.
     pub async fn info(&self, tool: &LoadedTool) -> Result<ToolInfo, CallError> {
-        let grant = EffectiveGrant {
-            tool: String::new(),
-            egress: vec![],
-            env: vec![],
-            workspace: None,
-            limits: manifest::Limits::default(),
-            allow_private: vec![],
-        };
+        let grant = EffectiveGrant::nothing("");
         let _slot = self.acquire_slot(grant.limits.timeout).await?;
         let log: AttemptLog = Arc::default();
         let (out, err) = (CappedLog::new(LOG_CAP), CappedLog::new(LOG_CAP));
@@ -746,14 +739,7 @@ mod tests {
             .expect("the state_isolation guest is built");
         let sandbox = Sandbox::new(SandboxConfig::default()).expect("sandbox");
         let tool = sandbox.registry().load_file(path.as_ref()).expect("load");
-        let grant = EffectiveGrant {
-            tool: "state_isolation".into(),
-            egress: vec![],
-            env: vec![],
-            workspace: None,
-            limits: manifest::Limits::default(),
-            allow_private: vec![],
-        };
+        let grant = EffectiveGrant::nothing("state_isolation");
         let budget = CallBudget::new(&grant.limits);
         let log: AttemptLog = Arc::default();
         let (out, err) = (CappedLog::new(LOG_CAP), CappedLog::new(LOG_CAP));

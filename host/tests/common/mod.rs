@@ -61,15 +61,35 @@ impl Harness {
         Self::with_roots(resolver, secrets, Vec::new())
     }
 
+    /// Compiling components into `cache_dir` (`None`: in memory, so every load compiles and
+    /// runs a component's start-up hook).
+    pub fn with_cache(cache_dir: Option<PathBuf>) -> Self {
+        Self::build(
+            cache_dir,
+            StaticResolver::default(),
+            SecretStore::default(),
+            Vec::new(),
+        )
+    }
+
     /// With CA certificates `https` egress trusts besides the public roots.
     pub fn with_roots(
         resolver: StaticResolver,
         secrets: SecretStore,
         extra_roots: sandgraph::sandbox::egress::ExtraRoots,
     ) -> Self {
+        Self::build(Some(cache_dir()), resolver, secrets, extra_roots)
+    }
+
+    fn build(
+        cache_dir: Option<PathBuf>,
+        resolver: StaticResolver,
+        secrets: SecretStore,
+        extra_roots: sandgraph::sandbox::egress::ExtraRoots,
+    ) -> Self {
         let sandbox = Sandbox::new(SandboxConfig {
             allocator: Allocator::Pooling,
-            cache_dir: Some(cache_dir()),
+            cache_dir,
             resolver: Arc::new(resolver),
             secrets,
             extra_roots,
@@ -99,6 +119,16 @@ impl Harness {
         let manifest = manifest(guest, spec_yaml);
         let grant = EffectiveGrant::intersect(&self.policy, &manifest, &grant);
         self.sandbox.call(&tool, &grant, input).await
+    }
+
+    /// The grant of tool `name` under this harness's policy and a manifest with `spec_yaml`,
+    /// with nothing asked for the call itself.
+    pub fn grant(&self, name: &str, spec_yaml: &str) -> EffectiveGrant {
+        EffectiveGrant::intersect(
+            &self.policy,
+            &manifest(name, spec_yaml),
+            &CallGrant::default(),
+        )
     }
 }
 
