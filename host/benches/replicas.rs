@@ -10,7 +10,8 @@
 //!
 //! Run: `SANDGRAPH_BENCH=replicas scripts/bench-postgres.sh` (a throwaway cluster; add
 //! `--profile dev` for a quick figure). `SANDGRAPH_BENCH_RUNS` sets runs per configuration
-//! (default: 2 per client, at least 32).
+//! (default: 2 per client, at least 32). `SANDGRAPH_BENCH_SERVE` names another `sandgraph` binary
+//! to run as the replicas (say, one built from an earlier commit, to compare in the same run).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -79,7 +80,11 @@ impl Drop for Replica {
 
 fn serve(journal: &std::ffi::OsStr, cache: &Path) -> Replica {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sandgraph"))
+    // Another build of `sandgraph` to measure (an older commit's, for a same-run comparison).
+    let bin = std::env::var_os("SANDGRAPH_BENCH_SERVE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sandgraph")));
+    let mut child = Command::new(bin)
         .arg("serve")
         .env("SANDGRAPH_LISTEN", "127.0.0.1:0")
         .env("SANDGRAPH_JOURNAL", journal)

@@ -65,7 +65,10 @@ pub(crate) async fn claim_loop(state: Arc<State>, queue: Arc<RunQueue>) {
         match blocking(move || q.claim()).await {
             Ok(Some(claim)) => {
                 backoff = Duration::from_millis(100);
-                start_claimed(&state, &queue, claim, permit).await;
+                // Loading the run (its events, graph and tools) goes on beside the next claim,
+                // so one slow start does not hold back the runs queued behind it.
+                let (state, queue) = (state.clone(), queue.clone());
+                tokio::spawn(async move { start_claimed(&state, &queue, claim, permit).await });
             }
             Ok(None) => {
                 drop(permit);

@@ -1126,8 +1126,23 @@ async fn finish_submit(state: &Arc<State>, run: RunId, task: Started, wait: bool
 /// Waits for `run`'s `RunFinished`, wherever the run executes, and answers as a waited submit.
 async fn wait_in_journal(state: &Arc<State>, run: RunId) -> Reply {
     let mut appended = state.journal.subscribe(run);
+    // What the last look at the journal saw; `None`: look now.
+    let mut looked: Option<crate::journal::Appended> = None;
     loop {
-        appended.borrow_and_update();
+        let now = *appended.borrow_and_update();
+        // An append through this journal that did not end the run cannot have ended it: only
+        // the first pass, an end, another host's appends or the safety poll read the store (on
+        // a shared store each read is a round trip, and a run wakes this on every step).
+        let unchanged = looked.is_some_and(|l| !now.ended && now.remote == l.remote);
+        looked = Some(now);
+        if unchanged {
+            tokio::select! {
+                _ = appended.changed() => {}
+                _ = tokio::time::sleep(super::claims::SAFETY_POLL) => looked = None,
+                _ = state.shutdown.cancelled() => return Err(shutting_down()),
+            }
+            continue;
+        }
         let journal = state.journal.clone();
         let end = tokio::task::spawn_blocking(move || {
             if !journal.run_summary(run)?.status.is_finished() {
@@ -1170,7 +1185,7 @@ async fn wait_in_journal(state: &Arc<State>, run: RunId) -> Reply {
                 super::claims::SAFETY_POLL
             } else {
                 super::claims::POLL * 2
-            }) => {}
+            }) => looked = None,
             _ = state.shutdown.cancelled() => return Err(shutting_down()),
         }
     }

@@ -167,6 +167,16 @@ pub struct GcReport {
     pub blobs: usize,
 }
 
+/// What a run's subscribers ([`Journal::subscribe`]) are told as it changes: the last sequence
+/// appended through this journal, whether one of those appends ended the run, and how many times
+/// another host announced appends to it (what those were is only in the store).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Appended {
+    pub seq: u64,
+    pub ended: bool,
+    pub remote: u64,
+}
+
 /// The journal; share one per process (it is `Sync`).
 pub struct Journal {
     store: Box<dyn Store>,
@@ -179,8 +189,8 @@ pub struct Journal {
     commit: GroupCommit,
     /// Called after every append has fully taken effect (crash-injection tests stop here).
     after_append: std::sync::RwLock<Vec<AppendHook>>,
-    /// Per run with live readers (the API's event streams): the last appended sequence.
-    watchers: Arc<Mutex<HashMap<RunId, tokio::sync::watch::Sender<u64>>>>,
+    /// Per run with live readers (the API's event streams and waits): what was appended.
+    watchers: Arc<Mutex<HashMap<RunId, tokio::sync::watch::Sender<Appended>>>>,
     /// Whether the store tells this journal of other hosts' appends (started on the first
     /// subscription; see [`Journal::follows_other_hosts`]).
     listening: std::sync::OnceLock<bool>,
@@ -377,7 +387,11 @@ impl Journal {
         {
             let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(tx) = watchers.get(&run) {
-                tx.send_replace(seq);
+                let ended = matches!(event, Event::RunFinished { .. });
+                tx.send_modify(|a| {
+                    a.seq = seq;
+                    a.ended |= ended;
+                });
                 if tx.receiver_count() == 0 {
                     watchers.remove(&run);
                 }
@@ -544,13 +558,13 @@ impl Journal {
 
     /// Wakes on every append to `run` (changes coalesce: a reader re-reads with `events_from`
     /// after each change, so a slow reader never falls behind by more than one re-read).
-    pub fn subscribe(&self, run: RunId) -> tokio::sync::watch::Receiver<u64> {
+    pub fn subscribe(&self, run: RunId) -> tokio::sync::watch::Receiver<Appended> {
         self.follows_other_hosts();
         let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
         watchers.retain(|_, tx| tx.receiver_count() > 0);
         watchers
             .entry(run)
-            .or_insert_with(|| tokio::sync::watch::Sender::new(0))
+            .or_insert_with(|| tokio::sync::watch::Sender::new(Appended::default()))
             .subscribe()
     }
 
@@ -563,7 +577,7 @@ impl Journal {
             self.store.on_remote_append(Box::new(move |run| {
                 let watchers = watchers.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(tx) = watchers.get(&run) {
-                    tx.send_modify(|_| {});
+                    tx.send_modify(|a| a.remote += 1);
                 }
             }))
         })

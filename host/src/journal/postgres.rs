@@ -1,7 +1,11 @@
 //! The PostgreSQL store: the journal's three collections as three tables, so several host
-//! replicas can share one journal. One connection lives on its own thread (the sync client runs
-//! its own small runtime there), so journal calls block like sled's and work from any caller;
-//! a dropped connection is opened again, with backoff, on the next call.
+//! replicas can share one journal. Each connection lives on its own thread with a small runtime
+//! of its own, so journal calls block like sled's and work from any caller; a dropped connection
+//! is opened again, with backoff, on the next call.
+//!
+//! Writes do not wait: they are queued for the writing connection, which sends the writes queued
+//! one behind another together (pipelined: every statement sent before the first answer is read,
+//! the server running them in order), so a burst of appends costs one round trip, not one each.
 //!
 //! Group commit: writes go into one open transaction (reads on the same connection see them,
 //! as a sled journal's reader sees its buffered writes) and `flush` commits it, so the durable
@@ -76,32 +80,114 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX sandgraph_commands_run ON sandgraph_commands (run);",
 ];
 
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+/// What a connection thread is asked to do: a write to pipeline with the writes queued next to
+/// it, or anything else, run on its own.
+enum Job {
+    Write(Write),
+    Run(Box<dyn FnOnce(&mut Connection) + Send>),
+}
 
-/// A client that prepares each distinct statement once per connection: a prepared statement
-/// runs in one round trip where a statement given as text takes two (prepare, then execute).
+/// The most writes one pipelined batch sends before it reads their answers.
+const PIPELINE: usize = 256;
+
+/// A parameter a queued write owns until its statement runs.
+type Param = Box<dyn postgres::types::ToSql + Send + Sync>;
+
+/// One journal write: a single statement with its parameters, run in the writing connection's
+/// open transaction. Writes queued one after another are sent together, without waiting for
+/// each answer (the server still runs them one by one, in order).
+struct Write {
+    /// Its number in [`Dirty`].
+    seq: u64,
+    /// The run it writes to, when the run's fence must allow it (and its commit notifies).
+    run: Option<RunId>,
+    sql: &'static str,
+    params: Vec<Param>,
+    /// The failure when it changes no row (a conflict it must not pass over), if that is one.
+    if_no_row: Option<String>,
+}
+
+/// A client that prepares each distinct statement once per connection (a prepared statement
+/// runs in one round trip where a statement given as text takes two: prepare, then execute), on
+/// a runtime of its own so it can be called from any thread and can pipeline.
 pub(crate) struct Pg {
-    client: Client,
+    client: tokio_postgres::Client,
+    runtime: tokio::runtime::Runtime,
     prepared: HashMap<String, postgres::Statement>,
+    /// A call failed in a way that ends the session (closed, or a FATAL error from the server)
+    /// before the connection's task noticed.
+    broken: bool,
 }
 
 type Params<'a> = &'a [&'a (dyn postgres::types::ToSql + Sync)];
 
 impl Pg {
-    fn new(client: Client) -> Pg {
-        Pg {
+    /// Connects to `url` (see [`config`] for its timeouts and TLS).
+    pub(crate) fn connect(url: &str) -> Result<Pg, JournalError> {
+        let shown = redact(url);
+        let (config, tls) = config(url)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| JournalError::Database {
+                url: shown.clone(),
+                detail: format!("cannot start the client's runtime: {e}"),
+            })?;
+        let client = match tls {
+            None => {
+                let (client, conn) = runtime
+                    .block_on(config.connect(NoTls))
+                    .map_err(|e| db_error(&shown, e))?;
+                runtime.spawn(conn);
+                client
+            }
+            Some(tls) => {
+                let (client, conn) = runtime
+                    .block_on(config.connect(tls))
+                    .map_err(|e| db_error(&shown, e))?;
+                runtime.spawn(conn);
+                client
+            }
+        };
+        Ok(Pg {
             client,
+            runtime,
             prepared: HashMap::new(),
+            broken: false,
+        })
+    }
+
+    /// Passes `r` on, noting an error that means the session is over.
+    fn seen<T>(&mut self, r: Result<T, postgres::Error>) -> Result<T, postgres::Error> {
+        if let Err(e) = &r
+            && (e.is_closed()
+                || e
+                    .as_db_error()
+                    .is_some_and(|d| matches!(d.severity(), "FATAL" | "PANIC")))
+        {
+            self.broken = true;
         }
+        r
     }
 
     fn statement(&mut self, sql: &str) -> Result<postgres::Statement, postgres::Error> {
         if let Some(s) = self.prepared.get(sql) {
             return Ok(s.clone());
         }
-        let s = self.client.prepare(sql)?;
+        let s = self.runtime.block_on(self.client.prepare(sql));
+        let s = self.seen(s)?;
         self.prepared.insert(sql.to_owned(), s.clone());
         Ok(s)
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.broken || self.client.is_closed()
+    }
+
+    /// Runs `sql` (one or more statements, no parameters) as a simple query.
+    pub(crate) fn batch_execute(&mut self, sql: &str) -> Result<(), postgres::Error> {
+        let r = self.runtime.block_on(self.client.batch_execute(sql));
+        self.seen(r)
     }
 
     pub(crate) fn execute(
@@ -110,7 +196,8 @@ impl Pg {
         params: Params<'_>,
     ) -> Result<u64, postgres::Error> {
         let s = self.statement(sql)?;
-        self.client.execute(&s, params)
+        let r = self.runtime.block_on(self.client.execute(&s, params));
+        self.seen(r)
     }
 
     pub(crate) fn query(
@@ -119,7 +206,8 @@ impl Pg {
         params: Params<'_>,
     ) -> Result<Vec<postgres::Row>, postgres::Error> {
         let s = self.statement(sql)?;
-        self.client.query(&s, params)
+        let r = self.runtime.block_on(self.client.query(&s, params));
+        self.seen(r)
     }
 
     pub(crate) fn query_opt(
@@ -128,7 +216,8 @@ impl Pg {
         params: Params<'_>,
     ) -> Result<Option<postgres::Row>, postgres::Error> {
         let s = self.statement(sql)?;
-        self.client.query_opt(&s, params)
+        let r = self.runtime.block_on(self.client.query_opt(&s, params));
+        self.seen(r)
     }
 
     pub(crate) fn query_one(
@@ -137,20 +226,47 @@ impl Pg {
         params: Params<'_>,
     ) -> Result<postgres::Row, postgres::Error> {
         let s = self.statement(sql)?;
-        self.client.query_one(&s, params)
+        let r = self.runtime.block_on(self.client.query_one(&s, params));
+        self.seen(r)
     }
-}
 
-impl std::ops::Deref for Pg {
-    type Target = Client;
-    fn deref(&self) -> &Client {
-        &self.client
+    /// Runs each statement with its parameters, all sent before the first answer is read;
+    /// the answers in order (after a failed one, the rest of a transaction fail too).
+    fn execute_pipelined(
+        &mut self,
+        statements: &[(&str, Vec<&(dyn postgres::types::ToSql + Sync)>)],
+    ) -> Result<Vec<Result<u64, postgres::Error>>, postgres::Error> {
+        let prepared = statements
+            .iter()
+            .map(|(sql, _)| self.statement(sql))
+            .collect::<Result<Vec<_>, _>>()?;
+        let client = &self.client;
+        let answers = self.runtime.block_on(futures_util::future::join_all(
+            prepared
+                .iter()
+                .zip(statements)
+                .map(|(s, (_, params))| client.execute(s, params)),
+        ));
+        Ok(answers.into_iter().map(|r| self.seen(r)).collect())
     }
-}
 
-impl std::ops::DerefMut for Pg {
-    fn deref_mut(&mut self) -> &mut Client {
-        &mut self.client
+    /// [`Pg::execute_pipelined`] for statements that return at most one row each.
+    fn query_opt_pipelined(
+        &mut self,
+        statements: &[(&str, Vec<&(dyn postgres::types::ToSql + Sync)>)],
+    ) -> Result<Vec<Result<Option<postgres::Row>, postgres::Error>>, postgres::Error> {
+        let prepared = statements
+            .iter()
+            .map(|(sql, _)| self.statement(sql))
+            .collect::<Result<Vec<_>, _>>()?;
+        let client = &self.client;
+        let answers = self.runtime.block_on(futures_util::future::join_all(
+            prepared
+                .iter()
+                .zip(statements)
+                .map(|(s, (_, params))| client.query_opt(s, params)),
+        ));
+        Ok(answers.into_iter().map(|r| self.seen(r)).collect())
     }
 }
 
@@ -169,6 +285,8 @@ pub struct PostgresStore {
     url: String,
     /// Stops the notification listener, if one was started.
     listener_stop: Arc<std::sync::atomic::AtomicBool>,
+    /// This store's name in its notifications (random, one per store).
+    origin: String,
 }
 
 /// What this store wrote and has not committed yet, by the number of the write: runs with
@@ -281,6 +399,8 @@ struct Connection {
     /// The writing connection's marks, cleared as it commits; `None` on the reader.
     dirty: Option<Arc<Dirty>>,
     fences: Fences,
+    /// The store's name in the notifications its commits send.
+    origin: String,
 }
 
 impl Connection {
@@ -300,47 +420,111 @@ impl Connection {
         Ok(self.client.as_mut().expect("connected above"))
     }
 
-    /// Whether this transaction may write to `run`: yes when the run is not leased by this
-    /// host; else its lease row is share-locked (held to the commit) and must still carry this
-    /// host's epoch. A superseded epoch marks the run lost, refused without failing the shared
-    /// transaction.
-    fn may_write(&mut self, url: &str, run: RunId) -> Result<bool, JournalError> {
-        if self.fences.lost(run).is_some() {
-            return Ok(false);
-        }
-        let Some(epoch) = self.fences.epoch(run) else {
-            return Ok(true);
+    /// Runs `batch` in the open transaction (begun if none is), pipelined: first the fence
+    /// checks of the leased runs it writes to that this transaction has not checked yet, then
+    /// the writes their fences allow. A run is allowed when this host did not lease it; else
+    /// its lease row is share-locked (held to the commit) and must still carry this host's
+    /// epoch. A superseded epoch marks the run lost and its writes are skipped, without failing
+    /// the shared transaction. The first write that fails poisons the transaction: the next
+    /// flush rolls it back and reports why.
+    fn write_all(&mut self, url: &str, batch: Vec<Write>) {
+        let Some(last) = batch.last().map(|w| w.seq) else {
+            return;
         };
-        if self.checked.contains(&run) {
-            return Ok(true);
+        if let Err(e) = self.write_batch(url, &batch) {
+            self.failed.get_or_insert(e);
+        }
+        self.processed = last;
+    }
+
+    fn write_batch(&mut self, url: &str, batch: &[Write]) -> Result<(), JournalError> {
+        if self.failed.is_some() {
+            // Rolled back at the next flush anyway; the server would refuse them.
+            return Ok(());
+        }
+        let mut unchecked: Vec<(RunId, i64)> = Vec::new();
+        for run in batch.iter().filter_map(|w| w.run) {
+            if self.fences.lost(run).is_some()
+                || self.checked.contains(&run)
+                || unchecked.iter().any(|(r, _)| *r == run)
+            {
+                continue;
+            }
+            if let Some(epoch) = self.fences.epoch(run) {
+                unchecked.push((run, epoch));
+            }
         }
         let c = self.begin(url)?;
-        let row = c
-            .query_opt(
-                "SELECT epoch, owner FROM sandgraph_leases WHERE run = $1 FOR SHARE",
-                &[&&run.0[..]],
-            )
-            .map_err(|e| db_error(url, e))?;
-        match row.map(|r| (r.get::<_, i64>(0), r.get::<_, Option<String>>(1))) {
-            Some((e, _)) if e == epoch => {
-                self.checked.insert(run);
-                Ok(true)
-            }
-            Some((e, owner)) => {
-                self.fences.lose(
-                    run,
-                    format!(
-                        "its lease epoch is {e} (owner {}), this host held epoch {epoch}",
-                        owner.as_deref().unwrap_or("none")
+        if !unchecked.is_empty() {
+            let ids: Vec<&[u8]> = unchecked.iter().map(|(r, _)| &r.0[..]).collect();
+            let checks: Vec<(&str, Vec<&(dyn postgres::types::ToSql + Sync)>)> = ids
+                .iter()
+                .map(|id| {
+                    (
+                        "SELECT epoch, owner FROM sandgraph_leases WHERE run = $1 FOR SHARE",
+                        vec![id as &(dyn postgres::types::ToSql + Sync)],
+                    )
+                })
+                .collect();
+            let rows = c
+                .query_opt_pipelined(&checks)
+                .map_err(|e| db_error(url, e))?;
+            for ((run, epoch), row) in unchecked.iter().zip(rows) {
+                let row = row.map_err(|e| db_error(url, e))?;
+                match row.map(|r| (r.get::<_, i64>(0), r.get::<_, Option<String>>(1))) {
+                    Some((e, _)) if e == *epoch => {
+                        self.checked.insert(*run);
+                    }
+                    Some((e, owner)) => self.fences.lose(
+                        *run,
+                        format!(
+                            "its lease epoch is {e} (owner {}), this host held epoch {epoch}",
+                            owner.as_deref().unwrap_or("none")
+                        ),
                     ),
-                );
-                Ok(false)
-            }
-            None => {
-                self.fences.lose(run, "its lease row is gone".into());
-                Ok(false)
+                    None => self.fences.lose(*run, "its lease row is gone".into()),
+                }
             }
         }
+        let allowed: Vec<&Write> = batch
+            .iter()
+            .filter(|w| w.run.is_none_or(|r| self.fences.lost(r).is_none()))
+            .collect();
+        let statements: Vec<(&str, Vec<&(dyn postgres::types::ToSql + Sync)>)> = allowed
+            .iter()
+            .map(|w| {
+                let params = w
+                    .params
+                    .iter()
+                    .map(|p| p.as_ref() as &(dyn postgres::types::ToSql + Sync))
+                    .collect();
+                (w.sql, params)
+            })
+            .collect();
+        let c = self.client.as_mut().expect("begun above");
+        let results = c
+            .execute_pipelined(&statements)
+            .map_err(|e| db_error(url, e))?;
+        let mut first_failure = None;
+        for (w, r) in allowed.iter().zip(results) {
+            match r {
+                Ok(0) if w.if_no_row.is_some() => {
+                    first_failure.get_or_insert(JournalError::Database {
+                        url: url.to_owned(),
+                        detail: w.if_no_row.clone().unwrap_or_default(),
+                    });
+                }
+                Ok(_) => {
+                    if let Some(run) = w.run {
+                        self.appended.insert(run);
+                    }
+                }
+                Err(e) => {
+                    first_failure.get_or_insert(db_error(url, e));
+                }
+            }
+        }
+        first_failure.map_or(Ok(()), Err)
     }
 
     /// The open client, reconnecting (up to ~3 s of backoff) when the last one broke.
@@ -364,7 +548,7 @@ impl Connection {
             let mut wait = Duration::from_millis(50);
             let mut last = None;
             for _ in 0..6 {
-                match connect(&self.url) {
+                match Pg::connect(&self.url) {
                     Ok(mut c) => {
                         // A paused host must not hold its locks (and block the host taking
                         // its runs over) for longer than this.
@@ -375,7 +559,7 @@ impl Connection {
                             last = Some(db_error(&redact(&self.url), e));
                             continue;
                         }
-                        self.client = Some(Pg::new(c));
+                        self.client = Some(c);
                         break;
                     }
                     Err(e) => {
@@ -404,9 +588,7 @@ impl Connection {
         self.checked.clear();
         let appended = std::mem::take(&mut self.appended);
         let done = match self.client.as_mut() {
-            Some(c) => notify(c, &appended)
-                .and_then(|()| c.batch_execute("COMMIT"))
-                .map_err(|e| db_error(url, e)),
+            Some(c) => notify_and_commit(c, &appended, &self.origin).map_err(|e| db_error(url, e)),
             None => Ok(()),
         };
         if let Err(e) = done {
@@ -486,7 +668,28 @@ fn client_identity() -> Result<
 /// stops its runs before their leases pass to another.
 pub(crate) fn connect(url: &str) -> Result<Client, JournalError> {
     let shown = redact(url);
-    let mut config: postgres::Config = url.parse().map_err(|e| db_error(&shown, e))?;
+    let (config, tls) = config(url)?;
+    let config = postgres::Config::from(config);
+    match tls {
+        None => config.connect(NoTls),
+        Some(tls) => config.connect(tls),
+    }
+    .map_err(|e| db_error(&shown, e))
+}
+
+/// `url` parsed, with [`connect`]'s timeouts where the URL sets none, and the TLS connector
+/// when the URL asks for TLS.
+fn config(
+    url: &str,
+) -> Result<
+    (
+        tokio_postgres::Config,
+        Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    ),
+    JournalError,
+> {
+    let shown = redact(url);
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e| db_error(&shown, e))?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(5));
     }
@@ -499,13 +702,13 @@ pub(crate) fn connect(url: &str) -> Result<Client, JournalError> {
         .split(['?', '&', ' '])
         .any(|p| matches!(p, "sslmode=require" | "sslmode=prefer"));
     if !tls_wanted {
-        return config.connect(NoTls).map_err(|e| db_error(&shown, e));
+        return Ok((config, None));
     }
     let tls = tls_connector().map_err(|detail| JournalError::Database {
         url: shown.clone(),
         detail,
     })?;
-    config.connect(tls).map_err(|e| db_error(&shown, e))
+    Ok((config, Some(tls)))
 }
 
 /// The rustls connector of [`connect`], built once per process.
@@ -544,6 +747,7 @@ fn connection_thread(
     fences: Fences,
     dirty: Option<Arc<Dirty>>,
     background_commit: Option<Duration>,
+    origin: &str,
 ) -> Result<mpsc::Sender<Job>, JournalError> {
     let (jobs, rx) = mpsc::channel::<Job>();
     let shown = redact(url);
@@ -557,19 +761,45 @@ fn connection_thread(
         processed: 0,
         dirty,
         fences,
+        origin: origin.to_owned(),
     };
     std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
             let idle = background_commit.unwrap_or(Duration::from_secs(3600));
+            // A job taken off the queue while gathering writes, run next.
+            let mut next: Option<Job> = None;
             loop {
-                match rx.recv_timeout(idle) {
-                    Ok(job) => job(&mut conn),
-                    Err(mpsc::RecvTimeoutError::Timeout) if background_commit.is_some() => {
-                        conn.commit_idle(&shown)
+                let job = match next.take() {
+                    Some(job) => job,
+                    None => match rx.recv_timeout(idle) {
+                        Ok(job) => job,
+                        Err(mpsc::RecvTimeoutError::Timeout) if background_commit.is_some() => {
+                            conn.commit_idle(&shown);
+                            continue;
+                        }
+                        Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    },
+                };
+                match job {
+                    Job::Run(job) => job(&mut conn),
+                    Job::Write(write) => {
+                        // The writes queued behind this one go with it, up to the first job
+                        // that is not a write (it runs after them, as it was queued).
+                        let mut batch = vec![write];
+                        while batch.len() < PIPELINE {
+                            match rx.try_recv() {
+                                Ok(Job::Write(w)) => batch.push(w),
+                                Ok(other) => {
+                                    next = Some(other);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        conn.write_all(&shown, batch);
                     }
-                    Err(mpsc::RecvTimeoutError::Timeout) => {}
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 }
             }
         })
@@ -577,25 +807,44 @@ fn connection_thread(
     Ok(jobs)
 }
 
-/// The channel on which a committing transaction names the runs it appended to (hex run ids).
+/// The channel on which a committing transaction names the runs it appended to: the hex run id,
+/// a space and the writing store's origin (so a host's listener passes over its own appends,
+/// which woke its readers already).
 pub const CHANNEL: &str = "sandgraph_events";
 
-/// Queues a notification per run in `runs`, delivered to listeners when the transaction commits.
-fn notify(c: &mut Pg, runs: &HashSet<RunId>) -> Result<(), postgres::Error> {
+/// Commits the open transaction with a notification per run in `runs` (delivered to listeners
+/// as it commits), both sent before either answer is read.
+fn notify_and_commit(
+    c: &mut Pg,
+    runs: &HashSet<RunId>,
+    origin: &str,
+) -> Result<(), postgres::Error> {
     if runs.is_empty() {
-        return Ok(());
+        return c.batch_execute("COMMIT");
     }
-    let ids: Vec<String> = runs.iter().map(RunId::to_string).collect();
-    c.execute(
-        "SELECT pg_notify($1, r) FROM unnest($2::text[]) AS r",
-        &[&CHANNEL, &ids],
-    )?;
-    Ok(())
+    let ids: Vec<String> = runs.iter().map(|r| format!("{r} {origin}")).collect();
+    let notify = c.statement("SELECT pg_notify($1, r) FROM unnest($2::text[]) AS r")?;
+    let client = &c.client;
+    let (notified, committed) = c.runtime.block_on(futures_util::future::join(
+        client.execute(&notify, &[&CHANNEL, &ids]),
+        client.batch_execute("COMMIT"),
+    ));
+    // A failed notify aborted the transaction, and COMMIT then rolls it back without an error:
+    // the notify's answer decides.
+    let notified = c.seen(notified);
+    let committed = c.seen(committed);
+    notified.and(committed)
 }
 
 /// Listens on [`CHANNEL`] on its own connection (reconnecting with backoff) and calls `wake`
-/// with each run another host's commit named, until `stop` is set.
-fn listen(url: String, wake: super::store::RemoteAppend, stop: Arc<std::sync::atomic::AtomicBool>) {
+/// with each run another host's commit named (not `origin`'s, this store's own), until `stop`
+/// is set.
+fn listen(
+    url: String,
+    wake: super::store::RemoteAppend,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    origin: String,
+) {
     use postgres::fallible_iterator::FallibleIterator;
     use std::sync::atomic::Ordering;
     let mut wait = Duration::from_millis(100);
@@ -624,7 +873,10 @@ fn listen(url: String, wake: super::store::RemoteAppend, stop: Arc<std::sync::at
                 .next();
             match next {
                 Ok(Some(n)) => {
-                    if let Ok(run) = RunId::parse(n.payload()) {
+                    let (run, from) = n.payload().split_once(' ').unwrap_or((n.payload(), ""));
+                    if from != origin
+                        && let Ok(run) = RunId::parse(run)
+                    {
                         wake(run);
                     }
                 }
@@ -693,15 +945,24 @@ impl PostgresStore {
         let shown = redact(url);
         let fences = Fences::default();
         let dirty = Arc::new(Dirty::default());
+        // Random, like a run id: tells this store's notifications from other hosts'.
+        let origin = RunId::new().to_string();
         let jobs = connection_thread(
             "sandgraph-journal-pg",
             url,
             fences.clone(),
             Some(dirty.clone()),
             background_commit,
+            &origin,
         )?;
-        let reader =
-            connection_thread("sandgraph-journal-pg-read", url, fences.clone(), None, None)?;
+        let reader = connection_thread(
+            "sandgraph-journal-pg-read",
+            url,
+            fences.clone(),
+            None,
+            None,
+            &origin,
+        )?;
         let store = PostgresStore {
             jobs,
             reader,
@@ -710,53 +971,49 @@ impl PostgresStore {
             fences,
             url: url.to_owned(),
             listener_stop: Arc::default(),
+            origin,
         };
         store.call(move |c| migrate(c, &shown))?;
         Ok(store)
     }
 
-    /// Queues write `f` into the open transaction (begun if none is) and returns at once: the
+    /// Queues write `sql` into the open transaction (begun if none is) and returns at once: the
     /// connection thread runs jobs in order, so any later read on this store sees it. A write
     /// that fails poisons the transaction; the next flush rolls it back and reports why.
-    fn write(
-        &self,
-        f: impl FnOnce(&mut Pg) -> Result<(), JournalError> + Send + 'static,
-    ) -> Result<(), JournalError> {
-        let url = self.shown.clone();
+    fn write(&self, sql: &'static str, params: Vec<Param>) -> Result<(), JournalError> {
         let seq = self.dirty.mark(None);
-        self.jobs
-            .send(Box::new(move |conn: &mut Connection| {
-                conn.processed = seq;
-                if let Err(e) = conn.begin(&url).and_then(f) {
-                    conn.failed.get_or_insert(e);
-                }
-            }))
-            .map_err(|_| self.stopped())
+        self.send_write(Write {
+            seq,
+            run: None,
+            sql,
+            params,
+            if_no_row: None,
+        })
     }
 
-    /// [`PostgresStore::write`] of a write to `run`, skipped when the run's fence refuses it.
+    /// [`PostgresStore::write`] of a write to `run`, skipped when the run's fence refuses it;
+    /// one that changes no row fails with `if_no_row` when that is given.
     fn write_run(
         &self,
         run: RunId,
-        f: impl FnOnce(&mut Pg) -> Result<(), JournalError> + Send + 'static,
+        sql: &'static str,
+        params: Vec<Param>,
+        if_no_row: Option<String>,
     ) -> Result<(), JournalError> {
         self.check_fence(run)?;
-        let url = self.shown.clone();
         let seq = self.dirty.mark(Some(run));
+        self.send_write(Write {
+            seq,
+            run: Some(run),
+            sql,
+            params,
+            if_no_row,
+        })
+    }
+
+    fn send_write(&self, write: Write) -> Result<(), JournalError> {
         self.jobs
-            .send(Box::new(move |conn: &mut Connection| {
-                conn.processed = seq;
-                let done = conn.may_write(&url, run).and_then(|may| {
-                    if may {
-                        conn.begin(&url).and_then(f)?;
-                        conn.appended.insert(run);
-                    }
-                    Ok(())
-                });
-                if let Err(e) = done {
-                    conn.failed.get_or_insert(e);
-                }
-            }))
+            .send(Job::Write(write))
             .map_err(|_| self.stopped())
     }
 
@@ -785,10 +1042,9 @@ impl PostgresStore {
                 });
             }
             if was_open {
+                let origin = conn.origin.clone();
                 let c = conn.client()?;
-                let done = notify(c, &appended)
-                    .and_then(|()| c.batch_execute("COMMIT"))
-                    .map_err(|e| db_error(&url, e));
+                let done = notify_and_commit(c, &appended, &origin).map_err(|e| db_error(&url, e));
                 conn.settled();
                 done?;
             }
@@ -828,7 +1084,7 @@ impl PostgresStore {
         }
         let (tx, rx) = mpsc::sync_channel(1);
         self.reader
-            .send(Box::new(move |conn: &mut Connection| {
+            .send(Job::Run(Box::new(move |conn: &mut Connection| {
                 let mut r = conn.client().and_then(&f);
                 // A reader holds no transaction: a connection found broken by this read is
                 // opened again and the read repeated, once.
@@ -836,7 +1092,7 @@ impl PostgresStore {
                     r = conn.client().and_then(&f);
                 }
                 let _ = tx.send(r);
-            }))
+            })))
             .map_err(|_| self.stopped())?;
         rx.recv().map_err(|_| self.stopped())?
     }
@@ -856,9 +1112,9 @@ impl PostgresStore {
     ) -> Result<T, JournalError> {
         let (tx, rx) = mpsc::sync_channel(1);
         self.jobs
-            .send(Box::new(move |conn: &mut Connection| {
+            .send(Job::Run(Box::new(move |conn: &mut Connection| {
                 let _ = tx.send(job(conn));
-            }))
+            })))
             .map_err(|_| self.stopped())?;
         rx.recv().map_err(|_| self.stopped())?
     }
@@ -888,14 +1144,19 @@ fn migrate(c: &mut Pg, url: &str) -> Result<(), JournalError> {
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(at as usize) {
             let version = i as i32 + 1;
-            let mut tx = c.transaction().map_err(e)?;
-            tx.batch_execute(sql).map_err(e)?;
-            tx.execute(
-                "INSERT INTO sandgraph_schema (version) VALUES ($1)",
-                &[&version],
-            )
-            .map_err(e)?;
-            tx.commit().map_err(e)?;
+            c.batch_execute("BEGIN").map_err(e)?;
+            let step = (|| {
+                c.batch_execute(sql)?;
+                c.execute(
+                    "INSERT INTO sandgraph_schema (version) VALUES ($1)",
+                    &[&version],
+                )?;
+                c.batch_execute("COMMIT")
+            })();
+            if let Err(err) = step {
+                let _ = c.batch_execute("ROLLBACK");
+                return Err(e(err));
+            }
         }
         Ok(())
     })();
@@ -922,27 +1183,21 @@ impl Store for PostgresStore {
     }
 
     fn put_event(&self, run: RunId, seq: u64, record: &[u8]) -> Result<(), JournalError> {
-        let (url, record) = (self.url(), record.to_vec());
-        self.write_run(run, move |c| {
-            // A conflict must not abort the shared transaction (other runs' writes are in it):
-            // it is reported, not raised.
-            let n = c
-                .execute(
-                    "INSERT INTO sandgraph_events (run, seq, record) VALUES ($1, $2, $3)
-                     ON CONFLICT (run, seq) DO NOTHING",
-                    &[&&run.0[..], &seq_i64(seq), &record],
-                )
-                .map_err(|e| db_error(&url, e))?;
-            if n == 0 {
-                return Err(JournalError::Database {
-                    url,
-                    detail: format!(
-                        "run {run} already has an event {seq}: another writer appended to this run"
-                    ),
-                });
-            }
-            Ok(())
-        })
+        // A conflict must not abort the shared transaction (other runs' writes are in it): it
+        // is reported, not raised.
+        self.write_run(
+            run,
+            "INSERT INTO sandgraph_events (run, seq, record) VALUES ($1, $2, $3)
+             ON CONFLICT (run, seq) DO NOTHING",
+            vec![
+                Box::new(run.0.to_vec()),
+                Box::new(seq_i64(seq)),
+                Box::new(record.to_vec()),
+            ],
+            Some(format!(
+                "run {run} already has an event {seq}: another writer appended to this run"
+            )),
+        )
     }
 
     fn last_seq(&self, run: RunId) -> Result<Option<u64>, JournalError> {
@@ -1019,16 +1274,13 @@ impl Store for PostgresStore {
     }
 
     fn put_summary(&self, run: RunId, summary: &[u8]) -> Result<(), JournalError> {
-        let (url, summary) = (self.url(), summary.to_vec());
-        self.write_run(run, move |c| {
-            c.execute(
-                "INSERT INTO sandgraph_runs (run, summary) VALUES ($1, $2)
-                 ON CONFLICT (run) DO UPDATE SET summary = EXCLUDED.summary",
-                &[&&run.0[..], &summary],
-            )
-            .map_err(|e| db_error(&url, e))?;
-            Ok(())
-        })
+        self.write_run(
+            run,
+            "INSERT INTO sandgraph_runs (run, summary) VALUES ($1, $2)
+             ON CONFLICT (run) DO UPDATE SET summary = EXCLUDED.summary",
+            vec![Box::new(run.0.to_vec()), Box::new(summary.to_vec())],
+            None,
+        )
     }
 
     fn summary(&self, run: RunId) -> Result<Option<Vec<u8>>, JournalError> {
@@ -1058,13 +1310,11 @@ impl Store for PostgresStore {
     }
 
     fn remove_summary(&self, run: RunId) -> Result<(), JournalError> {
-        let url = self.url();
         self.dirty.mark(Some(run));
-        self.write(move |c| {
-            c.execute("DELETE FROM sandgraph_runs WHERE run = $1", &[&&run.0[..]])
-                .map_err(|e| db_error(&url, e))?;
-            Ok(())
-        })
+        self.write(
+            "DELETE FROM sandgraph_runs WHERE run = $1",
+            vec![Box::new(run.0.to_vec())],
+        )
     }
 
     fn has_blob(&self, digest: &[u8; 32]) -> Result<bool, JournalError> {
@@ -1086,17 +1336,16 @@ impl Store for PostgresStore {
         created_ms: u64,
         body: &[u8],
     ) -> Result<(), JournalError> {
-        let (url, d, body) = (self.url(), *digest, body.to_vec());
-        self.write(move |c| {
-            // Equal digests, equal content: whoever wrote it first keeps its creation time.
-            c.execute(
-                "INSERT INTO sandgraph_blobs (digest, created_ms, body) VALUES ($1, $2, $3)
-                 ON CONFLICT (digest) DO NOTHING",
-                &[&&d[..], &seq_i64(created_ms), &body],
-            )
-            .map_err(|e| db_error(&url, e))?;
-            Ok(())
-        })
+        // Equal digests, equal content: whoever wrote it first keeps its creation time.
+        self.write(
+            "INSERT INTO sandgraph_blobs (digest, created_ms, body) VALUES ($1, $2, $3)
+             ON CONFLICT (digest) DO NOTHING",
+            vec![
+                Box::new(digest.to_vec()),
+                Box::new(seq_i64(created_ms)),
+                Box::new(body.to_vec()),
+            ],
+        )
     }
 
     fn blob(&self, digest: &[u8; 32]) -> Result<Option<StoredBlob>, JournalError> {
@@ -1132,12 +1381,10 @@ impl Store for PostgresStore {
     }
 
     fn remove_blob(&self, digest: &[u8; 32]) -> Result<(), JournalError> {
-        let (url, d) = (self.url(), *digest);
-        self.write(move |c| {
-            c.execute("DELETE FROM sandgraph_blobs WHERE digest = $1", &[&&d[..]])
-                .map_err(|e| db_error(&url, e))?;
-            Ok(())
-        })
+        self.write(
+            "DELETE FROM sandgraph_blobs WHERE digest = $1",
+            vec![Box::new(digest.to_vec())],
+        )
     }
 
     fn flush(&self) -> Result<(), String> {
@@ -1158,16 +1405,15 @@ impl Store for PostgresStore {
     }
 
     fn kv_put(&self, space: &str, key: &[u8], value: &[u8]) -> Result<(), JournalError> {
-        let (url, space, key, value) = (self.url(), space.to_owned(), key.to_vec(), value.to_vec());
-        self.write(move |c| {
-            c.execute(
-                "INSERT INTO sandgraph_kv (space, key, value) VALUES ($1, $2, $3)
-                 ON CONFLICT (space, key) DO UPDATE SET value = EXCLUDED.value",
-                &[&space, &key, &value],
-            )
-            .map_err(|e| db_error(&url, e))?;
-            Ok(())
-        })
+        self.write(
+            "INSERT INTO sandgraph_kv (space, key, value) VALUES ($1, $2, $3)
+             ON CONFLICT (space, key) DO UPDATE SET value = EXCLUDED.value",
+            vec![
+                Box::new(space.to_owned()),
+                Box::new(key.to_vec()),
+                Box::new(value.to_vec()),
+            ],
+        )
     }
 
     fn kv_put_new(&self, space: &str, key: &[u8], value: &[u8]) -> Result<bool, JournalError> {
@@ -1197,15 +1443,10 @@ impl Store for PostgresStore {
     }
 
     fn kv_remove(&self, space: &str, key: &[u8]) -> Result<(), JournalError> {
-        let (url, space, key) = (self.url(), space.to_owned(), key.to_vec());
-        self.write(move |c| {
-            c.execute(
-                "DELETE FROM sandgraph_kv WHERE space = $1 AND key = $2",
-                &[&space, &key],
-            )
-            .map_err(|e| db_error(&url, e))?;
-            Ok(())
-        })
+        self.write(
+            "DELETE FROM sandgraph_kv WHERE space = $1 AND key = $2",
+            vec![Box::new(space.to_owned()), Box::new(key.to_vec())],
+        )
     }
 
     fn kv_remove_if(&self, space: &str, key: &[u8], value: &[u8]) -> Result<bool, JournalError> {
@@ -1250,10 +1491,14 @@ impl Store for PostgresStore {
     }
 
     fn on_remote_append(&self, wake: super::store::RemoteAppend) -> bool {
-        let (url, stop) = (self.url.clone(), self.listener_stop.clone());
+        let (url, stop, origin) = (
+            self.url.clone(),
+            self.listener_stop.clone(),
+            self.origin.clone(),
+        );
         std::thread::Builder::new()
             .name("sandgraph-journal-listen".into())
-            .spawn(move || listen(url, wake, stop))
+            .spawn(move || listen(url, wake, stop, origin))
             .is_ok()
     }
 
@@ -1282,16 +1527,15 @@ impl Store for PostgresStore {
     }
 
     fn overwrite_event(&self, run: RunId, seq: u64, record: &[u8]) -> Result<(), JournalError> {
-        let (url, record) = (self.url(), record.to_vec());
         self.dirty.mark(Some(run));
-        self.write(move |c| {
-            c.execute(
-                "UPDATE sandgraph_events SET record = $3 WHERE run = $1 AND seq = $2",
-                &[&&run.0[..], &seq_i64(seq), &record],
-            )
-            .map_err(|e| db_error(&url, e))?;
-            Ok(())
-        })
+        self.write(
+            "UPDATE sandgraph_events SET record = $3 WHERE run = $1 AND seq = $2",
+            vec![
+                Box::new(run.0.to_vec()),
+                Box::new(seq_i64(seq)),
+                Box::new(record.to_vec()),
+            ],
+        )
     }
 }
 

@@ -15,10 +15,9 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use postgres::Client;
 use serde::{Deserialize, Serialize};
 
-use super::postgres::{PostgresStore, db_error, redact, run_of};
+use super::postgres::{Pg, PostgresStore, db_error, redact, run_of};
 use super::{JournalError, RunId};
 
 /// A run this host claimed, with the epoch its writes are fenced by.
@@ -50,7 +49,8 @@ pub struct RunQueue {
     /// This host's name in lease rows.
     owner: String,
     lease: Duration,
-    client: Mutex<Option<Client>>,
+    /// Prepares each statement once, so a claim is one round trip.
+    client: Mutex<Option<Pg>>,
 }
 
 fn ms(d: Duration) -> i64 {
@@ -85,11 +85,11 @@ impl RunQueue {
     /// Runs `f` on the connection, connecting first when there is none or it broke.
     fn with<T>(
         &self,
-        f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
+        f: impl FnOnce(&mut Pg) -> Result<T, postgres::Error>,
     ) -> Result<T, JournalError> {
         let mut slot = self.client.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.as_ref().is_none_or(Client::is_closed) {
-            *slot = Some(super::postgres::connect(&self.url)?);
+        if slot.as_ref().is_none_or(Pg::is_closed) {
+            *slot = Some(Pg::connect(&self.url)?);
         }
         let c = slot.as_mut().expect("connected above");
         let r = f(c).map_err(|e| db_error(&self.shown, e));
@@ -142,14 +142,14 @@ impl RunQueue {
     pub fn renew(&self, claims: &[Claim]) -> Result<Vec<Claim>, JournalError> {
         let (owner, lease) = (self.owner.clone(), ms(self.lease));
         self.with(|c| {
-            let renew = c.prepare(
-                "UPDATE sandgraph_leases
-                 SET lease_until = clock_timestamp() + $3::bigint * interval '1 millisecond'
-                 WHERE run = $1 AND epoch = $2 AND owner = $4 AND state = 'running'",
-            )?;
             let mut lost = Vec::new();
             for claim in claims {
-                let n = c.execute(&renew, &[&&claim.run.0[..], &claim.epoch, &lease, &owner])?;
+                let n = c.execute(
+                    "UPDATE sandgraph_leases
+                     SET lease_until = clock_timestamp() + $3::bigint * interval '1 millisecond'
+                     WHERE run = $1 AND epoch = $2 AND owner = $4 AND state = 'running'",
+                    &[&&claim.run.0[..], &claim.epoch, &lease, &owner],
+                )?;
                 if n == 0 {
                     lost.push(*claim);
                 }
@@ -237,8 +237,8 @@ impl RunQueue {
 }
 
 impl Drop for RunQueue {
-    /// The sync client closes its connection by blocking on its own runtime, which must not
-    /// happen on an async worker thread: it is closed on a thread of its own.
+    /// The client's runtime must not be dropped on an async worker thread: the connection is
+    /// closed on a thread of its own.
     fn drop(&mut self) {
         let client = self
             .client
