@@ -323,7 +323,7 @@ fn sslmode_require_is_tls_verified_against_the_journal_ca() {
 }
 
 #[test]
-fn a_subscriber_is_woken_by_another_hosts_commit() {
+fn a_subscriber_is_woken_by_another_hosts_commit_and_not_by_its_own() {
     let pg = Postgres::start();
     let url = pg.database("notify");
     let (a, b) = (
@@ -349,6 +349,38 @@ fn a_subscriber_is_woken_by_another_hosts_commit() {
     a.sync().unwrap();
     common::wait_for("the next notification", || woken.has_changed().unwrap());
     assert!(b.events(run).unwrap().len() >= 3);
+    // B's own appends wake B's readers directly; its own commits' notifications are passed
+    // over, so a reader is not made to re-read the store for each of them.
+    let own = RunId::new();
+    let mut mine = b.subscribe(own);
+    b.append(own, &created(&b), Durability::Durable).unwrap();
+    for i in 1..=5 {
+        b.append(own, &step(i), Durability::Durable).unwrap();
+    }
+    // Notifications arrive in commit order on one listener: once a later commit of A's woke
+    // B, the notifications of B's own commits before it have been delivered (or dropped).
+    woken.borrow_and_update();
+    a.append(run, &step(100), Durability::Durable).unwrap();
+    common::wait_for("A's notification after B's appends", || {
+        woken.has_changed().unwrap()
+    });
+    let seen = *mine.borrow_and_update();
+    assert_eq!(
+        seen.remote, 0,
+        "B's own notifications woke its reader: {seen:?}"
+    );
+    assert_eq!((seen.seq, seen.ended), (5, false));
+    b.append(
+        own,
+        &Event::RunFinished {
+            status: sandgraph::journal::RunStatus::Succeeded,
+            output: None,
+            error: None,
+        },
+        Durability::Durable,
+    )
+    .unwrap();
+    assert!(mine.borrow_and_update().ended);
     // An embedded journal has no other hosts to follow.
     assert!(!Journal::temporary().unwrap().follows_other_hosts());
 }

@@ -161,8 +161,7 @@ impl Pg {
     fn seen<T>(&mut self, r: Result<T, postgres::Error>) -> Result<T, postgres::Error> {
         if let Err(e) = &r
             && (e.is_closed()
-                || e
-                    .as_db_error()
+                || e.as_db_error()
                     .is_some_and(|d| matches!(d.severity(), "FATAL" | "PANIC")))
         {
             self.broken = true;
@@ -250,9 +249,13 @@ impl Pg {
         Ok(answers.into_iter().map(|r| self.seen(r)).collect())
     }
 
-    /// [`Pg::execute_pipelined`] for statements that return at most one row each.
+    /// [`Pg::execute_pipelined`] for statements that return at most one row each, after a
+    /// `BEGIN` in the same pipeline when `begin` is set (its failure fails them all: they may
+    /// have run outside the transaction).
+    #[allow(clippy::type_complexity)]
     fn query_opt_pipelined(
         &mut self,
+        begin: bool,
         statements: &[(&str, Vec<&(dyn postgres::types::ToSql + Sync)>)],
     ) -> Result<Vec<Result<Option<postgres::Row>, postgres::Error>>, postgres::Error> {
         let prepared = statements
@@ -260,12 +263,22 @@ impl Pg {
             .map(|(sql, _)| self.statement(sql))
             .collect::<Result<Vec<_>, _>>()?;
         let client = &self.client;
-        let answers = self.runtime.block_on(futures_util::future::join_all(
-            prepared
-                .iter()
-                .zip(statements)
-                .map(|(s, (_, params))| client.query_opt(s, params)),
+        let (began, answers) = self.runtime.block_on(futures_util::future::join(
+            async {
+                if begin {
+                    client.batch_execute("BEGIN").await
+                } else {
+                    Ok(())
+                }
+            },
+            futures_util::future::join_all(
+                prepared
+                    .iter()
+                    .zip(statements)
+                    .map(|(s, (_, params))| client.query_opt(s, params)),
+            ),
         ));
+        self.seen(began)?;
         Ok(answers.into_iter().map(|r| self.seen(r)).collect())
     }
 }
@@ -438,10 +451,8 @@ impl Connection {
     }
 
     fn write_batch(&mut self, url: &str, batch: &[Write]) -> Result<(), JournalError> {
-        if self.failed.is_some() {
-            // Rolled back at the next flush anyway; the server would refuse them.
-            return Ok(());
-        }
+        // Connected first: a broken connection ends the transaction and its checks with it.
+        self.client()?;
         let mut unchecked: Vec<(RunId, i64)> = Vec::new();
         for run in batch.iter().filter_map(|w| w.run) {
             if self.fences.lost(run).is_some()
@@ -454,8 +465,12 @@ impl Connection {
                 unchecked.push((run, epoch));
             }
         }
-        let c = self.begin(url)?;
-        if !unchecked.is_empty() {
+        if unchecked.is_empty() {
+            self.begin(url)?;
+        } else {
+            // The transaction's BEGIN, if it needs one, goes with the checks.
+            let begin = !self.in_tx;
+            let c = self.client.as_mut().expect("connected above");
             let ids: Vec<&[u8]> = unchecked.iter().map(|(r, _)| &r.0[..]).collect();
             let checks: Vec<(&str, Vec<&(dyn postgres::types::ToSql + Sync)>)> = ids
                 .iter()
@@ -467,8 +482,12 @@ impl Connection {
                 })
                 .collect();
             let rows = c
-                .query_opt_pipelined(&checks)
+                .query_opt_pipelined(begin, &checks)
                 .map_err(|e| db_error(url, e))?;
+            if begin {
+                self.in_tx = true;
+                self.checked.clear();
+            }
             for ((run, epoch), row) in unchecked.iter().zip(rows) {
                 let row = row.map_err(|e| db_error(url, e))?;
                 match row.map(|r| (r.get::<_, i64>(0), r.get::<_, Option<String>>(1))) {
