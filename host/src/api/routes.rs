@@ -1332,11 +1332,20 @@ fn list_runs(state: &State, query: Option<&str>) -> Reply {
 async fn get_run(state: &Arc<State>, id: &str) -> Reply {
     let run = parse_run(id)?;
     let journal = state.journal.clone();
-    let records: Vec<Record> = tokio::task::spawn_blocking(move || journal.events(run))
-        .await
-        .map_err(|e| Problem::internal(e.to_string()))?
-        .map_err(journal_err)?;
-    let summary = state.journal.run_summary(run).map_err(journal_err)?;
+    // The summary before the events: a run's events commit no later than the summary that
+    // counts them, so a summary read first never says "finished" beside events without the
+    // end (on a shared journal the run may be committing on another replica meanwhile). An
+    // end among the events then tells the status the summary did not have yet.
+    let (mut summary, records): (_, Vec<Record>) = tokio::task::spawn_blocking(move || {
+        let summary = journal.run_summary(run)?;
+        Ok::<_, JournalError>((summary, journal.events(run)?))
+    })
+    .await
+    .map_err(|e| Problem::internal(e.to_string()))?
+    .map_err(journal_err)?;
+    if let Some(Event::RunFinished { status, .. }) = records.last().map(|r| &r.event) {
+        summary.status = *status;
+    }
     let mut steps: Vec<(String, serde_json::Map<String, Value>)> = Vec::new();
     let mut output = Value::Null;
     let mut error = Value::Null;

@@ -302,7 +302,7 @@ impl Journal {
 
     /// Stores `bytes` under `digest` unless a blob is there already.
     fn put_blob(&self, digest: [u8; 32], bytes: &[u8]) -> Result<PayloadRef, JournalError> {
-        if !self.store.has_blob(&digest)? {
+        if !self.store.ask_before_put_blob(bytes.len()) || !self.store.has_blob(&digest)? {
             self.store.put_blob(&digest, now_ms(), bytes)?;
         }
         Ok(PayloadRef::Blob(digest))

@@ -43,6 +43,9 @@ pub const BACKGROUND_COMMIT: Duration = Duration::from_millis(100);
 /// The server ends a journal session idle inside a transaction for longer than this.
 pub const IDLE_TX_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Blobs up to this size are written without asking whether they are stored already.
+const ASK_BEFORE_PUT_BLOB: usize = 64 * 1024;
+
 /// Key of the advisory lock held while the schema is created or migrated.
 const MIGRATION_LOCK: i64 = 0x5a4e_4447_5241_5048; // "SANDGRAPH"-ish, any fixed number
 
@@ -1203,10 +1206,19 @@ impl Store for PostgresStore {
 
     fn put_event(&self, run: RunId, seq: u64, record: &[u8]) -> Result<(), JournalError> {
         // A conflict must not abort the shared transaction (other runs' writes are in it): it
-        // is reported, not raised.
+        // is reported, not raised. An event is stored only after its predecessor, so a run's
+        // events never have a gap, whatever was lost with a connection: a write the journal
+        // numbered before it learnt of the loss is refused, not committed past the lost ones.
+        let missing = seq
+            .checked_sub(1)
+            .map(|p| format!(", or lacks event {p} (an earlier write was lost)"))
+            .unwrap_or_default();
         self.write_run(
             run,
-            "INSERT INTO sandgraph_events (run, seq, record) VALUES ($1, $2, $3)
+            "INSERT INTO sandgraph_events (run, seq, record)
+             SELECT $1::bytea, $2::bigint, $3::bytea
+             WHERE $2::bigint = 0 OR EXISTS (
+                 SELECT 1 FROM sandgraph_events WHERE run = $1::bytea AND seq = $2::bigint - 1)
              ON CONFLICT (run, seq) DO NOTHING",
             vec![
                 Box::new(run.0.to_vec()),
@@ -1214,7 +1226,7 @@ impl Store for PostgresStore {
                 Box::new(record.to_vec()),
             ],
             Some(format!(
-                "run {run} already has an event {seq}: another writer appended to this run"
+                "run {run} already has an event {seq}: another writer appended to this run{missing}"
             )),
         )
     }
@@ -1347,6 +1359,12 @@ impl Store for PostgresStore {
                 .map_err(|e| db_error(&url, e))?;
             Ok(row.is_some())
         })
+    }
+
+    /// Only for large bodies: a small one is written again (`ON CONFLICT DO NOTHING`, queued
+    /// and pipelined with the other writes) rather than waited for a read.
+    fn ask_before_put_blob(&self, len: usize) -> bool {
+        len > ASK_BEFORE_PUT_BLOB
     }
 
     fn put_blob(

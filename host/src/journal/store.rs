@@ -42,6 +42,13 @@ pub trait Store: Send + Sync {
     fn summaries(&self) -> Result<Vec<(RunId, Vec<u8>)>, JournalError>;
     fn remove_summary(&self, run: RunId) -> Result<(), JournalError>;
     fn has_blob(&self, digest: &[u8; 32]) -> Result<bool, JournalError>;
+    /// Whether the journal asks [`Store::has_blob`] before it stores a blob of `len` bytes
+    /// that may be stored already. Asking costs a read, which waits (a round trip on a shared
+    /// store); not asking costs writing the body again, which [`Store::put_blob`] ignores but
+    /// still sends. Default: always ask.
+    fn ask_before_put_blob(&self, _len: usize) -> bool {
+        true
+    }
     /// Stores a blob unless one with this digest exists (equal digests, equal content).
     fn put_blob(&self, digest: &[u8; 32], created_ms: u64, body: &[u8])
     -> Result<(), JournalError>;
