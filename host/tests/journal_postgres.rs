@@ -18,6 +18,14 @@ fn created(journal: &Journal) -> Event {
     }
 }
 
+fn succeeded() -> Event {
+    Event::RunFinished {
+        status: sandgraph::journal::RunStatus::Succeeded,
+        output: None,
+        error: None,
+    }
+}
+
 fn step(i: u32) -> Event {
     Event::StepCompleted {
         step: format!("s{i}"),
@@ -193,16 +201,8 @@ fn journal_migrate_copies_sled_into_postgresql_idempotently_and_verified() {
                 .unwrap();
             sled.append(run, &step(1), Durability::Durable).unwrap();
         }
-        sled.append(
-            done,
-            &Event::RunFinished {
-                status: sandgraph::journal::RunStatus::Succeeded,
-                output: None,
-                error: None,
-            },
-            Durability::Durable,
-        )
-        .unwrap();
+        sled.append(done, &succeeded(), Durability::Durable)
+            .unwrap();
         sled.kv_put("api_graphs", b"g\0v1", b"{\"graph\":1}")
             .unwrap();
         sled.kv_put("api_idempotency", b"key", b"{\"run\":2}")
@@ -370,16 +370,7 @@ fn a_subscriber_is_woken_by_another_hosts_commit_and_not_by_its_own() {
         "B's own notifications woke its reader: {seen:?}"
     );
     assert_eq!((seen.seq, seen.ended), (5, false));
-    b.append(
-        own,
-        &Event::RunFinished {
-            status: sandgraph::journal::RunStatus::Succeeded,
-            output: None,
-            error: None,
-        },
-        Durability::Durable,
-    )
-    .unwrap();
+    b.append(own, &succeeded(), Durability::Durable).unwrap();
     assert!(mine.borrow_and_update().ended);
     // An embedded journal has no other hosts to follow.
     assert!(!Journal::temporary().unwrap().follows_other_hosts());
