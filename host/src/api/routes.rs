@@ -1135,39 +1135,35 @@ async fn wait_in_journal(state: &Arc<State>, run: RunId) -> Reply {
         // a shared store each read is a round trip, and a run wakes this on every step).
         let unchanged = looked.is_some_and(|l| !now.ended && now.remote == l.remote);
         looked = Some(now);
-        if unchanged {
-            tokio::select! {
-                _ = appended.changed() => {}
-                _ = tokio::time::sleep(super::claims::SAFETY_POLL) => looked = None,
-                _ = state.shutdown.cancelled() => return Err(shutting_down()),
-            }
-            continue;
-        }
         let journal = state.journal.clone();
-        let end = tokio::task::spawn_blocking(move || {
-            if !journal.run_summary(run)?.status.is_finished() {
-                return Ok(None);
-            }
-            match journal.events(run)?.pop().map(|r| r.event) {
-                Some(Event::RunFinished {
-                    status,
-                    output,
-                    error,
-                }) => {
-                    let output = match output {
-                        Some(p) => {
-                            Some(String::from_utf8_lossy(&journal.payload(&p)?).into_owned())
-                        }
-                        None => None,
-                    };
-                    Ok::<_, JournalError>(Some((status, output, error)))
+        let end = if unchanged {
+            None
+        } else {
+            tokio::task::spawn_blocking(move || {
+                if !journal.run_summary(run)?.status.is_finished() {
+                    return Ok(None);
                 }
-                _ => Ok(None),
-            }
-        })
-        .await
-        .map_err(|e| Problem::internal(format!("reading the run failed: {e}")))?
-        .map_err(journal_err)?;
+                match journal.events(run)?.pop().map(|r| r.event) {
+                    Some(Event::RunFinished {
+                        status,
+                        output,
+                        error,
+                    }) => {
+                        let output = match output {
+                            Some(p) => {
+                                Some(String::from_utf8_lossy(&journal.payload(&p)?).into_owned())
+                            }
+                            None => None,
+                        };
+                        Ok::<_, JournalError>(Some((status, output, error)))
+                    }
+                    _ => Ok(None),
+                }
+            })
+            .await
+            .map_err(|e| Problem::internal(format!("reading the run failed: {e}")))?
+            .map_err(journal_err)?
+        };
         if let Some((status, output, error)) = end {
             return Ok(json_response(
                 StatusCode::OK,

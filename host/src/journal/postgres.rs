@@ -124,6 +124,9 @@ pub(crate) struct Pg {
 
 type Params<'a> = &'a [&'a (dyn postgres::types::ToSql + Sync)];
 
+/// Statements to pipeline, each with its parameters.
+type Pipeline<'a> = [(&'a str, Vec<&'a (dyn postgres::types::ToSql + Sync)>)];
+
 impl Pg {
     /// Connects to `url` (see [`config`] for its timeouts and TLS).
     pub(crate) fn connect(url: &str) -> Result<Pg, JournalError> {
@@ -232,16 +235,24 @@ impl Pg {
         self.seen(r)
     }
 
+    /// The prepared statements of `pipeline`, in order.
+    fn statements(
+        &mut self,
+        pipeline: &Pipeline<'_>,
+    ) -> Result<Vec<postgres::Statement>, postgres::Error> {
+        pipeline
+            .iter()
+            .map(|(sql, _)| self.statement(sql))
+            .collect()
+    }
+
     /// Runs each statement with its parameters, all sent before the first answer is read;
     /// the answers in order (after a failed one, the rest of a transaction fail too).
     fn execute_pipelined(
         &mut self,
-        statements: &[(&str, Vec<&(dyn postgres::types::ToSql + Sync)>)],
+        statements: &Pipeline<'_>,
     ) -> Result<Vec<Result<u64, postgres::Error>>, postgres::Error> {
-        let prepared = statements
-            .iter()
-            .map(|(sql, _)| self.statement(sql))
-            .collect::<Result<Vec<_>, _>>()?;
+        let prepared = self.statements(statements)?;
         let client = &self.client;
         let answers = self.runtime.block_on(futures_util::future::join_all(
             prepared
@@ -259,12 +270,9 @@ impl Pg {
     fn query_opt_pipelined(
         &mut self,
         begin: bool,
-        statements: &[(&str, Vec<&(dyn postgres::types::ToSql + Sync)>)],
+        statements: &Pipeline<'_>,
     ) -> Result<Vec<Result<Option<postgres::Row>, postgres::Error>>, postgres::Error> {
-        let prepared = statements
-            .iter()
-            .map(|(sql, _)| self.statement(sql))
-            .collect::<Result<Vec<_>, _>>()?;
+        let prepared = self.statements(statements)?;
         let client = &self.client;
         let (began, answers) = self.runtime.block_on(futures_util::future::join(
             async {
@@ -475,7 +483,7 @@ impl Connection {
             let begin = !self.in_tx;
             let c = self.client.as_mut().expect("connected above");
             let ids: Vec<&[u8]> = unchecked.iter().map(|(r, _)| &r.0[..]).collect();
-            let checks: Vec<(&str, Vec<&(dyn postgres::types::ToSql + Sync)>)> = ids
+            let checks: Vec<_> = ids
                 .iter()
                 .map(|id| {
                     (
