@@ -15,6 +15,16 @@ pub struct ActBlock {
 
 /// Quantizes `x` (length a multiple of 32) into `out` (x.len() / 32 blocks).
 pub fn quantize_act(x: &[f32], out: &mut [ActBlock]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::env::var_os("SANDGRAPH_CPU_PORTABLE").is_none() && is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 was detected at run time.
+        return unsafe { quantize_act_avx2(x, out) };
+    }
+    quantize_act_portable(x, out)
+}
+
+/// The scalar quantizer: the reference the AVX2 one must equal bit for bit.
+pub fn quantize_act_portable(x: &[f32], out: &mut [ActBlock]) {
     for (blk, o) in x.chunks_exact(32).zip(out.iter_mut()) {
         let amax = blk.iter().fold(0.0f32, |a, v| a.max(v.abs()));
         let d = amax / 127.0;
@@ -28,6 +38,58 @@ pub fn quantize_act(x: &[f32], out: &mut [ActBlock]) {
         }
         o.d = d;
         o.s = d * sum as f32;
+    }
+}
+
+/// [`quantize_act_portable`] in AVX2: the same scale, the same ties-to-even rounding
+/// (`cvtps2dq` under the default rounding mode) and the same sum, so the blocks are identical.
+/// Without it every value went through a libm `rintf` call: about 9% of a decode step.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_act_avx2(x: &[f32], out: &mut [ActBlock]) {
+    use std::arch::x86_64::*;
+    for (blk, o) in x.chunks_exact(32).zip(out.iter_mut()) {
+        // SAFETY: `blk` holds 32 f32 (four loads of 8) and `o.qs` 32 bytes (one store).
+        unsafe {
+            let p = blk.as_ptr();
+            let v = [
+                _mm256_loadu_ps(p),
+                _mm256_loadu_ps(p.add(8)),
+                _mm256_loadu_ps(p.add(16)),
+                _mm256_loadu_ps(p.add(24)),
+            ];
+            let sign = _mm256_set1_ps(-0.0);
+            let abs = |v| _mm256_andnot_ps(sign, v);
+            let m = _mm256_max_ps(
+                _mm256_max_ps(abs(v[0]), abs(v[1])),
+                _mm256_max_ps(abs(v[2]), abs(v[3])),
+            );
+            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            let m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+            let amax = _mm_cvtss_f32(m);
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let idv = _mm256_set1_ps(id);
+            let q = v.map(|v| _mm256_cvtps_epi32(_mm256_mul_ps(v, idv)));
+            let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+            let sum = _mm_add_epi32(
+                _mm256_castsi256_si128(sum),
+                _mm256_extracti128_si256(sum, 1),
+            );
+            let sum = _mm_hadd_epi32(sum, sum);
+            let sum = _mm_hadd_epi32(sum, sum);
+            // Packing works within 128-bit lanes: the permute puts the four groups of
+            // eight back in order.
+            let w = _mm256_packs_epi16(
+                _mm256_packs_epi32(q[0], q[1]),
+                _mm256_packs_epi32(q[2], q[3]),
+            );
+            let w = _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256(o.qs.as_mut_ptr() as *mut __m256i, w);
+            o.d = d;
+            o.s = d * _mm_cvtsi128_si32(sum) as f32;
+        }
     }
 }
 
@@ -527,6 +589,37 @@ mod tests {
             }
         }
         v
+    }
+
+    #[test]
+    fn the_simd_quantizer_equals_the_scalar_one_bit_for_bit() {
+        let mut rng = TestRng::new(23);
+        let mut rows: Vec<Vec<f32>> = (0..64)
+            .map(|i| {
+                let scale = [1e-30, 1e-3, 1.0, 1e3, 1e30][i % 5];
+                (0..96).map(|_| rng.next_f32() * scale).collect()
+            })
+            .collect();
+        // Ties: with amax 127 the scale is 1, so these land exactly on .5 and must round
+        // to even; plus an all-zero block and a block with a single non-zero value.
+        let mut ties = vec![0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, -126.5, 127.0];
+        ties.resize(32, 3.5);
+        ties.extend([0.0; 32]);
+        ties.extend((0..32).map(|i| if i == 7 { -2.0 } else { 0.0 }));
+        rows.push(ties);
+        for x in rows {
+            let (mut a, mut b) = (
+                vec![ActBlock::default(); x.len() / 32],
+                vec![ActBlock::default(); x.len() / 32],
+            );
+            quantize_act(&x, &mut a);
+            quantize_act_portable(&x, &mut b);
+            for (a, b) in a.iter().zip(&b) {
+                assert_eq!(a.qs, b.qs);
+                assert_eq!(a.d.to_bits(), b.d.to_bits());
+                assert_eq!(a.s.to_bits(), b.s.to_bits());
+            }
+        }
     }
 
     #[test]

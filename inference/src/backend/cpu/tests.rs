@@ -283,3 +283,23 @@ fn a_copied_prefix_continues_like_its_source() {
     let mut cpu = CpuBackend::with_threads(&model, 4, 32, 2).unwrap();
     crate::testutil::copied_prefix_continues_like_its_source(&mut cpu);
 }
+
+/// The vector build of `attend` computes the same bits as the portable one, for head sizes
+/// with and without a remainder after whole groups of eight.
+#[test]
+fn wide_attention_equals_the_portable_loop_bit_for_bit() {
+    let mut rng = crate::testutil::TestRng::new(31);
+    for (hd, kvd, col) in [(64, 192, 64), (12, 36, 24), (5, 5, 0)] {
+        let positions = 37;
+        let q: Vec<f32> = (0..hd).map(|_| rng.next_f32()).collect();
+        let kc: Vec<f32> = (0..positions * kvd).map(|_| rng.next_f32()).collect();
+        let vc: Vec<f32> = (0..positions * kvd).map(|_| rng.next_f32()).collect();
+        let (mut s1, mut s2) = (vec![0.0; positions], vec![0.0; positions]);
+        let (mut o1, mut o2) = (vec![0.0; hd], vec![0.0; hd]);
+        attend(&q, &kc, &vc, kvd, col, 0.125, &mut s1, &mut o1);
+        attend_body(&q, &kc, &vc, kvd, col, 0.125, &mut s2, &mut o2);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&s1), bits(&s2), "scores, head size {hd}");
+        assert_eq!(bits(&o1), bits(&o2), "output, head size {hd}");
+    }
+}
