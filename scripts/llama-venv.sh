@@ -9,9 +9,10 @@ ensure_llama_venv() {
     esac
     "$venv/bin/python" -c "import $module" 2>/dev/null && return 0
     python3 -m venv "$venv"
-    # Built from source for this CPU. ggml's AMX kernels crash in this VM, so they are off.
-    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
--DGGML_BMI2=ON -DGGML_AVX_VNNI=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON \
--DGGML_AVX512_BF16=ON -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_BF16=OFF" \
+    # Built from source for this CPU (-march=native: a fixed AVX-512 list stops with an illegal
+    # instruction on CPUs without it). ggml's AMX kernels crash in some VMs, so they are off.
+    local cflags=""
+    grep -qw amx_int8 /proc/cpuinfo && cflags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    CMAKE_ARGS="-DGGML_NATIVE=ON -DCMAKE_C_FLAGS='$cflags' -DCMAKE_CXX_FLAGS='$cflags'" \
         "$venv/bin/pip" install --quiet "$package"
 }

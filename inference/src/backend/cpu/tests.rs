@@ -301,5 +301,31 @@ fn wide_attention_equals_the_portable_loop_bit_for_bit() {
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&s1), bits(&s2), "scores, head size {hd}");
         assert_eq!(bits(&o1), bits(&o2), "output, head size {hd}");
+        // And both equal the plain one-key-at-a-time loop, element i into running sum i % 8.
+        let mut sc: Vec<f32> = (0..positions)
+            .map(|t| {
+                let k = &kc[t * kvd + col..t * kvd + col + hd];
+                let mut acc = [0.0f32; 8];
+                for (i, (a, b)) in q.iter().zip(k).enumerate() {
+                    acc[i % 8] += a * b;
+                }
+                acc.iter().sum::<f32>() * 0.125
+            })
+            .collect();
+        let mx = sc.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        let mut sum = 0.0;
+        for s in sc.iter_mut() {
+            *s = (*s - mx).exp();
+            sum += *s;
+        }
+        let mut o = vec![0.0f32; hd];
+        for (t, &p) in sc.iter().enumerate() {
+            let p = p * (1.0 / sum);
+            for (o, &v) in o.iter_mut().zip(&vc[t * kvd + col..t * kvd + col + hd]) {
+                *o += p * v;
+            }
+        }
+        assert_eq!(bits(&s1), bits(&sc), "scores against the plain loop, head size {hd}");
+        assert_eq!(bits(&o1), bits(&o), "output against the plain loop, head size {hd}");
     }
 }
