@@ -325,7 +325,15 @@ fn wide_attention_equals_the_portable_loop_bit_for_bit() {
                 *o += p * v;
             }
         }
-        assert_eq!(bits(&s1), bits(&sc), "scores against the plain loop, head size {hd}");
-        assert_eq!(bits(&o1), bits(&o), "output against the plain loop, head size {hd}");
+        assert_eq!(
+            bits(&s1),
+            bits(&sc),
+            "scores against the plain loop, head size {hd}"
+        );
+        assert_eq!(
+            bits(&o1),
+            bits(&o),
+            "output against the plain loop, head size {hd}"
+        );
     }
 }
