@@ -13,10 +13,21 @@ pub struct ActBlock {
     pub qs: [i8; 32],
 }
 
+/// Whether the AVX2 builds of the helpers outside the kernels (quantizer, attention) may run:
+/// the CPU has AVX2 and `SANDGRAPH_CPU_PORTABLE` is unset. Read once; these run hundreds of
+/// times per decoded token, and reading the environment takes a lock.
+#[cfg(target_arch = "x86_64")]
+pub fn avx2_allowed() -> bool {
+    static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ALLOWED.get_or_init(|| {
+        std::env::var_os("SANDGRAPH_CPU_PORTABLE").is_none() && is_x86_feature_detected!("avx2")
+    })
+}
+
 /// Quantizes `x` (length a multiple of 32) into `out` (x.len() / 32 blocks).
 pub fn quantize_act(x: &[f32], out: &mut [ActBlock]) {
     #[cfg(target_arch = "x86_64")]
-    if std::env::var_os("SANDGRAPH_CPU_PORTABLE").is_none() && is_x86_feature_detected!("avx2") {
+    if avx2_allowed() {
         // SAFETY: AVX2 was detected at run time.
         return unsafe { quantize_act_avx2(x, out) };
     }

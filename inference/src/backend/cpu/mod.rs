@@ -255,55 +255,43 @@ fn rope(v: &mut [f32], head_dim: usize, cs: &[(f32, f32)]) {
     }
 }
 
-/// One attention head for one query: softmax(q . K^T * scale) . V over the cached positions,
-/// reading the kv head at column `col` of rows `kvd` wide.
-#[allow(clippy::too_many_arguments)]
-fn attend(
-    q: &[f32],
-    kc: &[f32],
-    vc: &[f32],
+/// One query head and the cached keys and values it attends over: the kv head at column
+/// `col` of rows `kvd` wide.
+struct Head<'a> {
+    q: &'a [f32],
+    kc: &'a [f32],
+    vc: &'a [f32],
     kvd: usize,
     col: usize,
     scale: f32,
-    sc: &mut [f32],
-    out: &mut [f32],
-) {
+}
+
+/// softmax(q . K^T * scale) . V over the cached positions, into `out`; `sc` holds the scores.
+fn attend(head: &Head<'_>, sc: &mut [f32], out: &mut [f32]) {
     // The same code compiled for 256-bit vectors where the CPU has them. Rust never fuses a
     // multiply and an add on its own, so both versions compute the same bits.
     #[cfg(target_arch = "x86_64")]
-    if std::env::var_os("SANDGRAPH_CPU_PORTABLE").is_none() && is_x86_feature_detected!("avx2") {
+    if kernels::avx2_allowed() {
         #[target_feature(enable = "avx2")]
-        #[allow(clippy::too_many_arguments)]
-        unsafe fn wide(
-            q: &[f32],
-            kc: &[f32],
-            vc: &[f32],
-            kvd: usize,
-            col: usize,
-            scale: f32,
-            sc: &mut [f32],
-            out: &mut [f32],
-        ) {
-            attend_body(q, kc, vc, kvd, col, scale, sc, out)
+        unsafe fn wide(head: &Head<'_>, sc: &mut [f32], out: &mut [f32]) {
+            attend_body(head, sc, out)
         }
         // SAFETY: AVX2 was detected at run time.
-        return unsafe { wide(q, kc, vc, kvd, col, scale, sc, out) };
+        return unsafe { wide(head, sc, out) };
     }
-    attend_body(q, kc, vc, kvd, col, scale, sc, out)
+    attend_body(head, sc, out)
 }
 
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn attend_body(
-    q: &[f32],
-    kc: &[f32],
-    vc: &[f32],
-    kvd: usize,
-    col: usize,
-    scale: f32,
-    sc: &mut [f32],
-    out: &mut [f32],
-) {
+fn attend_body(head: &Head<'_>, sc: &mut [f32], out: &mut [f32]) {
+    let Head {
+        q,
+        kc,
+        vc,
+        kvd,
+        col,
+        scale,
+    } = *head;
     let hd = q.len();
     let mut mx = f32::NEG_INFINITY;
     for (t, s) in sc.iter_mut().enumerate() {
@@ -661,13 +649,16 @@ impl Backend for CpuBackend {
                                 .1
                                 .slice(l * max_ctx * kvd..(l * max_ctx + pos + 1) * kvd);
                             let sc = scores.slice_mut(tid * max_ctx..tid * max_ctx + pos + 1);
-                            attend(
+                            let head = Head {
                                 q,
                                 kc,
                                 vc,
                                 kvd,
-                                g * hd,
+                                col: g * hd,
                                 scale,
+                            };
+                            attend(
+                                &head,
                                 sc,
                                 att.slice_mut(b * qd + h * hd..b * qd + (h + 1) * hd),
                             );

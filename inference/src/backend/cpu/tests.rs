@@ -296,8 +296,16 @@ fn wide_attention_equals_the_portable_loop_bit_for_bit() {
         let vc: Vec<f32> = (0..positions * kvd).map(|_| rng.next_f32()).collect();
         let (mut s1, mut s2) = (vec![0.0; positions], vec![0.0; positions]);
         let (mut o1, mut o2) = (vec![0.0; hd], vec![0.0; hd]);
-        attend(&q, &kc, &vc, kvd, col, 0.125, &mut s1, &mut o1);
-        attend_body(&q, &kc, &vc, kvd, col, 0.125, &mut s2, &mut o2);
+        let head = Head {
+            q: &q,
+            kc: &kc,
+            vc: &vc,
+            kvd,
+            col,
+            scale: 0.125,
+        };
+        attend(&head, &mut s1, &mut o1);
+        attend_body(&head, &mut s2, &mut o2);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&s1), bits(&s2), "scores, head size {hd}");
         assert_eq!(bits(&o1), bits(&o2), "output, head size {hd}");
