@@ -439,6 +439,61 @@ async fn conditional_loop_example_doubles_until_the_limit_then_reports() {
     );
 }
 
+// ------------------------------------------------------------------- durable points
+
+/// A chain's durable points: the run's start, each completion that a successor waits for, and
+/// the run's end, whose flush also covers the last completion (one flush fewer per run). Every
+/// completion is still reported, and only after it is durable: the last one just before the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_completion_becomes_durable_with_the_runs_end_in_one_flush() {
+    let reported: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+    let engine = engine();
+    let engine = {
+        let (reported, journal) = (reported.clone(), engine.journal().clone());
+        engine.with_progress(Arc::new(move |_, e: &Event| {
+            let what = match e {
+                Event::StepCompleted { step, .. } => format!("completed {step}"),
+                Event::RunFinished { status, .. } => format!("finished {status}"),
+                _ => return,
+            };
+            reported.lock().unwrap().push((what, journal.flush_count()));
+        }))
+    };
+    let catalog = catalog(None);
+    let source = "apiVersion: sandgraph.dev/v1\nkind: Graph\nmetadata: { name: chain }\nspec:\n  nodes:\n    - { id: a, kind: tool, component: calc, input: { expr: \"'1 + 1'\" } }\n    - { id: b, kind: tool, component: calc, input: { expr: \"string(nodes.a.value) + ' + 1'\" } }\n    - { id: c, kind: tool, component: calc, input: { expr: \"string(nodes.b.value) + ' + 1'\" } }\n  edges:\n    - { from: a, to: b }\n    - { from: b, to: c }\n";
+    let before = engine.journal().flush_count();
+    let outcome = engine
+        .run(compile(source, &catalog), &catalog, json!({}))
+        .await
+        .unwrap();
+    assert_succeeded(&outcome);
+    assert_eq!(output(&outcome)["c"]["value"], json!(4.0));
+    // RunCreated, a's and b's completions (each before its successor starts), then c's
+    // completion and RunFinished together.
+    assert_eq!(engine.journal().flush_count() - before, 4);
+    let reported = reported.lock().unwrap().clone();
+    let names: Vec<&str> = reported.iter().map(|(w, _)| w.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "completed a#1",
+            "completed b#1",
+            "completed c#1",
+            "finished succeeded"
+        ]
+    );
+    // Reported after the flush that made each durable: a's after the 2nd flush of the run,
+    // b's after the 3rd, c's and the end's after the 4th.
+    let flushed: Vec<u64> = reported.iter().map(|(_, n)| n - before).collect();
+    assert_eq!(flushed, [2, 3, 4, 4]);
+    let evs = events(&engine, outcome.run);
+    let c_done = position(&evs, |e| is_completed(e, "c#1"));
+    assert!(
+        matches!(evs[c_done + 1], Event::RunFinished { .. }),
+        "{evs:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conditional_loop_that_never_exits_stops_at_max_iterations() {
     let engine = engine();

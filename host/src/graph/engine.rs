@@ -3,7 +3,8 @@
 //! resumes unfinished runs from their journal after a crash without repeating completed steps.
 //!
 //! Durability: `StepCompleted` is on disk before any successor starts and before the step is
-//! reported. A resumed run re-derives its activations by feeding the journaled completions to the
+//! reported. When nothing follows a completion, the run's `RunFinished` is the next durable point
+//! and one flush covers both (the completion is reported just before the run's end). A resumed run re-derives its activations by feeding the journaled completions to the
 //! same [`Scheduler`]; an interrupted attempt re-executes with its journaled crossings served back.
 
 use std::collections::{BTreeMap, HashMap};
@@ -811,21 +812,28 @@ fn check_input(graph: &Graph, input: &Value) -> Result<(), EngineError> {
 }
 
 impl RunCtx {
-    /// Appends an event (durable ones through group commit off the async workers) and reports
-    /// it to the progress hook.
+    /// Appends an event (durable ones through the async group commit) and reports it to the
+    /// progress hook.
     async fn append(&self, event: Event, durability: Durability) -> Result<u64, JournalError> {
-        let journal = self.journal.clone();
-        let run = self.run;
-        let (seq, event) = match durability {
-            Durability::Buffered => (journal.append(run, &event, durability)?, event),
-            Durability::Durable => tokio::task::spawn_blocking(move || {
-                journal.append(run, &event, durability).map(|s| (s, event))
-            })
-            .await
-            .map_err(|e| JournalError::Flush(e.to_string()))??,
-        };
+        self.append_reporting_first(&[], event, durability).await
+    }
+
+    /// `append`, reporting the appended `earlier` events (which its flush made durable) to the
+    /// progress hook before `event`.
+    async fn append_reporting_first(
+        &self,
+        earlier: &[Event],
+        event: Event,
+        durability: Durability,
+    ) -> Result<u64, JournalError> {
+        let seq = self
+            .journal
+            .append_async(self.run, &event, durability)
+            .await?;
         if let Some(p) = &self.progress {
-            p(run, &event);
+            for e in earlier.iter().chain([&event]) {
+                p(self.run, e);
+            }
         }
         Ok(seq)
     }
@@ -885,10 +893,7 @@ impl RunCtx {
     }
 
     async fn sync(&self) -> Result<(), JournalError> {
-        let journal = self.journal.clone();
-        tokio::task::spawn_blocking(move || journal.sync())
-            .await
-            .map_err(|e| JournalError::Flush(e.to_string()))?
+        self.journal.sync_async().await
     }
 }
 
@@ -960,6 +965,8 @@ async fn drive(
 ) -> RunOutcome {
     let mut sched = Scheduler::new(ctx.graph.clone(), input);
     let result = execute(&ctx, &mut sched, history, &cancel).await;
+    // Completions not reported yet: they become durable with the run's end.
+    let mut deferred = Vec::new();
     let (status, output, error) = match result {
         Ok(Finish::AlreadyFinished(outcome)) => return outcome,
         Ok(Finish::Waiting(steps)) => {
@@ -974,7 +981,10 @@ async fn drive(
                 )),
             };
         }
-        Ok(Finish::Done) => (RunStatus::Succeeded, Some(sched.output().to_string()), None),
+        Ok(Finish::Done { unreported }) => {
+            deferred = unreported;
+            (RunStatus::Succeeded, Some(sched.output().to_string()), None)
+        }
         Ok(Finish::Cancelled) => (
             RunStatus::Cancelled,
             None,
@@ -1016,7 +1026,10 @@ async fn drive(
         output: payload,
         error: error.clone(),
     };
-    if let Err(e) = ctx.append(event, Durability::Durable).await {
+    if let Err(e) = ctx
+        .append_reporting_first(&deferred, event, Durability::Durable)
+        .await
+    {
         return RunOutcome {
             run: ctx.run,
             status: RunStatus::Failed,
@@ -1049,7 +1062,11 @@ impl From<String> for Stop {
 }
 
 enum Finish {
-    Done,
+    /// The graph is done. `unreported` are the last completions: appended, not yet durable nor
+    /// reported, because the run's end is the next durable point.
+    Done {
+        unreported: Vec<Event>,
+    },
     /// Only steps awaiting approval are left (`exit_when_waiting`).
     Waiting(Vec<String>),
     Cancelled,
@@ -1311,7 +1328,9 @@ async fn execute(
         if running.is_empty() {
             let next = sched.quiesce().map_err(err)?;
             if next.is_empty() {
-                return Ok(Finish::Done);
+                return Ok(Finish::Done {
+                    unreported: Vec::new(),
+                });
             }
             ready.extend(next.into_iter().map(|a| (a, FRESH)));
             continue;
@@ -1362,15 +1381,31 @@ async fn execute(
                 }
             }
         }
-        ctx.sync().await.map_err(jerr)?;
+        let mut completed = Vec::with_capacity(done.len());
         for (step, output, event) in done {
-            if let Some(p) = &ctx.progress {
-                p(ctx.run, &event);
-            }
             let value: Value = serde_json::from_str(&output)
                 .map_err(|e| format!("step '{step}' output is not JSON: {e}"))?;
             let next = sched.complete(&step, value).map_err(err)?;
             ready.extend(next.into_iter().map(|a| (a, FRESH)));
+            completed.push(event);
+        }
+        if ready.is_empty() && running.is_empty() && paused.is_empty() {
+            let next = sched.quiesce().map_err(err)?;
+            if next.is_empty() {
+                // Nothing follows: the run's end is the next durable point, and its flush
+                // covers these completions too.
+                return Ok(Finish::Done {
+                    unreported: completed,
+                });
+            }
+            ready.extend(next.into_iter().map(|a| (a, FRESH)));
+        }
+        // Durable before any successor starts.
+        ctx.sync().await.map_err(jerr)?;
+        if let Some(p) = &ctx.progress {
+            for event in &completed {
+                p(ctx.run, event);
+            }
         }
     }
 }

@@ -1,8 +1,17 @@
 //! Group commit: a durable append returns only after a flush that covers it, and appenders that
 //! arrive while a flush is running share the next one (leader/follower), so N concurrent durable
 //! appends cost far fewer than N fsyncs.
+//!
+//! Waiters come in two kinds, sharing one leader at a time: threads (`wait_durable`, parked on a
+//! condition variable) and async tasks (`wait_durable_async`). An async follower waits on a watch
+//! channel and holds no thread; an async leader runs the flush on its own worker thread, handing
+//! the worker's other tasks to another thread meanwhile (`block_in_place`), so neither the flush
+//! nor its result crosses threads on the way.
 
 use std::sync::{Condvar, Mutex};
+
+use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio::sync::watch;
 
 #[derive(Default)]
 struct State {
@@ -16,50 +25,202 @@ struct State {
     failed: Option<(u64, String)>,
 }
 
-#[derive(Default)]
+/// What a waiter holding `ticket` does next.
+enum Turn {
+    Done(Result<(), String>),
+    /// Flush everything issued up to this ticket.
+    Lead(u64),
+    Wait,
+}
+
+impl State {
+    fn turn(&mut self, ticket: u64) -> Turn {
+        if let Some((upto, msg)) = &self.failed
+            && *upto >= ticket
+            && self.flushed < ticket
+        {
+            return Turn::Done(Err(msg.clone()));
+        }
+        if self.flushed >= ticket {
+            return Turn::Done(Ok(()));
+        }
+        if self.flushing {
+            return Turn::Wait;
+        }
+        self.flushing = true;
+        Turn::Lead(self.issued)
+    }
+}
+
 pub struct GroupCommit {
     state: Mutex<State>,
     done: Condvar,
+    /// The number of flushes finished, for async waiters.
+    finished: watch::Sender<u64>,
+}
+
+impl Default for GroupCommit {
+    fn default() -> Self {
+        GroupCommit {
+            state: Mutex::default(),
+            done: Condvar::new(),
+            finished: watch::Sender::new(0),
+        }
+    }
 }
 
 impl GroupCommit {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn ticket(&self) -> u64 {
+        let mut s = self.lock();
+        s.issued += 1;
+        s.issued
+    }
+
+    /// Records the leader's flush of everything up to `target` and wakes every waiter.
+    fn finish(&self, target: u64, result: Result<(), String>) {
+        let mut s = self.lock();
+        s.flushing = false;
+        s.flushes += 1;
+        match result {
+            Ok(()) => s.flushed = s.flushed.max(target),
+            Err(msg) => s.failed = Some((target, msg)),
+        }
+        drop(s);
+        self.done.notify_all();
+        self.finished.send_modify(|n| *n += 1);
+    }
+
     /// Blocks until a flush started after this call has finished. `flush` runs on whichever
     /// waiter becomes the leader; the others wait for it.
     pub fn wait_durable(&self, flush: impl Fn() -> Result<(), String>) -> Result<(), String> {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        s.issued += 1;
-        let ticket = s.issued;
+        let ticket = self.ticket();
+        let mut s = self.lock();
         loop {
-            if let Some((upto, msg)) = &s.failed
-                && *upto >= ticket
-                && s.flushed < ticket
-            {
-                return Err(msg.clone());
-            }
-            if s.flushed >= ticket {
-                return Ok(());
-            }
-            if !s.flushing {
-                s.flushing = true;
-                let target = s.issued;
-                drop(s);
-                let result = flush();
-                s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                s.flushing = false;
-                s.flushes += 1;
-                match result {
-                    Ok(()) => s.flushed = s.flushed.max(target),
-                    Err(msg) => s.failed = Some((target, msg)),
+            match s.turn(ticket) {
+                Turn::Done(result) => return result,
+                Turn::Lead(target) => {
+                    drop(s);
+                    self.finish(target, flush());
+                    s = self.lock();
                 }
-                self.done.notify_all();
-            } else {
-                s = self.done.wait(s).unwrap_or_else(|p| p.into_inner());
+                Turn::Wait => s = self.done.wait(s).unwrap_or_else(|p| p.into_inner()),
+            }
+        }
+    }
+
+    /// `wait_durable` for async code: a follower awaits the leader's flush without holding a
+    /// thread, and a leader flushes in place (see the module's notes).
+    pub async fn wait_durable_async(
+        &self,
+        flush: impl Fn() -> Result<(), String>,
+    ) -> Result<(), String> {
+        // Subscribed before the ticket is looked at, so a flush that ends in between still
+        // wakes this waiter.
+        let mut finished = self.finished.subscribe();
+        let ticket = self.ticket();
+        loop {
+            let turn = self.lock().turn(ticket);
+            match turn {
+                Turn::Done(result) => return result,
+                Turn::Lead(target) => self.finish(target, blocking_in_place(&flush)),
+                Turn::Wait => {
+                    // The sender lives as long as `self`, so this never reports it gone.
+                    let _ = finished.changed().await;
+                }
             }
         }
     }
 
     /// Flushes run so far (for tests and the benchmark).
     pub fn flushes(&self) -> u64 {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).flushes
+        self.lock().flushes
+    }
+}
+
+/// Runs blocking `f` from async code on the current thread. On a multi-threaded runtime the
+/// worker's queue moves to another thread while `f` runs; on a current-thread runtime (tests, the
+/// CLI's one-shot runs) there is no other thread to move it to and `f` simply runs.
+fn blocking_in_place<R>(f: impl FnOnce() -> R) -> R {
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    /// Thread and async waiters, arriving together, all return only after a flush that started
+    /// after they took their ticket, and they share flushes.
+    #[test]
+    fn threads_and_tasks_share_flushes_and_each_waits_for_one_that_covers_it() {
+        let commit = Arc::new(GroupCommit::default());
+        // The number of tickets issued when the flush that last finished started.
+        let covered = Arc::new(AtomicU64::new(0));
+        let flush = {
+            let (commit, covered) = (commit.clone(), covered.clone());
+            move || {
+                let issued = commit.lock().issued;
+                std::thread::sleep(Duration::from_millis(2));
+                covered.store(issued, Ordering::SeqCst);
+                Ok(())
+            }
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .expect("runtime");
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let (commit, covered, flush) = (commit.clone(), covered.clone(), flush.clone());
+            tasks.push(rt.spawn(async move {
+                let mine = commit.lock().issued + 1;
+                commit.wait_durable_async(flush).await.expect("flush");
+                assert!(covered.load(Ordering::SeqCst) >= mine);
+            }));
+        }
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (commit, covered, flush) = (commit.clone(), covered.clone(), flush.clone());
+                std::thread::spawn(move || {
+                    let mine = commit.lock().issued + 1;
+                    commit.wait_durable(flush).expect("flush");
+                    assert!(covered.load(Ordering::SeqCst) >= mine);
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread waiter");
+        }
+        rt.block_on(async {
+            for t in tasks {
+                t.await.expect("task waiter");
+            }
+        });
+        let flushes = commit.flushes();
+        assert!(
+            (1..24).contains(&flushes),
+            "{flushes} flushes for 24 waiters"
+        );
+    }
+
+    /// A failed flush fails the waiters it covered, and the next waiter leads a new flush.
+    #[tokio::test]
+    async fn a_failed_flush_fails_its_waiters_and_the_next_one_flushes_again() {
+        let commit = GroupCommit::default();
+        let err = commit
+            .wait_durable_async(|| Err("disk gone".to_owned()))
+            .await;
+        assert_eq!(err, Err("disk gone".to_owned()));
+        assert_eq!(commit.wait_durable_async(|| Ok(())).await, Ok(()));
+        assert_eq!(commit.flushes(), 2);
     }
 }

@@ -354,6 +354,40 @@ impl Journal {
         event: &Event,
         durability: Durability,
     ) -> Result<u64, JournalError> {
+        let seq = self.store_event(run, event, durability)?;
+        if durability == Durability::Durable {
+            let flushed = self.commit.wait_durable(|| self.flush_db());
+            self.settle_durable(run, flushed)?;
+        }
+        self.announce(run, seq, event);
+        Ok(seq)
+    }
+
+    /// `append` for async code: a durable append waits for its group commit without taking a
+    /// thread of tokio's blocking pool (see `group_commit`), so a step's durable point costs the
+    /// flush and no hand-offs between threads.
+    pub async fn append_async(
+        &self,
+        run: RunId,
+        event: &Event,
+        durability: Durability,
+    ) -> Result<u64, JournalError> {
+        let seq = self.store_event(run, event, durability)?;
+        if durability == Durability::Durable {
+            let flushed = self.commit.wait_durable_async(|| self.flush_db()).await;
+            self.settle_durable(run, flushed)?;
+        }
+        self.announce(run, seq, event);
+        Ok(seq)
+    }
+
+    /// Stores `event` under its sequence number, and the run's summary where it changes.
+    fn store_event(
+        &self,
+        run: RunId,
+        event: &Event,
+        durability: Durability,
+    ) -> Result<u64, JournalError> {
         self.store.check_fence(run)?;
         let seq = {
             let mut next = self.next_seq.lock().unwrap_or_else(|p| p.into_inner());
@@ -372,10 +406,34 @@ impl Journal {
             next.insert(run, seq + 1);
             seq
         };
-        if let Err(e) = self.settle(run, seq, event, durability) {
+        // The summary (status, counts) is rewritten at the points that change a run's status and
+        // at durable appends, not on every buffered one: it costs a read, decode, encode and
+        // insert, and the buffered events in between are never durable on their own anyway.
+        if (durability == Durability::Durable
+            || matches!(event, Event::RunCreated { .. } | Event::RunFinished { .. }))
+            && let Err(e) = self.update_summary(run, seq, event)
+        {
             self.recount();
             return Err(e);
         }
+        Ok(seq)
+    }
+
+    /// The end of a durable append once its group commit is over: the flush's result, and the
+    /// run's fence. A write refused by the fence is not an error of the flush (other runs' writes
+    /// committed with it), so it is asked for here.
+    fn settle_durable(&self, run: RunId, flushed: Result<(), String>) -> Result<(), JournalError> {
+        let settled = flushed
+            .map_err(JournalError::Flush)
+            .and_then(|()| self.store.check_fence(run));
+        if settled.is_err() {
+            self.recount();
+        }
+        settled
+    }
+
+    /// Tells the append hooks and the run's watchers about an append that has taken effect.
+    fn announce(&self, run: RunId, seq: u64, event: &Event) {
         for hook in self
             .after_append
             .read()
@@ -384,48 +442,17 @@ impl Journal {
         {
             hook(run, seq, event);
         }
-        {
-            let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(tx) = watchers.get(&run) {
-                let ended = matches!(event, Event::RunFinished { .. });
-                tx.send_modify(|a| {
-                    a.seq = seq;
-                    a.ended |= ended;
-                });
-                if tx.receiver_count() == 0 {
-                    watchers.remove(&run);
-                }
+        let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = watchers.get(&run) {
+            let ended = matches!(event, Event::RunFinished { .. });
+            tx.send_modify(|a| {
+                a.seq = seq;
+                a.ended |= ended;
+            });
+            if tx.receiver_count() == 0 {
+                watchers.remove(&run);
             }
         }
-        Ok(seq)
-    }
-
-    /// The rest of an append once its event is stored: the summary where it changes, and the
-    /// flush a durable append waits for.
-    fn settle(
-        &self,
-        run: RunId,
-        seq: u64,
-        event: &Event,
-        durability: Durability,
-    ) -> Result<(), JournalError> {
-        // The summary (status, counts) is rewritten at the points that change a run's status and
-        // at durable appends, not on every buffered one: it costs a read, decode, encode and
-        // insert, and the buffered events in between are never durable on their own anyway.
-        if durability == Durability::Durable
-            || matches!(event, Event::RunCreated { .. } | Event::RunFinished { .. })
-        {
-            self.update_summary(run, seq, event)?;
-        }
-        if durability == Durability::Durable {
-            self.commit
-                .wait_durable(|| self.flush_db())
-                .map_err(JournalError::Flush)?;
-            // A write refused by the run's fence is not an error of the flush (other runs'
-            // writes committed with it), so it is asked for here.
-            self.store.check_fence(run)?;
-        }
-        Ok(())
     }
 
     /// Makes every append so far durable (group commit: concurrent callers share one flush).
@@ -433,6 +460,14 @@ impl Journal {
     pub fn sync(&self) -> Result<(), JournalError> {
         self.commit
             .wait_durable(|| self.flush_db())
+            .map_err(JournalError::Flush)
+    }
+
+    /// `sync` for async code, without a thread of the blocking pool (see `append_async`).
+    pub async fn sync_async(&self) -> Result<(), JournalError> {
+        self.commit
+            .wait_durable_async(|| self.flush_db())
+            .await
             .map_err(JournalError::Flush)
     }
 
