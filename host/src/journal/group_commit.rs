@@ -4,13 +4,13 @@
 //!
 //! Waiters come in two kinds, sharing one leader at a time: threads (`wait_durable`, parked on a
 //! condition variable) and async tasks (`wait_durable_async`). An async follower waits on a watch
-//! channel and holds no thread; an async leader runs the flush on its own worker thread, handing
-//! the worker's other tasks to another thread meanwhile (`block_in_place`), so neither the flush
-//! nor its result crosses threads on the way.
+//! channel and holds no thread, so any number of steps can wait for one flush; an async leader
+//! hands the flush to tokio's blocking pool, where it is recorded when it ends even if the leader
+//! stopped waiting.
 
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
-use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 
 #[derive(Default)]
@@ -113,22 +113,36 @@ impl GroupCommit {
     }
 
     /// `wait_durable` for async code: a follower awaits the leader's flush without holding a
-    /// thread, and a leader flushes in place (see the module's notes).
+    /// thread, and a leader hands its flush to the blocking pool and then waits like a follower
+    /// (see the module's notes). Dropping the future never strands a flush half-recorded.
     pub async fn wait_durable_async(
-        &self,
-        flush: impl Fn() -> Result<(), String>,
+        self: &Arc<Self>,
+        flush: impl FnOnce() -> Result<(), String> + Send + 'static,
     ) -> Result<(), String> {
         // Subscribed before the ticket is looked at, so a flush that ends in between still
         // wakes this waiter.
         let mut finished = self.finished.subscribe();
         let ticket = self.ticket();
+        let mut flush = Some(flush);
         loop {
             let turn = self.lock().turn(ticket);
             match turn {
                 Turn::Done(result) => return result,
-                Turn::Lead(target) => self.finish(target, blocking_in_place(&flush)),
+                Turn::Lead(target) => {
+                    // A waiter leads at most once: the flush it leads covers its own ticket.
+                    let Some(flush) = flush.take() else {
+                        self.finish(target, Err("group commit: a waiter led twice".to_owned()));
+                        continue;
+                    };
+                    let commit = self.clone();
+                    let job = move || commit.finish(target, flush());
+                    match Handle::try_current() {
+                        Ok(h) => drop(h.spawn_blocking(job)),
+                        Err(_) => job(),
+                    }
+                }
+                // The sender lives as long as `self`, so this never reports it gone.
                 Turn::Wait => {
-                    // The sender lives as long as `self`, so this never reports it gone.
                     let _ = finished.changed().await;
                 }
             }
@@ -141,20 +155,9 @@ impl GroupCommit {
     }
 }
 
-/// Runs blocking `f` from async code on the current thread. On a multi-threaded runtime the
-/// worker's queue moves to another thread while `f` runs; on a current-thread runtime (tests, the
-/// CLI's one-shot runs) there is no other thread to move it to and `f` simply runs.
-fn blocking_in_place<R>(f: impl FnOnce() -> R) -> R {
-    match Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
-        _ => f(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::Duration;
 
@@ -215,7 +218,7 @@ mod tests {
     /// A failed flush fails the waiters it covered, and the next waiter leads a new flush.
     #[tokio::test]
     async fn a_failed_flush_fails_its_waiters_and_the_next_one_flushes_again() {
-        let commit = GroupCommit::default();
+        let commit = Arc::new(GroupCommit::default());
         let err = commit
             .wait_durable_async(|| Err("disk gone".to_owned()))
             .await;

@@ -186,7 +186,7 @@ pub struct Journal {
     /// run's summary without reading it back from the store first (a round trip on
     /// PostgreSQL). Also serialises the read-modify-write of one run's summary.
     summaries: Mutex<HashMap<RunId, RunSummary>>,
-    commit: GroupCommit,
+    commit: Arc<GroupCommit>,
     /// Called after every append has fully taken effect (crash-injection tests stop here).
     after_append: std::sync::RwLock<Vec<AppendHook>>,
     /// Per run with live readers (the API's event streams and waits): what was appended.
@@ -279,7 +279,7 @@ impl Journal {
             store,
             next_seq: Mutex::default(),
             summaries: Mutex::default(),
-            commit: GroupCommit::default(),
+            commit: Arc::default(),
             after_append: std::sync::RwLock::default(),
             watchers: Arc::default(),
             listening: std::sync::OnceLock::new(),
@@ -363,18 +363,22 @@ impl Journal {
         Ok(seq)
     }
 
-    /// `append` for async code: a durable append waits for its group commit without taking a
-    /// thread of tokio's blocking pool (see `group_commit`), so a step's durable point costs the
-    /// flush and no hand-offs between threads.
+    /// `append` for async code: a durable append waits for its group commit without holding a
+    /// thread (only the flush's leader uses one of tokio's blocking pool, see `group_commit`), so
+    /// concurrent steps share flushes however many of them wait.
     pub async fn append_async(
-        &self,
+        self: &Arc<Self>,
         run: RunId,
         event: &Event,
         durability: Durability,
     ) -> Result<u64, JournalError> {
         let seq = self.store_event(run, event, durability)?;
         if durability == Durability::Durable {
-            let flushed = self.commit.wait_durable_async(|| self.flush_db()).await;
+            let journal = self.clone();
+            let flushed = self
+                .commit
+                .wait_durable_async(move || journal.flush_db())
+                .await;
             self.settle_durable(run, flushed)?;
         }
         self.announce(run, seq, event);
@@ -464,9 +468,10 @@ impl Journal {
     }
 
     /// `sync` for async code, without a thread of the blocking pool (see `append_async`).
-    pub async fn sync_async(&self) -> Result<(), JournalError> {
+    pub async fn sync_async(self: &Arc<Self>) -> Result<(), JournalError> {
+        let journal = self.clone();
         self.commit
-            .wait_durable_async(|| self.flush_db())
+            .wait_durable_async(move || journal.flush_db())
             .await
             .map_err(JournalError::Flush)
     }
