@@ -4,8 +4,9 @@
 //!
 //! Durability: `StepCompleted` is on disk before any successor starts and before the step is
 //! reported. When nothing follows a completion, the run's `RunFinished` is the next durable point
-//! and one flush covers both (the completion is reported just before the run's end). A resumed run re-derives its activations by feeding the journaled completions to the
-//! same [`Scheduler`]; an interrupted attempt re-executes with its journaled crossings served back.
+//! and one flush covers both (the completion is reported just before the run's end). A resumed
+//! run re-derives its activations by feeding the journaled completions to the same
+//! [`Scheduler`]; an interrupted attempt re-executes with its journaled crossings served back.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

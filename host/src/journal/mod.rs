@@ -355,12 +355,9 @@ impl Journal {
         durability: Durability,
     ) -> Result<u64, JournalError> {
         let seq = self.store_event(run, event, durability)?;
-        if durability == Durability::Durable {
-            let flushed = self.commit.wait_durable(|| self.flush_db());
-            self.settle_durable(run, flushed)?;
-        }
-        self.announce(run, seq, event);
-        Ok(seq)
+        let flushed = (durability == Durability::Durable)
+            .then(|| self.commit.wait_durable(|| self.flush_db()));
+        self.appended(run, seq, event, flushed)
     }
 
     /// `append` for async code: a durable append waits for its group commit without holding a
@@ -373,16 +370,11 @@ impl Journal {
         durability: Durability,
     ) -> Result<u64, JournalError> {
         let seq = self.store_event(run, event, durability)?;
-        if durability == Durability::Durable {
-            let journal = self.clone();
-            let flushed = self
-                .commit
-                .wait_durable_async(move || journal.flush_db())
-                .await;
-            self.settle_durable(run, flushed)?;
-        }
-        self.announce(run, seq, event);
-        Ok(seq)
+        let flushed = match durability {
+            Durability::Durable => Some(self.flushed_async().await),
+            Durability::Buffered => None,
+        };
+        self.appended(run, seq, event, flushed)
     }
 
     /// Stores `event` under its sequence number, and the run's summary where it changes.
@@ -423,17 +415,26 @@ impl Journal {
         Ok(seq)
     }
 
-    /// The end of a durable append once its group commit is over: the flush's result, and the
-    /// run's fence. A write refused by the fence is not an error of the flush (other runs' writes
-    /// committed with it), so it is asked for here.
-    fn settle_durable(&self, run: RunId, flushed: Result<(), String>) -> Result<(), JournalError> {
-        let settled = flushed
-            .map_err(JournalError::Flush)
-            .and_then(|()| self.store.check_fence(run));
-        if settled.is_err() {
+    /// The end of an append: for a durable one, the result of the group commit it waited for
+    /// (`flushed`) and the run's fence. A write refused by the fence is not an error of the flush
+    /// (other runs' writes committed with it), so it is asked for here.
+    fn appended(
+        &self,
+        run: RunId,
+        seq: u64,
+        event: &Event,
+        flushed: Option<Result<(), String>>,
+    ) -> Result<u64, JournalError> {
+        if let Some(flushed) = flushed
+            && let Err(e) = flushed
+                .map_err(JournalError::Flush)
+                .and_then(|()| self.store.check_fence(run))
+        {
             self.recount();
+            return Err(e);
         }
-        settled
+        self.announce(run, seq, event);
+        Ok(seq)
     }
 
     /// Tells the append hooks and the run's watchers about an append that has taken effect.
@@ -469,11 +470,15 @@ impl Journal {
 
     /// `sync` for async code, without a thread of the blocking pool (see `append_async`).
     pub async fn sync_async(self: &Arc<Self>) -> Result<(), JournalError> {
+        self.flushed_async().await.map_err(JournalError::Flush)
+    }
+
+    /// Waits, without holding a thread, for a group-commit flush that covers every write so far.
+    async fn flushed_async(self: &Arc<Self>) -> Result<(), String> {
         let journal = self.clone();
         self.commit
             .wait_durable_async(move || journal.flush_db())
             .await
-            .map_err(JournalError::Flush)
     }
 
     /// Adds a hook called after each append has taken effect (the event is in the tree, and on
