@@ -3,9 +3,7 @@
 //! resumes unfinished runs from their journal after a crash without repeating completed steps.
 //!
 //! Durability: `StepCompleted` is on disk before any successor starts and before the step is
-//! reported. When nothing follows a completion, the run's `RunFinished` is the next durable point
-//! and one flush covers both (the completion is reported just before the run's end). A resumed
-//! run re-derives its activations by feeding the journaled completions to the same
+//! reported. A resumed run re-derives its activations by feeding the journaled completions to the same
 //! [`Scheduler`]; an interrupted attempt re-executes with its journaled crossings served back.
 
 use std::collections::{BTreeMap, HashMap};
@@ -816,25 +814,12 @@ impl RunCtx {
     /// Appends an event (durable ones through the async group commit) and reports it to the
     /// progress hook.
     async fn append(&self, event: Event, durability: Durability) -> Result<u64, JournalError> {
-        self.append_reporting_first(&[], event, durability).await
-    }
-
-    /// `append`, reporting the appended `earlier` events (which its flush made durable) to the
-    /// progress hook before `event`.
-    async fn append_reporting_first(
-        &self,
-        earlier: &[Event],
-        event: Event,
-        durability: Durability,
-    ) -> Result<u64, JournalError> {
         let seq = self
             .journal
             .append_async(self.run, &event, durability)
             .await?;
         if let Some(p) = &self.progress {
-            for e in earlier.iter().chain([&event]) {
-                p(self.run, e);
-            }
+            p(self.run, &event);
         }
         Ok(seq)
     }
@@ -966,8 +951,6 @@ async fn drive(
 ) -> RunOutcome {
     let mut sched = Scheduler::new(ctx.graph.clone(), input);
     let result = execute(&ctx, &mut sched, history, &cancel).await;
-    // Completions not reported yet: they become durable with the run's end.
-    let mut deferred = Vec::new();
     let (status, output, error) = match result {
         Ok(Finish::AlreadyFinished(outcome)) => return outcome,
         Ok(Finish::Waiting(steps)) => {
@@ -982,10 +965,7 @@ async fn drive(
                 )),
             };
         }
-        Ok(Finish::Done { unreported }) => {
-            deferred = unreported;
-            (RunStatus::Succeeded, Some(sched.output().to_string()), None)
-        }
+        Ok(Finish::Done) => (RunStatus::Succeeded, Some(sched.output().to_string()), None),
         Ok(Finish::Cancelled) => (
             RunStatus::Cancelled,
             None,
@@ -1027,10 +1007,7 @@ async fn drive(
         output: payload,
         error: error.clone(),
     };
-    if let Err(e) = ctx
-        .append_reporting_first(&deferred, event, Durability::Durable)
-        .await
-    {
+    if let Err(e) = ctx.append(event, Durability::Durable).await {
         return RunOutcome {
             run: ctx.run,
             status: RunStatus::Failed,
@@ -1063,11 +1040,7 @@ impl From<String> for Stop {
 }
 
 enum Finish {
-    /// The graph is done. `unreported` are the last completions: appended, not yet durable nor
-    /// reported, because the run's end is the next durable point.
-    Done {
-        unreported: Vec<Event>,
-    },
+    Done,
     /// Only steps awaiting approval are left (`exit_when_waiting`).
     Waiting(Vec<String>),
     Cancelled,
@@ -1329,9 +1302,7 @@ async fn execute(
         if running.is_empty() {
             let next = sched.quiesce().map_err(err)?;
             if next.is_empty() {
-                return Ok(Finish::Done {
-                    unreported: Vec::new(),
-                });
+                return Ok(Finish::Done);
             }
             ready.extend(next.into_iter().map(|a| (a, FRESH)));
             continue;
@@ -1390,18 +1361,9 @@ async fn execute(
             ready.extend(next.into_iter().map(|a| (a, FRESH)));
             completed.push(event);
         }
-        if ready.is_empty() && running.is_empty() && paused.is_empty() {
-            let next = sched.quiesce().map_err(err)?;
-            if next.is_empty() {
-                // Nothing follows: the run's end is the next durable point, and its flush
-                // covers these completions too.
-                return Ok(Finish::Done {
-                    unreported: completed,
-                });
-            }
-            ready.extend(next.into_iter().map(|a| (a, FRESH)));
-        }
-        // Durable before any successor starts.
+        // Durable before any successor starts, and before the run's end: on a shared journal,
+        // an end committed in the same transaction as completions lost with a broken connection
+        // left a summary saying "succeeded" beside events without the end.
         ctx.sync().await.map_err(jerr)?;
         if let Some(p) = &ctx.progress {
             for event in &completed {
