@@ -553,3 +553,63 @@ fn a_database_that_authenticates_clients_by_certificate_accepts_the_journals_cer
     assert!(!dns.is_empty(), "no TLS session of the journal");
     assert!(dns.iter().all(|dn| dn.contains("CN=sandgraph")), "{dns:?}");
 }
+
+#[test]
+fn a_submission_is_claimed_by_its_replica_only_when_no_older_run_waits() {
+    use sandgraph::journal::queue::RunQueue;
+    use std::time::Duration;
+    let pg = Postgres::start();
+    let url = pg.database("claim_own");
+    let a = RunQueue::open(&url, "a", Duration::from_secs(15)).unwrap();
+    let b = RunQueue::open(&url, "b", Duration::from_secs(15)).unwrap();
+    let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let lease = |db: &mut postgres::Client, run: RunId| -> (String, Option<String>, i64) {
+        let r = db
+            .query_one(
+                "SELECT state, owner, epoch FROM sandgraph_leases WHERE run = $1",
+                &[&&run.0[..]],
+            )
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    let (older, newer, own) = (RunId::new(), RunId::new(), RunId::new());
+    // One run waits for a host: a newer submission queues behind it instead of jumping it.
+    a.enqueue(older).unwrap();
+    assert_eq!(b.enqueue_or_claim(newer).unwrap(), None);
+    assert_eq!(lease(&mut db, newer), ("queued".into(), None, 0));
+    // The queue hands them out oldest first.
+    assert_eq!(a.claim().unwrap().map(|c| c.run), Some(older));
+    assert_eq!(a.claim().unwrap().map(|c| c.run), Some(newer));
+    // Nothing waits now: the submitting host holds its run at once, under the first epoch,
+    // and no other host can claim it while the lease lasts.
+    let claim = b.enqueue_or_claim(own).unwrap().expect("claimed at once");
+    assert_eq!((claim.run, claim.epoch), (own, 1));
+    let (state, owner, epoch) = lease(&mut db, own);
+    assert_eq!((state.as_str(), epoch), ("running", 1));
+    assert!(owner.is_some_and(|o| o == "b"));
+    assert_eq!(a.claim().unwrap(), None);
+    // A run queued already stays as it is (a second submission of the same run claims nothing).
+    assert_eq!(a.enqueue_or_claim(own).unwrap(), None);
+    assert_eq!(lease(&mut db, own).1.as_deref(), Some("b"));
+    // A run whose lease ran out waits for a host too: the next submission queues behind it.
+    let short = RunQueue::open(&url, "c", Duration::from_millis(1)).unwrap();
+    let (expired, after) = (RunId::new(), RunId::new());
+    assert!(short.enqueue_or_claim(expired).unwrap().is_some());
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(a.enqueue_or_claim(after).unwrap(), None);
+    let next = a.claim().unwrap().expect("the expired lease is claimable");
+    assert_eq!((next.run, next.epoch), (expired, 2));
+    assert_eq!(a.claim().unwrap().map(|c| c.run), Some(after));
+    // A host with several free slots claims a backlog in one call, oldest first, and no more
+    // than it asked for.
+    let backlog: Vec<RunId> = (0..3).map(|_| RunId::new()).collect();
+    for run in &backlog {
+        b.enqueue(*run).unwrap();
+    }
+    let two = a.claim_up_to(2).unwrap();
+    assert_eq!(two.iter().map(|c| c.run).collect::<Vec<_>>(), backlog[..2]);
+    assert!(two.iter().all(|c| c.epoch == 1));
+    let rest = a.claim_up_to(16).unwrap();
+    assert_eq!(rest.iter().map(|c| c.run).collect::<Vec<_>>(), backlog[2..]);
+    assert!(a.claim_up_to(16).unwrap().is_empty());
+}

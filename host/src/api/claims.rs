@@ -20,6 +20,9 @@ pub const POLL: Duration = Duration::from_millis(100);
 /// notifies them of appends anyway (a notification can be lost while the listener reconnects).
 pub const SAFETY_POLL: Duration = Duration::from_secs(2);
 
+/// The most runs one claim takes (each needs a free run slot).
+const CLAIM_BATCH: usize = 16;
+
 /// A run that ended without its end in the journal (the database went away mid-run) is
 /// claimable again after this.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
@@ -61,17 +64,29 @@ pub(crate) async fn claim_loop(state: Arc<State>, queue: Arc<RunQueue>) {
             },
             _ = state.shutdown.cancelled() => return,
         };
-        let q = queue.clone();
-        match blocking(move || q.claim()).await {
-            Ok(Some(claim)) => {
-                backoff = Duration::from_millis(100);
-                // Loading the run (its events, graph and tools) goes on beside the next claim,
-                // so one slow start does not hold back the runs queued behind it.
-                let (state, queue) = (state.clone(), queue.clone());
-                tokio::spawn(async move { start_claimed(&state, &queue, claim, permit).await });
+        // Every slot free now goes into the same claim (up to a bound), so a backlog is
+        // claimed a batch per round trip rather than a run per round trip.
+        let mut permits = vec![permit];
+        while permits.len() < CLAIM_BATCH {
+            match state.admission.try_admit() {
+                Some(p) => permits.push(p),
+                None => break,
             }
-            Ok(None) => {
-                drop(permit);
+        }
+        let q = queue.clone();
+        let n = permits.len();
+        match blocking(move || q.claim_up_to(n)).await {
+            Ok(claims) if !claims.is_empty() => {
+                backoff = Duration::from_millis(100);
+                for (claim, permit) in claims.into_iter().zip(permits.drain(..)) {
+                    // Loading the run (its events, graph and tools) goes on beside the next
+                    // claim, so one slow start does not hold back the runs queued behind it.
+                    let (state, queue) = (state.clone(), queue.clone());
+                    tokio::spawn(async move { start_claimed(&state, &queue, claim, permit).await });
+                }
+            }
+            Ok(_) => {
+                drop(permits);
                 tokio::select! {
                     _ = state.claim_wake.notified() => {}
                     _ = tokio::time::sleep(POLL) => {}
@@ -79,7 +94,7 @@ pub(crate) async fn claim_loop(state: Arc<State>, queue: Arc<RunQueue>) {
                 }
             }
             Err(e) => {
-                drop(permit);
+                drop(permits);
                 tracing::warn!(error = %e, "claiming runs failed; trying again");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}

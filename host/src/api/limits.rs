@@ -254,6 +254,15 @@ impl Admission {
         self.queued.load(Ordering::Acquire)
     }
 
+    /// A slot now if one is free; never waits or queues.
+    pub fn try_admit(&self) -> Option<AdmissionPermit> {
+        let slot = self.slots.clone().try_acquire_owned().ok()?;
+        Some(AdmissionPermit {
+            _slot: slot,
+            waited: Duration::ZERO,
+        })
+    }
+
     /// A slot now, or after the runs queued before this one; `RetryAfter` when the queue is
     /// full. Waiters are served in arrival order.
     pub async fn admit(&self) -> Result<AdmissionPermit, RetryAfter> {

@@ -1000,19 +1000,54 @@ async fn start_run(
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let name = graph.spec.metadata.name.clone();
-        state
+        let labels = run_labels_of(&graph);
+        let created = state
             .engine
-            .create(run, graph, &catalog, input)
+            .create_held(run, graph, &catalog, input)
             .await
             .map_err(engine_problem)?;
-        // Whoever claims it reads the run from the database, this replica included.
-        state.journal.forget(run);
-        tokio::task::spawn_blocking(move || queue.enqueue(run))
-            .await
-            .map_err(|e| Problem::internal(format!("queueing the run failed: {e}")))?
-            .map_err(journal_err)?;
-        state.claim_wake.notify_one();
-        tracing::info!(run_id = %run, graph = %name, "run queued");
+        // With a run slot free here, the run is queued already claimed by this replica (unless
+        // older runs wait for a host) and starts from what it was created with; otherwise
+        // whoever claims it reads it from the database, this replica included.
+        let permit = state.admission.try_admit();
+        let claim_here = permit.is_some();
+        let queued = tokio::task::spawn_blocking(move || {
+            if claim_here {
+                queue.enqueue_or_claim(run)
+            } else {
+                queue.enqueue(run).map(|()| None)
+            }
+        })
+        .await
+        .map_err(|e| Problem::internal(format!("queueing the run failed: {e}")))
+        .and_then(|r| r.map_err(journal_err));
+        let claim = match queued {
+            Ok(claim) => claim,
+            Err(p) => {
+                state.journal.forget(run);
+                return Err(p);
+            }
+        };
+        match (claim, permit) {
+            (Some(claim), Some(permit)) => {
+                state.journal.fence_created(run, claim.epoch);
+                state
+                    .claims
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(run, claim);
+                state.metrics.queue_wait.observe(0.0);
+                let handle = state.engine.start_created(created);
+                tracing::info!(run_id = %run, graph = %name, "run queued and claimed here");
+                state.clone().supervise(handle, labels, Some(permit));
+            }
+            _ => {
+                drop(created);
+                state.journal.forget(run);
+                state.claim_wake.notify_one();
+                tracing::info!(run_id = %run, graph = %name, "run queued");
+            }
+        }
         return Ok(None);
     }
     let permit = tokio::select! {
@@ -1033,16 +1068,7 @@ async fn start_run(
         .metrics
         .queue_wait
         .observe(permit.waited().as_secs_f64());
-    let labels = RunLabels {
-        graph: graph.spec.metadata.name.clone(),
-        components: graph
-            .spec
-            .spec
-            .nodes
-            .iter()
-            .map(|n| (n.id.clone(), n.component.clone()))
-            .collect(),
-    };
+    let labels = run_labels_of(&graph);
     let catalog = state
         .catalog
         .read()
@@ -1055,6 +1081,20 @@ async fn start_run(
         .map_err(engine_problem)?;
     tracing::info!(run_id = %run, graph = %labels.graph, "run started");
     Ok(Some(state.clone().supervise(handle, labels, Some(permit))))
+}
+
+/// The metric labels of a run of `graph`.
+fn run_labels_of(graph: &CompiledGraph) -> RunLabels {
+    RunLabels {
+        graph: graph.spec.metadata.name.clone(),
+        components: graph
+            .spec
+            .spec
+            .nodes
+            .iter()
+            .map(|n| (n.id.clone(), n.component.clone()))
+            .collect(),
+    }
 }
 
 fn shutting_down() -> Problem {

@@ -260,6 +260,33 @@ pub(crate) struct Pinned {
     pub created_ms: u64,
 }
 
+/// A run journaled by [`Engine::create_held`] and not executing yet.
+pub struct CreatedRun {
+    run: RunId,
+    held: Option<(Arc<RunCtx>, Value)>,
+    approvals: Arc<std::sync::Mutex<HashMap<RunId, Arc<tokio::sync::Notify>>>>,
+}
+
+impl CreatedRun {
+    pub fn run(&self) -> RunId {
+        self.run
+    }
+}
+
+impl Drop for CreatedRun {
+    /// Not executed here: the run's wake-up for decisions goes (whoever claims it makes its own).
+    fn drop(&mut self) {
+        if let Some((ctx, _)) = self.held.take() {
+            let mut a = self.approvals.lock().unwrap_or_else(|p| p.into_inner());
+            if a.get(&ctx.run)
+                .is_some_and(|n| Arc::ptr_eq(n, &ctx.decided))
+            {
+                a.remove(&ctx.run);
+            }
+        }
+    }
+}
+
 /// What one run needs while it executes.
 struct RunCtx {
     run: RunId,
@@ -397,12 +424,31 @@ impl Engine {
         catalog: &Catalog,
         input: Value,
     ) -> Result<(), EngineError> {
-        let ctx = self.create_ctx(run, graph, catalog, &input).await;
-        self.approvals
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&run);
-        ctx.map(|_| ())
+        self.create_held(run, graph, catalog, input).await.map(drop)
+    }
+
+    /// [`Engine::create`], keeping what the run needs to execute: [`Engine::start_created`]
+    /// executes it here without reading it back from the journal (a host that claimed its own
+    /// submission); dropped, the run is left to whichever host claims it.
+    pub async fn create_held(
+        &self,
+        run: RunId,
+        graph: Arc<CompiledGraph>,
+        catalog: &Catalog,
+        input: Value,
+    ) -> Result<CreatedRun, EngineError> {
+        let ctx = self.create_ctx(run, graph, catalog, &input).await?;
+        Ok(CreatedRun {
+            run,
+            held: Some((ctx, input)),
+            approvals: self.approvals.clone(),
+        })
+    }
+
+    /// Executes a run [`Engine::create_held`] journaled, from its first step.
+    pub fn start_created(&self, mut created: CreatedRun) -> RunHandle {
+        let (ctx, input) = created.held.take().expect("a created run is started once");
+        self.spawn(ctx, input, None)
     }
 
     async fn create_ctx(

@@ -686,6 +686,12 @@ impl Journal {
         self.store.fence(run, Some(epoch));
     }
 
+    /// [`Journal::fence`] for a run this host created and claimed before any other host could
+    /// see it in the queue: what this journal cached about it stays true.
+    pub fn fence_created(&self, run: RunId, epoch: i64) {
+        self.store.fence(run, Some(epoch));
+    }
+
     /// `run` is no longer leased by this host (it ended, or was handed back): its fence and
     /// cached state go.
     pub fn unfence(&self, run: RunId) {

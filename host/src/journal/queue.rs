@@ -111,29 +111,79 @@ impl RunQueue {
         Ok(())
     }
 
-    /// Claims the oldest run that is queued or whose lease ran out, if any: it is this host's
-    /// for one lease, under a new epoch.
-    pub fn claim(&self) -> Result<Option<Claim>, JournalError> {
+    /// Queues journaled run `run`, claimed at once by this host unless runs queued before it
+    /// (or runs whose lease ran out) are waiting for a host: a replica with a free run slot
+    /// executes its own submission without a trip through the queue, and never ahead of older
+    /// runs. One round trip. The claim, if it was taken; `None` when the run waits in the queue
+    /// (or was queued already).
+    pub fn enqueue_or_claim(&self, run: RunId) -> Result<Option<Claim>, JournalError> {
         let (owner, lease) = (self.owner.clone(), ms(self.lease));
         let row = self.with(|c| {
             c.query_opt(
+                "INSERT INTO sandgraph_leases (run, state, owner, epoch, lease_until)
+                 SELECT $1,
+                        CASE WHEN w.waiting THEN 'queued' ELSE 'running' END,
+                        CASE WHEN w.waiting THEN NULL ELSE $2 END,
+                        CASE WHEN w.waiting THEN 0 ELSE 1 END,
+                        CASE WHEN w.waiting THEN NULL
+                             ELSE clock_timestamp() + $3::bigint * interval '1 millisecond' END
+                 FROM (SELECT EXISTS (
+                         SELECT 1 FROM sandgraph_leases
+                         WHERE state = 'queued'
+                            OR (state = 'running' AND lease_until < clock_timestamp())) AS waiting) w
+                 ON CONFLICT (run) DO NOTHING
+                 RETURNING state, epoch",
+                &[&&run.0[..], &owner, &lease],
+            )
+        })?;
+        Ok(row
+            .filter(|r| r.get::<_, &str>(0) == "running")
+            .map(|r| Claim {
+                run,
+                epoch: r.get(1),
+            }))
+    }
+
+    /// Claims the oldest run that is queued or whose lease ran out, if any: it is this host's
+    /// for one lease, under a new epoch.
+    pub fn claim(&self) -> Result<Option<Claim>, JournalError> {
+        Ok(self.claim_up_to(1)?.pop())
+    }
+
+    /// [`RunQueue::claim`] for up to `n` runs in one round trip (a host with `n` free run
+    /// slots), oldest first; fewer when fewer wait.
+    pub fn claim_up_to(&self, n: usize) -> Result<Vec<Claim>, JournalError> {
+        let (owner, lease) = (self.owner.clone(), ms(self.lease));
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        let rows = self.with(|c| {
+            c.query(
                 "UPDATE sandgraph_leases l
                  SET state = 'running', owner = $1, epoch = l.epoch + 1,
                      lease_until = clock_timestamp() + $2::bigint * interval '1 millisecond'
-                 WHERE l.run = (
+                 WHERE l.run IN (
                      SELECT run FROM sandgraph_leases
                      WHERE state = 'queued' OR (state = 'running' AND lease_until < clock_timestamp())
                      ORDER BY queued_at
                      FOR UPDATE SKIP LOCKED
-                     LIMIT 1)
-                 RETURNING l.run, l.epoch",
-                &[&owner, &lease],
+                     LIMIT $3)
+                 RETURNING l.run, l.epoch, l.queued_at",
+                &[&owner, &lease, &n],
             )
         })?;
-        Ok(row.map(|r| Claim {
-            run: run_of(r.get::<_, &[u8]>(0)),
-            epoch: r.get(1),
-        }))
+        let mut claims: Vec<(std::time::SystemTime, Claim)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get(2),
+                    Claim {
+                        run: run_of(r.get::<_, &[u8]>(0)),
+                        epoch: r.get(1),
+                    },
+                )
+            })
+            .collect();
+        claims.sort_by_key(|(queued, _)| *queued);
+        Ok(claims.into_iter().map(|(_, c)| c).collect())
     }
 
     /// Renews the lease of each claim this host still holds; returns the claims it lost (their
