@@ -613,3 +613,64 @@ fn a_submission_is_claimed_by_its_replica_only_when_no_older_run_waits() {
     assert_eq!(rest.iter().map(|c| c.run).collect::<Vec<_>>(), backlog[2..]);
     assert!(a.claim_up_to(16).unwrap().is_empty());
 }
+
+#[test]
+fn a_host_that_lost_a_runs_lease_writes_nothing_more_to_it_and_its_other_runs_commit() {
+    use sandgraph::journal::queue::RunQueue;
+    use std::time::Duration;
+    let pg = Postgres::start();
+    let url = pg.database("fenced_writes");
+    let a = Journal::open_location(&url).unwrap();
+    let b = Journal::open_location(&url).unwrap();
+    let (leased, other) = (RunId::new(), RunId::new());
+    for run in [leased, other] {
+        a.append(run, &created(&a), Durability::Durable).unwrap();
+    }
+    // Host a claims the run under a lease that runs out at once, so host b can take it over.
+    let a_queue = RunQueue::open(&url, "a", Duration::from_millis(1)).unwrap();
+    let claim = a_queue.enqueue_or_claim(leased).unwrap().expect("claimed");
+    a.fence(leased, claim.epoch);
+    a.append(leased, &step(1), Durability::Durable).unwrap();
+    assert_eq!(b.events(leased).unwrap().len(), 2);
+    std::thread::sleep(Duration::from_millis(20));
+    let b_claim = RunQueue::open(&url, "b", Duration::from_secs(15))
+        .unwrap()
+        .claim()
+        .unwrap()
+        .expect("the lease ran out");
+    assert_eq!((b_claim.run, b_claim.epoch), (leased, 2));
+    b.fence(leased, b_claim.epoch);
+    // Read afresh each time (a journal caches the summaries of runs it writes).
+    let summary = || {
+        Journal::open_location(&url)
+            .unwrap()
+            .run_summary(leased)
+            .unwrap()
+    };
+    let summary_before = summary();
+    // In one transaction: a buffered write to a's other run, then a's durable write to the run
+    // it lost. The lost run's write is refused; the other run's commits with the flush.
+    a.append(other, &step(1), Durability::Buffered).unwrap();
+    match a.append(leased, &step(2), Durability::Durable) {
+        Err(JournalError::Fenced { run, why }) => {
+            assert_eq!(run, leased);
+            assert!(why.contains("epoch is 2"), "{why}");
+        }
+        other => panic!("expected the write to be fenced off, got {other:?}"),
+    }
+    assert_eq!(b.events(other).unwrap().len(), 2);
+    assert_eq!(b.events(leased).unwrap().len(), 2);
+    let summary_after = summary();
+    assert_eq!(
+        (summary_after.events, summary_after.updated_ms),
+        (summary_before.events, summary_before.updated_ms),
+        "the summary was not rewritten by the host that lost the run"
+    );
+    // Later writes are refused before they reach the database; the new owner writes on.
+    assert!(matches!(
+        a.append(leased, &step(3), Durability::Durable),
+        Err(JournalError::Fenced { .. })
+    ));
+    b.append(leased, &step(2), Durability::Durable).unwrap();
+    assert_eq!(b.events(leased).unwrap().len(), 3);
+}

@@ -16,11 +16,11 @@
 //! never hold locks for long; the server ends a session idle in a transaction for longer than
 //! [`IDLE_TX_TIMEOUT`] (a paused host), which releases its locks for the host taking over.
 //!
-//! Fencing: writes to a run this host leased (see `queue.rs`) first take a share lock on the
-//! run's lease row and check its epoch, once per run and transaction; a claim by another host
-//! bumps the epoch under an exclusive lock, so either the write commits before the claim (and
-//! the new owner reads it) or it sees the new epoch and is refused without aborting the shared
-//! transaction.
+//! Fencing: the first write of a transaction to a run this host leased (see `queue.rs`) takes
+//! a share lock on the run's lease row and checks its epoch in the same statement; a claim by
+//! another host bumps the epoch under an exclusive lock, so either the write commits before the
+//! claim (and the new owner reads it) or it sees the new epoch and changes nothing, without
+//! aborting the shared transaction.
 //!
 //! The schema is versioned in `sandgraph_schema` and created on open under an advisory lock,
 //! so replicas starting together migrate once.
@@ -108,6 +108,11 @@ struct Write {
     params: Vec<Param>,
     /// The failure when it changes no row (a conflict it must not pass over), if that is one.
     if_no_row: Option<String>,
+    /// For a write to a run: the same statement with the run's fence folded in, run when this
+    /// transaction has not checked the fence yet. Its one extra parameter, last, is the epoch
+    /// the run's lease row must carry; it share-locks that row (held to the commit) and changes
+    /// nothing when the epoch moved on or the row is gone.
+    fenced_sql: Option<&'static str>,
 }
 
 /// A client that prepares each distinct statement once per connection (a prepared statement
@@ -246,32 +251,15 @@ impl Pg {
             .collect()
     }
 
-    /// Runs each statement with its parameters, all sent before the first answer is read;
-    /// the answers in order (after a failed one, the rest of a transaction fail too).
+    /// Runs each statement with its parameters, all sent before the first answer is read,
+    /// after a `BEGIN` in the same pipeline when `begin` is set; the answers in order (after a
+    /// failed one, the rest of a transaction fail too). A failed `BEGIN` fails them all. (On a
+    /// live session it cannot fail; a broken connection fails everything sent after it too.)
     fn execute_pipelined(
-        &mut self,
-        statements: &Pipeline<'_>,
-    ) -> Result<Vec<Result<u64, postgres::Error>>, postgres::Error> {
-        let prepared = self.statements(statements)?;
-        let client = &self.client;
-        let answers = self.runtime.block_on(futures_util::future::join_all(
-            prepared
-                .iter()
-                .zip(statements)
-                .map(|(s, (_, params))| client.execute(s, params)),
-        ));
-        Ok(answers.into_iter().map(|r| self.seen(r)).collect())
-    }
-
-    /// [`Pg::execute_pipelined`] for statements that return at most one row each, after a
-    /// `BEGIN` in the same pipeline when `begin` is set (its failure fails them all: they may
-    /// have run outside the transaction).
-    #[allow(clippy::type_complexity)]
-    fn query_opt_pipelined(
         &mut self,
         begin: bool,
         statements: &Pipeline<'_>,
-    ) -> Result<Vec<Result<Option<postgres::Row>, postgres::Error>>, postgres::Error> {
+    ) -> Result<Vec<Result<u64, postgres::Error>>, postgres::Error> {
         let prepared = self.statements(statements)?;
         let client = &self.client;
         let (began, answers) = self.runtime.block_on(futures_util::future::join(
@@ -286,7 +274,7 @@ impl Pg {
                 prepared
                     .iter()
                     .zip(statements)
-                    .map(|(s, (_, params))| client.query_opt(s, params)),
+                    .map(|(s, (_, params))| client.execute(s, params)),
             ),
         ));
         self.seen(began)?;
@@ -444,13 +432,14 @@ impl Connection {
         Ok(self.client.as_mut().expect("connected above"))
     }
 
-    /// Runs `batch` in the open transaction (begun if none is), pipelined: first the fence
-    /// checks of the leased runs it writes to that this transaction has not checked yet, then
-    /// the writes their fences allow. A run is allowed when this host did not lease it; else
-    /// its lease row is share-locked (held to the commit) and must still carry this host's
-    /// epoch. A superseded epoch marks the run lost and its writes are skipped, without failing
-    /// the shared transaction. The first write that fails poisons the transaction: the next
-    /// flush rolls it back and reports why.
+    /// Runs `batch` in the open transaction (begun if none is, in the same pipeline), in one
+    /// round trip. A write to a run this host did not lease goes as it is. A write to a leased
+    /// run this transaction has not checked yet goes with the fence folded in: it share-locks
+    /// the run's lease row (held to the commit) and writes only if the row still carries this
+    /// host's epoch. When such a write changes nothing, the lease row is read: a superseded
+    /// epoch marks the run lost (its writes were skipped, and the shared transaction goes on);
+    /// an epoch still this host's means the write itself was refused (a conflict). The first
+    /// write that fails poisons the transaction: the next flush rolls it back and reports why.
     fn write_all(&mut self, url: &str, batch: Vec<Write>) {
         let Some(last) = batch.last().map(|w| w.seq) else {
             return;
@@ -464,94 +453,116 @@ impl Connection {
     fn write_batch(&mut self, url: &str, batch: &[Write]) -> Result<(), JournalError> {
         // Connected first: a broken connection ends the transaction and its checks with it.
         self.client()?;
-        let mut unchecked: Vec<(RunId, i64)> = Vec::new();
-        for run in batch.iter().filter_map(|w| w.run) {
-            if self.fences.lost(run).is_some()
-                || self.checked.contains(&run)
-                || unchecked.iter().any(|(r, _)| *r == run)
-            {
-                continue;
-            }
-            if let Some(epoch) = self.fences.epoch(run) {
-                unchecked.push((run, epoch));
-            }
-        }
-        if unchecked.is_empty() {
-            self.begin(url)?;
-        } else {
-            // The transaction's BEGIN, if it needs one, goes with the checks.
-            let begin = !self.in_tx;
-            let c = self.client.as_mut().expect("connected above");
-            let ids: Vec<&[u8]> = unchecked.iter().map(|(r, _)| &r.0[..]).collect();
-            let checks: Vec<_> = ids
-                .iter()
-                .map(|id| {
-                    (
-                        "SELECT epoch, owner FROM sandgraph_leases WHERE run = $1 FOR SHARE",
-                        vec![id as &(dyn postgres::types::ToSql + Sync)],
-                    )
-                })
-                .collect();
-            let rows = c
-                .query_opt_pipelined(begin, &checks)
-                .map_err(|e| db_error(url, e))?;
-            if begin {
-                self.in_tx = true;
-                self.checked.clear();
-            }
-            for ((run, epoch), row) in unchecked.iter().zip(rows) {
-                let row = row.map_err(|e| db_error(url, e))?;
-                match row.map(|r| (r.get::<_, i64>(0), r.get::<_, Option<String>>(1))) {
-                    Some((e, _)) if e == *epoch => {
-                        self.checked.insert(*run);
-                    }
-                    Some((e, owner)) => self.fences.lose(
-                        *run,
-                        format!(
-                            "its lease epoch is {e} (owner {}), this host held epoch {epoch}",
-                            owner.as_deref().unwrap_or("none")
-                        ),
-                    ),
-                    None => self.fences.lose(*run, "its lease row is gone".into()),
-                }
-            }
+        let begin = !self.in_tx;
+        if begin {
+            self.checked.clear();
         }
         let allowed: Vec<&Write> = batch
             .iter()
             .filter(|w| w.run.is_none_or(|r| self.fences.lost(r).is_none()))
             .collect();
+        // The epoch each write must find on its run's lease row, where the fence is folded in.
+        let mut epochs: Vec<Option<i64>> = Vec::with_capacity(allowed.len());
+        for w in &allowed {
+            let epoch = w
+                .run
+                .filter(|r| !self.checked.contains(r))
+                .and_then(|r| self.fences.epoch(r));
+            if epoch.is_some() && w.fenced_sql.is_none() {
+                return Err(JournalError::Database {
+                    url: url.to_owned(),
+                    detail: format!(
+                        "a write to leased run {} has no fenced form",
+                        w.run.map(|r| r.to_string()).unwrap_or_default()
+                    ),
+                });
+            }
+            epochs.push(epoch);
+        }
         let statements: Vec<(&str, Vec<&(dyn postgres::types::ToSql + Sync)>)> = allowed
             .iter()
-            .map(|w| {
-                let params = w
+            .zip(&epochs)
+            .map(|(w, epoch)| {
+                let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = w
                     .params
                     .iter()
                     .map(|p| p.as_ref() as &(dyn postgres::types::ToSql + Sync))
                     .collect();
-                (w.sql, params)
+                match (epoch, w.fenced_sql) {
+                    (Some(epoch), Some(fenced)) => {
+                        params.push(epoch);
+                        (fenced, params)
+                    }
+                    _ => (w.sql, params),
+                }
             })
             .collect();
-        let c = self.client.as_mut().expect("begun above");
+        let c = self.client.as_mut().expect("connected above");
         let results = c
-            .execute_pipelined(&statements)
+            .execute_pipelined(begin, &statements)
             .map_err(|e| db_error(url, e))?;
+        if begin {
+            self.in_tx = true;
+        }
         let mut first_failure = None;
-        for (w, r) in allowed.iter().zip(results) {
-            match r {
-                Ok(0) if w.if_no_row.is_some() => {
+        // Leased runs whose fenced write changed nothing, with the epoch it asked for and the
+        // failure to report if the fence still holds.
+        let mut unchanged: Vec<(RunId, i64, Option<String>)> = Vec::new();
+        for ((w, epoch), r) in allowed.iter().zip(&epochs).zip(results) {
+            match (r, w.run, epoch) {
+                (Ok(0), Some(run), Some(epoch)) => {
+                    if !unchanged.iter().any(|(r, _, _)| *r == run) {
+                        unchanged.push((run, *epoch, w.if_no_row.clone()));
+                    }
+                }
+                (Ok(0), _, _) if w.if_no_row.is_some() => {
                     first_failure.get_or_insert(JournalError::Database {
                         url: url.to_owned(),
                         detail: w.if_no_row.clone().unwrap_or_default(),
                     });
                 }
-                Ok(_) => {
-                    if let Some(run) = w.run {
-                        self.appended.insert(run);
+                (Ok(_), Some(run), epoch) => {
+                    self.appended.insert(run);
+                    if epoch.is_some() {
+                        // The lease row is share-locked now, to the commit.
+                        self.checked.insert(run);
                     }
                 }
-                Err(e) => {
+                (Ok(_), None, _) => {}
+                (Err(e), _, _) => {
                     first_failure.get_or_insert(db_error(url, e));
                 }
+            }
+        }
+        if first_failure.is_some() {
+            // The transaction is aborted: the flush rolls it all back, whatever the fences say.
+            return first_failure.map_or(Ok(()), Err);
+        }
+        for (run, epoch, refused) in unchanged {
+            let c = self.client.as_mut().expect("connected above");
+            let row = c
+                .query_opt(
+                    "SELECT epoch, owner FROM sandgraph_leases WHERE run = $1",
+                    &[&&run.0[..]],
+                )
+                .map_err(|e| db_error(url, e))?;
+            match row.map(|r| (r.get::<_, i64>(0), r.get::<_, Option<String>>(1))) {
+                Some((e, _)) if e == epoch => {
+                    first_failure.get_or_insert(JournalError::Database {
+                        url: url.to_owned(),
+                        detail: refused.unwrap_or_else(|| {
+                            format!("a write to run {run} changed nothing though its lease is this host's")
+                        }),
+                    });
+                }
+                Some((e, owner)) => self.fences.lose(
+                    run,
+                    format!(
+                        "its lease epoch is {e} (owner {}), this host held epoch {epoch}",
+                        owner.as_deref().unwrap_or("none")
+                    ),
+                ),
+                None => self.fences.lose(run, "its lease row is gone".into()),
             }
         }
         first_failure.map_or(Ok(()), Err)
@@ -1018,6 +1029,7 @@ impl PostgresStore {
             sql,
             params,
             if_no_row: None,
+            fenced_sql: None,
         })
     }
 
@@ -1027,6 +1039,7 @@ impl PostgresStore {
         &self,
         run: RunId,
         sql: &'static str,
+        fenced_sql: &'static str,
         params: Vec<Param>,
         if_no_row: Option<String>,
     ) -> Result<(), JournalError> {
@@ -1038,6 +1051,7 @@ impl PostgresStore {
             sql,
             params,
             if_no_row,
+            fenced_sql: Some(fenced_sql),
         })
     }
 
@@ -1228,6 +1242,14 @@ impl Store for PostgresStore {
              WHERE $2::bigint = 0 OR EXISTS (
                  SELECT 1 FROM sandgraph_events WHERE run = $1::bytea AND seq = $2::bigint - 1)
              ON CONFLICT (run, seq) DO NOTHING",
+            "INSERT INTO sandgraph_events (run, seq, record)
+             SELECT $1::bytea, $2::bigint, $3::bytea
+             WHERE ($2::bigint = 0 OR EXISTS (
+                 SELECT 1 FROM sandgraph_events WHERE run = $1::bytea AND seq = $2::bigint - 1))
+               AND EXISTS (
+                 SELECT 1 FROM sandgraph_leases WHERE run = $1::bytea AND epoch = $4::bigint
+                 FOR SHARE)
+             ON CONFLICT (run, seq) DO NOTHING",
             vec![
                 Box::new(run.0.to_vec()),
                 Box::new(seq_i64(seq)),
@@ -1316,6 +1338,12 @@ impl Store for PostgresStore {
         self.write_run(
             run,
             "INSERT INTO sandgraph_runs (run, summary) VALUES ($1, $2)
+             ON CONFLICT (run) DO UPDATE SET summary = EXCLUDED.summary",
+            "INSERT INTO sandgraph_runs (run, summary)
+             SELECT $1::bytea, $2::bytea
+             WHERE EXISTS (
+                 SELECT 1 FROM sandgraph_leases WHERE run = $1::bytea AND epoch = $3::bigint
+                 FOR SHARE)
              ON CONFLICT (run) DO UPDATE SET summary = EXCLUDED.summary",
             vec![Box::new(run.0.to_vec()), Box::new(summary.to_vec())],
             None,
