@@ -90,6 +90,9 @@ enum Job {
     Run(Box<dyn FnOnce(&mut Connection) + Send>),
 }
 
+/// How many times the writes of a transaction aborted to break a deadlock are run again.
+const DEADLOCK_RETRIES: usize = 3;
+
 /// The most writes one pipelined batch sends before it reads their answers.
 const PIPELINE: usize = 256;
 
@@ -406,6 +409,14 @@ struct Connection {
     checked: HashSet<RunId>,
     /// Runs this transaction appended events to: notified on [`CHANNEL`] as it commits.
     appended: HashSet<RunId>,
+    /// The queued writes the open transaction ran, kept to run again in a new transaction when
+    /// the server aborts it to break a deadlock (see [`Connection::write_all`]).
+    tx_writes: Vec<Write>,
+    /// The open transaction ran something other than queued writes (a job), so it cannot be
+    /// run again from `tx_writes`.
+    tx_opaque: bool,
+    /// The last batch failed because the server chose this transaction to break a deadlock.
+    deadlocked: bool,
     /// The number of the last write this connection ran (see [`Dirty`]).
     processed: u64,
     /// The writing connection's marks, cleared as it commits; `None` on the reader.
@@ -427,8 +438,11 @@ impl Connection {
             let c = self.client.as_mut().expect("connected above");
             c.batch_execute("BEGIN").map_err(|e| db_error(url, e))?;
             self.checked.clear();
+            self.tx_writes.clear();
         }
         self.in_tx = true;
+        // Only jobs open or join a transaction this way.
+        self.tx_opaque = true;
         Ok(self.client.as_mut().expect("connected above"))
     }
 
@@ -440,11 +454,49 @@ impl Connection {
     /// epoch marks the run lost (its writes were skipped, and the shared transaction goes on);
     /// an epoch still this host's means the write itself was refused (a conflict). The first
     /// write that fails poisons the transaction: the next flush rolls it back and reports why.
+    ///
+    /// Replicas store equal payloads (content-addressed) in their own open transactions, so two
+    /// of them can wait for each other's uncommitted insert of the same digest; the server then
+    /// aborts one transaction to break the deadlock. That transaction is rolled back and its
+    /// writes run again in a new one (up to [`DEADLOCK_RETRIES`] times), unless it also ran a job
+    /// that cannot be repeated: nothing is lost, and no caller sees the deadlock.
     fn write_all(&mut self, url: &str, batch: Vec<Write>) {
         let Some(last) = batch.last().map(|w| w.seq) else {
             return;
         };
-        if let Err(e) = self.write_batch(url, &batch) {
+        let mut batch = batch;
+        let mut result = self.write_batch(url, &batch);
+        let mut tries = 0;
+        while result.is_err()
+            && std::mem::take(&mut self.deadlocked)
+            && !self.tx_opaque
+            && self.failed.is_none()
+            && tries < DEADLOCK_RETRIES
+        {
+            tries += 1;
+            tracing::debug!(
+                tries,
+                "a journal transaction was aborted to break a deadlock; running its writes again"
+            );
+            let rolled_back = self
+                .client
+                .as_mut()
+                .map(|c| c.batch_execute("ROLLBACK"))
+                .transpose();
+            if rolled_back.is_err() {
+                break;
+            }
+            self.in_tx = false;
+            self.checked.clear();
+            self.appended.clear();
+            let mut again = std::mem::take(&mut self.tx_writes);
+            again.append(&mut batch);
+            batch = again;
+            result = self.write_batch(url, &batch);
+        }
+        self.deadlocked = false;
+        self.tx_writes.append(&mut batch);
+        if let Err(e) = result {
             self.failed.get_or_insert(e);
         }
         self.processed = last;
@@ -456,6 +508,8 @@ impl Connection {
         let begin = !self.in_tx;
         if begin {
             self.checked.clear();
+            self.tx_writes.clear();
+            self.tx_opaque = false;
         }
         let allowed: Vec<&Write> = batch
             .iter()
@@ -530,6 +584,9 @@ impl Connection {
                 }
                 (Ok(_), None, _) => {}
                 (Err(e), _, _) => {
+                    if e.code() == Some(&postgres::error::SqlState::T_R_DEADLOCK_DETECTED) {
+                        self.deadlocked = true;
+                    }
                     first_failure.get_or_insert(db_error(url, e));
                 }
             }
@@ -577,6 +634,7 @@ impl Connection {
             // reports it: every write until then goes into a transaction that flush rolls back,
             // so nothing written after the lost writes can commit without them (the journal
             // counts its sequences again from the store when the flush fails).
+            self.tx_writes.clear();
             if std::mem::take(&mut self.in_tx) {
                 self.failed.get_or_insert(JournalError::Database {
                     url: redact(&self.url),
@@ -627,6 +685,7 @@ impl Connection {
         }
         self.in_tx = false;
         self.checked.clear();
+        self.tx_writes.clear();
         let appended = std::mem::take(&mut self.appended);
         let done = match self.client.as_mut() {
             Some(c) => notify_and_commit(c, &appended, &self.origin).map_err(|e| db_error(url, e)),
@@ -799,6 +858,9 @@ fn connection_thread(
         failed: None,
         checked: HashSet::new(),
         appended: HashSet::new(),
+        tx_writes: Vec::new(),
+        tx_opaque: false,
+        deadlocked: false,
         processed: 0,
         dirty,
         fences,
@@ -1067,6 +1129,7 @@ impl PostgresStore {
         self.job(move |conn| {
             let was_open = std::mem::take(&mut conn.in_tx);
             conn.checked.clear();
+            conn.tx_writes.clear();
             let appended = std::mem::take(&mut conn.appended);
             if let Some(e) = conn.failed.take() {
                 if was_open && let Ok(c) = conn.client() {
