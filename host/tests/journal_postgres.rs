@@ -678,38 +678,65 @@ fn a_host_that_lost_a_runs_lease_writes_nothing_more_to_it_and_its_other_runs_co
 #[test]
 fn two_hosts_storing_the_same_payloads_in_opposite_order_both_commit_everything() {
     let pg = Postgres::start();
-    let url = pg.database("blob_deadlock");
+    let url = pg.database("blob_order");
     let a = Journal::open_location(&url).unwrap();
     let b = Journal::open_location(&url).unwrap();
     let (run_a, run_b) = (RunId::new(), RunId::new());
     a.append(run_a, &created(&a), Durability::Durable).unwrap();
     b.append(run_b, &created(&b), Durability::Durable).unwrap();
-    // Each host's open transaction holds an event, then inserts one payload, then the payload
-    // the other host inserted first: each waits for the other's uncommitted insert, and the
-    // server aborts one transaction to break the deadlock.
+    // Each host has a write of its run open in a transaction, and stores the payloads in the
+    // other's order. Payloads commit on their own, so neither waits for the other's
+    // transaction (inside the open transactions they would deadlock).
     a.append(run_a, &step(1), Durability::Buffered).unwrap();
     b.append(run_b, &step(1), Durability::Buffered).unwrap();
     let (x, y) = (vec![b'x'; 4096], vec![b'y'; 4096]);
-    // A read of a run with uncommitted writes goes to the writing connection, behind the
-    // writes queued before it: each insert has run when its host's read returns.
     let ax = a.put_payload(&x).unwrap();
-    a.events(run_a).unwrap();
     let by = b.put_payload(&y).unwrap();
-    b.events(run_b).unwrap();
     let ay = a.put_payload(&y).unwrap();
     let bx = b.put_payload(&x).unwrap();
     assert_eq!((&ax, &ay), (&bx, &by));
-    // The aborted transaction's writes ran again: both flushes succeed, nothing is missing.
-    let (sa, sb) = std::thread::scope(|s| {
-        let sa = s.spawn(|| a.sync());
-        let sb = s.spawn(|| b.sync());
-        (sa.join().unwrap(), sb.join().unwrap())
-    });
-    sa.unwrap();
-    sb.unwrap();
+    // Stored before the transactions commit: another host reads them at once.
     let fresh = Journal::open_location(&url).unwrap();
-    assert_eq!(fresh.events(run_a).unwrap().len(), 2);
-    assert_eq!(fresh.events(run_b).unwrap().len(), 2);
     assert_eq!(fresh.payload(&ax).unwrap(), x);
     assert_eq!(fresh.payload(&ay).unwrap(), y);
+    a.sync().unwrap();
+    b.sync().unwrap();
+    assert_eq!(fresh.events(run_a).unwrap().len(), 2);
+    assert_eq!(fresh.events(run_b).unwrap().len(), 2);
+}
+
+#[test]
+fn a_transaction_aborted_to_break_a_deadlock_is_run_again_and_nothing_is_lost() {
+    use sandgraph::journal::postgres::PostgresStore;
+    use sandgraph::journal::store::Store;
+    let pg = Postgres::start();
+    let url = pg.database("deadlock");
+    let a = PostgresStore::open(&url).unwrap();
+    let b = PostgresStore::open(&url).unwrap();
+    for key in [b"x", b"y"] {
+        a.kv_put("records", key, b"0").unwrap();
+    }
+    a.flush().unwrap();
+    // Each store's open transaction updates one record, then the record the other updated
+    // first: each waits for the other, and the server aborts one transaction. A read of a
+    // record this store wrote goes behind its queued writes, so each update has run when the
+    // read returns.
+    a.kv_put("records", b"x", b"a").unwrap();
+    a.kv_get("records", b"x").unwrap();
+    b.kv_put("records", b"y", b"b").unwrap();
+    b.kv_get("records", b"y").unwrap();
+    a.kv_put("records", b"y", b"a").unwrap();
+    b.kv_put("records", b"x", b"b").unwrap();
+    let (fa, fb) = std::thread::scope(|s| {
+        let fa = s.spawn(|| a.flush());
+        let fb = s.spawn(|| b.flush());
+        (fa.join().unwrap(), fb.join().unwrap())
+    });
+    // Both flushes succeed: the aborted transaction's writes ran again after the other's.
+    fa.unwrap();
+    fb.unwrap();
+    let x = a.kv_get("records", b"x").unwrap().unwrap();
+    let y = a.kv_get("records", b"y").unwrap().unwrap();
+    // Whichever ran again wrote both records last.
+    assert!(x == y && (x == b"a" || x == b"b"), "{x:?} {y:?}");
 }
