@@ -678,31 +678,40 @@ fn a_host_that_lost_a_runs_lease_writes_nothing_more_to_it_and_its_other_runs_co
 #[test]
 fn two_hosts_storing_the_same_payloads_in_opposite_order_both_commit_everything() {
     let pg = Postgres::start();
-    let url = pg.database("blob_order");
+    let url = pg.database("blob_deadlock");
     let a = Journal::open_location(&url).unwrap();
     let b = Journal::open_location(&url).unwrap();
     let (run_a, run_b) = (RunId::new(), RunId::new());
     a.append(run_a, &created(&a), Durability::Durable).unwrap();
     b.append(run_b, &created(&b), Durability::Durable).unwrap();
-    // Each host has a write of its run open in a transaction, and stores the payloads in the
-    // other's order. Payloads commit on their own, so neither waits for the other's
-    // transaction (inside the open transactions they would deadlock).
+    // Each host's open transaction holds an event, then inserts one payload, then the payload
+    // the other host inserted first: each waits for the other's uncommitted insert, and the
+    // server aborts one transaction to break the deadlock.
     a.append(run_a, &step(1), Durability::Buffered).unwrap();
     b.append(run_b, &step(1), Durability::Buffered).unwrap();
     let (x, y) = (vec![b'x'; 4096], vec![b'y'; 4096]);
+    // A read of a run with uncommitted writes goes to the writing connection, behind the
+    // writes queued before it: each insert has run when its host's read returns.
     let ax = a.put_payload(&x).unwrap();
+    a.events(run_a).unwrap();
     let by = b.put_payload(&y).unwrap();
+    b.events(run_b).unwrap();
     let ay = a.put_payload(&y).unwrap();
     let bx = b.put_payload(&x).unwrap();
     assert_eq!((&ax, &ay), (&bx, &by));
-    // Stored before the transactions commit: another host reads them at once.
+    // The aborted transaction's writes ran again: both flushes succeed, nothing is missing.
+    let (sa, sb) = std::thread::scope(|s| {
+        let sa = s.spawn(|| a.sync());
+        let sb = s.spawn(|| b.sync());
+        (sa.join().unwrap(), sb.join().unwrap())
+    });
+    sa.unwrap();
+    sb.unwrap();
     let fresh = Journal::open_location(&url).unwrap();
-    assert_eq!(fresh.payload(&ax).unwrap(), x);
-    assert_eq!(fresh.payload(&ay).unwrap(), y);
-    a.sync().unwrap();
-    b.sync().unwrap();
     assert_eq!(fresh.events(run_a).unwrap().len(), 2);
     assert_eq!(fresh.events(run_b).unwrap().len(), 2);
+    assert_eq!(fresh.payload(&ax).unwrap(), x);
+    assert_eq!(fresh.payload(&ay).unwrap(), y);
 }
 
 #[test]

@@ -292,9 +292,6 @@ pub struct PostgresStore {
     /// the API) do not queue behind the writes; reads of what this store wrote and has not
     /// committed yet go to the writing connection (see [`Dirty`]).
     reader: mpsc::Sender<Job>,
-    /// A third connection that stores payloads, each in a transaction of its own (see
-    /// [`Store::put_blob`]).
-    blobs: mpsc::Sender<Job>,
     dirty: Arc<Dirty>,
     /// The URL without its password.
     shown: String,
@@ -427,8 +424,6 @@ struct Connection {
     fences: Fences,
     /// The store's name in the notifications its commits send.
     origin: String,
-    /// Session settings the connection sets after connecting, besides the idle timeout.
-    settings: &'static str,
 }
 
 impl Connection {
@@ -657,9 +652,8 @@ impl Connection {
                         // A paused host must not hold its locks (and block the host taking
                         // its runs over) for longer than this.
                         if let Err(e) = c.batch_execute(&format!(
-                            "SET idle_in_transaction_session_timeout = {};{}",
-                            IDLE_TX_TIMEOUT.as_millis(),
-                            self.settings
+                            "SET idle_in_transaction_session_timeout = {}",
+                            IDLE_TX_TIMEOUT.as_millis()
                         )) {
                             last = Some(db_error(&redact(&self.url), e));
                             continue;
@@ -854,7 +848,6 @@ fn connection_thread(
     dirty: Option<Arc<Dirty>>,
     background_commit: Option<Duration>,
     origin: &str,
-    settings: &'static str,
 ) -> Result<mpsc::Sender<Job>, JournalError> {
     let (jobs, rx) = mpsc::channel::<Job>();
     let shown = redact(url);
@@ -872,7 +865,6 @@ fn connection_thread(
         dirty,
         fences,
         origin: origin.to_owned(),
-        settings,
     };
     std::thread::Builder::new()
         .name(name.into())
@@ -1065,7 +1057,6 @@ impl PostgresStore {
             Some(dirty.clone()),
             background_commit,
             &origin,
-            "",
         )?;
         let reader = connection_thread(
             "sandgraph-journal-pg-read",
@@ -1074,24 +1065,10 @@ impl PostgresStore {
             None,
             None,
             &origin,
-            "",
-        )?;
-        // Payloads commit on their own at once, without waiting for the WAL flush: the event
-        // that names a payload is written after the payload's commit and committed by the
-        // writing connection with a flush, which covers all WAL before it, the payload's too.
-        let blobs = connection_thread(
-            "sandgraph-journal-pg-blobs",
-            url,
-            fences.clone(),
-            None,
-            None,
-            &origin,
-            " SET synchronous_commit = off",
         )?;
         let store = PostgresStore {
             jobs,
             reader,
-            blobs,
             dirty,
             shown: shown.clone(),
             fences,
@@ -1496,32 +1473,15 @@ impl Store for PostgresStore {
         body: &[u8],
     ) -> Result<(), JournalError> {
         // Equal digests, equal content: whoever wrote it first keeps its creation time.
-        // Committed at once on a connection of its own, never inside the writing connection's
-        // open transaction: replicas store equal payloads, and two open transactions inserting
-        // the same digests in opposite orders would wait for each other (the server breaks such
-        // a deadlock only after `deadlock_timeout`, a second by default).
-        let (url, digest, body) = (self.url(), *digest, body.to_vec());
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.blobs
-            .send(Job::Run(Box::new(move |conn: &mut Connection| {
-                let put = |c: &mut Pg| {
-                    c.execute(
-                        "INSERT INTO sandgraph_blobs (digest, created_ms, body) VALUES ($1, $2, $3)
-                         ON CONFLICT (digest) DO NOTHING",
-                        &[&&digest[..], &seq_i64(created_ms), &body],
-                    )
-                    .map_err(|e| db_error(&url, e))
-                };
-                let mut r = conn.client().and_then(put);
-                // Nothing else rides in its transaction: a connection found broken is opened
-                // again and the payload stored again, once.
-                if r.is_err() && conn.client.as_ref().is_some_and(|c| c.is_closed()) {
-                    r = conn.client().and_then(put);
-                }
-                let _ = tx.send(r.map(drop));
-            })))
-            .map_err(|_| self.stopped())?;
-        rx.recv().map_err(|_| self.stopped())?
+        self.write(
+            "INSERT INTO sandgraph_blobs (digest, created_ms, body) VALUES ($1, $2, $3)
+             ON CONFLICT (digest) DO NOTHING",
+            vec![
+                Box::new(digest.to_vec()),
+                Box::new(seq_i64(created_ms)),
+                Box::new(body.to_vec()),
+            ],
+        )
     }
 
     fn blob(&self, digest: &[u8; 32]) -> Result<Option<StoredBlob>, JournalError> {
