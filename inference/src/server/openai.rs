@@ -774,6 +774,29 @@ impl ChatRequest {
                 Some("text") => None,
                 Some("json_object") => Some(Grammar::json_object()),
                 Some("json_schema") => {
+                    let invalid = |param: &str, what: &str| {
+                        ApiError::invalid(format!("{param} {what}"), Some(param), "invalid_value")
+                    };
+                    if let Some(js) = rf.get("json_schema") {
+                        if !js.is_object() {
+                            return Err(invalid(
+                                "response_format.json_schema",
+                                "must be an object holding the JSON Schema under schema",
+                            ));
+                        }
+                        if js.get("name").is_some_and(|n| !n.is_string()) {
+                            return Err(invalid(
+                                "response_format.json_schema.name",
+                                "must be a string",
+                            ));
+                        }
+                        if js.get("strict").is_some_and(|b| !b.is_boolean()) {
+                            return Err(invalid(
+                                "response_format.json_schema.strict",
+                                "must be true or false",
+                            ));
+                        }
+                    }
                     let Some(schema) = rf.get("json_schema").and_then(|j| j.get("schema")) else {
                         return Err(ApiError::invalid(
                             "response_format.json_schema.schema is missing; put the JSON Schema there",
@@ -954,6 +977,36 @@ mod tests {
                 .structured()
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn a_json_schema_format_with_a_mistyped_name_or_strict_is_refused() {
+        let parse = |b: &str| -> ChatRequest { parse_body(b.as_bytes()).unwrap() };
+        let msgs = r#""messages":[{"role":"user","content":"hi"}]"#;
+        let format = |json_schema: &str| {
+            parse(&format!(
+                r#"{{{msgs},"response_format":{{"type":"json_schema","json_schema":{json_schema}}}}}"#
+            ))
+            .structured()
+        };
+        // Found by schemathesis: a name given as an object was accepted (200).
+        for (json_schema, param) in [
+            (
+                r#"{"name":{},"schema":{}}"#,
+                "response_format.json_schema.name",
+            ),
+            (
+                r#"{"name":"n","strict":"yes","schema":{}}"#,
+                "response_format.json_schema.strict",
+            ),
+            (r#"[{"schema":{}}]"#, "response_format.json_schema"),
+        ] {
+            let e = format(json_schema).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param), "{json_schema}");
+            assert_eq!(e.code, Some("invalid_value"));
+        }
+        assert!(format(r#"{"name":"n","strict":true,"schema":{"type":"object"}}"#).is_ok());
+        assert!(format(r#"{"schema":{"type":"object"}}"#).is_ok());
     }
 
     #[test]
