@@ -174,7 +174,7 @@ pub struct Engine {
     on_token: Option<TokenObserver>,
     models: Option<Arc<dyn ModelRouter>>,
     /// Runs of this engine paused for approval, woken by `decide`.
-    approvals: Arc<std::sync::Mutex<HashMap<RunId, Arc<tokio::sync::Notify>>>>,
+    approvals: Approvals,
     workspace_lock: WorkspaceLock,
 }
 
@@ -262,28 +262,27 @@ pub(crate) struct Pinned {
 
 /// A run journaled by [`Engine::create_held`] and not executing yet.
 pub struct CreatedRun {
-    run: RunId,
     held: Option<(Arc<RunCtx>, Value)>,
-    approvals: Arc<std::sync::Mutex<HashMap<RunId, Arc<tokio::sync::Notify>>>>,
-}
-
-impl CreatedRun {
-    pub fn run(&self) -> RunId {
-        self.run
-    }
+    approvals: Approvals,
 }
 
 impl Drop for CreatedRun {
     /// Not executed here: the run's wake-up for decisions goes (whoever claims it makes its own).
     fn drop(&mut self) {
         if let Some((ctx, _)) = self.held.take() {
-            let mut a = self.approvals.lock().unwrap_or_else(|p| p.into_inner());
-            if a.get(&ctx.run)
-                .is_some_and(|n| Arc::ptr_eq(n, &ctx.decided))
-            {
-                a.remove(&ctx.run);
-            }
+            forget_wakeup(&self.approvals, ctx.run, &ctx.decided);
         }
+    }
+}
+
+/// The wake-up for decisions of each run of an engine.
+type Approvals = Arc<std::sync::Mutex<HashMap<RunId, Arc<tokio::sync::Notify>>>>;
+
+/// Drops `run`'s wake-up `decided`, unless a newer execution of the run has replaced it.
+fn forget_wakeup(approvals: &Approvals, run: RunId, decided: &Arc<tokio::sync::Notify>) {
+    let mut a = approvals.lock().unwrap_or_else(|p| p.into_inner());
+    if a.get(&run).is_some_and(|n| Arc::ptr_eq(n, decided)) {
+        a.remove(&run);
     }
 }
 
@@ -439,7 +438,6 @@ impl Engine {
     ) -> Result<CreatedRun, EngineError> {
         let ctx = self.create_ctx(run, graph, catalog, &input).await?;
         Ok(CreatedRun {
-            run,
             held: Some((ctx, input)),
             approvals: self.approvals.clone(),
         })
@@ -737,12 +735,8 @@ impl Engine {
         let (approvals, decided) = (self.approvals.clone(), ctx.decided.clone());
         let task = tokio::spawn(async move {
             let outcome = drive(ctx, input, history, token).await;
-            // The run's wake-up for decisions goes with it (unless a newer execution of the
-            // same run has replaced it meanwhile).
-            let mut a = approvals.lock().unwrap_or_else(|p| p.into_inner());
-            if a.get(&run).is_some_and(|n| Arc::ptr_eq(n, &decided)) {
-                a.remove(&run);
-            }
+            // The run's wake-up for decisions goes with it.
+            forget_wakeup(&approvals, run, &decided);
             outcome
         });
         RunHandle { run, cancel, task }

@@ -106,16 +106,27 @@ struct Write {
     /// Its number in [`Dirty`].
     seq: u64,
     /// The run it writes to, when the run's fence must allow it (and its commit notifies).
-    run: Option<RunId>,
+    run: Option<RunWrite>,
     sql: &'static str,
     params: Vec<Param>,
     /// The failure when it changes no row (a conflict it must not pass over), if that is one.
     if_no_row: Option<String>,
-    /// For a write to a run: the same statement with the run's fence folded in, run when this
-    /// transaction has not checked the fence yet. Its one extra parameter, last, is the epoch
-    /// the run's lease row must carry; it share-locks that row (held to the commit) and changes
-    /// nothing when the epoch moved on or the row is gone.
-    fenced_sql: Option<&'static str>,
+}
+
+/// The run a [`Write`] writes to, and the same statement with the run's fence folded in.
+#[derive(Clone, Copy)]
+struct RunWrite {
+    run: RunId,
+    /// Run when this transaction has not checked the run's fence yet. Its one extra
+    /// parameter, last, is the epoch the run's lease row must carry; it share-locks that row
+    /// (held to the commit) and changes nothing when the epoch moved on or the row is gone.
+    fenced_sql: &'static str,
+}
+
+impl Write {
+    fn run(&self) -> Option<RunId> {
+        self.run.map(|w| w.run)
+    }
 }
 
 /// A client that prepares each distinct statement once per connection (a prepared statement
@@ -513,26 +524,17 @@ impl Connection {
         }
         let allowed: Vec<&Write> = batch
             .iter()
-            .filter(|w| w.run.is_none_or(|r| self.fences.lost(r).is_none()))
+            .filter(|w| w.run().is_none_or(|r| self.fences.lost(r).is_none()))
             .collect();
         // The epoch each write must find on its run's lease row, where the fence is folded in.
-        let mut epochs: Vec<Option<i64>> = Vec::with_capacity(allowed.len());
-        for w in &allowed {
-            let epoch = w
-                .run
-                .filter(|r| !self.checked.contains(r))
-                .and_then(|r| self.fences.epoch(r));
-            if epoch.is_some() && w.fenced_sql.is_none() {
-                return Err(JournalError::Database {
-                    url: url.to_owned(),
-                    detail: format!(
-                        "a write to leased run {} has no fenced form",
-                        w.run.map(|r| r.to_string()).unwrap_or_default()
-                    ),
-                });
-            }
-            epochs.push(epoch);
-        }
+        let epochs: Vec<Option<i64>> = allowed
+            .iter()
+            .map(|w| {
+                w.run()
+                    .filter(|r| !self.checked.contains(r))
+                    .and_then(|r| self.fences.epoch(r))
+            })
+            .collect();
         let statements: Vec<(&str, Vec<&(dyn postgres::types::ToSql + Sync)>)> = allowed
             .iter()
             .zip(&epochs)
@@ -542,10 +544,10 @@ impl Connection {
                     .iter()
                     .map(|p| p.as_ref() as &(dyn postgres::types::ToSql + Sync))
                     .collect();
-                match (epoch, w.fenced_sql) {
-                    (Some(epoch), Some(fenced)) => {
+                match (epoch, w.run) {
+                    (Some(epoch), Some(target)) => {
                         params.push(epoch);
-                        (fenced, params)
+                        (target.fenced_sql, params)
                     }
                     _ => (w.sql, params),
                 }
@@ -563,7 +565,7 @@ impl Connection {
         // failure to report if the fence still holds.
         let mut unchanged: Vec<(RunId, i64, Option<String>)> = Vec::new();
         for ((w, epoch), r) in allowed.iter().zip(&epochs).zip(results) {
-            match (r, w.run, epoch) {
+            match (r, w.run(), epoch) {
                 (Ok(0), Some(run), Some(epoch)) => {
                     if !unchanged.iter().any(|(r, _, _)| *r == run) {
                         unchanged.push((run, *epoch, w.if_no_row.clone()));
@@ -1091,7 +1093,6 @@ impl PostgresStore {
             sql,
             params,
             if_no_row: None,
-            fenced_sql: None,
         })
     }
 
@@ -1109,11 +1110,10 @@ impl PostgresStore {
         let seq = self.dirty.mark(Some(run));
         self.send_write(Write {
             seq,
-            run: Some(run),
+            run: Some(RunWrite { run, fenced_sql }),
             sql,
             params,
             if_no_row,
-            fenced_sql: Some(fenced_sql),
         })
     }
 
