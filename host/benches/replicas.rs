@@ -12,6 +12,7 @@
 //! `--profile dev` for a quick figure). `SANDGRAPH_BENCH_RUNS` sets runs per configuration
 //! (default: 2 per client, at least 32). `SANDGRAPH_BENCH_SERVE` names another `sandgraph` binary
 //! to run as the replicas (say, one built from an earlier commit, to compare in the same run).
+//! `SANDGRAPH_BENCH_CLIENTS` (say `64`, or `8,64`) measures only those numbers of clients.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -328,7 +329,14 @@ fn main() {
                 .unwrap_or_else(|| "-".into())
         );
     };
+    // `SANDGRAPH_BENCH_CLIENTS=64` (a comma-separated list) measures only those client counts.
+    let only: Option<Vec<usize>> = std::env::var("SANDGRAPH_BENCH_CLIENTS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect());
     for (i, clients) in [1usize, 8, 64].into_iter().enumerate() {
+        if only.as_ref().is_some_and(|o| !o.contains(&clients)) {
+            continue;
+        }
         let runs = runs_for(clients);
         // One replica, embedded sled journal.
         let dir = tempfile::tempdir().unwrap();
