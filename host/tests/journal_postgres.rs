@@ -684,9 +684,10 @@ fn two_hosts_storing_the_same_payloads_in_opposite_order_both_commit_everything(
     let (run_a, run_b) = (RunId::new(), RunId::new());
     a.append(run_a, &created(&a), Durability::Durable).unwrap();
     b.append(run_b, &created(&b), Durability::Durable).unwrap();
-    // Each host's open transaction holds an event, then inserts one payload, then the payload
-    // the other host inserted first: each waits for the other's uncommitted insert, and the
-    // server aborts one transaction to break the deadlock.
+    // Each host's open transaction holds an event while it stores one payload, then the payload
+    // the other host stored first. Stored inside the open transactions, each insert would wait
+    // for the other's uncommitted one (a deadlock the server breaks by aborting one); payloads
+    // are committed on a connection of their own, so neither waits.
     a.append(run_a, &step(1), Durability::Buffered).unwrap();
     b.append(run_b, &step(1), Durability::Buffered).unwrap();
     let (x, y) = (vec![b'x'; 4096], vec![b'y'; 4096]);
@@ -699,7 +700,7 @@ fn two_hosts_storing_the_same_payloads_in_opposite_order_both_commit_everything(
     let ay = a.put_payload(&y).unwrap();
     let bx = b.put_payload(&x).unwrap();
     assert_eq!((&ax, &ay), (&bx, &by));
-    // The aborted transaction's writes ran again: both flushes succeed, nothing is missing.
+    // Both flushes succeed, nothing is missing.
     let (sa, sb) = std::thread::scope(|s| {
         let sa = s.spawn(|| a.sync());
         let sb = s.spawn(|| b.sync());
@@ -748,4 +749,134 @@ fn a_transaction_aborted_to_break_a_deadlock_is_run_again_and_nothing_is_lost() 
     let y = a.kv_get("records", b"y").unwrap().unwrap();
     // Whichever ran again wrote both records last.
     assert!(x == y && (x == b"a" || x == b"b"), "{x:?} {y:?}");
+}
+
+/// Writes queued while the writing connection is busy go as one pipelined batch, where the
+/// events share one statement. Events of a run that follow one another in the batch are
+/// stored, and an event whose predecessor is missing fails the transaction. A payload removed
+/// and stored again is there afterwards, and equal payloads are stored once.
+#[test]
+fn writes_queued_together_keep_their_order_and_their_checks() {
+    use sandgraph::journal::postgres::PostgresStore;
+    use sandgraph::journal::store::Store;
+    use std::time::Duration;
+    let pg = Postgres::start();
+    let url = pg.database("one_batch");
+    let a = PostgresStore::open(&url).unwrap();
+    let b = PostgresStore::open(&url).unwrap();
+    let old = [7u8; 32];
+    a.put_blob(&old, 1, b"old payload").unwrap();
+    a.flush().unwrap();
+    // Makes a's writing connection wait (for b's uncommitted record) while `queue` queues
+    // writes behind it, then lets it go: they all run as one batch.
+    let behind_a_wait = |queue: &dyn Fn()| {
+        assert!(b.kv_put_new("records", b"k", b"b").unwrap());
+        std::thread::scope(|s| {
+            let waiting = s.spawn(|| a.kv_put_new("records", b"k", b"a"));
+            std::thread::sleep(Duration::from_millis(300));
+            queue();
+            b.flush().unwrap();
+            assert!(!waiting.join().unwrap().unwrap());
+        });
+        b.kv_remove("records", b"k").unwrap();
+        b.flush().unwrap();
+    };
+    let (r1, r2) = (RunId::new(), RunId::new());
+    let new = [9u8; 32];
+    behind_a_wait(&|| {
+        for seq in 0..3u64 {
+            a.put_event(r1, seq, format!("r1 {seq}").as_bytes())
+                .unwrap();
+            a.put_blob(&new, 2, b"new payload").unwrap();
+            a.put_event(r2, seq, format!("r2 {seq}").as_bytes())
+                .unwrap();
+        }
+        a.remove_blob(&old).unwrap();
+        a.put_blob(&old, 3, b"old payload").unwrap();
+        a.put_event(r1, 3, b"r1 3").unwrap();
+    });
+    a.flush().unwrap();
+    let events = |run| -> Vec<u64> {
+        b.events_from(run, 0)
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect()
+    };
+    assert_eq!(events(r1), vec![0, 1, 2, 3]);
+    assert_eq!(events(r2), vec![0, 1, 2]);
+    assert_eq!(b.events_from(r2, 2).unwrap()[0].1, b"r2 2".to_vec());
+    assert_eq!(b.blob(&new).unwrap().unwrap().body, b"new payload".to_vec());
+    let again = b
+        .blob(&old)
+        .unwrap()
+        .expect("stored again after its removal");
+    assert_eq!((again.created_ms, again.body), (3, b"old payload".to_vec()));
+
+    // In one batch: a run's first events, and an event of another run whose predecessor was
+    // never written. The gap is refused and the whole transaction rolled back.
+    let (r3, r4) = (RunId::new(), RunId::new());
+    behind_a_wait(&|| {
+        a.put_event(r3, 0, b"r3 0").unwrap();
+        a.put_event(r3, 1, b"r3 1").unwrap();
+        a.put_event(r4, 0, b"r4 0").unwrap();
+        a.put_event(r4, 2, b"r4 2").unwrap();
+    });
+    let err = a.flush().expect_err("an event after a gap").to_string();
+    assert!(
+        err.contains(&format!("run {r4}")) && err.contains("lacks event 1"),
+        "{err}"
+    );
+    assert!(events(r3).is_empty() && events(r4).is_empty());
+    // The next transaction is a fresh one.
+    a.put_event(r3, 0, b"r3 0").unwrap();
+    a.flush().unwrap();
+    assert_eq!(events(r3), vec![0]);
+}
+
+/// Payloads are committed outside the shared transaction, before it: when storing one fails,
+/// the flush fails and the events written since the last commit (one naming it) are rolled
+/// back, never committed without it; the next transaction starts clean.
+#[test]
+fn a_payload_that_cannot_be_stored_fails_the_flush_and_no_event_naming_it_commits() {
+    let pg = Postgres::start();
+    let url = pg.database("payload_fails");
+    let journal = Journal::open_location(&url).unwrap();
+    let run = RunId::new();
+    journal
+        .append(run, &created(&journal), Durability::Durable)
+        .unwrap();
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    admin
+        .batch_execute("ALTER TABLE sandgraph_blobs RENAME TO sandgraph_blobs_away")
+        .unwrap();
+    let payload = journal.put_payload(&vec![5u8; 9000]).unwrap();
+    let named = Event::StepCompleted {
+        step: "s1".into(),
+        attempt: 1,
+        output: payload.clone(),
+    };
+    let err = journal
+        .append(run, &named, Durability::Durable)
+        .expect_err("the payload could not be stored")
+        .to_string();
+    assert!(
+        err.contains("storing a payload failed") && err.contains("sandgraph_blobs"),
+        "{err}"
+    );
+    let fresh = || Journal::open_location(&url).unwrap();
+    assert_eq!(fresh().events(run).unwrap().len(), 1);
+    admin
+        .batch_execute("ALTER TABLE sandgraph_blobs_away RENAME TO sandgraph_blobs")
+        .unwrap();
+    let payload = journal.put_payload(&vec![5u8; 9000]).unwrap();
+    let named = Event::StepCompleted {
+        step: "s1".into(),
+        attempt: 1,
+        output: payload.clone(),
+    };
+    journal.append(run, &named, Durability::Durable).unwrap();
+    let events = fresh().events(run).unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(fresh().payload(&payload).unwrap(), vec![5u8; 9000]);
 }

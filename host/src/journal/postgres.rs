@@ -99,34 +99,275 @@ const PIPELINE: usize = 256;
 /// A parameter a queued write owns until its statement runs.
 type Param = Box<dyn postgres::types::ToSql + Send + Sync>;
 
-/// One journal write: a single statement with its parameters, run in the writing connection's
-/// open transaction. Writes queued one after another are sent together, without waiting for
-/// each answer (the server still runs them one by one, in order).
+/// One journal write, run in the writing connection's open transaction. Writes queued one after
+/// another are sent together, without waiting for each answer (the server still runs them one
+/// by one, in order); the events among them go as one statement, and so do the payloads (see
+/// [`Connection::write_batch`]).
 struct Write {
     /// Its number in [`Dirty`].
     seq: u64,
-    /// The run it writes to, when the run's fence must allow it (and its commit notifies).
-    run: Option<RunWrite>,
-    sql: &'static str,
-    params: Vec<Param>,
+    what: WriteOf,
     /// The failure when it changes no row (a conflict it must not pass over), if that is one.
     if_no_row: Option<String>,
 }
 
-/// The run a [`Write`] writes to, and the same statement with the run's fence folded in.
-#[derive(Clone, Copy)]
-struct RunWrite {
-    run: RunId,
-    /// Run when this transaction has not checked the run's fence yet. Its one extra
-    /// parameter, last, is the epoch the run's lease row must carry; it share-locks that row
-    /// (held to the commit) and changes nothing when the epoch moved on or the row is gone.
-    fenced_sql: &'static str,
+/// What a [`Write`] writes.
+enum WriteOf {
+    /// A statement as it is, to no run (or to a run without its fence: a summary removed, an
+    /// event overwritten).
+    Statement {
+        sql: &'static str,
+        params: Vec<Param>,
+        /// The table it changes, when it is one whose rows the batch's events or payloads are
+        /// written to: those must not move past it.
+        orders: Ordered,
+    },
+    /// A statement to a run, fenced when the run is leased.
+    RunStatement {
+        run: RunId,
+        sql: &'static str,
+        /// Run when this transaction has not checked the run's fence yet. Its one extra
+        /// parameter, last, is the epoch the run's lease row must carry; it share-locks that
+        /// row (held to the commit) and changes nothing when the epoch moved on or the row is
+        /// gone.
+        fenced_sql: &'static str,
+        params: Vec<Param>,
+    },
+    /// A run's event, stored only after its predecessor (fenced when the run is leased).
+    Event {
+        run: RunId,
+        seq: i64,
+        record: Vec<u8>,
+    },
+    /// A content-addressed payload, stored unless its digest is there already.
+    Blob {
+        digest: [u8; 32],
+        created_ms: i64,
+        body: Vec<u8>,
+    },
+}
+
+/// The table a [`WriteOf::Statement`] changes, as far as the batching of events and payloads
+/// must know.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ordered {
+    Events,
+    Blobs,
+    Neither,
 }
 
 impl Write {
+    /// The run whose fence must allow this write (and whose commit notifies).
     fn run(&self) -> Option<RunId> {
-        self.run.map(|w| w.run)
+        match &self.what {
+            WriteOf::RunStatement { run, .. } | WriteOf::Event { run, .. } => Some(*run),
+            WriteOf::Statement { .. } | WriteOf::Blob { .. } => None,
+        }
     }
+}
+
+/// A batch's events as one statement: each row is stored only after the event before it in its
+/// run (`after`, -1 for a run's first event), which a row of the same statement cannot be (a
+/// statement does not see its own rows): the rows of a run that follow one another share the
+/// first one's check. A row whose `epoch` is set is stored only while the run's lease row
+/// carries it, share-locking that row to the commit. Answers the rows stored. (`OFFSET 0` keeps
+/// the predecessor's check a lookup by key per row: without it the planner may turn the
+/// `EXISTS` into a hash of the whole events table, read again by every statement.)
+const INSERT_EVENTS: &str = "INSERT INTO sandgraph_events (run, seq, record)
+     SELECT e.run, e.seq, e.record
+     FROM unnest($1::bytea[], $2::bigint[], $3::bytea[], $4::bigint[], $5::bigint[])
+         AS e(run, seq, record, after, epoch)
+     WHERE (e.after < 0 OR EXISTS (
+             SELECT 1 FROM sandgraph_events p WHERE p.run = e.run AND p.seq = e.after OFFSET 0))
+       AND (e.epoch IS NULL OR EXISTS (
+             SELECT 1 FROM sandgraph_leases l WHERE l.run = e.run AND l.epoch = e.epoch
+             FOR SHARE))
+     ON CONFLICT (run, seq) DO NOTHING
+     RETURNING run, seq";
+
+/// A batch's payloads as one statement, by digest (so two hosts' statements take the digests'
+/// locks in the same order); whoever stored a digest first keeps its creation time.
+const INSERT_BLOBS: &str = "INSERT INTO sandgraph_blobs (digest, created_ms, body)
+     SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bytea[])
+     ON CONFLICT (digest) DO NOTHING";
+
+/// A statement of a pipelined batch: one write, or the batch's events or payloads together
+/// (indices into the batch's writes).
+enum Part<'w> {
+    One {
+        i: usize,
+        sql: &'static str,
+        params: Vec<&'w (dyn postgres::types::ToSql + Sync)>,
+    },
+    Events(Vec<usize>),
+    Blobs(Vec<usize>),
+}
+
+impl<'w> Part<'w> {
+    /// The statements of `writes` (fenced with `epochs`), in order. Events and payloads go
+    /// together at the first one's place: they are independent of the other writes but for
+    /// a statement changing their own table, which ends their group.
+    fn of(writes: &[&'w Write], epochs: &'w [Option<i64>]) -> Vec<Part<'w>> {
+        let mut parts = Vec::new();
+        let (mut events, mut blobs): (Option<usize>, Option<usize>) = (None, None);
+        let join =
+            |parts: &mut Vec<Part<'w>>, open: &mut Option<usize>, i: usize, blob: bool| match open
+                .and_then(|p| parts.get_mut(p))
+            {
+                Some(Part::Events(m) | Part::Blobs(m)) => m.push(i),
+                _ => {
+                    *open = Some(parts.len());
+                    parts.push(if blob {
+                        Part::Blobs(vec![i])
+                    } else {
+                        Part::Events(vec![i])
+                    });
+                }
+            };
+        for (i, w) in writes.iter().enumerate() {
+            match &w.what {
+                WriteOf::Event { .. } => join(&mut parts, &mut events, i, false),
+                WriteOf::Blob { .. } => join(&mut parts, &mut blobs, i, true),
+                WriteOf::Statement {
+                    sql,
+                    params,
+                    orders,
+                } => {
+                    match orders {
+                        Ordered::Events => events = None,
+                        Ordered::Blobs => blobs = None,
+                        Ordered::Neither => {}
+                    }
+                    parts.push(Part::One {
+                        i,
+                        sql,
+                        params: params.iter().map(as_param).collect(),
+                    });
+                }
+                WriteOf::RunStatement {
+                    sql,
+                    fenced_sql,
+                    params,
+                    ..
+                } => {
+                    let mut params: Vec<_> = params.iter().map(as_param).collect();
+                    let sql = match &epochs[i] {
+                        Some(epoch) => {
+                            params.push(epoch);
+                            fenced_sql
+                        }
+                        None => sql,
+                    };
+                    parts.push(Part::One { i, sql, params });
+                }
+            }
+        }
+        parts
+    }
+}
+
+fn as_param(p: &Param) -> &(dyn postgres::types::ToSql + Sync) {
+    p.as_ref()
+}
+
+/// The parameters of [`INSERT_EVENTS`] for a group of event writes.
+struct EventRows<'w> {
+    runs: Vec<&'w [u8]>,
+    seqs: Vec<i64>,
+    records: Vec<&'w [u8]>,
+    after: Vec<i64>,
+    epochs: Vec<Option<i64>>,
+}
+
+impl<'w> EventRows<'w> {
+    fn of(members: &[usize], writes: &[&'w Write], epochs: &[Option<i64>]) -> EventRows<'w> {
+        let mut rows = EventRows {
+            runs: Vec::with_capacity(members.len()),
+            seqs: Vec::with_capacity(members.len()),
+            records: Vec::with_capacity(members.len()),
+            after: Vec::with_capacity(members.len()),
+            epochs: Vec::with_capacity(members.len()),
+        };
+        // Each run's last event in the group so far, and the check it was stored under.
+        let mut last: HashMap<RunId, (i64, i64)> = HashMap::new();
+        for &i in members {
+            let WriteOf::Event { run, seq, record } = &writes[i].what else {
+                continue;
+            };
+            let after = match last.get(run) {
+                Some((prev, after)) if *prev + 1 == *seq => *after,
+                _ => seq - 1,
+            };
+            last.insert(*run, (*seq, after));
+            rows.runs.push(&run.0[..]);
+            rows.seqs.push(*seq);
+            rows.records.push(record);
+            rows.after.push(after);
+            rows.epochs.push(epochs[i]);
+        }
+        rows
+    }
+
+    fn params(&self) -> Vec<&(dyn postgres::types::ToSql + Sync)> {
+        vec![
+            &self.runs,
+            &self.seqs,
+            &self.records,
+            &self.after,
+            &self.epochs,
+        ]
+    }
+}
+
+/// The parameters of [`INSERT_BLOBS`] for a group of payload writes: each digest once, in
+/// order.
+struct BlobRows<'w> {
+    digests: Vec<&'w [u8]>,
+    created: Vec<i64>,
+    bodies: Vec<&'w [u8]>,
+}
+
+impl<'w> BlobRows<'w> {
+    fn of(members: &[usize], writes: &[&'w Write]) -> BlobRows<'w> {
+        let mut by_digest: std::collections::BTreeMap<&'w [u8], (i64, &'w [u8])> =
+            std::collections::BTreeMap::new();
+        for &i in members {
+            if let WriteOf::Blob {
+                digest,
+                created_ms,
+                body,
+            } = &writes[i].what
+            {
+                by_digest
+                    .entry(&digest[..])
+                    .or_insert((*created_ms, &body[..]));
+            }
+        }
+        let mut rows = BlobRows {
+            digests: Vec::with_capacity(by_digest.len()),
+            created: Vec::with_capacity(by_digest.len()),
+            bodies: Vec::with_capacity(by_digest.len()),
+        };
+        for (digest, (created, body)) in by_digest {
+            rows.digests.push(digest);
+            rows.created.push(created);
+            rows.bodies.push(body);
+        }
+        rows
+    }
+
+    fn params(&self) -> Vec<&(dyn postgres::types::ToSql + Sync)> {
+        vec![&self.digests, &self.created, &self.bodies]
+    }
+}
+
+/// What a batch's answers said: the first failure, and the leased runs whose fenced write
+/// changed nothing (with the epoch it asked for and the failure to report if the fence still
+/// holds).
+#[derive(Default)]
+struct Outcome {
+    failure: Option<JournalError>,
+    unchanged: Vec<(RunId, i64, Option<String>)>,
 }
 
 /// A client that prepares each distinct statement once per connection (a prepared statement
@@ -267,13 +508,16 @@ impl Pg {
 
     /// Runs each statement with its parameters, all sent before the first answer is read,
     /// after a `BEGIN` in the same pipeline when `begin` is set; the answers in order (after a
-    /// failed one, the rest of a transaction fail too). A failed `BEGIN` fails them all. (On a
-    /// live session it cannot fail; a broken connection fails everything sent after it too.)
+    /// failed one, the rest of a transaction fail too): the rows of a statement whose
+    /// `returning` flag is set, the number of rows changed of the others. A failed `BEGIN`
+    /// fails them all. (On a live session it cannot fail; a broken connection fails everything
+    /// sent after it too.)
     fn execute_pipelined(
         &mut self,
         begin: bool,
         statements: &Pipeline<'_>,
-    ) -> Result<Vec<Result<u64, postgres::Error>>, postgres::Error> {
+        returning: &[bool],
+    ) -> Result<Vec<Result<Answer, postgres::Error>>, postgres::Error> {
         let prepared = self.statements(statements)?;
         let client = &self.client;
         let (began, answers) = self.runtime.block_on(futures_util::future::join(
@@ -284,16 +528,27 @@ impl Pg {
                     Ok(())
                 }
             },
-            futures_util::future::join_all(
-                prepared
-                    .iter()
-                    .zip(statements)
-                    .map(|(s, (_, params))| client.execute(s, params)),
-            ),
+            futures_util::future::join_all(prepared.iter().zip(statements).zip(returning).map(
+                |((s, (_, params)), rows)| async move {
+                    if *rows {
+                        client.query(s, params).await.map(Answer::Rows)
+                    } else {
+                        client.execute(s, params).await.map(Answer::Changed)
+                    }
+                },
+            )),
         ));
         self.seen(began)?;
         Ok(answers.into_iter().map(|r| self.seen(r)).collect())
     }
+}
+
+/// What a pipelined statement answered.
+enum Answer {
+    /// The number of rows it changed.
+    Changed(u64),
+    /// The rows it returned.
+    Rows(Vec<postgres::Row>),
 }
 
 /// A journal store in a PostgreSQL database.
@@ -303,6 +558,8 @@ pub struct PostgresStore {
     /// the API) do not queue behind the writes; reads of what this store wrote and has not
     /// committed yet go to the writing connection (see [`Dirty`]).
     reader: mpsc::Sender<Job>,
+    /// A third connection storing payloads outside the shared transaction (see [`Payloads`]).
+    payloads: Payloads,
     dirty: Arc<Dirty>,
     /// The URL without its password.
     shown: String,
@@ -336,10 +593,12 @@ struct DirtyMarks {
 #[derive(Clone, Copy)]
 enum Scope {
     Run(RunId),
-    /// Blobs and keyed records.
+    /// Keyed records (and, on the payload connection's marks, payloads).
     Other,
     /// Every run and collection.
     All,
+    /// Nothing this store's writing connection writes (payloads).
+    None,
 }
 
 impl Dirty {
@@ -363,6 +622,7 @@ impl Dirty {
             Scope::Run(r) => m.runs.contains_key(&r),
             Scope::Other => m.other.is_some(),
             Scope::All => !m.runs.is_empty() || m.other.is_some(),
+            Scope::None => false,
         }
     }
 
@@ -409,6 +669,30 @@ impl Fences {
     }
 }
 
+/// What the payload connection tells the writing one: the first payload write that failed since
+/// the writing connection last looked, and whether payloads were stored since its last durable
+/// commit (the payload connection commits without waiting for the WAL flush; the writing
+/// connection's next commit flushes it).
+#[derive(Clone, Default)]
+struct PayloadState {
+    failed: Arc<Mutex<Option<JournalError>>>,
+    unflushed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The payload connection, as the writing connection and the store see it. Payloads are stored
+/// outside the shared transaction, each batch committed at once: two replicas' open group
+/// transactions never wait for each other's uncommitted insert of the same digest (which could
+/// deadlock), and payloads leave the writing connection's pipeline. Every commit on the writing
+/// connection first waits for the payloads queued before it, so no event is committed before a
+/// payload it names.
+#[derive(Clone)]
+struct Payloads {
+    jobs: mpsc::Sender<Job>,
+    /// The payload writes queued and not stored yet.
+    dirty: Arc<Dirty>,
+    state: PayloadState,
+}
+
 struct Connection {
     url: String,
     client: Option<Pg>,
@@ -435,9 +719,35 @@ struct Connection {
     fences: Fences,
     /// The store's name in the notifications its commits send.
     origin: String,
+    /// Set on the payload connection, which commits each write on its own: where it reports
+    /// to the writing connection.
+    autocommit: Option<PayloadState>,
+    /// Set on the writing connection: the payload connection, whose writes queued before a
+    /// commit must be stored before it.
+    payloads: Option<Payloads>,
 }
 
 impl Connection {
+    fn new(url: &str, fences: Fences, origin: &str) -> Connection {
+        Connection {
+            url: url.to_owned(),
+            client: None,
+            in_tx: false,
+            failed: None,
+            checked: HashSet::new(),
+            appended: HashSet::new(),
+            tx_writes: Vec::new(),
+            tx_opaque: false,
+            deadlocked: false,
+            processed: 0,
+            dirty: None,
+            fences,
+            origin: origin.to_owned(),
+            autocommit: None,
+            payloads: None,
+        }
+    }
+
     /// The client inside an open transaction.
     fn begin(&mut self, url: &str) -> Result<&mut Pg, JournalError> {
         // Connected first: a broken connection ends the open transaction with it, and the
@@ -475,6 +785,22 @@ impl Connection {
         let Some(last) = batch.last().map(|w| w.seq) else {
             return;
         };
+        if let Some(state) = self.autocommit.clone() {
+            // Committed as it ran (each statement its own transaction): nothing to run again.
+            if let Err(e) = self.write_batch(url, &batch) {
+                state
+                    .failed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert(e);
+            }
+            state
+                .unflushed
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            self.processed = last;
+            self.settled();
+            return;
+        }
         let mut batch = batch;
         let mut result = self.write_batch(url, &batch);
         let mut tries = 0;
@@ -516,7 +842,7 @@ impl Connection {
     fn write_batch(&mut self, url: &str, batch: &[Write]) -> Result<(), JournalError> {
         // Connected first: a broken connection ends the transaction and its checks with it.
         self.client()?;
-        let begin = !self.in_tx;
+        let begin = !self.in_tx && self.autocommit.is_none();
         if begin {
             self.checked.clear();
             self.tx_writes.clear();
@@ -535,69 +861,95 @@ impl Connection {
                     .and_then(|r| self.fences.epoch(r))
             })
             .collect();
-        let statements: Vec<(&str, Vec<&(dyn postgres::types::ToSql + Sync)>)> = allowed
+        let parts = Part::of(&allowed, &epochs);
+        let events: Vec<EventRows<'_>> = parts
             .iter()
-            .zip(&epochs)
-            .map(|(w, epoch)| {
-                let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = w
-                    .params
-                    .iter()
-                    .map(|p| p.as_ref() as &(dyn postgres::types::ToSql + Sync))
-                    .collect();
-                match (epoch, w.run) {
-                    (Some(epoch), Some(target)) => {
-                        params.push(epoch);
-                        (target.fenced_sql, params)
-                    }
-                    _ => (w.sql, params),
-                }
+            .filter_map(|p| match p {
+                Part::Events(members) => Some(EventRows::of(members, &allowed, &epochs)),
+                _ => None,
             })
             .collect();
+        let blobs: Vec<BlobRows<'_>> = parts
+            .iter()
+            .filter_map(|p| match p {
+                Part::Blobs(members) => Some(BlobRows::of(members, &allowed)),
+                _ => None,
+            })
+            .collect();
+        let (mut next_events, mut next_blobs) = (events.iter(), blobs.iter());
+        let mut statements: Vec<(&str, Vec<&(dyn postgres::types::ToSql + Sync)>)> =
+            Vec::with_capacity(parts.len());
+        let mut returning = Vec::with_capacity(parts.len());
+        for part in &parts {
+            let (sql, params, rows) = match part {
+                Part::One { sql, params, .. } => (*sql, params.clone(), false),
+                Part::Events(_) => {
+                    let e = next_events.next().expect("one per part");
+                    (INSERT_EVENTS, e.params(), true)
+                }
+                Part::Blobs(_) => {
+                    let b = next_blobs.next().expect("one per part");
+                    (INSERT_BLOBS, b.params(), false)
+                }
+            };
+            statements.push((sql, params));
+            returning.push(rows);
+        }
         let c = self.client.as_mut().expect("connected above");
-        let results = c
-            .execute_pipelined(begin, &statements)
+        let answers = c
+            .execute_pipelined(begin, &statements, &returning)
             .map_err(|e| db_error(url, e))?;
         if begin {
             self.in_tx = true;
         }
-        let mut first_failure = None;
-        // Leased runs whose fenced write changed nothing, with the epoch it asked for and the
-        // failure to report if the fence still holds.
-        let mut unchanged: Vec<(RunId, i64, Option<String>)> = Vec::new();
-        for ((w, epoch), r) in allowed.iter().zip(&epochs).zip(results) {
-            match (r, w.run(), epoch) {
-                (Ok(0), Some(run), Some(epoch)) => {
-                    if !unchanged.iter().any(|(r, _, _)| *r == run) {
-                        unchanged.push((run, *epoch, w.if_no_row.clone()));
-                    }
-                }
-                (Ok(0), _, _) if w.if_no_row.is_some() => {
-                    first_failure.get_or_insert(JournalError::Database {
-                        url: url.to_owned(),
-                        detail: w.if_no_row.clone().unwrap_or_default(),
-                    });
-                }
-                (Ok(_), Some(run), epoch) => {
-                    self.appended.insert(run);
-                    if epoch.is_some() {
-                        // The lease row is share-locked now, to the commit.
-                        self.checked.insert(run);
-                    }
-                }
-                (Ok(_), None, _) => {}
-                (Err(e), _, _) => {
+        let mut outcome = Outcome::default();
+        for (part, answer) in parts.iter().zip(answers) {
+            let answer = match answer {
+                Ok(a) => a,
+                Err(e) => {
                     if e.code() == Some(&postgres::error::SqlState::T_R_DEADLOCK_DETECTED) {
                         self.deadlocked = true;
                     }
-                    first_failure.get_or_insert(db_error(url, e));
+                    outcome.failure.get_or_insert(db_error(url, e));
+                    continue;
+                }
+            };
+            match (part, answer) {
+                (Part::One { i, .. }, Answer::Changed(n)) => {
+                    self.changed(url, allowed[*i], epochs[*i], n, &mut outcome)
+                }
+                (Part::Events(members), Answer::Rows(rows)) => {
+                    let stored: HashSet<(RunId, i64)> = rows
+                        .iter()
+                        .map(|r| (run_of(r.get::<_, &[u8]>(0)), r.get::<_, i64>(1)))
+                        .collect();
+                    for i in members {
+                        let w = allowed[*i];
+                        let n = match (&w.what, w.run()) {
+                            (WriteOf::Event { seq, .. }, Some(run)) => {
+                                u64::from(stored.contains(&(run, *seq)))
+                            }
+                            _ => 0,
+                        };
+                        self.changed(url, w, epochs[*i], n, &mut outcome);
+                    }
+                }
+                // Payloads already there are not a conflict: equal digests, equal content.
+                (Part::Blobs(_), _) => {}
+                (_, _) => {
+                    outcome.failure.get_or_insert(JournalError::Database {
+                        url: url.to_owned(),
+                        detail: "a pipelined journal write got an answer of the wrong kind".into(),
+                    });
                 }
             }
         }
-        if first_failure.is_some() {
+        if outcome.failure.is_some() {
             // The transaction is aborted: the flush rolls it all back, whatever the fences say.
-            return first_failure.map_or(Ok(()), Err);
+            return outcome.failure.map_or(Ok(()), Err);
         }
-        for (run, epoch, refused) in unchanged {
+        let mut first_failure = None;
+        for (run, epoch, refused) in outcome.unchanged {
             let c = self.client.as_mut().expect("connected above");
             let row = c
                 .query_opt(
@@ -627,6 +979,31 @@ impl Connection {
         first_failure.map_or(Ok(()), Err)
     }
 
+    /// Notes what write `w` (sent fenced with `epoch`, if that is set) did: it changed `n` rows.
+    fn changed(&mut self, url: &str, w: &Write, epoch: Option<i64>, n: u64, outcome: &mut Outcome) {
+        match (n, w.run(), epoch) {
+            (0, Some(run), Some(epoch)) => {
+                if !outcome.unchanged.iter().any(|(r, _, _)| *r == run) {
+                    outcome.unchanged.push((run, epoch, w.if_no_row.clone()));
+                }
+            }
+            (0, _, _) if w.if_no_row.is_some() => {
+                outcome.failure.get_or_insert(JournalError::Database {
+                    url: url.to_owned(),
+                    detail: w.if_no_row.clone().unwrap_or_default(),
+                });
+            }
+            (_, Some(run), epoch) => {
+                self.appended.insert(run);
+                if epoch.is_some() {
+                    // The lease row is share-locked now, to the commit.
+                    self.checked.insert(run);
+                }
+            }
+            (_, None, _) => {}
+        }
+    }
+
     /// The open client, reconnecting (up to ~3 s of backoff) when the last one broke.
     fn client(&mut self) -> Result<&mut Pg, JournalError> {
         if self.client.as_ref().is_some_and(|c| c.is_closed()) {
@@ -653,10 +1030,18 @@ impl Connection {
                     Ok(mut c) => {
                         // A paused host must not hold its locks (and block the host taking
                         // its runs over) for longer than this.
-                        if let Err(e) = c.batch_execute(&format!(
-                            "SET idle_in_transaction_session_timeout = {}",
-                            IDLE_TX_TIMEOUT.as_millis()
-                        )) {
+                        // The payload connection's commits need no WAL flush of their own: the
+                        // writing connection's next commit flushes them (see `payloads_stored`).
+                        let settings = format!(
+                            "SET idle_in_transaction_session_timeout = {}{}",
+                            IDLE_TX_TIMEOUT.as_millis(),
+                            if self.autocommit.is_some() {
+                                "; SET synchronous_commit = off"
+                            } else {
+                                ""
+                            }
+                        );
+                        if let Err(e) = c.batch_execute(&settings) {
                             last = Some(db_error(&redact(&self.url), e));
                             continue;
                         }
@@ -685,6 +1070,11 @@ impl Connection {
         if !self.in_tx || self.failed.is_some() {
             return;
         }
+        if let Err(e) = self.payloads_stored(false) {
+            // Reported by the next flush, which rolls back the events that named them.
+            self.failed.get_or_insert(e);
+            return;
+        }
         self.in_tx = false;
         self.checked.clear();
         self.tx_writes.clear();
@@ -698,6 +1088,66 @@ impl Connection {
             self.failed.get_or_insert(e);
         }
         self.settled();
+    }
+
+    /// Waits until the payloads queued before now are stored (committed on the payload
+    /// connection), and, when `durable` (this connection has no transaction whose commit would
+    /// flush the WAL), makes them durable; fails with the first payload write that failed.
+    fn payloads_stored(&mut self, durable: bool) -> Result<(), JournalError> {
+        use std::sync::atomic::Ordering;
+        let Some(p) = self.payloads.clone() else {
+            return Ok(());
+        };
+        let unflushed = p.state.unflushed.swap(false, Ordering::SeqCst);
+        let flush = durable && unflushed;
+        if p.dirty.covers(Scope::Other) || flush {
+            let url = redact(&self.url);
+            let (tx, rx) = mpsc::sync_channel(1);
+            let stored = p
+                .jobs
+                .send(Job::Run(Box::new(move |conn: &mut Connection| {
+                    let r = if flush {
+                        // A transaction with an id commits with a WAL flush, which covers
+                        // every commit before it.
+                        conn.client().and_then(|c| {
+                            c.batch_execute(
+                                "BEGIN; SET LOCAL synchronous_commit = on; \
+                                 SELECT pg_current_xact_id(); COMMIT",
+                            )
+                            .map_err(|e| db_error(&url, e))
+                        })
+                    } else {
+                        Ok(())
+                    };
+                    let _ = tx.send(r);
+                })))
+                .ok()
+                .and_then(|()| rx.recv().ok())
+                .unwrap_or_else(|| {
+                    Err(JournalError::Database {
+                        url: redact(&self.url),
+                        detail: "the journal's payload connection thread has stopped".into(),
+                    })
+                });
+            if let Err(e) = stored {
+                p.state.unflushed.store(true, Ordering::SeqCst);
+                return Err(e);
+            }
+        }
+        let failed = p
+            .state
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match failed {
+            Some(JournalError::Database { url, detail }) => Err(JournalError::Database {
+                url,
+                detail: format!("storing a payload failed: {detail}"),
+            }),
+            Some(other) => Err(other),
+            None => Ok(()),
+        }
     }
 
     /// Everything this connection wrote so far is committed or gone.
@@ -845,29 +1295,11 @@ fn tls_connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
 /// commits a transaction left idle for `background_commit`.
 fn connection_thread(
     name: &str,
-    url: &str,
-    fences: Fences,
-    dirty: Option<Arc<Dirty>>,
+    mut conn: Connection,
     background_commit: Option<Duration>,
-    origin: &str,
 ) -> Result<mpsc::Sender<Job>, JournalError> {
     let (jobs, rx) = mpsc::channel::<Job>();
-    let shown = redact(url);
-    let mut conn = Connection {
-        url: url.to_owned(),
-        client: None,
-        in_tx: false,
-        failed: None,
-        checked: HashSet::new(),
-        appended: HashSet::new(),
-        tx_writes: Vec::new(),
-        tx_opaque: false,
-        deadlocked: false,
-        processed: 0,
-        dirty,
-        fences,
-        origin: origin.to_owned(),
-    };
+    let shown = redact(&conn.url);
     std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
@@ -1052,25 +1484,31 @@ impl PostgresStore {
         let dirty = Arc::new(Dirty::default());
         // Random, like a run id: tells this store's notifications from other hosts'.
         let origin = RunId::new().to_string();
-        let jobs = connection_thread(
-            "sandgraph-journal-pg",
-            url,
-            fences.clone(),
-            Some(dirty.clone()),
-            background_commit,
-            &origin,
-        )?;
+        let payloads = {
+            let state = PayloadState::default();
+            let dirty = Arc::new(Dirty::default());
+            let mut conn = Connection::new(url, fences.clone(), &origin);
+            conn.dirty = Some(dirty.clone());
+            conn.autocommit = Some(state.clone());
+            Payloads {
+                jobs: connection_thread("sandgraph-journal-pg-payloads", conn, None)?,
+                dirty,
+                state,
+            }
+        };
+        let mut writer = Connection::new(url, fences.clone(), &origin);
+        writer.dirty = Some(dirty.clone());
+        writer.payloads = Some(payloads.clone());
+        let jobs = connection_thread("sandgraph-journal-pg", writer, background_commit)?;
         let reader = connection_thread(
             "sandgraph-journal-pg-read",
-            url,
-            fences.clone(),
+            Connection::new(url, fences.clone(), &origin),
             None,
-            None,
-            &origin,
         )?;
         let store = PostgresStore {
             jobs,
             reader,
+            payloads,
             dirty,
             shown: shown.clone(),
             fences,
@@ -1086,12 +1524,25 @@ impl PostgresStore {
     /// connection thread runs jobs in order, so any later read on this store sees it. A write
     /// that fails poisons the transaction; the next flush rolls it back and reports why.
     fn write(&self, sql: &'static str, params: Vec<Param>) -> Result<(), JournalError> {
+        self.write_ordered(sql, params, Ordered::Neither)
+    }
+
+    /// [`PostgresStore::write`] of a statement that changes the events or the payloads, which
+    /// the batch's own events or payloads must not pass.
+    fn write_ordered(
+        &self,
+        sql: &'static str,
+        params: Vec<Param>,
+        orders: Ordered,
+    ) -> Result<(), JournalError> {
         let seq = self.dirty.mark(None);
         self.send_write(Write {
             seq,
-            run: None,
-            sql,
-            params,
+            what: WriteOf::Statement {
+                sql,
+                params,
+                orders,
+            },
             if_no_row: None,
         })
     }
@@ -1110,9 +1561,12 @@ impl PostgresStore {
         let seq = self.dirty.mark(Some(run));
         self.send_write(Write {
             seq,
-            run: Some(RunWrite { run, fenced_sql }),
-            sql,
-            params,
+            what: WriteOf::RunStatement {
+                run,
+                sql,
+                fenced_sql,
+                params,
+            },
             if_no_row,
         })
     }
@@ -1123,11 +1577,42 @@ impl PostgresStore {
             .map_err(|_| self.stopped())
     }
 
+    /// Queues a payload write (or removal) for the payload connection (see [`Payloads`]).
+    fn send_payload_write(&self, write: Write) -> Result<(), JournalError> {
+        self.payloads
+            .jobs
+            .send(Job::Write(write))
+            .map_err(|_| self.stopped())
+    }
+
+    /// Runs read `f` of the payloads where it sees them: on the payload connection, behind
+    /// the payload writes still queued there, or else on the reader.
+    fn read_payloads<T: Send + 'static>(
+        &self,
+        f: impl Fn(&mut Pg) -> Result<T, JournalError> + Send + 'static,
+    ) -> Result<T, JournalError> {
+        if !self.payloads.dirty.covers(Scope::Other) {
+            return self.read(Scope::None, f);
+        }
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.payloads
+            .jobs
+            .send(Job::Run(Box::new(move |conn: &mut Connection| {
+                let _ = tx.send(conn.client().and_then(f));
+            })))
+            .map_err(|_| self.stopped())?;
+        rx.recv().map_err(|_| self.stopped())?
+    }
+
     /// Commits the open transaction, if any; rolls it back when one of its writes failed.
     fn commit(&self) -> Result<(), JournalError> {
         let url = self.shown.clone();
         self.job(move |conn| {
             let was_open = std::mem::take(&mut conn.in_tx);
+            // Before the commit: no event may be committed before a payload it names.
+            if let Err(e) = conn.payloads_stored(!was_open) {
+                conn.failed.get_or_insert(e);
+            }
             conn.checked.clear();
             conn.tx_writes.clear();
             let appended = std::mem::take(&mut conn.appended);
@@ -1153,6 +1638,14 @@ impl PostgresStore {
                 let c = conn.client()?;
                 let done = notify_and_commit(c, &appended, &origin).map_err(|e| db_error(&url, e));
                 conn.settled();
+                if done.is_err()
+                    && let Some(p) = &conn.payloads
+                {
+                    // The payloads stored before it may not be durable yet either.
+                    p.state
+                        .unflushed
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                }
                 done?;
             }
             Ok(())
@@ -1293,35 +1786,25 @@ impl Store for PostgresStore {
         // A conflict must not abort the shared transaction (other runs' writes are in it): it
         // is reported, not raised. An event is stored only after its predecessor, so a run's
         // events never have a gap, whatever was lost with a connection: a write the journal
-        // numbered before it learnt of the loss is refused, not committed past the lost ones.
+        // numbered before it learnt of the loss is refused, not committed past the lost ones
+        // (see [`INSERT_EVENTS`]).
+        self.check_fence(run)?;
         let missing = seq
             .checked_sub(1)
             .map(|p| format!(", or lacks event {p} (an earlier write was lost)"))
             .unwrap_or_default();
-        self.write_run(
-            run,
-            "INSERT INTO sandgraph_events (run, seq, record)
-             SELECT $1::bytea, $2::bigint, $3::bytea
-             WHERE $2::bigint = 0 OR EXISTS (
-                 SELECT 1 FROM sandgraph_events WHERE run = $1::bytea AND seq = $2::bigint - 1)
-             ON CONFLICT (run, seq) DO NOTHING",
-            "INSERT INTO sandgraph_events (run, seq, record)
-             SELECT $1::bytea, $2::bigint, $3::bytea
-             WHERE ($2::bigint = 0 OR EXISTS (
-                 SELECT 1 FROM sandgraph_events WHERE run = $1::bytea AND seq = $2::bigint - 1))
-               AND EXISTS (
-                 SELECT 1 FROM sandgraph_leases WHERE run = $1::bytea AND epoch = $4::bigint
-                 FOR SHARE)
-             ON CONFLICT (run, seq) DO NOTHING",
-            vec![
-                Box::new(run.0.to_vec()),
-                Box::new(seq_i64(seq)),
-                Box::new(record.to_vec()),
-            ],
-            Some(format!(
+        let mark = self.dirty.mark(Some(run));
+        self.send_write(Write {
+            seq: mark,
+            what: WriteOf::Event {
+                run,
+                seq: seq_i64(seq),
+                record: record.to_vec(),
+            },
+            if_no_row: Some(format!(
                 "run {run} already has an event {seq}: another writer appended to this run{missing}"
             )),
-        )
+        })
     }
 
     fn last_seq(&self, run: RunId) -> Result<Option<u64>, JournalError> {
@@ -1449,7 +1932,7 @@ impl Store for PostgresStore {
 
     fn has_blob(&self, digest: &[u8; 32]) -> Result<bool, JournalError> {
         let (url, d) = (self.url(), *digest);
-        self.read(Scope::Other, move |c| {
+        self.read_payloads(move |c| {
             let row = c
                 .query_opt(
                     "SELECT 1 FROM sandgraph_blobs WHERE digest = $1",
@@ -1473,20 +1956,21 @@ impl Store for PostgresStore {
         body: &[u8],
     ) -> Result<(), JournalError> {
         // Equal digests, equal content: whoever wrote it first keeps its creation time.
-        self.write(
-            "INSERT INTO sandgraph_blobs (digest, created_ms, body) VALUES ($1, $2, $3)
-             ON CONFLICT (digest) DO NOTHING",
-            vec![
-                Box::new(digest.to_vec()),
-                Box::new(seq_i64(created_ms)),
-                Box::new(body.to_vec()),
-            ],
-        )
+        let seq = self.payloads.dirty.mark(None);
+        self.send_payload_write(Write {
+            seq,
+            what: WriteOf::Blob {
+                digest: *digest,
+                created_ms: seq_i64(created_ms),
+                body: body.to_vec(),
+            },
+            if_no_row: None,
+        })
     }
 
     fn blob(&self, digest: &[u8; 32]) -> Result<Option<StoredBlob>, JournalError> {
         let (url, d) = (self.url(), *digest);
-        self.read(Scope::Other, move |c| {
+        self.read_payloads(move |c| {
             let row = c
                 .query_opt(
                     "SELECT created_ms, body FROM sandgraph_blobs WHERE digest = $1",
@@ -1502,7 +1986,7 @@ impl Store for PostgresStore {
 
     fn blob_ages(&self) -> Result<Vec<([u8; 32], u64)>, JournalError> {
         let url = self.url();
-        self.read(Scope::All, move |c| {
+        self.read_payloads(move |c| {
             let rows = c
                 .query("SELECT digest, created_ms FROM sandgraph_blobs", &[])
                 .map_err(|e| db_error(&url, e))?;
@@ -1517,10 +2001,16 @@ impl Store for PostgresStore {
     }
 
     fn remove_blob(&self, digest: &[u8; 32]) -> Result<(), JournalError> {
-        self.write(
-            "DELETE FROM sandgraph_blobs WHERE digest = $1",
-            vec![Box::new(digest.to_vec())],
-        )
+        let seq = self.payloads.dirty.mark(None);
+        self.send_payload_write(Write {
+            seq,
+            what: WriteOf::Statement {
+                sql: "DELETE FROM sandgraph_blobs WHERE digest = $1",
+                params: vec![Box::new(digest.to_vec())],
+                orders: Ordered::Blobs,
+            },
+            if_no_row: None,
+        })
     }
 
     fn flush(&self) -> Result<(), String> {
@@ -1664,13 +2154,14 @@ impl Store for PostgresStore {
 
     fn overwrite_event(&self, run: RunId, seq: u64, record: &[u8]) -> Result<(), JournalError> {
         self.dirty.mark(Some(run));
-        self.write(
+        self.write_ordered(
             "UPDATE sandgraph_events SET record = $3 WHERE run = $1 AND seq = $2",
             vec![
                 Box::new(run.0.to_vec()),
                 Box::new(seq_i64(seq)),
                 Box::new(record.to_vec()),
             ],
+            Ordered::Events,
         )
     }
 }
