@@ -5,7 +5,9 @@
 //!
 //! Writes do not wait: they are queued for the writing connection, which sends the writes queued
 //! one behind another together (pipelined: every statement sent before the first answer is read,
-//! the server running them in order), so a burst of appends costs one round trip, not one each.
+//! the server running them in order), so a burst of appends costs one round trip, not one each;
+//! a burst's events go as one multi-row statement. Payloads go to a third connection, committed
+//! outside the shared transaction and before each commit of it (see [`Payloads`]).
 //!
 //! Group commit: writes go into one open transaction (reads on the same connection see them,
 //! as a sled journal's reader sees its buffered writes) and `flush` commits it, so the durable
