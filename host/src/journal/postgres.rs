@@ -101,10 +101,10 @@ const PIPELINE: usize = 256;
 /// A parameter a queued write owns until its statement runs.
 type Param = Box<dyn postgres::types::ToSql + Send + Sync>;
 
-/// One journal write, run in the writing connection's open transaction. Writes queued one after
-/// another are sent together, without waiting for each answer (the server still runs them one
-/// by one, in order); the events among them go as one statement, and so do the payloads (see
-/// [`Connection::write_batch`]).
+/// One journal write: in the writing connection's open transaction, or (a payload) on the payload
+/// connection. Writes queued one after another are sent together, without waiting for each
+/// answer (the server still runs them one by one, in order); the events among them go as one
+/// statement, and so do the payloads (see [`Part`]).
 struct Write {
     /// Its number in [`Dirty`].
     seq: u64,
@@ -194,15 +194,18 @@ const INSERT_BLOBS: &str = "INSERT INTO sandgraph_blobs (digest, created_ms, bod
      ON CONFLICT (digest) DO NOTHING";
 
 /// A statement of a pipelined batch: one write, or the batch's events or payloads together
-/// (indices into the batch's writes).
+/// (with the indices of the event writes, whose answers are read per write).
 enum Part<'w> {
     One {
         i: usize,
         sql: &'static str,
         params: Vec<&'w (dyn postgres::types::ToSql + Sync)>,
     },
-    Events(Vec<usize>),
-    Blobs(Vec<usize>),
+    Events {
+        members: Vec<usize>,
+        rows: EventRows<'w>,
+    },
+    Blobs(BlobRows<'w>),
 }
 
 impl<'w> Part<'w> {
@@ -211,25 +214,38 @@ impl<'w> Part<'w> {
     /// a statement changing their own table, which ends their group.
     fn of(writes: &[&'w Write], epochs: &'w [Option<i64>]) -> Vec<Part<'w>> {
         let mut parts = Vec::new();
+        // Where the open group of events, and of payloads, is in `parts`.
         let (mut events, mut blobs): (Option<usize>, Option<usize>) = (None, None);
-        let join =
-            |parts: &mut Vec<Part<'w>>, open: &mut Option<usize>, i: usize, blob: bool| match open
-                .and_then(|p| parts.get_mut(p))
-            {
-                Some(Part::Events(m) | Part::Blobs(m)) => m.push(i),
-                _ => {
-                    *open = Some(parts.len());
-                    parts.push(if blob {
-                        Part::Blobs(vec![i])
-                    } else {
-                        Part::Events(vec![i])
-                    });
-                }
-            };
         for (i, w) in writes.iter().enumerate() {
             match &w.what {
-                WriteOf::Event { .. } => join(&mut parts, &mut events, i, false),
-                WriteOf::Blob { .. } => join(&mut parts, &mut blobs, i, true),
+                WriteOf::Event { run, seq, record } => {
+                    let at = *events.get_or_insert_with(|| {
+                        parts.push(Part::Events {
+                            members: Vec::new(),
+                            rows: EventRows::default(),
+                        });
+                        parts.len() - 1
+                    });
+                    if let Some(Part::Events { members, rows }) = parts.get_mut(at) {
+                        members.push(i);
+                        rows.push(run, *seq, record, epochs[i]);
+                    }
+                }
+                WriteOf::Blob {
+                    digest,
+                    created_ms,
+                    body,
+                } => {
+                    let at = *blobs.get_or_insert_with(|| {
+                        parts.push(Part::Blobs(BlobRows::default()));
+                        parts.len() - 1
+                    });
+                    if let Some(Part::Blobs(rows)) = parts.get_mut(at) {
+                        rows.by_digest
+                            .entry(&digest[..])
+                            .or_insert((*created_ms, &body[..]));
+                    }
+                }
                 WriteOf::Statement {
                     sql,
                     params,
@@ -264,7 +280,27 @@ impl<'w> Part<'w> {
                 }
             }
         }
+        for part in &mut parts {
+            if let Part::Blobs(rows) = part {
+                rows.seal();
+            }
+        }
         parts
+    }
+
+    /// Its statement and parameters, and whether its answer is the rows it returns.
+    fn statement(
+        &self,
+    ) -> (
+        &'static str,
+        Vec<&(dyn postgres::types::ToSql + Sync)>,
+        bool,
+    ) {
+        match self {
+            Part::One { sql, params, .. } => (sql, params.clone(), false),
+            Part::Events { rows, .. } => (INSERT_EVENTS, rows.params(), true),
+            Part::Blobs(rows) => (INSERT_BLOBS, rows.params(), false),
+        }
     }
 }
 
@@ -273,41 +309,29 @@ fn as_param(p: &Param) -> &(dyn postgres::types::ToSql + Sync) {
 }
 
 /// The parameters of [`INSERT_EVENTS`] for a group of event writes.
+#[derive(Default)]
 struct EventRows<'w> {
     runs: Vec<&'w [u8]>,
     seqs: Vec<i64>,
     records: Vec<&'w [u8]>,
     after: Vec<i64>,
     epochs: Vec<Option<i64>>,
+    /// Each run's last event in the group so far, and the check it was stored under.
+    last: HashMap<RunId, (i64, i64)>,
 }
 
 impl<'w> EventRows<'w> {
-    fn of(members: &[usize], writes: &[&'w Write], epochs: &[Option<i64>]) -> EventRows<'w> {
-        let mut rows = EventRows {
-            runs: Vec::with_capacity(members.len()),
-            seqs: Vec::with_capacity(members.len()),
-            records: Vec::with_capacity(members.len()),
-            after: Vec::with_capacity(members.len()),
-            epochs: Vec::with_capacity(members.len()),
+    fn push(&mut self, run: &'w RunId, seq: i64, record: &'w [u8], epoch: Option<i64>) {
+        let after = match self.last.get(run) {
+            Some((prev, after)) if *prev + 1 == seq => *after,
+            _ => seq - 1,
         };
-        // Each run's last event in the group so far, and the check it was stored under.
-        let mut last: HashMap<RunId, (i64, i64)> = HashMap::new();
-        for &i in members {
-            let WriteOf::Event { run, seq, record } = &writes[i].what else {
-                continue;
-            };
-            let after = match last.get(run) {
-                Some((prev, after)) if *prev + 1 == *seq => *after,
-                _ => seq - 1,
-            };
-            last.insert(*run, (*seq, after));
-            rows.runs.push(&run.0[..]);
-            rows.seqs.push(*seq);
-            rows.records.push(record);
-            rows.after.push(after);
-            rows.epochs.push(epochs[i]);
-        }
-        rows
+        self.last.insert(*run, (seq, after));
+        self.runs.push(&run.0[..]);
+        self.seqs.push(seq);
+        self.records.push(record);
+        self.after.push(after);
+        self.epochs.push(epoch);
     }
 
     fn params(&self) -> Vec<&(dyn postgres::types::ToSql + Sync)> {
@@ -322,40 +346,23 @@ impl<'w> EventRows<'w> {
 }
 
 /// The parameters of [`INSERT_BLOBS`] for a group of payload writes: each digest once, in
-/// order.
+/// order (gathered in `by_digest`, then laid out by [`BlobRows::seal`]).
+#[derive(Default)]
 struct BlobRows<'w> {
+    by_digest: std::collections::BTreeMap<&'w [u8], (i64, &'w [u8])>,
     digests: Vec<&'w [u8]>,
     created: Vec<i64>,
     bodies: Vec<&'w [u8]>,
 }
 
-impl<'w> BlobRows<'w> {
-    fn of(members: &[usize], writes: &[&'w Write]) -> BlobRows<'w> {
-        let mut by_digest: std::collections::BTreeMap<&'w [u8], (i64, &'w [u8])> =
-            std::collections::BTreeMap::new();
-        for &i in members {
-            if let WriteOf::Blob {
-                digest,
-                created_ms,
-                body,
-            } = &writes[i].what
-            {
-                by_digest
-                    .entry(&digest[..])
-                    .or_insert((*created_ms, &body[..]));
-            }
+impl BlobRows<'_> {
+    /// Lays the payloads gathered out as the statement's arrays, by digest.
+    fn seal(&mut self) {
+        for (digest, (created, body)) in std::mem::take(&mut self.by_digest) {
+            self.digests.push(digest);
+            self.created.push(created);
+            self.bodies.push(body);
         }
-        let mut rows = BlobRows {
-            digests: Vec::with_capacity(by_digest.len()),
-            created: Vec::with_capacity(by_digest.len()),
-            bodies: Vec::with_capacity(by_digest.len()),
-        };
-        for (digest, (created, body)) in by_digest {
-            rows.digests.push(digest);
-            rows.created.push(created);
-            rows.bodies.push(body);
-        }
-        rows
     }
 
     fn params(&self) -> Vec<&(dyn postgres::types::ToSql + Sync)> {
@@ -599,8 +606,6 @@ enum Scope {
     Other,
     /// Every run and collection.
     All,
-    /// Nothing this store's writing connection writes (payloads).
-    None,
 }
 
 impl Dirty {
@@ -624,7 +629,6 @@ impl Dirty {
             Scope::Run(r) => m.runs.contains_key(&r),
             Scope::Other => m.other.is_some(),
             Scope::All => !m.runs.is_empty() || m.other.is_some(),
-            Scope::None => false,
         }
     }
 
@@ -864,39 +868,13 @@ impl Connection {
             })
             .collect();
         let parts = Part::of(&allowed, &epochs);
-        let events: Vec<EventRows<'_>> = parts
+        let (statements, returning): (Vec<_>, Vec<_>) = parts
             .iter()
-            .filter_map(|p| match p {
-                Part::Events(members) => Some(EventRows::of(members, &allowed, &epochs)),
-                _ => None,
+            .map(|p| {
+                let (sql, params, rows) = p.statement();
+                ((sql, params), rows)
             })
-            .collect();
-        let blobs: Vec<BlobRows<'_>> = parts
-            .iter()
-            .filter_map(|p| match p {
-                Part::Blobs(members) => Some(BlobRows::of(members, &allowed)),
-                _ => None,
-            })
-            .collect();
-        let (mut next_events, mut next_blobs) = (events.iter(), blobs.iter());
-        let mut statements: Vec<(&str, Vec<&(dyn postgres::types::ToSql + Sync)>)> =
-            Vec::with_capacity(parts.len());
-        let mut returning = Vec::with_capacity(parts.len());
-        for part in &parts {
-            let (sql, params, rows) = match part {
-                Part::One { sql, params, .. } => (*sql, params.clone(), false),
-                Part::Events(_) => {
-                    let e = next_events.next().expect("one per part");
-                    (INSERT_EVENTS, e.params(), true)
-                }
-                Part::Blobs(_) => {
-                    let b = next_blobs.next().expect("one per part");
-                    (INSERT_BLOBS, b.params(), false)
-                }
-            };
-            statements.push((sql, params));
-            returning.push(rows);
-        }
+            .unzip();
         let c = self.client.as_mut().expect("connected above");
         let answers = c
             .execute_pipelined(begin, &statements, &returning)
@@ -920,7 +898,7 @@ impl Connection {
                 (Part::One { i, .. }, Answer::Changed(n)) => {
                     self.changed(url, allowed[*i], epochs[*i], n, &mut outcome)
                 }
-                (Part::Events(members), Answer::Rows(rows)) => {
+                (Part::Events { members, .. }, Answer::Rows(rows)) => {
                     let stored: HashSet<(RunId, i64)> = rows
                         .iter()
                         .map(|r| (run_of(r.get::<_, &[u8]>(0)), r.get::<_, i64>(1)))
@@ -1104,33 +1082,26 @@ impl Connection {
         let flush = durable && unflushed;
         if p.dirty.covers(Scope::Other) || flush {
             let url = redact(&self.url);
-            let (tx, rx) = mpsc::sync_channel(1);
-            let stored = p
-                .jobs
-                .send(Job::Run(Box::new(move |conn: &mut Connection| {
-                    let r = if flush {
-                        // A transaction with an id commits with a WAL flush, which covers
-                        // every commit before it.
-                        conn.client().and_then(|c| {
-                            c.batch_execute(
-                                "BEGIN; SET LOCAL synchronous_commit = on; \
-                                 SELECT pg_current_xact_id(); COMMIT",
-                            )
-                            .map_err(|e| db_error(&url, e))
-                        })
-                    } else {
-                        Ok(())
-                    };
-                    let _ = tx.send(r);
-                })))
-                .ok()
-                .and_then(|()| rx.recv().ok())
-                .unwrap_or_else(|| {
-                    Err(JournalError::Database {
-                        url: redact(&self.url),
-                        detail: "the journal's payload connection thread has stopped".into(),
-                    })
-                });
+            let stored = ask(&p.jobs, move |conn| {
+                if !flush {
+                    return Ok(());
+                }
+                // A transaction with an id commits with a WAL flush, which covers every commit
+                // before it.
+                conn.client().and_then(|c| {
+                    c.batch_execute(
+                        "BEGIN; SET LOCAL synchronous_commit = on; \
+                         SELECT pg_current_xact_id(); COMMIT",
+                    )
+                    .map_err(|e| db_error(&url, e))
+                })
+            })
+            .unwrap_or_else(|| {
+                Err(JournalError::Database {
+                    url: redact(&self.url),
+                    detail: "the journal's payload connection thread has stopped".into(),
+                })
+            });
             if let Err(e) = stored {
                 p.state.unflushed.store(true, Ordering::SeqCst);
                 return Err(e);
@@ -1291,6 +1262,20 @@ fn tls_connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
         ))
     })
     .clone()
+}
+
+/// Runs `job` on the connection thread behind `jobs` and waits for its answer; `None` when that
+/// thread has stopped.
+fn ask<T: Send + 'static>(
+    jobs: &mpsc::Sender<Job>,
+    job: impl FnOnce(&mut Connection) -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = mpsc::sync_channel(1);
+    jobs.send(Job::Run(Box::new(move |conn: &mut Connection| {
+        let _ = tx.send(job(conn));
+    })))
+    .ok()?;
+    rx.recv().ok()
 }
 
 /// A connection on its own thread running the jobs sent to it in order; the writing one also
@@ -1580,10 +1565,15 @@ impl PostgresStore {
     }
 
     /// Queues a payload write (or removal) for the payload connection (see [`Payloads`]).
-    fn send_payload_write(&self, write: Write) -> Result<(), JournalError> {
+    fn write_payload(&self, what: WriteOf) -> Result<(), JournalError> {
+        let seq = self.payloads.dirty.mark(None);
         self.payloads
             .jobs
-            .send(Job::Write(write))
+            .send(Job::Write(Write {
+                seq,
+                what,
+                if_no_row: None,
+            }))
             .map_err(|_| self.stopped())
     }
 
@@ -1594,16 +1584,10 @@ impl PostgresStore {
         f: impl Fn(&mut Pg) -> Result<T, JournalError> + Send + 'static,
     ) -> Result<T, JournalError> {
         if !self.payloads.dirty.covers(Scope::Other) {
-            return self.read(Scope::None, f);
+            return self.read_committed(f);
         }
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.payloads
-            .jobs
-            .send(Job::Run(Box::new(move |conn: &mut Connection| {
-                let _ = tx.send(conn.client().and_then(f));
-            })))
-            .map_err(|_| self.stopped())?;
-        rx.recv().map_err(|_| self.stopped())?
+        ask(&self.payloads.jobs, move |conn| conn.client().and_then(f))
+            .unwrap_or_else(|| Err(self.stopped()))
     }
 
     /// Commits the open transaction, if any; rolls it back when one of its writes failed.
@@ -1684,19 +1668,24 @@ impl PostgresStore {
         if self.dirty.covers(scope) {
             return self.call(f);
         }
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.reader
-            .send(Job::Run(Box::new(move |conn: &mut Connection| {
-                let mut r = conn.client().and_then(&f);
-                // A reader holds no transaction: a connection found broken by this read is
-                // opened again and the read repeated, once.
-                if r.is_err() && conn.client.as_ref().is_some_and(|c| c.is_closed()) {
-                    r = conn.client().and_then(&f);
-                }
-                let _ = tx.send(r);
-            })))
-            .map_err(|_| self.stopped())?;
-        rx.recv().map_err(|_| self.stopped())?
+        self.read_committed(f)
+    }
+
+    /// Runs read `f` on the reader, which sees committed data.
+    fn read_committed<T: Send + 'static>(
+        &self,
+        f: impl Fn(&mut Pg) -> Result<T, JournalError> + Send + 'static,
+    ) -> Result<T, JournalError> {
+        ask(&self.reader, move |conn| {
+            let r = conn.client().and_then(&f);
+            // A reader holds no transaction: a connection found broken by this read is opened
+            // again and the read repeated, once.
+            if r.is_err() && conn.client.as_ref().is_some_and(|c| c.is_closed()) {
+                return conn.client().and_then(&f);
+            }
+            r
+        })
+        .unwrap_or_else(|| Err(self.stopped()))
     }
 
     /// Runs read `f` on the connection thread and waits for its answer.
@@ -1712,13 +1701,7 @@ impl PostgresStore {
         &self,
         job: impl FnOnce(&mut Connection) -> Result<T, JournalError> + Send + 'static,
     ) -> Result<T, JournalError> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.jobs
-            .send(Job::Run(Box::new(move |conn: &mut Connection| {
-                let _ = tx.send(job(conn));
-            })))
-            .map_err(|_| self.stopped())?;
-        rx.recv().map_err(|_| self.stopped())?
+        ask(&self.jobs, job).unwrap_or_else(|| Err(self.stopped()))
     }
 
     fn url(&self) -> String {
@@ -1958,15 +1941,10 @@ impl Store for PostgresStore {
         body: &[u8],
     ) -> Result<(), JournalError> {
         // Equal digests, equal content: whoever wrote it first keeps its creation time.
-        let seq = self.payloads.dirty.mark(None);
-        self.send_payload_write(Write {
-            seq,
-            what: WriteOf::Blob {
-                digest: *digest,
-                created_ms: seq_i64(created_ms),
-                body: body.to_vec(),
-            },
-            if_no_row: None,
+        self.write_payload(WriteOf::Blob {
+            digest: *digest,
+            created_ms: seq_i64(created_ms),
+            body: body.to_vec(),
         })
     }
 
@@ -2003,15 +1981,10 @@ impl Store for PostgresStore {
     }
 
     fn remove_blob(&self, digest: &[u8; 32]) -> Result<(), JournalError> {
-        let seq = self.payloads.dirty.mark(None);
-        self.send_payload_write(Write {
-            seq,
-            what: WriteOf::Statement {
-                sql: "DELETE FROM sandgraph_blobs WHERE digest = $1",
-                params: vec![Box::new(digest.to_vec())],
-                orders: Ordered::Blobs,
-            },
-            if_no_row: None,
+        self.write_payload(WriteOf::Statement {
+            sql: "DELETE FROM sandgraph_blobs WHERE digest = $1",
+            params: vec![Box::new(digest.to_vec())],
+            orders: Ordered::Blobs,
         })
     }
 
