@@ -6,6 +6,7 @@
 mod common;
 
 use common::postgres::Postgres;
+use sandgraph::journal::postgres::PostgresStore;
 use sandgraph::journal::{Durability, Event, Journal, JournalError, PayloadRef, RunId};
 
 fn created(journal: &Journal) -> Event {
@@ -34,12 +35,27 @@ fn step(i: u32) -> Event {
     }
 }
 
+/// Two hosts' journals on a fresh database `name` of `pg`, and its URL.
+fn two_journals(pg: &Postgres, name: &str) -> (String, Journal, Journal) {
+    let url = pg.database(name);
+    let a = Journal::open_location(&url).unwrap();
+    let b = Journal::open_location(&url).unwrap();
+    (url, a, b)
+}
+
+/// [`two_journals`] at the store level.
+fn two_stores(pg: &Postgres, name: &str) -> (PostgresStore, PostgresStore) {
+    let url = pg.database(name);
+    (
+        PostgresStore::open(&url).unwrap(),
+        PostgresStore::open(&url).unwrap(),
+    )
+}
+
 #[test]
 fn two_journals_on_one_database_share_durable_events_and_blobs() {
     let pg = Postgres::start();
-    let url = pg.database("shared");
-    let a = Journal::open_location(&url).unwrap();
-    let b = Journal::open_location(&url).unwrap();
+    let (_, a, b) = two_journals(&pg, "shared");
     assert!(
         a.describe()
             .contains("PostgreSQL journal at postgres://sandgraph@127.0.0.1")
@@ -124,9 +140,7 @@ fn a_broken_connection_loses_only_unacknowledged_writes_then_reconnects() {
     let url = pg.database("broken");
     // Without background commits, so the buffered write is still uncommitted when the
     // connection goes.
-    let journal = Journal::on(Box::new(
-        sandgraph::journal::postgres::PostgresStore::open_with(&url, None).unwrap(),
-    ));
+    let journal = Journal::on(Box::new(PostgresStore::open_with(&url, None).unwrap()));
     let run = RunId::new();
     journal
         .append(run, &created(&journal), Durability::Durable)
@@ -422,11 +436,7 @@ fn writes_lost_with_a_background_commit_leave_no_gap_in_the_run() {
     // Background commits after 1 s idle (100 ms by default), so the session is surely ended
     // before the idle transaction is committed, however loaded the machine.
     let journal = Journal::on(Box::new(
-        sandgraph::journal::postgres::PostgresStore::open_with(
-            &url,
-            Some(std::time::Duration::from_secs(1)),
-        )
-        .unwrap(),
+        PostgresStore::open_with(&url, Some(std::time::Duration::from_secs(1))).unwrap(),
     ));
     let mut admin = postgres::Client::connect(&pg.url("postgres"), postgres::NoTls).unwrap();
     let run = RunId::new();
@@ -619,9 +629,7 @@ fn a_host_that_lost_a_runs_lease_writes_nothing_more_to_it_and_its_other_runs_co
     use sandgraph::journal::queue::RunQueue;
     use std::time::Duration;
     let pg = Postgres::start();
-    let url = pg.database("fenced_writes");
-    let a = Journal::open_location(&url).unwrap();
-    let b = Journal::open_location(&url).unwrap();
+    let (url, a, b) = two_journals(&pg, "fenced_writes");
     let (leased, other) = (RunId::new(), RunId::new());
     for run in [leased, other] {
         a.append(run, &created(&a), Durability::Durable).unwrap();
@@ -678,9 +686,7 @@ fn a_host_that_lost_a_runs_lease_writes_nothing_more_to_it_and_its_other_runs_co
 #[test]
 fn two_hosts_storing_the_same_payloads_in_opposite_order_both_commit_everything() {
     let pg = Postgres::start();
-    let url = pg.database("blob_deadlock");
-    let a = Journal::open_location(&url).unwrap();
-    let b = Journal::open_location(&url).unwrap();
+    let (url, a, b) = two_journals(&pg, "blob_deadlock");
     let (run_a, run_b) = (RunId::new(), RunId::new());
     a.append(run_a, &created(&a), Durability::Durable).unwrap();
     b.append(run_b, &created(&b), Durability::Durable).unwrap();
@@ -717,12 +723,9 @@ fn two_hosts_storing_the_same_payloads_in_opposite_order_both_commit_everything(
 
 #[test]
 fn a_transaction_aborted_to_break_a_deadlock_is_run_again_and_nothing_is_lost() {
-    use sandgraph::journal::postgres::PostgresStore;
     use sandgraph::journal::store::Store;
     let pg = Postgres::start();
-    let url = pg.database("deadlock");
-    let a = PostgresStore::open(&url).unwrap();
-    let b = PostgresStore::open(&url).unwrap();
+    let (a, b) = two_stores(&pg, "deadlock");
     for key in [b"x", b"y"] {
         a.kv_put("records", key, b"0").unwrap();
     }
@@ -757,13 +760,10 @@ fn a_transaction_aborted_to_break_a_deadlock_is_run_again_and_nothing_is_lost() 
 /// and stored again is there afterwards, and equal payloads are stored once.
 #[test]
 fn writes_queued_together_keep_their_order_and_their_checks() {
-    use sandgraph::journal::postgres::PostgresStore;
     use sandgraph::journal::store::Store;
     use std::time::Duration;
     let pg = Postgres::start();
-    let url = pg.database("one_batch");
-    let a = PostgresStore::open(&url).unwrap();
-    let b = PostgresStore::open(&url).unwrap();
+    let (a, b) = two_stores(&pg, "one_batch");
     let old = [7u8; 32];
     a.put_blob(&old, 1, b"old payload").unwrap();
     a.flush().unwrap();
@@ -850,12 +850,17 @@ fn a_payload_that_cannot_be_stored_fails_the_flush_and_no_event_naming_it_commit
     admin
         .batch_execute("ALTER TABLE sandgraph_blobs RENAME TO sandgraph_blobs_away")
         .unwrap();
-    let payload = journal.put_payload(&vec![5u8; 9000]).unwrap();
-    let named = Event::StepCompleted {
-        step: "s1".into(),
-        attempt: 1,
-        output: payload.clone(),
+    // A completion naming a payload stored just before it.
+    let completed = || {
+        let payload = journal.put_payload(&vec![5u8; 9000]).unwrap();
+        let event = Event::StepCompleted {
+            step: "s1".into(),
+            attempt: 1,
+            output: payload.clone(),
+        };
+        (payload, event)
     };
+    let (_, named) = completed();
     let err = journal
         .append(run, &named, Durability::Durable)
         .expect_err("the payload could not be stored")
@@ -869,12 +874,7 @@ fn a_payload_that_cannot_be_stored_fails_the_flush_and_no_event_naming_it_commit
     admin
         .batch_execute("ALTER TABLE sandgraph_blobs_away RENAME TO sandgraph_blobs")
         .unwrap();
-    let payload = journal.put_payload(&vec![5u8; 9000]).unwrap();
-    let named = Event::StepCompleted {
-        step: "s1".into(),
-        attempt: 1,
-        output: payload.clone(),
-    };
+    let (payload, named) = completed();
     journal.append(run, &named, Durability::Durable).unwrap();
     let events = fresh().events(run).unwrap();
     assert_eq!(events.len(), 2);
