@@ -129,6 +129,62 @@ fn matmul_matches_reference_for_every_type_variant_and_batch() {
     }
 }
 
+/// RMSNorm fused into the matmul (the GPU variants' qkv, gate_up and output projections):
+/// against RMSNorm then matmul in f64, for every weight type, widths of fewer blocks than lanes
+/// and of more (not a multiple of the lanes), and passes of 1, 5 and 11 rows. The barrier-free
+/// variants refuse it with an error instead of compiling it.
+#[test]
+fn rmsnorm_fused_into_matmul_matches_reference_for_every_type_tiled_variant_and_batch() {
+    let mut rng = TestRng::new(17);
+    let eps = 1e-5f32;
+    for v in variants() {
+        let p = Probe::new(ctx(Some(v), None), &TYPES, 64).unwrap();
+        let tiled = matches!(
+            v,
+            KernelVariant::TiledShared | KernelVariant::TiledSubgroup { .. }
+        );
+        if !tiled {
+            let (w, _) = matrix(&mut rng, GgmlType::F32, 4, 32);
+            let err = p
+                .matmul_rmsnorm(GgmlType::F32, 4, 32, &w, &[1.0; 32], 1, &[1.0; 32], eps)
+                .unwrap_err();
+            assert!(err.to_string().contains("not fused"), "{v}: {err}");
+            continue;
+        }
+        for ty in TYPES {
+            for (cols, n) in [(96, 1), (608, 5), (96, 11), (608, 1)] {
+                let rows = 70;
+                let what = format!("{v} {} cols={cols} n={n}", ty.name());
+                let (w, deq) = matrix(&mut rng, ty, rows, cols);
+                // Activations well away from unit scale, so a missing norm cannot pass.
+                let x: Vec<f32> = randn(&mut rng, n * cols).iter().map(|v| v * 6.0).collect();
+                let g = randn(&mut rng, cols);
+                let got = p
+                    .matmul_rmsnorm(ty, rows, cols, &w, &x, n, &g, eps)
+                    .unwrap();
+                let mut want = vec![0.0f64; n * rows];
+                let mut scale = vec![0.0f64; n * rows];
+                for t in 0..n {
+                    let xt = &x[t * cols..(t + 1) * cols];
+                    let ms = xt.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / cols as f64;
+                    let inv = 1.0 / (ms + eps as f64).sqrt();
+                    for r in 0..rows {
+                        let (mut sum, mut abs) = (0.0f64, 0.0f64);
+                        for c in 0..cols {
+                            let prod = deq[r * cols + c] as f64 * xt[c] as f64 * inv * g[c] as f64;
+                            sum += prod;
+                            abs += prod.abs();
+                        }
+                        want[t * rows + r] = sum;
+                        scale[t * rows + r] = abs;
+                    }
+                }
+                assert_close(&got, &want, &scale, &what);
+            }
+        }
+    }
+}
+
 #[test]
 fn matmul_splits_tensors_bigger_than_one_binding() {
     let mut rng = TestRng::new(12);

@@ -12,6 +12,7 @@ const MATMUL_COMMON: &str = include_str!("shaders/matmul_common.wgsl");
 const MATMUL_ROWS: &str = include_str!("shaders/matmul_rows.wgsl");
 const MATMUL_ROWS_SG: &str = include_str!("shaders/matmul_rows_sg.wgsl");
 const MATMUL_TILED: &str = include_str!("shaders/matmul_tiled.wgsl");
+const MATMUL_NORM: &str = include_str!("shaders/matmul_norm.wgsl");
 const REDUCE_SHARED: &str = include_str!("shaders/reduce_shared.wgsl");
 const REDUCE_SUBGROUP: &str = include_str!("shaders/reduce_subgroup.wgsl");
 const LAYOUT: &str = include_str!("shaders/layout.wgsl");
@@ -26,7 +27,9 @@ const SWIGLU: &str = include_str!("shaders/swiglu.wgsl");
 const SELECT: &str = include_str!("shaders/select.wgsl");
 
 /// Environment variable that, set to `invocation`, makes GPU variants use the
-/// one-invocation-per-row RMSNorm of the CPU-adapter variants (a measurement knob).
+/// one-invocation-per-row RMSNorm of the CPU-adapter variants, and set to `separate`, the
+/// workgroup-per-row RMSNorm kernel, instead of RMSNorm fused into the matmul that reads it
+/// (measurement knobs).
 pub const NORM_ENV: &str = "SANDGRAPH_WGPU_NORM";
 /// Environment variable that, set to `lanes`, makes GPU variants use the attention kernel that
 /// chains each invocation through its share of positions (attention_tiled.wgsl) instead of
@@ -77,16 +80,38 @@ fn lanes_rows(v: KernelVariant) -> (u32, u32) {
     }
 }
 
-/// The full WGSL text of a matmul kernel for one weight type, batch width and variant;
-/// `swiglu_x`: the input rows are [gate | up] and the kernel reads silu(gate) * up (not for
-/// `RowsSubgroup`, whose activation loads are generated separately).
+/// What a matmul reads as its activations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MatInput {
+    /// X as it is.
+    Plain,
+    /// Rows of [gate | up]; the kernel reads silu(gate) * up.
+    SwiGlu,
+    /// Residual rows; the kernel reads RMSNorm(X) * G, with the norm weights G bound beside X
+    /// (shaders/matmul_norm.wgsl). Tiled variants only.
+    RmsNorm,
+}
+
+/// The full WGSL text of a matmul kernel for one weight type, batch width, variant and input
+/// (`SwiGlu` not for `RowsSubgroup`, whose activation loads are generated separately;
+/// `RmsNorm` only for the tiled variants, whose lanes share a row).
 pub fn matmul_source(
     ty: GgmlType,
     tb: u32,
     v: KernelVariant,
-    swiglu_x: bool,
+    input: MatInput,
 ) -> Result<String, WgpuError> {
     let dq = dequant_source(ty).ok_or(WgpuError::UnsupportedType(ty))?;
+    let tiled = matches!(
+        v,
+        KernelVariant::TiledShared | KernelVariant::TiledSubgroup { .. }
+    );
+    let norm = input == MatInput::RmsNorm;
+    if norm && !tiled {
+        return Err(WgpuError::UnsupportedShape(format!(
+            "RMSNorm fused into a matmul needs a tiled kernel variant, not {v}"
+        )));
+    }
     let (lanes, rows) = lanes_rows(v);
     let body = match v {
         KernelVariant::Rows => MATMUL_ROWS.to_string(),
@@ -97,11 +122,12 @@ pub fn matmul_source(
     let il = v.interleave();
     let unrolled = match v {
         KernelVariant::RowsSubgroup { lanes } => token_unrolled_shared_x(tb, lanes),
-        _ => token_unrolled(tb),
+        _ => token_unrolled(tb, norm),
     };
-    let xrow = if swiglu_x { 2 } else { 1 };
+    let xrow = if input == MatInput::SwiGlu { 2 } else { 1 };
+    let norm_fns = if norm { MATMUL_NORM } else { "" };
     Ok(format!(
-        "const TB: u32 = {tb}u;\nconst LANES: u32 = {lanes}u;\nconst ROWS: u32 = {rows}u;\nconst IL: u32 = {il}u;\nconst XROW: u32 = {xrow}u;\n{LAYOUT}\n{dq}\n{MATMUL_COMMON}\n{unrolled}\n{body}"
+        "const TB: u32 = {tb}u;\nconst LANES: u32 = {lanes}u;\nconst ROWS: u32 = {rows}u;\nconst IL: u32 = {il}u;\nconst XROW: u32 = {xrow}u;\nconst NORM: bool = {norm};\n{LAYOUT}\n{dq}\n{MATMUL_COMMON}\n{norm_fns}\n{unrolled}\n{body}"
     ))
 }
 
@@ -153,25 +179,49 @@ fn token_unrolled_shared_x(tb: u32, lanes: u32) -> String {
     s
 }
 
-/// `block_dot` and `acc_get` for `tb` tokens, written out token by token: one named private
-/// accumulator per token instead of an indexed array, which lavapipe would keep in memory.
-fn token_unrolled(tb: u32) -> String {
+/// `block_dot`, `acc_get` and `ss_get` for `tb` tokens, written out token by token: one named
+/// private accumulator per token instead of an indexed array, which lavapipe would keep in
+/// memory. With `norm`, each token's block is dotted with X * G and its squares summed into
+/// `ss_t` (shaders/matmul_norm.wgsl); without, `ss_get` is zeros and never read.
+fn token_unrolled(tb: u32, norm: bool) -> String {
     let mut s = String::new();
     for t in 0..tb {
         s += &format!("var<private> acc_{t}: f32 = 0.0;\n");
+        if norm {
+            s += &format!("var<private> ss_{t}: f32 = 0.0;\n");
+        }
     }
     s += "fn block_dot(r: u32, b: u32, row_words: u32, t0: u32) {\n";
     s += "    let v = load_block(block_base(r, b, row_words), IL);\n";
     s += "    let k4 = XROW * M.k / 4u;\n    let xb = t0 * k4 + b * 8u;\n";
-    s += "    acc_0 += block_x(v, xb);\n";
+    let body = |t: u32| {
+        let xb = if t == 0 {
+            "xb".to_string()
+        } else {
+            format!("xb + {t}u * k4")
+        };
+        if norm {
+            format!("acc_{t} += block_xn(v, {xb}, b * 8u); ss_{t} += block_ss({xb});")
+        } else {
+            format!("acc_{t} += block_x(v, {xb});")
+        }
+    };
+    s += &format!("    {}\n", body(0));
     for t in 1..tb {
-        s += &format!("    if (t0 + {t}u < F.n) {{ acc_{t} += block_x(v, xb + {t}u * k4); }}\n");
+        s += &format!("    if (t0 + {t}u < F.n) {{ {} }}\n", body(t));
     }
+    let list = |name: &str| {
+        (0..tb)
+            .map(|t| format!("{name}_{t}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     s += "}\nfn acc_get() -> array<f32, TB> {\n    return array<f32, TB>(";
-    s += &(0..tb)
-        .map(|t| format!("acc_{t}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    s += &list("acc");
+    s += ");\n}\nfn ss_get() -> array<f32, TB> {\n    return array<f32, TB>(";
+    if norm {
+        s += &list("ss");
+    }
     s += ");\n}\n";
     s
 }
@@ -221,18 +271,24 @@ fn layout(dev: &wgpu::Device, name: &str, slots: &[Slot]) -> wgpu::BindGroupLayo
 pub struct Kernels {
     pub variant: KernelVariant,
     pub matmul_layout: wgpu::BindGroupLayout,
+    /// The matmul's bindings plus the norm weights, for `MatInput::RmsNorm`.
+    pub matmul_norm_layout: wgpu::BindGroupLayout,
     pub embed_layout: wgpu::BindGroupLayout,
     pub norm_layout: wgpu::BindGroupLayout,
     pub rope_layout: wgpu::BindGroupLayout,
     pub attention_layout: wgpu::BindGroupLayout,
     pub swiglu_layout: wgpu::BindGroupLayout,
     pub select_layout: wgpu::BindGroupLayout,
-    /// By (type, tokens per invocation, SwiGLU-fused input).
-    matmul: HashMap<(GgmlType, u32, bool), wgpu::ComputePipeline>,
+    /// By (type, tokens per invocation, input).
+    matmul: HashMap<(GgmlType, u32, MatInput), wgpu::ComputePipeline>,
     /// GPU variants have a down matmul that reads [gate | up] and applies SwiGLU itself, for
     /// single-row passes (decode at batch 1): one dispatch per layer fewer.
     pub fuse_swiglu: bool,
     embed: HashMap<GgmlType, wgpu::ComputePipeline>,
+    /// GPU variants fold each RMSNorm into the matmul that reads its output
+    /// (`MatInput::RmsNorm`): two dispatches fewer per layer and one per forward, and no
+    /// normalised copy of the activations.
+    pub fuse_norm: bool,
     pub rmsnorm: wgpu::ComputePipeline,
     /// RMSNorm runs one workgroup per row (GPU variants) instead of one invocation per row
     /// (the barrier-free variants for CPU adapters).
@@ -296,6 +352,11 @@ impl Kernels {
         let dev = &ctx.device;
         let v = ctx.variant;
         let matmul_layout = layout(dev, "matmul", &[Read, Read, ReadWrite, Uniform, Uniform]);
+        let matmul_norm_layout = layout(
+            dev,
+            "matmul_norm",
+            &[Read, Read, ReadWrite, Uniform, Uniform, Read],
+        );
         let embed_layout = layout(dev, "embed", &[Read, Read, ReadWrite, Uniform, Uniform]);
         let norm_layout = layout(dev, "rmsnorm", &[Read, Read, ReadWrite, Uniform, Uniform]);
         let rope_layout = layout(
@@ -319,23 +380,27 @@ impl Kernels {
             KernelVariant::TiledShared | KernelVariant::TiledSubgroup { .. }
         );
         let fuse_swiglu = gpu && std::env::var(SWIGLU_ENV).as_deref() != Ok("separate");
+        let norm_choice = std::env::var(NORM_ENV);
+        // `invocation` measures the earliest kernels, `separate` the workgroup RMSNorm kernel.
+        let fuse_norm = gpu && !matches!(norm_choice.as_deref(), Ok("invocation" | "separate"));
         for &ty in types {
             if embed.contains_key(&ty) {
                 continue;
             }
             for tb in [1, BATCH_TB] {
-                for fused in [false, true] {
-                    if fused && !(fuse_swiglu && tb == 1) {
+                for input in [MatInput::Plain, MatInput::SwiGlu, MatInput::RmsNorm] {
+                    let (wanted, suffix, bgl) = match input {
+                        MatInput::Plain => (true, "", &matmul_layout),
+                        MatInput::SwiGlu => (fuse_swiglu && tb == 1, "_swiglu", &matmul_layout),
+                        MatInput::RmsNorm => (fuse_norm, "_norm", &matmul_norm_layout),
+                    };
+                    if !wanted {
                         continue;
                     }
-                    let src = matmul_source(ty, tb, v, fused)?;
-                    let name = format!(
-                        "matmul_{}_tb{tb}{}",
-                        ty.name(),
-                        if fused { "_swiglu" } else { "" }
-                    );
-                    let p = compile(ctx, &name, &src, "main", &matmul_layout)?;
-                    matmul.insert((ty, tb, fused), p);
+                    let src = matmul_source(ty, tb, v, input)?;
+                    let name = format!("matmul_{}_tb{tb}{suffix}", ty.name());
+                    let p = compile(ctx, &name, &src, "main", bgl)?;
+                    matmul.insert((ty, tb, input), p);
                 }
             }
             let dq = dequant_source(ty).ok_or(WgpuError::UnsupportedType(ty))?;
@@ -388,7 +453,7 @@ impl Kernels {
         let sel_src = format!("const KMAX: u32 = {TOPK_MAX}u;\n{SELECT}");
         // GPU variants normalise a row per workgroup; `SANDGRAPH_WGPU_NORM=invocation` forces
         // the one-invocation-per-row kernel (for before/after measurements on a GPU).
-        let norm_per_workgroup = gpu && std::env::var(NORM_ENV).as_deref() != Ok("invocation");
+        let norm_per_workgroup = gpu && norm_choice.as_deref() != Ok("invocation");
         let norm_src = if norm_per_workgroup {
             RMSNORM_WG
         } else {
@@ -398,6 +463,7 @@ impl Kernels {
             variant: v,
             rmsnorm: compile(ctx, "rmsnorm", norm_src, "main", &norm_layout)?,
             norm_per_workgroup,
+            fuse_norm,
             rope_kv: compile(ctx, "rope_kv", ROPE_KV, "main", &rope_layout)?,
             attention: compile(ctx, "attention", &att_src, "main", &attention_layout)?,
             swiglu: compile(ctx, "swiglu", SWIGLU, "main", &swiglu_layout)?,
@@ -424,6 +490,7 @@ impl Kernels {
             )?,
             topk_merge: compile(ctx, "topk_merge", &sel_src, "topk_merge", &select_layout)?,
             matmul_layout,
+            matmul_norm_layout,
             embed_layout,
             norm_layout,
             rope_layout,
@@ -437,16 +504,16 @@ impl Kernels {
         })
     }
 
-    /// The matmul pipeline for a weight type and a pass of `n` activation rows, with its
-    /// tokens-per-invocation.
+    /// The matmul pipeline for a weight type, input and a pass of `n` activation rows, with
+    /// its tokens-per-invocation.
     pub fn matmul_for(
         &self,
         ty: GgmlType,
         n: u32,
-        swiglu_x: bool,
+        input: MatInput,
     ) -> (&wgpu::ComputePipeline, u32) {
         let tb = if n <= 1 { 1 } else { BATCH_TB };
-        (&self.matmul[&(ty, tb, swiglu_x)], tb)
+        (&self.matmul[&(ty, tb, input)], tb)
     }
 
     pub fn embed_for(&self, ty: GgmlType) -> &wgpu::ComputePipeline {
@@ -485,6 +552,30 @@ mod tests {
         assert_eq!(split_groups(768, 65535), (768, 1));
         let (x, y) = split_groups(200_000, 65535);
         assert!(x <= 65535 && x * y >= 200_000 && y == 4, "{x} x {y}");
+    }
+
+    #[test]
+    fn fused_norm_code_sums_squares_beside_each_token_and_only_tiled_variants_take_it() {
+        let src = token_unrolled(2, true);
+        assert!(
+            src.contains(
+                "acc_1 += block_xn(v, xb + 1u * k4, b * 8u); ss_1 += block_ss(xb + 1u * k4);"
+            ),
+            "{src}"
+        );
+        assert!(src.contains("return array<f32, TB>(ss_0, ss_1);"), "{src}");
+        let plain = token_unrolled(2, false);
+        assert!(!plain.contains("ss_0") && plain.contains("return array<f32, TB>();"));
+        let tiled = matmul_source(
+            GgmlType::Q4_1,
+            1,
+            KernelVariant::TiledShared,
+            MatInput::RmsNorm,
+        )
+        .unwrap();
+        assert!(tiled.contains("const NORM: bool = true;") && tiled.contains("@binding(5)"));
+        let err = matmul_source(GgmlType::Q4_1, 1, KernelVariant::Rows, MatInput::RmsNorm);
+        assert!(matches!(err, Err(WgpuError::UnsupportedShape(_))));
     }
 
     #[test]

@@ -21,8 +21,8 @@ use crate::gguf::GgmlType;
 use crate::model::{LlamaConfig, LlamaModel};
 use kernels::{ARGMAX_SEGMENTS, Kernels, TOPK_MAX, TOPK_SEGMENTS};
 use ops::{
-    EmbedOp, MatOp, bind, fwd_words, record_1d, record_2d, record_attention, record_norm,
-    rope_table,
+    EmbedOp, FusedNorm, MatOp, bind, fwd_words, record_1d, record_2d, record_attention,
+    record_norm, rope_table,
 };
 pub use profile::{KernelTime, StepProfile};
 use profile::{Rec, Timestamps};
@@ -77,13 +77,15 @@ impl From<WgpuError> for BackendError {
 }
 
 struct Layer {
-    norm_attn: wgpu::BindGroup,
+    /// The RMSNorm dispatches before attention and the FFN; None where the matmuls after them
+    /// apply the norm themselves (`Kernels::fuse_norm`).
+    norm_attn: Option<wgpu::BindGroup>,
     /// Q, K and V into one [q | k | v] row per token: one op when the three share a type.
     qkv: Vec<MatOp>,
     rope: wgpu::BindGroup,
     attention: wgpu::BindGroup,
     o: MatOp,
-    norm_ffn: wgpu::BindGroup,
+    norm_ffn: Option<wgpu::BindGroup>,
     /// Gate and up into one [gate | up] row per token, likewise.
     gate_up: Vec<MatOp>,
     down: MatOp,
@@ -112,7 +114,8 @@ pub struct WgpuBackend {
     embed: EmbedOp,
     layers: Vec<Layer>,
     swiglu: wgpu::BindGroup,
-    norm_out: wgpu::BindGroup,
+    /// None where the output matmul applies the final norm itself.
+    norm_out: Option<wgpu::BindGroup>,
     logits_op: MatOp,
     select: wgpu::BindGroup,
     meta: wgpu::Buffer,
@@ -254,6 +257,13 @@ impl WgpuBackend {
         let embed = EmbedOp::new(&ctx, &k, &embd, &meta, &x, &fwd);
         let mut matrices = vec![];
         let mut layers = Vec::with_capacity(c.n_layers);
+        // With the norm fused, the matmuls after each norm read the residual `x` and the norm
+        // weights; otherwise they read `xn`, written by an RMSNorm dispatch.
+        let eps = c.norm_eps;
+        let norm_in = if k.fuse_norm { &x } else { &xn };
+        let norm_op = |name: &str, g: &wgpu::Buffer| {
+            (!k.fuse_norm).then(|| bind(&ctx, name, &k.norm_layout, &[&x, g, &xn, &norm_u, &fwd]))
+        };
         for (i, l) in w.layers.iter().enumerate() {
             let an = f32s(&l.attn_norm);
             let fnorm = f32s(&l.ffn_norm);
@@ -266,7 +276,8 @@ impl WgpuBackend {
                 &k,
                 model,
                 &[&l.wq, &l.wk, &l.wv],
-                (&xn, &qkv, qkv_stride as usize, &fwd),
+                (norm_in, fused_norm(&k, &an, eps)),
+                (&qkv, qkv_stride as usize, &fwd),
                 &mut matrices,
             )?;
             let gu_ops = stacked(
@@ -274,16 +285,12 @@ impl WgpuBackend {
                 &k,
                 model,
                 &[&l.w_gate, &l.w_up],
-                (&xn, &gu, 2 * ffn as usize, &fwd),
+                (norm_in, fused_norm(&k, &fnorm, eps)),
+                (&gu, 2 * ffn as usize, &fwd),
                 &mut matrices,
             )?;
             layers.push(Layer {
-                norm_attn: bind(
-                    &ctx,
-                    "attn_norm",
-                    &k.norm_layout,
-                    &[&x, &an, &xn, &norm_u, &fwd],
-                ),
+                norm_attn: norm_op("attn_norm", &an),
                 qkv: qkv_ops,
                 rope: bind(
                     &ctx,
@@ -298,12 +305,7 @@ impl WgpuBackend {
                     &[&qkv, &meta, &kc, &vc, &ao, &att_u, &fwd],
                 ),
                 o: MatOp::new(&ctx, &k, "o", &wo, &ao, &x, dim as usize, 0, true, &fwd),
-                norm_ffn: bind(
-                    &ctx,
-                    "ffn_norm",
-                    &k.norm_layout,
-                    &[&x, &fnorm, &xn, &norm_u, &fwd],
-                ),
+                norm_ffn: norm_op("ffn_norm", &fnorm),
                 gate_up: gu_ops,
                 down: MatOp::new(&ctx, &k, "down", &wd, &h, &x, dim as usize, 0, true, &fwd),
                 down_swiglu: k.fuse_swiglu.then(|| {
@@ -318,29 +320,46 @@ impl WgpuBackend {
         }
         let swiglu = bind(&ctx, "swiglu", &k.swiglu_layout, &[&gu, &h, &swi_u, &fwd]);
         let onorm = f32s(&w.output_norm);
-        let norm_out = bind(
-            &ctx,
-            "output_norm",
-            &k.norm_layout,
-            &[&xg, &onorm, &xgn, &norm_u, &fwd_out],
-        );
+        let norm_out = (!k.fuse_norm).then(|| {
+            bind(
+                &ctx,
+                "output_norm",
+                &k.norm_layout,
+                &[&xg, &onorm, &xgn, &norm_u, &fwd_out],
+            )
+        });
         let out = if w.tied_output {
             None
         } else {
             Some(upload(&w.output)?)
         };
-        let logits_op = MatOp::new(
-            &ctx,
-            &k,
-            "output",
-            out.as_ref().unwrap_or(&embd),
-            &xgn,
-            &logits,
-            c.vocab_size,
-            0,
-            false,
-            &fwd_out,
-        );
+        let out_w = out.as_ref().unwrap_or(&embd);
+        let logits_op = match fused_norm(&k, &onorm, eps) {
+            Some(norm) => MatOp::normed(
+                &ctx,
+                &k,
+                "output",
+                out_w,
+                &xg,
+                norm,
+                &logits,
+                c.vocab_size,
+                0,
+                &fwd_out,
+            ),
+            None => MatOp::new(
+                &ctx,
+                &k,
+                "output",
+                out_w,
+                &xgn,
+                &logits,
+                c.vocab_size,
+                0,
+                false,
+                &fwd_out,
+            ),
+        };
         let select = bind(
             &ctx,
             "select",
@@ -393,7 +412,9 @@ impl WgpuBackend {
         let c = &self.cfg;
         let (k, md) = (&self.k, self.max_dim());
         for l in layers {
-            record_norm(rec.pass("rmsnorm"), k, &l.norm_attn, n, md);
+            if let Some(bg) = &l.norm_attn {
+                record_norm(rec.pass("rmsnorm"), k, bg, n, md);
+            }
             for op in &l.qkv {
                 op.record(rec.pass("matmul qkv"), k, n, md);
             }
@@ -407,7 +428,9 @@ impl WgpuBackend {
                 md,
             );
             l.o.record(rec.pass("matmul o (+=)"), k, n, md);
-            record_norm(rec.pass("rmsnorm"), k, &l.norm_ffn, n, md);
+            if let Some(bg) = &l.norm_ffn {
+                record_norm(rec.pass("rmsnorm"), k, bg, n, md);
+            }
             for op in &l.gate_up {
                 op.record(rec.pass("matmul gate_up"), k, n, md);
             }
@@ -573,7 +596,9 @@ impl Backend for WgpuBackend {
                 if pi + 1 == pieces {
                     let out = batch.len() as u32;
                     let md = self.max_dim();
-                    record_norm(rec.pass("rmsnorm"), &self.k, &self.norm_out, out, md);
+                    if let Some(bg) = &self.norm_out {
+                        record_norm(rec.pass("rmsnorm"), &self.k, bg, out, md);
+                    }
                     self.logits_op
                         .record(rec.pass("matmul output"), &self.k, out, md);
                 }
@@ -662,18 +687,30 @@ impl Backend for WgpuBackend {
     }
 }
 
-/// Matmuls that read the same input and write side by side into one output row
-/// ([m0 | m1 | ...], `out.2` floats per row): uploaded as one matrix of stacked rows (one
-/// dispatch) when their types agree, else as one op per matrix at its column offset.
+/// The norm a matmul applies itself when the kernels fuse RMSNorm, else None.
+fn fused_norm<'a>(k: &Kernels, weights: &'a wgpu::Buffer, eps: f32) -> Option<FusedNorm<'a>> {
+    k.fuse_norm.then_some(FusedNorm { weights, eps })
+}
+
+/// Matmuls that read the same input (`input.0`, through the fused norm `input.1` when given)
+/// and write side by side into one output row ([m0 | m1 | ...], `out.1` floats per row):
+/// uploaded as one matrix of stacked rows (one dispatch) when their types agree, else as one
+/// op per matrix at its column offset.
 fn stacked(
     ctx: &GpuContext,
     k: &Kernels,
     model: &LlamaModel,
     parts: &[&crate::model::TensorRef],
-    out: (&wgpu::Buffer, &wgpu::Buffer, usize, &wgpu::Buffer),
+    input: (&wgpu::Buffer, Option<FusedNorm<'_>>),
+    out: (&wgpu::Buffer, usize, &wgpu::Buffer),
     keep: &mut Vec<GpuMatrix>,
 ) -> Result<Vec<MatOp>, WgpuError> {
-    let (x, y, stride, fwd) = out;
+    let (x, norm) = input;
+    let (y, stride, fwd) = out;
+    let op = |name: &str, m: &GpuMatrix, col: usize| match norm {
+        Some(n) => MatOp::normed(ctx, k, name, m, x, n, y, stride, col, fwd),
+        None => MatOp::new(ctx, k, name, m, x, y, stride, col, false, fwd),
+    };
     let first = parts[0];
     let mut ops = Vec::new();
     if parts
@@ -686,26 +723,13 @@ fn stacked(
             bytes.extend_from_slice(model.bytes(t));
         }
         let m = GpuMatrix::upload(ctx, &first.name, first.ty, rows, first.cols, &bytes)?;
-        ops.push(MatOp::new(
-            ctx,
-            k,
-            &first.name,
-            &m,
-            x,
-            y,
-            stride,
-            0,
-            false,
-            fwd,
-        ));
+        ops.push(op(&first.name, &m, 0));
         keep.push(m);
     } else {
         let mut col = 0;
         for t in parts {
             let m = GpuMatrix::upload(ctx, &t.name, t.ty, t.rows, t.cols, model.bytes(t))?;
-            ops.push(MatOp::new(
-                ctx, k, &t.name, &m, x, y, stride, col, false, fwd,
-            ));
+            ops.push(op(&t.name, &m, col));
             col += t.rows;
             keep.push(m);
         }

@@ -2,7 +2,7 @@
 //! and the helpers that put them into a compute pass. Shared by the backend and by `probe`.
 
 use super::device::GpuContext;
-use super::kernels::{Kernels, WG1, split_groups};
+use super::kernels::{Kernels, MatInput, WG1, split_groups};
 use super::weights::{GpuMatrix, uniform};
 use crate::gguf::GgmlType;
 
@@ -32,8 +32,14 @@ pub(crate) fn bind(
 pub(crate) struct MatOp {
     ty: GgmlType,
     splits: Vec<(u32, wgpu::BindGroup)>,
-    /// X rows are [gate | up] and the kernel reads silu(gate) * up.
-    swiglu_x: bool,
+    input: MatInput,
+}
+
+/// The norm a `MatInput::RmsNorm` matmul applies to its input rows: weights and epsilon.
+#[derive(Clone, Copy)]
+pub(crate) struct FusedNorm<'a> {
+    pub(crate) weights: &'a wgpu::Buffer,
+    pub(crate) eps: f32,
 }
 
 impl MatOp {
@@ -44,6 +50,55 @@ impl MatOp {
         name: &str,
         m: &GpuMatrix,
         x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        out_stride: usize,
+        col_offset: usize,
+        accumulate: bool,
+        fwd: &wgpu::Buffer,
+    ) -> MatOp {
+        Self::build(
+            ctx, k, name, m, x, None, y, out_stride, col_offset, accumulate, fwd,
+        )
+    }
+
+    /// A matmul over RMSNorm(x) * weights, the norm computed inside the kernel
+    /// (`Kernels::fuse_norm`); x holds the rows as they are.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn normed(
+        ctx: &GpuContext,
+        k: &Kernels,
+        name: &str,
+        m: &GpuMatrix,
+        x: &wgpu::Buffer,
+        norm: FusedNorm<'_>,
+        y: &wgpu::Buffer,
+        out_stride: usize,
+        col_offset: usize,
+        fwd: &wgpu::Buffer,
+    ) -> MatOp {
+        Self::build(
+            ctx,
+            k,
+            name,
+            m,
+            x,
+            Some(norm),
+            y,
+            out_stride,
+            col_offset,
+            false,
+            fwd,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        ctx: &GpuContext,
+        k: &Kernels,
+        name: &str,
+        m: &GpuMatrix,
+        x: &wgpu::Buffer,
+        norm: Option<FusedNorm<'_>>,
         y: &wgpu::Buffer,
         out_stride: usize,
         col_offset: usize,
@@ -63,24 +118,36 @@ impl MatOp {
                         (col_offset + s.row_start) as u32,
                         out_stride as u32,
                         accumulate as u32,
+                        norm.map_or(0, |n| n.eps.to_bits()),
                     ],
                 );
-                (
-                    s.rows as u32,
-                    bind(ctx, name, &k.matmul_layout, &[&s.buffer, x, y, &u, fwd]),
-                )
+                let bg = match norm {
+                    Some(n) => bind(
+                        ctx,
+                        name,
+                        &k.matmul_norm_layout,
+                        &[&s.buffer, x, y, &u, fwd, n.weights],
+                    ),
+                    None => bind(ctx, name, &k.matmul_layout, &[&s.buffer, x, y, &u, fwd]),
+                };
+                (s.rows as u32, bg)
             })
             .collect();
         MatOp {
             ty: m.ty,
             splits,
-            swiglu_x: false,
+            input: if norm.is_some() {
+                MatInput::RmsNorm
+            } else {
+                MatInput::Plain
+            },
         }
     }
 
     /// Makes the op read its input as [gate | up] rows through SwiGLU (`Kernels::fuse_swiglu`).
     pub(crate) fn with_swiglu_input(mut self) -> MatOp {
-        self.swiglu_x = true;
+        debug_assert_eq!(self.input, MatInput::Plain);
+        self.input = MatInput::SwiGlu;
         self
     }
 
@@ -92,7 +159,7 @@ impl MatOp {
         n: u32,
         max_dim: u32,
     ) {
-        let (p, tb) = k.matmul_for(self.ty, n, self.swiglu_x);
+        let (p, tb) = k.matmul_for(self.ty, n, self.input);
         pass.set_pipeline(p);
         for (rows, bg) in &self.splits {
             let [x, y, z] = k.matmul_groups(*rows, n, tb, max_dim);

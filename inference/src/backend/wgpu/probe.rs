@@ -5,8 +5,8 @@ use super::WgpuError;
 use super::device::GpuContext;
 use super::kernels::{ARGMAX_SEGMENTS, Kernels, TOPK_MAX, TOPK_SEGMENTS};
 use super::ops::{
-    EmbedOp, MatOp, bind, fwd_words, record_1d, record_2d, record_attention, record_norm,
-    rope_table,
+    EmbedOp, FusedNorm, MatOp, bind, fwd_words, record_1d, record_2d, record_attention,
+    record_norm, rope_table,
 };
 use super::weights::{GpuMatrix, f32_buffer, scratch, staging, uniform};
 use crate::gguf::GgmlType;
@@ -79,6 +79,41 @@ impl Probe {
             y_init.is_some(),
             &fwd,
         );
+        let b = self.run(
+            |p| op.record(p, &self.k, n as u32, self.max_dim()),
+            &y,
+            (n * rows * 4) as u64,
+        )?;
+        Ok(floats(&b))
+    }
+
+    /// Y[t, r] = sum_c W[r, c] RMSNorm(X[t])[c] g[c], with the norm computed inside the
+    /// matmul (`Kernels::fuse_norm`, tiled variants); W and X as for `matmul`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_rmsnorm(
+        &self,
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        w: &[u8],
+        x: &[f32],
+        n: usize,
+        g: &[f32],
+        eps: f32,
+    ) -> Result<Vec<f32>, WgpuError> {
+        if !self.k.fuse_norm {
+            return Err(WgpuError::UnsupportedShape(format!(
+                "RMSNorm is not fused into matmuls with the {} kernels",
+                self.k.variant
+            )));
+        }
+        let m = GpuMatrix::upload(&self.ctx, "w", ty, rows, cols, w)?;
+        let xb = f32_buffer(&self.ctx, "x", x, false);
+        let gb = f32_buffer(&self.ctx, "g", g, false);
+        let y = scratch(&self.ctx, "y", (n * rows * 4) as u64)?;
+        let fwd = uniform(&self.ctx, "fwd", &fwd_words(n as u32));
+        let norm = FusedNorm { weights: &gb, eps };
+        let op = MatOp::normed(&self.ctx, &self.k, "w", &m, &xb, norm, &y, rows, 0, &fwd);
         let b = self.run(
             |p| op.record(p, &self.k, n as u32, self.max_dim()),
             &y,

@@ -1,15 +1,16 @@
 // Y[t, row_start + r] (=|+=) sum_k W[r, k] * X[t, k] for t < F.n, r < M.rows.
 // The Rust side prepends `const TB`, `const LANES`, `const ROWS`, `const IL`, `const XROW`,
-// layout.wgsl and one dequant_*.wgsl, which provides BLOCK_WORDS and
+// `const NORM`, layout.wgsl and one dequant_*.wgsl, which provides BLOCK_WORDS and
 // load_block(word, stride) -> Block. XROW = 2 fuses SwiGLU into the input: rows of X then hold
-// [gate | up] (2k floats) and the kernel reads silu(gate) * up.
+// [gate | up] (2k floats) and the kernel reads silu(gate) * up. NORM fuses RMSNorm into the
+// input (matmul_norm.wgsl, tiled variants only).
 struct Mat {
     rows: u32,        // rows of W held by this binding (one split of a big tensor)
     k: u32,           // columns, a multiple of 32
     row_start: u32,   // first output column this split writes
     out_stride: u32,  // floats per output row of Y
     accumulate: u32,  // 1: add into Y (fused residual add), 0: overwrite
-    _p0: u32,
+    eps: f32,         // RMSNorm epsilon when NORM
     _p1: u32,
     _p2: u32,
 }
@@ -51,4 +52,5 @@ fn block_x(v: Block, xb: u32) -> f32 {
 }
 
 // block_dot(r, b, row_words, t0) (adds block b of row r times tokens t0..t0 + TB into the
-// private accumulators acc_0..) and acc_get() are generated per TB by the Rust side, unrolled.
+// private accumulators acc_0.., and with NORM the tokens' sums of squares into ss_0..),
+// acc_get() and ss_get() are generated per TB by the Rust side, unrolled.

@@ -1,7 +1,8 @@
 // Tiled variant for GPUs: LANES invocations share one weight row (lane l takes blocks
 // l, l + LANES, ...), ROWS rows per workgroup, partial sums reduced across lanes by
 // reduce_lanes (workgroup memory + barriers, or one subgroupAdd when the workgroup is
-// exactly one subgroup).
+// exactly one subgroup). With NORM the sums of squares are reduced the same way and scale the
+// dot products (matmul_norm.wgsl).
 const WG: u32 = LANES * ROWS;
 var<workgroup> sh: array<f32, WG * TB>;
 
@@ -21,6 +22,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     var acc = acc_get();
     reduce_lanes(lid, lane, &acc);
+    if (NORM) {
+        var ss = ss_get();
+        reduce_lanes(lid, lane, &ss);
+        for (var t = 0u; t < TB; t++) {
+            acc[t] *= 1.0 / sqrt(ss[t] / f32(M.k) + M.eps);
+        }
+    }
     if (live && lane == 0u) {
         for (var t = 0u; t < TB; t++) {
             if (t0 + t < F.n) {
