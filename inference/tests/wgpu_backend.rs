@@ -148,48 +148,62 @@ fn wgpu_matches_cpu_on_tiny_models_for_every_weight_type() {
     }
 }
 
+/// One forward whose long chunk spans two passes equals prefilling it in pieces, with the
+/// adapter's own kernels and with the GPU ones (where attention applies RoPE and stores the
+/// cache itself, so the second pass must read the first pass's rows from the cache and its own
+/// rows from the pass).
 #[test]
 fn a_prompt_longer_than_one_pass_matches_chunked_prefill() {
+    use sandgraph_inference::backend::wgpu::KernelVariant;
     let model = tiny_model(&TinySpec::new(3, GgmlType::Q4_1)).unwrap();
     let vocab = model.config.vocab_size;
     let n = MAX_ROWS + 44;
     let prompt = tokens(&mut TestRng::new(9), n, vocab);
-    let mut one = wgpu(&model, 2, n);
-    // Slot 1 gets a short chunk in the same batch so the long one spans two passes with it.
-    one.forward(&[
-        SeqChunk {
-            slot: 0,
-            start_pos: 0,
-            tokens: &prompt,
-        },
-        SeqChunk {
-            slot: 1,
-            start_pos: 0,
-            tokens: &prompt[..5],
-        },
-    ])
-    .unwrap();
-    let l_one = one.logits().unwrap();
-    let mut chunked = wgpu(&model, 2, n);
-    for (i, part) in prompt.chunks(100).enumerate() {
+    for variant in [None, Some(KernelVariant::TiledShared)] {
+        let opts = WgpuOptions {
+            variant,
+            ..WgpuOptions::default()
+        };
+        let open = || WgpuBackend::new(&model, 2, n, &opts).unwrap();
+        let mut one = open();
+        // Slot 1 gets a short chunk in the same batch so the long one spans two passes with it.
+        one.forward(&[
+            SeqChunk {
+                slot: 0,
+                start_pos: 0,
+                tokens: &prompt,
+            },
+            SeqChunk {
+                slot: 1,
+                start_pos: 0,
+                tokens: &prompt[..5],
+            },
+        ])
+        .unwrap();
+        let l_one = one.logits().unwrap();
+        let mut chunked = open();
+        for (i, part) in prompt.chunks(100).enumerate() {
+            chunked
+                .forward(&[SeqChunk {
+                    slot: 0,
+                    start_pos: i * 100,
+                    tokens: part,
+                }])
+                .unwrap();
+        }
+        let l_chunked = chunked.logits().unwrap();
+        let d = max_diff(&l_one[0], &l_chunked[0]);
+        assert!(d <= 1e-4, "{variant:?}: long chunk differs by {d}");
         chunked
             .forward(&[SeqChunk {
-                slot: 0,
-                start_pos: i * 100,
-                tokens: part,
+                slot: 1,
+                start_pos: 0,
+                tokens: &prompt[..5],
             }])
             .unwrap();
+        let d = max_diff(&l_one[1], &chunked.logits().unwrap()[0]);
+        assert!(d <= 1e-4, "{variant:?}: short chunk differs by {d}");
     }
-    let l_chunked = chunked.logits().unwrap();
-    assert!(max_diff(&l_one[0], &l_chunked[0]) <= 1e-4);
-    chunked
-        .forward(&[SeqChunk {
-            slot: 1,
-            start_pos: 0,
-            tokens: &prompt[..5],
-        }])
-        .unwrap();
-    assert!(max_diff(&l_one[1], &chunked.logits().unwrap()[0]) <= 1e-4);
 }
 
 #[test]

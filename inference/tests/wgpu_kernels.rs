@@ -288,10 +288,12 @@ fn rope(v: &mut [f64], pos: usize, base: f64) {
 fn rope_kv_store_and_gqa_attention_match_reference() {
     let mut rng = TestRng::new(15);
     let (nh, nkv, hd, base) = (6, 2, 16, 10000.0f32);
-    // Barrier-free and GPU attention; 70 cached rows span more than one workgroup's width, 600
+    // Barrier-free and GPU attention (RoPE and the cache store fused in; start 0: every key from
+    // the pass's own rows); 70 cached rows span more than one workgroup's width, 600
     // more than two of the GPU kernel's 256-position tiles (merged with online softmax).
     for (v, start) in [
         (KernelVariant::Rows, 5),
+        (KernelVariant::TiledShared, 0),
         (KernelVariant::TiledShared, 5),
         (KernelVariant::TiledShared, 70),
         (KernelVariant::TiledShared, 600),
@@ -329,7 +331,7 @@ fn check_attention(
     let q = randn(rng, n * nh * hd);
     let k = randn(rng, n * kvd);
     let v = randn(rng, n * kvd);
-    let got = p
+    let [got, k_cache, v_cache] = p
         .attention(nh, nkv, hd, base, start, &prior_k, &prior_v, &q, &k, &v)
         .unwrap();
     let mut keys: Vec<f64> = prior_k.iter().map(|&x| x as f64).collect();
@@ -375,6 +377,10 @@ fn check_attention(
     }
     let scale = vec![1.0; want.len()];
     assert_close(&got, &want, &scale, what);
+    // The cache keeps the prior rows and gains this pass's rotated keys and plain values.
+    let ones = vec![1.0; keys.len()];
+    assert_close(&k_cache, &keys, &ones, &format!("{what}: K cache"));
+    assert_close(&v_cache, &vals, &ones, &format!("{what}: V cache"));
 }
 
 #[test]

@@ -23,6 +23,8 @@ const ROPE_KV: &str = include_str!("shaders/rope_kv.wgsl");
 const ATTENTION: &str = include_str!("shaders/attention.wgsl");
 const ATTENTION_TILED: &str = include_str!("shaders/attention_tiled.wgsl");
 const ATTENTION_WG: &str = include_str!("shaders/attention_wg.wgsl");
+const ATTENTION_WG_CACHE: &str = include_str!("shaders/attention_wg_cache.wgsl");
+const ATTENTION_WG_ROPE: &str = include_str!("shaders/attention_wg_rope.wgsl");
 const SWIGLU: &str = include_str!("shaders/swiglu.wgsl");
 const SELECT: &str = include_str!("shaders/select.wgsl");
 
@@ -38,6 +40,10 @@ pub const ATTENTION_ENV: &str = "SANDGRAPH_WGPU_ATTENTION";
 /// Environment variable that, set to `separate`, keeps SwiGLU as its own kernel on GPU
 /// variants instead of fusing it into the down matmul's input (a measurement knob).
 pub const SWIGLU_ENV: &str = "SANDGRAPH_WGPU_SWIGLU";
+/// Environment variable that, set to `separate`, keeps RoPE and the KV-cache store as their own
+/// kernel (rope_kv.wgsl) on GPU variants instead of fusing them into the workgroup attention
+/// kernel (a measurement knob).
+pub const ROPE_ENV: &str = "SANDGRAPH_WGPU_ROPE";
 /// Cache positions per tile of the workgroup attention kernel.
 const ATTENTION_TILE: u32 = 256;
 /// Tokens per matmul invocation for batches of more than one row (1 for single rows).
@@ -276,6 +282,7 @@ pub struct Kernels {
     pub embed_layout: wgpu::BindGroupLayout,
     pub norm_layout: wgpu::BindGroupLayout,
     pub rope_layout: wgpu::BindGroupLayout,
+    /// Seven bindings, or eight with `fuse_rope` (the caches written, the rope table added).
     pub attention_layout: wgpu::BindGroupLayout,
     pub swiglu_layout: wgpu::BindGroupLayout,
     pub select_layout: wgpu::BindGroupLayout,
@@ -294,6 +301,9 @@ pub struct Kernels {
     /// (the barrier-free variants for CPU adapters).
     pub norm_per_workgroup: bool,
     pub rope_kv: wgpu::ComputePipeline,
+    /// The workgroup attention kernel applies RoPE and stores the KV cache itself
+    /// (shaders/attention_wg_rope.wgsl): no rope_kv dispatch.
+    pub fuse_rope: bool,
     pub attention: wgpu::ComputePipeline,
     /// Invocations per (head, token) of the tiled attention; 0 = barrier-free kernel (one
     /// invocation per head and token).
@@ -366,11 +376,6 @@ impl Kernels {
                 ReadWrite, Read, ReadWrite, ReadWrite, Read, Uniform, Uniform,
             ],
         );
-        let attention_layout = layout(
-            dev,
-            "attention",
-            &[Read, Read, Read, Read, ReadWrite, Uniform, Uniform],
-        );
         let swiglu_layout = layout(dev, "swiglu", &[Read, ReadWrite, Uniform, Uniform]);
         let select_layout = layout(dev, "select", &[Read, ReadWrite, ReadWrite, Uniform]);
         let mut matmul = HashMap::new();
@@ -423,8 +428,27 @@ impl Kernels {
         let use_wg_attention = gpu
             && std::env::var(ATTENTION_ENV).as_deref() != Ok("lanes")
             && wg_attention <= ctx.limits.max_compute_invocations_per_workgroup
-            && (ATTENTION_TILE + wg_attention + 1) * 4
+            && (ATTENTION_TILE + wg_attention + 1 + head_dim as u32) * 4
                 <= ctx.limits.max_compute_workgroup_storage_size;
+        // The workgroup attention kernel can rotate and store keys itself: one dispatch per
+        // layer fewer (rope_kv), and q is never written back.
+        let fuse_rope = use_wg_attention && std::env::var(ROPE_ENV).as_deref() != Ok("separate");
+        let attention_layout = if fuse_rope {
+            // [QKV, META, KC, VC, O, Att, Fwd, rope table]: the caches are written.
+            layout(
+                dev,
+                "attention_rope",
+                &[
+                    Read, Read, ReadWrite, ReadWrite, ReadWrite, Uniform, Uniform, Read,
+                ],
+            )
+        } else {
+            layout(
+                dev,
+                "attention",
+                &[Read, Read, Read, Read, ReadWrite, Uniform, Uniform],
+            )
+        };
         let attention_wga = match v {
             _ if use_wg_attention => wg_attention,
             KernelVariant::TiledShared | KernelVariant::TiledSubgroup { .. } => {
@@ -440,8 +464,13 @@ impl Kernels {
             _ => 0,
         };
         let att_src = if use_wg_attention {
+            let kv_source = if fuse_rope {
+                ATTENTION_WG_ROPE
+            } else {
+                ATTENTION_WG_CACHE
+            };
             format!(
-                "const HD: u32 = {head_dim}u;\nconst HDP: u32 = {hdp}u;\nconst WG: u32 = {attention_wga}u;\nconst TILE: u32 = {ATTENTION_TILE}u;\n{ATTENTION_WG}"
+                "const HD: u32 = {head_dim}u;\nconst HDP: u32 = {hdp}u;\nconst WG: u32 = {attention_wga}u;\nconst TILE: u32 = {ATTENTION_TILE}u;\n{ATTENTION_WG}\n{kv_source}"
             )
         } else if attention_wga > 0 {
             format!(
@@ -464,6 +493,7 @@ impl Kernels {
             rmsnorm: compile(ctx, "rmsnorm", norm_src, "main", &norm_layout)?,
             norm_per_workgroup,
             fuse_norm,
+            fuse_rope,
             rope_kv: compile(ctx, "rope_kv", ROPE_KV, "main", &rope_layout)?,
             attention: compile(ctx, "attention", &att_src, "main", &attention_layout)?,
             swiglu: compile(ctx, "swiglu", SWIGLU, "main", &swiglu_layout)?,

@@ -21,8 +21,8 @@ use crate::gguf::GgmlType;
 use crate::model::{LlamaConfig, LlamaModel};
 use kernels::{ARGMAX_SEGMENTS, Kernels, TOPK_MAX, TOPK_SEGMENTS};
 use ops::{
-    EmbedOp, FusedNorm, MatOp, bind, fwd_words, record_1d, record_2d, record_attention,
-    record_norm, rope_table,
+    AttentionBuffers, EmbedOp, FusedNorm, MatOp, bind, bind_attention, fwd_words, record_1d,
+    record_2d, record_attention, record_norm, rope_table,
 };
 pub use profile::{KernelTime, StepProfile};
 use profile::{Rec, Timestamps};
@@ -82,7 +82,8 @@ struct Layer {
     norm_attn: Option<wgpu::BindGroup>,
     /// Q, K and V into one [q | k | v] row per token: one op when the three share a type.
     qkv: Vec<MatOp>,
-    rope: wgpu::BindGroup,
+    /// RoPE and the KV-cache store; None where attention does both (`Kernels::fuse_rope`).
+    rope: Option<wgpu::BindGroup>,
     attention: wgpu::BindGroup,
     o: MatOp,
     norm_ffn: Option<wgpu::BindGroup>,
@@ -292,17 +293,28 @@ impl WgpuBackend {
             layers.push(Layer {
                 norm_attn: norm_op("attn_norm", &an),
                 qkv: qkv_ops,
-                rope: bind(
+                rope: (!k.fuse_rope).then(|| {
+                    bind(
+                        &ctx,
+                        "rope_kv",
+                        &k.rope_layout,
+                        &[&qkv, &meta, &kc, &vc, &table, &rope_u, &fwd],
+                    )
+                }),
+                attention: bind_attention(
                     &ctx,
-                    "rope_kv",
-                    &k.rope_layout,
-                    &[&qkv, &meta, &kc, &vc, &table, &rope_u, &fwd],
-                ),
-                attention: bind(
-                    &ctx,
+                    &k,
                     "attention",
-                    &k.attention_layout,
-                    &[&qkv, &meta, &kc, &vc, &ao, &att_u, &fwd],
+                    &AttentionBuffers {
+                        qkv: &qkv,
+                        meta: &meta,
+                        k_cache: &kc,
+                        v_cache: &vc,
+                        out: &ao,
+                        params: &att_u,
+                        fwd: &fwd,
+                        rope_table: &table,
+                    },
                 ),
                 o: MatOp::new(&ctx, &k, "o", &wo, &ao, &x, dim as usize, 0, true, &fwd),
                 norm_ffn: norm_op("ffn_norm", &fnorm),
@@ -419,7 +431,9 @@ impl WgpuBackend {
                 op.record(rec.pass("matmul qkv"), k, n, md);
             }
             let pairs = ((c.n_heads + c.n_kv_heads) * c.head_dim / 2) as u32;
-            record_2d(rec.pass("rope_kv"), &k.rope_kv, &l.rope, pairs, n);
+            if let Some(bg) = &l.rope {
+                record_2d(rec.pass("rope_kv"), &k.rope_kv, bg, pairs, n);
+            }
             record_attention(
                 rec.pass("attention"),
                 k,
@@ -536,7 +550,8 @@ impl Backend for WgpuBackend {
     fn forward(&mut self, batch: &[SeqChunk<'_>]) -> Result<(), BackendError> {
         validate_batch(batch, &self.filled, self.max_context, self.cfg.vocab_size)?;
         self.n_out = 0;
-        // One row per token: (token, slot, position); `last[c]` = row of chunk c's last token.
+        // One row per token: (token, slot, position, first position of the slot in its pass,
+        // set per pass below); `last[c]` = row of chunk c's last token.
         let mut rows: Vec<[u32; 4]> = Vec::new();
         let mut last = Vec::with_capacity(batch.len());
         for ch in batch {
@@ -553,7 +568,9 @@ impl Backend for WgpuBackend {
         );
         let dim_bytes = self.cfg.dim as u64 * 4;
         let pieces = rows.len().div_ceil(MAX_ROWS);
-        for (pi, piece) in rows.chunks(MAX_ROWS).enumerate() {
+        for (pi, piece) in rows.chunks_mut(MAX_ROWS).enumerate() {
+            mark_pass_starts(piece);
+            let piece = &*piece;
             let base = pi * MAX_ROWS;
             let n = piece.len() as u32;
             q.write_buffer(&self.meta, 0, bytemuck::cast_slice(piece));
@@ -684,6 +701,19 @@ impl Backend for WgpuBackend {
             .chunks_exact(k)
             .map(|c| c.iter().map(|&[id, v]| (id, f32::from_bits(v))).collect())
             .collect())
+    }
+}
+
+/// Sets each row's word 3 to the first position of its slot among the pass's rows: a chunk's
+/// rows are consecutive, but a chunk split over two passes starts the second at a later
+/// position. Attention with RoPE fused reads positions from there on from the pass's own rows.
+fn mark_pass_starts(rows: &mut [[u32; 4]]) {
+    for i in 0..rows.len() {
+        let [_, slot, pos, _] = rows[i];
+        rows[i][3] = match i.checked_sub(1).map(|j| rows[j]) {
+            Some([_, s, p, first]) if s == slot && p + 1 == pos => first,
+            _ => pos,
+        };
     }
 }
 

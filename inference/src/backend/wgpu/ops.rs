@@ -284,6 +284,33 @@ pub(crate) fn rope_table(max_context: usize, head_dim: usize, base: f32) -> Vec<
     t
 }
 
+/// The buffers the attention kernel reads and writes; the rope table only matters where it
+/// applies RoPE itself (`Kernels::fuse_rope`).
+pub(crate) struct AttentionBuffers<'a> {
+    pub(crate) qkv: &'a wgpu::Buffer,
+    pub(crate) meta: &'a wgpu::Buffer,
+    pub(crate) k_cache: &'a wgpu::Buffer,
+    pub(crate) v_cache: &'a wgpu::Buffer,
+    pub(crate) out: &'a wgpu::Buffer,
+    pub(crate) params: &'a wgpu::Buffer,
+    pub(crate) fwd: &'a wgpu::Buffer,
+    pub(crate) rope_table: &'a wgpu::Buffer,
+}
+
+/// The attention kernel's bind group, for the layout the kernels chose.
+pub(crate) fn bind_attention(
+    ctx: &GpuContext,
+    k: &Kernels,
+    name: &str,
+    b: &AttentionBuffers<'_>,
+) -> wgpu::BindGroup {
+    let mut buffers = vec![b.qkv, b.meta, b.k_cache, b.v_cache, b.out, b.params, b.fwd];
+    if k.fuse_rope {
+        buffers.push(b.rope_table);
+    }
+    bind(ctx, name, &k.attention_layout, &buffers)
+}
+
 /// Records the attention kernel over `items` (head, token) pairs: one invocation each for the
 /// barrier-free kernel, one workgroup each for the tiled one.
 pub(crate) fn record_attention(

@@ -5,8 +5,8 @@ use super::WgpuError;
 use super::device::GpuContext;
 use super::kernels::{ARGMAX_SEGMENTS, Kernels, TOPK_MAX, TOPK_SEGMENTS};
 use super::ops::{
-    EmbedOp, FusedNorm, MatOp, bind, fwd_words, record_1d, record_2d, record_attention,
-    record_norm, rope_table,
+    AttentionBuffers, EmbedOp, FusedNorm, MatOp, bind, bind_attention, fwd_words, record_1d,
+    record_2d, record_attention, record_norm, rope_table,
 };
 use super::weights::{GpuMatrix, f32_buffer, scratch, staging, uniform};
 use crate::gguf::GgmlType;
@@ -209,7 +209,9 @@ impl Probe {
 
     /// RoPE + KV-cache store + causal GQA attention for `n` new tokens of one sequence at
     /// positions `start..start + n`, with `prior_k`/`prior_v` (start rows of kv_dim) already in
-    /// the cache. Returns the attention output, n rows of n_head * head_dim.
+    /// the cache: rope_kv then attention, or attention alone where it applies RoPE itself
+    /// (`Kernels::fuse_rope`). Returns the attention output (n rows of n_head * head_dim) and the
+    /// K and V caches after it (start + n rows of kv_dim each).
     #[allow(clippy::too_many_arguments)]
     pub fn attention(
         &self,
@@ -223,7 +225,7 @@ impl Probe {
         q: &[f32],
         k: &[f32],
         v: &[f32],
-    ) -> Result<Vec<f32>, WgpuError> {
+    ) -> Result<[Vec<f32>; 3], WgpuError> {
         let kvd = n_kv * head_dim;
         let n = q.len() / (n_head * head_dim);
         let ctx_len = start + n;
@@ -249,7 +251,9 @@ impl Probe {
             f32_buffer(c, "kc", &kc, true),
             f32_buffer(c, "vc", &vc, true),
         );
-        let meta: Vec<u32> = (0..n).flat_map(|i| [0, 0, (start + i) as u32, 0]).collect();
+        let meta: Vec<u32> = (0..n)
+            .flat_map(|i| [0, 0, (start + i) as u32, start as u32])
+            .collect();
         let mb = self.words_buffer("meta", &meta);
         let table = f32_buffer(c, "rope", &rope_table(ctx_len, head_dim, rope_base), false);
         let ao = scratch(c, "ao", (q.len() * 4) as u64)?;
@@ -282,22 +286,40 @@ impl Probe {
             &self.k.rope_layout,
             &[&qkvb, &mb, &kcb, &vcb, &table, &ru, &fwd],
         );
-        let abg = bind(
+        let abg = bind_attention(
             c,
+            &self.k,
             "att",
-            &self.k.attention_layout,
-            &[&qkvb, &mb, &kcb, &vcb, &ao, &au, &fwd],
+            &AttentionBuffers {
+                qkv: &qkvb,
+                meta: &mb,
+                k_cache: &kcb,
+                v_cache: &vcb,
+                out: &ao,
+                params: &au,
+                fwd: &fwd,
+                rope_table: &table,
+            },
         );
         let pairs = ((n_head + n_kv) * head_dim / 2) as u32;
         let b = self.run(
             |p| {
-                record_2d(p, &self.k.rope_kv, &rbg, pairs, n as u32);
+                if !self.k.fuse_rope {
+                    record_2d(p, &self.k.rope_kv, &rbg, pairs, n as u32);
+                }
                 record_attention(p, &self.k, &abg, (n * n_head) as u32, self.max_dim());
             },
             &ao,
             (q.len() * 4) as u64,
         )?;
-        Ok(floats(&b))
+        let cache_bytes = (kc.len() * 4) as u64;
+        let read = |buf: &wgpu::Buffer| {
+            let enc = c.device.create_command_encoder(&Default::default());
+            let st = staging(c, cache_bytes);
+            c.submit_and_read(enc, buf, cache_bytes, &st)
+                .map(|b| floats(&b))
+        };
+        Ok([floats(&b), read(&kcb)?, read(&vcb)?])
     }
 
     /// Argmax (k = 0) or top-k (1..=64) of each `vocab`-wide row, as (id, value) pairs.

@@ -7,8 +7,11 @@
 // (neighbouring invocations read neighbouring floats of each V row); the groups' partial sums
 // are added at the end. Tiles are merged with the online-softmax rescaling, so any context
 // length works. The Rust side prepends `const HD` (head dim, a multiple of 4), `const HDP`,
-// `const WG` (a power-of-two multiple of HDP) and `const TILE`. Same bindings and results as
-// attention.wgsl.
+// `const WG` (a power-of-two multiple of HDP), `const TILE`, and where keys and values come
+// from: attention_wg_cache.wgsl (the cache only, after rope_kv; same bindings and results as
+// attention.wgsl) or attention_wg_rope.wgsl (RoPE and the KV-cache store fused in: this pass's
+// own positions are read from the unrotated QKV rows). Either provides the bindings Q/QKV, KC
+// and VC and the functions load_query, key_dot, value_at and store_kv.
 struct Att {
     n_head: u32,
     n_kv: u32,
@@ -26,10 +29,8 @@ struct Fwd {
     _p2: u32,
 }
 
-@group(0) @binding(0) var<storage, read> Q: array<vec4<f32>>;
+// META[t] = (token, slot, position, first position of this pass's rows of that slot).
 @group(0) @binding(1) var<storage, read> META: array<vec4<u32>>;
-@group(0) @binding(2) var<storage, read> KC: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> VC: array<f32>;
 @group(0) @binding(4) var<storage, read_write> O: array<f32>;
 @group(0) @binding(5) var<uniform> A: Att;
 @group(0) @binding(6) var<uniform> F: Fwd;
@@ -39,6 +40,8 @@ const SPLIT: u32 = WG / HDP;
 var<workgroup> sc: array<f32, TILE>;
 var<workgroup> red: array<f32, WG>;
 var<workgroup> wpos: u32;
+// The query head, rotated, shared by the workgroup's dot products.
+var<workgroup> qw: array<vec4<f32>, H4>;
 
 fn reduce_max(lid: u32, v: f32) -> f32 {
     red[lid] = v;
@@ -86,9 +89,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     // The position bounds the tile loop, whose body has barriers: load it as uniform.
     let pos = workgroupUniformLoad(&wpos);
-    let qb = (t * A.q_stride) / 4u + h * H4;
-    let kv4 = A.n_kv * H4;
-    let kvd = A.n_kv * HD;
+    let first = row.w;
+    load_query(lid, t, h, pos);
     var m = -3.0e38;
     var l = 0.0;
     var acc = 0.0;
@@ -96,12 +98,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         let cnt = min(TILE, pos + 1u - t0);
         var tmax = -3.0e38;
         for (var j = lid; j < cnt; j += WG) {
-            let kb = (slot * A.max_ctx + t0 + j) * kv4 + kh * H4;
-            var s = 0.0;
-            for (var i = 0u; i < H4; i++) {
-                s += dot(Q[qb + i], KC[kb + i]);
-            }
-            s *= A.scale;
+            let s = key_dot(slot, kh, t, pos, first, t0 + j) * A.scale;
             sc[j] = s;
             tmax = max(tmax, s);
         }
@@ -118,9 +115,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         let d = lid % HDP;
         if (d < HD) {
             var a = acc * c;
-            let vb = (slot * A.max_ctx + t0) * kvd + kh * HD + d;
             for (var j = lid / HDP; j < cnt; j += SPLIT) {
-                a += sc[j] * VC[vb + j * kvd];
+                a += sc[j] * value_at(slot, kh, t, pos, first, t0 + j, d);
             }
             acc = a;
         }
@@ -137,4 +133,5 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
         O[(t * A.n_head + h) * HD + lid] = o / l;
     }
+    store_kv(lid, t, h, kh, slot, pos);
 }
