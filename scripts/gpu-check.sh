@@ -56,12 +56,12 @@ SANDGRAPH_WGPU_KERNELS=tiled golden tiled
 if [ -n "$KBENCH" ]; then
     section "wgpu kernels, device bandwidth, decode step profile"
     timeout 90 "$KBENCH" --profile "$MODEL" || { echo "wgpu_bench failed or timed out"; status=1; }
-    # The same decode profile with the kernels the GPU variants used before 2026-11-27 23:00
-    # (one invocation per RMSNorm row, attention chained per invocation, SwiGLU as its own
-    # kernel): before/after on one machine. Layers are submitted in groups either way.
-    section "decode step profile, earlier RMSNorm, attention and SwiGLU kernels (before)"
-    SANDGRAPH_WGPU_NORM=invocation SANDGRAPH_WGPU_ATTENTION=lanes SANDGRAPH_WGPU_SWIGLU=separate \
-        timeout 90 "$KBENCH" --profile "$MODEL" | sed -n '/^decode/,$p' \
+    # The same decode profile with RMSNorm, RoPE and the KV-cache store as kernels of their
+    # own, as the GPU variants ran them until 2026-12-07 (398 tok/s at batch 1 on an H100,
+    # docs/PERFORMANCE.md): before/after on one machine.
+    section "decode step profile, RMSNorm and RoPE unfused (before)"
+    SANDGRAPH_WGPU_NORM=separate SANDGRAPH_WGPU_ROPE=separate \
+        timeout 90 "$KBENCH" --decode-only "$MODEL" \
         || { echo "wgpu_bench failed or timed out"; status=1; }
 fi
 
@@ -70,8 +70,8 @@ timeout 120 "$BIN" bench --model "$MODEL" --backend wgpu,cpu --batch 1,8 \
     --prompt-tokens 128 --decode-tokens 64 --reps 3 --csv \
     || { echo "bench failed or timed out"; status=1; }
 
-section "bench: wgpu with the earlier RMSNorm, attention and SwiGLU kernels (before), batch 1 and 8"
-SANDGRAPH_WGPU_NORM=invocation SANDGRAPH_WGPU_ATTENTION=lanes SANDGRAPH_WGPU_SWIGLU=separate \
+section "bench: wgpu with RMSNorm and RoPE unfused (before), batch 1 and 8"
+SANDGRAPH_WGPU_NORM=separate SANDGRAPH_WGPU_ROPE=separate \
     timeout 60 "$BIN" bench --model "$MODEL" --backend wgpu \
     --batch 1,8 --prompt-tokens 128 --decode-tokens 64 --reps 3 --csv \
     || { echo "bench failed or timed out"; status=1; }

@@ -7,7 +7,10 @@
 //! decode step's time goes: host time to record and submit the forward, the wait for the
 //! chosen tokens, and (where the adapter has timestamp queries) GPU time per kernel kind.
 //!
-//! Usage: wgpu_bench [--profile] [MODEL.gguf]   (default: models/SmolLM2-135M-Instruct.Q4_1.gguf
+//! With `--decode-only`, it skips the kernel table and only profiles decoding (the dispatch
+//! count and host recording time per step need no GPU: lavapipe shows them too).
+//!
+//! Usage: wgpu_bench [--profile | --decode-only] [MODEL.gguf]   (default: models/SmolLM2-135M-Instruct.Q4_1.gguf
 //! or $SANDGRAPH_MODEL)
 
 use std::time::{Duration, Instant};
@@ -21,7 +24,8 @@ use sandgraph_inference::model::LlamaModel;
 fn main() -> Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let profile = args.iter().any(|a| a == "--profile");
-    args.retain(|a| a != "--profile");
+    let decode_only = args.iter().any(|a| a == "--decode-only");
+    args.retain(|a| a != "--profile" && a != "--decode-only");
     let path = args
         .first()
         .cloned()
@@ -34,6 +38,12 @@ fn main() -> Result<()> {
     let ctx = GpuContext::new(&WgpuOptions::default()).context("opening a wgpu adapter")?;
     println!("using: {}", ctx.describe());
     let model = LlamaModel::load(&path).with_context(|| format!("loading {path}"))?;
+    if decode_only {
+        for batch in [1, 8] {
+            profile_decode(&model, batch)?;
+        }
+        return Ok(());
+    }
     let w = &model.weights;
     let l = &w.layers[0];
     let shapes = [
@@ -121,7 +131,8 @@ fn profile_decode(model: &LlamaModel, batch: usize) -> Result<()> {
     b.forward(&chunks)?;
     let mut next = b.argmax()?;
     let mut pos = prompt;
-    let (mut rec, mut wait, mut total) = (vec![], vec![], vec![]);
+    let (mut rec, mut wait, mut total, mut recording) = (vec![], vec![], vec![], vec![]);
+    let mut kernels = 0;
     for step in 0..warm + steps {
         let toks: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
         let chunks: Vec<SeqChunk> = toks
@@ -140,6 +151,9 @@ fn profile_decode(model: &LlamaModel, batch: usize) -> Result<()> {
         let t2 = Instant::now();
         pos += 1;
         if step >= warm {
+            let stats = b.last_forward_stats();
+            kernels = stats.kernels;
+            recording.push(stats.recording);
             rec.push(t1 - t0);
             wait.push(t2 - t1);
             total.push(t2 - t0);
@@ -153,6 +167,10 @@ fn profile_decode(model: &LlamaModel, batch: usize) -> Result<()> {
         batch as f64 / step.as_secs_f64(),
         us(median(&mut rec)),
         us(median(&mut wait)),
+    );
+    println!(
+        "  forward: {kernels} kernel dispatches, recorded by the host in {:.0} us (median; command buffers built, not submitted)",
+        us(median(&mut recording)),
     );
     let toks: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
     let chunks: Vec<SeqChunk> = toks

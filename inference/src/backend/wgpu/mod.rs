@@ -24,8 +24,9 @@ use ops::{
     AttentionBuffers, EmbedOp, FusedNorm, MatOp, bind, bind_attention, fwd_words, record_1d,
     record_2d, record_attention, record_norm, rope_table,
 };
-pub use profile::{KernelTime, StepProfile};
+pub use profile::{ForwardStats, KernelTime, StepProfile};
 use profile::{Rec, Timestamps};
+use std::time::Instant;
 use weights::{GpuMatrix, f32_buffer, scratch, staging, uniform};
 
 /// Tokens per device pass; longer batches run as several passes.
@@ -133,6 +134,7 @@ pub struct WgpuBackend {
     _matrices: Vec<GpuMatrix>,
     /// Set only inside `profile_step`: every dispatch then gets its own timed pass.
     prof: Option<Timestamps>,
+    last_forward: ForwardStats,
 }
 
 impl WgpuBackend {
@@ -146,6 +148,11 @@ impl WgpuBackend {
     ) -> Result<WgpuBackend, WgpuError> {
         let ctx = GpuContext::new(opts)?;
         Self::with_context(ctx, model, max_slots, max_context)
+    }
+
+    /// Kernels recorded by the last forward and the host time spent recording them.
+    pub fn last_forward_stats(&self) -> ForwardStats {
+        self.last_forward
     }
 
     /// The adapter and kernel choice, for logs and `bench`.
@@ -411,6 +418,7 @@ impl WgpuBackend {
             ],
             _matrices: matrices,
             prof: None,
+            last_forward: ForwardStats::default(),
             ctx,
         })
     }
@@ -568,6 +576,7 @@ impl Backend for WgpuBackend {
         );
         let dim_bytes = self.cfg.dim as u64 * 4;
         let pieces = rows.len().div_ceil(MAX_ROWS);
+        let mut stats = ForwardStats::default();
         for (pi, piece) in rows.chunks_mut(MAX_ROWS).enumerate() {
             mark_pass_starts(piece);
             let piece = &*piece;
@@ -581,6 +590,7 @@ impl Backend for WgpuBackend {
                 groups.push(&[]);
             }
             for (gi, group) in groups.iter().enumerate().take(groups.len() - 1) {
+                let t0 = Instant::now();
                 let mut enc = self.ctx.device.create_command_encoder(&Default::default());
                 {
                     let mut rec = Rec::new(&mut enc, prof.as_mut());
@@ -588,9 +598,13 @@ impl Backend for WgpuBackend {
                         self.embed.record(rec.pass("embed"), &self.k, n);
                     }
                     self.record_layers(&mut rec, group, n);
+                    stats.kernels += rec.kernels;
                 }
-                q.submit([enc.finish()]);
+                let cb = enc.finish();
+                stats.recording += t0.elapsed();
+                q.submit([cb]);
             }
+            let t0 = Instant::now();
             let mut enc = self.ctx.device.create_command_encoder(&Default::default());
             {
                 let mut rec = Rec::new(&mut enc, prof.as_mut());
@@ -619,10 +633,14 @@ impl Backend for WgpuBackend {
                     self.logits_op
                         .record(rec.pass("matmul output"), &self.k, out, md);
                 }
+                stats.kernels += rec.kernels;
             }
             self.prof = prof;
-            q.submit([enc.finish()]);
+            let cb = enc.finish();
+            stats.recording += t0.elapsed();
+            q.submit([cb]);
         }
+        self.last_forward = stats;
         self.check_device()?;
         for ch in batch {
             self.filled[ch.slot] = ch.start_pos + ch.tokens.len();

@@ -6,6 +6,15 @@
 use super::WgpuError;
 use super::device::GpuContext;
 
+/// What the host did for the last forward: kernels recorded and the time spent recording them
+/// (building the command buffers, not submitting or waiting).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ForwardStats {
+    /// Kernel dispatches recorded (a matmul split over several bindings counts once).
+    pub kernels: usize,
+    pub recording: std::time::Duration,
+}
+
 /// Device time of one kind of kernel over a profiled step.
 #[derive(Clone, Debug)]
 pub struct KernelTime {
@@ -101,6 +110,8 @@ pub(crate) struct Rec<'a> {
     enc: &'a mut wgpu::CommandEncoder,
     pass: Option<wgpu::ComputePass<'static>>,
     prof: Option<&'a mut Timestamps>,
+    /// Kernels recorded so far (one per `pass` call).
+    pub(crate) kernels: usize,
 }
 
 impl<'a> Rec<'a> {
@@ -109,11 +120,13 @@ impl<'a> Rec<'a> {
             enc,
             pass: None,
             prof,
+            kernels: 0,
         }
     }
 
     /// The pass to record the next `kind` of kernel into.
     pub(crate) fn pass(&mut self, kind: &'static str) -> &mut wgpu::ComputePass<'static> {
+        self.kernels += 1;
         match self.prof.as_deref_mut() {
             Some(p) if (p.kinds.len() as u32) < p.cap => {
                 // End the previous pass before the encoder can begin another.
