@@ -784,3 +784,29 @@ fn stacked(
     }
     Ok(ops)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::mark_pass_starts;
+
+    #[test]
+    fn each_row_gets_its_slots_first_position_in_the_pass() {
+        // (token, slot, position, _): slot 0 continues at 256 (the first pass ended at 255),
+        // slot 1 starts at 0, slot 2 decodes one token at 40.
+        let mut rows = vec![
+            [7, 0, 256, 0],
+            [8, 0, 257, 0],
+            [9, 0, 258, 0],
+            [1, 1, 0, 0],
+            [2, 1, 1, 0],
+            [3, 2, 40, 0],
+        ];
+        mark_pass_starts(&mut rows);
+        let firsts: Vec<u32> = rows.iter().map(|r| r[3]).collect();
+        assert_eq!(firsts, [256, 256, 256, 0, 0, 40]);
+        // Neighbouring rows of different slots at consecutive positions are not one run.
+        let mut rows = vec![[0, 0, 4, 0], [0, 1, 5, 0]];
+        mark_pass_starts(&mut rows);
+        assert_eq!([rows[0][3], rows[1][3]], [4, 5]);
+    }
+}
