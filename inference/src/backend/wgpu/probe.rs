@@ -47,6 +47,22 @@ impl Probe {
         self.ctx.limits.max_compute_workgroups_per_dimension
     }
 
+    /// Records `op` over `n` activation rows and reads back its `n` x `rows` outputs from `y`.
+    fn run_matmul(
+        &self,
+        op: &MatOp,
+        y: &wgpu::Buffer,
+        n: usize,
+        rows: usize,
+    ) -> Result<Vec<f32>, WgpuError> {
+        let b = self.run(
+            |p| op.record(p, &self.k, n as u32, self.max_dim()),
+            y,
+            (n * rows * 4) as u64,
+        )?;
+        Ok(floats(&b))
+    }
+
     /// Y[t, r] = sum_c W[r, c] X[t, c] (+ `y_init` when given: the fused residual add), with W
     /// as GGUF bytes of `rows` x `cols` values of `ty` and X as `n` rows of `cols`.
     #[allow(clippy::too_many_arguments)]
@@ -79,12 +95,7 @@ impl Probe {
             y_init.is_some(),
             &fwd,
         );
-        let b = self.run(
-            |p| op.record(p, &self.k, n as u32, self.max_dim()),
-            &y,
-            (n * rows * 4) as u64,
-        )?;
-        Ok(floats(&b))
+        self.run_matmul(&op, &y, n, rows)
     }
 
     /// Y[t, r] = sum_c W[r, c] RMSNorm(X[t])[c] g[c], with the norm computed inside the
@@ -114,12 +125,7 @@ impl Probe {
         let fwd = uniform(&self.ctx, "fwd", &fwd_words(n as u32));
         let norm = FusedNorm { weights: &gb, eps };
         let op = MatOp::normed(&self.ctx, &self.k, "w", &m, &xb, norm, &y, rows, 0, &fwd);
-        let b = self.run(
-            |p| op.record(p, &self.k, n as u32, self.max_dim()),
-            &y,
-            (n * rows * 4) as u64,
-        )?;
-        Ok(floats(&b))
+        self.run_matmul(&op, &y, n, rows)
     }
 
     /// Rows `tokens[t]` of a `rows` x `cols` table of `ty`, dequantized.
