@@ -17,10 +17,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sandgraph::journal::wal::{SyncHook, WalOptions};
+use common::power_cut::{Rng, cut_power_to_log, note_sync, seed, sync_reporter};
+use sandgraph::journal::wal::WalOptions;
 use sandgraph::journal::{
     Crossing, Durability, Event, Journal, LOCK_WAIT, PayloadRef, RunId, RunStatus,
 };
+
+mod common;
 
 const CHILD_ENV: &str = "SANDGRAPH_POWER_LOSS_CHILD";
 const SEGMENT_ENV: &str = "SANDGRAPH_POWER_LOSS_SEGMENT_BYTES";
@@ -100,18 +103,9 @@ fn append_until_killed(dir: &str) -> ! {
             o.flush().unwrap();
         }
     };
-    let on_sync: SyncHook = {
-        let say = say.clone();
-        Arc::new(move |path: &Path, len: u64| {
-            say(format!(
-                "sync {} {len}",
-                path.file_name().unwrap().to_string_lossy()
-            ))
-        })
-    };
     let options = WalOptions {
         segment_bytes,
-        on_sync: Some(on_sync),
+        on_sync: Some(sync_reporter(say.clone())),
     };
     let journal = Arc::new(Journal::open_with(Path::new(dir), LOCK_WAIT, options).unwrap());
     say("ready".into());
@@ -152,18 +146,6 @@ struct Reported {
     /// Per run, the highest sequence acknowledged durable.
     acked: HashMap<RunId, u64>,
     acks: usize,
-}
-
-/// A small deterministic generator (the seed is printed, so a failure can be rerun).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -219,50 +201,15 @@ fn clear_sled_files(dir: &Path) {
     }
 }
 
-/// Drops what a power cut may drop from each log segment: every written 512-byte sector past the
-/// last synced length is kept, zeroed or scrambled.
-fn cut_power_to_log(dir: &Path, reported: &Reported, rng: &mut Rng) -> usize {
-    let mut touched = 0;
-    for entry in std::fs::read_dir(dir.join("wal")).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let synced = reported.synced.get(&name).copied().unwrap_or(0) as usize;
-        let mut bytes = std::fs::read(&path).unwrap();
-        let mut at = synced;
-        while at < bytes.len() {
-            let end = ((at / 512) + 1) * 512;
-            let end = end.min(bytes.len());
-            if bytes[at..end].iter().all(|b| *b == 0) {
-                // Never written (the segment is preallocated): a power cut leaves it zeros.
-                at = end;
-                continue;
-            }
-            match rng.next() % 3 {
-                0 => {}
-                1 => bytes[at..end].fill(0),
-                _ => bytes[at..end]
-                    .iter_mut()
-                    .for_each(|b| *b = rng.next() as u8),
-            }
-            touched += 1;
-            at = end;
-        }
-        std::fs::write(&path, bytes).unwrap();
-    }
-    touched
-}
-
 fn read_reports(stdout: std::process::ChildStdout, into: Arc<Mutex<Reported>>) {
     for line in BufReader::new(stdout).lines() {
         let Ok(line) = line else { return };
-        let mut words = line.split(' ');
         let mut r = into.lock().unwrap();
+        if note_sync(&line, &mut r.synced) {
+            continue;
+        }
+        let mut words = line.split(' ');
         match (words.next(), words.next(), words.next()) {
-            (Some("sync"), Some(name), Some(len)) => {
-                let len: u64 = len.parse().unwrap();
-                let e = r.synced.entry(name.to_string()).or_default();
-                *e = (*e).max(len);
-            }
             (Some("ack"), Some(run), Some(seq)) => {
                 let (run, seq) = (RunId::parse(run).unwrap(), seq.parse::<u64>().unwrap());
                 let e = r.acked.entry(run).or_default();
@@ -323,7 +270,7 @@ fn power_cut(test: &str, seed: u64, segment_bytes: u64, sled: SledFiles) -> usiz
         .unwrap();
 
     let segments = std::fs::read_dir(dir.join("wal")).unwrap().count();
-    let sectors = cut_power_to_log(&dir, &reported, &mut rng);
+    let sectors = cut_power_to_log(&dir, &reported.synced, &mut rng);
     if sled == SledFiles::RolledBack {
         clear_sled_files(&dir);
         copy_sled_files(&before, &dir);
@@ -396,14 +343,6 @@ fn check(journal: &Journal, reported: &Reported) {
             "run {run}: event {seq} was acknowledged durable, but only {have} events survived"
         );
     }
-}
-
-fn seed() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1
 }
 
 #[test]

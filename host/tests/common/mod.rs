@@ -5,6 +5,7 @@
 pub mod api_server;
 pub mod http_head;
 pub mod postgres;
+pub mod power_cut;
 pub mod replicas;
 pub mod test_ca;
 
