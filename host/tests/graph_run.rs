@@ -441,12 +441,16 @@ async fn conditional_loop_example_doubles_until_the_limit_then_reports() {
 
 // ------------------------------------------------------------------- durable points
 
-/// A chain's durable points: the run's start, each completion, the run's end; every completion
-/// is reported only after the flush that made it durable.
+/// A chain's durable points when every successor waits for them: the run's start, each
+/// completion, the run's end; every completion is reported only after the flush that made it
+/// durable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_completion_is_reported_after_the_flush_that_made_it_durable() {
     let reported: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
-    let engine = engine();
+    let engine = engine_with(EngineConfig {
+        successors_wait_for_durability: true,
+        ..EngineConfig::default()
+    });
     let engine = {
         let (reported, journal) = (reported.clone(), engine.journal().clone());
         engine.with_progress(Arc::new(move |_, e: &Event| {
@@ -489,6 +493,91 @@ async fn each_completion_is_reported_after_the_flush_that_made_it_durable() {
         matches!(evs[c_done + 1], Event::RunFinished { .. }),
         "{evs:?}"
     );
+}
+
+/// By default a successor that reaches nothing outside its sandbox starts while its
+/// predecessor's completion is still being flushed; one with egress waits until it is durable.
+/// Every flush here takes 100 ms longer than the disk needs (the journal's flush hook sleeps), so
+/// the order of reports shows which step waited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_effect_free_successor_starts_during_the_flush_and_one_with_egress_waits_for_it() {
+    let server = Server::start(0);
+    let tools = catalog(Some(server.port()));
+    let engine = engine();
+    engine
+        .journal()
+        .set_on_flush(Box::new(|_| std::thread::sleep(Duration::from_millis(100))));
+    let reported: Arc<Mutex<Vec<String>>> = Arc::default();
+    let engine = {
+        let reported = reported.clone();
+        engine.with_progress(Arc::new(move |_, e: &Event| {
+            let what = match e {
+                Event::StepStarted { step, .. } => format!("started {step}"),
+                Event::StepCompleted { step, .. } => format!("completed {step}"),
+                Event::RunFinished { status, .. } => format!("finished {status}"),
+                _ => return,
+            };
+            reported.lock().unwrap().push(what);
+        }))
+    };
+    let source = r#"
+apiVersion: sandgraph.dev/v1
+kind: Graph
+metadata: { name: overlap }
+spec:
+  nodes:
+    - { id: a, kind: tool, component: calc, input: { expr: "'1 + 1'" } }
+    - { id: b, kind: tool, component: calc, input: { expr: "string(nodes.a.value) + ' + 1'" } }
+    - id: fetch
+      kind: tool
+      component: http-get
+      retry: { maxAttempts: 1 }
+      input: { url: input.url, fail_on_error_status: "true" }
+    - { id: c, kind: tool, component: calc, input: { expr: "string(nodes.b.value) + ' * 10'" } }
+  edges:
+    - { from: a, to: b }
+    - { from: b, to: fetch }
+    - { from: fetch, to: c }
+"#;
+    let outcome = engine
+        .run(
+            compile(source, &tools),
+            &tools,
+            json!({ "url": server.url("/ok") }),
+        )
+        .await
+        .unwrap();
+    assert_succeeded(&outcome);
+    assert_eq!(output(&outcome)["c"]["value"], json!(30.0));
+    let reported = reported.lock().unwrap().clone();
+    let at = |what: &str| {
+        reported
+            .iter()
+            .position(|r| r == what)
+            .unwrap_or_else(|| panic!("{what} was not reported: {reported:?}"))
+    };
+    // b and c reach nothing outside: each started before the completion before it was durable.
+    assert!(at("started b#1") < at("completed a#1"), "{reported:?}");
+    assert!(at("started c#1") < at("completed fetch#1"), "{reported:?}");
+    // The fetch has egress: it started only once b's completion (and a's) was durable.
+    assert!(at("completed b#1") < at("started fetch#1"), "{reported:?}");
+    // Completions are still reported in order, each after its flush, and all before the end.
+    let done: Vec<&str> = reported
+        .iter()
+        .filter(|r| r.starts_with("completed") || r.starts_with("finished"))
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        done,
+        [
+            "completed a#1",
+            "completed b#1",
+            "completed fetch#1",
+            "completed c#1",
+            "finished succeeded"
+        ]
+    );
+    assert_eq!(server.requests(), ["/ok"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

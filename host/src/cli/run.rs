@@ -164,6 +164,7 @@ fn engine(host: &HostArgs, resolver: Option<StaticResolver>) -> Result<Engine, S
                 ..SnapshotLimits::default()
             },
             idempotency_key_hosts: host.idempotent_hosts.clone(),
+            ..EngineConfig::default()
         },
     )
     .with_models(models);

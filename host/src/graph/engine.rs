@@ -2,8 +2,15 @@
 //! steps on tokio through the sandbox with retries, timeouts, a deadline and cancellation, and
 //! resumes unfinished runs from their journal after a crash without repeating completed steps.
 //!
-//! Durability: `StepCompleted` is on disk before any successor starts and before the step is
-//! reported. A resumed run re-derives its activations by feeding the journaled completions to the same
+//! Durability: `StepCompleted` is on disk before the step is reported, before the run's end, and
+//! before any successor that can reach outside its sandbox starts (egress, a writable workspace,
+//! an agent's model and tools). A successor that cannot starts while the flush is in flight:
+//! whatever survives of a run's events is a gapless prefix of what was appended (sled: one
+//! ordered log; PostgreSQL: no event commits past a lost one), so a crash that loses the
+//! completion loses everything the successor journaled after it too, nothing outside saw the
+//! successor run, and the resumed run runs both again.
+//!
+//! A resumed run re-derives its activations by feeding the journaled completions to the same
 //! [`Scheduler`]; an interrupted attempt re-executes with its journaled crossings served back.
 
 use std::collections::{BTreeMap, HashMap};
@@ -69,6 +76,11 @@ pub struct EngineConfig {
     /// `waiting` (`sandgraph run`: the process exits; `runs approve` then `resume` continue it)
     /// instead of waiting in the process for `Engine::decide` (`sandgraph serve`).
     pub exit_when_waiting: bool,
+    /// Every successor waits until its predecessors' completions are durable, even one that
+    /// reaches nothing outside its sandbox. Off by default: such a step starts while the flush
+    /// is in flight (see [`starts_before_durable`]); on, it gives the stricter baseline the
+    /// `graph_steps` benchmark compares against.
+    pub successors_wait_for_durability: bool,
 }
 
 impl Default for EngineConfig {
@@ -80,6 +92,7 @@ impl Default for EngineConfig {
             workspace_snapshots: SnapshotLimits::default(),
             idempotency_key_hosts: Vec::new(),
             exit_when_waiting: false,
+            successors_wait_for_durability: false,
         }
     }
 }
@@ -1087,12 +1100,105 @@ enum Finish {
     AlreadyFinished(RunOutcome),
 }
 
-/// Folds the journal (when resuming), then runs steps until the graph is done.
+/// Folds the journal (when resuming), then runs steps until the graph is done; whatever way it
+/// ends, every completion it journaled is durable (and reported) before the run's end is.
 async fn execute(
     ctx: &Arc<RunCtx>,
     sched: &mut Scheduler,
     history: Option<Vec<Record>>,
     cancel: &CancellationToken,
+) -> Result<Finish, Stop> {
+    let mut unsynced = Unsynced::default();
+    let finish = execute_steps(ctx, sched, history, cancel, &mut unsynced).await;
+    let synced = unsynced.drain(ctx).await;
+    match (finish, synced) {
+        (Ok(f), Ok(())) => Ok(f),
+        (Ok(_), Err(e)) => Err(Stop::Journal(e)),
+        (Err(stop), _) => Err(stop),
+    }
+}
+
+/// Completions appended to the journal whose flush is still in flight, batch by batch in the
+/// order they were appended, each with the task waiting for its group commit.
+#[derive(Default)]
+struct Unsynced {
+    batches: std::collections::VecDeque<(
+        tokio::task::JoinHandle<Result<(), JournalError>>,
+        Vec<Event>,
+    )>,
+}
+
+impl Unsynced {
+    /// Starts the flush that makes `completed` (just appended) durable.
+    fn push(&mut self, ctx: &Arc<RunCtx>, completed: Vec<Event>) {
+        let c = ctx.clone();
+        let flush = tokio::spawn(async move { c.sync().await });
+        self.batches.push_back((flush, completed));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
+    /// Waits for the oldest batch's flush and reports its completions; pending while none is
+    /// in flight (so it can sit in a `select!`).
+    async fn next(&mut self, ctx: &RunCtx) -> Result<(), JournalError> {
+        let Some((flush, _)) = self.batches.front_mut() else {
+            return std::future::pending().await;
+        };
+        let flushed = flush
+            .await
+            .map_err(|e| JournalError::Flush(format!("the flush task ended abnormally: {e}")))
+            .and_then(|r| r);
+        let (_, completed) = self.batches.pop_front().expect("a batch was in flight");
+        flushed?;
+        if let Some(p) = &ctx.progress {
+            for event in &completed {
+                p(ctx.run, event);
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every batch is durable and reported.
+    async fn drain(&mut self, ctx: &RunCtx) -> Result<(), JournalError> {
+        while !self.is_empty() {
+            self.next(ctx).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `a` may start while its predecessors' completions are still being flushed: a tool
+/// step whose grant reaches nothing outside its sandbox (no egress rule, no writable
+/// workspace), so if a crash loses those completions, nothing outside can have seen it run.
+/// Agent steps always wait: their model calls and tools act on the world.
+fn starts_before_durable(ctx: &RunCtx, a: &Activation) -> bool {
+    if ctx.config.successors_wait_for_durability {
+        return false;
+    }
+    let node = &ctx.graph.graph[a.node];
+    if node.spec.kind != super::spec::NodeKind::Tool {
+        return false;
+    }
+    let Some((_, manifest)) = ctx.tools.get(&node.spec.component) else {
+        return false;
+    };
+    let Ok(node_grant) = call_grant(node, &ctx.config) else {
+        return false;
+    };
+    let grant = EffectiveGrant::intersect(&ctx.config.policy, manifest, &node_grant);
+    grant.egress.is_empty() && !matches!(grant.workspace, Some((_, WorkspaceMode::Rw)))
+}
+
+/// Runs steps until the graph is done; completions whose flush is in flight when it returns are
+/// left in `unsynced`.
+async fn execute_steps(
+    ctx: &Arc<RunCtx>,
+    sched: &mut Scheduler,
+    history: Option<Vec<Record>>,
+    cancel: &CancellationToken,
+    unsynced: &mut Unsynced,
 ) -> Result<Finish, Stop> {
     let err = |e: ScheduleError| e.to_string();
     let jerr = Stop::Journal;
@@ -1244,6 +1350,9 @@ async fn execute(
         journaled_steps.into_iter().collect();
     loop {
         for (a, start) in ready.drain(..) {
+            if !unsynced.is_empty() && !starts_before_durable(ctx, &a) {
+                unsynced.drain(ctx).await.map_err(jerr)?;
+            }
             if !scheduled_already.contains(&a.step) {
                 let input = ctx
                     .journal
@@ -1309,6 +1418,7 @@ async fn execute(
         }
         if running.is_empty() && !paused.is_empty() {
             // Nothing runs; only a person can move the run on.
+            unsynced.drain(ctx).await.map_err(jerr)?;
             if ctx.config.exit_when_waiting {
                 return Ok(Finish::Waiting(
                     paused.into_iter().map(|(a, _)| a.step).collect(),
@@ -1349,6 +1459,13 @@ async fn execute(
         }
         let first = tokio::select! {
             r = running.join_next() => r,
+            synced = unsynced.next(ctx) => {
+                if let Err(e) = synced {
+                    stop_all(&mut running).await;
+                    return Err(jerr(e));
+                }
+                continue;
+            }
             _ = cancel.cancelled() => {
                 stop_all(&mut running).await;
                 return Ok(Finish::Cancelled);
@@ -1401,15 +1518,11 @@ async fn execute(
             ready.extend(next.into_iter().map(|a| (a, FRESH)));
             completed.push(event);
         }
-        // Durable before any successor starts, and before the run's end: on a shared journal,
-        // an end committed in the same transaction as completions lost with a broken connection
-        // left a summary saying "succeeded" beside events without the end.
-        ctx.sync().await.map_err(jerr)?;
-        if let Some(p) = &ctx.progress {
-            for event in &completed {
-                p(ctx.run, event);
-            }
-        }
+        // Flushed now, and durable before any successor that could act outside starts (the
+        // loop's top waits for it), before they are reported, and before the run's end: on a
+        // shared journal, an end committed in the same transaction as completions lost with a
+        // broken connection left a summary saying "succeeded" beside events without the end.
+        unsynced.push(ctx, completed);
     }
 }
 
