@@ -266,44 +266,12 @@ impl Expression {
 
 /// The evaluator threads: idle ones wait for a job; a job that outlives its caller's limit
 /// keeps its thread until it ends (its cost is bounded statically), and a new thread serves
-/// the next caller meanwhile. A caller on a multi-threaded tokio runtime waits
-/// [`QUICK_WAIT`] in place, then off the async workers (`block_in_place`), so a slow
-/// evaluation never stalls other runs for longer than that.
+/// the next caller meanwhile. The caller waits off the async workers (`block_in_place` on a
+/// multi-threaded tokio runtime), so a slow evaluation never stalls other runs.
 mod evaluators {
     use super::*;
 
     type Job = Box<dyn FnOnce() + Send>;
-
-    /// How long a caller on an async worker waits for the result before it hands the worker's
-    /// other tasks to another thread. Most evaluations end well within it, and handing over
-    /// (`block_in_place`) cost more than the evaluation itself: a tenth of a chain step's
-    /// host time (docs/PERFORMANCE.md, "Graph steps").
-    const QUICK_WAIT: Duration = Duration::from_micros(200);
-
-    /// Waits for `done` at most `limit` (None: until it comes); `None` past the limit or when
-    /// the job died.
-    fn wait_for<T>(done: &mpsc::Receiver<T>, limit: Option<Duration>) -> Option<T> {
-        let wait = |d: Option<Duration>| match d {
-            Some(d) => done.recv_timeout(d).ok(),
-            None => done.recv().ok(),
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                let quick = limit.map_or(QUICK_WAIT, |l| l.min(QUICK_WAIT));
-                match done.recv_timeout(quick) {
-                    Ok(v) => return Some(v),
-                    Err(mpsc::RecvTimeoutError::Disconnected) => return None,
-                    Err(mpsc::RecvTimeoutError::Timeout) => {}
-                }
-                let rest = limit.map(|l| l.saturating_sub(quick));
-                if rest.is_some_and(|r| r.is_zero()) {
-                    return None;
-                }
-                tokio::task::block_in_place(|| wait(rest))
-            }
-            _ => wait(limit),
-        }
-    }
 
     /// At most this many threads wait idle; more are let go when they finish.
     const MAX_IDLE: usize = 8;
@@ -323,7 +291,13 @@ mod evaluators {
         submit(Box::new(move || {
             let _ = done_tx.send(f());
         }))?;
-        wait_for(&done_rx, Some(limit))
+        let wait = || done_rx.recv_timeout(limit).ok();
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
+        }
     }
 
     /// Runs `f` on an evaluator thread and waits for it to end; `None` only when no thread
@@ -335,7 +309,13 @@ mod evaluators {
         submit(Box::new(move || {
             let _ = done_tx.send(f());
         }))?;
-        wait_for(&done_rx, None)
+        let wait = || done_rx.recv().ok();
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
+        }
     }
 
     /// Hands `job` to an idle thread, or a new one.
