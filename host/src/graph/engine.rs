@@ -1122,11 +1122,11 @@ async fn execute(
 /// order they were appended, each with the task waiting for its group commit.
 #[derive(Default)]
 struct Unsynced {
-    batches: std::collections::VecDeque<(
-        tokio::task::JoinHandle<Result<(), JournalError>>,
-        Vec<Event>,
-    )>,
+    batches: std::collections::VecDeque<(FlushTask, Vec<Event>)>,
 }
+
+/// A group-commit flush waited for on a task of its own, so it starts at once.
+type FlushTask = tokio::task::JoinHandle<Result<(), JournalError>>;
 
 impl Unsynced {
     /// Starts the flush that makes `completed` (just appended) durable.
