@@ -15,13 +15,11 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use common::power_cut::{Rng, cut_power_to_log, note_sync, seed, sync_reporter};
+use common::power_cut::{Rng, Writer, cut_power_to_log, note_sync, seed, sync_reporter};
 use sandgraph::graph::catalog::Catalog;
 use sandgraph::graph::engine::{Engine, EngineConfig};
 use sandgraph::graph::{CompiledGraph, validate};
@@ -131,10 +129,10 @@ fn run_chains_until_killed(dir: &Path) -> ! {
     }));
     let engine = Arc::new(engine);
     rt.block_on(async move {
-        let mut tasks = Vec::new();
+        // A failed run panics its task, and the panic hook takes the child down with it.
         for _ in 0..RUNS_AT_ONCE {
             let (engine, catalog, graph) = (engine.clone(), catalog.clone(), graph.clone());
-            tasks.push(tokio::spawn(async move {
+            tokio::spawn(async move {
                 loop {
                     let handle = engine
                         .start(graph.clone(), &catalog, json!({}))
@@ -143,11 +141,9 @@ fn run_chains_until_killed(dir: &Path) -> ! {
                     let outcome = handle.wait().await;
                     assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
                 }
-            }));
+            });
         }
-        for t in tasks {
-            t.await.unwrap();
-        }
+        std::future::pending::<()>().await
     });
     unreachable!("the runs go on until the parent kills this process")
 }
@@ -161,24 +157,21 @@ struct Reported {
     ended: HashSet<RunId>,
 }
 
-fn read_reports(stdout: std::process::ChildStdout, into: Arc<Mutex<Reported>>) {
-    for line in BufReader::new(stdout).lines() {
-        let Ok(line) = line else { return };
-        let mut r = into.lock().unwrap();
-        if note_sync(&line, &mut r.synced) {
-            continue;
+/// Notes one line the child printed.
+fn note_report(line: &str, r: &mut Reported) {
+    if note_sync(line, &mut r.synced) {
+        return;
+    }
+    let mut words = line.split(' ');
+    match (words.next(), words.next(), words.next()) {
+        (Some("ack"), Some(run), Some(step)) => {
+            r.acked
+                .insert((RunId::parse(run).unwrap(), step.to_string()));
         }
-        let mut words = line.split(' ');
-        match (words.next(), words.next(), words.next()) {
-            (Some("ack"), Some(run), Some(step)) => {
-                r.acked
-                    .insert((RunId::parse(run).unwrap(), step.to_string()));
-            }
-            (Some("end"), Some(run), None) => {
-                r.ended.insert(RunId::parse(run).unwrap());
-            }
-            _ => {}
+        (Some("end"), Some(run), None) => {
+            r.ended.insert(RunId::parse(run).unwrap());
         }
+        _ => {}
     }
 }
 
@@ -217,45 +210,17 @@ fn power_cut(test: &str, seed: u64) {
     let mut rng = Rng(seed);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("journal");
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, &dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    while !line.starts_with("ready") {
-        line.clear();
-        assert!(
-            stdout.read_line(&mut line).unwrap() > 0,
-            "the child exited before it was ready"
-        );
-    }
     let reported = Arc::new(Mutex::new(Reported::default()));
-    let reader = {
+    let mut writer = Writer::start(test, &[(CHILD_ENV, dir.display().to_string())], {
         let reported = reported.clone();
-        let stdout = stdout.into_inner();
-        std::thread::spawn(move || read_reports(stdout, reported))
-    };
-    writeln!(child.stdin.as_mut().unwrap(), "go").unwrap();
+        move |line| note_report(&line, &mut reported.lock().unwrap())
+    });
+    writer.go();
     // Let a few dozen completions be reported, then cut at a random moment.
-    let deadline = Instant::now() + Duration::from_secs(120);
     let want = 40 + (rng.next() % 120) as usize;
-    while reported.lock().unwrap().acked.len() < want {
-        assert!(
-            Instant::now() < deadline,
-            "the child reported too few completions"
-        );
-        assert!(child.try_wait().unwrap().is_none(), "the child died");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    std::thread::sleep(Duration::from_micros(rng.next() % 20_000));
-    child.kill().unwrap();
-    child.wait().unwrap();
-    reader.join().unwrap();
+    writer.kill_when(&mut rng, "completions", || {
+        reported.lock().unwrap().acked.len() >= want
+    });
     let reported = Arc::try_unwrap(reported)
         .ok()
         .unwrap()

@@ -11,13 +11,11 @@
 //! a gapless prefix holding exactly what was appended, and a journal that takes new appends.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use common::power_cut::{Rng, cut_power_to_log, note_sync, seed, sync_reporter};
+use common::power_cut::{Rng, Writer, cut_power_to_log, note_sync, seed, sync_reporter};
 use sandgraph::journal::wal::WalOptions;
 use sandgraph::journal::{
     Crossing, Durability, Event, Journal, LOCK_WAIT, PayloadRef, RunId, RunStatus,
@@ -156,19 +154,6 @@ enum SledFiles {
     RolledBack,
 }
 
-/// Starts this test binary again as the child of the test named `test`.
-fn spawn_child(test: &str, dir: &Path, segment_bytes: u64) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, dir)
-        .env(SEGMENT_ENV, segment_bytes.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap()
-}
-
 /// Copies sled's files (not the log) from `from` to `to`.
 fn copy_sled_files(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -201,23 +186,17 @@ fn clear_sled_files(dir: &Path) {
     }
 }
 
-fn read_reports(stdout: std::process::ChildStdout, into: Arc<Mutex<Reported>>) {
-    for line in BufReader::new(stdout).lines() {
-        let Ok(line) = line else { return };
-        let mut r = into.lock().unwrap();
-        if note_sync(&line, &mut r.synced) {
-            continue;
-        }
-        let mut words = line.split(' ');
-        match (words.next(), words.next(), words.next()) {
-            (Some("ack"), Some(run), Some(seq)) => {
-                let (run, seq) = (RunId::parse(run).unwrap(), seq.parse::<u64>().unwrap());
-                let e = r.acked.entry(run).or_default();
-                *e = (*e).max(seq);
-                r.acks += 1;
-            }
-            _ => {}
-        }
+/// Notes one line the child printed.
+fn note_report(line: &str, r: &mut Reported) {
+    if note_sync(line, &mut r.synced) {
+        return;
+    }
+    let mut words = line.split(' ');
+    if let (Some("ack"), Some(run), Some(seq)) = (words.next(), words.next(), words.next()) {
+        let (run, seq) = (RunId::parse(run).unwrap(), seq.parse::<u64>().unwrap());
+        let e = r.acked.entry(run).or_default();
+        *e = (*e).max(seq);
+        r.acks += 1;
     }
 }
 
@@ -228,41 +207,27 @@ fn power_cut(test: &str, seed: u64, segment_bytes: u64, sled: SledFiles) -> usiz
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("journal");
     let before = tmp.path().join("sled-before");
-    let mut child = spawn_child(test, &dir, segment_bytes);
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    while !line.starts_with("ready") {
-        line.clear();
-        assert!(
-            stdout.read_line(&mut line).unwrap() > 0,
-            "the child exited before it was ready"
-        );
-    }
+    let reported = Arc::new(Mutex::new(Reported::default()));
+    let mut writer = Writer::start(
+        test,
+        &[
+            (CHILD_ENV, dir.display().to_string()),
+            (SEGMENT_ENV, segment_bytes.to_string()),
+        ],
+        {
+            let reported = reported.clone();
+            move |line| note_report(&line, &mut reported.lock().unwrap())
+        },
+    );
     if sled == SledFiles::RolledBack {
         copy_sled_files(&dir, &before);
     }
-    let reported = Arc::new(Mutex::new(Reported::default()));
-    let reader = {
-        let reported = reported.clone();
-        let stdout = stdout.into_inner();
-        std::thread::spawn(move || read_reports(stdout, reported))
-    };
-    writeln!(child.stdin.as_mut().unwrap(), "go").unwrap();
+    writer.go();
     // Let it acknowledge a few hundred durable appends, then cut at a random moment.
-    let deadline = Instant::now() + Duration::from_secs(120);
     let want = 200 + (rng.next() % 400) as usize;
-    while reported.lock().unwrap().acks < want {
-        assert!(
-            Instant::now() < deadline,
-            "the child acknowledged too few appends"
-        );
-        assert!(child.try_wait().unwrap().is_none(), "the child died");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    std::thread::sleep(Duration::from_micros(rng.next() % 20_000));
-    child.kill().unwrap();
-    child.wait().unwrap();
-    reader.join().unwrap();
+    writer.kill_when(&mut rng, "acknowledged appends", || {
+        reported.lock().unwrap().acks >= want
+    });
     let reported = Arc::try_unwrap(reported)
         .ok()
         .unwrap()

@@ -87,3 +87,73 @@ pub fn cut_power_to_log(journal: &Path, synced: &HashMap<String, u64>, rng: &mut
     }
     touched
 }
+
+/// A copy of this test binary running one test as the writer whose power is cut: it prints
+/// `ready` once set up, waits for `go` on its stdin, and reports on stdout until killed.
+pub struct Writer {
+    child: std::process::Child,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Writer {
+    /// Starts this test binary again, filtered to `test`, with `env` set (the test sees it and
+    /// becomes the writer); waits for its `ready` line, then hands each later line to
+    /// `on_line` on a thread of its own.
+    pub fn start(
+        test: &str,
+        env: &[(&str, String)],
+        mut on_line: impl FnMut(String) + Send + 'static,
+    ) -> Writer {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([test, "--exact", "--nocapture", "--test-threads=1"])
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        while !line.starts_with("ready") {
+            line.clear();
+            assert!(
+                stdout.read_line(&mut line).unwrap() > 0,
+                "the child exited before it was ready"
+            );
+        }
+        let reader = std::thread::spawn(move || {
+            for line in stdout.lines() {
+                let Ok(line) = line else { return };
+                on_line(line);
+            }
+        });
+        Writer { child, reader }
+    }
+
+    /// Tells the writer to start writing.
+    pub fn go(&mut self) {
+        use std::io::Write;
+        writeln!(self.child.stdin.as_mut().unwrap(), "go").unwrap();
+    }
+
+    /// Waits until `enough()` holds (failing after two minutes, or if the writer dies), then
+    /// SIGKILLs it at a random moment within the next 20 ms and waits until every line it
+    /// printed has been handed on.
+    pub fn kill_when(mut self, rng: &mut Rng, what: &str, enough: impl Fn() -> bool) {
+        use std::time::{Duration, Instant};
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !enough() {
+            assert!(
+                Instant::now() < deadline,
+                "the child reported too few {what}"
+            );
+            assert!(self.child.try_wait().unwrap().is_none(), "the child died");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_micros(rng.next() % 20_000));
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.reader.join().unwrap();
+    }
+}
