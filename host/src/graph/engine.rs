@@ -1350,8 +1350,13 @@ async fn execute_steps(
         journaled_steps.into_iter().collect();
     loop {
         for (a, start) in ready.drain(..) {
-            if !unsynced.is_empty() && !starts_before_durable(ctx, &a) {
-                unsynced.drain(ctx).await.map_err(jerr)?;
+            if !unsynced.is_empty()
+                && !starts_before_durable(ctx, &a)
+                && let Err(e) = unsynced.drain(ctx).await
+            {
+                // Steps already running (other branches) must not append past the run's end.
+                stop_all(&mut running).await;
+                return Err(jerr(e));
             }
             if !scheduled_already.contains(&a.step) {
                 let input = ctx
