@@ -19,7 +19,9 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use common::power_cut::{Rng, Writer, cut_power_to_log, note_sync, seed, sync_reporter};
+use common::power_cut::{
+    Rng, Writer, cut_power_to_log, note_sync, ready_then_wait_for_go, seed, sync_reporter,
+};
 use sandgraph::graph::catalog::Catalog;
 use sandgraph::graph::engine::{Engine, EngineConfig};
 use sandgraph::graph::{CompiledGraph, validate};
@@ -120,13 +122,7 @@ fn run_chains_until_killed(dir: &Path) -> ! {
         .enable_all()
         .build()
         .unwrap();
-    say("ready".into());
-    let mut go = String::new();
-    std::io::stdin().read_line(&mut go).unwrap();
-    std::panic::set_hook(Box::new(|info| {
-        eprintln!("engine power-loss child: {info}");
-        std::process::exit(101);
-    }));
+    ready_then_wait_for_go(|l| say(l), "engine power-loss child");
     let engine = Arc::new(engine);
     rt.block_on(async move {
         // A failed run panics its task, and the panic hook takes the child down with it.

@@ -15,7 +15,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use common::power_cut::{Rng, Writer, cut_power_to_log, note_sync, seed, sync_reporter};
+use common::power_cut::{
+    Rng, Writer, cut_power_to_log, note_sync, ready_then_wait_for_go, seed, sync_reporter,
+};
 use sandgraph::journal::wal::WalOptions;
 use sandgraph::journal::{
     Crossing, Durability, Event, Journal, LOCK_WAIT, PayloadRef, RunId, RunStatus,
@@ -106,14 +108,7 @@ fn append_until_killed(dir: &str) -> ! {
         on_sync: Some(sync_reporter(say.clone())),
     };
     let journal = Arc::new(Journal::open_with(Path::new(dir), LOCK_WAIT, options).unwrap());
-    say("ready".into());
-    let mut go = String::new();
-    std::io::stdin().read_line(&mut go).unwrap();
-    // A writer that fails takes the whole child down, so the parent sees it die.
-    std::panic::set_hook(Box::new(|info| {
-        eprintln!("power-loss child: {info}");
-        std::process::exit(101);
-    }));
+    ready_then_wait_for_go(&say, "power-loss child");
     for _ in 0..WRITERS {
         let (journal, say) = (journal.clone(), say.clone());
         std::thread::spawn(move || {

@@ -157,3 +157,16 @@ impl Writer {
         self.reader.join().unwrap();
     }
 }
+
+/// In the writer: says `ready` through `say`, waits for the parent's `go`, and from then on
+/// lets any panic (a failed write on any thread) take the whole process down, so the parent
+/// sees it die rather than a writer that quietly stopped.
+pub fn ready_then_wait_for_go(say: impl Fn(String), who: &'static str) {
+    say("ready".into());
+    let mut go = String::new();
+    std::io::stdin().read_line(&mut go).unwrap();
+    std::panic::set_hook(Box::new(move |info| {
+        eprintln!("{who}: {info}");
+        std::process::exit(101);
+    }));
+}
