@@ -78,7 +78,7 @@ pub struct EngineConfig {
     pub exit_when_waiting: bool,
     /// Every successor waits until its predecessors' completions are durable, even one that
     /// reaches nothing outside its sandbox. Off by default: such a step starts while the flush
-    /// is in flight (see [`starts_before_durable`]); on, it gives the stricter baseline the
+    /// is in flight (see [`reaches_nothing_outside`]); on, it gives the stricter baseline the
     /// `graph_steps` benchmark compares against.
     pub successors_wait_for_durability: bool,
 }
@@ -319,6 +319,9 @@ struct RunCtx {
     tokens: Arc<RunTokens>,
     /// Woken when a decision about one of the run's paused steps is journaled.
     decided: Arc<tokio::sync::Notify>,
+    /// Nodes whose steps may start while their predecessors' completions are being flushed
+    /// ([`reaches_nothing_outside`]), decided once per run.
+    starts_before_durable: std::collections::HashSet<petgraph::stable_graph::NodeIndex>,
 }
 
 impl Engine {
@@ -717,6 +720,11 @@ impl Engine {
         tokens_spent: u64,
     ) -> Arc<RunCtx> {
         let budget = graph.spec.spec.limits.token_budget;
+        let starts_before_durable = graph
+            .graph
+            .node_indices()
+            .filter(|&n| reaches_nothing_outside(&graph.graph[n], &tools, &self.config))
+            .collect();
         let decided = Arc::new(tokio::sync::Notify::new());
         self.approvals
             .lock()
@@ -738,6 +746,7 @@ impl Engine {
             graph,
             tools,
             created_ms,
+            starts_before_durable,
         })
     }
 
@@ -1169,25 +1178,25 @@ impl Unsynced {
     }
 }
 
-/// Whether `a` may start while its predecessors' completions are still being flushed: a tool
-/// step whose grant reaches nothing outside its sandbox (no egress rule, no writable
+/// Whether `node`'s steps may start while their predecessors' completions are still being
+/// flushed: a tool whose grant reaches nothing outside its sandbox (no egress rule, no writable
 /// workspace), so if a crash loses those completions, nothing outside can have seen it run.
 /// Agent steps always wait: their model calls and tools act on the world.
-fn starts_before_durable(ctx: &RunCtx, a: &Activation) -> bool {
-    if ctx.config.successors_wait_for_durability {
+fn reaches_nothing_outside(
+    node: &super::compile::CompiledNode,
+    tools: &HashMap<String, (Arc<LoadedTool>, Manifest)>,
+    config: &EngineConfig,
+) -> bool {
+    if config.successors_wait_for_durability || node.spec.kind != super::spec::NodeKind::Tool {
         return false;
     }
-    let node = &ctx.graph.graph[a.node];
-    if node.spec.kind != super::spec::NodeKind::Tool {
-        return false;
-    }
-    let Some((_, manifest)) = ctx.tools.get(&node.spec.component) else {
+    let Some((_, manifest)) = tools.get(&node.spec.component) else {
         return false;
     };
-    let Ok(node_grant) = call_grant(node, &ctx.config) else {
+    let Ok(node_grant) = call_grant(node, config) else {
         return false;
     };
-    let grant = EffectiveGrant::intersect(&ctx.config.policy, manifest, &node_grant);
+    let grant = EffectiveGrant::intersect(&config.policy, manifest, &node_grant);
     grant.egress.is_empty() && !matches!(grant.workspace, Some((_, WorkspaceMode::Rw)))
 }
 
@@ -1351,7 +1360,7 @@ async fn execute_steps(
     loop {
         for (a, start) in ready.drain(..) {
             if !unsynced.is_empty()
-                && !starts_before_durable(ctx, &a)
+                && !ctx.starts_before_durable.contains(&a.node)
                 && let Err(e) = unsynced.drain(ctx).await
             {
                 // Steps already running (other branches) must not append past the run's end.
