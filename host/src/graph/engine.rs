@@ -898,7 +898,9 @@ impl RunCtx {
         let calls: Vec<&AuditRecord> = std::iter::once(own).chain(nested).collect();
         // Plain structs of strings and integers always serialise.
         let json = serde_json::to_vec(&calls).unwrap_or_default();
-        let calls = self.journal.put_payload(&json)?;
+        let calls = self
+            .journal
+            .put_payload_within(&json, crate::journal::event::AUDIT_INLINE_LIMIT)?;
         self.append(
             Event::StepAudit {
                 step: step.to_owned(),

@@ -17,6 +17,12 @@ pub const OLDEST_FORMAT_VERSION: u8 = 2;
 /// Payloads at most this long are stored inside the event; longer ones go to the blob tree once.
 pub const INLINE_LIMIT: usize = 256;
 
+/// A step's audit record (`StepAudit`) stays inside its event up to this length. Each record
+/// is unique to its attempt (durations, peaks), so the blob tree's sharing never pays for it,
+/// and a tool call's record (about 500 bytes) would otherwise cost a hash, a lookup and a
+/// write of its own on every step. An agent step with many nested calls still goes to a blob.
+pub const AUDIT_INLINE_LIMIT: usize = 4096;
+
 /// A payload kept inline (small) or by its sha256 in the content-addressed blob tree.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PayloadRef {

@@ -294,7 +294,17 @@ impl Journal {
 
     /// Stores a payload: inline when small, otherwise once in the blob tree under its sha256.
     pub fn put_payload(&self, bytes: &[u8]) -> Result<PayloadRef, JournalError> {
-        if bytes.len() <= event::INLINE_LIMIT {
+        self.put_payload_within(bytes, event::INLINE_LIMIT)
+    }
+
+    /// [`Journal::put_payload`] keeping payloads of up to `inline_limit` bytes inside the event
+    /// (for payloads no other event will share, such as [`event::AUDIT_INLINE_LIMIT`]).
+    pub fn put_payload_within(
+        &self,
+        bytes: &[u8],
+        inline_limit: usize,
+    ) -> Result<PayloadRef, JournalError> {
+        if bytes.len() <= inline_limit {
             return Ok(PayloadRef::Inline(bytes.to_vec()));
         }
         self.put_blob(Sha256::digest(bytes).into(), bytes)
