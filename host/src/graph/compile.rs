@@ -69,6 +69,9 @@ pub struct CompiledGraph {
     pub deadline: Option<Duration>,
     /// sha256 of the canonical JSON of the spec.
     pub digest: [u8; 32],
+    /// The spec's canonical JSON ([`canonical_json`]), which every run pins: built once here
+    /// rather than for each run.
+    pub canonical: std::sync::Arc<[u8]>,
 }
 
 impl CompiledGraph {
@@ -148,7 +151,8 @@ impl CompiledGraph {
             .map(|(n, ins)| (idx[n], ins.iter().map(|e| edge_idx[&e.0]).collect()))
             .collect();
         let entries = topo.entries.iter().map(|&i| idx[i]).collect();
-        let digest = digest_of(&spec);
+        let canonical: std::sync::Arc<[u8]> = canonical_json(&spec).into();
+        let digest = Sha256::digest(&canonical).into();
         CompiledGraph {
             max_steps: spec.spec.limits.max_steps,
             deadline: spec
@@ -163,6 +167,7 @@ impl CompiledGraph {
             entries,
             joins,
             digest,
+            canonical,
         }
     }
 

@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::catalog::Catalog;
-use super::compile::{CompiledGraph, canonical_json};
+use super::compile::CompiledGraph;
 use super::expr::json_depth;
 use super::scheduler::{Activation, ScheduleError, Scheduler};
 use super::spec::Graph;
@@ -516,7 +516,9 @@ impl Engine {
         let event = Event::RunCreated {
             graph_name: graph.spec.metadata.name.clone(),
             graph_digest: graph.digest_hex(),
-            graph: self.journal.put_payload(&canonical_json(&graph.spec))?,
+            graph: self
+                .journal
+                .put_payload_known(&graph.canonical, &format!("sha256:{}", graph.digest_hex()))?,
             components: pinned,
             input: self.journal.put_payload(input.to_string().as_bytes())?,
         };
