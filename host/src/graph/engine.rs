@@ -312,8 +312,6 @@ struct RunCtx {
     models: Option<Arc<dyn ModelRouter>>,
     workspace_lock: WorkspaceLock,
     graph: Arc<CompiledGraph>,
-    /// Component name -> loaded component and manifest.
-    tools: HashMap<String, (Arc<LoadedTool>, Manifest)>,
     created_ms: u64,
     /// What the run's model calls may still spend (`spec.limits.tokenBudget`).
     tokens: Arc<RunTokens>,
@@ -322,6 +320,39 @@ struct RunCtx {
     /// Nodes whose steps may start while their predecessors' completions are being flushed
     /// ([`reaches_nothing_outside`]), decided once per run.
     starts_before_durable: std::collections::HashSet<petgraph::stable_graph::NodeIndex>,
+    /// What each node's steps run with ([`NodeGrant::of`]), or why they cannot run, decided
+    /// once per run: every input of it is fixed when the run starts.
+    grants: HashMap<petgraph::stable_graph::NodeIndex, Result<NodeGrant, String>>,
+}
+
+/// The component a node's steps call and what they are granted.
+struct NodeGrant {
+    tool: Arc<LoadedTool>,
+    /// The node's grant ∩ the component's manifest ∩ the operator's policy.
+    grant: EffectiveGrant,
+    /// For an agent node, the tools it may call, each under its own intersection.
+    tools: Vec<GrantedTool>,
+}
+
+impl NodeGrant {
+    fn of(
+        node: &super::compile::CompiledNode,
+        tools: &HashMap<String, (Arc<LoadedTool>, Manifest)>,
+        config: &EngineConfig,
+    ) -> Result<NodeGrant, String> {
+        let (tool, manifest) = tools.get(&node.spec.component).ok_or_else(|| {
+            format!(
+                "component '{}' was not pinned by this run",
+                node.spec.component
+            )
+        })?;
+        let node_grant = call_grant(node, config)?;
+        Ok(NodeGrant {
+            tool: tool.clone(),
+            grant: EffectiveGrant::intersect(&config.policy, manifest, &node_grant),
+            tools: granted_tools(node, tools, &config.policy, &node_grant)?,
+        })
+    }
 }
 
 impl Engine {
@@ -722,10 +753,18 @@ impl Engine {
         tokens_spent: u64,
     ) -> Arc<RunCtx> {
         let budget = graph.spec.spec.limits.token_budget;
-        let starts_before_durable = graph
+        let grants: HashMap<_, _> = graph
             .graph
             .node_indices()
-            .filter(|&n| reaches_nothing_outside(&graph.graph[n], &tools, &self.config))
+            .map(|n| (n, NodeGrant::of(&graph.graph[n], &tools, &self.config)))
+            .collect();
+        let starts_before_durable = grants
+            .iter()
+            .filter(|(n, g)| {
+                g.as_ref()
+                    .is_ok_and(|g| reaches_nothing_outside(&graph.graph[**n], g, &self.config))
+            })
+            .map(|(n, _)| *n)
             .collect();
         let decided = Arc::new(tokio::sync::Notify::new());
         self.approvals
@@ -746,9 +785,9 @@ impl Engine {
             on_call: self.on_call.clone(),
             workspace_lock: self.workspace_lock.clone(),
             graph,
-            tools,
             created_ms,
             starts_before_durable,
+            grants,
         })
     }
 
@@ -1188,19 +1227,13 @@ impl Unsynced {
 /// Agent steps always wait: their model calls and tools act on the world.
 fn reaches_nothing_outside(
     node: &super::compile::CompiledNode,
-    tools: &HashMap<String, (Arc<LoadedTool>, Manifest)>,
+    granted: &NodeGrant,
     config: &EngineConfig,
 ) -> bool {
     if config.successors_wait_for_durability || node.spec.kind != super::spec::NodeKind::Tool {
         return false;
     }
-    let Some((_, manifest)) = tools.get(&node.spec.component) else {
-        return false;
-    };
-    let Ok(node_grant) = call_grant(node, config) else {
-        return false;
-    };
-    let grant = EffectiveGrant::intersect(&config.policy, manifest, &node_grant);
+    let grant = &granted.grant;
     grant.egress.is_empty() && !matches!(grant.workspace, Some((_, WorkspaceMode::Rw)))
 }
 
@@ -1570,35 +1603,23 @@ fn retryable(e: &CallError) -> bool {
 /// Runs a step's attempts (with backoff between them) until one succeeds or none is left.
 async fn run_step(ctx: &Arc<RunCtx>, a: &Activation, start: StartAt) -> StepEnd {
     let node = &ctx.graph.graph[a.node];
-    let Some((tool, manifest)) = ctx.tools.get(&node.spec.component) else {
-        return StepEnd::Failed {
-            attempts: 0,
-            message: format!(
-                "component '{}' was not pinned by this run",
-                node.spec.component
-            ),
-        };
-    };
-    let node_grant = match call_grant(node, &ctx.config) {
-        Ok(g) => g,
-        Err(message) => {
+    let granted = match ctx.grants.get(&a.node) {
+        Some(Ok(g)) => g,
+        Some(Err(message)) => {
             return StepEnd::Failed {
                 attempts: 0,
-                message,
+                message: message.clone(),
+            };
+        }
+        None => {
+            return StepEnd::Failed {
+                attempts: 0,
+                message: format!("node '{}' is not part of this run's graph", node.spec.id),
             };
         }
     };
-    let grant = EffectiveGrant::intersect(&ctx.config.policy, manifest, &node_grant);
+    let (tool, grant, granted_tools) = (&granted.tool, &granted.grant, &granted.tools);
     let is_agent = node.spec.kind == super::spec::NodeKind::Agent;
-    let granted_tools = match granted_tools(node, &ctx.tools, &ctx.config.policy, &node_grant) {
-        Ok(t) => t,
-        Err(message) => {
-            return StepEnd::Failed {
-                attempts: 0,
-                message,
-            };
-        }
-    };
     let input = a.input.to_string();
     let policy = node.retry;
     let mut attempt = start.attempt;
@@ -1622,7 +1643,7 @@ async fn run_step(ctx: &Arc<RunCtx>, a: &Activation, start: StartAt) -> StepEnd 
         } else {
             StepCrossings::record(ctx.journal.clone(), ctx.run, &a.step, attempt)
         };
-        crossings.set_idempotency_key_honoured(honours_keys(&grant, &ctx.config));
+        crossings.set_idempotency_key_honoured(honours_keys(grant, &ctx.config));
         replay = false;
         let held = match &grant.workspace {
             Some((dir, mode)) => {
@@ -1652,7 +1673,7 @@ async fn run_step(ctx: &Arc<RunCtx>, a: &Activation, start: StartAt) -> StepEnd 
                 }),
             };
             ctx.sandbox
-                .call_agent_journaled(tool, &grant, &input, &crossings, env)
+                .call_agent_journaled(tool, grant, &input, &crossings, env)
                 .await
                 .map(|(report, activity)| {
                     observe_activity(ctx, &a.step, attempt, &activity);
@@ -1660,7 +1681,7 @@ async fn run_step(ctx: &Arc<RunCtx>, a: &Activation, start: StartAt) -> StepEnd 
                 })
         } else {
             ctx.sandbox
-                .call_journaled(tool, &grant, &input, &crossings)
+                .call_journaled(tool, grant, &input, &crossings)
                 .await
                 .map(|report| (report, Vec::new()))
         };
