@@ -7,9 +7,13 @@
 //!
 //! Time is bounded too: `cel` has no step budget, so the cost is bounded statically (macros
 //! nest at most [`MAX_MACRO_NESTING`] deep, and what they iterate is bounded by the size
-//! limits of the run input and tool outputs), and every evaluation runs on an evaluator
-//! thread, never on an async worker, with a wall-clock limit ([`MAX_EVAL_TIME`]) past which
-//! the step fails as `expression_timeout` and the evaluation is abandoned to finish alone.
+//! limits of the run input and tool outputs), and an expression with a macro runs on an
+//! evaluator thread, never on an async worker, with a wall-clock limit ([`MAX_EVAL_TIME`])
+//! past which the step fails as `expression_timeout` and the evaluation is abandoned to finish
+//! alone. An expression without macros costs time linear in its size and in the values it
+//! reads (every function of the standard library is linear, and nothing iterates), like
+//! reading those values in the first place, so it runs where it is called when the stack there
+//! has room for it: a step's input mapping then costs no hand-off to another thread and back.
 
 use std::collections::HashMap;
 use std::sync::mpsc;
@@ -55,6 +59,12 @@ const EVAL_PER_LEVEL: usize = 96 << 10;
 /// Stack converting JSON documents into CEL values and back needs (measured under 1 MiB at
 /// `sandbox::MAX_JSON_DEPTH`); with it a tokio worker (2 MiB) always evaluates on a segment.
 const EVAL_BASE: usize = 2 << 20;
+
+/// Stack an evaluation in place needs besides its tree levels and JSON levels, with margin.
+const INLINE_BASE: usize = 256 << 10;
+/// Stack one level of a JSON document may need while it is converted into the evaluator's
+/// values and back (measured under 1 MiB for `MAX_JSON_DEPTH` = 64 levels), with margin.
+const JSON_PER_LEVEL: usize = 24 << 10;
 
 /// Stack the type checker needs, with a wide margin (one recursion per tree level).
 const CHECK_BASE: usize = 256 << 10;
@@ -106,6 +116,20 @@ pub struct Expression {
     pub source: String,
     program: Arc<cel::Program>,
     tree_depth: usize,
+    /// Has no macro: its cost is linear, so it may run in place (see the module's doc).
+    macro_free: bool,
+    /// What it reads of `input`, `nodes` and `state` (in [`STATE_ROOTS`] order).
+    reads: [Reads; 3],
+}
+
+/// What an expression reads of one state variable, as its parsed tree shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reads {
+    /// Only these fields, each by a plain selection (`nodes.a`, `has(nodes.a)`): a map holding
+    /// just them (those present) evaluates exactly as the whole one. Empty: never read.
+    Fields(Vec<String>),
+    /// The value as a whole (indexed, iterated, sized, compared, passed to a function).
+    Whole,
 }
 
 /// Why an expression could not be evaluated.
@@ -176,7 +200,12 @@ impl Expression {
         let program = parsed
             .map_err(|p| ExprError::Syntax(format!("the parser panicked: {}", panic_text(&p))))?
             .map_err(|e| ExprError::Syntax(e.to_string().replace('\n', "; ")))?;
-        let (tree_depth, macro_depth, free) = walk(program.expression());
+        let Walked {
+            tree_depth,
+            macro_depth,
+            free,
+            reads,
+        } = walk(program.expression());
         if macro_depth > MAX_MACRO_NESTING {
             return Err(ExprError::MacroNesting {
                 depth: macro_depth,
@@ -189,16 +218,20 @@ impl Expression {
                 limit: MAX_DEPTH,
             });
         }
-        if let Some(v) = free
-            .into_iter()
-            .find(|v| !STATE_ROOTS.contains(&v.as_str()))
-        {
-            return Err(ExprError::UnknownVariable(v));
+        if let Some(v) = free.iter().find(|v| !STATE_ROOTS.contains(&v.as_str())) {
+            return Err(ExprError::UnknownVariable(v.clone()));
         }
+        let reads = STATE_ROOTS.map(|root| {
+            free.iter()
+                .position(|f| f == root)
+                .map_or(Reads::Fields(Vec::new()), |i| reads[i].clone())
+        });
         Ok(Expression {
             source: source.to_owned(),
             program: Arc::new(program),
             tree_depth,
+            macro_free: macro_depth == 0,
+            reads,
         })
     }
 
@@ -221,9 +254,15 @@ impl Expression {
         })
     }
 
-    /// Evaluates against `input`, `nodes` and `state` on an evaluator thread (a stack large
-    /// enough for this expression's depth and JSON documents of `MAX_JSON_DEPTH` levels),
-    /// waiting at most [`MAX_EVAL_TIME`].
+    /// What it reads of `input`, `nodes` and `state`, in that order.
+    pub fn reads(&self) -> &[Reads; 3] {
+        &self.reads
+    }
+
+    /// Evaluates against `input`, `nodes` and `state`: in place when it has no macro and the
+    /// stack here has room for its depth and the depth of the values it reads, otherwise on an
+    /// evaluator thread (a stack large enough for this expression's depth and JSON documents of
+    /// `MAX_JSON_DEPTH` levels), waiting at most [`MAX_EVAL_TIME`].
     pub fn eval(
         &self,
         env: &Arc<cel::Env>,
@@ -232,36 +271,88 @@ impl Expression {
         self.eval_within(env, vars, MAX_EVAL_TIME)
     }
 
-    /// [`Expression::eval`] with another time limit.
+    /// [`Expression::eval`] with another time limit for evaluations on an evaluator thread.
     pub fn eval_within(
         &self,
         env: &Arc<cel::Env>,
         vars: [(&str, cel::Value); 3],
         limit: Duration,
     ) -> Result<Value, EvalFailure> {
+        if self.macro_free {
+            // The result nests at most as deep as what it reads plus the brackets written.
+            let json_levels = vars.iter().map(|(_, v)| cel_depth(v)).max().unwrap_or(0)
+                + MAX_NESTING
+                + 2;
+            let need = INLINE_BASE + self.tree_depth * EVAL_PER_LEVEL + json_levels * JSON_PER_LEVEL;
+            if stacker::remaining_stack().is_some_and(|left| left >= need) {
+                #[cfg(test)]
+                IN_PLACE.with(|n| n.set(n.get() + 1));
+                return evaluate(&self.program, env.clone(), vars);
+            }
+        }
         let program = self.program.clone();
         let env = env.clone();
         let vars = vars.map(|(name, value)| (name.to_owned(), value));
         let need = EVAL_BASE + self.tree_depth * EVAL_PER_LEVEL;
         let job = move || {
             stacker::maybe_grow(need, STACK_SEGMENT, || {
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    let mut ctx = cel::Context::with_env(env);
-                    for (name, value) in vars {
-                        ctx.add_variable_from_value(name, value);
-                    }
-                    let value = program
-                        .execute(&ctx)
-                        .map_err(|e| EvalFailure::Execution(e.to_string()))?;
-                    value
-                        .json()
-                        .map_err(|e| EvalFailure::NotJson(format!("{e:?}")))
-                }))
-                .unwrap_or_else(|p| Err(EvalFailure::Panicked(panic_text(&p))))
+                let [(a, va), (b, vb), (c, vc)] = vars;
+                evaluate(
+                    &program,
+                    env,
+                    [(a.as_str(), va), (b.as_str(), vb), (c.as_str(), vc)],
+                )
             })
         };
         evaluators::run(job, limit).unwrap_or(Err(EvalFailure::Timeout { limit }))
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Evaluations this thread ran in place.
+    pub(crate) static IN_PLACE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `program` against `vars` on this thread and converts the result to JSON.
+fn evaluate(
+    program: &cel::Program,
+    env: Arc<cel::Env>,
+    vars: [(&str, cel::Value); 3],
+) -> Result<Value, EvalFailure> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut ctx = cel::Context::with_env(env);
+        for (name, value) in vars {
+            ctx.add_variable_from_value(name, value);
+        }
+        let value = program
+            .execute(&ctx)
+            .map_err(|e| EvalFailure::Execution(e.to_string()))?;
+        value
+            .json()
+            .map_err(|e| EvalFailure::NotJson(format!("{e:?}")))
+    }))
+    .unwrap_or_else(|p| Err(EvalFailure::Panicked(panic_text(&p))))
+}
+
+/// How deep lists and maps nest in `v` (a scalar is 0), without recursion.
+fn cel_depth(v: &cel::Value) -> usize {
+    let mut deepest = 0;
+    let mut todo = vec![(v, 0usize)];
+    while let Some((v, d)) = todo.pop() {
+        match v {
+            cel::Value::List(items) => {
+                deepest = deepest.max(d + 1);
+                todo.extend(items.iter().map(|i| (i, d + 1)));
+            }
+            cel::Value::Map(m) => {
+                deepest = deepest.max(d + 1);
+                todo.extend(m.map.values().map(|i| (i, d + 1)));
+            }
+            _ => deepest = deepest.max(d),
+        }
+    }
+    deepest
 }
 
 /// The evaluator threads: idle ones wait for a job; a job that outlives its caller's limit
@@ -382,6 +473,31 @@ pub fn to_cel(v: &Value) -> cel::Value {
     }
 }
 
+/// The part of a JSON value an expression that `reads` it can see, as CEL: of an object read
+/// only through plain selections, just the fields selected (conversion then costs what is
+/// read, not everything a run has accumulated); anything else whole.
+pub fn read_to_cel(v: &Value, reads: &Reads) -> cel::Value {
+    match v {
+        Value::Object(m) => read_map_to_cel(m, reads),
+        _ => to_cel(v),
+    }
+}
+
+/// [`read_to_cel`] of a JSON object.
+pub fn read_map_to_cel(m: &serde_json::Map<String, Value>, reads: &Reads) -> cel::Value {
+    let Reads::Fields(fields) = reads else {
+        return map_to_cel(m);
+    };
+    let map: HashMap<cel::objects::Key, cel::Value> = fields
+        .iter()
+        .filter_map(|f| {
+            let (k, v) = m.get_key_value(f)?;
+            Some((cel::objects::Key::String(Arc::new(k.clone())), to_cel(v)))
+        })
+        .collect();
+    cel::Value::Map(cel::objects::Map { map: Arc::new(map) })
+}
+
 /// A JSON object as a CEL map.
 pub fn map_to_cel(m: &serde_json::Map<String, Value>) -> cel::Value {
     let map: HashMap<cel::objects::Key, cel::Value> = m
@@ -408,31 +524,72 @@ pub fn json_depth(v: &Value) -> usize {
     deepest
 }
 
+/// What [`walk`] finds in a parsed tree.
+struct Walked {
+    tree_depth: usize,
+    macro_depth: usize,
+    /// Free variables in order of first use.
+    free: Vec<String>,
+    /// What each free variable is read for, in the order of `free`.
+    reads: Vec<Reads>,
+}
+
 /// The depth of the parsed tree, how deep macros nest in one another's loop bodies, and the
-/// free variables in order of first use, without recursion. Comprehension variables (`x` in
-/// `list.map(x, x * 2)`, the accumulator) are bound inside the loop, not free.
-fn walk(root: &cel::IdedExpr) -> (usize, usize, Vec<String>) {
+/// free variables in order of first use with what each is read for, without recursion.
+/// Comprehension variables (`x` in `list.map(x, x * 2)`, the accumulator) are bound inside the
+/// loop, not free.
+fn walk(root: &cel::IdedExpr) -> Walked {
     let mut deepest = 0;
     let mut macros = 0;
     let mut free: Vec<String> = Vec::new();
+    let mut reads: Vec<Reads> = Vec::new();
     // (index of the enclosing scope, names it binds, macro nesting of its loop body)
     let mut scopes: Vec<(Option<usize>, Vec<&str>, usize)> = vec![(None, Vec::new(), 0)];
     let mut todo: Vec<(&cel::IdedExpr, usize, usize)> = vec![(root, 1, 0)];
+    let is_bound = |scopes: &[(Option<usize>, Vec<&str>, usize)], scope: usize, name: &str| {
+        let mut s = Some(scope);
+        while let Some(i) = s {
+            if scopes[i].1.contains(&name) {
+                return true;
+            }
+            s = scopes[i].0;
+        }
+        false
+    };
+    // The read of free variable `name`: `field` for a plain selection, None for the whole.
+    let mut note = |name: &str, field: Option<&str>| {
+        let i = match free.iter().position(|f| f == name) {
+            Some(i) => i,
+            None => {
+                free.push(name.to_owned());
+                reads.push(Reads::Fields(Vec::new()));
+                free.len() - 1
+            }
+        };
+        match (&mut reads[i], field) {
+            (Reads::Fields(fields), Some(f)) => {
+                if !fields.iter().any(|x| x == f) {
+                    fields.push(f.to_owned());
+                }
+            }
+            (r, None) => *r = Reads::Whole,
+            (Reads::Whole, Some(_)) => {}
+        }
+    };
     while let Some((e, d, scope)) = todo.pop() {
         deepest = deepest.max(d);
         match &e.expr {
             Expr::Ident(name) => {
-                let mut s = Some(scope);
-                let mut bound = false;
-                while let Some(i) = s {
-                    if scopes[i].1.contains(&name.as_str()) {
-                        bound = true;
-                        break;
-                    }
-                    s = scopes[i].0;
+                if !is_bound(&scopes, scope, name) {
+                    note(name, None);
                 }
-                if !bound && !free.contains(name) {
-                    free.push(name.clone());
+            }
+            Expr::Select(s)
+                if matches!(&s.operand.expr, Expr::Ident(name) if !is_bound(&scopes, scope, name)) =>
+            {
+                deepest = deepest.max(d + 1);
+                if let Expr::Ident(name) = &s.operand.expr {
+                    note(name, Some(&s.field));
                 }
             }
             Expr::Call(c) => {
@@ -476,7 +633,12 @@ fn walk(root: &cel::IdedExpr) -> (usize, usize, Vec<String>) {
             Expr::Literal(_) | Expr::Unspecified => {}
         }
     }
-    (deepest, macros, free)
+    Walked {
+        tree_depth: deepest,
+        macro_depth: macros,
+        free,
+        reads,
+    }
 }
 
 /// One bracket level of the scan.

@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use super::expr::{Expression, map_to_cel, to_cel};
+use super::expr::{Expression, read_map_to_cel, read_to_cel};
 use super::spec::Reducer;
 use super::validate::abbreviate;
 
@@ -75,11 +75,14 @@ impl RunState {
 
     /// Evaluates a compiled expression against this state (see [`super::expr`] for how JSON
     /// maps to CEL values and how deep evaluation may go).
+    /// Only what the expression reads is converted: a step's input mapping reads one or two
+    /// nodes, not every output the run has produced so far.
     pub fn eval(&self, expr: &Expression) -> Result<Value, EvalError> {
+        let [input, nodes, state] = expr.reads();
         let vars = [
-            ("input", to_cel(&self.input)),
-            ("nodes", map_to_cel(&self.nodes)),
-            ("state", map_to_cel(&self.state)),
+            ("input", read_to_cel(&self.input, input)),
+            ("nodes", read_map_to_cel(&self.nodes, nodes)),
+            ("state", read_map_to_cel(&self.state, state)),
         ];
         expr.eval(&stdlib(), vars).map_err(|e| EvalError {
             source_text: abbreviate(&expr.source),
@@ -121,6 +124,132 @@ mod tests {
             .unwrap();
         assert_eq!(v, json!(true));
         assert_eq!(s.eval(&program("input.name + '!'")).unwrap(), json!("x!"));
+    }
+
+    /// Every variable converted whole, as every evaluation did before reads were narrowed.
+    fn eval_whole(s: &RunState, e: &Expression) -> Result<Value, String> {
+        use super::super::expr::{map_to_cel, to_cel};
+        let vars = [
+            ("input", to_cel(&s.input)),
+            ("nodes", map_to_cel(&s.nodes)),
+            ("state", map_to_cel(&s.state)),
+        ];
+        e.eval(&stdlib(), vars).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn narrowed_reads_evaluate_as_the_whole_state_does() {
+        let mut s = RunState::new(json!({"limit": 10, "name": "x", "list": [1, 2]}));
+        let r = [("n".to_string(), Reducer::Replace)];
+        s.merge("a", &json!({"value": 4, "n": 1}), &r);
+        s.merge("b", &json!({"value": "five"}), &r);
+        s.merge("c", &json!([1, 2, 3]), &r);
+        let cases = [
+            "nodes.a.value",
+            "nodes.a.value + nodes.a.n",
+            "has(nodes.a)",
+            "has(nodes.zz)",
+            "nodes.zz.value",
+            "nodes.c[1]",
+            "size(nodes)",
+            "size(state)",
+            "nodes['a'].value",
+            "'b' in nodes",
+            "nodes.exists(k, k == 'c')",
+            "nodes == {}",
+            "[nodes.a.value, nodes.b.value].size()",
+            "[1, 2].map(nodes, nodes + 1)",
+            "[1].map(nodes, nodes.a)",
+            "nodes.a.value < input.limit && state.n == 1",
+            "input.name + '!'",
+            "input.missing",
+            "size(input)",
+            "input",
+            "state",
+            "has(state.n) ? state.n : 0",
+            "1 + 1",
+        ];
+        for src in cases {
+            let e = program(src);
+            let narrowed = s.eval(&e).map_err(|e| e.reason);
+            assert_eq!(narrowed, eval_whole(&s, &e), "{src}");
+        }
+        // A run input that is not an object is passed as it is.
+        let list = RunState::new(json!([1, 2]));
+        for src in ["input.x", "input[0]", "size(input)"] {
+            let e = program(src);
+            let narrowed = list.eval(&e).map_err(|e| e.reason);
+            assert_eq!(narrowed, eval_whole(&list, &e), "{src}");
+        }
+    }
+
+    /// A macro-free expression runs in place only when the stack there has room: on a tokio
+    /// worker's 2 MiB a document as deep as the limits allow goes to an evaluator thread instead
+    /// of overflowing, and on a large stack it runs in place with the same result.
+    #[test]
+    fn in_place_and_evaluator_thread_results_agree_whatever_the_stack() {
+        let mut deep = json!(1);
+        for _ in 0..crate::sandbox::MAX_JSON_DEPTH - 1 {
+            deep = json!([deep]);
+        }
+        let mut s = RunState::new(json!({"k": "v"}));
+        s.merge("a", &json!({"deep": deep, "n": 2}), &[]);
+        let cases = [
+            "nodes.a.deep",
+            "[nodes.a.deep, [[nodes.a.deep]]]",
+            "nodes.a.n * 21",
+            "input.k + string(nodes.a.n)",
+            "nodes.a.deep[0][0][1]",
+        ];
+        let on_stack = |bytes: usize| {
+            let s = s.clone();
+            std::thread::Builder::new()
+                .stack_size(bytes)
+                .spawn(move || {
+                    let results = cases
+                        .iter()
+                        .map(|src| s.eval(&program(src)).map_err(|e| e.reason))
+                        .collect::<Vec<_>>();
+                    (results, super::super::expr::IN_PLACE.with(|n| n.get()))
+                })
+                .unwrap()
+                .join()
+                .expect("evaluation must not overflow the stack")
+        };
+        let (small, in_place) = on_stack(2 << 20);
+        assert_eq!(in_place, 0, "no room on 2 MiB for a document this deep");
+        let (large, in_place) = on_stack(64 << 20);
+        assert_eq!(in_place, cases.len(), "every one is macro-free");
+        assert_eq!(small, large);
+        assert_eq!(small[0], Ok(s.nodes["a"]["deep"].clone()));
+        assert_eq!(small[2], Ok(json!(42)));
+        assert_eq!(small[3], Ok(json!("v2")));
+        assert!(small[4].is_err());
+    }
+
+    #[test]
+    fn reads_name_the_fields_selected_or_the_whole_value() {
+        use super::super::expr::Reads;
+        let fields = |f: &[&str]| Reads::Fields(f.iter().map(|s| s.to_string()).collect());
+        let reads = |src: &str| program(src).reads().clone();
+        assert_eq!(
+            reads("nodes.a.value + nodes.b.x + nodes.a.y"),
+            [fields(&[]), fields(&["a", "b"]), fields(&[])]
+        );
+        assert_eq!(
+            reads("has(nodes.a) && input.x > 1"),
+            [fields(&["x"]), fields(&["a"]), fields(&[])]
+        );
+        assert_eq!(
+            reads("size(nodes) + state.n"),
+            [fields(&[]), Reads::Whole, fields(&["n"])]
+        );
+        assert_eq!(reads("nodes['a']")[1], Reads::Whole);
+        assert_eq!(reads("nodes.a.value + nodes[input.k]")[1], Reads::Whole);
+        // Inside a macro that binds `nodes`, the name is the loop variable, not the state.
+        assert_eq!(reads("[1].map(nodes, nodes.a)")[1], fields(&[]));
+        assert_eq!(reads("[1].all(x, nodes.a.v > x)")[1], fields(&["a"]));
+        assert_eq!(reads("[1].all(x, x in nodes)")[1], Reads::Whole);
     }
 
     #[test]
