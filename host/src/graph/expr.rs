@@ -280,10 +280,10 @@ impl Expression {
     ) -> Result<Value, EvalFailure> {
         if self.macro_free {
             // The result nests at most as deep as what it reads plus the brackets written.
-            let json_levels = vars.iter().map(|(_, v)| cel_depth(v)).max().unwrap_or(0)
-                + MAX_NESTING
-                + 2;
-            let need = INLINE_BASE + self.tree_depth * EVAL_PER_LEVEL + json_levels * JSON_PER_LEVEL;
+            let json_levels =
+                vars.iter().map(|(_, v)| cel_depth(v)).max().unwrap_or(0) + MAX_NESTING + 2;
+            let need =
+                INLINE_BASE + self.tree_depth * EVAL_PER_LEVEL + json_levels * JSON_PER_LEVEL;
             if stacker::remaining_stack().is_some_and(|left| left >= need) {
                 #[cfg(test)]
                 IN_PLACE.with(|n| n.set(n.get() + 1));
@@ -584,8 +584,7 @@ fn walk(root: &cel::IdedExpr) -> Walked {
                     note(name, None);
                 }
             }
-            Expr::Select(s)
-                if matches!(&s.operand.expr, Expr::Ident(name) if !is_bound(&scopes, scope, name)) =>
+            Expr::Select(s) if matches!(&s.operand.expr, Expr::Ident(name) if !is_bound(&scopes, scope, name)) =>
             {
                 deepest = deepest.max(d + 1);
                 if let Expr::Ident(name) = &s.operand.expr {
