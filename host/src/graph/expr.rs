@@ -271,6 +271,18 @@ impl Expression {
         self.eval_within(env, vars, MAX_EVAL_TIME)
     }
 
+    /// The stack an evaluation in place against `vars` may use, or None when it may not run
+    /// in place (it has a macro).
+    fn in_place_need(&self, vars: &[(&str, cel::Value); 3]) -> Option<usize> {
+        if !self.macro_free {
+            return None;
+        }
+        // The result nests at most as deep as what it reads plus the brackets written.
+        let json_levels =
+            vars.iter().map(|(_, v)| cel_depth(v)).max().unwrap_or(0) + MAX_NESTING + 2;
+        Some(INLINE_BASE + self.tree_depth * EVAL_PER_LEVEL + json_levels * JSON_PER_LEVEL)
+    }
+
     /// [`Expression::eval`] with another time limit for evaluations on an evaluator thread.
     pub fn eval_within(
         &self,
@@ -278,12 +290,7 @@ impl Expression {
         vars: [(&str, cel::Value); 3],
         limit: Duration,
     ) -> Result<Value, EvalFailure> {
-        if self.macro_free {
-            // The result nests at most as deep as what it reads plus the brackets written.
-            let json_levels =
-                vars.iter().map(|(_, v)| cel_depth(v)).max().unwrap_or(0) + MAX_NESTING + 2;
-            let need =
-                INLINE_BASE + self.tree_depth * EVAL_PER_LEVEL + json_levels * JSON_PER_LEVEL;
+        if let Some(need) = self.in_place_need(&vars) {
             if stacker::remaining_stack().is_some_and(|left| left >= need) {
                 #[cfg(test)]
                 IN_PLACE.with(|n| n.set(n.get() + 1));
@@ -1172,6 +1179,67 @@ mod tests {
         assert_eq!(eval("input.big").unwrap(), json!(u64::MAX));
         assert_eq!(eval("double(input.n) * input.f").unwrap(), json!(12.5));
         assert!(eval("input.n * 2.0").unwrap_err().reason.contains("mul"));
+    }
+
+    /// Evaluated in place on a stack only just above what `in_place_need` asks for, the
+    /// costliest macro-free shapes the limits admit (documents `MAX_JSON_DEPTH` deep compared,
+    /// rebuilt and returned; brackets, operators and unary runs nested to the limits) must fit:
+    /// an estimate too small overflows the stack and aborts the test process (as it did with the
+    /// constants cut to 0 and 512 bytes a level). Measured in a debug build, each of these used
+    /// under 128 KiB, where the estimate asks 2.7–5.8 MiB.
+    #[test]
+    fn in_place_evaluation_fits_the_stack_it_asks_for() {
+        let mut deep = serde_json::json!(1);
+        for _ in 0..crate::sandbox::MAX_JSON_DEPTH - 1 {
+            deep = serde_json::json!([deep]);
+        }
+        let nodes = serde_json::json!({"a": {"deep": deep.clone()}, "b": {"deep": deep}});
+        let brackets = format!(
+            "{}nodes.a.deep{}",
+            "[".repeat(MAX_NESTING - 1),
+            "]".repeat(MAX_NESTING - 1)
+        );
+        let sources = [
+            "nodes.a.deep == nodes.b.deep".to_string(),
+            "[nodes.a.deep, nodes.b.deep, {'k': nodes.a.deep}]".to_string(),
+            "nodes.a.deep[0][0][0] + nodes.b.deep[0][0]".to_string(),
+            brackets,
+            format!(
+                "{}1{}",
+                "(".repeat(MAX_NESTING - 1),
+                ")".repeat(MAX_NESTING - 1)
+            ),
+            format!("1{}", " + 1".repeat(MAX_OPERATORS)),
+            format!(
+                "{}nodes.a.deep[0]{}",
+                "(".repeat(MAX_NESTING - 1),
+                " + [1])".repeat(MAX_NESTING - 1)
+            ),
+            format!("{}size(nodes.a.deep)", "-".repeat(MAX_UNARY)),
+            format!(
+                "{}nodes.a.deep{}",
+                "size([".repeat(MAX_NESTING / 2 - 1),
+                "])".repeat(MAX_NESTING / 2 - 1)
+            ),
+        ];
+        for src in sources {
+            let e = Expression::compile(&src).unwrap();
+            let vars = [
+                ("input", to_cel(&serde_json::json!({}))),
+                ("nodes", to_cel(&nodes)),
+                ("state", to_cel(&serde_json::json!({}))),
+            ];
+            let need = e.in_place_need(&vars).expect("macro-free");
+            let env = Arc::new(cel::Env::stdlib());
+            let (result, in_place) = std::thread::Builder::new()
+                .stack_size(need + (16 << 10))
+                .spawn(move || (e.eval(&env, vars), IN_PLACE.with(|n| n.get())))
+                .unwrap()
+                .join()
+                .expect("the evaluation must fit the stack it asked for");
+            assert_eq!(in_place, 1, "{src} ran in place");
+            assert!(result.is_ok(), "{src}: {result:?}");
+        }
     }
 
     #[test]
