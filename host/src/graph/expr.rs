@@ -290,12 +290,12 @@ impl Expression {
         vars: [(&str, cel::Value); 3],
         limit: Duration,
     ) -> Result<Value, EvalFailure> {
-        if let Some(need) = self.in_place_need(&vars) {
-            if stacker::remaining_stack().is_some_and(|left| left >= need) {
-                #[cfg(test)]
-                IN_PLACE.with(|n| n.set(n.get() + 1));
-                return evaluate(&self.program, env.clone(), vars);
-            }
+        if let Some(need) = self.in_place_need(&vars)
+            && stacker::remaining_stack().is_some_and(|left| left >= need)
+        {
+            #[cfg(test)]
+            IN_PLACE.with(|n| n.set(n.get() + 1));
+            return evaluate(&self.program, env.clone(), vars);
         }
         let program = self.program.clone();
         let env = env.clone();
