@@ -614,7 +614,7 @@ fn main() {
     let chain_len = 20;
     let width = 16;
     let bench = Bench::new();
-    let workloads = [
+    let mut workloads = vec![
         (
             format!("chain of {chain_len}"),
             bench.graph("chain.yaml", &chain(chain_len)),
@@ -626,6 +626,14 @@ fn main() {
             width + 2,
         ),
     ];
+    // `SANDGRAPH_BENCH_ONLY=chain` or `=fan-out`: that workload alone.
+    if let Ok(only) = std::env::var("SANDGRAPH_BENCH_ONLY") {
+        workloads.retain(|(name, _, _)| name.starts_with(only.as_str()));
+        assert!(
+            !workloads.is_empty(),
+            "SANDGRAPH_BENCH_ONLY={only} names no workload (chain, fan-out)"
+        );
+    }
     let bare_input = r#"{"expr":"2 + 1"}"#;
     // Warm up: compile and first-call costs out of the way.
     {
