@@ -317,9 +317,6 @@ struct RunCtx {
     tokens: Arc<RunTokens>,
     /// Woken when a decision about one of the run's paused steps is journaled.
     decided: Arc<tokio::sync::Notify>,
-    /// Nodes whose steps may start while their predecessors' completions are being flushed
-    /// ([`reaches_nothing_outside`]), decided once per run.
-    starts_before_durable: std::collections::HashSet<petgraph::stable_graph::NodeIndex>,
     /// What each node's steps run with ([`NodeGrant::of`]), or why they cannot run, decided
     /// once per run: every input of it is fixed when the run starts.
     grants: HashMap<petgraph::stable_graph::NodeIndex, Result<NodeGrant, String>>,
@@ -332,6 +329,9 @@ struct NodeGrant {
     grant: EffectiveGrant,
     /// For an agent node, the tools it may call, each under its own intersection.
     tools: Vec<GrantedTool>,
+    /// Its steps may start while their predecessors' completions are being flushed
+    /// ([`reaches_nothing_outside`]).
+    starts_before_durable: bool,
 }
 
 impl NodeGrant {
@@ -347,9 +347,11 @@ impl NodeGrant {
             )
         })?;
         let node_grant = call_grant(node, config)?;
+        let grant = EffectiveGrant::intersect(&config.policy, manifest, &node_grant);
         Ok(NodeGrant {
             tool: tool.clone(),
-            grant: EffectiveGrant::intersect(&config.policy, manifest, &node_grant),
+            starts_before_durable: reaches_nothing_outside(node, &grant, config),
+            grant,
             tools: granted_tools(node, tools, &config.policy, &node_grant)?,
         })
     }
@@ -758,14 +760,6 @@ impl Engine {
             .node_indices()
             .map(|n| (n, NodeGrant::of(&graph.graph[n], &tools, &self.config)))
             .collect();
-        let starts_before_durable = grants
-            .iter()
-            .filter(|(n, g)| {
-                g.as_ref()
-                    .is_ok_and(|g| reaches_nothing_outside(&graph.graph[**n], g, &self.config))
-            })
-            .map(|(n, _)| *n)
-            .collect();
         let decided = Arc::new(tokio::sync::Notify::new());
         self.approvals
             .lock()
@@ -786,7 +780,6 @@ impl Engine {
             workspace_lock: self.workspace_lock.clone(),
             graph,
             created_ms,
-            starts_before_durable,
             grants,
         })
     }
@@ -914,6 +907,12 @@ fn check_input(graph: &Graph, input: &Value) -> Result<(), EngineError> {
 }
 
 impl RunCtx {
+    /// Whether `node`'s steps may start while their predecessors' completions are being
+    /// flushed (decided once per run, in [`NodeGrant::of`]).
+    fn starts_before_durable(&self, node: petgraph::stable_graph::NodeIndex) -> bool {
+        matches!(self.grants.get(&node), Some(Ok(g)) if g.starts_before_durable)
+    }
+
     /// Appends an event (durable ones through the async group commit) and reports it to the
     /// progress hook.
     async fn append(&self, event: Event, durability: Durability) -> Result<u64, JournalError> {
@@ -1227,13 +1226,12 @@ impl Unsynced {
 /// Agent steps always wait: their model calls and tools act on the world.
 fn reaches_nothing_outside(
     node: &super::compile::CompiledNode,
-    granted: &NodeGrant,
+    grant: &EffectiveGrant,
     config: &EngineConfig,
 ) -> bool {
     if config.successors_wait_for_durability || node.spec.kind != super::spec::NodeKind::Tool {
         return false;
     }
-    let grant = &granted.grant;
     grant.egress.is_empty() && !matches!(grant.workspace, Some((_, WorkspaceMode::Rw)))
 }
 
@@ -1397,17 +1395,19 @@ async fn execute_steps(
     loop {
         for (a, start) in ready.drain(..) {
             if !unsynced.is_empty()
-                && !ctx.starts_before_durable.contains(&a.node)
+                && !ctx.starts_before_durable(a.node)
                 && let Err(e) = unsynced.drain(ctx).await
             {
                 // Steps already running (other branches) must not append past the run's end.
                 stop_all(&mut running).await;
                 return Err(jerr(e));
             }
+            // The input as the step receives it and as the journal keeps it.
+            let input_text = a.input.to_string();
             if !scheduled_already.contains(&a.step) {
                 let input = ctx
                     .journal
-                    .put_payload(a.input.to_string().as_bytes())
+                    .put_payload(input_text.as_bytes())
                     .map_err(jerr)?;
                 ctx.append(
                     Event::StepScheduled {
@@ -1441,7 +1441,7 @@ async fn execute_steps(
                         if awaiting_journaled.insert(a.step.clone()) {
                             let input = ctx
                                 .journal
-                                .put_payload(a.input.to_string().as_bytes())
+                                .put_payload(input_text.as_bytes())
                                 .map_err(jerr)?;
                             ctx.append(
                                 Event::StepAwaitingApproval {
@@ -1463,7 +1463,7 @@ async fn execute_steps(
             running.spawn(async move {
                 let _permit = limit.acquire_owned().await;
                 let step = a.step.clone();
-                let end = run_step(&ctx, &a, start).await;
+                let end = run_step(&ctx, &a, start, input_text).await;
                 (step, end)
             });
         }
@@ -1600,8 +1600,9 @@ fn retryable(e: &CallError) -> bool {
     )
 }
 
-/// Runs a step's attempts (with backoff between them) until one succeeds or none is left.
-async fn run_step(ctx: &Arc<RunCtx>, a: &Activation, start: StartAt) -> StepEnd {
+/// Runs a step's attempts (with backoff between them) until one succeeds or none is left;
+/// `input` is `a.input` as JSON text.
+async fn run_step(ctx: &Arc<RunCtx>, a: &Activation, start: StartAt, input: String) -> StepEnd {
     let node = &ctx.graph.graph[a.node];
     let granted = match ctx.grants.get(&a.node) {
         Some(Ok(g)) => g,
@@ -1620,7 +1621,6 @@ async fn run_step(ctx: &Arc<RunCtx>, a: &Activation, start: StartAt) -> StepEnd 
     };
     let (tool, grant, granted_tools) = (&granted.tool, &granted.grant, &granted.tools);
     let is_agent = node.spec.kind == super::spec::NodeKind::Agent;
-    let input = a.input.to_string();
     let policy = node.retry;
     let mut attempt = start.attempt;
     let mut replay = start.replay;
