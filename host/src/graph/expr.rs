@@ -266,14 +266,14 @@ impl Expression {
     pub fn eval(
         &self,
         env: &Arc<cel::Env>,
-        vars: [(&str, cel::Value); 3],
+        vars: [(&'static str, cel::Value); 3],
     ) -> Result<Value, EvalFailure> {
         self.eval_within(env, vars, MAX_EVAL_TIME)
     }
 
     /// The stack an evaluation in place against `vars` may use, or None when it may not run
     /// in place (it has a macro).
-    fn in_place_need(&self, vars: &[(&str, cel::Value); 3]) -> Option<usize> {
+    fn in_place_need(&self, vars: &[(&'static str, cel::Value); 3]) -> Option<usize> {
         if !self.macro_free {
             return None;
         }
@@ -287,7 +287,7 @@ impl Expression {
     pub fn eval_within(
         &self,
         env: &Arc<cel::Env>,
-        vars: [(&str, cel::Value); 3],
+        vars: [(&'static str, cel::Value); 3],
         limit: Duration,
     ) -> Result<Value, EvalFailure> {
         if let Some(need) = self.in_place_need(&vars)
@@ -299,18 +299,9 @@ impl Expression {
         }
         let program = self.program.clone();
         let env = env.clone();
-        let vars = vars.map(|(name, value)| (name.to_owned(), value));
         let need = EVAL_BASE + self.tree_depth * EVAL_PER_LEVEL;
-        let job = move || {
-            stacker::maybe_grow(need, STACK_SEGMENT, || {
-                let [(a, va), (b, vb), (c, vc)] = vars;
-                evaluate(
-                    &program,
-                    env,
-                    [(a.as_str(), va), (b.as_str(), vb), (c.as_str(), vc)],
-                )
-            })
-        };
+        let job =
+            move || stacker::maybe_grow(need, STACK_SEGMENT, || evaluate(&program, env, vars));
         evaluators::run(job, limit).unwrap_or(Err(EvalFailure::Timeout { limit }))
     }
 }
@@ -325,7 +316,7 @@ thread_local! {
 fn evaluate(
     program: &cel::Program,
     env: Arc<cel::Env>,
-    vars: [(&str, cel::Value); 3],
+    vars: [(&'static str, cel::Value); 3],
 ) -> Result<Value, EvalFailure> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut ctx = cel::Context::with_env(env);
